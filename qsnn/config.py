@@ -1,0 +1,158 @@
+"""Training configuration as plain data, and the Table I presets (``presets.toml``).
+
+:class:`TrainConfig` is the single record of a run's settings. It is saved in every checkpoint, and
+``TrainConfig.from_preset(dataset, precision, **overrides)`` builds it from the preset table and
+command-line overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from qsnn.errors import QsnnError
+
+PRECISIONS = ("int4", "fp32")
+SCHEDULES = ("cosine", "none", "lrstep", "lossstep")
+QUANT_SCALES = ("float", "po2")
+#: Datasets whose hyperparameter rows are shared: mnist5k is MNIST.
+PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128": "dvs128"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run.
+
+    Neuron (eqs. 1-2, 5): ``beta`` β, ``threshold`` θ, ``slope`` k of the fast-sigmoid surrogate,
+    ``reset`` "subtract" | "zero". Network: ``precision`` "int4" | "fp32", ``weight_bits`` b,
+    ``quant_scale`` "float" (per-tensor float scale, as the paper) | "po2" (power-of-two scale),
+    ``batch_norm``, ``dropout`` p. Data: ``dataset``, ``num_steps`` T, ``subset`` (train samples,
+    None = all), ``val_subset``/``test_subset``. Recipe: Adam with ``lr`` η and ``betas``;
+    ``schedule`` and its parameters (``cosine_period_epochs``: T of eq. 4 in epochs, ``eta_min``,
+    ``warm_restarts``; ``step_epochs``/``gamma`` for lrstep; ``loss_patience``/``gamma`` for
+    lossstep); ``grad_clip`` (norm 1) and ``weight_clip`` ([−1, 1]); ``correct_rate`` and
+    ``incorrect_rate`` (eq. 6 targets, as fractions of T); ``epochs``, ``patience`` (early stopping
+    on validation accuracy), ``seed``, ``fast`` (the fast forward path; numerics equal the plain
+    path).
+    """
+
+    dataset: str = "mnist5k"
+    precision: str = "int4"
+    schedule: str = "cosine"
+    # neuron
+    beta: float = 0.921
+    threshold: float = 2.04
+    slope: float = 6.03
+    reset: str = "subtract"
+    # network
+    weight_bits: int = 4
+    quant_scale: str = "float"
+    batch_norm: bool = True
+    dropout: float = 0.094
+    # data
+    num_steps: int = 100
+    batch_size: int = 128
+    subset: int | None = None
+    val_subset: int | None = None
+    test_subset: int | None = None
+    # optimiser and schedule
+    lr: float = 1.9e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    cosine_period_epochs: float = 10.0
+    eta_min: float = 0.0
+    warm_restarts: bool = False
+    step_epochs: int = 15
+    gamma: float = 0.5
+    loss_patience: int = 0
+    grad_clip: bool = True
+    weight_clip: bool = True
+    # loss (eq. 6)
+    correct_rate: float = 0.8
+    incorrect_rate: float = 0.2
+    # run
+    epochs: int = 100
+    patience: int = 10
+    seed: int = 0
+    fast: bool = True
+    preset_source: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dataset not in PRESET_ROW:
+            problems.append(f"dataset {self.dataset!r} (one of {sorted(PRESET_ROW)})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} (one of {PRECISIONS})")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} (one of {SCHEDULES})")
+        if self.reset not in ("subtract", "zero"):
+            problems.append(f"reset {self.reset!r} (subtract or zero)")
+        if self.quant_scale not in QUANT_SCALES:
+            problems.append(f"quant_scale {self.quant_scale!r} (one of {QUANT_SCALES})")
+        if not 0.0 <= self.beta <= 1.0:
+            problems.append(f"beta {self.beta} (must be in [0, 1])")
+        if self.threshold <= 0:
+            problems.append(f"threshold {self.threshold} (must be > 0)")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout {self.dropout} (must be in [0, 1))")
+        for name in ("num_steps", "batch_size", "epochs", "weight_bits"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} {getattr(self, name)} (must be >= 1)")
+        if self.lr <= 0:
+            problems.append(f"lr {self.lr} (must be > 0)")
+        if problems:
+            raise QsnnError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision != "fp32"
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        unknown = set(changes) - set(field_names())
+        if unknown:
+            raise QsnnError(f"unknown configuration field(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        unknown = set(data) - set(field_names())
+        if unknown:
+            raise QsnnError(f"unknown configuration field(s) {sorted(unknown)}")
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, dataset: str, precision: str = "int4", **overrides: Any) -> "TrainConfig":
+        """The Table I row for (dataset, precision), then ``overrides`` (None values ignored)."""
+        row = preset(dataset, precision)
+        values = {k: v for k, v in row.items() if k != "source"}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict({"dataset": dataset, "precision": precision, "preset_source": row["source"], **values})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+@functools.lru_cache(maxsize=1)
+def presets() -> dict[str, dict[str, dict[str, Any]]]:
+    """The preset table: ``presets()[row][precision]`` → field values (and ``source``)."""
+    return tomllib.loads(resources.files("qsnn").joinpath("presets.toml").read_text())
+
+
+def preset(dataset: str, precision: str) -> dict[str, Any]:
+    if dataset not in PRESET_ROW:
+        raise QsnnError(f"no preset for dataset {dataset!r}; datasets: {sorted(PRESET_ROW)}")
+    if precision not in PRECISIONS:
+        raise QsnnError(f"no preset for precision {precision!r}; precisions: {list(PRECISIONS)}")
+    return dict(presets()[PRESET_ROW[dataset]][precision])

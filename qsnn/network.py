@@ -1,0 +1,164 @@
+"""The integer network: what a chip runs, as plain data.
+
+An :class:`IntegerNetwork` is the compiled form of a trained QSNN under a
+:class:`~qsnn.profiles.ChipProfile`. Every stage after compilation starts from it: the NumPy
+simulator (``sim/``), the weight-table emitters and readers (``targets/``), and the integer QONNX
+graph (``export/``). It holds integers only, plus the real value of one membrane unit per channel
+so that reports can translate back.
+
+Each :class:`IntegerLayer` is a synapse (conv or dense, no bias, stride 1, no padding) followed by
+sum-pooling of the current and a population of LIF neurons, one time step being (see
+:mod:`qsnn.profiles` for ``leak``, ``sat`` and ``shl``)::
+
+    acc_t = sumpool_p( W ⊛ z_in,t )              integer synaptic sum, W in the narrow signed range
+    r_t   = [u_{t-1} > θ_c]
+    u_t   = sat( leak(u_{t-1}) + shl(acc_t, s) + b_c − r_t·θ_c )      (subtract reset)
+    z_t   = [u_t > θ_c]
+
+with per-channel integer threshold θ_c and bias b_c. The real membrane of the trained network is
+``u_real ≈ u_t · scale_c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from qsnn.profiles import ChipProfile
+
+LAYER_KINDS = ("conv", "dense")
+ENCODINGS = ("static", "events")
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerLayer:
+    """One synaptic layer and its LIF population, in integers.
+
+    Attributes:
+        name: layer name, e.g. ``"conv1"``.
+        kind: ``"conv"`` (weight ``(O, I, k, k)``) or ``"dense"`` (weight ``(O, I)``).
+        weight: signed integer weights (int8 or wider for wide profiles).
+        pool: side p of the p×p, stride-p sum-pooling applied to the current (1 = none).
+        current_shift: s, the left shift of the integer current onto the membrane grid (negative:
+            arithmetic right shift, floor).
+        threshold: θ_c per output channel, int64, on the membrane grid.
+        bias: b_c per output channel, int64, on the membrane grid, added every step.
+        decay: the leak constant: m for ``mul``, d for ``shift``, dv for ``loihi``.
+        scale: real membrane value of one grid unit per output channel (float64, > 0).
+        weight_exp: exponent of the weights (Loihi), the synaptic sum being ``acc · 2^weight_exp``
+            before the shift; 0 elsewhere.
+    """
+
+    name: str
+    kind: str
+    weight: np.ndarray
+    pool: int
+    current_shift: int
+    threshold: np.ndarray
+    bias: np.ndarray
+    decay: int
+    scale: np.ndarray
+    weight_exp: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f"layer {self.name}: kind {self.kind!r} not in {LAYER_KINDS}")
+        w = np.asarray(self.weight)
+        if not np.issubdtype(w.dtype, np.integer):
+            raise ValueError(f"layer {self.name}: weights must be integers, got {w.dtype}")
+        if self.kind == "conv" and (w.ndim != 4 or w.shape[2] != w.shape[3]):
+            raise ValueError(f"layer {self.name}: conv weight must be (O, I, k, k), got {w.shape}")
+        if self.kind == "dense" and w.ndim != 2:
+            raise ValueError(f"layer {self.name}: dense weight must be (O, I), got {w.shape}")
+        if self.pool < 1:
+            raise ValueError(f"layer {self.name}: pool must be >= 1, got {self.pool}")
+        out = w.shape[0]
+        for attr in ("threshold", "bias", "scale"):
+            arr = np.asarray(getattr(self, attr))
+            if arr.shape != (out,):
+                raise ValueError(f"layer {self.name}: {attr} must have shape ({out},), got {arr.shape}")
+        if not np.issubdtype(np.asarray(self.threshold).dtype, np.integer):
+            raise ValueError(f"layer {self.name}: threshold must be integers")
+        if not np.issubdtype(np.asarray(self.bias).dtype, np.integer):
+            raise ValueError(f"layer {self.name}: bias must be integers")
+        if np.any(np.asarray(self.threshold) < 0):
+            raise ValueError(f"layer {self.name}: thresholds must be >= 0")
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def kernel(self) -> int:
+        return int(self.weight.shape[2]) if self.kind == "conv" else 1
+
+    @property
+    def fan_in(self) -> int:
+        """Synapses into one neuron before pooling."""
+        return int(np.prod(self.weight.shape[1:]))
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of this layer's spikes for one sample given its input's shape (no batch)."""
+        if self.kind == "dense":
+            n = int(np.prod(input_shape))
+            if n != self.in_channels:
+                raise ValueError(f"layer {self.name}: expects {self.in_channels} inputs, got {input_shape} ({n})")
+            return (self.out_channels,)
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise ValueError(f"layer {self.name}: expects ({self.in_channels}, H, W) input, got {input_shape}")
+        h = (input_shape[1] - self.kernel + 1) // self.pool
+        w = (input_shape[2] - self.kernel + 1) // self.pool
+        if h < 1 or w < 1:
+            raise ValueError(f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, pool {self.pool}")
+        return (self.out_channels, h, w)
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerNetwork:
+    """A compiled QSNN: layers in order, the profile they obey, and how to feed it.
+
+    Attributes:
+        layers: the synaptic layers, first to last; the last layer's spikes are the output.
+        profile: the chip profile whose arithmetic the integers follow.
+        input_shape: (C, H, W) of one input frame.
+        num_steps: T, time steps per inference.
+        encoding: ``"static"`` (uint8 image repeated for T steps) or ``"events"`` (per-bin counts).
+        classes: class names, in output-neuron order; the prediction is the argmax of output spike
+            counts, first index winning ties.
+        metadata: provenance (dataset, trained reset, β, θ, checkpoint hash, compile report, ...).
+    """
+
+    layers: tuple[IntegerLayer, ...]
+    profile: ChipProfile
+    input_shape: tuple[int, int, int]
+    num_steps: int
+    encoding: str
+    classes: tuple[str, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("an IntegerNetwork needs at least one layer")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding {self.encoding!r} not in {ENCODINGS}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        shape = tuple(self.input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        if shape != (len(self.classes),):
+            raise ValueError(f"the last layer has output shape {shape} but there are {len(self.classes)} classes")
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Spike shape of every layer for one sample (no batch), first to last."""
+        out, shape = [], tuple(self.input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            out.append(shape)
+        return out

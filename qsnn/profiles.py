@@ -1,0 +1,199 @@
+"""Chip profiles: a target's arithmetic as data.
+
+A profile says how the integer form of the network behaves on a chip; it is a small frozen
+dataclass, not a code path. Adding a chip means adding a profile (and an emitter in ``targets/``).
+
+The integer LIF step every profile parameterises (per neuron, one time step, membrane grid
+``u`` in integers, ``acc`` the integer synaptic sum after sum-pooling):
+
+    r_t = [u_{t-1} > θ]                                   (reset decided by the previous state)
+    u_t = sat( leak(u_{t-1}) + shl(acc_t, s) + b − r_t·θ )    reset = "subtract"
+    u_t = sat( leak((1 − r_t)·u_{t-1}) + shl(acc_t, s) + b ) reset = "zero"
+    z_t = [u_t > θ]                                       (strict >)
+
+with ``shl(a, s) = a << s`` for s ≥ 0 and ``a >> −s`` (floor) for s < 0; ``s`` is the layer's
+current shift, at most ``frac_bits`` guard bits. ``leak`` is one of
+
+    mul:   u ← (m·u) >> leak_bits            (floor; m = round(β·2^leak_bits), β in Q0.leak_bits)
+    shift: u ← u − (u >> d)                  (floor; β ≈ 1 − 2^−d)
+    loihi: u ← rz(u·(2^leak_bits − dv)) with rz(x) = sign(x)·(|x| >> leak_bits)  (toward zero)
+
+and ``sat`` clamps to the membrane width (``overflow="saturate"``) or wraps in two's complement
+(``overflow="wrap"``). Loihi's zero reset (``v = 0`` right after a spike) gives the same spikes as
+the delayed zero reset above: a neuron that spiked starts the next step from 0 either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from qsnn.errors import ProfileError
+
+LEAK_KINDS = ("mul", "shift", "loihi")
+RESETS = ("subtract", "zero")
+OVERFLOWS = ("saturate", "wrap")
+
+
+@dataclass(frozen=True)
+class ChipProfile:
+    """The arithmetic of one target.
+
+    Attributes:
+        name: profile name, e.g. ``"fpga"``.
+        weight_bits: b; weights are signed integers in the narrow range [−(2^(b−1)−1), 2^(b−1)−1].
+        membrane_bits: width of the membrane register (two's complement).
+        overflow: ``"saturate"`` (clamp at the rails) or ``"wrap"`` (two's complement wrap-around).
+        symmetric_clip: saturate to ±(2^(w−1)−1) (Loihi) instead of [−2^(w−1), 2^(w−1)−1].
+        frac_bits: F, the most guard bits below the integer current (``acc << F``), like Loihi's
+            ``a_in << 6``; the compiler may use fewer on a layer whose membrane would not fit.
+        leak: ``"mul"``, ``"shift"`` or ``"loihi"`` (see the module docstring).
+        leak_bits: fractional bits of the leak multiplier (``mul``) or Loihi's 12-bit decay.
+        reset: ``"subtract"`` (θ subtracted after a spike) or ``"zero"`` (membrane cleared).
+        synaptic_delay: steps between a layer's spikes and the next layer's current (Loihi: 1).
+        threshold_bits: width of the threshold register (its largest value is 2^bits − 1 before
+            ``threshold_shift``).
+        threshold_shift: thresholds are stored as ``vth`` and compared as ``vth << shift`` (Loihi:
+            6), so a compiled threshold is a multiple of 2^threshold_shift.
+        bias_bits: width of the signed bias register (after its exponent, if any).
+        weight_exp_bits: bits of a per-layer weight exponent (Loihi: 3; 0 = none).
+        max_fan_in: largest number of synapses into one neuron the target supports (0 = no limit).
+        max_neurons: largest neuron count of a layer the target supports (0 = no limit).
+    """
+
+    name: str
+    weight_bits: int = 4
+    membrane_bits: int = 16
+    overflow: str = "saturate"
+    symmetric_clip: bool = False
+    frac_bits: int = 6
+    leak: str = "mul"
+    leak_bits: int = 12
+    reset: str = "subtract"
+    synaptic_delay: int = 0
+    threshold_bits: int = 16
+    threshold_shift: int = 0
+    bias_bits: int = 16
+    weight_exp_bits: int = 0
+    max_fan_in: int = 0
+    max_neurons: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 2 <= self.weight_bits <= 16:
+            problems.append(f"weight_bits={self.weight_bits} (must be 2..16)")
+        if not 4 <= self.membrane_bits <= 62:
+            problems.append(f"membrane_bits={self.membrane_bits} (must be 4..62)")
+        if self.overflow not in OVERFLOWS:
+            problems.append(f"overflow={self.overflow!r} (one of {OVERFLOWS})")
+        if self.leak not in LEAK_KINDS:
+            problems.append(f"leak={self.leak!r} (one of {LEAK_KINDS})")
+        if self.reset not in RESETS:
+            problems.append(f"reset={self.reset!r} (one of {RESETS})")
+        if not 0 <= self.frac_bits < self.membrane_bits:
+            problems.append(f"frac_bits={self.frac_bits} (must be 0..membrane_bits-1)")
+        if not 1 <= self.leak_bits <= 30:
+            problems.append(f"leak_bits={self.leak_bits} (must be 1..30)")
+        if self.synaptic_delay < 0:
+            problems.append(f"synaptic_delay={self.synaptic_delay} (must be >= 0)")
+        if not 1 <= self.threshold_bits <= 62 or self.threshold_shift < 0:
+            problems.append(f"threshold_bits={self.threshold_bits}, threshold_shift={self.threshold_shift}")
+        if not 2 <= self.bias_bits <= 62:
+            problems.append(f"bias_bits={self.bias_bits} (must be 2..62)")
+        if problems:
+            raise ProfileError(f"profile {self.name!r} is impossible: " + "; ".join(problems))
+
+    @property
+    def weight_max(self) -> int:
+        """Largest weight magnitude of the narrow signed range, 2^(b−1) − 1."""
+        return 2 ** (self.weight_bits - 1) - 1
+
+    @property
+    def membrane_min(self) -> int:
+        return -(2 ** (self.membrane_bits - 1)) + (1 if self.symmetric_clip else 0)
+
+    @property
+    def membrane_max(self) -> int:
+        return 2 ** (self.membrane_bits - 1) - 1
+
+    @property
+    def threshold_max(self) -> int:
+        """Largest threshold on the membrane grid the register can hold."""
+        return (2**self.threshold_bits - 1) << self.threshold_shift
+
+    @property
+    def bias_max(self) -> int:
+        return 2 ** (self.bias_bits - 1) - 1
+
+    def replace(self, **changes: Any) -> "ChipProfile":
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ProfileError(
+                f"unknown profile field(s) {sorted(unknown)}; fields are "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChipProfile":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ProfileError(f"unknown profile field(s) {sorted(unknown)}")
+        return cls(**data)
+
+
+#: Our reference FPGA core: 4-bit narrow weights, int16 saturating membrane, multiplicative leak
+#: in Q0.12, subtract reset, up to 6 guard bits.
+FPGA = ChipProfile(
+    name="fpga",
+    weight_bits=4,
+    membrane_bits=16,
+    overflow="saturate",
+    frac_bits=6,
+    leak="mul",
+    leak_bits=12,
+    reset="subtract",
+    synaptic_delay=0,
+    threshold_bits=16,
+    bias_bits=16,
+)
+
+#: Intel Loihi 2 through Lava's bit-accurate fixed-point LIF (``PyLifModelBitAcc``): 8-bit weight
+#: mantissa with a 3-bit exponent, 24-bit state, 12-bit decay (du = 4095: the current does not
+#: persist, a single state), zero reset, ``a_in << 6``, thresholds ``vth << 6`` (17-bit vth), the
+#: Dense output reaching the neuron one step later.
+LOIHI2 = ChipProfile(
+    name="loihi2",
+    weight_bits=8,
+    membrane_bits=24,
+    overflow="saturate",
+    symmetric_clip=True,
+    frac_bits=6,
+    leak="loihi",
+    leak_bits=12,
+    reset="zero",
+    synaptic_delay=1,
+    threshold_bits=17,
+    threshold_shift=6,
+    bias_bits=24,
+    weight_exp_bits=3,
+    max_fan_in=4096,
+    max_neurons=8192,
+)
+
+PROFILES: dict[str, ChipProfile] = {p.name: p for p in (FPGA, LOIHI2)}
+
+
+def get_profile(name: str, **overrides: Any) -> ChipProfile:
+    """The named profile, with optional field overrides (e.g. ``membrane_bits=24``)."""
+    try:
+        profile = PROFILES[name]
+    except KeyError:
+        raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    return profile.replace(**overrides) if overrides else profile

@@ -1,0 +1,99 @@
+"""Helpers that write tiny datasets in the real on-disk formats (IDX, tonic's DVSGesture layout).
+
+Import from tests as ``from fixtures import write_mnist_idx_dir``: pytest puts ``tests/`` on ``sys.path``
+(rootdir-relative "prepend" import mode, no ``__init__.py`` needed).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+DVS_LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")
+DVS_NUM_CLASSES = 11
+
+
+def write_idx(path, array: np.ndarray, gz: bool) -> Path:
+    """Write ``array`` (uint8, 1-D labels or 3-D images) as an IDX file, gzipped if ``gz``."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if array.ndim not in (1, 3):
+        raise ValueError(f"IDX fixtures are labels (N,) or images (N, H, W), got shape {array.shape}")
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8 images whose bright 7x7 block position encodes the label, over faint noise."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        r, c = 7 * row + 1, 7 * col
+        images[i, r:r + 7, c:c + 7] = rng.integers(180, 256, size=(7, 7), dtype=np.uint8)
+    return images
+
+
+def _labels(n: int, rng: np.random.Generator) -> np.ndarray:
+    if n < 10:
+        raise ValueError(f"need at least 10 samples so that labels 0..9 all appear, got {n}")
+    return rng.permutation(np.arange(n) % 10).astype(np.uint8)
+
+
+def write_mnist_idx_dir(root, n_train: int, n_test: int, seed: int, gz: bool = True) -> Path:
+    """Write the four MNIST IDX files (standard names) into ``root``; labels 0..9 all present. Returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = _labels(n, rng)
+        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", class_images(labels, rng), gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz)
+    return root
+
+
+def gesture_events(label: int, rng: np.random.Generator, duration_ms: int = 600,
+                   n_events: int = 1500) -> np.ndarray:
+    """An (N, 4) float64 recording x, y, p, t (t in ms, sorted, first event at 0) for class ``label``.
+
+    Class c fires inside its own 32x32 block of the 128x128 sensor (block c of a 4x4 grid), with
+    ON-polarity share c/10, so a tiny model can tell the classes apart after downsampling by 4.
+    """
+    row, col = divmod(int(label), 4)
+    x = rng.integers(32 * col, 32 * col + 32, size=n_events)
+    y = rng.integers(32 * row, 32 * row + 32, size=n_events)
+    p = (rng.random(n_events) < label / 10).astype(np.int64)
+    t = np.sort(rng.integers(0, duration_ms, size=n_events))
+    t[0] = 0
+    return np.stack([x, y, p, t], axis=1).astype(np.float64)
+
+
+def write_dvsgesture_fixture(root, n_train_per_class: int = 10, n_test_per_class: int = 10,
+                             seed: int = 0, duration_ms: int = 600, n_events: int = 1500) -> Path:
+    """Write tonic 1.7's DVSGesture layout under ``root``; returns ``root`` (the data directory).
+
+    ``root/DVSGesture/ibmGestureTrain|ibmGestureTest/user<NN>_<lighting>/<label>.npy``: one folder per
+    (user, lighting) with one recording of each of the 11 classes, so ``n_*_per_class`` folders per
+    split; plus empty ``ibmGesture*.tar.gz`` files. tonic reads the layout without downloading only
+    with at least 100 .npy files per split, hence at least 10 per class.
+    """
+    if min(n_train_per_class, n_test_per_class) * DVS_NUM_CLASSES < 100:
+        raise ValueError("tonic wants at least 100 .npy files per split: use at least 10 per class")
+    root = Path(root)
+    base = root / "DVSGesture"
+    rng = np.random.default_rng(seed)
+    user = 1
+    for folder, n in (("ibmGestureTrain", n_train_per_class), ("ibmGestureTest", n_test_per_class)):
+        for k in range(n):
+            session = base / folder / f"user{user:02d}_{DVS_LIGHTINGS[k % len(DVS_LIGHTINGS)]}"
+            session.mkdir(parents=True, exist_ok=True)
+            for label in range(DVS_NUM_CLASSES):
+                np.save(session / f"{label}.npy", gesture_events(label, rng, duration_ms, n_events))
+            if k % len(DVS_LIGHTINGS) == len(DVS_LIGHTINGS) - 1 or k == n - 1:
+                user += 1
+        (base / f"{folder}.tar.gz").touch()
+    return root

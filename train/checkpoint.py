@@ -1,0 +1,105 @@
+"""Checkpoints: one ``.pt`` file with everything needed to resume, export or audit a run.
+
+Contents (plain dicts, lists, numbers, strings and tensors, so ``torch.load(weights_only=True)``
+reads them without executing code)::
+
+    format: "qsnn-checkpoint"      format_version: FORMAT_VERSION       qsnn_version
+    config: TrainConfig.to_dict()   input_shape: [C, H, W]   classes: [...]   encoding
+    model: state_dict               optimizer: state_dict   schedule: Schedule.state_dict()
+    rng: {torch, generator, numpy, python}      epoch: epochs completed
+    state: {best_val, best_epoch, bad_epochs}   history: per-epoch log rows
+    metrics: {...}                 versions: {torch, snntorch, brevitas, numpy, python}
+
+Writes are atomic (temporary file + rename); reads check the format and say what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import qsnn
+from qsnn.atomic import atomic_write_bytes
+from qsnn.config import TrainConfig
+from qsnn.errors import CheckpointError
+
+FORMAT = "qsnn-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("config", "model", "input_shape", "classes", "encoding")
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import snntorch
+
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__),
+                "snntorch": str(snntorch.__version__), "numpy": str(numpy.__version__), "qsnn": qsnn.__version__}
+    try:
+        import brevitas
+
+        versions["brevitas"] = str(brevitas.__version__)
+    except ImportError:  # pragma: no cover - brevitas is a dependency
+        pass
+    return versions
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus format fields and versions) atomically to ``path``."""
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "qsnn_version": qsnn.__version__,
+            "versions": package_versions(), **payload}
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint; raise :class:`CheckpointError` naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (expected the .pt written by qsnn-train)")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, not a torch file at all
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable qsnn checkpoint (truncated or not a torch file: {reason[:160]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a qsnn checkpoint (no 'format: {FORMAT}' field); pass the best.pt or last.pt of a qsnn-train run")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {data.get('format_version')} (qsnn {data.get('qsnn_version')}); "
+                              f"this qsnn ({qsnn.__version__}) reads version {FORMAT_VERSION}: retrain or use the matching qsnn release")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}; it is incomplete")
+    try:
+        data["config_obj"] = TrainConfig.from_dict(data["config"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: checkpoint configuration is invalid: {exc}") from None
+    return data
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_from_checkpoint(path_or_data, map_location="cpu"):
+    """Rebuild the trained :class:`~train.model.QSNN` (eval mode) from a checkpoint path or dict."""
+    from .model import QSNN
+
+    data = load_checkpoint(path_or_data, map_location) if not isinstance(path_or_data, dict) else path_or_data
+    cfg = data["config_obj"]
+    model = QSNN(cfg, tuple(data["input_shape"]), len(data["classes"]))
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not match the model its config describes: {str(exc)[:200]}") from None
+    return model.eval()

@@ -1,0 +1,235 @@
+"""The paper's QSNNs: two conv layers and a dense layer of LIF neurons (Table II footnote).
+
+MNIST / FashionMNIST (1×28×28):  16C5 - AP2 - 64C5 - AP2 - Dense(1024 → 10)
+DVS128 Gesture (2×32×32):        16C5 - AP2 - 32C5 - AP2 - Dense(800 → 11)
+
+Per layer and time step t (pooling acts on the current, before the neuron; BatchNorm optional;
+dropout on the spikes entering the dense layer; no biases)::
+
+    I¹_t = BN₁(AP₂(W¹ ⊛ x_t))       z¹_t, u¹_t = LIF(I¹_t, u¹_{t-1})
+    I²_t = BN₂(AP₂(W² ⊛ z¹_t))      z²_t, u²_t = LIF(I²_t, u²_{t-1})
+    I³_t = W³ · drop(flat(z²_t))    z³_t, u³_t = LIF(I³_t, u³_{t-1})
+
+Weights are Brevitas 4-bit signed narrow-range integers times a per-tensor scale (a float as in
+the paper, or a power of two) for ``int4``, or plain floats for ``fp32``. A static image is fed
+unchanged at every step (no encoding); event frames supply one frame per step.
+
+Two forward paths compute the same function:
+
+* :meth:`QSNN.forward_plain` is the loop the paper's code runs: at every step each Brevitas layer
+  quantizes its weights again and each snnTorch ``Leaky`` updates its membrane.
+* :meth:`QSNN.forward_fast` (the default) quantizes each weight once per forward pass, computes the
+  first layer's current once for a static image, and runs each layer over all T steps before the
+  next, so each synaptic layer is one large convolution / matmul over T·B samples; on spike (and
+  event-count) inputs it folds the average pooling into the convolution (one channels-last
+  stride-2 6×6 convolution, :func:`pool_into_kernel`). Because the
+  network is feed-forward, layer l at step t depends only on layer l−1 at steps ≤ t, so the order
+  of evaluation changes nothing but speed. Folding the pooling changes only the order of float
+  additions: with power-of-two weight scales (``quant_scale="po2"``) every partial sum of binary
+  spikes times 4-bit weights is exact in float32, so the two paths give bit-identical spikes,
+  membranes and losses; with float scales they agree to float32 rounding (~1e-7 relative), which
+  can flip a spike whose membrane lands within rounding of θ. BatchNorm in training mode is still applied step by step
+  (per-step batch statistics and running-stat updates, as in the plain loop) and dropout draws its
+  masks step by step in the same order, so the random streams match too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import snntorch as snn
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from snntorch import surrogate
+
+from qsnn.config import PRESET_ROW, TrainConfig
+from .lif import LIFState, lif_scan, lif_step
+
+#: Conv channels (C1, C2) per dataset family; kernel 5, average pooling 2 after each conv.
+ARCHITECTURES = {"mnist": (16, 64), "fmnist": (16, 64), "dvs128": (16, 32)}
+KERNEL = 5
+POOL = 2
+
+
+def pool_into_kernel(w: torch.Tensor, p: int = POOL) -> torch.Tensor:
+    """The kernel of ``AP_p(W ⊛ x)`` as one convolution of stride p: W' = (1/p²) Σ_{a,b<p} shift_{a,b}(W).
+
+    ``F.conv2d(x, pool_into_kernel(w), stride=p)`` equals ``F.avg_pool2d(F.conv2d(x, w), p)`` up to
+    float rounding (the same sums in another order) and needs p²·k²/(k+p−1)² fewer multiplies.
+    """
+    return sum(F.pad(w, (b, p - 1 - b, a, p - 1 - a)) for a in range(p) for b in range(p)) / (p * p)
+
+
+def _pooled_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """AP₂(W ⊛ x) as one channels-last stride-2 convolution (the fast path's synapse)."""
+    out = F.conv2d(x.contiguous(memory_format=torch.channels_last), pool_into_kernel(w), stride=POOL)
+    return out.contiguous()  # BatchNorm reduces in another order over channels-last tensors
+
+
+class SNNOutput(NamedTuple):
+    """Output spikes and membranes of the last layer, (T, B, C); per-layer records if asked."""
+
+    spikes: torch.Tensor
+    membrane: torch.Tensor
+    layers: dict[str, torch.Tensor] | None = None
+
+
+def weight_quantizer(scale: str):
+    """Brevitas weight quantizer: per-tensor float scale (``float``) or power-of-two (``po2``)."""
+    from brevitas.quant import Int8WeightPerTensorFixedPoint, Int8WeightPerTensorFloat
+
+    return {"float": Int8WeightPerTensorFloat, "po2": Int8WeightPerTensorFixedPoint}[scale]
+
+
+def init_weights(layer: nn.Module) -> None:
+    """Uniform initialisation W ~ U(−1/√N_in, 1/√N_in), N_in the fan-in of one output neuron.
+
+    This is the initialisation the paper's published code trains with (PyTorch's default for
+    conv and linear layers, which Brevitas' layers inherit); it keeps the initial weights inside
+    the weight-clipping range [−1, 1].
+    """
+    fan_in = layer.weight[0].numel()
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
+
+
+class QSNN(nn.Module):
+    """The QSNN of the paper for one dataset; see the module docstring for the equations."""
+
+    def __init__(self, cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        c_in, h, w = self.input_shape
+        c1, c2 = ARCHITECTURES[PRESET_ROW[cfg.dataset]]
+        h1, w1 = (h - KERNEL + 1) // POOL, (w - KERNEL + 1) // POOL
+        h2, w2 = (h1 - KERNEL + 1) // POOL, (w1 - KERNEL + 1) // POOL
+        self.dense_in = c2 * h2 * w2
+        self.layer_shapes = {"lif1": (c1, h1, w1), "lif2": (c2, h2, w2), "lif3": (num_classes,)}
+        if cfg.quantized:
+            import brevitas.nn as qnn
+
+            quant = dict(weight_bit_width=cfg.weight_bits, weight_quant=weight_quantizer(cfg.quant_scale))
+            self.conv1 = qnn.QuantConv2d(c_in, c1, KERNEL, bias=False, **quant)
+            self.conv2 = qnn.QuantConv2d(c1, c2, KERNEL, bias=False, **quant)
+            self.fc = qnn.QuantLinear(self.dense_in, num_classes, bias=False, **quant)
+        else:
+            self.conv1 = nn.Conv2d(c_in, c1, KERNEL, bias=False)
+            self.conv2 = nn.Conv2d(c1, c2, KERNEL, bias=False)
+            self.fc = nn.Linear(self.dense_in, num_classes, bias=False)
+        for layer in (self.conv1, self.conv2, self.fc):
+            init_weights(layer)
+        self.bn1 = nn.BatchNorm2d(c1) if cfg.batch_norm else nn.Identity()
+        self.bn2 = nn.BatchNorm2d(c2) if cfg.batch_norm else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)
+        # β and θ as float32 buffers, the way snnTorch stores them (one place for their dtype).
+        self.register_buffer("beta", torch.as_tensor(cfg.beta, dtype=torch.float32))
+        self.register_buffer("theta", torch.as_tensor(cfg.threshold, dtype=torch.float32))
+        # snnTorch neurons for the plain (reference) path.
+        leaky = dict(beta=cfg.beta, threshold=cfg.threshold, spike_grad=surrogate.fast_sigmoid(slope=cfg.slope),
+                     init_hidden=False, reset_mechanism=cfg.reset)
+        self.lif1, self.lif2, self.lif3 = snn.Leaky(**leaky), snn.Leaky(**leaky), snn.Leaky(**leaky)
+
+    # -- weights -------------------------------------------------------------------------------
+    def synapses(self) -> dict[str, nn.Module]:
+        return {"conv1": self.conv1, "conv2": self.conv2, "fc": self.fc}
+
+    def effective_weight(self, layer: nn.Module) -> torch.Tensor:
+        """The weight the layer multiplies by: dequantized 4-bit integers × scale, or the float."""
+        return layer.quant_weight().value if self.cfg.quantized else layer.weight
+
+    @torch.no_grad()
+    def clip_weights(self, bound: float = 1.0) -> None:
+        """Weight clipping: clamp the float (latent) weights to [−bound, bound]."""
+        for layer in self.synapses().values():
+            layer.weight.clamp_(-bound, bound)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _time_major(self, x: torch.Tensor) -> tuple[torch.Tensor, bool, int]:
+        """(x, static, T): static images (B, C, H, W) repeat for cfg.num_steps; frames are (B, T, C, H, W)."""
+        if x.dim() == 4:
+            return x, True, self.cfg.num_steps
+        if x.dim() == 5:
+            return x.transpose(0, 1), False, x.shape[1]
+        raise ValueError(f"input must be (B, C, H, W) or (B, T, C, H, W), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
+        return self.forward_fast(x, record) if self.cfg.fast else self.forward_plain(x, record)
+
+    # -- the paper's loop ----------------------------------------------------------------------
+    def forward_plain(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
+        """Step-by-step loop with Brevitas layers and snnTorch ``Leaky`` neurons (the baseline)."""
+        x, static, T = self._time_major(x)
+        B = x.shape[1] if not static else x.shape[0]
+        mems = [torch.zeros(B, *self.layer_shapes[n], device=x.device) for n in ("lif1", "lif2", "lif3")]
+        rec: dict[str, list[torch.Tensor]] = {k: [] for k in ("z1", "u1", "z2", "u2", "z3", "u3")}
+        for t in range(T):
+            x_t = x if static else x[t]
+            cur1 = self.bn1(F.avg_pool2d(self.conv1(x_t), POOL))
+            z1, mems[0] = self.lif1(cur1, mems[0])
+            cur2 = self.bn2(F.avg_pool2d(self.conv2(z1), POOL))
+            z2, mems[1] = self.lif2(cur2, mems[1])
+            cur3 = self.fc(self.dropout(z2.flatten(1)))
+            z3, mems[2] = self.lif3(cur3, mems[2])
+            for key, val in zip(rec, (z1, mems[0], z2, mems[1], z3, mems[2])):
+                rec[key].append(val)
+        out = {k: torch.stack(v) for k, v in rec.items()}
+        return SNNOutput(out["z3"], out["u3"], out if record else None)
+
+    # -- the fast path -------------------------------------------------------------------------
+    def _bn_per_step(self, bn: nn.Module, cur: torch.Tensor) -> torch.Tensor:
+        """BatchNorm on (T, B, ...) exactly as T separate calls would apply it."""
+        if isinstance(bn, nn.Identity):
+            return cur
+        if not self.training:
+            return bn(cur.flatten(0, 1)).view_as(cur)  # running statistics: pointwise, order-free
+        return torch.stack([bn(c) for c in cur])
+
+    def forward_fast(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
+        """Layer-by-layer evaluation over all T steps; same values as :meth:`forward_plain`."""
+        x, static, T = self._time_major(x)
+        cfg = self.cfg
+        w1, w2, w3 = (self.effective_weight(m) for m in (self.conv1, self.conv2, self.fc))
+        if static:
+            cur1 = F.avg_pool2d(F.conv2d(x, w1), POOL)  # the same at every step: compute once
+            if self.training and not isinstance(self.bn1, nn.Identity):
+                cur1 = self._bn_per_step(self.bn1, cur1.expand(T, *cur1.shape))
+            else:
+                cur1 = self.bn1(cur1).expand(T, *cur1.shape)
+        else:
+            cur1 = _pooled_conv(x.flatten(0, 1), w1)
+            cur1 = self._bn_per_step(self.bn1, cur1.view(T, -1, *cur1.shape[1:]))
+        z1, u1 = lif_scan(cur1, self.beta, self.theta, cfg.slope, cfg.reset)
+        cur2 = _pooled_conv(z1.flatten(0, 1), w2)
+        cur2 = self._bn_per_step(self.bn2, cur2.view(T, -1, *cur2.shape[1:]))
+        z2, u2 = lif_scan(cur2, self.beta, self.theta, cfg.slope, cfg.reset)
+        flat = z2.flatten(2)
+        if self.training and self.dropout.p > 0:
+            flat = torch.stack([self.dropout(f) for f in flat])  # masks drawn step by step
+        cur3 = F.linear(flat, w3)
+        z3, u3 = lif_scan(cur3, self.beta, self.theta, cfg.slope, cfg.reset)
+        layers = {"z1": z1, "u1": u1, "z2": z2, "u2": u2, "z3": z3, "u3": u3} if record else None
+        return SNNOutput(z3, u3, layers)
+
+    # -- one time step with explicit state (export) ----------------------------------------------
+    def step(self, x_t: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, u3: torch.Tensor):
+        """One time step in eval semantics: (x_t, u¹, u², u³) → (z³_t, u¹_t, u²_t, u³_t).
+
+        The membrane state is explicit, so a graph exported from this has it as inputs/outputs.
+        """
+        cfg = self.cfg
+        cur1 = self.bn1(F.avg_pool2d(self.conv1(x_t), POOL))
+        z1, s1 = lif_step(cur1, LIFState(u1), self.beta, self.theta, cfg.slope, cfg.reset)
+        cur2 = self.bn2(F.avg_pool2d(self.conv2(z1), POOL))
+        z2, s2 = lif_step(cur2, LIFState(u2), self.beta, self.theta, cfg.slope, cfg.reset)
+        cur3 = self.fc(self.dropout(z2.flatten(1)))
+        z3, s3 = lif_step(cur3, LIFState(u3), self.beta, self.theta, cfg.slope, cfg.reset)
+        return z3, s1.u, s2.u, s3.u
+
+    def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zero membranes (u¹, u², u³) for a batch."""
+        return tuple(torch.zeros(batch, *self.layer_shapes[n], device=device) for n in ("lif1", "lif2", "lif3"))
