@@ -1,7 +1,8 @@
 """Shared pieces of the click front ends (``qsnn-train``, ``qsnn-export``, ``qsnn-sim``).
 
-Expected failures (:class:`~qsnn.errors.QsnnError`, and OS errors on the user's files) print one
-line, ``error: <message>``, and exit with status 1; ``--debug`` shows the traceback instead.
+Expected failures (:class:`~qsnn.errors.QsnnError`, and OS errors on the user's files) print
+``error: <message>`` (one line, followed by details such as the paths searched where the message
+has them) and exit with status 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (QsnnError, OSError, ValueError) as exc:
             if debug:
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = str(exc).strip() or type(exc).__name__
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:

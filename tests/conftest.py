@@ -1,0 +1,55 @@
+"""Shared fixtures: small models really trained once per test session.
+
+``trained_run(**overrides)`` trains a QSNN on mnist5k (or the DVS fixture for ``dataset="dvs128"``)
+with CPU-sized settings and returns its run directory (``best.pt``, ``metrics.json``, ...). Runs
+are cached per set of overrides for the whole session, so every test file can ask for the same
+model without training it again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import write_dvsgesture_fixture
+
+# Two cores shared by everything: keep torch from oversubscribing them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY = dict(num_steps=8, epochs=2, subset=800, val_subset=100, batch_size=64, patience=5, cosine_period_epochs=2.0)
+
+
+@pytest.fixture(scope="session")
+def dvs_data_dir(tmp_path_factory) -> Path:
+    """A DVS128 Gesture folder in tonic's layout (generated recordings, 110 per split)."""
+    root = tmp_path_factory.mktemp("dvsdata")
+    write_dvsgesture_fixture(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, dvs_data_dir):
+    """Factory: ``trained_run(quant_scale="po2", ...)`` → run directory of a trained tiny model."""
+    from qsnn.config import TrainConfig
+    from qsnn.train.loop import train
+
+    cache: dict[tuple, Path] = {}
+
+    def make(dataset: str = "mnist5k", precision: str = "int4", **overrides) -> Path:
+        key = (dataset, precision, tuple(sorted(overrides.items())))
+        if key not in cache:
+            settings = {**TINY, **overrides}
+            data_dir = None
+            if dataset == "dvs128":
+                settings = {**settings, "subset": None, "val_subset": None, "num_steps": settings.get("num_steps", 8), "batch_size": 16}
+                data_dir = dvs_data_dir
+            cfg = TrainConfig.from_preset(dataset, precision, **settings)
+            run_dir = tmp_path_factory.mktemp(f"run-{dataset}-{precision}")
+            train(cfg, run_dir, data_dir=data_dir, progress=False, log=lambda _msg: None)
+            cache[key] = run_dir
+        return cache[key]
+
+    return make

@@ -1,0 +1,350 @@
+"""Training: the LIF step, the loss, the schedules, the two forward paths, runs, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import snntorch as snn
+import torch
+from snntorch import surrogate
+
+from qsnn.config import PRECISIONS, TrainConfig, presets
+from qsnn.errors import CheckpointError, QsnnError
+from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
+from qsnn.train.lif import LIFState, lif_scan, lif_step
+from qsnn.train.loss import mse_count_loss, predict
+from qsnn.train.model import QSNN, pool_into_kernel
+from qsnn.train.schedules import Schedule
+
+BIN = sys.executable.replace("python", "")
+
+
+# -- LIF neuron (eqs. 1-2, 5) ---------------------------------------------------------------------
+
+def test_lif_step_matches_equations_by_hand():
+    beta, theta = torch.tensor(0.5), torch.tensor(1.0)
+    u = LIFState(torch.zeros(1))
+    trace = []
+    for current in (0.6, 0.6, 0.6, 0.0, 0.0):
+        z, u = lif_step(torch.tensor([current]), u, beta, theta, k=5.0)
+        trace.append((float(z), float(u.u)))
+    # u1 = 0.6; u2 = 0.3 + 0.6 = 0.9; u3 = 0.45 + 0.6 = 1.05 > 1 → spike;
+    # u4 = 0.525 + 0 − 1 (reset from u3 > θ) = −0.475; u5 = −0.2375
+    expected = [(0, 0.6), (0, 0.9), (1, 1.05), (0, -0.475), (0, -0.2375)]
+    for (z, u_val), (z_e, u_e) in zip(trace, expected):
+        assert z == z_e and u_val == pytest.approx(u_e, abs=1e-6)
+
+
+def test_threshold_is_strict():
+    z, _ = lif_step(torch.tensor([1.0]), LIFState(torch.zeros(1)), torch.tensor(0.0), torch.tensor(1.0), k=1.0)
+    assert float(z) == 0.0  # u == θ does not spike
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_lif_scan_equals_snntorch_leaky_bit_for_bit(reset):
+    torch.manual_seed(0)
+    currents = torch.randn(50, 4, 32) * 1.5
+    beta, theta, k = 0.921, 2.04, 6.03
+    z, u = lif_scan(currents, torch.tensor(beta), torch.tensor(theta), k, reset)
+    leaky = snn.Leaky(beta=beta, threshold=theta, spike_grad=surrogate.fast_sigmoid(slope=k), reset_mechanism=reset)
+    mem = torch.zeros(4, 32)
+    for t in range(50):
+        spk, mem = leaky(currents[t], mem)
+        assert torch.equal(spk, z[t]) and torch.equal(mem, u[t])
+    assert z.sum() > 0
+
+
+def test_fast_sigmoid_surrogate_gradient_is_eq5():
+    k = 6.03
+    u = torch.linspace(-2, 4, 41, requires_grad=True)
+    z, _ = lif_step(u, LIFState(torch.zeros(41)), torch.tensor(0.0), torch.tensor(1.0), k)
+    z.sum().backward()
+    U = u.detach() - 1.0
+    assert torch.allclose(u.grad, 1.0 / (1.0 + k * U.abs()) ** 2)
+
+
+# -- loss (eq. 6) -----------------------------------------------------------------------------------
+
+def test_mse_count_loss_by_hand_and_against_snntorch():
+    from snntorch import functional as SF
+
+    T, B, C = 10, 3, 4
+    torch.manual_seed(1)
+    spikes = (torch.rand(T, B, C) < 0.4).float()
+    y = torch.tensor([0, 2, 3])
+    counts = spikes.sum(0)
+    target = torch.full((B, C), 2.0)  # ⌊0.2·10⌋
+    target[torch.arange(B), y] = 8.0  # ⌊0.8·10⌋
+    expected = ((counts - target) ** 2).mean() / T
+    assert mse_count_loss(spikes, y) == pytest.approx(float(expected))
+    assert mse_count_loss(spikes, y) == pytest.approx(float(SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)(spikes, y)))
+
+
+def test_prediction_first_index_wins_ties():
+    spikes = torch.zeros(5, 1, 4)
+    spikes[:, 0, 1] = 1
+    spikes[:, 0, 3] = 1
+    assert predict(spikes).tolist() == [1]
+
+
+# -- schedules ----------------------------------------------------------------------------------------
+
+def test_cosine_schedule_is_eq4_continuing_over_the_run():
+    s = Schedule("cosine", 1e-3, iters_per_epoch=10, period_epochs=2, eta_min=1e-5)
+    P = 20
+    for t in (0, 5, 13, 20, 27, 40, 55):
+        expect = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * t / P))
+        assert s.lr_at(t) == pytest.approx(expect)
+    assert s.lr_at(0) == pytest.approx(1e-3) and s.lr_at(P) == pytest.approx(1e-5) and s.lr_at(2 * P) == pytest.approx(1e-3)
+
+
+def test_cosine_warm_restarts_jump_back_each_period():
+    s = Schedule("cosine", 1e-3, iters_per_epoch=10, period_epochs=2, warm_restarts=True)
+    assert s.lr_at(19) < 1e-5 and s.lr_at(20) == pytest.approx(1e-3) and s.lr_at(30) == pytest.approx(s.lr_at(10))
+
+
+def test_lrstep_halves_every_n_epochs_and_none_is_constant():
+    s = Schedule("lrstep", 1.0, iters_per_epoch=4, step_epochs=15)
+    assert [s.lr_at(t) for t in (0, 59, 60, 119, 120)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    assert {Schedule("none", 0.1, 4).lr_at(t) for t in range(100)} == {0.1}
+
+
+def test_lossstep_halves_when_the_epoch_loss_stops_improving():
+    s = Schedule("lossstep", 1.0, iters_per_epoch=4, loss_patience=1)
+    for loss in (1.0, 0.9, 0.95):  # one bad epoch: within patience
+        s.end_epoch(loss)
+    assert s.current == 1.0
+    s.end_epoch(0.92)  # second bad epoch in a row
+    assert s.current == 0.5
+    s.end_epoch(0.5)
+    assert s.current == 0.5
+    state = s.state_dict()
+    s2 = Schedule("lossstep", 1.0, iters_per_epoch=4, loss_patience=1)
+    s2.load_state_dict(state)
+    assert s2.current == 0.5 and s2.best_loss == 0.5
+
+
+def test_schedule_apply_sets_optimizer_lr():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=123.0)
+    s = Schedule("cosine", 1e-3, iters_per_epoch=2, period_epochs=1)
+    s.step()
+    assert s.apply(opt) == pytest.approx(opt.param_groups[0]["lr"]) == pytest.approx(0.5e-3)
+
+
+# -- presets -------------------------------------------------------------------------------------------
+
+def test_six_table1_presets_build_valid_configs():
+    rows = presets()
+    assert set(rows) == {"mnist", "fmnist", "dvs128"}
+    for dataset in ("mnist", "fmnist", "dvs128"):
+        for precision in PRECISIONS:
+            cfg = TrainConfig.from_preset(dataset, precision)
+            assert cfg.preset_source and cfg.num_steps == 100
+    assert TrainConfig.from_preset("mnist5k", "int4", lr=0.1).lr == 0.1
+    with pytest.raises(QsnnError):
+        TrainConfig.from_preset("mnist", "int4", beta=1.5)
+
+
+# -- the two forward paths -------------------------------------------------------------------------------
+
+def _pair(quant_scale, dataset="mnist5k", shape=(1, 28, 28), classes=10, T=12, bn=True):
+    torch.manual_seed(0)
+    cfg = TrainConfig.from_preset(dataset, "int4", num_steps=T, quant_scale=quant_scale, batch_norm=bn, dropout=0.2)
+    return cfg, QSNN(cfg, shape, classes)
+
+
+def _loss_and_grads(model, forward, x, y, seed):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    out = forward(x, record=True)
+    loss = mse_count_loss(out.spikes, y)
+    loss.backward()
+    return loss.detach(), out.layers, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _input(shape, B=16, T=None):
+    torch.manual_seed(3)
+    if T is None:
+        return torch.rand(B, *shape) * 1.5, torch.randint(0, 10, (B,))
+    return torch.poisson(torch.full((B, T, *shape), 0.3)), torch.randint(0, 11, (B,))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fast_path_equals_plain_path_bit_for_bit_with_po2_scales(mode):
+    _, model = _pair("po2")
+    x, y = _input((1, 28, 28))
+    with torch.no_grad():  # BatchNorm running statistics from real batches, so eval mode spikes too
+        model.train().forward_fast(x)
+    getattr(model, mode)()
+    l_fast, rec_fast, g_fast = _loss_and_grads(model, model.forward_fast, x, y, 7)
+    l_plain, rec_plain, g_plain = _loss_and_grads(model, model.forward_plain, x, y, 7)
+    assert rec_plain["z1"].sum() > 0 and rec_plain["z2"].sum() > 0
+    for key in rec_plain:  # spikes and membranes of every layer at every step
+        assert torch.equal(rec_fast[key], rec_plain[key]), key
+    assert torch.equal(l_fast, l_plain)
+    for name in g_plain:
+        assert torch.allclose(g_fast[name], g_plain[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_fast_path_matches_plain_path_with_float_scales_and_events():
+    _, model = _pair("float", dataset="dvs128", shape=(2, 32, 32), classes=11, T=10)
+    model.train()
+    x, y = _input((2, 32, 32), B=8, T=10)
+    l_fast, rec_fast, g_fast = _loss_and_grads(model, model.forward_fast, x, y, 11)
+    l_plain, rec_plain, g_plain = _loss_and_grads(model, model.forward_plain, x, y, 11)
+    mismatched = sum(int((rec_fast[k] != rec_plain[k]).sum()) for k in ("z1", "z2", "z3"))
+    total = sum(rec_plain[k].numel() for k in ("z1", "z2", "z3"))
+    assert mismatched / total < 1e-3  # float-rounding flips only (documented in train/model.py)
+    assert torch.allclose(l_fast, l_plain, rtol=1e-3)
+    if mismatched == 0:
+        for name in g_plain:
+            assert torch.allclose(g_fast[name], g_plain[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_pool_into_kernel_is_avgpool_of_conv():
+    torch.manual_seed(0)
+    w = torch.randint(-7, 8, (4, 3, 5, 5)).float()
+    z = (torch.rand(2, 3, 14, 14) < 0.3).float()
+    a = torch.nn.functional.avg_pool2d(torch.nn.functional.conv2d(z, w), 2)
+    b = torch.nn.functional.conv2d(z, pool_into_kernel(w), stride=2)
+    assert torch.equal(a, b)  # integers/4: exact in float32
+
+
+def test_static_image_is_fed_unchanged_every_step():
+    _, model = _pair("po2", T=6)
+    model.eval()
+    x, _ = _input((1, 28, 28), B=2)
+    frames = x.unsqueeze(1).expand(2, 6, 1, 28, 28)  # the same image as a 6-frame "event" input
+    a = model.forward_plain(x, record=True).layers
+    b = model.forward_plain(frames, record=True).layers
+    for key in a:
+        assert torch.equal(a[key], b[key])
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+def test_short_run_learns_well_above_chance(trained_run):
+    run = trained_run()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_acc"] > 60.0, metrics  # chance is 10 %
+    assert metrics["test_samples"] == 500 and metrics["train_samples"] == 800
+    for name in ("best.pt", "last.pt", "log.csv", "log.json", "iters.csv", "training.png"):
+        assert (run / name).stat().st_size > 0, name
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["metrics"]["test_acc"] == metrics["test_acc"]
+    assert {"torch", "snntorch", "brevitas", "numpy"} <= set(ckpt["versions"])
+    assert "optimizer" in ckpt and "rng" in ckpt and "schedule" in ckpt
+
+
+def _tiny_cfg(**kw):
+    base = dict(num_steps=5, epochs=3, subset=300, val_subset=100, test_subset=100, batch_size=50, patience=5,
+                cosine_period_epochs=1.0)
+    return TrainConfig.from_preset("mnist5k", "int4", **{**base, **kw})
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    from qsnn.train.loop import train
+
+    cfg = _tiny_cfg()
+    full = train(cfg, tmp_path / "full", progress=False, log=lambda m: None)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(msg):
+        if msg.startswith("epoch   1"):
+            raise Stop  # killed right after epoch 1's checkpoint
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "cut", progress=False, log=interrupt)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    assert [r["lr"] for r in a["iters"]] == [r["lr"] for r in b["iters"]]
+    assert full["test_acc"] == resumed["test_acc"]
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    from qsnn.train.loop import train
+
+    cfg = _tiny_cfg(epochs=1)
+    train(cfg, tmp_path, progress=False, log=lambda m: None)
+    before = (tmp_path / "best.pt").read_bytes()
+    with pytest.raises(QsnnError, match="--resume"):
+        train(cfg, tmp_path, progress=False, log=lambda m: None)
+    assert (tmp_path / "best.pt").read_bytes() == before
+
+
+def test_early_stopping_uses_validation_and_keeps_best(tmp_path):
+    from qsnn.train.loop import train
+
+    cfg = _tiny_cfg(epochs=6, patience=1, lr=1e-12, schedule="none")
+    m = train(cfg, tmp_path, progress=False, log=lambda m: None)
+    assert m["stopped_early"] and m["epochs_run"] == 2 and m["best_epoch"] == 1
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+
+# -- checkpoints: bad input -----------------------------------------------------------------------------
+
+def test_bad_checkpoints_give_clear_errors(tmp_path, trained_run):
+    good = (trained_run() / "best.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a qsnn checkpoint"):
+        load_checkpoint(other)
+    old = tmp_path / "old.pt"
+    data = torch.load(trained_run() / "best.pt", weights_only=True)
+    data["format_version"] = 999
+    torch.save(data, old)
+    with pytest.raises(CheckpointError, match="format version 999"):
+        load_checkpoint(old)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"config": {}, "model": {}, "input_shape": [1], "classes": [], "encoding": "static"})
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"config": {"x": 1}, "model": {}, "input_shape": [1], "classes": [], "encoding": "static"})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+def test_cli_missing_dataset_is_one_line_error(tmp_path):
+    exe = f"{sys.prefix}/bin/qsnn-train"
+    res = subprocess.run([exe, "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    assert str(tmp_path) in res.stderr
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_cli_help_documents_every_option():
+    exe = f"{sys.prefix}/bin/qsnn-train"
+    res = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, check=True)
+    for opt in ("--dataset", "--precision", "--schedule", "--steps", "--subset", "--resume", "--quant-scale", "--reset",
+                "--warm-restarts", "--grad-clip", "--weight-clip", "--patience", "--data-dir"):
+        assert opt in res.stdout
