@@ -1,0 +1,19 @@
+"""Export: a trained QSNN as a one-time-step QONNX graph, and that graph compiled to integers.
+
+Modules (only :mod:`.qonnx_float` and :mod:`.integer_torch` import torch; the rest need numpy, onnx,
+onnxruntime and qonnx, so ``sim/`` and ``targets/`` can use them without torch):
+
+* :mod:`.format`        the file format: metadata keys, reading and checking a qsnn QONNX file,
+                         name-preserving cleanup, atomic save.
+* :mod:`.qonnx_float`   ``export_float(checkpoint, out)``: PyTorch/Brevitas → QONNX, one time step,
+                         membranes as graph inputs/outputs (kind ``"float"``).
+* :mod:`.compile`       ``compile_qonnx(onnx, profile)``: QONNX → :class:`~qsnn.network.IntegerNetwork`
+                         plus a report; ``read_integer_qonnx`` reads the integer graph back.
+* :mod:`.qonnx_int`     ``export_integer(net, out)``: the integer-domain one-step graph (kind
+                         ``"integer"``), exact in float64, that any QONNX executor runs bit for bit.
+* :mod:`.runtime`       host loops over T: ``run_onnx_steps`` (onnxruntime after ``QuantToQCDQ``, or
+                         qonnx's ``execute_onnx``) for both kinds.
+* :mod:`.integer_torch` ``run_integer_torch``: an independent PyTorch evaluation of the integer
+                         semantics of :mod:`qsnn.profiles`.
+* :mod:`.cli`           ``qsnn-export``.
+"""

@@ -1,0 +1,11 @@
+"""The bit-accurate integer simulator (NumPy only, never torch).
+
+:func:`simulate` runs a compiled :class:`~qsnn.network.IntegerNetwork` on a batch of inputs with
+its profile's integer arithmetic (see :mod:`qsnn.profiles` for the step it implements);
+:mod:`qsnn.sim.report` turns a run into the validation and hardware report that ``qsnn-sim``
+prints, saves and plots.
+"""
+
+from .engine import LayerStats, SimResult, check_input, leak, predict, saturate, shl, simulate
+
+__all__ = ["LayerStats", "SimResult", "check_input", "leak", "predict", "saturate", "shl", "simulate"]
