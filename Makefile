@@ -49,6 +49,33 @@ demo: install
 
 bench: install
 	$(BIN)/python -m qsnn.train.bench
+	$(BIN)/python -m qsnn.sim.bench
 
 clean:
 	rm -rf runs/demo .pytest_cache
+
+# The paper's schedule study (Table II, Figs. 2-3), resumable; PRECISION takes a comma list here:
+#   make study DATASET=fmnist SCHEDULES=none,lrstep,lossstep,cosine TRIALS=3 [EPOCHS= STEPS= SUBSET= OUT=]
+SCHEDULES  ?= none,lrstep,lossstep,cosine
+TRIALS     ?= 3
+STUDY_ARGS ?=
+study: install
+	$(BIN)/qsnn-train study --dataset $(DATASET) \
+	  --precision $(if $(filter command line environment,$(origin PRECISION)),$(PRECISION),int4,fp32) \
+	  --schedules $(SCHEDULES) --trials $(TRIALS) \
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
+	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(STUDY_ARGS)
+
+# Optuna search (Table I footnote); start it in several shells/machines with one STORAGE to share the study:
+#   make tune DATASET=fmnist PRECISION=int4 TRIALS=100 (default 50) [EPOCHS=5 STORAGE=postgresql://... STUDY_NAME=...]
+STORAGE    ?=
+STUDY_NAME ?=
+TUNE_ARGS  ?=
+tune: install
+	$(BIN)/qsnn-train tune --dataset $(DATASET) --precision $(PRECISION) \
+	  --trials $(if $(filter command line environment,$(origin TRIALS)),$(TRIALS),50) \
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
+	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) \
+	  $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TUNE_ARGS)
+
+.PHONY: study tune

@@ -21,6 +21,21 @@ current shift, at most ``frac_bits`` guard bits. ``leak`` is one of
 and ``sat`` clamps to the membrane width (``overflow="saturate"``) or wraps in two's complement
 (``overflow="wrap"``). Loihi's zero reset (``v = 0`` right after a spike) gives the same spikes as
 the delayed zero reset above: a neuron that spiked starts the next step from 0 either way.
+
+Precisely (what ``sim/``, the integer QONNX graph and the PyTorch integer mode all compute):
+
+* ``acc_t = sumpool_p(W ⊛ z_in,t−k)``, an exact integer sum: convolution stride 1, no
+  padding, p×p stride-p sum-pooling (dense: on the input flattened C-major, as torch's flatten);
+  ``k = synaptic_delay``: the layer sees its input (the previous layer's spikes, or the input
+  frame for the first layer) k steps late, zeros for t < k (its bias is still added every step).
+* The current on the grid is ``shl(shl(acc, e), s)`` with e = weight_exp: for e ≥ 0 exactly
+  ``acc · 2^e`` shifted by s (= ``shl(acc, s + e)``); a negative e floors the sum first, then s applies.
+* Everything inside ``sat(...)`` is exact (no intermediate rounding or clamping); ``sat`` is applied
+  once per step. ``saturate`` clamps to [membrane_min, membrane_max] (symmetric_clip narrows the
+  low rail to −(2^(w−1)−1)); ``wrap`` maps to [−2^(w−1), 2^(w−1)−1] whatever symmetric_clip says.
+* ``u_{−1} = 0`` (so ``r_0 = 0``); a static image (uint8 pixels) is the input frame at every step,
+  event counts give frame t at step t; the class is the argmax of output spike counts over T,
+  first index winning ties.
 """
 
 from __future__ import annotations

@@ -6,6 +6,6 @@ its profile's integer arithmetic (see :mod:`qsnn.profiles` for the step it imple
 prints, saves and plots.
 """
 
-from .engine import LayerStats, SimResult, check_input, leak, predict, saturate, shl, simulate
+from .engine import LayerStats, SimResult, check_input, combine, leak, predict, saturate, shl, simulate
 
-__all__ = ["LayerStats", "SimResult", "check_input", "leak", "predict", "saturate", "shl", "simulate"]
+__all__ = ["LayerStats", "SimResult", "check_input", "combine", "leak", "predict", "saturate", "shl", "simulate"]

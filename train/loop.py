@@ -12,8 +12,11 @@ the end, to report the best checkpoint's accuracy). The run directory holds::
     metrics.json   final summary: best epoch, val and test accuracy of best.pt, early stop
     training.png   loss and LR per iteration, validation accuracy per epoch
 
-Every file is written atomically. ``resume=True`` continues from ``last.pt`` with the optimizer,
-schedule and every random generator restored, so the result equals an uninterrupted run.
+Every file is written atomically, ``metrics.json`` last (its presence marks a finished run).
+``resume=True`` continues from ``last.pt`` with the optimizer, schedule and every random generator
+restored, so the result equals an uninterrupted run. Under ``torchrun`` (``WORLD_SIZE > 1``) the
+same function trains with DistributedDataParallel and one-process semantics (global batch, averaged
+gradients, all-reduced metrics, rank 0 the only writer): see :mod:`qsnn.train.distributed`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from qsnn.errors import QsnnError
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Batches
+from .distributed import SINGLE, DistContext, rank_seed, resolve_device, shard_batch, shard_bounds, wrap_model
+from .distributed import setup as setup_distributed
 from .loss import mse_count_loss, predict
 from .model import QSNN
 from .schedules import Schedule
@@ -45,11 +50,8 @@ from .schedules import Schedule
 EVAL_BATCH = 256
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else the CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+class TrainingDiverged(QsnnError):
+    """The training loss became NaN or infinite."""
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -68,12 +70,23 @@ def load_splits(cfg: TrainConfig, data_dir=None) -> dict[str, ArraySplit]:
 
 
 @torch.no_grad()
-def evaluate(model: QSNN, split: ArraySplit, device: torch.device) -> float:
-    """Accuracy (%) of ``model`` on ``split``: argmax of output spike counts."""
+def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: DistContext = SINGLE) -> float:
+    """Accuracy (%) of ``model`` on ``split``: argmax of output spike counts.
+
+    Under data parallelism each rank evaluates its slice of every batch and the correct counts
+    are summed over the ranks, so every rank returns the accuracy on the whole split.
+    """
     model.eval()
     correct = 0
     for x, y in Batches(split, EVAL_BATCH, shuffle=False, device=device):
+        if dist_ctx.enabled:
+            start, stop = shard_bounds(len(y), dist_ctx.rank, dist_ctx.world_size)
+            x, y = x[start:stop], y[start:stop]
+            if not len(y):
+                continue
         correct += int((predict(model(x).spikes) == y).sum())
+    if dist_ctx.enabled:
+        correct = int(round(dist_ctx.all_reduce_sum([correct], device)[0]))
     return 100.0 * correct / max(1, len(split.y))
 
 
@@ -141,22 +154,43 @@ def plot_training(run_dir: Path, iters: list[dict[str, Any]], history: list[dict
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool = False,
-          device: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) one run in ``run_dir``; return the final metrics."""
+          device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+          evaluate_test: bool = True) -> dict[str, Any]:
+    """Train (or resume) one run in ``run_dir``; return the final metrics.
+
+    ``on_epoch(epoch, row)``, when given, is called after each epoch's checkpoint and log are
+    written, with the epoch's log row (``train_loss``, ``train_acc``, ``val_acc``, ``lr``, ...); it
+    may raise (e.g. ``optuna.TrialPruned``) to stop the run there, leaving a resumable run
+    directory. ``evaluate_test=False`` never reads the test split (``test_acc`` is None), for
+    hyperparameter searches that must not see it.
+
+    Started by ``torchrun`` with ``WORLD_SIZE > 1``, the same call trains data-parallel with the
+    semantics of one process (see :mod:`qsnn.train.distributed`); ``on_epoch`` then runs on every
+    rank with the same row, and only rank 0 writes to ``run_dir``.
+    """
     run_dir = Path(run_dir)
+    ctx, dev = setup_distributed(device)
+    if not ctx.is_main:
+        progress, log = False, (lambda _msg: None)
     last, best = run_dir / "last.pt", run_dir / "best.pt"
-    ckpt = None
-    if last.exists():
+
+    def read_last():
+        if not last.exists():
+            return None
         if not resume:
             raise QsnnError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
-        ckpt = load_checkpoint(last)
+        return load_checkpoint(last)
+
+    ckpt = ctx.run_on_main(read_last)  # rank 0 reads, every rank gets it
+    if ckpt is not None:
         saved = ckpt["config_obj"]
         if saved != cfg:
             diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if v != cfg.to_dict()[k]}
             log(f"resuming {run_dir} with its saved configuration (ignoring differing arguments: {sorted(diff)})")
         cfg = saved
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- data, model, optimiser -----------------------------------------------------------------
     generator = seed_everything(cfg.seed)
@@ -164,6 +198,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
     train_split = splits["train"]
     batches = Batches(train_split, cfg.batch_size, shuffle=True, generator=generator, device=dev)
     model = QSNN(cfg, train_split.input_shape, len(train_split.classes)).to(dev)
+    if ctx.enabled:  # same initial weights on every rank; then each rank its own dropout stream
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     schedule = Schedule.from_config(cfg, len(batches))
     state = {"best_val": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped_early": False}
@@ -174,49 +210,75 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
-        _set_rng_state(ckpt["rng"], generator)
+        rng = ckpt["rng"]
+        if ctx.enabled:
+            per_rank = ckpt.get("rng_ranks")
+            if per_rank is not None and len(per_rank) == ctx.world_size:
+                rng = per_rank[ctx.rank]
+            else:
+                log(f"note: {last} was written by {len(per_rank) if per_rank else 1} process(es); "
+                    f"every rank restarts from rank 0's random state")
+        _set_rng_state(rng, generator)
         state, history, iters = dict(ckpt["state"]), list(ckpt["history"]), list(ckpt["iters"])
         start_epoch = int(ckpt["epoch"])
         log(f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)")
+        ckpt = None
+    net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
 
-    def payload(epoch: int) -> dict[str, Any]:
-        return {"config": cfg.to_dict(), "input_shape": list(train_split.input_shape),
+    def payload(epoch: int, rng_ranks: list[Any] | None) -> dict[str, Any]:
+        data = {"config": cfg.to_dict(), "input_shape": list(train_split.input_shape),
                 "classes": list(train_split.classes), "encoding": train_split.encoding,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "rng": _rng_state(generator), "epoch": epoch,
                 "state": dict(state), "history": history, "iters": iters,
                 "metrics": {"best_val": state["best_val"], "best_epoch": state["best_epoch"]}}
+        if rng_ranks is not None:
+            data.update(rng=rng_ranks[0], rng_ranks=rng_ranks, world_size=ctx.world_size)
+        return data
 
     # -- epochs ----------------------------------------------------------------------------------
     done = state["stopped_early"] or start_epoch >= cfg.epochs
     for epoch in range(start_epoch + 1, cfg.epochs + 1) if not done else ():
-        model.train()
+        net.train()
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False, unit="batch")
         for x, y in bar:
             lr = schedule.apply(optimizer)
-            out = model(x)
+            n_batch = len(y)  # the global batch
+            if ctx.enabled:
+                x, y, real = shard_batch(x, y, ctx)
+            out = net(x)
             loss = mse_count_loss(out.spikes, y, cfg.correct_rate, cfg.incorrect_rate)
+            # DDP averages gradients over ranks: weight each rank's mean by its share of the
+            # global batch so the update is the gradient of the global-batch mean.
+            objective = loss * (real * ctx.world_size / n_batch) if ctx.enabled else loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             if cfg.weight_clip:
                 model.clip_weights(1.0)
-            loss_value = float(loss.detach())
+            if ctx.enabled:
+                batch_correct = int((predict(out.spikes[:, :real]) == y[:real]).sum())
+                loss_total, batch_correct = ctx.all_reduce_sum([float(loss.detach()) * real, batch_correct], dev)
+                loss_value, batch_correct = loss_total / n_batch, int(round(batch_correct))
+            else:
+                loss_value = float(loss.detach())
+                batch_correct = int((predict(out.spikes) == y).sum())
             iters.append({"iteration": schedule.t, "epoch": epoch, "loss": loss_value, "lr": lr})
             schedule.step()
-            loss_sum += loss_value * len(y)
-            correct += int((predict(out.spikes) == y).sum())
-            seen += len(y)
+            loss_sum += loss_value * n_batch
+            correct += batch_correct
+            seen += n_batch
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         train_time = time.perf_counter() - t0
         train_loss = loss_sum / seen
         if not math.isfinite(train_loss):
-            raise QsnnError(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip")
+            raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip")
         schedule.end_epoch(train_loss)
-        val_acc = evaluate(model, splits["val"], dev)
+        ctx.broadcast_buffers(model)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
+        val_acc = evaluate(model, splits["val"], dev, ctx)
         history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct / seen,
                         "val_acc": val_acc, "lr": lr, "time_s": train_time, "samples_per_s": seen / train_time})
         improved = val_acc > state["best_val"]
@@ -225,32 +287,40 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         else:
             state["bad_epochs"] += 1
         state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch < cfg.epochs
-        if improved:
-            save_checkpoint(best, payload(epoch))
-        save_checkpoint(last, payload(epoch))
-        _write_csv(run_dir / "log.csv", history)
-        atomic_write_text(run_dir / "log.json", json.dumps(history, indent=1))
+        rng_ranks = ctx.gather_objects(_rng_state(generator)) if ctx.enabled else None
+        if ctx.is_main:
+            if improved:
+                save_checkpoint(best, payload(epoch, rng_ranks))
+            save_checkpoint(last, payload(epoch, rng_ranks))
+            _write_csv(run_dir / "log.csv", history)
+            atomic_write_text(run_dir / "log.json", json.dumps(history, indent=1))
         log(f"epoch {epoch:3d}  loss {train_loss:.4f}  train {history[-1]['train_acc']:6.2f} %  "
             f"val {val_acc:6.2f} %{' *' if improved else '  '}  lr {lr:.3g}  {seen / train_time:7.1f} samples/s")
+        if on_epoch is not None:
+            on_epoch(epoch, dict(history[-1]))
         if state["stopped_early"]:
             log(f"early stop: validation accuracy has not improved for {cfg.patience} epochs (best {state['best_val']:.2f} % at epoch {state['best_epoch']})")
             break
 
     # -- the best checkpoint on the test split -----------------------------------------------------
-    best_ckpt = load_checkpoint(best)
+    best_ckpt = ctx.run_on_main(lambda: load_checkpoint(best))
     model.load_state_dict(best_ckpt["model"])
-    test_acc = evaluate(model, splits["test"], dev)
+    test_acc = evaluate(model, splits["test"], dev, ctx) if evaluate_test else None
     metrics = {"dataset": cfg.dataset, "precision": cfg.precision, "schedule": cfg.schedule, "seed": cfg.seed,
                "best_epoch": state["best_epoch"], "best_val_acc": state["best_val"], "test_acc": test_acc,
                "epochs_run": len(history), "stopped_early": state["stopped_early"],
                "train_samples": len(train_split.y), "val_samples": len(splits["val"].y),
                "test_samples": len(splits["test"].y), "num_steps": cfg.num_steps, "device": str(dev),
-               "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None}
-    best_ckpt.pop("config_obj")
-    best_ckpt["metrics"] = metrics
-    save_checkpoint(best, {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")})
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
-    _write_csv(run_dir / "iters.csv", iters)
-    if history:
-        plot_training(run_dir, iters, history)
+               "world_size": ctx.world_size,
+               "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None,
+               "config": cfg.to_dict()}
+    if ctx.is_main:
+        # metrics.json last: its presence marks a finished run (qsnn-train study relies on it)
+        _write_csv(run_dir / "iters.csv", iters)
+        if history:
+            plot_training(run_dir, iters, history)
+        best_ckpt.pop("config_obj")
+        best_ckpt["metrics"] = metrics
+        save_checkpoint(best, {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")})
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics

@@ -1,0 +1,208 @@
+"""``qsnn-export``: write a trained QSNN in a deployable form.
+
+    qsnn-export CHECKPOINT --to qonnx [-o model.onnx]                      float QONNX, one time step
+    qsnn-export CHECKPOINT --to qonnx --profile fpga [-o model.fpga.onnx]  integer QONNX under a profile
+
+Adding a target is adding one writer function and one entry in :data:`TARGETS` (the ``--to``
+choices come from it). A writer receives an :class:`ExportJob` and returns summary rows; it can get
+the float QONNX of the source with :func:`float_qonnx` and the compiled network with
+:func:`integer_network`, whether the source is a checkpoint or an ``.onnx`` export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from qsnn.cli import debug_option, friendly_errors, print_table
+from qsnn.errors import ExportError, ProfileError
+from qsnn.profiles import PROFILES, ChipProfile, get_profile
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """What the command line asked for."""
+
+    source: Path                      # a checkpoint (.pt) or a qsnn QONNX file (.onnx)
+    output: Path | None               # -o, or None for the target's default
+    profile_name: str | None
+    profile_overrides: dict[str, Any]
+    allow_saturation: bool
+    force: bool
+
+    @property
+    def source_is_onnx(self) -> bool:
+        return self.source.suffix.lower() == ".onnx"
+
+    def profile(self) -> ChipProfile | None:
+        if self.profile_name is None:
+            if self.profile_overrides:
+                raise ProfileError("--profile-set needs --profile (which profile to change)")
+            return None
+        return get_profile(self.profile_name, **self.profile_overrides)
+
+    def check_output(self, path: Path) -> Path:
+        """``path`` unless it exists and --force was not given."""
+        if path.exists() and not self.force:
+            raise ExportError(f"{path} exists; pass --force to overwrite it (or -o another path)")
+        if path.resolve() == self.source.resolve():
+            raise ExportError(f"{path} is the input file; choose another output with -o")
+        return path
+
+
+def parse_profile_set(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("membrane_bits=24", "overflow=wrap")`` → typed profile overrides."""
+    types = {f.name: f.type for f in dataclasses.fields(ChipProfile)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or not key:
+            raise ProfileError(f"--profile-set expects KEY=VALUE, got {item!r}")
+        if key not in types:
+            raise ProfileError(f"unknown profile field {key!r}; fields are {sorted(types)}")
+        kind = str(types[key])
+        try:
+            if kind == "bool":
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif kind == "int":
+                out[key] = int(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise ProfileError(f"--profile-set {key}: {value!r} is not a valid {kind}") from None
+    return out
+
+
+@contextmanager
+def float_qonnx(job: ExportJob) -> Iterator[Path]:
+    """The float QONNX of the job's source: the source itself (.onnx) or a temporary export of the checkpoint."""
+    if job.source_is_onnx:
+        yield job.source
+        return
+    from .qonnx_float import export_float
+
+    with tempfile.TemporaryDirectory(prefix="qsnn-export-") as tmp:
+        yield export_float(job.source, Path(tmp) / "float.onnx")
+
+
+def integer_network(job: ExportJob, profile: ChipProfile):
+    """(IntegerNetwork, compile report) of the job's source under ``profile``."""
+    from .compile import compile_qonnx, read_integer_qonnx
+    from .format import check_qsnn_model
+
+    if job.source_is_onnx and check_qsnn_model(job.source)[1]["kind"] == "integer":
+        net = read_integer_qonnx(job.source)
+        if net.profile != profile:
+            raise ExportError(f"{job.source} is already compiled for profile {net.profile.name!r}; "
+                              "start from the checkpoint or the float export")
+        return net, dict(net.metadata.get("compile_report", {}))
+    with float_qonnx(job) as path:
+        return compile_qonnx(path, profile, allow_saturation=job.allow_saturation)
+
+
+def compile_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Summary rows of a compile report."""
+    rows: list[tuple[str, Any]] = [
+        ("leak", f"{report['leak']['kind']} decay={report['leak']['decay']} "
+                 f"(beta {report['leak']['beta']:.6g} -> {report['leak']['beta_integer']:.6g})")]
+    for layer in report["layers"]:
+        th = layer["threshold"]
+        rows.append((f"  {layer['name']}",
+                     f"shift {layer['current_shift']:+d}"
+                     + (f", weights x{layer['weight_multiplier']}" if layer["weight_multiplier"] != 1 else "")
+                     + f", threshold {th['min']}..{th['max']} (err {th['max_rel_error']:.2%})"
+                     + f", bound [{layer['bound']['min']}, {layer['bound']['max']}] in "
+                       f"[{layer['membrane_range'][0]}, {layer['membrane_range'][1]}]"
+                     + (" SATURATION POSSIBLE" if layer["saturation_possible"] else "")))
+    for note in report.get("notes", []):
+        rows.append(("note", note))
+    return rows
+
+
+def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
+    """--to qonnx: the float one-step graph, or with --profile the integer one."""
+    from .format import check_qsnn_model, read_metadata
+    from .qonnx_float import export_float
+    from .qonnx_int import export_integer
+
+    profile = job.profile()
+    if profile is None:
+        if job.source_is_onnx:
+            raise ExportError(f"{job.source} is already a QONNX file; add --profile NAME to compile it to integers")
+        out = job.check_output(job.output or job.source.with_suffix(".onnx"))
+        export_float(job.source, out)
+        report = None
+    else:
+        stem = job.source.name.split(".")[0]
+        out = job.check_output(job.output or job.source.with_name(f"{stem}.{profile.name}.onnx"))
+        net, report = integer_network(job, profile)
+        export_integer(net, out)
+    _, meta = check_qsnn_model(out)
+    rows: list[tuple[str, Any]] = [
+        ("file", str(out)), ("size", f"{out.stat().st_size / 1024:.1f} KiB"),
+        ("kind", meta["kind"] + (f" (profile {profile.name})" if profile else "")),
+        ("dataset", meta["dataset"]), ("time steps T", meta["num_steps"]),
+        ("classes", f"{len(meta['classes'])}: {', '.join(map(str, meta['classes'][:11]))}"),
+        ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}"),
+        ("neuron", f"beta {meta['beta']:.6g}, theta {meta['threshold']:.6g}, {meta['reset']} reset"),
+        ("weights", f"{meta['precision']}, {meta['weight_bits']} bits, scale {meta['quant_scale']}"),
+    ]
+    if report:
+        rows += compile_rows(report)
+    return rows
+
+
+#: ``--to`` targets: name → writer(job) → summary rows. Add a target here (one function, one entry).
+TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
+    "qonnx": write_qonnx,
+}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="CHECKPOINT")
+@click.option("--to", "target", type=click.Choice(list(TARGETS)), required=True,
+              help="What to write. qonnx: the network as a QONNX graph of one time step (membrane potentials "
+                   "are graph inputs u1..u3 and outputs u1_out..u3_out; run it T times). Without --profile the "
+                   "graph has the trained float semantics (Brevitas Quant nodes for 4-bit weights); with "
+                   "--profile it is the integer graph of that chip's arithmetic.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx].")
+@click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default=None,
+              help="Compile to integers under this chip profile: fpga (4-bit weights, int16 saturating membrane, "
+                   "multiplicative leak, subtract reset) or loihi2 (Lava's bit-accurate LIF: 8-bit weights, 24-bit "
+                   "state, 12-bit decay, zero reset, one-step synaptic delay).")
+@click.option("--profile-set", "profile_set", multiple=True, metavar="KEY=VALUE",
+              help="Change one field of the profile, e.g. --profile-set membrane_bits=24 --profile-set "
+                   "frac_bits=4 (repeatable; fields: see qsnn/profiles.py).")
+@click.option("--allow-saturation", is_flag=True, default=False,
+              help="Compile even if the worst-case membrane may exceed the profile's width (values then saturate "
+                   "or wrap as the profile says); without it such a network is refused.")
+@click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file.")
+@debug_option
+@friendly_errors
+def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_set: tuple[str, ...],
+         allow_saturation: bool, force: bool) -> None:
+    """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run).
+
+    The output is written atomically: on any error an existing file is left as it was. A source
+    ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
+    """
+    warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
+    job = ExportJob(source=source, output=output, profile_name=profile_name,
+                    profile_overrides=parse_profile_set(profile_set), allow_saturation=allow_saturation, force=force)
+    rows = TARGETS[target](job)
+    print_table(rows, title=f"qsnn-export --to {target}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

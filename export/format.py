@@ -1,0 +1,226 @@
+"""The qsnn QONNX file: one time step of the network, membranes as explicit graph inputs/outputs.
+
+Graph interface (both kinds)::
+
+    inputs:  x   the input frame of this step, (N, C, H, W)
+             u1, u2, u3   membrane potentials after the previous step (zeros at t = 0)
+    outputs: z3  output spikes of this step, (N, classes)
+             u1_out, u2_out, u3_out   membranes after this step (feed them back as u1, u2, u3)
+
+The ``"float"`` kind (:mod:`.qonnx_float`) takes the real-valued input (pixels/255 or event counts)
+in float32 and reproduces the trained PyTorch model; the ``"integer"`` kind (:mod:`.qonnx_int`)
+takes the integer input (uint8 pixels or counts) in float64 and carries the chip arithmetic of a
+profile, with extra outputs ``z1``, ``z2`` (spikes of the hidden layers) and, for a profile with a
+synaptic delay k, delay-line states ``d1..d3`` → ``d1_out..d3_out`` of shape (N, k, ...).
+
+The batch dimension is dynamic (``N``). A runtime that needs a fixed batch size can set it with
+qonnx: ``ModelWrapper(path).transform(ChangeBatchSize(n))`` or :func:`fix_batch_size`.
+
+Weights: ``<layer>.weight`` initializers (behind a ``Quant`` node for int4 checkpoints); the dense
+layer's is stored (in, out) for ``MatMul``.
+
+Everything a deployer needs is in the ONNX ``metadata_props`` (all values are strings; lists and
+dicts are JSON): see :data:`FLOAT_KEYS` and :func:`read_metadata`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from qsnn.atomic import atomic_write_bytes
+from qsnn.errors import ExportError
+
+FORMAT = "qsnn-qonnx"
+FORMAT_VERSION = 1
+KINDS = ("float", "integer")
+
+STATE_INPUTS = ("u1", "u2", "u3")
+STATE_OUTPUTS = ("u1_out", "u2_out", "u3_out")
+INPUT = "x"
+OUTPUT = "z3"
+
+#: Metadata every qsnn QONNX file carries (values are strings; JSON for lists and dicts).
+FLOAT_KEYS = (
+    "format", "format_version", "kind", "dataset", "classes", "num_steps", "encoding", "input_scale",
+    "input_max", "input_shape", "beta", "threshold", "slope", "reset", "precision", "weight_bits",
+    "quant_scale", "batch_norm", "dropout", "layers", "qsnn_version", "checkpoint_sha256",
+)
+#: Extra metadata of the integer kind.
+INTEGER_KEYS = ("profile", "network", "compile_report")
+
+#: Metadata values stored as JSON (decoded by :func:`read_metadata`).
+JSON_KEYS = ("classes", "input_shape", "layers", "batch_norm", "profile", "network", "compile_report",
+             "versions", "bn_exact")
+NUMBER_KEYS = ("format_version", "num_steps", "input_scale", "input_max", "beta", "threshold", "slope",
+               "weight_bits", "dropout")
+
+#: The ONNX ops a float export may contain (besides qonnx's Quant).
+FLOAT_OPS = frozenset({
+    "Quant", "Conv", "AveragePool", "BatchNormalization", "MatMul", "Gemm", "Transpose", "Flatten",
+    "Reshape", "Sub", "Greater", "Cast", "Clip", "Mul", "Add", "Identity", "Dropout", "Constant",
+})
+
+#: The ONNX ops an integer export may contain.
+INTEGER_OPS = frozenset({
+    "Conv", "AveragePool", "MatMul", "Flatten", "Cast", "Mul", "Add", "Sub", "Floor", "Abs", "Sign", "Greater",
+    "Clip", "Gather", "Unsqueeze", "Slice", "Concat", "Identity",
+})
+
+
+def load_model(source: Any) -> onnx.ModelProto:
+    """An ``onnx.ModelProto`` from a path, a ModelProto or a qonnx ``ModelWrapper``.
+
+    Raises :class:`ExportError` naming the file if it does not exist or is not an ONNX model.
+    """
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if hasattr(source, "model") and isinstance(getattr(source, "model"), onnx.ModelProto):
+        return source.model
+    path = Path(os.fspath(source))
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends
+        raise ExportError(f"{path}: not an ONNX model ({type(exc).__name__}); pass a file written by qsnn-export") from None
+    if not model.graph.node:
+        raise ExportError(f"{path}: not an ONNX model (empty graph); pass a file written by qsnn-export")
+    return model
+
+
+def _where(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "the ONNX model"
+
+
+def read_metadata(model: onnx.ModelProto, where: str = "the ONNX model") -> dict[str, Any]:
+    """The metadata_props as a dict, JSON values decoded and numbers parsed."""
+    meta: dict[str, Any] = {}
+    for prop in model.metadata_props:
+        value: Any = prop.value
+        try:
+            if prop.key in JSON_KEYS:
+                value = json.loads(value)
+            elif prop.key in NUMBER_KEYS:
+                value = float(value) if any(c in value for c in ".eE") or "inf" in value else int(value)
+        except ValueError:
+            raise ExportError(f"{where}: metadata field {prop.key!r} has an unreadable value {prop.value[:60]!r}") from None
+        meta[prop.key] = value
+    return meta
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    """Replace the metadata_props with ``meta`` (values: str, numbers, or JSON-able lists/dicts)."""
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, bool) or isinstance(value, (list, tuple, dict)) or value is None:
+            text = json.dumps(value)
+        elif isinstance(value, float):
+            text = repr(float(value))
+        else:
+            text = str(value)
+        model.metadata_props.add(key=key, value=text)
+
+
+def check_qsnn_model(source: Any, kind: str | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Load ``source`` and check that it is a qsnn QONNX export (of ``kind``, if given).
+
+    Checks the metadata (format, version, kind, the fields a runner needs) and the graph interface
+    (inputs ``x, u1, u2, u3``, outputs ``z3, u1_out, u2_out, u3_out``). Raises :class:`ExportError`
+    saying what is wrong.
+    """
+    where = _where(source)
+    model = load_model(source)
+    meta = read_metadata(model, where)
+    if meta.get("format") != FORMAT:
+        found = f"format {meta['format']!r}" if "format" in meta else "no 'format' metadata"
+        raise ExportError(f"{where}: not a qsnn QONNX export ({found}; expected format {FORMAT!r}); "
+                          "write one with `qsnn-export CHECKPOINT --to qonnx`")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{where}: qsnn QONNX format version {meta.get('format_version')!r}, this qsnn reads "
+                          f"version {FORMAT_VERSION}; export the checkpoint again with this qsnn")
+    if meta.get("kind") not in KINDS:
+        raise ExportError(f"{where}: metadata 'kind' is {meta.get('kind')!r}, expected one of {KINDS}")
+    if kind is not None and meta["kind"] != kind:
+        hint = ("compile it under a profile first (`qsnn-export ... --to qonnx --profile fpga`)" if kind == "integer"
+                else "pass the float export (`qsnn-export CHECKPOINT --to qonnx` without --profile)")
+        raise ExportError(f"{where}: this is the {meta['kind']!r} kind of qsnn export, expected {kind!r}; {hint}")
+    required = FLOAT_KEYS + (INTEGER_KEYS if meta["kind"] == "integer" else ())
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ExportError(f"{where}: qsnn QONNX metadata lacks {missing}; the file is incomplete or was edited")
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    for name in (INPUT, *STATE_INPUTS):
+        if name not in inputs:
+            raise ExportError(f"{where}: graph input {name!r} is missing (inputs: {inputs}); a qsnn export has the "
+                              f"input frame 'x' and the membranes {list(STATE_INPUTS)} as inputs")
+    for name in (OUTPUT, *STATE_OUTPUTS):
+        if name not in outputs:
+            raise ExportError(f"{where}: graph output {name!r} is missing (outputs: {outputs}); a qsnn export has "
+                              f"the output spikes 'z3' and the membranes {list(STATE_OUTPUTS)} as outputs")
+    return model, meta
+
+
+def check_ops(model: onnx.ModelProto, allowed: frozenset[str], where: str = "the ONNX model") -> None:
+    """Raise :class:`ExportError` if the graph has an op outside ``allowed``."""
+    unknown = sorted({n.op_type for n in model.graph.node if n.op_type not in allowed})
+    if unknown:
+        raise ExportError(f"{where}: unsupported op(s) {unknown} in the graph; a qsnn export uses only "
+                          f"{sorted(allowed)}")
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Check and write ``model`` atomically (a reader never sees a half-written file)."""
+    path = Path(path)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ExportError(f"the exported graph does not pass onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+    atomic_write_bytes(path, model.SerializeToString())
+    return path
+
+
+def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
+    """qonnx's cleanup without renaming tensors, so ``x``, ``u1``... keep their names.
+
+    Shape inference, constant folding that keeps the ``Quant`` nodes, Transpose folded into the
+    Quant initializer, unused tensors and initializer-inputs removed, unique node names.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import GiveUniqueNodeNames, RemoveStaticGraphInputs, RemoveUnusedTensors
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.quant_constant_folding import FoldTransposeIntoQuantInit
+
+    wrapper = ModelWrapper(copy.deepcopy(model))
+    for node in wrapper.graph.node:  # Brevitas may tag Quant with the old domain
+        if node.op_type in ("Quant", "BipolarQuant", "Trunc"):
+            node.domain = "qonnx.custom_op.general"
+    for transform in (InferShapes(), FoldConstants(exclude_op_types=["Quant", "BipolarQuant"]),
+                      FoldTransposeIntoQuantInit(), RemoveUnusedTensors(), RemoveStaticGraphInputs(),
+                      GiveUniqueNodeNames(), InferShapes()):
+        wrapper = wrapper.transform(transform)
+    return wrapper.model
+
+
+def fix_batch_size(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy of ``model`` whose batch dimension is ``batch`` everywhere (qonnx's executor needs it)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = copy.deepcopy(model)
+    del model.graph.value_info[:]
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = int(batch)
+    return ModelWrapper(model).transform(InferShapes()).model

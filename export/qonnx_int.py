@@ -1,0 +1,268 @@
+"""The integer-domain one-step graph of an :class:`~qsnn.network.IntegerNetwork` (no torch).
+
+``export_integer(net, out)`` writes the compiled network as a QONNX/ONNX graph whose every value is
+an integer held exactly, so that any executor (qonnx's ``execute_onnx``, onnxruntime) reproduces the
+chip arithmetic of :mod:`qsnn.profiles` bit for bit::
+
+    inputs  x (N, C, H, W) integer input (uint8 pixels or event counts) as float64
+            u1, u2, u3 membranes (float64 holding integers); d1.. delay lines if the profile delays
+    outputs z3, u1_out, u2_out, u3_out, z1, z2 (and d1_out..)
+
+Per layer (the names of the ONNX ops in brackets)::
+
+    acc   = SP_p(W ⊛ in)                 [Cast→float32, Conv, AveragePool, Mul p², Cast→float64]
+                                          (or [Flatten, MatMul] in float64 for the dense layer)
+    acc   = shl(acc, weight_exp)         [Mul 2^e (, Floor if e < 0)], only if weight_exp ≠ 0
+    cur   = shl(acc, s) + b              [Mul 2^s (s ≥ 0) | Mul 2^s, Floor (s < 0); Add]
+    r     = [u > θ]                      [Greater, Cast]
+    pre   = leak(u) + cur − r·θ          (subtract)   | leak((1 − r)·u) + cur   (zero)
+            leak: mul  Floor(u·m·2^−F)  |  shift  u − Floor(u·2^−d)  |  loihi  Sign(x)·Floor(|x|·2^−F), x = u·(2^F − dv)
+    u_out = Clip(pre, min, max)          (saturate) | pre − 2^w·Floor((pre + 2^(w−1))·2^−w)   (wrap)
+    z     = [u_out > θ]
+
+Exactness: float64 holds every integer below 2^53 and multiplications by powers of two and Floor are
+exact, so the export checks that every intermediate stays below 2^52. The convolution runs in float32
+(onnxruntime has no float64 Conv), exact because every partial sum stays below 2^24: the export
+checks this, and for wide inputs (16-bit event counts) splits the input into base-2^b digits, convolves
+each digit and recombines them in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import qsnn
+from qsnn.data import INPUT_SCALE
+from qsnn.errors import ExportError
+from qsnn.network import IntegerNetwork
+
+from .compile import effective_beta, network_spec
+from .format import FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, save_model, set_metadata
+
+OPSET = 17
+INPUT_MAX = {"static": 255, "events": 65535}
+F32_EXACT = 2**24
+F64_EXACT = 2**52
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+        self._consts: dict[tuple, str] = {}
+
+    def const(self, value: Any, name: str | None = None, dtype=np.float64) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        if name is None:
+            key = (arr.dtype.str, arr.shape, arr.tobytes())
+            if key in self._consts:
+                return self._consts[key]
+            name = f"c{len(self._consts)}_{format_number(arr)}" if arr.size == 1 else f"c{len(self._consts)}"
+            self._consts[key] = name
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, prefix: str = "", **attrs) -> str:
+        self._n += 1
+        out = out or f"{prefix}{op_type.lower()}_{self._n}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{prefix}{op_type}_{self._n}", **attrs))
+        return out
+
+
+def format_number(arr: np.ndarray) -> str:
+    v = arr.reshape(-1)[0].item()
+    text = f"{v:g}".replace("-", "m").replace(".", "p").replace("+", "")
+    return text
+
+
+def _leak(b: _Builder, u: str, layer, profile, pre: str) -> str:
+    F = profile.leak_bits
+    if profile.leak == "mul":
+        prod = b.op("Mul", [u, b.const(layer.decay)], prefix=pre)
+        return b.op("Floor", [b.op("Mul", [prod, b.const(2.0**-F)], prefix=pre)], prefix=pre + "leak_")
+    if profile.leak == "shift":
+        down = b.op("Floor", [b.op("Mul", [u, b.const(2.0**-layer.decay)], prefix=pre)], prefix=pre)
+        return b.op("Sub", [u, down], prefix=pre + "leak_")
+    x = b.op("Mul", [u, b.const(2**F - layer.decay)], prefix=pre)
+    mag = b.op("Floor", [b.op("Mul", [b.op("Abs", [x], prefix=pre), b.const(2.0**-F)], prefix=pre)], prefix=pre)
+    return b.op("Mul", [b.op("Sign", [x], prefix=pre), mag], prefix=pre + "leak_")
+
+
+def _digits(acc_per_unit: int, input_max: int) -> int:
+    """Bits per input digit so that every float32 partial sum of a digit's convolution is exact."""
+    if acc_per_unit * input_max < F32_EXACT:
+        return max(1, int(math.ceil(math.log2(input_max + 1))))
+    bits = int(math.floor(math.log2(F32_EXACT / max(acc_per_unit, 1) + 1))) - 1
+    while bits >= 1 and acc_per_unit * (2**bits - 1) >= F32_EXACT:
+        bits -= 1
+    if bits < 1:
+        raise ExportError("a convolution's partial sums exceed 2^24 even for binary inputs; cannot export it exactly")
+    return bits
+
+
+def _synapse(b: _Builder, inp: str, layer, in_max: int, pre: str) -> tuple[str, dict[str, Any]]:
+    """acc = SP_p(W ⊛ in) in float64, exact; returns (tensor, facts)."""
+    w = np.asarray(layer.weight, dtype=np.int64)
+    wsum = int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max()) if w.size else 0
+    if layer.kind == "dense":
+        if wsum * in_max >= F64_EXACT:
+            raise ExportError(f"layer {layer.name}: dense sums reach 2^52; cannot export exactly")
+        flat = b.op("Flatten", [inp], prefix=pre, axis=1)
+        acc = b.op("MatMul", [flat, b.const(w.T.astype(np.float64), name=f"{layer.name}.weight")], prefix=pre)
+        return acc, {"digits": 1, "acc_max": wsum * in_max}
+    if np.abs(w).max(initial=0) >= F32_EXACT:
+        raise ExportError(f"layer {layer.name}: weights too large for an exact float32 convolution")
+    per_unit = wsum * layer.pool**2
+    bits = _digits(per_unit, in_max)
+    n_digits = max(1, int(math.ceil(math.log2(in_max + 1) / bits)))
+    wname = b.const(w.astype(np.float32), name=f"{layer.name}.weight", dtype=np.float32)
+    total = None
+    for j in range(n_digits):
+        if n_digits == 1:
+            digit = inp
+        else:
+            hi = b.op("Floor", [b.op("Mul", [inp, b.const(2.0 ** (-bits * (j + 1)))], prefix=pre)], prefix=pre)
+            lo = b.op("Floor", [b.op("Mul", [inp, b.const(2.0 ** (-bits * j))], prefix=pre)], prefix=pre)
+            digit = b.op("Sub", [lo, b.op("Mul", [hi, b.const(2.0**bits)], prefix=pre)], prefix=pre + "digit_")
+        x32 = b.op("Cast", [digit], prefix=pre, to=TensorProto.FLOAT)
+        conv = b.op("Conv", [x32, wname], prefix=pre, kernel_shape=[layer.kernel, layer.kernel])
+        if layer.pool > 1:
+            p = layer.pool
+            avg = b.op("AveragePool", [conv], prefix=pre, kernel_shape=[p, p], strides=[p, p])
+            conv = b.op("Mul", [avg, b.const(float(p * p), dtype=np.float32)], prefix=pre + "sumpool_")
+        part = b.op("Cast", [conv], prefix=pre, to=TensorProto.DOUBLE)
+        if j:
+            part = b.op("Mul", [part, b.const(2.0 ** (bits * j))], prefix=pre)
+        total = part if total is None else b.op("Add", [total, part], prefix=pre)
+    return total, {"digits": n_digits, "digit_bits": bits, "acc_max": per_unit * in_max}
+
+
+def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
+    """Metadata of the integer export: the network's metadata, completed, plus profile and network spec."""
+    meta = dict(net.metadata)
+    layer0 = net.layers[0]
+    shapes = net.shapes()
+    defaults = {
+        "dataset": "unknown", "slope": 0.0, "precision": "int", "quant_scale": "none", "batch_norm": False,
+        "dropout": 0.0, "checkpoint_sha256": "",
+        "beta": effective_beta(layer0.decay, net.profile),
+        "threshold": float(layer0.threshold[0] * layer0.scale[0]),
+        "reset": net.profile.reset, "weight_bits": net.profile.weight_bits,
+    }
+    for key, value in defaults.items():
+        meta.setdefault(key, value)
+    meta.update({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "integer",
+        "classes": list(net.classes), "num_steps": net.num_steps, "encoding": net.encoding,
+        "input_scale": float(meta.get("input_scale", INPUT_SCALE[net.encoding])),
+        "input_max": INPUT_MAX[net.encoding], "input_shape": list(net.input_shape),
+        "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "membrane": STATE_INPUTS[i], "shape": list(s)}
+                   for i, (l, s) in enumerate(zip(net.layers, shapes))],
+        "qsnn_version": qsnn.__version__,
+        "profile": net.profile.to_dict(), "network": network_spec(net),
+        "compile_report": net.metadata.get("compile_report", {}),
+        "batch": "dynamic dimension 'N'; to fix it: qonnx ModelWrapper(path).transform(ChangeBatchSize(n))",
+    })
+    return meta
+
+
+def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
+    """The integer one-step ModelProto of ``net`` (not written)."""
+    if len(net.layers) != len(STATE_INPUTS):
+        raise ExportError(f"qsnn QONNX files hold {len(STATE_INPUTS)}-layer QSNNs; this network has {len(net.layers)} layers")
+    p = net.profile
+    if p.leak_bits + p.membrane_bits + 2 > 53:
+        raise ExportError(f"profile {p.name!r}: membrane_bits + leak_bits = {p.membrane_bits + p.leak_bits} is too wide "
+                          "for an exact float64 graph (at most 51)")
+    b = _Builder()
+    k = p.synaptic_delay
+    shapes = [tuple(net.input_shape)] + net.shapes()
+    inputs = [helper.make_tensor_value_info(INPUT, TensorProto.DOUBLE, ["N", *shapes[0]])]
+    outputs_head = []
+    outputs_tail = []
+    state_in, state_out = [], []
+    delay_in, delay_out = [], []
+    in_max = INPUT_MAX[net.encoding]
+    spikes = INPUT
+    facts = []
+    for i, layer in enumerate(net.layers):
+        pre = f"{layer.name}/"
+        li = i + 1
+        inp = spikes
+        if k > 0:
+            d = f"d{li}"
+            delay_in.append(helper.make_tensor_value_info(d, TensorProto.DOUBLE, ["N", k, *shapes[i]]))
+            inp = b.op("Gather", [d, b.const(np.int64(0), dtype=np.int64)], prefix=pre + "delayed_", axis=1)
+            newest = b.op("Unsqueeze", [spikes, b.const(np.array([1], np.int64), dtype=np.int64)], prefix=pre)
+            if k == 1:
+                b.op("Identity", [newest], out=f"{d}_out", prefix=pre)
+            else:
+                rest = b.op("Slice", [d, b.const(np.array([1], np.int64), dtype=np.int64),
+                                      b.const(np.array([k], np.int64), dtype=np.int64),
+                                      b.const(np.array([1], np.int64), dtype=np.int64)], prefix=pre)
+                b.op("Concat", [rest, newest], out=f"{d}_out", prefix=pre, axis=1)
+            delay_out.append(helper.make_tensor_value_info(f"{d}_out", TensorProto.DOUBLE, ["N", k, *shapes[i]]))
+        acc, fact = _synapse(b, inp, layer, in_max if i == 0 else 1, pre)
+        if layer.weight_exp:  # shl(acc, weight_exp): exact for e ≥ 0, floor for e < 0
+            acc = b.op("Mul", [acc, b.const(2.0**layer.weight_exp)], prefix=pre)
+            if layer.weight_exp < 0:
+                acc = b.op("Floor", [acc], prefix=pre)
+        s = layer.current_shift
+        cur = b.op("Mul", [acc, b.const(2.0**s)], prefix=pre)
+        if s < 0:
+            cur = b.op("Floor", [cur], prefix=pre + "shl_")
+        bshape = (-1, 1, 1) if layer.kind == "conv" else (-1,)
+        theta = b.const(np.asarray(layer.threshold, np.float64).reshape(bshape), name=f"{layer.name}.threshold")
+        bias = b.const(np.asarray(layer.bias, np.float64).reshape(bshape), name=f"{layer.name}.bias")
+        cur = b.op("Add", [cur, bias], prefix=pre + "current_")
+        cur_max = fact["acc_max"] * 2.0**layer.weight_exp * 2.0**s + float(np.abs(layer.bias).max())
+        u = STATE_INPUTS[i]
+        r = b.op("Cast", [b.op("Greater", [u, theta], prefix=pre)], prefix=pre + "reset_", to=TensorProto.DOUBLE)
+        if p.reset == "subtract":
+            pre_u = b.op("Sub", [b.op("Add", [_leak(b, u, layer, p, pre), cur], prefix=pre),
+                                 b.op("Mul", [r, theta], prefix=pre)], prefix=pre)
+        else:
+            kept = b.op("Mul", [b.op("Sub", [b.const(1.0), r], prefix=pre), u], prefix=pre)
+            pre_u = b.op("Add", [_leak(b, kept, layer, p, pre), cur], prefix=pre)
+        span = 2.0 ** (p.membrane_bits - 1) * 2 ** (p.leak_bits + 1) + cur_max + float(np.max(layer.threshold))
+        if span >= F64_EXACT:
+            raise ExportError(f"layer {layer.name}: intermediate values reach {span:.3g} ≥ 2^52; cannot export exactly")
+        out_u = f"{u}_out"
+        if p.overflow == "saturate":
+            b.op("Clip", [pre_u, b.const(float(p.membrane_min)), b.const(float(p.membrane_max))], out=out_u, prefix=pre)
+        else:
+            w = p.membrane_bits
+            shifted = b.op("Add", [pre_u, b.const(2.0 ** (w - 1))], prefix=pre)
+            wraps = b.op("Floor", [b.op("Mul", [shifted, b.const(2.0**-w)], prefix=pre)], prefix=pre)
+            b.op("Sub", [pre_u, b.op("Mul", [wraps, b.const(2.0**w)], prefix=pre)], out=out_u, prefix=pre)
+        z = f"z{li}"
+        b.op("Cast", [b.op("Greater", [out_u, theta], prefix=pre)], out=z, prefix=pre, to=TensorProto.DOUBLE)
+        spikes = z
+        shape = ["N", *shapes[i + 1]]
+        state_in.append(helper.make_tensor_value_info(u, TensorProto.DOUBLE, shape))
+        state_out.append(helper.make_tensor_value_info(out_u, TensorProto.DOUBLE, shape))
+        (outputs_head if li == len(net.layers) else outputs_tail).append(helper.make_tensor_value_info(z, TensorProto.DOUBLE, shape))
+        facts.append(fact)
+    graph = helper.make_graph(b.nodes, "qsnn_integer_step", inputs + state_in + delay_in,
+                              outputs_head + state_out + outputs_tail + delay_out, b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsnn",
+                              producer_version=qsnn.__version__)
+    model.ir_version = 8
+    model.doc_string = (f"qsnn integer QSNN under profile {p.name!r}, one time step: (x, u1, u2, u3) -> (z3, u1_out, "
+                        "u2_out, u3_out, z1, z2); all values are integers held exactly in float64. Run it T times, "
+                        "feeding the *_out states back (zeros at t=0).")
+    set_metadata(model, integer_metadata(net))
+    return model
+
+
+def export_integer(net: IntegerNetwork, out_path: str | os.PathLike) -> Path:
+    """Write the integer-domain one-step graph of ``net`` atomically; returns ``out_path``."""
+    return save_model(build_integer_model(net), out_path)

@@ -1,0 +1,154 @@
+"""The target registry: ``write_target`` and ``read_target`` for every target by name.
+
+``write_target(name, net, outdir)`` checks that ``net`` fits the target (else
+:class:`~qsnn.errors.ProfileError` naming the layer and the limit), writes the target's tables, a
+``README.md`` and a ``manifest.json`` (format version, target, profile, layers with shapes, kinds,
+bit widths, memory depth and width, packing order, scale factors, pooling, current shift, and the
+SHA-256 of every file) into a temporary sibling folder and renames it onto ``outdir`` (see
+:func:`~qsnn.targets.common.atomic_directory`). ``read_target(outdir)`` verifies the hashes and
+loads the tables back into an :class:`~qsnn.network.IntegerNetwork`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+from qsnn.errors import ExportError, ProfileError
+from qsnn.network import IntegerNetwork
+
+from . import fpga, loihi2, nir_graph
+from .common import (FORMAT, FORMAT_VERSION, MANIFEST, README, atomic_directory, check_profile_fit, dumps,
+                     file_table, jsonable, layer_record, network_record, read_manifest)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: its name, what it writes, and its module's check / write / read / readme."""
+
+    name: str
+    description: str
+    module: ModuleType
+
+    @property
+    def check(self) -> Callable[..., None]:
+        return self.module.check
+
+    def write(self, net: IntegerNetwork, folder: Path, **options: Any) -> dict[str, Any]:
+        return self.module.write(net, folder, **options)
+
+    def read(self, folder: Path, manifest: Mapping[str, Any]) -> IntegerNetwork:
+        return self.module.read(folder, manifest)
+
+    def readme(self, manifest: Mapping[str, Any]) -> str:
+        return self.module.readme(manifest)
+
+
+TARGETS: dict[str, Target] = {
+    m.NAME: Target(m.NAME, m.DESCRIPTION, m) for m in (fpga, loihi2, nir_graph)
+}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ProfileError(f"unknown target {name!r}; choose one of {', '.join(sorted(TARGETS))}") from None
+
+
+def check_target(name: str, net: IntegerNetwork, **options: Any) -> None:
+    """Raise :class:`ProfileError` (naming the layer and the limit) unless ``net`` fits target ``name``."""
+    target = get_target(name)
+    known = [p for p in inspect.signature(target.module.write).parameters if p not in ("net", "folder")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ProfileError(f"target {name!r} has no option(s) {unknown}; its options are {known or 'none'}")
+    check_profile_fit(net, name)
+    target.check(net, **options)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("qsnn")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def write_target(name: str, net: IntegerNetwork, outdir: str | os.PathLike, *, force: bool = False,
+                 source_info: Mapping[str, Any] | None = None, **options: Any) -> Path:
+    """Write ``net`` for target ``name`` into the folder ``outdir``; returns ``outdir``.
+
+    Args:
+        name: ``"fpga"``, ``"loihi2"`` or ``"nir"`` (see :data:`TARGETS`).
+        net: the compiled network (compile it under the target's profile: fpga for fpga and nir,
+            loihi2 for loihi2).
+        outdir: the folder to create; it must not exist unless ``force``.
+        force: replace an existing ``outdir`` (only once the new folder is complete).
+        source_info: provenance recorded in the manifest (e.g. checkpoint path and SHA-256).
+        options: target options, e.g. ``word_bits=32`` / ``weight_bits`` for fpga.
+
+    Raises:
+        ProfileError: the network does not fit the target (message names the layer and the limit).
+        ExportError: ``outdir`` exists and ``force`` is false.
+    """
+    target = get_target(name)
+    if not isinstance(net, IntegerNetwork):
+        raise ExportError(f"write_target needs a compiled IntegerNetwork, got {type(net).__name__}; compile "
+                          f"the model first (qsnn.export.compile.compile_qonnx)")
+    check_target(name, net, **options)
+    outdir = Path(outdir)
+    with atomic_directory(outdir, force=force) as tmp:
+        part = target.write(net, tmp, **options)
+        shapes = net.shapes()
+        in_shapes = [tuple(net.input_shape), *shapes[:-1]]
+        layers = []
+        for i, (layer, extra) in enumerate(zip(net.layers, part.pop("layers")), start=1):
+            layers.append({**layer_record(i, layer, in_shapes[i - 1], shapes[i - 1]), **extra})
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "target": name,
+            "description": target.description,
+            "qsnn_version": _version(),
+            "profile": net.profile.to_dict(),
+            "network": network_record(net),
+            "source": jsonable(dict(source_info or {})),
+            **part,
+            "layers": layers,
+        }
+        (tmp / README).write_text(target.readme(manifest))
+        manifest["files"] = file_table(tmp)
+        manifest["weight_memory_bits"] = {
+            rec["name"]: rec["weight_memory"]["bits"] for rec in layers if "weight_memory" in rec}
+        (tmp / MANIFEST).write_text(dumps(manifest))
+    return outdir
+
+
+def read_target(outdir: str | os.PathLike, *, verify: bool = True) -> IntegerNetwork:
+    """The :class:`IntegerNetwork` stored in a target folder (its own tables, hashes checked)."""
+    folder = Path(outdir)
+    manifest = read_manifest(folder, verify=verify)
+    target = get_target(str(manifest.get("target")))
+    return target.read(folder, manifest)
+
+
+def summarize(outdir: str | os.PathLike) -> list[tuple[str, Any]]:
+    """Rows (key, value) describing a target folder, for a CLI summary table."""
+    folder = Path(outdir)
+    m = read_manifest(folder, verify=False)
+    rows: list[tuple[str, Any]] = [("target", m["target"]), ("profile", m["profile"]["name"]),
+                                   ("folder", str(folder)), ("files", len(m["files"]) + 1)]
+    for rec in m["layers"]:
+        if "weight_memory" in rec:
+            mem = rec["weight_memory"]
+            rows.append((f"{rec['name']} weights", f"{mem['weights']} × {mem['weight_bits']} bit in {mem['depth']} × "
+                         f"{mem['width']}-bit words ({mem['bits']} bits, {mem['padding_weights']} padding)"))
+        else:
+            rows.append((f"{rec['name']}", f"{rec['kind']} {tuple(rec['weight_shape'])} → {tuple(rec['output_shape'])}"))
+    return rows

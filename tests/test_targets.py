@@ -1,0 +1,519 @@
+"""Target adapters on hand-built integer networks: round trips, file formats, fit checks, atomic output.
+
+The trained-model round trips (mnist5k, the simulator, snnTorch's NIR import) are in
+``test_targets_trained.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qsnn.errors import ExportError, ProfileError
+from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.profiles import FPGA, LOIHI2
+from qsnn.sim.engine import simulate
+from qsnn.targets import TARGETS, read_manifest, read_target, write_target
+from qsnn.targets import fpga as fpga_target
+from qsnn.targets import loihi2 as loihi2_target
+
+PROFILE_OF = {"fpga": FPGA, "nir": FPGA, "loihi2": LOIHI2}
+
+
+def tiny_net(profile=FPGA, seed: int = 0, *, uniform_theta: bool = False, num_steps: int = 6) -> IntegerNetwork:
+    """conv(4, 3×3) → pool 2 → conv(6, 3×3) → pool 2 → dense(3) on 1×14×14, random integers that fit ``profile``."""
+    rng = np.random.default_rng(seed)
+    loihi = profile.leak == "loihi"
+    wmax = min(profile.weight_max, 7)
+    step = 1 << profile.threshold_shift
+
+    def theta(n):
+        t = np.full(n, 500) if uniform_theta else rng.integers(150, 700, size=n)
+        return (t * 64 if loihi else t).astype(np.int64) // step * step
+
+    def bias(n):
+        return (rng.integers(-20, 21, size=n) * (64 if loihi else 1)).astype(np.int64)
+
+    decay = 700 if loihi else 3400
+
+    def layer(name, kind, shape, pool):
+        w = rng.integers(-wmax, wmax + 1, size=shape).astype(np.int8)
+        n = shape[0]
+        return IntegerLayer(name, kind, w, pool, 6, theta(n), bias(n), decay, rng.uniform(1e-3, 1e-2, n))
+
+    layers = (layer("conv1", "conv", (4, 1, 3, 3), 2), layer("conv2", "conv", (6, 4, 3, 3), 2),
+              layer("fc", "dense", (3, 24), 1))
+    return IntegerNetwork(layers, profile, (1, 14, 14), num_steps, "static", ("a", "b", "c"),
+                          {"dataset": "hand-built", "seed": seed})
+
+
+def images(n: int = 24, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 1, 14, 14)).astype(np.uint8)
+
+
+def assert_same_network(a: IntegerNetwork, b: IntegerNetwork) -> None:
+    assert a.profile == b.profile
+    assert tuple(a.input_shape) == tuple(b.input_shape)
+    assert (a.num_steps, a.encoding, tuple(a.classes)) == (b.num_steps, b.encoding, tuple(b.classes))
+    assert len(a.layers) == len(b.layers)
+    for la, lb in zip(a.layers, b.layers):
+        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.decay) == \
+               (lb.name, lb.kind, lb.pool, lb.current_shift, lb.weight_exp, lb.decay)
+        assert la.weight.shape == lb.weight.shape
+        assert np.array_equal(la.weight.astype(np.int64), lb.weight.astype(np.int64))
+        assert np.array_equal(la.threshold, lb.threshold)
+        assert np.array_equal(la.bias, lb.bias)
+        assert np.array_equal(np.asarray(la.scale, dtype=np.float64), np.asarray(lb.scale, dtype=np.float64))
+
+
+def assert_same_spikes(a: IntegerNetwork, b: IntegerNetwork, x: np.ndarray) -> None:
+    ra, rb = simulate(a, x, record=True), simulate(b, x, record=True)
+    assert ra.spikes.keys() == rb.spikes.keys()
+    for key in ra.spikes:
+        assert np.array_equal(ra.spikes[key], rb.spikes[key]), key
+    assert np.array_equal(ra.counts, rb.counts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips
+
+
+@pytest.mark.parametrize("target", ["fpga", "nir", "loihi2"])
+@pytest.mark.parametrize("uniform", [False, True])
+def test_round_trip_hand_built(tmp_path, target, uniform):
+    net = tiny_net(PROFILE_OF[target], seed=3, uniform_theta=uniform)
+    out = write_target(target, net, tmp_path / "out", source_info={"test": "hand-built"})
+    assert out == tmp_path / "out"
+    back = read_target(out)
+    assert_same_network(net, back)
+    assert_same_spikes(net, back, images())
+    assert dict(back.metadata)["dataset"] == "hand-built"
+
+
+def test_registry_lists_the_three_targets():
+    assert set(TARGETS) == {"fpga", "loihi2", "nir"}
+    for t in TARGETS.values():
+        assert t.description
+
+
+# --------------------------------------------------------------------------------------------------
+# fpga: memory files read by independent minimal parsers (not the writer's code)
+
+
+def parse_mem_words(text: str) -> list[int]:
+    words = []
+    for line in text.splitlines():
+        line = line.split("//")[0].strip()
+        if line:
+            words.append(int(line, 16))
+    return words
+
+
+def parse_coe_words(text: str) -> tuple[int, list[int]]:
+    body = "\n".join(line.split(";")[0] if line.lstrip().startswith(";") else line for line in text.splitlines())
+    body = re.sub(r"^\s*;.*$", "", body, flags=re.M)
+    radix = int(re.search(r"memory_initialization_radix\s*=\s*(\d+)\s*;", body).group(1))
+    vector = body.split("memory_initialization_vector", 1)[1].split("=", 1)[1]
+    vector = vector.split(";")[0]
+    return radix, [int(v, radix) for v in re.split(r"[,\s]+", vector) if v]
+
+
+def parse_mif_words(text: str) -> tuple[int, int, list[int]]:
+    text = re.sub(r"--.*", "", text)
+    width = int(re.search(r"WIDTH\s*=\s*(\d+)\s*;", text).group(1))
+    depth = int(re.search(r"DEPTH\s*=\s*(\d+)\s*;", text).group(1))
+    assert re.search(r"DATA_RADIX\s*=\s*HEX\s*;", text)
+    content = text.split("CONTENT", 1)[1].split("BEGIN", 1)[1].rsplit("END", 1)[0]
+    words = {}
+    for addr, data in re.findall(r"(\w+)\s*:\s*(\w+)\s*;", content):
+        words[int(addr)] = int(data, 16)
+    return width, depth, [words[a] for a in range(depth)]
+
+
+def unpack(words: list[int], bits: int, word_bits: int, count: int) -> np.ndarray:
+    out = []
+    for w in words:
+        for lane in range(word_bits // bits):
+            code = (w >> (bits * lane)) & ((1 << bits) - 1)
+            out.append(code - (1 << bits) if code >= 1 << (bits - 1) else code)
+    return np.array(out[:count], dtype=np.int64)
+
+
+def check_fpga_files(folder: Path, net: IntegerNetwork) -> None:
+    """Every layer's .mem, .coe and .mif decode (independently) to the network's weights."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for layer, rec in zip(net.layers, manifest["layers"]):
+        mem = rec["weight_memory"]
+        bits, word = mem["weight_bits"], mem["word_bits"]
+        want = np.asarray(layer.weight, dtype=np.int64).reshape(-1)
+        w_mem = parse_mem_words((folder / mem["files"]["mem"]).read_text())
+        radix, w_coe = parse_coe_words((folder / mem["files"]["coe"]).read_text())
+        width, depth, w_mif = parse_mif_words((folder / mem["files"]["mif"]).read_text())
+        assert radix == 16 and width == word and depth == mem["depth"]
+        assert w_mem == w_coe == w_mif
+        assert len(w_mem) == mem["depth"]
+        assert all(0 <= w < (1 << word) for w in w_mem)
+        assert np.array_equal(unpack(w_mem, bits, word, want.size), want)
+        # the padding the manifest states is zeros
+        tail = unpack(w_mem, bits, word, len(w_mem) * (word // bits))[want.size:]
+        assert len(tail) == mem["padding_weights"] and not tail.any()
+        # threshold / bias tables
+        theta = parse_mem_words((folder / rec["threshold_memory"]["file"]).read_text())
+        assert theta == [int(t) for t in layer.threshold]
+        bias_codes = parse_mem_words((folder / rec["bias_memory"]["file"]).read_text())
+        bb = rec["bias_memory"]["width"]
+        assert [c - (1 << bb) if c >= 1 << (bb - 1) else c for c in bias_codes] == [int(b) for b in layer.bias]
+        assert parse_mem_words((folder / rec["leak_memory"]["file"]).read_text()) == [int(layer.decay)]
+
+
+@pytest.mark.parametrize("word_bits", [8, 16, 32, 64, 128, 36])
+def test_fpga_word_widths_and_independent_parsers(tmp_path, word_bits):
+    net = tiny_net(FPGA, seed=5)
+    out = write_target("fpga", net, tmp_path / "fpga", word_bits=word_bits)
+    check_fpga_files(out, net)
+    manifest = read_manifest(out)
+    per = word_bits // 4
+    for layer, rec in zip(net.layers, manifest["layers"]):
+        mem = rec["weight_memory"]
+        assert mem["weights_per_word"] == per and mem["width"] == word_bits
+        assert mem["bits"] == mem["depth"] * word_bits == 4 * (layer.weight.size + mem["padding_weights"])
+        assert 0 <= mem["padding_weights"] < per
+    assert_same_network(net, read_target(out))
+
+
+def test_fpga_packing_order_documented_example(tmp_path):
+    """First weight in the least significant nibble, (out, in, ky, kx) order, zero padding."""
+    w = np.zeros((3, 1, 3, 3), dtype=np.int8)
+    w.reshape(-1)[:10] = [1, -1, 2, -2, 3, -3, 7, -7, 5, 0]
+    base = tiny_net(FPGA)
+    layer = dataclasses.replace(base.layers[0], weight=w, threshold=base.layers[0].threshold[:3],
+                                bias=base.layers[0].bias[:3], scale=base.layers[0].scale[:3])
+    conv2 = dataclasses.replace(base.layers[1], weight=base.layers[1].weight[:, :3])
+    net = dataclasses.replace(base, layers=(layer, conv2, base.layers[2]))
+    out = write_target("fpga", net, tmp_path / "o")
+    words = parse_mem_words((out / "L1_conv1_weights.mem").read_text())
+    # lanes 0..7 = 1, -1(f), 2, -2(e), 3, -3(d), 7, -7(9)  →  read from the most significant nibble down
+    assert words[0] == 0x97D3E2F1
+    assert words[1] == 0x00000005
+    assert len(words) == 4 and words[3] == 0  # 27 weights → 4 words, 5 padding slots
+    assert read_manifest(out)["layers"][0]["weight_memory"]["padding_weights"] == 5
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.parametrize("word_bits", [32, 8])
+def test_fpga_c_header_compiles_and_unpacks(tmp_path, word_bits):
+    net = tiny_net(FPGA, seed=7)
+    out = write_target("fpga", net, tmp_path / "fpga", word_bits=word_bits)
+    prog = tmp_path / "main.c"
+    lines = ['#include <stdio.h>', '#include "qsnn_model.h"', "int main(void) {"]
+    for i in range(1, len(net.layers) + 1):
+        lines += [f"  for (uint32_t n = 0; n < QSNN_L{i}_WEIGHT_COUNT; n++) printf(\"%d \", qsnn_weight(qsnn_l{i}_weights, n));",
+                  '  printf("\\n");',
+                  f"  for (int c = 0; c < QSNN_L{i}_OUT_CHANNELS; c++) printf(\"%d:%d \", (int)qsnn_l{i}_threshold[c], (int)qsnn_l{i}_bias[c]);",
+                  '  printf("\\n");']
+    lines += ['  printf("%d %d %d %d\\n", QSNN_MEMBRANE_BITS, QSNN_FRAC_BITS, QSNN_LEAK_BITS, QSNN_RESET_SUBTRACT);',
+              "  return 0;", "}"]
+    prog.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "main"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-I", str(out), str(prog), "-o", str(exe)], check=True,
+                   capture_output=True)
+    rows = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines()
+    for i, layer in enumerate(net.layers):
+        assert [int(v) for v in rows[2 * i].split()] == [int(v) for v in layer.weight.reshape(-1)]
+        assert rows[2 * i + 1].split() == [f"{int(t)}:{int(b)}" for t, b in zip(layer.threshold, layer.bias)]
+    assert rows[-1].split() == ["16", "6", "12", "1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest and README
+
+
+@pytest.mark.parametrize("target", ["fpga", "nir", "loihi2"])
+def test_manifest_lists_every_file_with_sha256(tmp_path, target):
+    net = tiny_net(PROFILE_OF[target])
+    out = write_target(target, net, tmp_path / "t", source_info={"checkpoint": "x.pt"})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["target"] == target
+    assert manifest["profile"] == net.profile.to_dict()
+    assert manifest["source"] == {"checkpoint": "x.pt"}
+    on_disk = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest["files"]) == on_disk
+    assert "README.md" in on_disk
+    for name, entry in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
+    for layer, rec in zip(net.layers, manifest["layers"]):
+        assert rec["weight_shape"] == list(layer.weight.shape)
+        assert rec["kind"] == layer.kind and rec["pool"] == layer.pool
+        assert rec["current_shift"] == layer.current_shift
+        assert rec["scale"] == [float(s) for s in layer.scale]
+    readme = (out / "README.md").read_text()
+    assert len(readme) > 500 and "manifest.json" in readme
+    assert not list(tmp_path.glob(".t.*"))  # no temporary siblings left
+
+
+def test_read_target_rejects_changed_or_foreign_folders(tmp_path):
+    out = write_target("fpga", tiny_net(), tmp_path / "f")
+    mem = out / "L2_conv2_weights.mem"
+    text = mem.read_text().splitlines()
+    text[-1] = "%08x" % (int(text[-1], 16) ^ 1)
+    mem.write_text("\n".join(text) + "\n")
+    with pytest.raises(ExportError, match="SHA-256"):
+        read_target(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(ExportError, match="manifest"):
+        read_target(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Format specifics
+
+
+def test_loihi2_netx_layout(tmp_path):
+    import h5py
+
+    net = tiny_net(LOIHI2, uniform_theta=True)
+    out = write_target("loihi2", net, tmp_path / "l")
+    with h5py.File(out / "network.net", "r") as f:
+        types = [f["layer"][k]["type"][()].decode() for k in sorted(f["layer"], key=int)]
+        assert types == ["input", "conv", "conv", "flatten", "dense"]
+        assert int(f["simulation/tSample"][()]) == net.num_steps
+        for key, layer in zip(("1", "2", "4"), net.layers):
+            g = f["layer"][key]
+            n = g["neuron"]
+            assert n["type"][()].decode() == "CUBA"
+            assert int(n["iDecay"][()]) == 4096                 # du = iDecay - 1 = 4095
+            assert int(n["vDecay"][()]) == layer.decay
+            assert int(n["vThMant"][()]) == int(layer.threshold[0]) >> 6
+            assert int(n["refDelay"][()]) == 1 and not bool(n["gradedSpike"][()])
+            assert list(g["shape"][()]) == list(net.shapes()[net.layers.index(layer)])
+            assert np.array_equal(g["bias"][()], layer.bias >> 6)
+            w = g["weight"][()]
+            if layer.kind == "conv":
+                k = layer.kernel + layer.pool - 1
+                assert list(g["kernelSize"][()]) == [k, k] and list(g["stride"][()]) == [layer.pool] * 2
+                assert np.array_equal(w, loihi2_target.fold_pool(layer.weight, layer.pool))
+            else:
+                assert np.array_equal(w, layer.weight)
+    manifest = read_manifest(out)
+    assert manifest["lava_exact"] is True
+    assert all(rec["lava_exact"] for rec in manifest["layers"])
+
+
+def test_loihi2_flags_what_stock_lava_cannot_run(tmp_path):
+    net = tiny_net(LOIHI2, uniform_theta=False)
+    first = dataclasses.replace(net.layers[0], current_shift=4, bias=net.layers[0].bias + 5)
+    net = dataclasses.replace(net, layers=(first, *net.layers[1:]))
+    out = write_target("loihi2", net, tmp_path / "l")
+    manifest = read_manifest(out)
+    assert manifest["lava_exact"] is False
+    issues = " ".join(manifest["layers"][0]["lava_issues"])
+    assert "weight exponent -2" in issues and "multiples of 2^6" in issues and "per-channel thresholds" in issues
+    assert "Not every layer is bit-exact" in (out / "README.md").read_text()
+    assert_same_network(net, read_target(out))
+
+
+def test_fold_unfold_pool_inverse():
+    rng = np.random.default_rng(0)
+    for pool in (1, 2, 3):
+        w = rng.integers(-7, 8, size=(5, 3, 4, 4))
+        folded = loihi2_target.fold_pool(w, pool)
+        assert folded.shape[2] == 4 + pool - 1
+        assert np.array_equal(loihi2_target.unfold_pool(folded, pool), w)
+    bad = loihi2_target.fold_pool(rng.integers(-7, 8, size=(2, 2, 3, 3)), 2)
+    bad[0, 0, -1, -1] += 1
+    with pytest.raises(ValueError):
+        loihi2_target.unfold_pool(bad, 2)
+
+
+def test_nir_graph_nodes_and_metadata(tmp_path):
+    import nir
+
+    net = tiny_net(FPGA, seed=2)
+    out = write_target("nir", net, tmp_path / "n")
+    graph = nir.read(out / "network.nir")
+    kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
+    assert kinds == {"input": "Input", "conv1": "Conv2d", "conv1_pool": "AvgPool2d", "conv1_lif": "LIF",
+                     "conv2": "Conv2d", "conv2_pool": "AvgPool2d", "conv2_lif": "LIF", "fc_flatten": "Flatten",
+                     "fc": "Affine", "fc_lif": "LIF", "output": "Output"}
+    dt = 1e-4
+    beta = net.layers[0].decay / 4096
+    lif = graph.nodes["conv1_lif"]
+    assert lif.tau.shape == (4, 6, 6)                      # per-neuron parameters
+    assert np.allclose(1 - dt / lif.tau, beta) and np.allclose(lif.r * dt / lif.tau, 1.0)
+    assert np.all(lif.v_threshold == 1.0) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
+    conv = graph.nodes["conv1"]
+    theta = net.layers[0].threshold.astype(float)
+    assert np.allclose(conv.weight * theta[:, None, None, None] / (2.0**6 * 4), net.layers[0].weight)
+    assert graph.metadata["qsnn_reset"] == "subtract"
+    assert "zero reset" in graph.metadata["qsnn_differences"]
+    manifest = read_manifest(out)
+    assert any("reset" in d for d in manifest["differences"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Fit checks: the layer and the limit are named
+
+
+def _swap_layer(net: IntegerNetwork, index: int, **changes) -> IntegerNetwork:
+    layers = list(net.layers)
+    layers[index] = dataclasses.replace(layers[index], **changes)
+    return dataclasses.replace(net, layers=tuple(layers))
+
+
+def test_fit_weight_bits(tmp_path):
+    net = tiny_net(FPGA)
+    w = net.layers[1].weight.copy()
+    w[0, 0, 0, 0] = 9
+    with pytest.raises(ProfileError, match=r"layer 2 \(conv2\).*\|9\|.*4-bit"):
+        write_target("fpga", _swap_layer(net, 1, weight=w), tmp_path / "a")
+    # an 8-bit network asked into 4-bit weight memories
+    wide = tiny_net(FPGA.replace(weight_bits=8))
+    w = wide.layers[0].weight.astype(np.int16) * 10
+    wide = _swap_layer(wide, 0, weight=w.astype(np.int8))
+    with pytest.raises(ProfileError, match=r"layer 1 \(conv1\).*4-bit"):
+        write_target("fpga", wide, tmp_path / "b", weight_bits=4)
+    write_target("fpga", wide, tmp_path / "c")           # 8-bit memories are fine
+    # Loihi: 8-bit weights
+    lo = tiny_net(LOIHI2)
+    w = lo.layers[2].weight.astype(np.int16)
+    w[1, 3] = 200
+    with pytest.raises(ProfileError, match=r"layer 3 \(fc\).*\|200\|.*8-bit"):
+        write_target("loihi2", _swap_layer(lo, 2, weight=w), tmp_path / "d")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
+def test_fit_neurons_and_fan_in(tmp_path):
+    rng = np.random.default_rng(0)
+    ones = lambda n: np.full(n, 64 * 10, dtype=np.int64)  # noqa: E731
+    big = IntegerLayer("wide", "conv", rng.integers(-7, 8, size=(64, 1, 3, 3)).astype(np.int8), 1, 6, ones(64),
+                       np.zeros(64, dtype=np.int64), 700, np.ones(64))
+    fc = IntegerLayer("fc", "dense", rng.integers(-7, 8, size=(2, 64 * 26 * 26)).astype(np.int8), 1, 6, ones(2),
+                      np.zeros(2, dtype=np.int64), 700, np.ones(2))
+    net = IntegerNetwork((big, fc), LOIHI2, (1, 28, 28), 4, "static", ("a", "b"))
+    with pytest.raises(ProfileError, match=r"layer 1 \(wide\): 43264 neurons.*8192"):
+        write_target("loihi2", net, tmp_path / "n")
+    small = IntegerLayer("c", "conv", rng.integers(-7, 8, size=(8, 1, 3, 3)).astype(np.int8), 1, 6, ones(8),
+                         np.zeros(8, dtype=np.int64), 700, np.ones(8))
+    fc = IntegerLayer("fc", "dense", rng.integers(-7, 8, size=(2, 8 * 26 * 26)).astype(np.int8), 1, 6, ones(2),
+                      np.zeros(2, dtype=np.int64), 700, np.ones(2))
+    net = IntegerNetwork((small, fc), LOIHI2, (1, 28, 28), 4, "static", ("a", "b"))
+    with pytest.raises(ProfileError, match=r"layer 2 \(fc\): fan-in 5408.*4096"):
+        write_target("loihi2", net, tmp_path / "f")
+    # the fpga target obeys the limits of the network's profile
+    limited = dataclasses.replace(tiny_net(FPGA), profile=FPGA.replace(max_neurons=100))
+    with pytest.raises(ProfileError, match=r"layer 1 \(conv1\): 144 neurons.*100"):
+        write_target("fpga", limited, tmp_path / "g")
+
+
+def test_fit_thresholds_and_arithmetic(tmp_path):
+    net = tiny_net(FPGA)
+    theta = net.layers[2].threshold.copy()
+    theta[0] = 70000
+    with pytest.raises(ProfileError, match=r"layer 3 \(fc\): threshold 70000.*65535"):
+        write_target("nir", _swap_layer(net, 2, threshold=theta), tmp_path / "t")
+    lo = tiny_net(LOIHI2)
+    theta = lo.layers[0].threshold.copy()
+    theta[1] += 1
+    with pytest.raises(ProfileError, match=r"layer 1 \(conv1\): threshold .* multiple of 64"):
+        write_target("loihi2", _swap_layer(lo, 0, threshold=theta), tmp_path / "u")
+    with pytest.raises(ProfileError, match=r"profile 'fpga'.*leak='mul'.*loihi2 profile"):
+        write_target("loihi2", tiny_net(FPGA), tmp_path / "v")
+    with pytest.raises(ProfileError, match=r"'loihi' leak"):
+        write_target("fpga", tiny_net(LOIHI2), tmp_path / "w")
+    with pytest.raises(ProfileError, match="unknown target"):
+        write_target("spinnaker", net, tmp_path / "x")
+    with pytest.raises(ProfileError, match="no option"):
+        write_target("nir", net, tmp_path / "y", word_bits=32)
+    with pytest.raises(ProfileError, match="word_bits=30"):
+        write_target("fpga", net, tmp_path / "z", word_bits=30)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# The output folder: refused when it exists, replaced only with force, nothing partial on failure
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_existing_outdir_needs_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists.*--force"):
+        write_target("fpga", tiny_net(), out)
+    assert _tree(out) == {"keep.txt": b"mine"}
+    write_target("fpga", tiny_net(seed=1), out, force=True)
+    assert not (out / "keep.txt").exists()
+    assert_same_network(tiny_net(seed=1), read_target(out))
+    # force over a complete target folder
+    write_target("nir", tiny_net(seed=2), out, force=True)
+    assert read_manifest(out)["target"] == "nir"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_failure_leaves_no_partial_outdir(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = fpga_target.format_mif
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:                     # the second layer's .mif: some files are already written
+            raise OSError("disk full (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fpga_target, "format_mif", failing)
+    with pytest.raises(OSError, match="injected"):
+        write_target("fpga", tiny_net(), tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []       # neither OUTDIR nor a temporary sibling
+
+    # with force over an existing folder: the old folder survives untouched
+    monkeypatch.setattr(fpga_target, "format_mif", real)
+    old = write_target("fpga", tiny_net(seed=4), tmp_path / "old")
+    before = _tree(old)
+    calls["n"] = 0
+    monkeypatch.setattr(fpga_target, "format_mif", failing)
+    with pytest.raises(OSError, match="injected"):
+        write_target("fpga", tiny_net(seed=5), old, force=True)
+    assert _tree(old) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_nir_holds_a_loihi2_network_and_event_inputs(tmp_path):
+    net = tiny_net(LOIHI2, seed=8)
+    back = read_target(write_target("nir", net, tmp_path / "n"))
+    assert_same_network(net, back)
+    assert_same_spikes(net, back, images())
+    # event-count input (N, T, C, H, W) through the fpga tables
+    ev = tiny_net(FPGA, seed=9)
+    conv1 = ev.layers[0]
+    w = np.concatenate([conv1.weight, -conv1.weight], axis=1)        # 2 polarity channels
+    ev = dataclasses.replace(ev, layers=(dataclasses.replace(conv1, weight=w), *ev.layers[1:]),
+                             input_shape=(2, 14, 14), encoding="events")
+    back = read_target(write_target("fpga", ev, tmp_path / "e"))
+    assert back.encoding == "events" and back.input_shape == (2, 14, 14)
+    x = np.random.default_rng(0).integers(0, 4, size=(10, ev.num_steps, 2, 14, 14)).astype(np.uint8)
+    assert_same_spikes(ev, back, x)
+
+
+def test_summarize_rows(tmp_path):
+    from qsnn.targets import summarize
+
+    out = write_target("fpga", tiny_net(), tmp_path / "s")
+    rows = dict(summarize(out))
+    assert rows["target"] == "fpga" and rows["profile"] == "fpga"
+    assert "36 × 4 bit in 5 × 32-bit words (160 bits, 4 padding)" == rows["conv1 weights"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask     # not mkdtemp's 0700
