@@ -131,7 +131,7 @@ def compile_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
     """--to qonnx: the float one-step graph, or with --profile the integer one."""
-    from .format import check_qsnn_model, read_metadata
+    from .format import check_qsnn_model
     from .qonnx_float import export_float
     from .qonnx_int import export_integer
 

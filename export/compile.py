@@ -47,7 +47,6 @@ scale max|W| / (2^(b−1)−1)): post-training quantization, with the weight err
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -517,8 +516,7 @@ def _choose_shift(name: str, s_c: np.ndarray, h: np.ndarray, theta: float, acc_m
 
 
 def compile_layers(layers: list[FloatLayer], meta: dict[str, Any], profile: ChipProfile, *,
-                   allow_saturation: bool = False, input_max: int | None = None,
-                   where: str = "the ONNX model") -> tuple[IntegerNetwork, dict[str, Any]]:
+                   allow_saturation: bool = False, input_max: int | None = None) -> tuple[IntegerNetwork, dict[str, Any]]:
     """Fold parsed float layers into an :class:`IntegerNetwork` under ``profile`` (see module docstring)."""
     p = profile
     T = int(meta["num_steps"])
@@ -637,7 +635,7 @@ def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *, allow_s
     where = str(onnx_path) if isinstance(onnx_path, (str, os.PathLike)) else "the ONNX model"
     model, meta = check_qsnn_model(onnx_path, kind="float")
     layers = parse_float_graph(model, meta, where)
-    return compile_layers(layers, meta, profile, allow_saturation=allow_saturation, input_max=input_max, where=where)
+    return compile_layers(layers, meta, profile, allow_saturation=allow_saturation, input_max=input_max)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -695,7 +693,3 @@ def network_spec(net: IntegerNetwork) -> dict[str, Any]:
                     "decay": l.decay, "weight_exp": l.weight_exp, "scale": [float(v) for v in l.scale],
                     "out_channels": l.out_channels} for l in net.layers],
     })
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(_json_safe(obj))

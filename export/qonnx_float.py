@@ -20,7 +20,6 @@ The graph is cleaned with :func:`.format.cleanup` (names kept) and written atomi
 
 from __future__ import annotations
 
-
 import os
 import warnings
 from fractions import Fraction
