@@ -41,11 +41,17 @@ train: install
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
 	  $(if $(SEED),--seed $(SEED)) $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
 
-# A CPU-sized run of the whole pipeline on the embedded mnist5k (a few minutes on 2 cores).
+# A CPU-sized run of the whole pipeline on the embedded mnist5k (a few minutes on 2 cores):
+# train -> QONNX export -> bit-accurate integer simulation (checked against PyTorch) -> FPGA tables.
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/qsnn-train run --dataset mnist5k --precision int4 --schedule cosine --steps 25 --epochs 6 \
 	  --cosine-period 3 --batch-size 64 --out $(DEMO_DIR)
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to qonnx -o $(DEMO_DIR)/model.onnx
+	$(BIN)/qsnn-sim $(DEMO_DIR)/model.onnx --profile fpga --split test --check \
+	  --report $(DEMO_DIR)/sim_fpga.json --plot $(DEMO_DIR)/sim_fpga.png
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga -o $(DEMO_DIR)/fpga
+	$(BIN)/python -m qsnn.summary $(DEMO_DIR)
 
 bench: install
 	$(BIN)/python -m qsnn.train.bench

@@ -2,6 +2,7 @@
 
     qsnn-export CHECKPOINT --to qonnx [-o model.onnx]                      float QONNX, one time step
     qsnn-export CHECKPOINT --to qonnx --profile fpga [-o model.fpga.onnx]  integer QONNX under a profile
+    qsnn-export CHECKPOINT_OR_ONNX --to fpga|loihi2|nir [-o OUTDIR]         weight tables + manifest.json
 
 Adding a target is adding one writer function and one entry in :data:`TARGETS` (the ``--to``
 choices come from it). A writer receives an :class:`ExportJob` and returns summary rows; it can get
@@ -162,21 +163,43 @@ def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
     return rows
 
 
+#: The profile each table target compiles under when --profile is not given.
+TABLE_PROFILES = {"fpga": "fpga", "loihi2": "loihi2", "nir": "fpga"}
+
+
+def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
+    """--to fpga|loihi2|nir: compile under the target's profile and write its tables into OUTDIR."""
+    from qsnn.targets import summarize, write_target
+
+    profile = job.profile() if job.profile_name else get_profile(TABLE_PROFILES[target], **job.profile_overrides)
+    stem = job.source.name.split(".")[0]
+    outdir = job.output or job.source.with_name(f"{stem}.{target}")
+    net, report = integer_network(job, profile)
+    write_target(target, net, outdir, force=job.force,
+                 source_info={"file": str(job.source), "profile": profile.name})
+    return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
+
+
 #: ``--to`` targets: name → writer(job) → summary rows. Add a target here (one function, one entry).
 TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
     "qonnx": write_qonnx,
+    **{name: (lambda job, name=name: write_tables(job, name)) for name in TABLE_PROFILES},
 }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="CHECKPOINT")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="CHECKPOINT_OR_ONNX")
 @click.option("--to", "target", type=click.Choice(list(TARGETS)), required=True,
               help="What to write. qonnx: the network as a QONNX graph of one time step (membrane potentials "
                    "are graph inputs u1..u3 and outputs u1_out..u3_out; run it T times). Without --profile the "
                    "graph has the trained float semantics (Brevitas Quant nodes for 4-bit weights); with "
-                   "--profile it is the integer graph of that chip's arithmetic.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx].")
+                   "--profile it is the integer graph of that chip's arithmetic. fpga: weight memories (.mem for "
+                   "$readmemh, Xilinx .coe, Intel .mif), threshold/bias/leak tables and qsnn_model.h; loihi2: a "
+                   "lava-dl netx HDF5 file; nir: a NIR graph (nir.read). Table targets write a folder (-o OUTDIR) "
+                   "with manifest.json (shapes, widths, packing, SHA-256 of every file) and a README.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output file for qonnx [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx]; "
+                   "output folder for fpga/loihi2/nir [default: CHECKPOINT.<target>/].")
 @click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default=None,
               help="Compile to integers under this chip profile: fpga (4-bit weights, int16 saturating membrane, "
                    "multiplicative leak, subtract reset) or loihi2 (Lava's bit-accurate LIF: 8-bit weights, 24-bit "
@@ -187,12 +210,12 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 @click.option("--allow-saturation", is_flag=True, default=False,
               help="Compile even if the worst-case membrane may exceed the profile's width (values then saturate "
                    "or wrap as the profile says); without it such a network is refused.")
-@click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file.")
+@click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file or folder (replaced only once the new one is complete).")
 @debug_option
 @friendly_errors
 def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_set: tuple[str, ...],
          allow_saturation: bool, force: bool) -> None:
-    """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run).
+    """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
     The output is written atomically: on any error an existing file is left as it was. A source
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
