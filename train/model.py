@@ -21,8 +21,8 @@ Two forward paths compute the same function:
 * :meth:`QSNN.forward_fast` (the default) quantizes each weight once per forward pass, computes the
   first layer's current once for a static image, and runs each layer over all T steps before the
   next, so each synaptic layer is one large convolution / matmul over T·B samples; on spike (and
-  event-count) inputs it folds the average pooling into the convolution (one channels-last
-  stride-2 6×6 convolution, :func:`pool_into_kernel`). Because the
+  event-count) inputs it folds the average pooling into the convolution (one stride-2 6×6
+  convolution, :func:`pool_into_kernel`). Because the
   network is feed-forward, layer l at step t depends only on layer l−1 at steps ≤ t, so the order
   of evaluation changes nothing but speed. Folding the pooling changes only the order of float
   additions: with power-of-two weight scales (``quant_scale="po2"``) every partial sum of binary
@@ -63,9 +63,8 @@ def pool_into_kernel(w: torch.Tensor, p: int = POOL) -> torch.Tensor:
 
 
 def _pooled_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """AP₂(W ⊛ x) as one channels-last stride-2 convolution (the fast path's synapse)."""
-    out = F.conv2d(x.contiguous(memory_format=torch.channels_last), pool_into_kernel(w), stride=POOL)
-    return out.contiguous()  # BatchNorm reduces in another order over channels-last tensors
+    """AP₂(W ⊛ x) as one stride-2 convolution (the fast path's synapse on spike or count inputs)."""
+    return F.conv2d(x, pool_into_kernel(w), stride=POOL)
 
 
 class SNNOutput(NamedTuple):
