@@ -29,6 +29,22 @@ import numpy as np
 from qsnn.profiles import ChipProfile
 
 LAYER_KINDS = ("conv", "dense")
+
+
+def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
+    """The integer kernel of ``sumpool_p(W ⊛ x)`` as one stride-p convolution.
+
+    ``W'[o, c, a, b] = Σ_{i,j<p} W[o, c, a−i, b−j]``, shape ``(O, C, k+p−1, k+p−1)``, int64.
+    """
+    w = np.asarray(weight, dtype=np.int64)
+    if pool == 1:
+        return w
+    o, c, k, _ = w.shape
+    out = np.zeros((o, c, k + pool - 1, k + pool - 1), dtype=np.int64)
+    for i in range(pool):
+        for j in range(pool):
+            out[:, :, i:i + k, j:j + k] += w
+    return out
 ENCODINGS = ("static", "events")
 
 

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
 #: Integers of magnitude below these are exact in float32 / float64 (and so are sums that stay below).
@@ -79,22 +79,6 @@ def saturate(v: np.ndarray, profile: ChipProfile) -> np.ndarray:
         return np.clip(v, profile.membrane_min, profile.membrane_max)
     w = profile.membrane_bits
     return ((np.asarray(v) + (1 << (w - 1))) & ((1 << w) - 1)) - (1 << (w - 1))
-
-
-def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
-    """The integer kernel of ``sumpool_p(W ⊛ x)`` as one stride-p convolution.
-
-    ``W'[o, c, a, b] = Σ_{i,j<p} W[o, c, a−i, b−j]``, shape ``(O, C, k+p−1, k+p−1)``.
-    """
-    w = np.asarray(weight, dtype=np.int64)
-    if pool == 1:
-        return w
-    o, c, k, _ = w.shape
-    out = np.zeros((o, c, k + pool - 1, k + pool - 1), dtype=np.int64)
-    for i in range(pool):
-        for j in range(pool):
-            out[:, :, i:i + k, j:j + k] += w
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsnn.errors import ExportError, ProfileError
-from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import LOIHI2
 
 from .common import Limits, check_fit, folded_fan_in, jsonable, layer_from_parts, network_from_parts, network_record
@@ -72,19 +72,6 @@ I_DECAY = 4096
 #: Arithmetic fields the netx/Lava LIF fixes, with the value it needs.
 REQUIRED = {"leak": "loihi", "leak_bits": 12, "reset": "zero", "membrane_bits": 24, "overflow": "saturate",
             "symmetric_clip": True, "synaptic_delay": 1, "threshold_shift": LAVA_SHIFT}
-
-
-def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
-    """The kernel of ``sumpool_p(W ⊛ x)`` as one stride-p convolution, (O, I, k+p−1, k+p−1)."""
-    w = np.asarray(weight, dtype=np.int64)
-    if pool == 1:
-        return w
-    o, c, k, _ = w.shape
-    out = np.zeros((o, c, k + pool - 1, k + pool - 1), dtype=np.int64)
-    for i in range(pool):
-        for j in range(pool):
-            out[:, :, i:i + k, j:j + k] += w
-    return out
 
 
 def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:

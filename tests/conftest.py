@@ -22,6 +22,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 TINY = dict(num_steps=8, epochs=2, subset=800, val_subset=100, batch_size=64, patience=5, cosine_period_epochs=2.0)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tiny models: on 2 shared cores a second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def dvs_data_dir(tmp_path_factory) -> Path:
     """A DVS128 Gesture folder in tonic's layout (generated recordings, 110 per split)."""

@@ -18,15 +18,7 @@ from qsnn.train.distributed import DistContext, shard_batch, shard_bounds
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for these tiny models: on 2 shared cores a second thread only waits."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 136 samples in global batches of 45: 45, 45, 45, 1 — uneven slices (23/22) and, in the last
 # batch, an empty slice on rank 1. No BatchNorm and no dropout (see qsnn.train.distributed);

@@ -25,15 +25,7 @@ TINY_OVERRIDES = dict(epochs=2, num_steps=2, subset=60, val_subset=30, test_subs
                       cosine_period_epochs=1.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for these tiny models: on 2 shared cores a second thread only waits."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Stop(Exception):

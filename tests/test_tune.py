@@ -21,15 +21,7 @@ from qsnn.train.tune import PRESET_FIELDS, SEARCH_SPACE, open_study, run_worker 
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for these tiny models: on 2 shared cores a second thread only waits."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_workers_share_the_budget_exactly(tmp_path):
