@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +40,6 @@ def test_shard_bounds_cover_the_batch_once():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("torchrun", path=str(BIN)), reason="torchrun not installed")
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     from qsnn.train.cli import config_from_options
     from qsnn.train.loop import train
