@@ -51,7 +51,9 @@ def test_help_explains_every_option():
     assert result.exit_code == 0
     for opt in ("--to", "-o, --output", "--profile", "--profile-set", "--allow-saturation", "--force", "--debug"):
         assert opt in result.output
-    assert list(TARGETS) == ["qonnx"]  # one list; targets add entries
+    assert list(TARGETS) == ["qonnx", "fpga", "loihi2", "nir"]  # one list: the --to choices
+    for target in TARGETS:
+        assert target in result.output
 
 
 def test_cli_float_then_integer_export(workdir):
