@@ -60,7 +60,7 @@ from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .format import FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model
+from .format import FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
 
 #: Smallest accepted threshold, in steps of 2^threshold_shift grid units (relative error ≤ 1/32).
 MIN_THRESHOLD_STEPS = 16
@@ -634,8 +634,9 @@ def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *, allow_s
     """
     where = str(onnx_path) if isinstance(onnx_path, (str, os.PathLike)) else "the ONNX model"
     model, meta = check_qsnn_model(onnx_path, kind="float")
-    layers = parse_float_graph(model, meta, where)
-    return compile_layers(layers, meta, profile, allow_saturation=allow_saturation, input_max=input_max)
+    with damaged_file_errors(where):
+        layers = parse_float_graph(model, meta, where)
+        return compile_layers(layers, meta, profile, allow_saturation=allow_saturation, input_max=input_max)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -650,6 +651,11 @@ def read_integer_qonnx(path: str | os.PathLike) -> IntegerNetwork:
     """
     where = str(path) if isinstance(path, (str, os.PathLike)) else "the ONNX model"
     model, meta = check_qsnn_model(path, kind="integer")
+    with damaged_file_errors(where):
+        return _read_integer(model, meta, where)
+
+
+def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> IntegerNetwork:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     try:
         profile = ChipProfile.from_dict(meta["profile"])

@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import onnx
 
 from qsnn.atomic import atomic_write_bytes
-from qsnn.errors import ExportError
+from qsnn.errors import ExportError, QsnnError
 
 FORMAT = "qsnn-qonnx"
 FORMAT_VERSION = 1
@@ -129,6 +130,21 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
         model.metadata_props.add(key=key, value=text)
 
 
+@contextmanager
+def damaged_file_errors(where: str) -> Iterator[None]:
+    """Turn what a reader trips over in a damaged or edited file (a ``KeyError`` for a missing field, a
+    ``TypeError`` for a value of the wrong type, bytes where protobuf found invalid UTF-8, ...) into
+    an :class:`ExportError` naming the file; errors that already say what is wrong pass through."""
+    try:
+        yield
+    except QsnnError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise ExportError(f"{where}: damaged or edited qsnn QONNX file ({type(exc).__name__}: {reason}); "
+                          "export the checkpoint again with qsnn-export") from None
+
+
 def check_qsnn_model(source: Any, kind: str | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Load ``source`` and check that it is a qsnn QONNX export (of ``kind``, if given).
 
@@ -138,6 +154,11 @@ def check_qsnn_model(source: Any, kind: str | None = None) -> tuple[onnx.ModelPr
     """
     where = _where(source)
     model = load_model(source)
+    with damaged_file_errors(where):
+        return _check_qsnn_model(model, kind, where)
+
+
+def _check_qsnn_model(model: onnx.ModelProto, kind: str | None, where: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
     meta = read_metadata(model, where)
     if meta.get("format") != FORMAT:
         found = f"format {meta['format']!r}" if "format" in meta else "no 'format' metadata"

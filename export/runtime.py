@@ -83,14 +83,19 @@ def prepare_input(meta: dict[str, Any], x: Any, num_steps: int | None) -> tuple[
 
 
 class _OrtStep:
-    def __init__(self, model: onnx.ModelProto, kind: str) -> None:
+    def __init__(self, model: onnx.ModelProto, kind: str, where: str = "the graph") -> None:
         import onnxruntime as ort
 
         if kind == "float" and any(n.op_type == "Quant" for n in model.graph.node):
             from qonnx.core.modelwrapper import ModelWrapper
             from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
 
-            model = ModelWrapper(model).transform(QuantToQCDQ()).model
+            try:
+                model = ModelWrapper(model).transform(QuantToQCDQ()).model
+            except Exception as exc:  # a damaged graph breaks the converter in many ways (SerdeError, ...)
+                reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                raise ExportError(f"{where}: QuantToQCDQ cannot convert the graph ({type(exc).__name__}: {reason}); "
+                                  "the file is damaged or edited: export the checkpoint again") from None
             left = [n.op_type for n in model.graph.node if n.op_type == "Quant"]
             if left:
                 raise ExportError("QuantToQCDQ could not convert every Quant node (bit width > 8?); use engine='qonnx'")
@@ -100,7 +105,7 @@ class _OrtStep:
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ExportError(f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:200]}") from None
+            raise ExportError(f"{where}: onnxruntime cannot load the graph: {str(exc).splitlines()[0][:200]}") from None
         self.outputs = [o.name for o in model.graph.output]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,10 +134,11 @@ def _ort_runner(source: Any, model: onnx.ModelProto, kind: str) -> _OrtStep:
     """An onnxruntime session for ``model``; sessions of files are cached (path, mtime, size)."""
     if not isinstance(source, (str, os.PathLike)):
         return _OrtStep(model, kind)
+    where = str(source)
     st = os.stat(source)
     key = (os.path.abspath(source), st.st_mtime_ns, st.st_size)
     if key not in _ORT_CACHE:
-        _ORT_CACHE[key] = _OrtStep(model, kind)
+        _ORT_CACHE[key] = _OrtStep(model, kind, where)
         while len(_ORT_CACHE) > 4:
             _ORT_CACHE.popitem(last=False)
     _ORT_CACHE.move_to_end(key)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import math
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,7 +261,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path}: no such IDX file") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read gzipped IDX file ({e})") from None
     if len(raw) < 4:
         raise DataError(f"{path}: not an IDX file (only {len(raw)} bytes)")
@@ -272,7 +274,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: IDX header truncated ({len(raw)} bytes, needs {header})")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)   # exact: the int64 product of four 32-bit sizes can overflow
     payload = len(raw) - header
     if payload != expected:
         what = "truncated" if payload < expected else "has trailing bytes"
@@ -344,7 +346,7 @@ def _read_mnist5k(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     path = key[0]
     try:
         rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zlib.error) as e:
         raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({e})") from None
     if rows.shape[1] != 785 or len(rows) == 0:
         raise DataError(f"{path}: expected rows of 784 pixels then a label, got shape {rows.shape}")
@@ -447,8 +449,8 @@ def _read_dvs(keys: tuple[tuple[str, int, int], ...], labels: tuple[int, ...],
     for i, (path, _, _) in enumerate(keys):
         try:
             events = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read recording ({e})") from None
+        except Exception as e:  # noqa: BLE001 - a damaged .npy header fails in many ways (tokenize, EOF, ...)
+            raise DataError(f"{path}: not a readable .npy recording ({type(e).__name__}: {e})") from None
         if events.ndim != 2 or events.shape[1] != 4 or events.dtype.kind not in "iuf":
             raise DataError(f"{path}: expected an (N, 4) numeric array of x, y, p, t, "
                             f"got {events.dtype} {events.shape}")

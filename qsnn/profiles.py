@@ -41,14 +41,18 @@ Precisely (what ``sim/``, the integer QONNX graph and the PyTorch integer mode a
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from qsnn.errors import ProfileError
 
 LEAK_KINDS = ("mul", "shift", "loihi")
 RESETS = ("subtract", "zero")
 OVERFLOWS = ("saturate", "wrap")
+MAX_SYNAPTIC_DELAY = 255
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,13 @@ class ChipProfile:
     max_neurons: int = 0
 
     def __post_init__(self) -> None:
+        wrong_type = [f"{f.name}={getattr(self, f.name)!r} (must be {_KIND_NAMES[f.type]})"
+                      for f in dataclasses.fields(self) if not _is_kind(getattr(self, f.name), f.type)]
+        if wrong_type:
+            raise ProfileError(f"profile {self.name!r} is impossible: " + "; ".join(wrong_type))
+        for f in dataclasses.fields(self):   # NumPy integers → int, so the profile stays plain data
+            if f.type == "int":
+                object.__setattr__(self, f.name, int(getattr(self, f.name)))
         problems = []
         if not 2 <= self.weight_bits <= 16:
             problems.append(f"weight_bits={self.weight_bits} (must be 2..16)")
@@ -110,12 +121,20 @@ class ChipProfile:
             problems.append(f"frac_bits={self.frac_bits} (must be 0..membrane_bits-1)")
         if not 1 <= self.leak_bits <= 30:
             problems.append(f"leak_bits={self.leak_bits} (must be 1..30)")
-        if self.synaptic_delay < 0:
-            problems.append(f"synaptic_delay={self.synaptic_delay} (must be >= 0)")
-        if not 1 <= self.threshold_bits <= 62 or self.threshold_shift < 0:
-            problems.append(f"threshold_bits={self.threshold_bits}, threshold_shift={self.threshold_shift}")
+        if not 0 <= self.synaptic_delay <= MAX_SYNAPTIC_DELAY:
+            problems.append(f"synaptic_delay={self.synaptic_delay} (must be 0..{MAX_SYNAPTIC_DELAY})")
+        if not 1 <= self.threshold_bits <= 62 or not 0 <= self.threshold_shift <= 62 - self.threshold_bits:
+            problems.append(f"threshold_bits={self.threshold_bits}, threshold_shift={self.threshold_shift} "
+                            "(bits 1..62, shift >= 0, bits + shift <= 62)")
         if not 2 <= self.bias_bits <= 62:
             problems.append(f"bias_bits={self.bias_bits} (must be 2..62)")
+        if self.leak != "shift" and self.membrane_bits + self.leak_bits > 63:
+            problems.append(f"membrane_bits + leak_bits = {self.membrane_bits + self.leak_bits} (the {self.leak} leak "
+                            "multiplies the membrane by a leak_bits-wide constant: the product must fit 63 bits)")
+        if not 0 <= self.weight_exp_bits <= 8:
+            problems.append(f"weight_exp_bits={self.weight_exp_bits} (must be 0..8)")
+        if self.max_fan_in < 0 or self.max_neurons < 0:
+            problems.append(f"max_fan_in={self.max_fan_in}, max_neurons={self.max_neurons} (must be >= 0; 0 = no limit)")
         if problems:
             raise ProfileError(f"profile {self.name!r} is impossible: " + "; ".join(problems))
 
@@ -156,11 +175,27 @@ class ChipProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChipProfile":
+        if not isinstance(data, dict):
+            raise ProfileError(f"a profile is a table of fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ProfileError(f"unknown profile field(s) {sorted(unknown)}")
+            raise ProfileError(f"unknown profile field(s) {sorted(map(str, unknown))}")
+        if "name" not in data:
+            raise ProfileError("a profile needs a 'name'")
         return cls(**data)
+
+
+_KIND_NAMES = {"str": "a string", "int": "an integer", "bool": "true or false"}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    """``value`` has the type the field annotation ``kind`` names (a bool is not an integer here)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, str)
 
 
 #: Our reference FPGA core: 4-bit narrow weights, int16 saturating membrane, multiplicative leak

@@ -358,6 +358,15 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                              f"{total['dense_macs_per_inference']:.0f})  weights {total['weight_memory_bits']} bit  "
                              f"saturation events {total['saturation_events']}"))
     print_table(hw_rows, title="hardware (per inference = mean over samples; sat = low/high rail events)")
+    hit = [layer for layer in report["hardware"]["layers"] if layer["saturation_events"]]
+    if hit:
+        profile = report["profile"]
+        how = "clamped" if profile["overflow"] == "saturate" else "wrapped around (two's complement)"
+        click.echo(f"\nwarning: {total['saturation_events']} membrane updates overflowed the {profile['membrane_bits']}-bit "
+                   f"register and were {how}: " + ", ".join(
+                       f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
+                       f"{layer['saturation_high']} high)" for layer in hit)
+                   + "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits")
     if report.get("frac_bits_sweep"):
         click.echo("")
         sweep_rows = []

@@ -6,14 +6,17 @@ can tell a complete, untouched folder from a damaged one.
 
 The folder is written as a whole: everything goes into a temporary sibling folder
 (``.OUTDIR.tmp-XXXX``) which is renamed onto ``OUTDIR`` only once complete. An existing ``OUTDIR``
-is refused unless ``force=True``; then it is moved aside, the new folder renamed into place, and the
-old one deleted (restored if the rename fails). On any failure the temporary folder is removed, so
+is refused unless ``force=True``; then the two folders are swapped in one atomic step (Linux
+``renameat2``) and the old one deleted; where that call is missing, the old folder is moved aside,
+the new one renamed into place and the old one deleted (restored if the rename fails). On any failure the temporary folder is removed, so
 no partial ``OUTDIR`` is ever left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import math
@@ -307,8 +310,14 @@ def read_manifest(outdir: str | os.PathLike, *, verify: bool = True) -> dict[str
     if version != FORMAT_VERSION:
         raise ExportError(f"{path}: format version {version!r}, this qsnn reads version {FORMAT_VERSION}; "
                           f"write the folder again with this qsnn")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        raise ExportError(f"{path}: 'files' must map each file name to its sha256 and size; the manifest is damaged")
+    outside = [n for n in files if Path(n).is_absolute() or ".." in Path(n).parts]
+    if outside:
+        raise ExportError(f"{path}: lists {outside[0]!r}, outside the folder; the manifest is damaged or was edited")
     if verify:
-        for name, entry in manifest.get("files", {}).items():
+        for name, entry in files.items():
             file = folder / name
             if not file.is_file():
                 raise ExportError(f"{folder}: {name} is listed in the manifest but missing")
@@ -366,6 +375,10 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
             if not force:
                 raise ExportError(f"{outdir} appeared while it was being written; nothing was replaced "
                                   f"(pass --force to replace it)")
+            if outdir.is_dir() and not outdir.is_symlink() and _exchange(tmp, outdir):
+                _remove(tmp)                              # tmp now holds the old folder
+                _fsync_dir(parent)
+                return
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
             old.rmdir()
             os.replace(outdir, old)
@@ -377,12 +390,36 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
             _remove(old)
         else:
             os.replace(tmp, outdir)
-        with contextlib.suppress(OSError):
-            fd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_dir(parent)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Replacing a folder otherwise takes two renames (old out of the way, new into place), and a
+    process killed between them would leave no ``OUTDIR`` at all. Returns False where the call is
+    not available (other systems, old kernels or file systems); raises ``OSError`` if it fails.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))

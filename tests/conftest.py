@@ -62,3 +62,11 @@ def trained_run(tmp_path_factory, dvs_data_dir):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def float_onnx(trained_run, tmp_path_factory) -> Path:
+    """The float QONNX export of ``trained_run()``'s best.pt (exported once per session)."""
+    from qsnn.export.qonnx_float import export_float
+
+    return export_float(trained_run() / "best.pt", tmp_path_factory.mktemp("float-onnx") / "model.onnx")

@@ -9,8 +9,12 @@ reads them without executing code)::
     rng: {torch, generator, numpy, python}      epoch: epochs completed
     state: {best_val, best_epoch, bad_epochs}   history: per-epoch log rows
     metrics: {...}                 versions: {torch, snntorch, brevitas, numpy, python}
+    digest: SHA-256 of everything above (:func:`content_digest`)
 
-Writes are atomic (temporary file + rename); reads check the format and say what is wrong.
+Writes are atomic (temporary file + rename); reads check the format and the digest and say what is
+wrong. torch's zip container has no checksum of its own, so without the digest a flipped bit in a
+weight would load silently; with it a damaged file is refused. (Checkpoints without a ``digest``,
+written before it existed, are read unchecked.)
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import io
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -49,10 +53,45 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def content_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 of a checkpoint's contents, every key but ``digest``: tensors by dtype, shape and bytes.
+
+    The walk is canonical (dict keys sorted, every value tagged with its type), so the digest is a
+    function of the loaded values, not of how torch laid out the file.
+    """
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            h.update(f"D{len(value)}:".encode())
+            for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+                feed(key)
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            h.update(f"{type(value).__name__[0]}{len(value)}:".encode())
+            for item in value:
+                feed(item)
+        elif isinstance(value, str):
+            raw = value.encode("utf-8", "surrogatepass")
+            h.update(f"S{len(raw)}:".encode() + raw)
+        elif isinstance(value, (bytes, bytearray)):
+            h.update(f"B{len(value)}:".encode() + bytes(value))
+        else:  # None, bool, int, float (repr is exact and type-tagged)
+            h.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed({k: v for k, v in data.items() if k != "digest"})
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plus format fields and versions) atomically to ``path``."""
+    """Write ``payload`` (plus format fields, versions and the digest) atomically to ``path``."""
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "qsnn_version": qsnn.__version__,
-            "versions": package_versions(), **payload}
+            "versions": package_versions(), **{k: v for k, v in payload.items() if k != "digest"}}
+    data["digest"] = content_digest(data)
     buf = io.BytesIO()
     torch.save(data, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -73,6 +112,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {data.get('format_version')} (qsnn {data.get('qsnn_version')}); "
                               f"this qsnn ({qsnn.__version__}) reads version {FORMAT_VERSION}: retrain or use the matching qsnn release")
+    if "digest" in data and data["digest"] != content_digest(data):
+        raise CheckpointError(f"{path}: contents do not match the checkpoint's SHA-256 digest: the file is damaged "
+                              "(bit rot, a bad copy) or was edited; use another copy, or best.pt / last.pt of the run")
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; it is incomplete")

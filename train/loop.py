@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qsnn.atomic import atomic_write_bytes, atomic_write_text
+from qsnn.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from qsnn.config import TrainConfig
 from qsnn.data import ArraySplit, load_split
 from qsnn.errors import QsnnError
@@ -48,6 +48,8 @@ from .model import QSNN
 from .schedules import Schedule
 
 EVAL_BATCH = 256
+#: The files a run directory holds (all written atomically).
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "metrics.json", "training.png")
 
 
 class TrainingDiverged(QsnnError):
@@ -191,6 +193,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         cfg = saved
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(run_dir, RUN_FILES)  # left by a process killed mid-write
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) of an interrupted write from {run_dir}")
 
     # -- data, model, optimiser -----------------------------------------------------------------
     generator = seed_everything(cfg.seed)
