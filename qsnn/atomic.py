@@ -59,7 +59,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -104,9 +104,10 @@ def _write(fh: IO, data: bytes | str, name: str) -> None:
     fh.write(data)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or folder (a folder's fsync makes the renames inside it durable); best effort."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

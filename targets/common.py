@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from qsnn.atomic import fsync_path
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
@@ -334,12 +335,7 @@ def read_manifest(outdir: str | os.PathLike, *, verify: bool = True) -> dict[str
 
 def _fsync_tree(folder: Path) -> None:
     for path in [*folder.rglob("*"), folder]:
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_path(path)
 
 
 def _remove(path: Path) -> None:
@@ -377,7 +373,7 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
                                   f"(pass --force to replace it)")
             if outdir.is_dir() and not outdir.is_symlink() and _exchange(tmp, outdir):
                 _remove(tmp)                              # tmp now holds the old folder
-                _fsync_dir(parent)
+                fsync_path(parent)
                 return
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
             old.rmdir()
@@ -390,19 +386,10 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
             _remove(old)
         else:
             os.replace(tmp, outdir)
-        _fsync_dir(parent)
+        fsync_path(parent)
     except BaseException:
         _remove(tmp)
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _exchange(a: Path, b: Path) -> bool:
