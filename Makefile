@@ -45,8 +45,7 @@ train: install
 # train -> QONNX export -> bit-accurate integer simulation (checked against PyTorch) -> FPGA tables.
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(BIN)/qsnn-train run --dataset mnist5k --precision int4 --schedule cosine --steps 25 --epochs 6 \
-	  --cosine-period 3 --batch-size 64 --out $(DEMO_DIR)
+	$(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to qonnx -o $(DEMO_DIR)/model.onnx
 	$(BIN)/qsnn-sim $(DEMO_DIR)/model.onnx --profile fpga --split test --check \
 	  --report $(DEMO_DIR)/sim_fpga.json --plot $(DEMO_DIR)/sim_fpga.png

@@ -22,6 +22,11 @@ QUANT_SCALES = ("float", "po2")
 #: Datasets whose hyperparameter rows are shared: mnist5k is MNIST.
 PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128": "dvs128"}
 
+#: The one place the ``make demo`` model is defined (``qsnn-train run --demo``, and the test suite's
+#: ``demo_run`` fixture): the embedded mnist5k, int4, cosine, CPU-sized (T = 25, a few epochs).
+DEMO = {"dataset": "mnist5k", "precision": "int4", "schedule": "cosine", "num_steps": 25, "epochs": 6,
+        "cosine_period_epochs": 3.0, "batch_size": 64}
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -70,3 +70,20 @@ def float_onnx(trained_run, tmp_path_factory) -> Path:
     from qsnn.export.qonnx_float import export_float
 
     return export_float(trained_run() / "best.pt", tmp_path_factory.mktemp("float-onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The ``make demo`` model (``qsnn.config.DEMO``: mnist5k int4, T = 25), trained once per session.
+
+    For tests whose claim is about the model people get from ``make demo`` (hardware and Lava
+    agreement on real test images); about 1.5 minutes on 2 CPU cores.
+    """
+    from qsnn.config import DEMO, TrainConfig
+    from qsnn.train.loop import train
+
+    settings = dict(DEMO)
+    cfg = TrainConfig.from_preset(settings.pop("dataset"), settings.pop("precision"), **settings)
+    run_dir = tmp_path_factory.mktemp("run-demo")
+    train(cfg, run_dir, progress=False, log=lambda _msg: None)
+    return run_dir

@@ -348,3 +348,19 @@ def test_cli_help_documents_every_option():
     for opt in ("--dataset", "--precision", "--schedule", "--steps", "--subset", "--resume", "--quant-scale", "--reset",
                 "--warm-restarts", "--grad-clip", "--weight-clip", "--patience", "--data-dir"):
         assert opt in res.stdout
+
+
+def test_cli_demo_settings_yield_to_given_options(tmp_path):
+    """`--demo` starts from qsnn.config.DEMO (what `make demo` trains); options on the command line win."""
+    import json
+
+    from qsnn.config import DEMO
+
+    exe = f"{sys.prefix}/bin/qsnn-train"
+    out = tmp_path / "r"
+    subprocess.run([exe, "run", "--demo", "--epochs", "1", "--steps", "3", "--subset", "200", "--val-subset", "50",
+                    "--test-subset", "50", "--no-progress", "--out", str(out)], capture_output=True, text=True, check=True)
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert (cfg["epochs"], cfg["num_steps"]) == (1, 3)
+    for key in ("dataset", "precision", "schedule", "batch_size", "cosine_period_epochs"):
+        assert cfg[key] == DEMO[key], key

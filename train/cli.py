@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from qsnn.cli import DefaultGroup, debug_option, friendly_errors, print_table
-from qsnn.config import PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
+from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,10 +90,16 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted).")
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--demo", is_flag=True, help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.")
 @debug_option
 @friendly_errors
-def run(data_dir, out, resume, device, no_progress, **options) -> None:
+def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
     """Train one QSNN; writes checkpoints, logs, a plot and metrics to the run directory."""
+    if demo:
+        ctx = click.get_current_context()
+        for key, value in DEMO.items():   # a demo setting yields to an option given on the command line
+            if ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
+                options[key] = value
     cfg = config_from_options(**options)
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     from .loop import train as train_run
