@@ -14,6 +14,6 @@ onnxruntime and qonnx, so ``sim/`` and ``targets/`` can use them without torch):
 * :mod:`.runtime`       host loops over T: ``run_onnx_steps`` (onnxruntime after ``QuantToQCDQ``, or
                          qonnx's ``execute_onnx``) for both kinds.
 * :mod:`.integer_torch` ``run_integer_torch``: an independent PyTorch evaluation of the integer
-                         semantics of :mod:`qsnn.profiles`.
+                         semantics of :mod:`qsnn.arith`.
 * :mod:`.cli`           ``qsnn-export``.
 """

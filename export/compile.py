@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
@@ -72,59 +73,18 @@ LOWEST_SHIFT = -40
 
 
 # --------------------------------------------------------------------------------------------------
-# The integer leak (the formulas of qsnn.profiles), used by the worst-case bound
-
-
-def leak_decay(beta: float, profile: ChipProfile) -> int:
-    """The integer leak constant of β under ``profile``: m (mul), d (shift) or dv (loihi)."""
-    F = profile.leak_bits
-    if profile.leak == "mul":
-        return int(min(max(round(beta * 2**F), 0), 2**F))
-    if profile.leak == "shift":
-        if beta >= 1.0:
-            return profile.membrane_bits
-        if beta <= 0.0:
-            return 0
-        return int(min(max(round(-math.log2(1.0 - beta)), 0), profile.membrane_bits))
-    return int(min(max(round((1.0 - beta) * 2**F), 0), 2**F))
-
-
-def effective_beta(decay: int, profile: ChipProfile) -> float:
-    """The β the integer leak realises (to first order)."""
-    F = profile.leak_bits
-    if profile.leak == "mul":
-        return decay / 2**F
-    if profile.leak == "shift":
-        return 1.0 - 2.0**-decay
-    return (2**F - decay) / 2**F
-
-
-def leak_int(u: np.ndarray, decay: int, profile: ChipProfile) -> np.ndarray:
-    """leak(u) on int64 arrays: (m·u) >> F, u − (u >> d), or sign(x)·(|x| >> F) with x = u·(2^F − dv)."""
-    u = np.asarray(u, dtype=np.int64)
-    F = profile.leak_bits
-    if profile.leak == "mul":
-        return (u * decay) >> F
-    if profile.leak == "shift":
-        return u - (u >> decay)
-    x = u * (2**F - decay)
-    return np.sign(x) * (np.abs(x) >> F)
-
-
-def shl(a: np.ndarray, s: int) -> np.ndarray:
-    """a << s for s ≥ 0, a >> −s (floor) for s < 0, on int64."""
-    a = np.asarray(a, dtype=np.int64)
-    return a << s if s >= 0 else a >> (-s)
+# The worst-case membrane bound
 
 
 def membrane_bound(acc_max: np.ndarray, acc_min: np.ndarray, shift: int, bias: np.ndarray, theta: np.ndarray,
-                   decay: int, profile: ChipProfile, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+                   leak_const: int, profile: ChipProfile, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (lowest, highest) membrane any input can produce within ``num_steps`` steps.
 
-    Interval arithmetic over the integer step of :mod:`qsnn.profiles`, starting from u = 0, with the
-    accumulator anywhere in [acc_min, acc_max] at every step; leak is monotone, so the extremes of
-    the no-reset part (u ≤ θ) and of the reset part (u > θ) bound the next membrane. Values are
-    the unsaturated ones (what the membrane would need to hold).
+    Interval arithmetic over the integer step (:func:`qsnn.arith.pre_overflow`), starting from
+    u = 0, with the accumulator anywhere in [acc_min, acc_max] at every step. Within the no-reset
+    part of an interval (u ≤ θ) and within its reset part (u > θ) the step is monotone in u and in
+    the current (the leak is), so the step at the ends of each part bounds the next membrane.
+    Values are the ones before overflow (what the membrane would need to hold).
     """
     cmax = shl(acc_max, shift) + bias
     cmin = shl(acc_min, shift) + bias
@@ -132,20 +92,17 @@ def membrane_bound(acc_max: np.ndarray, acc_min: np.ndarray, shift: int, bias: n
     hi = np.zeros_like(cmax)
     ext_lo, ext_hi = lo.copy(), hi.copy()
     big = np.iinfo(np.int64).max // 4
+
+    def step(u: np.ndarray, current: np.ndarray) -> np.ndarray:
+        return pre_overflow(u, current, theta, leak_const, profile)
+
     for _ in range(num_steps):
-        no_reset = lo <= theta
-        resets = hi > theta
-        if profile.reset == "subtract":
-            lo_r = leak_int(np.maximum(lo, theta + 1), decay, profile) - theta
-            hi_r = leak_int(hi, decay, profile) - theta
-        else:
-            lo_r = np.zeros_like(lo)
-            hi_r = np.zeros_like(hi)
-        lo_n = leak_int(lo, decay, profile)
-        hi_n = leak_int(np.minimum(hi, theta), decay, profile)
-        pre_lo = np.minimum(np.where(no_reset, lo_n, big), np.where(resets, lo_r, big))
-        pre_hi = np.maximum(np.where(no_reset, hi_n, -big), np.where(resets, hi_r, -big))
-        lo, hi = pre_lo + cmin, pre_hi + cmax
+        no_reset = lo <= theta                     # some u ≤ θ in [lo, hi]: u in [lo, min(hi, θ)]
+        resets = hi > theta                        # some u > θ in [lo, hi]: u in [max(lo, θ + 1), hi]
+        lo_n, hi_n = step(lo, cmin), step(np.minimum(hi, theta), cmax)
+        lo_r, hi_r = step(np.maximum(lo, theta + 1), cmin), step(hi, cmax)
+        lo = np.minimum(np.where(no_reset, lo_n, big), np.where(resets, lo_r, big))
+        hi = np.maximum(np.where(no_reset, hi_n, -big), np.where(resets, hi_r, -big))
         ext_lo, ext_hi = np.minimum(ext_lo, lo), np.maximum(ext_hi, hi)
     return ext_lo, ext_hi
 
@@ -524,7 +481,7 @@ def compile_layers(layers: list[FloatLayer], meta: dict[str, Any], profile: Chip
     if input_max is None:
         input_max = 255 if encoding == "static" else DEFAULT_EVENT_INPUT_MAX
     beta, theta = float(np.float32(meta["beta"])), float(np.float32(meta["threshold"]))
-    decay = leak_decay(beta, p)
+    decay = leak_const_of(beta, p)
     beta_int = effective_beta(decay, p)
     notes: list[str] = []
     if meta["reset"] != p.reset:

@@ -1,15 +1,17 @@
-"""An independent PyTorch evaluation of the integer semantics of :mod:`qsnn.profiles`.
+"""An independent PyTorch implementation of :func:`qsnn.arith.int_lif_step`, held equal to it by ``tests/test_arith.py``.
 
-``run_integer_torch(net, x_int)`` runs an :class:`~qsnn.network.IntegerNetwork` with int64 torch
-tensors, written from the profile docstring alone (not from ``sim/`` or the integer graph), so that
-three implementations — this one, the NumPy engine and the integer QONNX graph — can be compared.
-Per layer and step t (k = ``profile.synaptic_delay``; the layer's input at step t is the previous
-layer's spikes — the input frame for layer 1 — of step t − k, zeros before)::
+``run_integer_torch(net, x_int)`` (the PyTorch integer mode) runs an
+:class:`~qsnn.network.IntegerNetwork` with int64 torch tensors, written from the contract's
+equations alone (not from :mod:`qsnn.arith`, ``sim/`` or the integer graph), so that the
+implementations — :mod:`qsnn.arith` with the reference simulator, the NumPy engine, this one and
+the integer QONNX graph — can be compared. Per layer and step t (d = ``profile.synaptic_delay``;
+the layer's input at step t is the previous layer's spikes — the input frame for layer 1 — of step
+t − d, zeros before)::
 
-    acc_t = sumpool_p(W ⊛ in_{t−k}) · 2^weight_exp     (float64 convolution of exact integers)
+    acc_t = sumpool_p(W ⊛ in_{t−d}) · 2^weight_exp     (float64 convolution of exact integers)
     r_t   = [u_{t−1} > θ]
-    u_t   = sat(leak(u_{t−1}) + shl(acc_t, s) + b − r_t·θ)          subtract reset
-    u_t   = sat(leak((1 − r_t)·u_{t−1}) + shl(acc_t, s) + b)        zero reset
+    u_t   = overflow(leak(u_{t−1}) + shl(acc_t, s) + b − r_t·θ)          subtract reset
+    u_t   = overflow(leak((1 − r_t)·u_{t−1}) + shl(acc_t, s) + b)        zero reset
     z_t   = [u_t > θ]
 """
 

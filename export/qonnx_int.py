@@ -1,8 +1,9 @@
-"""The integer-domain one-step graph of an :class:`~qsnn.network.IntegerNetwork` (no torch).
+"""An independent implementation of :func:`qsnn.arith.int_lif_step` as a QONNX graph, held equal to it by ``tests/test_arith.py``.
 
+The integer-domain one-step graph of an :class:`~qsnn.network.IntegerNetwork` (no torch):
 ``export_integer(net, out)`` writes the compiled network as a QONNX/ONNX graph whose every value is
 an integer held exactly, so that any executor (qonnx's ``execute_onnx``, onnxruntime) reproduces the
-chip arithmetic of :mod:`qsnn.profiles` bit for bit::
+chip arithmetic of :mod:`qsnn.arith` bit for bit::
 
     inputs  x (N, C, H, W) integer input (uint8 pixels or event counts) as float64
             u1, u2, u3 membranes (float64 holding integers); d1.. delay lines if the profile delays
@@ -39,11 +40,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import qsnn
+from qsnn.arith import effective_beta
 from qsnn.data import INPUT_SCALE
 from qsnn.errors import ExportError
 from qsnn.network import IntegerNetwork
 
-from .compile import effective_beta, network_spec
+from .compile import network_spec
 from .format import FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, save_model, set_metadata
 
 OPSET = 17

@@ -7,16 +7,23 @@ graph (``export/``). It holds integers only, plus the real value of one membrane
 so that reports can translate back.
 
 Each :class:`IntegerLayer` is a synapse (conv or dense, no bias, stride 1, no padding) followed by
-sum-pooling of the current and a population of LIF neurons, one time step being (see
-:mod:`qsnn.profiles` for ``leak``, ``sat`` and ``shl``)::
+sum-pooling of the current and a population of LIF neurons, one time step being::
 
-    acc_t = sumpool_p( W ⊛ z_in,t )              integer synaptic sum, W in the narrow signed range
-    r_t   = [u_{t-1} > θ_c]
-    u_t   = sat( leak(u_{t-1}) + shl(acc_t, s) + b_c − r_t·θ_c )      (subtract reset)
-    z_t   = [u_t > θ_c]
+    acc_t = sumpool_p( W ⊛ z_in,t−d )          integer synaptic sum, W in the narrow signed range
+    z_t, u_t = int_lif_step(acc_t, u_{t−1})    the neuron, :func:`qsnn.arith.int_lif_step`:
+               u_t = overflow( leak(u_{t−1}) + shl(shl(acc_t, e), s) + b_c − r_t·θ_c ),  z_t = [u_t > θ_c]
 
-with per-channel integer threshold θ_c and bias b_c. The real membrane of the trained network is
-``u_real ≈ u_t · scale_c``.
+with per-channel integer threshold θ_c and bias b_c. The synapse, precisely:
+
+* ``acc_t`` is an exact integer sum: convolution stride 1, no padding, p×p stride-p sum-pooling
+  (dense: on the input flattened C-major, as torch's flatten);
+* d = ``profile.synaptic_delay``: the layer sees its input (the previous layer's spikes, or the
+  input frame for the first layer) d steps late, zeros for t < d (its bias is still added every
+  step);
+* a static image (uint8 pixels) is the input frame at every step, event counts give frame t at
+  step t; the class is the argmax of output spike counts over T, first index winning ties.
+
+The real membrane of the trained network is ``u_real ≈ u_t · scale_c``.
 """
 
 from __future__ import annotations

@@ -3,39 +3,13 @@
 A profile says how the integer form of the network behaves on a chip; it is a small frozen
 dataclass, not a code path. Adding a chip means adding a profile (and an emitter in ``targets/``).
 
-The integer LIF step every profile parameterises (per neuron, one time step, membrane grid
-``u`` in integers, ``acc`` the integer synaptic sum after sum-pooling):
-
-    r_t = [u_{t-1} > θ]                                   (reset decided by the previous state)
-    u_t = sat( leak(u_{t-1}) + shl(acc_t, s) + b − r_t·θ )    reset = "subtract"
-    u_t = sat( leak((1 − r_t)·u_{t-1}) + shl(acc_t, s) + b ) reset = "zero"
-    z_t = [u_t > θ]                                       (strict >)
-
-with ``shl(a, s) = a << s`` for s ≥ 0 and ``a >> −s`` (floor) for s < 0; ``s`` is the layer's
-current shift, at most ``frac_bits`` guard bits. ``leak`` is one of
-
-    mul:   u ← (m·u) >> leak_bits            (floor; m = round(β·2^leak_bits), β in Q0.leak_bits)
-    shift: u ← u − (u >> d)                  (floor; β ≈ 1 − 2^−d)
-    loihi: u ← rz(u·(2^leak_bits − dv)) with rz(x) = sign(x)·(|x| >> leak_bits)  (toward zero)
-
-and ``sat`` clamps to the membrane width (``overflow="saturate"``) or wraps in two's complement
-(``overflow="wrap"``). Loihi's zero reset (``v = 0`` right after a spike) gives the same spikes as
-the delayed zero reset above: a neuron that spiked starts the next step from 0 either way.
-
-Precisely (what ``sim/``, the integer QONNX graph and the PyTorch integer mode all compute):
-
-* ``acc_t = sumpool_p(W ⊛ z_in,t−k)``, an exact integer sum: convolution stride 1, no
-  padding, p×p stride-p sum-pooling (dense: on the input flattened C-major, as torch's flatten);
-  ``k = synaptic_delay``: the layer sees its input (the previous layer's spikes, or the input
-  frame for the first layer) k steps late, zeros for t < k (its bias is still added every step).
-* The current on the grid is ``shl(shl(acc, e), s)`` with e = weight_exp: for e ≥ 0 exactly
-  ``acc · 2^e`` shifted by s (= ``shl(acc, s + e)``); a negative e floors the sum first, then s applies.
-* Everything inside ``sat(...)`` is exact (no intermediate rounding or clamping); ``sat`` is applied
-  once per step. ``saturate`` clamps to [membrane_min, membrane_max] (symmetric_clip narrows the
-  low rail to −(2^(w−1)−1)); ``wrap`` maps to [−2^(w−1), 2^(w−1)−1] whatever symmetric_clip says.
-* ``u_{−1} = 0`` (so ``r_0 = 0``); a static image (uint8 pixels) is the input frame at every step,
-  event counts give frame t at step t; the class is the argmax of output spike counts over T,
-  first index winning ties.
+The fields parameterise the integer LIF step of :func:`qsnn.arith.int_lif_step` (whose docstring
+has the equations): the leak kind (``mul``: u ← (m·u) >> leak_bits, ``shift``: u ← u − (u >> d),
+``loihi``: Loihi's 12-bit ``rz(u·(2^leak_bits − dv))``), the membrane width and its overflow
+(saturate or wrap), the reset mode (subtract or zero), the guard bits ``frac_bits`` of the
+current shift, and the register widths the compiler must respect; ``synaptic_delay`` delays every
+layer's input (:mod:`qsnn.network`). What ``sim/``, the integer QONNX graph and the PyTorch
+integer mode compute is that step, under these fields.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The bit-accurate integer simulator (NumPy only, never torch).
 
 :func:`simulate` runs a compiled :class:`~qsnn.network.IntegerNetwork` on a batch of inputs with
-its profile's integer arithmetic (see :mod:`qsnn.profiles` for the step it implements);
+its profile's integer arithmetic (the step of :func:`qsnn.arith.int_lif_step`);
 :mod:`qsnn.sim.report` turns a run into the validation and hardware report that ``qsnn-sim``
 prints, saves and plots.
 """
 
-from .engine import LayerStats, SimResult, check_input, combine, leak, predict, saturate, shl, simulate
+from .engine import LayerStats, SimResult, check_input, combine, predict, simulate
 
-__all__ = ["LayerStats", "SimResult", "check_input", "combine", "leak", "predict", "saturate", "shl", "simulate"]
+__all__ = ["LayerStats", "SimResult", "check_input", "combine", "predict", "simulate"]

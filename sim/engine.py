@@ -1,13 +1,17 @@
-"""The bit-accurate integer engine: run an :class:`~qsnn.network.IntegerNetwork` over T steps.
+"""An independent, fast implementation of :func:`qsnn.arith.int_lif_step`, held equal to it by ``tests/test_arith.py``.
 
-Per layer and time step, exactly the integer LIF step of :mod:`qsnn.profiles` (all integers)::
+The bit-accurate integer engine runs an :class:`~qsnn.network.IntegerNetwork` over T steps. Per
+layer and time step it computes exactly the integer LIF step of :mod:`qsnn.arith` (all integers),
+with its own in-place, layout-changed arithmetic (it takes only the rails, ``overflow_range``, from
+:mod:`qsnn.arith`; the literal :mod:`qsnn.sim.reference` calls the step itself, and
+``tests/test_sim_engine.py`` compares the two on random networks of every profile variant)::
 
-    acc_t = sumpool_p( W ⊛ z_in,t−k ) · 2^e                k = profile.synaptic_delay, zeros before t = k
+    acc_t = sumpool_p( W ⊛ z_in,t−d ) · 2^e                d = profile.synaptic_delay, zeros before t = d
     c_t   = shl(acc_t, s) + b                              the current on the membrane grid
             (e = weight_exp ≥ 0 exact; e < 0 is a floor shift of the sum, before s)
     r_t   = [u_{t−1} > θ]  (= z_{t−1})
-    u_t   = sat( leak(u_{t−1}) + c_t − r_t·θ )             reset = "subtract"
-    u_t   = sat( leak((1 − r_t)·u_{t−1}) + c_t )           reset = "zero"
+    u_t   = overflow( leak(u_{t−1}) + c_t − r_t·θ )        reset = "subtract"
+    u_t   = overflow( leak((1 − r_t)·u_{t−1}) + c_t )      reset = "zero"
     z_t   = [u_t > θ]
 
 with ``z_in`` the previous layer's spikes, or the input frame for the first layer (the same uint8
@@ -36,11 +40,12 @@ The engine imports numpy only (and tqdm for the optional progress bar), never to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from qsnn.arith import overflow_range
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
@@ -50,35 +55,6 @@ FLOAT64_EXACT = 2**53
 
 #: Working-memory budget of one matrix product / current buffer (bytes); batches keep memory bounded.
 CHUNK_BYTES = 48 * 2**20
-
-
-# --------------------------------------------------------------------------------------------------
-# The integer primitives of the profiles.py contract (scalars or arrays)
-
-
-def shl(a: Any, s: int) -> Any:
-    """``a << s`` for s ≥ 0, ``floor(a / 2^−s)`` (arithmetic right shift) for s < 0."""
-    return a << s if s >= 0 else a >> -s
-
-
-def leak(u: np.ndarray, profile: ChipProfile, decay: int) -> np.ndarray:
-    """The profile's leak of integer membranes ``u`` (a new array)."""
-    u = np.asarray(u)
-    bits = profile.leak_bits
-    if profile.leak == "mul":
-        return (u * decay) >> bits                      # floor
-    if profile.leak == "shift":
-        return u - (u >> decay)                         # floor
-    x = u * ((1 << bits) - decay)                       # loihi: rz(x) = sign(x)·(|x| >> bits)
-    return np.sign(x) * (np.abs(x) >> bits)
-
-
-def saturate(v: np.ndarray, profile: ChipProfile) -> np.ndarray:
-    """Clamp to [membrane_min, membrane_max] (``saturate``) or wrap in two's complement (``wrap``)."""
-    if profile.overflow == "saturate":
-        return np.clip(v, profile.membrane_min, profile.membrane_max)
-    w = profile.membrane_bits
-    return ((np.asarray(v) + (1 << (w - 1))) & ((1 << w) - 1)) - (1 << (w - 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,7 +192,7 @@ class _Layer:
             raise ValueError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
         self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O)
 
-        # the current on the grid: c = shl(shl(acc, e), s) + b (see profiles.py); for e ≥ 0 that is
+        # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
         # the single shift shl(acc, s + e); a negative exponent floors first, then s applies
         e, s = int(layer.weight_exp), int(layer.current_shift)
         self.exp_shift = min(e, 0)
@@ -224,10 +200,7 @@ class _Layer:
         cur_bound = _shl_bound(_shl_bound(self.sum_bound, self.exp_shift), self.shift)
         theta = np.asarray(layer.threshold, dtype=np.int64)
         bias = np.asarray(layer.bias, dtype=np.int64)
-        if profile.overflow == "saturate":
-            self.lo, self.hi = profile.membrane_min, profile.membrane_max
-        else:
-            self.lo, self.hi = -(1 << (profile.membrane_bits - 1)), (1 << (profile.membrane_bits - 1)) - 1
+        self.lo, self.hi = overflow_range(profile)
         mem = max(-self.lo, self.hi)
         theta_max = int(theta.max(initial=0))
         # worst-case magnitudes: leak never grows |u| (m ≤ 2^F), so the pre-sat sum is bounded by

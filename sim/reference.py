@@ -1,18 +1,20 @@
-"""A slow, literal reading of the integer contract, to check the fast engine against.
+"""The reference simulator: a slow, literal reading of the integer contract, to check the others against.
 
-Every formula is written as in :mod:`qsnn.profiles` with Python/NumPy int64 arithmetic, no
-pooling folded into kernels, no floats, no layout changes: a convolution is a loop over kernel
-taps, sum-pooling a loop over the p×p window, one time step after another, one layer after another
-within a step. Only for small networks (tests); :func:`qsnn.sim.simulate` is the engine to use.
+The neuron is :func:`qsnn.arith.int_lif_step` itself; the synapse is written out as
+:mod:`qsnn.network` states it, in NumPy int64 arithmetic with no pooling folded into kernels, no
+floats and no layout changes: a convolution is a loop over kernel taps, sum-pooling a loop over
+the p×p window, one time step after another, one layer after another within a step. Only for
+small networks (tests); :func:`qsnn.sim.simulate` is the engine to use.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from qsnn.arith import IntLIFState, int_lif_step
 from qsnn.network import IntegerNetwork
 
-from .engine import leak, predict, saturate, shl
+from .engine import predict
 
 
 def synaptic_sum(layer, z_in: np.ndarray) -> np.ndarray:
@@ -40,36 +42,25 @@ def synaptic_sum(layer, z_in: np.ndarray) -> np.ndarray:
 
 def simulate_reference(net: IntegerNetwork, x: np.ndarray) -> dict[str, np.ndarray]:
     """``{"z1": (T, N, ...), ..., "u1": ..., "counts": (N, classes), "predictions": (N,)}``."""
-    profile, T, k = net.profile, net.num_steps, net.profile.synaptic_delay
+    profile, T, delay = net.profile, net.num_steps, net.profile.synaptic_delay
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     shapes = net.shapes()
     zs = [np.zeros((T, n, *s), dtype=np.uint8) for s in shapes]
     us = [np.zeros((T, n, *s), dtype=np.int64) for s in shapes]
-    u = [np.zeros((n, *s), dtype=np.int64) for s in shapes]
+    states = [IntLIFState(np.zeros((n, *s), dtype=np.int64)) for s in shapes]
     for t in range(T):
         for li, layer in enumerate(net.layers):
-            src = t - k
+            src = t - delay          # the layer sees its input `delay` steps late, zeros before
             if src < 0:
                 z_in = np.zeros((n, *(net.input_shape if li == 0 else shapes[li - 1])), dtype=np.int64)
             elif li == 0:
                 z_in = x if net.encoding == "static" else x[:, src]
             else:
                 z_in = zs[li - 1][src]
-            acc = synaptic_sum(layer, z_in)
-            view = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
-            theta = np.asarray(layer.threshold, dtype=np.int64).reshape(view)
-            bias = np.asarray(layer.bias, dtype=np.int64).reshape(view)
-            current = shl(shl(acc, layer.weight_exp), layer.current_shift)
-            u_prev = u[li]
-            r = (u_prev > theta).astype(np.int64)
-            if profile.reset == "subtract":
-                u_new = saturate(leak(u_prev, profile, layer.decay) + current + bias - r * theta, profile)
-            else:
-                u_new = saturate(leak((1 - r) * u_prev, profile, layer.decay) + current + bias, profile)
-            u[li] = u_new
-            us[li][t] = u_new
-            zs[li][t] = u_new > theta
+            z, states[li] = int_lif_step(synaptic_sum(layer, z_in), states[li], layer, profile)
+            us[li][t] = states[li].u
+            zs[li][t] = z
     out = {f"z{i + 1}": z for i, z in enumerate(zs)}
     out.update({f"u{i + 1}": v for i, v in enumerate(us)})
     out["counts"] = zs[-1].sum(axis=0, dtype=np.int64).reshape(n, -1)

@@ -142,25 +142,6 @@ def check_profile_fit(net: IntegerNetwork, target: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Two's complement
-
-
-def to_unsigned(values: np.ndarray, bits: int) -> np.ndarray:
-    """Signed integers → their ``bits``-wide two's-complement codes (uint64)."""
-    v = np.asarray(values, dtype=np.int64)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if v.size and (v.min() < lo or v.max() > hi):
-        raise ValueError(f"values outside the {bits}-bit two's-complement range [{lo}, {hi}]")
-    return (v & ((1 << bits) - 1)).astype(np.uint64)
-
-
-def from_unsigned(codes: np.ndarray, bits: int) -> np.ndarray:
-    """``bits``-wide two's-complement codes → signed int64."""
-    c = np.asarray(codes, dtype=np.int64) & ((1 << bits) - 1)
-    return np.where(c >= (1 << (bits - 1)), c - (1 << bits), c)
-
-
-# --------------------------------------------------------------------------------------------------
 # JSON
 
 

@@ -33,10 +33,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qsnn.arith import from_twos_complement, to_twos_complement
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
-from .common import Limits, check_fit, from_unsigned, layer_from_parts, network_from_parts, to_unsigned
+from .common import Limits, check_fit, layer_from_parts, network_from_parts
 
 NAME = "fpga"
 DESCRIPTION = "weight memories (.mem/.coe/.mif), neuron tables and a C header for the reference FPGA core"
@@ -82,7 +83,7 @@ def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int
 
 def pack_weights(weight: np.ndarray, weight_bits: int, word_bits: int) -> tuple[list[int], int]:
     """Flatten (C order), pack LSB-first into ``word_bits`` words; returns (words, padding weights)."""
-    codes = to_unsigned(np.asarray(weight).reshape(-1), weight_bits)
+    codes = to_twos_complement(np.asarray(weight).reshape(-1), weight_bits)
     per = word_bits // weight_bits
     pad = (-len(codes)) % per
     codes = np.concatenate([codes, np.zeros(pad, dtype=np.uint64)]).reshape(-1, per)
@@ -102,7 +103,7 @@ def unpack_weights(words: list[int], weight_bits: int, word_bits: int, count: in
     codes = [(w >> (weight_bits * lane)) & mask for w in words for lane in range(per)]
     if len(codes) < count:
         raise ExportError(f"weight memory holds {len(codes)} weights, the layer needs {count}")
-    return from_unsigned(np.array(codes[:count], dtype=np.int64), weight_bits)
+    return from_twos_complement(np.array(codes[:count], dtype=np.int64), weight_bits)
 
 
 def _hex_digits(bits: int) -> int:
@@ -207,7 +208,7 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
             [f"qsnn fpga thresholds, layer {i} ({layer.name}): one per output channel, {p.threshold_bits}-bit "
              f"unsigned, value = threshold >> {p.threshold_shift}"]))
         (folder / b_name).write_text(format_mem(
-            [int(v) for v in to_unsigned(bias, p.bias_bits)], p.bias_bits,
+            [int(v) for v in to_twos_complement(bias, p.bias_bits)], p.bias_bits,
             [f"qsnn fpga biases, layer {i} ({layer.name}): one per output channel, {p.bias_bits}-bit two's "
              f"complement, added to the membrane every step"]))
         leak_text = (f"m of u <- (m*u) >> {p.leak_bits} (floor)" if p.leak == "mul" else "d of u <- u - (u >> d) (floor)")
@@ -390,7 +391,7 @@ def read(folder: Path, manifest: Mapping[str, Any]) -> IntegerNetwork:
         weight = unpack_weights(words, mem["weight_bits"], mem["word_bits"], mem["weights"])
         tmem, bmem, lmem = record["threshold_memory"], record["bias_memory"], record["leak_memory"]
         theta = np.array(parse_mem((folder / tmem["file"]).read_text()), dtype=np.int64) << int(p["threshold_shift"])
-        bias = from_unsigned(np.array(parse_mem((folder / bmem["file"]).read_text()), dtype=np.int64), bmem["width"])
+        bias = from_twos_complement(np.array(parse_mem((folder / bmem["file"]).read_text()), dtype=np.int64), bmem["width"])
         leak = parse_mem((folder / lmem["file"]).read_text())
         if len(theta) != tmem["depth"] or len(bias) != bmem["depth"] or len(leak) != 1:
             raise ExportError(f"layer {record['name']}: threshold/bias/leak tables do not match the manifest")

@@ -41,6 +41,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qsnn.arith import effective_beta
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
@@ -56,13 +57,8 @@ GRAPH_FORMAT_VERSION = 1
 
 
 def beta_of(net: IntegerNetwork, layer: IntegerLayer) -> float:
-    """The real leak factor β of a layer's integer leak constant."""
-    p, d = net.profile, int(layer.decay)
-    if p.leak == "mul":
-        return d / float(1 << p.leak_bits)
-    if p.leak == "shift":
-        return 1.0 - 2.0 ** (-d)
-    return 1.0 - d / float(1 << p.leak_bits)
+    """The real leak factor β of a layer's integer leak constant (:func:`qsnn.arith.effective_beta`)."""
+    return effective_beta(int(layer.decay), net.profile)
 
 
 def differences(net: IntegerNetwork) -> list[str]:

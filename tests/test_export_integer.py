@@ -4,7 +4,7 @@ Every profile variant (saturate at both rails, wrap, mul/shift/loihi leak, subtr
 synaptic delay, negative current shifts, weight exponents, 16-bit event counts) must give the same
 spikes and membranes in ``run_integer_torch`` and in the exported graph run by onnxruntime and by
 qonnx's executor; a tiny network is also checked against values worked out by hand from the
-contract in :mod:`qsnn.profiles`.
+contract in :mod:`qsnn.arith`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from qsnn.errors import ExportError
-from qsnn.export.compile import leak_int, read_integer_qonnx
+from qsnn.arith import leak
+from qsnn.export.compile import read_integer_qonnx
 from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_int import export_integer
 from qsnn.export.runtime import run_integer_onnx
@@ -181,6 +182,6 @@ def test_hand_worked_steps(tmp_path):
     zero = run_integer_torch(_chain(FPGA.replace(reset="zero"), 2, -1, 1, 5, 2048, 4), x, record=True)
     assert zero["u1"][:, 0, 0, 0, 0].tolist() == [4, 6, 4, 6]
     # the bound's leak helper agrees with these formulas
-    assert leak_int(np.array([-7, 7]), 2048, FPGA).tolist() == [-4, 3]
-    assert leak_int(np.array([-7, 7]), 2048, loihi_p).tolist() == [-3, 3]
-    assert leak_int(np.array([-7, 16]), 3, FPGA.replace(leak="shift")).tolist() == [-6, 14]
+    assert leak(np.array([-7, 7]), 2048, FPGA).tolist() == [-4, 3]
+    assert leak(np.array([-7, 7]), 2048, loihi_p).tolist() == [-3, 3]
+    assert leak(np.array([-7, 16]), 3, FPGA.replace(leak="shift")).tolist() == [-6, 14]
