@@ -7,10 +7,13 @@ onnxruntime and qonnx, so ``sim/`` and ``targets/`` can use them without torch):
                          name-preserving cleanup, atomic save.
 * :mod:`.qonnx_float`   ``export_float(checkpoint, out)``: PyTorch/Brevitas → QONNX, one time step,
                          membranes as graph inputs/outputs (kind ``"float"``).
+* :mod:`.float_graph`   ``read_float_graph(onnx)``: the float export as plain, checked layers and
+                         metadata (the compiler's first pass).
 * :mod:`.compile`       ``compile_qonnx(onnx, profile)``: QONNX → :class:`~qsnn.network.IntegerNetwork`
-                         plus a report; ``read_integer_qonnx`` reads the integer graph back.
+                         plus a report, as a pipeline of small passes.
 * :mod:`.qonnx_int`     ``export_integer(net, out)``: the integer-domain one-step graph (kind
-                         ``"integer"``), exact in float64, that any QONNX executor runs bit for bit.
+                         ``"integer"``), exact in float64, that any QONNX executor runs bit for bit;
+                         ``read_integer_qonnx`` reads it back.
 * :mod:`.runtime`       host loops over T: ``run_onnx_steps`` (onnxruntime after ``QuantToQCDQ``, or
                          qonnx's ``execute_onnx``) for both kinds.
 * :mod:`.integer_torch` ``run_integer_torch``: an independent PyTorch evaluation of the integer

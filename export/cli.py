@@ -98,7 +98,8 @@ def float_qonnx(job: ExportJob) -> Iterator[Path]:
 
 def integer_network(job: ExportJob, profile: ChipProfile):
     """(IntegerNetwork, compile report) of the job's source under ``profile``."""
-    from .compile import compile_qonnx, read_integer_qonnx
+    from .compile import compile_qonnx
+    from .qonnx_int import read_integer_qonnx
     from .format import check_qsnn_model
 
     if job.source_is_onnx and check_qsnn_model(job.source)[1]["kind"] == "integer":

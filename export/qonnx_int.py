@@ -26,6 +26,9 @@ exact, so the export checks that every intermediate stays below 2^52. The convol
 (onnxruntime has no float64 Conv), exact because every partial sum stays below 2^24: the export
 checks this, and for wide inputs (16-bit event counts) splits the input into base-2^b digits, convolves
 each digit and recombines them in float64.
+
+:func:`read_integer_qonnx` reads such a file back into the :class:`~qsnn.network.IntegerNetwork`
+(the initializers ``<layer>.weight``, ``.threshold``, ``.bias`` and the metadata ``network``, cross-checked).
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from onnx import TensorProto, helper, numpy_helper
 import qsnn
 from qsnn.arith import effective_beta
 from qsnn.data import INPUT_SCALE
-from qsnn.errors import ExportError
-from qsnn.network import IntegerNetwork
+from qsnn.errors import ExportError, ProfileError
+from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.profiles import ChipProfile
 
-from .compile import network_spec
-from .format import FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, save_model, set_metadata
+from .compile import _json_safe
+from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, save_model,
+                     set_metadata)
 
 OPSET = 17
 INPUT_MAX = {"static": 255, "events": 65535}
@@ -268,3 +273,65 @@ def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
 def export_integer(net: IntegerNetwork, out_path: str | os.PathLike) -> Path:
     """Write the integer-domain one-step graph of ``net`` atomically; returns ``out_path``."""
     return save_model(build_integer_model(net), out_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the integer graph back (the writer's inverse)
+
+
+def read_integer_qonnx(path: str | os.PathLike) -> IntegerNetwork:
+    """The :class:`IntegerNetwork` of an integer qsnn export (:func:`qsnn.export.qonnx_int.export_integer`).
+
+    Weights, thresholds and biases come from the graph's initializers (``<layer>.weight``,
+    ``<layer>.threshold``, ``<layer>.bias``), the rest from the metadata; the two are cross-checked.
+    """
+    where = str(path) if isinstance(path, (str, os.PathLike)) else "the ONNX model"
+    model, meta = check_qsnn_model(path, kind="integer")
+    with damaged_file_errors(where):
+        return _read_integer(model, meta, where)
+
+
+def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> IntegerNetwork:
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    try:
+        profile = ChipProfile.from_dict(meta["profile"])
+        spec = meta["network"]
+        layers = []
+        for ls in spec["layers"]:
+            name = ls["name"]
+            arrays = {}
+            for field in ("weight", "threshold", "bias"):
+                arr = inits.get(f"{name}.{field}")
+                if arr is None:
+                    raise ExportError(f"{where}: initializer {name}.{field} is missing")
+                if np.any(arr != np.round(arr)):
+                    raise ExportError(f"{where}: {name}.{field} holds non-integers")
+                arrays[field] = arr.astype(np.int64)
+            w = arrays["weight"]
+            if ls["kind"] == "dense":
+                w = w.T  # stored (I, O) for MatMul
+            dtype = np.int8 if profile.weight_bits <= 8 else (np.int16 if profile.weight_bits <= 16 else np.int32)
+            layers.append(IntegerLayer(
+                name=name, kind=ls["kind"], weight=np.ascontiguousarray(w).astype(dtype), pool=int(ls["pool"]),
+                current_shift=int(ls["current_shift"]), threshold=arrays["threshold"].reshape(-1),
+                bias=arrays["bias"].reshape(-1), decay=int(ls["decay"]),
+                scale=np.asarray(ls["scale"], dtype=np.float64), weight_exp=int(ls.get("weight_exp", 0))))
+        net_meta = {k: v for k, v in meta.items() if k not in ("profile", "network")}
+        return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=tuple(spec["input_shape"]),
+                              num_steps=int(spec["num_steps"]), encoding=spec["encoding"],
+                              classes=tuple(spec["classes"]), metadata=net_meta)
+    except ExportError:
+        raise
+    except (KeyError, TypeError, ValueError, ProfileError) as exc:
+        raise ExportError(f"{where}: integer qsnn export has inconsistent metadata: {exc}") from None
+
+
+def network_spec(net: IntegerNetwork) -> dict[str, Any]:
+    """The JSON-able description of ``net`` (everything but the weight, threshold and bias arrays)."""
+    return _json_safe({
+        "input_shape": list(net.input_shape), "num_steps": net.num_steps, "encoding": net.encoding,
+        "classes": list(net.classes),
+        "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "current_shift": l.current_shift,
+                    "decay": l.decay, "weight_exp": l.weight_exp, "scale": [float(v) for v in l.scale],
+                    "out_channels": l.out_channels} for l in net.layers],
+    })

@@ -84,7 +84,7 @@ def load_network(model: Path, profile: ChipProfile | None, *, allow_saturation: 
 
     _, meta = check_qsnn_model(model)
     if meta["kind"] == "integer":
-        from qsnn.export.compile import read_integer_qonnx
+        from qsnn.export.qonnx_int import read_integer_qonnx
 
         net = read_integer_qonnx(model)
         if profile is not None and profile != net.profile:

@@ -18,11 +18,12 @@ import torch
 
 from qsnn.data import load_split
 from qsnn.errors import ExportError
-from qsnn.export.compile import compile_qonnx, quant_weights, read_integer_qonnx
+from qsnn.export.compile import compile_qonnx
+from qsnn.export.float_graph import quant_weights
 from qsnn.export.format import FORMAT, check_qsnn_model, read_metadata
 from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_float import export_float
-from qsnn.export.qonnx_int import export_integer
+from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import predictions, run_integer_onnx, run_onnx_steps
 from qsnn.profiles import get_profile
 from qsnn.train.checkpoint import file_sha256, model_from_checkpoint

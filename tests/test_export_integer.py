@@ -14,9 +14,8 @@ import pytest
 
 from qsnn.errors import ExportError
 from qsnn.arith import leak
-from qsnn.export.compile import read_integer_qonnx
 from qsnn.export.integer_torch import run_integer_torch
-from qsnn.export.qonnx_int import export_integer
+from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import run_integer_onnx
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile, get_profile

@@ -162,7 +162,8 @@ def _check_network(net: IntegerNetwork) -> None:
 
 @pytest.mark.parametrize("kind", ["float", "integer"])
 def test_onnx_truncated_or_flipped(onnx_files, work, kind):
-    from qsnn.export.compile import compile_qonnx, read_integer_qonnx
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.qonnx_int import read_integer_qonnx
 
     raw = onnx_files[kind].read_bytes()
     regions = _metadata_regions(raw, onnx.load_from_string(raw))

@@ -1,0 +1,342 @@
+"""Reading the float graph: a float qsnn QONNX export as the compiler needs it (no torch).
+
+:func:`read_float_graph` is the first pass of the compiler (:mod:`.compile`): it checks the file
+(:func:`.format.check_qsnn_model`), walks the graph in the exporter's op order
+(:mod:`.qonnx_float`) and recovers per layer the integer weights of its ``Quant`` node (or the
+fp32 weights), the pooling, BatchNorm's gain and offset and the LIF constants, all checked
+against the metadata. What it returns is a :class:`FloatGraph` of plain, validated values; a
+file it cannot read gives an :class:`~qsnn.errors.ExportError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qsnn.errors import ExportError
+
+from .format import FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
+
+
+@dataclass(frozen=True)
+class FloatGraph:
+    """A float qsnn export: its layers and the metadata the compiler uses, plain and checked.
+
+    Attributes:
+        layers: the synaptic layers, first to last.
+        num_steps: T. encoding: ``"static"`` | ``"events"``. input_scale: real value of one integer
+        input unit (1/255 for pixels). input_shape: (C, H, W). classes: class names.
+        beta, theta, reset, precision: as trained (β and θ as the model's float32 values).
+        layer_shapes: spike shape of each layer for one sample.
+        metadata: the file's whole metadata (decoded).
+        where: the file, for messages.
+    """
+
+    layers: tuple["FloatLayer", ...]
+    num_steps: int
+    encoding: str
+    input_scale: float
+    input_shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    beta: float
+    theta: float
+    reset: str
+    precision: str
+    layer_shapes: tuple[tuple[int, ...], ...]
+    metadata: dict[str, Any]
+    where: str
+
+
+def read_float_graph(source: Any) -> FloatGraph:
+    """The :class:`FloatGraph` of a float qsnn export (a path, ``ModelProto`` or qonnx ``ModelWrapper``).
+
+    Raises :class:`~qsnn.errors.ExportError` naming the file if it is not a float qsnn export or
+    is damaged.
+    """
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "the ONNX model"
+    model, meta = check_qsnn_model(source, kind="float")
+    with damaged_file_errors(where):
+        layers = parse_layers(model, meta, where)
+        return FloatGraph(
+            layers=tuple(layers), num_steps=int(meta["num_steps"]), encoding=str(meta["encoding"]),
+            input_scale=float(meta["input_scale"]), input_shape=tuple(int(v) for v in meta["input_shape"]),
+            classes=tuple(meta["classes"]), beta=float(np.float32(meta["beta"])),
+            theta=float(np.float32(meta["threshold"])), reset=str(meta["reset"]), precision=str(meta["precision"]),
+            layer_shapes=tuple(tuple(int(v) for v in li["shape"]) for li in meta["layers"]),
+            metadata=meta, where=where)
+
+
+@dataclass(frozen=True)
+class FloatLayer:
+    """One layer as the float graph describes it (real-valued parameters).
+
+    Attributes:
+        name, kind: the layer's name and ``"conv"`` | ``"dense"``.
+        q: integer weights (O, I[, k, k]) from the ``Quant`` node, or None (an fp32 export).
+        w_real: the real weights (q·scale, or the fp32 initializer), float64.
+        w_scale: per-output-channel scale of q (float64), or None (fp32).
+        bit_width: the ``Quant`` node's bit width, or None (fp32).
+        pool: side p of the p×p stride-p average pooling (1 = none).
+        bn_gain: BatchNorm's g_c = γ/√(σ² + ε) per channel (ones without BatchNorm), float64.
+        bn_offset: BatchNorm's h_c = b − μ·g_c per channel (zeros without BatchNorm), float64.
+        membrane: the layer's state input, ``u1`` | ``u2`` | ``u3``.
+        beta, theta, reset: the LIF constants the graph holds (checked against the metadata).
+    """
+
+    name: str
+    kind: str
+    q: np.ndarray | None
+    w_real: np.ndarray
+    w_scale: np.ndarray | None
+    bit_width: int | None
+    pool: int
+    bn_gain: np.ndarray
+    bn_offset: np.ndarray
+    membrane: str
+    beta: float
+    theta: float
+    reset: str
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto, where: str) -> None:
+        self.model = model
+        self.where = where
+        self.inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        for node in model.graph.node:  # Constant nodes count as initializers
+            if node.op_type == "Constant" and node.attribute:
+                attr = next((a for a in node.attribute if a.name == "value"), None)
+                if attr is not None:
+                    self.inits[node.output[0]] = numpy_helper.to_array(attr.t)
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def fail(self, what: str) -> ExportError:
+        return ExportError(f"{self.where}: the graph does not have the qsnn layer structure: {what}")
+
+    def attr(self, node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+        for a in node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.inits.get(name)
+
+    def only_consumer(self, tensor: str, what: str) -> onnx.NodeProto:
+        users = [n for n in self.consumers.get(tensor, []) if n.op_type not in ("Identity",)]
+        if len(users) != 1:
+            raise self.fail(f"{what}: expected one consumer of {tensor!r}, found {[n.op_type for n in users]}")
+        return users[0]
+
+    def skip_identity(self, tensor: str) -> str:
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in ("Identity", "Dropout"):
+            tensor = node.input[0]
+            node = self.producer.get(tensor)
+        return tensor
+
+    def spike_source(self, tensor: str) -> str | None:
+        """The membrane a spike tensor is computed from: Cast(Greater(Sub(u, θ), 0)) or Greater(u, θ)."""
+        tensor = self.skip_identity(tensor)
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in ("Flatten", "Reshape", "Cast", "Identity", "Dropout"):
+            tensor = node.input[0]
+            node = self.producer.get(tensor)
+        if node is None or node.op_type != "Greater":
+            return None
+        a, b = node.input
+        sub = self.producer.get(a)
+        if sub is not None and sub.op_type == "Sub" and self.const(b) is not None and float(self.const(b)) == 0.0:
+            return sub.input[0]
+        return a
+
+
+def _quant_int(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, signed: int, narrow: int,
+               mode: str) -> np.ndarray:
+    """The integers of a qonnx ``Quant`` node (same steps as qonnx's ``int_quant``)."""
+    from qonnx.custom_op.general.intquant import max_int, min_int, resolve_rounding_mode
+
+    y = w / scale + zp
+    lo, hi = min_int(signed, narrow, bits), max_int(signed, narrow, bits)
+    y = np.where(y > hi, np.asarray(hi).astype(y.dtype), y)
+    y = np.where(y < lo, np.asarray(lo).astype(y.dtype), y)
+    y = resolve_rounding_mode(mode)(y) - zp
+    return y.astype(np.int64)
+
+
+def quant_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """{layer name: integer weights} recovered from the float export's ``Quant`` nodes (conv1, conv2, fc)."""
+    out = {}
+    for layer in read_float_graph(model).layers:
+        if layer.q is None:
+            raise ExportError(f"layer {layer.name} has float weights (an fp32 export): no Quant node")
+        out[layer.name] = layer.q
+    return out
+
+
+def _per_channel(scale: np.ndarray, shape: tuple[int, ...], axis: int, g: _Graph, name: str) -> np.ndarray:
+    full = np.broadcast_to(np.asarray(scale, dtype=np.float64), shape)
+    per = np.moveaxis(full, axis, 0).reshape(shape[axis], -1)
+    if not np.all(per == per[:, :1]):
+        raise g.fail(f"{name}: weight scale varies within an output channel (only per-tensor or per-output-channel scales)")
+    return per[:, 0].copy()
+
+
+def _weights(g: _Graph, node: onnx.NodeProto, name: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, int | None]:
+    """(q, w_real, per-channel scale, bit width) of a synapse, weights as (O, I[, k, k])."""
+    tensor = node.input[1]
+    transpose = node.op_type == "MatMul" or (node.op_type == "Gemm" and not g.attr(node, "transB", 0))
+    src = g.producer.get(tensor)
+    if src is not None and src.op_type == "Transpose":
+        transpose = not transpose
+        tensor = src.input[0]
+        src = g.producer.get(tensor)
+    if src is None:
+        w = g.const(tensor)
+        if w is None:
+            raise g.fail(f"{name}: weight {tensor!r} is neither an initializer nor a Quant node output")
+        w = np.asarray(w, dtype=np.float64)
+        return None, (w.T if transpose else w), None, None
+    if src.op_type != "Quant":
+        raise g.fail(f"{name}: weight comes from a {src.op_type} node, expected Quant or an initializer")
+    w, scale, zp, bits = (g.const(i) for i in src.input[:4])
+    if any(v is None for v in (w, scale, zp, bits)):
+        raise g.fail(f"{name}: Quant node inputs must be initializers")
+    if np.any(zp != 0):
+        raise g.fail(f"{name}: Quant zero point must be 0")
+    bits_i = int(np.asarray(bits).item())
+    signed, narrow = int(g.attr(src, "signed", 1)), int(g.attr(src, "narrow", 0))
+    mode = g.attr(src, "rounding_mode", b"ROUND")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    q = _quant_int(w, scale, zp, bits_i, signed, narrow, mode)
+    real = q * np.asarray(scale, dtype=np.float64)
+    out_axis = q.ndim - 1 if transpose else 0
+    per = _per_channel(np.broadcast_to(scale, q.shape), q.shape, out_axis, g, name)
+    if transpose:
+        q, real = q.T, real.T
+    return q, np.asarray(real, dtype=np.float64), per, bits_i
+
+
+def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> list[FloatLayer]:
+    """The layers of a float qsnn export, checked against its structure and metadata.
+
+    The graph must have the exporter's op order per layer: synapse (Conv | MatMul | Gemm, weights
+    from a ``Quant`` node or an initializer) → AveragePool (optional) → BatchNorm (optional:
+    ``BatchNormalization``, or ``Mul, Add`` between optional ``Cast``) → ``Add`` into the membrane
+    (→ ``Sub`` of r·θ for subtract reset).
+    """
+    check_ops(model, FLOAT_OPS, where)
+    g = _Graph(model, where)
+    synapses = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    info = meta["layers"]
+    if len(synapses) != len(info):
+        raise g.fail(f"{len(synapses)} synaptic layers (Conv/MatMul) but the metadata lists {len(info)}")
+    layers = []
+    for i, (node, li) in enumerate(zip(synapses, info)):
+        name = li["name"]
+        # the input: x for the first layer, the previous layer's spikes after that
+        src = g.skip_identity(node.input[0])
+        if i == 0:
+            if src != INPUT:
+                raise g.fail(f"{name}: the first synapse must read the graph input 'x', reads {src!r}")
+        elif g.spike_source(src) != f"{STATE_INPUTS[i - 1]}_out":
+            raise g.fail(f"{name}: input is not the spikes of the previous layer ({STATE_INPUTS[i - 1]}_out > θ)")
+        if node.op_type == "Conv":
+            if any(v != 1 for v in g.attr(node, "strides", [1, 1])) or any(g.attr(node, "pads", [0, 0, 0, 0])) \
+                    or g.attr(node, "group", 1) != 1 or any(v != 1 for v in g.attr(node, "dilations", [1, 1])):
+                raise g.fail(f"{name}: only stride-1, unpadded, ungrouped convolutions")
+            if len(node.input) > 2 and node.input[2]:
+                raise g.fail(f"{name}: convolutions have no bias in a QSNN")
+        elif node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+            raise g.fail(f"{name}: dense layers have no bias in a QSNN")
+        q, w_real, w_scale, bits = _weights(g, node, name)
+        kind = "conv" if node.op_type == "Conv" else "dense"
+        if kind != li["kind"]:
+            raise g.fail(f"{name}: graph has a {kind} layer, metadata says {li['kind']}")
+        tensor = node.output[0]
+        nxt = g.only_consumer(tensor, name)
+        pool = 1
+        if nxt.op_type == "AveragePool":
+            ks, st = g.attr(nxt, "kernel_shape"), g.attr(nxt, "strides", None)
+            if len(set(ks)) != 1 or list(st or ks) != list(ks) or any(g.attr(nxt, "pads", [0] * 4)):
+                raise g.fail(f"{name}: pooling must be p×p with stride p and no padding")
+            pool = int(ks[0])
+            tensor = nxt.output[0]
+            nxt = g.only_consumer(tensor, name)
+        out_ch = w_real.shape[0]
+        gain, offset = np.ones(out_ch), np.zeros(out_ch)
+        if nxt.op_type == "BatchNormalization":
+            gamma, b, mu, var = (np.asarray(g.const(t), dtype=np.float64) for t in nxt.input[1:5])
+            eps = float(g.attr(nxt, "epsilon", 1e-5))
+            gain = gamma / np.sqrt(var + eps)
+            offset = b - mu * gain
+            tensor = nxt.output[0]
+            nxt = g.only_consumer(tensor, name)
+        elif nxt.op_type in ("Cast", "Mul"):
+            # x·α + β (the exact-BatchNorm form of the exporter), optionally in float64 between Casts
+            cast_in = nxt.op_type == "Cast"
+            mul = g.only_consumer(nxt.output[0], name) if cast_in else nxt
+            add = g.only_consumer(mul.output[0], name) if mul.op_type == "Mul" else None
+            if mul.op_type != "Mul" or add is None or add.op_type != "Add":
+                raise g.fail(f"{name}: expected BatchNorm as Mul then Add after the pooling")
+            alpha = next((g.const(t) for t in mul.input if g.const(t) is not None), None)
+            beta_bn = next((g.const(t) for t in add.input if g.const(t) is not None), None)
+            if alpha is None or beta_bn is None:
+                raise g.fail(f"{name}: BatchNorm Mul/Add constants are not initializers")
+            gain = np.asarray(alpha, dtype=np.float64).reshape(-1)
+            offset = np.asarray(beta_bn, dtype=np.float64).reshape(-1)
+            tensor = add.output[0]
+            nxt = g.only_consumer(tensor, name)
+            if cast_in:
+                if nxt.op_type != "Cast":
+                    raise g.fail(f"{name}: expected a Cast back to float after the BatchNorm")
+                tensor = nxt.output[0]
+                nxt = g.only_consumer(tensor, name)
+            if gain.size == 1:
+                gain = np.full(out_ch, gain.item())
+            if offset.size == 1:
+                offset = np.full(out_ch, offset.item())
+            if gain.size != out_ch or offset.size != out_ch:
+                raise g.fail(f"{name}: BatchNorm has {gain.size} channels, the synapse {out_ch}")
+        # the LIF: Add(leaked membrane, I) [→ Sub(·, r·θ)] = u_out
+        if nxt.op_type != "Add":
+            raise g.fail(f"{name}: the current must enter the neuron through Add, found {nxt.op_type}")
+        membrane = li["membrane"]
+        out_name = f"{membrane}_out"
+        if nxt.output[0] == out_name:
+            reset = "zero"
+        else:
+            sub = g.only_consumer(nxt.output[0], name)
+            if sub.op_type != "Sub" or sub.output[0] != out_name:
+                raise g.fail(f"{name}: expected the membrane output {out_name!r} after the neuron's Add")
+            reset = "subtract"
+        other = next(t for t in nxt.input if t != tensor)
+        mul = g.producer.get(other)
+        if mul is None or mul.op_type != "Mul":
+            raise g.fail(f"{name}: the leak must be a Mul by β")
+        beta = next((g.const(t) for t in mul.input if g.const(t) is not None), None)
+        if beta is None:
+            raise g.fail(f"{name}: the leak factor β is not a constant")
+        theta_node = next((n for n in g.consumers.get(membrane, []) if n.op_type == "Sub"), None)
+        if theta_node is None or g.const(theta_node.input[1]) is None:
+            raise g.fail(f"{name}: no reset comparison Sub({membrane}, θ)")
+        theta = float(np.asarray(g.const(theta_node.input[1])).item())
+        beta = float(np.asarray(beta).item())
+        if not (np.float32(beta) == np.float32(meta["beta"]) and np.float32(theta) == np.float32(meta["threshold"])):
+            raise ExportError(f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata says "
+                              f"β={meta['beta']}, θ={meta['threshold']}; the file was edited")
+        if reset != meta["reset"]:
+            raise ExportError(f"{where}: {name}: graph has {reset} reset, metadata says {meta['reset']}")
+        layers.append(FloatLayer(name, kind, q, w_real, w_scale, bits, pool, gain, offset, membrane, beta, theta, reset))
+    if g.spike_source(OUTPUT) != f"{STATE_INPUTS[-1]}_out":
+        raise g.fail("output 'z3' is not the spikes of the last layer (u3_out > θ)")
+    return layers
