@@ -5,8 +5,9 @@ returns the network with a report of what the integer form costs. The compiler i
 small passes, each a function with one job, run in order over a :class:`Plan` (one
 :class:`LayerPlan` per layer) — in the manner of qonnx's graph transformations:
 
-1. :func:`~.float_graph.read_float_graph` reads the float graph (the only pass that reads the
-   file, and the only place a damaged file is reported as such);
+1. :func:`~.float_graph.read_float_graph` reads the float graph and checks every value the other
+   passes use (the only pass that reads the file, and the only place a damaged file is reported
+   as such: an error in a later pass is a bug, and keeps its traceback);
 2. :func:`quantize_fp32_weights`: the integer weights (the ``Quant`` node's, or fp32 weights
    quantized here); :func:`check_profile_limits`: weight width, fan-in and neurons fit the profile;
 3. :func:`fold_batchnorm_and_pooling`: the real value s_c of one accumulator unit per channel;
@@ -71,7 +72,6 @@ from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
 from .float_graph import FloatGraph, FloatLayer, read_float_graph
-from .format import damaged_file_errors
 
 #: Smallest accepted threshold, in steps of 2^threshold_shift grid units (relative error ≤ 1/32).
 MIN_THRESHOLD_STEPS = 16
@@ -111,8 +111,11 @@ def membrane_bound(acc_max: np.ndarray, acc_min: np.ndarray, shift: int, bias: n
         resets = hi > theta                        # some u > θ in [lo, hi]: u in [max(lo, θ + 1), hi]
         lo_n, hi_n = step(lo, cmin), step(np.minimum(hi, theta), cmax)
         lo_r, hi_r = step(np.maximum(lo, theta + 1), cmin), step(hi, cmax)
-        lo = np.minimum(np.where(no_reset, lo_n, big), np.where(resets, lo_r, big))
-        hi = np.maximum(np.where(no_reset, hi_n, -big), np.where(resets, hi_r, -big))
+        new_lo = np.minimum(np.where(no_reset, lo_n, big), np.where(resets, lo_r, big))
+        new_hi = np.maximum(np.where(no_reset, hi_n, -big), np.where(resets, hi_r, -big))
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break                                  # a fixed point: every later step gives this interval again
+        lo, hi = new_lo, new_hi
         ext_lo, ext_hi = np.minimum(ext_lo, lo), np.maximum(ext_hi, hi)
     return ext_lo, ext_hi
 
@@ -362,10 +365,8 @@ def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *, allow_s
     Raises :class:`~qsnn.errors.ExportError` if the file is not a float qsnn export and
     :class:`~qsnn.errors.ProfileError` if the network cannot be represented under ``profile``.
     """
-    where = str(onnx_path) if isinstance(onnx_path, (str, os.PathLike)) else "the ONNX model"
-    with damaged_file_errors(where):
-        return compile_graph(read_float_graph(onnx_path), profile, allow_saturation=allow_saturation,
-                             input_max=input_max)
+    graph = read_float_graph(onnx_path)          # the one pass that reads the file (and may call it damaged)
+    return compile_graph(graph, profile, allow_saturation=allow_saturation, input_max=input_max)
 
 
 # --------------------------------------------------------------------------------------------------

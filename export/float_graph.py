@@ -10,6 +10,8 @@ file it cannot read gives an :class:`~qsnn.errors.ExportError` naming the file.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qsnn.data import ENCODINGS
 from qsnn.errors import ExportError
+from qsnn.profiles import RESETS
 
 from .format import FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
 
@@ -55,20 +59,114 @@ class FloatGraph:
 def read_float_graph(source: Any) -> FloatGraph:
     """The :class:`FloatGraph` of a float qsnn export (a path, ``ModelProto`` or qonnx ``ModelWrapper``).
 
-    Raises :class:`~qsnn.errors.ExportError` naming the file if it is not a float qsnn export or
-    is damaged.
+    Everything the compiler uses is checked here (types, finite values, shapes that chain from the
+    input to the classes), so that the passes after this one work on sound values. Raises
+    :class:`~qsnn.errors.ExportError` naming the file if it is not a float qsnn export or is damaged.
     """
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the ONNX model"
     model, meta = check_qsnn_model(source, kind="float")
     with damaged_file_errors(where):
+        check = _Checker(meta, where)
+        graph = FloatGraph(
+            layers=(), num_steps=check.integer("num_steps", low=1), encoding=check.choice("encoding", ENCODINGS),
+            input_scale=check.real("input_scale", positive=True), input_shape=check.shape("input_shape", 3),
+            classes=check.names("classes"), beta=float(np.float32(check.real("beta"))),
+            theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
+            precision=check.text("precision"), layer_shapes=check.layer_shapes(), metadata=meta, where=where)
         layers = parse_layers(model, meta, where)
-        return FloatGraph(
-            layers=tuple(layers), num_steps=int(meta["num_steps"]), encoding=str(meta["encoding"]),
-            input_scale=float(meta["input_scale"]), input_shape=tuple(int(v) for v in meta["input_shape"]),
-            classes=tuple(meta["classes"]), beta=float(np.float32(meta["beta"])),
-            theta=float(np.float32(meta["threshold"])), reset=str(meta["reset"]), precision=str(meta["precision"]),
-            layer_shapes=tuple(tuple(int(v) for v in li["shape"]) for li in meta["layers"]),
-            metadata=meta, where=where)
+        _check_layers(layers, graph, where)
+        return dataclasses.replace(graph, layers=tuple(layers))
+
+
+class _Checker:
+    """Typed reads of metadata fields; a value of the wrong type or range is an ExportError naming the field."""
+
+    def __init__(self, meta: dict[str, Any], where: str) -> None:
+        self.meta, self.where = meta, where
+
+    def fail(self, key: str, expected: str) -> ExportError:
+        value = repr(self.meta.get(key))[:60]
+        return ExportError(f"{self.where}: metadata field {key!r} is {value}, expected {expected}; the file is damaged "
+                           "or was edited (export the checkpoint again with qsnn-export)")
+
+    def integer(self, key: str, low: int) -> int:
+        value = self.meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise self.fail(key, f"an integer >= {low}")
+        return value
+
+    def real(self, key: str, positive: bool = False) -> float:
+        value = self.meta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (positive and not value > 0):
+            raise self.fail(key, "a finite number" + (" > 0" if positive else ""))
+        return float(value)
+
+    def text(self, key: str) -> str:
+        value = self.meta[key]
+        if not isinstance(value, str):
+            raise self.fail(key, "a string")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.meta[key]
+        if value not in choices:
+            raise self.fail(key, f"one of {choices}")
+        return value
+
+    def shape(self, key: str, ndim: int | None = None, value: Any = None) -> tuple[int, ...]:
+        value = self.meta[key] if value is None else value
+        if not isinstance(value, list) or (ndim is not None and len(value) != ndim) or not value \
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+            raise self.fail(key, f"a list of {ndim or 'some'} positive integers")
+        return tuple(value)
+
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.meta[key]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "a non-empty list of class names")
+        return tuple(value)
+
+    def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
+        layers = self.meta["layers"]
+        if not isinstance(layers, list) or not all(isinstance(li, dict) for li in layers):
+            raise self.fail("layers", "a list of layer records")
+        for li in layers:
+            for key in ("name", "kind", "membrane"):
+                if not isinstance(li.get(key), str):
+                    raise self.fail("layers", f"layer records with a {key!r} string")
+        return tuple(self.shape("layers", value=li.get("shape")) for li in layers)
+
+
+def _check_layers(layers: list["FloatLayer"], graph: FloatGraph, where: str) -> None:
+    """The parsed layers' numbers are finite and their shapes chain from the input to the classes."""
+    shape = graph.input_shape
+    for layer, expected in zip(layers, graph.layer_shapes):
+        arrays = {"weights": layer.w_real, "BatchNorm gain": layer.bn_gain, "BatchNorm offset": layer.bn_offset}
+        if layer.w_scale is not None:
+            arrays["weight scale"] = layer.w_scale
+        for what, values in arrays.items():
+            if not np.all(np.isfinite(values)):
+                raise ExportError(f"{where}: layer {layer.name}: its {what} are not all finite numbers; the file is "
+                                  "damaged or was edited")
+        if layer.w_scale is not None and not np.all(layer.w_scale > 0):
+            raise ExportError(f"{where}: layer {layer.name}: the weight scale must be > 0; the file is damaged or was edited")
+        w = layer.w_real.shape
+        if layer.kind == "conv":
+            if len(w) != 4 or w[2] != w[3] or len(shape) != 3 or shape[0] != w[1]:
+                raise ExportError(f"{where}: layer {layer.name}: conv weights {w} do not fit its input {shape}")
+            side = (shape[1] - w[2] + 1) // layer.pool, (shape[2] - w[3] + 1) // layer.pool
+            shape = (w[0], *side)
+        else:
+            if len(w) != 2 or w[1] != int(np.prod(shape)):
+                raise ExportError(f"{where}: layer {layer.name}: dense weights {w} do not fit its input {shape}")
+            shape = (w[0],)
+        if shape != expected or min(shape) < 1:
+            raise ExportError(f"{where}: layer {layer.name}: the graph gives spikes of shape {shape}, the metadata says "
+                              f"{expected}; the file is damaged or was edited")
+    if shape != (len(graph.classes),):
+        raise ExportError(f"{where}: the last layer has {shape} outputs but the metadata lists {len(graph.classes)} "
+                          "classes; the file is damaged or was edited")
 
 
 @dataclass(frozen=True)
@@ -215,6 +313,9 @@ def _weights(g: _Graph, node: onnx.NodeProto, name: str) -> tuple[np.ndarray | N
         raise g.fail(f"{name}: Quant zero point must be 0")
     bits_i = int(np.asarray(bits).item())
     signed, narrow = int(g.attr(src, "signed", 1)), int(g.attr(src, "narrow", 0))
+    if not (2 <= bits_i <= 32 and signed in (0, 1) and narrow in (0, 1)):
+        raise g.fail(f"{name}: Quant node with bit width {bits_i}, signed={signed}, narrow={narrow} "
+                     "(a qsnn export has 2..32-bit weights)")
     mode = g.attr(src, "rounding_mode", b"ROUND")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     q = _quant_int(w, scale, zp, bits_i, signed, narrow, mode)
@@ -270,6 +371,8 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
             if len(set(ks)) != 1 or list(st or ks) != list(ks) or any(g.attr(nxt, "pads", [0] * 4)):
                 raise g.fail(f"{name}: pooling must be p×p with stride p and no padding")
             pool = int(ks[0])
+            if pool < 1:
+                raise g.fail(f"{name}: pooling of size {pool}")
             tensor = nxt.output[0]
             nxt = g.only_consumer(tensor, name)
         out_ch = w_real.shape[0]

@@ -28,14 +28,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 
 from qsnn.atomic import atomic_write_bytes
-from qsnn.errors import ExportError, QsnnError
+from qsnn.errors import ExportError, damaged_file
 
 FORMAT = "qsnn-qonnx"
 FORMAT_VERSION = 1
@@ -130,19 +129,9 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
         model.metadata_props.add(key=key, value=text)
 
 
-@contextmanager
-def damaged_file_errors(where: str) -> Iterator[None]:
-    """Turn what a reader trips over in a damaged or edited file (a ``KeyError`` for a missing field, a
-    ``TypeError`` for a value of the wrong type, bytes where protobuf found invalid UTF-8, ...) into
-    an :class:`ExportError` naming the file; errors that already say what is wrong pass through."""
-    try:
-        yield
-    except QsnnError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError) as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise ExportError(f"{where}: damaged or edited qsnn QONNX file ({type(exc).__name__}: {reason}); "
-                          "export the checkpoint again with qsnn-export") from None
+def damaged_file_errors(where: str):
+    """:func:`qsnn.errors.damaged_file` for a qsnn QONNX file: around its parsing only."""
+    return damaged_file(where, "qsnn QONNX file", "export the checkpoint again with qsnn-export")
 
 
 def check_qsnn_model(source: Any, kind: str | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qsnn.errors import InputError
 from qsnn.network import IntegerNetwork
 
 
@@ -77,11 +78,11 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
     elif x_int.ndim == 5 and x_int.shape[2:] == shape:
         static = False
         if x_int.shape[1] != T:
-            raise ValueError(f"event input has {x_int.shape[1]} frames but the network runs T={T} steps")
+            raise InputError(f"event input has {x_int.shape[1]} frames but the network runs T={T} steps")
     else:
-        raise ValueError(f"input of shape {x_int.shape} does not match (N, {shape}) or (N, T, {shape})")
+        raise InputError(f"input of shape {x_int.shape} does not match (N, {shape}) or (N, T, {shape})")
     if not np.issubdtype(x_int.dtype, np.integer):
-        raise ValueError(f"x_int must hold integers (uint8 pixels or counts), got {x_int.dtype}")
+        raise InputError(f"x_int must hold integers (uint8 pixels or counts), got {x_int.dtype}")
     p = net.profile
     k = p.synaptic_delay
     L = len(net.layers)

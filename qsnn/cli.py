@@ -1,15 +1,21 @@
 """Shared pieces of the click front ends (``qsnn-train``, ``qsnn-export``, ``qsnn-sim``).
 
-Expected failures (:class:`~qsnn.errors.QsnnError`, and OS errors on the user's files) print
-``error: <message>`` (one line, followed by details such as the paths searched where the message
-has them) and exit with status 1; ``--debug`` shows the traceback instead.
+Expected failures print ``error: <message>`` (one line, followed by details such as the paths
+searched where the message has them) and exit with status 1; ``--debug`` shows the traceback
+instead. Expected are a :class:`~qsnn.errors.QsnnError` (raised where a bad input is detected) and
+an ``OSError`` on one of the user's paths (a path given on the command line, a file inside such a
+folder, or a file next to such a file: outputs written beside the input, temporaries of atomic
+writes; commands add default paths with :func:`note_user_path`). Everything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -17,16 +23,50 @@ from qsnn.errors import QsnnError
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 
+_USER_PATHS = "qsnn.user_paths"
+
+
+def note_user_path(path: str | os.PathLike) -> None:
+    """Count ``path`` (e.g. a default output folder) as one of the running command's user paths."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta.setdefault(_USER_PATHS, []).append(os.fspath(path))
+
+
+def user_paths(ctx: click.Context | None) -> list[str]:
+    """The paths the command works on: its ``click.Path`` parameters' values and the noted ones."""
+    if ctx is None:
+        return []
+    paths = list(ctx.meta.get(_USER_PATHS, []))
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param.type, click.Path) and value is not None:
+            paths += [os.fspath(v) for v in (value if isinstance(value, (tuple, list)) else [value])]
+    return paths
+
+
+def on_user_path(exc: OSError, paths: Iterable[str | os.PathLike]) -> bool:
+    """Whether ``exc`` names a file that is a user path, lies inside one, or lies next to one."""
+    names = [n for n in (exc.filename, exc.filename2) if isinstance(n, (str, bytes, os.PathLike))]
+    for name in names:
+        failed = Path(os.path.abspath(os.fsdecode(name)))
+        for user in paths:
+            user = Path(os.path.abspath(os.fspath(user)))
+            if failed == user or user in failed.parents or failed.parent == user.parent:
+                return True
+    return False
+
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn QsnnError / OSError into a one-line message and exit code 1 (unless ``debug=True``)."""
+    """One-line message and exit code 1 for a QsnnError or an OSError on a user path (unless ``debug=True``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (QsnnError, OSError, ValueError) as exc:
-            if debug:
+        except (QsnnError, OSError) as exc:
+            if debug or (isinstance(exc, OSError) and not isinstance(exc, QsnnError)
+                         and not on_user_path(exc, user_paths(click.get_current_context(silent=True)))):
                 raise
             message = str(exc).strip() or type(exc).__name__
             click.echo(f"error: {message}", err=True)

@@ -1,10 +1,19 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the one net that turns a damaged file into one of them.
 
-Every error the command-line tools expect to meet is a :class:`QsnnError`: the front ends print its
-message on one line and exit non-zero, without a traceback unless ``--debug`` is given.
+Every error the command-line tools expect to meet is a :class:`QsnnError`, raised where the
+problem is detected: the front ends print its message on one line and exit non-zero, without a
+traceback unless ``--debug`` is given. Anything else is a bug and keeps its traceback.
+
+:func:`damaged_file` goes around *parsing only* (reading a file into plain values): what a reader
+trips over in a damaged or edited file (:data:`PARSE_ERRORS`: a ``KeyError`` for a missing field, a
+``TypeError`` for a value of the wrong type, ...) becomes an :class:`ExportError` naming the file.
+The code that works on the parsed values (the compiler, the simulator) has no such net.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class QsnnError(Exception):
@@ -13,6 +22,13 @@ class QsnnError(Exception):
 
 class DataError(QsnnError):
     """A dataset is missing, malformed or does not match the model."""
+
+
+class InputError(DataError, ValueError):
+    """An input batch does not fit the network (shape, dtype, values, number of frames).
+
+    Also a ``ValueError``, which the simulator raised for it before this class existed.
+    """
 
 
 class CheckpointError(QsnnError):
@@ -25,3 +41,30 @@ class ExportError(QsnnError):
 
 class ProfileError(QsnnError):
     """A network cannot be represented under a chip profile, or the profile itself is impossible."""
+
+
+class NetworkError(ProfileError, ValueError):
+    """An :class:`~qsnn.network.IntegerNetwork` is inconsistent (shapes, kinds, constants), or holds
+    values its profile's arithmetic (or int64) cannot run.
+
+    Also a ``ValueError``, which the network and the simulator raised for it before this class existed.
+    """
+
+
+#: What a parser trips over in a damaged or edited file (never raised on purpose by qsnn's readers).
+PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
+)
+
+
+@contextmanager
+def damaged_file(where: str, what: str, remedy: str) -> Iterator[None]:
+    """Around the parsing of one file: :data:`PARSE_ERRORS` become ``ExportError("WHERE: damaged or edited
+    WHAT (reason); REMEDY")``; a :class:`QsnnError` (which already says what is wrong) passes through."""
+    try:
+        yield
+    except QsnnError:
+        raise
+    except PARSE_ERRORS as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise ExportError(f"{where}: damaged or edited {what} ({type(exc).__name__}: {reason}); {remedy}") from None

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qsnn.errors import NetworkError
 from qsnn.profiles import ChipProfile
 
 LAYER_KINDS = ("conv", "dense")
@@ -87,27 +88,27 @@ class IntegerLayer:
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
-            raise ValueError(f"layer {self.name}: kind {self.kind!r} not in {LAYER_KINDS}")
+            raise NetworkError(f"layer {self.name}: kind {self.kind!r} not in {LAYER_KINDS}")
         w = np.asarray(self.weight)
         if not np.issubdtype(w.dtype, np.integer):
-            raise ValueError(f"layer {self.name}: weights must be integers, got {w.dtype}")
+            raise NetworkError(f"layer {self.name}: weights must be integers, got {w.dtype}")
         if self.kind == "conv" and (w.ndim != 4 or w.shape[2] != w.shape[3]):
-            raise ValueError(f"layer {self.name}: conv weight must be (O, I, k, k), got {w.shape}")
+            raise NetworkError(f"layer {self.name}: conv weight must be (O, I, k, k), got {w.shape}")
         if self.kind == "dense" and w.ndim != 2:
-            raise ValueError(f"layer {self.name}: dense weight must be (O, I), got {w.shape}")
+            raise NetworkError(f"layer {self.name}: dense weight must be (O, I), got {w.shape}")
         if self.pool < 1:
-            raise ValueError(f"layer {self.name}: pool must be >= 1, got {self.pool}")
+            raise NetworkError(f"layer {self.name}: pool must be >= 1, got {self.pool}")
         out = w.shape[0]
         for attr in ("threshold", "bias", "scale"):
             arr = np.asarray(getattr(self, attr))
             if arr.shape != (out,):
-                raise ValueError(f"layer {self.name}: {attr} must have shape ({out},), got {arr.shape}")
+                raise NetworkError(f"layer {self.name}: {attr} must have shape ({out},), got {arr.shape}")
         if not np.issubdtype(np.asarray(self.threshold).dtype, np.integer):
-            raise ValueError(f"layer {self.name}: threshold must be integers")
+            raise NetworkError(f"layer {self.name}: threshold must be integers")
         if not np.issubdtype(np.asarray(self.bias).dtype, np.integer):
-            raise ValueError(f"layer {self.name}: bias must be integers")
+            raise NetworkError(f"layer {self.name}: bias must be integers")
         if np.any(np.asarray(self.threshold) < 0):
-            raise ValueError(f"layer {self.name}: thresholds must be >= 0")
+            raise NetworkError(f"layer {self.name}: thresholds must be >= 0")
 
     @property
     def out_channels(self) -> int:
@@ -131,14 +132,14 @@ class IntegerLayer:
         if self.kind == "dense":
             n = int(np.prod(input_shape))
             if n != self.in_channels:
-                raise ValueError(f"layer {self.name}: expects {self.in_channels} inputs, got {input_shape} ({n})")
+                raise NetworkError(f"layer {self.name}: expects {self.in_channels} inputs, got {input_shape} ({n})")
             return (self.out_channels,)
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
-            raise ValueError(f"layer {self.name}: expects ({self.in_channels}, H, W) input, got {input_shape}")
+            raise NetworkError(f"layer {self.name}: expects ({self.in_channels}, H, W) input, got {input_shape}")
         h = (input_shape[1] - self.kernel + 1) // self.pool
         w = (input_shape[2] - self.kernel + 1) // self.pool
         if h < 1 or w < 1:
-            raise ValueError(f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, pool {self.pool}")
+            raise NetworkError(f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, pool {self.pool}")
         return (self.out_channels, h, w)
 
 
@@ -167,16 +168,16 @@ class IntegerNetwork:
 
     def __post_init__(self) -> None:
         if not self.layers:
-            raise ValueError("an IntegerNetwork needs at least one layer")
+            raise NetworkError("an IntegerNetwork needs at least one layer")
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding {self.encoding!r} not in {ENCODINGS}")
+            raise NetworkError(f"encoding {self.encoding!r} not in {ENCODINGS}")
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+            raise NetworkError(f"num_steps must be >= 1, got {self.num_steps}")
         shape = tuple(self.input_shape)
         for layer in self.layers:
             shape = layer.output_shape(shape)
         if shape != (len(self.classes),):
-            raise ValueError(f"the last layer has output shape {shape} but there are {len(self.classes)} classes")
+            raise NetworkError(f"the last layer has output shape {shape} but there are {len(self.classes)} classes")
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Spike shape of every layer for one sample (no batch), first to last."""

@@ -46,6 +46,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from qsnn.arith import overflow_range
+from qsnn.errors import InputError, NetworkError
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
@@ -189,7 +190,7 @@ class _Layer:
         else:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
-            raise ValueError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
+            raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
         self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O)
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
@@ -213,7 +214,7 @@ class _Layer:
         elif worst < 2**63 - 1:
             self.state_dtype = np.dtype(np.int64)
         else:
-            raise ValueError(f"layer {self.name}: intermediate values up to 2^{_bits_needed(worst)} do not fit "
+            raise NetworkError(f"layer {self.name}: intermediate values up to 2^{_bits_needed(worst)} do not fit "
                              f"int64 (membrane {profile.membrane_bits} bits, leak {profile.leak_bits} bits)")
         self.theta = theta.astype(self.state_dtype)
         self.bias = bias.astype(self.state_dtype)
@@ -230,9 +231,9 @@ class _Layer:
         p, layer = self.profile, self.layer
         d = int(layer.decay)
         if p.leak in ("mul", "loihi") and not 0 <= d <= (1 << p.leak_bits):
-            raise ValueError(f"layer {layer.name}: {p.leak} leak constant {d} outside [0, 2^{p.leak_bits}]")
+            raise NetworkError(f"layer {layer.name}: {p.leak} leak constant {d} outside [0, 2^{p.leak_bits}]")
         if p.leak == "shift" and not 0 <= d <= 62:
-            raise ValueError(f"layer {layer.name}: shift leak d={d} outside [0, 62]")
+            raise NetworkError(f"layer {layer.name}: shift leak d={d} outside [0, 62]")
 
     def _fanout(self) -> np.ndarray:
         """Synapses driven by one input unit, in the engine's input layout (NHWC flattened per sample)."""
@@ -371,21 +372,21 @@ class _Acc:
 
 
 def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
-    """Raise ValueError unless ``x`` is a batch of the network's input (shape, encoding, dtype)."""
+    """Raise :class:`~qsnn.errors.InputError` unless ``x`` is a batch of the network's input (shape, encoding, dtype)."""
     x = np.asarray(x)
     c, h, w = net.input_shape
     if not np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"input must be integers (uint8 pixels or event counts), got {x.dtype}")
+        raise InputError(f"input must be integers (uint8 pixels or event counts), got {x.dtype}")
     if net.encoding == "static":
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
-            raise ValueError(f"the network takes static images (N, {c}, {h}, {w}), got input of shape {x.shape}")
+            raise InputError(f"the network takes static images (N, {c}, {h}, {w}), got input of shape {x.shape}")
     else:
         if x.ndim != 5 or tuple(x.shape[2:]) != (c, h, w):
-            raise ValueError(f"the network takes event frames (N, T, {c}, {h}, {w}), got input of shape {x.shape}")
+            raise InputError(f"the network takes event frames (N, T, {c}, {h}, {w}), got input of shape {x.shape}")
         if x.shape[1] != net.num_steps:
-            raise ValueError(f"the network runs T={net.num_steps} steps but the input has {x.shape[1]} frames")
+            raise InputError(f"the network runs T={net.num_steps} steps but the input has {x.shape[1]} frames")
     if x.size and x.min() < 0:
-        raise ValueError("input must be non-negative (pixels or event counts)")
+        raise InputError("input must be non-negative (pixels or event counts)")
 
 
 def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, record: bool = False,
@@ -403,7 +404,7 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
     """
     check_input(net, x)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     x = np.asarray(x)
     profile, T, k = net.profile, net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"

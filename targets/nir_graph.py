@@ -42,7 +42,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsnn.arith import effective_beta
-from qsnn.errors import ExportError, ProfileError
+from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
 from .common import jsonable, layer_from_parts, network_from_parts, network_record
@@ -214,7 +214,7 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
     path = folder / FILE if folder.is_dir() else folder
     try:
         graph = nir.read(path)
-    except Exception as exc:  # noqa: BLE001 - h5py/nir raise many kinds
+    except (OSError, *PARSE_ERRORS) as exc:      # h5py and nir raise many kinds
         raise ExportError(f"{path}: not a readable NIR file ({exc})") from None
     raw = graph.metadata.get("qsnn")
     if raw is None:

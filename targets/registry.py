@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
-from qsnn.errors import ExportError, ProfileError, QsnnError
+from qsnn.errors import ExportError, ProfileError, QsnnError, damaged_file
 from qsnn.network import IntegerNetwork
 
 from . import fpga, loihi2, nir_graph
@@ -72,11 +72,11 @@ def check_target(name: str, net: IntegerNetwork, **options: Any) -> None:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("qsnn")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except PackageNotFoundError:   # not installed as a distribution
         return "unknown"
 
 
@@ -133,25 +133,23 @@ def write_target(name: str, net: IntegerNetwork, outdir: str | os.PathLike, *, f
 def read_target(outdir: str | os.PathLike, *, verify: bool = True) -> IntegerNetwork:
     """The :class:`IntegerNetwork` stored in a target folder (its own tables, hashes checked).
 
-    Every failure is an :class:`~qsnn.errors.ExportError` or :class:`~qsnn.errors.ProfileError`
-    naming the folder: a manifest or table that is damaged, edited or inconsistent with the other
-    never escapes as a ``KeyError`` or ``ValueError`` of the parser that tripped over it.
+    Every failure of a damaged, edited or inconsistent folder is an :class:`~qsnn.errors.ExportError`
+    or :class:`~qsnn.errors.ProfileError` naming the folder: what a parser trips over
+    (:data:`qsnn.errors.PARSE_ERRORS`, e.g. a ``KeyError`` for a missing manifest field) is turned
+    into one; an OS error reading the folder stays an ``OSError``.
     ``verify=False`` skips the SHA-256 check, the only guard against damaged HDF5 files (loihi2,
     nir), which libhdf5 may fail to read in any way, including not returning.
     """
     folder = Path(outdir)
     try:
-        manifest = read_manifest(folder, verify=verify)
-        target = get_target(str(manifest.get("target")))
-        return target.read(folder, manifest)
+        with damaged_file(str(folder), f"{MANIFEST} or tables", "write the folder again with qsnn-export"):
+            manifest = read_manifest(folder, verify=verify)
+            target = get_target(str(manifest.get("target")))
+            return target.read(folder, manifest)
     except QsnnError as exc:
         if str(folder) in str(exc):
             raise
         raise type(exc)(f"{folder}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure on a damaged or edited folder
-        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise ExportError(f"{folder}: the {MANIFEST} or the tables it lists are damaged or do not match each other "
-                          f"({type(exc).__name__}: {reason}); write the folder again with qsnn-export") from None
 
 
 def summarize(outdir: str | os.PathLike) -> list[tuple[str, Any]]:

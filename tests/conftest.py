@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import write_dvsgesture_fixture
+from fixtures import synthetic_checkpoint, write_dvsgesture_fixture
 
 # Two cores shared by everything: keep torch from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -70,6 +70,15 @@ def float_onnx(trained_run, tmp_path_factory) -> Path:
     from qsnn.export.qonnx_float import export_float
 
     return export_float(trained_run() / "best.pt", tmp_path_factory.mktemp("float-onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def synthetic_onnx(tmp_path_factory) -> Path:
+    """The float QONNX export of an untrained but spiking int4 mnist5k checkpoint (no training: seconds)."""
+    from qsnn.export.qonnx_float import export_float
+
+    folder = tmp_path_factory.mktemp("synthetic-onnx")
+    return export_float(synthetic_checkpoint(folder / "best.pt"), folder / "model.onnx")
 
 
 @pytest.fixture(scope="session")

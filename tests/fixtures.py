@@ -1,4 +1,5 @@
-"""Helpers that write tiny datasets in the real on-disk formats (IDX, tonic's DVSGesture layout).
+"""Helpers that write tiny datasets in the real on-disk formats (IDX, tonic's DVSGesture layout), and
+an untrained but spiking checkpoint (no training: fast).
 
 Import from tests as ``from fixtures import write_mnist_idx_dir``: pytest puts ``tests/`` on ``sys.path``
 (rootdir-relative "prepend" import mode, no ``__init__.py`` needed).
@@ -97,3 +98,33 @@ def write_dvsgesture_fixture(root, n_train_per_class: int = 10, n_test_per_class
                 user += 1
         (base / f"{folder}.tar.gz").touch()
     return root
+
+
+def synthetic_checkpoint(path, precision: str = "int4", **overrides):
+    """An untrained but spiking checkpoint of a Table I configuration (no training: fast).
+
+    Weights are the seeded initialisation scaled ×4 (so the network spikes); BatchNorm gets random
+    statistics and γ of both signs (the compiler must flip the weights of channels with γ < 0).
+    """
+    import torch
+
+    from qsnn.config import TrainConfig
+    from qsnn.data import MNIST_CLASSES
+    from qsnn.train.checkpoint import save_checkpoint
+    from qsnn.train.model import QSNN
+
+    cfg = TrainConfig.from_preset("mnist5k", precision, num_steps=8, **overrides)
+    torch.manual_seed(0)
+    model = QSNN(cfg, (1, 28, 28), 10)
+    with torch.no_grad():
+        for layer in model.synapses().values():
+            layer.weight.mul_(4.0).clamp_(-1, 1)
+        for bn in (model.bn1, model.bn2):
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.3, 0.3)
+                bn.running_var.uniform_(0.2, 2.0)
+                bn.weight.uniform_(-1.5, 1.5)
+                bn.bias.uniform_(-0.3, 0.5)
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "input_shape": [1, 28, 28],
+                           "classes": list(MNIST_CLASSES), "encoding": "static"})
+    return path

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fixtures import synthetic_checkpoint
 
 from qsnn.data import load_split
 from qsnn.errors import ExportError
@@ -51,34 +52,6 @@ def exported(trained_run, tmp_path_factory):
         return cache[key]
 
     return make
-
-
-def synthetic_checkpoint(path, precision: str = "int4", **overrides):
-    """An untrained but spiking checkpoint of a Table I configuration (no training: fast).
-
-    Weights are the seeded initialisation scaled ×4 (so the network spikes); BatchNorm gets random
-    statistics and γ of both signs (the compiler must flip the weights of channels with γ < 0).
-    """
-    from qsnn.config import TrainConfig
-    from qsnn.data import MNIST_CLASSES
-    from qsnn.train.checkpoint import save_checkpoint
-    from qsnn.train.model import QSNN
-
-    cfg = TrainConfig.from_preset("mnist5k", precision, num_steps=8, **overrides)
-    torch.manual_seed(0)
-    model = QSNN(cfg, (1, 28, 28), 10)
-    with torch.no_grad():
-        for layer in model.synapses().values():
-            layer.weight.mul_(4.0).clamp_(-1, 1)
-        for bn in (model.bn1, model.bn2):
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                bn.running_mean.uniform_(-0.3, 0.3)
-                bn.running_var.uniform_(0.2, 2.0)
-                bn.weight.uniform_(-1.5, 1.5)
-                bn.bias.uniform_(-0.3, 0.5)
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "input_shape": [1, 28, 28],
-                           "classes": list(MNIST_CLASSES), "encoding": "static"})
-    return path
 
 
 def torch_reference(ckpt, x: torch.Tensor, plain: bool = False) -> dict[str, np.ndarray]:

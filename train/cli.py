@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from qsnn.cli import DefaultGroup, debug_option, friendly_errors, print_table
+from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
 
 
@@ -102,6 +102,7 @@ def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
                 options[key] = value
     cfg = config_from_options(**options)
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
+    note_user_path(out)
     from .loop import train as train_run
 
     metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=not no_progress)
@@ -179,6 +180,7 @@ def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, wind
     from .study import parse_list, parse_shard, plan, run_study, write_report
 
     out = Path(out or f"runs/study-{dataset}")
+    note_user_path(out)
     if not report_only:
         runs = plan(dataset, parse_list(precisions, PRECISIONS, "--precision"),
                     parse_list(schedules, SCHEDULES, "--schedules"), trials, out, _overrides(options))
@@ -235,6 +237,7 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
     from .tune import tune
 
     out = Path(out or f"runs/tune-{dataset}-{precision}")
+    note_user_path(out)
     result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
                   storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
                   data_dir=data_dir, device=device)
