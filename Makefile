@@ -53,8 +53,8 @@ demo: install
 	$(BIN)/python -m qsnn.summary $(DEMO_DIR)
 
 bench: install
-	$(BIN)/python -m qsnn.train.bench
-	$(BIN)/python -m qsnn.sim.bench
+	$(BIN)/python bench/training.py
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -12,7 +12,6 @@ the float QONNX of the source with :func:`float_qonnx` and the compiled network 
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -22,9 +21,9 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from qsnn.cli import debug_option, friendly_errors, print_table
+from qsnn.cli import allow_saturation_option, debug_option, friendly_errors, print_table, profile_option, profile_set_option
 from qsnn.errors import ExportError, ProfileError
-from qsnn.profiles import PROFILES, ChipProfile, get_profile
+from qsnn.profiles import ChipProfile, get_profile, parse_overrides
 
 
 @dataclass(frozen=True)
@@ -56,32 +55,6 @@ class ExportJob:
         if path.resolve() == self.source.resolve():
             raise ExportError(f"{path} is the input file; choose another output with -o")
         return path
-
-
-def parse_profile_set(items: tuple[str, ...]) -> dict[str, Any]:
-    """``("membrane_bits=24", "overflow=wrap")`` → typed profile overrides."""
-    types = {f.name: f.type for f in dataclasses.fields(ChipProfile)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key, value = key.strip().replace("-", "_"), value.strip()
-        if not sep or not key:
-            raise ProfileError(f"--profile-set expects KEY=VALUE, got {item!r}")
-        if key not in types:
-            raise ProfileError(f"unknown profile field {key!r}; fields are {sorted(types)}")
-        kind = str(types[key])
-        try:
-            if kind == "bool":
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("true", "1", "yes")
-            elif kind == "int":
-                out[key] = int(value)
-            else:
-                out[key] = value
-        except ValueError:
-            raise ProfileError(f"--profile-set {key}: {value!r} is not a valid {kind}") from None
-    return out
 
 
 @contextmanager
@@ -201,20 +174,13 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file for qonnx [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx]; "
                    "output folder for fpga/loihi2/nir [default: CHECKPOINT.<target>/].")
-@click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default=None,
-              help="Compile to integers under this chip profile: fpga (4-bit weights, int16 saturating membrane, "
-                   "multiplicative leak, subtract reset) or loihi2 (Lava's bit-accurate LIF: 8-bit weights, 24-bit "
-                   "state, 12-bit decay, zero reset, one-step synaptic delay).")
-@click.option("--profile-set", "profile_set", multiple=True, metavar="KEY=VALUE",
-              help="Change one field of the profile, e.g. --profile-set membrane_bits=24 --profile-set "
-                   "frac_bits=4 (repeatable; fields: see qsnn/profiles.py).")
-@click.option("--allow-saturation", is_flag=True, default=False,
-              help="Compile even if the worst-case membrane may exceed the profile's width (values then saturate "
-                   "or wrap as the profile says); without it such a network is refused.")
+@profile_option("Compile to integers under this chip profile (a table target without it: the target's own).")
+@profile_set_option
+@allow_saturation_option
 @click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file or folder (replaced only once the new one is complete).")
 @debug_option
 @friendly_errors
-def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_set: tuple[str, ...],
+def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_sets: tuple[str, ...],
          allow_saturation: bool, force: bool) -> None:
     """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
@@ -223,7 +189,7 @@ def main(source: Path, target: str, output: Path | None, profile_name: str | Non
     """
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
     job = ExportJob(source=source, output=output, profile_name=profile_name,
-                    profile_overrides=parse_profile_set(profile_set), allow_saturation=allow_saturation, force=force)
+                    profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force)
     rows = TARGETS[target](job)
     print_table(rows, title=f"qsnn-export --to {target}")
 

@@ -67,7 +67,9 @@ from typing import Any, Callable
 import numpy as np
 
 from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
+from qsnn.data import INPUT_MAX
 from qsnn.errors import ProfileError
+from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
@@ -183,7 +185,7 @@ class Plan:
               input_max: int | None = None) -> "Plan":
         """The plan before any pass: the leak constant of β, the worst-case inputs, and the notes on them."""
         if input_max is None:
-            input_max = 255 if graph.encoding == "static" else DEFAULT_EVENT_INPUT_MAX
+            input_max = INPUT_MAX["static"] if graph.encoding == "static" else DEFAULT_EVENT_INPUT_MAX
         layers = [LayerPlan(source=layer, index=i, input_scale=graph.input_scale if i == 0 else 1.0,
                             input_max=input_max if i == 0 else 1) for i, layer in enumerate(graph.layers)]
         plan = cls(graph=graph, profile=profile, allow_saturation=allow_saturation, input_max=input_max,
@@ -329,7 +331,7 @@ def write_report(plan: Plan) -> None:
         "rules": {"shift": "largest shift whose worst-case membrane bound fits (module qsnn.export.compile)",
                   "min_threshold_steps": MIN_THRESHOLD_STEPS, "saturation_headroom": SATURATION_HEADROOM},
     }
-    plan.report = _json_safe(report)
+    plan.report = to_jsonable(report)
     net_meta = {k: v for k, v in graph.metadata.items() if k not in ("profile", "network", "compile_report")}
     net_meta["compile_report"] = plan.report
     plan.network = IntegerNetwork(
@@ -438,19 +440,3 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
     raise ProfileError(f"layer {name}: no current shift puts threshold θ={theta:g} on the {p.name} profile's "
                        f"{p.membrane_bits}-bit membrane with {SATURATION_HEADROOM}x headroom and a nonzero threshold "
                        f"(thresholds ≤ {p.threshold_max}, biases ≤ {p.bias_max})")
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

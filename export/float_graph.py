@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from qsnn.data import ENCODINGS
 from qsnn.errors import ExportError
+from qsnn.network import MAX_NUM_STEPS
 from qsnn.profiles import RESETS
 
 from .format import FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
@@ -68,7 +69,7 @@ def read_float_graph(source: Any) -> FloatGraph:
     with damaged_file_errors(where):
         check = _Checker(meta, where)
         graph = FloatGraph(
-            layers=(), num_steps=check.integer("num_steps", low=1), encoding=check.choice("encoding", ENCODINGS),
+            layers=(), num_steps=check.integer("num_steps", low=1, high=MAX_NUM_STEPS), encoding=check.choice("encoding", ENCODINGS),
             input_scale=check.real("input_scale", positive=True), input_shape=check.shape("input_shape", 3),
             classes=check.names("classes"), beta=float(np.float32(check.real("beta"))),
             theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
@@ -89,10 +90,10 @@ class _Checker:
         return ExportError(f"{self.where}: metadata field {key!r} is {value}, expected {expected}; the file is damaged "
                            "or was edited (export the checkpoint again with qsnn-export)")
 
-    def integer(self, key: str, low: int) -> int:
+    def integer(self, key: str, low: int, high: int) -> int:
         value = self.meta[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.fail(key, f"an integer >= {low}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"an integer in [{low}, {high}]")
         return value
 
     def real(self, key: str, positive: bool = False) -> float:

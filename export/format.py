@@ -35,6 +35,7 @@ import onnx
 
 from qsnn.atomic import atomic_write_bytes
 from qsnn.errors import ExportError, damaged_file
+from qsnn.files import to_jsonable
 
 FORMAT = "qsnn-qonnx"
 FORMAT_VERSION = 1
@@ -121,7 +122,7 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
         if isinstance(value, str):
             text = value
         elif isinstance(value, bool) or isinstance(value, (list, tuple, dict)) or value is None:
-            text = json.dumps(value)
+            text = json.dumps(to_jsonable(value))
         elif isinstance(value, float):
             text = repr(float(value))
         else:

@@ -32,14 +32,13 @@ import torch
 import torch.nn as nn
 
 import qsnn
-from qsnn.data import INPUT_SCALE
-from qsnn.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from qsnn.data import INPUT_MAX, INPUT_SCALE
+from qsnn.files import sha256_file
+from qsnn.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qsnn.train.model import POOL
 
 from .format import FORMAT, FORMAT_VERSION, INPUT, OUTPUT, STATE_INPUTS, STATE_OUTPUTS, cleanup, save_model, set_metadata
 
-#: Largest integer input value per encoding (uint8 pixels, uint16 event counts).
-INPUT_MAX = {"static": 255, "events": 65535}
 LAYER_NAMES = ("conv1", "conv2", "fc")
 
 
@@ -266,7 +265,7 @@ def build_float_model(checkpoint_path: str | os.PathLike) -> tuple[onnx.ModelPro
     data = load_checkpoint(checkpoint_path)
     data["_path_name"] = checkpoint_path.name
     model = model_from_checkpoint(data)
-    sha = file_sha256(checkpoint_path)
+    sha = sha256_file(checkpoint_path)
     bn_exact: bool | None = None
     if model.cfg.batch_norm:
         modes = [detect_bn_arithmetic(bn) for bn in (model.bn1, model.bn2)]

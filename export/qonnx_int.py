@@ -44,17 +44,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qsnn
 from qsnn.arith import effective_beta
-from qsnn.data import INPUT_SCALE
+from qsnn.data import INPUT_MAX, INPUT_SCALE
 from qsnn.errors import ExportError, ProfileError
+from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .compile import _json_safe
 from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, save_model,
                      set_metadata)
 
 OPSET = 17
-INPUT_MAX = {"static": 255, "events": 65535}
 F32_EXACT = 2**24
 F64_EXACT = 2**52
 
@@ -328,7 +327,7 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
 
 def network_spec(net: IntegerNetwork) -> dict[str, Any]:
     """The JSON-able description of ``net`` (everything but the weight, threshold and bias arrays)."""
-    return _json_safe({
+    return to_jsonable({
         "input_shape": list(net.input_shape), "num_steps": net.num_steps, "encoding": net.encoding,
         "classes": list(net.classes),
         "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "current_shift": l.current_shift,

@@ -1,31 +1,32 @@
-"""Atomic file output: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic output: files and folders appear complete or not at all.
 
-A reader, or a process killed half way, sees either the previous complete file or the new complete
-file, never a truncated one. A process killed mid-write leaves at most a temporary sibling
-``.NAME.XXXXXXXX.tmp`` behind; :func:`remove_stale_temporaries` clears those of a folder one owns
-(``qsnn-train`` does so for its run directory when it starts or resumes).
+Files (:func:`atomic_open`, :func:`atomic_write_bytes`, :func:`atomic_write_text`): write to a
+temporary file in the same folder, fsync, then rename. A reader, or a process killed half way, sees
+either the previous complete file or the new complete file, never a truncated one. A process
+killed mid-write leaves at most a temporary sibling ``.NAME.XXXXXXXX.tmp`` behind;
+:func:`remove_stale_temporaries` clears those of a folder one owns (``qsnn-train`` does so for its
+run directory when it starts or resumes).
 
-Test hook: with ``QSNN_TEST_PAUSE_IN_WRITE="NAME#K=MARKER"`` in the environment, the K-th
-:func:`atomic_write_bytes` / :func:`atomic_write_text` of a file called ``NAME`` in this process
-writes half of the data into its temporary file, creates the file ``MARKER`` and sleeps (at most
-:data:`TEST_PAUSE_SECONDS`) before finishing, so that a test can kill the process mid-write at a
-chosen point (see ``tests/test_faults_kill.py`` and ``docs/faults.md``). Unset, it costs nothing.
+Folders (:func:`atomic_directory`, the target tables): everything goes into a temporary sibling
+folder (``.OUTDIR.tmp-XXXX``) which is renamed onto ``OUTDIR`` only once complete. An existing
+``OUTDIR`` is refused unless ``force=True``; then the two folders are swapped in one atomic step
+(Linux ``renameat2``) and the old one deleted; where that call is missing, the old folder is moved
+aside, the new one renamed into place and the old one deleted (restored if the rename fails). On
+any failure the temporary folder is removed, so no partial ``OUTDIR`` is ever left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import shutil
 import tempfile
-import time
-from collections import Counter
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-#: The environment variable of the test hook (see the module docstring).
-TEST_PAUSE_ENV = "QSNN_TEST_PAUSE_IN_WRITE"
-TEST_PAUSE_SECONDS = 120.0
-_writes: Counter[str] = Counter()
+from qsnn.errors import ExportError
 
 
 def _umask() -> int:
@@ -91,18 +92,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
 
 
 def _write(fh: IO, data: bytes | str, name: str) -> None:
-    spec = os.environ.get(TEST_PAUSE_ENV)
-    if spec:
-        _writes[name] += 1
-        target, _, marker = spec.partition("=")
-        if target == f"{name}#{_writes[name]}":
-            half = len(data) // 2
-            fh.write(data[:half])
-            fh.flush()
-            os.fsync(fh.fileno())
-            Path(marker).write_text(f"{os.getpid()}\n")
-            time.sleep(TEST_PAUSE_SECONDS)
-            data = data[half:]
+    """The one write of an atomic file's data (a fault test replaces it to fail or pause half way)."""
     fh.write(data)
 
 
@@ -114,3 +104,86 @@ def fsync_path(path: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [*folder.rglob("*"), folder]:
+        fsync_path(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; on success it becomes ``outdir``.
+
+    Raises :class:`ExportError` if ``outdir`` exists and ``force`` is false (checked before any work
+    and again at the end). With ``force`` the old ``outdir`` is replaced only after the new one is
+    complete. On any exception the temporary folder is deleted and ``outdir`` is left as it was.
+    """
+    outdir = Path(outdir)
+    if outdir.exists() and not force:
+        raise ExportError(f"{outdir} already exists; choose another output folder or pass --force "
+                          f"(force=True) to replace it")
+    parent = outdir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)                     # mkdtemp makes it 0700; OUTDIR gets the usual mode
+        yield tmp
+        _fsync_tree(tmp)
+        if outdir.exists() or outdir.is_symlink():
+            if not force:
+                raise ExportError(f"{outdir} appeared while it was being written; nothing was replaced "
+                                  f"(pass --force to replace it)")
+            if outdir.is_dir() and not outdir.is_symlink() and _exchange(tmp, outdir):
+                _remove(tmp)                              # tmp now holds the old folder
+                fsync_path(parent)
+                return
+            old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
+            old.rmdir()
+            os.replace(outdir, old)
+            try:
+                os.replace(tmp, outdir)
+            except BaseException:
+                os.replace(old, outdir)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, outdir)
+        fsync_path(parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Replacing a folder otherwise takes two renames (old out of the way, new into place), and a
+    process killed between them would leave no ``OUTDIR`` at all. Returns False where the call is
+    not available (other systems, old kernels or file systems); raises ``OSError`` if it fails.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))

@@ -20,8 +20,26 @@ from typing import Any, Callable, Iterable
 import click
 
 from qsnn.errors import QsnnError
+from qsnn.profiles import PROFILES
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+
+
+def profile_option(help: str):
+    """``--profile NAME``: the choices and their description come from :data:`qsnn.profiles.PROFILES`."""
+    return click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default=None,
+                        help=f"{help} Profiles: " + "; ".join(p.summary() for p in PROFILES.values()) + ".")
+
+
+profile_set_option = click.option(
+    "--profile-set", "profile_sets", multiple=True, metavar="KEY=VALUE",
+    help="Change one field of the profile, e.g. --profile-set membrane_bits=24 --profile-set overflow=wrap "
+         "(repeatable; the fields are ChipProfile's, qsnn/profiles.py).")
+
+allow_saturation_option = click.option(
+    "--allow-saturation", is_flag=True,
+    help="Compile even if the worst-case membrane may exceed the profile's width (values then saturate or wrap as "
+         "the profile says); without it such a network is refused.")
 
 _USER_PATHS = "qsnn.user_paths"
 

@@ -36,6 +36,9 @@ ENCODINGS = ("static", "events")
 INPUT_SCALE = {"static": 1.0 / 255.0, "events": 1.0}
 """Real value of one integer input unit, per encoding: pixel/255 for images, one event per count."""
 
+INPUT_MAX = {"static": 255, "events": 65535}
+"""Largest integer input value per encoding: uint8 pixels, uint16 per-bin event counts."""
+
 ENCODING = {"mnist": "static", "fmnist": "static", "mnist5k": "static", "dvs128": "events"}
 
 VAL_FRACTION = {"mnist": 1 / 12, "fmnist": 1 / 12, "mnist5k": 0.1, "dvs128": 0.1}

@@ -33,10 +33,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qsnn.data import ENCODINGS
 from qsnn.errors import NetworkError
 from qsnn.profiles import ChipProfile
 
 LAYER_KINDS = ("conv", "dense")
+#: The most time steps a network may run (a file claiming more is damaged: the simulator could not hold it).
+MAX_NUM_STEPS = 1 << 20
 
 
 def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
@@ -53,7 +56,6 @@ def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
         for j in range(pool):
             out[:, :, i:i + k, j:j + k] += w
     return out
-ENCODINGS = ("static", "events")
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,8 +173,8 @@ class IntegerNetwork:
             raise NetworkError("an IntegerNetwork needs at least one layer")
         if self.encoding not in ENCODINGS:
             raise NetworkError(f"encoding {self.encoding!r} not in {ENCODINGS}")
-        if self.num_steps < 1:
-            raise NetworkError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 1 <= self.num_steps <= MAX_NUM_STEPS:
+            raise NetworkError(f"num_steps must be in [1, {MAX_NUM_STEPS}], got {self.num_steps}")
         shape = tuple(self.input_shape)
         for layer in self.layers:
             shape = layer.output_shape(shape)

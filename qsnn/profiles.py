@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -134,6 +134,15 @@ class ChipProfile:
     def bias_max(self) -> int:
         return 2 ** (self.bias_bits - 1) - 1
 
+    def summary(self) -> str:
+        """One line from the fields, e.g. ``fpga (4-bit weights, 16-bit saturating membrane, mul leak, subtract reset)``."""
+        overflow = {"saturate": "saturating", "wrap": "wrapping"}[self.overflow]
+        parts = [f"{self.weight_bits}-bit weights", f"{self.membrane_bits}-bit {overflow} membrane",
+                 f"{self.leak} leak", f"{self.reset} reset"]
+        if self.synaptic_delay:
+            parts.append(f"{self.synaptic_delay}-step synaptic delay")
+        return f"{self.name} ({', '.join(parts)})"
+
     def replace(self, **changes: Any) -> "ChipProfile":
         """A copy with some fields changed (validated again)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -221,3 +230,36 @@ def get_profile(name: str, **overrides: Any) -> ChipProfile:
     except KeyError:
         raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
     return profile.replace(**overrides) if overrides else profile
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Field overrides from ``KEY=VALUE`` strings (the command lines' ``--profile-set``), typed by the field.
+
+    ``["membrane_bits=24", "overflow=wrap", "symmetric_clip=true"]`` → ``{"membrane_bits": 24, ...}``.
+    Keys may use ``-`` for ``_``; integers take a base prefix (``0x10``); booleans are
+    true/false, 1/0 or yes/no. ``name`` cannot be set. The values are checked when the profile is
+    built (:meth:`ChipProfile.replace`). Raises :class:`~qsnn.errors.ProfileError` naming the item.
+    """
+    kinds = {f.name: f.type for f in dataclasses.fields(ChipProfile) if f.name != "name"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not sep or not key:
+            raise ProfileError(f"--profile-set {item!r}: expected KEY=VALUE, e.g. membrane_bits=24")
+        if key not in kinds:
+            raise ProfileError(f"--profile-set {item!r}: unknown profile field {key!r}; fields are {sorted(kinds)}")
+        kind = kinds[key]
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1", "yes")
+            elif kind == "int":
+                out[key] = int(text, 0)
+            else:
+                out[key] = text
+        except ValueError:
+            takes = "true or false" if kind == "bool" else "an integer"
+            raise ProfileError(f"--profile-set {item!r}: {text!r} is not a valid {kind} ({key} takes {takes})") from None
+    return out

@@ -19,7 +19,6 @@ The report has three parts:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -27,50 +26,23 @@ from typing import Any
 import click
 import numpy as np
 
-from qsnn.cli import debug_option, friendly_errors, print_table
-from qsnn.data import DATASETS, INPUT_SCALE, SPLITS, ArraySplit, load_split
+from qsnn.cli import allow_saturation_option, debug_option, friendly_errors, print_table, profile_option, profile_set_option
+from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError, ProfileError
+from qsnn.files import write_json
 from qsnn.network import IntegerNetwork
-from qsnn.profiles import PROFILES, ChipProfile, get_profile
+from qsnn.profiles import ChipProfile, get_profile, parse_overrides
 
 from . import report as rep
-from .engine import SimResult, combine, predict, simulate
+from .engine import SimResult, predict, simulate
+from .validate import check_dataset, float_model_counts, frac_bits_sweep, simulate_checked
 
-#: Samples per chunk of the main loop (each chunk: engine, and with --check the PyTorch reference).
-CHUNK = 512
+#: The profile a float export is compiled under when neither --profile nor --profile-set is given.
+DEFAULT_PROFILE = "fpga"
 
 
 # --------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def parse_profile_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``["membrane_bits=24", "overflow=wrap"]`` → typed overrides of :class:`ChipProfile` fields."""
-    types = {f.name: f.type for f in dataclasses.fields(ChipProfile)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key, text = key.strip(), text.strip()
-        if not sep or not key:
-            raise ProfileError(f"--profile-set {item!r}: expected KEY=VALUE, e.g. membrane_bits=24")
-        if key not in types or key == "name":
-            raise ProfileError(f"--profile-set {item!r}: unknown profile field {key!r}; fields are "
-                               f"{sorted(k for k in types if k != 'name')}")
-        kind = str(types[key])
-        try:
-            if "bool" in kind:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(text)
-                value: Any = text.lower() in ("true", "1", "yes")
-            elif "int" in kind:
-                value = int(text, 0)
-            else:
-                value = text
-        except ValueError:
-            raise ProfileError(f"--profile-set {item!r}: {key} takes {'true/false' if 'bool' in kind else 'an integer'}, "
-                               f"got {text!r}") from None
-        out[key] = value
-    return out
 
 
 def load_network(model: Path, profile: ChipProfile | None, *, allow_saturation: bool = False
@@ -94,128 +66,13 @@ def load_network(model: Path, profile: ChipProfile | None, *, allow_saturation: 
         return net, dict(meta.get("compile_report") or {}), "integer"
     from qsnn.export.compile import compile_qonnx
 
-    net, compile_report = compile_qonnx(model, profile or get_profile("fpga"), allow_saturation=allow_saturation)
+    net, compile_report = compile_qonnx(model, profile or get_profile(DEFAULT_PROFILE), allow_saturation=allow_saturation)
     return net, dict(compile_report), "float"
 
 
 def _profile_diff(a: ChipProfile, b: ChipProfile) -> str:
     diff = [f"{k}: {v} vs {b.to_dict()[k]}" for k, v in a.to_dict().items() if b.to_dict()[k] != v]
     return "; ".join(diff) or "same"
-
-
-def check_dataset(net: IntegerNetwork, data: ArraySplit, model: Path, dataset: str) -> None:
-    """Raise DataError naming both sides when the split does not fit the network."""
-    ours = (f"{net.encoding} input {tuple(net.input_shape)}, {len(net.classes)} classes, T={net.num_steps}")
-    theirs = f"{data.encoding} input {tuple(data.input_shape)}, {len(data.classes)} classes"
-    trained_on = net.metadata.get("dataset") if isinstance(net.metadata, dict) else None
-    hint = f"; the model was trained on {trained_on!r}: pass --dataset {trained_on}" if trained_on else ""
-    if (data.encoding != net.encoding or tuple(data.input_shape) != tuple(net.input_shape)
-            or len(data.classes) != len(net.classes)):
-        raise DataError(f"dataset {dataset!r} ({theirs}) does not match the model {model.name} ({ours}){hint}")
-    if tuple(data.classes) != tuple(net.classes):
-        raise DataError(f"dataset {dataset!r} has classes {_short(data.classes)} but the model {model.name} was trained "
-                        f"on classes {_short(net.classes)}{hint}")
-    if data.encoding == "events" and data.x.shape[1] != net.num_steps:
-        raise DataError(f"dataset {dataset!r} has {data.x.shape[1]} frames per sample but the model {model.name} "
-                        f"runs T={net.num_steps} steps")
-
-
-def _short(classes: tuple[str, ...] | list[str]) -> str:
-    names = [str(c) for c in classes]
-    return "(" + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") + ")"
-
-
-# --------------------------------------------------------------------------------------------------
-# The evaluations
-
-
-def float_input(x: np.ndarray, encoding: str) -> np.ndarray:
-    """The float model's input from the integers, as training feeds it: float32 ``x · INPUT_SCALE``."""
-    xf = np.asarray(x).astype(np.float32)
-    return xf * np.float32(INPUT_SCALE[encoding]) if encoding == "static" else xf
-
-
-def float_model_counts(model: Path, x: np.ndarray, encoding: str, batch_size: int = 256,
-                       engine: str = "ort") -> np.ndarray:
-    """Output spike counts (N, classes) of the float QONNX graph run over T steps on integer inputs."""
-    from qsnn.export.runtime import run_onnx_steps
-
-    counts = []
-    for s in range(0, len(x), max(batch_size, 1)):
-        out = run_onnx_steps(model, float_input(x[s:s + batch_size], encoding), engine=engine,
-                             batch_size=batch_size)
-        z3 = np.asarray(out["z3"])
-        counts.append(z3.sum(axis=0).reshape(z3.shape[1], -1).astype(np.int64))
-    return np.concatenate(counts) if counts else np.zeros((0, 0), np.int64)
-
-
-def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, check: bool = False,
-                     progress: bool = True) -> tuple[SimResult, dict[str, Any] | None, float]:
-    """Simulate ``x`` in chunks; with ``check``, compare every spike train with run_integer_torch.
-
-    Returns (combined result without spike trains, the check's summary or None, engine seconds).
-    """
-    run_integer_torch = None
-    if check:
-        from qsnn.export.integer_torch import run_integer_torch
-    comparison = rep.SpikeTrainComparison()
-    results, seconds = [], 0.0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(x), unit="sample", desc=f"simulate ({net.profile.name})", leave=False)
-    try:
-        for s in range(0, len(x), CHUNK):
-            xc = x[s:s + CHUNK]
-            t0 = time.perf_counter()
-            res = simulate(net, xc, batch_size=batch_size, record=check)
-            seconds += time.perf_counter() - t0
-            if check:
-                ref = run_integer_torch(net, xc, batch_size=batch_size)
-                comparison.add(res.spikes, {k: np.asarray(v) for k, v in ref.items() if k in res.spikes}, offset=s)
-                res.spikes = None
-            results.append(res)
-            if bar is not None:
-                bar.update(len(xc))
-    finally:
-        if bar is not None:
-            bar.close()
-    return combine(results), (comparison.summary() if check else None), seconds
-
-
-def frac_bits_sweep(model: Path, profile: ChipProfile, x: np.ndarray, y: np.ndarray, values: list[int], *,
-                    float_counts: np.ndarray | None = None, allow_saturation: bool = False,
-                    batch_size: int = 256) -> list[dict[str, Any]]:
-    """Accuracy of the integer simulation for each ``frac_bits`` in ``values`` (same model and data).
-
-    Each row: frac_bits, accuracy, difference to the float model and agreement with it (if
-    ``float_counts`` is given), saturation events, or ``error`` when the profile cannot hold the net.
-    """
-    from qsnn.export.compile import compile_qonnx
-
-    rows = []
-    for f in values:
-        row: dict[str, Any] = {"frac_bits": f}
-        try:
-            p = profile.replace(frac_bits=f)
-            net, compile_report = compile_qonnx(model, p, allow_saturation=allow_saturation)
-        except ProfileError as exc:
-            row["error"] = str(exc).splitlines()[0]
-            rows.append(row)
-            continue
-        res = simulate(net, x, batch_size=batch_size)
-        row["accuracy"] = res.accuracy(y)
-        row["saturation_events"] = sum(layer.saturation_events for layer in res.layers)
-        row["current_shifts"] = [layer.current_shift for layer in net.layers]
-        if float_counts is not None:
-            acc_float = float(np.mean(predict(float_counts) == y))
-            row["accuracy_float"] = acc_float
-            row["difference"] = row["accuracy"] - acc_float
-            row.update({k: v for k, v in rep.output_agreement(res.counts, float_counts).items()
-                        if k.endswith("_pct")})
-        rows.append(row)
-    return rows
 
 
 def _int_list(text: str | None) -> list[int]:
@@ -236,12 +93,9 @@ def _int_list(text: str | None) -> list[int]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default=None,
-              help="Chip profile to compile under [default: fpga; an integer export keeps its own].")
-@click.option("--profile-set", "profile_sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a profile field, e.g. membrane_bits=24 or overflow=wrap (repeatable).")
-@click.option("--allow-saturation", is_flag=True,
-              help="Compile even if the worst-case membrane exceeds the profile's width (it saturates).")
+@profile_option(f"Chip profile to compile under [default: {DEFAULT_PROFILE}; an integer export keeps its own].")
+@profile_set_option
+@allow_saturation_option
 @click.option("--dataset", type=click.Choice(DATASETS), default=None,
               help="Dataset [default: the one the model was trained on].")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
@@ -267,23 +121,33 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
          progress: bool) -> None:
     """Simulate MODEL.onnx bit-accurately under a chip profile and report accuracy, agreement and hardware figures."""
     sweep_values = _int_list(sweep)
-    overrides = parse_profile_sets(profile_sets)
-    profile = get_profile(profile_name or "fpga", **overrides) if (profile_name or overrides) else None
+    overrides = parse_overrides(profile_sets)
+    profile = get_profile(profile_name or DEFAULT_PROFILE, **overrides) if (profile_name or overrides) else None
     net, compile_report, kind = load_network(model, profile, allow_saturation=allow_saturation)
     profile = net.profile
     dataset = dataset or net.metadata.get("dataset")
     if dataset not in DATASETS:
         raise DataError(f"{model}: the model does not say which dataset it was trained on; pass --dataset")
     data = load_split(dataset, split, data_dir, num_steps=net.num_steps, subset=subset)
-    check_dataset(net, data, model, dataset)
+    check_dataset(net, data, model.name, dataset)
     x, y = data.x, data.y
 
+    # the other evaluations come from export/ (sim/validate.py takes them as functions)
     float_counts = None
     if kind == "float" and not no_float:
+        from qsnn.export.runtime import run_onnx_steps
+
         t0 = time.perf_counter()
-        float_counts = float_model_counts(model, x, net.encoding, batch_size)
+        float_counts = float_model_counts(lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x, net.encoding,
+                                          batch_size)
         float_seconds = time.perf_counter() - t0
-    result, check_summary, seconds = simulate_checked(net, x, batch_size=batch_size, check=check, progress=progress)
+    reference = None
+    if check:
+        from qsnn.export.integer_torch import run_integer_torch
+
+        reference = lambda n, xc, bs: run_integer_torch(n, xc, batch_size=bs)  # noqa: E731
+    result, check_summary, seconds = simulate_checked(net, x, reference=reference, batch_size=batch_size,
+                                                      progress=progress)
 
     acc_int = result.accuracy(y)
     acc_float = float(np.mean(predict(float_counts) == y)) if float_counts is not None else None
@@ -307,8 +171,11 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     if trained_reset and trained_reset != profile.reset:
         report["note"] = (f"trained with {trained_reset} reset, simulated with the profile's {profile.reset} reset")
     if sweep_values:
-        report["frac_bits_sweep"] = frac_bits_sweep(model, profile, x, y, sweep_values, float_counts=float_counts,
-                                                    allow_saturation=allow_saturation, batch_size=batch_size)
+        from qsnn.export.compile import compile_qonnx
+
+        report["frac_bits_sweep"] = frac_bits_sweep(lambda p: compile_qonnx(model, p, allow_saturation=allow_saturation),
+                                                    profile, x, y, sweep_values, float_counts=float_counts,
+                                                    batch_size=batch_size)
 
     _print_summary(report, result, check_summary)
     if plot_path is not None:
@@ -317,7 +184,7 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
                           title=f"{model.name} · {profile.name} · {dataset} {split}")
         click.echo(f"plot: {plot_path}")
     if report_path is not None:
-        rep.write_json(report_path, report)
+        write_json(report_path, report)
         click.echo(f"report: {report_path}")
 
 

@@ -252,7 +252,7 @@ class _Layer:
         return fan.astype(np.int64)                           # (H, W): the same for every input channel
 
     # -- synaptic sums -------------------------------------------------------------------------
-    def currents(self, x: np.ndarray, acc: "_Acc | None" = None) -> np.ndarray:
+    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None) -> np.ndarray:
         """shl(shl(acc, e), s) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
 
         With ``acc``, also adds the chunk's synaptic operations (Σ input × fan-out) to it.
@@ -292,7 +292,7 @@ class _Layer:
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
-             stats: "_Acc", u_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             stats: LayerStats, u_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the step over ``len(cur)`` steps; ``cur[t]`` is c_t = shl(acc_t, s) + b.
 
         ``u`` is u_{t−1} and ``fired`` the reset mask r_t as integers (−1 where u_{t−1} > θ, else 0:
@@ -325,8 +325,8 @@ class _Layer:
                 v -= fired
             vmax, vmin = int(v.max()), int(v.min())
             if vmax > hi or vmin < lo:
-                stats.sat_high += int(np.count_nonzero(v > hi))
-                stats.sat_low += int(np.count_nonzero(v < lo))
+                stats.saturation_high += int(np.count_nonzero(v > hi))
+                stats.saturation_low += int(np.count_nonzero(v < lo))
                 if p.overflow == "saturate":
                     np.clip(v, lo, hi, out=v)
                     vmax, vmin = min(vmax, hi), max(vmin, lo)
@@ -335,8 +335,8 @@ class _Layer:
                     v &= (1 << p.membrane_bits) - 1
                     v += lo
                     vmax, vmin = int(v.max()), int(v.min())
-            stats.mem_max = max(stats.mem_max, vmax)
-            stats.mem_min = min(stats.mem_min, vmin)
+            stats.membrane_max = max(stats.membrane_max, vmax)
+            stats.membrane_min = min(stats.membrane_min, vmin)
             u = v
             np.subtract(theta, u, out=fired)
             fired >>= sign                                    # −1 where u_t > θ (θ − u_t < 0), else 0
@@ -350,21 +350,6 @@ class _Layer:
         if getattr(self, "_theta_full", None) is None or self._theta_full.shape != shape:
             self._theta_full = np.ascontiguousarray(np.broadcast_to(self.theta, shape))
         return self._theta_full
-
-
-@dataclass
-class _Acc:
-    """Running statistics of one layer over all batches."""
-
-    spikes_per_step: np.ndarray
-    sat_low: int = 0
-    sat_high: int = 0
-    mem_min: int = 0
-    mem_max: int = 0
-    cur_min: int = 0
-    cur_max: int = 0
-    synops: int = 0
-    dense_macs: int = 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,11 +401,13 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         layers.append(el)
         shape = el.out_shape
     N = len(x)
-    accs = [_Acc(np.zeros(T, dtype=np.int64)) for _ in layers]
-    for acc, el in zip(accs, layers):
-        acc.mem_min = acc.mem_max = 0
-        acc.cur_min, acc.cur_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-        acc.dense_macs = N * T * el.neurons * (el.layer.pool ** 2) * el.layer.fan_in
+    # the statistics are accumulated in place over all batches
+    stats = [LayerStats(name=el.name, kind=el.layer.kind, shape=tuple(el.out_shape), neurons=el.neurons,
+                        spikes_per_step=np.zeros(T, dtype=np.int64), current_min=np.iinfo(np.int64).max,
+                        current_max=np.iinfo(np.int64).min,
+                        dense_macs=N * T * el.neurons * (el.layer.pool ** 2) * el.layer.fan_in,
+                        sum_dtype=el.sum_dtype.name, sum_bound=el.sum_bound, state_dtype=el.state_dtype.name)
+             for el in layers]
     counts = np.zeros((N, layers[-1].neurons), dtype=np.int64)
     spikes = {f"z{i + 1}": np.zeros((T, N, *el.out_shape), dtype=np.uint8) for i, el in enumerate(layers)} \
         if record else None
@@ -435,7 +422,7 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
     try:
         for b0 in range(0, N, batch_size):
             xb = x[b0:b0 + batch_size]
-            _run_batch(layers, accs, xb, T, k, static, counts[b0:b0 + len(xb)],
+            _run_batch(layers, stats, xb, T, k, static, counts[b0:b0 + len(xb)],
                        spikes, membranes, b0)
             if bar is not None:
                 bar.update(len(xb))
@@ -443,16 +430,9 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         if bar is not None:
             bar.close()
 
-    stats = []
-    for el, acc in zip(layers, accs):
-        if acc.cur_min > acc.cur_max:
-            acc.cur_min = acc.cur_max = 0
-        stats.append(LayerStats(
-            name=el.name, kind=el.layer.kind, shape=tuple(el.out_shape), neurons=el.neurons,
-            spikes_per_step=acc.spikes_per_step, saturation_low=acc.sat_low, saturation_high=acc.sat_high,
-            membrane_min=acc.mem_min, membrane_max=acc.mem_max, current_min=int(acc.cur_min),
-            current_max=int(acc.cur_max), synops=int(acc.synops), dense_macs=int(acc.dense_macs),
-            sum_dtype=el.sum_dtype.name, sum_bound=el.sum_bound, state_dtype=el.state_dtype.name))
+    for st in stats:
+        if st.current_min > st.current_max:          # no current seen (T ≤ delay)
+            st.current_min = st.current_max = 0
     return SimResult(counts=counts, predictions=predict(counts), layers=tuple(stats), num_steps=T,
                      spikes=spikes, membranes=membranes)
 
@@ -471,7 +451,7 @@ def _time_chunk(layers: list[_Layer], batch: int, T: int) -> int:
     return int(max(1, min(T, CHUNK_BYTES // max(1, per_step))))
 
 
-def _run_batch(layers: list[_Layer], accs: list[_Acc], xb: np.ndarray, T: int, k: int, static: bool,
+def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: int, k: int, static: bool,
                counts: np.ndarray, spikes: dict | None, membranes: dict | None, b0: int) -> None:
     B = len(xb)
     tc = _time_chunk(layers, B, T)
@@ -533,10 +513,10 @@ def _run_batch(layers: list[_Layer], accs: list[_Acc], xb: np.ndarray, T: int, k
         counts += np.count_nonzero(prev_out, axis=0).reshape(B, -1)
 
 
-def _update_current_range(acc: _Acc, cur: np.ndarray) -> None:
+def _update_current_range(acc: LayerStats, cur: np.ndarray) -> None:
     if cur.size:
-        acc.cur_min = min(acc.cur_min, int(cur.min()))
-        acc.cur_max = max(acc.cur_max, int(cur.max()))
+        acc.current_min = min(acc.current_min, int(cur.min()))
+        acc.current_max = max(acc.current_max, int(cur.max()))
 
 
 def combine(results: Sequence[SimResult]) -> SimResult:

@@ -6,7 +6,6 @@ Everything here works on :class:`~qsnn.sim.engine.SimResult` and NumPy arrays (n
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping
@@ -150,33 +149,7 @@ class SpikeTrainComparison:
 
 
 # --------------------------------------------------------------------------------------------------
-# Files
-
-
-def to_jsonable(value: Any) -> Any:
-    """Numbers, lists and dicts only (NumPy scalars and arrays converted; NaN becomes None)."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)
-
-
-def write_json(path: str | os.PathLike, report: Mapping[str, Any]) -> None:
-    """Write ``report`` as indented JSON atomically."""
-    with atomic_open(path, "w") as fh:
-        json.dump(to_jsonable(report), fh, indent=2)
-        fh.write("\n")
+# Plot
 
 
 def plot_activity(path: str | os.PathLike, trains: Mapping[str, np.ndarray], result: SimResult,

@@ -37,7 +37,8 @@ from qsnn.arith import from_twos_complement, to_twos_complement
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
-from .common import Limits, check_fit, layer_from_parts, network_from_parts
+from .fit import Limits, check_fit
+from .manifest import layer_from_parts, network_from_parts
 
 NAME = "fpga"
 DESCRIPTION = "weight memories (.mem/.coe/.mif), neuron tables and a C header for the reference FPGA core"

@@ -55,10 +55,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsnn.errors import ExportError, ProfileError
+from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import LOIHI2
 
-from .common import Limits, check_fit, folded_fan_in, jsonable, layer_from_parts, network_from_parts, network_record
+from .fit import Limits, check_fit, folded_fan_in
+from .manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "loihi2"
 DESCRIPTION = "a lava-dl netx HDF5 network (network.net) carrying the loihi2 profile's integers"
@@ -69,9 +71,9 @@ NETX_FORMAT_VERSION = 1
 LAVA_SHIFT = 6
 #: netx iDecay giving Lava du = 4095 (netx: du = iDecay − 1): the current is cleared every step.
 I_DECAY = 4096
-#: Arithmetic fields the netx/Lava LIF fixes, with the value it needs.
-REQUIRED = {"leak": "loihi", "leak_bits": 12, "reset": "zero", "membrane_bits": 24, "overflow": "saturate",
-            "symmetric_clip": True, "synaptic_delay": 1, "threshold_shift": LAVA_SHIFT}
+#: Arithmetic fields the netx/Lava LIF fixes, with the value it needs: the loihi2 profile's.
+REQUIRED = {field: getattr(LOIHI2, field) for field in ("leak", "leak_bits", "reset", "membrane_bits", "overflow",
+                                                         "symmetric_clip", "synaptic_delay", "threshold_shift")}
 
 
 def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
@@ -222,7 +224,7 @@ def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
         q.create_dataset("format", data=NETX_FORMAT)
         q.create_dataset("format_version", data=np.int64(NETX_FORMAT_VERSION))
         q.create_dataset("profile", data=json.dumps(net.profile.to_dict()))
-        q.create_dataset("network", data=json.dumps(jsonable(network_record(net))))
+        q.create_dataset("network", data=json.dumps(to_jsonable(network_record(net))))
         top = f.create_group("layer", track_order=True)
         idx = 0
         g = top.create_group(str(idx))

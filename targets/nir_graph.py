@@ -43,9 +43,10 @@ import numpy as np
 
 from qsnn.arith import effective_beta
 from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
+from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 
-from .common import jsonable, layer_from_parts, network_from_parts, network_record
+from .manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "nir"
 DESCRIPTION = "a NIR graph (network.nir) readable by nir.read, snnTorch, Norse, Lava-dl, ..."
@@ -166,7 +167,7 @@ def build_graph(net: IntegerNetwork):
     qsnn = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION, "profile": net.profile.to_dict(),
             "network": network_record(net), "layers": records}
     metadata = {
-        "qsnn": json.dumps(jsonable(qsnn)),
+        "qsnn": json.dumps(to_jsonable(qsnn)),
         "qsnn_format": GRAPH_FORMAT,
         "qsnn_reset": net.profile.reset,
         "nir_reset": "zero (v_reset = 0, right after the spike)",

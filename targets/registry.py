@@ -5,7 +5,7 @@
 ``README.md`` and a ``manifest.json`` (format version, target, profile, layers with shapes, kinds,
 bit widths, memory depth and width, packing order, scale factors, pooling, current shift, and the
 SHA-256 of every file) into a temporary sibling folder and renames it onto ``outdir`` (see
-:func:`~qsnn.targets.common.atomic_directory`). ``read_target(outdir)`` verifies the hashes and
+:func:`~qsnn.atomic.atomic_directory`). ``read_target(outdir)`` verifies the hashes and
 loads the tables back into an :class:`~qsnn.network.IntegerNetwork`.
 """
 
@@ -18,12 +18,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
+from qsnn.atomic import atomic_directory
 from qsnn.errors import ExportError, ProfileError, QsnnError, damaged_file
+from qsnn.files import dumps, to_jsonable
 from qsnn.network import IntegerNetwork
 
 from . import fpga, loihi2, nir_graph
-from .common import (FORMAT, FORMAT_VERSION, MANIFEST, README, atomic_directory, check_profile_fit, dumps,
-                     file_table, jsonable, layer_record, network_record, read_manifest)
+from .fit import check_profile_fit
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, README, file_table, layer_record, network_record, read_manifest
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def write_target(name: str, net: IntegerNetwork, outdir: str | os.PathLike, *, f
             "qsnn_version": _version(),
             "profile": net.profile.to_dict(),
             "network": network_record(net),
-            "source": jsonable(dict(source_info or {})),
+            "source": to_jsonable(dict(source_info or {})),
             **part,
             "layers": layers,
         }

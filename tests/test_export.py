@@ -26,8 +26,9 @@ from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_float import export_float
 from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import predictions, run_integer_onnx, run_onnx_steps
+from qsnn.files import sha256_file
 from qsnn.profiles import get_profile
-from qsnn.train.checkpoint import file_sha256, model_from_checkpoint
+from qsnn.train.checkpoint import model_from_checkpoint
 from qsnn.train.data import to_tensor
 
 KEYS = ("z1", "u1", "z2", "u2", "z3", "u3")
@@ -92,7 +93,7 @@ def test_float_graph_interface_quant_nodes_and_metadata(exported):
     assert meta["input_scale"] == pytest.approx(1 / 255) and meta["input_shape"] == [1, 28, 28]
     assert np.float32(meta["beta"]) == np.float32(cfg.beta) and np.float32(meta["threshold"]) == np.float32(cfg.threshold)
     assert meta["reset"] == "subtract" and meta["weight_bits"] == 4 and meta["quant_scale"] == "po2"
-    assert meta["checkpoint_sha256"] == file_sha256(ckpt)
+    assert meta["checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["qsnn_version"] and meta["slope"] == pytest.approx(cfg.slope)
 
 

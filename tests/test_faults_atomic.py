@@ -188,7 +188,7 @@ def test_target_tables(tmp_path, monkeypatch, target):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_targets import PROFILE_OF, tiny_net
 
-    from qsnn.targets import common, read_target, registry, write_target
+    from qsnn.targets import read_target, registry, write_target
 
     out = tmp_path / "tables"
     write_target(target, tiny_net(PROFILE_OF[target], seed=0), out)
@@ -206,10 +206,10 @@ def test_target_tables(tmp_path, monkeypatch, target):
 
     monkeypatch.setattr(registry, "dumps", broken)        # the writer dies half way through the folder
     replace_with_new()
-    monkeypatch.setattr(common, "_exchange", broken)      # the atomic swap of old and new folder fails
+    monkeypatch.setattr(qsnn.atomic, "_exchange", broken)      # the atomic swap of old and new folder fails
     replace_with_new()
     # where the swap is unavailable: old folder aside, new one in; the second rename fails once
-    monkeypatch.setattr(common, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(qsnn.atomic, "_exchange", lambda a, b: False)
     real, calls = os.replace, []
 
     def replace_fails_once(src, dst):
@@ -255,7 +255,7 @@ def test_study_tables_and_figures(tmp_path, monkeypatch):
 WRITERS = re.compile(r"""open\([^)]*['"][wax]b?['"]|\.write_text\(|\.write_bytes\(|savefig\(|torch\.save\(|"""
                      r"""onnx\.save\(|h5py\.File\([^)]*['"][wa]['"]|np\.save\(|nir\.write\(""")
 #: Writes that are atomic for a reason the line shows: into a buffer or an atomic_open handle, or
-#: into the temporary folder of targets.common.atomic_directory (``folder`` / ``tmp`` in targets/).
+#: into the temporary folder of qsnn.atomic.atomic_directory (``folder`` / ``tmp`` in targets/).
 SAFE = [
     (r"qsnn/atomic\.py$", r".*"),
     (r".*", r"atomic_open\("),

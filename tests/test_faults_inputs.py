@@ -270,7 +270,7 @@ def _edited_manifest(draw, manifest: dict) -> tuple[str, dict]:
 @pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
 def test_edited_manifests(target_folders, work, target):
     from qsnn.targets import read_target
-    from qsnn.targets.common import MANIFEST
+    from qsnn.targets.manifest import MANIFEST
 
     base = target_folders[target]
     manifest = json.loads((base / MANIFEST).read_text())
@@ -296,7 +296,7 @@ def test_edited_manifests(target_folders, work, target):
 @pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
 def test_damaged_tables_are_refused_by_their_hash(target_folders, work, target):
     from qsnn.targets import read_target
-    from qsnn.targets.common import MANIFEST
+    from qsnn.targets.manifest import MANIFEST
 
     base = target_folders[target]
     tables = sorted(json.loads((base / MANIFEST).read_text())["files"])
@@ -323,7 +323,8 @@ def test_damaged_fpga_tables_with_a_matching_manifest(target_folders, work):
     files, which is why read_target checks the SHA-256 before any parser sees a file.)
     """
     from qsnn.targets import read_target
-    from qsnn.targets.common import MANIFEST, dumps, file_table
+    from qsnn.files import dumps
+    from qsnn.targets.manifest import MANIFEST, file_table
 
     base = target_folders["fpga"]
     manifest = json.loads((base / MANIFEST).read_text())

@@ -1,8 +1,8 @@
 """SIGKILL during training, and determinism across processes.
 
 Real ``qsnn-train run`` subprocesses (tiny mnist5k config, ``--no-progress``) are killed with
-SIGKILL at chosen moments, including half way through writing a checkpoint (the test hook
-``QSNN_TEST_PAUSE_IN_WRITE`` of :mod:`qsnn.atomic` stops the process there), and at random
+SIGKILL at chosen moments, including half way through writing a checkpoint (the launcher
+``tests/pause_in_write.py`` runs ``qsnn-train`` with that write stopped half way), and at random
 moments. After every kill the run directory must hold only complete files (every ``last.pt`` /
 ``best.pt`` present loads and passes its digest); ``--resume`` must then finish the run with
 weights and optimizer state equal, tensor for tensor, to those of an uninterrupted run with the same
@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsnn.atomic import TEST_PAUSE_ENV
 from qsnn.train.checkpoint import load_checkpoint
 
 EXE = Path(sys.prefix) / "bin" / "qsnn-train"
+PAUSER = Path(__file__).with_name("pause_in_write.py")
 ARGS = ["run", "--dataset", "mnist5k", "--steps", "4", "--epochs", "3", "--subset", "200", "--val-subset", "50",
         "--test-subset", "50", "--batch-size", "50", "--cosine-period", "1", "--seed", "3", "--no-progress"]
 OUTPUTS = ("last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "metrics.json", "training.png")
@@ -46,16 +46,12 @@ RANDOM_KILLS = 2
 WAIT_S = 120
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != TEST_PAUSE_ENV}
-    env.update(PYTHONUNBUFFERED="1", **(extra or {}))
-    return env
-
-
-def _start(out: Path, log: Path, *, resume: bool, env: dict[str, str] | None = None) -> subprocess.Popen:
-    cmd = [str(EXE), *ARGS, "--out", str(out), *(["--resume"] if resume else [])]
+def _start(out: Path, log: Path, *, resume: bool, pause: tuple[str, Path] | None = None) -> subprocess.Popen:
+    """qsnn-train in a new process; with ``pause=("NAME#K", marker)`` that write stops half way."""
+    args = [*ARGS, "--out", str(out), *(["--resume"] if resume else [])]
+    cmd = [sys.executable, str(PAUSER), pause[0], str(pause[1]), *args] if pause else [str(EXE), *args]
     with open(log, "w") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(env))
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _finish(proc: subprocess.Popen, log: Path) -> None:
@@ -154,7 +150,7 @@ def test_sigkill_mid_write_at_every_stage_then_resume(reference, tmp_path):
     run = tmp_path / "run"
     for i, (name, nth) in enumerate(HOOKED_KILLS):
         marker, log = tmp_path / f"paused-{i}", tmp_path / f"kill-{i}.log"
-        proc = _start(run, log, resume=i > 0, env={TEST_PAUSE_ENV: f"{name}#{nth}={marker}"})
+        proc = _start(run, log, resume=i > 0, pause=(f"{name}#{nth}", marker))
         deadline = time.monotonic() + WAIT_S
         while not marker.exists():
             assert proc.poll() is None, f"kill point {name}#{nth} never reached:\n{log.read_text()}"

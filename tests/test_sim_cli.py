@@ -9,8 +9,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from qsnn.sim.cli import main, parse_profile_sets
 from qsnn.errors import ProfileError
+from qsnn.profiles import parse_overrides
+from qsnn.sim.cli import main
 
 pytest.importorskip("qsnn.export.compile")
 pytest.importorskip("qsnn.export.integer_torch")
@@ -155,8 +156,8 @@ def test_bad_profile_settings(onnx_model):
 
 
 def test_parse_profile_sets_types():
-    assert parse_profile_sets(["membrane_bits=24", "symmetric_clip=true", "overflow=wrap", "frac_bits=0x4"]) == {
+    assert parse_overrides(["membrane_bits=24", "symmetric_clip=true", "overflow=wrap", "frac_bits=0x4"]) == {
         "membrane_bits": 24, "symmetric_clip": True, "overflow": "wrap", "frac_bits": 4}
     with pytest.raises(ProfileError, match="KEY=VALUE"):
-        parse_profile_sets(["membrane_bits"])
-    assert np.isscalar(parse_profile_sets(["leak_bits=10"])["leak_bits"])
+        parse_overrides(["membrane_bits"])
+    assert np.isscalar(parse_overrides(["leak_bits=10"])["leak_bits"])

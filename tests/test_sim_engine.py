@@ -405,3 +405,22 @@ def test_engine_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_sim_imports_neither_export_nor_torch():
+    """sim/ needs numpy only: validation takes the other evaluations as functions (qsnn-sim, a command
+    line front end, is the one module of sim/ that may reach into export/, lazily)."""
+    import re
+    from pathlib import Path
+
+    sim = Path(__file__).resolve().parents[1] / "sim"
+    for path in sorted(sim.glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import)\s+(qsnn\.export|torch)\b", text, re.M), path.name
+        assert not re.search(r"^\s*from\s+\.\.export\b", text, re.M), path.name
+    code = ("import sys, qsnn.sim, qsnn.sim.engine, qsnn.sim.reference, qsnn.sim.report, qsnn.sim.validate; "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'qsnn.export'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

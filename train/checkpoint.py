@@ -125,14 +125,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_from_checkpoint(path_or_data, map_location="cpu"):
     """Rebuild the trained :class:`~train.model.QSNN` (eval mode) from a checkpoint path or dict."""
     from .model import QSNN

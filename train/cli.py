@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -19,6 +20,12 @@ def main() -> None:
     """
 
 
+def _default(field: str) -> str:
+    """``[default: V]`` with V the TrainConfig default, so that no help text restates a value that can drift."""
+    value = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
+    return f"[default: {value:g}]" if isinstance(value, float) else f"[default: {value}]"
+
+
 def _option_list() -> list:
     """Every training option, in help order (shared by run, study and tune)."""
     return [
@@ -28,29 +35,29 @@ def _option_list() -> list:
                      help="Weights: Brevitas 4-bit integers (int4) or float32 (fp32). Selects the Table I preset row."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
                      help="LR schedule, stepped every minibatch: cosine (eq. 4, period --cosine-period epochs), none, lrstep (x gamma every --step-epochs), lossstep (x gamma when the epoch loss stops improving)."),
-        click.option("--epochs", type=int, help="Maximum epochs [default: 100]."),
-        click.option("--steps", "num_steps", type=int, help="Time steps T per sample [preset: 100]."),
+        click.option("--epochs", type=int, help=f"Maximum epochs {_default('epochs')}."),
+        click.option("--steps", "num_steps", type=int, help="Time steps T per sample [preset]."),
         click.option("--batch-size", type=int, help="Minibatch size [preset]."),
         click.option("--lr", type=float, help="Initial learning rate eta of Adam [preset]."),
         click.option("--beta", type=float, help="Membrane decay beta of the LIF neurons [preset]."),
         click.option("--threshold", type=float, help="Firing threshold theta [preset]."),
         click.option("--slope", type=float, help="Slope k of the fast-sigmoid surrogate gradient (eq. 5) [preset]."),
-        click.option("--reset", type=click.Choice(["subtract", "zero"]), help="Reset after a spike: subtract theta (paper) or set to zero [default: subtract]."),
-        click.option("--quant-scale", type=click.Choice(QUANT_SCALES), help="int4 weight scale: per-tensor float (paper) or power of two (po2, what hardware prefers) [default: float]."),
+        click.option("--reset", type=click.Choice(["subtract", "zero"]), help=f"Reset after a spike: subtract theta (paper) or set to zero {_default('reset')}."),
+        click.option("--quant-scale", type=click.Choice(QUANT_SCALES), help=f"int4 weight scale: per-tensor float (paper) or power of two (po2, what hardware prefers) {_default('quant_scale')}."),
         click.option("--batch-norm/--no-batch-norm", default=None, help="BatchNorm after each pooling [preset]."),
         click.option("--dropout", type=float, help="Dropout probability before the dense layer [preset]."),
         click.option("--grad-clip/--no-grad-clip", default=None, help="Clip the gradient norm to 1 [preset]."),
         click.option("--weight-clip/--no-weight-clip", default=None, help="Clamp weights to [-1, 1] after each step [preset]."),
-        click.option("--cosine-period", "cosine_period_epochs", type=float, help="Period T of eq. 4 in epochs [default: 10]."),
+        click.option("--cosine-period", "cosine_period_epochs", type=float, help=f"Period T of eq. 4 in epochs {_default('cosine_period_epochs')}."),
         click.option("--warm-restarts/--no-warm-restarts", default=None, help="Cosine: restart at the initial LR every period (SGDR) instead of eq. 4's continuous cosine."),
-        click.option("--step-epochs", type=int, help="lrstep: epochs between reductions [default: 15]."),
-        click.option("--gamma", type=float, help="lrstep/lossstep: LR multiplier at each reduction [default: 0.5]."),
-        click.option("--loss-patience", type=int, help="lossstep: epochs without improvement tolerated before a reduction [default: 0]."),
-        click.option("--patience", type=int, help="Early stopping: epochs without a better validation accuracy [default: 10]."),
+        click.option("--step-epochs", type=int, help=f"lrstep: epochs between reductions {_default('step_epochs')}."),
+        click.option("--gamma", type=float, help=f"lrstep/lossstep: LR multiplier at each reduction {_default('gamma')}."),
+        click.option("--loss-patience", type=int, help=f"lossstep: epochs without improvement tolerated before a reduction {_default('loss_patience')}."),
+        click.option("--patience", type=int, help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}."),
         click.option("--subset", type=int, help="Use a stratified subset of this many training samples (CPU runs)."),
         click.option("--val-subset", type=int, help="Stratified subset of the validation split."),
         click.option("--test-subset", type=int, help="Stratified subset of the test split."),
-        click.option("--seed", type=int, help="Seed for initialisation, splits, shuffling and dropout [default: 0]."),
+        click.option("--seed", type=int, help=f"Seed for initialisation, splits, shuffling and dropout {_default('seed')}."),
         click.option("--plain", is_flag=True, default=False, help="Use the paper's step-by-step loop instead of the fast path (same numerics, slower)."),
     ]
 

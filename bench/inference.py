@@ -1,6 +1,6 @@
 """Inference throughput: the integer engine against snnTorch + Brevitas eager inference, same run.
 
-``python -m qsnn.sim.bench`` trains the mnist5k int4 QSNN for one short epoch (or takes
+``python bench/inference.py`` (part of ``make bench``) trains the mnist5k int4 QSNN for one short epoch (or takes
 ``--checkpoint``), exports it to QONNX and compiles it under a profile, then times on the same
 mnist5k test images, T and batch:
 
@@ -18,7 +18,6 @@ This module imports torch (for the baseline); the engine it measures does not.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import tempfile
@@ -28,12 +27,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from qsnn.atomic import atomic_write_text
 from qsnn.cli import print_table
 from qsnn.data import INPUT_SCALE, load_split
+from qsnn.files import write_json
 from qsnn.profiles import PROFILES, get_profile
 
-from .engine import simulate
+from qsnn.sim import simulate
 
 
 def build(num_steps: int, profile_name: str, workdir: Path, checkpoint: str | None = None,
@@ -139,8 +138,7 @@ def main(num_steps: int, batch_size: int, repeats: int, profile_name: str, check
         ("bit-exact vs integer torch", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exact.items())),
         ("predictions equal eager / engine", f"{100 * agree:.2f} %"),
     ], title="qsnn-sim bench: inference throughput")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(figures, indent=1))
+    write_json(out, figures)
     click.echo(f"figures: {out}")
     if not all(exact.values()):
         raise SystemExit("the engine is NOT bit-exact against the PyTorch integer evaluation")

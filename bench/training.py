@@ -1,6 +1,6 @@
 """Training throughput: the fast path against the paper's eager loop, measured in the same run.
 
-``python -m qsnn.train.bench`` trains the same mnist5k int4 network (same T, same batch, same
+``python bench/training.py`` (part of ``make bench``) trains the same mnist5k int4 network (same T, same batch, same
 preset) with both forward paths, alternating minibatches A B A B ... so that drift of a shared
 machine hits both alike, and prints the median training samples/s of each and their ratio. The
 baseline is written the way the paper's published code trains: Brevitas layers called at every
@@ -10,22 +10,20 @@ It also checks, on that run's data, that the two paths give the same loss.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import click
 import torch
 
-from qsnn.atomic import atomic_write_text
 from qsnn.cli import print_table
 from qsnn.config import TrainConfig
 from qsnn.data import load_split
+from qsnn.files import write_json
 
-from .data import Batches
-from .loss import mse_count_loss
-from .model import QSNN
+from qsnn.train.data import Batches
+from qsnn.train.loss import mse_count_loss
+from qsnn.train.model import QSNN
 
 
 def _train_step(model: QSNN, forward, optimizer, x, y, cfg: TrainConfig) -> float:
@@ -76,7 +74,7 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
               "threads": torch.get_num_threads(), "samples_per_s": sps, "speedup_median": statistics.median(ratios),
               "speedup_min": min(ratios), "speedup_max": max(ratios), "losses": losses,
               "first_step_loss_equal": first_equal}
-    atomic_write_text(Path(out), json.dumps(result, indent=1))
+    write_json(out, result)
     print_table([
         ("network / T / batch", f"mnist 16C5-AP2-64C5-AP2-FC10 int4 ({quant_scale} scale) / {num_steps} / {batch_size}"),
         ("baseline (snnTorch + Brevitas eager loop)", f"{sps['plain']:8.1f} samples/s (median of {repeats})"),

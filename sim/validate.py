@@ -1,0 +1,134 @@
+"""Validation: the integer simulation against the other evaluations of a model, which the caller passes in.
+
+``sim/`` needs numpy only, never torch and never ``export/``: whoever validates (``qsnn-sim``, a
+test) hands over the evaluations as functions:
+
+* ``reference(net, x, batch_size) -> {"z1": (T, N, ...), ...}``: an independent evaluation of the
+  integer semantics, e.g. :func:`qsnn.export.integer_torch.run_integer_torch`;
+* ``run_float(x, batch_size) -> {"z3": (T, N, classes)}``: the trained (float) model on real-valued
+  inputs, e.g. the float QONNX graph under onnxruntime
+  (``functools.partial(qsnn.export.runtime.run_onnx_steps, path)``);
+* ``compile(profile) -> (network, report)``: the compiler, e.g.
+  ``lambda p: qsnn.export.compile.compile_qonnx(path, p)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from qsnn.data import INPUT_SCALE, ArraySplit
+from qsnn.errors import DataError, ProfileError
+from qsnn.network import IntegerNetwork
+from qsnn.profiles import ChipProfile
+
+from . import report as rep
+from .engine import SimResult, combine, predict, simulate
+
+#: Samples per chunk of :func:`simulate_checked` (each chunk: the engine, then the reference).
+CHUNK = 512
+
+Reference = Callable[[IntegerNetwork, np.ndarray, int], Mapping[str, np.ndarray]]
+FloatRunner = Callable[[np.ndarray, int], Mapping[str, np.ndarray]]
+Compiler = Callable[[ChipProfile], tuple[IntegerNetwork, dict[str, Any]]]
+
+
+def check_dataset(net: IntegerNetwork, data: ArraySplit, model_name: str, dataset: str) -> None:
+    """Raise :class:`~qsnn.errors.DataError` naming both sides when the split does not fit the network."""
+    ours = (f"{net.encoding} input {tuple(net.input_shape)}, {len(net.classes)} classes, T={net.num_steps}")
+    theirs = f"{data.encoding} input {tuple(data.input_shape)}, {len(data.classes)} classes"
+    trained_on = net.metadata.get("dataset") if isinstance(net.metadata, dict) else None
+    hint = f"; the model was trained on {trained_on!r}: pass --dataset {trained_on}" if trained_on else ""
+    if (data.encoding != net.encoding or tuple(data.input_shape) != tuple(net.input_shape)
+            or len(data.classes) != len(net.classes)):
+        raise DataError(f"dataset {dataset!r} ({theirs}) does not match the model {model_name} ({ours}){hint}")
+    if tuple(data.classes) != tuple(net.classes):
+        raise DataError(f"dataset {dataset!r} has classes {_short(data.classes)} but the model {model_name} was trained "
+                        f"on classes {_short(net.classes)}{hint}")
+    if data.encoding == "events" and data.x.shape[1] != net.num_steps:
+        raise DataError(f"dataset {dataset!r} has {data.x.shape[1]} frames per sample but the model {model_name} "
+                        f"runs T={net.num_steps} steps")
+
+
+def _short(classes: tuple[str, ...] | list[str]) -> str:
+    names = [str(c) for c in classes]
+    return "(" + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") + ")"
+
+
+def float_input(x: np.ndarray, encoding: str) -> np.ndarray:
+    """The float model's input from the integers, as training feeds it: float32 ``x · INPUT_SCALE``."""
+    xf = np.asarray(x).astype(np.float32)
+    return xf * np.float32(INPUT_SCALE[encoding]) if encoding == "static" else xf
+
+
+def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, batch_size: int = 256) -> np.ndarray:
+    """Output spike counts (N, classes) of the trained model (``run_float``) over T steps on integer inputs."""
+    counts = []
+    for s in range(0, len(x), max(batch_size, 1)):
+        z3 = np.asarray(run_float(float_input(x[s:s + batch_size], encoding), batch_size)["z3"])
+        counts.append(z3.sum(axis=0).reshape(z3.shape[1], -1).astype(np.int64))
+    return np.concatenate(counts) if counts else np.zeros((0, 0), np.int64)
+
+
+def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, reference: Reference | None = None, batch_size: int = 256,
+                     progress: bool = True) -> tuple[SimResult, dict[str, Any] | None, float]:
+    """Simulate ``x`` in chunks; with ``reference``, compare every spike train of every layer with it.
+
+    Returns (combined result without spike trains, the comparison's summary or None, engine seconds).
+    """
+    comparison = rep.SpikeTrainComparison()
+    results, seconds = [], 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(x), unit="sample", desc=f"simulate ({net.profile.name})", leave=False)
+    try:
+        for s in range(0, len(x), CHUNK):
+            xc = x[s:s + CHUNK]
+            t0 = time.perf_counter()
+            res = simulate(net, xc, batch_size=batch_size, record=reference is not None)
+            seconds += time.perf_counter() - t0
+            if reference is not None:
+                ref = reference(net, xc, batch_size)
+                comparison.add(res.spikes, {k: np.asarray(v) for k, v in ref.items() if k in res.spikes}, offset=s)
+                res.spikes = None
+            results.append(res)
+            if bar is not None:
+                bar.update(len(xc))
+    finally:
+        if bar is not None:
+            bar.close()
+    return combine(results), (comparison.summary() if reference is not None else None), seconds
+
+
+def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: np.ndarray, values: list[int], *,
+                    float_counts: np.ndarray | None = None, batch_size: int = 256) -> list[dict[str, Any]]:
+    """Accuracy of the integer simulation for each ``frac_bits`` in ``values`` (same model and data).
+
+    Each row: frac_bits, accuracy, difference to the float model and agreement with it (if
+    ``float_counts`` is given), saturation events, or ``error`` when the profile cannot hold the net.
+    """
+    rows = []
+    for f in values:
+        row: dict[str, Any] = {"frac_bits": f}
+        try:
+            net, _ = compile(profile.replace(frac_bits=f))
+        except ProfileError as exc:
+            row["error"] = str(exc).splitlines()[0]
+            rows.append(row)
+            continue
+        res = simulate(net, x, batch_size=batch_size)
+        row["accuracy"] = res.accuracy(y)
+        row["saturation_events"] = sum(layer.saturation_events for layer in res.layers)
+        row["current_shifts"] = [layer.current_shift for layer in net.layers]
+        if float_counts is not None:
+            acc_float = float(np.mean(predict(float_counts) == y))
+            row["accuracy_float"] = acc_float
+            row["difference"] = row["accuracy"] - acc_float
+            row.update({k: v for k, v in rep.output_agreement(res.counts, float_counts).items()
+                        if k.endswith("_pct")})
+        rows.append(row)
+    return rows

@@ -1,0 +1,112 @@
+"""Fit checks: does a compiled network fit a target's registers and limits?
+
+Every target checks the network's own profile first (:func:`check_profile_fit`), then its own
+:class:`Limits` (:func:`check_fit`); a layer that does not fit gives a
+:class:`~qsnn.errors.ProfileError` naming the layer and the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsnn.errors import ProfileError
+from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.profiles import ChipProfile
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a target can hold; 0 (or None) means no limit.
+
+    Attributes:
+        target: target name, for messages.
+        weight_bits: width of a stored weight (two's complement); weights must lie in the narrow
+            range ±(2^(b−1) − 1).
+        threshold_max: largest threshold on the membrane grid.
+        threshold_multiple: thresholds must be multiples of this (Loihi: 2^6).
+        bias_max: largest |bias| on the membrane grid.
+        bias_multiple: biases must be multiples of this (Loihi's netx: bias mantissa << 6).
+        max_neurons: most neurons in one layer.
+        max_fan_in: most synapses into one neuron.
+        fold_pool: the fan-in counted with the pooling folded into the kernel (C·(k+p−1)²), as a
+            target that folds it sees it; else C·k² (the IntegerLayer's fan_in).
+    """
+
+    target: str
+    weight_bits: int
+    threshold_max: int = 0
+    threshold_multiple: int = 1
+    bias_max: int = 0
+    bias_multiple: int = 1
+    max_neurons: int = 0
+    max_fan_in: int = 0
+    fold_pool: bool = False
+
+
+def folded_fan_in(layer: IntegerLayer) -> int:
+    """Synapses into one neuron when p×p sum-pooling is folded into a stride-p kernel."""
+    if layer.kind == "dense":
+        return layer.fan_in
+    side = layer.kernel + layer.pool - 1
+    return layer.in_channels * side * side
+
+
+def profile_limits(profile: ChipProfile, target: str) -> Limits:
+    """The limits a network's own profile promises (its registers)."""
+    return Limits(target=target, weight_bits=profile.weight_bits, threshold_max=profile.threshold_max,
+                  threshold_multiple=1 << profile.threshold_shift, bias_max=profile.bias_max,
+                  max_neurons=profile.max_neurons, max_fan_in=profile.max_fan_in)
+
+
+def check_fit(net: IntegerNetwork, limits: Limits) -> None:
+    """Raise :class:`ProfileError` naming the first layer (and the limit) that does not fit."""
+    shapes = net.shapes()
+    for i, (layer, shape) in enumerate(zip(net.layers, shapes), start=1):
+        where = f"layer {i} ({layer.name})"
+        w = np.asarray(layer.weight, dtype=np.int64)
+        wmax = (1 << (limits.weight_bits - 1)) - 1
+        big = int(np.abs(w).max(initial=0))
+        if big > wmax:
+            need = big.bit_length() + 1
+            raise ProfileError(
+                f"{where}: weights reach |{big}|, which needs {need}-bit two's complement; the "
+                f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
+                f"Compile the network for a {limits.weight_bits}-bit profile or choose a target with wider weights.")
+        theta = np.asarray(layer.threshold, dtype=np.int64)
+        if limits.threshold_max and int(theta.max(initial=0)) > limits.threshold_max:
+            raise ProfileError(
+                f"{where}: threshold {int(theta.max())} exceeds the {limits.target} target's largest "
+                f"threshold {limits.threshold_max}.")
+        if limits.threshold_multiple > 1 and np.any(theta % limits.threshold_multiple):
+            bad = int(theta[theta % limits.threshold_multiple != 0][0])
+            raise ProfileError(
+                f"{where}: threshold {bad} is not a multiple of {limits.threshold_multiple}, which the "
+                f"{limits.target} target needs (it stores threshold / {limits.threshold_multiple}).")
+        bias = np.asarray(layer.bias, dtype=np.int64)
+        if limits.bias_max and int(np.abs(bias).max(initial=0)) > limits.bias_max:
+            raise ProfileError(
+                f"{where}: bias |{int(np.abs(bias).max())}| exceeds the {limits.target} target's largest "
+                f"bias {limits.bias_max}.")
+        if limits.bias_multiple > 1 and np.any(bias % limits.bias_multiple):
+            bad = int(bias[bias % limits.bias_multiple != 0][0])
+            raise ProfileError(
+                f"{where}: bias {bad} is not a multiple of {limits.bias_multiple}, which the "
+                f"{limits.target} target needs (it stores bias / {limits.bias_multiple}).")
+        neurons = int(np.prod(shape))
+        if limits.max_neurons and neurons > limits.max_neurons:
+            raise ProfileError(
+                f"{where}: {neurons} neurons {tuple(shape)} exceed the {limits.target} target's limit of "
+                f"{limits.max_neurons} neurons per layer (max_neurons).")
+        fan_in = folded_fan_in(layer) if limits.fold_pool else layer.fan_in
+        if limits.max_fan_in and fan_in > limits.max_fan_in:
+            how = " with the pooling folded into the kernel" if limits.fold_pool and layer.pool > 1 else ""
+            raise ProfileError(
+                f"{where}: fan-in {fan_in}{how} exceeds the {limits.target} target's limit of "
+                f"{limits.max_fan_in} synapses per neuron (max_fan_in).")
+
+
+def check_profile_fit(net: IntegerNetwork, target: str) -> None:
+    """The network must obey its own profile's registers before any target writes it."""
+    check_fit(net, profile_limits(net.profile, target))
