@@ -88,7 +88,7 @@ def integer_network(job: ExportJob, profile: ChipProfile):
 def compile_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     """Summary rows of a compile report."""
     rows: list[tuple[str, Any]] = [
-        ("leak", f"{report['leak']['kind']} decay={report['leak']['decay']} "
+        ("leak", f"{report['leak']['kind']}, leak constant {report['leak']['decay']} "
                  f"(beta {report['leak']['beta']:.6g} -> {report['leak']['beta_integer']:.6g})")]
     for layer in report["layers"]:
         th = layer["threshold"]

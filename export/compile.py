@@ -285,7 +285,7 @@ def emit_integer_layers(plan: Plan) -> None:
         weight = lp.q << g.weight_mult_exp
         lp.layer = IntegerLayer(
             name=lp.name, kind=lp.source.kind, weight=weight.astype(dtype), pool=lp.source.pool,
-            current_shift=g.current_shift, threshold=g.theta, bias=g.bias, decay=plan.leak_const,
+            current_shift=g.current_shift, threshold=g.theta, bias=g.bias, leak_const=plan.leak_const,
             scale=g.unit.astype(np.float64), weight_exp=0)
 
 

@@ -29,12 +29,12 @@ def _shl(a: torch.Tensor, s: int) -> torch.Tensor:
     return a << s if s >= 0 else a >> (-s)  # >> on int64 is arithmetic: floor
 
 
-def _leak(u: torch.Tensor, decay: int, kind: str, bits: int) -> torch.Tensor:
+def _leak(u: torch.Tensor, leak_const: int, kind: str, bits: int) -> torch.Tensor:
     if kind == "mul":
-        return (u * decay) >> bits
+        return (u * leak_const) >> bits
     if kind == "shift":
-        return u - (u >> decay)
-    x = u * ((1 << bits) - decay)  # loihi: round toward zero
+        return u - (u >> leak_const)
+    x = u * ((1 << bits) - leak_const)  # loihi: round toward zero
     return torch.sign(x) * (x.abs() >> bits)
 
 
@@ -84,7 +84,7 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
     if not np.issubdtype(x_int.dtype, np.integer):
         raise InputError(f"x_int must hold integers (uint8 pixels or counts), got {x_int.dtype}")
     p = net.profile
-    k = p.synaptic_delay
+    delay = p.synaptic_delay
     L = len(net.layers)
     weights = [torch.from_numpy(np.asarray(l.weight, dtype=np.float64)) for l in net.layers]
     thetas, biases = [], []
@@ -107,15 +107,15 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
                 frame = xb if static else xb[:, t]
                 history[0].append(frame)
                 for i, layer in enumerate(net.layers):
-                    src = t - k
+                    src = t - delay
                     inp = history[i][src] if src >= 0 else torch.zeros((n, *in_shapes[i]), dtype=torch.float64)
                     acc = _synapse(layer, inp, weights[i])
                     cur = _shl(acc, layer.current_shift) + biases[i]
                     reset = (u[i] > thetas[i]).to(torch.int64)
                     if p.reset == "subtract":
-                        pre = _leak(u[i], layer.decay, p.leak, p.leak_bits) + cur - reset * thetas[i]
+                        pre = _leak(u[i], layer.leak_const, p.leak, p.leak_bits) + cur - reset * thetas[i]
                     else:
-                        pre = _leak((1 - reset) * u[i], layer.decay, p.leak, p.leak_bits) + cur
+                        pre = _leak((1 - reset) * u[i], layer.leak_const, p.leak, p.leak_bits) + cur
                     u[i] = _overflow(pre, p)
                     z = u[i] > thetas[i]
                     if i + 1 < L:
@@ -123,9 +123,9 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
                     rec[f"z{i + 1}"].append(z.to(torch.uint8))
                     if record:
                         rec[f"u{i + 1}"].append(u[i].clone())
-                for h in history:  # keep only what a delay of k still needs
-                    if len(h) > k:
-                        h[: len(h) - k - 1] = [None] * (len(h) - k - 1)  # type: ignore[list-item]
+                for h in history:  # keep only what the delay still needs
+                    if len(h) > delay:
+                        h[: len(h) - delay - 1] = [None] * (len(h) - delay - 1)  # type: ignore[list-item]
             for key in keys:
                 parts[key].append(torch.stack(rec[key]).numpy())
     return {key: np.concatenate(v, axis=1) for key, v in parts.items()}

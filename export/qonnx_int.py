@@ -90,15 +90,15 @@ def format_number(arr: np.ndarray) -> str:
 
 
 def _leak(b: _Builder, u: str, layer, profile, pre: str) -> str:
-    F = profile.leak_bits
+    bits = profile.leak_bits
     if profile.leak == "mul":
-        prod = b.op("Mul", [u, b.const(layer.decay)], prefix=pre)
-        return b.op("Floor", [b.op("Mul", [prod, b.const(2.0**-F)], prefix=pre)], prefix=pre + "leak_")
+        prod = b.op("Mul", [u, b.const(layer.leak_const)], prefix=pre)
+        return b.op("Floor", [b.op("Mul", [prod, b.const(2.0**-bits)], prefix=pre)], prefix=pre + "leak_")
     if profile.leak == "shift":
-        down = b.op("Floor", [b.op("Mul", [u, b.const(2.0**-layer.decay)], prefix=pre)], prefix=pre)
+        down = b.op("Floor", [b.op("Mul", [u, b.const(2.0**-layer.leak_const)], prefix=pre)], prefix=pre)
         return b.op("Sub", [u, down], prefix=pre + "leak_")
-    x = b.op("Mul", [u, b.const(2**F - layer.decay)], prefix=pre)
-    mag = b.op("Floor", [b.op("Mul", [b.op("Abs", [x], prefix=pre), b.const(2.0**-F)], prefix=pre)], prefix=pre)
+    x = b.op("Mul", [u, b.const(2**bits - layer.leak_const)], prefix=pre)
+    mag = b.op("Floor", [b.op("Mul", [b.op("Abs", [x], prefix=pre), b.const(2.0**-bits)], prefix=pre)], prefix=pre)
     return b.op("Mul", [b.op("Sign", [x], prefix=pre), mag], prefix=pre + "leak_")
 
 
@@ -159,7 +159,7 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
     defaults = {
         "dataset": "unknown", "slope": 0.0, "precision": "int", "quant_scale": "none", "batch_norm": False,
         "dropout": 0.0, "checkpoint_sha256": "",
-        "beta": effective_beta(layer0.decay, net.profile),
+        "beta": effective_beta(layer0.leak_const, net.profile),
         "threshold": float(layer0.threshold[0] * layer0.scale[0]),
         "reset": net.profile.reset, "weight_bits": net.profile.weight_bits,
     }
@@ -189,7 +189,7 @@ def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
         raise ExportError(f"profile {p.name!r}: membrane_bits + leak_bits = {p.membrane_bits + p.leak_bits} is too wide "
                           "for an exact float64 graph (at most 51)")
     b = _Builder()
-    k = p.synaptic_delay
+    delay = p.synaptic_delay
     shapes = [tuple(net.input_shape)] + net.shapes()
     inputs = [helper.make_tensor_value_info(INPUT, TensorProto.DOUBLE, ["N", *shapes[0]])]
     outputs_head = []
@@ -203,19 +203,19 @@ def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
         pre = f"{layer.name}/"
         li = i + 1
         inp = spikes
-        if k > 0:
+        if delay > 0:
             d = f"d{li}"
-            delay_in.append(helper.make_tensor_value_info(d, TensorProto.DOUBLE, ["N", k, *shapes[i]]))
+            delay_in.append(helper.make_tensor_value_info(d, TensorProto.DOUBLE, ["N", delay, *shapes[i]]))
             inp = b.op("Gather", [d, b.const(np.int64(0), dtype=np.int64)], prefix=pre + "delayed_", axis=1)
             newest = b.op("Unsqueeze", [spikes, b.const(np.array([1], np.int64), dtype=np.int64)], prefix=pre)
-            if k == 1:
+            if delay == 1:
                 b.op("Identity", [newest], out=f"{d}_out", prefix=pre)
             else:
                 rest = b.op("Slice", [d, b.const(np.array([1], np.int64), dtype=np.int64),
-                                      b.const(np.array([k], np.int64), dtype=np.int64),
+                                      b.const(np.array([delay], np.int64), dtype=np.int64),
                                       b.const(np.array([1], np.int64), dtype=np.int64)], prefix=pre)
                 b.op("Concat", [rest, newest], out=f"{d}_out", prefix=pre, axis=1)
-            delay_out.append(helper.make_tensor_value_info(f"{d}_out", TensorProto.DOUBLE, ["N", k, *shapes[i]]))
+            delay_out.append(helper.make_tensor_value_info(f"{d}_out", TensorProto.DOUBLE, ["N", delay, *shapes[i]]))
         acc, fact = _synapse(b, inp, layer, in_max if i == 0 else 1, pre)
         if layer.weight_exp:  # shl(acc, weight_exp): exact for e ≥ 0, floor for e < 0
             acc = b.op("Mul", [acc, b.const(2.0**layer.weight_exp)], prefix=pre)
@@ -313,7 +313,7 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
             layers.append(IntegerLayer(
                 name=name, kind=ls["kind"], weight=np.ascontiguousarray(w).astype(dtype), pool=int(ls["pool"]),
                 current_shift=int(ls["current_shift"]), threshold=arrays["threshold"].reshape(-1),
-                bias=arrays["bias"].reshape(-1), decay=int(ls["decay"]),
+                bias=arrays["bias"].reshape(-1), leak_const=int(ls["decay"]),
                 scale=np.asarray(ls["scale"], dtype=np.float64), weight_exp=int(ls.get("weight_exp", 0))))
         net_meta = {k: v for k, v in meta.items() if k not in ("profile", "network")}
         return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=tuple(spec["input_shape"]),
@@ -331,6 +331,6 @@ def network_spec(net: IntegerNetwork) -> dict[str, Any]:
         "input_shape": list(net.input_shape), "num_steps": net.num_steps, "encoding": net.encoding,
         "classes": list(net.classes),
         "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "current_shift": l.current_shift,
-                    "decay": l.decay, "weight_exp": l.weight_exp, "scale": [float(v) for v in l.scale],
+                    "decay": l.leak_const, "weight_exp": l.weight_exp, "scale": [float(v) for v in l.scale],
                     "out_channels": l.out_channels} for l in net.layers],
     })

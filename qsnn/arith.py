@@ -186,5 +186,5 @@ def int_lif_step(acc, state: IntLIFState, layer: "IntegerLayer", profile: "ChipP
     """
     acc = np.asarray(acc, dtype=np.int64)
     theta = per_channel(layer.threshold, acc.ndim)
-    u = overflow(pre_overflow(state.u, synaptic_current(acc, layer), theta, layer.decay, profile), profile)
+    u = overflow(pre_overflow(state.u, synaptic_current(acc, layer), theta, layer.leak_const, profile), profile)
     return (u > theta).astype(np.uint8), IntLIFState(u)

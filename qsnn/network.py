@@ -50,11 +50,11 @@ def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
     w = np.asarray(weight, dtype=np.int64)
     if pool == 1:
         return w
-    o, c, k, _ = w.shape
-    out = np.zeros((o, c, k + pool - 1, k + pool - 1), dtype=np.int64)
+    o, c, side, _ = w.shape
+    out = np.zeros((o, c, side + pool - 1, side + pool - 1), dtype=np.int64)
     for i in range(pool):
         for j in range(pool):
-            out[:, :, i:i + k, j:j + k] += w
+            out[:, :, i:i + side, j:j + side] += w
     return out
 
 
@@ -71,7 +71,8 @@ class IntegerLayer:
             arithmetic right shift, floor).
         threshold: θ_c per output channel, int64, on the membrane grid.
         bias: b_c per output channel, int64, on the membrane grid, added every step.
-        decay: the leak constant: m for ``mul``, d for ``shift``, dv for ``loihi``.
+        leak_const: the integer leak constant L: m for ``mul``, d for ``shift``, dv for ``loihi``
+            (:func:`qsnn.arith.leak_const_of`; the files qsnn writes call it ``decay``).
         scale: real membrane value of one grid unit per output channel (float64, > 0).
         weight_exp: exponent of the weights (Loihi), the synaptic sum being ``acc · 2^weight_exp``
             before the shift; 0 elsewhere.
@@ -84,7 +85,7 @@ class IntegerLayer:
     current_shift: int
     threshold: np.ndarray
     bias: np.ndarray
-    decay: int
+    leak_const: int
     scale: np.ndarray
     weight_exp: int = 0
 

@@ -206,7 +206,7 @@ class _Layer:
         theta_max = int(theta.max(initial=0))
         # worst-case magnitudes: leak never grows |u| (m ≤ 2^F), so the pre-sat sum is bounded by
         self.pre_bound = mem + cur_bound + int(np.abs(bias).max(initial=0)) + theta_max
-        product = mem * max(1 << profile.leak_bits, int(layer.decay)) if profile.leak != "shift" else mem
+        product = mem * max(1 << profile.leak_bits, int(layer.leak_const)) if profile.leak != "shift" else mem
         # the raw sums land in the state dtype before their shift, so they must fit it too
         worst = max(self.pre_bound, product, cur_bound + int(np.abs(bias).max(initial=0)), self.sum_bound)
         if worst < 2**31 - 1:
@@ -218,7 +218,7 @@ class _Layer:
                              f"int64 (membrane {profile.membrane_bits} bits, leak {profile.leak_bits} bits)")
         self.theta = theta.astype(self.state_dtype)
         self.bias = bias.astype(self.state_dtype)
-        self.decay = int(layer.decay)
+        self.leak_const = int(layer.leak_const)
         self.sign_shift = self.state_dtype.itemsize * 8 - 1
         self.round_mask = (1 << profile.leak_bits) - 1
         self.fanout = self._fanout()
@@ -229,7 +229,7 @@ class _Layer:
 
     def _check_constants(self) -> None:
         p, layer = self.profile, self.layer
-        d = int(layer.decay)
+        d = int(layer.leak_const)
         if p.leak in ("mul", "loihi") and not 0 <= d <= (1 << p.leak_bits):
             raise NetworkError(f"layer {layer.name}: {p.leak} leak constant {d} outside [0, 2^{p.leak_bits}]")
         if p.leak == "shift" and not 0 <= d <= 62:
@@ -241,11 +241,11 @@ class _Layer:
         if layer.kind == "dense":
             return np.full(int(np.prod(self.in_shape)), layer.out_channels, dtype=np.int64)
         _, h, w = self.in_shape
-        k, p = layer.kernel, layer.pool
+        side, p = layer.kernel, layer.pool
         ho, wo = self.out_shape[1], self.out_shape[2]
 
         def reach(size: int, used: int) -> np.ndarray:       # conv outputs in the pooled area a row reaches
-            pos = np.arange(size)[:, None] - np.arange(k)[None, :]
+            pos = np.arange(size)[:, None] - np.arange(side)[None, :]
             return ((pos >= 0) & (pos < used)).sum(axis=1)
 
         fan = layer.out_channels * reach(h, ho * p)[:, None] * reach(w, wo * p)[None, :]
@@ -277,8 +277,8 @@ class _Layer:
                 out[s0:s0 + samples_per] = xs.reshape(len(xs), -1) @ self.kernel
             else:
                 ho, wo, _ = self.out_nhwc
-                k, p = self.window, self.stride
-                win = sliding_window_view(xs, (k, k), axis=(1, 2))[:, ::p, ::p][:, :ho, :wo]
+                side, p = self.window, self.stride
+                win = sliding_window_view(xs, (side, side), axis=(1, 2))[:, ::p, ::p][:, :ho, :wo]
                 # im2col (m·Ho·Wo, K·K·C): channels innermost, so each copied run is contiguous
                 cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, self.cols)
                 out[s0:s0 + samples_per] = (cols @ self.kernel).reshape(len(xs), ho, wo, o)
@@ -310,13 +310,13 @@ class _Layer:
                 np.invert(fired, out=fired)
                 u = u & fired                                 # (1 − r_t)·u_{t−1}
             if p.leak == "mul":
-                v = u * self.decay
+                v = u * self.leak_const
                 v >>= p.leak_bits                             # floor
             elif p.leak == "shift":
-                v = u >> self.decay
+                v = u >> self.leak_const
                 np.subtract(u, v, out=v)                      # u − (u >> d), floor
             else:                                             # loihi: sign(x)·(|x| >> F), toward zero
-                v = u * ((1 << p.leak_bits) - self.decay)
+                v = u * ((1 << p.leak_bits) - self.leak_const)
                 v += (v >> sign) & self.round_mask
                 v >>= p.leak_bits
             v += cur[t]
@@ -391,7 +391,7 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     x = np.asarray(x)
-    profile, T, k = net.profile, net.num_steps, net.profile.synaptic_delay
+    profile, T, delay = net.profile, net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"
     in_max = int(x.max()) if x.size else 0
     layers: list[_Layer] = []
@@ -422,7 +422,7 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
     try:
         for b0 in range(0, N, batch_size):
             xb = x[b0:b0 + batch_size]
-            _run_batch(layers, stats, xb, T, k, static, counts[b0:b0 + len(xb)],
+            _run_batch(layers, stats, xb, T, delay, static, counts[b0:b0 + len(xb)],
                        spikes, membranes, b0)
             if bar is not None:
                 bar.update(len(xb))
@@ -451,11 +451,11 @@ def _time_chunk(layers: list[_Layer], batch: int, T: int) -> int:
     return int(max(1, min(T, CHUNK_BYTES // max(1, per_step))))
 
 
-def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: int, k: int, static: bool,
+def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: int, delay: int, static: bool,
                counts: np.ndarray, spikes: dict | None, membranes: dict | None, b0: int) -> None:
     B = len(xb)
     tc = _time_chunk(layers, B, T)
-    # state per layer: membrane, last spikes, delay line of its input (the last k input steps)
+    # state per layer: membrane, last spikes, delay line of its input (its last `delay` input steps)
     u = [np.zeros((B, *el.out_nhwc), dtype=el.state_dtype) for el in layers]
     fired = [np.zeros((B, *el.out_nhwc), dtype=el.state_dtype) for el in layers]
     tails: list[np.ndarray | None] = [None] * len(layers)
@@ -464,14 +464,14 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         xs = xb.reshape(B, *first.in_shape)
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
         cur_static = first.currents(np.ascontiguousarray(x_in))
-        if k < T:
+        if delay < T:
             _update_current_range(accs[0], cur_static)
             if first.layer.kind == "conv":
                 synops = int(((x_in != 0) * first.fanout[..., None]).sum())
             else:
                 synops = int(np.count_nonzero(x_in)) * first.layer.out_channels
-            accs[0].synops += synops * (T - k)
-        if k > 0:
+            accs[0].synops += synops * (T - delay)
+        if delay > 0:
             _update_current_range(accs[0], np.zeros(1, dtype=np.int64))
         cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
@@ -481,16 +481,16 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         prev_out: np.ndarray | None = None
         for li, (el, acc) in enumerate(zip(layers, accs)):
             if li == 0 and static:
-                cur = [cur_static if t >= k else bias_only for t in range(t0, t1)]
+                cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)]
             else:
                 if li == 0:
                     frames = np.moveaxis(xb[:, t0:t1], 1, 0)      # (n, B, C, H, W) events
                     src = _to_nhwc(frames) if len(el.in_shape) == 3 else frames.reshape(n, B, -1)
                 else:
                     src = prev_out
-                if k > 0:
+                if delay > 0:
                     if tails[li] is None:
-                        tails[li] = np.zeros((k, *src.shape[1:]), dtype=src.dtype)
+                        tails[li] = np.zeros((delay, *src.shape[1:]), dtype=src.dtype)
                     joined = np.concatenate([tails[li], src])
                     src, tails[li] = joined[:n], joined[n:]
                 src = np.ascontiguousarray(src)

@@ -24,12 +24,12 @@ def synaptic_sum(layer, z_in: np.ndarray) -> np.ndarray:
     if layer.kind == "dense":
         acc = z.reshape(len(z), -1) @ w.T
     else:
-        k, p = layer.kernel, layer.pool
+        side, p = layer.kernel, layer.pool
         b, _, h, wd = z.shape
-        hc, wc = h - k + 1, wd - k + 1
+        hc, wc = h - side + 1, wd - side + 1
         conv = np.zeros((b, w.shape[0], hc, wc), dtype=np.int64)
-        for a in range(k):
-            for c in range(k):
+        for a in range(side):
+            for c in range(side):
                 # conv[b, o, i, j] += Σ_ci w[o, ci, a, c] · z[b, ci, i + a, j + c]
                 conv += np.einsum("oi,bihw->bohw", w[:, :, a, c], z[:, :, a:a + hc, c:c + wc])
         hp, wp = hc // p, wc // p

@@ -214,7 +214,7 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
              f"complement, added to the membrane every step"]))
         leak_text = (f"m of u <- (m*u) >> {p.leak_bits} (floor)" if p.leak == "mul" else "d of u <- u - (u >> d) (floor)")
         (folder / l_name).write_text(format_mem(
-            [int(layer.decay)], _leak_width(net),
+            [int(layer.leak_const)], _leak_width(net),
             [f"qsnn fpga leak, layer {i} ({layer.name}): {leak_text}, {_leak_width(net)}-bit unsigned"]))
         layers_out.append({
             "prefix": prefix,
@@ -238,7 +238,7 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
             "bias_memory": {"file": b_name, "depth": layer.out_channels, "width": p.bias_bits,
                             "encoding": "two's complement"},
             "leak_memory": {"file": l_name, "depth": 1, "width": _leak_width(net), "kind": p.leak,
-                            "encoding": "unsigned", "value": int(layer.decay)},
+                            "encoding": "unsigned", "value": int(layer.leak_const)},
         })
         c_layers.append({"prefix": prefix, "layer": layer, "words": words, "pad": pad})
     (folder / "qsnn_model.h").write_text(c_header(net, c_layers, wb, word))
@@ -353,7 +353,7 @@ def c_header(net: IntegerNetwork, layers: list[dict[str, Any]], weight_bits: int
             f"#define {pre}_KERNEL {layer.kernel}",
             f"#define {pre}_POOL {layer.pool}",
             f"#define {pre}_CURRENT_SHIFT ({layer.current_shift})",
-            f"#define {pre}_LEAK {int(layer.decay)}",
+            f"#define {pre}_LEAK {int(layer.leak_const)}",
             f"#define {pre}_OUT_H {shape[1] if len(shape) == 3 else 1}",
             f"#define {pre}_OUT_W {shape[2] if len(shape) == 3 else 1}",
             f"#define {pre}_WEIGHT_COUNT {layer.weight.size}",

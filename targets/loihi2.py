@@ -202,7 +202,7 @@ def _neuron(group, layer: IntegerLayer) -> None:
     theta = np.asarray(layer.threshold, dtype=np.int64) >> LAVA_SHIFT
     group.create_dataset("type", data="CUBA")
     group.create_dataset("iDecay", data=np.int64(I_DECAY))
-    group.create_dataset("vDecay", data=np.int64(layer.decay))
+    group.create_dataset("vDecay", data=np.int64(layer.leak_const))
     if np.all(theta == theta[0]):
         group.create_dataset("vThMant", data=np.int64(theta[0]))
     else:
@@ -274,8 +274,9 @@ def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
             extra = g.create_group("qsnn")
             extra.create_dataset("name", data=layer.name)
             extra.create_dataset("kind", data=layer.kind)
-            for key in ("pool", "current_shift", "weight_exp", "decay"):
-                extra.create_dataset(key, data=np.int64(getattr(layer, key)))
+            for key, value in (("pool", layer.pool), ("current_shift", layer.current_shift),
+                               ("weight_exp", layer.weight_exp), ("decay", layer.leak_const)):   # "decay": format 1's name
+                extra.create_dataset(key, data=np.int64(value))
             extra.create_dataset("kernel", data=np.int64(layer.kernel))
             extra.create_dataset("lava_weight_exp", data=np.int64(min(weight_shift(layer), 0)))
             extra.create_dataset("threshold", data=np.asarray(layer.threshold, dtype=np.int64))
@@ -293,7 +294,7 @@ def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
                 "weight_mantissa": {"max_abs": m, "exponent": z, "bits": LOIHI2.weight_bits},
                 "fan_in_folded": folded_fan_in(layer),
                 "pool_folded": layer.kind == "conv" and layer.pool > 1,
-                "neuron": {"type": "CUBA", "iDecay": I_DECAY, "vDecay": int(layer.decay),
+                "neuron": {"type": "CUBA", "iDecay": I_DECAY, "vDecay": int(layer.leak_const),
                            "vThMant": int(theta[0]) if uniform else [int(t) for t in theta],
                            "refDelay": 1, "gradedSpike": False},
                 "bias_mantissa_range": [int(bias.min()), int(bias.max())],

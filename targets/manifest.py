@@ -60,7 +60,7 @@ def layer_record(index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out
         "pool": int(layer.pool),
         "current_shift": int(layer.current_shift),
         "weight_exp": int(layer.weight_exp),
-        "decay": int(layer.decay),
+        "decay": int(layer.leak_const),                 # the leak constant (key kept from format 1)
         "threshold_range": [int(theta.min()), int(theta.max())],
         "bias_range": [int(bias.min()), int(bias.max())],
         "scale": [float(s) for s in np.asarray(layer.scale, dtype=np.float64)],
@@ -68,7 +68,7 @@ def layer_record(index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out
 
 
 def layer_from_parts(record: Mapping[str, Any], weight: np.ndarray, threshold: np.ndarray, bias: np.ndarray,
-                     decay: int, scale: Any = None, **overrides: Any) -> IntegerLayer:
+                     leak_const: int, scale: Any = None, **overrides: Any) -> IntegerLayer:
     """An :class:`IntegerLayer` from a manifest record plus the tables a reader parsed."""
     fields = dict(
         name=str(record["name"]), kind=str(record["kind"]),
@@ -76,7 +76,7 @@ def layer_from_parts(record: Mapping[str, Any], weight: np.ndarray, threshold: n
                int(np.abs(weight).max(initial=0)) < 128 else np.int64),
         pool=int(record["pool"]), current_shift=int(record["current_shift"]),
         threshold=np.asarray(threshold, dtype=np.int64), bias=np.asarray(bias, dtype=np.int64),
-        decay=int(decay),
+        leak_const=int(leak_const),
         scale=np.asarray(record["scale"] if scale is None else scale, dtype=np.float64),
         weight_exp=int(record.get("weight_exp", 0)),
     )

@@ -59,7 +59,7 @@ GRAPH_FORMAT_VERSION = 1
 
 def beta_of(net: IntegerNetwork, layer: IntegerLayer) -> float:
     """The real leak factor β of a layer's integer leak constant (:func:`qsnn.arith.effective_beta`)."""
-    return effective_beta(int(layer.decay), net.profile)
+    return effective_beta(int(layer.leak_const), net.profile)
 
 
 def differences(net: IntegerNetwork) -> list[str]:
@@ -156,7 +156,7 @@ def build_graph(net: IntegerNetwork):
         records.append({
             "name": layer.name, "kind": layer.kind, "nodes": names, "weight_shape": list(layer.weight.shape),
             "pool": int(layer.pool), "current_shift": int(layer.current_shift), "weight_exp": int(layer.weight_exp),
-            "decay": int(layer.decay), "beta": beta, "threshold": theta.tolist(),
+            "decay": int(layer.leak_const), "beta": beta, "threshold": theta.tolist(),
             "bias": np.asarray(layer.bias, dtype=np.int64).tolist(),
             "normaliser": norm.astype(np.int64).tolist(), "synapse_gain": gain,
             "scale": [float(s) for s in np.asarray(layer.scale, dtype=np.float64)],
@@ -186,7 +186,7 @@ def check(net: IntegerNetwork) -> None:
         beta = beta_of(net, layer)
         if not 0.0 <= beta <= 1.0:
             raise ProfileError(f"nir: layer {i} ({layer.name}): leak factor beta={beta} outside [0, 1] "
-                               f"(leak constant {layer.decay}); NIR's LIF needs 0 <= beta <= 1")
+                               f"(leak constant {layer.leak_const}); NIR's LIF needs 0 <= beta <= 1")
 
 
 def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:

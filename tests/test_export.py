@@ -232,8 +232,8 @@ def test_read_integer_qonnx_round_trip(exported, tmp_path):
         assert back.profile == net.profile and back.num_steps == net.num_steps and back.classes == net.classes
         assert back.input_shape == net.input_shape and back.encoding == net.encoding
         for a, b in zip(net.layers, back.layers):
-            assert (a.name, a.kind, a.pool, a.current_shift, a.decay, a.weight_exp) == \
-                   (b.name, b.kind, b.pool, b.current_shift, b.decay, b.weight_exp)
+            assert (a.name, a.kind, a.pool, a.current_shift, a.leak_const, a.weight_exp) == \
+                   (b.name, b.kind, b.pool, b.current_shift, b.leak_const, b.weight_exp)
             for field in ("weight", "threshold", "bias", "scale"):
                 assert np.array_equal(getattr(a, field), getattr(b, field)), (a.name, field)
         assert back.metadata["compile_report"] == net.metadata["compile_report"]

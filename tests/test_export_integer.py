@@ -39,7 +39,7 @@ def random_net(profile: ChipProfile, *, seed: int = 0, encoding: str = "static",
         layers.append(IntegerLayer(
             name=name, kind=kind, weight=rng.integers(-wmax, wmax + 1, size=shape).astype(np.int16), pool=pool,
             current_shift=s, threshold=theta, bias=rng.integers(-15, 16, size=out).astype(np.int64),
-            decay={"mul": 3700, "shift": 3, "loihi": 400}[profile.leak], scale=np.full(out, 0.01),
+            leak_const={"mul": 3700, "shift": 3, "loihi": 400}[profile.leak], scale=np.full(out, 0.01),
             weight_exp=weight_exp if i == 1 else 0))
     return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=(c_in, 14, 14), num_steps=T,
                           encoding=encoding, classes=("a", "b", "c"), metadata={"dataset": "handmade"})
@@ -100,7 +100,7 @@ def test_synaptic_delay_shifts_each_layer_by_k_steps():
     k, T = 2, 12
     base = random_net(FPGA, T=T)
     unbiased = tuple(IntegerLayer(l.name, l.kind, l.weight, l.pool, l.current_shift, l.threshold,
-                                  np.zeros_like(l.bias), l.decay, l.scale) for l in base.layers)
+                                  np.zeros_like(l.bias), l.leak_const, l.scale) for l in base.layers)
     plain = IntegerNetwork(unbiased, FPGA, base.input_shape, T, "static", base.classes)
     delayed = IntegerNetwork(unbiased, FPGA.replace(synaptic_delay=k), base.input_shape, T, "static", base.classes)
     x = random_input(plain, 8)

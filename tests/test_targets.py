@@ -67,8 +67,8 @@ def assert_same_network(a: IntegerNetwork, b: IntegerNetwork) -> None:
     assert (a.num_steps, a.encoding, tuple(a.classes)) == (b.num_steps, b.encoding, tuple(b.classes))
     assert len(a.layers) == len(b.layers)
     for la, lb in zip(a.layers, b.layers):
-        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.decay) == \
-               (lb.name, lb.kind, lb.pool, lb.current_shift, lb.weight_exp, lb.decay)
+        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.leak_const) == \
+               (lb.name, lb.kind, lb.pool, lb.current_shift, lb.weight_exp, lb.leak_const)
         assert la.weight.shape == lb.weight.shape
         assert np.array_equal(la.weight.astype(np.int64), lb.weight.astype(np.int64))
         assert np.array_equal(la.threshold, lb.threshold)
@@ -173,7 +173,7 @@ def check_fpga_files(folder: Path, net: IntegerNetwork) -> None:
         bias_codes = parse_mem_words((folder / rec["bias_memory"]["file"]).read_text())
         bb = rec["bias_memory"]["width"]
         assert [c - (1 << bb) if c >= 1 << (bb - 1) else c for c in bias_codes] == [int(b) for b in layer.bias]
-        assert parse_mem_words((folder / rec["leak_memory"]["file"]).read_text()) == [int(layer.decay)]
+        assert parse_mem_words((folder / rec["leak_memory"]["file"]).read_text()) == [int(layer.leak_const)]
 
 
 @pytest.mark.parametrize("word_bits", [8, 16, 32, 64, 128, 36])
@@ -292,7 +292,7 @@ def test_loihi2_netx_layout(tmp_path):
             n = g["neuron"]
             assert n["type"][()].decode() == "CUBA"
             assert int(n["iDecay"][()]) == 4096                 # du = iDecay - 1 = 4095
-            assert int(n["vDecay"][()]) == layer.decay
+            assert int(n["vDecay"][()]) == layer.leak_const
             assert int(n["vThMant"][()]) == int(layer.threshold[0]) >> 6
             assert int(n["refDelay"][()]) == 1 and not bool(n["gradedSpike"][()])
             assert list(g["shape"][()]) == list(net.shapes()[net.layers.index(layer)])
@@ -346,7 +346,7 @@ def test_nir_graph_nodes_and_metadata(tmp_path):
                      "conv2": "Conv2d", "conv2_pool": "AvgPool2d", "conv2_lif": "LIF", "fc_flatten": "Flatten",
                      "fc": "Affine", "fc_lif": "LIF", "output": "Output"}
     dt = 1e-4
-    beta = net.layers[0].decay / 4096
+    beta = net.layers[0].leak_const / 4096
     lif = graph.nodes["conv1_lif"]
     assert lif.tau.shape == (4, 6, 6)                      # per-neuron parameters
     assert np.allclose(1 - dt / lif.tau, beta) and np.allclose(lif.r * dt / lif.tau, 1.0)

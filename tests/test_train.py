@@ -31,7 +31,7 @@ def test_lif_step_matches_equations_by_hand():
     u = LIFState(torch.zeros(1))
     trace = []
     for current in (0.6, 0.6, 0.6, 0.0, 0.0):
-        z, u = lif_step(torch.tensor([current]), u, beta, theta, k=5.0)
+        z, u = lif_step(torch.tensor([current]), u, beta, theta, slope=5.0)
         trace.append((float(z), float(u.u)))
     # u1 = 0.6; u2 = 0.3 + 0.6 = 0.9; u3 = 0.45 + 0.6 = 1.05 > 1 → spike;
     # u4 = 0.525 + 0 − 1 (reset from u3 > θ) = −0.475; u5 = −0.2375
@@ -41,7 +41,7 @@ def test_lif_step_matches_equations_by_hand():
 
 
 def test_threshold_is_strict():
-    z, _ = lif_step(torch.tensor([1.0]), LIFState(torch.zeros(1)), torch.tensor(0.0), torch.tensor(1.0), k=1.0)
+    z, _ = lif_step(torch.tensor([1.0]), LIFState(torch.zeros(1)), torch.tensor(0.0), torch.tensor(1.0), slope=1.0)
     assert float(z) == 0.0  # u == θ does not spike
 
 

@@ -32,15 +32,15 @@ class FastSigmoidSpike(torch.autograd.Function):
     """z = [U > 0] forward; ∂z/∂U = 1 / (1 + k|U|)² backward (eq. 5)."""
 
     @staticmethod
-    def forward(ctx, U: torch.Tensor, k: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, U: torch.Tensor, slope: float) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(U)
-        ctx.k = k
+        ctx.slope = slope
         return (U > 0).to(U.dtype)
 
     @staticmethod
     def backward(ctx, grad_z: torch.Tensor):  # type: ignore[override]
         (U,) = ctx.saved_tensors
-        return grad_z / (ctx.k * torch.abs(U) + 1.0) ** 2, None
+        return grad_z / (ctx.slope * torch.abs(U) + 1.0) ** 2, None
 
 
 def lif_step(
@@ -48,12 +48,13 @@ def lif_step(
     state: LIFState,
     beta: torch.Tensor,
     theta: torch.Tensor,
-    k: float,
+    slope: float,
     reset: str = "subtract",
 ) -> tuple[torch.Tensor, LIFState]:
     """One time step: returns (z_t, LIFState(u_t)) given I_t and u_{t-1}.
 
-    ``beta`` and ``theta`` are float32 scalar tensors, as snnTorch stores them.
+    ``beta`` and ``theta`` are float32 scalar tensors, as snnTorch stores them; ``slope`` is k of the
+    surrogate gradient. The integer twin of this step is :func:`qsnn.arith.int_lif_step`.
     """
     u_prev = state.u
     r = (u_prev - theta > 0).to(u_prev.dtype)  # detached: a comparison carries no gradient
@@ -63,7 +64,7 @@ def lif_step(
         u = beta.clamp(0, 1) * ((1 - r) * u_prev) + I
     else:
         raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
-    z = FastSigmoidSpike.apply(u - theta, k)
+    z = FastSigmoidSpike.apply(u - theta, slope)
     return z, LIFState(u)
 
 
@@ -71,7 +72,7 @@ def lif_scan(
     I_seq: torch.Tensor,
     beta: torch.Tensor,
     theta: torch.Tensor,
-    k: float,
+    slope: float,
     reset: str = "subtract",
     u0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +83,7 @@ def lif_scan(
     state = LIFState(torch.zeros_like(I_seq[0]) if u0 is None else u0)
     zs, us = [], []
     for I in I_seq:
-        z, state = lif_step(I, state, beta, theta, k, reset)
+        z, state = lif_step(I, state, beta, theta, slope, reset)
         zs.append(z)
         us.append(state.u)
     return torch.stack(zs), torch.stack(us)
