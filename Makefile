@@ -21,7 +21,7 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install demo test train bench clean
+.PHONY: install demo test test-fast train bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fast tier while editing (under two minutes on 2 CPU cores): everything but the tests marked
+# slow (training, killed processes, Lava, RTL simulators, qonnx's node-by-node executor).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 train: install
 	$(BIN)/qsnn-train run --dataset $(DATASET) --precision $(PRECISION) --schedule $(SCHEDULE) \

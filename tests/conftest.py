@@ -19,6 +19,17 @@ from fixtures import synthetic_checkpoint, write_dvsgesture_fixture
 # Two cores shared by everything: keep torch from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+#: Fixtures that train a model: every test that uses one (directly or through another fixture) is
+#: ``slow``, so ``make test-fast`` (``-m "not slow"``) leaves it out; ``make test`` runs everything.
+TRAINING_FIXTURES = ("trained_run", "float_onnx", "demo_run")
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in TRAINING_FIXTURES):
+            item.add_marker(slow)
+
 TINY = dict(num_steps=8, epochs=2, subset=800, val_subset=100, batch_size=64, patience=5, cosine_period_epochs=2.0)
 
 

@@ -71,17 +71,19 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_integer_graph_equals_integer_torch(name, tmp_path):
+def exported_variant(name: str, tmp_path):
+    """(profile, input, the variant's integer graph, run_integer_torch's result) of a VARIANTS network."""
     profile = VARIANTS[name]
     net = random_net(profile, theta_scale=64.0 if profile.name == "loihi2" else 1.0,
                      shifts=(0, 6, 6) if profile.name == "loihi2" else (-3, 1, 3), T=10)
     x = random_input(net, 24)
-    path = export_integer(net, tmp_path / f"{name}.onnx")
-    ref = run_integer_torch(net, x, record=True, batch_size=10)
+    return profile, x, export_integer(net, tmp_path / f"{name}.onnx"), run_integer_torch(net, x, record=True, batch_size=10)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_integer_graph_equals_integer_torch(name, tmp_path):
+    profile, x, path, ref = exported_variant(name, tmp_path)
     assert_same(run_integer_onnx(path, x, engine="ort", record=True), ref)
-    if name in ("fpga", "wrap", "loihi2"):  # qonnx's executor: slow, the same kernels for standard ops
-        assert_same(run_integer_onnx(path, x[:3], engine="qonnx", record=True), {k: v[:, :3] for k, v in ref.items()})
     for i in (1, 2, 3):
         u = ref[f"u{i}"]
         assert u.min() >= profile.membrane_min and u.max() <= profile.membrane_max
@@ -93,6 +95,14 @@ def test_integer_graph_equals_integer_torch(name, tmp_path):
     if name == "wrap":  # the wrapped run differs from the saturating one
         sat = run_integer_torch(random_net(VARIANTS["saturate-narrow"], T=10), x, record=True)
         assert not np.array_equal(sat["u1"], ref["u1"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fpga", "wrap", "loihi2"])
+def test_integer_graph_under_the_qonnx_executor_equals_integer_torch(name, tmp_path):
+    """qonnx's node-by-node executor (slow; the same kernels as onnxruntime for standard ops)."""
+    _, x, path, ref = exported_variant(name, tmp_path)
+    assert_same(run_integer_onnx(path, x[:3], engine="qonnx", record=True), {k: v[:, :3] for k, v in ref.items()})
 
 
 def test_synaptic_delay_shifts_each_layer_by_k_steps():

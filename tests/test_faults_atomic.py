@@ -95,6 +95,7 @@ def half_run(tmp_path_factory) -> tuple[TrainConfig, Path]:
 
 @pytest.mark.parametrize("name", ["last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "training.png",
                                   "metrics.json"])
+@pytest.mark.slow
 def test_failed_publish_of_a_run_file_keeps_the_previous_one(half_run, tmp_path, monkeypatch, name):
     from qsnn.train.loop import RUN_FILES, train
 
@@ -115,6 +116,7 @@ def test_failed_publish_of_a_run_file_keeps_the_previous_one(half_run, tmp_path,
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_writer_failing_midway_keeps_the_previous_checkpoint_and_log(half_run, tmp_path, monkeypatch):
     _, base = half_run
     ckpt, log = tmp_path / "last.pt", tmp_path / "log.json"
@@ -230,6 +232,7 @@ def test_target_tables(tmp_path, monkeypatch, target):
 # Study tables and figures
 
 
+@pytest.mark.slow
 def test_study_tables_and_figures(tmp_path, monkeypatch):
     from qsnn.train.loop import train
     from qsnn.train.study import REPORT_FILES, plan, write_report

@@ -45,6 +45,8 @@ HOOKED_KILLS = (
 RANDOM_KILLS = 2
 WAIT_S = 120
 
+pytestmark = pytest.mark.slow   # real training processes, killed and resumed
+
 
 def _start(out: Path, log: Path, *, resume: bool, pause: tuple[str, Path] | None = None) -> subprocess.Popen:
     """qsnn-train in a new process; with ``pause=("NAME#K", marker)`` that write stops half way."""

@@ -248,6 +248,7 @@ def _tiny_cfg(**kw):
     return TrainConfig.from_preset("mnist5k", "int4", **{**base, **kw})
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     from qsnn.train.loop import train
 
@@ -273,6 +274,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     assert full["test_acc"] == resumed["test_acc"]
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     from qsnn.train.loop import train
 
@@ -284,6 +286,7 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     assert (tmp_path / "best.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_early_stopping_uses_validation_and_keeps_best(tmp_path):
     from qsnn.train.loop import train
 
@@ -350,6 +353,7 @@ def test_cli_help_documents_every_option():
         assert opt in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_demo_settings_yield_to_given_options(tmp_path):
     """`--demo` starts from qsnn.config.DEMO (what `make demo` trains); options on the command line win."""
     import json
