@@ -74,26 +74,9 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
                 f"{where}: weights reach |{big}|, which needs {need}-bit two's complement; the "
                 f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
                 f"Compile the network for a {limits.weight_bits}-bit profile or choose a target with wider weights.")
-        theta = np.asarray(layer.threshold, dtype=np.int64)
-        if limits.threshold_max and int(theta.max(initial=0)) > limits.threshold_max:
-            raise ProfileError(
-                f"{where}: threshold {int(theta.max())} exceeds the {limits.target} target's largest "
-                f"threshold {limits.threshold_max}.")
-        if limits.threshold_multiple > 1 and np.any(theta % limits.threshold_multiple):
-            bad = int(theta[theta % limits.threshold_multiple != 0][0])
-            raise ProfileError(
-                f"{where}: threshold {bad} is not a multiple of {limits.threshold_multiple}, which the "
-                f"{limits.target} target needs (it stores threshold / {limits.threshold_multiple}).")
-        bias = np.asarray(layer.bias, dtype=np.int64)
-        if limits.bias_max and int(np.abs(bias).max(initial=0)) > limits.bias_max:
-            raise ProfileError(
-                f"{where}: bias |{int(np.abs(bias).max())}| exceeds the {limits.target} target's largest "
-                f"bias {limits.bias_max}.")
-        if limits.bias_multiple > 1 and np.any(bias % limits.bias_multiple):
-            bad = int(bias[bias % limits.bias_multiple != 0][0])
-            raise ProfileError(
-                f"{where}: bias {bad} is not a multiple of {limits.bias_multiple}, which the "
-                f"{limits.target} target needs (it stores bias / {limits.bias_multiple}).")
+        _check_register(where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple,
+                        limits.target)
+        _check_register(where, "bias", layer.bias, limits.bias_max, limits.bias_multiple, limits.target, signed=True)
         neurons = int(np.prod(shape))
         if limits.max_neurons and neurons > limits.max_neurons:
             raise ProfileError(
@@ -105,6 +88,20 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
             raise ProfileError(
                 f"{where}: fan-in {fan_in}{how} exceeds the {limits.target} target's limit of "
                 f"{limits.max_fan_in} synapses per neuron (max_fan_in).")
+
+
+def _check_register(where: str, what: str, values: np.ndarray, largest: int, multiple: int, target: str,
+                    signed: bool = False) -> None:
+    """Per-channel constants within the register (|v| ≤ largest when ``signed``) and multiples of ``multiple``."""
+    v = np.asarray(values, dtype=np.int64)
+    big = int((np.abs(v) if signed else v).max(initial=0))
+    if largest and big > largest:
+        shown = f"|{big}|" if signed else str(big)
+        raise ProfileError(f"{where}: {what} {shown} exceeds the {target} target's largest {what} {largest}.")
+    if multiple > 1 and np.any(v % multiple):
+        bad = int(v[v % multiple != 0][0])
+        raise ProfileError(f"{where}: {what} {bad} is not a multiple of {multiple}, which the {target} target needs "
+                           f"(it stores {what} / {multiple}).")
 
 
 def check_profile_fit(net: IntegerNetwork, target: str) -> None:
