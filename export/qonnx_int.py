@@ -43,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import qsnn
-from qsnn.arith import effective_beta
+from qsnn.arith import check_leak_const, effective_beta
 from qsnn.data import INPUT_MAX, INPUT_SCALE
 from qsnn.errors import ExportError, ProfileError
 from qsnn.files import to_jsonable
@@ -315,6 +315,8 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
                 current_shift=int(ls["current_shift"]), threshold=arrays["threshold"].reshape(-1),
                 bias=arrays["bias"].reshape(-1), leak_const=int(ls["decay"]),
                 scale=np.asarray(ls["scale"], dtype=np.float64), weight_exp=int(ls.get("weight_exp", 0))))
+        for layer in layers:                       # a constant the profile's leak cannot use: a damaged file
+            check_leak_const(layer.leak_const, profile, layer.name)
         net_meta = {k: v for k, v in meta.items() if k not in ("profile", "network")}
         return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=tuple(spec["input_shape"]),
                               num_steps=int(spec["num_steps"]), encoding=spec["encoding"],

@@ -143,6 +143,18 @@ def effective_beta(leak_const: int, profile: "ChipProfile") -> float:
     return (2**bits - leak_const) / 2**bits
 
 
+def check_leak_const(leak_const: int, profile: "ChipProfile", layer_name: str) -> None:
+    """Raise :class:`~qsnn.errors.NetworkError` unless the profile's leak can use this constant:
+    0 ≤ L ≤ 2^leak_bits for ``mul`` and ``loihi`` (a larger one would grow |u|), 0 ≤ d ≤ 62 for ``shift``."""
+    from qsnn.errors import NetworkError
+
+    p, d = profile, int(leak_const)
+    if p.leak in ("mul", "loihi") and not 0 <= d <= (1 << p.leak_bits):
+        raise NetworkError(f"layer {layer_name}: {p.leak} leak constant {d} outside [0, 2^{p.leak_bits}]")
+    if p.leak == "shift" and not 0 <= d <= 62:
+        raise NetworkError(f"layer {layer_name}: shift leak d={d} outside [0, 62]")
+
+
 # --------------------------------------------------------------------------------------------------
 # The integer LIF step
 

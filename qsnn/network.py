@@ -28,6 +28,7 @@ The real membrane of the trained network is ``u_real ≈ u_t · scale_c``.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -38,8 +39,14 @@ from qsnn.errors import NetworkError
 from qsnn.profiles import ChipProfile
 
 LAYER_KINDS = ("conv", "dense")
+#: The largest |current_shift| and |weight_exp| (shifting an int64 further leaves nothing).
+MAX_SHIFT = 62
 #: The most time steps a network may run (a file claiming more is damaged: the simulator could not hold it).
 MAX_NUM_STEPS = 1 << 20
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
@@ -99,8 +106,13 @@ class IntegerLayer:
             raise NetworkError(f"layer {self.name}: conv weight must be (O, I, k, k), got {w.shape}")
         if self.kind == "dense" and w.ndim != 2:
             raise NetworkError(f"layer {self.name}: dense weight must be (O, I), got {w.shape}")
-        if self.pool < 1:
-            raise NetworkError(f"layer {self.name}: pool must be >= 1, got {self.pool}")
+        for attr, low, high in (("pool", 1, None), ("current_shift", -MAX_SHIFT, MAX_SHIFT),
+                                ("weight_exp", -MAX_SHIFT, MAX_SHIFT), ("leak_const", 0, None)):
+            value = getattr(self, attr)
+            if not _is_int(value) or value < low or (high is not None and value > high):
+                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise NetworkError(f"layer {self.name}: {attr} must be an integer {bounds}, got {value!r}")
+            object.__setattr__(self, attr, int(value))   # NumPy integers → int: plain data
         out = w.shape[0]
         for attr in ("threshold", "bias", "scale"):
             arr = np.asarray(getattr(self, attr))
@@ -174,9 +186,14 @@ class IntegerNetwork:
             raise NetworkError("an IntegerNetwork needs at least one layer")
         if self.encoding not in ENCODINGS:
             raise NetworkError(f"encoding {self.encoding!r} not in {ENCODINGS}")
-        if not 1 <= self.num_steps <= MAX_NUM_STEPS:
-            raise NetworkError(f"num_steps must be in [1, {MAX_NUM_STEPS}], got {self.num_steps}")
+        if not _is_int(self.num_steps) or not 1 <= self.num_steps <= MAX_NUM_STEPS:
+            raise NetworkError(f"num_steps must be an integer in [1, {MAX_NUM_STEPS}], got {self.num_steps!r}")
         shape = tuple(self.input_shape)
+        if len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape):
+            raise NetworkError(f"input_shape must be (C, H, W) of positive integers, got {self.input_shape!r}")
+        object.__setattr__(self, "num_steps", int(self.num_steps))
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in shape))
+        shape = self.input_shape
         for layer in self.layers:
             shape = layer.output_shape(shape)
         if shape != (len(self.classes),):

@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qsnn.arith import overflow_range
+from qsnn.arith import check_leak_const, overflow_range
 from qsnn.errors import InputError, NetworkError
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
@@ -228,12 +228,7 @@ class _Layer:
                                               self.sum_dtype == np.float32 else np.float64)
 
     def _check_constants(self) -> None:
-        p, layer = self.profile, self.layer
-        d = int(layer.leak_const)
-        if p.leak in ("mul", "loihi") and not 0 <= d <= (1 << p.leak_bits):
-            raise NetworkError(f"layer {layer.name}: {p.leak} leak constant {d} outside [0, 2^{p.leak_bits}]")
-        if p.leak == "shift" and not 0 <= d <= 62:
-            raise NetworkError(f"layer {layer.name}: shift leak d={d} outside [0, 62]")
+        check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
 
     def _fanout(self) -> np.ndarray:
         """Synapses driven by one input unit, in the engine's input layout (NHWC flattened per sample)."""

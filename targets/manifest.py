@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qsnn.arith import check_leak_const
 from qsnn.errors import ExportError
 from qsnn.files import sha256_file, to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
@@ -85,9 +86,13 @@ def layer_from_parts(record: Mapping[str, Any], weight: np.ndarray, threshold: n
 
 
 def network_from_parts(manifest: Mapping[str, Any], layers: list[IntegerLayer]) -> IntegerNetwork:
+    """The network a reader parsed, checked: every leak constant must be one its profile's leak can use."""
     net = manifest["network"]
+    profile = ChipProfile.from_dict(dict(manifest["profile"]))
+    for layer in layers:
+        check_leak_const(layer.leak_const, profile, layer.name)
     return IntegerNetwork(
-        layers=tuple(layers), profile=ChipProfile.from_dict(dict(manifest["profile"])),
+        layers=tuple(layers), profile=profile,
         input_shape=tuple(int(d) for d in net["input_shape"]), num_steps=int(net["num_steps"]),
         encoding=str(net["encoding"]), classes=tuple(str(c) for c in net["classes"]),
         metadata=dict(net.get("metadata", {})))
