@@ -13,8 +13,8 @@ small passes, each a function with one job, run in order over a :class:`Plan` (o
 3. :func:`fold_batchnorm_and_pooling`: the real value s_c of one accumulator unit per channel;
 4. :func:`flip_negative_gains`: channels with BatchNorm γ < 0 get negated weights (γ = 0: none);
 5. :func:`choose_membrane_grid`: the shift, thresholds and biases (the shift rule below);
-6. :func:`emit_integer_layers`: the :class:`~qsnn.network.IntegerLayer` objects and the network;
-7. :func:`write_report`: the compile report.
+6. :func:`emit_integer_layers`: the :class:`~qsnn.network.IntegerLayer` objects;
+7. :func:`write_report`: the compile report, and the network that carries it in its metadata.
 
 The integer export (:mod:`.qonnx_int`) is read back by its writer's module
 (:func:`.qonnx_int.read_integer_qonnx`).
@@ -57,6 +57,7 @@ DVS recordings are small, and a 16-bit worst case would leave no resolution); sp
 **fp32 checkpoints** are quantized here, per tensor, to the profile's weight bits (narrow range,
 scale max|W| / (2^(b−1)−1)): post-training quantization, with the weight error in the report.
 """
+
 from __future__ import annotations
 
 import math
