@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from qsnn.cli import allow_saturation_option, debug_option, friendly_errors, print_table, profile_option, profile_set_option
+from qsnn.cli import (allow_saturation_option, debug_option, friendly_errors, note_user_path, print_table, profile_option,
+                      profile_set_option)
 from qsnn.errors import ExportError, ProfileError
 from qsnn.profiles import ChipProfile, get_profile, parse_overrides
 
@@ -66,6 +67,7 @@ def float_qonnx(job: ExportJob) -> Iterator[Path]:
     from .qonnx_float import export_float
 
     with tempfile.TemporaryDirectory(prefix="qsnn-export-") as tmp:
+        note_user_path(tmp)        # the command's own scratch folder: a full disk there is the user's to know
         yield export_float(job.source, Path(tmp) / "float.onnx")
 
 

@@ -5,7 +5,7 @@ searched where the message has them) and exit with status 1; ``--debug`` shows t
 instead. Expected are a :class:`~qsnn.errors.QsnnError` (raised where a bad input is detected) and
 an ``OSError`` on one of the user's paths (a path given on the command line, a file inside such a
 folder, or a file next to such a file: outputs written beside the input, temporaries of atomic
-writes; commands add default paths with :func:`note_user_path`). Everything else is a bug and
+writes; commands add default outputs and scratch folders with :func:`note_user_path`). Everything else is a bug and
 keeps its traceback.
 """
 
