@@ -11,7 +11,7 @@ with the default setting's PyTorch run, using :func:`float_compare.layer_agreeme
 does on a machine of that kind. Prints one line per comparison and layer; the bounds in
 :data:`float_compare.BOUNDS` and the README's export figures come from this output.
 
-Not a test (pytest collects ``test_*.py`` only); about 2 minutes per setting on 2 busy cores.
+Not a test (pytest collects ``test_*.py`` only); a few minutes per setting on 2 shared cores.
 """
 
 from __future__ import annotations
