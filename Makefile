@@ -41,6 +41,14 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The float-comparison tests (marker float_kernels, tests/float_compare.py) once more with PyTorch's
+# oneDNN, ATen and MKL kernels held to AVX2: on an AVX-512 machine `make test` covers one kernel
+# family and this the other (CI runs both). 15 tests, about a quarter of the full suite's time.
+FLOAT_KERNELS_ENV ?= ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+.PHONY: test-float-kernels
+test-float-kernels: install
+	env $(FLOAT_KERNELS_ENV) $(BIN)/python -m pytest -q -m float_kernels
+
 train: install
 	$(BIN)/qsnn-train run --dataset $(DATASET) --precision $(PRECISION) --schedule $(SCHEDULE) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \

@@ -107,3 +107,10 @@ def demo_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run-demo")
     train(cfg, run_dir, progress=False, log=lambda _msg: None)
     return run_dir
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "float_kernels: compares float results of different libraries or kernel paths "
+        "(see tests/float_compare.py); CI runs these again with oneDNN/ATen/MKL held to AVX2 "
+        "(make test-float-kernels)")
