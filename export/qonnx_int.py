@@ -50,8 +50,8 @@ from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, save_model,
-                     set_metadata)
+from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, finish_model,
+                     save_model)
 
 OPSET = 17
 F32_EXACT = 2**24
@@ -180,8 +180,8 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
     return meta
 
 
-def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
-    """The integer one-step ModelProto of ``net`` (not written)."""
+def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> onnx.ModelProto:
+    """The integer one-step ModelProto of ``net`` (not written); ``batch_size`` fixes the batch dimension."""
     if len(net.layers) != len(STATE_INPUTS):
         raise ExportError(f"qsnn QONNX files hold {len(STATE_INPUTS)}-layer QSNNs; this network has {len(net.layers)} layers")
     p = net.profile
@@ -265,13 +265,15 @@ def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
     model.doc_string = (f"qsnn integer QSNN under profile {p.name!r}, one time step: (x, u1, u2, u3) -> (z3, u1_out, "
                         "u2_out, u3_out, z1, z2); all values are integers held exactly in float64. Run it T times, "
                         "feeding the *_out states back (zeros at t=0).")
-    set_metadata(model, integer_metadata(net))
-    return model
+    return finish_model(model, integer_metadata(net), batch_size)
 
 
-def export_integer(net: IntegerNetwork, out_path: str | os.PathLike) -> Path:
-    """Write the integer-domain one-step graph of ``net`` atomically; returns ``out_path``."""
-    return save_model(build_integer_model(net), out_path)
+def export_integer(net: IntegerNetwork, out_path: str | os.PathLike, *, batch_size: int | None = None) -> Path:
+    """Write the integer-domain one-step graph of ``net`` atomically; returns ``out_path``.
+
+    ``batch_size``: fix the batch dimension of every input and output (else dynamic ``N``).
+    """
+    return save_model(build_integer_model(net, batch_size=batch_size), out_path)
 
 
 # --------------------------------------------------------------------------------------------------
