@@ -13,8 +13,16 @@ takes the integer input (uint8 pixels or counts) in float64 and carries the chip
 profile, with extra outputs ``z1``, ``z2`` (spikes of the hidden layers) and, for a profile with a
 synaptic delay k, delay-line states ``d1..d3`` → ``d1_out..d3_out`` of shape (N, k, ...).
 
-The batch dimension is dynamic (``N``). A runtime that needs a fixed batch size can set it with
-qonnx: ``ModelWrapper(path).transform(ChangeBatchSize(n))`` or :func:`fix_batch_size`.
+The batch dimension is dynamic (``N``) unless the file was exported with ``batch_size=n``
+(``qsnn-export --to qonnx --batch-size n``, FINN's convention is 1), which fixes it on every input,
+output and intermediate tensor (:func:`fix_batch_size`).
+
+Roles, not names: the metadata ``interface`` lists the role of each graph input and output by
+position; a graph whose inputs/outputs a tool renamed (``qonnx-cleanup``: ``global_in``...) is
+mapped back by :func:`restore_interface`, checked against the graph's structure.
+
+Datatypes: spike tensors carry the qonnx annotation ``BINARY`` (:func:`annotate_datatypes`), so
+``InferDataTypes`` and ``inference_cost`` see 1-bit activations next to the 4-bit ``Quant`` weights.
 
 Weights: ``<layer>.weight`` initializers (behind a ``Quant`` node for int4 checkpoints); the dense
 layer's is stored (in, out) for ``MatMul``.
@@ -245,6 +253,9 @@ def restore_interface(model: onnx.ModelProto, meta: dict[str, Any], where: str =
             raise ExportError(f"{where}: graph input {names_in[want_in.index(role)]!r} (role {role!r}) is not a "
                               "membrane (no reset comparison reads it)")
     for vi, role in zip(model.graph.output, want_out):
+        if vi.name not in producer:
+            raise ExportError(f"{where}: graph output {vi.name!r} (role {role!r}) is produced by no node; the file "
+                              "was edited")
         if role.startswith("z") and producer.get(vi.name) not in ("Cast", "Identity"):
             raise ExportError(f"{where}: graph output {vi.name!r} (role {role!r}) is not a spike tensor")
     rename = {vi.name: role for vi, role in ios if vi.name != role}

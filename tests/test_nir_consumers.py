@@ -9,7 +9,7 @@ What NIR's semantics allow us to assert:
 * NIR is real-valued and resets to 0 right after a spike; the chip floors and saturates on an
   integer grid and subtracts θ one step later. So a consumer's spikes are compared with the same
   network in real arithmetic under the consumer's own neuron rule (``check.real_valued``: zero
-  reset, and ``>=`` for spikingjelly's Heaviside, Spyx's previous-step spikes): ≥ 99 % of spike
+  reset, ``>=`` for spikingjelly's Heaviside, Spyx's previous-step spikes, Sinabs' MultiSpike): ≥ 99 % of spike
   entries equal in every layer (the rest is float32 vs float64 rounding at the threshold), and
   predictions within 1 point of that reference's accuracy.
 * With the consumer's subtract-reset option the same holds against its rule; snnTorch's option

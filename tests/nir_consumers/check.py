@@ -53,7 +53,7 @@ SEMANTICS: dict[str, tuple[tuple[str, str, bool], tuple[str, str, bool]]] = {
     "spikingjelly": (("zero", ">=", False), ("subtract", ">=", False)),
     "norse": (("zero", ">", False), ("subtract", ">", False)),
     "spyx": (("subtract-delayed", ">", True), ("subtract-delayed", ">", True)),
-    "sinabs": (("subtract", ">=", False), ("subtract", ">=", False)),
+    "sinabs": (("subtract", "multi", False), ("subtract", "multi", False)),   # MultiSpike: ⌊v/θ⌋ spikes
 }
 VENV_ROOT = Path(os.environ.get("QSNN_CACHE", Path.home() / ".cache" / "qsnn"))
 
@@ -79,6 +79,12 @@ def run_consumer(consumer: str, nir_file: Path, x: np.ndarray, T: int, subtract:
     python = python or python_for(consumer)
     if python is None:
         raise FileNotFoundError(f"{consumer}: no venv at {venv_path(CONSUMERS[consumer][1])}; run `make nir-venvs`")
+    if Path(python) == Path(sys.executable):      # a consumer of the main environment: run it in-process
+        sys.path.insert(0, str(HERE))
+        import run_consumer as runner
+
+        spikes, _log = getattr(runner, f"run_{consumer}")(str(nir_file), x, T, subtract)
+        return {f"z{i}": (np.asarray(s) > 0).astype(np.uint8) for i, s in enumerate(spikes, start=1)}
     with tempfile.TemporaryDirectory(prefix=f"nir-{consumer}-") as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(inp, x=x, num_steps=T)
@@ -128,8 +134,9 @@ def real_valued(net, x: np.ndarray, reset: str, compare: str, emit_previous: boo
     """The integer network in real arithmetic (float64, no floors or saturation) under a consumer's
     neuron semantics: what a NIR simulator can compute at best from qsnn's file.
 
-    ``reset``: ``zero`` (NIR: v ← 0 right after the spike), ``subtract`` (v ← v − θ right after the
-    spike), ``subtract-delayed`` (qsnn: θ subtracted one step later). ``compare``: ``>`` or ``>=``.
+    ``reset``: ``zero`` (NIR: v ← 0 right after the spike), ``subtract`` (v ← v − z·θ right after the
+    spike), ``subtract-delayed`` (qsnn: θ subtracted one step later). ``compare``: ``>``, ``>=``, or
+    ``multi`` (Sinabs' default MultiSpike: z = ⌊v/θ⌋ spikes for v ≥ θ, passed on as counts).
     ``emit_previous``: a layer outputs the spike of its previous membrane (Spyx's LIF).
     """
     from qsnn.targets.nir_graph import beta_of
@@ -151,6 +158,8 @@ def real_valued(net, x: np.ndarray, reset: str, compare: str, emit_previous: boo
                 th = theta.reshape((1, -1) + (1,) * (cur.ndim - 2))
 
             def fire(a):
+                if compare == "multi":
+                    return np.where(a >= th, np.floor(a / np.where(th > 0, th, 1)), 0.0)
                 return a > th if compare == ">" else a >= th
 
             if reset == "subtract-delayed":
@@ -161,9 +170,10 @@ def real_valued(net, x: np.ndarray, reset: str, compare: str, emit_previous: boo
                 v = beta * v + cur
                 z = fire(v)
                 v = v * (1 - z) if reset == "zero" else v - z * th
-            out.append(z.astype(np.uint8))
-        spikes[f"z{i}"] = np.stack(out)
-        inp = list(spikes[f"z{i}"])
+            out.append(np.asarray(z, dtype=np.float64))
+        counts = np.stack(out)
+        spikes[f"z{i}"] = (counts > 0).astype(np.uint8)
+        inp = list(counts)
     return spikes
 
 
