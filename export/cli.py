@@ -37,6 +37,7 @@ class ExportJob:
     profile_overrides: dict[str, Any]
     allow_saturation: bool
     force: bool
+    target_options: dict[str, Any] = dataclasses.field(default_factory=dict)   # e.g. lanes for fpga
 
     @property
     def source_is_onnx(self) -> bool:
@@ -152,7 +153,7 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     outdir = job.output or job.source.with_name(f"{stem}.{target}")
     net, report = integer_network(job, profile)
     write_target(target, net, outdir, force=job.force,
-                 source_info={"file": str(job.source), "profile": profile.name})
+                 source_info={"file": str(job.source), "profile": profile.name}, **job.target_options)
     return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
 
 
@@ -180,18 +181,24 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 @profile_set_option
 @allow_saturation_option
 @click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file or folder (replaced only once the new one is complete).")
+@click.option("--lanes", type=int, default=None,
+              help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
+                   "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.")
 @debug_option
 @friendly_errors
 def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_sets: tuple[str, ...],
-         allow_saturation: bool, force: bool) -> None:
+         allow_saturation: bool, force: bool, lanes: int | None) -> None:
     """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
     The output is written atomically: on any error an existing file is left as it was. A source
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
     """
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
+    if lanes is not None and target != "fpga":
+        raise ExportError(f"--lanes is an option of --to fpga (the FPGA core), not of --to {target}")
     job = ExportJob(source=source, output=output, profile_name=profile_name,
-                    profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force)
+                    profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force,
+                    target_options={} if lanes is None else {"lanes": lanes})
     rows = TARGETS[target](job)
     print_table(rows, title=f"qsnn-export --to {target}")
 
