@@ -58,8 +58,9 @@ def summary_rows(run_dir: Path) -> list[tuple[str, object]]:
                 rows.append(("  FPGA core cycles", f"{cyc['per_inference']['mean']:.0f} per inference ({cyc['lanes']} lanes) "
                                                    f"= {cyc['inferences_per_s']:.0f} inferences/s at {cyc['clock_mhz']:g} MHz"))
             for fam, r in res.get("synthesis", {}).items():
-                rows.append((f"  FPGA core, yosys {fam}", f"{r['luts']} LUT, {r['flip_flops']} FF, {r['bram_bits']} BRAM bits, "
-                                                          f"{r['dsps']} DSP, {r['latches']} latches; fits {r['fits'] or 'none checked'}"))
+                rows.append((f"  FPGA core, yosys {fam}", f"{r['luts']} LUT + {r['carry_cells']} carry ({r.get('lut_sites')} LUT sites), "
+                                                          f"{r['flip_flops']} FF, {r['bram_bits']} BRAM bits, {r['dsps']} DSP, "
+                                                          f"{r['latches']} latches; fits {r['fits'] or 'none of those checked'}"))
     for report_path in sorted(run_dir.glob("rtl_*.json")):
         r = _load(report_path)
         agree = r.get("agreement", {})

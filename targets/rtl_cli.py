@@ -165,13 +165,15 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
     synth = report.get("synthesis") or {}
     if synth:
         click.echo("")
-        head = f"{'family (yosys)':<16} {'LUT':>7} {'FF':>7} {'carry':>6} {'BRAM':>10} {'BRAM bits':>10} {'DSP':>4} {'latches':>7}  fits"
+        head = (f"{'family (yosys)':<16} {'LUT':>7} {'carry':>6} {'LUT sites':>9} {'FF':>7} {'BRAM':>12} {'BRAM bits':>10} "
+                f"{'DSP':>4} {'latches':>7}  fits (by cell counts)")
         click.echo(head)
         click.echo("-" * len(head))
         for fam, r in synth.items():
             bram = "+".join(f"{n}×{k}" for k, n in r["bram_blocks"].items() if n) or "0"
-            click.echo(f"{fam:<16} {r['luts']:>7} {r['flip_flops']:>7} {r['carry_cells']:>6} {bram:>10} {r['bram_bits']:>10} "
-                       f"{r['dsps']:>4} {r['latches']:>7}  {r['fits'] or 'none of ' + ', '.join(r['devices_checked'])}")
+            click.echo(f"{fam:<16} {r['luts']:>7} {r['carry_cells']:>6} {r['lut_sites']:>9} {r['flip_flops']:>7} {bram:>12} "
+                       f"{r['bram_bits']:>10} {r['dsps']:>4} {r['latches']:>7}  "
+                       f"{r['fits'] or 'none of ' + ', '.join(r['devices_checked'])}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

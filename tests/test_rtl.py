@@ -340,17 +340,18 @@ def test_truncated_core_table(folder, no_simulation):
 
 
 def test_edited_core_table_of_the_right_length(folder, no_simulation):
+    from qsnn.targets.common import sha256_file
+
     path = folder / "rtl" / "qsnn_weights.mem"
     lines = path.read_text().splitlines()
     lines[-1] = "f" * len(lines[-1])
     path.write_text("\n".join(lines) + "\n")
     assert "SHA-256" in _cli_error(folder)
-    with pytest.raises(ExportError, match="does not hold the network"):
-        from qsnn.targets import common
-
-        manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["files"]["rtl/qsnn_weights.mem"]["sha256"] = common.sha256_file(path)
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+    # even with the manifest's hash updated to match, the table must hold the network's weights
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["rtl/qsnn_weights.mem"]["sha256"] = sha256_file(path)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="qsnn_weights.mem does not hold the network"):
         fpga_sim.check_folder(folder)
 
 
