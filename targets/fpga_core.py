@@ -190,6 +190,20 @@ class CoreConfig:
     def ev_depth(self) -> int:
         return max([1] + [layer.nw for layer in self.layers[:-1]])
 
+    def cycle_bound(self) -> int:
+        """More cycles than any inference can take (every input nonzero, every neuron spiking)."""
+        total = self.a_depth + self.num_classes + 16
+        inputs = self.in_shape[0] * self.in_shape[1] * self.in_shape[2]
+        for i, layer in enumerate(self.layers):
+            taps = (layer.k * layer.k if layer.conv else 1) * layer.g + 2
+            n_in = inputs if i == 0 else self.layers[i - 1].nw * self.lanes
+            scatter = n_in * taps + (self.layers[i - 1].nw if i else 1) + 4
+            if i == 0 and self.static:
+                total += scatter
+                scatter = 0
+            total += self.num_steps * (scatter + layer.nw + 8)
+        return total
+
     def widths(self) -> dict[str, int]:
         """Every localparam of the header, by name."""
         ls = self.layers

@@ -326,8 +326,8 @@ def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: 
         inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
         write_harness_input(inp, events, len(cfg.layers), cfg.num_classes)
         t0 = time.perf_counter()
-        res = subprocess.run([str(binary), str(checked.rtl.resolve()), str(inp), str(outp)], capture_output=True,
-                             text=True, timeout=timeout)
+        res = subprocess.run([str(binary), str(checked.rtl.resolve()), str(inp), str(outp), str(2 * cfg.cycle_bound())],
+                             capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - t0
         if res.returncode != 0:
             raise ToolError(f"the Verilator model of {checked.rtl} failed: {(res.stderr or res.stdout).strip()[-400:]}")

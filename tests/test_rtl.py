@@ -154,11 +154,10 @@ def saturating_net(seed: int = 5) -> IntegerNetwork:
     return random_net(seed, shift=(2, 4), theta=(30, 300), bias=200)
 
 
-@pytest.mark.parametrize("lanes", [4, 1])
-def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path, verilator, lanes):
+def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path, verilator):
     net = saturating_net()
     x = random_inputs(net, 8, seed=1)
-    out = write_target("fpga", net, tmp_path / "fpga", lanes=lanes)
+    out = write_target("fpga", net, tmp_path / "fpga", lanes=4)
     result = fpga_sim.run_verilator(fpga_sim.check_folder(out), x)
     sim = assert_core_equals_sim(result, net, x)
     assert sum(s.saturation_low for s in sim.layers) > 0 and sum(s.saturation_high for s in sim.layers) > 0
@@ -179,7 +178,7 @@ def test_profile_variants_equal_qsnn_sim(tmp_path, verilator, variant):
     profile, shape = VARIANTS[variant]
     net = random_net(7, profile, **shape)
     x = random_inputs(net, 6, seed=2, top=255 if net.encoding == "static" else 40)
-    out = write_target("fpga", net, tmp_path / "fpga", lanes=8 if net.encoding == "static" else 2)
+    out = write_target("fpga", net, tmp_path / "fpga", lanes=8 if net.encoding == "static" else 1)
     sim = assert_core_equals_sim(fpga_sim.run_verilator(fpga_sim.check_folder(out), x), net, x)
     assert sum(s.saturation_events for s in sim.layers) > 0
     assert int(sim.spikes["z1"].sum()) > 0
@@ -398,3 +397,16 @@ def test_yosys_synthesis_of_a_small_core(tmp_path, verilator):
     assert r["dsps"] == 2                                     # one leak multiplier per lane
     assert r["fits"] == "LFE5U-12F"
 
+
+
+def test_export_lanes_option(trained_run, tmp_path):
+    ckpt = trained_run() / "best.pt"
+    _export(ckpt, tmp_path / "f8", "--lanes", "8")
+    manifest = json.loads((tmp_path / "f8" / "manifest.json").read_text())
+    assert manifest["rtl"]["lanes"] == 8 and manifest["rtl"]["params"]["PAR"] == 8
+    assert "localparam PAR = 8;" in (tmp_path / "f8" / "rtl" / "qsnn_params.vh").read_text()
+    for args, needle in ((("--to", "fpga", "--lanes", "3"), "lanes=3"), (("--to", "nir", "--lanes", "4"), "--lanes")):
+        res = subprocess.run([BIN / "qsnn-export", ckpt, *args, "-o", tmp_path / "bad"], capture_output=True, text=True)
+        assert res.returncode == 1 and res.stderr.startswith("error: ") and needle in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
