@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -37,7 +37,7 @@ class ExportJob:
     profile_overrides: dict[str, Any]
     allow_saturation: bool
     force: bool
-    target_options: dict[str, Any] = dataclasses.field(default_factory=dict)   # e.g. lanes for fpga
+    target_options: dict[str, Any] = field(default_factory=dict)   # e.g. lanes for fpga
 
     @property
     def source_is_onnx(self) -> bool:

@@ -23,7 +23,6 @@ Exit status 1 when anything differs.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -36,19 +35,13 @@ from qsnn.cli import debug_option, friendly_errors, print_table
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError
 from qsnn.files import dumps
+from qsnn.sim.report import percent
 
 from . import fpga_core as core
 from . import fpga_sim
 
 RESOURCES = "resources.json"
 CHUNK = 50
-
-
-def _percent(part: int, whole: int) -> float:
-    if whole == 0:
-        return float("nan")
-    value = 100.0 * part / whole
-    return math.floor(value * 100) / 100 if part != whole else value
 
 
 def compare(rtl: fpga_sim.RTLResult, sim: Any) -> dict[str, Any]:
@@ -61,8 +54,8 @@ def compare(rtl: fpga_sim.RTLResult, sim: Any) -> dict[str, Any]:
         diff = (ours != theirs).reshape(T, n, -1)
         per_step = ~diff.any(axis=2)                                  # (T, N)
         same_samples = int(per_step.all(axis=0).sum())
-        layers[key] = {"samples_equal_pct": _percent(same_samples, n),
-                       "steps_equal_pct": _percent(int(per_step.sum()), T * n),
+        layers[key] = {"samples_equal_pct": percent(same_samples, n),
+                       "steps_equal_pct": percent(int(per_step.sum()), T * n),
                        "entries_different": int(diff.sum()), "bit_exact": bool(np.array_equal(ours, theirs))}
         exact &= layers[key]["bit_exact"]
     n = len(sim.counts)
@@ -75,7 +68,7 @@ def compare(rtl: fpga_sim.RTLResult, sim: Any) -> dict[str, Any]:
         sat[stats.name] = {"qsnn_sim": list(ours), "rtl": list(theirs), "equal": ours == theirs}
     exact = exact and same_counts == n and same_pred == n and all(v["equal"] for v in sat.values())
     return {"samples": n, "bit_exact": bool(exact), "spike_trains": layers,
-            "output_counts_equal_pct": _percent(same_counts, n), "predictions_equal_pct": _percent(same_pred, n),
+            "output_counts_equal_pct": percent(same_counts, n), "predictions_equal_pct": percent(same_pred, n),
             "saturation": sat}
 
 

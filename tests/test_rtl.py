@@ -96,6 +96,7 @@ def _rtl_sim(*args) -> subprocess.CompletedProcess:
 # The demo model on real mnist5k test images (the claim of the issue)
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path, verilator):
     out = tmp_path / "fpga"
     _export(demo_run / "best.pt", out)                                   # exactly as the README says
@@ -128,6 +129,7 @@ def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path, v
 # A DVS-shaped model: event-count input, one frame per step
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_dvs_model_with_event_counts_equals_qsnn_sim(trained_run, dvs_data_dir, tmp_path, verilator):
     from qsnn.data import load_split
     from qsnn.export.compile import compile_qonnx
@@ -154,6 +156,7 @@ def saturating_net(seed: int = 5) -> IntegerNetwork:
     return random_net(seed, shift=(2, 4), theta=(30, 300), bias=200)
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path, verilator):
     net = saturating_net()
     x = random_inputs(net, 8, seed=1)
@@ -173,6 +176,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_profile_variants_equal_qsnn_sim(tmp_path, verilator, variant):
     profile, shape = VARIANTS[variant]
@@ -184,6 +188,7 @@ def test_profile_variants_equal_qsnn_sim(tmp_path, verilator, variant):
     assert int(sim.spikes["z1"].sum()) > 0
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path, verilator):
     _need("iverilog", "vvp")
     net = saturating_net()
@@ -194,6 +199,7 @@ def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path, verilato
     assert np.array_equal(icarus.cycles, fpga_sim.run_verilator(checked, x).cycles)
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_a_build_is_reused_for_the_same_shape(tmp_path, verilator):
     net = saturating_net()
     x = random_inputs(net, 2, seed=4)
@@ -206,6 +212,7 @@ def test_a_build_is_reused_for_the_same_shape(tmp_path, verilator):
     assert_core_equals_sim(second, other, x)
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_comparison_reports_a_single_flipped_spike(tmp_path, verilator):
     from qsnn.targets.rtl_cli import compare
 
@@ -339,7 +346,7 @@ def test_truncated_core_table(folder, no_simulation):
 
 
 def test_edited_core_table_of_the_right_length(folder, no_simulation):
-    from qsnn.targets.common import sha256_file
+    from qsnn.files import sha256_file
 
     path = folder / "rtl" / "qsnn_weights.mem"
     lines = path.read_text().splitlines()
@@ -381,6 +388,7 @@ def test_a_folder_of_another_target(tmp_path, no_simulation):
 # Yosys: synthesizable, no latches, resources.json
 
 
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 def test_yosys_synthesis_of_a_small_core(tmp_path, verilator):
     _need("yosys")
     net = random_net(9, in_shape=(1, 8, 8), convs=((4, 3, 2),), denses=(3,), num_steps=4)
