@@ -133,7 +133,8 @@ def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
         ("kind", meta["kind"] + (f" (profile {profile.name})" if profile else "")),
         ("dataset", meta["dataset"]), ("time steps T", meta["num_steps"]),
         ("classes", f"{len(meta['classes'])}: {', '.join(map(str, meta['classes'][:11]))}"),
-        ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}"),
+        ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}, "
+                  f"values 0..{meta['input_max']} per cell and step"),
         ("neuron", f"beta {meta['beta']:.6g}, theta {meta['threshold']:.6g}, {meta['reset']} reset"),
         ("weights", f"{meta['precision']}, {meta['weight_bits']} bits, scale {meta['quant_scale']}"),
         ("batch", meta.get("batch", "dynamic")),

@@ -55,6 +55,11 @@ INPUT = "x"
 OUTPUT = "z3"
 
 #: Metadata every qsnn QONNX file carries (values are strings; JSON for lists and dicts).
+#: ``input_max`` is the largest integer input of one cell per step, what the first layer and the
+#: chip's input port take and what the compiler's worst-case bound assumes: 255 for pixels, the
+#: encoding's clip 2^event_bits − 1 for event counts; event exports also carry ``event_frames``
+#: (:class:`qsnn.dvs.EventFrames`: bin, downsampling, count clip, test cut), which ``qsnn-sim``
+#: uses to bin the data exactly as training did.
 FLOAT_KEYS = (
     "format", "format_version", "kind", "dataset", "classes", "num_steps", "encoding", "input_scale",
     "input_max", "input_shape", "beta", "threshold", "slope", "reset", "precision", "weight_bits",
@@ -65,7 +70,7 @@ INTEGER_KEYS = ("profile", "network", "compile_report")
 
 #: Metadata values stored as JSON (decoded by :func:`read_metadata`).
 JSON_KEYS = ("classes", "input_shape", "layers", "batch_norm", "profile", "network", "compile_report",
-             "versions", "bn_exact", "interface")
+             "versions", "bn_exact", "interface", "event_frames")
 NUMBER_KEYS = ("format_version", "num_steps", "input_scale", "input_max", "beta", "threshold", "slope",
                "weight_bits", "dropout")
 

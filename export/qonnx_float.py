@@ -229,6 +229,7 @@ def _readable_names(model: onnx.ModelProto, order: list[str], beta: float, theta
 def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact: bool | None) -> dict[str, Any]:
     cfg = data["config_obj"]
     encoding = data["encoding"]
+    events = cfg.event_frames() if encoding == "events" else None
     c, h, w = (int(v) for v in data["input_shape"])
     layers = []
     for i, (name, lif) in enumerate(zip(LAYER_NAMES, ("lif1", "lif2", "lif3"))):
@@ -241,8 +242,9 @@ def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "float",
         "dataset": cfg.dataset, "classes": list(data["classes"]), "num_steps": cfg.num_steps,
-        "encoding": encoding, "input_scale": float(INPUT_SCALE[encoding]), "input_max": INPUT_MAX[encoding],
+        "encoding": encoding, "input_scale": float(INPUT_SCALE[encoding]), "input_max": events.count_max if events else INPUT_MAX["static"],
         "input_shape": [c, h, w],
+        **({"event_frames": events.to_dict()} if events else {}),
         # β and θ as the model holds them (float32), written as the float64 of that float32
         "beta": float(np.float32(cfg.beta)), "threshold": float(np.float32(cfg.threshold)), "slope": cfg.slope,
         "reset": cfg.reset, "precision": cfg.precision,

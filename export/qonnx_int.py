@@ -44,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qsnn
 from qsnn.arith import check_leak_const, effective_beta
-from qsnn.data import INPUT_MAX, INPUT_SCALE
+from qsnn.data import INPUT_SCALE
 from qsnn.errors import ExportError, ProfileError
 from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
@@ -169,7 +169,7 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "integer",
         "classes": list(net.classes), "num_steps": net.num_steps, "encoding": net.encoding,
         "input_scale": float(meta.get("input_scale", INPUT_SCALE[net.encoding])),
-        "input_max": INPUT_MAX[net.encoding], "input_shape": list(net.input_shape),
+        "input_max": int(net.input_max), "input_shape": list(net.input_shape),
         "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "membrane": STATE_INPUTS[i], "shape": list(s)}
                    for i, (l, s) in enumerate(zip(net.layers, shapes))],
         "qsnn_version": qsnn.__version__,
@@ -196,7 +196,7 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
     outputs_tail = []
     state_in, state_out = [], []
     delay_in, delay_out = [], []
-    in_max = INPUT_MAX[net.encoding]
+    in_max = int(net.input_max)
     spikes = INPUT
     facts = []
     for i, layer in enumerate(net.layers):

@@ -332,6 +332,8 @@ def c_header(net: IntegerNetwork, layers: list[dict[str, Any]], weight_bits: int
         f"#define QSNN_BIAS_BITS {p.bias_bits}",
         f"#define QSNN_NUM_STEPS {net.num_steps}",
         f"#define QSNN_ENCODING_STATIC {int(net.encoding == 'static')}",
+        f"#define QSNN_INPUT_MAX {int(net.input_max)}",
+        f"#define QSNN_INPUT_BITS {int(net.input_max).bit_length()}",
         f"#define QSNN_INPUT_C {net.input_shape[0]}",
         f"#define QSNN_INPUT_H {net.input_shape[1]}",
         f"#define QSNN_INPUT_W {net.input_shape[2]}",
@@ -422,6 +424,15 @@ def read(folder: Path, manifest: Mapping[str, Any]) -> IntegerNetwork:
     return network_from_parts(manifest, layers)
 
 
+def _input_text(network: Mapping[str, Any]) -> str:
+    """What layer 1 reads, for the README: pixels, or event counts clipped to the encoding's range."""
+    top = int(network.get("input_max", 255))
+    if network.get("encoding") == "static":
+        return f"the uint8 image (0..{top}), the same at every step"
+    kind = "binary spikes (0 or 1)" if top == 1 else f"event counts 0..{top} ({top.bit_length()}-bit)"
+    return f"one event frame per step, {kind} per cell (the training's encoding; never larger)"
+
+
 def readme(manifest: Mapping[str, Any]) -> str:
     """README.md of an fpga folder."""
     opts = manifest["options"]
@@ -444,12 +455,13 @@ every file, and the per-channel scale factors (real membrane value of one intege
 ## One time step of a layer (all integers)
 
 ```
-acc = sumpool_P( W * z_in )          W: {wb}-bit weights, z_in: previous spikes (layer 1: uint8 pixels)
+acc = sumpool_P( W * z_in )          W: {wb}-bit weights, z_in: previous spikes (layer 1: the input frame)
 cur = acc << SHIFT                   (acc >> -SHIFT, rounding down, when SHIFT < 0)
 r   = [u_prev > THETA[c]]            did the neuron fire last step?
 u   = sat( leak(u_prev) + cur + BIAS[c] - r*THETA[c] )     reset: {p['reset']}
 z   = [u > THETA[c]]
 ```
+Layer 1's input `z_in` is {_input_text(manifest['network'])}.
 leak `{p['leak']}`: {'u → (LEAK·u) >> ' + str(p['leak_bits']) + ' (floor)' if p['leak'] == 'mul' else 'u → u − (u >> LEAK) (floor)'};
 membrane {p['membrane_bits']}-bit two's complement, overflow `{p['overflow']}`; reset `{p['reset']}`
 (`zero`: u_prev is cleared instead of θ subtracted).
