@@ -51,6 +51,8 @@ SIM_REPORT_FORMAT = "qsnn-sim-report"       # sim/cli.py: the "format" key of a 
 RUN_METRICS_FORMAT = "qsnn-run-metrics"     # train/loop.py: the "format" key of metrics.json
 PLOT_KEY = "qsnn-format"                    # PNG text chunk keyword of a qsnn plot ...
 SIM_PLOT_FORMAT = "qsnn-sim-plot"           # ... and its value for qsnn-sim --plot
+RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"   # targets/rtl_cli.py: the "format" key of a --report JSON
+RTL_RESOURCES_FORMAT = "qsnn-rtl-resources" # targets/rtl_cli.py: FOLDER/resources.json
 
 #: Bytes read from a file to look for its marker (markers sit in the first kilobytes of each format,
 #: except ONNX metadata, which comes after the graph: QONNX files are read whole up to this size).
@@ -183,6 +185,9 @@ QONNX = Kind("qsnn QONNX file", _onnx_format(QONNX_FORMAT))
 SIM_REPORT = Kind("qsnn-sim JSON report", _json_format(
     SIM_REPORT_FORMAT, frozenset({"model", "model_kind", "profile", "accuracy", "hardware"})))
 SIM_PLOT = Kind("qsnn-sim plot (PNG)", _png_text(PLOT_KEY, SIM_PLOT_FORMAT))
+RTL_REPORT = Kind("qsnn-rtl-sim JSON report", _json_format(
+    RTL_REPORT_FORMAT, frozenset({"folder", "core", "core_memory_bits"})))
+RTL_RESOURCES = Kind("qsnn-rtl-sim resources file", _json_format(RTL_RESOURCES_FORMAT), update=True)
 RUN_DIR = Kind("qsnn-train run directory", is_run_directory, folder=True, update=True)
 STUDY_DIR = Kind("qsnn-train study folder", is_study_folder, folder=True, update=True)
 TUNE_DIR = Kind("qsnn-train tune folder", is_tune_folder, folder=True, update=True)
@@ -205,7 +210,8 @@ for _name in ("fpga", "loihi2", "nir"):
 
 def kinds() -> list[Kind]:
     """Every kind, most specific first (how :func:`describe` names an existing path)."""
-    return [RUN_DIR, STUDY_DIR, TUNE_DIR, *TARGET_FOLDERS.values(), CHECKPOINT, QONNX, SIM_REPORT, SIM_PLOT, SQLITE]
+    return [RUN_DIR, STUDY_DIR, TUNE_DIR, *TARGET_FOLDERS.values(), CHECKPOINT, QONNX, SIM_REPORT, SIM_PLOT,
+            RTL_REPORT, RTL_RESOURCES, SQLITE]
 
 
 def describe(path: Path) -> str:
@@ -299,7 +305,7 @@ def _check_existing(out: _Path, kind: Kind, force: bool) -> None:
         raise OutputError(f"{path}: {label} needs a file path, and this is {describe(path)}; choose a file path "
                           f"for {label} (e.g. {path / 'NAME'})")
     if kind.update:
-        if kind.recognise(path) or (path.is_dir() and not _has_entries(path)):
+        if kind.recognise(path) or (path.is_dir() and not _has_entries(path)) or (path.is_file() and _empty(path)):
             return
         raise OutputError(f"{path}: {label} must be new, empty or {kind.what}, and this is {describe(path)}; "
                           f"choose another path for {label}")
@@ -311,6 +317,13 @@ def _check_existing(out: _Path, kind: Kind, force: bool) -> None:
         extra = " (its checkpoints would be lost)" if what == RUN_DIR.what else ""
         raise OutputError(f"{path}: {label} with --force replaces only {kind.what} written by qsnn, and this is "
                           f"{what}{extra}; nothing was changed: choose another path for {label}")
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _has_entries(folder: Path) -> bool:
@@ -366,10 +379,11 @@ def os_error_message(exc: OSError, path: PathLike | None = None) -> str:
     if exc.filename2 is not None:
         where += f" -> {os.fsdecode(exc.filename2)}"
     hint = _HINTS.get(exc.errno or -1)
-    reason = hint or (exc.strerror or str(exc) or type(exc).__name__)
+    said = exc.strerror or (str(exc) if exc.args else "") or type(exc).__name__
+    reason = f"{said} ({hint})" if hint and said.lower() not in hint else said
     return f"{where}: {reason}" if where else reason
 
 
 __all__ = ["Kind", "OutputError", "check_outputs", "describe", "os_error_message", "target_folder", "kinds",
-           "QONNX", "SIM_REPORT", "SIM_PLOT", "RUN_DIR", "STUDY_DIR", "TUNE_DIR", "SQLITE", "CHECKPOINT",
+           "QONNX", "SIM_REPORT", "SIM_PLOT", "RTL_REPORT", "RTL_RESOURCES", "RUN_DIR", "STUDY_DIR", "TUNE_DIR", "SQLITE", "CHECKPOINT",
            "TARGET_FOLDERS", "is_run_directory", "is_checkpoint"]

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
-from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table
+from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table, progress_option, say, version_option
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
+from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, check_outputs
+from qsnn.summary import silent_output_warning
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("qsnn-train")
 def main() -> None:
     """Train quantized spiking neural networks as in "Navigating Local Minima in QSNNs".
 
@@ -97,30 +100,39 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR); see the README's Data section.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted).")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted); "
+                                          "with --epochs N (or --patience) a finished or stopped run goes on to N epochs.")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@progress_option
 @click.option("--demo", is_flag=True, help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.")
+@version_option("qsnn-train run")
 @debug_option
 @friendly_errors
-def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
+def run(data_dir, out, resume, device, progress, demo, **options) -> None:
     """Train one QSNN; writes checkpoints, logs, a plot and metrics to the run directory."""
+    ctx = click.get_current_context()
     if demo:
-        ctx = click.get_current_context()
         for key, value in DEMO.items():   # a demo setting yields to an option given on the command line
             if ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
                 options[key] = value
+    given = {k for k in ("epochs", "patience") if ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
+    extend = {k: options[k] for k in given} if resume else None
     cfg = config_from_options(**options)
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     note_user_path(out)
+    _check_device(device)
+    check_outputs({"--out": (out, RUN_DIR)}, inputs={"--data-dir": data_dir})
     from .loop import train as train_run
 
-    metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=not no_progress)
+    metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=progress, extend=extend)
     from .distributed import is_main_process
 
     if not is_main_process():  # under torchrun only rank 0 reports
         return
+    sources = metrics.get("data_sources") or {}
+    read = sorted(set(sources.values()))
     print_table([
+        ("data read", "; ".join(read) if read else "-"),
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
         ("time steps T", metrics["num_steps"]),
@@ -132,6 +144,19 @@ def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
         ("test accuracy (best.pt)", f"{metrics['test_acc']:.2f} %"),
         ("training samples/s (median)", f"{metrics['samples_per_s_median']:.1f}" if metrics["samples_per_s_median"] else "-"),
     ], title="training summary")
+    silent = silent_output_warning(metrics["test_output_spikes"], metrics["test_samples"],
+                                   "the output layer (best.pt, test split)") \
+        if metrics.get("test_output_spikes") is not None else None
+    if silent:
+        say(f"warning: {silent}")
+
+
+def _check_device(device: str | None) -> None:
+    """--device before any work: a one-line error listing the available devices."""
+    if device:
+        from .distributed import resolve_device
+
+        resolve_device(device)
 
 
 # -- qsnn-train study ----------------------------------------------------------------------------
@@ -180,11 +205,12 @@ def study() -> None:
                               "then `qsnn-train study report OUT`).")
 @click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
 @click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out.")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@progress_option
+@version_option("qsnn-train study run")
 @debug_option
 @friendly_errors
-def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, window, report_only, device, no_progress,
+def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, window, report_only, device, progress,
               **options) -> None:
     """Train every (precision, schedule, seed) run that is not finished yet, then write the report."""
     from .distributed import is_main_process
@@ -192,10 +218,12 @@ def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, wind
 
     out = Path(out or f"runs/study-{dataset}")
     note_user_path(out)
+    _check_device(device)
+    check_outputs({"--out": (out, STUDY_DIR)}, inputs={"--data-dir": data_dir})
     if not report_only:
         runs = plan(dataset, parse_list(precisions, PRECISIONS, "--precision"),
                     parse_list(schedules, SCHEDULES, "--schedules"), trials, out, _overrides(options))
-        outcome = run_study(runs, data_dir=data_dir, device=device, progress=not no_progress, shard=parse_shard(shard))
+        outcome = run_study(runs, data_dir=data_dir, device=device, progress=progress, shard=parse_shard(shard))
         if not is_main_process():
             return
         click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
@@ -234,7 +262,8 @@ def study_report(out, window) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@version_option("qsnn-train tune")
 @debug_option
 @friendly_errors
 def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, data_dir, out, device,
@@ -249,6 +278,9 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
 
     out = Path(out or f"runs/tune-{dataset}-{precision}")
     note_user_path(out)
+    _check_device(device)
+    db = storage[len("sqlite:///"):] if storage and storage.startswith("sqlite:///") else None
+    check_outputs({"--out": (out, TUNE_DIR), "--storage": (db or None, SQLITE)}, inputs={"--data-dir": data_dir})
     result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
                   storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
                   data_dir=data_dir, device=device)
