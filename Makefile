@@ -82,6 +82,8 @@ clean:
 
 # The paper's schedule study (Table II, Figs. 2-3), resumable; PRECISION takes a comma list here:
 #   make study DATASET=fmnist SCHEDULES=none,lrstep,lossstep,cosine TRIALS=3 [EPOCHS= STEPS= SUBSET= OUT=]
+# With STORAGE=postgresql://user:pw@host/db (or sqlite:///file) the plan is an Optuna queue: start it on
+# as many machines as you like (docs/study.md).
 SCHEDULES  ?= none,lrstep,lossstep,cosine
 TRIALS     ?= 3
 STUDY_ARGS ?=
@@ -90,7 +92,8 @@ study: install
 	  --precision $(if $(filter command line environment,$(origin PRECISION)),$(PRECISION),int4,fp32) \
 	  --schedules $(SCHEDULES) --trials $(TRIALS) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
-	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(STUDY_ARGS)
+	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
 
 # Optuna search (Table I footnote); start it in several shells/machines with one STORAGE to share the study:
 #   make tune DATASET=fmnist PRECISION=int4 TRIALS=100 (default 50) [EPOCHS=5 STORAGE=postgresql://... STUDY_NAME=...]

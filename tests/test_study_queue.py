@@ -154,3 +154,27 @@ def test_a_joining_worker_checks_the_plan(tmp_path):
         open_queue(f"journal:{tmp_path / 'j.log'}", "q", runs)
     with pytest.raises(QsnnError, match="longer than"):
         open_queue(url, "q", runs, heartbeat=10, grace=5)
+
+
+def test_a_failing_cell_is_recorded_and_requeued_once(tmp_path, monkeypatch):
+    """A cell whose training raises stops the worker with the error, recorded on its trial; --retry-failed
+    re-queues it once however many workers ask (no training happens here: the data set is missing)."""
+    from qsnn.train.study_queue import cell_states, retry_failed, run_worker
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    runs = plan("mnist", ["int4"], ["none"], 2, tmp_path / "o", OVERRIDES)  # the MNIST IDX files are not there
+    study, storage = open_queue(url, "q", runs, heartbeat=1, grace=3, log=lambda _m: None)
+    with pytest.raises(QsnnError, match="mnist"):
+        run_worker(study, storage, runs, data_dir=tmp_path / "empty", log=lambda _m: None, handle_signals=False)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert [t.user_attrs["cell"] for t in failed] == ["int4-none-s0"] and "mnist" in failed[0].user_attrs["error"]
+    assert cell_states(study)["int4-none-s1"]["state"] == "WAITING"  # the other cell is still queued
+    # two workers seeing the same failed cell at once: the claim in the storage lets one of them re-queue it
+    view = cell_states(study)
+    assert retry_failed(study, storage, runs, log=lambda _m: None) == ["int4-none-s0"]
+    with monkeypatch.context() as m:
+        m.setattr("qsnn.train.study_queue.cell_states", lambda _study: view)  # the second worker's (old) view
+        assert retry_failed(study, storage, runs, log=lambda _m: None) == []
+    assert retry_failed(study, storage, runs, log=lambda _m: None) == []  # and later: nothing failed any more
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["cell"] for t in waiting) == ["int4-none-s0", "int4-none-s1"]
