@@ -74,7 +74,7 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, grace: int | None
     heartbeat may get before another worker fails it; ``retry`` is a stale-trial callback.
     """
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -117,9 +117,11 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, grace: int | None
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(target, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                                                   grace_period=grace, **callback)
-        except SQLAlchemyError as exc:  # e.g. both inserting the schema version: retry, then it exists
+        except DBAPIError as exc:  # e.g. both inserting the schema version, a server still starting: retry
             last_error = exc
             time.sleep(0.2 + random.random() * (attempt + 1))
+        except SQLAlchemyError as exc:  # a malformed URL, an unknown dialect: retrying will not help
+            raise QsnnError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0]}") from None
         except ImportError as exc:
             raise QsnnError(f"storage {redact(url)}: {exc}; install the database driver (PostgreSQL: "
                             f"`pip install 'qsnn[postgres]'`)") from None
