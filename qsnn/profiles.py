@@ -53,6 +53,10 @@ class ChipProfile:
         weight_exp_bits: bits of a per-layer weight exponent (Loihi: 3; 0 = none).
         max_fan_in: largest number of synapses into one neuron the target supports (0 = no limit).
         max_neurons: largest neuron count of a layer the target supports (0 = no limit).
+        input_bits: width of one unsigned input value per cell and step at the chip's input port
+            (8: uint8 pixels or 8-bit event counts; Loihi 2: graded spikes with 8 message bits). A
+            network whose inputs reach above 2^input_bits − 1 (``IntegerNetwork.input_max``, set by
+            the training's event encoding) is refused by the compiler.
     """
 
     name: str
@@ -71,6 +75,7 @@ class ChipProfile:
     weight_exp_bits: int = 0
     max_fan_in: int = 0
     max_neurons: int = 0
+    input_bits: int = 8
 
     def __post_init__(self) -> None:
         wrong_type = [f"{f.name}={getattr(self, f.name)!r} (must be {_KIND_NAMES[f.type]})"
@@ -107,6 +112,8 @@ class ChipProfile:
                             "multiplies the membrane by a leak_bits-wide constant: the product must fit 63 bits)")
         if not 0 <= self.weight_exp_bits <= 8:
             problems.append(f"weight_exp_bits={self.weight_exp_bits} (must be 0..8)")
+        if not 1 <= self.input_bits <= 16:
+            problems.append(f"input_bits={self.input_bits} (must be 1..16)")
         if self.max_fan_in < 0 or self.max_neurons < 0:
             problems.append(f"max_fan_in={self.max_fan_in}, max_neurons={self.max_neurons} (must be >= 0; 0 = no limit)")
         if problems:
@@ -116,6 +123,11 @@ class ChipProfile:
     def weight_max(self) -> int:
         """Largest weight magnitude of the narrow signed range, 2^(b−1) − 1."""
         return 2 ** (self.weight_bits - 1) - 1
+
+    @property
+    def input_max(self) -> int:
+        """Largest input value of one cell per step the input port carries, 2^input_bits − 1."""
+        return 2**self.input_bits - 1
 
     @property
     def membrane_min(self) -> int:
@@ -182,7 +194,7 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 
 #: Our reference FPGA core: 4-bit narrow weights, int16 saturating membrane, multiplicative leak
-#: in Q0.12, subtract reset, up to 6 guard bits.
+#: in Q0.12, subtract reset, up to 6 guard bits, an 8-bit input port.
 FPGA = ChipProfile(
     name="fpga",
     weight_bits=4,
@@ -195,12 +207,13 @@ FPGA = ChipProfile(
     synaptic_delay=0,
     threshold_bits=16,
     bias_bits=16,
+    input_bits=8,
 )
 
 #: Intel Loihi 2 through Lava's bit-accurate fixed-point LIF (``PyLifModelBitAcc``): 8-bit weight
 #: mantissa with a 3-bit exponent, 24-bit state, 12-bit decay (du = 4095: the current does not
 #: persist, a single state), zero reset, ``a_in << 6``, thresholds ``vth << 6`` (17-bit vth), the
-#: Dense output reaching the neuron one step later.
+#: Dense output reaching the neuron one step later; input as graded spikes of 8 message bits.
 LOIHI2 = ChipProfile(
     name="loihi2",
     weight_bits=8,
@@ -218,6 +231,7 @@ LOIHI2 = ChipProfile(
     weight_exp_bits=3,
     max_fan_in=4096,
     max_neurons=8192,
+    input_bits=8,
 )
 
 PROFILES: dict[str, ChipProfile] = {p.name: p for p in (FPGA, LOIHI2)}

@@ -121,3 +121,10 @@ def postgres():
         yield server
     assert server.proc.returncode is not None and not _port_open(server.port), "PostgreSQL server still running"
     assert not server.root.exists()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "float_kernels: compares float results of different libraries or kernel paths "
+        "(see tests/float_compare.py); CI runs these again with oneDNN/ATen/MKL held to AVX2 "
+        "(make test-float-kernels)")

@@ -41,6 +41,7 @@ def test_shard_bounds_cover_the_batch_once():
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tmp_path):
+    """torchrun with 2 ranks equals one process on the same global batches, to float rounding."""
     from qsnn.train.cli import config_from_options
     from qsnn.train.loop import train
 
@@ -60,27 +61,42 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
     a, b = rows(single / "iters.csv"), rows(ddp / "iters.csv")
     assert len(a) == len(b) == 8  # 4 batches × 2 epochs
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
     loss_a = torch.tensor([float(r["loss"]) for r in a], dtype=torch.float64)
     loss_b = torch.tensor([float(r["loss"]) for r in b], dtype=torch.float64)
     assert len(set(loss_a.tolist())) > 3  # the loss moves: the comparison means something
-    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-7)
-    assert [r["lr"] for r in a] == [r["lr"] for r in b]
-    la, lb = rows(single / "log.csv"), rows(ddp / "log.csv")
-    for ra, rb in zip(la, lb):
-        assert ra["val_acc"] == rb["val_acc"] and ra["train_acc"] == rb["train_acc"]
-        assert float(rb["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=1e-5)
-
+    # Float sums run in another order (the two slices' gradients all-reduced, other batch sizes per
+    # kernel call), so the runs agree to rounding for as long as no spike differs. Measured (AVX2,
+    # every oneDNN/ATen setting tried): losses within 7e-8 relative, weights within 7e-7, no spike
+    # flipped. A spike flipped by rounding (a membrane within rounding of θ) would move that batch's
+    # loss by a whole spike-count term, (2·|count − target| ± 1)/(T·B·C) ≥ 1/(T·B·C) — 5.6e-4 here —
+    # and every update after it: from such a step on the runs are only required to stay close.
+    rel = ((loss_b - loss_a).abs() / loss_a.abs()).tolist()
+    print("DDP vs one process: loss |rel diff| per iteration", [f"{r:.1e}" for r in rel])
+    diverged = next((i for i, r in enumerate(rel) if r > 1e-5), None)
+    agree = slice(0, 8 if diverged is None else diverged)
+    torch.testing.assert_close(loss_b[agree], loss_a[agree], rtol=1e-5, atol=1e-7)
     wa = torch.load(single / "last.pt", weights_only=True)["model"]
     last_b = torch.load(ddp / "last.pt", weights_only=True)
     wb = last_b["model"]
     assert set(wa) == set(wb)  # rank 0 saved the plain module (no "module." prefix)
-    for name in ("conv1.weight", "conv2.weight", "fc.weight"):
-        torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-5)
     assert last_b["world_size"] == 2 and len(last_b["rng_ranks"]) == 2
-
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (single, ddp))
     assert mb["world_size"] == 2 and ma["world_size"] == 1
-    assert mb["test_acc"] == ma["test_acc"] and mb["best_val_acc"] == ma["best_val_acc"]
+    la, lb = rows(single / "log.csv"), rows(ddp / "log.csv")
+    if diverged is None:
+        for ra, rb in zip(la, lb):
+            assert ra["val_acc"] == rb["val_acc"] and ra["train_acc"] == rb["train_acc"]
+            assert float(rb["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=1e-5)
+        for name in ("conv1.weight", "conv2.weight", "fc.weight"):
+            print(f"DDP vs one process: {name} max |diff| {float((wb[name] - wa[name]).abs().max()):.1e}")
+            torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-5)
+        assert mb["test_acc"] == ma["test_acc"] and mb["best_val_acc"] == ma["best_val_acc"]
+    else:  # a rounding flip: a whole spike-count step in the loss, then runs that stay close
+        T, C, B = 4, 10, [45, 45, 45, 1][diverged % 4]
+        assert float((loss_b[diverged] - loss_a[diverged]).abs()) >= 0.5 / (T * B * C), "a drift, not a spike flip"
+        torch.testing.assert_close(loss_b, loss_a, rtol=0.05, atol=0.0)
+        assert abs(mb["test_acc"] - ma["test_acc"]) <= 2 * 100 / 50  # two of the 50 test images
     # one writer: one summary table printed, no stray temporary files
     assert proc.stdout.count("training summary") == 1
     assert not list(ddp.glob(".*.tmp"))

@@ -4,6 +4,11 @@ independent PyTorch evaluation of the integer semantics, and the integers recove
 Models come from the session fixture ``trained_run`` (tiny mnist5k / DVS-fixture runs, T = 8); the
 comparisons use the full 500-image mnist5k test split, with onnxruntime and with qonnx's
 node-by-node executor (one graph call per step for the whole split: about 2 s on an idle CPU).
+
+Float graph vs PyTorch asserts only what float arithmetic guarantees (``float_compare``): onnxruntime
+(MLAS) and PyTorch (oneDNN, MKL) sum the same products in other orders, and each library in another
+order on AVX-512 than on AVX2. Tests marked ``float_kernels`` run a second time in CI with oneDNN,
+ATen and MKL held to AVX2 (``make test-float-kernels``), so both kernel families are covered.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import onnx
 import pytest
 import torch
 from fixtures import synthetic_checkpoint
+from float_compare import BOUNDS, FEW_SAMPLES, assert_float_agreement
+from onnx import numpy_helper
 
 from qsnn.data import load_split
 from qsnn.errors import ExportError
 from qsnn.export.compile import compile_qonnx
 from qsnn.export.float_graph import quant_weights
-from qsnn.export.format import FORMAT, check_qsnn_model, read_metadata
+from qsnn.export.format import FORMAT, check_qsnn_model, read_metadata, set_metadata
 from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_float import export_float
 from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
@@ -32,6 +39,14 @@ from qsnn.train.checkpoint import model_from_checkpoint
 from qsnn.train.data import to_tensor
 
 KEYS = ("z1", "u1", "z2", "u2", "z3", "u3")
+
+#: Membrane tolerance per layer with power-of-two weight scales. Layers fed by spikes sum exact
+#: products (spike × 4-bit integer × 2⁻ᵏ, partial sums far below 2²⁴ ulps), so they equal PyTorch bit
+#: for bit wherever the layers below agree (0: ``array_equal``; BatchNorm is exported as the
+#: arithmetic PyTorch's kernel performs on the exporting machine). The first layer's current,
+#: pixels/255 × weights, is float arithmetic: bit-exact here with the AVX2 kernels, 9.5e-6 off with
+#: oneDNN capped at AVX or SSE4.1, so it gets the float bound.
+PO2_MEMBRANE_ATOL = {1: BOUNDS["membrane_atol"], 2: 0.0, 3: 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -97,34 +112,54 @@ def test_float_graph_interface_quant_nodes_and_metadata(exported):
     assert meta["qsnn_version"] and meta["slope"] == pytest.approx(cfg.slope)
 
 
+def _assert_po2_agreement(got, ref, what):
+    """Layer 1 within float rounding; layers 2, 3 array_equal wherever layer 1 agrees (PO2_MEMBRANE_ATOL)."""
+    assert_float_agreement(got, ref, membrane_atol=PO2_MEMBRANE_ATOL, what=what)
+    if np.array_equal(got["z1"], ref["z1"]):  # then everything above layer 1 is exact arithmetic
+        for key in KEYS[2:]:
+            assert np.array_equal(got[key], ref[key]), key
+        assert np.array_equal(predictions(got["z3"]), predictions(ref["z3"]))
+
+
 def test_po2_qonnx_executor_equals_pytorch(exported, mnist_test):
-    """execute_onnx over T steps on the test split: spikes and membranes array_equal to PyTorch (po2 scales)."""
+    """execute_onnx over T steps on the test split, po2 scales: layers 2 and 3 array_equal to PyTorch
+    wherever layer 1's spikes agree, layer 1 within float rounding (see PO2_MEMBRANE_ATOL).
+
+    Measured: every spike and membrane of every layer equal with the AVX2 kernels; with oneDNN at
+    AVX or SSE4.1 layer 1's membranes differ by ≤ 9.5e-6 (no spike), layers 2 and 3 stay bit-exact.
+    """
     ckpt, path = exported(quant_scale="po2")
     x = to_tensor(mnist_test.x, "static")
     ref = torch_reference(ckpt, x)
     got = run_onnx_steps(path, x.numpy(), engine="qonnx", record=True)
     for key in KEYS:
-        assert got[key].shape == ref[key].shape
-        assert np.array_equal(got[key], ref[key]), key
+        assert got[key].shape == ref[key].shape, key
+    _assert_po2_agreement(got, ref, "po2 qonnx vs torch")
 
 
+@pytest.mark.float_kernels
 def test_po2_onnxruntime_equals_pytorch_on_the_test_split(exported, mnist_test):
-    """QuantToQCDQ + onnxruntime on all 500 test images: every spike and membrane equal."""
+    """QuantToQCDQ + onnxruntime on all 500 test images, po2 scales: as the qonnx test above."""
     ckpt, path = exported(quant_scale="po2")
     x = to_tensor(mnist_test.x, "static")
     ref = torch_reference(ckpt, x)
     got = run_onnx_steps(path, x.numpy(), engine="ort", record=True)
-    for key in KEYS:
-        assert np.array_equal(got[key], ref[key]), key
-    assert np.array_equal(predictions(got["z3"]), predictions(ref["z3"]))
+    _assert_po2_agreement(got, ref, "po2 ort vs torch")
 
 
+@pytest.mark.float_kernels
 def test_float_scale_matches_pytorch(exported, mnist_test):
-    """Float weight scales: conv2/fc sums run in another order, so membranes differ in the last bits.
+    """Float weight scales: onnxruntime and qonnx equal PyTorch (fast path and plain loop) up to float
+    rounding, as :func:`float_compare.assert_float_agreement` states it (bounds: ``BOUNDS``).
 
-    Measured on the fixture model: spike trains identical on all 500 images (every layer), membrane
-    max |diff| ≈ 1e-5 (float32 rounding). Allowed: membranes within 1e-4, spike mismatches ≤ 1e-5 of
-    all spike entries per layer (none expected), predictions equal.
+    Measured on the fixture model (``python tests/measure_float_kernels.py``), PyTorch vs
+    onnxruntime: with the AVX2 kernels no spike differs and membranes differ by ≤ 1.34e-5
+    (θ = 2.04); with oneDNN at AVX or SSE4.1, or ATen's "default" kernels, up to 2 of 9,216,000
+    layer-1 and 6 of 4,096,000 layer-2 spikes differ; on issue 17's AVX-512 machine 2 of 4,096,000
+    layer-2 spikes, and with them those neurons' membranes by θ (max |Δu| 2.04), which is why
+    membranes are compared only where the histories agree (there: ≤ 1.34e-5 on every path).
+    Predictions equal on 100 % everywhere. qonnx vs onnxruntime: bit-exact (the same MLAS kernels),
+    asserted with the same bounds.
     """
     ckpt, path = exported()
     x = to_tensor(mnist_test.x, "static")
@@ -132,15 +167,38 @@ def test_float_scale_matches_pytorch(exported, mnist_test):
     by_qonnx = run_onnx_steps(path, x.numpy(), engine="qonnx", record=True)
     for plain in (False, True):
         ref = torch_reference(ckpt, x, plain=plain)
-        for i in (1, 2, 3):
-            diff = float(np.abs(got[f"u{i}"] - ref[f"u{i}"]).max())
-            mismatches = int((got[f"z{i}"] != ref[f"z{i}"]).sum())
-            print(f"{'plain' if plain else 'fast'} layer {i}: membrane max|diff| {diff:.3g}, spike mismatches "
-                  f"{mismatches} of {ref[f'z{i}'].size}")
-            assert diff < 1e-4
-            assert mismatches <= 1e-5 * ref[f"z{i}"].size
-            assert np.array_equal(by_qonnx[f"z{i}"], got[f"z{i}"]) and np.array_equal(by_qonnx[f"u{i}"], got[f"u{i}"])
-        assert np.array_equal(predictions(got["z3"]), predictions(ref["z3"]))
+        assert_float_agreement(got, ref, what=f"ort vs {'plain' if plain else 'fast'}")
+    assert_float_agreement(by_qonnx, got, what="qonnx vs ort")
+
+
+def _with_wrong(path, name: str, factor: float) -> onnx.ModelProto:
+    """The export at ``path`` with the initializer ``name`` (β or θ) scaled by ``factor``, as a buggy
+    export would write it (θ also in the metadata, from which the host loop derives z1, z2)."""
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), name))
+    if name == "theta":
+        meta = read_metadata(model)
+        set_metadata(model, {**meta, "threshold": float(np.float32(meta["threshold"]) * np.float32(factor))})
+    return model
+
+
+@pytest.mark.float_kernels
+@pytest.mark.parametrize("name", ["beta", "theta"])
+def test_float_comparison_catches_a_wrong_beta_or_theta(exported, mnist_test, name):
+    """The float bounds still catch a real bug: β or θ written 0.1 % off (β 0.921 → 0.92192) fails.
+
+    Measured on the fixture model: β × 1.001 flips 0.1 % of layer-1 spikes, leaves histories agreeing
+    on 30 % of layer-2 entries and moves membranes there by 0.03; θ × 1.001 alike. Even × (1 + 1e-5)
+    still fails the bounds (histories agree on < 96 % of layer-2 entries).
+    """
+    ckpt, path = exported()
+    x = to_tensor(mnist_test.x, "static")
+    ref = torch_reference(ckpt, x)
+    assert_float_agreement(run_onnx_steps(path, x.numpy(), record=True), ref, what="correct export")
+    with pytest.raises(AssertionError, match="differ|histories agree|predictions"):
+        assert_float_agreement(run_onnx_steps(_with_wrong(path, name, 1.001), x.numpy(), record=True), ref,
+                               what=f"{name} × 1.001")
 
 
 def test_batch_dimension_is_dynamic(exported, mnist_test):
@@ -259,13 +317,11 @@ def synthetic(tmp_path_factory):
     return make
 
 
-def _float_graph_matches_torch(ckpt, path, x) -> dict[str, np.ndarray]:
+def _float_graph_matches_torch(ckpt, path, x, what: str) -> dict[str, np.ndarray]:
+    """The float graph (onnxruntime) against PyTorch within the float bounds of ``float_compare``."""
     ref = torch_reference(ckpt, x)
     got = run_onnx_steps(path, x.numpy(), record=True)
-    for i in (1, 2, 3):
-        assert ref[f"z{i}"].any(), f"layer {i} never spikes: the comparison would be empty"
-        assert np.array_equal(got[f"z{i}"], ref[f"z{i}"]), f"z{i}"
-        assert float(np.abs(got[f"u{i}"] - ref[f"u{i}"]).max()) < 1e-4
+    assert_float_agreement(got, ref, what=what)
     return ref
 
 
@@ -278,6 +334,7 @@ def _integer_graph_matches_torch(net, x_int, path) -> dict[str, np.ndarray]:
     return ref
 
 
+@pytest.mark.float_kernels
 def test_no_batch_norm_export(synthetic, mnist_test, tmp_path):
     ckpt, path = synthetic(batch_norm=False)
     model, meta = check_qsnn_model(path)
@@ -285,17 +342,18 @@ def test_no_batch_norm_export(synthetic, mnist_test, tmp_path):
     assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
     casts = [n for n in model.graph.node if n.op_type == "Cast"]
     assert all(onnx.helper.get_attribute_value(n.attribute[0]) == onnx.TensorProto.FLOAT for n in casts)
-    _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"))
+    _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"), "no BatchNorm")
     net, _ = compile_qonnx(path, get_profile("fpga"))
     assert all(np.all(layer.bias == 0) for layer in net.layers)
     _integer_graph_matches_torch(net, mnist_test.x[:50], tmp_path / "nobn.onnx")
 
 
+@pytest.mark.float_kernels
 def test_negative_batchnorm_gamma_flips_channel_weights(synthetic, mnist_test, tmp_path):
     """γ < 0 channels: weights negated, scale |γ|/σ; the integer network then tracks the float one."""
     ckpt, path = synthetic()
     model = model_from_checkpoint(ckpt)
-    ref = _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"))
+    ref = _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"), "BatchNorm γ < 0")
     net, report = compile_qonnx(path, get_profile("fpga"))
     gammas = (model.bn1.weight.detach().numpy(), model.bn2.weight.detach().numpy())
     for layer, rep, gamma in zip(net.layers[:2], report["layers"], gammas):
@@ -308,6 +366,7 @@ def test_negative_batchnorm_gamma_flips_channel_weights(synthetic, mnist_test, t
         assert float((got[f"z{i}"] == ref[f"z{i}"]).mean()) > 0.95
 
 
+@pytest.mark.float_kernels
 def test_fp32_export_and_compile(synthetic, mnist_test, tmp_path):
     ckpt, path = synthetic(precision="fp32")
     model, meta = check_qsnn_model(path)
@@ -315,7 +374,7 @@ def test_fp32_export_and_compile(synthetic, mnist_test, tmp_path):
     assert "Quant" not in {n.op_type for n in model.graph.node}
     with pytest.raises(ExportError, match="float weights"):
         quant_weights(model)
-    _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"))
+    _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"), "fp32")
     net, report = compile_qonnx(path, get_profile("fpga"))
     assert any("post-training quantization" in n for n in report["notes"])
     for layer, rep in zip(net.layers, report["layers"]):
@@ -326,7 +385,10 @@ def test_fp32_export_and_compile(synthetic, mnist_test, tmp_path):
     assert np.abs(np.concatenate([l.weight.ravel() for l in net8.layers])).max() == 127
 
 
+@pytest.mark.float_kernels
 def test_dvs_export_and_integer_graph(exported, trained_run, dvs_data_dir, tmp_path):
+    """Event inputs: the float graph within the float bounds of PyTorch (40 samples: FEW_SAMPLES), the
+    integer graph bit-exact under both executors."""
     ckpt, path = exported(dataset="dvs128")
     model, meta = check_qsnn_model(path)
     assert meta["encoding"] == "events" and meta["input_shape"] == [2, 32, 32] and len(meta["classes"]) == 11
@@ -335,8 +397,7 @@ def test_dvs_export_and_integer_graph(exported, trained_run, dvs_data_dir, tmp_p
     x = to_tensor(split.x[:40], "events")
     ref = torch_reference(ckpt, x)
     got = run_onnx_steps(path, x.numpy(), record=True)
-    for key in ("z1", "z2", "z3"):
-        assert np.array_equal(got[key], ref[key]), key
+    assert_float_agreement(got, ref, what="dvs ort vs torch", **FEW_SAMPLES)
     # an int16 membrane cannot hold the worst case of 15 events per cell: refused, or compiled when allowed
     net, report = compile_qonnx(path, get_profile("fpga", membrane_bits=24))
     assert not report["saturation_possible"]
@@ -355,9 +416,11 @@ def test_compile_and_runtime_do_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.float_kernels
 def test_standard_batchnorm_op_when_pytorch_arithmetic_is_not_recognised(synthetic, mnist_test, tmp_path, monkeypatch):
     """If the probe cannot reproduce PyTorch's BatchNorm rounding, the export falls back to the
-    standard BatchNormalization op (metadata bn_exact false); compile reads that form as well."""
+    standard BatchNormalization op (metadata bn_exact false), which onnxruntime rounds its own way:
+    the graph still agrees within the float bounds; compile reads that form as well."""
     import qsnn.export.qonnx_float as qf
 
     ckpt, exact_path = synthetic()
@@ -369,7 +432,7 @@ def test_standard_batchnorm_op_when_pytorch_arithmetic_is_not_recognised(synthet
     x = to_tensor(mnist_test.x[:50], "static")
     ref = torch_reference(ckpt, x)
     got = run_onnx_steps(path, x.numpy(), record=True)
-    assert float(np.abs(got["u1"] - ref["u1"]).max()) < 1e-4
+    assert_float_agreement(got, ref, what="BatchNormalization op")
     a, _ = compile_qonnx(path, get_profile("fpga"))
     b, _ = compile_qonnx(exact_path, get_profile("fpga"))
     for la, lb in zip(a.layers, b.layers):

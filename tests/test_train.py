@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import snntorch as snn
 import torch
+from float_compare import FEW_SAMPLES, assert_float_agreement
 from snntorch import surrogate
 
 from qsnn.config import PRECISIONS, TrainConfig, presets
@@ -45,8 +46,10 @@ def test_threshold_is_strict():
     assert float(z) == 0.0  # u == θ does not spike
 
 
+@pytest.mark.float_kernels
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_lif_scan_equals_snntorch_leaky_bit_for_bit(reset):
+    """Elementwise β·u + I − r·θ in snnTorch's order: each op rounds once (IEEE), on any kernel."""
     torch.manual_seed(0)
     currents = torch.randn(50, 4, 32) * 1.5
     beta, theta, k = 0.921, 2.04, 6.03
@@ -201,8 +204,26 @@ def _input(shape, B=16, T=None):
     return torch.poisson(torch.full((B, T, *shape), 0.3)), torch.randint(0, 11, (B,))
 
 
+#: Gradients are float sums over positions, batch and steps taken in another order (pooled-kernel
+#: and batched convolutions), so their rounding error scales with the magnitude of the summed terms,
+#: not with each entry (entries that cancel to ~0 get no relative bound): each gradient tensor within
+#: GRAD_SCALE_RTOL of its largest entry, plus 1e-4 of each entry. Measured largest |Δg| / max|g| over
+#: these two tests: 1.4e-5 here (AVX2), 1.5e-6 .. 1.1e-5 with oneDNN at SSE4.1, 2.2e-5 with ATen
+#: "default" kernels, the same with 1 thread; a wrong surrogate or pooling factor is off by O(1).
+GRAD_SCALE_RTOL = 2e-4
+
+
+def _assert_grads_close(g_fast, g_plain):
+    for name in g_plain:
+        atol = GRAD_SCALE_RTOL * float(g_plain[name].abs().max()) + 1e-12
+        torch.testing.assert_close(g_fast[name], g_plain[name], rtol=1e-4, atol=atol, msg=name)
+
+
+@pytest.mark.float_kernels
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_fast_path_equals_plain_path_bit_for_bit_with_po2_scales(mode):
+    """po2 scales: spikes, membranes and loss torch.equal (layer 1 is the same convolution call in both
+    paths, the layers above sum exact products); gradients to float rounding (GRAD_SCALE_RTOL)."""
     _, model = _pair("po2")
     x, y = _input((1, 28, 28))
     with torch.no_grad():  # BatchNorm running statistics from real batches, so eval mode spikes too
@@ -214,25 +235,34 @@ def test_fast_path_equals_plain_path_bit_for_bit_with_po2_scales(mode):
     for key in rec_plain:  # spikes and membranes of every layer at every step
         assert torch.equal(rec_fast[key], rec_plain[key]), key
     assert torch.equal(l_fast, l_plain)
-    for name in g_plain:
-        assert torch.allclose(g_fast[name], g_plain[name], rtol=1e-4, atol=1e-7), name
+    _assert_grads_close(g_fast, g_plain)
 
 
+@pytest.mark.float_kernels
 def test_fast_path_matches_plain_path_with_float_scales_and_events():
+    """Float scales, event inputs: the two paths agree within the float bounds of ``float_compare``
+    (share bounds for 8 samples, FEW_SAMPLES). Measured on every kernel setting reachable here: no
+    spike differs, membranes ≤ 3.3e-6 apart, losses equal.
+
+    The loss is a function of the output spikes alone (integer counts): equal when they are, else
+    off by at most (2T + 1)/(T·B·C) per differing output spike. Gradients are compared when no spike
+    differs (one flip changes the surrogate's inputs by θ).
+    """
     _, model = _pair("float", dataset="dvs128", shape=(2, 32, 32), classes=11, T=10)
     model.train()
     x, y = _input((2, 32, 32), B=8, T=10)
     l_fast, rec_fast, g_fast = _loss_and_grads(model, model.forward_fast, x, y, 11)
     l_plain, rec_plain, g_plain = _loss_and_grads(model, model.forward_plain, x, y, 11)
-    mismatched = sum(int((rec_fast[k] != rec_plain[k]).sum()) for k in ("z1", "z2", "z3"))
-    total = sum(rec_plain[k].numel() for k in ("z1", "z2", "z3"))
-    assert mismatched / total < 1e-3  # float-rounding flips only (documented in train/model.py)
-    assert torch.allclose(l_fast, l_plain, rtol=1e-3)
-    if mismatched == 0:
-        for name in g_plain:
-            assert torch.allclose(g_fast[name], g_plain[name], rtol=1e-3, atol=1e-6), name
+    fast, plain = ({k: v.detach().numpy() for k, v in rec.items()} for rec in (rec_fast, rec_plain))
+    stats = assert_float_agreement(fast, plain, what="fast vs plain", **FEW_SAMPLES)  # 8 samples
+    out_flips = stats[-1].flips
+    T, B, C = rec_plain["z3"].shape
+    assert abs(float(l_fast) - float(l_plain)) <= out_flips * (2 * T + 1) / (T * B * C)
+    if all(s.flips == 0 for s in stats):
+        _assert_grads_close(g_fast, g_plain)
 
 
+@pytest.mark.float_kernels
 def test_pool_into_kernel_is_avgpool_of_conv():
     torch.manual_seed(0)
     w = torch.randint(-7, 8, (4, 3, 5, 5)).float()

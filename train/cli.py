@@ -57,7 +57,10 @@ def _option_list() -> list:
         click.option("--patience", type=int, help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}."),
         click.option("--subset", type=int, help="Use a stratified subset of this many training samples (CPU runs)."),
         click.option("--val-subset", type=int, help="Stratified subset of the validation split."),
-        click.option("--test-subset", type=int, help="Stratified subset of the test split."),
+        click.option("--test-subset", type=int, help="Stratified subset of the test split (recordings, for dvs128)."),
+        click.option("--event-bits", type=click.IntRange(1, 16), help=f"dvs128: per-cell, per-step event counts are clipped to 2^bits - 1, the chip's input width (1 = binary spikes, 4 or 8 = graded counts); export, simulation and tables use the same clip {_default('event_bits')}."),
+        click.option("--event-bin-us", type=click.IntRange(min=1), help=f"dvs128: length of one time step (event bin) in microseconds, the paper's 5 ms {_default('event_bin_us')}."),
+        click.option("--test-cut", type=click.Choice(["first", "windows"]), help=f"dvs128: a test gesture is its first T steps, one prediction (first: the paper's recipe), or every whole T-step window with the output spike counts summed over its windows (windows) {_default('test_cut')}."),
         click.option("--seed", type=int, help=f"Seed for initialisation, splits, shuffling and dropout {_default('seed')}."),
         click.option("--plain", is_flag=True, default=False, help="Use the paper's step-by-step loop instead of the fast path (same numerics, slower)."),
     ]
@@ -122,7 +125,8 @@ def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
         ("time steps T", metrics["num_steps"]),
-        ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"),
+        ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"
+                                       + (f" ({metrics['test_windows']} windows)" if metrics.get("test_cut") == "windows" else "")),
         ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
         ("best epoch", metrics["best_epoch"]),
         ("best validation accuracy", f"{metrics['best_val_acc']:.2f} %"),
