@@ -110,9 +110,9 @@ def _int_list(text: str | None) -> list[int]:
               help="Folder with the dataset files (else $QSNN_DATA_DIR, then installed copies).")
 @click.option("--subset", type=click.IntRange(min=1), default=None, help="Simulate a stratified subset of N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None,
+@click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the report as JSON here (- for stdout; the summary then goes to stderr).")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG: spike raster of the first sample and firing rates per layer.")
 @click.option("--check", is_flag=True,
               help="Compare every spike train with the PyTorch evaluation of the integer semantics.")

@@ -188,7 +188,7 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
 @click.option("--no-sim", is_flag=True, help="Only check the folder (and synthesize with --synth); simulate nothing.")
 @click.option("--clock-mhz", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="The clock the inferences per second are stated at.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None,
+@click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the whole report as JSON here (- for stdout; the summary then goes to stderr).")
 @force_option
 @progress_option

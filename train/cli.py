@@ -9,7 +9,8 @@ import click
 
 from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table, progress_option, say, version_option
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
-from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, check_outputs
+from qsnn.errors import QsnnError
+from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
 from qsnn.summary import silent_output_warning
 
 
@@ -38,7 +39,7 @@ def _option_list() -> list:
                      help="Weights: Brevitas 4-bit integers (int4) or float32 (fp32). Selects the Table I preset row."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
                      help="LR schedule, stepped every minibatch: cosine (eq. 4, period --cosine-period epochs), none, lrstep (x gamma every --step-epochs), lossstep (x gamma when the epoch loss stops improving)."),
-        click.option("--epochs", type=int, help=f"Maximum epochs {_default('epochs')}."),
+        click.option("--epochs", type=int, help="Maximum epochs [preset]."),
         click.option("--steps", "num_steps", type=int, help="Time steps T per sample [preset]."),
         click.option("--batch-size", type=int, help="Minibatch size [preset]."),
         click.option("--lr", type=float, help="Initial learning rate eta of Adam [preset]."),
@@ -53,9 +54,9 @@ def _option_list() -> list:
         click.option("--weight-clip/--no-weight-clip", default=None, help="Clamp weights to [-1, 1] after each step [preset]."),
         click.option("--cosine-period", "cosine_period_epochs", type=float, help=f"Period T of eq. 4 in epochs {_default('cosine_period_epochs')}."),
         click.option("--warm-restarts/--no-warm-restarts", default=None, help="Cosine: restart at the initial LR every period (SGDR) instead of eq. 4's continuous cosine."),
-        click.option("--step-epochs", type=int, help=f"lrstep: epochs between reductions {_default('step_epochs')}."),
+        click.option("--step-epochs", type=int, help="lrstep: epochs between reductions [preset]."),
         click.option("--gamma", type=float, help=f"lrstep/lossstep: LR multiplier at each reduction {_default('gamma')}."),
-        click.option("--loss-patience", type=int, help=f"lossstep: epochs without improvement tolerated before a reduction {_default('loss_patience')}."),
+        click.option("--loss-patience", type=int, help="lossstep: epochs without improvement tolerated before a reduction [preset]."),
         click.option("--patience", type=int, help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}."),
         click.option("--subset", type=int, help="Use a stratified subset of this many training samples (CPU runs)."),
         click.option("--val-subset", type=int, help="Stratified subset of the validation split."),
@@ -99,7 +100,7 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 @_options
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR); see the README's Data section.")
-@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
+@click.option("--out", "out", type=click.Path(), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted); "
                                           "with --epochs N (or --patience) a finished or stopped run goes on to N epochs.")
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
@@ -122,6 +123,12 @@ def run(data_dir, out, resume, device, progress, demo, **options) -> None:
     note_user_path(out)
     _check_device(device)
     check_outputs({"--out": (out, RUN_DIR)}, inputs={"--data-dir": data_dir})
+    if resume and not (out / "last.pt").is_file():
+        raise OutputError(f"{out}: --resume continues a run, and there is none here (no last.pt); drop --resume to "
+                          "start a new run, or give the --out of an existing one")
+    if not resume and (out / "last.pt").exists():
+        raise OutputError(f"{out} already holds a run (last.pt): pass --resume to continue it (with --epochs N to "
+                          "extend it), or choose another --out")
     from .loop import train as train_run
 
     metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=progress, extend=extend)
@@ -149,6 +156,11 @@ def run(data_dir, out, resume, device, progress, demo, **options) -> None:
         if metrics.get("test_output_spikes") is not None else None
     if silent:
         say(f"warning: {silent}")
+
+
+def _sqlite_file(storage: str | None) -> str | None:
+    """The file of a ``sqlite:///FILE`` storage URL (an output like any other), else None."""
+    return storage[len("sqlite:///"):] or None if storage and storage.startswith("sqlite:///") else None
 
 
 def _check_device(device: str | None) -> None:
@@ -200,9 +212,21 @@ def study() -> None:
 @_options_except("dataset", "precision", "schedule", "seed")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
-@click.option("--out", type=click.Path(file_okay=False), help="Study folder [default: runs/study-DATASET].")
-@click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs; "
-                              "then `qsnn-train study report OUT`).")
+@click.option("--out", type=click.Path(), help="Study folder [default: runs/study-DATASET].")
+@click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs, "
+                              "e.g. a SLURM job array; then `qsnn-train study report OUT`).")
+@click.option("--storage", help="Optuna RDB storage URL (postgresql://user:pw@host/db, sqlite:///FILE): the plan becomes a "
+                                "queue of waiting trials that any number of workers, on any machines, take one cell at a time; "
+                                "a dead worker's cell is re-queued (and resumes from last.pt when OUT is shared).")
+@click.option("--study-name", help="With --storage: the Optuna study [default: qsnn-study-DATASET-<digest of the plan's settings>].")
+@click.option("--heartbeat", type=int, default=60, show_default=True,
+              help="With --storage: seconds between heartbeats of a running cell.")
+@click.option("--grace", type=int, help="With --storage: seconds without a heartbeat after which a cell's worker counts as "
+                                        "dead and the cell is re-queued [default: 2 x heartbeat, at least 120].")
+@click.option("--max-retry", type=int, default=3, show_default=True,
+              help="With --storage: how often one cell is re-queued after its worker died.")
+@click.option("--retry-failed", is_flag=True, help="With --storage: first re-queue the cells whose training raised an error "
+                                                   "(after fixing its cause).")
 @click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
 @click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out.")
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
@@ -210,25 +234,71 @@ def study() -> None:
 @version_option("qsnn-train study run")
 @debug_option
 @friendly_errors
-def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, window, report_only, device, progress,
-              **options) -> None:
+def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, storage, study_name, heartbeat, grace,
+              max_retry, retry_failed, window, report_only, device, progress, **options) -> None:
     """Train every (precision, schedule, seed) run that is not finished yet, then write the report."""
-    from .distributed import is_main_process
+    from .distributed import env_world_size, is_main_process
     from .study import parse_list, parse_shard, plan, run_study, write_report
 
     out = Path(out or f"runs/study-{dataset}")
     note_user_path(out)
     _check_device(device)
-    check_outputs({"--out": (out, STUDY_DIR)}, inputs={"--data-dir": data_dir})
+    check_outputs({"--out": (out, STUDY_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
+    if storage is None and (study_name or retry_failed):
+        raise QsnnError("--study-name and --retry-failed need --storage")
     if not report_only:
         runs = plan(dataset, parse_list(precisions, PRECISIONS, "--precision"),
                     parse_list(schedules, SCHEDULES, "--schedules"), trials, out, _overrides(options))
-        outcome = run_study(runs, data_dir=data_dir, device=device, progress=progress, shard=parse_shard(shard))
-        if not is_main_process():
-            return
-        click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
-                   f"{len(outcome['skipped'])} already finished (skipped)")
+        if storage is not None:
+            if shard:
+                raise QsnnError("--shard and --storage exclude each other: with a storage the workers share the plan themselves")
+            if env_world_size() > 1:
+                raise QsnnError("qsnn-train study --storage is not meant to run under torchrun: start one worker per GPU "
+                                "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train study --storage URL ...)")
+            finished_here = _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed,
+                                          data_dir, device, progress, out)
+            if not finished_here:
+                click.echo(f"no finished run in {out}: no report written here")
+                return
+        else:
+            outcome = run_study(runs, data_dir=data_dir, device=device, progress=progress, shard=parse_shard(shard))
+            if not is_main_process():
+                return
+            click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
+                       f"{len(outcome['skipped'])} already finished (skipped)")
     _print_report(write_report(out, window))
+
+
+def _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed, data_dir, device,
+                  progress, out) -> int:
+    """One worker of the Optuna-scheduled study (qsnn.train.study_queue); prints what it and the study did.
+
+    Returns the number of the plan's runs finished in ``out`` (on this machine's file system).
+    """
+    from .study_queue import default_study_name, open_queue, retry_failed as requeue, run_worker
+
+    name = study_name or default_study_name(dataset, runs)
+    study, rdb = open_queue(storage, name, runs, heartbeat=heartbeat, grace=grace, max_retry=max_retry, log=click.echo)
+    if retry_failed:
+        requeue(study, rdb, runs, log=click.echo)
+    result = run_worker(study, rdb, runs, data_dir=data_dir, device=device, progress=progress, log=click.echo)
+    cells = result["cells"]
+    complete = sum(1 for r in runs if cells.get(r.name, {}).get("state") == "COMPLETE")
+    failed = [r.name for r in runs if cells.get(r.name, {}).get("state") == "FAIL"]
+    here = sum(1 for r in runs if (r.run_dir / "metrics.json").is_file())
+    c = result["counts"]
+    print_table([
+        ("study / worker", f"{name} / {result['worker']}"),
+        ("cells of this worker", f"{len(result['trained'])} trained, {len(result['resumed'])} resumed, "
+                                 f"{len(result['skipped'])} found finished"),
+        ("cells complete / failed / all", f"{complete} / {len(failed)} / {len(runs)}"
+                                          + (f"  (failed: {', '.join(failed)}; see --retry-failed)" if failed else "")),
+        ("trials complete / fail / running / waiting", f"{c['complete']} / {c['fail']} / {c['running']} / {c['waiting']}"),
+        ("finished runs in " + str(out), f"{here} of {len(runs)}" + ("" if here == len(runs) else
+                                          " (the others ran on machines without this folder: copy them here, then "
+                                          "`qsnn-train study report`)")),
+    ], title="study worker summary")
+    return here
 
 
 @study.command("report")
@@ -258,16 +328,18 @@ def study_report(out, window) -> None:
 @click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (give each worker its own, or none).")
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="Median pruning on the validation accuracy reported after each epoch.")
+@click.option("--prune-startup", type=int, default=5, show_default=True,
+              help="Finished trials the median pruner waits for before it prunes.")
 @_options_except("dataset", "precision", "epochs")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
+@click.option("--out", type=click.Path(), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
 @version_option("qsnn-train tune")
 @debug_option
 @friendly_errors
-def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, data_dir, out, device,
-             **options) -> None:
+def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, prune_startup, data_dir,
+             out, device, **options) -> None:
     """Optuna TPE search over beta, theta, slope k, LR, dropout, BatchNorm, grad/weight clipping.
 
     Any of those given as an option is fixed instead of searched. Start the same command in several
@@ -279,11 +351,10 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
     out = Path(out or f"runs/tune-{dataset}-{precision}")
     note_user_path(out)
     _check_device(device)
-    db = storage[len("sqlite:///"):] if storage and storage.startswith("sqlite:///") else None
-    check_outputs({"--out": (out, TUNE_DIR), "--storage": (db or None, SQLITE)}, inputs={"--data-dir": data_dir})
+    check_outputs({"--out": (out, TUNE_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
     result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
                   storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
-                  data_dir=data_dir, device=device)
+                  prune_startup=prune_startup, data_dir=data_dir, device=device)
     print_table([
         ("study / storage", f"{result['study']} / {result['storage']}"),
         ("trials run by this worker", result["ran_here"]),
