@@ -165,10 +165,6 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     outdir = job.output or job.default_output(target)
     net, report = integer_network(job, profile)
     options = dict(job.target_options)
-    if "flavor" in options and target != "nir":
-        raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
-    if job.batch_size is not None:
-        raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
     write_target(target, net, outdir, force=job.force,
                  source_info={"file": str(job.source), "profile": profile.name}, **options)
     return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
@@ -221,8 +217,13 @@ def main(source: Path, target: str, output: Path | None, profile_name: str | Non
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
     """
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
+    # options of another target: refused before any work
     if lanes is not None and target != "fpga":
         raise ExportError(f"--lanes is an option of --to fpga (the FPGA core), not of --to {target}")
+    if nir_flavor is not None and target != "nir":
+        raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
+    if batch_size is not None and target != "qonnx":
+        raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
     job = ExportJob(source=source, output=output, profile_name=profile_name,
                     profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force,
                     batch_size=batch_size,

@@ -86,9 +86,10 @@ def _int_list(text: str | None) -> list[int]:
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise click.BadParameter(f"expected a comma-separated list of integers, got {text!r}") from None
+        raise click.BadParameter(f"expected a comma-separated list of integers, got {text!r}",
+                                 param_hint="--frac-bits-sweep") from None
     if any(v < 0 for v in values):
-        raise click.BadParameter("frac_bits values must be >= 0")
+        raise click.BadParameter("frac_bits values must be >= 0", param_hint="--frac-bits-sweep")
     return values
 
 

@@ -123,8 +123,8 @@ def run(data_dir, out, resume, device, progress, demo, **options) -> None:
     note_user_path(out)
     _check_device(device)
     check_outputs({"--out": (out, RUN_DIR)}, inputs={"--data-dir": data_dir})
-    if resume and not (out / "last.pt").is_file():
-        raise OutputError(f"{out}: --resume continues a run, and there is none here (no last.pt); drop --resume to "
+    if resume and not out.is_dir():
+        raise OutputError(f"{out}: --resume continues a run, and there is no run directory here; drop --resume to "
                           "start a new run, or give the --out of an existing one")
     if not resume and (out / "last.pt").exists():
         raise OutputError(f"{out} already holds a run (last.pt): pass --resume to continue it (with --epochs N to "

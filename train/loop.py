@@ -212,9 +212,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
 
     def read_last():
         if not last.exists():
-            if resume:
-                raise QsnnError(f"{run_dir}: --resume continues a run, and there is none here (no last.pt); "
+            if resume and not run_dir.is_dir():
+                raise QsnnError(f"{run_dir}: --resume continues a run, and there is no run directory here; "
                                 "drop --resume to start a new run, or give the --out of an existing one")
+            if resume:
+                log(f"{run_dir} holds no finished epoch yet (no last.pt): the run starts from the beginning")
             return None
         if not resume:
             raise QsnnError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
