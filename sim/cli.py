@@ -154,7 +154,7 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
 
         t0 = time.perf_counter()
         float_counts = float_model_counts(lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x, net.encoding,
-                                          batch_size)
+                                          batch_size, progress=progress)
         float_seconds = time.perf_counter() - t0
     reference = None
     if check:

@@ -84,6 +84,7 @@ CASES: dict[str, dict[str, tuple[list[str], str]]] = {
     "qsnn-train study": {
         "input": (["study", "--data-dir", "{data}", "--out", "{data}"], "is also the input"),
         "other": (["study", "--out", "{root}/s", "--storage", "sqlite:///{root}/s"], "same path"),
+        "holds": (["study", "--data-dir", "{fpga}/rtl", "--out", "{fpga}"], "must be new, empty"),
         "rundir": (["study", "--out", "{run}"], "qsnn-train run directory"),
         "dir_on_file": (["study", "--out", "{unrelated}"], "needs a folder"),
         "unrelated": (["study", "--out", "{notes}"], "not written by qsnn"),
@@ -92,6 +93,7 @@ CASES: dict[str, dict[str, tuple[list[str], str]]] = {
     "qsnn-train tune": {
         "input": (["tune", "--data-dir", "{data}", "--out", "{data}"], "is also the input"),
         "other": (["tune", "--out", "{root}/t", "--storage", "sqlite:///{root}/t"], "same path"),
+        "holds": (["tune", "--data-dir", "{fpga}/rtl", "--out", "{fpga}"], "must be new, empty"),
         "rundir": (["tune", "--out", "{run}"], "qsnn-train run directory"),
         "dir_on_file": (["tune", "--out", "{unrelated}"], "needs a folder"),
         "file_on_dir": (["tune", "--out", "{root}/t", "--storage", "sqlite:///{notes}"], "needs a file path"),
