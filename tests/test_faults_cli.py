@@ -224,3 +224,17 @@ def test_silent_output_layer_is_a_warning(scratch, tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: the output layer" in result.output and "never fired on 10 samples" in result.output
     assert any("never fired" in w for w in json.loads((tmp_path / "r.json").read_text())["warnings"])
+
+
+def test_device_errors_list_what_is_available(monkeypatch):
+    """On a 2-GPU machine (simulated): cuda:3 is refused naming cuda:0 and cuda:1; cuda:1 and cpu are taken."""
+    import torch
+
+    from qsnn.errors import QsnnError
+    from qsnn.train.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(QsnnError, match=r"--device cuda:3: there is no GPU with that index; available here: cpu, cuda:0, cuda:1"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")

@@ -195,8 +195,8 @@ def resolve_device(device: str | None = None) -> torch.device:
         return dev
     if dev.type == "cuda":
         ok = torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
-        why = ("this torch build has no CUDA" if not torch.backends.cuda.is_built()
-               else "no CUDA GPU is visible" if not torch.cuda.is_available() else "there is no GPU with that index")
+        why = ("there is no GPU with that index" if torch.cuda.is_available()
+               else "this torch build has no CUDA" if not torch.backends.cuda.is_built() else "no CUDA GPU is visible")
     else:
         ok = f"{dev.type}" in available or str(dev) in available
         why = f"{dev.type} is not available on this machine"
