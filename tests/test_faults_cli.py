@@ -162,14 +162,14 @@ def test_the_same_options_in_every_command():
     from qsnn.export.cli import main as export_main
     from qsnn.sim.cli import main as sim_main
     from qsnn.targets.rtl_cli import main as rtl_main
-    from qsnn.train.cli import run, study_run
+    from qsnn.train.cli import run, study_run, tune_cmd
 
     def opts(cmd):
         return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
 
-    for cmd in (export_main, sim_main, rtl_main, run, study_run):
+    for cmd in (export_main, sim_main, rtl_main, run, study_run, tune_cmd):
         assert {"--version", "--debug"} <= opts(cmd), cmd.name
-    for cmd in (sim_main, rtl_main, run, study_run):
+    for cmd in (sim_main, rtl_main, run, study_run, tune_cmd):
         assert {"--progress", "--no-progress"} <= opts(cmd), cmd.name
     for cmd in (export_main, sim_main, rtl_main):
         assert "--force" in opts(cmd), cmd.name

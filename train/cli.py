@@ -335,11 +335,13 @@ def study_report(out, window) -> None:
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
 @click.option("--out", type=click.Path(), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@click.option("--progress/--no-progress", default=False, show_default=True,
+              help="Show each trial's progress bars (on stderr; off by default: trials print one line each).")
 @version_option("qsnn-train tune")
 @debug_option
 @friendly_errors
 def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, prune_startup, data_dir,
-             out, device, **options) -> None:
+             out, device, progress, **options) -> None:
     """Optuna TPE search over beta, theta, slope k, LR, dropout, BatchNorm, grad/weight clipping.
 
     Any of those given as an option is fixed instead of searched. Start the same command in several
@@ -354,7 +356,7 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
     check_outputs({"--out": (out, TUNE_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
     result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
                   storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
-                  prune_startup=prune_startup, data_dir=data_dir, device=device)
+                  prune_startup=prune_startup, data_dir=data_dir, device=device, progress=progress)
     print_table([
         ("study / storage", f"{result['study']} / {result['storage']}"),
         ("trials run by this worker", result["ran_here"]),
