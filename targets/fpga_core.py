@@ -13,7 +13,7 @@ The core is one Verilog module for every network of its family; what a network n
 **The family**: conv layers (stride 1, no padding, p×p sum-pooling) followed by dense layers, under
 a profile with the ``mul`` or ``shift`` leak, ``subtract`` or ``zero`` reset, ``saturate`` or
 ``wrap`` overflow, no synaptic delay and no weight exponent; input uint8 pixels (a static image)
-or uint16 event counts (one frame per step). :func:`family_problem` says why a network is not in it.
+or event counts up to the encoding's clip (one frame per step; the input bus is input_max.bit_length() wide). :func:`family_problem` says why a network is not in it.
 
 **Memory order** (a word holds ``PAR`` lanes, lane j = output channel ``g·PAR + j`` of channel
 group g, lane 0 in the least significant bits; ``G = ceil(O / PAR)`` groups, padding lanes zero):
