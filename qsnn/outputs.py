@@ -137,10 +137,29 @@ def is_checkpoint(path: Path) -> bool:
 _is_metrics = _json_format(RUN_METRICS_FORMAT, frozenset({"dataset", "precision", "schedule", "best_epoch", "test_acc"}))
 
 
+#: The files a ``qsnn-train run`` directory holds (all written atomically; train/loop.py writes them).
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "metrics.json", "training.png")
+
+
+def _is_temporary_of(entry: Path, names: Iterable[str]) -> bool:
+    """``entry`` is a temporary that qsnn.atomic.atomic_open left for one of ``names`` (``.NAME.XXXX.tmp``)."""
+    return entry.is_file() and entry.name.endswith(".tmp") and any(entry.name.startswith(f".{n}.") for n in names)
+
+
 def is_run_directory(path: Path) -> bool:
-    """A ``qsnn-train run`` directory: it holds a qsnn ``last.pt``/``best.pt`` or a run's ``metrics.json``."""
-    return path.is_dir() and (is_checkpoint(path / "last.pt") or is_checkpoint(path / "best.pt")
-                              or _is_metrics(path / "metrics.json"))
+    """A ``qsnn-train run`` directory: it holds a qsnn ``last.pt``/``best.pt`` or a run's ``metrics.json``,
+    or it is a run killed while writing its first checkpoint: nothing in it but a run's files and the
+    temporaries of qsnn's atomic writes, one of them a checkpoint's."""
+    if not path.is_dir():
+        return False
+    if is_checkpoint(path / "last.pt") or is_checkpoint(path / "best.pt") or _is_metrics(path / "metrics.json"):
+        return True
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    return (any(_is_temporary_of(e, ("last.pt", "best.pt")) for e in entries)
+            and all(e.name in RUN_FILES and e.is_file() or _is_temporary_of(e, RUN_FILES) for e in entries))
 
 
 def _subfolders(path: Path) -> list[Path]:

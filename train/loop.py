@@ -38,6 +38,7 @@ from qsnn.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temp
 from qsnn.config import TrainConfig
 from qsnn.data import ArraySplit, load_split
 from qsnn.errors import QsnnError
+from qsnn.outputs import RUN_FILES
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Batches
@@ -48,8 +49,6 @@ from .model import QSNN
 from .schedules import Schedule
 
 EVAL_BATCH = 256
-#: The files a run directory holds (all written atomically).
-RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "metrics.json", "training.png")
 
 
 #: The configuration fields ``--resume`` may change (everything else is the run's saved configuration).
