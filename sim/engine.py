@@ -415,8 +415,11 @@ _COMPILED: "OrderedDict[tuple, list[_Layer]]" = OrderedDict()
 _COMPILED_LOCK = Lock()
 _COMPILED_MAX = 8
 
-#: Samples per thread below which a batch is not split (the per-call overhead would dominate).
-MIN_SAMPLES_PER_THREAD = 16
+#: A batch runs in pieces whose largest membrane array stays about this size (in the core's L2
+#: cache: at batch 512 the membrane update of an un-split batch is memory bound), at least
+#: MIN_PIECE samples each (below, the per-call overhead dominates); threads take pieces in turn.
+PIECE_BYTES = 512 * 2**10
+MIN_PIECE = 16
 
 
 def _fingerprint(net: IntegerNetwork) -> tuple:
@@ -506,7 +509,8 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         net: the compiled network; its ``profile`` gives the arithmetic.
         x: uint8 images (N, C, H, W) for ``encoding="static"`` (the same image every step), or
             integer event counts (N, T, C, H, W) for ``"events"`` (frame t at step t).
-        batch_size: samples simulated together (bounds memory).
+        batch_size: samples per batch (bounds memory); a batch runs in cache-sized pieces
+            (:data:`PIECE_BYTES`), spread over the threads.
         record: keep every layer's spike trains, ``result.spikes["z1"]`` ... (T, N, ...) uint8.
         record_membranes: keep every layer's membranes, ``result.membranes["u1"]`` ...
         progress: show a tqdm progress bar over samples.
@@ -551,15 +555,18 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         bar = tqdm(total=N, unit="sample", desc="simulate", leave=False)
     pool = None
     try:
+        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in layers))
         for b0 in range(0, N, batch_size):
             b1 = min(N, b0 + batch_size)
-            ways = max(1, min(threads, (b1 - b0) // MIN_SAMPLES_PER_THREAD))
-            if ways == 1:
-                parts = [run(b0, b1)]
+            ways = max(1, -(-(b1 - b0) // per_piece))
+            if threads > 1 and ways < threads and b1 - b0 >= threads * MIN_PIECE:
+                ways = threads                                # every thread gets a piece
+            cuts = np.linspace(b0, b1, ways + 1).astype(int)
+            if threads == 1 or ways == 1:
+                parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
             else:
                 if pool is None:
                     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qsnn-sim")
-                cuts = np.linspace(b0, b1, ways + 1).astype(int)
                 parts = list(pool.map(run, cuts[:-1], cuts[1:]))
             _merge_stats(all_stats, parts)
             if bar is not None:
