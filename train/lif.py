@@ -123,6 +123,11 @@ class LIFScan(torch.autograd.Function):
         return grad_I, carry if ctx.needs_input_grad[1] else None, None, None, None, None
 
 
+#: lif_scan runs as the single autograd node LIFScan (False: the step-by-step graph; bench/training.py
+#: measures both).
+FUSED = True
+
+
 def lif_scan(
     I_seq: torch.Tensor,
     beta: torch.Tensor,
@@ -138,7 +143,7 @@ def lif_scan(
     """
     if reset not in ("subtract", "zero"):
         raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
-    if I_seq.shape[0] and not (beta.requires_grad or theta.requires_grad):
+    if FUSED and I_seq.shape[0] and not (beta.requires_grad or theta.requires_grad):
         start = torch.zeros_like(I_seq[0]) if u0 is None else u0
         return LIFScan.apply(I_seq, start, beta, theta, slope, reset)
     state = LIFState(torch.zeros_like(I_seq[0]) if u0 is None else u0)
