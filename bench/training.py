@@ -30,6 +30,7 @@ from qsnn.data import load_split  # noqa: E402
 from qsnn.files import write_json  # noqa: E402
 
 from qsnn.train import lif  # noqa: E402
+from qsnn.train.alloc import keep_freed_memory  # noqa: E402
 from qsnn.train.data import Batches  # noqa: E402
 from qsnn.train.loss import mse_count_loss  # noqa: E402
 from qsnn.train.model import QSNN  # noqa: E402
@@ -54,6 +55,7 @@ def _train_step(model: QSNN, forward, optimizer, x, y, cfg: TrainConfig) -> floa
 @click.option("--out", default="runs/bench/train.json", show_default=True, help="JSON file for the figures.")
 def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: str) -> None:
     """Training samples/s: fast path vs the paper's snnTorch + Brevitas eager loop."""
+    keep_freed_memory()  # as qsnn-train does (train/alloc.py); the same for every path
     torch.manual_seed(0)
     cfg = TrainConfig.from_preset("mnist5k", "int4", num_steps=num_steps, batch_size=batch_size, quant_scale=quant_scale)
     split = load_split("mnist5k", "train", seed=0)
@@ -86,7 +88,7 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
               "threads": torch.get_num_threads(), "samples_per_s": sps, "speedup_median": statistics.median(ratios),
               "speedup_min": min(ratios), "speedup_max": max(ratios), "fused_lif_speedup_median": statistics.median(fused),
               "fused_lif_speedup_min": min(fused), "fused_lif_speedup_max": max(fused), "losses": losses,
-              "load_avg": os.getloadavg(),
+              "load_avg": os.getloadavg(), "malloc_tuned": keep_freed_memory(),
               "first_step_loss_equal": first_equal}
     write_json(out, result)
     print_table([
@@ -97,6 +99,7 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
         ("speed-up, median [min, max] of pairs", f"{result['speedup_median']:.2f}x [{result['speedup_min']:.2f}, {result['speedup_max']:.2f}]"),
         ("fused LIF vs step-by-step, same", f"{result['fused_lif_speedup_median']:.2f}x [{result['fused_lif_speedup_min']:.2f}, {result['fused_lif_speedup_max']:.2f}]"),
         ("load average (1, 5, 15 min)", ", ".join(f"{v:.2f}" for v in result["load_avg"])),
+        ("glibc malloc thresholds (train/alloc.py)", "raised" if result["malloc_tuned"] else "default"),
         ("same loss on the first timed step (all three)", "yes" if first_equal else f"no ({losses['fast'][0]!r} vs {losses['plain'][0]!r})"),
         ("written", out),
     ], title="training throughput")

@@ -74,7 +74,7 @@ class LIFScan(torch.autograd.Function):
     Forward runs the step's arithmetic unchanged (same float operations in the same order, so the
     values are bit-identical to T calls of :func:`lif_step`) without recording a graph; it keeps
     only the membranes u (T, ...). Backward is the step's chain rule, run from t = T−1 down to 0,
-    with the surrogate of every step computed at once (r detached, as in the step)::
+    one step at a time so that its arrays stay in cache (r detached, as in the step)::
 
         g_t        = ∂L/∂u_t (from the u output) + ∂L/∂z_t / (1 + k|u_t − θ|)² + c_{t+1}
         ∂L/∂I_t    = g_t
@@ -91,16 +91,17 @@ class LIFScan(torch.autograd.Function):
                 slope: float, reset: str) -> tuple[torch.Tensor, torch.Tensor]:
         bc = beta.clamp(0, 1)
         us = torch.empty_like(I_seq)
+        z = torch.empty_like(I_seq)
         u_prev = u0
-        for t in range(I_seq.shape[0]):
+        for t in range(I_seq.shape[0]):       # step by step: each step's arrays stay in cache
             r = (u_prev - theta > 0).to(u_prev.dtype)
             if reset == "subtract":
                 u = bc * u_prev + I_seq[t] - r * theta
             else:
                 u = bc * ((1 - r) * u_prev) + I_seq[t]
             us[t] = u
+            z[t] = u - theta > 0
             u_prev = u
-        z = (us - theta > 0).to(I_seq.dtype)
         ctx.save_for_backward(us, u0, bc, theta)
         ctx.slope, ctx.reset = slope, reset
         return z, us
@@ -108,18 +109,24 @@ class LIFScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: torch.Tensor | None, grad_u: torch.Tensor | None):  # type: ignore[override]
         us, u0, bc, theta = ctx.saved_tensors
-        g_all = torch.zeros_like(us) if grad_z is None else grad_z / (ctx.slope * torch.abs(us - theta) + 1.0) ** 2
-        if grad_u is not None:
-            g_all = g_all + grad_u
         grad_I = torch.empty_like(us)
         carry = None
         for t in range(us.shape[0] - 1, -1, -1):
-            g = g_all[t] if carry is None else g_all[t] + carry
-            grad_I[t] = g
+            g = grad_I[t]
+            if grad_z is not None:               # ∂L/∂z_t / (1 + k|u_t − θ|)², as FastSigmoidSpike
+                d = us[t] - theta
+                d.abs_().mul_(ctx.slope).add_(1.0).pow_(2)
+                torch.div(grad_z[t], d, out=g)
+            else:
+                g.zero_()
+            if grad_u is not None:
+                g += grad_u[t]
+            if carry is not None:
+                g += carry
             carry = bc * g
             if ctx.reset == "zero":
                 u_prev = us[t - 1] if t else u0
-                carry = carry * (1 - (u_prev - theta > 0).to(g.dtype))
+                carry *= 1 - (u_prev - theta > 0).to(g.dtype)
         return grad_I, carry if ctx.needs_input_grad[1] else None, None, None, None, None
 
 
