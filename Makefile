@@ -99,9 +99,10 @@ rtl-check: install
 	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
 	  --report $(DEMO_DIR)/rtl_check.json --force
 
+# inference: the make-demo model when it exists (else a quick 1-epoch training), batch 64 and 512, T = 25
 bench: install
 	$(BIN)/python bench/training.py
-	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/inference.py $(if $(wildcard $(DEMO_DIR)/best.pt),--checkpoint $(DEMO_DIR)/best.pt)
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -1,43 +1,66 @@
-"""Inference throughput: the integer engine against snnTorch + Brevitas eager inference, same run.
+"""Inference throughput: the integer engine against its peers, interleaved in one run.
 
-``python bench/inference.py`` (part of ``make bench``) trains the mnist5k int4 QSNN for one short epoch (or takes
-``--checkpoint``), exports it to QONNX and compiles it under a profile, then times on the same
-mnist5k test images, T and batch:
+``python bench/inference.py`` (part of ``make bench``) trains the mnist5k int4 QSNN for one short
+epoch (or takes ``--checkpoint``, e.g. ``runs/demo/best.pt``), exports it to QONNX, compiles it under
+a profile and, on the same mnist5k test images, T and batch, times:
 
-* ``engine``: :func:`qsnn.sim.simulate` on the uint8 images (integer arithmetic, NumPy);
-* ``eager``: :meth:`QSNN.forward_plain` in eval mode under ``torch.no_grad()``, the paper's loop
-  (Brevitas layers re-quantizing their weights at every step, snnTorch ``Leaky`` neurons).
+* ``engine``: :func:`qsnn.sim.simulate` (integer arithmetic; onnxruntime's uint8 × int8 kernel where
+  proven exact, batch split over the cores);
+* ``engine numpy``: the same engine on its NumPy reference path (``kernel="numpy"``), one thread;
+* ``float fast path``: qsnn's own float model, :meth:`QSNN.forward_fast` in eval mode under
+  ``torch.no_grad()`` (one convolution per layer over all T);
+* ``eager``: :meth:`QSNN.forward_plain`, the paper's loop (Brevitas layers re-quantizing their
+  weights at every step, snnTorch ``Leaky`` neurons);
+* ``onnxruntime``: the float QONNX graph (after QuantToQCDQ) run step by step by onnxruntime, the
+  "trained model" of ``qsnn-sim``.
 
-The two alternate (A B A B ...) so that drift of a shared machine hits both alike; the table
-shows the median samples/s of each and their ratio. It also checks, in the same run, that the
-engine is bit-exact: its spike trains against :func:`qsnn.export.integer_torch.run_integer_torch`.
+How it stays honest on a shared machine:
 
-This module imports torch (for the baseline); the engine it measures does not.
+* every timed call is warm (one untimed call of each peer first); the peers alternate within each
+  repetition, in a rotating order, and the ratios are taken per repetition (engine vs peer of the
+  same repetition), then summarised as median and [min, max];
+* thread pools do not spin into the next peer's measurement: ``OMP_WAIT_POLICY=PASSIVE``,
+  ``GOMP_SPINCOUNT=0``, ``KMP_BLOCKTIME=0`` are set before torch/NumPy load, onnxruntime's sessions
+  run with ``allow_spinning=0``;
+* it prints the load average before and after, the BLAS and thread configuration and the CPU's
+  integer dot-product extensions;
+* a roofline line: the machine's GEMM rates measured here (float32 BLAS, onnxruntime's
+  MatMulInteger and, if present, ``torch._int_mm``) times the engine's own multiply-accumulates per
+  inference (pooling folded, the static first layer once) bound its samples/s;
+* exactness is asserted in the same run: every spike train of the engine equals the PyTorch
+  evaluation of the integer semantics (:func:`qsnn.export.integer_torch.run_integer_torch`) and the
+  engine's NumPy path, with ``array_equal``; the bench fails otherwise.
+
+This module imports torch (for the peers); the engine it measures does not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import statistics
-import tempfile
-import time
-from pathlib import Path
 
-import click
-import numpy as np
+for _key, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("GOMP_SPINCOUNT", "0"), ("KMP_BLOCKTIME", "0")):
+    os.environ.setdefault(_key, _value)
 
-from qsnn.cli import print_table
-from qsnn.data import INPUT_SCALE, load_split
-from qsnn.files import write_json
-from qsnn.profiles import PROFILES, get_profile
+import dataclasses  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from qsnn.sim import simulate
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+
+from qsnn.cli import print_table  # noqa: E402
+from qsnn.data import INPUT_SCALE, load_split  # noqa: E402
+from qsnn.files import write_json  # noqa: E402
+from qsnn.profiles import PROFILES, get_profile  # noqa: E402
+from qsnn.sim import engine as sim_engine  # noqa: E402
+from qsnn.sim import simulate  # noqa: E402
 
 
 def build(num_steps: int, profile_name: str, workdir: Path, checkpoint: str | None = None,
           train_samples: int = 512, seed: int = 0):
-    """(QSNN model in eval mode, its IntegerNetwork under the profile, description).
+    """(QSNN model in eval mode, its IntegerNetwork under the profile, float QONNX path, description).
 
     The model is ``checkpoint`` if given, else trained here for one short epoch on
     ``train_samples`` mnist5k images (an untrained network hardly spikes, which would make the
@@ -67,81 +90,258 @@ def build(num_steps: int, profile_name: str, workdir: Path, checkpoint: str | No
     net, _ = compile_qonnx(onnx_path, get_profile(profile_name), allow_saturation=True)
     if net.num_steps != num_steps:
         net = dataclasses.replace(net, num_steps=num_steps)
-    return model.eval(), net, what
+    return model.eval(), net, onnx_path, what
+
+
+# --------------------------------------------------------------------------------------------------
+# The machine: configuration and GEMM rates
+
+
+def machine_config() -> dict[str, object]:
+    """BLAS, threads, CPU extensions and library versions, as the bench ran."""
+    import onnxruntime
+    import torch
+
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    blas = []
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer', '')}, "
+                f"{i.get('num_threads')} threads, {i.get('architecture', '')})" for i in threadpool_info()]
+    except ImportError:
+        pass
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "int_dot_products": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags],
+        "numpy": np.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+        "torch_threads": torch.get_num_threads(), "engine_threads": sim_engine.default_threads(),
+        "thread_pools": blas,
+        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS",
+                                              "OPENBLAS_NUM_THREADS", "QSNN_SIM_THREADS")},
+    }
+
+
+def _median_time(fn, repeats: int = 5) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
+    """Measured multiply-accumulates per second of an (m, k) × (k, n) product: float32 BLAS (NumPy),
+    onnxruntime's uint8 × int8 MatMulInteger (one thread, and
+    ``threads`` threads on row blocks, as the engine splits a batch), and ``torch._int_mm`` where the
+    torch build has it."""
+    import torch
+
+    from qsnn.sim.kernels import OrtIntMatmul
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((m, k)) < 0.15).astype(np.uint8)
+    w = rng.integers(-28, 29, (k, n)).astype(np.int8)
+    af, wf = a.astype(np.float32), w.astype(np.float32)
+    macs = float(m) * k * n
+    rates = {"float32 BLAS (NumPy)": macs / _median_time(lambda: af @ wf)}
+    mm = OrtIntMatmul(w)
+    rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: mm(a))
+    if threads > 1:                     # as the engine runs it: rows split over its threads
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = np.array_split(a, threads)
+        with ThreadPoolExecutor(threads) as pool:
+            rates[f"int8 onnxruntime, {threads} threads"] = macs / _median_time(lambda: list(pool.map(mm, parts)))
+    try:
+        at, wt = torch.from_numpy(a.astype(np.int8)), torch.from_numpy(w)
+        rates["int8 torch._int_mm"] = macs / _median_time(lambda: torch._int_mm(at, wt))
+    except (AttributeError, RuntimeError):
+        pass
+    return rates
+
+
+def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
+    """(multiply-accumulates of one inference as the engine computes it, the largest GEMM's (m, k, n) per sample-step).
+
+    Pooling is folded into the kernel; a static first layer is computed once, other layers every step.
+    """
+    layers = sim_engine.compile_layers(net, net.input_max)
+    total, largest = 0, (0, 0, 0)
+    for i, el in enumerate(layers):
+        rows = 1 if el.layer.kind == "dense" else el.out_nhwc[0] * el.out_nhwc[1]
+        per_step = rows * el.cols * el.kernel.shape[1]
+        steps = 1 if (i == 0 and net.encoding == "static") else net.num_steps
+        total += per_step * steps
+        if per_step > largest[0] * largest[1] * largest[2]:
+            largest = (rows, el.cols, el.kernel.shape[1])
+    return total, largest
+
+
+# --------------------------------------------------------------------------------------------------
+# The interleaved measurement
+
+
+def interleaved(runs: dict, n_samples: int, repeats: int, reference: str = "engine") -> dict[str, dict]:
+    """Time every peer once per repetition in rotating order; per-repetition ratios against ``reference``."""
+    names = list(runs)
+    for fn in runs.values():     # warm: sessions, caches, allocators, thread pools
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name in names:
+        ratios = [tp / te for tp, te in zip(times[name], times[reference])]
+        out[name] = {"samples_per_s": n_samples / statistics.median(times[name]), "seconds": times[name],
+                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return out
+
+
+def _fmt_ratio(row: dict) -> str:
+    return f"{row['ratio_median']:.2f}x [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]"
 
 
 @click.command()
 @click.option("--steps", "num_steps", default=25, show_default=True, help="Time steps T.")
-@click.option("--batch-size", default=64, show_default=True, help="Samples per inference call (both sides).")
-@click.option("--repeats", default=5, show_default=True, help="Timed calls per side (after one warm-up each).")
+@click.option("--batch-sizes", default="64,512", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--repeats", default=5, show_default=True, help="Timed repetitions per batch size (after a warm call of each peer).")
+@click.option("--latency-repeats", default=30, show_default=True, help="Timed batch-1 calls per engine setting.")
 @click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default="fpga", show_default=True)
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Use this trained checkpoint (e.g. runs/demo/best.pt) instead of a quick 1-epoch training.")
 @click.option("--train-samples", default=512, show_default=True, help="Images of the quick training.")
-@click.option("--threads", default=2, show_default=True, help="torch threads (NumPy's BLAS uses its own default).")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch threads and engine threads [default: the usable cores, at most 4].")
+@click.option("--eager-max-batch", default=512, show_default=True,
+              help="Time the eager loop only up to this batch size (it is the slowest peer).")
 @click.option("--out", default="runs/bench/sim.json", show_default=True, help="JSON file for the figures.")
-def main(num_steps: int, batch_size: int, repeats: int, profile_name: str, checkpoint: str | None,
-         train_samples: int, threads: int, out: str) -> None:
-    """Inference samples/s: integer engine vs the snnTorch + Brevitas eager loop."""
+def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, profile_name: str,
+         checkpoint: str | None, train_samples: int, threads: int | None, eager_max_batch: int, out: str) -> None:
+    """Inference samples/s: integer engine vs eager snnTorch + Brevitas, qsnn's float fast path and onnxruntime."""
     import torch
 
     from qsnn.export.integer_torch import run_integer_torch
+    from qsnn.export.runtime import run_onnx_steps
 
+    threads = threads or sim_engine.default_threads()
     torch.set_num_threads(threads)
+    sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    load_before = os.getloadavg()
     split = load_split("mnist5k", "test", seed=0)
-    x = split.x[:batch_size]
-    xt = torch.from_numpy(x.astype(np.float32) * np.float32(INPUT_SCALE["static"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        model, net, what = build(num_steps, profile_name, Path(tmp), checkpoint, train_samples)
+    tmp = tempfile.TemporaryDirectory()
+    model, net, onnx_path, what = build(num_steps, profile_name, Path(tmp.name), checkpoint, train_samples)
+    config = machine_config()
 
-    def eager() -> np.ndarray:
+    def images(b: int) -> np.ndarray:
+        reps = -(-b // len(split.x))
+        return np.concatenate([split.x] * reps)[:b]
+
+    per_batch, exactness = {}, {}
+    for b in sizes:
+        x = images(b)
+        xt = torch.from_numpy(x.astype(np.float32) * np.float32(INPUT_SCALE["static"]))
+        xf = xt.numpy()
+
+        def eager(xt=xt):
+            with torch.no_grad():
+                return model.forward_plain(xt).spikes.sum(0).numpy()
+
+        def fast(xt=xt):
+            with torch.no_grad():
+                return model.forward_fast(xt).spikes.sum(0).numpy()
+
+        runs = {
+            "engine": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads).counts,
+            "engine numpy": lambda x=x, b=b: simulate(net, x, batch_size=b, kernel="numpy", threads=1).counts,
+            "float fast path": fast,
+            "onnxruntime": lambda xf=xf, b=b: run_onnx_steps(onnx_path, xf, batch_size=b)["z3"],
+        }
+        if b <= eager_max_batch:
+            runs["eager"] = eager
+        per_batch[b] = interleaved(runs, len(x), repeats)
+
+        # exactness in the same run: every spike train of the engine vs PyTorch integer mode and the NumPy path
+        res = simulate(net, x, batch_size=b, threads=threads, record=True)
+        ref = run_integer_torch(net, x, batch_size=b)
+        ref_np = simulate(net, x, batch_size=b, kernel="numpy", threads=1, record=True)
+        exactness[b] = {key: bool(np.array_equal(res.spikes[key], np.asarray(ref[key]))
+                                  and np.array_equal(res.spikes[key], ref_np.spikes[key])) for key in res.spikes}
         with torch.no_grad():
-            return model.forward_plain(xt).spikes.sum(0).numpy()
+            fast_pred = model.forward_fast(xt).spikes.sum(0).argmax(1).numpy()
+        per_batch[b]["predictions_equal_float_vs_engine"] = float(np.mean(fast_pred == res.predictions))
+        per_batch[b]["firing_rates"] = {s.name: float(s.spikes_per_step.sum() / (len(x) * num_steps * s.neurons))
+                                        for s in res.layers}
+        per_batch[b]["sum_kernels"] = {s.name: f"{s.sum_kernel} {s.sum_dtype}" for s in res.layers}
 
-    def engine() -> np.ndarray:
-        return simulate(net, x, batch_size=batch_size).counts
+    # batch-1 latency: the engine now, and as before (NumPy path, one thread, layers rebuilt every call)
+    x1 = split.x[:1]
 
-    runs = {"engine": engine, "eager": eager}
-    for fn in runs.values():   # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    rate = {name: len(x) / statistics.median(ts) for name, ts in times.items()}
-    ratio = rate["engine"] / rate["eager"]
+    def rebuilt():
+        sim_engine._COMPILED.clear()
+        return simulate(net, x1, batch_size=1, kernel="numpy", threads=1)
 
-    # bit-exactness in the same run: every spike train of the engine vs the PyTorch integer mode
-    res = simulate(net, x, batch_size=batch_size, record=True)
-    ref = run_integer_torch(net, x, batch_size=batch_size)
-    exact = {key: bool(np.array_equal(res.spikes[key], np.asarray(ref[key]))) for key in res.spikes}
-    with torch.no_grad():
-        eager_pred = model.forward_plain(xt).spikes.sum(0).argmax(1).numpy()
-    agree = float(np.mean(eager_pred == res.predictions))
+    latency = interleaved({"engine": lambda: simulate(net, x1, batch_size=1),
+                           "numpy, rebuilt per call": rebuilt}, 1, latency_repeats)
 
-    figures = {
-        "network": what, "num_steps": num_steps, "batch_size": len(x), "repeats": repeats, "profile": profile_name,
-        "torch_threads": threads, "cpu_count": os.cpu_count(),
-        "engine_samples_per_s": rate["engine"], "eager_samples_per_s": rate["eager"], "ratio": ratio,
-        "engine_seconds": times["engine"], "eager_seconds": times["eager"],
-        "bit_exact_vs_integer_torch": exact, "predictions_equal_eager_vs_engine": agree,
-        "firing_rates": {s.name: float(s.spikes_per_step.sum() / (len(x) * num_steps * s.neurons)) for s in res.layers},
-    }
-    print_table([
-        ("network", f"{what}; T={num_steps}, batch {len(x)}, profile {profile_name}"),
-        ("firing rates", ", ".join(f"{k} {100 * v:.1f} %" for k, v in figures["firing_rates"].items())),
-        ("engine (NumPy, integer)", f"{rate['engine']:.1f} samples/s  (median of {repeats})"),
-        ("eager (snnTorch + Brevitas)", f"{rate['eager']:.1f} samples/s  (median of {repeats})"),
-        ("ratio engine / eager", f"{ratio:.2f}x  (goal >= 3x)"),
-        ("bit-exact vs integer torch", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exact.items())),
-        ("predictions equal eager / engine", f"{100 * agree:.2f} %"),
-    ], title="qsnn-sim bench: inference throughput")
+    macs, (m, k, n) = engine_macs(net)
+    rates = gemm_rates(m * num_steps * 64, k, n, threads)
+    load_after = os.getloadavg()
+
+    rows = [("network", f"{what}; T={num_steps}, profile {profile_name}"),
+            ("machine", f"{config['cpu']}, {config['cores']} cores, {', '.join(config['int_dot_products'])}; "
+                        f"load avg {load_before[0]:.2f} before, {load_after[0]:.2f} after"),
+            ("threads", f"engine {threads}, torch {config['torch_threads']}; "
+                        + "; ".join(config["thread_pools"]) + f"; {config['env']}"),
+            ("versions", f"numpy {config['numpy']}, torch {config['torch']}, onnxruntime {config['onnxruntime']}")]
+    for b in sizes:
+        pb = per_batch[b]
+        rows.append((f"batch {b}: engine", f"{pb['engine']['samples_per_s']:8.0f} samples/s  "
+                                           f"(median of {repeats}; {', '.join(pb['sum_kernels'].values())})"))
+        for name in ("engine numpy", "float fast path", "onnxruntime", "eager"):
+            if name in pb:
+                rows.append((f"batch {b}: {name}", f"{pb[name]['samples_per_s']:8.0f} samples/s  "
+                                                    f"engine is {_fmt_ratio(pb[name])} faster"))
+        rows.append((f"batch {b}: bit-exact", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exactness[b].items())
+                     + f"; predictions equal float fast path {100 * pb['predictions_equal_float_vs_engine']:.2f} %"))
+    rows.append(("batch 1 latency", f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
+                                    f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
+                                    f"({_fmt_ratio(latency['numpy, rebuilt per call'])})"))
+    rows.append(("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded, static layer 1 once)"))
+    best = max(sizes)
+    for name, rate in rates.items():
+        bound = rate / macs
+        rows.append((f"roofline {name}", f"{rate / 1e9:6.1f} GMAC/s -> {bound:8.0f} samples/s; engine at batch {best}: "
+                                         f"{100 * per_batch[best]['engine']['samples_per_s'] / bound:.0f} %"))
+    print_table(rows, title="qsnn-sim bench: inference throughput (engine ratios: median [min, max] of per-repetition ratios)")
+    figures = {"network": what, "num_steps": num_steps, "profile": profile_name, "repeats": repeats,
+               "machine": config, "load_avg_before": load_before, "load_avg_after": load_after,
+               "per_batch": {str(b): v for b, v in per_batch.items()}, "bit_exact": {str(b): v for b, v in exactness.items()},
+               "batch1_latency": latency, "engine_macs_per_inference": macs, "gemm_macs_per_s": rates}
     write_json(out, figures)
     click.echo(f"figures: {out}")
-    if not all(exact.values()):
-        raise SystemExit("the engine is NOT bit-exact against the PyTorch integer evaluation")
+    tmp.cleanup()
+    if not all(all(v.values()) for v in exactness.values()):
+        raise SystemExit("the engine is NOT bit-exact against the PyTorch integer evaluation and its NumPy path")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,25 +5,35 @@ preset) with both forward paths, alternating minibatches A B A B ... so that dri
 machine hits both alike, and prints the median training samples/s of each and their ratio. The
 baseline is written the way the paper's published code trains: Brevitas layers called at every
 time step (weights re-quantized each step) and snnTorch ``Leaky`` neurons in a Python loop.
-It also checks, on that run's data, that the two paths give the same loss.
+A third path, the fast path with the LIF scan as the step-by-step autograd graph
+(``qsnn.train.lif.FUSED = False``), shows what the fused :class:`~qsnn.train.lif.LIFScan` adds.
+It also checks, on that run's data, that the paths give the same loss. OpenMP pools do not spin
+between measurements (``OMP_WAIT_POLICY=PASSIVE``, set before torch loads).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import os
 
-import click
-import torch
+for _key, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("GOMP_SPINCOUNT", "0"), ("KMP_BLOCKTIME", "0")):
+    os.environ.setdefault(_key, _value)
 
-from qsnn.cli import print_table
-from qsnn.config import TrainConfig
-from qsnn.data import load_split
-from qsnn.files import write_json
+import statistics  # noqa: E402
+import time  # noqa: E402
 
-from qsnn.train.data import Batches
-from qsnn.train.loss import mse_count_loss
-from qsnn.train.model import QSNN
+import click  # noqa: E402
+import torch  # noqa: E402
+
+from qsnn.cli import print_table  # noqa: E402
+from qsnn.config import TrainConfig  # noqa: E402
+from qsnn.data import load_split  # noqa: E402
+from qsnn.files import write_json  # noqa: E402
+
+from qsnn.train import lif  # noqa: E402
+from qsnn.train.alloc import keep_freed_memory  # noqa: E402
+from qsnn.train.data import Batches  # noqa: E402
+from qsnn.train.loss import mse_count_loss  # noqa: E402
+from qsnn.train.model import QSNN  # noqa: E402
 
 
 def _train_step(model: QSNN, forward, optimizer, x, y, cfg: TrainConfig) -> float:
@@ -45,42 +55,52 @@ def _train_step(model: QSNN, forward, optimizer, x, y, cfg: TrainConfig) -> floa
 @click.option("--out", default="runs/bench/train.json", show_default=True, help="JSON file for the figures.")
 def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: str) -> None:
     """Training samples/s: fast path vs the paper's snnTorch + Brevitas eager loop."""
+    keep_freed_memory()  # as qsnn-train does (train/alloc.py); the same for every path
     torch.manual_seed(0)
     cfg = TrainConfig.from_preset("mnist5k", "int4", num_steps=num_steps, batch_size=batch_size, quant_scale=quant_scale)
     split = load_split("mnist5k", "train", seed=0)
     batches = list(Batches(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True))
     models = {}
-    for name in ("fast", "plain"):  # identical initial weights, separate optimisers
+    for name in ("fast", "fast, step-by-step LIF", "plain"):  # identical initial weights, separate optimisers
         torch.manual_seed(0)
         model = QSNN(cfg, split.input_shape, len(split.classes)).train()
-        models[name] = (model, model.forward_fast if name == "fast" else model.forward_plain,
+        models[name] = (model, model.forward_plain if name == "plain" else model.forward_fast,
                         torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas))
-    times: dict[str, list[float]] = {"fast": [], "plain": []}
-    losses: dict[str, list[float]] = {"fast": [], "plain": []}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    losses: dict[str, list[float]] = {name: [] for name in models}
     for i in range(repeats + 1):
         x, y = batches[i % len(batches)]
         for name, (model, forward, opt) in models.items():
-            torch.manual_seed(1000 + i)  # same dropout masks for both paths
+            torch.manual_seed(1000 + i)  # same dropout masks for every path
+            lif.FUSED = name != "fast, step-by-step LIF"
             t0 = time.perf_counter()
             loss = _train_step(model, forward, opt, x, y, cfg)
             elapsed = time.perf_counter() - t0
+            lif.FUSED = True
             if i:  # the first minibatch warms up allocators and caches
                 times[name].append(elapsed)
                 losses[name].append(loss)
     sps = {k: batch_size / statistics.median(v) for k, v in times.items()}
     ratios = [p / f for f, p in zip(times["fast"], times["plain"])]
-    first_equal = losses["fast"][0] == losses["plain"][0]
+    fused = [s / f for f, s in zip(times["fast"], times["fast, step-by-step LIF"])]
+    first_equal = losses["fast"][0] == losses["plain"][0] == losses["fast, step-by-step LIF"][0]
     result = {"T": num_steps, "batch_size": batch_size, "quant_scale": quant_scale, "repeats": repeats,
               "threads": torch.get_num_threads(), "samples_per_s": sps, "speedup_median": statistics.median(ratios),
-              "speedup_min": min(ratios), "speedup_max": max(ratios), "losses": losses,
+              "speedup_min": min(ratios), "speedup_max": max(ratios), "fused_lif_speedup_median": statistics.median(fused),
+              "fused_lif_speedup_min": min(fused), "fused_lif_speedup_max": max(fused), "losses": losses,
+              "load_avg": os.getloadavg(), "malloc_tuned": keep_freed_memory(),
               "first_step_loss_equal": first_equal}
     write_json(out, result)
     print_table([
         ("network / T / batch", f"mnist 16C5-AP2-64C5-AP2-FC10 int4 ({quant_scale} scale) / {num_steps} / {batch_size}"),
         ("baseline (snnTorch + Brevitas eager loop)", f"{sps['plain']:8.1f} samples/s (median of {repeats})"),
         ("qsnn fast path", f"{sps['fast']:8.1f} samples/s (median of {repeats})"),
+        ("fast path with the step-by-step LIF graph", f"{sps['fast, step-by-step LIF']:8.1f} samples/s (median of {repeats})"),
         ("speed-up, median [min, max] of pairs", f"{result['speedup_median']:.2f}x [{result['speedup_min']:.2f}, {result['speedup_max']:.2f}]"),
-        ("same loss on the first timed step", "yes" if first_equal else f"no ({losses['fast'][0]!r} vs {losses['plain'][0]!r})"),
+        ("fused LIF vs step-by-step, same", f"{result['fused_lif_speedup_median']:.2f}x [{result['fused_lif_speedup_min']:.2f}, {result['fused_lif_speedup_max']:.2f}]"),
+        ("load average (1, 5, 15 min)", ", ".join(f"{v:.2f}" for v in result["load_avg"])),
+        ("glibc malloc thresholds (train/alloc.py)", "raised" if result["malloc_tuned"] else "default"),
+        ("same loss on the first timed step (all three)", "yes" if first_equal else f"no ({losses['fast'][0]!r} vs {losses['plain'][0]!r})"),
         ("written", out),
     ], title="training throughput")
 

@@ -8,6 +8,9 @@ Engines:
 * ``"ort"``: onnxruntime. A float graph is first converted with qonnx's ``QuantToQCDQ`` (each
   ``Quant`` becomes ``QuantizeLinear → Clip → DequantizeLinear``, which onnxruntime runs); graph
   optimisations are off so every op runs as written. Fast: this is the "trained model" of qsnn-sim.
+  What does not change over T (for a static image everything computed from x and the weights
+  alone, e.g. layer 1's current; for frames the weights' QCDQ chains) runs once per batch as a
+  prefix graph (:func:`split_time_invariant`): the same nodes on the same inputs, so the same bits.
 * ``"qonnx"``: ``qonnx.core.onnx_exec.execute_onnx``, node by node (``Quant`` in qonnx's own NumPy
   implementation, standard ops through onnxruntime). Slow; the reference executor.
 
@@ -103,14 +106,92 @@ class _OrtStep:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
+        # no busy-waiting of onnxruntime's pool between the host loop's calls (it steals the core the
+        # rest of the loop, or another process, needs)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ExportError(f"{where}: onnxruntime cannot load the graph: {str(exc).splitlines()[0][:200]}") from None
         self.outputs = [o.name for o in model.graph.output]
+        # the time-invariant part of the step (for a static image: everything computed from x and the
+        # weights alone, e.g. layer 1's current; for event frames: the weights' QCDQ chains) as a
+        # prefix run once per batch, and the rest as the per-step graph (None: nothing to hoist)
+        self.hoisted: dict[bool, tuple[Any, Any, list[str], list[str]] | None] = {}
+        self._model, self._opts = model, opts
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def split(self, static: bool):
+        """(prefix session, step session, prefix outputs, step inputs) for the host loop, or None."""
+        if static not in self.hoisted:
+            import onnxruntime as ort
+
+            parts = split_time_invariant(self._model, static)
+            if parts is None:
+                self.hoisted[static] = None
+            else:
+                prefix, step, frontier = parts
+                try:
+                    sessions = [ort.InferenceSession(m.SerializeToString(), self._opts, providers=["CPUExecutionProvider"])
+                                for m in (prefix, step)]
+                except Exception:  # an unusual graph: run it whole, as written
+                    self.hoisted[static] = None
+                else:
+                    self.hoisted[static] = (sessions[0], sessions[1], frontier, [i.name for i in step.graph.input])
+        return self.hoisted[static]
+
+
+def split_time_invariant(model: onnx.ModelProto, static: bool) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]] | None:
+    """Split a one-step graph into (prefix, step, frontier): the prefix computes every tensor that does
+    not change over T (it depends on the weights only, and on ``x`` when ``static``), the step graph
+    the rest from the frontier tensors, ``x`` and the states. The same nodes run on the same inputs,
+    so the loop's results are the unsplit graph's, bit for bit. None when nothing is hoisted.
+    """
+    from onnx import helper, shape_inference
+
+    graph = model.graph
+    states = {i.name for i in graph.input if i.name != INPUT}
+    varying = set(states) | (set() if static else {INPUT})
+    pre_nodes, step_nodes = [], []
+    for node in graph.node:                              # ONNX graphs are topologically sorted
+        if any(name in varying for name in node.input if name):
+            step_nodes.append(node)
+            varying.update(node.output)
+        else:
+            pre_nodes.append(node)
+    produced = {o for n in pre_nodes for o in n.output}
+    outputs = {o.name for o in graph.output}
+    frontier = sorted({name for n in step_nodes for name in n.input if name in produced})
+    if not pre_nodes or not frontier or produced & outputs:
+        return None
+    try:
+        typed = shape_inference.infer_shapes(model)
+    except Exception:
+        return None
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(typed.graph.value_info) + list(typed.graph.output)}
+    if any(not types.get(name) for name in frontier):
+        return None
+    inits = {i.name: i for i in graph.initializer}
+    graph_inputs = {i.name: i for i in graph.input}
+
+    def used(nodes):
+        return {name for n in nodes for name in n.input if name}
+
+    def sub(name, nodes, inputs, outs):
+        need = used(nodes)
+        g = helper.make_graph(nodes, name, inputs, outs, initializer=[inits[k] for k in inits if k in need])
+        m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        return m
+
+    pre_in = [graph_inputs[INPUT]] if INPUT in used(pre_nodes) else []
+    prefix = sub("prefix", pre_nodes, pre_in, [helper.make_tensor_value_info(f, types[f], None) for f in frontier])
+    step_in = [helper.make_tensor_value_info(f, types[f], None) for f in frontier]
+    step_in += [i for i in graph.input if i.name in used(step_nodes)]
+    step = sub("step", step_nodes, step_in, list(graph.output))
+    return prefix, step, frontier
 
 
 class _QonnxStep:
@@ -195,9 +276,18 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
         state = {s: np.zeros(_state_shape(model, s, b), dtype=_input_dtype(model, s)) for s in states}
         frame = xb.astype(dtype) if static else None
         rec: dict[str, list[np.ndarray]] = {k: [] for k in keep}
+        hoisted = runner.split(static) if engine == "ort" else None
+        if hoisted is not None:                          # the time-invariant prefix, once per batch
+            prefix, step, frontier, step_inputs = hoisted
+            pre_feed = {INPUT: frame} if static and INPUT in {i.name for i in prefix.get_inputs()} else {}
+            invariant = dict(zip(frontier, prefix.run(frontier, pre_feed)))
         for t in range(T):
             feeds = {INPUT: frame if static else np.ascontiguousarray(xb[:, t]).astype(dtype), **state}
-            out = runner(feeds)
+            if hoisted is not None:
+                feeds.update(invariant)
+                out = dict(zip(runner.outputs, step.run(runner.outputs, {k: feeds[k] for k in step_inputs})))
+            else:
+                out = runner(feeds)
             state = {s: out[f"{s}_out"] for s in states}
             rec["z3"].append(out[OUTPUT])
             if record:

@@ -26,20 +26,33 @@ How it is fast without giving up exactness:
 * Sum-pooling folds into the kernel: ``sumpool_p(W ⊛ x)`` is one stride-p convolution with the
   integer kernel ``W'`` (k+p−1 wide, each tap a sum of up to p² weights), which needs fewer
   multiplies and no separate pooling.
-* Integer sums are computed in float32 BLAS only where they are provably exact: every partial
-  sum of ``W'·x`` is bounded by ``B = max_o Σ|W'_o| · max x``, and float32 represents every
-  integer below 2^24 exactly, so the product is exact when ``B < 2^24`` (asserted per layer;
-  float64 below 2^53, int64 otherwise).
+* Every partial sum of ``W'·x`` is bounded by ``B = max_o Σ|W'_o| · max x`` (proven per layer).
+  Where the layer's operands are uint8 (spikes, pixels, small event counts) and int8 (the folded
+  kernel) and no product pair can saturate int16, the sums run as uint8 × int8 → int32 in
+  onnxruntime's integer kernel (:mod:`qsnn.sim.kernels`, ``kernel="auto"``); elsewhere, and with
+  ``kernel="numpy"`` (the reference path), in float32 BLAS when ``B < 2^24`` (float32 represents
+  every integer below 2^24 exactly), float64 below 2^53, int64 otherwise.
+* Spikes stay uint8/bool end to end (a bool array is viewed as uint8, never cast); the im2col copy
+  of a spike layer is one byte per tap.
+* The compiled layers (kernels, proofs, integer kernels' sessions) are cached per network, so a
+  batch-1 call does not rebuild them; the statistics (``stats=False``) cost nothing when not asked
+  for; ``threads`` splits a batch over the cores (NumPy and onnxruntime release the GIL).
 * On a static image the first layer's current is the same at every step: computed once.
 * The membrane update runs in int32 where the worst-case bound of every intermediate fits
   (e.g. a 16-bit membrane times a 12-bit leak), int64 otherwise.
 
-The engine imports numpy only (and tqdm for the optional progress bar), never torch.
+The engine imports numpy (and tqdm for the optional progress bar; onnxruntime for the optional integer
+kernel), never torch.
 """
 
 from __future__ import annotations
 
+import os
+import zlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from threading import Lock
 from typing import Sequence
 
 import numpy as np
@@ -49,6 +62,8 @@ from qsnn.arith import check_leak_const, overflow_range
 from qsnn.errors import InputError, NetworkError
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
+
+from .kernels import KERNELS, OrtIntMatmul, int8_exact, ort_available
 
 #: Integers of magnitude below these are exact in float32 / float64 (and so are sums that stay below).
 FLOAT32_EXACT = 2**24
@@ -78,7 +93,9 @@ class LayerStats:
         synops: synaptic operations, all samples: every nonzero input (spike, pixel, event count
             times its count) times the synapses it drives (its fan-out into this layer).
         dense_macs: multiply-accumulates a dense (non event-driven) evaluation needs, all samples.
-        sum_dtype: how the synaptic sums were computed exactly (float32, float64 or int64).
+        sum_dtype: how the synaptic sums were computed exactly (int32 accumulation of uint8 × int8,
+            float32, float64 or int64).
+        sum_kernel: which kernel computed them: ``"onnxruntime"`` (integer MatMulInteger) or ``"numpy"``.
         sum_bound: the proven bound of every partial synaptic sum.
         state_dtype: the integer type of the membrane update.
     """
@@ -97,6 +114,7 @@ class LayerStats:
     synops: int = 0
     dense_macs: int = 0
     sum_dtype: str = ""
+    sum_kernel: str = ""
     sum_bound: int = 0
     state_dtype: str = ""
 
@@ -158,7 +176,7 @@ class _Layer:
     """A layer's constants in the engine's layout (channels last) and its exactness proofs."""
 
     def __init__(self, layer: IntegerLayer, profile: ChipProfile, in_shape: tuple[int, ...],
-                 in_max: int) -> None:
+                 in_max: int, kernel: str = "auto") -> None:
         self.layer = layer
         self.profile = profile
         self.name = layer.name
@@ -182,8 +200,15 @@ class _Layer:
             else:
                 mat = w
         self.cols = mat.shape[1]
+        self.in_max = int(in_max)
         self.sum_bound = int(np.abs(mat).sum(axis=1).max()) * int(in_max)
-        if self.sum_bound < FLOAT32_EXACT:
+        # the integer kernel where its arithmetic is proven exact (qsnn.sim.kernels), else NumPy
+        self.int_matmul: OrtIntMatmul | None = None
+        if kernel == "auto" and int8_exact(self.in_max, int(np.abs(mat).max(initial=0)), self.sum_bound) \
+                and ort_available():
+            self.int_matmul = OrtIntMatmul(mat.T)
+            self.sum_dtype = np.dtype(np.int32)
+        elif self.sum_bound < FLOAT32_EXACT:
             self.sum_dtype = np.dtype(np.float32)
         elif self.sum_bound < FLOAT64_EXACT:
             self.sum_dtype = np.dtype(np.float64)
@@ -191,7 +216,8 @@ class _Layer:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
-        self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O)
+        self.sum_kernel = "onnxruntime" if self.int_matmul is not None else "numpy"
+        self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O); the NumPy path's
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
         # the single shift shl(acc, s + e); a negative exponent floors first, then s applies
@@ -223,9 +249,8 @@ class _Layer:
         self.round_mask = (1 << profile.leak_bits) - 1
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
-        per_sample_synops = int(fan.sum()) * int(in_max)     # Σ x·fanout of one sample, worst case
-        self.fan_vec = fan.reshape(-1).astype(np.float32 if per_sample_synops < FLOAT32_EXACT and
-                                              self.sum_dtype == np.float32 else np.float64)
+        self.fan_vec = fan.reshape(-1).astype(np.int64)        # per input unit, NHWC flattened
+        self._theta_full: dict[tuple[int, ...], np.ndarray] = {}
 
     def _check_constants(self) -> None:
         check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
@@ -250,33 +275,41 @@ class _Layer:
     def currents(self, x: np.ndarray, acc: "LayerStats | None" = None) -> np.ndarray:
         """shl(shl(acc, e), s) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
 
-        With ``acc``, also adds the chunk's synaptic operations (Σ input × fan-out) to it.
+        ``x`` is bool (spikes) or an unsigned integer array. With ``acc``, also adds the chunk's
+        synaptic operations (Σ input × fan-out) to it.
         """
         n = x.shape[0]
         kind = self.layer.kind
         o = self.kernel.shape[1]
-        out_shape = (n, o) if kind == "dense" else (n, *self.out_nhwc)
-        out = np.empty(out_shape, dtype=self.state_dtype)
+        if x.dtype == np.bool_:
+            x = x.view(np.uint8)                              # spikes: the same bytes, no cast
+        if acc is not None:                                   # Σ_units (Σ_samples x) · fan-out, exact
+            acc.synops += int(x.reshape(n, -1).sum(axis=0, dtype=np.int64) @ self.fan_vec)
+        integer = self.int_matmul is not None
+        if integer and x.dtype != np.uint8:
+            x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
+        item = 1 if integer else self.sum_dtype.itemsize
         per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * self.cols
-        samples_per = max(1, CHUNK_BYTES // max(1, per_sample * self.sum_dtype.itemsize))
+        samples_per = max(1, CHUNK_BYTES // max(1, per_sample * item))
+        parts = []
         for s0 in range(0, n, samples_per):
             xs = x[s0:s0 + samples_per]
-            if xs.dtype != self.sum_dtype:
+            if not integer and xs.dtype != self.sum_dtype:
                 xs = xs.astype(self.sum_dtype)
-            if acc is not None:                               # Σ x·fanout: one exact gemv
-                flat = xs.reshape(len(xs), -1)
-                if self.fan_vec.dtype != xs.dtype:
-                    flat = flat.astype(self.fan_vec.dtype)
-                acc.synops += int((flat @ self.fan_vec).astype(np.int64).sum())
             if kind == "dense":
-                out[s0:s0 + samples_per] = xs.reshape(len(xs), -1) @ self.kernel
+                cols = xs.reshape(len(xs), -1)
             else:
                 ho, wo, _ = self.out_nhwc
                 side, p = self.window, self.stride
                 win = sliding_window_view(xs, (side, side), axis=(1, 2))[:, ::p, ::p][:, :ho, :wo]
                 # im2col (m·Ho·Wo, K·K·C): channels innermost, so each copied run is contiguous
                 cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, self.cols)
-                out[s0:s0 + samples_per] = (cols @ self.kernel).reshape(len(xs), ho, wo, o)
+            part = self.int_matmul(cols) if integer else cols @ self.kernel
+            if part.dtype != self.state_dtype:
+                part = part.astype(self.state_dtype)
+            parts.append(part)
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = out.reshape((n, o) if kind == "dense" else (n, *self.out_nhwc))
         if self.exp_shift < 0:
             out >>= -self.exp_shift
         if self.shift > 0:
@@ -342,9 +375,12 @@ class _Layer:
 
     def theta_full(self, shape: tuple[int, ...]) -> np.ndarray:
         """θ broadcast to a state array's shape, contiguous (same-shape operations are the fast ones)."""
-        if getattr(self, "_theta_full", None) is None or self._theta_full.shape != shape:
-            self._theta_full = np.ascontiguousarray(np.broadcast_to(self.theta, shape))
-        return self._theta_full
+        full = self._theta_full.get(shape)
+        if full is None:                                      # read only: threads may share it
+            full = np.ascontiguousarray(np.broadcast_to(self.theta, shape))
+            full.flags.writeable = False
+            self._theta_full[shape] = full
+        return full
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,66 +410,177 @@ def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
                          "training did (qsnn.data.load_split with the model's event encoding)")
 
 
+#: Compiled layers per network (content fingerprint, first-layer input bound, kernel), most recent last.
+_COMPILED: "OrderedDict[tuple, list[_Layer]]" = OrderedDict()
+_COMPILED_LOCK = Lock()
+_COMPILED_MAX = 8
+
+#: A batch runs in pieces whose largest membrane array stays about this size (in the core's L2
+#: cache: at batch 512 the membrane update of an un-split batch is memory bound), at least
+#: MIN_PIECE samples each (below, the per-call overhead dominates); threads take pieces in turn.
+PIECE_BYTES = 512 * 2**10
+MIN_PIECE = 16
+
+
+def _fingerprint(net: IntegerNetwork) -> tuple:
+    """Everything the compiled layers depend on, hashed (weights, constants, profile, shapes)."""
+    crc = 0
+    scalars = []
+    for layer in net.layers:
+        for arr in (layer.weight, layer.threshold, layer.bias):
+            a = np.ascontiguousarray(arr)
+            crc = zlib.crc32(repr((a.dtype.str, a.shape)).encode() + a.tobytes(), crc)
+        scalars.append((layer.name, layer.kind, int(layer.pool), int(layer.current_shift), int(layer.leak_const),
+                        int(layer.weight_exp)))
+    return (crc, tuple(scalars), repr(net.profile), tuple(net.input_shape))
+
+
+def _input_bound(in_max: int, input_max: int) -> int:
+    """The first layer's proven input bound: ``in_max`` rounded up to 2^k − 1 (few distinct compilations), ≤ ``input_max``."""
+    return max(1, min(int(input_max), (1 << max(1, int(in_max)).bit_length()) - 1)) if in_max > 0 else 1
+
+
+def compile_layers(net: IntegerNetwork, in_max: int = 255, kernel: str = "auto") -> list[_Layer]:
+    """The engine's layers of ``net`` for first-layer inputs up to ``in_max`` (cached per network)."""
+    if kernel not in KERNELS:
+        raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    bound = _input_bound(in_max, net.input_max)
+    key = (_fingerprint(net), bound, kernel)
+    with _COMPILED_LOCK:
+        layers = _COMPILED.get(key)
+        if layers is not None:
+            _COMPILED.move_to_end(key)
+            return layers
+    layers = []
+    shape: tuple[int, ...] = tuple(net.input_shape)
+    for i, layer in enumerate(net.layers):
+        el = _Layer(layer, net.profile, shape, bound if i == 0 else 1, kernel)
+        layers.append(el)
+        shape = el.out_shape
+    with _COMPILED_LOCK:
+        _COMPILED[key] = layers
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return layers
+
+
+def default_threads() -> int:
+    """Threads :func:`simulate` splits a batch over by default: the usable cores, at most 4 (``QSNN_SIM_THREADS`` overrides)."""
+    env = os.environ.get("QSNN_SIM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise InputError(f"QSNN_SIM_THREADS must be a positive integer, got {env!r}") from None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
+def _new_stats(layers: list[_Layer], N: int, T: int) -> list[LayerStats]:
+    return [LayerStats(name=el.name, kind=el.layer.kind, shape=tuple(el.out_shape), neurons=el.neurons,
+                       spikes_per_step=np.zeros(T, dtype=np.int64), current_min=np.iinfo(np.int64).max,
+                       current_max=np.iinfo(np.int64).min,
+                       dense_macs=N * T * el.neurons * (el.layer.pool ** 2) * el.layer.fan_in,
+                       sum_dtype=el.sum_dtype.name, sum_kernel=el.sum_kernel, sum_bound=el.sum_bound,
+                       state_dtype=el.state_dtype.name)
+            for el in layers]
+
+
+def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
+    for i, st in enumerate(into):
+        for part in parts:
+            p = part[i]
+            st.spikes_per_step += p.spikes_per_step
+            st.saturation_low += p.saturation_low
+            st.saturation_high += p.saturation_high
+            st.membrane_min = min(st.membrane_min, p.membrane_min)
+            st.membrane_max = max(st.membrane_max, p.membrane_max)
+            st.current_min = min(st.current_min, p.current_min)
+            st.current_max = max(st.current_max, p.current_max)
+            st.synops += p.synops
+
+
 def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, record: bool = False,
-             record_membranes: bool = False, progress: bool = False) -> SimResult:
+             record_membranes: bool = False, progress: bool = False, kernel: str = "auto",
+             threads: int | None = None, stats: bool = True) -> SimResult:
     """Run ``net`` on inputs ``x`` over exactly T = ``net.num_steps`` steps, in integers.
 
     Args:
         net: the compiled network; its ``profile`` gives the arithmetic.
         x: uint8 images (N, C, H, W) for ``encoding="static"`` (the same image every step), or
             integer event counts (N, T, C, H, W) for ``"events"`` (frame t at step t).
-        batch_size: samples simulated together (bounds memory).
+        batch_size: samples per batch (bounds memory); a batch runs in cache-sized pieces
+            (:data:`PIECE_BYTES`), spread over the threads.
         record: keep every layer's spike trains, ``result.spikes["z1"]`` ... (T, N, ...) uint8.
         record_membranes: keep every layer's membranes, ``result.membranes["u1"]`` ...
         progress: show a tqdm progress bar over samples.
+        kernel: ``"auto"`` (onnxruntime's integer kernel on the layers where it is proven exact,
+            NumPy elsewhere) or ``"numpy"`` (the NumPy reference path on every layer); see
+            :mod:`qsnn.sim.kernels`. Both give the same integers.
+        threads: split each batch over this many threads (default :func:`default_threads`); the
+            results do not depend on it.
+        stats: gather the per-layer statistics (spikes per step, current ranges, synaptic
+            operations). With ``False`` they are skipped and ``result.layers`` holds only what the
+            membrane update sees anyway (saturation events, membrane range) and zeros elsewhere.
     """
     check_input(net, x)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
     x = np.asarray(x)
-    profile, T, delay = net.profile, net.num_steps, net.profile.synaptic_delay
+    T, delay = net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"
     in_max = int(x.max()) if x.size else 0
-    layers: list[_Layer] = []
-    shape: tuple[int, ...] = tuple(net.input_shape)
-    for i, layer in enumerate(net.layers):
-        el = _Layer(layer, profile, shape, max(in_max, 1) if i == 0 else 1)
-        layers.append(el)
-        shape = el.out_shape
+    layers = compile_layers(net, in_max, kernel)
     N = len(x)
     # the statistics are accumulated in place over all batches
-    stats = [LayerStats(name=el.name, kind=el.layer.kind, shape=tuple(el.out_shape), neurons=el.neurons,
-                        spikes_per_step=np.zeros(T, dtype=np.int64), current_min=np.iinfo(np.int64).max,
-                        current_max=np.iinfo(np.int64).min,
-                        dense_macs=N * T * el.neurons * (el.layer.pool ** 2) * el.layer.fan_in,
-                        sum_dtype=el.sum_dtype.name, sum_bound=el.sum_bound, state_dtype=el.state_dtype.name)
-             for el in layers]
+    all_stats = _new_stats(layers, N, T)
     counts = np.zeros((N, layers[-1].neurons), dtype=np.int64)
     spikes = {f"z{i + 1}": np.zeros((T, N, *el.out_shape), dtype=np.uint8) for i, el in enumerate(layers)} \
         if record else None
     membranes = {f"u{i + 1}": np.zeros((T, N, *el.out_shape), dtype=el.state_dtype)
                  for i, el in enumerate(layers)} if record_membranes else None
 
+    def run(b0: int, b1: int) -> list[LayerStats]:
+        part = _new_stats(layers, 0, T)
+        _run_batch(layers, part, x[b0:b1], T, delay, static, counts[b0:b1], spikes, membranes, b0, stats)
+        return part
+
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=N, unit="sample", desc="simulate", leave=False)
+    pool = None
     try:
+        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in layers))
         for b0 in range(0, N, batch_size):
-            xb = x[b0:b0 + batch_size]
-            _run_batch(layers, stats, xb, T, delay, static, counts[b0:b0 + len(xb)],
-                       spikes, membranes, b0)
+            b1 = min(N, b0 + batch_size)
+            ways = max(1, -(-(b1 - b0) // per_piece))
+            if threads > 1 and ways < threads and b1 - b0 >= threads * MIN_PIECE:
+                ways = threads                                # every thread gets a piece
+            cuts = np.linspace(b0, b1, ways + 1).astype(int)
+            if threads == 1 or ways == 1:
+                parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
+            else:
+                if pool is None:
+                    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qsnn-sim")
+                parts = list(pool.map(run, cuts[:-1], cuts[1:]))
+            _merge_stats(all_stats, parts)
             if bar is not None:
-                bar.update(len(xb))
+                bar.update(b1 - b0)
     finally:
+        if pool is not None:
+            pool.shutdown()
         if bar is not None:
             bar.close()
 
-    for st in stats:
-        if st.current_min > st.current_max:          # no current seen (T ≤ delay)
+    for st in all_stats:
+        if st.current_min > st.current_max:          # no current seen (T ≤ delay, or stats=False)
             st.current_min = st.current_max = 0
-    return SimResult(counts=counts, predictions=predict(counts), layers=tuple(stats), num_steps=T,
+    return SimResult(counts=counts, predictions=predict(counts), layers=tuple(all_stats), num_steps=T,
                      spikes=spikes, membranes=membranes)
 
 
@@ -452,7 +599,7 @@ def _time_chunk(layers: list[_Layer], batch: int, T: int) -> int:
 
 
 def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: int, delay: int, static: bool,
-               counts: np.ndarray, spikes: dict | None, membranes: dict | None, b0: int) -> None:
+               counts: np.ndarray, spikes: dict | None, membranes: dict | None, b0: int, stats: bool = True) -> None:
     B = len(xb)
     tc = _time_chunk(layers, B, T)
     # state per layer: membrane, last spikes, delay line of its input (its last `delay` input steps)
@@ -464,14 +611,14 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         xs = xb.reshape(B, *first.in_shape)
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
         cur_static = first.currents(np.ascontiguousarray(x_in))
-        if delay < T:
+        if stats and delay < T:
             _update_current_range(accs[0], cur_static)
             if first.layer.kind == "conv":
                 synops = int(((x_in != 0) * first.fanout[..., None]).sum())
             else:
                 synops = int(np.count_nonzero(x_in)) * first.layer.out_channels
             accs[0].synops += synops * (T - delay)
-        if delay > 0:
+        if stats and delay > 0:
             _update_current_range(accs[0], np.zeros(1, dtype=np.int64))
         cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
@@ -495,13 +642,15 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                     src, tails[li] = joined[:n], joined[n:]
                 src = np.ascontiguousarray(src)
                 flat = src.reshape(n * B, *src.shape[2:])
-                cur = el.currents(flat, acc).reshape(n, B, *el.out_nhwc)
-                _update_current_range(acc, cur)
+                cur = el.currents(flat, acc if stats else None).reshape(n, B, *el.out_nhwc)
+                if stats:
+                    _update_current_range(acc, cur)
                 cur += el.bias
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
             u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
-            acc.spikes_per_step[t0:t1] += np.count_nonzero(z_chunk.reshape(n, -1), axis=1)
+            if stats:
+                acc.spikes_per_step[t0:t1] += z_chunk.view(np.uint8).reshape(n, -1).sum(axis=1, dtype=np.int64)
             name = f"{li + 1}"
             if spikes is not None:
                 out = _to_nchw(z_chunk) if el.layer.kind == "conv" else z_chunk
@@ -510,7 +659,7 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                 out = _to_nchw(u_chunk) if el.layer.kind == "conv" else u_chunk
                 membranes["u" + name][t0:t1, b0:b0 + B] = out
             prev_out = z_chunk
-        counts += np.count_nonzero(prev_out, axis=0).reshape(B, -1)
+        counts += prev_out.view(np.uint8).sum(axis=0, dtype=np.int64).reshape(B, -1)
 
 
 def _update_current_range(acc: LayerStats, cur: np.ndarray) -> None:
@@ -535,7 +684,8 @@ def combine(results: Sequence[SimResult]) -> SimResult:
             membrane_min=min(p.membrane_min for p in parts), membrane_max=max(p.membrane_max for p in parts),
             current_min=min(p.current_min for p in parts), current_max=max(p.current_max for p in parts),
             synops=sum(p.synops for p in parts), dense_macs=sum(p.dense_macs for p in parts),
-            sum_dtype=stats.sum_dtype, sum_bound=max(p.sum_bound for p in parts), state_dtype=stats.state_dtype))
+            sum_dtype=stats.sum_dtype, sum_kernel=stats.sum_kernel, sum_bound=max(p.sum_bound for p in parts),
+            state_dtype=stats.state_dtype))
 
     def join(attr: str) -> dict[str, np.ndarray] | None:
         if any(getattr(r, attr) is None for r in results):

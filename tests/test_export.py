@@ -438,3 +438,28 @@ def test_standard_batchnorm_op_when_pytorch_arithmetic_is_not_recognised(synthet
     for la, lb in zip(a.layers, b.layers):
         assert np.array_equal(la.weight, lb.weight) and la.current_shift == lb.current_shift
         assert np.abs(la.threshold - lb.threshold).max() <= 1 and np.abs(la.bias - lb.bias).max() <= 1
+
+
+def test_host_loop_hoists_the_time_invariant_prefix_without_changing_a_bit(synthetic_onnx, monkeypatch):
+    """onnxruntime's host loop runs what does not change over T (layer 1 of a static image, the
+    weights' QCDQ chains) once per batch: every spike and membrane equals the whole graph's run per
+    step, on real images (static) and on frames (nothing but the weights is invariant)."""
+    import onnx as onnx_lib
+
+    from qsnn.export import runtime
+
+    x = load_split("mnist5k", "test").x[:40].astype(np.float32) / np.float32(255)
+    frames = np.random.default_rng(0).poisson(0.4, size=(12, 6, 1, 28, 28)).astype(np.float32)
+    model = onnx_lib.load(str(synthetic_onnx))
+    assert runtime.split_time_invariant(model, static=True) is not None
+    split = {"static": runtime.run_onnx_steps(synthetic_onnx, x, record=True, batch_size=16),
+             "frames": runtime.run_onnx_steps(synthetic_onnx, frames, record=True, batch_size=5)}
+    runner = runtime._ort_runner(synthetic_onnx, model, "float")
+    assert runner.split(True) is not None and runner.split(False) is not None
+    monkeypatch.setattr(runtime._OrtStep, "split", lambda self, static: None)
+    whole = {"static": runtime.run_onnx_steps(synthetic_onnx, x, record=True, batch_size=16),
+             "frames": runtime.run_onnx_steps(synthetic_onnx, frames, record=True, batch_size=5)}
+    for kind in split:
+        assert split[kind]["z1"].sum() > 0
+        for key in whole[kind]:
+            assert np.array_equal(split[kind][key], whole[kind][key]), (kind, key)

@@ -280,9 +280,13 @@ def test_float_path_chosen_by_proven_bound():
     res = simulate(net, np.full((1, 1, 1, 70000), 255, np.uint8), record_membranes=True)
     assert res.membranes["u1"][0, 0, 0] == (127 * 255 * 70000) >> 16 == 34590
     assert res.layers[0].state_dtype == "int64"
-    # a 4-bit layer on spikes stays on float32
+    # a 4-bit layer on spikes stays on float32 in the NumPy path, and runs uint8 × int8 → int32 in
+    # onnxruntime's integer kernel otherwise (exact: 2·1·7 ≤ 2^15 − 1, 8·7 < 2^31)
     small = net_of(FPGA, [dense("fc", np.full((1, 8), 7), threshold=10)], T=1, input_shape=(1, 1, 8))
-    assert simulate(small, np.ones((1, 1, 1, 8), np.uint8)).layers[0].sum_dtype == "float32"
+    ones = np.ones((1, 1, 1, 8), np.uint8)
+    assert simulate(small, ones, kernel="numpy").layers[0].sum_dtype == "float32"
+    stats = simulate(small, ones).layers[0]
+    assert (stats.sum_dtype, stats.sum_kernel) == ("int32", "onnxruntime")
 
 
 def _random_net(rng, profile, encoding, T, shape):
@@ -424,3 +428,106 @@ def test_sim_imports_neither_export_nor_torch():
             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'qsnn.export'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------------
+# the integer kernel (onnxruntime) against the NumPy reference path; threads; the layer cache
+
+
+def _same_result(a, b):
+    for key in a.spikes:
+        assert np.array_equal(a.spikes[key], b.spikes[key]), key
+    if a.membranes is not None:
+        for key in a.membranes:
+            assert np.array_equal(a.membranes[key], b.membranes[key]), key
+    assert np.array_equal(a.counts, b.counts)
+    for la, lb in zip(a.layers, b.layers):
+        for field in ("saturation_low", "saturation_high", "membrane_min", "membrane_max", "current_min",
+                      "current_max", "synops", "dense_macs"):
+            assert getattr(la, field) == getattr(lb, field), (la.name, field)
+        assert np.array_equal(la.spikes_per_step, lb.spikes_per_step)
+
+
+def test_integer_kernel_equals_numpy_path_on_real_images(synthetic_onnx):
+    """A spiking int4 network compiled from its QONNX export, the 500 real mnist5k test images:
+    the integer kernel (conv2 and fc on spikes, conv1 on uint8 pixels) gives the NumPy path's
+    integers, every spike and membrane, with any number of threads."""
+    from qsnn.data import load_split
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.profiles import get_profile
+
+    x = load_split("mnist5k", "test").x
+    for profile in ("fpga", "loihi2"):
+        net, _ = compile_qonnx(synthetic_onnx, get_profile(profile), allow_saturation=True)
+        ref = simulate(net, x, kernel="numpy", threads=1, record=True, record_membranes=True, batch_size=200)
+        res = simulate(net, x, record=True, record_membranes=True, threads=3, batch_size=200)
+        assert [s.sum_kernel for s in res.layers][1:] == ["onnxruntime", "onnxruntime"]
+        assert all(s.sum_kernel == "numpy" for s in ref.layers)
+        assert sum(int(s.spikes_per_step.sum()) for s in ref.layers[1:]) > 0, "a silent network proves nothing"
+        _same_result(res, ref)
+
+
+@pytest.mark.parametrize("profile", [FPGA, LOIHI2, FPGA.replace(overflow="wrap", membrane_bits=10)],
+                         ids=["fpga", "loihi2", "wrap"])
+def test_kernels_and_threads_agree_on_random_networks(profile):
+    rng = np.random.default_rng(7)
+    for encoding in ("static", "events"):
+        T = 6
+        shape = (2, 14, 14) if encoding == "events" else (1, 12, 12)
+        net = _random_net(rng, profile, encoding, T, shape)
+        x = (rng.integers(0, 256, size=(70, *shape)).astype(np.uint8) if encoding == "static"
+             else rng.poisson(0.7, size=(70, T, *shape)).astype(np.uint16))
+        ref = simulate(net, x, kernel="numpy", threads=1, record=True, record_membranes=True)
+        for threads in (1, 2, 4):
+            res = simulate(net, x, threads=threads, batch_size=33, record=True, record_membranes=True)
+            assert "onnxruntime" in {s.sum_kernel for s in res.layers}
+            _same_result(res, ref)
+
+
+def test_integer_kernel_only_where_its_bound_holds():
+    # 8-bit weights ±127 on pixels: 2·255·127 > 2^15 − 1 (an AVX2 int16 pair could saturate): NumPy;
+    # the same layer on inputs ≤ 127 (bound 2^7 − 1: 2·127·127 = 32,258): onnxruntime, and the sums are exact
+    w = np.array([[127, -127, 127, 127]], np.int16)
+    layer = IntegerLayer("fc", "dense", w, 1, 0, np.array([10**9]), np.array([0]), 0, np.ones(1))
+    net = net_of(FPGA.replace(weight_bits=8, membrane_bits=32), [layer], T=1, input_shape=(1, 1, 4))
+    hi = np.array([[[[255, 0, 255, 255]]]], np.uint8)
+    res = simulate(net, hi, record_membranes=True)
+    assert res.layers[0].sum_kernel == "numpy"
+    assert res.membranes["u1"][0, 0, 0] == 3 * 127 * 255
+    lo = np.array([[[[100, 3, 126, 127]]]], np.uint8)
+    res = simulate(net, lo, record_membranes=True)
+    assert res.layers[0].sum_kernel == "onnxruntime"
+    assert res.membranes["u1"][0, 0, 0] == 127 * (100 - 3 + 126 + 127)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        simulate(net, lo, kernel="gpu")
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        simulate(net, lo, threads=0)
+
+
+def test_compiled_layers_are_cached_per_network_content():
+    rng = np.random.default_rng(11)
+    net = _random_net(rng, FPGA, "static", 3, (1, 12, 12))
+    first = engine.compile_layers(net, 255)
+    assert engine.compile_layers(net, 200) is first            # same bound 2^8 − 1: the same layers
+    # a network with other weights (same shapes) never gets the stale layers
+    w = net.layers[1].weight.copy()
+    w[0, 0, 0, 0] = -w[0, 0, 0, 0] if w[0, 0, 0, 0] else 1
+    other = IntegerNetwork((net.layers[0], IntegerLayer(**{**net.layers[1].__dict__, "weight": w}), net.layers[2]),
+                           net.profile, net.input_shape, net.num_steps, net.encoding, net.classes)
+    assert engine.compile_layers(other, 255) is not first
+    x = rng.integers(0, 256, size=(4, 1, 12, 12)).astype(np.uint8)
+    ref_other = simulate_reference(other, x)
+    assert np.array_equal(simulate(other, x, record=True).spikes["z2"], ref_other["z2"])
+
+
+def test_statistics_off_keeps_the_integers():
+    rng = np.random.default_rng(5)
+    net = _random_net(rng, FPGA.replace(membrane_bits=9), "static", 5, (1, 12, 12))
+    x = rng.integers(0, 256, size=(6, 1, 12, 12)).astype(np.uint8)
+    full = simulate(net, x, record=True)
+    bare = simulate(net, x, record=True, stats=False)
+    for key in full.spikes:
+        assert np.array_equal(full.spikes[key], bare.spikes[key])
+    assert np.array_equal(full.counts, bare.counts)
+    assert [s.saturation_events for s in bare.layers] == [s.saturation_events for s in full.layers]
+    assert all(s.synops == 0 and not s.spikes_per_step.any() for s in bare.layers)

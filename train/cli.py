@@ -22,6 +22,9 @@ def main() -> None:
     `qsnn-train [run] --dataset mnist5k --precision int4 --schedule cosine` trains one network;
     hyperparameters come from the Table I presets (qsnn/presets.toml) and any option overrides them.
     """
+    from .alloc import keep_freed_memory
+
+    keep_freed_memory()  # glibc keeps the minibatches' large blocks for reuse (train/alloc.py)
 
 
 def _default(field: str) -> str:

@@ -68,6 +68,73 @@ def lif_step(
     return z, LIFState(u)
 
 
+class LIFScan(torch.autograd.Function):
+    """:func:`lif_step` over T as one autograd node: forward and backward each one loop over t.
+
+    Forward runs the step's arithmetic unchanged (same float operations in the same order, so the
+    values are bit-identical to T calls of :func:`lif_step`) without recording a graph; it keeps
+    only the membranes u (T, ...). Backward is the step's chain rule, run from t = T−1 down to 0,
+    one step at a time so that its arrays stay in cache (r detached, as in the step)::
+
+        g_t        = ∂L/∂u_t (from the u output) + ∂L/∂z_t / (1 + k|u_t − θ|)² + c_{t+1}
+        ∂L/∂I_t    = g_t
+        c_t        = β_c · g_t              reset = "subtract"
+        c_t        = β_c · (1 − r_t) · g_t  reset = "zero"       (β_c = clamp(β, 0, 1))
+
+    and ∂L/∂u0 = c_0. β and θ are constants here (buffers; :func:`lif_scan` falls back to the
+    step-by-step graph when either needs a gradient). Gradients equal the step-by-step graph's up
+    to the order of float additions.
+    """
+
+    @staticmethod
+    def forward(ctx, I_seq: torch.Tensor, u0: torch.Tensor, beta: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
+                slope: float, reset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        bc = beta.clamp(0, 1)
+        us = torch.empty_like(I_seq)
+        z = torch.empty_like(I_seq)
+        u_prev = u0
+        for t in range(I_seq.shape[0]):       # step by step: each step's arrays stay in cache
+            r = (u_prev - theta > 0).to(u_prev.dtype)
+            if reset == "subtract":
+                u = bc * u_prev + I_seq[t] - r * theta
+            else:
+                u = bc * ((1 - r) * u_prev) + I_seq[t]
+            us[t] = u
+            z[t] = u - theta > 0
+            u_prev = u
+        ctx.save_for_backward(us, u0, bc, theta)
+        ctx.slope, ctx.reset = slope, reset
+        return z, us
+
+    @staticmethod
+    def backward(ctx, grad_z: torch.Tensor | None, grad_u: torch.Tensor | None):  # type: ignore[override]
+        us, u0, bc, theta = ctx.saved_tensors
+        grad_I = torch.empty_like(us)
+        carry = None
+        for t in range(us.shape[0] - 1, -1, -1):
+            g = grad_I[t]
+            if grad_z is not None:               # ∂L/∂z_t / (1 + k|u_t − θ|)², as FastSigmoidSpike
+                d = us[t] - theta
+                d.abs_().mul_(ctx.slope).add_(1.0).pow_(2)
+                torch.div(grad_z[t], d, out=g)
+            else:
+                g.zero_()
+            if grad_u is not None:
+                g += grad_u[t]
+            if carry is not None:
+                g += carry
+            carry = bc * g
+            if ctx.reset == "zero":
+                u_prev = us[t - 1] if t else u0
+                carry *= 1 - (u_prev - theta > 0).to(g.dtype)
+        return grad_I, carry if ctx.needs_input_grad[1] else None, None, None, None, None
+
+
+#: lif_scan runs as the single autograd node LIFScan (False: the step-by-step graph; bench/training.py
+#: measures both).
+FUSED = True
+
+
 def lif_scan(
     I_seq: torch.Tensor,
     beta: torch.Tensor,
@@ -78,8 +145,14 @@ def lif_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :func:`lif_step` over the leading time axis of ``I_seq`` (T, ...).
 
-    Returns (z, u), both (T, ...); u0 defaults to zeros.
+    Returns (z, u), both (T, ...); u0 defaults to zeros. Unless β or θ needs a gradient the scan is
+    the single autograd node :class:`LIFScan` (the same values, one node instead of T steps' graphs).
     """
+    if reset not in ("subtract", "zero"):
+        raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
+    if FUSED and I_seq.shape[0] and not (beta.requires_grad or theta.requires_grad):
+        start = torch.zeros_like(I_seq[0]) if u0 is None else u0
+        return LIFScan.apply(I_seq, start, beta, theta, slope, reset)
     state = LIFState(torch.zeros_like(I_seq[0]) if u0 is None else u0)
     zs, us = [], []
     for I in I_seq:
