@@ -151,9 +151,23 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     stem = job.source.name.split(".")[0]
     outdir = job.output or job.source.with_name(f"{stem}.{target}")
     net, report = integer_network(job, profile)
+    options = {"example": example_input(net)} if target == "loihi2" else {}
     write_target(target, net, outdir, force=job.force,
-                 source_info={"file": str(job.source), "profile": profile.name})
+                 source_info={"file": str(job.source), "profile": profile.name}, **options)
     return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
+
+
+def example_input(net) -> Any:
+    """The first test sample of the network's dataset (for the loihi2 README's snippet), or None if the
+    dataset cannot be read here (the folder then gets a zero input and says so)."""
+    from qsnn.data import load_split
+    from qsnn.errors import DataError
+
+    dataset = (net.metadata or {}).get("dataset")
+    try:
+        return load_split(str(dataset), "test", num_steps=net.num_steps, subset=None).x[0]
+    except (DataError, OSError, ValueError):
+        return None
 
 
 #: ``--to`` targets: name → writer(job) → summary rows. Add a target here (one function, one entry).

@@ -219,7 +219,8 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                         f"synops/inf {layer['synops_per_inference']:.0f}  weights {layer['weight_memory_bits']} bit  "
                         f"u in [{layer['membrane_min']}, {layer['membrane_max']}] "
                         f"({layer['membrane_bits_used']}/{layer['membrane_bits']} bit)  "
-                        f"sat {layer['saturation_low']}/{layer['saturation_high']}"))
+                        f"sat {layer['saturation_low']}/{layer['saturation_high']}"
+                        + (f"  current wraps {layer['current_wraps']}" if layer.get("current_bits") else "")))
     total = report["hardware"]["total"]
     hw_rows.append(("total", f"synops/inf {total['synops_per_inference']:.0f} (dense MACs "
                              f"{total['dense_macs_per_inference']:.0f})  weights {total['weight_memory_bits']} bit  "
@@ -233,7 +234,15 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                    f"register and were {how}: " + ", ".join(
                        f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
                        f"{layer['saturation_high']} high)" for layer in hit)
-                   + "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits")
+                   + ("; the chip clamps the same way (its current shift is fixed, so no lower frac_bits is "
+                      "possible; training for the chip, qsnn-train run --profile NAME, keeps the membrane inside)"
+                      if profile.get("fixed_shift") else
+                      "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits"))
+    wrapped = [layer for layer in report["hardware"]["layers"] if layer.get("current_wraps")]
+    if wrapped:
+        click.echo(f"\nwarning: {total['current_wraps']} synaptic currents wrapped around the "
+                   f"{wrapped[0]['current_bits']}-bit current register (as the chip does): "
+                   + ", ".join(f"{layer['name']} {layer['current_wraps']}" for layer in wrapped))
     if report.get("frac_bits_sweep"):
         click.echo("")
         sweep_rows = []

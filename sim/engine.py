@@ -7,8 +7,10 @@ with its own in-place, layout-changed arithmetic (it takes only the rails, ``ove
 ``tests/test_sim_engine.py`` compares the two on random networks of every profile variant)::
 
     acc_t = sumpool_p( W ⊛ z_in,t−d ) · 2^e                d = profile.synaptic_delay, zeros before t = d
-    c_t   = shl(acc_t, s) + b                              the current on the membrane grid
-            (e = weight_exp ≥ 0 exact; e < 0 is a floor shift of the sum, before s)
+    c_t   = cur(shl(acc_t, s)) + b                         the current on the membrane grid
+            (e = weight_exp ≥ 0 exact; e < 0 is a floor shift of the sum, before s; ``cur`` is
+            the profile's current register of ``current_bits`` (Lava's u: c − 2^w where
+            c > 2^(w−1), c + 2^w where c ≤ −2^(w−1)), the identity when 0)
     r_t   = [u_{t−1} > θ]  (= z_{t−1})
     u_t   = overflow( leak(u_{t−1}) + c_t − r_t·θ )        reset = "subtract"
     u_t   = overflow( leak((1 − r_t)·u_{t−1}) + c_t )      reset = "zero"
@@ -74,7 +76,9 @@ class LayerStats:
         saturation_low / saturation_high: neuron-steps whose membrane before ``sat`` lay below the
             low rail / above the high rail (clamped for ``saturate``, wrapped for ``wrap``).
         membrane_min / membrane_max: extremes of the membrane u_t seen (after ``sat``).
-        current_min / current_max: extremes of the synaptic current shl(acc, s) seen.
+        current_min / current_max: extremes of the synaptic current shl(acc, s) seen (before
+            the current register).
+        current_wraps: neuron-steps whose current wrapped in the profile's current register.
         synops: synaptic operations, all samples: every nonzero input (spike, pixel, event count
             times its count) times the synapses it drives (its fan-out into this layer).
         dense_macs: multiply-accumulates a dense (non event-driven) evaluation needs, all samples.
@@ -94,6 +98,7 @@ class LayerStats:
     membrane_max: int = 0
     current_min: int = 0
     current_max: int = 0
+    current_wraps: int = 0
     synops: int = 0
     dense_macs: int = 0
     sum_dtype: str = ""
@@ -221,6 +226,8 @@ class _Layer:
         self.leak_const = int(layer.leak_const)
         self.sign_shift = self.state_dtype.itemsize * 8 - 1
         self.round_mask = (1 << profile.leak_bits) - 1
+        self.current_half = 1 << (profile.current_bits - 1) if profile.current_bits else 0
+        self.last_range, self.last_wraps = (0, 0), 0       # of the latest currents() call
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
         per_sample_synops = int(fan.sum()) * int(in_max)     # Σ x·fanout of one sample, worst case
@@ -248,9 +255,11 @@ class _Layer:
 
     # -- synaptic sums -------------------------------------------------------------------------
     def currents(self, x: np.ndarray, acc: "LayerStats | None" = None) -> np.ndarray:
-        """shl(shl(acc, e), s) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
+        """cur(shl(shl(acc, e), s)) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
 
-        With ``acc``, also adds the chunk's synaptic operations (Σ input × fan-out) to it.
+        With ``acc``, also adds the chunk's synaptic operations (Σ input × fan-out) to it. Leaves the
+        range of the currents before the current register in ``last_range`` and the number of
+        currents the register wrapped in ``last_wraps``.
         """
         n = x.shape[0]
         kind = self.layer.kind
@@ -283,6 +292,14 @@ class _Layer:
             out <<= self.shift
         elif self.shift < 0:
             out >>= -self.shift
+        self.last_range = (int(out.min()), int(out.max())) if out.size else (0, 0)
+        self.last_wraps = 0
+        half = self.current_half
+        if half and (self.last_range[1] > half or self.last_range[0] <= -half):
+            high, low = out > half, out <= -half              # Lava's u: wraps once
+            self.last_wraps = int(np.count_nonzero(high)) + int(np.count_nonzero(low))
+            out[high] -= 2 * half
+            out[low] += 2 * half
         return out
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
@@ -460,14 +477,15 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
         cur_static = first.currents(np.ascontiguousarray(x_in))
         if delay < T:
-            _update_current_range(accs[0], cur_static)
+            _update_current_range(accs[0], first.last_range)
+            accs[0].current_wraps += first.last_wraps * (T - delay)
             if first.layer.kind == "conv":
                 synops = int(((x_in != 0) * first.fanout[..., None]).sum())
             else:
                 synops = int(np.count_nonzero(x_in)) * first.layer.out_channels
             accs[0].synops += synops * (T - delay)
         if delay > 0:
-            _update_current_range(accs[0], np.zeros(1, dtype=np.int64))
+            _update_current_range(accs[0], (0, 0))
         cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
     for t0 in range(0, T, tc):
@@ -491,7 +509,8 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                 src = np.ascontiguousarray(src)
                 flat = src.reshape(n * B, *src.shape[2:])
                 cur = el.currents(flat, acc).reshape(n, B, *el.out_nhwc)
-                _update_current_range(acc, cur)
+                _update_current_range(acc, el.last_range)
+                acc.current_wraps += el.last_wraps
                 cur += el.bias
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
@@ -508,10 +527,9 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         counts += np.count_nonzero(prev_out, axis=0).reshape(B, -1)
 
 
-def _update_current_range(acc: LayerStats, cur: np.ndarray) -> None:
-    if cur.size:
-        acc.current_min = min(acc.current_min, int(cur.min()))
-        acc.current_max = max(acc.current_max, int(cur.max()))
+def _update_current_range(acc: LayerStats, rng: tuple[int, int]) -> None:
+    acc.current_min = min(acc.current_min, rng[0])
+    acc.current_max = max(acc.current_max, rng[1])
 
 
 def combine(results: Sequence[SimResult]) -> SimResult:
@@ -529,6 +547,7 @@ def combine(results: Sequence[SimResult]) -> SimResult:
             saturation_high=sum(p.saturation_high for p in parts),
             membrane_min=min(p.membrane_min for p in parts), membrane_max=max(p.membrane_max for p in parts),
             current_min=min(p.current_min for p in parts), current_max=max(p.current_max for p in parts),
+            current_wraps=sum(p.current_wraps for p in parts),
             synops=sum(p.synops for p in parts), dense_macs=sum(p.dense_macs for p in parts),
             sum_dtype=stats.sum_dtype, sum_bound=max(p.sum_bound for p in parts), state_dtype=stats.state_dtype))
 

@@ -34,6 +34,7 @@ from qsnn.export.qonnx_float import export_float
 from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import predictions, run_integer_onnx, run_onnx_steps
 from qsnn.files import sha256_file
+from qsnn.network import fold_pool
 from qsnn.profiles import get_profile
 from qsnn.train.checkpoint import model_from_checkpoint
 from qsnn.train.data import to_tensor
@@ -381,8 +382,12 @@ def test_fp32_export_and_compile(synthetic, mnist_test, tmp_path):
         assert np.abs(layer.weight).max() <= 7
         assert 0 < rep["weight_quantization"]["max_rel_error"] <= 1 / 14 + 1e-9  # half a step of max|W|/7
     _integer_graph_matches_torch(net, mnist_test.x[:30], tmp_path / "fp32.onnx")
-    net8, report8 = compile_qonnx(path, get_profile("loihi2"))  # quantized to the profile's 8 bits
-    assert np.abs(np.concatenate([l.weight.ravel() for l in net8.layers])).max() == 127
+    # loihi2: quantized so that the folded taps fit 8 bits and θ fits the 17-bit vth at the fixed shift 6
+    net8, report8 = compile_qonnx(path, get_profile("loihi2"))
+    for layer, rep in zip(net8.layers, report8["layers"]):
+        assert 2 <= rep["weight_quantization"]["bits"] <= 8
+        assert np.abs(fold_pool(layer.weight, layer.pool) if layer.kind == "conv" else layer.weight).max() <= 127
+        assert layer.current_shift == 6 and (layer.threshold >> 6).max() < 2**17
 
 
 @pytest.mark.float_kernels
