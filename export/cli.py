@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,6 +25,7 @@ from qsnn.cli import (allow_saturation_option, debug_option, friendly_errors, no
                       profile_set_option)
 from qsnn.errors import ExportError, ProfileError
 from qsnn.profiles import ChipProfile, get_profile, parse_overrides
+from qsnn.targets.nir_graph import FLAVORS as NIR_FLAVORS
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ExportJob:
     profile_overrides: dict[str, Any]
     allow_saturation: bool
     force: bool
+    batch_size: int | None = None      # --batch-size: static batch of a qonnx export
+    target_options: dict[str, Any] = field(default_factory=dict)   # e.g. lanes for fpga
 
     @property
     def source_is_onnx(self) -> bool:
@@ -117,22 +120,24 @@ def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
         if job.source_is_onnx:
             raise ExportError(f"{job.source} is already a QONNX file; add --profile NAME to compile it to integers")
         out = job.check_output(job.output or job.source.with_suffix(".onnx"))
-        export_float(job.source, out)
+        export_float(job.source, out, batch_size=job.batch_size)
         report = None
     else:
         stem = job.source.name.split(".")[0]
         out = job.check_output(job.output or job.source.with_name(f"{stem}.{profile.name}.onnx"))
         net, report = integer_network(job, profile)
-        export_integer(net, out)
+        export_integer(net, out, batch_size=job.batch_size)
     _, meta = check_qsnn_model(out)
     rows: list[tuple[str, Any]] = [
         ("file", str(out)), ("size", f"{out.stat().st_size / 1024:.1f} KiB"),
         ("kind", meta["kind"] + (f" (profile {profile.name})" if profile else "")),
         ("dataset", meta["dataset"]), ("time steps T", meta["num_steps"]),
         ("classes", f"{len(meta['classes'])}: {', '.join(map(str, meta['classes'][:11]))}"),
-        ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}"),
+        ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}, "
+                  f"values 0..{meta['input_max']} per cell and step"),
         ("neuron", f"beta {meta['beta']:.6g}, theta {meta['threshold']:.6g}, {meta['reset']} reset"),
         ("weights", f"{meta['precision']}, {meta['weight_bits']} bits, scale {meta['quant_scale']}"),
+        ("batch", meta.get("batch", "dynamic")),
     ]
     if report:
         rows += compile_rows(report)
@@ -151,7 +156,13 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     stem = job.source.name.split(".")[0]
     outdir = job.output or job.source.with_name(f"{stem}.{target}")
     net, report = integer_network(job, profile)
-    options = {"example": example_input(net)} if target == "loihi2" else {}
+    options = dict(job.target_options)
+    if "flavor" in options and target != "nir":
+        raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
+    if job.batch_size is not None:
+        raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
+    if target == "loihi2":
+        options["example"] = example_input(net)
     write_target(target, net, outdir, force=job.force,
                  source_info={"file": str(job.source), "profile": profile.name}, **options)
     return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
@@ -194,18 +205,33 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 @profile_set_option
 @allow_saturation_option
 @click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file or folder (replaced only once the new one is complete).")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
+              help="qonnx: fix the batch dimension of every graph input and output to N (FINN's convention is 1); "
+                   "default: dynamic.")
+@click.option("--nir-flavor", "nir_flavor", type=click.Choice(list(NIR_FLAVORS)), default=None,
+              help="nir: which importers the graph is written for. standard (default): snnTorch, spikingjelly, "
+                   "Norse (from_nir(..., dt=1e-4)); spyx: Spyx's channels-last dense order; sinabs: Sinabs with "
+                   "nir <= 1.0.4 (tau in steps). See the NIR folder's README.")
+@click.option("--lanes", type=int, default=None,
+              help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
+                   "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.")
 @debug_option
 @friendly_errors
 def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_sets: tuple[str, ...],
-         allow_saturation: bool, force: bool) -> None:
+         allow_saturation: bool, force: bool, batch_size: int | None, nir_flavor: str | None,
+         lanes: int | None) -> None:
     """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
     The output is written atomically: on any error an existing file is left as it was. A source
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
     """
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
+    if lanes is not None and target != "fpga":
+        raise ExportError(f"--lanes is an option of --to fpga (the FPGA core), not of --to {target}")
     job = ExportJob(source=source, output=output, profile_name=profile_name,
-                    profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force)
+                    profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force,
+                    batch_size=batch_size,
+                    target_options={k: v for k, v in (("flavor", nir_flavor), ("lanes", lanes)) if v is not None})
     rows = TARGETS[target](job)
     print_table(rows, title=f"qsnn-export --to {target}")
 

@@ -8,7 +8,8 @@ small passes, each a function with one job, run in order over a :class:`Plan` (o
 1. :func:`~.float_graph.read_float_graph` reads the float graph and checks every value the other
    passes use (the only pass that reads the file, and the only place a damaged file is reported
    as such: an error in a later pass is a bug, and keeps its traceback);
-2. :func:`quantize_fp32_weights`: the integer weights (the ``Quant`` node's, or fp32 weights
+2. :func:`check_input_port`: the declared input range (``input_max``) fits the profile's input port;
+   :func:`quantize_fp32_weights`: the integer weights (the ``Quant`` node's, or fp32 weights
    quantized here); :func:`check_profile_limits`: weight width, fan-in and neurons fit the profile;
 3. :func:`fold_batchnorm_and_pooling`: the real value s_c of one accumulator unit per channel;
 4. :func:`flip_negative_gains`: channels with BatchNorm γ < 0 get negated weights (γ = 0: none);
@@ -60,9 +61,9 @@ figures). A threshold no m can hold is an error. With ``profile.current_bits`` t
 otherwise. On a ``fold_pool`` profile the weight range and fan-in are checked on the kernel with
 the pooling folded in (the taps the target stores), and m_max is counted on those taps.
 
-Worst-case inputs: pixels ≤ 255; event counts ≤ ``input_max`` (default
-:data:`DEFAULT_EVENT_INPUT_MAX`, i.e. at most 15 events per input cell and step: per-bin counts of
-DVS recordings are small, and a 16-bit worst case would leave no resolution); spikes ≤ 1.
+Worst-case inputs: the first layer's inputs ≤ the export's ``input_max`` (pixels 255; event counts
+the encoding's clip 2^event_bits − 1, applied identically in training, simulation and on the chip,
+so the bound is the real one), which must fit the profile's input port (``input_bits``); spikes ≤ 1.
 
 **fp32 checkpoints** are quantized here, per tensor, to the profile's weight bits (narrow range,
 scale max|W| / (2^(b−1)−1)): post-training quantization, with the weight error in the report. On a
@@ -81,7 +82,6 @@ from typing import Any, Callable
 import numpy as np
 
 from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
-from qsnn.data import INPUT_MAX
 from qsnn.errors import ProfileError
 from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
@@ -93,8 +93,6 @@ from .float_graph import FloatGraph, FloatLayer, read_float_graph
 MIN_THRESHOLD_STEPS = 16
 #: With ``allow_saturation``: the membrane range must hold this many times max(θ_c) + max|b_c|.
 SATURATION_HEADROOM = 4
-#: Worst-case event count per input cell and step assumed by the bound (``input_max`` overrides).
-DEFAULT_EVENT_INPUT_MAX = 15
 LOWEST_SHIFT = -40
 
 
@@ -197,11 +195,10 @@ class Plan:
     report: dict[str, Any] | None = None
 
     @classmethod
-    def start(cls, graph: FloatGraph, profile: ChipProfile, *, allow_saturation: bool = False,
-              input_max: int | None = None) -> "Plan":
-        """The plan before any pass: the leak constant of β, the worst-case inputs, and the notes on them."""
-        if input_max is None:
-            input_max = INPUT_MAX["static"] if graph.encoding == "static" else DEFAULT_EVENT_INPUT_MAX
+    def start(cls, graph: FloatGraph, profile: ChipProfile, *, allow_saturation: bool = False) -> "Plan":
+        """The plan before any pass: the leak constant of β, the worst-case inputs (the export's declared
+        ``input_max``), and the notes on them."""
+        input_max = graph.input_max
         layers = [LayerPlan(source=layer, index=i, input_scale=graph.input_scale if i == 0 else 1.0,
                             input_max=input_max if i == 0 else 1) for i, layer in enumerate(graph.layers)]
         plan = cls(graph=graph, profile=profile, allow_saturation=allow_saturation, input_max=input_max,
@@ -210,8 +207,8 @@ class Plan:
             plan.notes.append(f"trained with {graph.reset} reset, profile {profile.name!r} uses {profile.reset} "
                               "reset: spikes can differ from the trained model")
         if graph.encoding == "events":
-            plan.notes.append(f"worst-case bound assumes at most {input_max} events per input cell and step "
-                              "(compile_qonnx(input_max=...)); larger counts may saturate")
+            plan.notes.append(f"event counts clipped to {input_max} per input cell and step ({input_max.bit_length()}-bit "
+                              "input, the training's encoding); the worst-case bound assumes exactly this")
         return plan
 
 
@@ -265,6 +262,19 @@ def quantize_fp32_weights(plan: Plan) -> None:
                 plan.notes.append(f"fp32 checkpoint: weights quantized per tensor to {plan.profile.weight_bits} bits "
                                   "or fewer at compile time (post-training quantization); expect an accuracy change")
         lp.weight_max_abs = int(np.max(np.abs(lp.q))) if lp.q.size else 0
+
+
+def check_input_port(plan: Plan) -> None:
+    """Refuse (:class:`~qsnn.errors.ProfileError`) a network whose inputs exceed the profile's input port
+    (``input_bits``): the chip could not receive them, and the bound would not hold."""
+    p, graph = plan.profile, plan.graph
+    if plan.input_max <= p.input_max:
+        return
+    what = "event counts up to" if graph.encoding == "events" else "pixels up to"
+    fix = f"retrain with --event-bits {p.input_bits} or fewer, or " if graph.encoding == "events" else ""
+    raise ProfileError(f"the model takes {what} {plan.input_max} per input cell and step but the {p.name} profile's "
+                       f"input port carries {p.input_bits}-bit values (up to {p.input_max}); {fix}widen the port "
+                       "(--profile-set input_bits=N)")
 
 
 def check_profile_limits(plan: Plan) -> None:
@@ -395,27 +405,28 @@ def write_report(plan: Plan) -> None:
     net_meta["compile_report"] = plan.report
     plan.network = IntegerNetwork(
         layers=tuple(lp.layer for lp in plan.layers), profile=p, input_shape=graph.input_shape,
-        num_steps=graph.num_steps, encoding=graph.encoding, classes=graph.classes, metadata=net_meta)
+        num_steps=graph.num_steps, encoding=graph.encoding, classes=graph.classes, metadata=net_meta,
+        input_max=plan.input_max)
 
 
 #: The passes after reading the float graph, in order.
 PASSES: tuple[Callable[[Plan], None], ...] = (
-    quantize_fp32_weights, check_profile_limits, fold_batchnorm_and_pooling, flip_negative_gains,
+    check_input_port, quantize_fp32_weights, check_profile_limits, fold_batchnorm_and_pooling, flip_negative_gains,
     choose_membrane_grid, emit_integer_layers, write_report,
 )
 
 
-def compile_graph(graph: FloatGraph, profile: ChipProfile, *, allow_saturation: bool = False,
-                  input_max: int | None = None) -> tuple[IntegerNetwork, dict[str, Any]]:
+def compile_graph(graph: FloatGraph, profile: ChipProfile, *,
+                  allow_saturation: bool = False) -> tuple[IntegerNetwork, dict[str, Any]]:
     """Run :data:`PASSES` over a read float graph: (network, compile report)."""
-    plan = Plan.start(graph, profile, allow_saturation=allow_saturation, input_max=input_max)
+    plan = Plan.start(graph, profile, allow_saturation=allow_saturation)
     for compile_pass in PASSES:
         compile_pass(plan)
     return plan.network, plan.report
 
 
-def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *, allow_saturation: bool = False,
-                  input_max: int | None = None) -> tuple[IntegerNetwork, dict[str, Any]]:
+def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *,
+                  allow_saturation: bool = False) -> tuple[IntegerNetwork, dict[str, Any]]:
     """Compile a float qsnn QONNX export to an :class:`IntegerNetwork` under ``profile``.
 
     Reads only the ONNX file. Returns the network (its ``metadata`` holds the ONNX metadata and the
@@ -427,7 +438,7 @@ def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *, allow_s
     :class:`~qsnn.errors.ProfileError` if the network cannot be represented under ``profile``.
     """
     graph = read_float_graph(onnx_path)          # the one pass that reads the file (and may call it damaged)
-    return compile_graph(graph, profile, allow_saturation=allow_saturation, input_max=input_max)
+    return compile_graph(graph, profile, allow_saturation=allow_saturation)
 
 
 # --------------------------------------------------------------------------------------------------

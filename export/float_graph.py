@@ -36,6 +36,8 @@ class FloatGraph:
         layers: the synaptic layers, first to last.
         num_steps: T. encoding: ``"static"`` | ``"events"``. input_scale: real value of one integer
         input unit (1/255 for pixels). input_shape: (C, H, W). classes: class names.
+        input_max: the largest integer input of one cell per step (255 for pixels; the event
+        encoding's count clip), what the worst-case bound assumes.
         beta, theta, reset, precision: as trained (β and θ as the model's float32 values).
         layer_shapes: spike shape of each layer for one sample.
         metadata: the file's whole metadata (decoded).
@@ -47,6 +49,7 @@ class FloatGraph:
     encoding: str
     input_scale: float
     input_shape: tuple[int, int, int]
+    input_max: int
     classes: tuple[str, ...]
     beta: float
     theta: float
@@ -71,6 +74,7 @@ def read_float_graph(source: Any) -> FloatGraph:
         graph = FloatGraph(
             layers=(), num_steps=check.integer("num_steps", low=1, high=MAX_NUM_STEPS), encoding=check.choice("encoding", ENCODINGS),
             input_scale=check.real("input_scale", positive=True), input_shape=check.shape("input_shape", 3),
+            input_max=check.integer("input_max", low=1, high=65535),
             classes=check.names("classes"), beta=float(np.float32(check.real("beta"))),
             theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
             precision=check.text("precision"), layer_shapes=check.layer_shapes(), metadata=meta, where=where)

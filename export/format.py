@@ -13,8 +13,16 @@ takes the integer input (uint8 pixels or counts) in float64 and carries the chip
 profile, with extra outputs ``z1``, ``z2`` (spikes of the hidden layers) and, for a profile with a
 synaptic delay k, delay-line states ``d1..d3`` → ``d1_out..d3_out`` of shape (N, k, ...).
 
-The batch dimension is dynamic (``N``). A runtime that needs a fixed batch size can set it with
-qonnx: ``ModelWrapper(path).transform(ChangeBatchSize(n))`` or :func:`fix_batch_size`.
+The batch dimension is dynamic (``N``) unless the file was exported with ``batch_size=n``
+(``qsnn-export --to qonnx --batch-size n``, FINN's convention is 1), which fixes it on every input,
+output and intermediate tensor (:func:`fix_batch_size`).
+
+Roles, not names: the metadata ``interface`` lists the role of each graph input and output by
+position; a graph whose inputs/outputs a tool renamed (``qonnx-cleanup``: ``global_in``...) is
+mapped back by :func:`restore_interface`, checked against the graph's structure.
+
+Datatypes: spike tensors carry the qonnx annotation ``BINARY`` (:func:`annotate_datatypes`), so
+``InferDataTypes`` and ``inference_cost`` see 1-bit activations next to the 4-bit ``Quant`` weights.
 
 Weights: ``<layer>.weight`` initializers (behind a ``Quant`` node for int4 checkpoints); the dense
 layer's is stored (in, out) for ``MatMul``.
@@ -47,6 +55,11 @@ INPUT = "x"
 OUTPUT = "z3"
 
 #: Metadata every qsnn QONNX file carries (values are strings; JSON for lists and dicts).
+#: ``input_max`` is the largest integer input of one cell per step, what the first layer and the
+#: chip's input port take and what the compiler's worst-case bound assumes: 255 for pixels, the
+#: encoding's clip 2^event_bits − 1 for event counts; event exports also carry ``event_frames``
+#: (:class:`qsnn.dvs.EventFrames`: bin, downsampling, count clip, test cut), which ``qsnn-sim``
+#: uses to bin the data exactly as training did.
 FLOAT_KEYS = (
     "format", "format_version", "kind", "dataset", "classes", "num_steps", "encoding", "input_scale",
     "input_max", "input_shape", "beta", "threshold", "slope", "reset", "precision", "weight_bits",
@@ -57,7 +70,7 @@ INTEGER_KEYS = ("profile", "network", "compile_report")
 
 #: Metadata values stored as JSON (decoded by :func:`read_metadata`).
 JSON_KEYS = ("classes", "input_shape", "layers", "batch_norm", "profile", "network", "compile_report",
-             "versions", "bn_exact")
+             "versions", "bn_exact", "interface", "event_frames")
 NUMBER_KEYS = ("format_version", "num_steps", "input_scale", "input_max", "beta", "threshold", "slope",
                "weight_bits", "dropout")
 
@@ -167,6 +180,7 @@ def _check_qsnn_model(model: onnx.ModelProto, kind: str | None, where: str) -> t
     missing = [k for k in required if k not in meta]
     if missing:
         raise ExportError(f"{where}: qsnn QONNX metadata lacks {missing}; the file is incomplete or was edited")
+    model = restore_interface(model, meta, where)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     for name in (INPUT, *STATE_INPUTS):
@@ -178,6 +192,131 @@ def _check_qsnn_model(model: onnx.ModelProto, kind: str | None, where: str) -> t
             raise ExportError(f"{where}: graph output {name!r} is missing (outputs: {outputs}); a qsnn export has "
                               f"the output spikes 'z3' and the membranes {list(STATE_OUTPUTS)} as outputs")
     return model, meta
+
+
+def interface(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """The roles of the graph's inputs and outputs, in graph order (metadata ``interface``)."""
+    return {"inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output]}
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int]:
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+
+
+def _role_shapes(meta: dict[str, Any]) -> dict[str, list[int]]:
+    """Per-sample shapes the metadata promises for the graph's inputs and outputs."""
+    shapes: dict[str, list[int]] = {INPUT: list(meta.get("input_shape", [])), OUTPUT: [len(meta.get("classes", []))]}
+    for i, layer in enumerate(meta.get("layers", [])):
+        if i < len(STATE_INPUTS):
+            shapes[STATE_INPUTS[i]] = shapes[STATE_OUTPUTS[i]] = list(layer.get("shape", []))
+            shapes[f"z{i + 1}"] = list(layer.get("shape", []))
+    return shapes
+
+
+def restore_interface(model: onnx.ModelProto, meta: dict[str, Any], where: str = "the ONNX model") -> onnx.ModelProto:
+    """``model`` with its graph inputs/outputs under qsnn's role names (``x``, ``u1``..., ``z3``, ``u1_out``...).
+
+    Tools such as ``qonnx-cleanup`` rename graph inputs and outputs (``global_in``, ``global_out_1``...)
+    but keep their order. The metadata ``interface`` records each position's role; a renamed graph is
+    mapped back by position, and the mapping is checked against the graph's structure: the shapes the
+    metadata promises (the frame, each layer's membrane, the class spikes) and the ops that use each
+    tensor (the frame feeds a synapse, a membrane feeds its leak and reset, spikes come from a
+    comparison). A copy is returned when anything is renamed; the model itself otherwise.
+    """
+    roles = meta.get("interface")
+    names_in = [i.name for i in model.graph.input]
+    names_out = [o.name for o in model.graph.output]
+    if not isinstance(roles, dict):
+        return model
+    want_in, want_out = list(roles.get("inputs", [])), list(roles.get("outputs", []))
+    if want_in == names_in and want_out == names_out:
+        return model
+    if len(want_in) != len(names_in) or len(want_out) != len(names_out):
+        raise ExportError(f"{where}: the graph has {len(names_in)} inputs and {len(names_out)} outputs, its metadata "
+                          f"'interface' lists {len(want_in)} and {len(want_out)}; the file was edited")
+    consumers: dict[str, list[str]] = {}
+    producer: dict[str, str] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node.op_type)
+        for t in node.output:
+            producer[t] = node.op_type
+    shapes = _role_shapes(meta)
+    ios = list(zip(model.graph.input, want_in)) + list(zip(model.graph.output, want_out))
+    for vi, role in ios:
+        dims = _dims(vi)
+        want = shapes.get(role)
+        if want is not None and want and dims[1:] and [d for d in dims[1:]] != want and -1 not in dims[1:]:
+            raise ExportError(f"{where}: graph {'input' if vi in model.graph.input else 'output'} {vi.name!r} "
+                              f"(role {role!r} by position) has shape {dims}, the metadata says (N, {want}); "
+                              "the inputs or outputs were reordered")
+    ops_of = {role: set(consumers.get(vi.name, [])) for vi, role in zip(model.graph.input, want_in)}
+    if INPUT in ops_of and not ops_of[INPUT] & {"Conv", "MatMul", "Gemm", "Cast", "Identity", "Unsqueeze", "Mul"}:
+        raise ExportError(f"{where}: graph input {names_in[want_in.index(INPUT)]!r} (role 'x') feeds no synapse")
+    for role in STATE_INPUTS:
+        if role in ops_of and not ops_of[role] & {"Sub", "Greater"}:
+            raise ExportError(f"{where}: graph input {names_in[want_in.index(role)]!r} (role {role!r}) is not a "
+                              "membrane (no reset comparison reads it)")
+    for vi, role in zip(model.graph.output, want_out):
+        if vi.name not in producer:
+            raise ExportError(f"{where}: graph output {vi.name!r} (role {role!r}) is produced by no node; the file "
+                              "was edited")
+        if role.startswith("z") and producer.get(vi.name) not in ("Cast", "Identity"):
+            raise ExportError(f"{where}: graph output {vi.name!r} (role {role!r}) is not a spike tensor")
+    rename = {vi.name: role for vi, role in ios if vi.name != role}
+    taken = {t for n in model.graph.node for t in (*n.input, *n.output)} | {i.name for i in model.graph.initializer}
+    clash = sorted((taken - set(rename)) & set(rename.values()))
+    if clash:
+        raise ExportError(f"{where}: cannot restore the role names {clash}: other tensors carry them")
+    model = copy.deepcopy(model)
+    graph = model.graph
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        if vi.name in rename:
+            vi.name = rename[vi.name]
+    for node in graph.node:
+        for i, t in enumerate(node.input):
+            if t in rename:
+                node.input[i] = rename[t]
+        for i, t in enumerate(node.output):
+            if t in rename:
+                node.output[i] = rename[t]
+    for ann in graph.quantization_annotation:
+        if ann.tensor_name in rename:
+            ann.tensor_name = rename[ann.tensor_name]
+    return model
+
+
+def spike_tensors(model: onnx.ModelProto) -> list[str]:
+    """Tensors that hold spikes: ``Cast(Greater(·, ·))``, the {0, 1} outputs of every LIF."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.input and getattr(producer.get(node.input[0]), "op_type", None) == "Greater":
+            out.append(node.output[0])
+    return out
+
+
+def annotate_datatypes(model: onnx.ModelProto, meta: dict[str, Any] | None = None) -> onnx.ModelProto:
+    """qonnx datatype annotations: spikes ``BINARY`` (so ``InferDataTypes`` and ``inference_cost``
+    count 1-bit activations), the integer kind's input ``UINT8`` / ``UINT16``; annotations of
+    tensors no longer in the graph (left by constant folding, with random names) are dropped."""
+    graph = model.graph
+    present = ({t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
+               | {i.name for i in graph.input} | {o.name for o in graph.output})
+    keep = [a for a in graph.quantization_annotation if a.tensor_name in present]
+    wanted = {t: "BINARY" for t in spike_tensors(model)}
+    if meta and meta.get("kind") == "integer":
+        wanted[INPUT] = "UINT8" if meta.get("encoding") == "static" else "UINT16"
+    del graph.quantization_annotation[:]
+    for ann in keep:
+        if ann.tensor_name not in wanted:
+            graph.quantization_annotation.append(ann)
+    for name, dtype in wanted.items():
+        ann = graph.quantization_annotation.add()
+        ann.tensor_name = name
+        entry = ann.quant_parameter_tensor_names.add()
+        entry.key, entry.value = "finn_datatype", dtype
+    return model
 
 
 def check_ops(model: onnx.ModelProto, allowed: frozenset[str], where: str = "the ONNX model") -> None:
@@ -222,8 +361,18 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     return wrapper.model
 
 
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The fixed batch size of the graph's input frame, or None for a dynamic batch."""
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            return int(dims[0].dim_value) if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    return None
+
+
 def fix_batch_size(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy of ``model`` whose batch dimension is ``batch`` everywhere (qonnx's executor needs it)."""
+    """A copy of ``model`` whose batch dimension is ``batch`` on every input, output and intermediate
+    tensor (qonnx's executor and FINN need it; ``qsnn-export --to qonnx --batch-size N``)."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.infer_shapes import InferShapes
 
@@ -235,3 +384,18 @@ def fix_batch_size(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
             dims[0].Clear()
             dims[0].dim_value = int(batch)
     return ModelWrapper(model).transform(InferShapes()).model
+
+
+def finish_model(onnx_model: onnx.ModelProto, meta: dict[str, Any], batch_size: int | None) -> onnx.ModelProto:
+    """The touches every qsnn QONNX export gets, in place: a static batch if asked, qonnx datatype
+    annotations (spikes BINARY), the interface roles and the metadata."""
+    if batch_size is not None:
+        fixed = fix_batch_size(onnx_model, batch_size)
+        onnx_model.graph.CopyFrom(fixed.graph)
+        meta["batch"] = f"static: {int(batch_size)} (every input and output)"
+        onnx_model.doc_string = onnx_model.doc_string.replace("Batch dimension N is dynamic.",
+                                                              f"Batch dimension fixed to {int(batch_size)}.")
+    annotate_datatypes(onnx_model, meta)
+    meta["interface"] = interface(onnx_model)
+    set_metadata(onnx_model, meta)
+    return onnx_model

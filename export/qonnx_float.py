@@ -37,7 +37,7 @@ from qsnn.files import sha256_file
 from qsnn.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qsnn.train.model import POOL
 
-from .format import FORMAT, FORMAT_VERSION, INPUT, OUTPUT, STATE_INPUTS, STATE_OUTPUTS, cleanup, save_model, set_metadata
+from .format import FORMAT, FORMAT_VERSION, INPUT, OUTPUT, STATE_INPUTS, STATE_OUTPUTS, cleanup, finish_model, save_model
 
 LAYER_NAMES = ("conv1", "conv2", "fc")
 
@@ -229,6 +229,7 @@ def _readable_names(model: onnx.ModelProto, order: list[str], beta: float, theta
 def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact: bool | None) -> dict[str, Any]:
     cfg = data["config_obj"]
     encoding = data["encoding"]
+    events = cfg.event_frames() if encoding == "events" else None
     c, h, w = (int(v) for v in data["input_shape"])
     layers = []
     for i, (name, lif) in enumerate(zip(LAYER_NAMES, ("lif1", "lif2", "lif3"))):
@@ -241,8 +242,9 @@ def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "float",
         "dataset": cfg.dataset, "classes": list(data["classes"]), "num_steps": cfg.num_steps,
-        "encoding": encoding, "input_scale": float(INPUT_SCALE[encoding]), "input_max": INPUT_MAX[encoding],
+        "encoding": encoding, "input_scale": float(INPUT_SCALE[encoding]), "input_max": events.count_max if events else INPUT_MAX["static"],
         "input_shape": [c, h, w],
+        **({"event_frames": events.to_dict()} if events else {}),
         # β and θ as the model holds them (float32), written as the float64 of that float32
         "beta": float(np.float32(cfg.beta)), "threshold": float(np.float32(cfg.threshold)), "slope": cfg.slope,
         "reset": cfg.reset, "precision": cfg.precision,
@@ -257,8 +259,12 @@ def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact
     }
 
 
-def build_float_model(checkpoint_path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The float QONNX ModelProto of a checkpoint (not written), and its metadata."""
+def build_float_model(checkpoint_path: str | os.PathLike,
+                      batch_size: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The float QONNX ModelProto of a checkpoint (not written), and its metadata.
+
+    ``batch_size``: fix the batch dimension of every input and output (else dynamic ``N``).
+    """
     from brevitas.export import export_qonnx
 
     checkpoint_path = Path(checkpoint_path)
@@ -295,18 +301,19 @@ def build_float_model(checkpoint_path: str | os.PathLike) -> tuple[onnx.ModelPro
         "(metadata num_steps), feeding u*_out back as u* (zeros at t=0); the class is the argmax of the "
         "summed z3. Batch dimension N is dynamic.")
     meta = float_metadata(data, sha, model, bn_exact)
-    set_metadata(onnx_model, meta)
+    finish_model(onnx_model, meta, batch_size)
     return onnx_model, meta
 
 
-def export_float(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+def export_float(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                 batch_size: int | None = None) -> Path:
     """Export a checkpoint as the one-time-step float QONNX graph; returns ``out_path``.
 
     The file is written atomically: if anything fails, an existing ``out_path`` is left untouched.
     Raises :class:`~qsnn.errors.CheckpointError` for a bad checkpoint and
     :class:`~qsnn.errors.ExportError` if the export fails.
     """
-    onnx_model, _ = build_float_model(checkpoint_path)
+    onnx_model, _ = build_float_model(checkpoint_path, batch_size=batch_size)
     return save_model(onnx_model, out_path)
 
 

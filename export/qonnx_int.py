@@ -44,14 +44,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qsnn
 from qsnn.arith import check_leak_const, effective_beta
-from qsnn.data import INPUT_MAX, INPUT_SCALE
+from qsnn.data import INPUT_SCALE
 from qsnn.errors import ExportError, ProfileError
 from qsnn.files import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, save_model,
-                     set_metadata)
+from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, finish_model,
+                     save_model)
 
 OPSET = 17
 F32_EXACT = 2**24
@@ -169,7 +169,7 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "integer",
         "classes": list(net.classes), "num_steps": net.num_steps, "encoding": net.encoding,
         "input_scale": float(meta.get("input_scale", INPUT_SCALE[net.encoding])),
-        "input_max": INPUT_MAX[net.encoding], "input_shape": list(net.input_shape),
+        "input_max": int(net.input_max), "input_shape": list(net.input_shape),
         "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "membrane": STATE_INPUTS[i], "shape": list(s)}
                    for i, (l, s) in enumerate(zip(net.layers, shapes))],
         "qsnn_version": qsnn.__version__,
@@ -180,8 +180,8 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
     return meta
 
 
-def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
-    """The integer one-step ModelProto of ``net`` (not written)."""
+def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> onnx.ModelProto:
+    """The integer one-step ModelProto of ``net`` (not written); ``batch_size`` fixes the batch dimension."""
     if len(net.layers) != len(STATE_INPUTS):
         raise ExportError(f"qsnn QONNX files hold {len(STATE_INPUTS)}-layer QSNNs; this network has {len(net.layers)} layers")
     p = net.profile
@@ -196,7 +196,7 @@ def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
     outputs_tail = []
     state_in, state_out = [], []
     delay_in, delay_out = [], []
-    in_max = INPUT_MAX[net.encoding]
+    in_max = int(net.input_max)
     spikes = INPUT
     facts = []
     for i, layer in enumerate(net.layers):
@@ -273,13 +273,15 @@ def build_integer_model(net: IntegerNetwork) -> onnx.ModelProto:
     model.doc_string = (f"qsnn integer QSNN under profile {p.name!r}, one time step: (x, u1, u2, u3) -> (z3, u1_out, "
                         "u2_out, u3_out, z1, z2); all values are integers held exactly in float64. Run it T times, "
                         "feeding the *_out states back (zeros at t=0).")
-    set_metadata(model, integer_metadata(net))
-    return model
+    return finish_model(model, integer_metadata(net), batch_size)
 
 
-def export_integer(net: IntegerNetwork, out_path: str | os.PathLike) -> Path:
-    """Write the integer-domain one-step graph of ``net`` atomically; returns ``out_path``."""
-    return save_model(build_integer_model(net), out_path)
+def export_integer(net: IntegerNetwork, out_path: str | os.PathLike, *, batch_size: int | None = None) -> Path:
+    """Write the integer-domain one-step graph of ``net`` atomically; returns ``out_path``.
+
+    ``batch_size``: fix the batch dimension of every input and output (else dynamic ``N``).
+    """
+    return save_model(build_integer_model(net, batch_size=batch_size), out_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +292,9 @@ def read_integer_qonnx(path: str | os.PathLike) -> IntegerNetwork:
     """The :class:`IntegerNetwork` of an integer qsnn export (:func:`qsnn.export.qonnx_int.export_integer`).
 
     Weights, thresholds and biases come from the graph's initializers (``<layer>.weight``,
-    ``<layer>.threshold``, ``<layer>.bias``), the rest from the metadata; the two are cross-checked.
+    ``<layer>.threshold``, ``<layer>.bias``; found by structure, :func:`initializers_by_structure`,
+    where a tool such as ``qonnx-cleanup`` renamed them), the rest from the metadata; the two are
+    cross-checked.
     """
     where = str(path) if isinstance(path, (str, os.PathLike)) else "the ONNX model"
     model, meta = check_qsnn_model(path, kind="integer")
@@ -300,6 +304,8 @@ def read_integer_qonnx(path: str | os.PathLike) -> IntegerNetwork:
 
 def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> IntegerNetwork:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    if not all(f"{layer['name']}.weight" in inits for layer in meta.get("layers", [])):
+        inits = {**initializers_by_structure(model, meta), **inits}   # renamed by a tool (qonnx-cleanup)
     try:
         profile = ChipProfile.from_dict(meta["profile"])
         spec = meta["network"]
@@ -333,6 +339,66 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
         raise
     except (KeyError, TypeError, ValueError, ProfileError) as exc:
         raise ExportError(f"{where}: integer qsnn export has inconsistent metadata: {exc}") from None
+
+
+def initializers_by_structure(model: onnx.ModelProto, meta: dict[str, Any]) -> dict[str, Any]:
+    """``{"<layer>.weight" | ".threshold" | ".bias": array}`` of an integer graph, found by structure.
+
+    For graphs whose initializers a tool renamed (``qonnx-cleanup``): layer i's weight is the i-th
+    distinct weight of the Conv/MatMul nodes in graph order, its threshold the constant that
+    ``Greater(u_i, ·)`` compares the membrane with, its bias the per-channel constant added between
+    the synapse and ``u_i_out``. Call it on a graph whose interface names are restored.
+    """
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for t in n.input:
+            users.setdefault(t, []).append(n)
+    weights: list[str] = []
+    for n in nodes:
+        if n.op_type in ("Conv", "MatMul") and len(n.input) > 1 and n.input[1] in inits and n.input[1] not in weights:
+            weights.append(n.input[1])
+
+    def below(start: list[str]) -> set[int]:
+        seen, todo = set(), list(start)
+        while todo:
+            t = todo.pop()
+            for n in users.get(t, []):
+                if id(n) not in seen:
+                    seen.add(id(n))
+                    todo.extend(n.output)
+        return seen
+
+    def above(tensor: str) -> set[int]:
+        seen, todo = set(), [tensor]
+        while todo:
+            n = producer.get(todo.pop())
+            if n is not None and id(n) not in seen:
+                seen.add(id(n))
+                todo.extend(n.input)
+        return seen
+
+    out: dict[str, Any] = {}
+    for i, layer in enumerate(meta.get("layers", [])):
+        name = layer["name"]
+        if i < len(weights):
+            out[f"{name}.weight"] = inits[weights[i]]
+        u = STATE_INPUTS[i] if i < len(STATE_INPUTS) else None
+        theta = next((n.input[1] for n in users.get(u, []) if n.op_type == "Greater" and n.input[1] in inits), None)
+        if theta is None:
+            continue
+        out[f"{name}.threshold"] = inits[theta]
+        if i < len(weights):
+            syn = [o for n in nodes if n.op_type in ("Conv", "MatMul") and n.input[1] == weights[i] for o in n.output]
+            between = below(syn) & above(f"{u}_out")
+            shape = np.shape(inits[theta])
+            bias = [t for n in nodes if id(n) in between and n.op_type == "Add"
+                    for t in n.input if t in inits and t != theta and np.shape(inits[t]) == shape]
+            if len(bias) == 1:
+                out[f"{name}.bias"] = inits[bias[0]]
+    return out
 
 
 def network_spec(net: IntegerNetwork) -> dict[str, Any]:

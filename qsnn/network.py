@@ -171,6 +171,9 @@ class IntegerNetwork:
         classes: class names, in output-neuron order; the prediction is the argmax of output spike
             counts, first index winning ties.
         metadata: provenance (dataset, trained reset, β, θ, checkpoint hash, compile report, ...).
+        input_max: the largest input value of one cell per step the network takes (and the
+            compiler's worst-case bound assumes): 255 for uint8 pixels, the encoding's count clip
+            2^event_bits − 1 for event frames.
     """
 
     layers: tuple[IntegerLayer, ...]
@@ -180,6 +183,7 @@ class IntegerNetwork:
     encoding: str
     classes: tuple[str, ...]
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    input_max: int = 255
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -188,6 +192,9 @@ class IntegerNetwork:
             raise NetworkError(f"encoding {self.encoding!r} not in {ENCODINGS}")
         if not _is_int(self.num_steps) or not 1 <= self.num_steps <= MAX_NUM_STEPS:
             raise NetworkError(f"num_steps must be an integer in [1, {MAX_NUM_STEPS}], got {self.num_steps!r}")
+        if not _is_int(self.input_max) or not 1 <= self.input_max <= np.iinfo(np.uint16).max:
+            raise NetworkError(f"input_max must be an integer in 1..65535, got {self.input_max!r}")
+        object.__setattr__(self, "input_max", int(self.input_max))
         shape = tuple(self.input_shape)
         if len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape):
             raise NetworkError(f"input_shape must be (C, H, W) of positive integers, got {self.input_shape!r}")

@@ -67,6 +67,10 @@ class ChipProfile:
             stride-p kernel, k+p−1 wide): its weight range and fan-in apply to the folded taps.
         max_fan_in: largest number of synapses into one neuron the target supports (0 = no limit).
         max_neurons: largest neuron count of a layer the target supports (0 = no limit).
+        input_bits: width of one unsigned input value per cell and step at the chip's input port
+            (8: uint8 pixels or 8-bit event counts; Loihi 2: graded spikes with 8 message bits). A
+            network whose inputs reach above 2^input_bits − 1 (``IntegerNetwork.input_max``, set by
+            the training's event encoding) is refused by the compiler.
     """
 
     name: str
@@ -89,6 +93,7 @@ class ChipProfile:
     fold_pool: bool = False
     max_fan_in: int = 0
     max_neurons: int = 0
+    input_bits: int = 8
 
     def __post_init__(self) -> None:
         wrong_type = [f"{f.name}={getattr(self, f.name)!r} (must be {_KIND_NAMES[f.type]})"
@@ -128,6 +133,8 @@ class ChipProfile:
                             "multiplies the membrane by a leak_bits-wide constant: the product must fit 63 bits)")
         if not 0 <= self.weight_exp_bits <= 8:
             problems.append(f"weight_exp_bits={self.weight_exp_bits} (must be 0..8)")
+        if not 1 <= self.input_bits <= 16:
+            problems.append(f"input_bits={self.input_bits} (must be 1..16)")
         if self.max_fan_in < 0 or self.max_neurons < 0:
             problems.append(f"max_fan_in={self.max_fan_in}, max_neurons={self.max_neurons} (must be >= 0; 0 = no limit)")
         if problems:
@@ -137,6 +144,11 @@ class ChipProfile:
     def weight_max(self) -> int:
         """Largest weight magnitude of the narrow signed range, 2^(b−1) − 1."""
         return 2 ** (self.weight_bits - 1) - 1
+
+    @property
+    def input_max(self) -> int:
+        """Largest input value of one cell per step the input port carries, 2^input_bits − 1."""
+        return 2**self.input_bits - 1
 
     @property
     def membrane_min(self) -> int:
@@ -204,7 +216,7 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 
 #: Our reference FPGA core: 4-bit narrow weights, int16 saturating membrane, multiplicative leak
-#: in Q0.12, subtract reset, up to 6 guard bits.
+#: in Q0.12, subtract reset, up to 6 guard bits, an 8-bit input port.
 FPGA = ChipProfile(
     name="fpga",
     weight_bits=4,
@@ -217,6 +229,7 @@ FPGA = ChipProfile(
     synaptic_delay=0,
     threshold_bits=16,
     bias_bits=16,
+    input_bits=8,
 )
 
 #: Intel Loihi 2 as stock Lava 0.10 runs a lava-dl 0.6 netx file (``Loihi2SimCfg(select_tag=
@@ -229,7 +242,8 @@ FPGA = ChipProfile(
 #:
 #: 8-bit weights (the folded pooled kernel too), no weight exponent (netx has no place for one),
 #: the shift fixed at 6 (``a_in << 6``), 12-bit dv (0..4095), 17-bit vth, 13-bit bias mantissa
-#: (Loihi's; Lava keeps an int16) at netx's fixed exponent 6, zero reset, one step per layer.
+#: (Loihi's; Lava keeps an int16) at netx's fixed exponent 6, zero reset, one step per layer; input as
+#: graded spikes of 8 message bits.
 LOIHI2 = ChipProfile(
     name="loihi2",
     weight_bits=8,
@@ -251,6 +265,7 @@ LOIHI2 = ChipProfile(
     fold_pool=True,
     max_fan_in=4096,
     max_neurons=8192,
+    input_bits=8,
 )
 
 PROFILES: dict[str, ChipProfile] = {p.name: p for p in (FPGA, LOIHI2)}

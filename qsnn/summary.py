@@ -50,6 +50,22 @@ def summary_rows(run_dir: Path) -> list[tuple[str, object]]:
         bits = man.get("weight_memory_bits") or {}
         total = f", {sum(bits.values())} weight-memory bits" if bits else ""
         rows.append((f"tables ({man['target']})", f"{manifest_path.parent}/: {len(man['files'])} files, {layers}{total}"))
+        resources_path = manifest_path.parent / "resources.json"
+        if resources_path.exists():
+            res = _load(resources_path)
+            cyc = res.get("cycles")
+            if cyc:
+                rows.append(("  FPGA core cycles", f"{cyc['per_inference']['mean']:.0f} per inference ({cyc['lanes']} lanes) "
+                                                   f"= {cyc['inferences_per_s']:.0f} inferences/s at {cyc['clock_mhz']:g} MHz"))
+            for fam, r in res.get("synthesis", {}).items():
+                rows.append((f"  FPGA core, yosys {fam}", f"{r['luts']} LUT + {r['carry_cells']} carry ({r.get('lut_sites')} LUT sites), "
+                                                          f"{r['flip_flops']} FF, {r['bram_bits']} BRAM bits, {r['dsps']} DSP, "
+                                                          f"{r['latches']} latches; fits {r['fits'] or 'none of those checked'}"))
+    for report_path in sorted(run_dir.glob("rtl_*.json")):
+        r = _load(report_path)
+        agree = r.get("agreement", {})
+        rows.append(("RTL vs qsnn-sim", f"{r.get('samples')} {r.get('dataset')} {r.get('split')} inputs: "
+                                        f"{'bit-exact, every layer and step' if agree.get('bit_exact') else 'MISMATCH'}"))
     return rows
 
 

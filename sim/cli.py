@@ -28,13 +28,14 @@ import numpy as np
 
 from qsnn.cli import allow_saturation_option, debug_option, friendly_errors, print_table, profile_option, profile_set_option
 from qsnn.data import DATASETS, SPLITS, load_split
+from qsnn.dvs import event_frames_from_metadata
 from qsnn.errors import DataError, ProfileError
 from qsnn.files import write_json
 from qsnn.network import IntegerNetwork
 from qsnn.profiles import ChipProfile, get_profile, parse_overrides
 
 from . import report as rep
-from .engine import SimResult, predict, simulate
+from .engine import SimResult, simulate
 from .validate import check_dataset, float_model_counts, frac_bits_sweep, simulate_checked
 
 #: The profile a float export is compiled under when neither --profile nor --profile-set is given.
@@ -128,7 +129,8 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     dataset = dataset or net.metadata.get("dataset")
     if dataset not in DATASETS:
         raise DataError(f"{model}: the model does not say which dataset it was trained on; pass --dataset")
-    data = load_split(dataset, split, data_dir, num_steps=net.num_steps, subset=subset)
+    events = event_frames_from_metadata(dict(net.metadata)) if net.encoding == "events" else None
+    data = load_split(dataset, split, data_dir, num_steps=net.num_steps, subset=subset, events=events)
     check_dataset(net, data, model.name, dataset)
     x, y = data.x, data.y
 
@@ -149,11 +151,13 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     result, check_summary, seconds = simulate_checked(net, x, reference=reference, batch_size=batch_size,
                                                       progress=progress)
 
-    acc_int = result.accuracy(y)
-    acc_float = float(np.mean(predict(float_counts) == y)) if float_counts is not None else None
+    acc_int = data.accuracy(result.counts)
+    acc_float = data.accuracy(float_counts) if float_counts is not None else None
     report: dict[str, Any] = {
-        "model": str(model), "model_kind": kind, "dataset": dataset, "split": split, "samples": len(y),
-        "num_steps": net.num_steps, "encoding": net.encoding, "profile": profile.to_dict(),
+        "model": str(model), "model_kind": kind, "dataset": dataset, "split": split, "samples": data.num_recordings,
+        "num_steps": net.num_steps, "encoding": net.encoding, "input_max": int(net.input_max),
+        **({"event_frames": events.to_dict(), "windows": len(y)} if events is not None else {}),
+        "profile": profile.to_dict(),
         "accuracy": {"float_model": acc_float, "integer_sim": acc_int,
                      "difference": None if acc_float is None else acc_int - acc_float},
         "agreement": {},
@@ -175,7 +179,7 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
 
         report["frac_bits_sweep"] = frac_bits_sweep(lambda p: compile_qonnx(model, p, allow_saturation=allow_saturation),
                                                     profile, x, y, sweep_values, float_counts=float_counts,
-                                                    batch_size=batch_size)
+                                                    batch_size=batch_size, data=data)
 
     _print_summary(report, result, check_summary)
     if plot_path is not None:
@@ -188,13 +192,25 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
         click.echo(f"report: {report_path}")
 
 
+def _encoding_text(report: dict[str, Any]) -> str:
+    ev = report.get("event_frames")
+    if not ev:
+        return ""
+    counts = "binary spikes" if ev["count_max"] == 1 else f"counts 0..{ev['count_max']}"
+    text = f", {ev['bin_us'] / 1000:g} ms bins, {counts} per cell"
+    if ev["test_cut"] == "windows" and report["split"] == "test":
+        text += f", {report['windows']} windows (spike counts summed per gesture)"
+    return text
+
+
 def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, Any] | None) -> None:
     acc = report["accuracy"]
     fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     rows: list[tuple[str, Any]] = [
         ("model", f"{report['model']} ({report['model_kind']} export)"),
         ("profile", report["profile"]["name"]),
-        ("data", f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"),
+        ("data", f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"
+                 + _encoding_text(report)),
         ("accuracy, trained model", fmt(acc["float_model"])),
         ("accuracy, integer sim", fmt(acc["integer_sim"])),
         ("difference (int - float)", "n/a" if acc["difference"] is None else f"{100 * acc['difference']:+.2f} pp"),

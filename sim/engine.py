@@ -384,6 +384,11 @@ def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
             raise InputError(f"the network runs T={net.num_steps} steps but the input has {x.shape[1]} frames")
     if x.size and x.min() < 0:
         raise InputError("input must be non-negative (pixels or event counts)")
+    if x.size and x.max() > net.input_max:
+        what = "event counts" if net.encoding == "events" else "pixels"
+        raise InputError(f"the network takes {what} up to {net.input_max} per input cell and step (its input "
+                         f"encoding, which the compiler's bound assumes), got {int(x.max())}; clip the input as "
+                         "training did (qsnn.data.load_split with the model's event encoding)")
 
 
 def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, record: bool = False,

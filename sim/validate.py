@@ -105,12 +105,15 @@ def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, reference: Reference
 
 
 def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: np.ndarray, values: list[int], *,
-                    float_counts: np.ndarray | None = None, batch_size: int = 256) -> list[dict[str, Any]]:
+                    float_counts: np.ndarray | None = None, batch_size: int = 256,
+                    data: ArraySplit | None = None) -> list[dict[str, Any]]:
     """Accuracy of the integer simulation for each ``frac_bits`` in ``values`` (same model and data).
 
     Each row: frac_bits, accuracy, difference to the float model and agreement with it (if
     ``float_counts`` is given), saturation events, or ``error`` when the profile cannot hold the net.
+    With ``data`` (the split ``x``, ``y`` come from) accuracies count recordings as :meth:`ArraySplit.accuracy`.
     """
+    score = data.accuracy if data is not None else (lambda counts: float(np.mean(predict(counts) == y)))
     rows = []
     for f in values:
         row: dict[str, Any] = {"frac_bits": f}
@@ -121,11 +124,11 @@ def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: n
             rows.append(row)
             continue
         res = simulate(net, x, batch_size=batch_size)
-        row["accuracy"] = res.accuracy(y)
+        row["accuracy"] = score(res.counts)
         row["saturation_events"] = sum(layer.saturation_events for layer in res.layers)
         row["current_shifts"] = [layer.current_shift for layer in net.layers]
         if float_counts is not None:
-            acc_float = float(np.mean(predict(float_counts) == y))
+            acc_float = score(float_counts)
             row["accuracy_float"] = acc_float
             row["difference"] = row["accuracy"] - acc_float
             row.update({k: v for k, v in rep.output_agreement(res.counts, float_counts).items()

@@ -37,6 +37,7 @@ from qsnn.arith import from_twos_complement, to_twos_complement
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
+from . import fpga_core
 from .fit import Limits, check_fit
 from .manifest import layer_from_parts, network_from_parts
 
@@ -61,9 +62,20 @@ def _options(net: IntegerNetwork, word_bits: int | None = None, weight_bits: int
     return {"word_bits": word, "weight_bits": wb}
 
 
-def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None) -> None:
-    """Raise :class:`ProfileError` unless the fpga core can run ``net`` with these memory widths."""
+def _lanes(lanes: int | None) -> int:
+    lanes = fpga_core.DEFAULT_LANES if lanes is None else lanes
+    if not (isinstance(lanes, int) and not isinstance(lanes, bool) and 1 <= lanes <= fpga_core.MAX_LANES
+            and lanes & (lanes - 1) == 0):
+        raise ProfileError(f"fpga: lanes={lanes!r} must be a power of two from 1 to {fpga_core.MAX_LANES} "
+                           "(output channels the core updates per cycle)")
+    return lanes
+
+
+def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None,
+          lanes: int | None = None) -> None:
+    """Raise :class:`ProfileError` unless the fpga tables can hold ``net`` with these memory widths."""
     opts = _options(net, word_bits, weight_bits)
+    _lanes(lanes)
     p = net.profile
     if p.leak not in ("mul", "shift"):
         raise ProfileError(
@@ -178,9 +190,15 @@ def _prefix(i: int, layer: IntegerLayer) -> str:
 
 
 def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
-          weight_bits: int | None = None) -> dict[str, Any]:
-    """Write the tables of ``net`` into ``folder``; returns the manifest's target part."""
+          weight_bits: int | None = None, lanes: int | None = None) -> dict[str, Any]:
+    """Write the tables of ``net`` into ``folder``; returns the manifest's target part.
+
+    With the tables comes the reference core (``rtl/``: the Verilog core, its generated parameter
+    header, the tables in the core's order and two testbenches) when ``net`` is in the core's family;
+    ``lanes`` is the core's number of output channels per cycle (see :mod:`.fpga_core`).
+    """
     opts = _options(net, word_bits, weight_bits)
+    lanes = _lanes(lanes)
     wb, word = opts["weight_bits"], opts["word_bits"]
     p = net.profile
     per = word // wb
@@ -242,9 +260,13 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
         })
         c_layers.append({"prefix": prefix, "layer": layer, "words": words, "pad": pad})
     (folder / "qsnn_model.h").write_text(c_header(net, c_layers, wb, word))
+    problem = fpga_core.family_problem(net, lanes, wb)
+    rtl = fpga_core.unsupported_record(problem) if problem else \
+        fpga_core.write_rtl(net, folder / fpga_core.RTL_DIR, lanes=lanes, weight_bits=wb)
     return {
         "options": opts,
         "layers": layers_out,
+        "rtl": rtl,
         "files_by_role": {"c_header": "qsnn_model.h"},
         "notes": [
             "Each weight memory is one continuous little-endian bit stream: weight n occupies bits "
@@ -310,6 +332,8 @@ def c_header(net: IntegerNetwork, layers: list[dict[str, Any]], weight_bits: int
         f"#define QSNN_BIAS_BITS {p.bias_bits}",
         f"#define QSNN_NUM_STEPS {net.num_steps}",
         f"#define QSNN_ENCODING_STATIC {int(net.encoding == 'static')}",
+        f"#define QSNN_INPUT_MAX {int(net.input_max)}",
+        f"#define QSNN_INPUT_BITS {int(net.input_max).bit_length()}",
         f"#define QSNN_INPUT_C {net.input_shape[0]}",
         f"#define QSNN_INPUT_H {net.input_shape[1]}",
         f"#define QSNN_INPUT_W {net.input_shape[2]}",
@@ -400,6 +424,15 @@ def read(folder: Path, manifest: Mapping[str, Any]) -> IntegerNetwork:
     return network_from_parts(manifest, layers)
 
 
+def _input_text(network: Mapping[str, Any]) -> str:
+    """What layer 1 reads, for the README: pixels, or event counts clipped to the encoding's range."""
+    top = int(network.get("input_max", 255))
+    if network.get("encoding") == "static":
+        return f"the uint8 image (0..{top}), the same at every step"
+    kind = "binary spikes (0 or 1)" if top == 1 else f"event counts 0..{top} ({top.bit_length()}-bit)"
+    return f"one event frame per step, {kind} per cell (the training's encoding; never larger)"
+
+
 def readme(manifest: Mapping[str, Any]) -> str:
     """README.md of an fpga folder."""
     opts = manifest["options"]
@@ -422,12 +455,13 @@ every file, and the per-channel scale factors (real membrane value of one intege
 ## One time step of a layer (all integers)
 
 ```
-acc = sumpool_P( W * z_in )          W: {wb}-bit weights, z_in: previous spikes (layer 1: uint8 pixels)
+acc = sumpool_P( W * z_in )          W: {wb}-bit weights, z_in: previous spikes (layer 1: the input frame)
 cur = acc << SHIFT                   (acc >> -SHIFT, rounding down, when SHIFT < 0)
 r   = [u_prev > THETA[c]]            did the neuron fire last step?
 u   = sat( leak(u_prev) + cur + BIAS[c] - r*THETA[c] )     reset: {p['reset']}
 z   = [u > THETA[c]]
 ```
+Layer 1's input `z_in` is {_input_text(manifest['network'])}.
 leak `{p['leak']}`: {'u → (LEAK·u) >> ' + str(p['leak_bits']) + ' (floor)' if p['leak'] == 'mul' else 'u → u − (u >> LEAK) (floor)'};
 membrane {p['membrane_bits']}-bit two's complement, overflow `{p['overflow']}`; reset `{p['reset']}`
 (`zero`: u_prev is cleared instead of θ subtracted).
@@ -459,4 +493,4 @@ is the previous layer's spikes flattened as channel, row, column). They are pack
 {chr(10).join(rows)}
 
 Convolutions have stride 1 and no padding; pooling is P×P, stride P, on the synaptic sum.
-"""
+""" + fpga_core.readme_section(manifest)

@@ -37,6 +37,8 @@ def network_record(net: IntegerNetwork) -> dict[str, Any]:
         "input_shape": list(net.input_shape),
         "num_steps": int(net.num_steps),
         "encoding": net.encoding,
+        "input_max": int(net.input_max),
+        "input_bits": int(net.input_max).bit_length(),
         "classes": list(net.classes),
         "metadata": to_jsonable(dict(net.metadata)),
     }
@@ -95,7 +97,7 @@ def network_from_parts(manifest: Mapping[str, Any], layers: list[IntegerLayer]) 
         layers=tuple(layers), profile=profile,
         input_shape=tuple(int(d) for d in net["input_shape"]), num_steps=int(net["num_steps"]),
         encoding=str(net["encoding"]), classes=tuple(str(c) for c in net["classes"]),
-        metadata=dict(net.get("metadata", {})))
+        metadata=dict(net.get("metadata", {})), input_max=int(net.get("input_max", 255)))
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:

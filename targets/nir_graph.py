@@ -1,41 +1,57 @@
-"""The ``nir`` target: the network as a NIR graph (``network.nir``) for the neuromorphic ecosystem.
+"""The ``nir`` target: the network as a NIR graph (``network.nir``) that NIR simulators run unmodified.
 
-Graph, per layer i (names from the layer, e.g. ``conv1``)::
+Graph (flavour ``standard``, the default), per layer i (names from the layer, e.g. ``conv1``)::
 
-    input ─► conv1 (Conv2d) ─► conv1_pool (AvgPool2d) ─► conv1_lif (LIF) ─► …
-          … ─► fc_flatten (Flatten) ─► fc (Affine) ─► fc_lif (LIF) ─► output
+    input ─► conv1 (Conv2d, stride P) ─► conv1_lif (LIF) ─► conv2 (Conv2d, stride P) ─► conv2_lif (LIF)
+          ─► fc_flatten (Flatten) ─► fc (Affine) ─► fc_lif (LIF) ─► output
 
-What NIR can express, and how the integer network is written in it:
+The conventions, each chosen so that the importers of snnTorch 1.0, spikingjelly 2.0 and Norse 1.1
+read the file as it is (measured: ``make nir-check``):
 
-* **Synapse.** ``Conv2d`` (stride 1, no padding) or ``Affine``, weights ``W·2^(s+e)·P²/θ_c`` and bias
-  ``b_c/θ_c`` for output channel c (W the integer weights, s the current shift, e the weight
-  exponent, P the pooling side, θ_c and b_c the integer threshold and bias). Dividing each channel
-  by its θ_c makes every ``v_threshold`` 1 (snnTorch's importer needs one threshold per layer);
-  the membrane is then in units of the channel's threshold (real membrane = v · θ_c · scale_c).
-* **Pooling.** ``AvgPool2d`` (P×P, stride P) with the P² folded into the synapse above: it equals
-  the integer network's sum-pooling and is the pooling node snnTorch's importer understands. The
-  bias passes through an average unchanged.
-* **Neuron.** ``LIF`` with per-neuron arrays: NIR's ``τ·dv/dt = (v_leak − v) + R·I`` discretised with
-  forward Euler at ``dt = 1e-4`` (the step snnTorch's NIR import and export assume) gives
-  ``v_t = (1 − dt/τ)·v_{t−1} + (R·dt/τ)·I_t``; so ``τ = dt/(1 − β)``, ``R = τ/dt`` (unit input
-  gain) and ``v_leak = 0`` give ``v_t = β·v_{t−1} + I_t``, with β the integer leak's factor
-  (``m/2^F`` for ``mul``, ``1 − 2^−d`` for ``shift``, ``1 − dv/2^12`` for ``loihi``).
+* **Pooling folded into the synapse.** P×P sum-pooling of the current, stride P, is the stride-P
+  convolution with the folded kernel ``W'[a, b] = Σ_{i,j<P} W[a−i, b−j]`` (side k+P−1): exact in
+  real arithmetic, and a plain ``Conv2d`` is the one node every importer maps (snnTorch and
+  spikingjelly know only ``AvgPool2d``, Norse and Spyx only ``SumPool2d``).
+* **Synapse scale.** Weights ``W'·2^(s+e)/(θ_c·(1−β))`` and bias ``b_c/(θ_c·(1−β))`` for output
+  channel c (W the integer weights, s the current shift, e the weight exponent, θ_c and b_c the
+  integer threshold and bias). Dividing by θ_c makes every ``v_threshold`` 1 (spikingjelly and
+  snnTorch need one threshold per layer); the membrane is in units of the channel's threshold
+  (real membrane = v · θ_c · scale_c).
+* **Neuron.** ``LIF`` with per-neuron arrays of the layer's shape, ``τ = dt/(1−β)``, ``r = 1``,
+  ``v_leak = 0``, ``v_reset = 0``, ``v_threshold = 1``. NIR's ``τ·dv/dt = (v_leak − v) + r·I``
+  by forward Euler at ``dt = 1e-4`` (the step snnTorch and spikingjelly assume; Norse takes it as
+  ``from_nir(graph, dt=1e-4)``) gives ``v_t = β·v_{t−1} + (1−β)·I_t``; the synapse's 1/(1−β) makes
+  that ``β·v_{t−1} + W·x``. With ``r = 1`` the input gain lives in the weights, which Norse (it
+  ignores ``r``) needs; snnTorch and spikingjelly read ``r = 1`` as well. β is the integer leak's
+  factor (``m/2^F`` for ``mul``, ``1 − 2^−d`` for ``shift``, ``1 − dv/2^12`` for ``loihi``).
+* **Flatten.** ``Flatten(start_dim=−3, end_dim=−1)``: the whole (C, H, W) sample in NIR's
+  batch-free shapes, and the same axes for importers that hand the numbers to ``torch.nn.Flatten``
+  on a batch (snnTorch, Norse) and for those that shift them past the batch axis (spikingjelly,
+  Sinabs). Dense weights in (C, H, W) order.
 
-What NIR cannot express (recorded in the graph metadata ``qsnn_differences`` and the manifest):
-NIR's LIF resets to ``v_reset = 0`` right after a spike (zero reset), while the integer network
-(profile ``reset="subtract"``) subtracts θ one step later; and NIR is real-valued, while the chip
-floors the leak and the negative current shift and saturates the membrane. A NIR simulator
-therefore computes a close float relative of the integer network, not the same spikes.
+Flavours (``write(..., flavor=...)``, ``qsnn-export --nir-flavor``) for importers that read NIR
+differently: ``spyx`` (Spyx 1.0 flattens channels-last and ignores ``r``: dense weights in (H, W, C)
+order, ``r = τ/dt`` and unscaled weights) and ``sinabs`` (Sinabs 3.1.3 with nir ≤ 1.0.4: no
+``v_reset`` field, scalar neuron parameters, τ in steps with its exponential leak
+``β = exp(−1/τ)``). See :data:`FLAVORS`.
+
+What NIR cannot express (graph metadata ``qsnn_differences`` and the manifest): NIR's LIF resets to
+``v_reset = 0`` right after a spike (zero reset), while the integer network (profile
+``reset="subtract"``) subtracts θ one step later; and NIR is real-valued, while the chip floors the
+leak and the negative current shift and saturates the membrane. A NIR simulator therefore computes a
+close float relative of the integer network, not the same spikes.
 
 :func:`read` needs no approximation: the graph metadata ``qsnn`` (JSON) records every integer
 (thresholds, biases, leak constants, shifts, the profile), and the integer weights are recovered
-exactly from the synapse nodes (checked against the recorded normalisers).
+exactly from the synapse nodes (unfolded, checked against the recorded normalisers).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,17 +60,64 @@ import numpy as np
 from qsnn.arith import effective_beta
 from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
 from qsnn.files import to_jsonable
-from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 
+from .loihi2 import unfold_pool
 from .manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "nir"
-DESCRIPTION = "a NIR graph (network.nir) readable by nir.read, snnTorch, Norse, Lava-dl, ..."
+DESCRIPTION = "a NIR graph (network.nir) that snnTorch, spikingjelly, Norse (and, by flavour, Spyx, Sinabs) import"
 FILE = "network.nir"
-#: The Euler step snnTorch's NIR import and export assume (snntorch/import_nir.py: dt = 1e-4).
+#: The Euler step of the graph's time constants (snnTorch's NIR import hard-codes dt = 1e-4).
 DT = 1e-4
 GRAPH_FORMAT = "qsnn-nir"
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """How one family of NIR importers wants the same network written.
+
+    Attributes:
+        name: the ``--nir-flavor`` value.
+        consumers: the importers (and how to call them) that run this flavour unmodified.
+        input_gain: ``"weights"``: r = 1 and the synapse carries 1/(1−β) (importers that ignore r);
+            ``"r"``: r = τ/dt and unit weights (importers that ignore r but add the current unscaled).
+        dense_order: ``"chw"`` (NIR's, PyTorch's) or ``"hwc"`` (the flatten order of a channels-last
+            runtime) for the columns of a dense layer after a convolution.
+        tau: ``"euler"`` (τ = dt/(1−β): v ← (1 − dt/τ)·v) or ``"exp"`` (τ = −dt/ln β: v ← e^(−dt/τ)·v).
+        dt: the time step the graph's τ assume.
+        v_reset: write NIR 1.0.5+'s ``v_reset`` field (nir ≤ 1.0.4 cannot read it).
+        scalar_neurons: neuron parameters as one-element arrays instead of per-neuron arrays.
+    """
+
+    name: str
+    consumers: str
+    input_gain: str = "weights"
+    dense_order: str = "chw"
+    tau: str = "euler"
+    dt: float = DT
+    v_reset: bool = True
+    scalar_neurons: bool = False
+
+
+FLAVORS: dict[str, Flavor] = {f.name: f for f in (
+    Flavor("standard", "snnTorch 1.0 snntorch.import_nir.import_from_nir(graph); spikingjelly 2.0 "
+                       "spikingjelly.activation_based.nir_exchange.import_from_nir(graph); Norse 1.1 "
+                       "norse.torch.from_nir(graph, dt=1e-4); nirtorch 2.x nir_to_torch"),
+    Flavor("spyx", "Spyx 1.0 spyx.nir.from_nir(graph, x, dt=1e-4) (JAX, channels-last)", input_gain="r",
+           dense_order="hwc"),
+    Flavor("sinabs", "Sinabs 3.1.3 sinabs.from_nir(graph, batch_size=N) with nir 1.0.4 (τ in steps)",
+           input_gain="r", tau="exp", dt=1.0, v_reset=False, scalar_neurons=True),
+)}
+DEFAULT_FLAVOR = "standard"
+
+
+def get_flavor(name: str) -> Flavor:
+    try:
+        return FLAVORS[name]
+    except KeyError:
+        raise ProfileError(f"unknown NIR flavour {name!r}; choose one of {', '.join(FLAVORS)}") from None
 
 
 def beta_of(net: IntegerNetwork, layer: IntegerLayer) -> float:
@@ -62,8 +125,16 @@ def beta_of(net: IntegerNetwork, layer: IntegerLayer) -> float:
     return effective_beta(int(layer.leak_const), net.profile)
 
 
-def differences(net: IntegerNetwork) -> list[str]:
+def tau_of(beta: float, flavor: Flavor) -> float:
+    """NIR's τ for leak factor β (0 < β < 1) under the flavour's discretisation."""
+    if flavor.tau == "exp":
+        return -flavor.dt / math.log(beta)
+    return flavor.dt / (1.0 - beta)
+
+
+def differences(net: IntegerNetwork, flavor: Flavor | None = None) -> list[str]:
     """What the NIR graph does not carry, for this network."""
+    flavor = flavor or FLAVORS[DEFAULT_FLAVOR]
     p = net.profile
     out = []
     if p.reset == "subtract":
@@ -78,8 +149,17 @@ def differences(net: IntegerNetwork) -> list[str]:
     if p.synaptic_delay:
         out.append(f"synaptic delay: the chip delivers spikes {p.synaptic_delay} step(s) later per layer; NIR "
                    "edges have no delay here")
-    out.append(f"time: NIR LIF parameters assume forward Euler with dt = {DT} (snnTorch's convention): "
-               "tau = dt/(1-beta), r = tau/dt")
+    if flavor.tau == "exp":
+        out.append(f"time: tau is in steps (dt = {flavor.dt:g}) for an exponential leak, tau = -1/ln(beta), "
+                   f"r = 1 (Sinabs' convention)")
+    else:
+        gain = "r = 1, the synapse carries 1/(1-beta)" if flavor.input_gain == "weights" else "r = tau/dt"
+        out.append(f"time: LIF parameters assume forward Euler with dt = {flavor.dt:g}: tau = dt/(1-beta), {gain}")
+    out.append("pooling: the chip's p x p sum-pooling of the current is folded into a stride-p convolution "
+               "(kernel k+p-1), exact in real arithmetic")
+    if flavor.dense_order == "hwc":
+        out.append("dense weights: columns in (H, W, C) order, the flatten order of a channels-last runtime (Spyx); "
+                   "other NIR importers need the standard flavour")
     out.append("input: the graph takes the raw integer input (uint8 pixels 0..255, or event counts) at every step")
     return out
 
@@ -94,10 +174,23 @@ def _node_name(layer: IntegerLayer, index: int, taken: set[str]) -> str:
     return name
 
 
-def build_graph(net: IntegerNetwork):
-    """The :class:`nir.NIRGraph` of ``net`` (see the module docstring)."""
+def _hwc_columns(shape: tuple[int, ...]) -> np.ndarray:
+    """Column permutation: position j of a channels-last flatten of (C, H, W) reads CHW column perm[j]."""
+    return np.arange(int(np.prod(shape))).reshape(shape).transpose(1, 2, 0).reshape(-1)
+
+
+def _input_gain(beta: float, flavor: Flavor) -> float:
+    """The factor the synapse carries so that NIR's LIF adds exactly W·x to the membrane."""
+    if beta >= 1.0:
+        return 1.0
+    return 1.0 / (1.0 - beta) if flavor.input_gain == "weights" and flavor.tau == "euler" else 1.0
+
+
+def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
+    """The :class:`nir.NIRGraph` of ``net`` (see the module docstring) and the per-layer records."""
     import nir
 
+    fl = get_flavor(flavor)
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(net.input_shape)})}
     edges: list[tuple[str, str]] = []
     prev = "input"
@@ -108,101 +201,143 @@ def build_graph(net: IntegerNetwork):
         base = _node_name(layer, i, taken)
         taken.add(base)
         out_shape = layer.output_shape(shape)
+        beta = beta_of(net, layer)
         theta = np.asarray(layer.threshold, dtype=np.int64)
         norm = np.where(theta > 0, theta, 1).astype(np.float64)           # θ_c, or 1 for θ_c = 0
-        gain = 2.0 ** (int(layer.current_shift) + int(layer.weight_exp)) * float(layer.pool ** 2)
-        w = np.asarray(layer.weight, dtype=np.float64)
-        w_eff = w * gain / norm.reshape((-1,) + (1,) * (w.ndim - 1))
-        b_eff = np.asarray(layer.bias, dtype=np.float64) / norm
+        gain = 2.0 ** (int(layer.current_shift) + int(layer.weight_exp))
+        in_gain = _input_gain(beta, fl)
+        w = fold_pool(layer.weight, layer.pool) if layer.kind == "conv" else np.asarray(layer.weight, dtype=np.int64)
+        w = w.astype(np.float64)
+        per_channel = (gain * in_gain / norm)
+        w_eff = w * per_channel.reshape((-1,) + (1,) * (w.ndim - 1))
+        b_eff = np.asarray(layer.bias, dtype=np.float64) * in_gain / norm
         names: dict[str, str] = {}
+        order = "chw"
         if layer.kind == "conv":
             names["synapse"] = base
-            nodes[base] = nir.Conv2d(input_shape=(int(shape[1]), int(shape[2])), weight=w_eff, stride=1,
+            p = int(layer.pool)
+            nodes[base] = nir.Conv2d(input_shape=(int(shape[1]), int(shape[2])), weight=w_eff, stride=p,
                                      padding=0, dilation=1, groups=1, bias=b_eff)
             edges.append((prev, base))
             prev = base
-            if layer.pool > 1:
-                names["pool"] = f"{base}_pool"
-                p = layer.pool
-                nodes[names["pool"]] = nir.AvgPool2d(kernel_size=np.array([p, p]), stride=np.array([p, p]),
-                                                     padding=np.array([0, 0]))
-                edges.append((prev, names["pool"]))
-                prev = names["pool"]
         else:
             if len(shape) > 1:
                 names["flatten"] = f"{base}_flatten"
-                # NIR shapes carry no batch axis: start_dim 0 flattens the whole (C, H, W) sample
-                nodes[names["flatten"]] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+                # −len(shape)..−1: the whole sample, whether or not the importer's tensors carry a batch axis
+                nodes[names["flatten"]] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=-len(shape),
+                                                      end_dim=-1)
                 edges.append((prev, names["flatten"]))
                 prev = names["flatten"]
+                if fl.dense_order == "hwc" and len(shape) == 3:
+                    w_eff = w_eff[:, _hwc_columns(shape)]
+                    order = "hwc"
             names["synapse"] = base
             nodes[base] = nir.Affine(weight=w_eff, bias=b_eff)
             edges.append((prev, base))
             prev = base
-        beta = beta_of(net, layer)
         names["neuron"] = f"{base}_lif"
-        per_neuron = np.ones(out_shape, dtype=np.float64)
-        v_thr = per_neuron * (theta / norm).reshape((-1,) + (1,) * (len(out_shape) - 1))
+        pshape = (1,) if fl.scalar_neurons else out_shape
+        ones = np.ones(pshape, dtype=np.float64)
+        v_thr = ones * ((theta / norm)[0] if fl.scalar_neurons else
+                        (theta / norm).reshape((-1,) + (1,) * (len(out_shape) - 1)))
+        reset = {"v_reset": np.zeros_like(ones)} if fl.v_reset else {}
         if beta >= 1.0:
-            nodes[names["neuron"]] = nir.IF(r=per_neuron.copy(), v_threshold=v_thr,
-                                            v_reset=np.zeros_like(per_neuron))
+            nodes[names["neuron"]] = nir.IF(r=ones / fl.dt, v_threshold=v_thr, **reset)
+            tau = math.inf
         else:
-            tau = DT / (1.0 - beta)
-            nodes[names["neuron"]] = nir.LIF(tau=per_neuron * tau, r=per_neuron * (tau / DT),
-                                             v_leak=np.zeros_like(per_neuron), v_threshold=v_thr,
-                                             v_reset=np.zeros_like(per_neuron))
+            tau = tau_of(beta, fl)
+            r = 1.0 if fl.input_gain == "weights" or fl.tau == "exp" else tau / fl.dt
+            nodes[names["neuron"]] = nir.LIF(tau=ones * tau, r=ones * r, v_leak=np.zeros_like(ones),
+                                             v_threshold=v_thr, **reset)
         edges.append((prev, names["neuron"]))
         prev = names["neuron"]
         records.append({
             "name": layer.name, "kind": layer.kind, "nodes": names, "weight_shape": list(layer.weight.shape),
             "pool": int(layer.pool), "current_shift": int(layer.current_shift), "weight_exp": int(layer.weight_exp),
-            "decay": int(layer.leak_const), "beta": beta, "threshold": theta.tolist(),
-            "bias": np.asarray(layer.bias, dtype=np.int64).tolist(),
-            "normaliser": norm.astype(np.int64).tolist(), "synapse_gain": gain,
+            "decay": int(layer.leak_const), "beta": beta, "tau": tau, "input_gain": in_gain,
+            "threshold": theta.tolist(), "bias": np.asarray(layer.bias, dtype=np.int64).tolist(),
+            "normaliser": norm.astype(np.int64).tolist(), "synapse_gain": gain, "dense_order": order,
+            "flatten_shape": list(shape) if order == "hwc" else None,
             "scale": [float(s) for s in np.asarray(layer.scale, dtype=np.float64)],
         })
         shape = out_shape
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     edges.append((prev, "output"))
-    qsnn = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION, "profile": net.profile.to_dict(),
-            "network": network_record(net), "layers": records}
+    qsnn = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION, "flavor": fl.name,
+            "profile": net.profile.to_dict(), "network": network_record(net), "layers": records}
     metadata = {
         "qsnn": json.dumps(to_jsonable(qsnn)),
         "qsnn_format": GRAPH_FORMAT,
-        "qsnn_reset": net.profile.reset,
+        "qsnn_flavor": fl.name,
+        "qsnn_consumers": fl.consumers,
+        "dt": fl.dt,
+        "qsnn_dt": fl.dt,
+        "time_discretisation": ("exponential: v <- exp(-dt/tau) v + r I" if fl.tau == "exp"
+                                else "forward Euler: v <- (1 - dt/tau) v + (dt/tau) r I"),
+        "reset": "zero (v_reset = 0, right after the spike)",
+        "qsnn_reset": f"{net.profile.reset}" + (" (delayed: theta is subtracted one step after the spike)"
+                                                 if net.profile.reset == "subtract" else ""),
         "nir_reset": "zero (v_reset = 0, right after the spike)",
-        "qsnn_dt": DT,
         "qsnn_membrane_units": "per channel, membrane / theta_c (every v_threshold is 1); real value = v * theta_c * scale_c",
-        "qsnn_differences": "; ".join(differences(net)),
+        "qsnn_differences": "; ".join(differences(net, fl)),
         "qsnn_num_steps": int(net.num_steps),
         "qsnn_classes": json.dumps(list(net.classes)),
     }
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata), records
+    # one-element neuron parameters (sinabs) do not type-check against the layer's shape in nir 1.0.5+
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=not fl.scalar_neurons), records
 
 
-def check(net: IntegerNetwork) -> None:
+def check(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR) -> None:
     """NIR holds any network whose constants are finite; the profile's own limits are checked upstream."""
+    fl = get_flavor(flavor)
     for i, layer in enumerate(net.layers, start=1):
         beta = beta_of(net, layer)
         if not 0.0 <= beta <= 1.0:
             raise ProfileError(f"nir: layer {i} ({layer.name}): leak factor beta={beta} outside [0, 1] "
                                f"(leak constant {layer.leak_const}); NIR's LIF needs 0 <= beta <= 1")
+        if fl.tau == "exp" and beta <= 0.0:
+            raise ProfileError(f"nir: layer {i} ({layer.name}): beta = 0 has no time constant for an exponential "
+                               f"leak (flavour {fl.name}); use the standard flavour")
+        if fl.scalar_neurons and np.any(np.asarray(layer.threshold) <= 0):
+            raise ProfileError(f"nir: layer {i} ({layer.name}): a channel with threshold 0 needs per-neuron "
+                               f"thresholds, which flavour {fl.name} does not write; use the standard flavour")
 
 
-def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
+def _strip_v_reset(path: Path) -> None:
+    """Remove NIR 1.0.5+'s ``v_reset`` datasets, which nir ≤ 1.0.4 rejects (every one is 0 here)."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        def visit(group):
+            for key in list(group.keys()):
+                item = group[key]
+                if isinstance(item, h5py.Group):
+                    visit(item)
+                elif key == "v_reset" and "type" in group and np.all(np.asarray(item[()]) == 0):
+                    del group[key]
+        visit(f)
+
+
+def write(net: IntegerNetwork, folder: Path, flavor: str = DEFAULT_FLAVOR) -> dict[str, Any]:
     import nir
 
-    graph, records = build_graph(net)
+    fl = get_flavor(flavor)
+    graph, records = build_graph(net, fl.name)
     nir.write(folder / FILE, graph)
-    layers = [{"nodes": r["nodes"], "beta": r["beta"], "synapse_gain": r["synapse_gain"],
-               "normaliser": r["normaliser"]} for r in records]
+    if not fl.v_reset:
+        _strip_v_reset(folder / FILE)
+    layers = [{"nodes": r["nodes"], "beta": r["beta"], "tau": r["tau"], "synapse_gain": r["synapse_gain"],
+               "input_gain": r["input_gain"], "normaliser": r["normaliser"], "dense_order": r["dense_order"]}
+              for r in records]
     return {
-        "options": {},
+        "options": {"flavor": fl.name},
         "layers": layers,
         "files_by_role": {"graph": FILE},
-        "nir": {"dt": DT, "nir_version": getattr(nir, "version", None), "reset": "zero (NIR LIF)",
+        "nir": {"flavor": fl.name, "consumers": fl.consumers, "dt": fl.dt, "tau": fl.tau,
+                "input_gain": fl.input_gain, "dense_order": fl.dense_order,
+                "nir_version": getattr(nir, "version", None), "reset": "zero (NIR LIF)",
                 "qsnn_reset": net.profile.reset},
-        "differences": differences(net),
+        "differences": differences(net, fl),
         "notes": ["The exact integers (thresholds, biases, leak constants, shifts, profile) are in the graph "
                   "metadata key 'qsnn' (JSON); qsnn reads the network back bit-exactly from network.nir."],
     }
@@ -214,7 +349,7 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
 
     path = folder / FILE if folder.is_dir() else folder
     try:
-        graph = nir.read(path)
+        graph = nir.read(path, type_check=False)   # the sinabs flavour does not type-check; read() checks the rest
     except (OSError, *PARSE_ERRORS) as exc:      # h5py and nir raise many kinds
         raise ExportError(f"{path}: not a readable NIR file ({exc})") from None
     raw = graph.metadata.get("qsnn")
@@ -234,42 +369,63 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
         except KeyError as exc:
             raise ExportError(f"{path}: node {exc} of layer {rec['name']} is missing") from None
         norm = np.asarray(rec["normaliser"], dtype=np.float64)
-        gain = 2.0 ** (int(rec["current_shift"]) + int(rec["weight_exp"])) * float(rec["pool"] ** 2)
+        scale = float(rec["synapse_gain"]) * float(rec["input_gain"])
         w_eff = np.asarray(syn.weight, dtype=np.float64)
-        w_real = w_eff * norm.reshape((-1,) + (1,) * (w_eff.ndim - 1)) / gain
-        weight = np.rint(w_real)
-        if weight.shape != tuple(rec["weight_shape"]) or not np.allclose(w_real, weight, rtol=0, atol=1e-6):
+        if rec.get("dense_order") == "hwc":
+            cols = _hwc_columns(tuple(rec["flatten_shape"]))
+            unperm = np.empty_like(w_eff)
+            unperm[:, cols] = w_eff
+            w_eff = unperm
+        w_real = w_eff * norm.reshape((-1,) + (1,) * (w_eff.ndim - 1)) / scale
+        folded = np.rint(w_real)
+        if not np.allclose(w_real, folded, rtol=0, atol=1e-6):
             raise ExportError(f"{path}: the weights of node {names['synapse']} are not the integers qsnn wrote")
+        try:
+            weight = unfold_pool(folded.astype(np.int64), int(rec["pool"])) if rec["kind"] == "conv" else folded
+        except ValueError:
+            raise ExportError(f"{path}: the kernel of node {names['synapse']} is not a pooled qsnn kernel") from None
+        if weight.shape != tuple(rec["weight_shape"]):
+            raise ExportError(f"{path}: node {names['synapse']} has weights {weight.shape}, "
+                              f"expected {tuple(rec['weight_shape'])}")
+        if rec["kind"] == "conv" and int(np.asarray(syn.stride).reshape(-1)[0]) != int(rec["pool"]):
+            raise ExportError(f"{path}: node {names['synapse']} has stride {syn.stride}, expected the pool {rec['pool']}")
         theta = np.asarray(rec["threshold"], dtype=np.int64)
         bias = np.asarray(rec["bias"], dtype=np.int64)
-        thr_nodes = np.asarray(neuron.v_threshold, dtype=np.float64).reshape(len(theta), -1) * norm[:, None]
-        bias_nodes = np.asarray(syn.bias, dtype=np.float64) * norm
+        v_thr = np.asarray(neuron.v_threshold, dtype=np.float64)
+        thr_nodes = (np.broadcast_to(v_thr.reshape(-1)[:1], (len(theta), 1)) if v_thr.size == 1
+                     else v_thr.reshape(len(theta), -1)) * norm[:, None]
+        bias_nodes = np.asarray(syn.bias, dtype=np.float64) * norm / float(rec["input_gain"])
         if not (np.allclose(thr_nodes, theta[:, None], rtol=1e-9, atol=1e-9)
-                and np.allclose(bias_nodes, bias, rtol=1e-9, atol=1e-9)):
+                and np.allclose(bias_nodes, bias, rtol=1e-9, atol=1e-6)):
             raise ExportError(f"{path}: thresholds or biases of layer {rec['name']} differ from the recorded integers")
-        if "pool" in names:
-            pool_node = graph.nodes[names["pool"]]
-            if int(np.asarray(pool_node.kernel_size).reshape(-1)[0]) != int(rec["pool"]):
-                raise ExportError(f"{path}: pooling node {names['pool']} does not match pool {rec['pool']}")
         layers.append(layer_from_parts(rec, weight.astype(np.int64), theta, bias, int(rec["decay"])))
     return network_from_parts({"profile": meta["profile"], "network": meta["network"]}, layers)
 
 
 def readme(manifest: Mapping[str, Any]) -> str:
+    info = manifest["nir"]
+    fl = get_flavor(info.get("flavor", DEFAULT_FLAVOR))
     rows = []
     for rec in manifest["layers"]:
-        nodes = " → ".join(rec["nodes"][k] for k in ("flatten", "synapse", "pool", "neuron") if k in rec["nodes"])
+        nodes = " → ".join(rec["nodes"][k] for k in ("flatten", "synapse", "neuron") if k in rec["nodes"])
         rows.append(f"| {rec['index']} | {rec['name']} | {nodes} | {tuple(rec['output_shape'])} | {rec['beta']:.6g} |")
     diffs = "\n".join(f"- {d}" for d in manifest["differences"])
-    return f"""# qsnn NIR graph
+    if fl.tau == "exp":
+        neuron = (f"NIR `LIF`, τ = −1/ln β in steps, r = 1, v_leak = 0, one-element parameter arrays; Sinabs' "
+                  f"exponential leak exp(−1/τ) gives v_t = β·v_(t−1) + I_t")
+    elif fl.input_gain == "weights":
+        neuron = (f"NIR `LIF`, τ = dt/(1−β), r = 1, v_leak = 0, v_reset = 0, dt = {fl.dt:g}: forward Euler "
+                  f"gives v_t = β·v_(t−1) + (1−β)·I_t, and the synapse's 1/(1−β) makes it β·v_(t−1) + W·x")
+    else:
+        neuron = (f"NIR `LIF`, τ = dt/(1−β), r = τ/dt, v_leak = 0, dt = {fl.dt:g}: forward Euler gives "
+                  f"v_t = β·v_(t−1) + I_t")
+    return f"""# qsnn NIR graph (flavour `{fl.name}`)
 
 `network.nir` is the network as a [NIR](https://neuroir.org) graph (HDF5), readable with
-`nir.read("network.nir")` and importable by NIR-aware simulators (e.g. snnTorch:
-`snntorch.import_nir.import_from_nir(nir.read("network.nir"))`, which needs `nirtorch`; snnTorch 1.0
-hands NIR's batch-free `Flatten(start_dim=0)` to `torch.nn.Flatten`, so set that module's
-`start_dim = 1` to run a batch of images at once).
+`nir.read("network.nir")`. Importers that run this file as it is: {fl.consumers}.
 It was compiled from a qsnn integer network (profile `{manifest['profile']['name']}`), T =
 {manifest['network']['num_steps']} steps per input; the class is the output neuron that spiked most.
+Time step: dt = {fl.dt:g} (graph metadata `dt`); reset: NIR's zero reset (metadata `reset`).
 
 ## Graph
 
@@ -277,12 +433,14 @@ It was compiled from a qsnn integer network (profile `{manifest['profile']['name
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-- Synapses: weights = W·2^(shift+exp)·P²/θ_c and bias = b_c/θ_c per output channel c (W, θ, b the
-  integer weights, thresholds and biases), so every LIF threshold is 1 and the membrane is in units of
-  the channel's threshold (real membrane = v · θ_c · scale_c; scale_c in `manifest.json`).
-- Pooling: `AvgPool2d` P×P (the P² is in the synapse weights), i.e. the chip's sum-pooling.
-- Neurons: NIR `LIF`, τ = dt/(1−β), R = τ/dt, v_leak = 0 for dt = {DT}: forward Euler gives
-  v_t = β·v_(t−1) + I_t.
+- Synapses: a convolution followed by the chip's P×P sum-pooling is one `Conv2d` of stride P whose
+  kernel is the pooled kernel W'[a, b] = Σ_(i,j<P) W[a−i, b−j]; weights = W'·2^(shift+exp)/θ_c and
+  bias = b_c/θ_c per output channel c{' (times 1/(1−β), see neurons)' if fl.input_gain == 'weights' and fl.tau == 'euler' else ''},
+  so every LIF threshold is 1 and the membrane is in units of the channel's threshold (real
+  membrane = v · θ_c · scale_c; scale_c in `manifest.json`).
+- Flatten: `start_dim = −3, end_dim = −1` (the whole sample, with or without a batch axis);
+  dense weights in {'(H, W, C) order for a channels-last runtime' if fl.dense_order == 'hwc' else '(C, H, W) order'}.
+- Neurons: {neuron}.
 - Input: the raw integer input (uint8 pixels 0..255) at every step.
 
 ## What NIR cannot say (differences to the chip)

@@ -167,4 +167,8 @@ def summarize(outdir: str | os.PathLike) -> list[tuple[str, Any]]:
                          f"{mem['width']}-bit words ({mem['bits']} bits, {mem['padding_weights']} padding)"))
         else:
             rows.append((f"{rec['name']}", f"{rec['kind']} {tuple(rec['weight_shape'])} → {tuple(rec['output_shape'])}"))
+    rtl = m.get("rtl")
+    if isinstance(rtl, dict):
+        rows.append(("FPGA core", f"{rtl.get('folder')}/: {rtl.get('lanes')} lanes (run it: qsnn-rtl-sim {folder})"
+                     if rtl.get("supported") else f"not included: outside the core's family ({rtl.get('reason')})"))
     return rows

@@ -109,6 +109,20 @@ def demo_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for this test session (tests/postgres.py): started here, stopped after.
+
+    Tests create their own database with ``postgres.create_database(name)`` (a ``postgresql://`` URL).
+    """
+    from postgres import _port_open, postgres_server
+
+    with postgres_server() as server:
+        yield server
+    assert server.proc.returncode is not None and not _port_open(server.port), "PostgreSQL server still running"
+    assert not server.root.exists()
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "float_kernels: compares float results of different libraries or kernel paths "

@@ -128,3 +128,116 @@ def synthetic_checkpoint(path, precision: str = "int4", **overrides):
     save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "input_shape": [1, 28, 28],
                            "classes": list(MNIST_CLASSES), "encoding": "static"})
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# IBM's original DvsGesture release: AEDAT 3.1 recordings with label CSVs
+
+#: The text header of the IBM release's .aedat files (AEDAT 3.1: '#' lines ending in CR LF).
+AEDAT31_HEADER = (b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
+                  b"#Start-Time: 2017-05-03 11:31:04 (TZ+0000)\r\n#!END-HEADER\r\n")
+AEDAT_PACKET = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
+                         ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"), ("valid", "<i4")])
+AEDAT_EVENT = np.dtype([("data", "<u4"), ("ts", "<u4")])
+IBM_EVENTS = np.dtype([("x", np.uint8), ("y", np.uint8), ("p", np.uint8), ("t", np.int64)])
+
+
+def aedat_packet(kind: int, data: np.ndarray, ts: np.ndarray, *, overflow: int = 0, number: int | None = None,
+                 capacity: int | None = None, valid: int | None = None) -> bytes:
+    """One AEDAT 3.1 event packet: the 28-byte header then ``capacity`` 8-byte events (data word, timestamp)."""
+    n = len(data)
+    capacity = n if capacity is None else capacity
+    number = n if number is None else number
+    head = np.zeros(1, AEDAT_PACKET)
+    head[0] = (kind, 1, 8, 4, overflow, capacity, number, n if valid is None else valid)
+    body = np.zeros(capacity, AEDAT_EVENT)
+    body["data"][:n], body["ts"][:n] = data, ts
+    return head.tobytes() + body.tobytes()
+
+
+def polarity_words(x, y, p, valid=1) -> np.ndarray:
+    """The 32-bit word of an AEDAT 3.1 polarity event: x in bits 17-31, y in 2-16, polarity bit 1, valid bit 0."""
+    x, y, p = (np.asarray(v, dtype=np.uint32) for v in (x, y, p))
+    return (x << 17) | (y << 2) | (p << 1) | np.uint32(valid)
+
+
+def write_aedat31(path, events: np.ndarray, packet_events: int = 700, extra: bytes = b"") -> Path:
+    """Write polarity ``events`` (fields x, y, p, t in µs, sorted) as an AEDAT 3.1 file like IBM's release.
+
+    Events go into polarity packets (type 1) of at most ``packet_events`` events, the timestamp's
+    upper bits in each packet's eventTSOverflow; ``extra`` (raw packets) is appended after them.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = [AEDAT31_HEADER]
+    t = np.asarray(events["t"], dtype=np.int64)
+    start = 0
+    while start < len(t):
+        stop = min(start + packet_events, len(t))
+        overflow = int(t[start] >> 31)
+        stop = start + int(np.count_nonzero((t[start:stop] >> 31) == overflow))   # one overflow per packet
+        sl = slice(start, stop)
+        chunks.append(aedat_packet(1, polarity_words(events["x"][sl], events["y"][sl], events["p"][sl]),
+                                   (t[sl] & 0x7FFFFFFF).astype(np.uint32), overflow=overflow))
+        start = stop
+    chunks.append(extra)
+    path.write_bytes(b"".join(chunks))
+    return path
+
+
+def ibm_recording(labels: list[int], rng: np.random.Generator, *, gesture_ms: int = 600, n_events: int = 1500,
+                  gap_ms: int = 150, noise_events: int = 60, start_us: int = 3_000_000):
+    """Events (``IBM_EVENTS``, t in µs) of one recording performing ``labels`` (0-based) in turn, and its
+    label rows (class 1..11, start µs, end µs). Gesture c fires as :func:`gesture_events` (its own block,
+    ON share c/10) with µs timestamps; sparse noise events fill the gaps between gestures."""
+    parts, rows = [], []
+    t = start_us
+    for label in labels:
+        noise_t = np.sort(rng.integers(t, t + gap_ms * 1000, size=noise_events))
+        parts.append(np.stack([rng.integers(0, 128, noise_events), rng.integers(0, 128, noise_events),
+                               rng.integers(0, 2, noise_events), noise_t], axis=1))
+        t += gap_ms * 1000
+        ev = gesture_events(label, rng, duration_ms=gesture_ms, n_events=n_events).astype(np.int64)
+        ev[:, 3] = t + np.sort(rng.integers(0, gesture_ms * 1000, size=n_events))
+        ev[0, 3] = t
+        parts.append(ev)
+        rows.append((label + 1, t, t + gesture_ms * 1000))
+        t += gesture_ms * 1000
+    allev = np.concatenate(parts)
+    allev = allev[np.argsort(allev[:, 3], kind="stable")]
+    out = np.empty(len(allev), IBM_EVENTS)
+    out["x"], out["y"], out["p"], out["t"] = allev[:, 0], allev[:, 1], allev[:, 2], allev[:, 3]
+    return out, rows
+
+
+def write_labels_csv(path, rows, newline: str = "\n") -> Path:
+    path = Path(path)
+    lines = ["class,startTime_usec,endTime_usec"] + [f"{c},{s},{e}" for c, s, e in rows]
+    path.write_text(newline.join(lines) + newline)
+    return path
+
+
+def write_ibm_gesture_fixture(root, n_train: int = 6, n_test: int = 3, seed: int = 0, gesture_ms: int = 600,
+                              n_events: int = 1500) -> Path:
+    """Write IBM's DvsGesture release layout under ``root``; returns ``root`` (the data directory).
+
+    ``root/DvsGesture/user<NN>_<lighting>.aedat`` (AEDAT 3.1, all 11 gestures in a shuffled order),
+    ``user<NN>_<lighting>_labels.csv`` and ``trials_to_train.txt`` / ``trials_to_test.txt``: ``n_train``
+    recordings of users 1.. and ``n_test`` of users 24.. (IBM's split).
+    """
+    root = Path(root)
+    base = root / "DvsGesture"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    trials = {"train": [], "test": []}
+    for split, n, first_user in (("train", n_train, 1), ("test", n_test, 24)):
+        for k in range(n):
+            name = f"user{first_user + k // 3:02d}_{DVS_LIGHTINGS[k % 3]}"
+            events, rows = ibm_recording(list(rng.permutation(DVS_NUM_CLASSES)), rng, gesture_ms=gesture_ms,
+                                         n_events=n_events)
+            write_aedat31(base / f"{name}.aedat", events)
+            write_labels_csv(base / f"{name}_labels.csv", rows)
+            trials[split].append(f"{name}.aedat")
+    for split, names in trials.items():
+        (base / f"trials_to_{split}.txt").write_text("\n".join(names) + "\n")
+    return root

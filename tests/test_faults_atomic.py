@@ -258,13 +258,15 @@ def test_study_tables_and_figures(tmp_path, monkeypatch):
 WRITERS = re.compile(r"""open\([^)]*['"][wax]b?['"]|\.write_text\(|\.write_bytes\(|savefig\(|torch\.save\(|"""
                      r"""onnx\.save\(|h5py\.File\([^)]*['"][wa]['"]|np\.save\(|nir\.write\(""")
 #: Writes that are atomic for a reason the line shows: into a buffer or an atomic_open handle, or
-#: into the temporary folder of qsnn.atomic.atomic_directory (``folder`` / ``tmp`` in targets/).
+#: into the temporary folder of qsnn.atomic.atomic_directory (``folder`` / ``tmp`` in targets/), or
+#: scratch files of the HDL simulators in a tempfile folder (``work``, the harness input in fpga_sim).
 SAFE = [
     (r"qsnn/atomic\.py$", r".*"),
     (r".*", r"atomic_open\("),
     (r".*", r"savefig\((buf|fh)\b"),
     (r".*", r"torch\.save\(data, buf\)"),
     (r"targets/.*\.py$", r"\((folder|tmp) / |\(folder / |File\(folder / |write\(folder / "),
+    (r"targets/fpga_sim\.py$", r"\(work / |open\(path, \"wb\"\) as fh"),
 ]
 
 

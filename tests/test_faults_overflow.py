@@ -72,7 +72,7 @@ def test_exactly_at_both_rails(overflow, bits):
     # currents +hi then +1 (from the two input channels: c = x_up − x_down), threshold out of reach
     layer = IntegerLayer("fc", "dense", np.array([[1, -1]], np.int8), 1, 0, np.array([hi]), np.array([0]),
                          NO_LEAK, np.ones(1))
-    net = IntegerNetwork((layer,), profile, (2, 1, 1), 2, "events", ("only",))
+    net = IntegerNetwork((layer,), profile, (2, 1, 1), 2, "events", ("only",), input_max=65535)
 
     def run(currents):
         x = np.zeros((1, len(currents), 2, 1, 1), np.uint16)
@@ -127,7 +127,8 @@ def test_engine_equals_a_c_integer_register(bits, overflow, reset, data):
     profile = FPGA.replace(membrane_bits=bits, overflow=overflow, reset=reset)
     layer = IntegerLayer("fc", "dense", np.array([[1, -1]], np.int8), 1, 0, np.array([theta]), np.array([bias]),
                          decay, np.ones(1))
-    net = IntegerNetwork((layer,), profile, (2, 1, 1), len(currents), "events", ("only",))
+    net = IntegerNetwork((layer,), profile, (2, 1, 1), len(currents), "events", ("only",),
+                         input_max=65535)
     x = np.zeros((1, len(currents), 2, 1, 1), np.uint16)
     for t, c in enumerate(currents):
         x[0, t, 0 if c > 0 else 1] = abs(c)

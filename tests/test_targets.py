@@ -246,7 +246,7 @@ def test_manifest_lists_every_file_with_sha256(tmp_path, target):
     assert manifest["format_version"] == 1 and manifest["target"] == target
     assert manifest["profile"] == net.profile.to_dict()
     assert manifest["source"] == {"checkpoint": "x.pt"}
-    on_disk = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
     assert sorted(manifest["files"]) == on_disk
     assert "README.md" in on_disk
     for name, entry in manifest["files"].items():
@@ -366,26 +366,55 @@ def test_fold_unfold_pool_inverse():
 def test_nir_graph_nodes_and_metadata(tmp_path):
     import nir
 
+    from qsnn.network import fold_pool
+
     net = tiny_net(FPGA, seed=2)
     out = write_target("nir", net, tmp_path / "n")
     graph = nir.read(out / "network.nir")
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
-    assert kinds == {"input": "Input", "conv1": "Conv2d", "conv1_pool": "AvgPool2d", "conv1_lif": "LIF",
-                     "conv2": "Conv2d", "conv2_pool": "AvgPool2d", "conv2_lif": "LIF", "fc_flatten": "Flatten",
-                     "fc": "Affine", "fc_lif": "LIF", "output": "Output"}
+    assert kinds == {"input": "Input", "conv1": "Conv2d", "conv1_lif": "LIF", "conv2": "Conv2d", "conv2_lif": "LIF",
+                     "fc_flatten": "Flatten", "fc": "Affine", "fc_lif": "LIF", "output": "Output"}
     dt = 1e-4
+    assert graph.metadata["dt"] == dt and graph.metadata["qsnn_flavor"] == "standard"
     beta = net.layers[0].leak_const / 4096
     lif = graph.nodes["conv1_lif"]
     assert lif.tau.shape == (4, 6, 6)                      # per-neuron parameters
-    assert np.allclose(1 - dt / lif.tau, beta) and np.allclose(lif.r * dt / lif.tau, 1.0)
+    assert np.allclose(1 - dt / lif.tau, beta) and np.all(lif.r == 1.0)
     assert np.all(lif.v_threshold == 1.0) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
-    conv = graph.nodes["conv1"]
+    conv = graph.nodes["conv1"]                            # the 2x2 sum-pool folded into a stride-2 kernel
+    assert tuple(np.asarray(conv.stride).reshape(-1)) in ((2,), (2, 2)) and conv.weight.shape[-1] == 3 + 2 - 1
     theta = net.layers[0].threshold.astype(float)
-    assert np.allclose(conv.weight * theta[:, None, None, None] / (2.0**6 * 4), net.layers[0].weight)
-    assert graph.metadata["qsnn_reset"] == "subtract"
+    w = conv.weight * theta[:, None, None, None] * (1 - beta) / 2.0**6
+    assert np.allclose(w, fold_pool(net.layers[0].weight, 2))
+    flat = graph.nodes["fc_flatten"]
+    assert (flat.start_dim, flat.end_dim) == (-3, -1) and list(flat.output_type["output"]) == [6 * 2 * 2]
+    assert "subtract" in graph.metadata["qsnn_reset"]
     assert "zero reset" in graph.metadata["qsnn_differences"]
     manifest = read_manifest(out)
-    assert any("reset" in d for d in manifest["differences"])
+    assert any("reset" in d for d in manifest["differences"]) and manifest["nir"]["dt"] == dt
+
+
+@pytest.mark.parametrize("flavor", ["standard", "spyx", "sinabs"])
+def test_nir_flavours_round_trip(tmp_path, flavor):
+    """Every flavour reads back to the same integer network, spike for spike."""
+    import h5py
+
+    net = tiny_net(FPGA, seed=3)
+    out = write_target("nir", net, tmp_path / flavor, flavor=flavor)
+    back = read_target(out)
+    assert_same_network(net, back)
+    assert_same_spikes(net, back, images())
+    manifest = read_manifest(out)
+    assert manifest["options"] == {"flavor": flavor}
+    with h5py.File(out / "network.nir") as f:
+        names = []
+        f.visit(names.append)
+    assert any(n.endswith("v_reset") for n in names) == (flavor != "sinabs")   # nir <= 1.0.4 rejects the field
+
+
+def test_nir_flavour_unknown(tmp_path):
+    with pytest.raises(ProfileError, match="unknown NIR flavour 'lava'.*standard"):
+        write_target("nir", tiny_net(FPGA), tmp_path / "x", flavor="lava")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -154,6 +154,32 @@ def test_six_table1_presets_build_valid_configs():
         TrainConfig.from_preset("mnist", "int4", beta=1.5)
 
 
+# Table I of the paper, as printed: batch, β, θ, k, η, grad clip, weight clip, BatchNorm, dropout.
+TABLE_I = {
+    ("mnist", "fp32"): (128, 0.92, 2.0, 6.0, 1.9e-3, True, True, True, 0.09),
+    ("mnist", "int4"): (128, 0.99, 2.9, 13.8, 5.4e-3, True, False, True, 0.00),
+    ("fmnist", "fp32"): (128, 0.39, 1.5, 7.7, 2.0e-3, True, True, True, 0.13),
+    ("fmnist", "int4"): (128, 0.97, 2.5, 5.6, 2.9e-3, False, False, True, 0.07),
+    ("dvs128", "fp32"): (16, 0.72, 2.5, 9.7, 2.4e-3, False, True, True, 0.29),
+    ("dvs128", "int4"): (16, 0.61, 0.4, 4.4, 2.6e-3, True, True, False, 0.20),
+}
+
+
+@pytest.mark.parametrize("row", sorted(TABLE_I))
+def test_presets_are_table_I(row):
+    dataset, precision = row
+    cfg = TrainConfig.from_preset(dataset, precision)
+    got = (cfg.batch_size, cfg.beta, cfg.threshold, cfg.slope, cfg.lr, cfg.grad_clip, cfg.weight_clip, cfg.batch_norm,
+           cfg.dropout)
+    assert got == TABLE_I[row]
+    assert cfg.preset_source.startswith("Table I") and (cfg.num_steps, cfg.epochs) == (100, 100)
+    # the baselines as the paper's text gives them; DVS128 changed both (every 20 epochs; two worse epochs)
+    assert (cfg.step_epochs, cfg.loss_patience) == ((20, 1) if dataset == "dvs128" else (15, 0))
+    assert cfg.cosine_period_epochs == 10.0
+    if dataset == "mnist":
+        assert TrainConfig.from_preset("mnist5k", precision) == cfg.replace(dataset="mnist5k")
+
+
 # -- the two forward paths -------------------------------------------------------------------------------
 
 def _pair(quant_scale, dataset="mnist5k", shape=(1, 28, 28), classes=10, T=12, bn=True):

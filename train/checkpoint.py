@@ -118,8 +118,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; it is incomplete")
+    config = dict(data["config"]) if isinstance(data["config"], dict) else data["config"]
+    if isinstance(config, dict) and config.get("dataset") == "dvs128" and "event_bits" not in config:
+        config["event_bits"] = 16   # written before the event encoding was recorded: raw uint16 counts
     try:
-        data["config_obj"] = TrainConfig.from_dict(data["config"])
+        data["config_obj"] = TrainConfig.from_dict(config)
     except Exception as exc:
         raise CheckpointError(f"{path}: checkpoint configuration is invalid: {exc}") from None
     return data

@@ -9,6 +9,7 @@ import click
 
 from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
+from qsnn.errors import QsnnError
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +36,7 @@ def _option_list() -> list:
                      help="Weights: Brevitas 4-bit integers (int4) or float32 (fp32). Selects the Table I preset row."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
                      help="LR schedule, stepped every minibatch: cosine (eq. 4, period --cosine-period epochs), none, lrstep (x gamma every --step-epochs), lossstep (x gamma when the epoch loss stops improving)."),
-        click.option("--epochs", type=int, help=f"Maximum epochs {_default('epochs')}."),
+        click.option("--epochs", type=int, help="Maximum epochs [preset]."),
         click.option("--steps", "num_steps", type=int, help="Time steps T per sample [preset]."),
         click.option("--batch-size", type=int, help="Minibatch size [preset]."),
         click.option("--lr", type=float, help="Initial learning rate eta of Adam [preset]."),
@@ -50,13 +51,16 @@ def _option_list() -> list:
         click.option("--weight-clip/--no-weight-clip", default=None, help="Clamp weights to [-1, 1] after each step [preset]."),
         click.option("--cosine-period", "cosine_period_epochs", type=float, help=f"Period T of eq. 4 in epochs {_default('cosine_period_epochs')}."),
         click.option("--warm-restarts/--no-warm-restarts", default=None, help="Cosine: restart at the initial LR every period (SGDR) instead of eq. 4's continuous cosine."),
-        click.option("--step-epochs", type=int, help=f"lrstep: epochs between reductions {_default('step_epochs')}."),
+        click.option("--step-epochs", type=int, help="lrstep: epochs between reductions [preset]."),
         click.option("--gamma", type=float, help=f"lrstep/lossstep: LR multiplier at each reduction {_default('gamma')}."),
-        click.option("--loss-patience", type=int, help=f"lossstep: epochs without improvement tolerated before a reduction {_default('loss_patience')}."),
+        click.option("--loss-patience", type=int, help="lossstep: epochs without improvement tolerated before a reduction [preset]."),
         click.option("--patience", type=int, help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}."),
         click.option("--subset", type=int, help="Use a stratified subset of this many training samples (CPU runs)."),
         click.option("--val-subset", type=int, help="Stratified subset of the validation split."),
-        click.option("--test-subset", type=int, help="Stratified subset of the test split."),
+        click.option("--test-subset", type=int, help="Stratified subset of the test split (recordings, for dvs128)."),
+        click.option("--event-bits", type=click.IntRange(1, 16), help=f"dvs128: per-cell, per-step event counts are clipped to 2^bits - 1, the chip's input width (1 = binary spikes, 4 or 8 = graded counts); export, simulation and tables use the same clip {_default('event_bits')}."),
+        click.option("--event-bin-us", type=click.IntRange(min=1), help=f"dvs128: length of one time step (event bin) in microseconds, the paper's 5 ms {_default('event_bin_us')}."),
+        click.option("--test-cut", type=click.Choice(["first", "windows"]), help=f"dvs128: a test gesture is its first T steps, one prediction (first: the paper's recipe), or every whole T-step window with the output spike counts summed over its windows (windows) {_default('test_cut')}."),
         click.option("--seed", type=int, help=f"Seed for initialisation, splits, shuffling and dropout {_default('seed')}."),
         click.option("--plain", is_flag=True, default=False, help="Use the paper's step-by-step loop instead of the fast path (same numerics, slower)."),
     ]
@@ -121,7 +125,8 @@ def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
         ("time steps T", metrics["num_steps"]),
-        ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"),
+        ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"
+                                       + (f" ({metrics['test_windows']} windows)" if metrics.get("test_cut") == "windows" else "")),
         ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
         ("best epoch", metrics["best_epoch"]),
         ("best validation accuracy", f"{metrics['best_val_acc']:.2f} %"),
@@ -172,31 +177,89 @@ def study() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
 @click.option("--out", type=click.Path(file_okay=False), help="Study folder [default: runs/study-DATASET].")
-@click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs; "
-                              "then `qsnn-train study report OUT`).")
+@click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs, "
+                              "e.g. a SLURM job array; then `qsnn-train study report OUT`).")
+@click.option("--storage", help="Optuna RDB storage URL (postgresql://user:pw@host/db, sqlite:///FILE): the plan becomes a "
+                                "queue of waiting trials that any number of workers, on any machines, take one cell at a time; "
+                                "a dead worker's cell is re-queued (and resumes from last.pt when OUT is shared).")
+@click.option("--study-name", help="With --storage: the Optuna study [default: qsnn-study-DATASET-<digest of the plan's settings>].")
+@click.option("--heartbeat", type=int, default=60, show_default=True,
+              help="With --storage: seconds between heartbeats of a running cell.")
+@click.option("--grace", type=int, help="With --storage: seconds without a heartbeat after which a cell's worker counts as "
+                                        "dead and the cell is re-queued [default: 2 x heartbeat, at least 120].")
+@click.option("--max-retry", type=int, default=3, show_default=True,
+              help="With --storage: how often one cell is re-queued after its worker died.")
+@click.option("--retry-failed", is_flag=True, help="With --storage: first re-queue the cells whose training raised an error "
+                                                   "(after fixing its cause).")
 @click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
 @click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out.")
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @debug_option
 @friendly_errors
-def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, window, report_only, device, no_progress,
-              **options) -> None:
+def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, storage, study_name, heartbeat, grace,
+              max_retry, retry_failed, window, report_only, device, no_progress, **options) -> None:
     """Train every (precision, schedule, seed) run that is not finished yet, then write the report."""
-    from .distributed import is_main_process
+    from .distributed import env_world_size, is_main_process
     from .study import parse_list, parse_shard, plan, run_study, write_report
 
     out = Path(out or f"runs/study-{dataset}")
     note_user_path(out)
+    if storage is None and (study_name or retry_failed):
+        raise QsnnError("--study-name and --retry-failed need --storage")
     if not report_only:
         runs = plan(dataset, parse_list(precisions, PRECISIONS, "--precision"),
                     parse_list(schedules, SCHEDULES, "--schedules"), trials, out, _overrides(options))
-        outcome = run_study(runs, data_dir=data_dir, device=device, progress=not no_progress, shard=parse_shard(shard))
-        if not is_main_process():
-            return
-        click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
-                   f"{len(outcome['skipped'])} already finished (skipped)")
+        if storage is not None:
+            if shard:
+                raise QsnnError("--shard and --storage exclude each other: with a storage the workers share the plan themselves")
+            if env_world_size() > 1:
+                raise QsnnError("qsnn-train study --storage is not meant to run under torchrun: start one worker per GPU "
+                                "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train study --storage URL ...)")
+            finished_here = _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed,
+                                          data_dir, device, not no_progress, out)
+            if not finished_here:
+                click.echo(f"no finished run in {out}: no report written here")
+                return
+        else:
+            outcome = run_study(runs, data_dir=data_dir, device=device, progress=not no_progress, shard=parse_shard(shard))
+            if not is_main_process():
+                return
+            click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
+                       f"{len(outcome['skipped'])} already finished (skipped)")
     _print_report(write_report(out, window))
+
+
+def _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed, data_dir, device,
+                  progress, out) -> int:
+    """One worker of the Optuna-scheduled study (qsnn.train.study_queue); prints what it and the study did.
+
+    Returns the number of the plan's runs finished in ``out`` (on this machine's file system).
+    """
+    from .study_queue import default_study_name, open_queue, retry_failed as requeue, run_worker
+
+    name = study_name or default_study_name(dataset, runs)
+    study, rdb = open_queue(storage, name, runs, heartbeat=heartbeat, grace=grace, max_retry=max_retry, log=click.echo)
+    if retry_failed:
+        requeue(study, rdb, runs, log=click.echo)
+    result = run_worker(study, rdb, runs, data_dir=data_dir, device=device, progress=progress, log=click.echo)
+    cells = result["cells"]
+    complete = sum(1 for r in runs if cells.get(r.name, {}).get("state") == "COMPLETE")
+    failed = [r.name for r in runs if cells.get(r.name, {}).get("state") == "FAIL"]
+    here = sum(1 for r in runs if (r.run_dir / "metrics.json").is_file())
+    c = result["counts"]
+    print_table([
+        ("study / worker", f"{name} / {result['worker']}"),
+        ("cells of this worker", f"{len(result['trained'])} trained, {len(result['resumed'])} resumed, "
+                                 f"{len(result['skipped'])} found finished"),
+        ("cells complete / failed / all", f"{complete} / {len(failed)} / {len(runs)}"
+                                          + (f"  (failed: {', '.join(failed)}; see --retry-failed)" if failed else "")),
+        ("trials complete / fail / running / waiting", f"{c['complete']} / {c['fail']} / {c['running']} / {c['waiting']}"),
+        ("finished runs in " + str(out), f"{here} of {len(runs)}" + ("" if here == len(runs) else
+                                          " (the others ran on machines without this folder: copy them here, then "
+                                          "`qsnn-train study report`)")),
+    ], title="study worker summary")
+    return here
 
 
 @study.command("report")
@@ -226,6 +289,8 @@ def study_report(out, window) -> None:
 @click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (give each worker its own, or none).")
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="Median pruning on the validation accuracy reported after each epoch.")
+@click.option("--prune-startup", type=int, default=5, show_default=True,
+              help="Finished trials the median pruner waits for before it prunes.")
 @_options_except("dataset", "precision", "epochs")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
@@ -233,8 +298,8 @@ def study_report(out, window) -> None:
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @debug_option
 @friendly_errors
-def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, data_dir, out, device,
-             **options) -> None:
+def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, prune_startup, data_dir,
+             out, device, **options) -> None:
     """Optuna TPE search over beta, theta, slope k, LR, dropout, BatchNorm, grad/weight clipping.
 
     Any of those given as an option is fixed instead of searched. Start the same command in several
@@ -247,7 +312,7 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
     note_user_path(out)
     result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
                   storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
-                  data_dir=data_dir, device=device)
+                  prune_startup=prune_startup, data_dir=data_dir, device=device)
     print_table([
         ("study / storage", f"{result['study']} / {result['storage']}"),
         ("trials run by this worker", result["ran_here"]),

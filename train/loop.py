@@ -67,26 +67,41 @@ def seed_everything(seed: int) -> torch.Generator:
 def load_splits(cfg: TrainConfig, data_dir=None) -> dict[str, ArraySplit]:
     """Train, validation and test splits for ``cfg`` (subsets drawn with the run's seed)."""
     sizes = {"train": cfg.subset, "val": cfg.val_subset, "test": cfg.test_subset}
-    return {split: load_split(cfg.dataset, split, data_dir, seed=cfg.seed, num_steps=cfg.num_steps, subset=n)
+    return {split: load_split(cfg.dataset, split, data_dir, seed=cfg.seed, num_steps=cfg.num_steps, subset=n,
+                              events=cfg.event_frames())
             for split, n in sizes.items()}
 
 
 @torch.no_grad()
 def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: DistContext = SINGLE) -> float:
-    """Accuracy (%) of ``model`` on ``split``: argmax of output spike counts.
+    """Accuracy (%) of ``model`` on ``split``: argmax of output spike counts (summed over a recording's
+    windows when the split groups its samples, see :meth:`ArraySplit.accuracy`).
 
-    Under data parallelism each rank evaluates its slice of every batch and the correct counts
-    are summed over the ranks, so every rank returns the accuracy on the whole split.
+    Under data parallelism each rank evaluates its slice of every batch and the results are summed
+    over the ranks, so every rank returns the accuracy on the whole split.
     """
     model.eval()
+    grouped = split.group is not None
     correct = 0
+    counts = np.zeros((len(split.y), len(split.classes)), dtype=np.float64) if grouped else None
+    offset = 0
     for x, y in Batches(split, EVAL_BATCH, shuffle=False, device=device):
+        n_batch = len(y)
+        start, stop = 0, n_batch
         if dist_ctx.enabled:
             start, stop = shard_bounds(len(y), dist_ctx.rank, dist_ctx.world_size)
             x, y = x[start:stop], y[start:stop]
-            if not len(y):
-                continue
-        correct += int((predict(model(x).spikes) == y).sum())
+        if len(y):
+            spikes = model(x).spikes
+            if grouped:
+                counts[offset + start:offset + stop] = spikes.sum(0).cpu().numpy()
+            else:
+                correct += int((predict(spikes) == y).sum())
+        offset += n_batch
+    if grouped:
+        if dist_ctx.enabled:
+            counts = np.asarray(dist_ctx.all_reduce_sum(counts.ravel().tolist(), device)).reshape(counts.shape)
+        return 100.0 * split.accuracy(counts)
     if dist_ctx.enabled:
         correct = int(round(dist_ctx.all_reduce_sum([correct], device)[0]))
     return 100.0 * correct / max(1, len(split.y))
@@ -315,7 +330,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
                "best_epoch": state["best_epoch"], "best_val_acc": state["best_val"], "test_acc": test_acc,
                "epochs_run": len(history), "stopped_early": state["stopped_early"],
                "train_samples": len(train_split.y), "val_samples": len(splits["val"].y),
-               "test_samples": len(splits["test"].y), "num_steps": cfg.num_steps, "device": str(dev),
+               "test_samples": splits["test"].num_recordings, "test_windows": len(splits["test"].y),
+               "test_cut": cfg.test_cut if cfg.dataset == "dvs128" else None, "num_steps": cfg.num_steps, "device": str(dev),
                "world_size": ctx.world_size,
                "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None,
                "config": cfg.to_dict()}

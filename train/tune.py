@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from qsnn.atomic import atomic_write_text
 from qsnn.config import PRESET_ROW, TrainConfig
 from qsnn.errors import QsnnError
+
+from .storage import DEFAULT_HEARTBEAT, default_storage, open_storage, redact
 
 #: What the search varies, one place: name → ("float", low, high, log) | ("bool",).
 #: The paper does not publish its ranges; these bracket its Table I values with room on both sides.
@@ -59,51 +59,8 @@ class _OverBudget(Exception):
     """The study already has its N trials; this one was created in a race and will not train."""
 
 
-def default_storage(out: str | Path) -> str:
-    return f"sqlite:///{Path(out).resolve() / 'tune.db'}"
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password (for logs and the TOML header)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def open_storage(url: str, heartbeat: int = 60):
-    """An Optuna storage for ``url``: RDB (sqlite/postgresql/mysql URL) with heartbeats, or ``journal:PATH``."""
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
-
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(url[len("journal:"):].removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if "://" not in url:
-        raise QsnnError(f"--storage {url!r}: expected an Optuna storage URL such as sqlite:///tune.db, "
-                        f"postgresql://user:password@host/db or journal:PATH")
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        # Several processes share one file: wait for the lock instead of failing at once.
-        engine_kwargs = {"connect_args": {"timeout": 120}}
-        db = url.split(":///", 1)[-1]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-    last_error: Exception | None = None
-    for attempt in range(8):  # two workers creating the tables of a new file at once may collide
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                                  grace_period=max(2 * heartbeat, 120))
-        except SQLAlchemyError as exc:  # e.g. both inserting the schema version: retry, then it exists
-            last_error = exc
-            time.sleep(0.2 + random.random() * (attempt + 1))
-    raise QsnnError(f"cannot open Optuna storage {redact(url)}: {str(last_error).splitlines()[0]}")
-
-
 def open_study(storage_url: str, study_name: str, *, sampler_seed: int | None = None, prune: bool = True,
-               startup_trials: int = 5, heartbeat: int = 60):
+               startup_trials: int = 5, heartbeat: int = DEFAULT_HEARTBEAT):
     """Create or join the study (``load_if_exists``) with a TPE sampler and a median pruner."""
     import optuna
 
@@ -277,8 +234,8 @@ def write_best_params(study, out: Path, dataset: str, precision: str, storage_ur
 
 def tune(dataset: str, precision: str, *, n_trials: int, out: str | Path, fixed: dict[str, Any] | None = None,
          epochs: int = DEFAULT_EPOCHS, storage: str | None = None, study_name: str | None = None,
-         sampler_seed: int | None = None, prune: bool = True, data_dir=None, device: str | None = None,
-         log: Callable[[str], None] = print) -> dict[str, Any]:
+         sampler_seed: int | None = None, prune: bool = True, prune_startup: int = 5, data_dir=None,
+         device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Join (or create) the study and run trials until it holds ``n_trials``; write best_params.toml."""
     from .distributed import env_world_size
 
@@ -300,7 +257,9 @@ def tune(dataset: str, precision: str, *, n_trials: int, out: str | Path, fixed:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command prints its own progress lines
-    study = open_study(storage, study_name, sampler_seed=sampler_seed, prune=prune)
+    if prune_startup < 0:
+        raise QsnnError(f"--prune-startup must be >= 0, got {prune_startup}")
+    study = open_study(storage, study_name, sampler_seed=sampler_seed, prune=prune, startup_trials=prune_startup)
     log(f"study {study_name!r} in {redact(storage)}: {budget_used(study)} of {n_trials} trials already counted; "
         f"searching {', '.join(search_space(fixed))}")
     objective = make_objective(dataset, precision, fixed, out, study_name, epochs=epochs, data_dir=data_dir,

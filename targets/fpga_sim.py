@@ -1,0 +1,553 @@
+"""Run the reference FPGA core in an HDL simulator and synthesize it with Yosys.
+
+* :func:`check_folder` loads an fpga target folder and checks, before anything is simulated, that
+  its ``rtl/`` part is complete and belongs to the network in ``manifest.json``: the core's
+  parameter header and tables are regenerated from the network and must equal the files.
+* :func:`run_verilator` builds the core with Verilator (C++ harness ``qsnn_tb.cpp``; one build per
+  network shape, cached under ``~/.cache/qsnn/rtl`` or ``$QSNN_CACHE_DIR``), feeds it inputs and
+  returns every layer's spike trains, the output spike counts, the saturation counters and the
+  cycles of every inference, measured in simulation.
+* :func:`run_icarus` does the same with Icarus Verilog and the plain Verilog testbench
+  ``qsnn_tb.v`` (slow; a second opinion on small networks).
+* :func:`synthesize` runs Yosys for an FPGA family and returns its resource counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from qsnn.errors import ExportError
+from qsnn.network import IntegerNetwork
+
+from . import fpga_core as core
+from .manifest import MANIFEST, read_manifest
+
+#: Debian/Ubuntu packages of the HDL tools (``make install`` installs them when run as root).
+TOOL_PACKAGES = {"verilator": "verilator", "yosys": "yosys", "iverilog": "iverilog"}
+VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal",
+                   "-Wno-lint", "-Wno-style")
+CXX_FLAGS = "-O2"
+
+
+class ToolError(ExportError):
+    """An HDL tool is missing or failed."""
+
+
+def need_tool(name: str) -> str:
+    """The path of an HDL tool, or a :class:`ToolError` saying how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        raise ToolError(f"{name} is not installed; run `make install` as root (it installs the HDL tools with "
+                        f"apt-get), or `sudo apt-get install {TOOL_PACKAGES.get(name, name)}`")
+    return path
+
+
+def cache_root() -> Path:
+    env = os.environ.get("QSNN_CACHE_DIR")
+    return Path(env) / "rtl" if env else Path.home() / ".cache" / "qsnn" / "rtl"
+
+
+# --------------------------------------------------------------------------------------------------
+# The folder
+
+
+@dataclass(frozen=True)
+class RTLFolder:
+    """An fpga target folder whose ``rtl/`` part has been checked against its network."""
+
+    folder: Path
+    net: IntegerNetwork
+    config: core.CoreConfig
+    manifest: Mapping[str, Any]
+
+    @property
+    def rtl(self) -> Path:
+        return self.folder / core.RTL_DIR
+
+
+def _words_of(path: Path, what: str) -> list[int]:
+    from .fpga import parse_mem
+
+    try:
+        return parse_mem(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, ExportError) as exc:
+        raise ExportError(f"{path}: not a readable $readmemh table ({exc}); export the folder again") from None
+
+
+def check_folder(folder: str | os.PathLike) -> RTLFolder:
+    """The checked :class:`RTLFolder`; :class:`ExportError` (one line, before any simulation) if
+
+    the folder is not an fpga folder, its network is outside the core's family, a table is missing,
+    truncated or damaged, or the core's header or tables do not match ``manifest.json``.
+    """
+    from .registry import read_target
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=False)
+    if manifest.get("target") != "fpga":
+        raise ExportError(f"{folder}: a {manifest.get('target')!r} folder; the FPGA core runs fpga folders "
+                          f"(qsnn-export MODEL --to fpga -o {folder})")
+    rtl = manifest.get("rtl")
+    if not isinstance(rtl, Mapping):
+        raise ExportError(f"{folder}/{MANIFEST}: no 'rtl' section; this folder was written without the FPGA core: "
+                          "export it again with this qsnn")
+    if not rtl.get("supported"):
+        raise ExportError(f"{folder}: the network is outside the FPGA core's family: {rtl.get('reason')}")
+    # every table the manifest lists must be there, whole, before the hashes are compared
+    files = manifest.get("files", {})
+    for name in sorted(files):
+        if not name.endswith(".mem"):
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise ExportError(f"{path} is missing; export the folder again (qsnn-export ... --to fpga --force)")
+    expected_depth = {f"{core.RTL_DIR}/{k}": v["depth"] for k, v in dict(rtl.get("tables", {})).items()}
+    for rec in manifest.get("layers", []):
+        for key in ("threshold_memory", "bias_memory", "leak_memory"):
+            if isinstance(rec.get(key), Mapping):
+                expected_depth[rec[key]["file"]] = rec[key]["depth"]
+        if isinstance(rec.get("weight_memory"), Mapping):
+            expected_depth[rec["weight_memory"]["files"]["mem"]] = rec["weight_memory"]["depth"]
+    for name, depth in sorted(expected_depth.items()):
+        path = folder / name
+        if not path.is_file():
+            raise ExportError(f"{path} is missing; export the folder again (qsnn-export ... --to fpga --force)")
+        words = _words_of(path, name)
+        if len(words) != depth:
+            raise ExportError(f"{path}: {len(words)} words, the core needs {depth} (the file is truncated or "
+                              f"from another network); export the folder again")
+    net = read_target(folder)                        # SHA-256 of every file, then the tables
+    lanes = rtl.get("lanes")
+    wb = manifest.get("options", {}).get("weight_bits")
+    try:
+        cfg = core.core_config(net, lanes, wb)
+    except ExportError as exc:
+        raise ExportError(f"{folder}: {exc}") from None
+    header_path = folder / core.RTL_DIR / core.HEADER_FILE
+    have = core.parse_header(header_path.read_text())
+    want = core.parse_header(core.params_header(cfg))
+    for name, value in want.items():
+        if have.get(name) != value:
+            raise ExportError(f"{header_path}: {name} = {have.get(name)} but the network in {MANIFEST} needs "
+                              f"{value}; the core's parameters do not match the manifest: export the folder again")
+    for name, text in core.table_texts(net, cfg).items():
+        path = folder / core.RTL_DIR / name
+        if _words_of(path, name) != core.parse_mem_text(text):
+            raise ExportError(f"{path} does not hold the network of {MANIFEST} (it differs from the per-layer "
+                              f"tables); export the folder again")
+    return RTLFolder(folder=folder, net=net, config=cfg, manifest=manifest)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and outputs of the harnesses
+
+
+def input_events(net: IntegerNetwork, cfg: core.CoreConfig, x: np.ndarray) -> list[list[np.ndarray]]:
+    """Per sample, per frame: the nonzero inputs as an (n, 4) array of (c, y, x, value)."""
+    x = np.asarray(x)
+    c, h, w = net.input_shape
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ExportError(f"the core takes integer inputs, got {x.dtype}")
+    if net.encoding == "static":
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+            raise ExportError(f"the network takes static images (N, {c}, {h}, {w}), got {x.shape}")
+        frames = x[:, None]
+    else:
+        if x.ndim != 5 or tuple(x.shape[2:]) != (c, h, w) or x.shape[1] != net.num_steps:
+            raise ExportError(f"the network takes event frames (N, {net.num_steps}, {c}, {h}, {w}), got {x.shape}")
+        frames = x
+    top = (1 << cfg.in_bits) - 1
+    if x.size and (int(x.min()) < 0 or int(x.max()) > top):
+        raise ExportError(f"input values must lie in [0, {top}] (the core's {cfg.in_bits}-bit input), "
+                          f"got [{int(x.min())}, {int(x.max())}]")
+    out = []
+    for sample in frames:
+        per = []
+        for frame in sample:
+            idx = np.nonzero(frame)
+            per.append(np.stack([*idx, frame[idx]], axis=1).astype(np.int64) if len(idx[0]) else
+                       np.zeros((0, 4), dtype=np.int64))
+        out.append(per)
+    return out
+
+
+_EVENT = np.dtype([("c", "<u2"), ("y", "<u2"), ("x", "<u2"), ("pad", "<u2"), ("value", "<u4")])
+_RECORD = np.dtype([("step", "<u2"), ("layer", "<u2"), ("word", "<u4"), ("mask", "<u8")])
+
+
+def write_harness_input(path: Path, events: list[list[np.ndarray]], layers: int, classes: int) -> None:
+    frames = len(events[0]) if events else 1
+    with open(path, "wb") as fh:
+        fh.write(b"QSNNIN01")
+        fh.write(np.array([len(events), frames, layers, classes], dtype="<u4").tobytes())
+        for sample in events:
+            for ev in sample:
+                rec = np.zeros(len(ev), dtype=_EVENT)
+                rec["c"], rec["y"], rec["x"], rec["value"] = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
+                fh.write(np.array([len(ev)], dtype="<u4").tobytes())
+                fh.write(rec.tobytes())
+
+
+@dataclass
+class RTLResult:
+    """What the core did on N inputs (measured in the HDL simulation).
+
+    Attributes:
+        spikes: ``{"z1": (T, N, ...), ...}`` uint8 spike trains, the layout of qsnn-sim's.
+        counts: (N, classes) output spike counts (the core's status registers).
+        predictions: (N,) the core's predicted class.
+        saturation_low / saturation_high: (N, layers) saturation events per sample and layer.
+        cycles: (N,) clock cycles of each inference (start to done).
+        phase_cycles: (N, layers, 2) cycles each layer spent in its scatter and update phases.
+        other_cycles: (N,) cycles in neither (clearing the state, sequencing, argmax).
+        simulator: e.g. ``"verilator 5.006"``.
+        wall_s: seconds the simulation took (build excluded).
+        build: how the model was built (cache path, whether it was reused, build seconds).
+    """
+
+    spikes: dict[str, np.ndarray]
+    counts: np.ndarray
+    predictions: np.ndarray
+    saturation_low: np.ndarray
+    saturation_high: np.ndarray
+    cycles: np.ndarray
+    phase_cycles: np.ndarray
+    other_cycles: np.ndarray
+    simulator: str
+    wall_s: float
+    build: dict[str, Any] = field(default_factory=dict)
+
+
+def _spike_arrays(net: IntegerNetwork, cfg: core.CoreConfig, n: int) -> dict[str, np.ndarray]:
+    return {f"z{i + 1}": np.zeros((net.num_steps, n, *shape), dtype=np.uint8)
+            for i, shape in enumerate(net.shapes())}
+
+
+def _scatter_records(spikes: dict[str, np.ndarray], net: IntegerNetwork, cfg: core.CoreConfig, sample: int,
+                     step: np.ndarray, layer: np.ndarray, word: np.ndarray, mask: np.ndarray) -> None:
+    P = cfg.lanes
+    lanes = np.arange(P, dtype=np.uint64)
+    for li, cl in enumerate(cfg.layers):
+        sel = layer == li
+        if not np.any(sel):
+            continue
+        bits = ((mask[sel, None] >> lanes[None, :]) & np.uint64(1)).astype(bool)
+        r, j = np.nonzero(bits)
+        w = word[sel].astype(np.int64)[r]
+        t = step[sel].astype(np.int64)[r]
+        g = w % cl.g
+        pos = w // cl.g
+        c = g * P + j
+        if np.any(c >= cl.o) or np.any(t >= net.num_steps) or np.any(w >= cl.nw):
+            raise ExportError(f"the core reported a spike outside layer {li + 1}'s neurons")
+        z = spikes[f"z{li + 1}"]
+        if cl.conv:
+            z[t, sample, c, pos // cl.wo, pos % cl.wo] = 1
+        else:
+            z[t, sample, c] = 1
+
+
+def _versions(tool: str) -> str:
+    try:
+        out = subprocess.run([tool, "-V" if Path(tool).name == "iverilog" else "--version"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return tool
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else tool
+
+
+# --------------------------------------------------------------------------------------------------
+# Verilator
+
+
+def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
+    """The harness binary for the core in ``rtl/`` (built once per header; cached)."""
+    verilator = need_tool("verilator")
+    version = _versions(verilator)
+    sources = {name: (rtl / name).read_bytes() for name in (core.CORE_FILE, core.HEADER_FILE, core.HARNESS_FILE)}
+    h = hashlib.sha256()
+    for name in sorted(sources):
+        h.update(name.encode() + b"\0" + sources[name] + b"\0")
+    h.update(version.encode() + " ".join(VERILATOR_FLAGS).encode() + CXX_FLAGS.encode())
+    key = h.hexdigest()[:20]
+    root = cache_root()
+    final = root / f"verilator-{key}"
+    binary = final / "qsnn_tb"
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return binary, {"cache": str(final), "reused": True, "seconds": 0.0, "verilator": version}
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root))
+    t0 = time.perf_counter()
+    try:
+        for name, data in sources.items():
+            (work / name).write_bytes(data)
+        cmd = [verilator, "--cc", "--exe", "--build", "-j", str(max(1, min(4, os.cpu_count() or 1))),
+               "--top-module", "qsnn_core", *VERILATOR_FLAGS, "-CFLAGS", CXX_FLAGS, "-I.",
+               "--Mdir", "obj", "-o", "qsnn_tb", core.CORE_FILE, core.HARNESS_FILE]
+        if progress:
+            progress(f"building the core with Verilator ({version}) ...")
+        res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-12:]
+            raise ToolError("Verilator could not build the core:\n" + "\n".join(tail))
+        dest = work / "qsnn_tb"
+        shutil.move(str(work / "obj" / "qsnn_tb"), dest)
+        shutil.rmtree(work / "obj", ignore_errors=True)
+        try:
+            os.replace(work, final)
+        except OSError:                                  # another process finished the same build first
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return binary, {"cache": str(final), "reused": False, "seconds": round(time.perf_counter() - t0, 1),
+                    "verilator": version}
+
+
+def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: float | None = None) -> RTLResult:
+    """Run the core in Verilator on inputs ``x`` (the layout of :func:`qsnn.sim.simulate`)."""
+    net, cfg = checked.net, checked.config
+    events = input_events(net, cfg, x)
+    binary, build = build_verilator(checked.rtl, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="qsnn-rtl-") as tmp:
+        inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        write_harness_input(inp, events, len(cfg.layers), cfg.num_classes)
+        t0 = time.perf_counter()
+        res = subprocess.run([str(binary), str(checked.rtl.resolve()), str(inp), str(outp), str(2 * cfg.cycle_bound())],
+                             capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise ToolError(f"the Verilator model of {checked.rtl} failed: {(res.stderr or res.stdout).strip()[-400:]}")
+        data = outp.read_bytes()
+    result = _parse_harness_output(data, net, cfg, len(events))
+    result.simulator = build["verilator"]
+    result.wall_s = wall
+    result.build = build
+    return result
+
+
+def _parse_harness_output(data: bytes, net: IntegerNetwork, cfg: core.CoreConfig, n: int) -> RTLResult:
+    if data[:8] != b"QSNNOUT1":
+        raise ToolError("the harness wrote no result")
+    samples, layers, classes = np.frombuffer(data, "<u4", 3, 8)
+    if (samples, layers, classes) != (n, len(cfg.layers), cfg.num_classes):
+        raise ToolError("the harness result does not match the request")
+    off = 20
+    L, C = int(layers), int(classes)
+    spikes = _spike_arrays(net, cfg, n)
+    counts = np.zeros((n, C), dtype=np.int64)
+    preds = np.zeros(n, dtype=np.int64)
+    sat_lo = np.zeros((n, L), dtype=np.int64)
+    sat_hi = np.zeros((n, L), dtype=np.int64)
+    cycles = np.zeros(n, dtype=np.int64)
+    phases = np.zeros((n, L, 2), dtype=np.int64)
+    other = np.zeros(n, dtype=np.int64)
+    for s in range(n):
+        cycles[s] = int(np.frombuffer(data, "<u8", 1, off)[0])
+        preds[s] = int(np.frombuffer(data, "<u4", 1, off + 8)[0])
+        regs = np.frombuffer(data, "<u4", C + 2 * L, off + 12).astype(np.int64)
+        off += 12 + 4 * (C + 2 * L)
+        counts[s], sat_lo[s], sat_hi[s] = regs[:C], regs[C:C + L], regs[C + L:]
+        ph = np.frombuffer(data, "<u8", 2 * L + 1, off).astype(np.int64)
+        off += 8 * (2 * L + 1)
+        phases[s], other[s] = ph[:2 * L].reshape(L, 2), ph[2 * L]
+        nrec = int(np.frombuffer(data, "<u4", 1, off)[0])
+        off += 4
+        rec = np.frombuffer(data, _RECORD, nrec, off)
+        off += nrec * _RECORD.itemsize
+        _scatter_records(spikes, net, cfg, s, rec["step"], rec["layer"], rec["word"], rec["mask"])
+    return RTLResult(spikes=spikes, counts=counts, predictions=preds, saturation_low=sat_lo, saturation_high=sat_hi,
+                     cycles=cycles, phase_cycles=phases, other_cycles=other, simulator="", wall_s=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Icarus Verilog
+
+
+def run_icarus(checked: RTLFolder, x: np.ndarray, *, timeout: float | None = None) -> RTLResult:
+    """Run the core under Icarus Verilog with the plain testbench ``qsnn_tb.v`` (slow: small inputs)."""
+    iverilog = need_tool("iverilog")
+    vvp = need_tool("vvp")
+    net, cfg = checked.net, checked.config
+    events = input_events(net, cfg, x)
+    beats: list[int] = []
+    for sample in events:
+        for frame in sample:
+            for c, y, xx, v in frame.tolist():
+                beats.append((c << 48) | (y << 34) | (xx << 20) | v)
+            beats.append(1 << 62)
+        beats.append(2 << 62)
+    beats.append(3 << 62)
+    with tempfile.TemporaryDirectory(prefix="qsnn-icarus-") as tmp:
+        work = Path(tmp)
+        for name in (core.CORE_FILE, core.HEADER_FILE, core.TESTBENCH_FILE, *core.TABLE_FILES):
+            shutil.copy(checked.rtl / name, work / name)
+        (work / "in.hex").write_text("\n".join(f"{b:016x}" for b in beats) + "\n")
+        res = subprocess.run([iverilog, "-g2005", "-I", ".", "-o", "tb.vvp", core.TESTBENCH_FILE, core.CORE_FILE],
+                             cwd=work, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ToolError("Icarus could not compile the core:\n" + (res.stderr or res.stdout).strip()[-800:])
+        t0 = time.perf_counter()
+        res = subprocess.run([vvp, "-n", "tb.vvp", "+input=in.hex", "+output=out.txt"], cwd=work,
+                             capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0 or not (work / "out.txt").is_file():
+            raise ToolError("the Icarus simulation failed:\n" + (res.stderr or res.stdout).strip()[-800:])
+        lines = (work / "out.txt").read_text().splitlines()
+    n, L, C = len(events), len(cfg.layers), cfg.num_classes
+    spikes = _spike_arrays(net, cfg, n)
+    counts = np.zeros((n, C), dtype=np.int64)
+    preds = np.zeros(n, dtype=np.int64)
+    regs = np.zeros((n, C + 2 * L), dtype=np.int64)
+    cycles = np.zeros(n, dtype=np.int64)
+    sample, recs = 0, []
+    for line in lines:
+        parts = line.split()
+        if parts[0] == "R":
+            recs.append((int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4], 16)))
+        elif parts[0] == "S":
+            sample = int(parts[1])
+            cycles[sample], preds[sample] = int(parts[2]), int(parts[3])
+            if recs:
+                arr = np.array(recs, dtype=np.uint64)
+                _scatter_records(spikes, net, cfg, sample, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+            recs = []
+        elif parts[0] == "D":
+            regs[sample, int(parts[1])] = int(parts[2])
+    counts = regs[:, :C]
+    return RTLResult(spikes=spikes, counts=counts, predictions=preds, saturation_low=regs[:, C:C + L],
+                     saturation_high=regs[:, C + L:], cycles=cycles, phase_cycles=np.zeros((n, L, 2), dtype=np.int64),
+                     other_cycles=np.zeros(n, dtype=np.int64), simulator=_versions(iverilog), wall_s=wall)
+
+
+# --------------------------------------------------------------------------------------------------
+# Yosys
+
+
+#: What each Yosys flow is called, its command, and how to count its cells.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "ecp5": {"synth": "synth_ecp5 -top qsnn_core", "name": "Lattice ECP5",
+             "lut": ("LUT4",), "ff": ("TRELLIS_FF",), "bram": {"DP16KD": 18432}, "dsp": ("MULT18X18D",),
+             "lutram": {"TRELLIS_DPR16X4": 64}, "carry": ("CCU2C",),
+             # LUT4 sites a cell occupies besides the LUT4 cells: a CCU2C fills a slice's two LUT4s,
+             # a 16x4 distributed RAM two slices and the write slice
+             "lut_sites": {"CCU2C": 2, "TRELLIS_DPR16X4": 6}},
+    "ice40": {"synth": "synth_ice40 -dsp -top qsnn_core", "name": "Lattice iCE40 (UltraPlus)",
+              "lut": ("SB_LUT4",), "ff": ("SB_DFF", "SB_DFFE", "SB_DFFSR", "SB_DFFR", "SB_DFFS", "SB_DFFESR",
+                                          "SB_DFFER", "SB_DFFES", "SB_DFFESS", "SB_DFFSS", "SB_DFFN"),
+              "bram": {"SB_RAM40_4K": 4096}, "dsp": ("SB_MAC16",), "lutram": {}, "carry": ("SB_CARRY",),
+              "lut_sites": {}},
+    "xilinx": {"synth": "synth_xilinx -family xc7 -top qsnn_core", "name": "AMD/Xilinx 7 series",
+               "lut": ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6"),
+               "ff": ("FDRE", "FDSE", "FDCE", "FDPE"), "bram": {"RAMB18E1": 18432, "RAMB36E1": 36864},
+               "dsp": ("DSP48E1",), "lutram": {"RAM32M": 128, "RAM64M": 256, "RAM32X1D": 32, "RAM64X1D": 64,
+                                                 "RAM128X1D": 128, "RAM256X1S": 256, "RAM64X1S": 64, "RAM32X1S": 32},
+               "carry": ("CARRY4",),
+               "lut_sites": {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4,
+                             "RAM256X1S": 4, "RAM64X1S": 1, "RAM32X1S": 1, "SRL16E": 1, "SRLC32E": 1}},
+}
+
+#: A few devices per family (vendor data sheets): logic cells, flip-flops, block RAM blocks, DSPs.
+DEVICES: dict[str, list[dict[str, Any]]] = {
+    "ecp5": [
+        {"device": "LFE5U-12F", "luts": 12288, "ffs": 12288, "bram": 32, "dsp": 28},
+        {"device": "LFE5U-25F", "luts": 24288, "ffs": 24288, "bram": 56, "dsp": 28},
+        {"device": "LFE5U-45F", "luts": 43848, "ffs": 43848, "bram": 108, "dsp": 72},
+        {"device": "LFE5U-85F", "luts": 83640, "ffs": 83640, "bram": 208, "dsp": 156},
+    ],
+    "ice40": [
+        {"device": "iCE40UP5K", "luts": 5280, "ffs": 5280, "bram": 30, "dsp": 8},
+    ],
+    "xilinx": [
+        {"device": "XC7A35T", "luts": 20800, "ffs": 41600, "bram": 50, "dsp": 90},
+        {"device": "XC7A100T", "luts": 63400, "ffs": 126800, "bram": 135, "dsp": 240},
+    ],
+}
+
+
+def synthesize(rtl: Path, family: str, *, timeout: float | None = None) -> dict[str, Any]:
+    """Yosys synthesis of the core in ``rtl/`` for ``family``: resources, latches, the smallest device it fits."""
+    if family not in FAMILIES:
+        raise ExportError(f"unknown FPGA family {family!r}; choose one of {', '.join(FAMILIES)}")
+    yosys = need_tool("yosys")
+    fam = FAMILIES[family]
+    with tempfile.TemporaryDirectory(prefix="qsnn-yosys-") as tmp:
+        work = Path(tmp)
+        for name in (core.CORE_FILE, core.HEADER_FILE, *core.TABLE_FILES):
+            shutil.copy(rtl / name, work / name)
+        script = "\n".join([
+            "read_verilog -I. qsnn_core.v",
+            "hierarchy -check -top qsnn_core",
+            "proc",
+            "tee -q -o latches.txt select -count t:$dlatch t:$adlatch t:$dlatchsr t:$sr",
+            fam["synth"],
+            "tee -q -o stat.json stat -json",
+        ]) + "\n"
+        (work / "synth.ys").write_text(script)
+        t0 = time.perf_counter()
+        res = subprocess.run([yosys, "-q", "-l", "yosys.log", "synth.ys"], cwd=work, capture_output=True, text=True,
+                             timeout=timeout)
+        seconds = time.perf_counter() - t0
+        if res.returncode != 0:
+            tail = (work / "yosys.log").read_text().strip().splitlines()[-10:] if (work / "yosys.log").is_file() else []
+            raise ToolError(f"Yosys ({fam['synth']}) failed:\n" + "\n".join(tail or [res.stderr.strip()]))
+        stat = json.loads((work / "stat.json").read_text())
+        latch_text = (work / "latches.txt").read_text()
+        log = (work / "yosys.log").read_text()
+    cells = _cells(stat)
+    m = re.search(r"(\d+)\s+objects", latch_text)
+    latches = int(m.group(1)) if m else 0
+    bram_blocks = {k: cells.get(k, 0) for k in fam["bram"]}
+    out = {
+        "family": family,
+        "family_name": fam["name"],
+        "flow": f"yosys {fam['synth']}",
+        "yosys": _versions(yosys),
+        "seconds": round(seconds, 1),
+        "luts": sum(cells.get(k, 0) for k in fam["lut"]),
+        "lut_sites": sum(cells.get(k, 0) for k in fam["lut"]) + sum(cells.get(k, 0) * n for k, n in fam["lut_sites"].items()),
+        "flip_flops": sum(v for k, v in cells.items() if k in fam["ff"] or k.startswith(("SB_DFF", "TRELLIS_FF"))),
+        "carry_cells": sum(cells.get(k, 0) for k in fam["carry"]),
+        "bram_blocks": bram_blocks,
+        "bram_bits": sum(n * fam["bram"][k] for k, n in bram_blocks.items()),
+        "lutram_bits": sum(cells.get(k, 0) * bits for k, bits in fam["lutram"].items()),
+        "dsps": sum(cells.get(k, 0) for k in fam["dsp"]),
+        "latches": latches,
+        "cells": dict(sorted(cells.items())),
+        "warnings": len(re.findall(r"^Warning:", log, flags=re.M)),
+    }
+    bram_equiv = sum(bram_blocks.values()) if family != "xilinx" else \
+        bram_blocks.get("RAMB36E1", 0) + (bram_blocks.get("RAMB18E1", 0) + 1) // 2
+    out["fits"] = None
+    for dev in DEVICES[family]:
+        if (out["lut_sites"] <= dev["luts"] and out["flip_flops"] <= dev["ffs"] and bram_equiv <= dev["bram"]
+                and out["dsps"] <= dev["dsp"]):
+            out["fits"] = dev["device"]
+            break
+    out["devices_checked"] = [d["device"] for d in DEVICES[family]]
+    return out
+
+
+def _design(stat: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "design" in stat:
+        return stat["design"]
+    mods = stat.get("modules", {})
+    return next(iter(mods.values())) if mods else {}
+
+
+def _cells(stat: Mapping[str, Any]) -> dict[str, int]:
+    design = _design(stat)
+    return {str(k): int(v) for k, v in dict(design.get("num_cells_by_type", {})).items()}

@@ -1,0 +1,188 @@
+"""Run a NIR file in one NIR consumer with that consumer's own importer, record every layer's spikes.
+
+    python run_consumer.py CONSUMER network.nir inputs.npz out.npz [--subtract]
+
+Self-contained (numpy, nir and the consumer only), so it runs in the consumer's own venv too
+(Sinabs and Spyx live in venvs of their own: ``make nir-venvs``). ``inputs.npz`` holds ``x``
+(N, C, H, W), the raw integer input the graph takes at every step, and ``num_steps``; ``out.npz``
+gets ``z1, z2, ...`` (T, N, ...) uint8, the spikes of each LIF node in graph order, and ``log``.
+
+How each consumer is called is exactly what the NIR folder's README says, nothing patched:
+
+* ``snntorch``: ``snntorch.import_nir.import_from_nir(nir.read(path))``, a batch per call;
+* ``spikingjelly``: ``spikingjelly.activation_based.nir_exchange.import_from_nir(path)``, the state
+  passed back every step as its docstring says;
+* ``norse``: ``norse.torch.from_nir(nir.read(path), dt=<graph metadata dt>)``;
+* ``spyx``: ``spyx.nir.from_nir(nir.read(path), x, dt=<graph metadata dt>)`` on (T, N, H, W, C)
+  channels-last inputs (Spyx's layout);
+* ``sinabs``: ``sinabs.from_nir(nir.read(path), batch_size=N)`` on (N·T, C, H, W) inputs (Sinabs'
+  squeezed layout).
+
+``--subtract`` switches the imported neurons to the consumer's own subtract-reset option, where it
+has one (snnTorch: ``reset_mechanism="subtract"`` with its delayed reset, spikingjelly:
+``v_reset=None`` soft reset, Norse: ``reset_subtract``; Sinabs and Spyx subtract already).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+
+import numpy as np
+
+CONSUMERS = ("snntorch", "spikingjelly", "norse", "spyx", "sinabs")
+
+
+def _dt(graph) -> float:
+    return float(graph.metadata.get("dt", 1e-4))
+
+
+def _record(outputs: dict[str, list], key: str, value) -> None:
+    outputs.setdefault(key, []).append(np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value))
+
+
+def run_snntorch(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
+    import nir
+    import snntorch as snn
+    import snntorch.utils
+    import torch
+    from snntorch.import_nir import import_from_nir
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        module = import_from_nir(nir.read(path))
+    leaky = [m for m in module.modules() if isinstance(m, snn.Leaky)]
+    if subtract:
+        for m in leaky:
+            m.reset_mechanism = "subtract"
+            m.state_function = m._base_sub
+            m.reset_delay = True
+    spikes: dict[int, list] = {}
+    for i, m in enumerate(leaky):
+        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
+            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
+    xt = torch.from_numpy(x.astype(np.float32))
+    with torch.no_grad():
+        snntorch.utils.reset(module)
+        for _ in range(T):
+            module(xt)
+    return [np.stack(spikes[i]) for i in range(len(leaky))], log.getvalue()
+
+
+def run_spikingjelly(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
+    import torch
+    from spikingjelly.activation_based import neuron
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    module = import_from_nir(path)
+    # the importer wraps each neuron in a stateful module that returns (spikes, state)
+    nodes = [m for m in module.modules() if isinstance(getattr(m, "module", None), neuron.BaseNode)]
+    if subtract:
+        for m in nodes:
+            m.module.v_reset = None
+    spikes: dict[int, list] = {}
+    for i, m in enumerate(nodes):
+        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
+            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
+    xt = torch.from_numpy(x.astype(np.float32))
+    state = None
+    with torch.no_grad():
+        for _ in range(T):
+            _, state = module(xt, state)
+    return [np.stack(spikes[i]) for i in range(len(nodes))], ""
+
+
+def run_norse(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
+    import nir
+    import norse.torch as norse
+    import torch
+    from norse.torch.functional.reset import reset_subtract
+    from norse.torch.module.lif_box import LIFBoxCell
+
+    graph = nir.read(path)
+    module = norse.from_nir(graph, dt=_dt(graph))
+    cells = [m for m in module.modules() if isinstance(m, LIFBoxCell)]
+    if subtract:
+        for m in cells:
+            m.p = m.p._replace(reset_method=reset_subtract)
+    spikes: dict[int, list] = {}
+    for i, m in enumerate(cells):
+        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
+            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
+    xt = torch.from_numpy(x.astype(np.float32))
+    state = None
+    with torch.no_grad():
+        for _ in range(T):
+            _, state = module(xt, state)
+    return [np.stack(spikes[i]) for i in range(len(cells))], ""
+
+
+def run_spyx(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
+    import jax.numpy as jnp
+    import nir
+    import spyx.nir
+
+    graph = nir.read(path)
+    xs = np.broadcast_to(x.transpose(0, 2, 3, 1)[None].astype(np.float32), (T, *x.transpose(0, 2, 3, 1).shape))
+    model, (out, states) = spyx.nir.from_nir(graph, jnp.asarray(xs), dt=_dt(graph), return_all_states=True)
+    # per-layer spikes: run the layers one by one over time to read each neuron's output
+    from spyx.nn import IF, LIF
+
+    layers = list(model.layers)
+    h = jnp.asarray(xs)
+    result = []
+    for layer in layers:
+        if isinstance(layer, (LIF, IF)):
+            V = layer.initial_state(h.shape[1])
+            zs = []
+            for t in range(T):
+                z, V = layer(h[t], V)
+                zs.append(z)
+            h = jnp.stack(zs)
+            arr = np.asarray(h)
+            result.append(arr.transpose(0, 1, 4, 2, 3) if arr.ndim == 5 else arr)  # back to (T, N, C, H, W)
+        else:
+            h = jnp.stack([layer(h[t]) for t in range(T)])
+    final = np.asarray(out)
+    if not np.array_equal(final, np.asarray(result[-1])):
+        raise RuntimeError("spyx: layer-by-layer run differs from spyx.nir.from_nir's output")
+    return result, ""
+
+
+def run_sinabs(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
+    import nir
+    import sinabs
+    import sinabs.layers as sl
+    import torch
+
+    graph = nir.read(path)
+    n = len(x)
+    module = sinabs.from_nir(graph, batch_size=n)
+    cells = [m for m in module.modules() if isinstance(m, (sl.LIFSqueeze, sl.IAFSqueeze))]
+    spikes: dict[int, np.ndarray] = {}
+    for i, m in enumerate(cells):
+        m.register_forward_hook(lambda mod, args, out, i=i: spikes.__setitem__(i, out.detach().numpy().copy()))
+    xt = torch.from_numpy(np.broadcast_to(x[:, None].astype(np.float32), (n, T, *x.shape[1:])).reshape(n * T, *x.shape[1:]).copy())
+    with torch.no_grad():
+        module(xt)
+    out = []
+    for i in range(len(cells)):
+        s = spikes[i]
+        out.append(s.reshape(n, T, *s.shape[1:]).swapaxes(0, 1))
+    return out, ""
+
+
+def main(argv: list[str]) -> int:
+    consumer, path, inp, outp = argv[:4]
+    subtract = "--subtract" in argv[4:]
+    data = np.load(inp)
+    x, T = data["x"], int(data["num_steps"])
+    runner = globals()[f"run_{consumer}"]
+    spikes, log = runner(path, x, T, subtract)
+    np.savez(outp, **{f"z{i}": (np.asarray(s) > 0).astype(np.uint8) for i, s in enumerate(spikes, start=1)}, log=log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
