@@ -105,7 +105,7 @@ def compile_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
                        f"[{layer['membrane_range'][0]}, {layer['membrane_range'][1]}]"
                      + (" SATURATION POSSIBLE" if layer["saturation_possible"] else "")))
     for note in report.get("notes", []):
-        rows.append(("note", note))
+        rows.append(("warning" if note.startswith("the model was") else "note", note))
     return rows
 
 

@@ -203,9 +203,9 @@ class Plan:
                             input_max=input_max if i == 0 else 1) for i, layer in enumerate(graph.layers)]
         plan = cls(graph=graph, profile=profile, allow_saturation=allow_saturation, input_max=input_max,
                    leak_const=leak_const_of(graph.beta, profile), layers=layers)
-        if graph.reset != profile.reset:
-            plan.notes.append(f"trained with {graph.reset} reset, profile {profile.name!r} uses {profile.reset} "
-                              "reset: spikes can differ from the trained model")
+        trained_for = mismatch_warning(graph.metadata, profile)
+        if trained_for:
+            plan.notes.append(trained_for)
         if graph.encoding == "events":
             plan.notes.append(f"event counts clipped to {input_max} per input cell and step ({input_max.bit_length()}-bit "
                               "input, the training's encoding); the worst-case bound assumes exactly this")
@@ -391,7 +391,8 @@ def write_report(plan: Plan) -> None:
     beta_int = effective_beta(plan.leak_const, p)
     report = {
         "profile": p.name, "profile_fields": p.to_dict(),
-        "trained": {"beta": graph.beta, "threshold": theta, "reset": graph.reset, "precision": graph.precision},
+        "trained": {"beta": graph.beta, "threshold": theta, "reset": graph.reset, "precision": graph.precision,
+                    "profile": graph.trained_profile, "synaptic_delay": graph.synaptic_delay},
         "leak": {"kind": p.leak, "decay": plan.leak_const, "beta": graph.beta, "beta_integer": beta_int,
                  "abs_error": abs(graph.beta - beta_int)},
         "num_steps": graph.num_steps, "input_max": plan.input_max, "layers": layers,
@@ -451,6 +452,25 @@ def accumulator_range(q: np.ndarray, pool: int, x_max: int) -> tuple[np.ndarray,
     pos = np.where(flat > 0, flat, 0).sum(axis=1)
     neg = np.where(flat < 0, flat, 0).sum(axis=1)
     return pos * x_max * pool * pool, neg * x_max * pool * pool
+
+
+def mismatch_warning(meta: dict[str, Any], profile: ChipProfile) -> str:
+    """A sentence when ``profile`` is not what the model (its float export's metadata) was trained
+    for — another reset or synaptic delay, or another chip profile — else "". A model trained with
+    the paper's semantics under a profile with the same semantics (fpga) gets no warning."""
+    trained = str(meta.get("trained_profile") or "")
+    delay = int(meta.get("synaptic_delay") or 0)
+    diffs = []
+    if meta.get("reset") != profile.reset:
+        diffs.append(f"{meta.get('reset')} reset (the profile: {profile.reset} reset)")
+    if delay != profile.synaptic_delay:
+        diffs.append(f"synaptic delay {delay} (the profile: {profile.synaptic_delay})")
+    if not diffs and trained in ("", profile.name):
+        return ""
+    what = f"trained for profile {trained!r}" if trained else "not trained for a chip profile"
+    detail = f" with {', '.join(diffs)}" if diffs else ""
+    return (f"the model was {what}{detail} but is simulated under profile {profile.name!r}: spikes can differ from "
+            f"the trained model (train with qsnn-train run --profile {profile.name})")
 
 
 def _current_wraps(lp: LayerPlan, p: ChipProfile) -> bool:

@@ -171,9 +171,11 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     if check_summary is not None:
         check_summary["reference"] = "qsnn.export.integer_torch.run_integer_torch"
         report["agreement"]["spike_trains_vs_integer_torch"] = check_summary
-    trained_reset = net.metadata.get("reset") if isinstance(net.metadata, dict) else None
-    if trained_reset and trained_reset != profile.reset:
-        report["note"] = (f"trained with {trained_reset} reset, simulated with the profile's {profile.reset} reset")
+    from qsnn.export.compile import mismatch_warning
+
+    mismatch = mismatch_warning(net.metadata, profile) if isinstance(net.metadata, dict) else ""
+    if mismatch:
+        report["note"] = mismatch
     if sweep_values:
         from qsnn.export.compile import compile_qonnx
 
@@ -273,7 +275,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
             sweep_rows.append((f"frac_bits={row['frac_bits']}", text))
         print_table(sweep_rows, title="accuracy vs frac_bits")
     if report.get("note"):
-        click.echo(f"\nnote: {report['note']}")
+        click.echo(f"\nwarning: {report['note']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,10 +24,11 @@ from fixtures import synthetic_checkpoint
 from float_compare import BOUNDS, FEW_SAMPLES, assert_float_agreement
 from onnx import numpy_helper
 
+from qsnn.config import TrainConfig
 from qsnn.data import load_split
 from qsnn.errors import ExportError
-from qsnn.export.compile import compile_qonnx
-from qsnn.export.float_graph import quant_weights
+from qsnn.export.compile import compile_qonnx, mismatch_warning
+from qsnn.export.float_graph import quant_weights, read_float_graph
 from qsnn.export.format import FORMAT, check_qsnn_model, read_metadata, set_metadata
 from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_float import export_float
@@ -412,6 +413,42 @@ def test_dvs_export_and_integer_graph(exported, trained_run, dvs_data_dir, tmp_p
     full = run_integer_onnx(int_path, split.x[:40], engine="ort")
     for key in ("z1", "z2", "z3"):
         assert np.array_equal(full[key], ref_int[key]) and np.array_equal(sub[key], ref_int[key][:, :5]), key
+
+
+@pytest.mark.float_kernels
+def test_model_trained_for_loihi2_exports_its_delay_lines(synthetic, mnist_test, tmp_path):
+    """A model trained with --profile loihi2 (zero reset, one-step synaptic delay, β on the 12-bit dv
+    grid): the float graph has the delay lines d1..d3 as state and equals PyTorch; the compiler reads
+    them back; a profile the model was not trained for gets a warning note, its own profile none."""
+    chip = TrainConfig.from_preset("mnist5k", "int4").for_profile("loihi2")
+    ckpt, path = synthetic(quant_scale="po2", reset=chip.reset, synaptic_delay=chip.synaptic_delay,
+                           profile=chip.profile, beta=chip.beta, threshold=1.0)   # spikes up to z3 within T = 8
+    model, meta = check_qsnn_model(path)
+    assert [i.name for i in model.graph.input] == ["x", "u1", "u2", "u3", "d1", "d2", "d3"]
+    assert {"d1_out", "d2_out", "d3_out"} <= {o.name for o in model.graph.output}
+    assert (meta["synaptic_delay"], meta["trained_profile"], meta["reset"]) == (1, "loihi2", "zero")
+    ref = _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"), "synaptic delay 1")
+    assert ref["z2"].sum() > 0 and ref["z3"].sum() > 0
+    graph = read_float_graph(path)
+    assert (graph.synaptic_delay, graph.trained_profile) == (1, "loihi2")
+    net, report = compile_qonnx(path, get_profile("loihi2"))
+    assert report["trained"]["synaptic_delay"] == 1 and report["trained"]["profile"] == "loihi2"
+    assert not any(n.startswith("the model was") for n in report["notes"])
+    _, fpga = compile_qonnx(path, get_profile("fpga"), allow_saturation=True)
+    warned = [n for n in fpga["notes"] if n.startswith("the model was trained for profile 'loihi2'")]
+    assert warned and "synaptic delay 1 (the profile: 0)" in warned[0] and "zero reset" in warned[0]
+    # the paper's semantics (subtract reset, no delay): nothing under fpga, a warning under loihi2
+    _, plain = synthetic(quant_scale="po2")
+    plain_meta = check_qsnn_model(plain)[1]
+    assert mismatch_warning(plain_meta, get_profile("fpga")) == ""
+    assert mismatch_warning(plain_meta, get_profile("loihi2")).startswith("the model was not trained for a chip profile "
+                                                                          "with subtract reset")
+    # a graph whose metadata no longer says it is delayed does not parse as an undelayed one
+    edited = onnx.load(path)
+    set_metadata(edited, {**meta, "synaptic_delay": 0})
+    onnx.save(edited, tmp_path / "edited.onnx")
+    with pytest.raises(ExportError, match="first synapse must read the graph input"):
+        compile_qonnx(tmp_path / "edited.onnx", get_profile("loihi2"))
 
 
 def test_compile_and_runtime_do_not_import_torch():

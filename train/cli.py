@@ -10,6 +10,7 @@ import click
 from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
 from qsnn.errors import QsnnError
+from qsnn.profiles import PROFILES
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,9 +103,13 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--demo", is_flag=True, help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.")
+@click.option("--profile", "train_profile", type=click.Choice(sorted(PROFILES)), default=None,
+              help="Train for this chip profile's semantics: its reset (loihi2: zero), its synaptic delay per "
+                   "layer (loihi2: 1 step) and beta rounded to its leak grid (loihi2: 12-bit dv); recorded in the "
+                   "checkpoint. fpga already has the paper's semantics (subtract reset, no delay).")
 @debug_option
 @friendly_errors
-def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
+def run(data_dir, out, resume, device, no_progress, demo, train_profile, **options) -> None:
     """Train one QSNN; writes checkpoints, logs, a plot and metrics to the run directory."""
     if demo:
         ctx = click.get_current_context()
@@ -112,6 +117,12 @@ def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
             if ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
                 options[key] = value
     cfg = config_from_options(**options)
+    if train_profile:
+        trained = cfg.for_profile(train_profile)
+        if options.get("reset") and options["reset"] != trained.reset:
+            raise click.UsageError(f"--profile {train_profile} trains with {trained.reset} reset; drop --reset "
+                                   f"{options['reset']}")
+        cfg = trained
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     note_user_path(out)
     from .loop import train as train_run
@@ -125,6 +136,8 @@ def run(data_dir, out, resume, device, no_progress, demo, **options) -> None:
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
         ("time steps T", metrics["num_steps"]),
+        ("trained for profile", f"{cfg.profile} (reset {cfg.reset}, synaptic delay {cfg.synaptic_delay}, beta {cfg.beta:g})"
+         if cfg.profile else "none (the paper's semantics)"),
         ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"
                                        + (f" ({metrics['test_windows']} windows)" if metrics.get("test_cut") == "windows" else "")),
         ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
