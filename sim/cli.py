@@ -253,7 +253,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                        f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
                        f"{layer['saturation_high']} high)" for layer in hit)
                    + ("; the chip clamps the same way (its current shift is fixed, so no lower frac_bits is "
-                      "possible; training for the chip, qsnn-train run --profile NAME, keeps the membrane inside)"
+                      "possible; training does not model the clamp, smaller first-layer weights or currents avoid it)"
                       if profile.get("fixed_shift") else
                       "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits"))
     wrapped = [layer for layer in report["hardware"]["layers"] if layer.get("current_wraps")]
