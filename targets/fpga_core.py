@@ -13,7 +13,7 @@ The core is one Verilog module for every network of its family; what a network n
 **The family**: conv layers (stride 1, no padding, p×p sum-pooling) followed by dense layers, under
 a profile with the ``mul`` or ``shift`` leak, ``subtract`` or ``zero`` reset, ``saturate`` or
 ``wrap`` overflow, no synaptic delay and no weight exponent; input uint8 pixels (a static image)
-or uint16 event counts (one frame per step). :func:`family_problem` says why a network is not in it.
+or event counts up to the encoding's clip (one frame per step; the input bus is input_max.bit_length() wide). :func:`family_problem` says why a network is not in it.
 
 **Memory order** (a word holds ``PAR`` lanes, lane j = output channel ``g·PAR + j`` of channel
 group g, lane 0 in the least significant bits; ``G = ceil(O / PAR)`` groups, padding lanes zero):
@@ -46,8 +46,10 @@ from qsnn.network import IntegerNetwork
 #: Lanes (output channels per cycle) of the core when none are asked for.
 DEFAULT_LANES = 16
 MAX_LANES = 64
-#: Bits of an input value: a static image's uint8 pixels, or uint16 event counts.
-INPUT_BITS = {"static": 8, "events": 16}
+#: Input encodings the core reads: a static image's pixels (its first-layer sums computed once), or
+#: per-step event counts. The input bus is as wide as the network's own input range
+#: (``IntegerNetwork.input_max``: 255 for pixels, the event encoding's count clip).
+ENCODINGS = ("static", "events")
 MAX_SHIFT = 31
 
 RTL_DIR = "rtl"
@@ -86,7 +88,7 @@ def family_problem(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits:
         return f"a synaptic delay of {p.synaptic_delay} step(s) (the core has none)"
     if p.weight_exp_bits or any(layer.weight_exp for layer in net.layers):
         return "weight exponents (the core has none)"
-    if net.encoding not in INPUT_BITS:
+    if net.encoding not in ENCODINGS:
         return f"encoding {net.encoding!r}"
     kinds = [layer.kind for layer in net.layers]
     first_dense = kinds.index("dense") if "dense" in kinds else len(kinds)
@@ -258,7 +260,7 @@ def core_config(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits: in
         raise ExportError(f"the network is outside the FPGA core's family: {problem}")
     p = net.profile
     wb = int(weight_bits if weight_bits is not None else p.weight_bits)
-    in_bits = INPUT_BITS[net.encoding]
+    in_bits = int(net.input_max).bit_length()
     wmax = (1 << (wb - 1)) - 1
     layers: list[CoreLayer] = []
     shape: tuple[int, ...] = tuple(net.input_shape)

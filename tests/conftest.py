@@ -64,7 +64,11 @@ def trained_run(tmp_path_factory, dvs_data_dir):
             settings = {**TINY, **overrides}
             data_dir = None
             if dataset == "dvs128":
-                settings = {**settings, "subset": None, "val_subset": None, "num_steps": settings.get("num_steps", 8), "batch_size": 16}
+                # The fixture's recordings are sparse (under 1 % of cells active per 5 ms bin): Table I's
+                # DVS128 int4 row (no BatchNorm, θ = 0.4) stays at chance on them in 2 epochs at T = 8,
+                # with BatchNorm the tiny model learns them (measured 9 % vs 87 % test accuracy).
+                settings = {"batch_norm": True, **settings, "subset": None, "val_subset": None,
+                            "num_steps": settings.get("num_steps", 8), "batch_size": 16}
                 data_dir = dvs_data_dir
             cfg = TrainConfig.from_preset(dataset, precision, **settings)
             run_dir = tmp_path_factory.mktemp(f"run-{dataset}-{precision}")
