@@ -14,6 +14,8 @@ SCHEDULE  ?= cosine
 EPOCHS    ?=
 STEPS     ?=
 SUBSET    ?=
+VAL_SUBSET  ?=
+TEST_SUBSET ?=
 SEED      ?=
 OUT       ?=
 DATA_DIR  ?=
@@ -90,6 +92,7 @@ test-float-kernels: install
 train: install
 	$(BIN)/qsnn-train run --dataset $(DATASET) --precision $(PRECISION) --schedule $(SCHEDULE) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
+	  $(if $(VAL_SUBSET),--val-subset $(VAL_SUBSET)) $(if $(TEST_SUBSET),--test-subset $(TEST_SUBSET)) \
 	  $(if $(SEED),--seed $(SEED)) $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
 
 # A CPU-sized run of the whole pipeline on the embedded mnist5k (a few minutes on 2 cores):
@@ -113,7 +116,7 @@ rtl-check: install
 	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
 	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
-	  --report $(DEMO_DIR)/rtl_check.json
+	  --report $(DEMO_DIR)/rtl_check.json --force
 
 bench: install
 	$(BIN)/python bench/training.py
@@ -134,6 +137,7 @@ study: install
 	  --precision $(if $(filter command line environment,$(origin PRECISION)),$(PRECISION),int4,fp32) \
 	  --schedules $(SCHEDULES) --trials $(TRIALS) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
+	  $(if $(VAL_SUBSET),--val-subset $(VAL_SUBSET)) $(if $(TEST_SUBSET),--test-subset $(TEST_SUBSET)) \
 	  --out $(if $(OUT),$(OUT),runs/study-$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
 
@@ -146,6 +150,7 @@ tune: install
 	$(BIN)/qsnn-train tune --dataset $(DATASET) --precision $(PRECISION) \
 	  --trials $(if $(filter command line environment,$(origin TRIALS)),$(TRIALS),50) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
+	  $(if $(VAL_SUBSET),--val-subset $(VAL_SUBSET)) $(if $(TEST_SUBSET),--test-subset $(TEST_SUBSET)) \
 	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) \
 	  $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TUNE_ARGS)
 

@@ -12,6 +12,7 @@ the float QONNX of the source with :func:`float_qonnx` and the compiled network 
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -21,10 +22,11 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from qsnn.cli import (allow_saturation_option, debug_option, friendly_errors, note_user_path, print_table, profile_option,
-                      profile_set_option)
+from qsnn.cli import (allow_saturation_option, debug_option, force_option, friendly_errors, list_profiles_option,
+                      note_user_path, print_table, profile_option, profile_set_option, version_option)
 from qsnn.errors import ExportError, ProfileError
-from qsnn.profiles import ChipProfile, get_profile, parse_overrides
+from qsnn.outputs import QONNX, Kind, check_outputs, target_folder
+from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
 from qsnn.targets.nir_graph import FLAVORS as NIR_FLAVORS
 
 
@@ -45,20 +47,28 @@ class ExportJob:
     def source_is_onnx(self) -> bool:
         return self.source.suffix.lower() == ".onnx"
 
-    def profile(self) -> ChipProfile | None:
-        if self.profile_name is None:
+    def profile(self, default: str | None = None) -> ChipProfile | None:
+        """``--profile``, else ``default`` (the profile the target uses without one, None for none), with every
+        ``--profile-set`` applied (as in qsnn-sim: a --profile-set changes the profile used anyway)."""
+        base = self.profile_name or default
+        if base is None:
             if self.profile_overrides:
-                raise ProfileError("--profile-set needs --profile (which profile to change)")
+                raise ProfileError("--profile-set: there is no profile to change (--to qonnx without --profile writes "
+                                   f"the float graph); add --profile NAME ({', '.join(sorted(PROFILES))})")
             return None
-        return get_profile(self.profile_name, **self.profile_overrides)
+        return get_profile(base, **self.profile_overrides)
 
-    def check_output(self, path: Path) -> Path:
-        """``path`` unless it exists and --force was not given."""
-        if path.exists() and not self.force:
-            raise ExportError(f"{path} exists; pass --force to overwrite it (or -o another path)")
-        if path.resolve() == self.source.resolve():
-            raise ExportError(f"{path} is the input file; choose another output with -o")
-        return path
+    def default_output(self, target: str) -> Path:
+        """Where ``--to target`` writes without ``-o``: next to the source."""
+        stem = self.source.name.split(".")[0]
+        if target != "qonnx":
+            return self.source.with_name(f"{stem}.{target}")
+        profile = self.profile()
+        if profile is None:
+            if self.source_is_onnx:
+                raise ExportError(f"{self.source} is already a QONNX file; add --profile NAME to compile it to integers")
+            return self.source.with_suffix(".onnx")
+        return self.source.with_name(f"{stem}.{profile.name}.onnx")
 
 
 @contextmanager
@@ -119,12 +129,11 @@ def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
     if profile is None:
         if job.source_is_onnx:
             raise ExportError(f"{job.source} is already a QONNX file; add --profile NAME to compile it to integers")
-        out = job.check_output(job.output or job.source.with_suffix(".onnx"))
+        out = job.output or job.default_output("qonnx")
         export_float(job.source, out, batch_size=job.batch_size)
         report = None
     else:
-        stem = job.source.name.split(".")[0]
-        out = job.check_output(job.output or job.source.with_name(f"{stem}.{profile.name}.onnx"))
+        out = job.output or job.default_output("qonnx")
         net, report = integer_network(job, profile)
         export_integer(net, out, batch_size=job.batch_size)
     _, meta = check_qsnn_model(out)
@@ -152,15 +161,10 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     """--to fpga|loihi2|nir: compile under the target's profile and write its tables into OUTDIR."""
     from qsnn.targets import summarize, write_target
 
-    profile = job.profile() if job.profile_name else get_profile(TABLE_PROFILES[target], **job.profile_overrides)
-    stem = job.source.name.split(".")[0]
-    outdir = job.output or job.source.with_name(f"{stem}.{target}")
+    profile = job.profile(TABLE_PROFILES[target])
+    outdir = job.output or job.default_output(target)
     net, report = integer_network(job, profile)
     options = dict(job.target_options)
-    if "flavor" in options and target != "nir":
-        raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
-    if job.batch_size is not None:
-        raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
     if target == "loihi2":
         options["example"] = example_input(net)
     write_target(target, net, outdir, force=job.force,
@@ -201,10 +205,12 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file for qonnx [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx]; "
                    "output folder for fpga/loihi2/nir [default: CHECKPOINT.<target>/].")
+@version_option("qsnn-export")
+@list_profiles_option
 @profile_option("Compile to integers under this chip profile (a table target without it: the target's own).")
 @profile_set_option
 @allow_saturation_option
-@click.option("--force", is_flag=True, default=False, help="Overwrite an existing output file or folder (replaced only once the new one is complete).")
+@force_option
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="qonnx: fix the batch dimension of every graph input and output to N (FINN's convention is 1); "
                    "default: dynamic.")
@@ -226,12 +232,21 @@ def main(source: Path, target: str, output: Path | None, profile_name: str | Non
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
     """
     warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
+    # options of another target: refused before any work
     if lanes is not None and target != "fpga":
         raise ExportError(f"--lanes is an option of --to fpga (the FPGA core), not of --to {target}")
+    if nir_flavor is not None and target != "nir":
+        raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
+    if batch_size is not None and target != "qonnx":
+        raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
     job = ExportJob(source=source, output=output, profile_name=profile_name,
                     profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force,
                     batch_size=batch_size,
                     target_options={k: v for k, v in (("flavor", nir_flavor), ("lanes", lanes)) if v is not None})
+    output = output or job.default_output(target)
+    kind: Kind = QONNX if target == "qonnx" else target_folder(target)
+    check_outputs({"-o": (output, kind)}, inputs={"CHECKPOINT_OR_ONNX": source}, force=force)
+    job = dataclasses.replace(job, output=output)
     rows = TARGETS[target](job)
     print_table(rows, title=f"qsnn-export --to {target}")
 

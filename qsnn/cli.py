@@ -1,4 +1,11 @@
-"""Shared pieces of the click front ends (``qsnn-train``, ``qsnn-export``, ``qsnn-sim``).
+"""Shared pieces of the click front ends (``qsnn-train``, ``qsnn-export``, ``qsnn-sim``): one tool.
+
+The options every command spells the same way live here: ``--version``, ``--debug``,
+``--progress/--no-progress``, ``--force`` (with the output rule of :mod:`qsnn.outputs`),
+``--profile`` / ``--profile-set`` (:func:`chosen_profile`: a ``--profile-set`` changes the profile
+the command would use anyway), ``--list-profiles``. A command whose stdout carries data
+(``qsnn-sim --report -``) calls :func:`claim_stdout`; :func:`say` and :func:`print_table` then go to
+stderr.
 
 Expected failures print ``error: <message>`` (one line, followed by details such as the paths
 searched where the message has them) and exit with status 1; ``--debug`` shows the traceback
@@ -19,10 +26,27 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from qsnn.errors import QsnnError
-from qsnn.profiles import PROFILES
+import qsnn
+from qsnn.errors import ProfileError, QsnnError
+from qsnn.outputs import os_error_message
+from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+
+
+def version_option(prog: str):
+    """``--version``: the command's name and qsnn's version, then exit."""
+    return click.version_option(qsnn.__version__, "--version", prog_name=prog, message="%(prog)s (qsnn) %(version)s",
+                                help="Show the qsnn version and exit.")
+
+
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
+                               help="Show progress bars (on stderr) for long work.")
+
+force_option = click.option(
+    "--force", is_flag=True, default=False,
+    help="Replace an existing output, but only an earlier output of the same kind written by qsnn (recognised by its "
+         "format marker), once the new one is complete; never an input, a run directory or another file or folder.")
 
 
 def profile_option(help: str):
@@ -35,6 +59,72 @@ profile_set_option = click.option(
     "--profile-set", "profile_sets", multiple=True, metavar="KEY=VALUE",
     help="Change one field of the profile, e.g. --profile-set membrane_bits=24 --profile-set overflow=wrap "
          "(repeatable; the fields are ChipProfile's, qsnn/profiles.py).")
+
+def chosen_profile(profile_name: str | None, profile_sets: Iterable[str], default: str | ChipProfile | None,
+                   *, without: str = "") -> ChipProfile | None:
+    """The profile a command runs under: ``--profile NAME``, else ``default`` (the profile the command uses
+    without one: a name, a profile such as an integer export's own, or None for none), with every
+    ``--profile-set`` change applied. ``--profile-set`` without any profile to change is a
+    :class:`ProfileError` that says why there is none (``without``) and to add ``--profile``.
+    """
+    overrides = parse_overrides(profile_sets)
+    base = profile_name if profile_name is not None else default
+    if base is None:
+        if overrides:
+            raise ProfileError(f"--profile-set {' '.join(profile_sets)}: there is no profile to change"
+                               + (f" ({without})" if without else "") + "; add --profile NAME (" + ", ".join(sorted(PROFILES)) + ")")
+        return None
+    profile = get_profile(base) if isinstance(base, str) else base
+    return profile.replace(**overrides) if overrides else profile
+
+
+def _field_docs() -> dict[str, str]:
+    """Each ChipProfile field's description, from the Attributes section of its docstring."""
+    docs: dict[str, str] = {}
+    current = None
+    for line in (ChipProfile.__doc__ or "").splitlines():
+        text = line.strip()
+        head, sep, rest = text.partition(":")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            current = head
+            docs[current] = rest.strip()
+        elif current and text and line.startswith(" " * 12):
+            docs[current] += " " + text
+        elif not text:
+            current = None
+    return docs
+
+
+def print_profiles() -> None:
+    """Every chip profile and every field: type, the ChipProfile default, each profile's value, meaning."""
+    import dataclasses
+
+    fields = [f for f in dataclasses.fields(ChipProfile) if f.name != "name"]
+    docs = _field_docs()
+    names = sorted(PROFILES)
+    click.echo("chip profiles (qsnn/profiles.py); choose one with --profile NAME, change a field with "
+               "--profile-set FIELD=VALUE")
+    for name in names:
+        click.echo(f"  {PROFILES[name].summary()}")
+    click.echo("")
+    header = ["field", "type", "default", *names, "meaning"]
+    rows = [[f.name, str(f.type), str(f.default), *(str(getattr(PROFILES[n], f.name)) for n in names),
+             docs.get(f.name, "")] for f in fields]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    click.echo("\n(default: the ChipProfile field default a profile without that field would have)")
+
+
+def _list_profiles(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        print_profiles()
+        ctx.exit(0)
+
+
+list_profiles_option = click.option(
+    "--list-profiles", is_flag=True, is_eager=True, expose_value=False, callback=_list_profiles,
+    help="List the chip profiles and every field (type, default, each profile's value, meaning), then exit.")
 
 allow_saturation_option = click.option(
     "--allow-saturation", is_flag=True,
@@ -86,7 +176,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug or (isinstance(exc, OSError) and not isinstance(exc, QsnnError)
                          and not on_user_path(exc, user_paths(click.get_current_context(silent=True)))):
                 raise
-            message = str(exc).strip() or type(exc).__name__
+            message = (str(exc).strip() or type(exc).__name__) if isinstance(exc, QsnnError) else os_error_message(exc)
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
@@ -104,16 +194,37 @@ class DefaultGroup(click.Group):
         self.default_command = default_command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if self.default_command and (not args or args[0] not in self.commands) and args[:1] not in (["--help"], ["-h"]):
+        own = {"--help", "-h", *(opt for p in self.params for opt in [*p.opts, *p.secondary_opts])}  # --version
+        if self.default_command and (not args or (args[0] not in self.commands and args[0] not in own)):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 
+_STDOUT_CLAIMED = "qsnn.stdout_claimed"
+
+
+def claim_stdout() -> None:
+    """Keep stdout for the command's data (e.g. ``--report -``): :func:`say` and :func:`print_table` use stderr."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta[_STDOUT_CLAIMED] = True
+
+
+def _stdout_claimed() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().meta.get(_STDOUT_CLAIMED))
+
+
+def say(message: str = "") -> None:
+    """A line for the person running the command: stdout, or stderr when stdout carries data."""
+    click.echo(message, err=_stdout_claimed())
+
+
 def print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
-    """A two-column summary table on stdout."""
+    """A two-column summary table on stdout (stderr when stdout carries data)."""
     width = max(len(k) for k, _ in rows)
     if title:
-        click.echo(title)
-        click.echo("-" * max(len(title), width + 20))
+        say(title)
+        say("-" * max(len(title), width + 20))
     for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        say(f"{key:<{width}}  {value}")

@@ -122,6 +122,8 @@ class TrainConfig:
         for name in ("num_steps", "batch_size", "epochs", "weight_bits"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} {getattr(self, name)} (must be >= 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            problems.append(f"seed {self.seed} (--seed must be an integer in 0..{2**32 - 1})")
         if self.lr <= 0:
             problems.append(f"lr {self.lr} (must be > 0)")
         try:

@@ -15,6 +15,15 @@ import click
 from qsnn.cli import print_table
 
 
+def silent_output_warning(output_spikes: float, samples: int, layer: str = "the output layer") -> str | None:
+    """The warning for a model whose output layer never fired (every prediction is then class 0, the
+    argmax of all-zero counts), or None when it fired at least once. Used by qsnn-train and qsnn-sim."""
+    if samples <= 0 or output_spikes > 0:
+        return None
+    return (f"{layer} never fired on {samples} samples: every prediction is the first class by default and the "
+            "accuracy means nothing; train longer, lower the threshold (--threshold) or check the input scale")
+
+
 def _load(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

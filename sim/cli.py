@@ -26,13 +26,17 @@ from typing import Any
 import click
 import numpy as np
 
-from qsnn.cli import allow_saturation_option, debug_option, friendly_errors, print_table, profile_option, profile_set_option
+from qsnn.cli import (allow_saturation_option, chosen_profile, claim_stdout, debug_option, force_option, friendly_errors,
+                      list_profiles_option, print_table, profile_option, profile_set_option, progress_option, say,
+                      version_option)
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.dvs import event_frames_from_metadata
 from qsnn.errors import DataError, ProfileError
-from qsnn.files import write_json
+from qsnn.files import dumps, write_json
 from qsnn.network import IntegerNetwork
-from qsnn.profiles import ChipProfile, get_profile, parse_overrides
+from qsnn.outputs import SIM_PLOT, SIM_REPORT, SIM_REPORT_FORMAT, check_outputs
+from qsnn.profiles import ChipProfile, get_profile
+from qsnn.summary import silent_output_warning
 
 from . import report as rep
 from .engine import SimResult, simulate
@@ -82,9 +86,10 @@ def _int_list(text: str | None) -> list[int]:
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise click.BadParameter(f"expected a comma-separated list of integers, got {text!r}") from None
+        raise click.BadParameter(f"expected a comma-separated list of integers, got {text!r}",
+                                 param_hint="--frac-bits-sweep") from None
     if any(v < 0 for v in values):
-        raise click.BadParameter("frac_bits values must be >= 0")
+        raise click.BadParameter("frac_bits values must be >= 0", param_hint="--frac-bits-sweep")
     return values
 
 
@@ -94,6 +99,8 @@ def _int_list(text: str | None) -> list[int]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@version_option("qsnn-sim")
+@list_profiles_option
 @profile_option(f"Chip profile to compile under [default: {DEFAULT_PROFILE}; an integer export keeps its own].")
 @profile_set_option
 @allow_saturation_option
@@ -104,26 +111,32 @@ def _int_list(text: str | None) -> list[int]:
               help="Folder with the dataset files (else $QSNN_DATA_DIR, then installed copies).")
 @click.option("--subset", type=click.IntRange(min=1), default=None, help="Simulate a stratified subset of N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the report as JSON here.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Write the report as JSON here (- for stdout; the summary then goes to stderr).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG: spike raster of the first sample and firing rates per layer.")
 @click.option("--check", is_flag=True,
               help="Compare every spike train with the PyTorch evaluation of the integer semantics.")
 @click.option("--frac-bits-sweep", "sweep", default=None, metavar="F1,F2,...",
               help="Also report the accuracy for each of these frac_bits (e.g. 0,2,4,6).")
 @click.option("--no-float", is_flag=True, help="Skip running the float model (no accuracy difference).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@force_option
+@progress_option
 @debug_option
 @friendly_errors
 def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], allow_saturation: bool,
          dataset: str | None, split: str, data_dir: Path | None, subset: int | None, batch_size: int,
          report_path: Path | None, plot_path: Path | None, check: bool, sweep: str | None, no_float: bool,
-         progress: bool) -> None:
+         force: bool, progress: bool) -> None:
     """Simulate MODEL.onnx bit-accurately under a chip profile and report accuracy, agreement and hardware figures."""
     sweep_values = _int_list(sweep)
-    overrides = parse_overrides(profile_sets)
-    profile = get_profile(profile_name or DEFAULT_PROFILE, **overrides) if (profile_name or overrides) else None
+    to_stdout = report_path is not None and str(report_path) == "-"
+    if to_stdout:
+        claim_stdout()
+    check_outputs({"--report": (None if to_stdout else report_path, SIM_REPORT), "--plot": (plot_path, SIM_PLOT)},
+                  inputs={"MODEL": model, "--data-dir": data_dir}, force=force)
+    # --profile-set changes the profile used anyway: --profile, else the default a float export compiles under
+    profile = chosen_profile(profile_name, profile_sets, DEFAULT_PROFILE) if (profile_name or profile_sets) else None
     net, compile_report, kind = load_network(model, profile, allow_saturation=allow_saturation)
     profile = net.profile
     dataset = dataset or net.metadata.get("dataset")
@@ -141,7 +154,7 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
 
         t0 = time.perf_counter()
         float_counts = float_model_counts(lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x, net.encoding,
-                                          batch_size)
+                                          batch_size, progress=progress)
         float_seconds = time.perf_counter() - t0
     reference = None
     if check:
@@ -154,13 +167,14 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     acc_int = data.accuracy(result.counts)
     acc_float = data.accuracy(float_counts) if float_counts is not None else None
     report: dict[str, Any] = {
-        "model": str(model), "model_kind": kind, "dataset": dataset, "split": split, "samples": data.num_recordings,
+        "format": SIM_REPORT_FORMAT, "model": str(model), "model_kind": kind, "dataset": dataset, "split": split, "samples": data.num_recordings,
         "num_steps": net.num_steps, "encoding": net.encoding, "input_max": int(net.input_max),
         **({"event_frames": events.to_dict(), "windows": len(y)} if events is not None else {}),
         "profile": profile.to_dict(),
         "accuracy": {"float_model": acc_float, "integer_sim": acc_int,
                      "difference": None if acc_float is None else acc_int - acc_float},
         "agreement": {},
+        "data_source": data.source,
         "hardware": rep.hardware_figures(net, result),
         "compile_report": compile_report,
         "timing": {"engine_seconds": seconds, "engine_samples_per_s": len(y) / seconds if seconds else None},
@@ -183,15 +197,22 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
                                                     profile, x, y, sweep_values, float_counts=float_counts,
                                                     batch_size=batch_size, data=data)
 
+    out_layer = report["hardware"]["layers"][-1]
+    silent = silent_output_warning(out_layer["spikes_per_inference"], len(y), f"the output layer ({out_layer['name']})")
+    if silent:
+        report["warnings"] = [silent]
+
     _print_summary(report, result, check_summary)
     if plot_path is not None:
         one = simulate(net, x[:1], record=True)
         rep.plot_activity(plot_path, one.spikes, result, [layer.name for layer in net.layers], sample=0,
                           title=f"{model.name} · {profile.name} · {dataset} {split}")
-        click.echo(f"plot: {plot_path}")
-    if report_path is not None:
+        say(f"plot: {plot_path}")
+    if to_stdout:
+        click.echo(dumps(report))
+    elif report_path is not None:
         write_json(report_path, report)
-        click.echo(f"report: {report_path}")
+        say(f"report: {report_path}")
 
 
 def _encoding_text(report: dict[str, Any]) -> str:
@@ -213,6 +234,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
         ("profile", report["profile"]["name"]),
         ("data", f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"
                  + _encoding_text(report)),
+        ("data read from", report["data_source"]),
         ("accuracy, trained model", fmt(acc["float_model"])),
         ("accuracy, integer sim", fmt(acc["integer_sim"])),
         ("difference (int - float)", "n/a" if acc["difference"] is None else f"{100 * acc['difference']:+.2f} pp"),
@@ -229,7 +251,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     if timing.get("engine_samples_per_s"):
         rows.append(("engine speed", f"{timing['engine_samples_per_s']:.0f} samples/s"))
     print_table(rows, title="qsnn-sim")
-    click.echo("")
+    say("")
     hw_rows = []
     for layer in report["hardware"]["layers"]:
         hw_rows.append((layer["name"],
@@ -248,7 +270,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     if hit:
         profile = report["profile"]
         how = "clamped" if profile["overflow"] == "saturate" else "wrapped around (two's complement)"
-        click.echo(f"\nwarning: {total['saturation_events']} membrane updates overflowed the {profile['membrane_bits']}-bit "
+        say(f"\nwarning: {total['saturation_events']} membrane updates overflowed the {profile['membrane_bits']}-bit "
                    f"register and were {how}: " + ", ".join(
                        f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
                        f"{layer['saturation_high']} high)" for layer in hit)
@@ -258,11 +280,13 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                       "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits"))
     wrapped = [layer for layer in report["hardware"]["layers"] if layer.get("current_wraps")]
     if wrapped:
-        click.echo(f"\nwarning: {total['current_wraps']} synaptic currents wrapped around the "
+        say(f"\nwarning: {total['current_wraps']} synaptic currents wrapped around the "
                    f"{wrapped[0]['current_bits']}-bit current register (as the chip does): "
                    + ", ".join(f"{layer['name']} {layer['current_wraps']}" for layer in wrapped))
+    for warning in report.get("warnings", []):
+        say(f"\nwarning: {warning}")
     if report.get("frac_bits_sweep"):
-        click.echo("")
+        say("")
         sweep_rows = []
         for row in report["frac_bits_sweep"]:
             if "error" in row:
@@ -275,7 +299,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
             sweep_rows.append((f"frac_bits={row['frac_bits']}", text))
         print_table(sweep_rows, title="accuracy vs frac_bits")
     if report.get("note"):
-        click.echo(f"\nwarning: {report['note']}")
+        say(f"\nwarning: {report['note']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ import numpy as np
 
 from qsnn.atomic import atomic_open
 from qsnn.network import IntegerNetwork
+from qsnn.outputs import PLOT_KEY, SIM_PLOT_FORMAT
 
 from .engine import SimResult, predict
 
@@ -186,5 +187,5 @@ def plot_activity(path: str | os.PathLike, trains: Mapping[str, np.ndarray], res
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
+        fig.savefig(fh, format="png", dpi=110, metadata={PLOT_KEY: SIM_PLOT_FORMAT})   # recognised by --force
     plt.close(fig)

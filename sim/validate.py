@@ -63,12 +63,17 @@ def float_input(x: np.ndarray, encoding: str) -> np.ndarray:
     return xf * np.float32(INPUT_SCALE[encoding]) if encoding == "static" else xf
 
 
-def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, batch_size: int = 256) -> np.ndarray:
+def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, batch_size: int = 256,
+                       progress: bool = False) -> np.ndarray:
     """Output spike counts (N, classes) of the trained model (``run_float``) over T steps on integer inputs."""
+    from tqdm import tqdm
+
     counts = []
-    for s in range(0, len(x), max(batch_size, 1)):
-        z3 = np.asarray(run_float(float_input(x[s:s + batch_size], encoding), batch_size)["z3"])
-        counts.append(z3.sum(axis=0).reshape(z3.shape[1], -1).astype(np.int64))
+    with tqdm(total=len(x), unit="sample", desc="float model (onnxruntime)", leave=False, disable=not progress) as bar:
+        for s in range(0, len(x), max(batch_size, 1)):
+            z3 = np.asarray(run_float(float_input(x[s:s + batch_size], encoding), batch_size)["z3"])
+            counts.append(z3.sum(axis=0).reshape(z3.shape[1], -1).astype(np.int64))
+            bar.update(len(z3[0]) if z3.ndim > 1 else 0)
     return np.concatenate(counts) if counts else np.zeros((0, 0), np.int64)
 
 

@@ -31,10 +31,11 @@ import click
 import numpy as np
 
 from qsnn.atomic import atomic_write_text
-from qsnn.cli import debug_option, friendly_errors, print_table
+from qsnn.cli import claim_stdout, debug_option, force_option, friendly_errors, print_table, progress_option, say, version_option
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError
 from qsnn.files import dumps
+from qsnn.outputs import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
 from qsnn.sim.report import percent
 
 from . import fpga_core as core
@@ -141,36 +142,37 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
 
     if hw is None:
         return
-    click.echo("")
+    say("")
     head = f"{'layer':<10} {'neurons':>8} {'synops/inf':>12} {'weight bits':>12} {'scatter cyc':>12} {'update cyc':>11}"
-    click.echo("hardware (per inference; synops and weight bits from qsnn-sim, cycles from the core)")
-    click.echo(head)
-    click.echo("-" * len(head))
+    say("hardware (per inference; synops and weight bits from qsnn-sim, cycles from the core)")
+    say(head)
+    say("-" * len(head))
     for layer, name in zip(hw["layers"], names):
         pl = cyc["per_layer_mean"][name]
-        click.echo(f"{name:<10} {layer['neurons']:>8} {layer['synops_per_inference']:>12.0f} {layer['weight_memory_bits']:>12} "
+        say(f"{name:<10} {layer['neurons']:>8} {layer['synops_per_inference']:>12.0f} {layer['weight_memory_bits']:>12} "
                    f"{pl['scatter']:>12.0f} {pl['update']:>11.0f}")
     tot = hw["total"]
-    click.echo(f"{'total':<10} {'':>8} {tot['synops_per_inference']:>12.0f} {tot['weight_memory_bits']:>12} "
+    say(f"{'total':<10} {'':>8} {tot['synops_per_inference']:>12.0f} {tot['weight_memory_bits']:>12} "
                f"{'':>12} {'':>11}   + {cyc['other_mean']:.0f} other")
     mem = report["core_memory_bits"]
-    click.echo("core memories (bits): " + ", ".join(f"{k} {v}" for k, v in mem.items()) + f"; total {sum(mem.values())}")
+    say("core memories (bits): " + ", ".join(f"{k} {v}" for k, v in mem.items()) + f"; total {sum(mem.values())}")
     synth = report.get("synthesis") or {}
     if synth:
-        click.echo("")
+        say("")
         head = (f"{'family (yosys)':<16} {'LUT':>7} {'carry':>6} {'LUT sites':>9} {'FF':>7} {'BRAM':>12} {'BRAM bits':>10} "
                 f"{'DSP':>4} {'latches':>7}  fits (by cell counts)")
-        click.echo(head)
-        click.echo("-" * len(head))
+        say(head)
+        say("-" * len(head))
         for fam, r in synth.items():
             bram = "+".join(f"{n}×{k}" for k, n in r["bram_blocks"].items() if n) or "0"
-            click.echo(f"{fam:<16} {r['luts']:>7} {r['carry_cells']:>6} {r['lut_sites']:>9} {r['flip_flops']:>7} {bram:>12} "
+            say(f"{fam:<16} {r['luts']:>7} {r['carry_cells']:>6} {r['lut_sites']:>9} {r['flip_flops']:>7} {bram:>12} "
                        f"{r['bram_bits']:>10} {r['dsps']:>4} {r['latches']:>7}  "
                        f"{r['fits'] or 'none of ' + ', '.join(r['devices_checked'])}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@version_option("qsnn-rtl-sim")
 @click.option("--dataset", type=click.Choice(DATASETS), default=None,
               help="Dataset [default: the one the network was trained on, from the manifest].")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
@@ -186,14 +188,24 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
 @click.option("--no-sim", is_flag=True, help="Only check the folder (and synthesize with --synth); simulate nothing.")
 @click.option("--clock-mhz", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="The clock the inferences per second are stated at.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the whole report as JSON here.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Write the whole report as JSON here (- for stdout; the summary then goes to stderr).")
+@force_option
+@progress_option
 @debug_option
 @friendly_errors
 def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: Path | None, simulator: str,
-         families: tuple[str, ...], no_sim: bool, clock_mhz: float, report_path: Path | None, progress: bool) -> None:
+         families: tuple[str, ...], no_sim: bool, clock_mhz: float, report_path: Path | None, force: bool,
+         progress: bool) -> None:
     """Run the FPGA core of FOLDER (qsnn-export --to fpga) on real inputs and compare it with qsnn-sim."""
+    to_stdout = report_path is not None and str(report_path) == "-"
+    if to_stdout:
+        claim_stdout()
+    resources_path = folder / RESOURCES
+    folder_files = [p for p in folder.rglob("*") if p.is_file() and p != resources_path]
+    check_outputs({"--report": (None if to_stdout else report_path, RTL_REPORT),
+                   f"FOLDER/{RESOURCES}": (resources_path if (families or not no_sim) else None, RTL_RESOURCES)},
+                  inputs={"FOLDER": [folder, *folder_files], "--data-dir": data_dir}, force=force)
     checked = fpga_sim.check_folder(folder)
     net, cfg = checked.net, checked.config
     if not no_sim:
@@ -201,7 +213,7 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
     if families:
         fpga_sim.need_tool("yosys")
     names = [layer.name for layer in net.layers]
-    report: dict[str, Any] = {"folder": str(folder), "core": {"lanes": cfg.lanes, "params": cfg.widths()},
+    report: dict[str, Any] = {"format": RTL_REPORT_FORMAT, "folder": str(folder), "core": {"lanes": cfg.lanes, "params": cfg.widths()},
                               "core_memory_bits": memory_figures(cfg)}
     hw = None
     if not no_sim:
@@ -221,7 +233,7 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
             data = data.subset(samples, 0)
         x, y = data.x, data.y
         if simulator == "verilator":
-            fpga_sim.build_verilator(checked.rtl, progress=click.echo)
+            fpga_sim.build_verilator(checked.rtl, progress=say)
         parts = []
         bar = None
         if progress:
@@ -253,11 +265,11 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
         })
     synth = {}
     for fam in families:
-        click.echo(f"synthesizing for {fpga_sim.FAMILIES[fam]['name']} with Yosys ...")
+        say(f"synthesizing for {fpga_sim.FAMILIES[fam]['name']} with Yosys ...")
         synth[fam] = fpga_sim.synthesize(checked.rtl, fam)
     if synth or "cycles" in report:
         resources = _load_resources(folder)
-        resources.update({"format": "qsnn-rtl-resources", "core": report["core"],
+        resources.update({"format": RTL_RESOURCES_FORMAT, "core": report["core"],
                           "core_memory_bits": report["core_memory_bits"]})
         resources.setdefault("synthesis", {}).update(synth)
         if "cycles" in report:
@@ -268,10 +280,12 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
     if "agreement" in report:
         _print(report, names, hw)
     elif report.get("synthesis"):
-        click.echo(json.dumps(report["synthesis"], indent=1))
-    if report_path is not None:
+        say(json.dumps(report["synthesis"], indent=1))
+    if to_stdout:
+        click.echo(dumps(report))
+    elif report_path is not None:
         atomic_write_text(report_path, dumps(report))
-        click.echo(f"report: {report_path}")
+        say(f"report: {report_path}")
     if "agreement" in report and not report["agreement"]["bit_exact"]:
         raise SystemExit(1)
 

@@ -138,8 +138,8 @@ def _bad_checkpoints(folder, good):
 
 def test_bad_checkpoints_one_line_error_and_no_output(workdir, tmp_path):
     cases = _bad_checkpoints(tmp_path, workdir / "ckpt.pt")
-    existing = tmp_path / "existing.onnx"
-    existing.write_bytes(b"previous model")
+    existing = export_float(workdir / "ckpt.pt", tmp_path / "existing.onnx")   # an earlier export: --force may replace it
+    previous = existing.read_bytes()
     for name, fragment in cases.items():
         src = tmp_path / name
         with pytest.raises(CheckpointError, match=fragment):
@@ -147,13 +147,13 @@ def test_bad_checkpoints_one_line_error_and_no_output(workdir, tmp_path):
         assert_one_line_error(invoke(src, "--to", "qonnx", "-o", tmp_path / "new.onnx"), name, fragment)
         assert_one_line_error(invoke(src, "--to", "qonnx", "--profile", "fpga", "-o", existing, "--force"), fragment)
         assert not (tmp_path / "new.onnx").exists() and not (tmp_path / "x.onnx").exists()
-        assert existing.read_bytes() == b"previous model"
+        assert existing.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
 
 
 def test_failed_write_leaves_the_existing_file_untouched(workdir, tmp_path, monkeypatch):
-    out = tmp_path / "model.onnx"
-    out.write_bytes(b"previous model")
+    out = export_float(workdir / "ckpt.pt", tmp_path / "model.onnx")    # an earlier export: --force may replace it
+    previous = out.read_bytes()
 
     def disk_full(fd):
         raise OSError(28, "No space left on device")
@@ -161,10 +161,10 @@ def test_failed_write_leaves_the_existing_file_untouched(workdir, tmp_path, monk
     monkeypatch.setattr("qsnn.atomic.os.fsync", disk_full)
     with pytest.raises(OSError):
         export_float(workdir / "ckpt.pt", out)
-    assert out.read_bytes() == b"previous model"
+    assert out.read_bytes() == previous
     assert_one_line_error(invoke(workdir / "ckpt.pt", "--to", "qonnx", "--profile", "fpga", "-o", out, "--force"),
                           "No space left")
-    assert out.read_bytes() == b"previous model"
+    assert out.read_bytes() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 

@@ -159,7 +159,7 @@ def test_qsnn_sim_report_and_plot(float_onnx, tmp_path, monkeypatch, name):
     assert CliRunner().invoke(main, args).exit_code == 0
     before = snapshot(tmp_path)
     fail_replace_of(monkeypatch, name)
-    assert_clean_cli_error(CliRunner().invoke(main, args), "injected")
+    assert_clean_cli_error(CliRunner().invoke(main, args + ["--force"]), "injected")
     assert snapshot(tmp_path) == before
     no_temporaries(tmp_path / "sim.json")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import snntorch as snn
 import torch
+from click.testing import CliRunner
 from float_compare import FEW_SAMPLES, assert_float_agreement
 from snntorch import surrogate
 
@@ -372,6 +373,43 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
     assert [r["lr"] for r in a["iters"]] == [r["lr"] for r in b["iters"]]
     assert full["test_acc"] == resumed["test_acc"]
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_extends_a_finished_run_to_equal_an_uninterrupted_one(tmp_path):
+    """`--resume --epochs N` on a run that finished (stopped) at 1 epoch: the same tensors as N epochs at once."""
+    from qsnn.train.cli import main
+    from qsnn.train.loop import train
+
+    cfg = _tiny_cfg(epochs=3)
+    full = train(cfg, tmp_path / "full", progress=False, log=lambda m: None)
+    args = ["run", "--dataset", "mnist5k", "--precision", "int4", "--steps", "5", "--subset", "300", "--val-subset", "100",
+            "--test-subset", "100", "--batch-size", "50", "--patience", "5", "--cosine-period", "1", "--no-progress",
+            "--out", str(tmp_path / "short")]
+    first = CliRunner().invoke(main, [*args, "--epochs", "1"])
+    assert first.exit_code == 0, first.output
+    assert json.loads((tmp_path / "short" / "metrics.json").read_text())["epochs_run"] == 1
+    res = CliRunner().invoke(main, [*args, "--resume", "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert "extending" in res.output and "epochs 1 -> 3" in res.output
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(tmp_path / "full" / name), load_checkpoint(tmp_path / "short" / name)
+        assert a["epoch"] == b["epoch"] and a["config"] == b["config"], name
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
+        for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+        assert a["schedule"] == b["schedule"] and a["state"] == b["state"], name
+        assert [(r["train_loss"], r["val_acc"], r["lr"]) for r in a["history"]] == \
+            [(r["train_loss"], r["val_acc"], r["lr"]) for r in b["history"]], name
+    extended = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    assert extended["epochs_run"] == full["epochs_run"] == 3
+    assert extended["test_acc"] == full["test_acc"] and extended["best_epoch"] == full["best_epoch"]
+    # shortening is refused, and --resume on a folder that does not exist starts nothing
+    res = CliRunner().invoke(main, [*args, "--resume", "--epochs", "2"])
+    assert res.exit_code == 1 and "already run 3 epochs" in res.output
+    res = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "missing"), "--resume"])
+    assert res.exit_code == 1 and "no run directory" in res.output and not (tmp_path / "missing").exists()
 
 
 @pytest.mark.slow

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import click
 
-from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table
+from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table, progress_option, say, version_option
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
 from qsnn.errors import QsnnError
+from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
+from qsnn.summary import silent_output_warning
 from qsnn.profiles import PROFILES
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("qsnn-train")
 def main() -> None:
     """Train quantized spiking neural networks as in "Navigating Local Minima in QSNNs".
 
@@ -98,24 +101,28 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 @_options
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR); see the README's Data section.")
-@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted).")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--out", "out", type=click.Path(), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted); "
+                                          "with --epochs N (or --patience) a finished or stopped run goes on to N epochs.")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@progress_option
 @click.option("--demo", is_flag=True, help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.")
 @click.option("--profile", "train_profile", type=click.Choice(sorted(PROFILES)), default=None,
               help="Train for this chip profile's semantics: its reset (loihi2: zero), its synaptic delay per "
                    "layer (loihi2: 1 step) and beta rounded to its leak grid (loihi2: 12-bit dv); recorded in the "
                    "checkpoint. fpga already has the paper's semantics (subtract reset, no delay).")
+@version_option("qsnn-train run")
 @debug_option
 @friendly_errors
-def run(data_dir, out, resume, device, no_progress, demo, train_profile, **options) -> None:
+def run(data_dir, out, resume, device, progress, demo, train_profile, **options) -> None:
     """Train one QSNN; writes checkpoints, logs, a plot and metrics to the run directory."""
+    ctx = click.get_current_context()
     if demo:
-        ctx = click.get_current_context()
         for key, value in DEMO.items():   # a demo setting yields to an option given on the command line
             if ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
                 options[key] = value
+    given = {k for k in ("epochs", "patience") if ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
+    extend = {k: options[k] for k in given} if resume else None
     cfg = config_from_options(**options)
     if train_profile:
         trained = cfg.for_profile(train_profile)
@@ -125,14 +132,25 @@ def run(data_dir, out, resume, device, no_progress, demo, train_profile, **optio
         cfg = trained
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     note_user_path(out)
+    _check_device(device)
+    check_outputs({"--out": (out, RUN_DIR)}, inputs={"--data-dir": data_dir})
+    if resume and not out.is_dir():
+        raise OutputError(f"{out}: --resume continues a run, and there is no run directory here; drop --resume to "
+                          "start a new run, or give the --out of an existing one")
+    if not resume and (out / "last.pt").exists():
+        raise OutputError(f"{out} already holds a run (last.pt): pass --resume to continue it (with --epochs N to "
+                          "extend it), or choose another --out")
     from .loop import train as train_run
 
-    metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=not no_progress)
+    metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=progress, extend=extend)
     from .distributed import is_main_process
 
     if not is_main_process():  # under torchrun only rank 0 reports
         return
+    sources = metrics.get("data_sources") or {}
+    read = sorted(set(sources.values()))
     print_table([
+        ("data read", "; ".join(read) if read else "-"),
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
         ("time steps T", metrics["num_steps"]),
@@ -146,6 +164,24 @@ def run(data_dir, out, resume, device, no_progress, demo, train_profile, **optio
         ("test accuracy (best.pt)", f"{metrics['test_acc']:.2f} %"),
         ("training samples/s (median)", f"{metrics['samples_per_s_median']:.1f}" if metrics["samples_per_s_median"] else "-"),
     ], title="training summary")
+    silent = silent_output_warning(metrics["test_output_spikes"], metrics["test_samples"],
+                                   "the output layer (best.pt, test split)") \
+        if metrics.get("test_output_spikes") is not None else None
+    if silent:
+        say(f"warning: {silent}")
+
+
+def _sqlite_file(storage: str | None) -> str | None:
+    """The file of a ``sqlite:///FILE`` storage URL (an output like any other), else None."""
+    return storage[len("sqlite:///"):] or None if storage and storage.startswith("sqlite:///") else None
+
+
+def _check_device(device: str | None) -> None:
+    """--device before any work: a one-line error listing the available devices."""
+    if device:
+        from .distributed import resolve_device
+
+        resolve_device(device)
 
 
 # -- qsnn-train study ----------------------------------------------------------------------------
@@ -189,7 +225,7 @@ def study() -> None:
 @_options_except("dataset", "precision", "schedule", "seed")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
-@click.option("--out", type=click.Path(file_okay=False), help="Study folder [default: runs/study-DATASET].")
+@click.option("--out", type=click.Path(), help="Study folder [default: runs/study-DATASET].")
 @click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs, "
                               "e.g. a SLURM job array; then `qsnn-train study report OUT`).")
 @click.option("--storage", help="Optuna RDB storage URL (postgresql://user:pw@host/db, sqlite:///FILE): the plan becomes a "
@@ -206,18 +242,21 @@ def study() -> None:
                                                    "(after fixing its cause).")
 @click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
 @click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out.")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@progress_option
+@version_option("qsnn-train study run")
 @debug_option
 @friendly_errors
 def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, storage, study_name, heartbeat, grace,
-              max_retry, retry_failed, window, report_only, device, no_progress, **options) -> None:
+              max_retry, retry_failed, window, report_only, device, progress, **options) -> None:
     """Train every (precision, schedule, seed) run that is not finished yet, then write the report."""
     from .distributed import env_world_size, is_main_process
     from .study import parse_list, parse_shard, plan, run_study, write_report
 
     out = Path(out or f"runs/study-{dataset}")
     note_user_path(out)
+    _check_device(device)
+    check_outputs({"--out": (out, STUDY_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
     if storage is None and (study_name or retry_failed):
         raise QsnnError("--study-name and --retry-failed need --storage")
     if not report_only:
@@ -230,12 +269,12 @@ def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, stor
                 raise QsnnError("qsnn-train study --storage is not meant to run under torchrun: start one worker per GPU "
                                 "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train study --storage URL ...)")
             finished_here = _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed,
-                                          data_dir, device, not no_progress, out)
+                                          data_dir, device, progress, out)
             if not finished_here:
                 click.echo(f"no finished run in {out}: no report written here")
                 return
         else:
-            outcome = run_study(runs, data_dir=data_dir, device=device, progress=not no_progress, shard=parse_shard(shard))
+            outcome = run_study(runs, data_dir=data_dir, device=device, progress=progress, shard=parse_shard(shard))
             if not is_main_process():
                 return
             click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
@@ -307,12 +346,15 @@ def study_report(out, window) -> None:
 @_options_except("dataset", "precision", "epochs")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
               help="Folder with the dataset files (env QSNN_DATA_DIR).")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
-@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--out", type=click.Path(), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@click.option("--progress/--no-progress", default=False, show_default=True,
+              help="Show each trial's progress bars (on stderr; off by default: trials print one line each).")
+@version_option("qsnn-train tune")
 @debug_option
 @friendly_errors
 def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, prune_startup, data_dir,
-             out, device, **options) -> None:
+             out, device, progress, **options) -> None:
     """Optuna TPE search over beta, theta, slope k, LR, dropout, BatchNorm, grad/weight clipping.
 
     Any of those given as an option is fixed instead of searched. Start the same command in several
@@ -323,9 +365,11 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
 
     out = Path(out or f"runs/tune-{dataset}-{precision}")
     note_user_path(out)
+    _check_device(device)
+    check_outputs({"--out": (out, TUNE_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
     result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
                   storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
-                  prune_startup=prune_startup, data_dir=data_dir, device=device)
+                  prune_startup=prune_startup, data_dir=data_dir, device=device, progress=progress)
     print_table([
         ("study / storage", f"{result['study']} / {result['storage']}"),
         ("trials run by this worker", result["ran_here"]),

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from qsnn.errors import QsnnError
+
 T = TypeVar("T")
 
 
@@ -164,11 +166,43 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def available_devices() -> list[str]:
+    """The torch devices this process can train on: ``cpu``, each ``cuda:i``, ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_device(device: str | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else the CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, else CUDA when present, else the CPU.
+
+    A device that does not parse (``banana``) or that this build or machine lacks (``cuda`` on a
+    CPU-only torch, ``cuda:3`` on a 2-GPU machine) is a :class:`QsnnError` listing the available ones.
+    """
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = available_devices()
+    hint = f"available here: {', '.join(available)} (or leave --device out: cuda when present, else cpu)"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise QsnnError(f"--device {device}: not a torch device; {hint}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        ok = torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
+        why = ("there is no GPU with that index" if torch.cuda.is_available()
+               else "this torch build has no CUDA" if not torch.backends.cuda.is_built() else "no CUDA GPU is visible")
+    else:
+        ok = f"{dev.type}" in available or str(dev) in available
+        why = f"{dev.type} is not available on this machine"
+    if not ok:
+        raise QsnnError(f"--device {device}: {why}; {hint}")
+    return dev
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -52,6 +52,10 @@ EVAL_BATCH = 256
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "metrics.json", "training.png")
 
 
+#: The configuration fields ``--resume`` may change (everything else is the run's saved configuration).
+RESUME_CHANGES = ("epochs", "patience")
+
+
 class TrainingDiverged(QsnnError):
     """The training loss became NaN or infinite."""
 
@@ -73,9 +77,13 @@ def load_splits(cfg: TrainConfig, data_dir=None) -> dict[str, ArraySplit]:
 
 
 @torch.no_grad()
-def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: DistContext = SINGLE) -> float:
+def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: DistContext = SINGLE, *,
+             progress: bool = False, desc: str = "evaluating", stats: dict[str, float] | None = None) -> float:
     """Accuracy (%) of ``model`` on ``split``: argmax of output spike counts (summed over a recording's
     windows when the split groups its samples, see :meth:`ArraySplit.accuracy`).
+
+    ``progress`` shows a bar per batch; ``stats``, when given, receives ``output_spikes`` (this rank's
+    total output spike count: 0 means the output layer never fired).
 
     Under data parallelism each rank evaluates its slice of every batch and the results are summed
     over the ranks, so every rank returns the accuracy on the whole split.
@@ -85,7 +93,9 @@ def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: Dis
     correct = 0
     counts = np.zeros((len(split.y), len(split.classes)), dtype=np.float64) if grouped else None
     offset = 0
-    for x, y in Batches(split, EVAL_BATCH, shuffle=False, device=device):
+    output_spikes = 0.0
+    for x, y in tqdm(Batches(split, EVAL_BATCH, shuffle=False, device=device), desc=desc, disable=not progress,
+                     leave=False, unit="batch"):
         n_batch = len(y)
         start, stop = 0, n_batch
         if dist_ctx.enabled:
@@ -93,11 +103,14 @@ def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: Dis
             x, y = x[start:stop], y[start:stop]
         if len(y):
             spikes = model(x).spikes
+            output_spikes += float(spikes.sum())
             if grouped:
                 counts[offset + start:offset + stop] = spikes.sum(0).cpu().numpy()
             else:
                 correct += int((predict(spikes) == y).sum())
         offset += n_batch
+    if stats is not None:
+        stats["output_spikes"] = output_spikes
     if grouped:
         if dist_ctx.enabled:
             counts = np.asarray(dist_ctx.all_reduce_sum(counts.ravel().tolist(), device)).reshape(counts.shape)
@@ -173,7 +186,7 @@ def plot_training(run_dir: Path, iters: list[dict[str, Any]], history: list[dict
 def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool = False,
           device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-          evaluate_test: bool = True) -> dict[str, Any]:
+          evaluate_test: bool = True, extend: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) one run in ``run_dir``; return the final metrics.
 
     ``on_epoch(epoch, row)``, when given, is called after each epoch's checkpoint and log are
@@ -181,6 +194,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
     may raise (e.g. ``optuna.TrialPruned``) to stop the run there, leaving a resumable run
     directory. ``evaluate_test=False`` never reads the test split (``test_acc`` is None), for
     hyperparameter searches that must not see it.
+
+    ``resume=True`` needs ``run_dir/last.pt`` (a :class:`QsnnError` otherwise). The run continues with
+    its saved configuration, except the fields in ``extend`` (``epochs``, ``patience``: the options
+    given on the command line): a finished or stopped run then goes on to the new ``epochs``, and
+    ends as a run started with them would have (same weights, optimizer, schedule, random streams).
 
     Started by ``torchrun`` with ``WORLD_SIZE > 1``, the same call trains data-parallel with the
     semantics of one process (see :mod:`qsnn.train.distributed`); ``on_epoch`` then runs on every
@@ -194,20 +212,38 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
 
     def read_last():
         if not last.exists():
+            if resume and not run_dir.is_dir():
+                raise QsnnError(f"{run_dir}: --resume continues a run, and there is no run directory here; "
+                                "drop --resume to start a new run, or give the --out of an existing one")
+            if resume:
+                log(f"{run_dir} holds no finished epoch yet (no last.pt): the run starts from the beginning")
             return None
         if not resume:
             raise QsnnError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
         return load_checkpoint(last)
 
     ckpt = ctx.run_on_main(read_last)  # rank 0 reads, every rank gets it
+    extending = False
     if ckpt is not None:
         saved = ckpt["config_obj"]
-        if saved != cfg:
-            diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if v != cfg.to_dict()[k]}
-            log(f"resuming {run_dir} with its saved configuration (ignoring differing arguments: {sorted(diff)})")
-        cfg = saved
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        changes = {k: v for k, v in (extend or {}).items() if v is not None and getattr(saved, k) != v}
+        unknown = set(changes) - set(RESUME_CHANGES)
+        if unknown:
+            raise QsnnError(f"resume can change only {', '.join(RESUME_CHANGES)}, not {sorted(unknown)}")
+        done_epochs = int(ckpt["epoch"])
+        if changes.get("epochs", done_epochs) < done_epochs:
+            raise QsnnError(f"{run_dir} has already run {done_epochs} epochs; --epochs {changes['epochs']} would "
+                            f"shorten it: give --epochs of at least {done_epochs} (or start a new run)")
+        target = saved.replace(**changes)
+        ignored = {k for k, v in saved.to_dict().items() if v != cfg.to_dict()[k] and k not in changes}
+        if ignored:
+            log(f"resuming {run_dir} with its saved configuration (ignoring differing arguments: {sorted(ignored)})")
+        if changes:
+            extending = True
+            log(f"extending {run_dir}: " + ", ".join(f"{k} {getattr(saved, k)} -> {v}" for k, v in changes.items())
+                + f" (continuing after epoch {done_epochs})")
+        cfg = target
+    if ctx.is_main and run_dir.is_dir():
         removed = remove_stale_temporaries(run_dir, RUN_FILES)  # left by a process killed mid-write
         if removed:
             log(f"removed {len(removed)} temporary file(s) of an interrupted write from {run_dir}")
@@ -215,6 +251,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
     # -- data, model, optimiser -----------------------------------------------------------------
     generator = seed_everything(cfg.seed)
     splits = load_splits(cfg, data_dir)
+    if ctx.is_main:   # only now: a start that fails on its data leaves no empty run directory behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if extending and (run_dir / "metrics.json").exists():
+            (run_dir / "metrics.json").unlink()   # the run is not finished any more (study: resume, not skip)
     train_split = splits["train"]
     batches = Batches(train_split, cfg.batch_size, shuffle=True, generator=generator, device=dev)
     model = QSNN(cfg, train_split.input_shape, len(train_split.classes)).to(dev)
@@ -241,6 +281,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         _set_rng_state(rng, generator)
         state, history, iters = dict(ckpt["state"]), list(ckpt["history"]), list(ckpt["iters"])
         start_epoch = int(ckpt["epoch"])
+        if extending:   # as a run started with the new epochs/patience would have decided at start_epoch
+            state["stopped_early"] = state["bad_epochs"] >= cfg.patience and start_epoch < cfg.epochs
+            if state["stopped_early"]:
+                log(f"{run_dir} stopped early at epoch {start_epoch} (no better validation accuracy for "
+                    f"{state['bad_epochs']} epochs, patience {cfg.patience}): nothing to extend; raise --patience")
         log(f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)")
         ckpt = None
     net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
@@ -298,7 +343,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
             raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip")
         schedule.end_epoch(train_loss)
         ctx.broadcast_buffers(model)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
-        val_acc = evaluate(model, splits["val"], dev, ctx)
+        val_acc = evaluate(model, splits["val"], dev, ctx, progress=progress, desc=f"epoch {epoch} validation")
         history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct / seen,
                         "val_acc": val_acc, "lr": lr, "time_s": train_time, "samples_per_s": seen / train_time})
         improved = val_acc > state["best_val"]
@@ -325,7 +370,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
     # -- the best checkpoint on the test split -----------------------------------------------------
     best_ckpt = ctx.run_on_main(lambda: load_checkpoint(best))
     model.load_state_dict(best_ckpt["model"])
-    test_acc = evaluate(model, splits["test"], dev, ctx) if evaluate_test else None
+    test_stats: dict[str, float] = {}
+    test_acc = (evaluate(model, splits["test"], dev, ctx, progress=progress, desc="test split", stats=test_stats)
+                if evaluate_test else None)
     metrics = {"dataset": cfg.dataset, "precision": cfg.precision, "schedule": cfg.schedule, "seed": cfg.seed,
                "best_epoch": state["best_epoch"], "best_val_acc": state["best_val"], "test_acc": test_acc,
                "epochs_run": len(history), "stopped_early": state["stopped_early"],
@@ -333,6 +380,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
                "test_samples": splits["test"].num_recordings, "test_windows": len(splits["test"].y),
                "test_cut": cfg.test_cut if cfg.dataset == "dvs128" else None, "num_steps": cfg.num_steps, "device": str(dev),
                "world_size": ctx.world_size,
+               "data_sources": {name: split.source for name, split in splits.items()},
+               "test_output_spikes": test_stats.get("output_spikes"),
                "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None,
                "config": cfg.to_dict()}
     if ctx.is_main:
@@ -341,6 +390,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         if history:
             plot_training(run_dir, iters, history)
         best_ckpt.pop("config_obj")
+        best_ckpt["config"] = cfg.to_dict()    # an extended run's best.pt may date from before the extension
         best_ckpt["metrics"] = metrics
         save_checkpoint(best, {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")})
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))

@@ -144,7 +144,7 @@ def run_worker(study, n_trials: int, objective: Callable, log: Callable[[str], N
 
 def make_objective(dataset: str, precision: str, fixed: dict[str, Any], out: Path, study_name: str, *,
                    epochs: int = DEFAULT_EPOCHS, data_dir=None, device: str | None = None, prune: bool = True,
-                   log: Callable[[str], None] = print) -> Callable:
+                   log: Callable[[str], None] = print, progress: bool = False) -> Callable:
     """The objective: train a short run with the trial's hyperparameters, return its best validation accuracy."""
     import optuna
 
@@ -170,7 +170,7 @@ def make_objective(dataset: str, precision: str, fixed: dict[str, Any], out: Pat
 
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         try:
-            metrics = train(cfg, run_dir, data_dir=data_dir, device=device, progress=False,
+            metrics = train(cfg, run_dir, data_dir=data_dir, device=device, progress=progress,
                             log=lambda _msg: None, on_epoch=on_epoch, evaluate_test=False)
         except optuna.TrialPruned:
             log(f"trial {trial.number}: pruned at validation {best['val']:.2f} %  ({shown})")
@@ -235,8 +235,10 @@ def write_best_params(study, out: Path, dataset: str, precision: str, storage_ur
 def tune(dataset: str, precision: str, *, n_trials: int, out: str | Path, fixed: dict[str, Any] | None = None,
          epochs: int = DEFAULT_EPOCHS, storage: str | None = None, study_name: str | None = None,
          sampler_seed: int | None = None, prune: bool = True, prune_startup: int = 5, data_dir=None,
-         device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Join (or create) the study and run trials until it holds ``n_trials``; write best_params.toml."""
+         device: str | None = None, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+    """Join (or create) the study and run trials until it holds ``n_trials``; write best_params.toml.
+
+    ``progress`` shows each trial's epoch and evaluation bars (qsnn-train tune --progress)."""
     from .distributed import env_world_size
 
     if env_world_size() > 1:
@@ -263,7 +265,7 @@ def tune(dataset: str, precision: str, *, n_trials: int, out: str | Path, fixed:
     log(f"study {study_name!r} in {redact(storage)}: {budget_used(study)} of {n_trials} trials already counted; "
         f"searching {', '.join(search_space(fixed))}")
     objective = make_objective(dataset, precision, fixed, out, study_name, epochs=epochs, data_dir=data_dir,
-                               device=device, prune=prune, log=log)
+                               device=device, prune=prune, log=log, progress=progress)
     ran = run_worker(study, n_trials, objective, log)
     from optuna.trial import TrialState
 
