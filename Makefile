@@ -23,7 +23,7 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install system-deps demo test test-fast train bench clean rtl-check
+.PHONY: install system-deps demo test test-fast train bench clean rtl-check lava lava-check test-lava
 
 install: system-deps $(VENV)/.installed
 
@@ -61,6 +61,25 @@ test: install
 # slow (training, killed processes, Lava, RTL simulators, qonnx's node-by-node executor).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Loihi 2 in stock Lava: a Python 3.10 venv with lava-nc 0.10 and lava-dl 0.6 (about 5.6 GB, 7 minutes
+# to build) cached outside the checkout in ~/.cache/qsnn/lava-<hash of targets/lava/requirements.txt>
+# (QSNN_CACHE moves it). `make test` does not build it: tests/test_lava.py skips without it, saying so;
+# `make test-lava` builds it and runs them (every layer's spikes vs qsnn-sim, the folder's README snippet).
+N         ?= 50
+LAVA_CHECK_ARGS ?=
+lava: install
+	$(BIN)/python -m qsnn.targets.lava_env build
+
+test-lava: lava
+	$(BIN)/python -m pytest -q tests/test_lava.py
+
+# Stock Lava vs qsnn-sim --profile loihi2 on N real test images of a trained model (every layer, every
+# step): make lava-check N=50 [LAVA_CHECK_ARGS="--checkpoint runs/demo/best.pt --report lava.json"]
+lava-check: lava
+	$(if $(findstring --checkpoint,$(LAVA_CHECK_ARGS)),,test -f $(DEMO_DIR)/best.pt || $(MAKE) demo)
+	$(BIN)/python -m qsnn.targets.lava_check --images $(N) \
+	  $(if $(findstring --checkpoint,$(LAVA_CHECK_ARGS)),,--checkpoint $(DEMO_DIR)/best.pt) $(LAVA_CHECK_ARGS)
 
 # The float-comparison tests (marker float_kernels, tests/float_compare.py) once more with PyTorch's
 # oneDNN, ATen and MKL kernels held to AVX2: on an AVX-512 machine `make test` covers one kernel

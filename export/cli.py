@@ -115,7 +115,7 @@ def compile_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
                        f"[{layer['membrane_range'][0]}, {layer['membrane_range'][1]}]"
                      + (" SATURATION POSSIBLE" if layer["saturation_possible"] else "")))
     for note in report.get("notes", []):
-        rows.append(("note", note))
+        rows.append(("warning" if note.startswith("the model was") else "note", note))
     return rows
 
 
@@ -165,9 +165,24 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     outdir = job.output or job.default_output(target)
     net, report = integer_network(job, profile)
     options = dict(job.target_options)
+    if target == "loihi2":
+        options["example"] = example_input(net)
     write_target(target, net, outdir, force=job.force,
                  source_info={"file": str(job.source), "profile": profile.name}, **options)
     return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
+
+
+def example_input(net) -> Any:
+    """The first test sample of the network's dataset (for the loihi2 README's snippet), or None if the
+    dataset cannot be read here (the folder then gets a zero input and says so)."""
+    from qsnn.data import load_split
+    from qsnn.errors import DataError
+
+    dataset = (net.metadata or {}).get("dataset")
+    try:
+        return load_split(str(dataset), "test", num_steps=net.num_steps, subset=None).x[0]
+    except (DataError, OSError, ValueError):
+        return None
 
 
 #: ``--to`` targets: name → writer(job) → summary rows. Add a target here (one function, one entry).

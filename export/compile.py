@@ -31,7 +31,7 @@ channel c's weights (safe: the range is narrow). With effective shift e, one mem
 worth δ_c = s_c / 2^e, and
 
     θ_c = round(θ / δ_c / 2^ts) · 2^ts        (ts = profile.threshold_shift)
-    b_c = round(h_c / δ_c)
+    b_c = round(h_c / δ_c / 2^bs) · 2^bs      (bs = profile.bias_shift)
     leak constant: mul  m  = round(β · 2^leak_bits)          (:func:`qsnn.arith.leak_const_of`)
                    shift d = round(−log2(1 − β))
                    loihi dv = round((1 − β) · 2^leak_bits)
@@ -51,12 +51,25 @@ saturation: :class:`~qsnn.errors.ProfileError` naming the layer and the limit, u
 ``allow_saturation`` — then e is the largest value meeting (a) whose thresholds and biases leave
 :data:`SATURATION_HEADROOM`× room in the membrane range, and the report says saturation may occur.
 
+**Fixed shift** (``profile.fixed_shift``; Loihi 2 through netx, always ``a_in << 6``): s = frac_bits
+on every layer and only m varies, so e runs from frac_bits + m_max down to frac_bits. If no m meets
+(b), the file cannot carry a smaller current: m = 0 is used without ``allow_saturation``, and the
+report says the membrane may saturate (and the current register wrap); the simulator counts what
+happens. Biases beyond their register are then clipped to it (the error is in the report's bias
+figures). A threshold no m can hold is an error. With ``profile.current_bits`` the synaptic sums
+(times 2^m) must also fit the current register (Lava's Conv wraps ``a_out`` at 24 bits): an error
+otherwise. On a ``fold_pool`` profile the weight range and fan-in are checked on the kernel with
+the pooling folded in (the taps the target stores), and m_max is counted on those taps.
+
 Worst-case inputs: the first layer's inputs ≤ the export's ``input_max`` (pixels 255; event counts
 the encoding's clip 2^event_bits − 1, applied identically in training, simulation and on the chip,
 so the bound is the real one), which must fit the profile's input port (``input_bits``); spikes ≤ 1.
 
 **fp32 checkpoints** are quantized here, per tensor, to the profile's weight bits (narrow range,
-scale max|W| / (2^(b−1)−1)): post-training quantization, with the weight error in the report.
+scale max|W| / (2^(b−1)−1)): post-training quantization, with the weight error in the report. On a
+``fold_pool`` profile b shrinks until p² taps of the largest weight fit the weight range; on a
+``fixed_shift`` profile until θ fits the threshold register at shift frac_bits (a coarser scale
+makes one grid unit larger).
 """
 
 from __future__ import annotations
@@ -71,7 +84,7 @@ import numpy as np
 from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
 from qsnn.errors import ProfileError
 from qsnn.files import to_jsonable
-from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
 from .float_graph import FloatGraph, FloatLayer, read_float_graph
@@ -152,6 +165,8 @@ class LayerPlan:
     q: np.ndarray | None = None                 # integer weights (quantize_fp32_weights, flip_negative_gains)
     weight_scale: np.ndarray | None = None      # s_w per channel
     weight_max_abs: int = 0                     # max |q| as read or quantized
+    stored_max_abs: int = 0                     # max |tap| the target stores (the folded kernel on fold_pool)
+    acc_range: tuple[np.ndarray, np.ndarray] | None = None   # worst-case (largest, smallest) sum per channel
     weight_quantization: dict[str, Any] | None = None
     acc_unit: np.ndarray | None = None          # s_c = |g_c|·s_w·s_in/p² (fold_batchnorm_and_pooling)
     dead: np.ndarray | None = None              # channels with g_c = 0: the current is the bias alone
@@ -188,9 +203,9 @@ class Plan:
                             input_max=input_max if i == 0 else 1) for i, layer in enumerate(graph.layers)]
         plan = cls(graph=graph, profile=profile, allow_saturation=allow_saturation, input_max=input_max,
                    leak_const=leak_const_of(graph.beta, profile), layers=layers)
-        if graph.reset != profile.reset:
-            plan.notes.append(f"trained with {graph.reset} reset, profile {profile.name!r} uses {profile.reset} "
-                              "reset: spikes can differ from the trained model")
+        trained_for = mismatch_warning(graph.metadata, profile)
+        if trained_for:
+            plan.notes.append(trained_for)
         if graph.encoding == "events":
             plan.notes.append(f"event counts clipped to {input_max} per input cell and step ({input_max.bit_length()}-bit "
                               "input, the training's encoding); the worst-case bound assumes exactly this")
@@ -201,26 +216,51 @@ class Plan:
 # The passes
 
 
+def _folds(profile: ChipProfile, layer: FloatLayer) -> bool:
+    """The target stores this layer's kernel with its pooling folded in."""
+    return profile.fold_pool and layer.kind == "conv" and layer.pool > 1
+
+
+def _fp32_bits(plan: Plan, lp: LayerPlan, amax: float) -> int:
+    """Bits for quantizing an fp32 layer: the profile's, fewer where folded taps or θ would not fit."""
+    p, src = plan.profile, lp.source
+    bits = p.weight_bits
+    while _folds(p, src) and bits > 2 and (2 ** (bits - 1) - 1) * src.pool**2 > p.weight_max:
+        bits -= 1
+    if p.fixed_shift and amax > 0:
+        # the shift cannot drop below frac_bits, so one grid unit is s_c / 2^frac_bits: a coarser
+        # weight scale (fewer bits) until θ fits the threshold register at that shift
+        gains = np.abs(src.bn_gain)
+        g_min = float(np.min(gains[gains > 0], initial=1.0))
+        while bits > 2:
+            unit = g_min * amax / (2 ** (bits - 1) - 1) * lp.input_scale / src.pool**2 / 2.0**p.frac_bits
+            if plan.graph.theta / unit <= min(p.threshold_max, p.membrane_max - 1):
+                break
+            bits -= 1
+    return bits
+
+
 def quantize_fp32_weights(plan: Plan) -> None:
     """Integer weights per layer: the ``Quant`` node's integers, or fp32 weights quantized per tensor
-    to the profile's bits (narrow range, scale max|W| / (2^(b−1) − 1)), with the error in the report."""
-    bits = plan.profile.weight_bits
+    to the profile's bits (narrow range, scale max|W| / (2^(b−1) − 1); fewer bits where the module
+    docstring says), with the error in the report."""
     for lp in plan.layers:
         src = lp.source
         if src.q is not None:
             lp.q, lp.weight_scale = src.q.copy(), src.w_scale
         else:
-            qmax = 2 ** (bits - 1) - 1
             w = src.w_real
             amax = float(np.max(np.abs(w))) if w.size else 0.0
+            bits = _fp32_bits(plan, lp, amax)
+            qmax = 2 ** (bits - 1) - 1
             scale = amax / qmax if amax > 0 else 1.0
             lp.q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int64)
             lp.weight_scale = np.full(w.shape[0], scale)
             err = float(np.max(np.abs(w - lp.q * scale))) if w.size else 0.0
             lp.weight_quantization = {"bits": bits, "max_abs_error": err, "max_rel_error": err / (amax or 1.0)}
             if lp.index == 0:
-                plan.notes.append(f"fp32 checkpoint: weights quantized per tensor to {bits} bits at compile time "
-                                  "(post-training quantization); expect an accuracy change")
+                plan.notes.append(f"fp32 checkpoint: weights quantized per tensor to {plan.profile.weight_bits} bits "
+                                  "or fewer at compile time (post-training quantization); expect an accuracy change")
         lp.weight_max_abs = int(np.max(np.abs(lp.q))) if lp.q.size else 0
 
 
@@ -239,14 +279,21 @@ def check_input_port(plan: Plan) -> None:
 
 def check_profile_limits(plan: Plan) -> None:
     """Refuse (:class:`~qsnn.errors.ProfileError`) weights wider than the profile's, and layers beyond its
-    fan-in or neuron limits."""
+    fan-in or neuron limits (on the folded kernel for a ``fold_pool`` profile)."""
     p = plan.profile
     for lp, shape in zip(plan.layers, plan.graph.layer_shapes):
-        if lp.weight_max_abs > p.weight_max:
-            raise ProfileError(f"layer {lp.name}: weights reach ±{lp.weight_max_abs} but profile {p.name!r} holds "
+        folds = _folds(p, lp.source)
+        stored = fold_pool(lp.q, lp.source.pool) if folds else lp.q      # what the target's weight memory holds
+        lp.stored_max_abs = int(np.max(np.abs(stored))) if stored.size else 0
+        if lp.stored_max_abs > p.weight_max:
+            what = (f"weights with the {lp.source.pool}×{lp.source.pool} pooling folded into the kernel" if folds
+                    else "weights")
+            raise ProfileError(f"layer {lp.name}: {what} reach ±{lp.stored_max_abs} but profile {p.name!r} holds "
                                f"{p.weight_bits}-bit weights (±{p.weight_max})")
-        if p.max_fan_in and lp.q[0].size > p.max_fan_in:
-            raise ProfileError(f"layer {lp.name}: fan-in {lp.q[0].size} exceeds profile {p.name!r}'s limit {p.max_fan_in}")
+        fan_in = stored[0].size
+        if p.max_fan_in and fan_in > p.max_fan_in:
+            raise ProfileError(f"layer {lp.name}: fan-in {fan_in}{' (pooling folded in)' if folds else ''} exceeds "
+                               f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron")
         neurons = int(np.prod(shape))
         if p.max_neurons and neurons > p.max_neurons:
             raise ProfileError(f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons}")
@@ -278,9 +325,19 @@ def choose_membrane_grid(plan: Plan) -> None:
     p = plan.profile
     for lp in plan.layers:
         m_max = 0
-        while lp.weight_max_abs and lp.weight_max_abs * 2 ** (m_max + 1) <= p.weight_max:
+        while lp.stored_max_abs and lp.stored_max_abs * 2 ** (m_max + 1) <= p.weight_max:
             m_max += 1
         acc_max, acc_min = accumulator_range(lp.q, lp.source.pool, lp.input_max)
+        lp.acc_range = (acc_max, acc_min)
+        if p.current_bits:
+            big, half = max(int(acc_max.max()), int(-acc_min.min())), 2 ** (p.current_bits - 1)
+            if big >= half:
+                raise ProfileError(
+                    f"layer {lp.name}: synaptic sums reach ±{big} (every input at {lp.input_max}), beyond the "
+                    f"{p.name} profile's {p.current_bits}-bit dendritic accumulator (±{half - 1}); use smaller "
+                    "weights or fewer inputs per neuron")
+            while m_max and big << m_max >= half:      # the weight multiplier scales the sums too
+                m_max -= 1
         lp.grid = _choose_grid(lp.name, lp.acc_unit, lp.source.bn_offset, plan.graph.theta, acc_max, acc_min,
                                plan.leak_const, p, plan.graph.num_steps, m_max, plan.allow_saturation)
         if lp.grid.note:
@@ -328,12 +385,14 @@ def write_report(plan: Plan) -> None:
             "membrane_range": [p.membrane_min, p.membrane_max],
             "headroom_bits": float(math.log2(p.membrane_max / bound_abs)),
             "saturation_possible": not g.fits,
+            "current_wrap_possible": _current_wraps(lp, p),
         })
         layers.append(rep)
     beta_int = effective_beta(plan.leak_const, p)
     report = {
         "profile": p.name, "profile_fields": p.to_dict(),
-        "trained": {"beta": graph.beta, "threshold": theta, "reset": graph.reset, "precision": graph.precision},
+        "trained": {"beta": graph.beta, "threshold": theta, "reset": graph.reset, "precision": graph.precision,
+                    "profile": graph.trained_profile, "synaptic_delay": graph.synaptic_delay},
         "leak": {"kind": p.leak, "decay": plan.leak_const, "beta": graph.beta, "beta_integer": beta_int,
                  "abs_error": abs(graph.beta - beta_int)},
         "num_steps": graph.num_steps, "input_max": plan.input_max, "layers": layers,
@@ -395,31 +454,63 @@ def accumulator_range(q: np.ndarray, pool: int, x_max: int) -> tuple[np.ndarray,
     return pos * x_max * pool * pool, neg * x_max * pool * pool
 
 
-def _on_grid(e: int, frac_bits: int, m_max: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray, ts: int):
+def mismatch_warning(meta: dict[str, Any], profile: ChipProfile) -> str:
+    """A sentence when ``profile`` is not what the model (its float export's metadata) was trained
+    for — another reset or synaptic delay, or another chip profile — else "". A model trained with
+    the paper's semantics under a profile with the same semantics (fpga) gets no warning."""
+    trained = str(meta.get("trained_profile") or "")
+    delay = int(meta.get("synaptic_delay") or 0)
+    diffs = []
+    if meta.get("reset") != profile.reset:
+        diffs.append(f"{meta.get('reset')} reset (the profile: {profile.reset} reset)")
+    if delay != profile.synaptic_delay:
+        diffs.append(f"synaptic delay {delay} (the profile: {profile.synaptic_delay})")
+    if not diffs and trained in ("", profile.name):
+        return ""
+    what = f"trained for profile {trained!r}" if trained else "not trained for a chip profile"
+    detail = f" with {', '.join(diffs)}" if diffs else ""
+    return (f"the model was {what}{detail} but is simulated under profile {profile.name!r}: spikes can differ from "
+            f"the trained model (train with qsnn-train run --profile {profile.name})")
+
+
+def _current_wraps(lp: LayerPlan, p: ChipProfile) -> bool:
+    """Some input can drive the layer's shifted sum out of the current register (it would wrap)."""
+    if not p.current_bits:
+        return False
+    g, (acc_max, acc_min) = lp.grid, lp.acc_range
+    half = 1 << (p.current_bits - 1)
+    m, s = g.weight_mult_exp, g.current_shift
+    return bool(shl(acc_max << m, s).max() > half or shl(acc_min << m, s).min() <= -half)
+
+
+def _on_grid(e: int, frac_bits: int, m_max: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray,
+             profile: ChipProfile):
     """(s, m, δ, θ_c, b_c) for effective shift e: θ_c and b_c still float (rounded), for the register checks."""
+    ts, bs = profile.threshold_shift, profile.bias_shift
     m = min(max(e - frac_bits, 0), m_max)
     s = e - m
     unit = acc_unit / 2.0**e
     th = np.rint(theta / unit / 2.0**ts) * 2.0**ts
-    b = np.rint(offset / unit)
+    b = np.rint(offset / unit / 2.0**bs) * 2.0**bs
     return s, m, unit, th, b
 
 
 def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: float, acc_max: np.ndarray,
                  acc_min: np.ndarray, leak_const: int, profile: ChipProfile, T: int, m_max: int,
                  allow_saturation: bool) -> Grid:
-    """Pick the effective shift e by the rule of the module docstring."""
+    """Pick the effective shift e by the rule of the module docstring (and its fixed-shift variant)."""
     p = profile
     ts = p.threshold_shift
     e_top = p.frac_bits + m_max
+    e_low = p.frac_bits if p.fixed_shift else LOWEST_SHIFT
     last = None
 
     def regs_ok(th, b):
         return (np.all(th <= p.threshold_max) and np.all(np.abs(b) <= p.bias_max)
                 and np.all(th < p.membrane_max) and np.all(np.abs(b) < 2**61))
 
-    for e in range(e_top, LOWEST_SHIFT - 1, -1):
-        s, m, unit, th, b = _on_grid(e, p.frac_bits, m_max, acc_unit, theta, offset, ts)
+    for e in range(e_top, e_low - 1, -1):
+        s, m, unit, th, b = _on_grid(e, p.frac_bits, m_max, acc_unit, theta, offset, p)
         if not regs_ok(th, b):
             continue
         if np.min(th) < MIN_THRESHOLD_STEPS * 2**ts:
@@ -429,6 +520,8 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
         last = (e, int(lo.min()), int(hi.max()), int(th_i.min()))
         if lo.min() >= p.membrane_min and hi.max() <= p.membrane_max:
             return Grid(e, s, m, th_i, b_i, unit, lo, hi, fits=True)
+    if p.fixed_shift:
+        return _fixed_shift_fallback(name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T)
     if not allow_saturation:
         detail = (f"at the lowest usable shift {last[0]} the bound is [{last[1]}, {last[2]}] with thresholds from "
                   f"{last[3]}" if last else "no shift keeps its thresholds and biases inside the registers")
@@ -438,7 +531,7 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
             f"{MIN_THRESHOLD_STEPS} steps ({detail}); widen the membrane (--profile-set membrane_bits=N) or allow "
             "saturation (--allow-saturation)")
     for e in range(e_top, LOWEST_SHIFT - 1, -1):
-        s, m, unit, th, b = _on_grid(e, p.frac_bits, m_max, acc_unit, theta, offset, ts)
+        s, m, unit, th, b = _on_grid(e, p.frac_bits, m_max, acc_unit, theta, offset, p)
         if not regs_ok(th, b) or np.max(th) <= 0:
             continue
         if SATURATION_HEADROOM * (np.max(th) + np.max(np.abs(b))) > p.membrane_max:
@@ -452,3 +545,37 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
     raise ProfileError(f"layer {name}: no current shift puts threshold θ={theta:g} on the {p.name} profile's "
                        f"{p.membrane_bits}-bit membrane with {SATURATION_HEADROOM}x headroom and a nonzero threshold "
                        f"(thresholds ≤ {p.threshold_max}, biases ≤ {p.bias_max})")
+
+
+def _fixed_shift_fallback(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: float, acc_max: np.ndarray,
+                          acc_min: np.ndarray, leak_const: int, p: ChipProfile, T: int) -> Grid:
+    """No weight multiplier keeps the worst case inside the membrane on a fixed-shift profile: the
+    file cannot carry a smaller current, so m = 0 at s = frac_bits (the least overflow), biases
+    clipped to their register, and the report says the membrane may saturate (counted in simulation)."""
+    s, m, unit, th, b = _on_grid(p.frac_bits, p.frac_bits, 0, acc_unit, theta, offset, p)
+    ts = p.threshold_shift
+    largest = min(p.threshold_max, p.membrane_max - 1)
+    if np.any(th > largest):
+        raise ProfileError(
+            f"layer {name}: threshold θ={theta:g} needs {int(th.max())} grid units at the {p.name} profile's fixed "
+            f"current shift {p.frac_bits}, beyond its largest threshold {largest} ({p.threshold_bits}-bit vth << {ts}); "
+            "the weights are too small for this threshold")
+    if np.min(th) < MIN_THRESHOLD_STEPS * 2**ts:
+        raise ProfileError(
+            f"layer {name}: threshold θ={theta:g} is only {int(th.min())} grid units at the {p.name} profile's fixed "
+            f"current shift {p.frac_bits} (fewer than {MIN_THRESHOLD_STEPS} steps of 2^{ts}); the weights are too "
+            "large for this threshold")
+    clipped = np.abs(b) > p.bias_max
+    th_i, b_i = th.astype(np.int64), np.clip(b, -p.bias_max, p.bias_max).astype(np.int64)
+    lo, hi = membrane_bound(acc_max, acc_min, s, b_i, th_i, leak_const, p, T)
+    fits = bool(lo.min() >= p.membrane_min and hi.max() <= p.membrane_max)
+    notes = []
+    if not fits:
+        notes.append(f"worst-case membrane [{int(lo.min())}, {int(hi.max())}] exceeds the {p.membrane_bits}-bit range "
+                     f"and the {p.name} profile's current shift is fixed at {p.frac_bits} (no smaller current can be "
+                     "expressed): the membrane may saturate" + (" and the current register wrap" if p.current_bits else "")
+                     + " (counted in simulation)")
+    if np.any(clipped):
+        notes.append(f"{int(clipped.sum())} bias(es) clipped to the {p.bias_bits}-bit mantissa (±{p.bias_max} grid units)")
+    return Grid(p.frac_bits, s, m, th_i, b_i, unit, lo, hi, fits=fits,
+                note=f"{name}: " + "; ".join(notes) if notes else "")

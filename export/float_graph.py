@@ -25,7 +25,7 @@ from qsnn.errors import ExportError
 from qsnn.network import MAX_NUM_STEPS
 from qsnn.profiles import RESETS
 
-from .format import FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
+from .format import DELAY_INPUTS, FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class FloatGraph:
         input_max: the largest integer input of one cell per step (255 for pixels; the event
         encoding's count clip), what the worst-case bound assumes.
         beta, theta, reset, precision: as trained (β and θ as the model's float32 values).
+        synaptic_delay: steps each synapse's input arrives late in the trained model (0, or 1 with
+        the delay lines d1..d3 as graph state). trained_profile: the chip profile the model was
+        trained for ("" = none, the paper's semantics).
         layer_shapes: spike shape of each layer for one sample.
         metadata: the file's whole metadata (decoded).
         where: the file, for messages.
@@ -55,6 +58,8 @@ class FloatGraph:
     theta: float
     reset: str
     precision: str
+    synaptic_delay: int
+    trained_profile: str
     layer_shapes: tuple[tuple[int, ...], ...]
     metadata: dict[str, Any]
     where: str
@@ -77,7 +82,8 @@ def read_float_graph(source: Any) -> FloatGraph:
             input_max=check.integer("input_max", low=1, high=65535),
             classes=check.names("classes"), beta=float(np.float32(check.real("beta"))),
             theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
-            precision=check.text("precision"), layer_shapes=check.layer_shapes(), metadata=meta, where=where)
+            precision=check.text("precision"), synaptic_delay=check.integer("synaptic_delay", low=0, high=1, default=0),
+            trained_profile=check.text("trained_profile", default=""), layer_shapes=check.layer_shapes(), metadata=meta, where=where)
         layers = parse_layers(model, meta, where)
         _check_layers(layers, graph, where)
         return dataclasses.replace(graph, layers=tuple(layers))
@@ -94,8 +100,8 @@ class _Checker:
         return ExportError(f"{self.where}: metadata field {key!r} is {value}, expected {expected}; the file is damaged "
                            "or was edited (export the checkpoint again with qsnn-export)")
 
-    def integer(self, key: str, low: int, high: int) -> int:
-        value = self.meta[key]
+    def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
+        value = self.meta[key] if default is None else self.meta.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.fail(key, f"an integer in [{low}, {high}]")
         return value
@@ -107,8 +113,8 @@ class _Checker:
             raise self.fail(key, "a finite number" + (" > 0" if positive else ""))
         return float(value)
 
-    def text(self, key: str) -> str:
-        value = self.meta[key]
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.meta[key] if default is None else self.meta.get(key, default)
         if not isinstance(value, str):
             raise self.fail(key, "a string")
         return value
@@ -240,6 +246,14 @@ class _Graph:
             raise self.fail(f"{what}: expected one consumer of {tensor!r}, found {[n.op_type for n in users]}")
         return users[0]
 
+    def graph_input_of(self, tensor: str) -> str | None:
+        """The graph input a tensor is, through Identity/Flatten/Reshape/Cast; None if it is computed."""
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in ("Flatten", "Reshape", "Cast", "Identity", "Dropout"):
+            tensor = node.input[0]
+            node = self.producer.get(tensor)
+        return tensor if node is None and tensor in {i.name for i in self.model.graph.input} else None
+
     def skip_identity(self, tensor: str) -> str:
         node = self.producer.get(tensor)
         while node is not None and node.op_type in ("Identity", "Dropout"):
@@ -338,12 +352,17 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
     The graph must have the exporter's op order per layer: synapse (Conv | MatMul | Gemm, weights
     from a ``Quant`` node or an initializer) → AveragePool (optional) → BatchNorm (optional:
     ``BatchNormalization``, or ``Mul, Add`` between optional ``Cast``) → ``Add`` into the membrane
-    (→ ``Sub`` of r·θ for subtract reset).
+    (→ ``Sub`` of r·θ for subtract reset). With ``synaptic_delay`` 1 in the metadata each synapse
+    reads its delay line (``d1`` for conv1, ``d2``, ``d3``), which the step refills through
+    ``d*_out`` with this step's input (x, then the previous layer's spikes).
     """
     check_ops(model, FLOAT_OPS, where)
     g = _Graph(model, where)
     synapses = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
     info = meta["layers"]
+    delay = meta.get("synaptic_delay", 0)
+    if delay not in (0, 1) or isinstance(delay, bool):
+        raise g.fail(f"synaptic delay {delay!r} (a float export has delay 0 or 1)")
     if len(synapses) != len(info):
         raise g.fail(f"{len(synapses)} synaptic layers (Conv/MatMul) but the metadata lists {len(info)}")
     layers = []
@@ -351,7 +370,16 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
         name = li["name"]
         # the input: x for the first layer, the previous layer's spikes after that
         src = g.skip_identity(node.input[0])
-        if i == 0:
+        if delay:   # the synapse reads its delay line, which the step refills with this step's input
+            line, out = DELAY_INPUTS[i], f"{DELAY_INPUTS[i]}_out"
+            feeds = g.skip_identity(out) if out in g.producer else None
+            if g.graph_input_of(src) != line:
+                raise g.fail(f"{name}: with synaptic delay 1 the synapse must read the delay line {line!r}, reads {src!r}")
+            if i == 0 and feeds != INPUT:
+                raise g.fail(f"{name}: the delay line {out} must be the input frame 'x'")
+            if i > 0 and g.spike_source(feeds or "") != f"{STATE_INPUTS[i - 1]}_out":
+                raise g.fail(f"{name}: the delay line {out} must be the spikes of the previous layer")
+        elif i == 0:
             if src != INPUT:
                 raise g.fail(f"{name}: the first synapse must read the graph input 'x', reads {src!r}")
         elif g.spike_source(src) != f"{STATE_INPUTS[i - 1]}_out":

@@ -51,6 +51,9 @@ KINDS = ("float", "integer")
 
 STATE_INPUTS = ("u1", "u2", "u3")
 STATE_OUTPUTS = ("u1_out", "u2_out", "u3_out")
+#: A model trained with a one-step synaptic delay: the delay lines (x, z1, z2 of the previous step),
+#: graph inputs read by the synapses and fed back from ``<name>_out``.
+DELAY_INPUTS = ("d1", "d2", "d3")
 INPUT = "x"
 OUTPUT = "z3"
 
@@ -72,7 +75,7 @@ INTEGER_KEYS = ("profile", "network", "compile_report")
 JSON_KEYS = ("classes", "input_shape", "layers", "batch_norm", "profile", "network", "compile_report",
              "versions", "bn_exact", "interface", "event_frames")
 NUMBER_KEYS = ("format_version", "num_steps", "input_scale", "input_max", "beta", "threshold", "slope",
-               "weight_bits", "dropout")
+               "weight_bits", "dropout", "synaptic_delay")
 
 #: The ONNX ops a float export may contain (besides qonnx's Quant).
 FLOAT_OPS = frozenset({

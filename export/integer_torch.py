@@ -13,6 +13,9 @@ t − d, zeros before)::
     u_t   = overflow(leak(u_{t−1}) + shl(acc_t, s) + b − r_t·θ)          subtract reset
     u_t   = overflow(leak((1 − r_t)·u_{t−1}) + shl(acc_t, s) + b)        zero reset
     z_t   = [u_t > θ]
+
+with shl(acc_t, s) passed through the profile's current register first when ``current_bits`` = w > 0
+(Lava's u: c − 2^w where c > 2^(w−1), c + 2^w where c ≤ −2^(w−1), once).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def _overflow(v: torch.Tensor, profile) -> torch.Tensor:
     w = profile.membrane_bits
     half = 1 << (w - 1)
     return torch.remainder(v + half, 1 << w) - half
+
+
+def _current_register(c: torch.Tensor, bits: int) -> torch.Tensor:
+    if not bits:
+        return c
+    half = 1 << (bits - 1)
+    return c - (c > half).to(torch.int64) * (2 * half) + (c <= -half).to(torch.int64) * (2 * half)
 
 
 def _synapse(layer, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -110,7 +120,7 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
                     src = t - delay
                     inp = history[i][src] if src >= 0 else torch.zeros((n, *in_shapes[i]), dtype=torch.float64)
                     acc = _synapse(layer, inp, weights[i])
-                    cur = _shl(acc, layer.current_shift) + biases[i]
+                    cur = _current_register(_shl(acc, layer.current_shift), p.current_bits) + biases[i]
                     reset = (u[i] > thetas[i]).to(torch.int64)
                     if p.reset == "subtract":
                         pre = _leak(u[i], layer.leak_const, p.leak, p.leak_bits) + cur - reset * thetas[i]

@@ -37,7 +37,8 @@ from qsnn.files import sha256_file
 from qsnn.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qsnn.train.model import POOL
 
-from .format import FORMAT, FORMAT_VERSION, INPUT, OUTPUT, STATE_INPUTS, STATE_OUTPUTS, cleanup, finish_model, save_model
+from .format import (DELAY_INPUTS, FORMAT, FORMAT_VERSION, INPUT, OUTPUT, STATE_INPUTS, STATE_OUTPUTS, cleanup,
+                     finish_model, save_model)
 
 LAYER_NAMES = ("conv1", "conv2", "fc")
 
@@ -128,8 +129,8 @@ class OneStep(nn.Module):
         super().__init__()
         self.m = model
 
-    def forward(self, x, u1, u2, u3):
-        return self.m.step(x, u1, u2, u3)
+    def forward(self, x, u1, u2, u3, *delayed):
+        return self.m.step(x, u1, u2, u3, *delayed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +249,8 @@ def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact
         # β and θ as the model holds them (float32), written as the float64 of that float32
         "beta": float(np.float32(cfg.beta)), "threshold": float(np.float32(cfg.threshold)), "slope": cfg.slope,
         "reset": cfg.reset, "precision": cfg.precision,
+        # the chip profile the model was trained for ("" = none) and the delay it was trained with
+        "trained_profile": getattr(cfg, "profile", ""), "synaptic_delay": int(getattr(cfg, "synaptic_delay", 0)),
         "weight_bits": cfg.weight_bits if cfg.quantized else 32,
         "quant_scale": cfg.quant_scale if cfg.quantized else "none",
         "batch_norm": bool(cfg.batch_norm), "dropout": cfg.dropout, "layers": layers,
@@ -283,9 +286,10 @@ def build_float_model(checkpoint_path: str | os.PathLike,
             bn_exact = False
     step = OneStep(model).eval()
     x = torch.zeros(1, *model.input_shape)
-    states = model.initial_state(1)
-    names_in = [INPUT, *STATE_INPUTS]
-    names_out = [OUTPUT, *STATE_OUTPUTS]
+    states = (*model.initial_state(1), *model.delay_state(1))
+    lines = list(DELAY_INPUTS) if model.cfg.synaptic_delay else []
+    names_in = [INPUT, *STATE_INPUTS, *lines]
+    names_out = [OUTPUT, *STATE_OUTPUTS, *(f"{d}_out" for d in lines)]
     with warnings.catch_warnings():   # an exporter failure is a bug (the checkpoint was checked): a traceback
         warnings.simplefilter("ignore")
         exported = export_qonnx(step, args=(x, *states), export_path=None, input_names=names_in,
@@ -299,7 +303,9 @@ def build_float_model(checkpoint_path: str | os.PathLike,
     onnx_model.doc_string = (
         "qsnn QSNN, one time step: (x, u1, u2, u3) -> (z3, u1_out, u2_out, u3_out). Run it T times "
         "(metadata num_steps), feeding u*_out back as u* (zeros at t=0); the class is the argmax of the "
-        "summed z3. Batch dimension N is dynamic.")
+        "summed z3. Batch dimension N is dynamic."
+        + (" Synaptic delay 1 (metadata synaptic_delay): each synapse reads the delay line d1 (x), d2 (z1), "
+           "d3 (z2) of the previous step, fed back from d*_out like the membranes." if lines else ""))
     meta = float_metadata(data, sha, model, bn_exact)
     finish_model(onnx_model, meta, batch_size)
     return onnx_model, meta

@@ -225,6 +225,14 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
         cur = b.op("Mul", [acc, b.const(2.0**s)], prefix=pre)
         if s < 0:
             cur = b.op("Floor", [cur], prefix=pre + "shl_")
+        if p.current_bits:  # the current register (Lava's u): c − 2^w if c > 2^(w−1), c + 2^w if c ≤ −2^(w−1)
+            half = 2.0 ** (p.current_bits - 1)
+            high = b.op("Cast", [b.op("Greater", [cur, b.const(half)], prefix=pre)], prefix=pre + "wrap_",
+                        to=TensorProto.DOUBLE)
+            low = b.op("Cast", [b.op("Greater", [b.const(0.5 - half), cur], prefix=pre)],   # c ≤ −half (integers)
+                       prefix=pre + "wrap_", to=TensorProto.DOUBLE)
+            cur = b.op("Add", [cur, b.op("Mul", [b.op("Sub", [low, high], prefix=pre), b.const(2 * half)], prefix=pre)],
+                       prefix=pre + "wrap_")
         bshape = (-1, 1, 1) if layer.kind == "conv" else (-1,)
         theta = b.const(np.asarray(layer.threshold, np.float64).reshape(bshape), name=f"{layer.name}.threshold")
         bias = b.const(np.asarray(layer.bias, np.float64).reshape(bshape), name=f"{layer.name}.bias")

@@ -6,7 +6,7 @@ channel c, one time step; ``acc_t`` the exact integer synaptic sum after sum-poo
 
     float (trained, snnTorch Leaky)          integer (compiled, under a ChipProfile)
     r_t = [u_{t−1} > θ]                      r_t = [u_{t−1} > θ_c]
-                                             c_t = shl(shl(acc_t, e), s) + b_c
+                                             c_t = cur(shl(shl(acc_t, e), s)) + b_c
     u_t = β·u_{t−1} + I_t − r_t·θ            u_t = overflow( leak(u_{t−1}) + c_t − r_t·θ_c )      reset "subtract"
     u_t = β·((1 − r_t)·u_{t−1}) + I_t        u_t = overflow( leak((1 − r_t)·u_{t−1}) + c_t )      reset "zero"
     z_t = [u_t > θ]                          z_t = [u_t > θ_c]                                    (strict >)
@@ -16,6 +16,9 @@ with
 * ``shl(a, s) = a << s`` for s ≥ 0 and ``a >> −s`` (arithmetic shift: floor) for s < 0; ``e`` is
   the layer's ``weight_exp`` (Loihi; 0 elsewhere), ``s`` its ``current_shift``: for e ≥ 0 the
   current is exactly ``shl(acc·2^e, s)``, a negative e floors the sum first;
+* ``cur`` the profile's current register (:func:`wrap_current`; the identity when ``current_bits``
+  is 0): Lava's 24-bit ``u``, which wraps once, c − 2^w where c > 2^(w−1) and c + 2^w where
+  c ≤ −2^(w−1) (w = ``current_bits``), before the bias is added (Lava adds ``bias`` to ``v``);
 * ``leak`` as the profile's ``leak`` says, with the layer's integer leak constant L and
   F = ``leak_bits``::
 
@@ -93,6 +96,15 @@ def wrap(v, bits: int) -> np.ndarray:
     return ((np.asarray(v, dtype=np.int64) + half) & ((1 << bits) - 1)) - half
 
 
+def wrap_current(c, bits: int) -> np.ndarray:
+    """A ``bits``-wide current register as Lava's fixed-point LIF keeps it (``u``): c − 2^bits where
+    c > 2^(bits−1), c + 2^bits where c ≤ −2^(bits−1), else c — once, not modulo (Lava's own rule;
+    the range is (−2^(bits−1), 2^(bits−1)], one above two's complement's)."""
+    c = np.asarray(c, dtype=np.int64)
+    half = 1 << (bits - 1)
+    return np.where(c > half, c - 2 * half, np.where(c <= -half, c + 2 * half, c))
+
+
 def overflow(v, profile: "ChipProfile") -> np.ndarray:
     """The profile's overflow of an exact membrane sum: clamp to the rails (saturate) or wrap."""
     if profile.overflow == "saturate":
@@ -130,7 +142,8 @@ def leak_const_of(beta: float, profile: "ChipProfile") -> int:
         if beta <= 0.0:
             return 0
         return int(min(max(round(-math.log2(1.0 - beta)), 0), profile.membrane_bits))
-    return int(min(max(round((1.0 - beta) * 2**bits), 0), 2**bits))
+    # loihi: dv is a leak_bits-wide register (Loihi's 12-bit dv: 0..4095)
+    return int(min(max(round((1.0 - beta) * 2**bits), 0), 2**bits - 1))
 
 
 def effective_beta(leak_const: int, profile: "ChipProfile") -> float:
@@ -141,6 +154,11 @@ def effective_beta(leak_const: int, profile: "ChipProfile") -> float:
     if profile.leak == "shift":
         return 1.0 - 2.0**-leak_const
     return (2**bits - leak_const) / 2**bits
+
+
+def beta_on_grid(beta: float, profile: "ChipProfile") -> float:
+    """β rounded to the nearest value the profile's leak register holds (what training for a chip uses)."""
+    return effective_beta(leak_const_of(beta, profile), profile)
 
 
 def check_leak_const(leak_const: int, profile: "ChipProfile", layer_name: str) -> None:
@@ -170,10 +188,13 @@ def per_channel(values, ndim: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape((1, -1) + (1,) * max(ndim - 2, 0))
 
 
-def synaptic_current(acc, layer: "IntegerLayer") -> np.ndarray:
-    """c_t = shl(shl(acc_t, e), s) + b_c: the current on the membrane grid, for acc of shape (N, C, ...)."""
+def synaptic_current(acc, layer: "IntegerLayer", profile: "ChipProfile") -> np.ndarray:
+    """c_t = cur(shl(shl(acc_t, e), s)) + b_c: the current on the membrane grid, for acc of shape (N, C, ...)."""
     acc = np.asarray(acc, dtype=np.int64)
-    return shl(shl(acc, layer.weight_exp), layer.current_shift) + per_channel(layer.bias, acc.ndim)
+    current = shl(shl(acc, layer.weight_exp), layer.current_shift)
+    if profile.current_bits:
+        current = wrap_current(current, profile.current_bits)
+    return current + per_channel(layer.bias, acc.ndim)
 
 
 def pre_overflow(u_prev, current, theta, leak_const: int, profile: "ChipProfile") -> np.ndarray:
@@ -198,5 +219,5 @@ def int_lif_step(acc, state: IntLIFState, layer: "IntegerLayer", profile: "ChipP
     """
     acc = np.asarray(acc, dtype=np.int64)
     theta = per_channel(layer.threshold, acc.ndim)
-    u = overflow(pre_overflow(state.u, synaptic_current(acc, layer), theta, layer.leak_const, profile), profile)
+    u = overflow(pre_overflow(state.u, synaptic_current(acc, layer, profile), theta, layer.leak_const, profile), profile)
     return (u > theta).astype(np.uint8), IntLIFState(u)

@@ -36,7 +36,9 @@ class TrainConfig:
     """Everything that determines a training run.
 
     Neuron (eqs. 1-2, 5): ``beta`` β, ``threshold`` θ, ``slope`` k of the fast-sigmoid surrogate,
-    ``reset`` "subtract" | "zero". Network: ``precision`` "int4" | "fp32", ``weight_bits`` b,
+    ``reset`` "subtract" | "zero", ``synaptic_delay`` (steps each layer's input arrives late, zeros
+    before: 1 on Loihi), ``profile`` (the chip profile the run trains for, "" = none: see
+    :meth:`TrainConfig.for_profile`). Network: ``precision`` "int4" | "fp32", ``weight_bits`` b,
     ``quant_scale`` "float" (per-tensor float scale, as the paper) | "po2" (power-of-two scale),
     ``batch_norm``, ``dropout`` p. Data: ``dataset``, ``num_steps`` T, ``subset`` (train samples,
     None = all), ``val_subset``/``test_subset``; for event datasets the input encoding
@@ -60,6 +62,8 @@ class TrainConfig:
     threshold: float = 2.04
     slope: float = 6.03
     reset: str = "subtract"
+    synaptic_delay: int = 0
+    profile: str = ""
     # network
     weight_bits: int = 4
     quant_scale: str = "float"
@@ -105,6 +109,8 @@ class TrainConfig:
             problems.append(f"schedule {self.schedule!r} (one of {SCHEDULES})")
         if self.reset not in ("subtract", "zero"):
             problems.append(f"reset {self.reset!r} (subtract or zero)")
+        if not 0 <= self.synaptic_delay < self.num_steps:
+            problems.append(f"synaptic_delay {self.synaptic_delay} (0..num_steps-1)")
         if self.quant_scale not in QUANT_SCALES:
             problems.append(f"quant_scale {self.quant_scale!r} (one of {QUANT_SCALES})")
         if not 0.0 <= self.beta <= 1.0:
@@ -163,6 +169,17 @@ class TrainConfig:
         values = {k: v for k, v in row.items() if k != "source"}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict({"dataset": dataset, "precision": precision, "preset_source": row["source"], **values})
+
+    def for_profile(self, name: str) -> "TrainConfig":
+        """This configuration trained for chip profile ``name`` (:mod:`qsnn.profiles`): its reset, its
+        synaptic delay per layer and β rounded to its leak grid, so the integer network the chip runs
+        is the network that was trained (up to the rounding of weights, thresholds and biases)."""
+        from qsnn.arith import beta_on_grid
+        from qsnn.profiles import get_profile
+
+        p = get_profile(name)
+        return self.replace(profile=p.name, reset=p.reset, synaptic_delay=p.synaptic_delay,
+                            beta=float(beta_on_grid(self.beta, p)))
 
 
 def field_names() -> list[str]:

@@ -7,8 +7,10 @@ The fields parameterise the integer LIF step of :func:`qsnn.arith.int_lif_step` 
 has the equations): the leak kind (``mul``: u ← (m·u) >> leak_bits, ``shift``: u ← u − (u >> d),
 ``loihi``: Loihi's 12-bit ``rz(u·(2^leak_bits − dv))``), the membrane width and its overflow
 (saturate or wrap), the reset mode (subtract or zero), the guard bits ``frac_bits`` of the
-current shift, and the register widths the compiler must respect; ``synaptic_delay`` delays every
-layer's input (:mod:`qsnn.network`). What ``sim/``, the integer QONNX graph and the PyTorch
+current shift (exactly ``frac_bits`` with ``fixed_shift``, as Lava's ``a_in << 6``), the width of a
+current register the shifted synaptic sum passes through (``current_bits``: Lava's ``u``, which wraps),
+and the register widths the compiler must respect; ``synaptic_delay`` delays every layer's input
+(:mod:`qsnn.network`). What ``sim/``, the integer QONNX graph and the PyTorch
 integer mode compute is that step, under these fields.
 """
 
@@ -49,8 +51,20 @@ class ChipProfile:
             ``threshold_shift``).
         threshold_shift: thresholds are stored as ``vth`` and compared as ``vth << shift`` (Loihi:
             6), so a compiled threshold is a multiple of 2^threshold_shift.
-        bias_bits: width of the signed bias register (after its exponent, if any).
-        weight_exp_bits: bits of a per-layer weight exponent (Loihi: 3; 0 = none).
+        bias_bits: width of the signed bias mantissa; the bias on the grid is ``mantissa << bias_shift``.
+        bias_shift: biases are stored as mantissas added as ``mantissa << bias_shift`` (netx fixes
+            Lava's bias exponent at 6), so a compiled bias is a multiple of 2^bias_shift.
+        weight_exp_bits: bits of a per-layer weight exponent (0 = none; netx has no place for one:
+            Lava's Conv ignores it and netx derives the Dense one from the weights).
+        current_bits: width w of the current register the shifted synaptic sum passes through
+            before the membrane (Lava's ``u``), 0 = none. It wraps as Lava's fixed-point LIF does,
+            once, not modulo (:func:`qsnn.arith.wrap_current`): c − 2^w where c > 2^(w−1), c + 2^w
+            where c ≤ −2^(w−1). The synaptic sum itself must also fit it (Lava's Conv wraps
+            ``a_out`` at 24 bits): the compiler checks.
+        fixed_shift: the current shift is always ``frac_bits`` (Lava's ``a_in << 6`` on every layer);
+            the compiler may only gain resolution by multiplying the stored weights by 2^m.
+        fold_pool: the target stores convolution kernels with the p×p sum-pooling folded in (one
+            stride-p kernel, k+p−1 wide): its weight range and fan-in apply to the folded taps.
         max_fan_in: largest number of synapses into one neuron the target supports (0 = no limit).
         max_neurons: largest neuron count of a layer the target supports (0 = no limit).
         input_bits: width of one unsigned input value per cell and step at the chip's input port
@@ -72,7 +86,11 @@ class ChipProfile:
     threshold_bits: int = 16
     threshold_shift: int = 0
     bias_bits: int = 16
+    bias_shift: int = 0
     weight_exp_bits: int = 0
+    current_bits: int = 0
+    fixed_shift: bool = False
+    fold_pool: bool = False
     max_fan_in: int = 0
     max_neurons: int = 0
     input_bits: int = 8
@@ -105,8 +123,11 @@ class ChipProfile:
         if not 1 <= self.threshold_bits <= 62 or not 0 <= self.threshold_shift <= 62 - self.threshold_bits:
             problems.append(f"threshold_bits={self.threshold_bits}, threshold_shift={self.threshold_shift} "
                             "(bits 1..62, shift >= 0, bits + shift <= 62)")
-        if not 2 <= self.bias_bits <= 62:
-            problems.append(f"bias_bits={self.bias_bits} (must be 2..62)")
+        if not 2 <= self.bias_bits <= 62 or not 0 <= self.bias_shift <= 62 - self.bias_bits:
+            problems.append(f"bias_bits={self.bias_bits}, bias_shift={self.bias_shift} "
+                            "(bits 2..62, shift >= 0, bits + shift <= 62)")
+        if self.current_bits and not 4 <= self.current_bits <= 62:
+            problems.append(f"current_bits={self.current_bits} (0 = no current register, else 4..62)")
         if self.leak != "shift" and self.membrane_bits + self.leak_bits > 63:
             problems.append(f"membrane_bits + leak_bits = {self.membrane_bits + self.leak_bits} (the {self.leak} leak "
                             "multiplies the membrane by a leak_bits-wide constant: the product must fit 63 bits)")
@@ -144,7 +165,8 @@ class ChipProfile:
 
     @property
     def bias_max(self) -> int:
-        return 2 ** (self.bias_bits - 1) - 1
+        """Largest |bias| on the membrane grid the register can hold (a multiple of 2^bias_shift)."""
+        return (2 ** (self.bias_bits - 1) - 1) << self.bias_shift
 
     def summary(self) -> str:
         """One line from the fields, e.g. ``fpga (4-bit weights, 16-bit saturating membrane, mul leak, subtract reset)``."""
@@ -210,10 +232,18 @@ FPGA = ChipProfile(
     input_bits=8,
 )
 
-#: Intel Loihi 2 through Lava's bit-accurate fixed-point LIF (``PyLifModelBitAcc``): 8-bit weight
-#: mantissa with a 3-bit exponent, 24-bit state, 12-bit decay (du = 4095: the current does not
-#: persist, a single state), zero reset, ``a_in << 6``, thresholds ``vth << 6`` (17-bit vth), the
-#: Dense output reaching the neuron one step later; input as graded spikes of 8 message bits.
+#: Intel Loihi 2 as stock Lava 0.10 runs a lava-dl 0.6 netx file (``Loihi2SimCfg(select_tag=
+#: "fixed_pt")``: ``PyConvModelFixed``, ``PyDenseModelBitAcc``, ``PyLifModelBitAcc``)::
+#:
+#:     a_in = W ⊛ s (Conv: wrapped to 24 bits; weight_exp ignored)   one step late
+#:     u    = wrap24(a_in << 6)            du = 4095: the current does not persist (a single state)
+#:     v    = clip(rz(v·(4096 − dv)) + u + (bias_mant << 6), ±(2^23 − 1))
+#:     spike v > vth << 6, then v = 0
+#:
+#: 8-bit weights (the folded pooled kernel too), no weight exponent (netx has no place for one),
+#: the shift fixed at 6 (``a_in << 6``), 12-bit dv (0..4095), 17-bit vth, 13-bit bias mantissa
+#: (Loihi's; Lava keeps an int16) at netx's fixed exponent 6, zero reset, one step per layer; input as
+#: graded spikes of 8 message bits.
 LOIHI2 = ChipProfile(
     name="loihi2",
     weight_bits=8,
@@ -227,8 +257,12 @@ LOIHI2 = ChipProfile(
     synaptic_delay=1,
     threshold_bits=17,
     threshold_shift=6,
-    bias_bits=24,
-    weight_exp_bits=3,
+    bias_bits=13,
+    bias_shift=6,
+    weight_exp_bits=0,
+    current_bits=24,
+    fixed_shift=True,
+    fold_pool=True,
     max_fan_in=4096,
     max_neurons=8192,
     input_bits=8,

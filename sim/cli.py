@@ -185,9 +185,11 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     if check_summary is not None:
         check_summary["reference"] = "qsnn.export.integer_torch.run_integer_torch"
         report["agreement"]["spike_trains_vs_integer_torch"] = check_summary
-    trained_reset = net.metadata.get("reset") if isinstance(net.metadata, dict) else None
-    if trained_reset and trained_reset != profile.reset:
-        report["note"] = (f"trained with {trained_reset} reset, simulated with the profile's {profile.reset} reset")
+    from qsnn.export.compile import mismatch_warning
+
+    mismatch = mismatch_warning(net.metadata, profile) if isinstance(net.metadata, dict) else ""
+    if mismatch:
+        report["note"] = mismatch
     if sweep_values:
         from qsnn.export.compile import compile_qonnx
 
@@ -257,7 +259,8 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                         f"synops/inf {layer['synops_per_inference']:.0f}  weights {layer['weight_memory_bits']} bit  "
                         f"u in [{layer['membrane_min']}, {layer['membrane_max']}] "
                         f"({layer['membrane_bits_used']}/{layer['membrane_bits']} bit)  "
-                        f"sat {layer['saturation_low']}/{layer['saturation_high']}"))
+                        f"sat {layer['saturation_low']}/{layer['saturation_high']}"
+                        + (f"  current wraps {layer['current_wraps']}" if layer.get("current_bits") else "")))
     total = report["hardware"]["total"]
     hw_rows.append(("total", f"synops/inf {total['synops_per_inference']:.0f} (dense MACs "
                              f"{total['dense_macs_per_inference']:.0f})  weights {total['weight_memory_bits']} bit  "
@@ -271,7 +274,15 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                    f"register and were {how}: " + ", ".join(
                        f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
                        f"{layer['saturation_high']} high)" for layer in hit)
-                   + "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits")
+                   + ("; the chip clamps the same way (its current shift is fixed, so no lower frac_bits is "
+                      "possible; training does not model the clamp, smaller first-layer weights or currents avoid it)"
+                      if profile.get("fixed_shift") else
+                      "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits"))
+    wrapped = [layer for layer in report["hardware"]["layers"] if layer.get("current_wraps")]
+    if wrapped:
+        say(f"\nwarning: {total['current_wraps']} synaptic currents wrapped around the "
+                   f"{wrapped[0]['current_bits']}-bit current register (as the chip does): "
+                   + ", ".join(f"{layer['name']} {layer['current_wraps']}" for layer in wrapped))
     for warning in report.get("warnings", []):
         say(f"\nwarning: {warning}")
     if report.get("frac_bits_sweep"):
@@ -288,7 +299,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
             sweep_rows.append((f"frac_bits={row['frac_bits']}", text))
         print_table(sweep_rows, title="accuracy vs frac_bits")
     if report.get("note"):
-        say(f"\nnote: {report['note']}")
+        say(f"\nwarning: {report['note']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,10 @@ with its own in-place, layout-changed arithmetic (it takes only the rails, ``ove
 ``tests/test_sim_engine.py`` compares the two on random networks of every profile variant)::
 
     acc_t = sumpool_p( W ⊛ z_in,t−d ) · 2^e                d = profile.synaptic_delay, zeros before t = d
-    c_t   = shl(acc_t, s) + b                              the current on the membrane grid
-            (e = weight_exp ≥ 0 exact; e < 0 is a floor shift of the sum, before s)
+    c_t   = cur(shl(acc_t, s)) + b                         the current on the membrane grid
+            (e = weight_exp ≥ 0 exact; e < 0 is a floor shift of the sum, before s; ``cur`` is
+            the profile's current register of ``current_bits`` (Lava's u: c − 2^w where
+            c > 2^(w−1), c + 2^w where c ≤ −2^(w−1)), the identity when 0)
     r_t   = [u_{t−1} > θ]  (= z_{t−1})
     u_t   = overflow( leak(u_{t−1}) + c_t − r_t·θ )        reset = "subtract"
     u_t   = overflow( leak((1 − r_t)·u_{t−1}) + c_t )      reset = "zero"
@@ -89,7 +91,9 @@ class LayerStats:
         saturation_low / saturation_high: neuron-steps whose membrane before ``sat`` lay below the
             low rail / above the high rail (clamped for ``saturate``, wrapped for ``wrap``).
         membrane_min / membrane_max: extremes of the membrane u_t seen (after ``sat``).
-        current_min / current_max: extremes of the synaptic current shl(acc, s) seen.
+        current_min / current_max: extremes of the synaptic current shl(acc, s) seen (before
+            the current register).
+        current_wraps: neuron-steps whose current wrapped in the profile's current register.
         synops: synaptic operations, all samples: every nonzero input (spike, pixel, event count
             times its count) times the synapses it drives (its fan-out into this layer).
         dense_macs: multiply-accumulates a dense (non event-driven) evaluation needs, all samples.
@@ -111,6 +115,7 @@ class LayerStats:
     membrane_max: int = 0
     current_min: int = 0
     current_max: int = 0
+    current_wraps: int = 0
     synops: int = 0
     dense_macs: int = 0
     sum_dtype: str = ""
@@ -247,6 +252,7 @@ class _Layer:
         self.leak_const = int(layer.leak_const)
         self.sign_shift = self.state_dtype.itemsize * 8 - 1
         self.round_mask = (1 << profile.leak_bits) - 1
+        self.current_half = 1 << (profile.current_bits - 1) if profile.current_bits else 0
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
         self.fan_vec = fan.reshape(-1).astype(np.int64)        # per input unit, NHWC flattened
@@ -272,11 +278,14 @@ class _Layer:
         return fan.astype(np.int64)                           # (H, W): the same for every input channel
 
     # -- synaptic sums -------------------------------------------------------------------------
-    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None) -> np.ndarray:
-        """shl(shl(acc, e), s) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
+    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None,
+                 track: bool = False) -> tuple[np.ndarray, tuple[int, int], int]:
+        """cur(shl(shl(acc, e), s)) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
 
         ``x`` is bool (spikes) or an unsigned integer array. With ``acc``, also adds the chunk's
-        synaptic operations (Σ input × fan-out) to it.
+        synaptic operations (Σ input × fan-out) to it. Returns the currents, their range before the
+        current register (with ``track``, or when there is a register, which needs it; else (0, 0))
+        and how many of them the register wrapped. Nothing is stored on the layer: threads share it.
         """
         n = x.shape[0]
         kind = self.layer.kind
@@ -316,7 +325,16 @@ class _Layer:
             out <<= self.shift
         elif self.shift < 0:
             out >>= -self.shift
-        return out
+        wraps, rng = 0, (0, 0)
+        half = self.current_half
+        if (track or half) and out.size:
+            rng = (int(out.min()), int(out.max()))
+        if half and (rng[1] > half or rng[0] <= -half):
+            high, low = out > half, out <= -half              # Lava's u: wraps once
+            wraps = int(np.count_nonzero(high)) + int(np.count_nonzero(low))
+            out[high] -= 2 * half
+            out[low] += 2 * half
+        return out, rng, wraps
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
@@ -610,16 +628,17 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
     if static:
         xs = xb.reshape(B, *first.in_shape)
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
-        cur_static = first.currents(np.ascontiguousarray(x_in))
+        cur_static, rng, wraps = first.currents(np.ascontiguousarray(x_in), track=stats)
         if stats and delay < T:
-            _update_current_range(accs[0], cur_static)
+            _update_current_range(accs[0], rng)
+            accs[0].current_wraps += wraps * (T - delay)
             if first.layer.kind == "conv":
                 synops = int(((x_in != 0) * first.fanout[..., None]).sum())
             else:
                 synops = int(np.count_nonzero(x_in)) * first.layer.out_channels
             accs[0].synops += synops * (T - delay)
         if stats and delay > 0:
-            _update_current_range(accs[0], np.zeros(1, dtype=np.int64))
+            _update_current_range(accs[0], (0, 0))
         cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
     for t0 in range(0, T, tc):
@@ -642,9 +661,11 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                     src, tails[li] = joined[:n], joined[n:]
                 src = np.ascontiguousarray(src)
                 flat = src.reshape(n * B, *src.shape[2:])
-                cur = el.currents(flat, acc if stats else None).reshape(n, B, *el.out_nhwc)
+                cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats)
+                cur = cur.reshape(n, B, *el.out_nhwc)
                 if stats:
-                    _update_current_range(acc, cur)
+                    _update_current_range(acc, rng)
+                    acc.current_wraps += wraps
                 cur += el.bias
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
@@ -662,10 +683,9 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         counts += prev_out.view(np.uint8).sum(axis=0, dtype=np.int64).reshape(B, -1)
 
 
-def _update_current_range(acc: LayerStats, cur: np.ndarray) -> None:
-    if cur.size:
-        acc.current_min = min(acc.current_min, int(cur.min()))
-        acc.current_max = max(acc.current_max, int(cur.max()))
+def _update_current_range(acc: LayerStats, rng: tuple[int, int]) -> None:
+    acc.current_min = min(acc.current_min, rng[0])
+    acc.current_max = max(acc.current_max, rng[1])
 
 
 def combine(results: Sequence[SimResult]) -> SimResult:
@@ -683,6 +703,7 @@ def combine(results: Sequence[SimResult]) -> SimResult:
             saturation_high=sum(p.saturation_high for p in parts),
             membrane_min=min(p.membrane_min for p in parts), membrane_max=max(p.membrane_max for p in parts),
             current_min=min(p.current_min for p in parts), current_max=max(p.current_max for p in parts),
+            current_wraps=sum(p.current_wraps for p in parts),
             synops=sum(p.synops for p in parts), dense_macs=sum(p.dense_macs for p in parts),
             sum_dtype=stats.sum_dtype, sum_kernel=stats.sum_kernel, sum_bound=max(p.sum_bound for p in parts),
             state_dtype=stats.state_dtype))

@@ -75,6 +75,8 @@ def hardware_figures(net: IntegerNetwork, result: SimResult) -> dict[str, Any]:
             "saturation_low": stats.saturation_low,
             "saturation_high": stats.saturation_high,
             "saturation_events": stats.saturation_events,
+            "current_wraps": stats.current_wraps,
+            "current_bits": profile.current_bits,
             "overflow": profile.overflow,
             "synaptic_sum": f"{stats.sum_dtype} (|sum| <= {stats.sum_bound})",
             "state_dtype": stats.state_dtype,
@@ -86,6 +88,7 @@ def hardware_figures(net: IntegerNetwork, result: SimResult) -> dict[str, Any]:
         "weight_memory_bits": sum(layer["weight_memory_bits"] for layer in layers),
         "state_memory_bits": sum(layer["state_memory_bits"] for layer in layers),
         "saturation_events": sum(layer["saturation_events"] for layer in layers),
+        "current_wraps": sum(layer["current_wraps"] for layer in layers),
     }
     return {"layers": layers, "total": total}
 

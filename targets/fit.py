@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsnn.errors import ProfileError
-from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
 
@@ -30,8 +30,9 @@ class Limits:
         bias_multiple: biases must be multiples of this (Loihi's netx: bias mantissa << 6).
         max_neurons: most neurons in one layer.
         max_fan_in: most synapses into one neuron.
-        fold_pool: the fan-in counted with the pooling folded into the kernel (C·(k+p−1)²), as a
-            target that folds it sees it; else C·k² (the IntegerLayer's fan_in).
+        fold_pool: the target stores conv kernels with the pooling folded in: the weight range
+            applies to the folded taps (sums of up to p² weights) and the fan-in is C·(k+p−1)²;
+            else the weights as they are and C·k² (the IntegerLayer's fan_in).
     """
 
     target: str
@@ -57,7 +58,8 @@ def profile_limits(profile: ChipProfile, target: str) -> Limits:
     """The limits a network's own profile promises (its registers)."""
     return Limits(target=target, weight_bits=profile.weight_bits, threshold_max=profile.threshold_max,
                   threshold_multiple=1 << profile.threshold_shift, bias_max=profile.bias_max,
-                  max_neurons=profile.max_neurons, max_fan_in=profile.max_fan_in)
+                  bias_multiple=1 << profile.bias_shift, max_neurons=profile.max_neurons,
+                  max_fan_in=profile.max_fan_in, fold_pool=profile.fold_pool)
 
 
 def check_fit(net: IntegerNetwork, limits: Limits) -> None:
@@ -66,12 +68,16 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
     for i, (layer, shape) in enumerate(zip(net.layers, shapes), start=1):
         where = f"layer {i} ({layer.name})"
         w = np.asarray(layer.weight, dtype=np.int64)
+        folded = limits.fold_pool and layer.kind == "conv" and layer.pool > 1
+        if folded:
+            w = fold_pool(w, layer.pool)
         wmax = (1 << (limits.weight_bits - 1)) - 1
         big = int(np.abs(w).max(initial=0))
         if big > wmax:
             need = big.bit_length() + 1
+            what = f"weights (the kernel with its {layer.pool}×{layer.pool} pooling folded in)" if folded else "weights"
             raise ProfileError(
-                f"{where}: weights reach |{big}|, which needs {need}-bit two's complement; the "
+                f"{where}: {what} reach |{big}|, which needs {need}-bit two's complement; the "
                 f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
                 f"Compile the network for a {limits.weight_bits}-bit profile or choose a target with wider weights.")
         _check_register(where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple,

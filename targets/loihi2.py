@@ -1,47 +1,50 @@
-"""The ``loihi2`` target: a lava-dl ``netx`` HDF5 network (``network.net``) with the loihi2 integers.
+"""The ``loihi2`` target: a lava-dl ``netx`` HDF5 network (``network.net``) that stock Lava runs bit for bit.
 
-netx layout (``lava.lib.dl.netx.hdf5.Network(net_config="network.net")``; shapes are stored
-(C, H, W) / (O,), netx reverses them to Lava's (X, Y, Z))::
+Loaded as the folder's README says (lava-nc 0.10, lava-dl 0.6, Python 3.10)::
+
+    net = netx.hdf5.Network(net_config="network.net", input_message_bits=8)
+    RingBuffer(data=frames).s_out.connect(net.inp)     # uint8 frames → 8-bit graded spikes
+    net.run(condition=RunSteps(T), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+
+Lava then computes exactly what ``qsnn-sim --profile loihi2`` computes (tested spike for spike on
+every layer and step, ``make lava-check``). netx layout (shapes stored (C, H, W) / (O,); netx
+reverses them to Lava's (X, Y, Z))::
 
     simulation/{Ts = 1, tSample = T}
-    layer/0  type "input",   shape (C, H, W), neuron {...}
-    layer/1  type "conv",    shape (C', H', W'), inChannels, outChannels, kernelSize, stride, padding,
-             dilation, groups, weight (O, I, kh, kw), bias (O,), neuron {...}
-    …        type "flatten", shape (N,)
-    layer/n  type "dense",   shape (O,), inFeatures, outFeatures, weight (O, I), bias (O,), neuron {...}
-    neuron = {type "CUBA", iDecay, vDecay, vThMant, refDelay, gradedSpike}
+    layer/0  type "input", shape (C, H, W)            no neuron: netx then builds no Input block and
+                                                      the graded input goes straight to layer/1
+    layer/1  type "conv",  shape, inChannels, outChannels, kernelSize, stride, padding, dilation,
+             groups, weight (O, I, kh, kw), bias (O,), neuron {...}
+    …        type "flatten", shape (N,)               Lava flattens (C, H, W) C-major, as torch
+    layer/n  type "dense", shape (O,), inFeatures, outFeatures, weight (O, I), bias (O,), neuron {...}
+    neuron = {type "CUBA", iDecay = 4096, vDecay = dv, vThMant = vth (scalar or per channel),
+              refDelay = 1, gradedSpike = False}
 
-How the loihi2 profile's integers map onto Lava's fixed-point LIF (``PyLifModelBitAcc``,
-``u = rz(u·(4096 − (du+1))) + (a_in << 6)``, ``v = rz(v·(4096 − dv)) + u + (bias_mant << 6)``,
-spike ``v > vth << 6``, netx passing ``du = iDecay − 1``, ``dv = vDecay``, ``vth = vThMant``, bias
-exponent 6):
+How the loihi2 profile's integers map onto Lava (``PyConvModelFixed`` / ``PyDenseModelBitAcc`` and
+``PyLifModelBitAcc``; see :data:`qsnn.profiles.LOIHI2`):
 
-* ``iDecay = 4096`` → ``du = 4095``: the current does not persist (a single state, as the profile).
-  (netx passes ``du = iDecay − 1``; Lava's decay factor is ``4096 − (du + 1)`` = 0.)
-* ``vDecay`` = the layer's integer leak constant dv.
-* ``vThMant`` = θ >> 6 (the compiled thresholds are multiples of 2^6); one value per layer when all
-  channels share θ, else a per-channel array.
-* ``bias`` = b / 2^6 rounded (netx fixes Lava's bias exponent at 6).
-* ``weight``: the integer kernel times ``2^X``, X = s + e − 6 (s the current shift, e the weight
-  exponent), so that Lava's ``a_in << 6`` gives the profile's ``shl(acc, s + e)``. **Pooling is
-  folded into the convolution**: ``sumpool_P(W ⊛ z)`` is one stride-P convolution with the
-  (k+P−1)² kernel whose taps are sums of up to P² weights (exact; netx's own "pool" layers put
-  neurons after the pooling, which is not this network).
-* The Dense/Conv output reaching the neuron one step later is Lava's own behaviour (the profile's
-  ``synaptic_delay = 1``).
+* ``weight``: the layer's integers as they are; conv kernels with the P×P pooling **folded in**
+  (one stride-P convolution, kernel k+P−1, taps the sums of up to P² weights: exact, and what
+  Loihi's weight memory holds). The profile keeps them within 8 bits (folded taps too). Lava's Conv
+  ignores ``weight_exp`` and netx derives the Dense exponent from the values, undoing its own
+  scaling exactly: the synaptic sum is the plain integer sum on every layer. The compiler's
+  resolution multiplier 2^k is already in the weights.
+* current: Lava's ``u = a_in << 6`` (iDecay = 4096 → du = 4095: nothing persists) — the profile's
+  fixed current shift 6 — wrapping in Lava's 24-bit current register; ``v`` saturates at ±(2^23 − 1).
+* ``bias`` = b >> 6: netx fixes Lava's bias exponent at 6; the profile's biases are multiples of 2^6
+  with a 13-bit mantissa (Lava keeps an int16).
+* ``vThMant`` = θ >> 6 (17 bits), one value when all channels share θ, else one per channel (Lava's
+  LIF compares ``v`` against the array, broadcast over the channel axis).
+* ``vDecay`` = dv (12 bits); zero reset and the one-step delay per layer are Lava's own behaviour.
 
-Not everything a loihi2-profile network holds can be run bit for bit by stock netx + Lava: a current
-shift below 6 (Lava would floor the synaptic sum through a negative weight exponent), folded pooled
-kernels wider than Loihi's 8-bit mantissa, biases that are not multiples of 2^6 (netx's fixed bias
-exponent) and per-channel thresholds (Lava's LIF takes one ``vth``). Such layers are still written
-(exactly, for qsnn) and flagged: ``lava_exact`` / ``lava_issues`` per layer in the manifest and the
-README. What the target refuses (:class:`~qsnn.errors.ProfileError`) is a network without Loihi's
-arithmetic (leak, reset, widths, delay) or beyond its limits (8-bit weights, thresholds, biases,
-8192 neurons per layer, 4096 synapses per neuron with the pooling folded in).
+What the target refuses (:class:`~qsnn.errors.ProfileError`, naming the layer and the limit): a
+network without exactly this arithmetic (compile it under ``--profile loihi2``), a current shift
+other than 6 or a weight exponent (netx cannot carry them), and anything beyond Loihi's limits
+(8-bit weights after folding, 17-bit vth, 13-bit bias mantissa, 12-bit dv, 8192 neurons per layer,
+4096 synapses per neuron with the pooling folded in).
 
 What qsnn needs besides (netx has no place for it): the group ``qsnn/`` (format, profile, network:
 JSON) and per layer ``layer/{i}/qsnn/`` (name, kind, kernel, pool, current_shift, weight_exp, decay,
-lava_weight_exp,
 threshold, bias, scale as datasets). :func:`read` rebuilds the network from the netx datasets
 (un-folding the pooled kernels) and checks them against these.
 """
@@ -63,17 +66,23 @@ from .fit import Limits, check_fit, folded_fan_in
 from .manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "loihi2"
-DESCRIPTION = "a lava-dl netx HDF5 network (network.net) carrying the loihi2 profile's integers"
+DESCRIPTION = "a lava-dl netx HDF5 network (network.net) that stock Lava runs bit for bit (loihi2 profile)"
 FILE = "network.net"
+EXAMPLE = "example_input.npy"
 NETX_FORMAT = "qsnn-netx"
-NETX_FORMAT_VERSION = 1
+NETX_FORMAT_VERSION = 2
 #: Lava's hardware left shift of synaptic input, threshold and bias (a_in << 6, vth << 6, bias_exp 6).
 LAVA_SHIFT = 6
 #: netx iDecay giving Lava du = 4095 (netx: du = iDecay − 1): the current is cleared every step.
 I_DECAY = 4096
-#: Arithmetic fields the netx/Lava LIF fixes, with the value it needs: the loihi2 profile's.
-REQUIRED = {field: getattr(LOIHI2, field) for field in ("leak", "leak_bits", "reset", "membrane_bits", "overflow",
-                                                         "symmetric_clip", "synaptic_delay", "threshold_shift")}
+#: Graded input: 8-bit messages (uint8 pixels, event counts up to 255).
+INPUT_MESSAGE_BITS = 8
+#: The versions this folder's semantics were checked against (``make lava-check``).
+LAVA_VERSIONS = {"lava-nc": "0.10.0", "lava-dl": "0.6.0"}
+#: Arithmetic fields Lava's netx network fixes, with the value it needs: the loihi2 profile's.
+REQUIRED = {field: getattr(LOIHI2, field) for field in (
+    "leak", "leak_bits", "reset", "membrane_bits", "overflow", "symmetric_clip", "synaptic_delay", "threshold_shift",
+    "frac_bits", "fixed_shift", "current_bits", "bias_shift", "fold_pool")}
 
 
 def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
@@ -103,94 +112,45 @@ def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
     return w
 
 
-def weight_shift(layer: IntegerLayer) -> int:
-    """X = s + e − 6: Lava shifts the synaptic sum left by 6 (``a_in << 6``), the profile by s + e."""
-    return int(layer.current_shift) + int(layer.weight_exp) - LAVA_SHIFT
-
-
-def synapse_kernel(layer: IntegerLayer) -> np.ndarray:
-    """The integer kernel Lava convolves with: pooling folded in for conv layers."""
+def netx_weight(layer: IntegerLayer) -> np.ndarray:
+    """The netx ``weight``: the integer kernel Lava convolves with (pooling folded in for conv)."""
     if layer.kind == "conv":
         return fold_pool(layer.weight, layer.pool)
     return np.asarray(layer.weight, dtype=np.int64)
 
 
-def netx_weight(layer: IntegerLayer) -> np.ndarray:
-    """The netx ``weight``: the kernel times 2^X when X ≥ 0 (Lava then needs no weight exponent
-    beyond the one netx derives from the values); the plain kernel when X < 0 (see :func:`lava_issues`)."""
-    k = synapse_kernel(layer)
-    x = weight_shift(layer)
-    return k << x if x >= 0 else k
-
-
-def mantissa(weights: np.ndarray) -> tuple[int, int]:
-    """(largest |mantissa|, exponent) of the weights as mantissa·2^exponent with one exponent ≤ 7."""
-    w = np.asarray(weights, dtype=np.int64)
-    nz = w[w != 0]
-    if nz.size == 0:
-        return 0, 0
-    z = 0
-    while z < 7 and not np.any(nz % (1 << (z + 1))):
-        z += 1
-    return int(np.abs(nz).max() >> z), z
-
-
-def round_bias(bias: np.ndarray) -> np.ndarray:
-    """b / 2^6 rounded half away from zero (exact when b is a multiple of 2^6)."""
-    b = np.asarray(bias, dtype=np.int64)
-    return np.sign(b) * ((np.abs(b) + (1 << (LAVA_SHIFT - 1))) >> LAVA_SHIFT)
-
-
 def netx_bias(layer: IntegerLayer) -> np.ndarray:
-    """The netx ``bias``: b / 2^6 rounded (netx fixes Lava's bias exponent at 6)."""
-    return round_bias(layer.bias)
+    """The netx ``bias``: the mantissa b >> 6 (exact: compiled biases are multiples of 2^6)."""
+    return np.asarray(layer.bias, dtype=np.int64) >> LAVA_SHIFT
 
 
-def lava_issues(layer: IntegerLayer) -> list[str]:
-    """Why Lava (loading the netx file) would not reproduce this layer bit for bit; [] if it does."""
-    issues = []
-    x = weight_shift(layer)
-    if x < 0:
-        issues.append(
-            f"current shift {layer.current_shift + layer.weight_exp} < Lava's fixed {LAVA_SHIFT}: Lava needs weight "
-            f"exponent {x}, which floors the synaptic sum before its << {LAVA_SHIFT} "
-            f"(floor(acc / {1 << -x})·{1 << LAVA_SHIFT} instead of acc·{1 << (LAVA_SHIFT + x)}); netx holds the "
-            f"plain kernel, set the exponent {x} by hand")
-    else:
-        m, z = mantissa(netx_weight(layer))
-        if m > LOIHI2.weight_max:
-            folded = " (pooling folded into the kernel)" if layer.kind == "conv" and layer.pool > 1 else ""
-            issues.append(f"weights{folded} need a {m.bit_length() + 1}-bit mantissa (|{m}|·2^{z}); Loihi holds "
-                          f"{LOIHI2.weight_bits}-bit mantissas (±{LOIHI2.weight_max}) and Lava clips them")
-    b = np.asarray(layer.bias, dtype=np.int64)
-    if np.any(b % (1 << LAVA_SHIFT)):
-        err = int(np.abs(b - (netx_bias(layer) << LAVA_SHIFT)).max())
-        issues.append(f"biases are not multiples of 2^{LAVA_SHIFT}: netx fixes the bias exponent at {LAVA_SHIFT}, so "
-                      f"its bias is rounded (error up to {err} grid units); Lava's LIF runs the exact bias with "
-                      f"bias_mant = qsnn/bias, bias_exp = 0")
-    theta = np.asarray(layer.threshold, dtype=np.int64)
-    if np.any(theta != theta[0]):
-        issues.append(f"per-channel thresholds ({int(theta.min() >> LAVA_SHIFT)}..{int(theta.max() >> LAVA_SHIFT)} "
-                      f"<< {LAVA_SHIFT}): vThMant is an array; Lava's LIF process takes one vth, so split the layer "
-                      f"per channel")
-    return issues
+def check(net: IntegerNetwork, example: Any = None) -> None:
+    """Raise :class:`ProfileError` unless stock netx + Lava compute exactly this network.
 
-
-def check(net: IntegerNetwork) -> None:
-    """Raise :class:`ProfileError` unless the network has Loihi 2's arithmetic and fits its limits.
-
-    What fits but that stock netx/Lava would not run bit for bit (see :func:`lava_issues`) is
-    written anyway and listed per layer in the manifest (``lava_exact``, ``lava_issues``).
+    The network must have the loihi2 profile's arithmetic, the fixed current shift and no weight
+    exponent on every layer, and fit Loihi's limits (:data:`qsnn.profiles.LOIHI2`).
     """
     p = net.profile
     wrong = [f"{k}={getattr(p, k)!r} (needs {v!r})" for k, v in REQUIRED.items() if getattr(p, k) != v]
     if wrong:
         raise ProfileError(
-            f"loihi2: the network was compiled for profile {p.name!r} whose arithmetic Lava's LIF cannot run: "
-            f"{', '.join(wrong)}. Compile it under the loihi2 profile (--profile loihi2).")
+            f"loihi2: the network was compiled for profile {p.name!r} whose arithmetic Lava's netx network does "
+            f"not compute: {', '.join(wrong)}. Compile it under the loihi2 profile (--profile loihi2).")
+    for i, layer in enumerate(net.layers, start=1):
+        if layer.current_shift != LAVA_SHIFT or layer.weight_exp != 0:
+            raise ProfileError(
+                f"loihi2: layer {i} ({layer.name}) has current shift {layer.current_shift} and weight exponent "
+                f"{layer.weight_exp}; Lava's LIF shifts every synaptic sum by exactly {LAVA_SHIFT} (a_in << 6) and "
+                "netx has no weight exponent. Compile it under the loihi2 profile (--profile loihi2).")
+        if int(layer.leak_const) > 4095:
+            raise ProfileError(f"loihi2: layer {i} ({layer.name}): vDecay {layer.leak_const} exceeds Loihi's 12-bit dv "
+                               "(4095)")
+        if not np.any(np.asarray(layer.weight)):
+            raise ProfileError(f"loihi2: layer {i} ({layer.name}) has no nonzero weight; netx cannot load an "
+                               "all-zero weight matrix")
     hw = LOIHI2
     check_fit(net, Limits(target=NAME, weight_bits=hw.weight_bits, threshold_max=hw.threshold_max,
-                          threshold_multiple=1 << LAVA_SHIFT, bias_max=hw.bias_max,
+                          threshold_multiple=1 << LAVA_SHIFT, bias_max=hw.bias_max, bias_multiple=1 << LAVA_SHIFT,
                           max_neurons=hw.max_neurons, max_fan_in=hw.max_fan_in, fold_pool=True))
 
 
@@ -198,24 +158,28 @@ def check(net: IntegerNetwork) -> None:
 # Writer
 
 
-def _neuron(group, layer: IntegerLayer) -> None:
+def _neuron(group, layer: IntegerLayer) -> dict[str, Any]:
     theta = np.asarray(layer.threshold, dtype=np.int64) >> LAVA_SHIFT
+    uniform = bool(np.all(theta == theta[0]))
     group.create_dataset("type", data="CUBA")
     group.create_dataset("iDecay", data=np.int64(I_DECAY))
     group.create_dataset("vDecay", data=np.int64(layer.leak_const))
-    if np.all(theta == theta[0]):
-        group.create_dataset("vThMant", data=np.int64(theta[0]))
-    else:
-        group.create_dataset("vThMant", data=theta)
+    group.create_dataset("vThMant", data=np.int64(theta[0]) if uniform else theta)
     group.create_dataset("refDelay", data=np.int64(1))
     group.create_dataset("gradedSpike", data=False)
+    return {"type": "CUBA", "iDecay": I_DECAY, "vDecay": int(layer.leak_const),
+            "vThMant": int(theta[0]) if uniform else [int(t) for t in theta], "refDelay": 1, "gradedSpike": False}
 
 
-def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
+def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) -> dict[str, Any]:
+    """Write ``network.net`` (and ``example_input.npy``: ``example``, one input sample for the README's
+    snippet, or zeros when none is given) into ``folder``; returns the manifest's target part."""
     import h5py
 
     shapes = net.shapes()
     layers_out: list[dict[str, Any]] = []
+    report = (net.metadata or {}).get("compile_report", {}) if isinstance(net.metadata, Mapping) else {}
+    compiled = {rec.get("name"): rec for rec in report.get("layers", []) if isinstance(rec, Mapping)}
     with h5py.File(folder / FILE, "w", track_order=True) as f:
         sim = f.create_group("simulation")
         sim.create_dataset("Ts", data=np.int64(1))
@@ -230,15 +194,8 @@ def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
         g = top.create_group(str(idx))
         g.create_dataset("type", data="input")
         g.create_dataset("shape", data=np.array(net.input_shape, dtype=np.int64))
-        n = g.create_group("neuron")
-        n.create_dataset("type", data="CUBA")
-        n.create_dataset("gradedSpike", data=True)
-        n.create_dataset("iDecay", data=np.int64(I_DECAY))
-        n.create_dataset("vDecay", data=np.int64(4096))
-        n.create_dataset("vThMant", data=np.int64(0))
-        n.create_dataset("refDelay", data=np.int64(1))
         prev_shape: tuple[int, ...] = tuple(net.input_shape)
-        for i, (layer, shape) in enumerate(zip(net.layers, shapes), start=1):
+        for layer, shape in zip(net.layers, shapes):
             entry: dict[str, Any] = {}
             if layer.kind == "dense" and len(prev_shape) > 1:
                 idx += 1
@@ -270,7 +227,7 @@ def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
                 g.create_dataset("outFeatures", data=np.int64(layer.out_channels))
             g.create_dataset("weight", data=w.astype(np.int32))
             g.create_dataset("bias", data=bias.astype(np.int32))
-            _neuron(g.create_group("neuron"), layer)
+            neuron = _neuron(g.create_group("neuron"), layer)
             extra = g.create_group("qsnn")
             extra.create_dataset("name", data=layer.name)
             extra.create_dataset("kind", data=layer.kind)
@@ -278,46 +235,59 @@ def write(net: IntegerNetwork, folder: Path) -> dict[str, Any]:
                                ("weight_exp", layer.weight_exp), ("decay", layer.leak_const)):   # "decay": format 1's name
                 extra.create_dataset(key, data=np.int64(value))
             extra.create_dataset("kernel", data=np.int64(layer.kernel))
-            extra.create_dataset("lava_weight_exp", data=np.int64(min(weight_shift(layer), 0)))
             extra.create_dataset("threshold", data=np.asarray(layer.threshold, dtype=np.int64))
             extra.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.int64))
             extra.create_dataset("scale", data=np.asarray(layer.scale, dtype=np.float64))
-            theta = np.asarray(layer.threshold, dtype=np.int64) >> LAVA_SHIFT
-            uniform = bool(np.all(theta == theta[0]))
-            issues = lava_issues(layer)
-            m, z = mantissa(w)
+            rec = compiled.get(layer.name, {})
             entry.update({
                 "netx_layer": idx,
                 "netx_weight_shape": list(w.shape),
-                "netx_weight_scale_log2": weight_shift(layer) if weight_shift(layer) >= 0 else 0,
-                "lava_weight_exp": min(weight_shift(layer), 0),
-                "weight_mantissa": {"max_abs": m, "exponent": z, "bits": LOIHI2.weight_bits},
+                "weight_max_abs": int(np.abs(w).max(initial=0)),
+                "weight_bits": LOIHI2.weight_bits,
                 "fan_in_folded": folded_fan_in(layer),
                 "pool_folded": layer.kind == "conv" and layer.pool > 1,
-                "neuron": {"type": "CUBA", "iDecay": I_DECAY, "vDecay": int(layer.leak_const),
-                           "vThMant": int(theta[0]) if uniform else [int(t) for t in theta],
-                           "refDelay": 1, "gradedSpike": False},
+                "neuron": neuron,
                 "bias_mantissa_range": [int(bias.min()), int(bias.max())],
-                "lava_exact": not issues,
-                "lava_issues": issues,
+                "bias_exp": LAVA_SHIFT,
             })
+            if rec:   # what the compiler proved about this layer (absent for a network built by hand)
+                entry["saturation_possible"] = bool(rec.get("saturation_possible", False))
+                entry["current_wrap_possible"] = bool(rec.get("current_wrap_possible", False))
             layers_out.append(entry)
             prev_shape = shape
+    if example is None:
+        example_arr = np.zeros((net.num_steps, *net.input_shape) if net.encoding == "events" else net.input_shape,
+                               dtype=np.uint8)
+        example_what = "zeros (no test sample was given to the exporter)"
+    else:
+        example_arr = np.asarray(example)
+        want = (net.num_steps, *net.input_shape) if net.encoding == "events" else tuple(net.input_shape)
+        if tuple(example_arr.shape) != want or not np.issubdtype(example_arr.dtype, np.integer):
+            raise ExportError(f"loihi2: the example input must be integers of shape {want}, got "
+                              f"{example_arr.dtype} {example_arr.shape}")
+        example_what = "the first sample of the model's test split"
+    np.save(folder / EXAMPLE, example_arr)
     return {
         "options": {},
         "layers": layers_out,
-        "files_by_role": {"netx": FILE},
+        "files_by_role": {"netx": FILE, "example_input": EXAMPLE},
         "netx": {"iDecay": I_DECAY, "du": I_DECAY - 1, "bias_exp": LAVA_SHIFT, "threshold_shift": LAVA_SHIFT,
-                 "input": "layer/0: the uint8 image (or event counts) presented at every step as graded "
-                          "spikes to layer/1's synapses"},
-        "lava_exact": all(e["lava_exact"] for e in layers_out),
+                 "input_message_bits": INPUT_MESSAGE_BITS,
+                 "input": "layer/0 has no neuron: hdf5.Network(..., input_message_bits=8) feeds net.inp straight "
+                          "to layer/1's synapses as 8-bit graded spikes (uint8 pixels or event counts)"},
+        "lava": {"load": "lava.lib.dl.netx.hdf5.Network(net_config='network.net', input_message_bits=8)",
+                 "run_cfg": "Loihi2SimCfg(select_tag='fixed_pt')", "checked_with": dict(LAVA_VERSIONS),
+                 "bit_exact_with": "qsnn-sim --profile loihi2 (every layer's spikes, every step)"},
+        "example_input": {"file": EXAMPLE, "shape": list(example_arr.shape), "what": example_what},
+        "saturation_possible": any(e.get("saturation_possible", False) for e in layers_out),
         "notes": [
-            "Pooling is folded into the convolution (kernel k+P-1, stride P): exact, and Lava-loadable.",
-            "netx's Input block puts a neuron behind an affine transform of binary spikes; to feed the "
-            "uint8 image, connect the pixel values as graded spikes to the first conv layer "
-            "(hdf5.Network(..., has_graded_input=True) or a graded RingBuffer).",
-            "lava_exact per layer says whether stock netx + Lava reproduce the layer bit for bit; "
-            "lava_issues says why not. qsnn's own reader is exact either way (qsnn/ datasets).",
+            "Pooling is folded into the convolution (kernel k+P-1, stride P): exact, and what Loihi stores.",
+            "The input is graded (input_message_bits=8): feed the uint8 frames unchanged, every one of the T steps "
+            "(static images: the same frame T times).",
+            "Each layer's output reaches the next layer one step later (Lava's synapse buffer); the first layer's "
+            "current too: nothing arrives at step 0.",
+            "saturation_possible per layer: the compiler's worst-case bound exceeds Loihi's 24-bit v (which "
+            "saturates) or u (which wraps); qsnn-sim --profile loihi2 counts the events that actually happen.",
         ],
     }
 
@@ -355,11 +325,7 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
                 continue
             q = g["qsnn"]
             pool = int(q["pool"][()])
-            shift = max(int(q["current_shift"][()]) + int(q["weight_exp"][()]) - LAVA_SHIFT, 0)
             w = np.asarray(g["weight"][()], dtype=np.int64)
-            if np.any(w % (1 << shift)):
-                raise ExportError(f"{path}: layer/{key}/weight is not a multiple of 2^{shift}")
-            w = w >> shift
             if kind == "conv":
                 try:
                     w = unfold_pool(w, pool)
@@ -370,9 +336,10 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
             theta = np.asarray(q["threshold"][()], dtype=np.int64)
             bias = np.asarray(q["bias"][()], dtype=np.int64)
             vth_full = np.broadcast_to(vth, theta.shape) << LAVA_SHIFT
-            rounded = round_bias(bias)
+            rounded = bias >> LAVA_SHIFT
             decay = int(neuron["vDecay"][()])
             if not (np.array_equal(vth_full, theta) and np.array_equal(np.asarray(g["bias"][()], dtype=np.int64), rounded)
+                    and not np.any(bias % (1 << LAVA_SHIFT))
                     and decay == int(q["decay"][()]) and int(neuron["iDecay"][()]) == I_DECAY):
                 raise ExportError(f"{path}: layer/{key}: netx neuron parameters differ from the qsnn integers")
             record = {"name": _str(q["name"]), "kind": kind, "weight_shape": list(w.shape), "pool": pool,
@@ -382,59 +349,89 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
     return network_from_parts(head, layers)
 
 
+def snippet(manifest: Mapping[str, Any]) -> str:
+    """The Python the README gives: load the folder in stock Lava, run the example input, print the class."""
+    T = manifest["network"]["num_steps"]
+    events = manifest["network"]["encoding"] == "events"
+    frames = ("frames = x.transpose(3, 2, 1, 0).astype(np.int32)           # (T, C, H, W) counts -> (W, H, C, T)"
+              if events else
+              "frames = np.repeat(x.transpose(2, 1, 0)[..., None], T, axis=-1).astype(np.int32)  # (C, H, W) -> (W, H, C, T)")
+    return f"""import numpy as np
+from lava.lib.dl import netx
+from lava.magma.core.run_conditions import RunSteps
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.proc.io.sink import RingBuffer as Sink
+from lava.proc.io.source import RingBuffer as Source
+
+T = {T}
+x = np.load("{EXAMPLE}")                  # one input, uint8 {'event counts (T, C, H, W)' if events else 'pixels (C, H, W)'}
+{frames}
+net = netx.hdf5.Network(net_config="{FILE}", input_message_bits={INPUT_MESSAGE_BITS})
+source = Source(data=frames)              # graded 8-bit spikes, one frame per step
+sink = Sink(shape=net.out.shape, buffer=T)
+source.s_out.connect(net.inp)
+net.out.connect(sink.a_in)
+net.run(condition=RunSteps(num_steps=T), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+counts = sink.data.get().sum(axis=-1)     # output spikes per class over the T steps
+net.stop()
+print("predicted class:", int(np.argmax(counts)))
+"""
+
+
 def readme(manifest: Mapping[str, Any]) -> str:
     rows = []
     for rec in manifest["layers"]:
         nrn = rec["neuron"]
         vth = nrn["vThMant"] if isinstance(nrn["vThMant"], int) else f"per channel ({min(nrn['vThMant'])}..{max(nrn['vThMant'])})"
+        sat = "may saturate" if rec.get("saturation_possible") else ("cannot saturate" if "saturation_possible" in rec else "")
         rows.append(f"| layer/{rec['netx_layer']} | {rec['name']} | {rec['kind']} | {tuple(rec['netx_weight_shape'])} | "
                     f"{tuple(rec['output_shape'])} | {rec['pool']}{' (folded)' if rec['pool_folded'] else ''} | "
-                    f"{nrn['vDecay']} | {vth} |")
+                    f"{nrn['vDecay']} | {vth} | {sat} |")
     notes = "\n".join(f"- {n}" for n in manifest["notes"])
-    exact = []
-    for rec in manifest["layers"]:
-        if rec["lava_exact"]:
-            exact.append(f"- layer {rec['index']} ({rec['name']}): bit-exact in Lava")
-        else:
-            exact += [f"- layer {rec['index']} ({rec['name']}): {issue}" for issue in rec["lava_issues"]]
-    exact_text = "\n".join(exact)
-    verdict = ("Stock netx + Lava reproduce every layer bit for bit."
-               if manifest["lava_exact"] else
-               "**Not every layer is bit-exact in stock netx + Lava** (the file still carries the exact "
-               "integers; qsnn reads them back bit for bit):")
+    classes = manifest["network"].get("classes", [])
+    versions = ", ".join(f"{k} {v}" for k, v in manifest["lava"]["checked_with"].items())
     return f"""# qsnn Loihi 2 network (lava-dl netx)
 
-`network.net` is an HDF5 file in lava-dl's `netx` format: load it in Lava with
-`lava.lib.dl.netx.hdf5.Network(net_config="network.net")`. It holds a spiking network compiled to
-the integers of Lava's fixed-point LIF (profile `{manifest['profile']['name']}`), T =
-{manifest['network']['num_steps']} steps per input; the class is the output neuron that spiked most.
+`network.net` is an HDF5 file in lava-dl's `netx` format. Stock Lava ({versions}, Python 3.10)
+runs it with `Loihi2SimCfg(select_tag="fixed_pt")` and computes exactly what
+`qsnn-sim --profile {manifest['profile']['name']}` computes: the same spikes on every layer at every
+step (checked in qsnn's test suite and by `make lava-check`). T = {manifest['network']['num_steps']}
+steps per input; the class is the output neuron that spiked most (first index on ties){': ' + ', '.join(map(str, classes)) if classes else ''}.
 
-## Neuron (Lava `PyLifModelBitAcc`)
+## Run it
+
+In a Python 3.10 environment with `pip install lava-nc==0.10.0 lava-dl==0.6.0`, in this folder:
+
+```python
+{snippet(manifest)}```
+
+`{EXAMPLE}` holds {manifest['example_input']['what']}; put your own input there (same shape and
+dtype) to classify it. The input layer (`layer/0`) has no neuron, so `input_message_bits=8` sends the
+uint8 values straight to the first layer's synapses as graded spikes.
+
+## What Lava computes (`PyConvModelFixed`/`PyDenseModelBitAcc` + `PyLifModelBitAcc`)
 
 ```
-u = rz(u·(4096 − (du+1))) + (a_in << 6)        du = iDecay − 1 = 4095: u = a_in << 6 every step
-v = rz(v·(4096 − dv)) + u + (bias << 6)        dv = vDecay
+a_in = W ⊛ s                                   the synapse's output reaches the neuron one step later
+u = a_in << 6                                  du = iDecay − 1 = 4095: nothing persists; 24-bit, wraps
+v = clip(rz(v·(4096 − dv)) + u + (bias << 6), ±(2^23 − 1))      rz: round toward zero, dv = vDecay
 spike if v > vThMant << 6, then v = 0
 ```
 `neuron` of every layer: `type = CUBA`, `iDecay = 4096`, `vDecay`, `vThMant`, `refDelay = 1`,
-`gradedSpike = False`. Each layer's output reaches the next layer one step later (Lava's delay).
+`gradedSpike = False`.
 
 ## Layers
 
-| netx | layer | type | weight | output | pool | vDecay | vThMant |
-|---|---|---|---|---|---|---|---|
+| netx | layer | type | weight | output | pool | vDecay | vThMant | worst case |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-- `weight`: integers, (out, in, ky, kx) for conv, (out, in) for dense (inputs flattened (C, H, W)).
+- `weight`: integers (8-bit), (out, in, ky, kx) for conv, (out, in) for dense (inputs flattened (C, H, W)).
 - Pooling P×P (on the synaptic sum) is folded into the convolution: kernel k+P−1, stride P, each tap
-  the sum of up to P² weights; this is exactly the pooled network, and needs no netx `pool` layer.
-- `bias`: per output channel, mantissa (Lava adds `bias << 6`).
-
-## Does Lava run it bit for bit?
-
-{verdict}
-
-{exact_text}
+  the sum of up to P² weights; exactly the pooled network, no netx `pool` layer needed.
+- `bias`: per output channel, the mantissa (Lava adds `bias << 6`).
+- "may saturate": the compiler's worst-case bound exceeds Loihi's 24-bit state (Lava's `a_in << 6`
+  leaves no smaller shift); Lava then clips `v` / wraps `u` exactly as `qsnn-sim` models and counts.
 
 ## Notes
 

@@ -15,6 +15,7 @@ the ``fpga`` and ``loihi2`` profiles, in the full suite.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -59,6 +60,16 @@ def test_overflow_saturates_or_wraps():
     assert arith.overflow_range(p8) == (-128, 127) and arith.overflow_range(wrap) == (-128, 127)
     assert arith.overflow_range(p8.replace(symmetric_clip=True)) == (-127, 127)
     assert arith.wrap_range(16) == (-32768, 32767)
+
+
+def test_current_register_wraps_once_as_lava():
+    # Lava's LIF (24 bits): u − 2^24 where u > 2^23, u + 2^24 where u ≤ −2^23, once (not modulo)
+    c = np.array([2**23, 2**23 + 5, -(2**23) + 1, -(2**23), 2**25, -(2**25), 0])
+    assert arith.wrap_current(c, 24).tolist() == [2**23, -(2**23) + 5, -(2**23) + 1, 2**23, 2**25 - 2**24,
+                                                  -(2**25) + 2**24, 0]
+    # in the step: the register comes before the bias (Lava adds bias to v, not to u)
+    layer = _neuron(2**30, bias=3, shift=6, leak_const=4095)
+    assert _run_steps(layer, LOIHI2.replace(membrane_bits=40), [(2**23 >> 6) + 1])[0] == [2**23 + 64 - 2**24 + 3]
 
 
 def test_twos_complement_codes_round_trip():
@@ -160,15 +171,17 @@ def images() -> np.ndarray:
     return load_split("mnist5k", "test").x[:12]
 
 
-def mnist_net(profile, seed: int, T: int = 10) -> IntegerNetwork:
+def mnist_net(profile, seed: int, T: int = 10, shifts: tuple[int, int, int] | None = None) -> IntegerNetwork:
     """A QSNN-shaped network for 28×28 images (conv 5×5 + pool 2, conv 5×5 + pool 2, dense) with random
-    integers of the profile's widths, thresholds set so that every layer spikes on mnist digits."""
+    integers of the profile's widths, thresholds set so that every layer spikes on mnist digits
+    (``shifts``: the layers' current shifts instead of the defaults)."""
     rng = np.random.default_rng(seed)
     wmax, ts = profile.weight_max, profile.threshold_shift
     leak_const = {"mul": 3700, "shift": 3, "loihi": 400}[profile.leak]
-    specs = [("conv1", "conv", (4, 1, 5, 5), 2, -1 if ts else -3, (200, 900)),
-             ("conv2", "conv", (6, 4, 5, 5), 2, 2 if ts else 0, (20, 120)),
-             ("fc", "dense", (5, 96), 1, 2 if ts else 0, (5, 60))]
+    s1, s2, s3 = shifts or ((-1, 2, 2) if ts else (-3, 0, 0))
+    specs = [("conv1", "conv", (4, 1, 5, 5), 2, s1, (200, 900)),
+             ("conv2", "conv", (6, 4, 5, 5), 2, s2, (20, 120)),
+             ("fc", "dense", (5, 96), 1, s3, (5, 60))]
     layers = []
     for name, kind, shape, pool, shift, (t_lo, t_hi) in specs:
         out = shape[0]
@@ -218,6 +231,19 @@ def test_independent_implementations_equal_int_lif_step(name, images, tmp_path):
         assert ref[f"z{i}"].any(), f"layer {i} never spikes: the comparison would be empty"
     if name == "saturate-narrow":
         assert ref["u1"].max() == profile.membrane_max or ref["u1"].min() == profile.membrane_min
+
+
+def test_independent_implementations_wrap_the_current_register(images, tmp_path):
+    """Loihi 2 at its fixed shift 6: conv1's currents leave the 24-bit register and wrap (as Lava's u does);
+    every implementation wraps them the same way, and the wrap changes what the network does."""
+    net = mnist_net(LOIHI2, seed=3, shifts=(6, 6, 6))
+    ref = assert_equal_to_reference(net, images, tmp_path, "wrap")
+    engine = simulate(net, images)
+    assert engine.layers[0].current_wraps > 0 and engine.layers[0].current_max > 2**23
+    unwrapped = simulate_reference(dataclasses.replace(net, profile=LOIHI2.replace(current_bits=0)), images)
+    assert not np.array_equal(unwrapped["u1"], ref["u1"])
+    for i in (1, 2, 3):
+        assert ref[f"z{i}"].any(), f"layer {i} never spikes: the comparison would be empty"
 
 
 @pytest.mark.parametrize("profile", ["fpga", "loihi2"])

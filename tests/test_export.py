@@ -24,16 +24,18 @@ from fixtures import synthetic_checkpoint
 from float_compare import BOUNDS, FEW_SAMPLES, assert_float_agreement
 from onnx import numpy_helper
 
+from qsnn.config import TrainConfig
 from qsnn.data import load_split
 from qsnn.errors import ExportError
-from qsnn.export.compile import compile_qonnx
-from qsnn.export.float_graph import quant_weights
+from qsnn.export.compile import compile_qonnx, mismatch_warning
+from qsnn.export.float_graph import quant_weights, read_float_graph
 from qsnn.export.format import FORMAT, check_qsnn_model, read_metadata, set_metadata
 from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_float import export_float
 from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import predictions, run_integer_onnx, run_onnx_steps
 from qsnn.files import sha256_file
+from qsnn.network import fold_pool
 from qsnn.profiles import get_profile
 from qsnn.train.checkpoint import model_from_checkpoint
 from qsnn.train.data import to_tensor
@@ -381,8 +383,12 @@ def test_fp32_export_and_compile(synthetic, mnist_test, tmp_path):
         assert np.abs(layer.weight).max() <= 7
         assert 0 < rep["weight_quantization"]["max_rel_error"] <= 1 / 14 + 1e-9  # half a step of max|W|/7
     _integer_graph_matches_torch(net, mnist_test.x[:30], tmp_path / "fp32.onnx")
-    net8, report8 = compile_qonnx(path, get_profile("loihi2"))  # quantized to the profile's 8 bits
-    assert np.abs(np.concatenate([l.weight.ravel() for l in net8.layers])).max() == 127
+    # loihi2: quantized so that the folded taps fit 8 bits and θ fits the 17-bit vth at the fixed shift 6
+    net8, report8 = compile_qonnx(path, get_profile("loihi2"))
+    for layer, rep in zip(net8.layers, report8["layers"]):
+        assert 2 <= rep["weight_quantization"]["bits"] <= 8
+        assert np.abs(fold_pool(layer.weight, layer.pool) if layer.kind == "conv" else layer.weight).max() <= 127
+        assert layer.current_shift == 6 and (layer.threshold >> 6).max() < 2**17
 
 
 @pytest.mark.float_kernels
@@ -407,6 +413,42 @@ def test_dvs_export_and_integer_graph(exported, trained_run, dvs_data_dir, tmp_p
     full = run_integer_onnx(int_path, split.x[:40], engine="ort")
     for key in ("z1", "z2", "z3"):
         assert np.array_equal(full[key], ref_int[key]) and np.array_equal(sub[key], ref_int[key][:, :5]), key
+
+
+@pytest.mark.float_kernels
+def test_model_trained_for_loihi2_exports_its_delay_lines(synthetic, mnist_test, tmp_path):
+    """A model trained with --profile loihi2 (zero reset, one-step synaptic delay, β on the 12-bit dv
+    grid): the float graph has the delay lines d1..d3 as state and equals PyTorch; the compiler reads
+    them back; a profile the model was not trained for gets a warning note, its own profile none."""
+    chip = TrainConfig.from_preset("mnist5k", "int4").for_profile("loihi2")
+    ckpt, path = synthetic(quant_scale="po2", reset=chip.reset, synaptic_delay=chip.synaptic_delay,
+                           profile=chip.profile, beta=chip.beta, threshold=1.0)   # spikes up to z3 within T = 8
+    model, meta = check_qsnn_model(path)
+    assert [i.name for i in model.graph.input] == ["x", "u1", "u2", "u3", "d1", "d2", "d3"]
+    assert {"d1_out", "d2_out", "d3_out"} <= {o.name for o in model.graph.output}
+    assert (meta["synaptic_delay"], meta["trained_profile"], meta["reset"]) == (1, "loihi2", "zero")
+    ref = _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"), "synaptic delay 1")
+    assert ref["z2"].sum() > 0 and ref["z3"].sum() > 0
+    graph = read_float_graph(path)
+    assert (graph.synaptic_delay, graph.trained_profile) == (1, "loihi2")
+    net, report = compile_qonnx(path, get_profile("loihi2"))
+    assert report["trained"]["synaptic_delay"] == 1 and report["trained"]["profile"] == "loihi2"
+    assert not any(n.startswith("the model was") for n in report["notes"])
+    _, fpga = compile_qonnx(path, get_profile("fpga"), allow_saturation=True)
+    warned = [n for n in fpga["notes"] if n.startswith("the model was trained for profile 'loihi2'")]
+    assert warned and "synaptic delay 1 (the profile: 0)" in warned[0] and "zero reset" in warned[0]
+    # the paper's semantics (subtract reset, no delay): nothing under fpga, a warning under loihi2
+    _, plain = synthetic(quant_scale="po2")
+    plain_meta = check_qsnn_model(plain)[1]
+    assert mismatch_warning(plain_meta, get_profile("fpga")) == ""
+    assert mismatch_warning(plain_meta, get_profile("loihi2")).startswith("the model was not trained for a chip profile "
+                                                                          "with subtract reset")
+    # a graph whose metadata no longer says it is delayed does not parse as an undelayed one
+    edited = onnx.load(path)
+    set_metadata(edited, {**meta, "synaptic_delay": 0})
+    onnx.save(edited, tmp_path / "edited.onnx")
+    with pytest.raises(ExportError, match="first synapse must read the graph input"):
+        compile_qonnx(tmp_path / "edited.onnx", get_profile("loihi2"))
 
 
 def test_compile_and_runtime_do_not_import_torch():

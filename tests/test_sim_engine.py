@@ -81,6 +81,20 @@ def test_loihi_zero_reset_and_delay():
     assert z["z1"][:, 0, 0].tolist() == [0, 0, 1, 0, 1, 0]
 
 
+def test_loihi_current_wrap_in_the_engine_and_reference():
+    # a_in = 127·255 = 32385 per input, 3 inputs: 97155 << 6 = 6217920 (fits), 4 inputs: 8290560 (fits),
+    # 5 inputs: 10363200 > 2^23 → wraps to 10363200 − 2^24 = −6414016 (the chip's current turns negative)
+    for n, current in ((4, 8290560), (5, 10363200 - 2**24)):
+        layer = dense("fc", [[127] * n], threshold=64 * 131071, decay=NO_LEAK_LOIHI, shift=6)   # vth: 17-bit max
+        net = net_of(LOIHI2, [layer], T=3, input_shape=(1, 1, n))
+        x = np.full((1, 1, 1, n), 255, dtype=np.uint8)
+        res, _, u = run(net, x)
+        assert u["u1"][:, 0, 0].tolist() == [0, current, max(min(2 * current, 2**23 - 1), -(2**23 - 1))]
+        assert res.layers[0].current_wraps == (2 if current < 0 else 0)
+        ref = simulate_reference(net, x)
+        assert np.array_equal(ref["u1"], u["u1"])
+
+
 # --------------------------------------------------------------------------------------------------
 # saturation and wrap at both rails
 

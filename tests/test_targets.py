@@ -304,22 +304,50 @@ def test_loihi2_netx_layout(tmp_path):
                 assert np.array_equal(w, loihi2_target.fold_pool(layer.weight, layer.pool))
             else:
                 assert np.array_equal(w, layer.weight)
+        assert "neuron" not in f["layer/0"]            # no Input block: graded input goes to layer/1
     manifest = read_manifest(out)
-    assert manifest["lava_exact"] is True
-    assert all(rec["lava_exact"] for rec in manifest["layers"])
+    assert manifest["netx"]["input_message_bits"] == 8
+    assert manifest["lava"]["run_cfg"] == "Loihi2SimCfg(select_tag='fixed_pt')"
+    assert np.load(out / "example_input.npy").shape == net.input_shape   # zeros: no sample was given
+    readme = (out / "README.md").read_text()
+    assert "input_message_bits=8" in readme and 'select_tag="fixed_pt"' in readme
 
 
-def test_loihi2_flags_what_stock_lava_cannot_run(tmp_path):
+@pytest.mark.parametrize("change, limit", [
+    (dict(current_shift=4), "current shift 4"),                       # netx/Lava: always a_in << 6
+    (dict(weight_exp=1), "weight exponent 1"),                        # no place for one in netx
+    (dict(bias_add=5), "not a multiple of 64"),                       # netx's fixed bias exponent 6
+    (dict(bias_add=64 * 5000), "largest bias"),                       # 13-bit bias mantissa
+    (dict(weight_scale=6), "pooling folded in"),                      # folded taps beyond 8 bits
+    (dict(threshold_add=64 * 140000), "largest threshold"),           # 17-bit vth
+    (dict(leak_const=4096), "12-bit dv"),
+])
+def test_loihi2_refuses_what_stock_lava_cannot_run(tmp_path, change, limit):
     net = tiny_net(LOIHI2, uniform_theta=False)
-    first = dataclasses.replace(net.layers[0], current_shift=4, bias=net.layers[0].bias + 5)
-    net = dataclasses.replace(net, layers=(first, *net.layers[1:]))
-    out = write_target("loihi2", net, tmp_path / "l")
-    manifest = read_manifest(out)
-    assert manifest["lava_exact"] is False
-    issues = " ".join(manifest["layers"][0]["lava_issues"])
-    assert "weight exponent -2" in issues and "multiples of 2^6" in issues and "per-channel thresholds" in issues
-    assert "Not every layer is bit-exact" in (out / "README.md").read_text()
-    assert_same_network(net, read_target(out))
+    first = net.layers[0]
+    fields = {k: v for k, v in change.items() if k in ("current_shift", "weight_exp", "leak_const")}
+    if "bias_add" in change:
+        fields["bias"] = first.bias + change["bias_add"]
+    if "threshold_add" in change:
+        fields["threshold"] = first.threshold + change["threshold_add"]
+    if "weight_scale" in change:
+        fields["weight"] = (first.weight.astype(np.int64) * change["weight_scale"]).clip(-127, 127).astype(np.int8)
+    net = dataclasses.replace(net, layers=(dataclasses.replace(first, **fields), *net.layers[1:]))
+    with pytest.raises(ProfileError, match="conv1") as err:
+        write_target("loihi2", net, tmp_path / "l")
+    assert limit in str(err.value)
+    assert not (tmp_path / "l").exists() and not any(tmp_path.iterdir())   # no partial folder
+
+
+def test_loihi2_refuses_networks_beyond_loihi_limits(tmp_path):
+    wide = tiny_net(LOIHI2, uniform_theta=True)
+    fc = wide.layers[2]
+    big = IntegerLayer("fc", "dense", np.ones((9000, 24), dtype=np.int8), 1, 6, np.full(9000, 64 * 500),
+                       np.zeros(9000, dtype=np.int64), fc.leak_const, np.full(9000, 1e-3))
+    net = dataclasses.replace(wide, layers=(*wide.layers[:2], big), classes=tuple(str(i) for i in range(9000)))
+    with pytest.raises(ProfileError, match=r"layer 3 \(fc\): 9000 neurons .* 8192 neurons per layer"):
+        write_target("loihi2", net, tmp_path / "l")
+    assert not any(tmp_path.iterdir())
 
 
 def test_fold_unfold_pool_inverse():

@@ -271,6 +271,50 @@ def test_fast_path_equals_plain_path_bit_for_bit_with_po2_scales(mode):
 
 
 @pytest.mark.float_kernels
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_trained_for_loihi2_fast_path_equals_plain_path(mode):
+    """--profile loihi2: zero reset and a one-step delay per layer, the same in both paths (po2 scales:
+    spikes, membranes and loss torch.equal as above; gradients to GRAD_SCALE_RTOL)."""
+    cfg, _ = _pair("po2", T=20)            # zero reset and the delay: T = 20 for spikes in eval mode up to z2
+    cfg = cfg.for_profile("loihi2")
+    torch.manual_seed(0)
+    model = QSNN(cfg, (1, 28, 28), 10)
+    x, y = _input((1, 28, 28))
+    with torch.no_grad():
+        model.train().forward_fast(x)
+    getattr(model, mode)()
+    state = {k: v.clone() for k, v in model.state_dict().items()}   # BatchNorm statistics move in train mode
+    l_fast, rec_fast, g_fast = _loss_and_grads(model, model.forward_fast, x, y, 7)
+    model.load_state_dict(state)
+    l_plain, rec_plain, g_plain = _loss_and_grads(model, model.forward_plain, x, y, 7)
+    assert rec_plain["z1"].sum() > 0 and rec_plain["z2"].sum() > 0
+    for key in rec_plain:
+        assert torch.equal(rec_fast[key], rec_plain[key]), key
+    assert torch.equal(l_fast, l_plain)
+    _assert_grads_close(g_fast, g_plain)
+    # the delay: nothing reaches layer l before step l − 1 ... every layer is one step later
+    no_delay = QSNN(cfg.replace(synaptic_delay=0), (1, 28, 28), 10)
+    no_delay.load_state_dict(state)
+    no_delay.eval(), model.eval()
+    with torch.no_grad():
+        a = model.forward_fast(x, record=True).layers
+        b = no_delay.forward_fast(x, record=True).layers
+    if not cfg.batch_norm:
+        assert not a["z1"][0].any()
+    assert not torch.equal(a["z2"], b["z2"])
+
+
+def test_for_profile_sets_the_chips_semantics():
+    cfg = TrainConfig.from_preset("mnist5k", "int4", beta=0.921)
+    l2 = cfg.for_profile("loihi2")
+    assert (l2.profile, l2.reset, l2.synaptic_delay) == ("loihi2", "zero", 1)
+    assert l2.beta == (4096 - round((1 - 0.921) * 4096)) / 4096          # Loihi's 12-bit dv grid
+    fp = cfg.for_profile("fpga")
+    assert (fp.profile, fp.reset, fp.synaptic_delay, fp.beta) == ("fpga", "subtract", 0, round(0.921 * 4096) / 4096)
+    assert TrainConfig.from_dict(l2.to_dict()) == l2                     # recorded in the checkpoint
+
+
+@pytest.mark.float_kernels
 def test_fast_path_matches_plain_path_with_float_scales_and_events():
     """Float scales, event inputs: the two paths agree within the float bounds of ``float_compare``
     (share bounds for 8 samples, FEW_SAMPLES). Measured on every kernel setting reachable here: no

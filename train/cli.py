@@ -12,6 +12,7 @@ from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, T
 from qsnn.errors import QsnnError
 from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
 from qsnn.summary import silent_output_warning
+from qsnn.profiles import PROFILES
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,10 +110,14 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
 @progress_option
 @click.option("--demo", is_flag=True, help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.")
+@click.option("--profile", "train_profile", type=click.Choice(sorted(PROFILES)), default=None,
+              help="Train for this chip profile's semantics: its reset (loihi2: zero), its synaptic delay per "
+                   "layer (loihi2: 1 step) and beta rounded to its leak grid (loihi2: 12-bit dv); recorded in the "
+                   "checkpoint. fpga already has the paper's semantics (subtract reset, no delay).")
 @version_option("qsnn-train run")
 @debug_option
 @friendly_errors
-def run(data_dir, out, resume, device, progress, demo, **options) -> None:
+def run(data_dir, out, resume, device, progress, demo, train_profile, **options) -> None:
     """Train one QSNN; writes checkpoints, logs, a plot and metrics to the run directory."""
     ctx = click.get_current_context()
     if demo:
@@ -122,6 +127,12 @@ def run(data_dir, out, resume, device, progress, demo, **options) -> None:
     given = {k for k in ("epochs", "patience") if ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
     extend = {k: options[k] for k in given} if resume else None
     cfg = config_from_options(**options)
+    if train_profile:
+        trained = cfg.for_profile(train_profile)
+        if options.get("reset") and options["reset"] != trained.reset:
+            raise click.UsageError(f"--profile {train_profile} trains with {trained.reset} reset; drop --reset "
+                                   f"{options['reset']}")
+        cfg = trained
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     note_user_path(out)
     _check_device(device)
@@ -146,6 +157,8 @@ def run(data_dir, out, resume, device, progress, demo, **options) -> None:
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
         ("time steps T", metrics["num_steps"]),
+        ("trained for profile", f"{cfg.profile} (reset {cfg.reset}, synaptic delay {cfg.synaptic_delay}, beta {cfg.beta:g})"
+         if cfg.profile else "none (the paper's semantics)"),
         ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"
                                        + (f" ({metrics['test_windows']} windows)" if metrics.get("test_cut") == "windows" else "")),
         ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),

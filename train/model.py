@@ -10,6 +10,11 @@ dropout on the spikes entering the dense layer; no biases)::
     I²_t = BN₂(AP₂(W² ⊛ z¹_t))      z²_t, u²_t = LIF(I²_t, u²_{t-1})
     I³_t = W³ · drop(flat(z²_t))    z³_t, u³_t = LIF(I³_t, u³_{t-1})
 
+Trained for a chip profile (``cfg.synaptic_delay = d``, Loihi: 1), every synapse sees its input d
+steps late: ``I¹_t = BN₁(AP₂(W¹ ⊛ x_{t−d}))``, ``I²_t`` from ``z¹_{t−d}``, ``I³_t`` from ``z²_{t−d}``,
+and before its input arrives (t < d) a layer's current is BatchNorm's shift alone (running
+statistics), as the integer network adds its bias every step.
+
 Weights are Brevitas 4-bit signed narrow-range integers times a per-tensor scale (a float as in
 the paper, or a power of two) for ``int4``, or plain floats for ``fp32``. A static image is fed
 unchanged at every step (no encoding); event frames supply one frame per step.
@@ -164,15 +169,28 @@ class QSNN(nn.Module):
         """Step-by-step loop with Brevitas layers and snnTorch ``Leaky`` neurons (the baseline)."""
         x, static, T = self._time_major(x)
         B = x.shape[1] if not static else x.shape[0]
+        d = self.cfg.synaptic_delay
         mems = [torch.zeros(B, *self.layer_shapes[n], device=x.device) for n in ("lif1", "lif2", "lif3")]
         rec: dict[str, list[torch.Tensor]] = {k: [] for k in ("z1", "u1", "z2", "u2", "z3", "u3")}
+        inputs: list[list[torch.Tensor]] = [[], [], []]   # each layer's input by step (delay d)
         for t in range(T):
-            x_t = x if static else x[t]
-            cur1 = self.bn1(F.avg_pool2d(self.conv1(x_t), POOL))
+            inputs[0].append(x if static else x[t])
+            if t >= d:
+                cur1 = self.bn1(F.avg_pool2d(self.conv1(inputs[0][t - d]), POOL))
+            else:
+                cur1 = self._no_input(self.bn1, "lif1", B, x.device)
             z1, mems[0] = self.lif1(cur1, mems[0])
-            cur2 = self.bn2(F.avg_pool2d(self.conv2(z1), POOL))
+            inputs[1].append(z1)
+            if t >= d:
+                cur2 = self.bn2(F.avg_pool2d(self.conv2(inputs[1][t - d]), POOL))
+            else:
+                cur2 = self._no_input(self.bn2, "lif2", B, x.device)
             z2, mems[1] = self.lif2(cur2, mems[1])
-            cur3 = self.fc(self.dropout(z2.flatten(1)))
+            inputs[2].append(z2)
+            if t >= d:
+                cur3 = self.fc(self.dropout(inputs[2][t - d].flatten(1)))
+            else:
+                cur3 = self._no_input(None, "lif3", B, x.device)
             z3, mems[2] = self.lif3(cur3, mems[2])
             for key, val in zip(rec, (z1, mems[0], z2, mems[1], z3, mems[2])):
                 rec[key].append(val)
@@ -180,6 +198,24 @@ class QSNN(nn.Module):
         return SNNOutput(out["z3"], out["u3"], out if record else None)
 
     # -- the fast path -------------------------------------------------------------------------
+    def _no_input(self, bn: nn.Module | None, layer: str, batch: int, device) -> torch.Tensor:
+        """A layer's current at a step its (delayed) input has not arrived yet: the synapse gives 0,
+        so the current is BatchNorm's shift h = b − μ·γ/√(σ² + ε) on the running statistics (what
+        the integer network adds as its bias), without a statistics update; 0 without BatchNorm."""
+        zeros = torch.zeros(batch, *self.layer_shapes[layer], device=device)
+        if bn is None or isinstance(bn, nn.Identity):
+            return zeros
+        return F.batch_norm(zeros, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    def _delayed(self, cur: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
+        """(T − d, B, ...) currents of the steps whose input has arrived → (T, B, ...), the d no-input
+        currents ``first`` in front (computed before this layer's BatchNorm updated its statistics,
+        as in the step-by-step loop)."""
+        d = self.cfg.synaptic_delay
+        if d == 0:
+            return cur
+        return torch.cat([first.expand(d, *first.shape), cur])
+
     def _bn_per_step(self, bn: nn.Module, cur: torch.Tensor) -> torch.Tensor:
         """BatchNorm on (T, B, ...) exactly as T separate calls would apply it."""
         if isinstance(bn, nn.Identity):
@@ -192,42 +228,63 @@ class QSNN(nn.Module):
         """Layer-by-layer evaluation over all T steps; same values as :meth:`forward_plain`."""
         x, static, T = self._time_major(x)
         cfg = self.cfg
+        d = cfg.synaptic_delay            # layer l at step t sees its input of step t − d (zeros before)
+        Tl = T - d                        # steps whose input has arrived
         w1, w2, w3 = (self.effective_weight(m) for m in (self.conv1, self.conv2, self.fc))
+        B = x.shape[0] if static else x.shape[1]
+        none = [self._no_input(bn, name, B, x.device) if d else None
+                for bn, name in ((self.bn1, "lif1"), (self.bn2, "lif2"), (None, "lif3"))]
         if static:
             cur1 = F.avg_pool2d(F.conv2d(x, w1), POOL)  # the same at every step: compute once
             if self.training and not isinstance(self.bn1, nn.Identity):
-                cur1 = self._bn_per_step(self.bn1, cur1.expand(T, *cur1.shape))
+                cur1 = self._bn_per_step(self.bn1, cur1.expand(Tl, *cur1.shape))
             else:
-                cur1 = self.bn1(cur1).expand(T, *cur1.shape)
+                cur1 = self.bn1(cur1).expand(Tl, *cur1.shape)
         else:
-            cur1 = _pooled_conv(x.flatten(0, 1), w1)
-            cur1 = self._bn_per_step(self.bn1, cur1.view(T, -1, *cur1.shape[1:]))
-        z1, u1 = lif_scan(cur1, self.beta, self.theta, cfg.slope, cfg.reset)
-        cur2 = _pooled_conv(z1.flatten(0, 1), w2)
-        cur2 = self._bn_per_step(self.bn2, cur2.view(T, -1, *cur2.shape[1:]))
-        z2, u2 = lif_scan(cur2, self.beta, self.theta, cfg.slope, cfg.reset)
-        flat = z2.flatten(2)
+            cur1 = _pooled_conv(x[:Tl].flatten(0, 1), w1)
+            cur1 = self._bn_per_step(self.bn1, cur1.view(Tl, -1, *cur1.shape[1:]))
+        z1, u1 = lif_scan(self._delayed(cur1, none[0]), self.beta, self.theta, cfg.slope, cfg.reset)
+        cur2 = _pooled_conv(z1[:Tl].flatten(0, 1), w2)
+        cur2 = self._bn_per_step(self.bn2, cur2.view(Tl, -1, *cur2.shape[1:]))
+        z2, u2 = lif_scan(self._delayed(cur2, none[1]), self.beta, self.theta, cfg.slope, cfg.reset)
+        flat = z2[:Tl].flatten(2)
         if self.training and self.dropout.p > 0:
             flat = torch.stack([self.dropout(f) for f in flat])  # masks drawn step by step
         cur3 = F.linear(flat, w3)
-        z3, u3 = lif_scan(cur3, self.beta, self.theta, cfg.slope, cfg.reset)
+        z3, u3 = lif_scan(self._delayed(cur3, none[2]), self.beta, self.theta, cfg.slope, cfg.reset)
         layers = {"z1": z1, "u1": u1, "z2": z2, "u2": u2, "z3": z3, "u3": u3} if record else None
         return SNNOutput(z3, u3, layers)
 
     # -- one time step with explicit state (export) ----------------------------------------------
-    def step(self, x_t: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, u3: torch.Tensor):
+    def step(self, x_t: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, u3: torch.Tensor, *delayed: torch.Tensor):
         """One time step in eval semantics: (x_t, u¹, u², u³) → (z³_t, u¹_t, u²_t, u³_t).
 
-        The membrane state is explicit, so a graph exported from this has it as inputs/outputs.
+        The membrane state is explicit, so a graph exported from this has it as inputs/outputs. With
+        a synaptic delay of one step the delay lines are explicit too: ``delayed`` = (d¹, d², d³), the
+        inputs of the previous step (x_{t−1}, z¹_{t−1}, z²_{t−1}; zeros at t = 0), each synapse reads
+        its d, and the step also returns the new delay lines (x_t, z¹_t, z²_t).
         """
         cfg = self.cfg
-        cur1 = self.bn1(F.avg_pool2d(self.conv1(x_t), POOL))
+        if cfg.synaptic_delay not in (0, 1) or len(delayed) != (3 if cfg.synaptic_delay else 0):
+            raise ValueError(f"step() takes {3 * cfg.synaptic_delay} delay lines for synaptic delay "
+                             f"{cfg.synaptic_delay} (0 or 1), got {len(delayed)}")
+        d1, d2, d3 = delayed if delayed else (x_t, None, None)
+        cur1 = self.bn1(F.avg_pool2d(self.conv1(d1), POOL))
         z1, s1 = lif_step(cur1, LIFState(u1), self.beta, self.theta, cfg.slope, cfg.reset)
-        cur2 = self.bn2(F.avg_pool2d(self.conv2(z1), POOL))
+        cur2 = self.bn2(F.avg_pool2d(self.conv2(d2 if delayed else z1), POOL))
         z2, s2 = lif_step(cur2, LIFState(u2), self.beta, self.theta, cfg.slope, cfg.reset)
-        cur3 = self.fc(self.dropout(z2.flatten(1)))
+        cur3 = self.fc(self.dropout((d3 if delayed else z2).flatten(1)))
         z3, s3 = lif_step(cur3, LIFState(u3), self.beta, self.theta, cfg.slope, cfg.reset)
+        if delayed:
+            return z3, s1.u, s2.u, s3.u, x_t, z1, z2
         return z3, s1.u, s2.u, s3.u
+
+    def delay_state(self, batch: int, device=None) -> tuple[torch.Tensor, ...]:
+        """Zero delay lines (x, z¹, z²) for :meth:`step` when the model has a synaptic delay, else ()."""
+        if not self.cfg.synaptic_delay:
+            return ()
+        shapes = (self.input_shape, self.layer_shapes["lif1"], self.layer_shapes["lif2"])
+        return tuple(torch.zeros(batch, *s, device=device) for s in shapes)
 
     def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Zero membranes (u¹, u², u³) for a batch."""

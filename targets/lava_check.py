@@ -1,0 +1,125 @@
+"""``make lava-check N=…``: stock Lava versus ``qsnn-sim --profile loihi2`` on real test images.
+
+Takes a trained model (a ``best.pt`` or its float QONNX export; default ``runs/demo/best.pt``, the
+``make demo`` model), compiles it under the loihi2 profile, writes the loihi2 folder exactly as
+``qsnn-export --to loihi2`` does, runs that folder in the Lava venv (:mod:`qsnn.targets.lava_env`,
+as the folder's README says) on the first N images of the dataset's test split, simulates the
+same images with qsnn's engine, and compares every layer's spikes at every step. Prints the
+per-layer agreement, the predictions and the time; exits 1 unless everything is equal. ``--report``
+saves the figures as JSON.
+
+    python -m qsnn.targets.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--report lava.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_pred: np.ndarray) -> dict[str, Any]:
+    """Per layer: % of spike entries equal over all steps and images, and the first differing (step, image)."""
+    layers = {}
+    for key, ours in sim_spikes.items():
+        theirs = lava[key]
+        if ours.shape != theirs.shape:
+            layers[key] = {"equal_pct": 0.0, "shape": [list(ours.shape), list(theirs.shape)]}
+            continue
+        same = ours == theirs
+        per_step = same.reshape(same.shape[0], -1).all(axis=1)
+        bad = np.argwhere(~same.reshape(same.shape[0], same.shape[1], -1).all(axis=2))
+        layers[key] = {"equal_pct": 100.0 * float(same.mean()), "entries": int(same.size),
+                       "steps_all_equal": int(per_step.sum()), "steps": int(per_step.size),
+                       "spikes_qsnn": int(ours.sum()), "spikes_lava": int(theirs.sum()),
+                       "first_difference": [int(v) for v in bad[0]] if len(bad) else None}
+    pred_equal = float(np.mean(sim_pred == lava["predictions"])) * 100.0
+    return {"layers": layers, "predictions_equal_pct": pred_equal,
+            "bit_exact": all(v["equal_pct"] == 100.0 for v in layers.values()) and pred_equal == 100.0}
+
+
+def check(source: Path, images: int, *, data_dir: str | None = None, python: str | None = None,
+          log=print) -> dict[str, Any]:
+    from qsnn.data import load_split
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.profiles import get_profile
+    from qsnn.sim import simulate
+
+    from . import read_target, write_target
+    from .lava_env import ensure, run_folder
+
+    python = python or str(ensure(log))
+    with tempfile.TemporaryDirectory(prefix="qsnn-lava-check-") as tmp:
+        onnx_path = source
+        if source.suffix != ".onnx":
+            from qsnn.export.qonnx_float import export_float
+
+            onnx_path = export_float(source, Path(tmp) / "model.onnx")
+        net, _ = compile_qonnx(onnx_path, get_profile("loihi2"))
+        data = load_split(str(net.metadata.get("dataset")), "test", data_dir, num_steps=net.num_steps)
+        if images > len(data):
+            raise SystemExit(f"error: the test split has {len(data)} samples, asked for {images}")
+        x, y = data.x[:images], data.y[:images]
+        folder = write_target("loihi2", net, Path(tmp) / "loihi2", example=x[0])
+        net = read_target(folder)          # what the folder holds, as a user would load it
+        start = time.perf_counter()
+        lava = run_folder(folder, x, python=python)
+        lava_wall = time.perf_counter() - start
+        sim = simulate(net, x, record=True)
+    result = compare(sim.spikes, lava, sim.predictions)
+    result.update({
+        "source": str(source), "images": images, "dataset": net.metadata.get("dataset"), "split": "test",
+        "num_steps": net.num_steps, "lava_run_seconds": float(lava["seconds"]), "lava_wall_seconds": lava_wall,
+        "accuracy_lava_pct": 100.0 * float(np.mean(lava["predictions"] == y)),
+        "accuracy_qsnn_pct": 100.0 * float(np.mean(sim.predictions == y)),
+        "saturation_events": {s.name: s.saturation_events for s in sim.layers},
+        "current_wraps": {s.name: s.current_wraps for s in sim.layers},
+    })
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+
+    from qsnn.atomic import atomic_write_text
+    from qsnn.cli import friendly_errors, print_table
+
+    @click.command()
+    @click.option("--checkpoint", "source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default="runs/demo/best.pt", show_default=True, help="A qsnn-train best.pt or its float QONNX export.")
+    @click.option("--images", type=click.IntRange(1), default=50, show_default=True,
+                  help="Test images (the first N of the test split).")
+    @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR", default=None)
+    @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Write the figures as JSON.")
+    @friendly_errors
+    def cli(source: Path, images: int, data_dir: str | None, report: Path | None) -> None:
+        result = check(source, images, data_dir=data_dir)
+        rows = [(k, f"{v['equal_pct']:.2f} % of {v.get('entries', 0)} spike entries equal "
+                    f"({v.get('steps_all_equal', 0)}/{v.get('steps', 0)} steps identical; spikes qsnn "
+                    f"{v.get('spikes_qsnn', 0)}, lava {v.get('spikes_lava', 0)})") for k, v in result["layers"].items()]
+        rows += [("predictions equal", f"{result['predictions_equal_pct']:.2f} %"),
+                 ("accuracy lava / qsnn", f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % "
+                                          f"on {images} {result['dataset']} test images"),
+                 ("saturation events (qsnn)", result["saturation_events"]),
+                 ("current wraps (qsnn)", result["current_wraps"]),
+                 ("lava time", f"{result['lava_run_seconds']:.1f} s run, {result['lava_wall_seconds']:.1f} s with "
+                               "start-up"),
+                 ("verdict", "BIT-EXACT" if result["bit_exact"] else "DIFFERENT")]
+        print_table(rows, title=f"stock Lava vs qsnn-sim --profile loihi2 ({result['source']})")
+        if report:
+            atomic_write_text(report, json.dumps(result, indent=2))
+        if not result["bit_exact"]:
+            raise SystemExit(1)
+
+    cli.main(args=argv, standalone_mode=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

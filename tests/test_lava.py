@@ -1,0 +1,79 @@
+"""Stock Lava runs the loihi2 folder exactly as ``qsnn-sim --profile loihi2`` says (the ground truth).
+
+The folder is written by ``qsnn-export --to loihi2`` from a really trained mnist5k model and run in
+the Lava venv (Python 3.10, lava-nc 0.10, lava-dl 0.6, about 5.6 GB, cached outside the checkout
+under ``~/.cache/qsnn/lava-<requirements hash>``) exactly as its README says: ``netx.hdf5.Network(net_config=…, input_message_bits=8)``, a
+RingBuffer of uint8 frames, ``Loihi2SimCfg(select_tag="fixed_pt")``. Every layer's spikes at every
+step must equal qsnn's engine on real test images; the README's snippet must run unedited and print
+the class qsnn predicts. ``make lava-check N=50`` runs the same comparison on more images.
+
+The venv is built by ``make lava`` (about 7 minutes), not by ``make test``: without it these tests
+are skipped, saying so, before any model is trained. ``make test-lava`` builds it and runs them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qsnn.data import load_split
+from qsnn.sim import simulate
+from qsnn.targets import lava_env, read_target
+from qsnn.targets.lava_check import compare
+
+IMAGES = 10
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lava_python() -> Path:
+    if not lava_env.is_built():
+        pytest.skip(f"no Lava venv at {lava_env.venv_dir()} (Python 3.10, lava-nc 0.10, lava-dl 0.6): build it with "
+                    "`make lava` (about 7 minutes, 5.6 GB), or run `make test-lava`")
+    return lava_env.venv_python()
+
+
+@pytest.fixture(scope="module")
+def loihi2_folder(lava_python, trained_run, tmp_path_factory) -> Path:   # lava_python first: skip before training
+    from click.testing import CliRunner
+
+    from qsnn.export.cli import main
+
+    run = trained_run("mnist5k", "int4")
+    out = tmp_path_factory.mktemp("lava") / "loihi2"
+    result = CliRunner().invoke(main, [str(run / "best.pt"), "--to", "loihi2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_lava_equals_qsnn_sim_on_every_layer_and_step(lava_python, loihi2_folder):
+    net = read_target(loihi2_folder)
+    x = load_split("mnist5k", "test").x[:IMAGES]
+    lava = lava_env.run_folder(loihi2_folder, x, python=lava_python)
+    sim = simulate(net, x, record=True)
+    result = compare(sim.spikes, lava, sim.predictions)
+    for key, layer in result["layers"].items():
+        assert layer["equal_pct"] == 100.0, (key, layer)
+        assert np.array_equal(sim.spikes[key], lava[key])
+        assert layer["spikes_qsnn"] > 0               # the layers are active: the comparison says something
+    assert np.array_equal(sim.predictions, lava["predictions"])
+    assert np.array_equal(sim.counts, lava["counts"])
+
+
+def test_readme_snippet_runs_unedited_and_prints_the_class(lava_python, loihi2_folder):
+    readme = (loihi2_folder / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    proc = subprocess.run([str(lava_python), "-c", snippet], cwd=loihi2_folder, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = re.search(r"predicted class: (\d+)", proc.stdout)
+    assert printed, proc.stdout
+    example = np.load(loihi2_folder / "example_input.npy")
+    assert np.array_equal(example, load_split("mnist5k", "test").x[0])   # a real test image
+    expected = simulate(read_target(loihi2_folder), example[None]).predictions[0]
+    assert int(printed.group(1)) == int(expected)
