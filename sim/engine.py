@@ -515,6 +515,7 @@ def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
             st.membrane_max = max(st.membrane_max, p.membrane_max)
             st.current_min = min(st.current_min, p.current_min)
             st.current_max = max(st.current_max, p.current_max)
+            st.current_wraps += p.current_wraps
             st.synops += p.synops
 
 
