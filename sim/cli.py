@@ -296,6 +296,8 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
             if "difference" in row:
                 text += f"  diff {100 * row['difference']:+.2f} pp  predictions equal {row['predictions_equal_pct']:.2f} %"
             text += f"  saturation events {row['saturation_events']}"
+            if "not_the_chip" in row:
+                text += "  (what-if: the chip's current shift is fixed)"
             sweep_rows.append((f"frac_bits={row['frac_bits']}", text))
         print_table(sweep_rows, title="accuracy vs frac_bits")
     if report.get("note"):

@@ -117,11 +117,16 @@ def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: n
     Each row: frac_bits, accuracy, difference to the float model and agreement with it (if
     ``float_counts`` is given), saturation events, or ``error`` when the profile cannot hold the net.
     With ``data`` (the split ``x``, ``y`` come from) accuracies count recordings as :meth:`ArraySplit.accuracy`.
+    Under a ``fixed_shift`` profile (Loihi 2: Lava always computes ``a_in << 6``) only the profile's own
+    frac_bits is what the chip runs; the other rows carry ``not_the_chip`` (what-if figures).
     """
     score = data.accuracy if data is not None else (lambda counts: float(np.mean(predict(counts) == y)))
     rows = []
     for f in values:
         row: dict[str, Any] = {"frac_bits": f}
+        if profile.fixed_shift and f != profile.frac_bits:
+            row["not_the_chip"] = (f"the {profile.name} profile's current shift is fixed at {profile.frac_bits}: "
+                                   f"the chip cannot run frac_bits={f}")
         try:
             net, _ = compile(profile.replace(frac_bits=f))
         except ProfileError as exc:

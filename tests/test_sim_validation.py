@@ -80,3 +80,21 @@ def test_bit_exact_on_dvs_shaped_model(dvs_onnx, dvs_data_dir, profile):
     res = simulate(net, data.x, record=True, batch_size=16)
     ref = run_integer_torch(net, data.x)
     assert_spike_trains_equal(res, ref, len(data))
+
+
+def test_frac_bits_sweep_marks_what_a_fixed_shift_chip_cannot_run():
+    """Lava always computes a_in << 6: under loihi2 only frac_bits = 6 is the chip, other rows are what-ifs."""
+    from qsnn.network import IntegerLayer, IntegerNetwork
+    from qsnn.sim.validate import frac_bits_sweep
+
+    def compile(profile):
+        layer = IntegerLayer("fc", "dense", np.ones((2, 4), np.int8), profile.frac_bits, 0,
+                             np.array([3 << profile.frac_bits] * 2), np.zeros(2, np.int64), 4096, np.ones(2))
+        return IntegerNetwork((layer,), profile, (1, 2, 2), 3, "events", ("a", "b"), input_max=1), {}
+
+    x, y = np.ones((4, 3, 1, 2, 2), np.uint8), np.zeros(4, np.int64)
+    for name, marked in (("loihi2", {4}), ("fpga", set())):
+        profile = get_profile(name)
+        rows = frac_bits_sweep(compile, profile, x, y, [4, profile.frac_bits])
+        assert {r["frac_bits"] for r in rows if "not_the_chip" in r} == marked, name
+        assert all("accuracy" in r or "error" in r for r in rows)
