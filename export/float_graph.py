@@ -84,9 +84,25 @@ def read_float_graph(source: Any) -> FloatGraph:
             theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
             precision=check.text("precision"), synaptic_delay=check.integer("synaptic_delay", low=0, high=1, default=0),
             trained_profile=check.text("trained_profile", default=""), layer_shapes=check.layer_shapes(), metadata=meta, where=where)
+        _check_input_range(graph, check)
         layers = parse_layers(model, meta, where)
         _check_layers(layers, graph, where)
         return dataclasses.replace(graph, layers=tuple(layers))
+
+
+def _check_input_range(graph: FloatGraph, check: "_Checker") -> None:
+    """``input_max`` is what the encoding makes it: 255 for uint8 pixels, an event encoding's count clip
+    2^b − 1 (its ``event_frames`` when recorded); anything else is a damaged or edited file, which the
+    compiler's worst-case bound and the simulator's input check must not trust."""
+    m = graph.input_max
+    if graph.encoding == "static" and m != 255:
+        raise check.fail("input_max", "255 (uint8 pixels: the encoding is static)")
+    if graph.encoding == "events":
+        frames = graph.metadata.get("event_frames")
+        bits = frames.get("count_bits") if isinstance(frames, dict) else None
+        if m & (m + 1) or (isinstance(bits, int) and not isinstance(bits, bool) and m != (1 << bits) - 1):
+            clip = f"{(1 << bits) - 1} (event_frames count_bits {bits})" if isinstance(bits, int) else "2^b − 1"
+            raise check.fail("input_max", f"{clip}: an event encoding's count clip")
 
 
 class _Checker:
