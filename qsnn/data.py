@@ -32,6 +32,7 @@ import numpy as np
 from qsnn import dvs
 from qsnn.dvs import DVS_GESTURE_CLASSES, DVS_SENSOR_SIZE, EventFrames, events_to_frames  # noqa: F401 (re-exported)
 from qsnn.errors import DataError
+from qsnn.files import file_key, readonly
 
 DATASETS = ("mnist", "fmnist", "mnist5k", "dvs128")
 SPLITS = ("train", "val", "test")
@@ -281,15 +282,6 @@ def _find_idx(name: str, data_dir: Path | None) -> tuple[dict[str, Path], list[s
     raise _missing(name, searched)
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    """Cache key of a file: its path, and its mtime and size so a rewritten file is read again."""
-    st = path.stat()
-    return str(path), st.st_mtime_ns, st.st_size
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,12 +328,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _read_idx_cached(key: tuple[str, int, int]) -> np.ndarray:
-    return _readonly(read_idx(key[0]))
+    return readonly(read_idx(key[0]))
 
 
 def _read_idx_pair(images: Path, labels: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    x = _read_idx_cached(_file_key(images))
-    y = _read_idx_cached(_file_key(labels))
+    x = _read_idx_cached(file_key(images))
+    y = _read_idx_cached(file_key(labels))
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise DataError(f"{images}: expected 28x28 images (magic 0x0803), got shape {x.shape}")
     if y.ndim != 1:
@@ -407,12 +399,12 @@ def _read_mnist5k(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     if labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: labels outside 0..9")
     x = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
-    return _readonly(x), _readonly(labels.astype(np.int64))
+    return readonly(x), readonly(labels.astype(np.int64))
 
 
 def _load_mnist5k(split: str, data_dir: Path | None, seed: int) -> ArraySplit:
     path = _find_mnist5k(data_dir)
-    x, y = _read_mnist5k(_file_key(path))
+    x, y = _read_mnist5k(file_key(path))
     n_val = round(len(y) * VAL_FRACTION["mnist5k"])
     n_test = round(len(y) * MNIST5K_TEST_FRACTION)
     parts = stratified_split(y, [len(y) - n_val - n_test, n_val, n_test], seed)

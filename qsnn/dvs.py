@@ -63,7 +63,7 @@ import numpy as np
 
 from qsnn.atomic import atomic_open, atomic_write_text
 from qsnn.errors import DataError
-from qsnn.files import sha256_file
+from qsnn.files import file_key, readonly, sha256_file
 
 # tonic.datasets.DVSGesture.classes (tonic 1.7); copied because importing tonic imports torch.
 DVS_GESTURE_CLASSES = ("Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw",
@@ -252,14 +252,6 @@ def find_dvs(data_dir: Path | None, split: str) -> tuple[str, Path, list[str]]:
     return "", Path(), searched
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return str(path), st.st_mtime_ns, st.st_size
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
 
 
 def load_frames(data_dir: Path | None, split: str, frames: EventFrames, num_steps: int
@@ -277,12 +269,12 @@ def load_frames(data_dir: Path | None, split: str, frames: EventFrames, num_step
     if form == "tonic":
         folder = base
         recordings = _tonic_recordings(folder)
-        keys = tuple(_file_key(f) for f, _ in recordings)
+        keys = tuple(file_key(f) for f, _ in recordings)
         x, y, g = _frames_tonic(keys, tuple(label for _, label in recordings), frames, num_steps, cut)
         return x, y, g, str(folder)
     cache = ibm_cache(base)
     names = ibm_split(base, split, cache)
-    keys = tuple((name, *_file_key(cache.folder / cache.entry(name)["cache"]["file"])[1:]) for name in names)
+    keys = tuple((name, *file_key(cache.folder / cache.entry(name)["cache"]["file"])[1:]) for name in names)
     x, y, g = _frames_ibm(str(cache.folder), keys, frames, num_steps, cut)
     return x, y, g, str(base)
 
@@ -303,7 +295,7 @@ def _stack(samples: list[np.ndarray], labels: list[int], frames: EventFrames, nu
     counts = [len(s) for s in samples]
     y = np.repeat(np.asarray(labels, dtype=np.int64), counts)
     group = np.repeat(np.arange(len(samples), dtype=np.int64), counts) if cut == "windows" else None
-    return _readonly(x), _readonly(y), (None if group is None else _readonly(group))
+    return readonly(x), readonly(y), (None if group is None else readonly(group))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -75,3 +76,15 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_key(path: Path) -> tuple[str, int, int]:
+    """Cache key of a file: its path, and its mtime and size so a rewritten file is read again."""
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+def readonly(a: "np.ndarray") -> "np.ndarray":
+    """``a``, marked read-only (arrays shared from a cache must not be changed by a caller)."""
+    a.setflags(write=False)
+    return a

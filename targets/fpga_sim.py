@@ -28,8 +28,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from qsnn.errors import ExportError
+from qsnn.errors import ExportError, InputError
 from qsnn.network import IntegerNetwork
+from qsnn.sim.engine import check_input
 
 from . import fpga_core as core
 from .manifest import MANIFEST, read_manifest
@@ -157,21 +158,11 @@ def check_folder(folder: str | os.PathLike) -> RTLFolder:
 def input_events(net: IntegerNetwork, cfg: core.CoreConfig, x: np.ndarray) -> list[list[np.ndarray]]:
     """Per sample, per frame: the nonzero inputs as an (n, 4) array of (c, y, x, value)."""
     x = np.asarray(x)
-    c, h, w = net.input_shape
-    if not np.issubdtype(x.dtype, np.integer):
-        raise ExportError(f"the core takes integer inputs, got {x.dtype}")
-    if net.encoding == "static":
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
-            raise ExportError(f"the network takes static images (N, {c}, {h}, {w}), got {x.shape}")
-        frames = x[:, None]
-    else:
-        if x.ndim != 5 or tuple(x.shape[2:]) != (c, h, w) or x.shape[1] != net.num_steps:
-            raise ExportError(f"the network takes event frames (N, {net.num_steps}, {c}, {h}, {w}), got {x.shape}")
-        frames = x
-    top = (1 << cfg.in_bits) - 1
-    if x.size and (int(x.min()) < 0 or int(x.max()) > top):
-        raise ExportError(f"input values must lie in [0, {top}] (the core's {cfg.in_bits}-bit input), "
-                          f"got [{int(x.min())}, {int(x.max())}]")
+    try:
+        check_input(net, x)            # the engine's rule: shape, encoding, T, values within input_max
+    except InputError as exc:
+        raise ExportError(f"the core's input: {exc}") from None
+    frames = x[:, None] if net.encoding == "static" else x
     out = []
     for sample in frames:
         per = []
