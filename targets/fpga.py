@@ -100,13 +100,7 @@ def pack_weights(weight: np.ndarray, weight_bits: int, word_bits: int) -> tuple[
     per = word_bits // weight_bits
     pad = (-len(codes)) % per
     codes = np.concatenate([codes, np.zeros(pad, dtype=np.uint64)]).reshape(-1, per)
-    words = []
-    for row in codes.tolist():
-        word = 0
-        for lane, code in enumerate(row):
-            word |= int(code) << (weight_bits * lane)
-        words.append(word)
-    return words, pad
+    return fpga_core.pack_lanes(codes, weight_bits), pad
 
 
 def unpack_weights(words: list[int], weight_bits: int, word_bits: int, count: int) -> np.ndarray:
