@@ -53,7 +53,7 @@ import os
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from threading import Lock
 from typing import Sequence
 
@@ -122,6 +122,17 @@ class LayerStats:
     sum_kernel: str = ""
     sum_bound: int = 0
     state_dtype: str = ""
+
+    def absorb(self, other: "LayerStats") -> None:
+        """Add the figures of ``other`` (the same layer on other samples) to these, in place: counts
+        and operations add up, extremes take the outer value. The one merge rule of the engine."""
+        self.spikes_per_step = self.spikes_per_step + other.spikes_per_step
+        for key in ("saturation_low", "saturation_high", "current_wraps", "synops", "dense_macs"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for key in ("membrane_min", "current_min"):
+            setattr(self, key, min(getattr(self, key), getattr(other, key)))
+        for key in ("membrane_max", "current_max", "sum_bound"):
+            setattr(self, key, max(getattr(self, key), getattr(other, key)))
 
     @property
     def saturation_events(self) -> int:
@@ -507,16 +518,7 @@ def _new_stats(layers: list[_Layer], N: int, T: int) -> list[LayerStats]:
 def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
     for i, st in enumerate(into):
         for part in parts:
-            p = part[i]
-            st.spikes_per_step += p.spikes_per_step
-            st.saturation_low += p.saturation_low
-            st.saturation_high += p.saturation_high
-            st.membrane_min = min(st.membrane_min, p.membrane_min)
-            st.membrane_max = max(st.membrane_max, p.membrane_max)
-            st.current_min = min(st.current_min, p.current_min)
-            st.current_max = max(st.current_max, p.current_max)
-            st.current_wraps += p.current_wraps
-            st.synops += p.synops
+            st.absorb(part[i])
 
 
 def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, record: bool = False,
@@ -696,18 +698,10 @@ def combine(results: Sequence[SimResult]) -> SimResult:
     first = results[0]
     layers = []
     for i, stats in enumerate(first.layers):
-        parts = [r.layers[i] for r in results]
-        layers.append(LayerStats(
-            name=stats.name, kind=stats.kind, shape=stats.shape, neurons=stats.neurons,
-            spikes_per_step=np.sum([p.spikes_per_step for p in parts], axis=0),
-            saturation_low=sum(p.saturation_low for p in parts),
-            saturation_high=sum(p.saturation_high for p in parts),
-            membrane_min=min(p.membrane_min for p in parts), membrane_max=max(p.membrane_max for p in parts),
-            current_min=min(p.current_min for p in parts), current_max=max(p.current_max for p in parts),
-            current_wraps=sum(p.current_wraps for p in parts),
-            synops=sum(p.synops for p in parts), dense_macs=sum(p.dense_macs for p in parts),
-            sum_dtype=stats.sum_dtype, sum_kernel=stats.sum_kernel, sum_bound=max(p.sum_bound for p in parts),
-            state_dtype=stats.state_dtype))
+        merged = replace(stats)
+        for r in results[1:]:
+            merged.absorb(r.layers[i])
+        layers.append(merged)
 
     def join(attr: str) -> dict[str, np.ndarray] | None:
         if any(getattr(r, attr) is None for r in results):
