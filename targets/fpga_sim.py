@@ -155,7 +155,7 @@ def check_folder(folder: str | os.PathLike) -> RTLFolder:
 # Inputs and outputs of the harnesses
 
 
-def input_events(net: IntegerNetwork, cfg: core.CoreConfig, x: np.ndarray) -> list[list[np.ndarray]]:
+def input_events(net: IntegerNetwork, x: np.ndarray) -> list[list[np.ndarray]]:
     """Per sample, per frame: the nonzero inputs as an (n, 4) array of (c, y, x, value)."""
     x = np.asarray(x)
     try:
@@ -311,7 +311,7 @@ def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
 def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: float | None = None) -> RTLResult:
     """Run the core in Verilator on inputs ``x`` (the layout of :func:`qsnn.sim.simulate`)."""
     net, cfg = checked.net, checked.config
-    events = input_events(net, cfg, x)
+    events = input_events(net, x)
     binary, build = build_verilator(checked.rtl, progress=progress)
     with tempfile.TemporaryDirectory(prefix="qsnn-rtl-") as tmp:
         inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
@@ -373,7 +373,7 @@ def run_icarus(checked: RTLFolder, x: np.ndarray, *, timeout: float | None = Non
     iverilog = need_tool("iverilog")
     vvp = need_tool("vvp")
     net, cfg = checked.net, checked.config
-    events = input_events(net, cfg, x)
+    events = input_events(net, x)
     beats: list[int] = []
     for sample in events:
         for frame in sample:
