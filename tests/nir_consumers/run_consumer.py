@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +41,26 @@ def _dt(graph) -> float:
 
 def _record(outputs: dict[str, list], key: str, value) -> None:
     outputs.setdefault(key, []).append(np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value))
+
+
+def _record_spikes(modules: list) -> Callable[[], list[np.ndarray]]:
+    """Forward hooks that keep every output of each neuron module; the returned call stacks them (T, ...)."""
+    spikes: dict[int, list] = {}
+    for i, m in enumerate(modules):
+        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
+            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
+    return lambda: [np.stack(spikes[i]) for i in range(len(modules))]
+
+
+def _run_stateful(module, x: np.ndarray, T: int) -> None:
+    """T steps of a module called as ``module(x, state) -> (out, state)`` (spikingjelly's and Norse's graphs)."""
+    import torch
+
+    xt = torch.from_numpy(x.astype(np.float32))
+    state = None
+    with torch.no_grad():
+        for _ in range(T):
+            _, state = module(xt, state)
 
 
 def run_snntorch(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
@@ -58,20 +79,16 @@ def run_snntorch(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list
             m.reset_mechanism = "subtract"
             m.state_function = m._base_sub
             m.reset_delay = True
-    spikes: dict[int, list] = {}
-    for i, m in enumerate(leaky):
-        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
-            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
+    spikes = _record_spikes(leaky)
     xt = torch.from_numpy(x.astype(np.float32))
     with torch.no_grad():
         snntorch.utils.reset(module)
         for _ in range(T):
             module(xt)
-    return [np.stack(spikes[i]) for i in range(len(leaky))], log.getvalue()
+    return spikes(), log.getvalue()
 
 
 def run_spikingjelly(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
-    import torch
     from spikingjelly.activation_based import neuron
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
@@ -81,22 +98,14 @@ def run_spikingjelly(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[
     if subtract:
         for m in nodes:
             m.module.v_reset = None
-    spikes: dict[int, list] = {}
-    for i, m in enumerate(nodes):
-        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
-            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
-    xt = torch.from_numpy(x.astype(np.float32))
-    state = None
-    with torch.no_grad():
-        for _ in range(T):
-            _, state = module(xt, state)
-    return [np.stack(spikes[i]) for i in range(len(nodes))], ""
+    spikes = _record_spikes(nodes)
+    _run_stateful(module, x, T)
+    return spikes(), ""
 
 
 def run_norse(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
     import nir
     import norse.torch as norse
-    import torch
     from norse.torch.functional.reset import reset_subtract
     from norse.torch.module.lif_box import LIFBoxCell
 
@@ -106,16 +115,9 @@ def run_norse(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np
     if subtract:
         for m in cells:
             m.p = m.p._replace(reset_method=reset_subtract)
-    spikes: dict[int, list] = {}
-    for i, m in enumerate(cells):
-        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
-            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
-    xt = torch.from_numpy(x.astype(np.float32))
-    state = None
-    with torch.no_grad():
-        for _ in range(T):
-            _, state = module(xt, state)
-    return [np.stack(spikes[i]) for i in range(len(cells))], ""
+    spikes = _record_spikes(cells)
+    _run_stateful(module, x, T)
+    return spikes(), ""
 
 
 def run_spyx(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
