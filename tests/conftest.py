@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import synthetic_checkpoint, write_dvsgesture_fixture
+from fixtures import DVS_FIXTURE_NEURON, synthetic_checkpoint, write_dvsgesture_fixture
 
 # Two cores shared by everything: keep torch from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -30,9 +30,6 @@ def pytest_collection_modifyitems(config, items):
         if any(name in getattr(item, "fixturenames", ()) for name in TRAINING_FIXTURES):
             item.add_marker(slow)
 
-#: The neuron the DVS fixture models train with: the published code's dvs/conf.py values with BatchNorm
-#: (measured on the fixture, 2 epochs, T = 8: 97 % test accuracy; Table I's int4 row: 9 %, chance).
-DVS_FIXTURE_NEURON = {"batch_norm": True, "beta": 0.93, "threshold": 1.47, "slope": 9.7}
 TINY = dict(num_steps=8, epochs=2, subset=800, val_subset=100, batch_size=64, patience=5, cosine_period_epochs=2.0)
 
 

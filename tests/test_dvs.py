@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from faults_helpers import assert_clean_cli_error
-from fixtures import (AEDAT31_HEADER, aedat_packet, ibm_recording, polarity_words, write_aedat31,
+from fixtures import (AEDAT31_HEADER, DVS_FIXTURE_NEURON, aedat_packet, ibm_recording, polarity_words, write_aedat31,
                       write_dvsgesture_fixture, write_ibm_gesture_fixture, write_labels_csv)
 
 from qsnn import dvs
@@ -401,6 +401,14 @@ def test_engine_refuses_inputs_above_the_encoding():
         simulate(net, x * 2)
 
 
+def neuron_options(neuron: dict) -> list[str]:
+    """``qsnn-train run`` options for a neuron setting (``batch_norm``, ``beta``, ``threshold``, ``slope``)."""
+    out = ["--batch-norm" if neuron["batch_norm"] else "--no-batch-norm"]
+    for key in ("beta", "threshold", "slope"):
+        out += [f"--{key}", str(neuron[key])]
+    return out
+
+
 @pytest.mark.slow
 def test_pipeline_on_ibms_release(ibm_dir, tmp_path):
     """qsnn-train → qsnn-export → qsnn-sim (fpga, loihi2: no overrides) → fpga and loihi2 tables, on .aedat files."""
@@ -414,8 +422,7 @@ def test_pipeline_on_ibms_release(ibm_dir, tmp_path):
     cli = CliRunner()
     result = cli.invoke(train_main, ["run", "--dataset", "dvs128", "--data-dir", str(ibm_dir), "--epochs", "2",
                                      "--steps", "8", "--test-cut", "windows",
-                                     # conftest.DVS_FIXTURE_NEURON: Table I's DVS int4 row does not learn the fixture
-                                     "--batch-norm", "--beta", "0.93", "--threshold", "1.47", "--slope", "9.7",
+                                     *neuron_options(DVS_FIXTURE_NEURON),  # Table I's DVS int4 row does not learn it
                                      "--out", str(run), "--no-progress"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
