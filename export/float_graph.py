@@ -209,6 +209,10 @@ class FloatLayer:
         pool: side p of the p×p stride-p average pooling (1 = none).
         bn_gain: BatchNorm's g_c = γ/√(σ² + ε) per channel (ones without BatchNorm), float64.
         bn_offset: BatchNorm's h_c = b − μ·g_c per channel (zeros without BatchNorm), float64.
+        bn_arith: how the graph computes BatchNorm: ``"none"`` (no BatchNorm), ``"float64"``
+            (``Cast, Mul, Add, Cast``: x·g + h in float64, rounded to float32), ``"float32"``
+            (``Mul, Add`` in float32; g, h are then float32 values) or ``"op"`` (the standard
+            ``BatchNormalization`` op, whose arithmetic is the runtime's).
         membrane: the layer's state input, ``u1`` | ``u2`` | ``u3``.
         beta, theta, reset: the LIF constants the graph holds (checked against the metadata).
     """
@@ -222,6 +226,7 @@ class FloatLayer:
     pool: int
     bn_gain: np.ndarray
     bn_offset: np.ndarray
+    bn_arith: str
     membrane: str
     beta: float
     theta: float
@@ -425,12 +430,13 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
             tensor = nxt.output[0]
             nxt = g.only_consumer(tensor, name)
         out_ch = w_real.shape[0]
-        gain, offset = np.ones(out_ch), np.zeros(out_ch)
+        gain, offset, bn_arith = np.ones(out_ch), np.zeros(out_ch), "none"
         if nxt.op_type == "BatchNormalization":
             gamma, b, mu, var = (np.asarray(g.const(t), dtype=np.float64) for t in nxt.input[1:5])
             eps = float(g.attr(nxt, "epsilon", 1e-5))
             gain = gamma / np.sqrt(var + eps)
             offset = b - mu * gain
+            bn_arith = "op"
             tensor = nxt.output[0]
             nxt = g.only_consumer(tensor, name)
         elif nxt.op_type in ("Cast", "Mul"):
@@ -446,6 +452,7 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
                 raise g.fail(f"{name}: BatchNorm Mul/Add constants are not initializers")
             gain = np.asarray(alpha, dtype=np.float64).reshape(-1)
             offset = np.asarray(beta_bn, dtype=np.float64).reshape(-1)
+            bn_arith = "float64" if cast_in else "float32"
             tensor = add.output[0]
             nxt = g.only_consumer(tensor, name)
             if cast_in:
@@ -488,7 +495,8 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
                               f"β={meta['beta']}, θ={meta['threshold']}; the file was edited")
         if reset != meta["reset"]:
             raise ExportError(f"{where}: {name}: graph has {reset} reset, metadata says {meta['reset']}")
-        layers.append(FloatLayer(name, kind, q, w_real, w_scale, bits, pool, gain, offset, membrane, beta, theta, reset))
+        layers.append(FloatLayer(name, kind, q, w_real, w_scale, bits, pool, gain, offset, bn_arith, membrane, beta,
+                                 theta, reset))
     if g.spike_source(OUTPUT) != f"{STATE_INPUTS[-1]}_out":
         raise g.fail("output 'z3' is not the spikes of the last layer (u3_out > θ)")
     return layers

@@ -49,16 +49,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def fold_pool(weight: np.ndarray, pool: int) -> np.ndarray:
-    """The integer kernel of ``sumpool_p(W ⊛ x)`` as one stride-p convolution.
+def fold_pool(weight: np.ndarray, pool: int, dtype: Any = np.int64) -> np.ndarray:
+    """The kernel of ``sumpool_p(W ⊛ x)`` as one stride-p convolution.
 
-    ``W'[o, c, a, b] = Σ_{i,j<p} W[o, c, a−i, b−j]``, shape ``(O, C, k+p−1, k+p−1)``, int64.
+    ``W'[o, c, a, b] = Σ_{i,j<p} W[o, c, a−i, b−j]``, shape ``(O, C, k+p−1, k+p−1)``, in ``dtype``
+    (int64: the integer kernel; float64 for real weights).
     """
-    w = np.asarray(weight, dtype=np.int64)
+    w = np.asarray(weight, dtype=dtype)
     if pool == 1:
         return w
     o, c, side, _ = w.shape
-    out = np.zeros((o, c, side + pool - 1, side + pool - 1), dtype=np.int64)
+    out = np.zeros((o, c, side + pool - 1, side + pool - 1), dtype=dtype)
     for i in range(pool):
         for j in range(pool):
             out[:, :, i:i + side, j:j + side] += w

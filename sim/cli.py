@@ -2,14 +2,17 @@
 
     qsnn-sim MODEL.onnx --profile fpga|loihi2 [--profile-set KEY=VALUE ...] [--allow-saturation]
              [--dataset mnist5k] [--split test] [--data-dir DIR] [--subset N] [--batch-size 256]
-             [--report out.json] [--plot out.png] [--check] [--frac-bits-sweep 0,2,4,6] [--debug]
+             [--report out.json] [--plot out.png] [--check] [--frac-bits-sweep 0,2,4,6]
+             [--float-engine layers|graph] [--no-float] [--debug]
 
 MODEL.onnx is the float QONNX export of ``qsnn-export CHECKPOINT --to qonnx`` (compiled here under
 the profile) or its integer variant (``--to qonnx --profile ...``, which carries its own profile).
 The report has three parts:
 
-1. accuracy of the trained model (the float graph run over T steps by onnxruntime, which equals
-   PyTorch spike for spike), of the integer simulation, and their difference;
+1. accuracy of the trained model (the float export evaluated over T steps: by default layer by layer
+   with exact integer synaptic sums, :mod:`qsnn.export.float_eval`; ``--float-engine graph`` runs the
+   one-step graph in onnxruntime; either agrees with PyTorch as two float evaluations of one network
+   do), of the integer simulation, and their difference;
 2. agreement with the trained model (predictions, output spike counts) and, with ``--check``,
    spike trains per layer against the independent PyTorch evaluation of the integer semantics
    (``100.00 %`` only when every train is ``array_equal``);
@@ -44,6 +47,12 @@ from .validate import check_dataset, float_model_counts, frac_bits_sweep, simula
 
 #: The profile a float export is compiled under when neither --profile nor --profile-set is given.
 DEFAULT_PROFILE = "fpga"
+
+#: ``--float-engine`` choices: how the trained model (the float export) is evaluated.
+FLOAT_ENGINES = {
+    "layers": "qsnn.export.float_eval.FloatEvaluator: layer by layer over T, synaptic sums exact in integers",
+    "graph": "qsnn.export.runtime.run_onnx_steps: the one-step QONNX graph T times in onnxruntime, as written",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,6 +129,10 @@ def _int_list(text: str | None) -> list[int]:
 @click.option("--frac-bits-sweep", "sweep", default=None, metavar="F1,F2,...",
               help="Also report the accuracy for each of these frac_bits (e.g. 0,2,4,6).")
 @click.option("--no-float", is_flag=True, help="Skip running the float model (no accuracy difference).")
+@click.option("--float-engine", type=click.Choice(FLOAT_ENGINES), default="layers", show_default=True,
+              help="How the trained model is run: 'layers' (layer by layer over T, synaptic sums exact in "
+                   "integers: fast, the same on every CPU) or 'graph' (the one-step QONNX graph T times in "
+                   "onnxruntime, as written).")
 @force_option
 @progress_option
 @debug_option
@@ -127,8 +140,9 @@ def _int_list(text: str | None) -> list[int]:
 def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], allow_saturation: bool,
          dataset: str | None, split: str, data_dir: Path | None, subset: int | None, batch_size: int,
          report_path: Path | None, plot_path: Path | None, check: bool, sweep: str | None, no_float: bool,
-         force: bool, progress: bool) -> None:
+         float_engine: str, force: bool, progress: bool) -> None:
     """Simulate MODEL.onnx bit-accurately under a chip profile and report accuracy, agreement and hardware figures."""
+    started = time.perf_counter()
     sweep_values = _int_list(sweep)
     to_stdout = report_path is not None and str(report_path) == "-"
     if to_stdout:
@@ -150,11 +164,17 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     # the other evaluations come from export/ (sim/validate.py takes them as functions)
     float_counts = None
     if kind == "float" and not no_float:
-        from qsnn.export.runtime import run_onnx_steps
-
         t0 = time.perf_counter()
-        float_counts = float_model_counts(lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x, net.encoding,
-                                          batch_size, progress=progress)
+        if float_engine == "layers":
+            from qsnn.export.float_eval import FloatEvaluator
+
+            float_counts = float_model_counts(FloatEvaluator(model), x, net.encoding, batch_size, progress=progress,
+                                              codes=True)
+        else:
+            from qsnn.export.runtime import run_onnx_steps
+
+            float_counts = float_model_counts(lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x,
+                                              net.encoding, batch_size, progress=progress)
         float_seconds = time.perf_counter() - t0
     reference = None
     if check:
@@ -181,7 +201,8 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     }
     if float_counts is not None:
         report["agreement"]["vs_float_model"] = rep.output_agreement(result.counts, float_counts)
-        report["timing"]["float_graph_seconds"] = float_seconds
+        report["float_engine"] = FLOAT_ENGINES[float_engine]
+        report["timing"]["float_model_seconds"] = float_seconds
     if check_summary is not None:
         check_summary["reference"] = "qsnn.export.integer_torch.run_integer_torch"
         report["agreement"]["spike_trains_vs_integer_torch"] = check_summary
@@ -197,6 +218,8 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
                                                     profile, x, y, sweep_values, float_counts=float_counts,
                                                     batch_size=batch_size, data=data)
 
+    report["timing"]["total_seconds"] = time.perf_counter() - started
+    report["timing"]["peak_rss_mb"] = _peak_rss_mb()
     out_layer = report["hardware"]["layers"][-1]
     silent = silent_output_warning(out_layer["spikes_per_inference"], len(y), f"the output layer ({out_layer['name']})")
     if silent:
@@ -213,6 +236,16 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     elif report_path is not None:
         write_json(report_path, report)
         say(f"report: {report_path}")
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if not __import__("sys").platform == "darwin" else peak / 2**20
 
 
 def _encoding_text(report: dict[str, Any]) -> str:
@@ -250,6 +283,14 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     timing = report["timing"]
     if timing.get("engine_samples_per_s"):
         rows.append(("engine speed", f"{timing['engine_samples_per_s']:.0f} samples/s"))
+    if "total_seconds" in timing:
+        parts = [f"engine {timing['engine_seconds']:.1f} s"]
+        if "float_model_seconds" in timing:
+            parts.append(f"trained model {timing['float_model_seconds']:.1f} s ({report['float_engine'].split(':')[0].split('.')[-1]})")
+        parts.append(f"total {timing['total_seconds']:.1f} s")
+        if timing.get("peak_rss_mb"):
+            parts.append(f"peak RSS {timing['peak_rss_mb']:.0f} MB")
+        rows.append(("time", ", ".join(parts)))
     print_table(rows, title="qsnn-sim")
     say("")
     hw_rows = []

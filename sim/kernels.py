@@ -6,9 +6,10 @@ layer's proven bounds make its arithmetic exact:
 
 * ``numpy`` (always available, the reference path): float32 BLAS when every partial sum is below
   2^24, float64 below 2^53, int64 otherwise (see :mod:`qsnn.sim.engine`).
-* ``ort``: onnxruntime's ``MatMulInteger``, uint8 inputs × int8 weights accumulated in int32 with the
-  CPU's integer dot products (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI ``vpdpbusd``, Arm
-  ``sdot``/``usdot``). Exact when (see :func:`int8_exact`)
+* ``ort``: onnxruntime's ``MatMulInteger`` (:class:`qsnn.kernels.OrtIntMatmul`, in the core because
+  the float model's exact evaluation uses it too), uint8 inputs × int8 weights accumulated in int32
+  with the CPU's integer dot products (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI ``vpdpbusd``,
+  Arm ``sdot``/``usdot``). Exact when (see :func:`qsnn.kernels.int8_exact`)
 
   - every input is a uint8 (0 ≤ x ≤ 255) and every weight an int8 (|W'| ≤ 127),
   - every partial sum fits int32: ``max_o Σ|W'_o| · max x < 2^31``,
@@ -29,66 +30,10 @@ says why the kernel sits outside the NumPy-only core.
 
 from __future__ import annotations
 
-import numpy as np
+from qsnn.kernels import INT16_MAX, INT32_MAX, OrtIntMatmul, im2col, int8_exact, ort_available
+
+__all__ = ["KERNELS", "INT16_MAX", "INT32_MAX", "OrtIntMatmul", "im2col", "int8_exact", "ort_available"]
 
 #: Kernels :func:`qsnn.sim.simulate` accepts: ``auto`` (``ort`` where exact and importable, else
 #: ``numpy``), ``numpy`` (the reference path, every layer) or ``ort`` (required: an error if unavailable).
 KERNELS = ("auto", "numpy", "ort")
-
-INT16_MAX = 2**15 - 1
-INT32_MAX = 2**31 - 1
-
-
-def int8_exact(in_max: int, weight_max: int, sum_bound: int) -> bool:
-    """Whether uint8 × int8 → int32 sums are exact for a layer (the three conditions above)."""
-    return (0 <= in_max <= 255 and weight_max <= 127 and sum_bound <= INT32_MAX
-            and 2 * in_max * weight_max <= INT16_MAX)
-
-
-def ort_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class OrtIntMatmul:
-    """``x (M, K) uint8 → x · W (M, O) int32`` with onnxruntime's MatMulInteger, W an int8 constant.
-
-    One single-threaded session per weight matrix (the engine splits batches over threads itself;
-    onnxruntime's own pool would spin between calls). ``W`` is a graph initializer, so onnxruntime
-    packs it once. The session's ``run`` releases the GIL and may be called from several threads.
-    """
-
-    def __init__(self, weight: np.ndarray) -> None:
-        import onnx
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-
-        w = np.asarray(weight)
-        if w.ndim != 2 or w.size == 0 or np.abs(w.astype(np.int64)).max() > 127:
-            raise ValueError("OrtIntMatmul takes a non-empty 2-D int8 weight matrix")
-        self.k, self.o = w.shape
-        graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "int_matmul",
-            [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, self.k])],
-            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, self.o])],
-            initializer=[numpy_helper.from_array(w.astype(np.int8), "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = min(model.ir_version, 8)
-        onnx.checker.check_model(model)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != self.k:
-            raise ValueError(f"OrtIntMatmul takes (M, {self.k}) uint8, got {x.shape} {x.dtype}")
-        if len(x) == 0:
-            return np.zeros((0, self.o), np.int32)
-        return self.session.run(["y"], {"x": np.ascontiguousarray(x)})[0]

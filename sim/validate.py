@@ -5,9 +5,10 @@ test) hands over the evaluations as functions:
 
 * ``reference(net, x, batch_size) -> {"z1": (T, N, ...), ...}``: an independent evaluation of the
   integer semantics, e.g. :func:`qsnn.export.integer_torch.run_integer_torch`;
-* ``run_float(x, batch_size) -> {"z3": (T, N, classes)}``: the trained (float) model on real-valued
-  inputs, e.g. the float QONNX graph under onnxruntime
-  (``functools.partial(qsnn.export.runtime.run_onnx_steps, path)``);
+* ``run_float(x, batch_size) -> {"z3": (T, N, classes)}``: the trained (float) model, e.g.
+  :class:`qsnn.export.float_eval.FloatEvaluator` (on the integer codes: ``codes=True``) or the float
+  QONNX graph under onnxruntime (``functools.partial(qsnn.export.runtime.run_onnx_steps, path)``, on
+  real-valued inputs);
 * ``compile(profile) -> (network, report)``: the compiler, e.g.
   ``lambda p: qsnn.export.compile.compile_qonnx(path, p)``.
 """
@@ -64,14 +65,20 @@ def float_input(x: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, batch_size: int = 256,
-                       progress: bool = False) -> np.ndarray:
-    """Output spike counts (N, classes) of the trained model (``run_float``) over T steps on integer inputs."""
+                       progress: bool = False, codes: bool = False) -> np.ndarray:
+    """Output spike counts (N, classes) of the trained model (``run_float``) over T steps on integer inputs.
+
+    ``run_float`` gets the real-valued input (:func:`float_input`), or with ``codes`` the integer
+    inputs themselves (a runner that knows the encoding's ``input_scale``, e.g.
+    :class:`qsnn.export.float_eval.FloatEvaluator`).
+    """
     from tqdm import tqdm
 
     counts = []
-    with tqdm(total=len(x), unit="sample", desc="float model (onnxruntime)", leave=False, disable=not progress) as bar:
+    with tqdm(total=len(x), unit="sample", desc="float model", leave=False, disable=not progress) as bar:
         for s in range(0, len(x), max(batch_size, 1)):
-            z3 = np.asarray(run_float(float_input(x[s:s + batch_size], encoding), batch_size)["z3"])
+            xs = x[s:s + batch_size]
+            z3 = np.asarray(run_float(xs if codes else float_input(xs, encoding), batch_size)["z3"])
             counts.append(z3.sum(axis=0).reshape(z3.shape[1], -1).astype(np.int64))
             bar.update(len(z3[0]) if z3.ndim > 1 else 0)
     return np.concatenate(counts) if counts else np.zeros((0, 0), np.int64)

@@ -1,0 +1,96 @@
+"""Exact integer matrix products for the synaptic sums: onnxruntime's ``MatMulInteger`` and its proof.
+
+The synaptic sums of a spiking layer are integers: spikes (0/1), pixels or event counts times the
+integer weight codes. Two evaluations use them and so share this module (the core): the integer
+engine (:mod:`qsnn.sim.engine`, through :mod:`qsnn.sim.kernels`) and the float model's evaluation
+with exact sums (:mod:`qsnn.export.float_eval`).
+
+* :class:`OrtIntMatmul`: onnxruntime's ``MatMulInteger``, uint8 inputs × int8 weights accumulated in
+  int32 with the CPU's integer dot products (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI
+  ``vpdpbusd``, Arm ``sdot``/``usdot``);
+* :func:`int8_exact`: when its result is the exact integer (below);
+* :func:`im2col`: the input windows of a stride-p convolution as rows, channels last.
+
+``MatMulInteger`` is exact when
+
+- every input is a uint8 (0 ≤ x ≤ 255) and every weight an int8 (|W'| ≤ 127),
+- every partial sum fits int32: ``max_o Σ|W'_o| · max x < 2^31``,
+- no pair of products saturates int16: ``2 · max x · max|W'| ≤ 2^15 − 1``. AVX2's ``vpmaddubsw``
+  adds two adjacent u8×s8 products into a *saturating* int16 before widening (onnxruntime's
+  documentation names this for its U8S8 kernels); below this bound the saturation never acts, so
+  the result is the exact integer on every x86 and Arm kernel alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+INT16_MAX = 2**15 - 1
+INT32_MAX = 2**31 - 1
+
+
+def int8_exact(in_max: int, weight_max: int, sum_bound: int) -> bool:
+    """Whether uint8 × int8 → int32 sums are exact for a layer (the three conditions above)."""
+    return (0 <= in_max <= 255 and weight_max <= 127 and sum_bound <= INT32_MAX
+            and 2 * in_max * weight_max <= INT16_MAX)
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OrtIntMatmul:
+    """``x (M, K) uint8 → x · W (M, O) int32`` with onnxruntime's MatMulInteger, W an int8 constant.
+
+    One single-threaded session per weight matrix (callers split batches over threads themselves;
+    onnxruntime's own pool would spin between calls). ``W`` is a graph initializer, so onnxruntime
+    packs it once. The session's ``run`` releases the GIL and may be called from several threads.
+    """
+
+    def __init__(self, weight: np.ndarray) -> None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = np.asarray(weight)
+        if w.ndim != 2 or w.size == 0 or np.abs(w.astype(np.int64)).max() > 127:
+            raise ValueError("OrtIntMatmul takes a non-empty 2-D int8 weight matrix")
+        self.k, self.o = w.shape
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "int_matmul",
+            [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, self.k])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, self.o])],
+            initializer=[numpy_helper.from_array(w.astype(np.int8), "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = min(model.ir_version, 8)
+        onnx.checker.check_model(model)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != self.k:
+            raise ValueError(f"OrtIntMatmul takes (M, {self.k}) uint8, got {x.shape} {x.dtype}")
+        if len(x) == 0:
+            return np.zeros((0, self.o), np.int32)
+        return self.session.run(["y"], {"x": np.ascontiguousarray(x)})[0]
+
+
+def im2col(x: np.ndarray, window: int, stride: int, out_hw: tuple[int, int]) -> np.ndarray:
+    """Rows ``(m·Ho·Wo, K·K·C)`` of the ``window``² patches at ``stride`` of ``x`` (m, H, W, C).
+
+    Channels innermost (each copied run is contiguous); a weight matrix in (K, K, C) column order
+    multiplies it. One copy of the input's bytes per tap, in the input's dtype.
+    """
+    ho, wo = out_hw
+    win = sliding_window_view(x, (window, window), axis=(1, 2))[:, ::stride, ::stride][:, :ho, :wo]
+    return win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, window * window * x.shape[3])
