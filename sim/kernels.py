@@ -9,14 +9,8 @@ layer's proven bounds make its arithmetic exact:
 * ``ort``: onnxruntime's ``MatMulInteger`` (:class:`qsnn.kernels.OrtIntMatmul`, in the core because
   the float model's exact evaluation uses it too), uint8 inputs × int8 weights accumulated in int32
   with the CPU's integer dot products (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI ``vpdpbusd``,
-  Arm ``sdot``/``usdot``). Exact when (see :func:`qsnn.kernels.int8_exact`)
-
-  - every input is a uint8 (0 ≤ x ≤ 255) and every weight an int8 (|W'| ≤ 127),
-  - every partial sum fits int32: ``max_o Σ|W'_o| · max x < 2^31``,
-  - no pair of products saturates int16: ``2 · max x · max|W'| ≤ 2^15 − 1``. AVX2's ``vpmaddubsw``
-    adds two adjacent u8×s8 products into a *saturating* int16 before widening (onnxruntime's
-    documentation names this for its U8S8 kernels); below this bound the saturation never acts, so
-    the result is the exact integer on every x86 and Arm kernel alike.
+  Arm ``sdot``/``usdot``). Exact under the three conditions of :mod:`qsnn.kernels` (uint8 inputs and
+  int8 weights, int32 partial sums, no int16 pair saturation: :func:`qsnn.kernels.int8_exact`).
 
   Spikes (x ≤ 1) of 4-bit (|W'| ≤ 4·7) and 8-bit (|W'| ≤ 4·127) pool-folded layers always qualify,
   and so do uint8 pixels into a 4-bit layer (2·255·28 = 14,280).
