@@ -93,10 +93,12 @@ def test_float32_batchnorm_form_equals_the_graph(monkeypatch, mnist_test, tmp_pa
 
 
 @pytest.mark.float_kernels
-def test_float_scales_agree_with_the_graph(synthetic, mnist_test):
-    """Float scales, real pixels: onnxruntime adds rounded float32 products, the evaluator exact ones,
-    so they agree as float evaluations do (spikes differ only where a membrane is within rounding of θ)."""
-    path = synthetic()
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_float_scales_agree_with_the_graph(synthetic, mnist_test, precision):
+    """Float scales, real pixels: onnxruntime adds rounded float32 products, the evaluator exact ones
+    (an fp32 export's real weights: float64 products), so they agree as float evaluations do (spikes
+    differ only where a membrane is within rounding of θ)."""
+    path = synthetic(precision=precision)
     x = mnist_test.x[:200]
     ref = run_onnx_steps(path, float_input(x, "static"), record=True)
     assert_float_agreement(FloatEvaluator(path).run(x, record=True), ref, what="float_eval vs onnxruntime")
