@@ -68,13 +68,26 @@ def lif_step(
     return z, LIFState(u)
 
 
+def _empty_steps(like: torch.Tensor, memory_format: torch.memory_format | None) -> torch.Tensor:
+    """An empty (T, ...) tensor shaped like ``like``; with ``torch.channels_last`` and (T, B, C, H, W)
+    each step is laid out channels-last (the fast path's convolutions run faster on it on CPU)."""
+    if memory_format == torch.channels_last and like.dim() == 5:
+        T, B, C, H, W = like.shape
+        return torch.empty(T, B, H, W, C, dtype=like.dtype, device=like.device).permute(0, 1, 4, 2, 3)
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
 class LIFScan(torch.autograd.Function):
     """:func:`lif_step` over T as one autograd node: forward and backward each one loop over t.
 
-    Forward runs the step's arithmetic unchanged (same float operations in the same order, so the
-    values are bit-identical to T calls of :func:`lif_step`) without recording a graph; it keeps
-    only the membranes u (T, ...). Backward is the step's chain rule, run from t = T−1 down to 0,
-    one step at a time so that its arrays stay in cache (r detached, as in the step)::
+    Forward runs the step's arithmetic in the same float operations and order, so the values are
+    bit-identical to T calls of :func:`lif_step`, without recording a graph, writing each step in place
+    into the (T, ...) outputs. Two exact rewrites save passes over memory: the reset r_t = [u_{t−1} − θ > 0]
+    is the previous step's spike z_{t−1} (the same comparison), and r·θ ∈ {0, θ} is exact, so subtracting
+    it as ``sub(r, alpha=θ)`` rounds once, as ``− r·θ`` does; [u − θ > 0] is [u > θ] in IEEE arithmetic
+    (a difference of floats is 0 only when they are equal). It keeps the membranes u and spikes z.
+    Backward is the step's chain rule, run from t = T−1 down to 0, one step at a time so that its arrays
+    stay in cache (r detached, as in the step)::
 
         g_t        = ∂L/∂u_t (from the u output) + ∂L/∂z_t / (1 + k|u_t − θ|)² + c_{t+1}
         ∂L/∂I_t    = g_t
@@ -83,51 +96,61 @@ class LIFScan(torch.autograd.Function):
 
     and ∂L/∂u0 = c_0. β and θ are constants here (buffers; :func:`lif_scan` falls back to the
     step-by-step graph when either needs a gradient). Gradients equal the step-by-step graph's up
-    to the order of float additions.
+    to the order of float additions (and c_{t+1} may be added as one fused multiply-add).
     """
 
     @staticmethod
     def forward(ctx, I_seq: torch.Tensor, u0: torch.Tensor, beta: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
-                slope: float, reset: str) -> tuple[torch.Tensor, torch.Tensor]:
+                slope: float, reset: str, memory_format: torch.memory_format | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)      # an unused output (often u) gets no zero-filled gradient
         bc = beta.clamp(0, 1)
-        us = torch.empty_like(I_seq)
-        z = torch.empty_like(I_seq)
+        th = float(theta)                     # a float32 value: exact as a Python float and back
+        us = _empty_steps(I_seq, memory_format)
+        z = _empty_steps(I_seq, memory_format)
+        r = (u0 - theta > 0).to(u0.dtype)     # r_0 from u0; r_t = z_{t−1} after
         u_prev = u0
         for t in range(I_seq.shape[0]):       # step by step: each step's arrays stay in cache
-            r = (u_prev - theta > 0).to(u_prev.dtype)
+            u = us[t]
+            torch.mul(u_prev, bc, out=u)      # β_c·u_{t−1}  (zero reset: β_c·((1 − r)·u_{t−1}), the same
+            if reset == "zero":               # value: the factor (1 − r) ∈ {0, 1} is exact in either order)
+                u.mul_(1 - r)
+            u.add_(I_seq[t])                  # + I_t
             if reset == "subtract":
-                u = bc * u_prev + I_seq[t] - r * theta
-            else:
-                u = bc * ((1 - r) * u_prev) + I_seq[t]
-            us[t] = u
-            z[t] = u - theta > 0
+                u.sub_(r, alpha=th)           # − r·θ
+            torch.gt(u, th, out=z[t])         # z_t = [u_t − θ > 0]
+            r = z[t]
             u_prev = u
-        ctx.save_for_backward(us, u0, bc, theta)
+        ctx.save_for_backward(us, z, u0, bc, theta)
         ctx.slope, ctx.reset = slope, reset
         return z, us
 
     @staticmethod
     def backward(ctx, grad_z: torch.Tensor | None, grad_u: torch.Tensor | None):  # type: ignore[override]
-        us, u0, bc, theta = ctx.saved_tensors
+        us, z, u0, bc, theta = ctx.saved_tensors
+        bcf, th, k = float(bc), float(theta), ctx.slope
         grad_I = torch.empty_like(us)
-        carry = None
         for t in range(us.shape[0] - 1, -1, -1):
             g = grad_I[t]
             if grad_z is not None:               # ∂L/∂z_t / (1 + k|u_t − θ|)², as FastSigmoidSpike
-                d = us[t] - theta
-                d.abs_().mul_(ctx.slope).add_(1.0).pow_(2)
-                torch.div(grad_z[t], d, out=g)
+                torch.sub(us[t], th, out=g)
+                g.abs_().mul_(k).add_(1.0).pow_(2)
+                torch.div(grad_z[t], g, out=g)
             else:
                 g.zero_()
             if grad_u is not None:
                 g += grad_u[t]
-            if carry is not None:
-                g += carry
-            carry = bc * g
+            if t + 1 < us.shape[0]:              # + c_{t+1}; r_{t+1} = z_t
+                if ctx.reset == "zero":
+                    g.addcmul_(grad_I[t + 1], 1 - z[t], value=bcf)
+                else:
+                    g.add_(grad_I[t + 1], alpha=bcf)
+        grad_u0 = None
+        if ctx.needs_input_grad[1]:
+            grad_u0 = bc * grad_I[0]
             if ctx.reset == "zero":
-                u_prev = us[t - 1] if t else u0
-                carry *= 1 - (u_prev - theta > 0).to(g.dtype)
-        return grad_I, carry if ctx.needs_input_grad[1] else None, None, None, None, None
+                grad_u0 *= 1 - (u0 - theta > 0).to(grad_u0.dtype)
+        return grad_I, grad_u0, None, None, None, None, None
 
 
 #: lif_scan runs as the single autograd node LIFScan (False: the step-by-step graph; bench/training.py
@@ -142,17 +165,20 @@ def lif_scan(
     slope: float,
     reset: str = "subtract",
     u0: torch.Tensor | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :func:`lif_step` over the leading time axis of ``I_seq`` (T, ...).
 
     Returns (z, u), both (T, ...); u0 defaults to zeros. Unless β or θ needs a gradient the scan is
     the single autograd node :class:`LIFScan` (the same values, one node instead of T steps' graphs).
+    ``memory_format=torch.channels_last`` lays each step of a (T, B, C, H, W) output out channels-last
+    (values unchanged; the step-by-step graph keeps its layout).
     """
     if reset not in ("subtract", "zero"):
         raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
     if FUSED and I_seq.shape[0] and not (beta.requires_grad or theta.requires_grad):
         start = torch.zeros_like(I_seq[0]) if u0 is None else u0
-        return LIFScan.apply(I_seq, start, beta, theta, slope, reset)
+        return LIFScan.apply(I_seq, start, beta, theta, slope, reset, memory_format)
     state = LIFState(torch.zeros_like(I_seq[0]) if u0 is None else u0)
     zs, us = [], []
     for I in I_seq:
