@@ -94,6 +94,27 @@ def test_fused_lif_scan_equals_the_step_by_step_graph(reset):
     torch.testing.assert_close(g0f, g0p, rtol=1e-5, atol=1e-5 * float(g0p.abs().max()))
 
 
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_lif_scan_channels_last_changes_the_layout_not_the_values(reset):
+    """memory_format=channels_last (the fast path's layer 1 on CPU): every step's spikes and membranes
+    laid out channels-last, values and gradients torch.equal to the contiguous scan (elementwise ops)."""
+    torch.manual_seed(2)
+    currents = torch.randn(9, 3, 4, 5, 6) * 1.5
+    beta, theta, k = torch.tensor(0.9), torch.tensor(1.1), 6.03
+    w = torch.randn(9, 3, 4, 5, 6)
+    out = []
+    for fmt in (None, torch.channels_last):
+        I = currents.clone().requires_grad_()
+        z, u = lif_scan(I, beta, theta, k, reset, memory_format=fmt)
+        ((z * w).sum() + 0.1 * (u * w).sum()).backward()
+        out.append((z.detach(), u.detach(), I.grad))
+    assert all(t.is_contiguous() for t in out[0])
+    assert out[1][0][4].is_contiguous(memory_format=torch.channels_last)
+    assert out[0][0].sum() > 0
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+
+
 def test_fast_sigmoid_surrogate_gradient_is_eq5():
     k = 6.03
     u = torch.linspace(-2, 4, 41, requires_grad=True)
@@ -302,6 +323,32 @@ def test_trained_for_loihi2_fast_path_equals_plain_path(mode):
     if not cfg.batch_norm:
         assert not a["z1"][0].any()
     assert not torch.equal(a["z2"], b["z2"])
+
+
+@pytest.mark.parametrize("profile", ["", "loihi2"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fast_path_moves_batchnorm_statistics_as_the_plain_loop(profile, momentum):
+    """A training forward moves BatchNorm's running statistics T times (T − d with a synaptic delay)
+    in both paths, torch.equal: the fast path normalises a static image's layer 1 once and repeats
+    only the statistics update (momentum None: the cumulative average over num_batches_tracked)."""
+    cfg, _ = _pair("po2")
+    cfg = cfg.for_profile(profile) if profile else cfg
+    x, _ = _input((1, 28, 28))
+    states = []
+    for forward in ("forward_fast", "forward_plain"):
+        torch.manual_seed(0)
+        model = QSNN(cfg, (1, 28, 28), 10).train()
+        for bn in (model.bn1, model.bn2):
+            bn.momentum = momentum
+        for _ in range(2):
+            torch.manual_seed(5)
+            getattr(model, forward)(x)
+        states.append({k: v for k, v in model.state_dict().items() if k.startswith("bn")})
+    fast, plain = states
+    assert int(plain["bn1.num_batches_tracked"]) == 2 * (cfg.num_steps - cfg.synaptic_delay)
+    assert not torch.equal(plain["bn1.running_mean"], torch.zeros(16))
+    for key in plain:
+        assert torch.equal(fast[key], plain[key]), key
 
 
 def test_for_profile_sets_the_chips_semantics():
