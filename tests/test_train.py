@@ -18,6 +18,7 @@ from snntorch import surrogate
 from qsnn.config import PRECISIONS, TrainConfig, presets
 from qsnn.errors import CheckpointError, QsnnError
 from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
+from qsnn.train import lif
 from qsnn.train.lif import LIFState, lif_scan, lif_step
 from qsnn.train.loss import mse_count_loss, predict
 from qsnn.train.model import QSNN, pool_into_kernel
@@ -113,6 +114,33 @@ def test_lif_scan_channels_last_changes_the_layout_not_the_values(reset):
     assert out[0][0].sum() > 0
     for a, b in zip(*out):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_lif_scan_of_one_current_for_all_steps_equals_the_expanded_scan(reset, monkeypatch):
+    """steps=T (a static image's layer 1): spikes and membranes torch.equal to the scan of the current
+    expanded over T, its gradient (summed over the steps in the scan) and u0's to float rounding; the
+    step-by-step graph (lif.FUSED = False) takes steps=T too."""
+    torch.manual_seed(4)
+    current = torch.randn(6, 40) * 1.5
+    beta, theta, k = torch.tensor(0.921), torch.tensor(1.3), 6.03
+    u0 = torch.randn(6, 40)
+    wz, wu = torch.randn(30, 6, 40), torch.randn(30, 6, 40)
+    out = []
+    for steps in (30, None):
+        I, start = current.clone().requires_grad_(), u0.clone().requires_grad_()
+        z, u = lif_scan(I if steps else I.expand(30, 6, 40), beta, theta, k, reset, u0=start, steps=steps)
+        ((z * wz).sum() + 0.1 * (u * wu).sum()).backward()
+        out.append((z.detach(), u.detach(), I.grad, start.grad))
+    (zs, us, gs, g0s), (ze, ue, ge, g0e) = out
+    assert torch.equal(zs, ze) and torch.equal(us, ue) and ze.sum() > 0
+    torch.testing.assert_close(gs, ge, rtol=1e-5, atol=1e-5 * float(ge.abs().max()))
+    torch.testing.assert_close(g0s, g0e, rtol=1e-5, atol=1e-5 * float(g0e.abs().max()))
+    with pytest.raises(ValueError, match="steps"):
+        lif_scan(current, beta, theta, k, reset, steps=0)
+    monkeypatch.setattr(lif, "FUSED", False)
+    z, u = lif_scan(current, beta, theta, k, reset, u0=u0, steps=30)
+    assert torch.equal(z, ze) and torch.equal(u, ue)
 
 
 def test_fast_sigmoid_surrogate_gradient_is_eq5():

@@ -68,13 +68,14 @@ def lif_step(
     return z, LIFState(u)
 
 
-def _empty_steps(like: torch.Tensor, memory_format: torch.memory_format | None) -> torch.Tensor:
-    """An empty (T, ...) tensor shaped like ``like``; with ``torch.channels_last`` and (T, B, C, H, W)
-    each step is laid out channels-last (the fast path's convolutions run faster on it on CPU)."""
-    if memory_format == torch.channels_last and like.dim() == 5:
-        T, B, C, H, W = like.shape
+def _empty_steps(shape: tuple[int, ...], like: torch.Tensor, memory_format: torch.memory_format | None) -> torch.Tensor:
+    """An empty (T, ...) tensor of ``shape`` with ``like``'s dtype and device; with ``torch.channels_last``
+    and (T, B, C, H, W) each step is laid out channels-last (the fast path's convolutions run faster on
+    it on CPU)."""
+    if memory_format == torch.channels_last and len(shape) == 5:
+        T, B, C, H, W = shape
         return torch.empty(T, B, H, W, C, dtype=like.dtype, device=like.device).permute(0, 1, 4, 2, 3)
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 class LIFScan(torch.autograd.Function):
@@ -94,44 +95,54 @@ class LIFScan(torch.autograd.Function):
         c_t        = β_c · g_t              reset = "subtract"
         c_t        = β_c · (1 − r_t) · g_t  reset = "zero"       (β_c = clamp(β, 0, 1))
 
-    and ∂L/∂u0 = c_0. β and θ are constants here (buffers; :func:`lif_scan` falls back to the
+    and ∂L/∂u0 = c_0. With ``steps`` = T the input is one step's current fed at every step (a static
+    image's layer 1): its gradient Σ_t g_t is summed in the loop, with no (T, ...) gradient array.
+    β and θ are constants here (buffers; :func:`lif_scan` falls back to the
     step-by-step graph when either needs a gradient). Gradients equal the step-by-step graph's up
     to the order of float additions (and c_{t+1} may be added as one fused multiply-add).
     """
 
     @staticmethod
     def forward(ctx, I_seq: torch.Tensor, u0: torch.Tensor, beta: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
-                slope: float, reset: str, memory_format: torch.memory_format | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                slope: float, reset: str, memory_format: torch.memory_format | None = None,
+                steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)      # an unused output (often u) gets no zero-filled gradient
         bc = beta.clamp(0, 1)
         th = float(theta)                     # a float32 value: exact as a Python float and back
-        us = _empty_steps(I_seq, memory_format)
-        z = _empty_steps(I_seq, memory_format)
+        shape = tuple(I_seq.shape) if steps is None else (steps, *I_seq.shape)
+        us = _empty_steps(shape, I_seq, memory_format)
+        z = _empty_steps(shape, I_seq, memory_format)
         r = (u0 - theta > 0).to(u0.dtype)     # r_0 from u0; r_t = z_{t−1} after
         u_prev = u0
-        for t in range(I_seq.shape[0]):       # step by step: each step's arrays stay in cache
+        for t in range(shape[0]):             # step by step: each step's arrays stay in cache
             u = us[t]
             torch.mul(u_prev, bc, out=u)      # β_c·u_{t−1}  (zero reset: β_c·((1 − r)·u_{t−1}), the same
             if reset == "zero":               # value: the factor (1 − r) ∈ {0, 1} is exact in either order)
                 u.mul_(1 - r)
-            u.add_(I_seq[t])                  # + I_t
+            u.add_(I_seq if steps is not None else I_seq[t])  # + I_t
             if reset == "subtract":
                 u.sub_(r, alpha=th)           # − r·θ
             torch.gt(u, th, out=z[t])         # z_t = [u_t − θ > 0]
             r = z[t]
             u_prev = u
         ctx.save_for_backward(us, z, u0, bc, theta)
-        ctx.slope, ctx.reset = slope, reset
+        ctx.slope, ctx.reset, ctx.steps = slope, reset, steps
         return z, us
 
     @staticmethod
     def backward(ctx, grad_z: torch.Tensor | None, grad_u: torch.Tensor | None):  # type: ignore[override]
         us, z, u0, bc, theta = ctx.saved_tensors
         bcf, th, k = float(bc), float(theta), ctx.slope
-        grad_I = torch.empty_like(us)
-        for t in range(us.shape[0] - 1, -1, -1):
-            g = grad_I[t]
+        T = us.shape[0]
+        if ctx.steps is None:
+            grad_I = torch.empty_like(us)
+            step_grad = grad_I.__getitem__
+        else:                                    # one current for all steps: two step buffers and a sum
+            pair = (torch.empty_like(us[0]), torch.empty_like(us[0]))
+            step_grad = lambda t: pair[t % 2]   # noqa: E731
+            grad_I = None
+        for t in range(T - 1, -1, -1):
+            g = step_grad(t)
             if grad_z is not None:               # ∂L/∂z_t / (1 + k|u_t − θ|)², as FastSigmoidSpike
                 torch.sub(us[t], th, out=g)
                 g.abs_().mul_(k).add_(1.0).pow_(2)
@@ -140,17 +151,19 @@ class LIFScan(torch.autograd.Function):
                 g.zero_()
             if grad_u is not None:
                 g += grad_u[t]
-            if t + 1 < us.shape[0]:              # + c_{t+1}; r_{t+1} = z_t
+            if t + 1 < T:                        # + c_{t+1}; r_{t+1} = z_t
                 if ctx.reset == "zero":
-                    g.addcmul_(grad_I[t + 1], 1 - z[t], value=bcf)
+                    g.addcmul_(step_grad(t + 1), 1 - z[t], value=bcf)
                 else:
-                    g.add_(grad_I[t + 1], alpha=bcf)
+                    g.add_(step_grad(t + 1), alpha=bcf)
+            if ctx.steps is not None:
+                grad_I = g.clone() if grad_I is None else grad_I.add_(g)
         grad_u0 = None
         if ctx.needs_input_grad[1]:
-            grad_u0 = bc * grad_I[0]
+            grad_u0 = bc * step_grad(0)
             if ctx.reset == "zero":
                 grad_u0 *= 1 - (u0 - theta > 0).to(grad_u0.dtype)
-        return grad_I, grad_u0, None, None, None, None, None
+        return grad_I, grad_u0, None, None, None, None, None, None
 
 
 #: lif_scan runs as the single autograd node LIFScan (False: the step-by-step graph; bench/training.py
@@ -166,8 +179,11 @@ def lif_scan(
     reset: str = "subtract",
     u0: torch.Tensor | None = None,
     memory_format: torch.memory_format | None = None,
+    steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run :func:`lif_step` over the leading time axis of ``I_seq`` (T, ...).
+    """Run :func:`lif_step` over the leading time axis of ``I_seq`` (T, ...), or, with ``steps`` = T,
+    feed the one current ``I_seq`` (...) at each of T steps (the same values as ``I_seq.expand(T, ...)``;
+    the gradient summed over the steps inside the scan).
 
     Returns (z, u), both (T, ...); u0 defaults to zeros. Unless β or θ needs a gradient the scan is
     the single autograd node :class:`LIFScan` (the same values, one node instead of T steps' graphs).
@@ -176,9 +192,13 @@ def lif_scan(
     """
     if reset not in ("subtract", "zero"):
         raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
-    if FUSED and I_seq.shape[0] and not (beta.requires_grad or theta.requires_grad):
-        start = torch.zeros_like(I_seq[0]) if u0 is None else u0
-        return LIFScan.apply(I_seq, start, beta, theta, slope, reset, memory_format)
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if FUSED and (steps or I_seq.shape[0]) and not (beta.requires_grad or theta.requires_grad):
+        start = torch.zeros_like(I_seq if steps else I_seq[0]) if u0 is None else u0
+        return LIFScan.apply(I_seq, start, beta, theta, slope, reset, memory_format, steps)
+    if steps is not None:
+        I_seq = I_seq.expand(steps, *I_seq.shape)
     state = LIFState(torch.zeros_like(I_seq[0]) if u0 is None else u0)
     zs, us = [], []
     for I in I_seq:

@@ -278,12 +278,16 @@ class QSNN(nn.Module):
             cur1 = self._bn_repeated(self.bn1, cur1, Tl)
             if spikes_format is not None:
                 cur1 = cur1.contiguous(memory_format=spikes_format)
-            cur1 = cur1.expand(Tl, *cur1.shape)
         else:
             cur1 = _pooled_conv(_steps(x, Tl).flatten(0, 1), w1)
             cur1 = self._bn_per_step(self.bn1, cur1.view(Tl, -1, *cur1.shape[1:]))
-        z1, u1 = lif_scan(self._delayed(cur1, none[0]), self.beta, self.theta, cfg.slope, cfg.reset,
-                          memory_format=spikes_format)
+        if static and not d:   # one current at every step: the scan sums its gradient over T itself
+            z1, u1 = lif_scan(cur1, self.beta, self.theta, cfg.slope, cfg.reset, memory_format=spikes_format,
+                              steps=T)
+        else:
+            cur1 = cur1.expand(Tl, *cur1.shape) if static else cur1
+            z1, u1 = lif_scan(self._delayed(cur1, none[0]), self.beta, self.theta, cfg.slope, cfg.reset,
+                              memory_format=spikes_format)
         cur2 = _pooled_conv(_steps(z1, Tl).flatten(0, 1), w2).contiguous()
         cur2 = self._bn_per_step(self.bn2, cur2.view(Tl, -1, *cur2.shape[1:]))
         z2, u2 = lif_scan(self._delayed(cur2, none[1]), self.beta, self.theta, cfg.slope, cfg.reset)
