@@ -86,7 +86,7 @@ class LIFScan(torch.autograd.Function):
     into the (T, ...) outputs. Two exact rewrites save passes over memory: the reset r_t = [u_{t−1} − θ > 0]
     is the previous step's spike z_{t−1} (the same comparison), and r·θ ∈ {0, θ} is exact, so subtracting
     it as ``sub(r, alpha=θ)`` rounds once, as ``− r·θ`` does; [u − θ > 0] is [u > θ] in IEEE arithmetic
-    (a difference of floats is 0 only when they are equal). It keeps the membranes u and spikes z.
+    (with subnormals, PyTorch's default, a difference of floats is 0 only when they are equal). It keeps the membranes u and spikes z.
     Backward is the step's chain rule, run from t = T−1 down to 0, one step at a time so that its arrays
     stay in cache (r detached, as in the step)::
 
