@@ -179,6 +179,24 @@ def predict(counts: np.ndarray) -> np.ndarray:
 # One layer, compiled for the engine
 
 
+def column_sums(x: np.ndarray, in_max: int) -> np.ndarray:
+    """Σ over the rows of a (rows, units) uint8 array with entries ≤ ``in_max``, per unit (int64).
+
+    Eight units at a time: the bytes of a row viewed as uint64 words add lane by lane without a
+    carry into the next byte while a lane's sum stays ≤ 255, i.e. over ⌊255 / in_max⌋ rows (255
+    rows of spikes); only those partial sums are widened. Other shapes take NumPy's int64 sum.
+    """
+    rows, units = x.shape
+    per = 255 // max(1, int(in_max))
+    if x.dtype != np.uint8 or per < 8 or units % 8 or not x.flags.c_contiguous:
+        return x.sum(axis=0, dtype=np.int64)
+    words = x.view(np.uint64)
+    total = np.zeros(units, dtype=np.int64)
+    for r0 in range(0, rows, per):
+        total += np.add.reduce(words[r0:r0 + per], axis=0).view(np.uint8)
+    return total
+
+
 def _shl_bound(bound: int, s: int) -> int:
     """Largest |shl(a, s)| for |a| ≤ bound (a right shift floors −bound to −ceil(bound / 2^−s))."""
     return bound << s if s >= 0 else -((-bound) >> -s)
@@ -304,7 +322,7 @@ class _Layer:
         if x.dtype == np.bool_:
             x = x.view(np.uint8)                              # spikes: the same bytes, no cast
         if acc is not None:                                   # Σ_units (Σ_samples x) · fan-out, exact
-            acc.synops += int(x.reshape(n, -1).sum(axis=0, dtype=np.int64) @ self.fan_vec)
+            acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
         integer = self.int_matmul is not None
         if integer and x.dtype != np.uint8:
             x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
@@ -674,7 +692,7 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
             u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
             if stats:
-                acc.spikes_per_step[t0:t1] += z_chunk.view(np.uint8).reshape(n, -1).sum(axis=1, dtype=np.int64)
+                acc.spikes_per_step[t0:t1] += [np.count_nonzero(z) for z in z_chunk]
             name = f"{li + 1}"
             if spikes is not None:
                 out = _to_nchw(z_chunk) if el.layer.kind == "conv" else z_chunk
