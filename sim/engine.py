@@ -74,6 +74,11 @@ FLOAT64_EXACT = 2**53
 #: Working-memory budget of one matrix product / current buffer (bytes); batches keep memory bounded.
 CHUNK_BYTES = 48 * 2**20
 
+#: im2col rows handed to one integer-kernel call (bytes of uint8 input): the copy is still in
+#: cache when the kernel reads it (on this Zen 3 machine a whole batch piece in one call ran the
+#: conv2 sums about 1.4x slower than 2 MiB calls; 0.5-1 MiB calls pay the per-call overhead).
+GEMM_BYTES = 2**21
+
 
 # --------------------------------------------------------------------------------------------------
 # Results
@@ -286,6 +291,11 @@ class _Layer:
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
         self.fan_vec = fan.reshape(-1).astype(np.int64)        # per input unit, NHWC flattened
         self._theta_full: dict[tuple[int, ...], np.ndarray] = {}
+        # a static first layer's neuron tables (StaticTable), per (T, delay); see static_table
+        self.lookup = kernel != "numpy"
+        self._tables: dict[tuple[int, int], StaticTable] = {}
+        self._tables_lock = Lock()
+        self.cur_limit = cur_bound + int(np.abs(bias).max(initial=0))   # |c_t| ≤ this (proven)
 
     def _check_constants(self) -> None:
         check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
@@ -328,7 +338,7 @@ class _Layer:
             x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
         item = 1 if integer else self.sum_dtype.itemsize
         per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * self.cols
-        samples_per = max(1, CHUNK_BYTES // max(1, per_sample * item))
+        samples_per = max(1, min(CHUNK_BYTES, GEMM_BYTES if integer else CHUNK_BYTES) // max(1, per_sample * item))
         parts = []
         for s0 in range(0, n, samples_per):
             xs = x[s0:s0 + samples_per]
@@ -367,13 +377,15 @@ class _Layer:
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
-             stats: LayerStats, u_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             stats: LayerStats, u_out: np.ndarray | None = None,
+             sat_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the step over ``len(cur)`` steps; ``cur[t]`` is c_t = shl(acc_t, s) + b.
 
         ``u`` is u_{t−1} and ``fired`` the reset mask r_t as integers (−1 where u_{t−1} > θ, else 0:
         all bits set, so ``fired & θ`` is r_t·θ and ``u & ~fired`` is (1 − r_t)·u without a
         multiply or a masked operation). Writes z_t into ``z_out[t]`` (bool) and, if given, u_t
-        into ``u_out[t]``. Returns (u, fired) after the chunk.
+        into ``u_out[t]`` and the neurons whose sum left the rails into ``sat_out[t]`` (+1 above
+        the high rail, −1 below the low one; it must start as zeros). Returns (u, fired) after the chunk.
         """
         p = self.profile
         lo, hi = self.lo, self.hi
@@ -400,8 +412,12 @@ class _Layer:
                 v -= fired
             vmax, vmin = int(v.max()), int(v.min())
             if vmax > hi or vmin < lo:
-                stats.saturation_high += int(np.count_nonzero(v > hi))
-                stats.saturation_low += int(np.count_nonzero(v < lo))
+                high, low = v > hi, v < lo
+                stats.saturation_high += int(np.count_nonzero(high))
+                stats.saturation_low += int(np.count_nonzero(low))
+                if sat_out is not None:
+                    sat_out[t][high] = 1
+                    sat_out[t][low] = -1
                 if p.overflow == "saturate":
                     np.clip(v, lo, hi, out=v)
                     vmax, vmin = min(vmax, hi), max(vmin, lo)
@@ -420,6 +436,29 @@ class _Layer:
                 u_out[t] = u
         return u, fired
 
+    def static_table(self, T: int, delay: int, c_min: int, c_max: int, membranes: bool) -> "StaticTable | None":
+        """The :class:`StaticTable` of this layer covering currents ``c_min..c_max`` over T steps
+        (cached; widened when a batch needs more), or None where it would not pay or fit
+        (:data:`TABLE_CELLS`) or the layer runs the NumPy reference path."""
+        if not self.lookup:
+            return None
+        key = (int(T), int(delay))
+        with self._tables_lock:
+            table = self._tables.get(key)
+            if table is not None and table.lo <= c_min and c_max <= table.hi and (table.u is not None or not membranes):
+                return table
+            channels = self.out_nhwc[-1]
+            if (2 * self.cur_limit + 1) * channels * T <= TABLE_CELLS:
+                lo, hi = -self.cur_limit, self.cur_limit       # every current the proof allows: built once
+            else:                                              # the currents seen so far
+                lo, hi = (c_min, c_max) if table is None else (table.lo, table.hi)
+            lo, hi = min(lo, c_min), max(hi, c_max)
+            if (hi - lo + 1) * channels * T > TABLE_CELLS:
+                return None
+            table = StaticTable(self, T, delay, lo, hi, membranes or (table is not None and table.u is not None))
+            self._tables[key] = table
+            return table
+
     def theta_full(self, shape: tuple[int, ...]) -> np.ndarray:
         """θ broadcast to a state array's shape, contiguous (same-shape operations are the fast ones)."""
         full = self._theta_full.get(shape)
@@ -428,6 +467,82 @@ class _Layer:
             full.flags.writeable = False
             self._theta_full[shape] = full
         return full
+
+
+#: Largest static-layer table (entries × T neuron-steps) the engine builds; beyond, the layer is scanned.
+TABLE_CELLS = 2**22
+
+
+class StaticTable:
+    """Every spike train a static first layer can produce, by neuron current: the layer's scan once
+    per possible (current, channel), then a lookup per neuron.
+
+    With a static image the first layer's current c_t is the same at every step (c_t = b before
+    the synaptic delay d), so a neuron's whole trajectory (u_t, z_t, saturation events) is a
+    function of its channel (θ, b) and its current c alone: the engine's own :meth:`_Layer.scan`
+    runs once on a state of shape (currents lo..hi, channels) and a batch's spikes are gathered
+    from it (bit planes of 8 steps, one byte gather per plane and a shift per step), the same
+    integers as scanning every neuron (``tests/test_sim_engine.py`` holds it to the NumPy path,
+    which scans). The statistics come from the table weighted by how many neurons use each entry.
+    """
+
+    def __init__(self, layer: "_Layer", T: int, delay: int, lo: int, hi: int, membranes: bool) -> None:
+        self.lo, self.hi = int(lo), int(hi)
+        channels = layer.out_nhwc[-1]
+        self.channels = channels
+        shape = (self.hi - self.lo + 1, channels)
+        dtype = layer.state_dtype
+        c = np.ascontiguousarray(np.broadcast_to(np.arange(self.lo, self.hi + 1, dtype=dtype)[:, None], shape))
+        bias = np.ascontiguousarray(np.broadcast_to(layer.bias, shape))
+        z = np.zeros((T, *shape), dtype=bool)
+        u_rec = np.empty((T, *shape), dtype=dtype)
+        sat = np.zeros((T, *shape), dtype=np.int8)
+        scratch = LayerStats(layer.name, layer.layer.kind, shape, 0, np.zeros(T, dtype=np.int64))
+        layer.scan([bias if t < delay else c for t in range(T)], np.zeros(shape, dtype), np.zeros(shape, dtype),
+                   z, scratch, u_rec, sat)
+        size = shape[0] * channels
+        self.planes = np.packbits(z.reshape(T, size), axis=0, bitorder="little")   # (⌈T/8⌉, entries)
+        self.u = u_rec.reshape(T, size) if membranes else None
+        self.u_min = u_rec.min(axis=0, initial=0).reshape(size)     # the engine's range starts at 0
+        self.u_max = u_rec.max(axis=0, initial=0).reshape(size)
+        self.sat_high = (sat == 1).sum(axis=0, dtype=np.int64).reshape(size)
+        self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64).reshape(size)
+        self.channel = np.arange(channels, dtype=np.intp)
+
+    def index(self, cur: np.ndarray) -> np.ndarray:
+        """The table entry of every neuron of a (..., channels) current array (the caller checks the range)."""
+        idx = cur.astype(np.intp)
+        idx -= self.lo
+        idx *= self.channels
+        idx += self.channel
+        return idx
+
+    def absorb_stats(self, idx: np.ndarray, stats: LayerStats) -> None:
+        """Add the saturation events and membrane range of the neurons ``idx`` over all T steps."""
+        uses = np.bincount(idx.reshape(-1), minlength=len(self.sat_low))
+        stats.saturation_high += int(uses @ self.sat_high)
+        stats.saturation_low += int(uses @ self.sat_low)
+        used = uses > 0
+        if used.any():
+            stats.membrane_min = min(stats.membrane_min, int(self.u_min[used].min()))
+            stats.membrane_max = max(stats.membrane_max, int(self.u_max[used].max()))
+
+    def spikes(self, idx: np.ndarray, t0: int, z_out: np.ndarray, planes: dict) -> None:
+        """z_t of the neurons ``idx`` for steps t0 … t0 + len(z_out) − 1 into ``z_out`` (bool);
+        ``planes`` caches the gathered bit planes between calls."""
+        for i in range(len(z_out)):
+            t = t0 + i
+            g, bit = divmod(t, 8)
+            gathered = planes.get(g)
+            if gathered is None:
+                planes.clear()
+                gathered = planes[g] = np.take(self.planes[g], idx)
+            out = z_out[i].view(np.uint8)
+            if bit:
+                np.right_shift(gathered, bit, out=out)
+                np.bitwise_and(out, 1, out=out)
+            else:
+                np.bitwise_and(gathered, 1, out=out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -646,6 +761,7 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
     fired = [np.zeros((B, *el.out_nhwc), dtype=el.state_dtype) for el in layers]
     tails: list[np.ndarray | None] = [None] * len(layers)
     first = layers[0]
+    table: StaticTable | None = None
     if static:
         xs = xb.reshape(B, *first.in_shape)
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
@@ -662,13 +778,21 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
             _update_current_range(accs[0], (0, 0))
         cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
+        table = None
+        if cur_static.size:
+            c_min, c_max = int(cur_static.min()), int(cur_static.max())
+            table = first.static_table(T, delay, c_min, c_max, membranes is not None)
+        if table is not None:                                 # layer 1 by lookup (StaticTable)
+            idx = table.index(cur_static)
+            table.absorb_stats(idx, accs[0])
+            gathered: dict = {}
     for t0 in range(0, T, tc):
         t1 = min(T, t0 + tc)
         n = t1 - t0
         prev_out: np.ndarray | None = None
         for li, (el, acc) in enumerate(zip(layers, accs)):
             if li == 0 and static:
-                cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)]
+                cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)] if table is None else []
             else:
                 if li == 0:
                     frames = np.moveaxis(xb[:, t0:t1], 1, 0)      # (n, B, C, H, W) events
@@ -690,7 +814,13 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                 cur += el.bias
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
-            u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
+            if li == 0 and table is not None:
+                table.spikes(idx, t0, z_chunk, gathered)
+                if u_chunk is not None:
+                    for t in range(t0, t1):
+                        np.take(table.u[t], idx, out=u_chunk[t - t0])
+            else:
+                u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
             if stats:
                 acc.spikes_per_step[t0:t1] += [np.count_nonzero(z) for z in z_chunk]
             name = f"{li + 1}"
