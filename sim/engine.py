@@ -317,18 +317,24 @@ class _Layer:
         return fan.astype(np.int64)                           # (H, W): the same for every input channel
 
     # -- synaptic sums -------------------------------------------------------------------------
-    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None,
-                 track: bool = False) -> tuple[np.ndarray, tuple[int, int], int]:
-        """cur(shl(shl(acc, e), s)) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
+    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False,
+                 steps: int = 1) -> tuple[list[np.ndarray], tuple[int, int], int]:
+        """c = cur(shl(shl(acc, e), s)) + b for inputs ``x`` (n, *in_nhwc), whose rows are ``steps``
+        equal groups (time steps): one (n / steps, *out_nhwc) array per step, in the state dtype.
 
         ``x`` is bool (spikes) or an unsigned integer array. With ``acc``, also adds the chunk's
         synaptic operations (Σ input × fan-out) to it. Returns the currents, their range before the
-        current register (with ``track``, or when there is a register, which needs it; else (0, 0))
-        and how many of them the register wrapped. Nothing is stored on the layer: threads share it.
+        current register and the bias (with ``track``, or when there is a register, which needs it;
+        else (0, 0)) and how many of them the register wrapped. The sums run in blocks of whole
+        steps (:data:`GEMM_BYTES` for the integer kernel), each block's currents are views of its
+        product: no concatenation. Nothing is stored on the layer: threads share it.
         """
         n = x.shape[0]
+        per_step = n // steps if steps else 0
+        if steps < 1 or per_step * steps != n:
+            raise ValueError(f"{n} input rows are not {steps} equal steps")
         kind = self.layer.kind
-        o = self.kernel.shape[1]
+        out_shape = (self.kernel.shape[1],) if kind == "dense" else self.out_nhwc
         if x.dtype == np.bool_:
             x = x.view(np.uint8)                              # spikes: the same bytes, no cast
         if acc is not None:                                   # Σ_units (Σ_samples x) · fan-out, exact
@@ -338,10 +344,14 @@ class _Layer:
             x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
         item = 1 if integer else self.sum_dtype.itemsize
         per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * self.cols
-        samples_per = max(1, min(CHUNK_BYTES, GEMM_BYTES if integer else CHUNK_BYTES) // max(1, per_sample * item))
-        parts = []
-        for s0 in range(0, n, samples_per):
-            xs = x[s0:s0 + samples_per]
+        budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
+        rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step   # whole steps
+        out: list[np.ndarray] = []
+        lo_seen, hi_seen = None, None
+        wraps = 0
+        half = self.current_half
+        for s0 in range(0, n, max(1, rows)):
+            xs = x[s0:s0 + rows]
             if not integer and xs.dtype != self.sum_dtype:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
@@ -355,24 +365,25 @@ class _Layer:
             part = self.int_matmul(cols) if integer else cols @ self.kernel
             if part.dtype != self.state_dtype:
                 part = part.astype(self.state_dtype)
-            parts.append(part)
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out = out.reshape((n, o) if kind == "dense" else (n, *self.out_nhwc))
-        if self.exp_shift < 0:
-            out >>= -self.exp_shift
-        if self.shift > 0:
-            out <<= self.shift
-        elif self.shift < 0:
-            out >>= -self.shift
-        wraps, rng = 0, (0, 0)
-        half = self.current_half
-        if (track or half) and out.size:
-            rng = (int(out.min()), int(out.max()))
-        if half and (rng[1] > half or rng[0] <= -half):
-            high, low = out > half, out <= -half              # Lava's u: wraps once
-            wraps = int(np.count_nonzero(high)) + int(np.count_nonzero(low))
-            out[high] -= 2 * half
-            out[low] += 2 * half
+            part = part.reshape(-1, per_step, *out_shape)
+            if self.exp_shift < 0:
+                part >>= -self.exp_shift
+            if self.shift > 0:
+                part <<= self.shift
+            elif self.shift < 0:
+                part >>= -self.shift
+            if (track or half) and part.size:
+                lo_p, hi_p = int(part.min()), int(part.max())
+                lo_seen = lo_p if lo_seen is None else min(lo_seen, lo_p)
+                hi_seen = hi_p if hi_seen is None else max(hi_seen, hi_p)
+                if half and (hi_p > half or lo_p <= -half):
+                    high, low = part > half, part <= -half    # Lava's u: wraps once
+                    wraps += int(np.count_nonzero(high)) + int(np.count_nonzero(low))
+                    part[high] -= 2 * half
+                    part[low] += 2 * half
+            part += self.bias
+            out.extend(part)
+        rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
@@ -392,18 +403,19 @@ class _Layer:
         shape = u.shape
         theta = self.theta_full(shape)
         sign = self.sign_shift
+        v = np.empty_like(u)                                  # u_t is built here, then the two swap
         for t in range(len(cur)):
             if p.reset == "zero":
                 np.invert(fired, out=fired)
-                u = u & fired                                 # (1 − r_t)·u_{t−1}
+                np.bitwise_and(u, fired, out=u)               # (1 − r_t)·u_{t−1}
             if p.leak == "mul":
-                v = u * self.leak_const
+                np.multiply(u, self.leak_const, out=v)
                 v >>= p.leak_bits                             # floor
             elif p.leak == "shift":
-                v = u >> self.leak_const
+                np.right_shift(u, self.leak_const, out=v)
                 np.subtract(u, v, out=v)                      # u − (u >> d), floor
             else:                                             # loihi: sign(x)·(|x| >> F), toward zero
-                v = u * ((1 << p.leak_bits) - self.leak_const)
+                np.multiply(u, (1 << p.leak_bits) - self.leak_const, out=v)
                 v += (v >> sign) & self.round_mask
                 v >>= p.leak_bits
             v += cur[t]
@@ -428,7 +440,7 @@ class _Layer:
                     vmax, vmin = int(v.max()), int(v.min())
             stats.membrane_max = max(stats.membrane_max, vmax)
             stats.membrane_min = min(stats.membrane_min, vmin)
-            u = v
+            u, v = v, u
             np.subtract(theta, u, out=fired)
             fired >>= sign                                    # −1 where u_t > θ (θ − u_t < 0), else 0
             np.not_equal(fired, 0, out=z_out[t])              # z_t = [u_t > θ]
@@ -709,7 +721,9 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         bar = tqdm(total=N, unit="sample", desc="simulate", leave=False)
     pool = None
     try:
-        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in layers))
+        # the membrane arrays that are scanned set the piece (a static first layer is looked up: StaticTable)
+        scanned = [el for i, el in enumerate(layers) if not (i == 0 and static and el.lookup)] or layers
+        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in scanned))
         for b0 in range(0, N, batch_size):
             b1 = min(N, b0 + batch_size)
             ways = max(1, -(-(b1 - b0) // per_piece))
@@ -765,7 +779,7 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
     if static:
         xs = xb.reshape(B, *first.in_shape)
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
-        cur_static, rng, wraps = first.currents(np.ascontiguousarray(x_in), track=stats)
+        (cur_static,), rng, wraps = first.currents(np.ascontiguousarray(x_in), track=stats)
         if stats and delay < T:
             _update_current_range(accs[0], rng)
             accs[0].current_wraps += wraps * (T - delay)
@@ -776,7 +790,6 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
             accs[0].synops += synops * (T - delay)
         if stats and delay > 0:
             _update_current_range(accs[0], (0, 0))
-        cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
         table = None
         if cur_static.size:
@@ -806,12 +819,10 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                     src, tails[li] = joined[:n], joined[n:]
                 src = np.ascontiguousarray(src)
                 flat = src.reshape(n * B, *src.shape[2:])
-                cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats)
-                cur = cur.reshape(n, B, *el.out_nhwc)
+                cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats, steps=n)
                 if stats:
                     _update_current_range(acc, rng)
                     acc.current_wraps += wraps
-                cur += el.bias
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
             if li == 0 and table is not None:
