@@ -23,8 +23,8 @@ the output spike counts over T, the first index winning ties.
 How it is fast without giving up exactness:
 
 * The network is feed-forward, so each layer runs over a chunk of time steps before the next one;
-  its synaptic sums for the whole chunk and batch are one matrix product (im2col with
-  :func:`numpy.lib.stride_tricks.sliding_window_view`).
+  its synaptic sums for the whole chunk and batch are matrix products over blocks of whole steps
+  (im2col: one copy of an :func:`numpy.lib.stride_tricks.as_strided` window view).
 * Sum-pooling folds into the kernel: ``sumpool_p(W ⊛ x)`` is one stride-p convolution with the
   integer kernel ``W'`` (k+p−1 wide, each tap a sum of up to p² weights), which needs fewer
   multiplies and no separate pooling.
@@ -58,7 +58,7 @@ from threading import Lock
 from typing import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from qsnn.arith import check_leak_const, overflow_range
 from qsnn.errors import InputError, NetworkError
@@ -290,7 +290,7 @@ class _Layer:
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
         self.fan_vec = fan.reshape(-1).astype(np.int64)        # per input unit, NHWC flattened
-        self._theta_full: dict[tuple[int, ...], np.ndarray] = {}
+        self._full: dict[tuple, np.ndarray] = {}
         # a static first layer's neuron tables (StaticTable), per (T, delay); see static_table
         self.lookup = kernel != "numpy"
         self._tables: dict[tuple[int, int], StaticTable] = {}
@@ -357,11 +357,7 @@ class _Layer:
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
             else:
-                ho, wo, _ = self.out_nhwc
-                side, p = self.window, self.stride
-                win = sliding_window_view(xs, (side, side), axis=(1, 2))[:, ::p, ::p][:, :ho, :wo]
-                # im2col (m·Ho·Wo, K·K·C): channels innermost, so each copied run is contiguous
-                cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, self.cols)
+                cols = self.im2col(xs)
             part = self.int_matmul(cols) if integer else cols @ self.kernel
             if part.dtype != self.state_dtype:
                 part = part.astype(self.state_dtype)
@@ -381,10 +377,22 @@ class _Layer:
                     wraps += int(np.count_nonzero(high)) + int(np.count_nonzero(low))
                     part[high] -= 2 * half
                     part[low] += 2 * half
-            part += self.bias
+            part += self.full(self.bias, part.shape[1:])         # same-shape add: the fast loop
             out.extend(part)
         rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
+
+    def im2col(self, xs: np.ndarray) -> np.ndarray:
+        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of the folded kernel, channels
+        innermost (each copied run is K·C contiguous values): one copy of a strided view."""
+        xs = np.ascontiguousarray(xs)
+        m, _, _, c = xs.shape
+        ho, wo, _ = self.out_nhwc
+        s0, s1, s2, s3 = xs.strides
+        p = self.stride
+        win = as_strided(xs, (m, ho, wo, self.window, self.window, c), (s0, p * s1, p * s2, s1, s2, s3),
+                         writeable=False)
+        return win.reshape(-1, self.cols)
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
@@ -473,11 +481,19 @@ class _Layer:
 
     def theta_full(self, shape: tuple[int, ...]) -> np.ndarray:
         """θ broadcast to a state array's shape, contiguous (same-shape operations are the fast ones)."""
-        full = self._theta_full.get(shape)
-        if full is None:                                      # read only: threads may share it
-            full = np.ascontiguousarray(np.broadcast_to(self.theta, shape))
+        return self.full(self.theta, shape)
+
+    def full(self, const: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A per-channel constant (θ or b) broadcast to ``shape``, contiguous and cached (read only:
+        threads share it)."""
+        key = (id(const), tuple(shape))
+        full = self._full.get(key)
+        if full is None:
+            full = np.ascontiguousarray(np.broadcast_to(const, shape))
             full.flags.writeable = False
-            self._theta_full[shape] = full
+            if len(self._full) >= 64:                         # many batch shapes: start over
+                self._full.clear()
+            self._full[key] = full
         return full
 
 
