@@ -386,13 +386,18 @@ class _Layer:
         """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of the folded kernel, channels
         innermost (each copied run is K·C contiguous values): one copy of a strided view."""
         xs = np.ascontiguousarray(xs)
+        dtype = xs.dtype
+        row = xs.shape[3] * dtype.itemsize
+        wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
+        if wide > dtype.itemsize:                             # copy a pixel's C values as wider words
+            xs = xs.view(np.dtype(f"u{wide}"))
         m, _, _, c = xs.shape
         ho, wo, _ = self.out_nhwc
         s0, s1, s2, s3 = xs.strides
         p = self.stride
         win = as_strided(xs, (m, ho, wo, self.window, self.window, c), (s0, p * s1, p * s2, s1, s2, s3),
                          writeable=False)
-        return win.reshape(-1, self.cols)
+        return win.reshape(m * ho * wo, -1).view(dtype)
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
@@ -529,27 +534,29 @@ class StaticTable:
         layer.scan([bias if t < delay else c for t in range(T)], np.zeros(shape, dtype), np.zeros(shape, dtype),
                    z, scratch, u_rec, sat)
         size = shape[0] * channels
-        self.planes = np.packbits(z.reshape(T, size), axis=0, bitorder="little")   # (⌈T/8⌉, entries)
-        self.u = u_rec.reshape(T, size) if membranes else None
-        self.u_min = u_rec.min(axis=0, initial=0).reshape(size)     # the engine's range starts at 0
-        self.u_max = u_rec.max(axis=0, initial=0).reshape(size)
-        self.sat_high = (sat == 1).sum(axis=0, dtype=np.int64).reshape(size)
-        self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64).reshape(size)
-        self.channel = np.arange(channels, dtype=np.intp)
+        # entries channel-major (entry = channel·R + c − lo): a neuron's index is one add to its current
+        z, u_rec, sat = (a.transpose(0, 2, 1).reshape(T, size) for a in (z, u_rec, sat))
+        self.planes = np.packbits(z, axis=0, bitorder="little")     # (⌈T/8⌉, entries)
+        self.u = np.ascontiguousarray(u_rec) if membranes else None
+        self.u_min = u_rec.min(axis=0, initial=0)                   # the engine's range starts at 0
+        self.u_max = u_rec.max(axis=0, initial=0)
+        self.sat_high = (sat == 1).sum(axis=0, dtype=np.int64)
+        self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64)
+        self.saturates = bool(self.sat_high.any() or self.sat_low.any())
+        self.offset = np.arange(channels, dtype=np.intp) * shape[0] - self.lo
 
     def index(self, cur: np.ndarray) -> np.ndarray:
         """The table entry of every neuron of a (..., channels) current array (the caller checks the range)."""
         idx = cur.astype(np.intp)
-        idx -= self.lo
-        idx *= self.channels
-        idx += self.channel
+        idx += self.offset
         return idx
 
     def absorb_stats(self, idx: np.ndarray, stats: LayerStats) -> None:
         """Add the saturation events and membrane range of the neurons ``idx`` over all T steps."""
         uses = np.bincount(idx.reshape(-1), minlength=len(self.sat_low))
-        stats.saturation_high += int(uses @ self.sat_high)
-        stats.saturation_low += int(uses @ self.sat_low)
+        if self.saturates:
+            stats.saturation_high += int(uses @ self.sat_high)
+            stats.saturation_low += int(uses @ self.sat_low)
         used = uses > 0
         if used.any():
             stats.membrane_min = min(stats.membrane_min, int(self.u_min[used].min()))
