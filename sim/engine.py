@@ -255,7 +255,20 @@ class _Layer:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
-        self.sum_kernel = "onnxruntime" if self.int_matmul is not None else "numpy"
+        # pool before the kernel where that is exact in the integer kernel: sumpool_p(W ⊛ x) = W ⊛_p S
+        # with S the p×p box sums of x (stride 1), a k×k kernel at stride p instead of the folded
+        # (k+p−1)×(k+p−1) one: k²/(k+p−1)² of the multiplies (25/36 for k = 5, p = 2). S ≤ p²·max x.
+        self.box_matmul: OrtIntMatmul | None = None
+        if kernel == "auto" and layer.kind == "conv" and layer.pool > 1 and ort_available():
+            box_max = layer.pool ** 2 * self.in_max
+            wmat = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)   # the layer's own k×k kernel
+            box_bound = int(np.abs(wmat).sum(axis=1).max()) * box_max
+            if box_max <= 255 and int8_exact(box_max, int(np.abs(wmat).max(initial=0)), box_bound):
+                self.box_matmul = OrtIntMatmul(wmat.T)
+                self.int_matmul = None
+                self.sum_dtype = np.dtype(np.int32)
+                self.box_cols = wmat.shape[1]
+        self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
         self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O); the NumPy path's
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
@@ -339,11 +352,13 @@ class _Layer:
             x = x.view(np.uint8)                              # spikes: the same bytes, no cast
         if acc is not None:                                   # Σ_units (Σ_samples x) · fan-out, exact
             acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
-        integer = self.int_matmul is not None
+        box = self.box_matmul is not None
+        integer = self.int_matmul is not None or box
         if integer and x.dtype != np.uint8:
             x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
         item = 1 if integer else self.sum_dtype.itemsize
-        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * self.cols
+        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * \
+            (self.box_cols if box else self.cols)
         budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
         rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step   # whole steps
         out: list[np.ndarray] = []
@@ -357,8 +372,11 @@ class _Layer:
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
             else:
-                cols = self.im2col(xs)
-            part = self.int_matmul(cols) if integer else cols @ self.kernel
+                cols = self.im2col(self.box_sums(xs), self.layer.kernel) if box else self.im2col(xs, self.window)
+            if box:
+                part = self.box_matmul(cols)
+            else:
+                part = self.int_matmul(cols) if integer else cols @ self.kernel
             if part.dtype != self.state_dtype:
                 part = part.astype(self.state_dtype)
             part = part.reshape(-1, per_step, *out_shape)
@@ -382,8 +400,26 @@ class _Layer:
         rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
 
-    def im2col(self, xs: np.ndarray) -> np.ndarray:
-        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of the folded kernel, channels
+    def box_sums(self, xs: np.ndarray) -> np.ndarray:
+        """S[h, w] = Σ_{i, j < p} x[h + i, w + j] of (m, H, W, C) uint8 inputs, in uint8 (the caller
+        proved p²·max x ≤ 255), separably: p − 1 adds along H, then p − 1 along W. Eight channels
+        at a time where C is a multiple of 8: bytes of uint64 words add lane by lane, and no lane
+        reaches 256, so no carry crosses into the next byte."""
+        p = self.layer.pool
+        xs = np.ascontiguousarray(xs)
+        wide = xs.shape[3] % 8 == 0
+        v = xs.view(np.uint64) if wide else xs
+        _, h, w, _ = v.shape
+        rows = np.add(v[:, :h - p + 1], v[:, 1:h - p + 2])
+        for i in range(2, p):
+            rows += v[:, i:h - p + 1 + i]
+        out = np.add(rows[:, :, :w - p + 1], rows[:, :, 1:w - p + 2])
+        for j in range(2, p):
+            out += rows[:, :, j:w - p + 1 + j]
+        return out.view(np.uint8) if wide else out
+
+    def im2col(self, xs: np.ndarray, window: int) -> np.ndarray:
+        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of a K×K kernel, channels
         innermost (each copied run is K·C contiguous values): one copy of a strided view."""
         xs = np.ascontiguousarray(xs)
         dtype = xs.dtype
@@ -395,7 +431,7 @@ class _Layer:
         ho, wo, _ = self.out_nhwc
         s0, s1, s2, s3 = xs.strides
         p = self.stride
-        win = as_strided(xs, (m, ho, wo, self.window, self.window, c), (s0, p * s1, p * s2, s1, s2, s3),
+        win = as_strided(xs, (m, ho, wo, window, window, c), (s0, p * s1, p * s2, s1, s2, s3),
                          writeable=False)
         return win.reshape(m * ho * wo, -1).view(dtype)
 
