@@ -26,7 +26,7 @@ How it stays honest on a shared machine:
   integer dot-product extensions;
 * a roofline line: the machine's GEMM rates measured here (float32 BLAS, onnxruntime's
   MatMulInteger and, if present, ``torch._int_mm``) times the engine's own multiply-accumulates per
-  inference (pooling folded, the static first layer once) bound its samples/s;
+  inference (pooling folded or summed first, the static first layer once) bound its samples/s;
 * exactness is asserted in the same run: every spike train of the engine equals the PyTorch
   evaluation of the integer semantics (:func:`qsnn.export.integer_torch.run_integer_torch`) and the
   engine's NumPy path, with ``array_equal``; the bench fails otherwise.
@@ -179,17 +179,20 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
 def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
     """(multiply-accumulates of one inference as the engine computes it, the largest GEMM's (m, k, n) per sample-step).
 
-    Pooling is folded into the kernel; a static first layer is computed once, other layers every step.
+    Pooling is folded into the kernel, or, for a pooled layer on spikes, summed over the pool window
+    first (the layer's own k×k kernel at stride p); a static first layer is computed once, other
+    layers every step.
     """
     layers = sim_engine.compile_layers(net, net.input_max)
     total, largest = 0, (0, 0, 0)
     for i, el in enumerate(layers):
         rows = 1 if el.layer.kind == "dense" else el.out_nhwc[0] * el.out_nhwc[1]
-        per_step = rows * el.cols * el.kernel.shape[1]
+        cols = el.box_cols if el.box_matmul is not None else el.cols
+        per_step = rows * cols * el.kernel.shape[1]
         steps = 1 if (i == 0 and net.encoding == "static") else net.num_steps
         total += per_step * steps
         if per_step > largest[0] * largest[1] * largest[2]:
-            largest = (rows, el.cols, el.kernel.shape[1])
+            largest = (rows, cols, el.kernel.shape[1])
     return total, largest
 
 
@@ -328,7 +331,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     rows.append(("batch 1 latency", f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
                                     f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
                                     f"({_fmt_ratio(latency['numpy, rebuilt per call'])})"))
-    rows.append(("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded, static layer 1 once)"))
+    rows.append(("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded or summed first, static layer 1 once)"))
     best = max(sizes)
     for name, rate in rates.items():
         bound = rate / macs
