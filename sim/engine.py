@@ -541,6 +541,9 @@ class _Layer:
 #: Largest static-layer table (entries × T neuron-steps) the engine builds; beyond, the layer is scanned.
 TABLE_CELLS = 2**22
 
+#: Bit 0 of every byte of a uint64 word.
+LOW_BITS = np.uint64(0x0101010101010101)
+
 
 class StaticTable:
     """Every spike train a static first layer can produce, by neuron current: the layer's scan once
@@ -600,7 +603,10 @@ class StaticTable:
 
     def spikes(self, idx: np.ndarray, t0: int, z_out: np.ndarray, planes: dict) -> None:
         """z_t of the neurons ``idx`` for steps t0 … t0 + len(z_out) − 1 into ``z_out`` (bool);
-        ``planes`` caches the gathered bit planes between calls."""
+        ``planes`` caches the gathered bit planes between calls. Bit t mod 8 of each byte is
+        extracted eight bytes at a time: (word >> b) & 0x0101…01 keeps bit b of every byte (the
+        bits shifted in from the next byte land above bit 0, which the mask drops)."""
+        wide = idx.size % 8 == 0
         for i in range(len(z_out)):
             t = t0 + i
             g, bit = divmod(t, 8)
@@ -608,12 +614,11 @@ class StaticTable:
             if gathered is None:
                 planes.clear()
                 gathered = planes[g] = np.take(self.planes[g], idx)
-            out = z_out[i].view(np.uint8)
-            if bit:
-                np.right_shift(gathered, bit, out=out)
-                np.bitwise_and(out, 1, out=out)
-            else:
-                np.bitwise_and(gathered, 1, out=out)
+            src, out = gathered.reshape(-1), z_out[i].view(np.uint8).reshape(-1)
+            if wide:
+                src, out = src.view(np.uint64), out.view(np.uint64)
+            np.right_shift(src, bit, out=out)
+            np.bitwise_and(out, LOW_BITS if wide else 1, out=out)
 
 
 # --------------------------------------------------------------------------------------------------
