@@ -145,10 +145,11 @@ def _median_time(fn, repeats: int = 5) -> float:
     return statistics.median(ts)
 
 
-def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
+def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = None) -> dict[str, float]:
     """Measured multiply-accumulates per second of an (m, k) × (k, n) product: float32 BLAS (NumPy),
     onnxruntime's uint8 × int8 MatMulInteger (one thread, and
-    ``threads`` threads on row blocks, as the engine splits a batch), and ``torch._int_mm`` where the
+    ``threads`` threads on row blocks, as the engine splits a batch; calls of ``block`` rows, as the
+    engine makes them: :data:`qsnn.sim.engine.GEMM_BYTES` of input), and ``torch._int_mm`` where the
     torch build has it."""
     import torch
 
@@ -161,13 +162,19 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
     macs = float(m) * k * n
     rates = {"float32 BLAS (NumPy)": macs / _median_time(lambda: af @ wf)}
     mm = OrtIntMatmul(w)
-    rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: mm(a))
+    block = max(1, block or m)
+
+    def blocks(rows: np.ndarray) -> None:
+        for r0 in range(0, len(rows), block):
+            mm(rows[r0:r0 + block])
+
+    rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: blocks(a))
     if threads > 1:                     # as the engine runs it: rows split over its threads
         from concurrent.futures import ThreadPoolExecutor
 
         parts = np.array_split(a, threads)
         with ThreadPoolExecutor(threads) as pool:
-            rates[f"int8 onnxruntime, {threads} threads"] = macs / _median_time(lambda: list(pool.map(mm, parts)))
+            rates[f"int8 onnxruntime, {threads} threads"] = macs / _median_time(lambda: list(pool.map(blocks, parts)))
     try:
         at, wt = torch.from_numpy(a.astype(np.int8)), torch.from_numpy(w)
         rates["int8 torch._int_mm"] = macs / _median_time(lambda: torch._int_mm(at, wt))
@@ -309,7 +316,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
                            "numpy, rebuilt per call": rebuilt}, 1, latency_repeats)
 
     macs, (m, k, n) = engine_macs(net)
-    rates = gemm_rates(m * num_steps * 64, k, n, threads)
+    rates = gemm_rates(m * num_steps * 64, k, n, threads, block=sim_engine.GEMM_BYTES // k)
     load_after = os.getloadavg()
 
     rows = [("network", f"{what}; T={num_steps}, profile {profile_name}"),
