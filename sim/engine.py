@@ -27,7 +27,9 @@ How it is fast without giving up exactness:
   (im2col: one copy of an :func:`numpy.lib.stride_tricks.as_strided` window view).
 * Sum-pooling folds into the kernel: ``sumpool_p(W ⊛ x)`` is one stride-p convolution with the
   integer kernel ``W'`` (k+p−1 wide, each tap a sum of up to p² weights), which needs fewer
-  multiplies and no separate pooling.
+  multiplies and no separate pooling. On spikes, in the integer kernel, it goes the other way:
+  ``sumpool_p(W ⊛ x) = W ⊛_p S`` with S the p×p box sums of x (uint8, ≤ p²), the layer's own k×k
+  kernel at stride p: k²/(k+p−1)² of the folded kernel's multiplies.
 * Every partial sum of ``W'·x`` is bounded by ``B = max_o Σ|W'_o| · max x`` (proven per layer).
   Where the layer's operands are uint8 (spikes, pixels, small event counts) and int8 (the folded
   kernel) and no product pair can saturate int16, the sums run as uint8 × int8 → int32 in
@@ -39,7 +41,9 @@ How it is fast without giving up exactness:
 * The compiled layers (kernels, proofs, integer kernels' sessions) are cached per network, so a
   batch-1 call does not rebuild them; the statistics (``stats=False``) cost nothing when not asked
   for; ``threads`` splits a batch over the cores (NumPy and onnxruntime release the GIL).
-* On a static image the first layer's current is the same at every step: computed once.
+* On a static image the first layer's current is the same at every step: computed once, and the
+  layer is looked up rather than scanned (:class:`StaticTable`: its scan once per possible current
+  and channel, each neuron's spikes gathered from the table's bit planes).
 * The membrane update runs in int32 where the worst-case bound of every intermediate fits
   (e.g. a 16-bit membrane times a 12-bit leak), int64 otherwise.
 
