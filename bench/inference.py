@@ -21,7 +21,8 @@ How it stays honest on a shared machine:
   same repetition), then summarised as median and [min, max];
 * thread pools do not spin into the next peer's measurement: ``OMP_WAIT_POLICY=PASSIVE``,
   ``GOMP_SPINCOUNT=0``, ``KMP_BLOCKTIME=0`` are set before torch/NumPy load, onnxruntime's sessions
-  run with ``allow_spinning=0``;
+  run with ``allow_spinning=0``, and the engine's NumPy path runs NumPy's BLAS on one thread (its
+  OpenBLAS pool would otherwise spin into the next peer: it ignores ``OMP_WAIT_POLICY``);
 * it prints the load average before and after, the BLAS and thread configuration and the CPU's
   integer dot-product extensions;
 * a roofline line: the machine's GEMM rates measured here (float32 BLAS, onnxruntime's
@@ -133,6 +134,25 @@ def machine_config() -> dict[str, object]:
         "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS",
                                               "OPENBLAS_NUM_THREADS", "QSNN_SIM_THREADS")},
     }
+
+
+def numpy_blas_one_thread():
+    """A context manager that runs NumPy's own BLAS on one thread (threadpoolctl, when installed):
+    the engine's NumPy path is timed as "one thread", and a multi-threaded OpenBLAS would keep its
+    workers spinning into the next peer's measurement (OpenBLAS's pthreads pool ignores
+    ``OMP_WAIT_POLICY``). torch's and onnxruntime's pools are left alone."""
+    import contextlib
+
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext
+    ctl = ThreadpoolController()
+    paths = [i["filepath"] for i in ctl.info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    if not paths:
+        return contextlib.nullcontext
+    mine = ctl.select(filepath=paths)
+    return lambda: mine.limit(limits=1)
 
 
 def _median_time(fn, repeats: int = 5) -> float:
@@ -266,6 +286,12 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         reps = -(-b // len(split.x))
         return np.concatenate([split.x] * reps)[:b]
 
+    one_blas = numpy_blas_one_thread()
+
+    def numpy_path(x: np.ndarray, b: int, **kw):
+        with one_blas():
+            return simulate(net, x, batch_size=b, kernel="numpy", threads=1, **kw)
+
     per_batch, exactness = {}, {}
     for b in sizes:
         x = images(b)
@@ -282,7 +308,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
 
         runs = {
             "engine": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads).counts,
-            "engine numpy": lambda x=x, b=b: simulate(net, x, batch_size=b, kernel="numpy", threads=1).counts,
+            "engine numpy": lambda x=x, b=b: numpy_path(x, b).counts,
             "float fast path": fast,
             "onnxruntime": lambda xf=xf, b=b: run_onnx_steps(onnx_path, xf, batch_size=b)["z3"],
         }
@@ -293,7 +319,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         # exactness in the same run: every spike train of the engine vs PyTorch integer mode and the NumPy path
         res = simulate(net, x, batch_size=b, threads=threads, record=True)
         ref = run_integer_torch(net, x, batch_size=b)
-        ref_np = simulate(net, x, batch_size=b, kernel="numpy", threads=1, record=True)
+        ref_np = numpy_path(x, b, record=True)
         exactness[b] = {key: bool(np.array_equal(res.spikes[key], np.asarray(ref[key]))
                                   and np.array_equal(res.spikes[key], ref_np.spikes[key])) for key in res.spikes}
         with torch.no_grad():
@@ -310,7 +336,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         # drop only this path's compiled layers: the engine's own stay cached, as in any warm call
         for key in [k for k in sim_engine._COMPILED if k[2] == "numpy"]:
             sim_engine._COMPILED.pop(key, None)
-        return simulate(net, x1, batch_size=1, kernel="numpy", threads=1)
+        return numpy_path(x1, 1)
 
     latency = interleaved({"engine": lambda: simulate(net, x1, batch_size=1),
                            "numpy, rebuilt per call": rebuilt}, 1, latency_repeats)
