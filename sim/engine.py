@@ -900,8 +900,9 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                         np.take(table.u[t], idx, out=u_chunk[t - t0])
             else:
                 u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
-            if stats:
-                acc.spikes_per_step[t0:t1] += [np.count_nonzero(z) for z in z_chunk]
+            if stats:                                         # one call for a small layer, else per step
+                acc.spikes_per_step[t0:t1] += z_chunk.reshape(n, -1).sum(axis=1) if z_chunk[0].size < 2**14 \
+                    else [np.count_nonzero(z) for z in z_chunk]
             name = f"{li + 1}"
             if spikes is not None:
                 out = _to_nchw(z_chunk) if el.layer.kind == "conv" else z_chunk
