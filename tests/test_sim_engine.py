@@ -489,7 +489,8 @@ def test_integer_kernel_equals_numpy_path_on_real_images(synthetic_onnx, tmp_pat
 
 @pytest.mark.parametrize("profile", [FPGA, LOIHI2, FPGA.replace(overflow="wrap", membrane_bits=10)],
                          ids=["fpga", "loihi2", "wrap"])
-def test_kernels_and_threads_agree_on_random_networks(profile):
+def test_kernels_and_threads_agree_on_random_networks(profile, monkeypatch):
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)       # small pieces: the threads really split each batch
     rng = np.random.default_rng(7)
     for encoding in ("static", "events"):
         T = 6
@@ -575,6 +576,7 @@ def test_static_layer_table_equals_scanning_every_neuron(profile, monkeypatch):
         assert ref.layers[0].saturation_events > 0, "the weighted saturation counts must be exercised"
     first = engine.compile_layers(net, 255)[0]
     proven = (2 * first.cur_limit + 1) * first.out_nhwc[-1] * net.num_steps
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)       # pieces over both threads share the table
     for cells, built in ((proven, "proven"), (proven - 1, "seen"), (1, None)):
         monkeypatch.setattr(engine, "TABLE_CELLS", cells)
         engine._COMPILED.clear()
