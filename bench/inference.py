@@ -21,12 +21,13 @@ How it stays honest on a shared machine:
   same repetition), then summarised as median and [min, max];
 * thread pools do not spin into the next peer's measurement: ``OMP_WAIT_POLICY=PASSIVE``,
   ``GOMP_SPINCOUNT=0``, ``KMP_BLOCKTIME=0`` are set before torch/NumPy load, onnxruntime's sessions
-  run with ``allow_spinning=0``;
+  run with ``allow_spinning=0``, and the engine's NumPy path runs NumPy's BLAS on one thread (its
+  OpenBLAS pool would otherwise spin into the next peer: it ignores ``OMP_WAIT_POLICY``);
 * it prints the load average before and after, the BLAS and thread configuration and the CPU's
   integer dot-product extensions;
 * a roofline line: the machine's GEMM rates measured here (float32 BLAS, onnxruntime's
   MatMulInteger and, if present, ``torch._int_mm``) times the engine's own multiply-accumulates per
-  inference (pooling folded, the static first layer once) bound its samples/s;
+  inference (pooling folded or summed first, the static first layer once) bound its samples/s;
 * exactness is asserted in the same run: every spike train of the engine equals the PyTorch
   evaluation of the integer semantics (:func:`qsnn.export.integer_torch.run_integer_torch`) and the
   engine's NumPy path, with ``array_equal``; the bench fails otherwise.
@@ -135,6 +136,25 @@ def machine_config() -> dict[str, object]:
     }
 
 
+def numpy_blas_one_thread():
+    """A context manager that runs NumPy's own BLAS on one thread (threadpoolctl, when installed):
+    the engine's NumPy path is timed as "one thread", and a multi-threaded OpenBLAS would keep its
+    workers spinning into the next peer's measurement (OpenBLAS's pthreads pool ignores
+    ``OMP_WAIT_POLICY``). torch's and onnxruntime's pools are left alone."""
+    import contextlib
+
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext
+    ctl = ThreadpoolController()
+    paths = [i["filepath"] for i in ctl.info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    if not paths:
+        return contextlib.nullcontext
+    mine = ctl.select(filepath=paths)
+    return lambda: mine.limit(limits=1)
+
+
 def _median_time(fn, repeats: int = 5) -> float:
     fn()
     ts = []
@@ -145,10 +165,11 @@ def _median_time(fn, repeats: int = 5) -> float:
     return statistics.median(ts)
 
 
-def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
+def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = None) -> dict[str, float]:
     """Measured multiply-accumulates per second of an (m, k) × (k, n) product: float32 BLAS (NumPy),
     onnxruntime's uint8 × int8 MatMulInteger (one thread, and
-    ``threads`` threads on row blocks, as the engine splits a batch), and ``torch._int_mm`` where the
+    ``threads`` threads on row blocks, as the engine splits a batch; calls of ``block`` rows, as the
+    engine makes them: :data:`qsnn.sim.engine.GEMM_BYTES` of input), and ``torch._int_mm`` where the
     torch build has it."""
     import torch
 
@@ -161,13 +182,19 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
     macs = float(m) * k * n
     rates = {"float32 BLAS (NumPy)": macs / _median_time(lambda: af @ wf)}
     mm = OrtIntMatmul(w)
-    rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: mm(a))
+    block = max(1, block or m)
+
+    def blocks(rows: np.ndarray) -> None:
+        for r0 in range(0, len(rows), block):
+            mm(rows[r0:r0 + block])
+
+    rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: blocks(a))
     if threads > 1:                     # as the engine runs it: rows split over its threads
         from concurrent.futures import ThreadPoolExecutor
 
         parts = np.array_split(a, threads)
         with ThreadPoolExecutor(threads) as pool:
-            rates[f"int8 onnxruntime, {threads} threads"] = macs / _median_time(lambda: list(pool.map(mm, parts)))
+            rates[f"int8 onnxruntime, {threads} threads"] = macs / _median_time(lambda: list(pool.map(blocks, parts)))
     try:
         at, wt = torch.from_numpy(a.astype(np.int8)), torch.from_numpy(w)
         rates["int8 torch._int_mm"] = macs / _median_time(lambda: torch._int_mm(at, wt))
@@ -179,17 +206,20 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1) -> dict[str, float]:
 def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
     """(multiply-accumulates of one inference as the engine computes it, the largest GEMM's (m, k, n) per sample-step).
 
-    Pooling is folded into the kernel; a static first layer is computed once, other layers every step.
+    Pooling is folded into the kernel, or, for a pooled layer on spikes, summed over the pool window
+    first (the layer's own k×k kernel at stride p); a static first layer is computed once, other
+    layers every step.
     """
     layers = sim_engine.compile_layers(net, net.input_max)
     total, largest = 0, (0, 0, 0)
     for i, el in enumerate(layers):
         rows = 1 if el.layer.kind == "dense" else el.out_nhwc[0] * el.out_nhwc[1]
-        per_step = rows * el.cols * el.kernel.shape[1]
+        cols = el.box_cols if el.box_matmul is not None else el.cols
+        per_step = rows * cols * el.kernel.shape[1]
         steps = 1 if (i == 0 and net.encoding == "static") else net.num_steps
         total += per_step * steps
         if per_step > largest[0] * largest[1] * largest[2]:
-            largest = (rows, el.cols, el.kernel.shape[1])
+            largest = (rows, cols, el.kernel.shape[1])
     return total, largest
 
 
@@ -256,6 +286,12 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         reps = -(-b // len(split.x))
         return np.concatenate([split.x] * reps)[:b]
 
+    one_blas = numpy_blas_one_thread()
+
+    def numpy_path(x: np.ndarray, b: int, **kw):
+        with one_blas():
+            return simulate(net, x, batch_size=b, kernel="numpy", threads=1, **kw)
+
     per_batch, exactness = {}, {}
     for b in sizes:
         x = images(b)
@@ -272,7 +308,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
 
         runs = {
             "engine": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads).counts,
-            "engine numpy": lambda x=x, b=b: simulate(net, x, batch_size=b, kernel="numpy", threads=1).counts,
+            "engine numpy": lambda x=x, b=b: numpy_path(x, b).counts,
             "float fast path": fast,
             "onnxruntime": lambda xf=xf, b=b: run_onnx_steps(onnx_path, xf, batch_size=b)["z3"],
         }
@@ -283,7 +319,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         # exactness in the same run: every spike train of the engine vs PyTorch integer mode and the NumPy path
         res = simulate(net, x, batch_size=b, threads=threads, record=True)
         ref = run_integer_torch(net, x, batch_size=b)
-        ref_np = simulate(net, x, batch_size=b, kernel="numpy", threads=1, record=True)
+        ref_np = numpy_path(x, b, record=True)
         exactness[b] = {key: bool(np.array_equal(res.spikes[key], np.asarray(ref[key]))
                                   and np.array_equal(res.spikes[key], ref_np.spikes[key])) for key in res.spikes}
         with torch.no_grad():
@@ -297,14 +333,16 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     x1 = split.x[:1]
 
     def rebuilt():
-        sim_engine._COMPILED.clear()
-        return simulate(net, x1, batch_size=1, kernel="numpy", threads=1)
+        # drop only this path's compiled layers: the engine's own stay cached, as in any warm call
+        for key in [k for k in sim_engine._COMPILED if k[2] == "numpy"]:
+            sim_engine._COMPILED.pop(key, None)
+        return numpy_path(x1, 1)
 
     latency = interleaved({"engine": lambda: simulate(net, x1, batch_size=1),
                            "numpy, rebuilt per call": rebuilt}, 1, latency_repeats)
 
     macs, (m, k, n) = engine_macs(net)
-    rates = gemm_rates(m * num_steps * 64, k, n, threads)
+    rates = gemm_rates(m * num_steps * 64, k, n, threads, block=sim_engine.GEMM_BYTES // k)
     load_after = os.getloadavg()
 
     rows = [("network", f"{what}; T={num_steps}, profile {profile_name}"),
@@ -326,7 +364,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     rows.append(("batch 1 latency", f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
                                     f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
                                     f"({_fmt_ratio(latency['numpy, rebuilt per call'])})"))
-    rows.append(("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded, static layer 1 once)"))
+    rows.append(("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded or summed first, static layer 1 once)"))
     best = max(sizes)
     for name, rate in rates.items():
         bound = rate / macs

@@ -23,11 +23,13 @@ the output spike counts over T, the first index winning ties.
 How it is fast without giving up exactness:
 
 * The network is feed-forward, so each layer runs over a chunk of time steps before the next one;
-  its synaptic sums for the whole chunk and batch are one matrix product (im2col with
-  :func:`numpy.lib.stride_tricks.sliding_window_view`).
+  its synaptic sums for the whole chunk and batch are matrix products over blocks of whole steps
+  (im2col: one copy of an :func:`numpy.lib.stride_tricks.as_strided` window view).
 * Sum-pooling folds into the kernel: ``sumpool_p(W ⊛ x)`` is one stride-p convolution with the
   integer kernel ``W'`` (k+p−1 wide, each tap a sum of up to p² weights), which needs fewer
-  multiplies and no separate pooling.
+  multiplies and no separate pooling. On spikes, in the integer kernel, it goes the other way:
+  ``sumpool_p(W ⊛ x) = W ⊛_p S`` with S the p×p box sums of x (uint8, ≤ p²), the layer's own k×k
+  kernel at stride p: k²/(k+p−1)² of the folded kernel's multiplies.
 * Every partial sum of ``W'·x`` is bounded by ``B = max_o Σ|W'_o| · max x`` (proven per layer).
   Where the layer's operands are uint8 (spikes, pixels, small event counts) and int8 (the folded
   kernel) and no product pair can saturate int16, the sums run as uint8 × int8 → int32 in
@@ -39,7 +41,9 @@ How it is fast without giving up exactness:
 * The compiled layers (kernels, proofs, integer kernels' sessions) are cached per network, so a
   batch-1 call does not rebuild them; the statistics (``stats=False``) cost nothing when not asked
   for; ``threads`` splits a batch over the cores (NumPy and onnxruntime release the GIL).
-* On a static image the first layer's current is the same at every step: computed once.
+* On a static image the first layer's current is the same at every step: computed once, and the
+  layer is looked up rather than scanned (:class:`StaticTable`: its scan once per possible current
+  and channel, each neuron's spikes gathered from the table's bit planes).
 * The membrane update runs in int32 where the worst-case bound of every intermediate fits
   (e.g. a 16-bit membrane times a 12-bit leak), int64 otherwise.
 
@@ -58,7 +62,7 @@ from threading import Lock
 from typing import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from qsnn.arith import check_leak_const, overflow_range
 from qsnn.errors import InputError, NetworkError
@@ -73,6 +77,12 @@ FLOAT64_EXACT = 2**53
 
 #: Working-memory budget of one matrix product / current buffer (bytes); batches keep memory bounded.
 CHUNK_BYTES = 48 * 2**20
+
+#: im2col rows handed to one integer-kernel call (bytes of uint8 input): the copy, and the product
+#: the shifts and bias then pass over, are still in cache (on this Zen 3 machine conv2's currents of
+#: a 128-sample piece took, per call size 0.5 / 1 / 2 / 4 MiB, 24.6 / 22.9 / 24.1 / 30.1 ms; a
+#: whole piece in one call ran about 1.4x slower than 2 MiB calls).
+GEMM_BYTES = 2**20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,6 +189,24 @@ def predict(counts: np.ndarray) -> np.ndarray:
 # One layer, compiled for the engine
 
 
+def column_sums(x: np.ndarray, in_max: int) -> np.ndarray:
+    """Σ over the rows of a (rows, units) uint8 array with entries ≤ ``in_max``, per unit (int64).
+
+    Eight units at a time: the bytes of a row viewed as uint64 words add lane by lane without a
+    carry into the next byte while a lane's sum stays ≤ 255, i.e. over ⌊255 / in_max⌋ rows (255
+    rows of spikes); only those partial sums are widened. Other shapes take NumPy's int64 sum.
+    """
+    rows, units = x.shape
+    per = 255 // max(1, int(in_max))
+    if x.dtype != np.uint8 or per < 8 or units % 8 or not x.flags.c_contiguous:
+        return x.sum(axis=0, dtype=np.int64)
+    words = x.view(np.uint64)
+    total = np.zeros(units, dtype=np.int64)
+    for r0 in range(0, rows, per):
+        total += np.add.reduce(words[r0:r0 + per], axis=0).view(np.uint8)
+    return total
+
+
 def _shl_bound(bound: int, s: int) -> int:
     """Largest |shl(a, s)| for |a| ≤ bound (a right shift floors −bound to −ceil(bound / 2^−s))."""
     return bound << s if s >= 0 else -((-bound) >> -s)
@@ -232,7 +260,20 @@ class _Layer:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
-        self.sum_kernel = "onnxruntime" if self.int_matmul is not None else "numpy"
+        # pool before the kernel where that is exact in the integer kernel: sumpool_p(W ⊛ x) = W ⊛_p S
+        # with S the p×p box sums of x (stride 1), a k×k kernel at stride p instead of the folded
+        # (k+p−1)×(k+p−1) one: k²/(k+p−1)² of the multiplies (25/36 for k = 5, p = 2). S ≤ p²·max x.
+        self.box_matmul: OrtIntMatmul | None = None
+        if kernel == "auto" and layer.kind == "conv" and layer.pool > 1 and ort_available():
+            box_max = layer.pool ** 2 * self.in_max
+            wmat = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)   # the layer's own k×k kernel
+            box_bound = int(np.abs(wmat).sum(axis=1).max()) * box_max
+            if box_max <= 255 and int8_exact(box_max, int(np.abs(wmat).max(initial=0)), box_bound):
+                self.box_matmul = OrtIntMatmul(wmat.T)
+                self.int_matmul = None
+                self.sum_dtype = np.dtype(np.int32)
+                self.box_cols = wmat.shape[1]
+        self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
         self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O); the NumPy path's
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
@@ -267,7 +308,12 @@ class _Layer:
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
         self.fan_vec = fan.reshape(-1).astype(np.int64)        # per input unit, NHWC flattened
-        self._theta_full: dict[tuple[int, ...], np.ndarray] = {}
+        self._full: dict[tuple, np.ndarray] = {}
+        # a static first layer's neuron tables (StaticTable), per (T, delay); see static_table
+        self.lookup = kernel != "numpy"
+        self._tables: dict[tuple[int, int], StaticTable] = {}
+        self._tables_lock = Lock()
+        self.cur_limit = cur_bound + int(np.abs(bias).max(initial=0))   # |c_t| ≤ this (proven)
 
     def _check_constants(self) -> None:
         check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
@@ -289,91 +335,141 @@ class _Layer:
         return fan.astype(np.int64)                           # (H, W): the same for every input channel
 
     # -- synaptic sums -------------------------------------------------------------------------
-    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None,
-                 track: bool = False) -> tuple[np.ndarray, tuple[int, int], int]:
-        """cur(shl(shl(acc, e), s)) for inputs ``x`` (n, *in_nhwc) → (n, *out_nhwc), in the state dtype.
+    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False,
+                 steps: int = 1) -> tuple[list[np.ndarray], tuple[int, int], int]:
+        """c = cur(shl(shl(acc, e), s)) + b for inputs ``x`` (n, *in_nhwc), whose rows are ``steps``
+        equal groups (time steps): one (n / steps, *out_nhwc) array per step, in the state dtype.
 
         ``x`` is bool (spikes) or an unsigned integer array. With ``acc``, also adds the chunk's
         synaptic operations (Σ input × fan-out) to it. Returns the currents, their range before the
-        current register (with ``track``, or when there is a register, which needs it; else (0, 0))
-        and how many of them the register wrapped. Nothing is stored on the layer: threads share it.
+        current register and the bias (with ``track``, or when there is a register, which needs it;
+        else (0, 0)) and how many of them the register wrapped. The sums run in blocks of whole
+        steps (:data:`GEMM_BYTES` for the integer kernel), each block's currents are views of its
+        product: no concatenation. Nothing is stored on the layer: threads share it.
         """
         n = x.shape[0]
+        per_step = n // steps if steps else 0
+        if steps < 1 or per_step * steps != n:
+            raise ValueError(f"{n} input rows are not {steps} equal steps")
         kind = self.layer.kind
-        o = self.kernel.shape[1]
+        out_shape = (self.kernel.shape[1],) if kind == "dense" else self.out_nhwc
         if x.dtype == np.bool_:
             x = x.view(np.uint8)                              # spikes: the same bytes, no cast
         if acc is not None:                                   # Σ_units (Σ_samples x) · fan-out, exact
-            acc.synops += int(x.reshape(n, -1).sum(axis=0, dtype=np.int64) @ self.fan_vec)
-        integer = self.int_matmul is not None
+            acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
+        box = self.box_matmul is not None
+        integer = self.int_matmul is not None or box
         if integer and x.dtype != np.uint8:
             x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
         item = 1 if integer else self.sum_dtype.itemsize
-        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * self.cols
-        samples_per = max(1, CHUNK_BYTES // max(1, per_sample * item))
-        parts = []
-        for s0 in range(0, n, samples_per):
-            xs = x[s0:s0 + samples_per]
+        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * \
+            (self.box_cols if box else self.cols)
+        budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
+        rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step   # whole steps
+        out: list[np.ndarray] = []
+        lo_seen, hi_seen = None, None
+        wraps = 0
+        half = self.current_half
+        for s0 in range(0, n, max(1, rows)):
+            xs = x[s0:s0 + rows]
             if not integer and xs.dtype != self.sum_dtype:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
             else:
-                ho, wo, _ = self.out_nhwc
-                side, p = self.window, self.stride
-                win = sliding_window_view(xs, (side, side), axis=(1, 2))[:, ::p, ::p][:, :ho, :wo]
-                # im2col (m·Ho·Wo, K·K·C): channels innermost, so each copied run is contiguous
-                cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, self.cols)
-            part = self.int_matmul(cols) if integer else cols @ self.kernel
+                cols = self.im2col(self.box_sums(xs), self.layer.kernel) if box else self.im2col(xs, self.window)
+            if box:
+                part = self.box_matmul(cols)
+            else:
+                part = self.int_matmul(cols) if integer else cols @ self.kernel
             if part.dtype != self.state_dtype:
                 part = part.astype(self.state_dtype)
-            parts.append(part)
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out = out.reshape((n, o) if kind == "dense" else (n, *self.out_nhwc))
-        if self.exp_shift < 0:
-            out >>= -self.exp_shift
-        if self.shift > 0:
-            out <<= self.shift
-        elif self.shift < 0:
-            out >>= -self.shift
-        wraps, rng = 0, (0, 0)
-        half = self.current_half
-        if (track or half) and out.size:
-            rng = (int(out.min()), int(out.max()))
-        if half and (rng[1] > half or rng[0] <= -half):
-            high, low = out > half, out <= -half              # Lava's u: wraps once
-            wraps = int(np.count_nonzero(high)) + int(np.count_nonzero(low))
-            out[high] -= 2 * half
-            out[low] += 2 * half
+            part = part.reshape(-1, per_step, *out_shape)
+            if self.exp_shift < 0:
+                part >>= -self.exp_shift
+            if self.shift > 0:
+                part <<= self.shift
+            elif self.shift < 0:
+                part >>= -self.shift
+            if (track or half) and part.size:
+                lo_p, hi_p = int(part.min()), int(part.max())
+                lo_seen = lo_p if lo_seen is None else min(lo_seen, lo_p)
+                hi_seen = hi_p if hi_seen is None else max(hi_seen, hi_p)
+                if half and (hi_p > half or lo_p <= -half):
+                    high, low = part > half, part <= -half    # Lava's u: wraps once
+                    wraps += int(np.count_nonzero(high)) + int(np.count_nonzero(low))
+                    part[high] -= 2 * half
+                    part[low] += 2 * half
+            part += self.full(self.bias, part.shape[1:])         # same-shape add: the fast loop
+            out.extend(part)
+        rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
+
+    def box_sums(self, xs: np.ndarray) -> np.ndarray:
+        """S[h, w] = Σ_{i, j < p} x[h + i, w + j] of (m, H, W, C) uint8 inputs, in uint8 (the caller
+        proved p²·max x ≤ 255), separably: p − 1 adds along H, then p − 1 along W. Eight channels
+        at a time where C is a multiple of 8: bytes of uint64 words add lane by lane, and no lane
+        reaches 256, so no carry crosses into the next byte."""
+        p = self.layer.pool
+        xs = np.ascontiguousarray(xs)
+        wide = xs.shape[3] % 8 == 0
+        v = xs.view(np.uint64) if wide else xs
+        _, h, w, _ = v.shape
+        rows = np.add(v[:, :h - p + 1], v[:, 1:h - p + 2])
+        for i in range(2, p):
+            rows += v[:, i:h - p + 1 + i]
+        out = np.add(rows[:, :, :w - p + 1], rows[:, :, 1:w - p + 2])
+        for j in range(2, p):
+            out += rows[:, :, j:w - p + 1 + j]
+        return out.view(np.uint8) if wide else out
+
+    def im2col(self, xs: np.ndarray, window: int) -> np.ndarray:
+        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of a K×K kernel, channels
+        innermost (each copied run is K·C contiguous values): one copy of a strided view."""
+        xs = np.ascontiguousarray(xs)
+        dtype = xs.dtype
+        row = xs.shape[3] * dtype.itemsize
+        wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
+        if wide > dtype.itemsize:                             # copy a pixel's C values as wider words
+            xs = xs.view(np.dtype(f"u{wide}"))
+        m, _, _, c = xs.shape
+        ho, wo, _ = self.out_nhwc
+        s0, s1, s2, s3 = xs.strides
+        p = self.stride
+        win = as_strided(xs, (m, ho, wo, window, window, c), (s0, p * s1, p * s2, s1, s2, s3),
+                         writeable=False)
+        return win.reshape(m * ho * wo, -1).view(dtype)
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
-             stats: LayerStats, u_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             stats: LayerStats, u_out: np.ndarray | None = None,
+             sat_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the step over ``len(cur)`` steps; ``cur[t]`` is c_t = shl(acc_t, s) + b.
 
         ``u`` is u_{t−1} and ``fired`` the reset mask r_t as integers (−1 where u_{t−1} > θ, else 0:
         all bits set, so ``fired & θ`` is r_t·θ and ``u & ~fired`` is (1 − r_t)·u without a
         multiply or a masked operation). Writes z_t into ``z_out[t]`` (bool) and, if given, u_t
-        into ``u_out[t]``. Returns (u, fired) after the chunk.
+        into ``u_out[t]`` and the neurons whose sum left the rails into ``sat_out[t]`` (+1 above
+        the high rail, −1 below the low one; it must start as zeros). Returns (u, fired) after the chunk.
         """
         p = self.profile
         lo, hi = self.lo, self.hi
         shape = u.shape
         theta = self.theta_full(shape)
         sign = self.sign_shift
+        v = np.empty_like(u)                                  # u_t is built here, then the two swap
         for t in range(len(cur)):
             if p.reset == "zero":
                 np.invert(fired, out=fired)
-                u = u & fired                                 # (1 − r_t)·u_{t−1}
+                np.bitwise_and(u, fired, out=u)               # (1 − r_t)·u_{t−1}
             if p.leak == "mul":
-                v = u * self.leak_const
+                np.multiply(u, self.leak_const, out=v)
                 v >>= p.leak_bits                             # floor
             elif p.leak == "shift":
-                v = u >> self.leak_const
+                np.right_shift(u, self.leak_const, out=v)
                 np.subtract(u, v, out=v)                      # u − (u >> d), floor
             else:                                             # loihi: sign(x)·(|x| >> F), toward zero
-                v = u * ((1 << p.leak_bits) - self.leak_const)
+                np.multiply(u, (1 << p.leak_bits) - self.leak_const, out=v)
                 v += (v >> sign) & self.round_mask
                 v >>= p.leak_bits
             v += cur[t]
@@ -382,8 +478,12 @@ class _Layer:
                 v -= fired
             vmax, vmin = int(v.max()), int(v.min())
             if vmax > hi or vmin < lo:
-                stats.saturation_high += int(np.count_nonzero(v > hi))
-                stats.saturation_low += int(np.count_nonzero(v < lo))
+                high, low = v > hi, v < lo
+                stats.saturation_high += int(np.count_nonzero(high))
+                stats.saturation_low += int(np.count_nonzero(low))
+                if sat_out is not None:
+                    sat_out[t][high] = 1
+                    sat_out[t][low] = -1
                 if p.overflow == "saturate":
                     np.clip(v, lo, hi, out=v)
                     vmax, vmin = min(vmax, hi), max(vmin, lo)
@@ -394,7 +494,7 @@ class _Layer:
                     vmax, vmin = int(v.max()), int(v.min())
             stats.membrane_max = max(stats.membrane_max, vmax)
             stats.membrane_min = min(stats.membrane_min, vmin)
-            u = v
+            u, v = v, u
             np.subtract(theta, u, out=fired)
             fired >>= sign                                    # −1 where u_t > θ (θ − u_t < 0), else 0
             np.not_equal(fired, 0, out=z_out[t])              # z_t = [u_t > θ]
@@ -402,14 +502,128 @@ class _Layer:
                 u_out[t] = u
         return u, fired
 
+    def static_table(self, T: int, delay: int, c_min: int, c_max: int, membranes: bool) -> "StaticTable | None":
+        """The :class:`StaticTable` of this layer covering currents ``c_min..c_max`` over T steps
+        (cached; widened when a batch needs more), or None where it would not pay or fit
+        (:data:`TABLE_CELLS`) or the layer runs the NumPy reference path."""
+        if not self.lookup:
+            return None
+        key = (int(T), int(delay))
+        with self._tables_lock:
+            table = self._tables.get(key)
+            if table is not None and table.lo <= c_min and c_max <= table.hi and (table.u is not None or not membranes):
+                return table
+            channels = self.out_nhwc[-1]
+            if (2 * self.cur_limit + 1) * channels * T <= TABLE_CELLS:
+                lo, hi = -self.cur_limit, self.cur_limit       # every current the proof allows: built once
+            else:                                              # the currents seen so far
+                lo, hi = (c_min, c_max) if table is None else (table.lo, table.hi)
+            lo, hi = min(lo, c_min), max(hi, c_max)
+            if (hi - lo + 1) * channels * T > TABLE_CELLS:
+                return None
+            table = StaticTable(self, T, delay, lo, hi, membranes or (table is not None and table.u is not None))
+            self._tables[key] = table
+            return table
+
     def theta_full(self, shape: tuple[int, ...]) -> np.ndarray:
         """θ broadcast to a state array's shape, contiguous (same-shape operations are the fast ones)."""
-        full = self._theta_full.get(shape)
-        if full is None:                                      # read only: threads may share it
-            full = np.ascontiguousarray(np.broadcast_to(self.theta, shape))
+        return self.full(self.theta, shape)
+
+    def full(self, const: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A per-channel constant (θ or b) broadcast to ``shape``, contiguous and cached (read only:
+        threads share it)."""
+        key = (id(const), tuple(shape))
+        full = self._full.get(key)
+        if full is None:
+            full = np.ascontiguousarray(np.broadcast_to(const, shape))
             full.flags.writeable = False
-            self._theta_full[shape] = full
+            if len(self._full) >= 64:                         # many batch shapes: start over
+                self._full.clear()
+            self._full[key] = full
         return full
+
+
+#: Largest static-layer table (entries × T neuron-steps) the engine builds; beyond, the layer is scanned.
+TABLE_CELLS = 2**22
+
+#: Bit 0 of every byte of a uint64 word.
+LOW_BITS = np.uint64(0x0101010101010101)
+
+
+class StaticTable:
+    """Every spike train a static first layer can produce, by neuron current: the layer's scan once
+    per possible (current, channel), then a lookup per neuron.
+
+    With a static image the first layer's current c_t is the same at every step (c_t = b before
+    the synaptic delay d), so a neuron's whole trajectory (u_t, z_t, saturation events) is a
+    function of its channel (θ, b) and its current c alone: the engine's own :meth:`_Layer.scan`
+    runs once on a state of shape (currents lo..hi, channels) and a batch's spikes are gathered
+    from it (bit planes of 8 steps, one byte gather per plane and a shift per step), the same
+    integers as scanning every neuron (``tests/test_sim_engine.py`` holds it to the NumPy path,
+    which scans). The statistics come from the table weighted by how many neurons use each entry.
+    """
+
+    def __init__(self, layer: "_Layer", T: int, delay: int, lo: int, hi: int, membranes: bool) -> None:
+        self.lo, self.hi = int(lo), int(hi)
+        channels = layer.out_nhwc[-1]
+        self.channels = channels
+        shape = (self.hi - self.lo + 1, channels)
+        dtype = layer.state_dtype
+        c = np.ascontiguousarray(np.broadcast_to(np.arange(self.lo, self.hi + 1, dtype=dtype)[:, None], shape))
+        bias = np.ascontiguousarray(np.broadcast_to(layer.bias, shape))
+        z = np.zeros((T, *shape), dtype=bool)
+        u_rec = np.empty((T, *shape), dtype=dtype)
+        sat = np.zeros((T, *shape), dtype=np.int8)
+        scratch = LayerStats(layer.name, layer.layer.kind, shape, 0, np.zeros(T, dtype=np.int64))
+        layer.scan([bias if t < delay else c for t in range(T)], np.zeros(shape, dtype), np.zeros(shape, dtype),
+                   z, scratch, u_rec, sat)
+        size = shape[0] * channels
+        # entries channel-major (entry = channel·R + c − lo): a neuron's index is one add to its current
+        z, u_rec, sat = (a.transpose(0, 2, 1).reshape(T, size) for a in (z, u_rec, sat))
+        self.planes = np.packbits(z, axis=0, bitorder="little")     # (⌈T/8⌉, entries)
+        self.u = np.ascontiguousarray(u_rec) if membranes else None
+        self.u_min = u_rec.min(axis=0, initial=0)                   # the engine's range starts at 0
+        self.u_max = u_rec.max(axis=0, initial=0)
+        self.sat_high = (sat == 1).sum(axis=0, dtype=np.int64)
+        self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64)
+        self.saturates = bool(self.sat_high.any() or self.sat_low.any())
+        self.offset = np.arange(channels, dtype=np.intp) * shape[0] - self.lo
+
+    def index(self, cur: np.ndarray) -> np.ndarray:
+        """The table entry of every neuron of a (..., channels) current array (the caller checks the range)."""
+        idx = cur.astype(np.intp)
+        idx += self.offset
+        return idx
+
+    def absorb_stats(self, idx: np.ndarray, stats: LayerStats) -> None:
+        """Add the saturation events and membrane range of the neurons ``idx`` over all T steps."""
+        uses = np.bincount(idx.reshape(-1), minlength=len(self.sat_low))
+        if self.saturates:
+            stats.saturation_high += int(uses @ self.sat_high)
+            stats.saturation_low += int(uses @ self.sat_low)
+        used = uses > 0
+        if used.any():
+            stats.membrane_min = min(stats.membrane_min, int(self.u_min[used].min()))
+            stats.membrane_max = max(stats.membrane_max, int(self.u_max[used].max()))
+
+    def spikes(self, idx: np.ndarray, t0: int, z_out: np.ndarray, planes: dict) -> None:
+        """z_t of the neurons ``idx`` for steps t0 … t0 + len(z_out) − 1 into ``z_out`` (bool);
+        ``planes`` caches the gathered bit planes between calls. Bit t mod 8 of each byte is
+        extracted eight bytes at a time: (word >> b) & 0x0101…01 keeps bit b of every byte (the
+        bits shifted in from the next byte land above bit 0, which the mask drops)."""
+        wide = idx.size % 8 == 0
+        for i in range(len(z_out)):
+            t = t0 + i
+            g, bit = divmod(t, 8)
+            gathered = planes.get(g)
+            if gathered is None:
+                planes.clear()
+                gathered = planes[g] = np.take(self.planes[g], idx)
+            src, out = gathered.reshape(-1), z_out[i].view(np.uint8).reshape(-1)
+            if wide:
+                src, out = src.view(np.uint64), out.view(np.uint64)
+            np.right_shift(src, bit, out=out)
+            np.bitwise_and(out, LOW_BITS if wide else 1, out=out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,9 +660,11 @@ _COMPILED_MAX = 8
 
 #: A batch runs in pieces whose largest membrane array stays about this size (in the core's L2
 #: cache: at batch 512 the membrane update of an un-split batch is memory bound), at least
-#: MIN_PIECE samples each (below, the per-call overhead dominates); threads take pieces in turn.
+#: MIN_PIECE samples each; threads take pieces in turn. Below about 64 samples a piece's many
+#: small NumPy calls contend for the GIL: on the demo net, 2 threads on 2 pieces of 16 ran 0.77×
+#: one thread on the batch, of 32 1.0×, of 64 1.3×, of 128 1.5× (idle machine).
 PIECE_BYTES = 512 * 2**10
-MIN_PIECE = 16
+MIN_PIECE = 64
 
 
 def _fingerprint(net: IntegerNetwork) -> tuple:
@@ -576,7 +792,9 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         bar = tqdm(total=N, unit="sample", desc="simulate", leave=False)
     pool = None
     try:
-        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in layers))
+        # the membrane arrays that are scanned set the piece (a static first layer is looked up: StaticTable)
+        scanned = [el for i, el in enumerate(layers) if not (i == 0 and static and el.lookup)] or layers
+        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in scanned))
         for b0 in range(0, N, batch_size):
             b1 = min(N, b0 + batch_size)
             ways = max(1, -(-(b1 - b0) // per_piece))
@@ -628,10 +846,11 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
     fired = [np.zeros((B, *el.out_nhwc), dtype=el.state_dtype) for el in layers]
     tails: list[np.ndarray | None] = [None] * len(layers)
     first = layers[0]
+    table: StaticTable | None = None
     if static:
         xs = xb.reshape(B, *first.in_shape)
         x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
-        cur_static, rng, wraps = first.currents(np.ascontiguousarray(x_in), track=stats)
+        (cur_static,), rng, wraps = first.currents(np.ascontiguousarray(x_in), track=stats)
         if stats and delay < T:
             _update_current_range(accs[0], rng)
             accs[0].current_wraps += wraps * (T - delay)
@@ -642,15 +861,22 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
             accs[0].synops += synops * (T - delay)
         if stats and delay > 0:
             _update_current_range(accs[0], (0, 0))
-        cur_static += first.bias
         bias_only = np.broadcast_to(first.bias, cur_static.shape)
+        table = None
+        if cur_static.size:
+            c_min, c_max = int(cur_static.min()), int(cur_static.max())
+            table = first.static_table(T, delay, c_min, c_max, membranes is not None)
+        if table is not None:                                 # layer 1 by lookup (StaticTable)
+            idx = table.index(cur_static)
+            table.absorb_stats(idx, accs[0])
+            gathered: dict = {}
     for t0 in range(0, T, tc):
         t1 = min(T, t0 + tc)
         n = t1 - t0
         prev_out: np.ndarray | None = None
         for li, (el, acc) in enumerate(zip(layers, accs)):
             if li == 0 and static:
-                cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)]
+                cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)] if table is None else []
             else:
                 if li == 0:
                     frames = np.moveaxis(xb[:, t0:t1], 1, 0)      # (n, B, C, H, W) events
@@ -664,17 +890,22 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                     src, tails[li] = joined[:n], joined[n:]
                 src = np.ascontiguousarray(src)
                 flat = src.reshape(n * B, *src.shape[2:])
-                cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats)
-                cur = cur.reshape(n, B, *el.out_nhwc)
+                cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats, steps=n)
                 if stats:
                     _update_current_range(acc, rng)
                     acc.current_wraps += wraps
-                cur += el.bias
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
-            u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
-            if stats:
-                acc.spikes_per_step[t0:t1] += z_chunk.view(np.uint8).reshape(n, -1).sum(axis=1, dtype=np.int64)
+            if li == 0 and table is not None:
+                table.spikes(idx, t0, z_chunk, gathered)
+                if u_chunk is not None:
+                    for t in range(t0, t1):
+                        np.take(table.u[t], idx, out=u_chunk[t - t0])
+            else:
+                u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
+            if stats:                                         # one call for a small layer, else per step
+                acc.spikes_per_step[t0:t1] += z_chunk.reshape(n, -1).sum(axis=1) if z_chunk[0].size < 2**14 \
+                    else [np.count_nonzero(z) for z in z_chunk]
             name = f"{li + 1}"
             if spikes is not None:
                 out = _to_nchw(z_chunk) if el.layer.kind == "conv" else z_chunk

@@ -489,7 +489,8 @@ def test_integer_kernel_equals_numpy_path_on_real_images(synthetic_onnx, tmp_pat
 
 @pytest.mark.parametrize("profile", [FPGA, LOIHI2, FPGA.replace(overflow="wrap", membrane_bits=10)],
                          ids=["fpga", "loihi2", "wrap"])
-def test_kernels_and_threads_agree_on_random_networks(profile):
+def test_kernels_and_threads_agree_on_random_networks(profile, monkeypatch):
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)       # small pieces: the threads really split each batch
     rng = np.random.default_rng(7)
     for encoding in ("static", "events"):
         T = 6
@@ -551,3 +552,74 @@ def test_statistics_off_keeps_the_integers():
     assert np.array_equal(full.counts, bare.counts)
     assert [s.saturation_events for s in bare.layers] == [s.saturation_events for s in full.layers]
     assert all(s.synops == 0 and not s.spikes_per_step.any() for s in bare.layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# the engine's shortcuts against its NumPy reference path (which scans every neuron, folds every pool)
+
+
+@pytest.mark.parametrize("profile", [FPGA.replace(membrane_bits=9), LOIHI2,
+                                     FPGA.replace(leak="shift", reset="zero", synaptic_delay=2),
+                                     FPGA.replace(leak="loihi", overflow="wrap", membrane_bits=8, synaptic_delay=1)],
+                         ids=["saturate", "loihi2", "shift-zero-delay", "wrap-delay"])
+def test_static_layer_table_equals_scanning_every_neuron(profile, monkeypatch):
+    """A static first layer is looked up from the table of every (current, channel) trajectory
+    (StaticTable): every spike, membrane and statistic equals the scan of every neuron, with the
+    table over the proven current range, with a table over the currents seen that a later batch
+    widens, and with no table at all (too big: the layer is scanned)."""
+    rng = np.random.default_rng(18)                  # a seed whose layers spike under every profile here
+    net = _random_net(rng, profile, "static", 7, (1, 12, 12))
+    x = rng.integers(0, 256, size=(40, 1, 12, 12)).astype(np.uint8)
+    ref = simulate(net, x, kernel="numpy", threads=1, record=True, record_membranes=True)
+    assert ref.layers[0].spikes_per_step.sum() > 0 and ref.layers[1].spikes_per_step.sum() > 0
+    if profile.membrane_bits == 9:
+        assert ref.layers[0].saturation_events > 0, "the weighted saturation counts must be exercised"
+    first = engine.compile_layers(net, 255)[0]
+    proven = (2 * first.cur_limit + 1) * first.out_nhwc[-1] * net.num_steps
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)       # pieces over both threads share the table
+    for cells, built in ((proven, "proven"), (proven - 1, "seen"), (1, None)):
+        monkeypatch.setattr(engine, "TABLE_CELLS", cells)
+        engine._COMPILED.clear()
+        small = simulate(net, x[:3], record=True, record_membranes=True, threads=1)
+        res = simulate(net, x, record=True, record_membranes=True, threads=2, batch_size=16)
+        tables = engine.compile_layers(net, 255)[0]._tables
+        if built is None:
+            assert not tables
+        else:
+            (table,) = tables.values()
+            limit = engine.compile_layers(net, 255)[0].cur_limit
+            assert (table.lo, table.hi) == (-limit, limit) if built == "proven" else table.hi - table.lo < 2 * limit
+        _same_result(res, ref)
+        for key in small.spikes:
+            assert np.array_equal(small.spikes[key], ref.spikes[key][:, :3]), key
+
+
+def test_pooled_spike_layer_sums_the_pool_first():
+    """A pooled conv layer on spikes runs its own k×k kernel at stride p on the p×p box sums of its
+    input in the integer kernel (k²/(k+p−1)² of the folded kernel's multiplies); its currents equal
+    the NumPy path's folded kernel, also where every input spikes (box sums of p² everywhere). On
+    pixels the box sums would pass 255: the folded kernel runs."""
+    rng = np.random.default_rng(17)
+    net = _random_net(rng, FPGA, "static", 4, (1, 12, 12))
+    fast, ref = engine.compile_layers(net, 255), engine.compile_layers(net, 255, kernel="numpy")
+    assert fast[0].box_matmul is None and fast[0].int_matmul is not None      # 2²·255 > 255
+    assert fast[1].box_matmul is not None and ref[1].box_matmul is None
+    conv2 = fast[1]
+    z = rng.random((9, *conv2.in_shape[1:], conv2.in_shape[0])) < 0.3
+    z[0] = True
+    z[1] = False
+    for steps in (1, 3):
+        got, rng_got, _ = conv2.currents(z, track=True, steps=steps)
+        want, rng_want, _ = ref[1].currents(z, track=True, steps=steps)
+        assert len(got) == steps and rng_got == rng_want
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("in_max, rows, units", [(1, 1000, 64), (3, 700, 24), (255, 50, 16), (1, 300, 13)])
+def test_column_sums_add_up_exactly(in_max, rows, units):
+    """Σ over rows by carry-free byte lanes, also with every entry at its bound (the largest lane sums)."""
+    rng = np.random.default_rng(in_max + rows)
+    for x in (rng.integers(0, in_max + 1, size=(rows, units)).astype(np.uint8),
+              np.full((rows, units), in_max, np.uint8)):
+        assert np.array_equal(engine.column_sums(x, in_max), x.sum(axis=0, dtype=np.int64))
