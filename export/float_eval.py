@@ -34,14 +34,13 @@ release the GIL).
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 
 from qsnn.errors import ExportError
-from qsnn.kernels import OrtIntMatmul, im2col, int8_exact, ort_available
+from qsnn.kernels import OrtIntMatmul, box_sums, default_threads, im2col, int8_exact, ort_available
 from qsnn.network import fold_pool
 
 from .float_graph import FloatGraph, FloatLayer, read_float_graph
@@ -55,21 +54,6 @@ PIECE = 64
 SCAN_BYTES = 192 << 10
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
-
-
-def default_threads() -> int:
-    """Usable cores, at most 4 (``QSNN_SIM_THREADS`` overrides), as the integer engine uses."""
-    env = os.environ.get("QSNN_SIM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ExportError(f"QSNN_SIM_THREADS must be a positive integer, got {env!r}") from None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
 
 
 class _Layer:
@@ -115,6 +99,16 @@ class _Layer:
         if quantized:                     # the integer kernels, built now (threads share the layer)
             self.int_sums(1)                  # spikes
             self.int_sums(255)                # input codes, in bytes
+        # spikes into a pooled conv layer: its own k×k kernel at stride p over the p×p box sums of the
+        # spikes (values ≤ p²), k²/(k+p−1)² of the folded kernel's multiplies, where that is exact
+        self.box: tuple[OrtIntMatmul, int, int] | None = None
+        if quantized and src.kind == "conv" and pool > 1 and pool * pool <= 255 and ort_available():
+            q = np.asarray(src.q, dtype=np.int64)
+            qmat = q.transpose(0, 2, 3, 1).reshape(q.shape[0], -1)
+            bound = int(np.abs(qmat).sum(axis=1).max()) * pool * pool
+            if int8_exact(pool * pool, int(np.abs(qmat).max(initial=0)), bound):
+                self.box = (OrtIntMatmul(qmat.T), q.shape[2], bound)
+                self.sum_kernels[1] = f"onnxruntime MatMulInteger on {pool}x{pool} box sums"
         # BatchNorm as the graph computes it, per channel (last axis)
         self.bn_arith = src.bn_arith
         self.g64, self.h64 = np.asarray(src.bn_gain, np.float64), np.asarray(src.bn_offset, np.float64)
@@ -157,26 +151,34 @@ class _Layer:
     def sums(self, x: np.ndarray, unit: float = 1.0) -> tuple[np.ndarray, float]:
         """(Σ, w): the synaptic sums of ``x`` (m, Ho, Wo, O) / (m, O), exact integers where the inputs are
         codes or spikes (real inputs: float64), and w with ``c · w · Σ`` the real current before BatchNorm."""
-        xs, fn, _, w = self.sums_plan(x, unit)
-        cols = xs.reshape(len(xs), -1) if self.kind == "dense" else im2col(xs, self.window, self.stride, self.out_nhwc[:2])
-        return fn(cols).reshape(len(xs), *self.out_nhwc), w
+        xs, fn, _, w, window = self.sums_plan(x, unit)
+        return fn(self._cols(xs, window)).reshape(len(xs), *self.out_nhwc), w
 
-    def sums_plan(self, x: np.ndarray, unit: float) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], int, float]:
-        """(input as the kernel takes it, kernel on im2col rows, bound of |Σ|, w): how to sum ``x`` (see :meth:`sums`)."""
+    def _cols(self, xs: np.ndarray, window: int) -> np.ndarray:
+        if self.kind == "dense":
+            return xs.reshape(len(xs), -1)
+        return im2col(xs, window, self.stride, self.out_nhwc[:2])
+
+    def sums_plan(self, x: np.ndarray, unit: float) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], int, float, int]:
+        """(input as the kernel takes it, kernel on im2col rows, bound of |Σ|, w, window): how to sum ``x``
+        (see :meth:`sums`)."""
         if x.dtype == np.bool_:
+            if self.box is not None:                       # spikes: box sums, the layer's own kernel
+                mm, side, bound = self.box
+                return box_sums(x.view(np.uint8), self.stride), mm, bound, 1.0, side
             x = x.view(np.uint8)
         elif not np.issubdtype(x.dtype, np.integer):
             counts = x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() < 2**31 and np.array_equal(x, np.floor(x))
             if not counts:                                 # real values: float64 products, one rounding
-                return x, lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0
+                return x, lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
             x, unit = x.astype(np.int64), 1.0
         in_max = int(x.max(initial=0))
         if not self.quantized:                             # an fp32 export's real weights
             values = np.arange(in_max + 1, dtype=np.float32) * np.float32(unit)
-            return values[x], lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0
+            return values[x], lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
         if in_max <= 1 or (unit == 1.0 and in_max <= 255):  # the codes are the values: one integer product
             fn, bound = self.int_sums(in_max)
-            return (x if x.dtype == np.uint8 else x.astype(np.uint8)), fn, bound, 1.0
+            return (x if x.dtype == np.uint8 else x.astype(np.uint8)), fn, bound, 1.0, self.window
         # the codes' float32 values as integers V_p·2^e, summed exactly through the integer kernel
         table, e = self._code_values(in_max, unit)
         limb, _ = self.int_sums(255)
@@ -197,7 +199,7 @@ class _Layer:
                     total -= offset
                     return total
 
-                return (x if x.dtype == np.uint8 else x.astype(np.uint8)), linear_sums, FLOAT64_EXACT, 2.0 ** e
+                return (x if x.dtype == np.uint8 else x.astype(np.uint8)), linear_sums, FLOAT64_EXACT, 2.0 ** e, self.window
         nbytes = max(1, (int(table.max()).bit_length() + 7) // 8)
 
         def byte_sums(cols: np.ndarray) -> np.ndarray:      # V in byte limbs: Σ_k 2^{8k} Σ limb_k q
@@ -207,7 +209,7 @@ class _Layer:
                 total = part if total is None else total + (part << (8 * k))
             return total
 
-        return table[x], byte_sums, FLOAT64_EXACT, 2.0 ** e
+        return table[x], byte_sums, FLOAT64_EXACT, 2.0 ** e, self.window
 
     def _code_values(self, in_max: int, unit: float) -> tuple[np.ndarray, int]:
         """(V, e): the model's value of each code p ≤ in_max, fl32(p · fl32(unit)) = V[p] · 2^e, V int64."""
@@ -222,17 +224,14 @@ class _Layer:
             self._codes[key] = (table.astype(np.int64), e)
         return self._codes[key]
 
-    def _apply(self, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], bound: int, unit: float) -> np.ndarray:
+    def _apply(self, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], bound: int, unit: float,
+               window: int) -> np.ndarray:
         """``_current(fn(im2col(x)))`` in row chunks of about :data:`CHUNK_BYTES`."""
         m = x.shape[0]
-        per_sample = (1 if self.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * self.cols
+        per_sample = (1 if self.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * \
+            window * window * (x.shape[-1] if self.kind == "conv" else self.cols)
         step = max(1, CHUNK_BYTES // max(1, per_sample * x.dtype.itemsize))
-        parts = []
-        for s0 in range(0, m, step):
-            xs = x[s0:s0 + step]
-            cols = xs.reshape(len(xs), -1) if self.kind == "dense" else \
-                im2col(xs, self.window, self.stride, self.out_nhwc[:2])
-            parts.append(self._current(fn(cols), bound, unit))
+        parts = [self._current(fn(self._cols(x[s0:s0 + step], window)), bound, unit) for s0 in range(0, m, step)]
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(m, *self.out_nhwc)
 
     def _current(self, sums: np.ndarray, bound: int, unit: float = 1.0) -> np.ndarray:

@@ -9,7 +9,9 @@ with exact sums (:mod:`qsnn.export.float_eval`).
   int32 with the CPU's integer dot products (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI
   ``vpdpbusd``, Arm ``sdot``/``usdot``);
 * :func:`int8_exact`: when its result is the exact integer (below);
-* :func:`im2col`: the input windows of a stride-p convolution as rows, channels last.
+* :func:`im2col`: the input windows of a stride-p convolution as rows, channels last;
+* :func:`box_sums`: the p×p window sums a pooled layer's kernel runs on;
+* :func:`default_threads`: how many threads a batch is split over.
 
 ``MatMulInteger`` is exact when
 
@@ -23,8 +25,12 @@ with exact sums (:mod:`qsnn.export.float_eval`).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
+
+from qsnn.errors import InputError
 
 INT16_MAX = 2**15 - 1
 INT32_MAX = 2**31 - 1
@@ -88,9 +94,55 @@ class OrtIntMatmul:
 def im2col(x: np.ndarray, window: int, stride: int, out_hw: tuple[int, int]) -> np.ndarray:
     """Rows ``(m·Ho·Wo, K·K·C)`` of the ``window``² patches at ``stride`` of ``x`` (m, H, W, C).
 
-    Channels innermost (each copied run is contiguous); a weight matrix in (K, K, C) column order
-    multiplies it. One copy of the input's bytes per tap, in the input's dtype.
+    Channels innermost (each copied run is K·C contiguous values; a weight matrix in (K, K, C)
+    column order multiplies it): one copy of a strided view, a pixel's C values moved as 8-, 4- or
+    2-byte words where their bytes allow.
     """
+    xs = np.ascontiguousarray(x)
+    dtype = xs.dtype
+    row = xs.shape[3] * dtype.itemsize
+    wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
+    if wide > dtype.itemsize:                             # copy a pixel's C values as wider words
+        xs = xs.view(np.dtype(f"u{wide}"))
+    m, _, _, c = xs.shape
     ho, wo = out_hw
-    win = sliding_window_view(x, (window, window), axis=(1, 2))[:, ::stride, ::stride][:, :ho, :wo]
-    return win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, window * window * x.shape[3])
+    s0, s1, s2, s3 = xs.strides
+    win = as_strided(xs, (m, ho, wo, window, window, c), (s0, stride * s1, stride * s2, s1, s2, s3),
+                     writeable=False)
+    return win.reshape(m * ho * wo, -1).view(dtype)
+
+
+def box_sums(x: np.ndarray, p: int) -> np.ndarray:
+    """S[h, w] = Σ_{i, j < p} x[h + i, w + j] of (m, H, W, C) uint8 inputs, in uint8 (the caller
+    proves p²·max x ≤ 255), separably: p − 1 adds along H, then p − 1 along W. Eight channels at a
+    time where C is a multiple of 8: bytes of uint64 words add lane by lane, and no lane reaches
+    256, so no carry crosses into the next byte.
+
+    With it a p×p sum-pooled convolution is the layer's own k×k kernel at stride p over S: k²/(k+p−1)²
+    of the pool-folded kernel's multiplies.
+    """
+    xs = np.ascontiguousarray(x)
+    wide = xs.shape[3] % 8 == 0
+    v = xs.view(np.uint64) if wide else xs
+    _, h, w, _ = v.shape
+    if p == 1:
+        return xs
+    rows = np.add(v[:, :h - p + 1], v[:, 1:h - p + 2])
+    for i in range(2, p):
+        rows += v[:, i:h - p + 1 + i]
+    out = np.add(rows[:, :, :w - p + 1], rows[:, :, 1:w - p + 2])
+    for j in range(2, p):
+        out += rows[:, :, j:w - p + 1 + j]
+    return out.view(np.uint8) if wide else out
+
+
+def default_threads() -> int:
+    """Threads a batch is split over by default: the usable cores, at most 4 (``QSNN_SIM_THREADS`` overrides)."""
+    env = os.environ.get("QSNN_SIM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise InputError(f"QSNN_SIM_THREADS must be a positive integer, got {env!r}") from None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))

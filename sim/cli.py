@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from qsnn.cli import (allow_saturation_option, chosen_profile, claim_stdout, debug_option, force_option, friendly_errors,
                       list_profiles_option, print_table, profile_option, profile_set_option, progress_option, say,

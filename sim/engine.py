@@ -53,7 +53,6 @@ kernel), never torch.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -62,14 +61,13 @@ from threading import Lock
 from typing import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from qsnn.arith import check_leak_const, overflow_range
 from qsnn.errors import InputError, NetworkError
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
-from .kernels import KERNELS, OrtIntMatmul, int8_exact, ort_available
+from .kernels import KERNELS, OrtIntMatmul, box_sums, default_threads, im2col, int8_exact, ort_available
 
 #: Integers of magnitude below these are exact in float32 / float64 (and so are sums that stay below).
 FLOAT32_EXACT = 2**24
@@ -406,39 +404,12 @@ class _Layer:
         return out, rng, wraps
 
     def box_sums(self, xs: np.ndarray) -> np.ndarray:
-        """S[h, w] = Σ_{i, j < p} x[h + i, w + j] of (m, H, W, C) uint8 inputs, in uint8 (the caller
-        proved p²·max x ≤ 255), separably: p − 1 adds along H, then p − 1 along W. Eight channels
-        at a time where C is a multiple of 8: bytes of uint64 words add lane by lane, and no lane
-        reaches 256, so no carry crosses into the next byte."""
-        p = self.layer.pool
-        xs = np.ascontiguousarray(xs)
-        wide = xs.shape[3] % 8 == 0
-        v = xs.view(np.uint64) if wide else xs
-        _, h, w, _ = v.shape
-        rows = np.add(v[:, :h - p + 1], v[:, 1:h - p + 2])
-        for i in range(2, p):
-            rows += v[:, i:h - p + 1 + i]
-        out = np.add(rows[:, :, :w - p + 1], rows[:, :, 1:w - p + 2])
-        for j in range(2, p):
-            out += rows[:, :, j:w - p + 1 + j]
-        return out.view(np.uint8) if wide else out
+        """The p×p window sums of (m, H, W, C) uint8 inputs (:func:`qsnn.kernels.box_sums`)."""
+        return box_sums(xs, self.layer.pool)
 
     def im2col(self, xs: np.ndarray, window: int) -> np.ndarray:
-        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of a K×K kernel, channels
-        innermost (each copied run is K·C contiguous values): one copy of a strided view."""
-        xs = np.ascontiguousarray(xs)
-        dtype = xs.dtype
-        row = xs.shape[3] * dtype.itemsize
-        wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
-        if wide > dtype.itemsize:                             # copy a pixel's C values as wider words
-            xs = xs.view(np.dtype(f"u{wide}"))
-        m, _, _, c = xs.shape
-        ho, wo, _ = self.out_nhwc
-        s0, s1, s2, s3 = xs.strides
-        p = self.stride
-        win = as_strided(xs, (m, ho, wo, window, window, c), (s0, p * s1, p * s2, s1, s2, s3),
-                         writeable=False)
-        return win.reshape(m * ho * wo, -1).view(dtype)
+        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of a K×K kernel (:func:`qsnn.kernels.im2col`)."""
+        return im2col(xs, window, self.stride, self.out_nhwc[:2])
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
@@ -707,18 +678,6 @@ def compile_layers(net: IntegerNetwork, in_max: int = 255, kernel: str = "auto")
         while len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
     return layers
-
-
-def default_threads() -> int:
-    """Threads :func:`simulate` splits a batch over by default: the usable cores, at most 4 (``QSNN_SIM_THREADS`` overrides)."""
-    env = os.environ.get("QSNN_SIM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise InputError(f"QSNN_SIM_THREADS must be a positive integer, got {env!r}") from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores))
 
 
 def _new_stats(layers: list[_Layer], N: int, T: int) -> list[LayerStats]:

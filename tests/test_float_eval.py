@@ -107,7 +107,7 @@ def test_float_scales_agree_with_the_graph(synthetic, mnist_test, precision):
 def test_sums_are_the_exact_integers(synthetic):
     """Σ_i v(p_i)·q_i with v(p) = fl32(p · fl32(1/255)), the float32 pixel the model is fed: computed
     from two uint8 products, equal to the exact rational sum; event counts above 255 (byte limbs) too;
-    with and without onnxruntime's integer kernel."""
+    spikes into the pooled conv2 through box sums and its own kernel equal the folded kernel's sums."""
     path = synthetic()
     rng = np.random.default_rng(0)
     layer = FloatEvaluator(path).layers[0]
@@ -125,7 +125,7 @@ def test_sums_are_the_exact_integers(synthetic):
     spikes = rng.random((4, 12, 12, 16)) < 0.3
     conv2 = FloatEvaluator(path).layers[1]
     by_ort = conv2.sums(spikes)[0]
-    assert conv2.sum_kernels[1] == "onnxruntime MatMulInteger"
+    assert conv2.sum_kernels[1] == "onnxruntime MatMulInteger on 2x2 box sums"   # the layer's own 5×5 kernel
     windows = np.lib.stride_tricks.sliding_window_view(spikes, (conv2.window,) * 2, axis=(1, 2))[:, ::2, ::2]
     reference = np.einsum("nhwckl,oklc->nhwo", windows[:, :4, :4].astype(np.int64),
                           conv2._mat.reshape(-1, conv2.window, conv2.window, 16))
