@@ -11,8 +11,11 @@ a profile and, on the same mnist5k test images, T and batch, times:
   ``torch.no_grad()`` (one convolution per layer over all T);
 * ``eager``: :meth:`QSNN.forward_plain`, the paper's loop (Brevitas layers re-quantizing their
   weights at every step, snnTorch ``Leaky`` neurons);
-* ``onnxruntime``: the float QONNX graph (after QuantToQCDQ) run step by step by onnxruntime, the
-  "trained model" of ``qsnn-sim``.
+* ``float reference``: :class:`qsnn.export.float_eval.FloatEvaluator`, the trained model layer by
+  layer with exact integer sums: what ``qsnn-sim`` runs for the float accuracy (``--float-engine
+  layers``); the bench also checks its predictions against the float fast path;
+* ``onnxruntime``: the float QONNX graph (after QuantToQCDQ) run step by step by onnxruntime
+  (``qsnn-sim --float-engine graph``).
 
 How it stays honest on a shared machine:
 
@@ -271,6 +274,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     import torch
 
     from qsnn.export.integer_torch import run_integer_torch
+    from qsnn.export.float_eval import FloatEvaluator
     from qsnn.export.runtime import run_onnx_steps
 
     threads = threads or sim_engine.default_threads()
@@ -280,6 +284,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     split = load_split("mnist5k", "test", seed=0)
     tmp = tempfile.TemporaryDirectory()
     model, net, onnx_path, what = build(num_steps, profile_name, Path(tmp.name), checkpoint, train_samples)
+    evaluator = FloatEvaluator(onnx_path, threads=threads)
     config = machine_config()
 
     def images(b: int) -> np.ndarray:
@@ -310,6 +315,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
             "engine": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads).counts,
             "engine numpy": lambda x=x, b=b: numpy_path(x, b).counts,
             "float fast path": fast,
+            "float reference": lambda x=x: evaluator.run(x)["z3"],
             "onnxruntime": lambda xf=xf, b=b: run_onnx_steps(onnx_path, xf, batch_size=b)["z3"],
         }
         if b <= eager_max_batch:
@@ -325,6 +331,9 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         with torch.no_grad():
             fast_pred = model.forward_fast(xt).spikes.sum(0).argmax(1).numpy()
         per_batch[b]["predictions_equal_float_vs_engine"] = float(np.mean(fast_pred == res.predictions))
+        # the float reference predicts what the trained model predicts (float rounding apart)
+        ref_pred = evaluator.run(x)["z3"].sum(0).argmax(1)
+        per_batch[b]["predictions_equal_float_reference_vs_fast_path"] = float(np.mean(ref_pred == fast_pred))
         per_batch[b]["firing_rates"] = {s.name: float(s.spikes_per_step.sum() / (len(x) * num_steps * s.neurons))
                                         for s in res.layers}
         per_batch[b]["sum_kernels"] = {s.name: f"{s.sum_kernel} {s.sum_dtype}" for s in res.layers}
@@ -355,12 +364,13 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         pb = per_batch[b]
         rows.append((f"batch {b}: engine", f"{pb['engine']['samples_per_s']:8.0f} samples/s  "
                                            f"(median of {repeats}; {', '.join(pb['sum_kernels'].values())})"))
-        for name in ("engine numpy", "float fast path", "onnxruntime", "eager"):
+        for name in ("engine numpy", "float fast path", "float reference", "onnxruntime", "eager"):
             if name in pb:
                 rows.append((f"batch {b}: {name}", f"{pb[name]['samples_per_s']:8.0f} samples/s  "
                                                     f"engine is {_fmt_ratio(pb[name])} faster"))
         rows.append((f"batch {b}: bit-exact", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exactness[b].items())
-                     + f"; predictions equal float fast path {100 * pb['predictions_equal_float_vs_engine']:.2f} %"))
+                     + f"; predictions equal float fast path {100 * pb['predictions_equal_float_vs_engine']:.2f} %"
+                     + f"; float reference vs fast path {100 * pb['predictions_equal_float_reference_vs_fast_path']:.2f} %"))
     rows.append(("batch 1 latency", f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
                                     f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
                                     f"({_fmt_ratio(latency['numpy, rebuilt per call'])})"))

@@ -49,9 +49,9 @@ from .runtime import prepare_input
 #: Bytes of im2col rows per matrix product (the rows of a chunk of steps; keeps them in cache).
 CHUNK_BYTES = 4 << 20
 #: Samples per batch piece (one thread at a time runs a piece through every layer and step).
-PIECE = 64
+PIECE = 128
 #: Bytes of membrane and current a block of the LIF update keeps in cache.
-SCAN_BYTES = 192 << 10
+SCAN_BYTES = 1 << 20
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
 
