@@ -88,6 +88,25 @@ def float_onnx(trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_export(tmp_path_factory):
+    """Factory: ``synthetic_export(**overrides)`` → (checkpoint, float QONNX export) of an untrained but
+    spiking checkpoint (:func:`fixtures.synthetic_checkpoint`) of that configuration, made once per session."""
+    from qsnn.export.qonnx_float import export_float
+
+    cache: dict[tuple, tuple[Path, Path]] = {}
+
+    def make(**overrides):
+        key = tuple(sorted(overrides.items()))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp("synthetic")
+            ckpt = synthetic_checkpoint(folder / "best.pt", **overrides)
+            cache[key] = (ckpt, export_float(ckpt, folder / "model.onnx"))
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def synthetic_onnx(tmp_path_factory) -> Path:
     """The float QONNX export of an untrained but spiking int4 mnist5k checkpoint (no training: seconds)."""
     from qsnn.export.qonnx_float import export_float

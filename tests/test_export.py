@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from fixtures import synthetic_checkpoint
+
 from float_compare import BOUNDS, FEW_SAMPLES, assert_float_agreement
 from onnx import numpy_helper
 
@@ -304,19 +304,9 @@ def test_read_integer_qonnx_round_trip(exported, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(synthetic_export):
     """Factory: (checkpoint, float ONNX) of an untrained spiking model of a configuration."""
-    cache = {}
-
-    def make(**overrides):
-        key = tuple(sorted(overrides.items()))
-        if key not in cache:
-            folder = tmp_path_factory.mktemp("synthetic")
-            ckpt = synthetic_checkpoint(folder / "best.pt", **overrides)
-            cache[key] = (ckpt, export_float(ckpt, folder / "model.onnx"))
-        return cache[key]
-
-    return make
+    return synthetic_export
 
 
 def _float_graph_matches_torch(ckpt, path, x, what: str) -> dict[str, np.ndarray]:

@@ -34,18 +34,9 @@ def mnist_test():
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(synthetic_export):
     """Factory: the float export of a synthetic (untrained, spiking) checkpoint with these overrides."""
-    cache = {}
-
-    def make(**overrides):
-        key = tuple(sorted(overrides.items()))
-        if key not in cache:
-            folder = tmp_path_factory.mktemp("float-eval")
-            cache[key] = export_float(synthetic_checkpoint(folder / "best.pt", **overrides), folder / "model.onnx")
-        return cache[key]
-
-    return make
+    return lambda **overrides: synthetic_export(**overrides)[1]
 
 
 def _binary(x: np.ndarray) -> np.ndarray:
