@@ -253,9 +253,10 @@ class _Layer:
                 cur *= self.g32
                 cur += self.h32
             return cur
-        cur = np.multiply(sums, self.cg64 if unit == 1.0 else self.cg64 * unit, dtype=np.float64)
-        cur += self.h64
-        return cur.astype(np.float32)
+        wide = np.multiply(sums, self.cg64 if unit == 1.0 else self.cg64 * unit, dtype=np.float64)
+        cur = np.empty(wide.shape, np.float32)
+        np.add(wide, self.h64, out=cur, casting="unsafe")  # the float64 sum, rounded once to float32 on store
+        return cur
 
     # -- the LIF over a chunk of steps ---------------------------------------------------------
     def scan(self, cur: np.ndarray, static: bool, u: np.ndarray, r: np.ndarray, z_out: np.ndarray,
