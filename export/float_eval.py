@@ -176,7 +176,7 @@ class _Layer:
         if not self.quantized:                             # an fp32 export's real weights
             values = np.arange(in_max + 1, dtype=np.float32) * np.float32(unit)
             return values[x], lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
-        if in_max <= 1 or (unit == 1.0 and in_max <= 255):  # the codes are the values: one integer product
+        if (unit == 1.0 and in_max <= 255) or in_max == 0:  # each code is worth itself (or all are 0): one product
             fn, bound = self.int_sums(in_max)
             return (x if x.dtype == np.uint8 else x.astype(np.uint8)), fn, bound, 1.0, self.window
         # the codes' float32 values as integers V_p·2^e, summed exactly through the integer kernel

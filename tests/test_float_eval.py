@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fixtures import synthetic_checkpoint
-from float_compare import FEW_SAMPLES, assert_float_agreement
+from float_compare import BOUNDS, FEW_SAMPLES, assert_float_agreement
 
 import qsnn.export.float_eval as float_eval
 from qsnn.data import INPUT_SCALE, load_split
@@ -93,6 +93,21 @@ def test_float_scales_agree_with_the_graph(synthetic, mnist_test, precision):
     x = mnist_test.x[:200]
     ref = run_onnx_steps(path, float_input(x, "static"), record=True)
     assert_float_agreement(FloatEvaluator(path).run(x, record=True), ref, what="float_eval vs onnxruntime")
+
+
+@pytest.mark.parametrize("top", [1, 3, 255])
+def test_codes_are_worth_their_pixel_value(synthetic, mnist_test, top):
+    """Integer codes are the pixels the model is fed, code·fl32(1/255), whatever the batch's largest
+    code (dim images whose codes are all 0 or 1 included): as onnxruntime's graph on those values."""
+    path = synthetic()
+    codes = (mnist_test.x[:40].astype(np.int64) * top // 255).astype(np.uint8)
+    assert codes.max() == top
+    ref = run_onnx_steps(path, float_input(codes, "static"), record=True)
+    got = FloatEvaluator(path).run(codes, record=True)
+    # u1 at t = 0 is layer 1's current itself (no history): the two differ by float rounding only
+    current = np.abs(ref["u1"][0] - ref["u1"][0].min())   # BatchNorm's offset aside, what the pixels add
+    assert current.max() > 100 * BOUNDS["membrane_atol"]
+    assert np.abs(got["u1"][0] - ref["u1"][0]).max() <= BOUNDS["membrane_atol"]
 
 
 def test_sums_are_the_exact_integers(synthetic):
