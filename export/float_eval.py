@@ -40,8 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from qsnn.errors import ExportError
-from qsnn.kernels import OrtIntMatmul, box_sums, default_threads, im2col, int8_exact, ort_available
-from qsnn.network import fold_pool
+from qsnn.kernels import OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact, ort_available, weight_matrix
 
 from .float_graph import FloatGraph, FloatLayer, read_float_graph
 from .runtime import prepare_input
@@ -65,20 +64,12 @@ class _Layer:
         pool = src.pool
         quantized = src.q is not None
         w = src.q if quantized else src.w_real
-        dtype = np.int64 if quantized else np.float64
+        mat = weight_matrix(w, src.kind, pool, in_shape, np.int64 if quantized else np.float64)
         if src.kind == "conv":
-            wf = fold_pool(w, pool, dtype)
-            self.window, self.stride = wf.shape[2], pool
-            mat = wf.transpose(0, 2, 3, 1).reshape(wf.shape[0], -1)       # columns in (K, K, C) order
+            self.window, self.stride = w.shape[2] + pool - 1, pool        # the pool-folded kernel's side
             self.out_nhwc = (out_shape[1], out_shape[2], out_shape[0])
         else:
             self.window = self.stride = 1
-            w = np.asarray(w, dtype=dtype)
-            if len(in_shape) == 3:                                      # the graph flattens NCHW
-                c, h, wd = in_shape
-                mat = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-            else:
-                mat = w
             self.out_nhwc = tuple(out_shape)
         self.cols = mat.shape[1]
         area = pool * pool
@@ -96,19 +87,18 @@ class _Layer:
         #: which kernel sums uint8 inputs up to 1 (spikes) and up to 255 (codes, in bytes)
         self.sum_kernels: dict[int, str] = {}
         self._mat = mat
-        if quantized:                     # the integer kernels, built now (threads share the layer)
-            self.int_sums(1)                  # spikes
-            self.int_sums(255)                # input codes, in bytes
-        # spikes into a pooled conv layer: its own k×k kernel at stride p over the p×p box sums of the
-        # spikes (values ≤ p²), k²/(k+p−1)² of the folded kernel's multiplies, where that is exact
+        # the integer kernels, built now (threads share the layer): 0/1 inputs into a pooled conv layer
+        # go through its own k×k kernel on their p×p box sums where that is exact (qsnn.kernels.box_kernel),
+        # other 0/1 inputs through the folded kernel; input codes through the folded kernel, in bytes
         self.box: tuple[OrtIntMatmul, int, int] | None = None
-        if quantized and src.kind == "conv" and pool > 1 and pool * pool <= 255 and ort_available():
-            q = np.asarray(src.q, dtype=np.int64)
-            qmat = q.transpose(0, 2, 3, 1).reshape(q.shape[0], -1)
-            bound = int(np.abs(qmat).sum(axis=1).max()) * pool * pool
-            if int8_exact(pool * pool, int(np.abs(qmat).max(initial=0)), bound):
-                self.box = (OrtIntMatmul(qmat.T), q.shape[2], bound)
-                self.sum_kernels[1] = f"onnxruntime MatMulInteger on {pool}x{pool} box sums"
+        box = box_kernel(src.q, pool, 1) if quantized and src.kind == "conv" else None
+        if box is not None:
+            self.box = (box[0], src.q.shape[2], box[1])
+            self.sum_kernels[1] = f"onnxruntime MatMulInteger on {pool}x{pool} box sums"
+        elif quantized:
+            self.int_sums(1)
+        if quantized:
+            self.int_sums(255)
         # BatchNorm as the graph computes it, per channel (last axis)
         self.bn_arith = src.bn_arith
         self.g64, self.h64 = np.asarray(src.bn_gain, np.float64), np.asarray(src.bn_offset, np.float64)
@@ -163,20 +153,23 @@ class _Layer:
         """(input as the kernel takes it, kernel on im2col rows, bound of |Σ|, w, window): how to sum ``x``
         (see :meth:`sums`)."""
         if x.dtype == np.bool_:
-            if self.box is not None:                       # spikes: box sums, the layer's own kernel
-                mm, side, bound = self.box
-                return box_sums(x.view(np.uint8), self.stride), mm, bound, 1.0, side
-            x = x.view(np.uint8)
-        elif not np.issubdtype(x.dtype, np.integer):
-            counts = x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() < 2**31 and np.array_equal(x, np.floor(x))
-            if not counts:                                 # real values: float64 products, one rounding
-                return x, lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
-            x, unit = x.astype(np.int64), 1.0
-        in_max = int(x.max(initial=0))
+            x, in_max = x.view(np.uint8), 1
+        else:
+            if not np.issubdtype(x.dtype, np.integer):
+                counts = x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() < 2**31 \
+                    and np.array_equal(x, np.floor(x))
+                if not counts:                             # real values: float64 products, one rounding
+                    return x, lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
+                x, unit = x.astype(np.int64), 1.0
+            in_max = int(x.max(initial=0))
         if not self.quantized:                             # an fp32 export's real weights
             values = np.arange(in_max + 1, dtype=np.float32) * np.float32(unit)
             return values[x], lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
-        if (unit == 1.0 and in_max <= 255) or in_max == 0:  # each code is worth itself (or all are 0): one product
+        ones = unit == 1.0 or in_max == 0                  # each code is worth itself (or all are 0)
+        if ones and in_max <= 1 and self.box is not None:  # spikes: box sums, the layer's own kernel
+            mm, side, bound = self.box
+            return box_sums(x if x.dtype == np.uint8 else x.astype(np.uint8), self.stride), mm, bound, 1.0, side
+        if ones and in_max <= 255:                         # one integer product
             fn, bound = self.int_sums(in_max)
             return (x if x.dtype == np.uint8 else x.astype(np.uint8)), fn, bound, 1.0, self.window
         # the codes' float32 values as integers V_p·2^e, summed exactly through the integer kernel

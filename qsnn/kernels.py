@@ -10,7 +10,8 @@ with exact sums (:mod:`qsnn.export.float_eval`).
   ``vpdpbusd``, Arm ``sdot``/``usdot``);
 * :func:`int8_exact`: when its result is the exact integer (below);
 * :func:`im2col`: the input windows of a stride-p convolution as rows, channels last;
-* :func:`box_sums`: the p×p window sums a pooled layer's kernel runs on;
+* :func:`weight_matrix`: a layer's weights as the matrix the im2col rows multiply;
+* :func:`box_sums`, :func:`box_kernel`: the p×p window sums a pooled layer's own kernel runs on;
 * :func:`default_threads`: how many threads a batch is split over.
 
 ``MatMulInteger`` is exact when
@@ -31,6 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from qsnn.errors import InputError
+from qsnn.network import fold_pool
 
 INT16_MAX = 2**15 - 1
 INT32_MAX = 2**31 - 1
@@ -112,6 +114,24 @@ def im2col(x: np.ndarray, window: int, stride: int, out_hw: tuple[int, int]) -> 
     return win.reshape(m * ho * wo, -1).view(dtype)
 
 
+def conv_columns(weight: np.ndarray) -> np.ndarray:
+    """(O, C, K, K) conv weights as (O, K·K·C): the column order of :func:`im2col`'s rows."""
+    return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def weight_matrix(weight: np.ndarray, kind: str, pool: int, in_shape: tuple[int, ...], dtype=np.int64) -> np.ndarray:
+    """A layer's weights as the (O, cols) matrix its inputs, channels last, multiply: a conv layer's
+    pool-folded kernel (:func:`qsnn.network.fold_pool`) in :func:`im2col` column order; a dense
+    layer's columns in the NHWC order of its flattened (C, H, W) input (the graph flattens NCHW)."""
+    w = np.asarray(weight, dtype=dtype)
+    if kind == "conv":
+        return conv_columns(fold_pool(w, pool, dtype))
+    if len(in_shape) == 3:
+        c, h, wd = in_shape
+        return w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    return w
+
+
 def box_sums(x: np.ndarray, p: int) -> np.ndarray:
     """S[h, w] = Σ_{i, j < p} x[h + i, w + j] of (m, H, W, C) uint8 inputs, in uint8 (the caller
     proves p²·max x ≤ 255), separably: p − 1 adds along H, then p − 1 along W. Eight channels at a
@@ -134,6 +154,21 @@ def box_sums(x: np.ndarray, p: int) -> np.ndarray:
     for j in range(2, p):
         out += rows[:, :, j:w - p + 1 + j]
     return out.view(np.uint8) if wide else out
+
+
+def box_kernel(weight: np.ndarray, pool: int, in_max: int) -> tuple[OrtIntMatmul, int] | None:
+    """The integer kernel of a p×p sum-pooled conv layer on the p×p box sums of its inputs (values
+    ≤ p²·in_max): ``sumpool_p(W ⊛ x) = W ⊛_p S``, the layer's own k×k kernel at stride p, k²/(k+p−1)²
+    of the folded kernel's multiplies. Returns (kernel, proven bound of every sum), or None where
+    that is not exact (:func:`int8_exact`, box sums above 255) or onnxruntime is missing."""
+    box_max = pool * pool * int(in_max)
+    if pool < 2 or box_max > 255 or not ort_available():
+        return None
+    wmat = conv_columns(np.asarray(weight, dtype=np.int64))
+    bound = int(np.abs(wmat).sum(axis=1).max()) * box_max
+    if not int8_exact(box_max, int(np.abs(wmat).max(initial=0)), bound):
+        return None
+    return OrtIntMatmul(wmat.T), bound
 
 
 def default_threads() -> int:

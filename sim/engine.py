@@ -64,10 +64,11 @@ import numpy as np
 
 from qsnn.arith import check_leak_const, overflow_range
 from qsnn.errors import InputError, NetworkError
-from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
+from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .kernels import KERNELS, OrtIntMatmul, box_sums, default_threads, im2col, int8_exact, ort_available
+from .kernels import (KERNELS, OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact, ort_available,
+                      weight_matrix)
 
 #: Integers of magnitude below these are exact in float32 / float64 (and so are sums that stay below).
 FLOAT32_EXACT = 2**24
@@ -231,22 +232,22 @@ class _Layer:
 
         w = np.asarray(layer.weight, dtype=np.int64)
         if layer.kind == "conv":
-            wf = fold_pool(w, layer.pool)
-            self.window = wf.shape[2]
+            self.window = layer.kernel + layer.pool - 1                # the pool-folded kernel's side
             self.stride = layer.pool
-            mat = wf.transpose(0, 2, 3, 1).reshape(wf.shape[0], -1)   # columns in (K, K, C) order
-        else:
-            if len(self.in_shape) == 3:                       # NCHW flatten → our NHWC flatten
-                c, h, wd = self.in_shape
-                mat = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-            else:
-                mat = w
+        mat = weight_matrix(w, layer.kind, layer.pool, self.in_shape)
         self.cols = mat.shape[1]
         self.in_max = int(in_max)
         self.sum_bound = int(np.abs(mat).sum(axis=1).max()) * int(in_max)
-        # the integer kernel where its arithmetic is proven exact (qsnn.sim.kernels), else NumPy
+        # the integer kernel where its arithmetic is proven exact (qsnn.kernels), else NumPy. A pooled
+        # conv layer first tries its own k×k kernel on box sums of its input (qsnn.kernels.box_kernel)
         self.int_matmul: OrtIntMatmul | None = None
-        if kernel == "auto" and int8_exact(self.in_max, int(np.abs(mat).max(initial=0)), self.sum_bound) \
+        self.box_matmul: OrtIntMatmul | None = None
+        box = box_kernel(w, layer.pool, self.in_max) if kernel == "auto" and layer.kind == "conv" else None
+        if box is not None:
+            self.box_matmul = box[0]
+            self.box_cols = self.box_matmul.k
+            self.sum_dtype = np.dtype(np.int32)
+        elif kernel == "auto" and int8_exact(self.in_max, int(np.abs(mat).max(initial=0)), self.sum_bound) \
                 and ort_available():
             self.int_matmul = OrtIntMatmul(mat.T)
             self.sum_dtype = np.dtype(np.int32)
@@ -258,19 +259,6 @@ class _Layer:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
-        # pool before the kernel where that is exact in the integer kernel: sumpool_p(W ⊛ x) = W ⊛_p S
-        # with S the p×p box sums of x (stride 1), a k×k kernel at stride p instead of the folded
-        # (k+p−1)×(k+p−1) one: k²/(k+p−1)² of the multiplies (25/36 for k = 5, p = 2). S ≤ p²·max x.
-        self.box_matmul: OrtIntMatmul | None = None
-        if kernel == "auto" and layer.kind == "conv" and layer.pool > 1 and ort_available():
-            box_max = layer.pool ** 2 * self.in_max
-            wmat = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)   # the layer's own k×k kernel
-            box_bound = int(np.abs(wmat).sum(axis=1).max()) * box_max
-            if box_max <= 255 and int8_exact(box_max, int(np.abs(wmat).max(initial=0)), box_bound):
-                self.box_matmul = OrtIntMatmul(wmat.T)
-                self.int_matmul = None
-                self.sum_dtype = np.dtype(np.int32)
-                self.box_cols = wmat.shape[1]
         self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
         self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O); the NumPy path's
 
@@ -375,7 +363,8 @@ class _Layer:
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
             else:
-                cols = self.im2col(self.box_sums(xs), self.layer.kernel) if box else self.im2col(xs, self.window)
+                cols = im2col(box_sums(xs, self.layer.pool), self.layer.kernel, self.stride, self.out_nhwc[:2]) if box \
+                    else im2col(xs, self.window, self.stride, self.out_nhwc[:2])
             if box:
                 part = self.box_matmul(cols)
             else:
@@ -402,14 +391,6 @@ class _Layer:
             out.extend(part)
         rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
-
-    def box_sums(self, xs: np.ndarray) -> np.ndarray:
-        """The p×p window sums of (m, H, W, C) uint8 inputs (:func:`qsnn.kernels.box_sums`)."""
-        return box_sums(xs, self.layer.pool)
-
-    def im2col(self, xs: np.ndarray, window: int) -> np.ndarray:
-        """(m, H, W, C) → (m·Ho·Wo, K·K·C), the stride-p windows of a K×K kernel (:func:`qsnn.kernels.im2col`)."""
-        return im2col(xs, window, self.stride, self.out_nhwc[:2])
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,

@@ -24,10 +24,11 @@ says why the kernel sits outside the NumPy-only core.
 
 from __future__ import annotations
 
-from qsnn.kernels import INT16_MAX, INT32_MAX, OrtIntMatmul, box_sums, default_threads, im2col, int8_exact, ort_available
+from qsnn.kernels import (INT16_MAX, INT32_MAX, OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact,
+                          ort_available, weight_matrix)
 
-__all__ = ["KERNELS", "INT16_MAX", "INT32_MAX", "OrtIntMatmul", "box_sums", "default_threads", "im2col", "int8_exact",
-           "ort_available"]
+__all__ = ["KERNELS", "INT16_MAX", "INT32_MAX", "OrtIntMatmul", "box_kernel", "box_sums", "default_threads", "im2col",
+           "int8_exact", "ort_available", "weight_matrix"]
 
 #: Kernels :func:`qsnn.sim.simulate` accepts: ``auto`` (``ort`` where exact and importable, else
 #: ``numpy``), ``numpy`` (the reference path, every layer) or ``ort`` (required: an error if unavailable).

@@ -143,7 +143,10 @@ def test_without_onnxruntime_the_same_spikes(synthetic, mnist_test, monkeypatch)
     path = synthetic()
     x = mnist_test.x[:40]
     with_ort = FloatEvaluator(path).run(x, record=True)
-    monkeypatch.setattr(float_eval, "ort_available", lambda: False)
+    import qsnn.kernels
+
+    for module in (float_eval, qsnn.kernels):          # the evaluator's own check and box_kernel's
+        monkeypatch.setattr(module, "ort_available", lambda: False)
     plain = FloatEvaluator(path)
     assert {layer.sum_kernels[1] for layer in plain.layers} == {"numpy float32"}
     without = plain.run(x, record=True)
