@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from qsnn.data import model_input
 from qsnn.errors import ExportError
 from qsnn.kernels import OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact, ort_available, weight_matrix
 
@@ -133,7 +134,7 @@ class _Layer:
         """I = BN(c · Σ_i v(x_i) q_i) for inputs ``x`` (m, H, W, C) or (m, n) → float32.
 
         ``x``: bool spikes (v = 0, 1); integer codes, each worth ``v(p) = fl32(p · fl32(unit))`` in
-        the model (uint8 pixels: p/255 as the float32 the model is fed, :func:`qsnn.sim.validate.float_input`);
+        the model (uint8 pixels: p/255 as the float32 the model is fed, :func:`qsnn.data.model_input`);
         or real values (a float dtype; integer-valued ones count as codes of unit 1).
         """
         return self._apply(*self.sums_plan(x, unit))
@@ -163,7 +164,7 @@ class _Layer:
                 x, unit = x.astype(np.int64), 1.0
             in_max = int(x.max(initial=0))
         if not self.quantized:                             # an fp32 export's real weights
-            values = np.arange(in_max + 1, dtype=np.float32) * np.float32(unit)
+            values = model_input(np.arange(in_max + 1), unit)
             return values[x], lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
         ones = unit == 1.0 or in_max == 0                  # each code is worth itself (or all are 0)
         if ones and in_max <= 1 and self.box is not None:  # spikes: box sums, the layer's own kernel
@@ -208,7 +209,7 @@ class _Layer:
         """(V, e): the model's value of each code p ≤ in_max, fl32(p · fl32(unit)) = V[p] · 2^e, V int64."""
         key = (in_max, unit)
         if key not in self._codes:
-            values = np.arange(in_max + 1, dtype=np.float32) * np.float32(unit)
+            values = model_input(np.arange(in_max + 1), unit)
             nonzero = values[values != 0].astype(np.float64)
             e = int(np.frexp(nonzero)[1].min()) - 24 if nonzero.size else 0   # the finest ulp among them
             table = np.ldexp(values.astype(np.float64), -e)

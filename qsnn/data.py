@@ -41,6 +41,15 @@ ENCODINGS = ("static", "events")
 INPUT_SCALE = {"static": 1.0 / 255.0, "events": 1.0}
 """Real value of one integer input unit, per encoding: pixel/255 for images, one event per count."""
 
+
+
+def model_input(x, scale: float):
+    """The float32 the trained model is fed for integer inputs ``x``: ``fl32(x) · fl32(scale)``, with
+    ``scale`` the encoding's :data:`INPUT_SCALE` (pixels/255; event counts ·1, i.e. as they are). The
+    training pipeline computes the same (``qsnn.train.data.to_tensor``)."""
+    return np.asarray(x).astype(np.float32) * np.float32(scale)
+
+
 INPUT_MAX = {"static": 255, "events": 65535}
 """Widest integer input each encoding can carry: uint8 pixels, uint16 per-bin event counts. A model's
 own range is its export's ``input_max``: 255 for pixels, the event encoding's clip

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from qsnn.data import INPUT_SCALE, ArraySplit
+from qsnn.data import INPUT_SCALE, ArraySplit, model_input
 from qsnn.errors import DataError, ProfileError
 from qsnn.network import IntegerNetwork
 from qsnn.profiles import ChipProfile
@@ -59,9 +59,8 @@ def _short(classes: tuple[str, ...] | list[str]) -> str:
 
 
 def float_input(x: np.ndarray, encoding: str) -> np.ndarray:
-    """The float model's input from the integers, as training feeds it: float32 ``x · INPUT_SCALE``."""
-    xf = np.asarray(x).astype(np.float32)
-    return xf * np.float32(INPUT_SCALE[encoding]) if encoding == "static" else xf
+    """The float model's input from the integers, as training feeds it (:func:`qsnn.data.model_input`)."""
+    return model_input(x, INPUT_SCALE[encoding])
 
 
 def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, batch_size: int = 256,
