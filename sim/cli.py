@@ -22,6 +22,7 @@ The report has three parts:
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -243,8 +244,8 @@ def _peak_rss_mb() -> float | None:
         import resource
     except ImportError:  # not on POSIX
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if not __import__("sys").platform == "darwin" else peak / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _encoding_text(report: dict[str, Any]) -> str:
@@ -285,7 +286,8 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     if "total_seconds" in timing:
         parts = [f"engine {timing['engine_seconds']:.1f} s"]
         if "float_model_seconds" in timing:
-            parts.append(f"trained model {timing['float_model_seconds']:.1f} s ({report['float_engine'].split(':')[0].split('.')[-1]})")
+            engine = next(name for name, what in FLOAT_ENGINES.items() if what == report["float_engine"])
+            parts.append(f"trained model {timing['float_model_seconds']:.1f} s (--float-engine {engine})")
         parts.append(f"total {timing['total_seconds']:.1f} s")
         if timing.get("peak_rss_mb"):
             parts.append(f"peak RSS {timing['peak_rss_mb']:.0f} MB")
