@@ -55,7 +55,7 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qsnn.cli import print_table  # noqa: E402
-from qsnn.data import INPUT_SCALE, load_split  # noqa: E402
+from qsnn.data import INPUT_SCALE, load_split, model_input  # noqa: E402
 from qsnn.files import write_json  # noqa: E402
 from qsnn.profiles import PROFILES, get_profile  # noqa: E402
 from qsnn.sim import engine as sim_engine  # noqa: E402
@@ -106,14 +106,12 @@ def machine_config() -> dict[str, object]:
     import onnxruntime
     import torch
 
-    flags = set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        cpuinfo = []
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     blas = []
     try:
         from threadpoolctl import threadpool_info
@@ -121,12 +119,6 @@ def machine_config() -> dict[str, object]:
         blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer', '')}, "
                 f"{i.get('num_threads')} threads, {i.get('architecture', '')})" for i in threadpool_info()]
     except ImportError:
-        pass
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
         pass
     return {
         "cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -300,7 +292,7 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     per_batch, exactness = {}, {}
     for b in sizes:
         x = images(b)
-        xt = torch.from_numpy(x.astype(np.float32) * np.float32(INPUT_SCALE["static"]))
+        xt = torch.from_numpy(model_input(x, INPUT_SCALE["static"]))
         xf = xt.numpy()
 
         def eager(xt=xt):
