@@ -23,7 +23,7 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install system-deps demo test test-fast train bench clean rtl-check lava lava-check test-lava
+.PHONY: install system-deps demo test test-fast lint train bench clean rtl-check lava lava-check test-lava
 
 install: system-deps $(VENV)/.installed
 
@@ -56,6 +56,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff (pyproject.toml [tool.ruff]): the lint rules, then the formatter in check mode (nothing is rewritten;
+# `.venv/bin/ruff check --fix . && .venv/bin/ruff format .` applies both)
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # The fast tier while editing (under two minutes on 2 CPU cores): everything but the tests marked
 # slow (training, killed processes, Lava, RTL simulators, qonnx's node-by-node executor).
