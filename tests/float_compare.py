@@ -34,7 +34,7 @@ import numpy as np
 #: Default bounds, from measurements of the float-scale fixture model (mnist5k int4, T = 8, the
 #: 500-image test split: 9.2 M / 4.1 M / 40 k spike entries in layers 1 / 2 / 3) — PyTorch's fast path
 #: and plain loop against onnxruntime, and each against the other — on every kernel family reachable
-#: on an AVX2 machine (``python tests/measure_float_kernels.py``: oneDNN capped at AVX2, AVX, SSE4.1;
+#: on an AVX2 machine (``python tools/measure_float_kernels.py``: oneDNN capped at AVX2, AVX, SSE4.1;
 #: ATen avx2 and default; MKL capped at SSE4.2; 1 and 2 threads; the model also retrained on each):
 #:
 #: * spike flips: none at AVX2; up to 2 (layer 1) and 6 (layer 2) with oneDNN at AVX/SSE4.1 or ATen

@@ -154,7 +154,7 @@ def test_float_scale_matches_pytorch(exported, mnist_test):
     """Float weight scales: onnxruntime and qonnx equal PyTorch (fast path and plain loop) up to float
     rounding, as :func:`float_compare.assert_float_agreement` states it (bounds: ``BOUNDS``).
 
-    Measured on the fixture model (``python tests/measure_float_kernels.py``), PyTorch vs
+    Measured on the fixture model (``python tools/measure_float_kernels.py``), PyTorch vs
     onnxruntime: with the AVX2 kernels no spike differs and membranes differ by ≤ 1.34e-5
     (θ = 2.04); with oneDNN at AVX or SSE4.1, or ATen's "default" kernels, up to 2 of 9,216,000
     layer-1 and 6 of 4,096,000 layer-2 spikes differ; on issue 17's AVX-512 machine 2 of 4,096,000

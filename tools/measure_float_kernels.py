@@ -1,6 +1,6 @@
 """Measure how float evaluations of the fixture models differ across CPU kernel paths.
 
-    .venv/bin/python tests/measure_float_kernels.py [--out DIR] [--retrain]
+    .venv/bin/python tools/measure_float_kernels.py [--out DIR] [--retrain]
 
 Trains the test suite's fixture models (``conftest.TINY``: mnist5k int4, T = 8; float weight scales
 and power-of-two scales), exports them, and then, in one subprocess per kernel setting (oneDNN ISA
@@ -9,9 +9,10 @@ the 500-image test split and compares them with onnxruntime (and once with qonnx
 with the default setting's PyTorch run, using :func:`float_compare.layer_agreement`. With
 ``--retrain`` each setting also trains and exports its own fixture model first, as ``make test``
 does on a machine of that kind. Prints one line per comparison and layer; the bounds in
-:data:`float_compare.BOUNDS` and the README's export figures come from this output.
+:data:`float_compare.BOUNDS` and the figures in docs/export.md come from this output.
 
-Not a test (pytest collects ``test_*.py`` only); a few minutes per setting on 2 shared cores.
+A tool, not a test; it imports the test suite's helpers (``tests/float_compare.py``, ``conftest``,
+``fixtures``) from ``tests/``. A few minutes per setting on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+TESTS = Path(__file__).resolve().parents[1] / "tests"   # float_compare, conftest, fixtures
+sys.path.insert(0, str(TESTS))
 
 #: name → environment overrides; "default" is the machine as it is.
 SETTINGS = {
