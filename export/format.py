@@ -61,7 +61,7 @@ OUTPUT = "z3"
 #: ``input_max`` is the largest integer input of one cell per step, what the first layer and the
 #: chip's input port take and what the compiler's worst-case bound assumes: 255 for pixels, the
 #: encoding's clip 2^event_bits − 1 for event counts; event exports also carry ``event_frames``
-#: (:class:`qsnn.dvs.EventFrames`: bin, downsampling, count clip, test cut), which ``qsnn-sim``
+#: (:class:`qsnn.events.EventFrames`: bin, downsampling, count clip, test cut), which ``qsnn-sim``
 #: uses to bin the data exactly as training did.
 FLOAT_KEYS = (
     "format", "format_version", "kind", "dataset", "classes", "num_steps", "encoding", "input_scale",

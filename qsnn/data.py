@@ -3,7 +3,7 @@
 Every loader returns an :class:`ArraySplit` of integers exactly as the first layer receives them:
 uint8 pixels ``(N, 1, 28, 28)`` for static images (repeated for T steps by the model), per-bin
 event counts ``(N, T, 2, 32, 32)`` for event recordings, clipped to the encoding's count range
-(:class:`qsnn.dvs.EventFrames`; uint8 up to 8-bit counts). One integer input unit is worth
+(:class:`qsnn.events.EventFrames`; uint8 up to 8-bit counts). One integer input unit is worth
 ``INPUT_SCALE[encoding]`` in the real-valued model. DVS128 Gesture (both tonic's layout and IBM's
 .aedat release) is read by :mod:`qsnn.dvs`.
 
@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from qsnn import dvs
-from qsnn.dvs import DVS_GESTURE_CLASSES, DVS_SENSOR_SIZE, EventFrames, events_to_frames  # noqa: F401 (re-exported)
+from qsnn.dvs import DVS_GESTURE_CLASSES
 from qsnn.errors import DataError
+from qsnn.events import EventFrames
 from qsnn.files import file_key, readonly
 
 DATASETS = ("mnist", "fmnist", "mnist5k", "dvs128")
@@ -53,7 +54,7 @@ def model_input(x, scale: float):
 INPUT_MAX = {"static": 255, "events": 65535}
 """Widest integer input each encoding can carry: uint8 pixels, uint16 per-bin event counts. A model's
 own range is its export's ``input_max``: 255 for pixels, the event encoding's clip
-(:attr:`qsnn.dvs.EventFrames.count_max`) for counts."""
+(:attr:`qsnn.events.EventFrames.count_max`) for counts."""
 
 ENCODING = {"mnist": "static", "fmnist": "static", "mnist5k": "static", "dvs128": "events"}
 
@@ -446,7 +447,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     ``seed`` fixes the validation carve (and mnist5k's test carve) and the subset; ``num_steps`` is
     T for event datasets; ``subset=n`` keeps a stratified seeded subset of n samples (recordings,
     for a test split cut into windows) of the split; ``events`` is the event encoding (bins,
-    count clip, test cut; default :class:`~qsnn.dvs.EventFrames()`), ignored by static datasets.
+    count clip, test cut; default :class:`~qsnn.events.EventFrames()`), ignored by static datasets.
     Raises :class:`DataError` when the files are missing (naming every path searched) or malformed.
     """
     if name not in DATASETS:

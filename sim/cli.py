@@ -33,8 +33,8 @@ from qsnn.cli import (allow_saturation_option, chosen_profile, claim_stdout, deb
                       list_profiles_option, print_table, profile_option, profile_set_option, progress_option, say,
                       version_option)
 from qsnn.data import DATASETS, SPLITS, load_split
-from qsnn.dvs import event_frames_from_metadata
 from qsnn.errors import DataError, ProfileError
+from qsnn.events import event_frames_from_metadata
 from qsnn.files import dumps, write_json
 from qsnn.network import IntegerNetwork
 from qsnn.outputs import SIM_PLOT, SIM_REPORT, SIM_REPORT_FORMAT, check_outputs

@@ -8,14 +8,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from fixtures import gesture_events, write_dvsgesture_fixture, write_idx, write_mnist_idx_dir
+from fixtures import write_dvsgesture_fixture, write_idx, write_mnist_idx_dir
 
 from qsnn import data
-from qsnn.data import ArraySplit, EventFrames, events_to_frames, load_split, read_idx, stratified_split
-
-RAW = EventFrames(count_bits=16)   # counts unclipped (up to 65535), to check the binning itself
+from qsnn.data import ArraySplit, load_split, read_idx, stratified_split
+from qsnn.events import EventFrames, events_to_frames
 from qsnn.errors import DataError
 from qsnn.train.data import Batches, to_tensor
+
+RAW = EventFrames(count_bits=16)   # counts unclipped (up to 65535), to check the binning itself
 
 
 def row_hashes(x: np.ndarray) -> set[bytes]:

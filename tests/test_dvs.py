@@ -16,8 +16,9 @@ from fixtures import (AEDAT31_HEADER, DVS_FIXTURE_NEURON, aedat_packet, ibm_reco
                       write_dvsgesture_fixture, write_ibm_gesture_fixture, write_labels_csv)
 
 from qsnn import dvs
-from qsnn.data import ArraySplit, EventFrames, load_split
+from qsnn.data import ArraySplit, load_split
 from qsnn.errors import DataError
+from qsnn.events import EventFrames, events_to_frames
 
 RAW = EventFrames(count_bits=16)
 TONIC_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)])
@@ -242,9 +243,9 @@ def test_cache_converts_once_and_detects_a_changed_source(tmp_path):
 # Frames equal tonic's transforms
 
 
-def _tonic_frames(tonic, events, bin_us=dvs.EventFrames.bin_us, **kw):
+def _tonic_frames(tonic, events, bin_us=EventFrames.bin_us, **kw):
     transform = tonic.transforms.Compose([
-        tonic.transforms.Downsample(spatial_factor=1 / dvs.EventFrames.downsample),
+        tonic.transforms.Downsample(spatial_factor=1 / EventFrames.downsample),
         tonic.transforms.ToFrame(sensor_size=(32, 32, 2), time_window=bin_us, **kw),
     ])
     return transform(events)
@@ -275,7 +276,7 @@ def test_frames_equal_tonic_on_tonics_layout(tonic_dir, tonic, monkeypatch):
         events, label = ds[i]
         k = order.index(ds.data[i])
         assert ours_raw.y[k] == label
-        ours_all = dvs.events_to_frames(dvs.read_tonic_recording(Path(ds.data[i])), num_steps=None)
+        ours_all = events_to_frames(dvs.read_tonic_recording(Path(ds.data[i])), num_steps=None)
         _check_frames(tonic, events, ours_raw.x[k], ours_all)
         np.testing.assert_array_equal(ours_bin.x[k], np.minimum(ours_raw.x[k], 1))
 
@@ -296,7 +297,7 @@ def test_frames_equal_tonic_on_ibms_release(ibm_dir, tonic):
             events["x"], events["y"], events["p"], events["t"] = x[inside], y[inside], p[inside], t[inside]
             assert ours.y[k] == cls - 1
             if k % 5 == 0:
-                ours_all = dvs.events_to_frames(events, num_steps=None)
+                ours_all = events_to_frames(events, num_steps=None)
                 _check_frames(tonic, events, ours.x[k], ours_all)
                 np.testing.assert_array_equal(ours4.x[k], np.minimum(ours.x[k], 15))
             k += 1
@@ -365,7 +366,7 @@ def test_windows_cut_and_aggregation(tonic_dir):
     f = sorted((tonic_dir / "DVSGesture" / "ibmGestureTest").glob("user*_*/*.npy"),
                key=lambda f: (f.parent.name, int(f.stem)))[3]
     events = dvs.read_tonic_recording(f)
-    every = dvs.events_to_frames(events, num_steps=None)
+    every = events_to_frames(events, num_steps=None)
     k = int((events[-1, 3] - events[0, 3]) // (8 * 5000))
     assert np.count_nonzero(windows.group == 3) == k >= 10
     np.testing.assert_array_equal(windows.x[windows.group == 3].reshape(-1, 2, 32, 32), every[:8 * k])

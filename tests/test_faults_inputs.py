@@ -30,7 +30,8 @@ from fixtures import gesture_events, write_mnist_idx_dir
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qsnn.data import events_to_frames, load_split, read_idx
+from qsnn.data import load_split, read_idx
+from qsnn.events import events_to_frames
 from qsnn.errors import CheckpointError, DataError, ProfileError, QsnnError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA, LOIHI2, PROFILES, ChipProfile, get_profile
