@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from qsnn.arch import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, PAPER_ARCH, Arch, ArchError, parse_arch
 from qsnn.dvs import EventFrames
 from qsnn.errors import DataError, QsnnError
 
 PRECISIONS = ("int4", "fp32")
 SCHEDULES = ("cosine", "none", "lrstep", "lossstep")
 QUANT_SCALES = ("float", "po2")
+#: Weight scale granularity: one scale per tensor (the paper) or one per output channel.
+WEIGHT_SCALES = ("tensor", "channel")
 #: Datasets whose hyperparameter rows are shared: mnist5k is MNIST.
 PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128": "dvs128"}
 
@@ -38,9 +41,13 @@ class TrainConfig:
     Neuron (eqs. 1-2, 5): ``beta`` β, ``threshold`` θ, ``slope`` k of the fast-sigmoid surrogate,
     ``reset`` "subtract" | "zero", ``synaptic_delay`` (steps each layer's input arrives late, zeros
     before: 1 on Loihi), ``profile`` (the chip profile the run trains for, "" = none: see
-    :meth:`TrainConfig.for_profile`). Network: ``precision`` "int4" | "fp32", ``weight_bits`` b,
-    ``quant_scale`` "float" (per-tensor float scale, as the paper) | "po2" (power-of-two scale),
-    ``batch_norm``, ``dropout`` p. Data: ``dataset``, ``num_steps`` T, ``subset`` (train samples,
+    :meth:`TrainConfig.for_profile`). Network: ``arch``, the architecture spec (:mod:`qsnn.arch`;
+    "" = the paper's network of the dataset's preset row), ``precision`` "int4" | "fp32" (quantized
+    or float weights), ``weight_bits`` b (2..8; a layer's ``w<bits>`` suffix in the spec wins),
+    ``quant_scale`` "float" (float scale, as the paper) | "po2" (power-of-two scale),
+    ``weight_scale`` "tensor" (one scale per layer, as the paper) | "channel" (one per output
+    channel), ``bias`` (synaptic biases), ``batch_norm`` (after every conv), ``dropout`` p (on the
+    spikes entering the output layer). Data: ``dataset``, ``num_steps`` T, ``subset`` (train samples,
     None = all), ``val_subset``/``test_subset``; for event datasets the input encoding
     (:class:`qsnn.dvs.EventFrames`): ``event_bits`` (per-cell, per-step counts clipped to
     2^event_bits − 1: 1 = binary spikes), ``event_bin_us`` (Δ of one step, µs) and ``test_cut``
@@ -65,8 +72,11 @@ class TrainConfig:
     synaptic_delay: int = 0
     profile: str = ""
     # network
+    arch: str = ""
     weight_bits: int = 4
     quant_scale: str = "float"
+    weight_scale: str = "tensor"
+    bias: bool = False
     batch_norm: bool = True
     dropout: float = 0.094
     # data
@@ -111,6 +121,15 @@ class TrainConfig:
             problems.append(f"reset {self.reset!r} (subtract or zero)")
         if not 0 <= self.synaptic_delay < self.num_steps:
             problems.append(f"synaptic_delay {self.synaptic_delay} (0..num_steps-1)")
+        if self.weight_scale not in WEIGHT_SCALES:
+            problems.append(f"weight_scale {self.weight_scale!r} (--weight-scale: one of {WEIGHT_SCALES})")
+        if not MIN_WEIGHT_BITS <= self.weight_bits <= MAX_WEIGHT_BITS:
+            problems.append(f"weight_bits {self.weight_bits} (--weight-bits: {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS})")
+        if self.dataset in PRESET_ROW:
+            try:   # "" = the paper's network; any spec is stored in canonical form
+                object.__setattr__(self, "arch", str(parse_arch(self.arch or PAPER_ARCH[PRESET_ROW[self.dataset]])))
+            except ArchError as exc:
+                problems.append(f"{exc} (--arch)")
         if self.quant_scale not in QUANT_SCALES:
             problems.append(f"quant_scale {self.quant_scale!r} (one of {QUANT_SCALES})")
         if not 0.0 <= self.beta <= 1.0:
@@ -119,7 +138,7 @@ class TrainConfig:
             problems.append(f"threshold {self.threshold} (must be > 0)")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout {self.dropout} (must be in [0, 1))")
-        for name in ("num_steps", "batch_size", "epochs", "weight_bits"):
+        for name in ("num_steps", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} {getattr(self, name)} (must be >= 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -136,6 +155,11 @@ class TrainConfig:
     @property
     def quantized(self) -> bool:
         return self.precision != "fp32"
+
+    @property
+    def architecture(self) -> Arch:
+        """The parsed architecture spec (:mod:`qsnn.arch`)."""
+        return parse_arch(self.arch)
 
     def event_frames(self) -> EventFrames:
         """The event encoding of this run (used by event datasets only)."""

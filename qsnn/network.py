@@ -6,17 +6,18 @@ simulator (``sim/``), the weight-table emitters and readers (``targets/``), and 
 graph (``export/``). It holds integers only, plus the real value of one membrane unit per channel
 so that reports can translate back.
 
-Each :class:`IntegerLayer` is a synapse (conv or dense, no bias, stride 1, no padding) followed by
+Each :class:`IntegerLayer` is a synapse (conv of stride s and zero padding, or dense) followed by
 sum-pooling of the current and a population of LIF neurons, one time step being::
 
-    acc_t = sumpool_p( W ⊛ z_in,t−d )          integer synaptic sum, W in the narrow signed range
+    acc_t = sumpool_p( W ⊛_{s,pad} z_in,t−d )  integer synaptic sum, W in the narrow signed range
     z_t, u_t = int_lif_step(acc_t, u_{t−1})    the neuron, :func:`qsnn.arith.int_lif_step`:
                u_t = overflow( leak(u_{t−1}) + shl(shl(acc_t, e), s) + b_c − r_t·θ_c ),  z_t = [u_t > θ_c]
 
 with per-channel integer threshold θ_c and bias b_c. The synapse, precisely:
 
-* ``acc_t`` is an exact integer sum: convolution stride 1, no padding, p×p stride-p sum-pooling
-  (dense: on the input flattened C-major, as torch's flatten);
+* ``acc_t`` is an exact integer sum: convolution of stride s with zero padding pad on every side
+  (output side ``⌊(H + 2·pad − k)/s⌋ + 1``), then p×p stride-p sum-pooling (side ``⌊·/p⌋``);
+  dense: on the input flattened C-major, as torch's flatten; a trained synaptic bias is part of b_c;
 * d = ``profile.synaptic_delay``: the layer sees its input (the previous layer's spikes, or the
   input frame for the first layer) d steps late, zeros for t < d (its bias is still added every
   step);
@@ -84,6 +85,8 @@ class IntegerLayer:
         scale: real membrane value of one grid unit per output channel (float64, > 0).
         weight_exp: exponent of the weights (Loihi), the synaptic sum being ``acc · 2^weight_exp``
             before the shift; 0 elsewhere.
+        stride: s of a conv (1 for dense).
+        padding: zeros added on every side of a conv's input (0 for dense).
     """
 
     name: str
@@ -96,6 +99,8 @@ class IntegerLayer:
     leak_const: int
     scale: np.ndarray
     weight_exp: int = 0
+    stride: int = 1
+    padding: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
@@ -108,12 +113,17 @@ class IntegerLayer:
         if self.kind == "dense" and w.ndim != 2:
             raise NetworkError(f"layer {self.name}: dense weight must be (O, I), got {w.shape}")
         for attr, low, high in (("pool", 1, None), ("current_shift", -MAX_SHIFT, MAX_SHIFT),
-                                ("weight_exp", -MAX_SHIFT, MAX_SHIFT), ("leak_const", 0, None)):
+                                ("weight_exp", -MAX_SHIFT, MAX_SHIFT), ("leak_const", 0, None),
+                                ("stride", 1, None), ("padding", 0, None)):
             value = getattr(self, attr)
             if not _is_int(value) or value < low or (high is not None and value > high):
                 bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
                 raise NetworkError(f"layer {self.name}: {attr} must be an integer {bounds}, got {value!r}")
             object.__setattr__(self, attr, int(value))   # NumPy integers → int: plain data
+        if self.kind == "dense" and (self.stride != 1 or self.padding or self.pool != 1):
+            raise NetworkError(f"layer {self.name}: a dense layer has no stride, padding or pooling")
+        if self.kind == "conv" and self.padding >= w.shape[2]:
+            raise NetworkError(f"layer {self.name}: padding {self.padding} must be smaller than the kernel {w.shape[2]}")
         out = w.shape[0]
         for attr in ("threshold", "bias", "scale"):
             arr = np.asarray(getattr(self, attr))
@@ -139,6 +149,11 @@ class IntegerLayer:
         return int(self.weight.shape[2]) if self.kind == "conv" else 1
 
     @property
+    def plain(self) -> bool:
+        """Stride 1 and no padding: the layer the engine's and targets' first kernels were written for."""
+        return self.stride == 1 and self.padding == 0
+
+    @property
     def fan_in(self) -> int:
         """Synapses into one neuron before pooling."""
         return int(np.prod(self.weight.shape[1:]))
@@ -152,10 +167,11 @@ class IntegerLayer:
             return (self.out_channels,)
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
             raise NetworkError(f"layer {self.name}: expects ({self.in_channels}, H, W) input, got {input_shape}")
-        h = (input_shape[1] - self.kernel + 1) // self.pool
-        w = (input_shape[2] - self.kernel + 1) // self.pool
+        h, w = ((n + 2 * self.padding - self.kernel) // self.stride + 1 for n in input_shape[1:])
+        h, w = h // self.pool, w // self.pool
         if h < 1 or w < 1:
-            raise NetworkError(f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, pool {self.pool}")
+            raise NetworkError(f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, "
+                               f"stride {self.stride}, padding {self.padding}, pool {self.pool}")
         return (self.out_channels, h, w)
 
 

@@ -126,9 +126,9 @@ def synthetic_checkpoint(path, precision: str = "int4", **overrides):
     torch.manual_seed(0)
     model = QSNN(cfg, (1, 28, 28), 10)
     with torch.no_grad():
-        for layer in model.synapses().values():
+        for layer in model.synapses:
             layer.weight.mul_(4.0).clamp_(-1, 1)
-        for bn in (model.bn1, model.bn2):
+        for bn in model.norms:
             if isinstance(bn, torch.nn.BatchNorm2d):
                 bn.running_mean.uniform_(-0.3, 0.3)
                 bn.running_var.uniform_(0.2, 2.0)

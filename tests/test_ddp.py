@@ -93,7 +93,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         # step (lr = 5e-3). Measured: conv2 8.2e-6 with its spikes contiguous, 1.2e-5 at one of 25,600
         # weights with them channels-last (the CPU fast path's layout); the other layers below 5e-7. A
         # rank on the wrong shard or a missing all-reduce would move weights by whole steps (~1e-3).
-        for name in ("conv1.weight", "conv2.weight", "fc.weight"):
+        for name in ("synapses.0.weight", "synapses.1.weight", "synapses.2.weight"):
             print(f"DDP vs one process: {name} max |diff| {float((wb[name] - wa[name]).abs().max()):.1e}")
             torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=0.01 * cfg.lr)
         assert mb["test_acc"] == ma["test_acc"] and mb["best_val_acc"] == ma["best_val_acc"]

@@ -369,15 +369,15 @@ def test_fast_path_moves_batchnorm_statistics_as_the_plain_loop(profile, momentu
     for forward in ("forward_fast", "forward_plain"):
         torch.manual_seed(0)
         model = QSNN(cfg, (1, 28, 28), 10).train()
-        for bn in (model.bn1, model.bn2):
+        for bn in model.norms[:2]:
             bn.momentum = momentum
         for _ in range(2):
             torch.manual_seed(5)
             getattr(model, forward)(x)
-        states.append({k: v for k, v in model.state_dict().items() if k.startswith("bn")})
+        states.append({k: v for k, v in model.state_dict().items() if k.startswith("norms.")})
     fast, plain = states
-    assert int(plain["bn1.num_batches_tracked"]) == 2 * (cfg.num_steps - cfg.synaptic_delay)
-    assert not torch.equal(plain["bn1.running_mean"], torch.zeros(16))
+    assert int(plain["norms.0.num_batches_tracked"]) == 2 * (cfg.num_steps - cfg.synaptic_delay)
+    assert not torch.equal(plain["norms.0.running_mean"], torch.zeros(16))
     for key in plain:
         assert torch.equal(fast[key], plain[key]), key
 
@@ -422,8 +422,12 @@ def test_pool_into_kernel_is_avgpool_of_conv():
     w = torch.randint(-7, 8, (4, 3, 5, 5)).float()
     z = (torch.rand(2, 3, 14, 14) < 0.3).float()
     a = torch.nn.functional.avg_pool2d(torch.nn.functional.conv2d(z, w), 2)
-    b = torch.nn.functional.conv2d(z, pool_into_kernel(w), stride=2)
+    b = torch.nn.functional.conv2d(z, pool_into_kernel(w, 2), stride=2)
     assert torch.equal(a, b)  # integers/4: exact in float32
+    # with stride 2 and padding 1 (kernel side 5 + 2) and 3×3 pooling: the same sums, the same size
+    a = torch.nn.functional.avg_pool2d(torch.nn.functional.conv2d(z, w, stride=2, padding=1), 3)
+    b = torch.nn.functional.conv2d(z, pool_into_kernel(w, 3, stride=2), stride=6, padding=1)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
 def test_static_image_is_fed_unchanged_every_step():

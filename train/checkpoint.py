@@ -34,7 +34,12 @@ from qsnn.config import TrainConfig
 from qsnn.errors import CheckpointError
 
 FORMAT = "qsnn-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this qsnn reads: 1 is the paper's three-layer model with named layers (conv1, conv2, fc,
+#: bn1, bn2, lif1..3), read as version 2's layer lists (same parameters in the same order).
+READS_VERSIONS = (1, 2)
+_V1_PREFIXES = {"conv1.": "synapses.0.", "conv2.": "synapses.1.", "fc.": "synapses.2.", "bn1.": "norms.0.",
+                "bn2.": "norms.1.", "lif1.": "neurons.0.", "lif2.": "neurons.1.", "lif3.": "neurons.2."}
 REQUIRED = ("config", "model", "input_shape", "classes", "encoding")
 
 
@@ -109,15 +114,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a readable qsnn checkpoint (truncated or not a torch file: {reason[:160]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a qsnn checkpoint (no 'format: {FORMAT}' field); pass the best.pt or last.pt of a qsnn-train run")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READS_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint format version {data.get('format_version')} (qsnn {data.get('qsnn_version')}); "
-                              f"this qsnn ({qsnn.__version__}) reads version {FORMAT_VERSION}: retrain or use the matching qsnn release")
+                              f"this qsnn ({qsnn.__version__}) reads versions {list(READS_VERSIONS)}: retrain or use the matching qsnn release")
     if "digest" in data and data["digest"] != content_digest(data):
         raise CheckpointError(f"{path}: contents do not match the checkpoint's SHA-256 digest: the file is damaged "
                               "(bit rot, a bad copy) or was edited; use another copy, or best.pt / last.pt of the run")
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; it is incomplete")
+    if data["format_version"] == 1 and isinstance(data["model"], Mapping):
+        data["model"] = _v1_state(data["model"])
     config = dict(data["config"]) if isinstance(data["config"], dict) else data["config"]
     if isinstance(config, dict) and config.get("dataset") == "dvs128" and "event_bits" not in config:
         config["event_bits"] = 16   # written before the event encoding was recorded: raw uint16 counts
@@ -126,6 +133,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:
         raise CheckpointError(f"{path}: checkpoint configuration is invalid: {exc}") from None
     return data
+
+
+def _v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 state dict (named layers) with version 2's keys (layer lists)."""
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in _V1_PREFIXES if key.startswith(p)), None)
+        out[_V1_PREFIXES[prefix] + key[len(prefix):] if prefix else key] = value
+    return out
 
 
 def model_from_checkpoint(path_or_data, map_location="cpu"):

@@ -1,23 +1,31 @@
-"""The paper's QSNNs: two conv layers and a dense layer of LIF neurons (Table II footnote).
+"""The QSNN of an architecture spec (:mod:`qsnn.arch`): synaptic layers of LIF neurons.
 
-MNIST / FashionMNIST (1×28×28):  16C5 - AP2 - 64C5 - AP2 - Dense(1024 → 10)
-DVS128 Gesture (2×32×32):        16C5 - AP2 - 32C5 - AP2 - Dense(800 → 11)
+The paper's networks (Table II footnote) are the default specs of their datasets:
 
-Per layer and time step t (pooling acts on the current, before the neuron; BatchNorm optional;
-dropout on the spikes entering the dense layer; no biases)::
+MNIST / FashionMNIST (1×28×28):  16C5-AP2-64C5-AP2-D10     (the paper: 16Conv5-AP2-64Conv5-AP2-1024Dense10)
+DVS128 Gesture (2×32×32):        16C5-AP2-32C5-AP2-D11     (Dense 800 → 11)
 
-    I¹_t = BN₁(AP₂(W¹ ⊛ x_t))       z¹_t, u¹_t = LIF(I¹_t, u¹_{t-1})
-    I²_t = BN₂(AP₂(W² ⊛ z¹_t))      z²_t, u²_t = LIF(I²_t, u²_{t-1})
-    I³_t = W³ · drop(flat(z²_t))    z³_t, u³_t = LIF(I³_t, u³_{t-1})
+and any other spec builds the same way: layer l of L, at time step t (pooling acts on the current,
+before the neuron; BatchNorm after every conv when the run asks for it; dropout on the spikes
+entering the output layer; a synaptic bias b^l when the run asks for it)::
+
+    I^l_t = BN_l(AP_p(W^l ⊛_{s,pad} z^{l−1}_t + b^l))      conv
+    I^l_t = W^l · drop(flat(z^{l−1}_t)) + b^l               dense
+    z^l_t, u^l_t = LIF(I^l_t, u^l_{t−1}),      z^0_t = x_t
 
 Trained for a chip profile (``cfg.synaptic_delay = d``, Loihi: 1), every synapse sees its input d
-steps late: ``I¹_t = BN₁(AP₂(W¹ ⊛ x_{t−d}))``, ``I²_t`` from ``z¹_{t−d}``, ``I³_t`` from ``z²_{t−d}``,
-and before its input arrives (t < d) a layer's current is BatchNorm's shift alone (running
-statistics), as the integer network adds its bias every step.
+steps late (``z^{l−1}_{t−d}``), and before its input arrives (t < d) a layer's current is what it
+gets from a zero input: its bias and BatchNorm's shift (running statistics), as the integer network
+adds its bias every step.
 
-Weights are Brevitas 4-bit signed narrow-range integers times a per-tensor scale (a float as in
-the paper, or a power of two) for ``int4``, or plain floats for ``fp32``. A static image is fed
-unchanged at every step (no encoding); event frames supply one frame per step.
+Weights are Brevitas b-bit signed narrow-range integers (``cfg.weight_bits``, or the spec's ``w<b>``
+per layer) times a scale per tensor or per output channel (``cfg.weight_scale``), a float as in the
+paper or a power of two (``cfg.quant_scale``), for quantized runs; plain floats for ``fp32``. A static
+image is fed unchanged at every step (no encoding); event frames supply one frame per step.
+
+The layers live in three parallel ``nn.ModuleList`` s, ``synapses``, ``norms`` and ``neurons``, one
+entry per layer (so every parameter keeps the order the paper's three-layer model registered it in:
+all synapses, then all BatchNorms); :attr:`QSNN.blocks` views them layer by layer.
 
 Two forward paths compute the same function:
 
@@ -27,7 +35,7 @@ Two forward paths compute the same function:
   first layer's current once for a static image, and runs each layer over all T steps before the
   next, so each synaptic layer is one large convolution / matmul over T·B samples; on spike (and
   event-count) inputs it folds the average pooling into the convolution (one stride-2 6×6
-  convolution, :func:`pool_into_kernel`). Because the
+  convolution, :func:`pool_into_kernel`; with stride s a stride s·p one). Because the
   network is feed-forward, layer l at step t depends only on layer l−1 at steps ≤ t, so the order
   of evaluation changes nothing but speed. Folding the pooling changes only the order of float
   additions: with power-of-two weight scales (``quant_scale="po2"``) every partial sum of binary
@@ -57,27 +65,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from snntorch import surrogate
 
-from qsnn.config import PRESET_ROW, TrainConfig
+from qsnn.arch import LayerSpec, layer_names
+from qsnn.config import TrainConfig
 from .lif import LIFState, lif_scan, lif_step
 
-#: Conv channels (C1, C2) per dataset family; kernel 5, average pooling 2 after each conv.
-ARCHITECTURES = {"mnist": (16, 64), "fmnist": (16, 64), "dvs128": (16, 32)}
-KERNEL = 5
-POOL = 2
 
+def pool_into_kernel(w: torch.Tensor, p: int, stride: int = 1) -> torch.Tensor:
+    """The kernel of ``AP_p(W ⊛_s x)`` as one convolution of stride s·p:
+    W' = (1/p²) Σ_{a,b<p} shift_{a·s, b·s}(W), of side k + (p − 1)·s.
 
-def pool_into_kernel(w: torch.Tensor, p: int = POOL) -> torch.Tensor:
-    """The kernel of ``AP_p(W ⊛ x)`` as one convolution of stride p: W' = (1/p²) Σ_{a,b<p} shift_{a,b}(W).
-
-    ``F.conv2d(x, pool_into_kernel(w), stride=p)`` equals ``F.avg_pool2d(F.conv2d(x, w), p)`` up to
-    float rounding (the same sums in another order) and needs p²·k²/(k+p−1)² fewer multiplies.
+    ``F.conv2d(x, pool_into_kernel(w, p, s), stride=s * p, padding=pad)`` equals
+    ``F.avg_pool2d(F.conv2d(x, w, stride=s, padding=pad), p)`` up to float rounding (the same sums in
+    another order, and the same output size) and needs p²·k²/(k+(p−1)s)² fewer multiplies.
     """
-    return sum(F.pad(w, (b, p - 1 - b, a, p - 1 - a)) for a in range(p) for b in range(p)) / (p * p)
-
-
-def _pooled_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """AP₂(W ⊛ x) as one stride-2 convolution (the fast path's synapse on spike or count inputs)."""
-    return F.conv2d(x, pool_into_kernel(w), stride=POOL)
+    s = stride
+    return sum(F.pad(w, (b * s, (p - 1 - b) * s, a * s, (p - 1 - a) * s)) for a in range(p) for b in range(p)) / (p * p)
 
 
 def _steps(seq: torch.Tensor, n: int) -> torch.Tensor:
@@ -94,11 +96,22 @@ class SNNOutput(NamedTuple):
     layers: dict[str, torch.Tensor] | None = None
 
 
-def weight_quantizer(scale: str):
-    """Brevitas weight quantizer: per-tensor float scale (``float``) or power-of-two (``po2``)."""
-    from brevitas.quant import Int8WeightPerTensorFixedPoint, Int8WeightPerTensorFloat
+def weight_quantizer(scale: str, per: str = "tensor"):
+    """Brevitas weight quantizer: float scale (``float``) or power-of-two (``po2``), one per tensor
+    (``tensor``, the paper) or one per output channel (``channel``); the bit width is set per layer."""
+    from brevitas import quant
 
-    return {"float": Int8WeightPerTensorFloat, "po2": Int8WeightPerTensorFixedPoint}[scale]
+    if per == "tensor":
+        return {"float": quant.Int8WeightPerTensorFloat, "po2": quant.Int8WeightPerTensorFixedPoint}[scale]
+    if scale == "float":
+        return quant.Int8WeightPerChannelFloat
+
+    class Int8WeightPerChannelFixedPoint(quant.Int8WeightPerTensorFixedPoint):
+        """Brevitas' power-of-two weight quantizer with one scale per output channel."""
+
+        scaling_per_output_channel = True
+
+    return Int8WeightPerChannelFixedPoint
 
 
 def init_weights(layer: nn.Module) -> None:
@@ -114,35 +127,39 @@ def init_weights(layer: nn.Module) -> None:
         layer.weight.uniform_(-bound, bound)
 
 
+class Block(NamedTuple):
+    """One layer of the network as the forward passes read it: its spec, synapse, BatchNorm (or
+    Identity), neurons, output shape and whether dropout acts on its input."""
+
+    name: str
+    spec: LayerSpec
+    synapse: nn.Module
+    bn: nn.Module
+    lif: nn.Module
+    shape: tuple[int, ...]
+    dropout: bool
+
+
 class QSNN(nn.Module):
-    """The QSNN of the paper for one dataset; see the module docstring for the equations."""
+    """The QSNN of ``cfg.arch``; see the module docstring for the equations."""
 
     def __init__(self, cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
-        c_in, h, w = self.input_shape
-        c1, c2 = ARCHITECTURES[PRESET_ROW[cfg.dataset]]
-        h1, w1 = (h - KERNEL + 1) // POOL, (w - KERNEL + 1) // POOL
-        h2, w2 = (h1 - KERNEL + 1) // POOL, (w1 - KERNEL + 1) // POOL
-        self.dense_in = c2 * h2 * w2
-        self.layer_shapes = {"lif1": (c1, h1, w1), "lif2": (c2, h2, w2), "lif3": (num_classes,)}
-        if cfg.quantized:
-            import brevitas.nn as qnn
-
-            quant = dict(weight_bit_width=cfg.weight_bits, weight_quant=weight_quantizer(cfg.quant_scale))
-            self.conv1 = qnn.QuantConv2d(c_in, c1, KERNEL, bias=False, **quant)
-            self.conv2 = qnn.QuantConv2d(c1, c2, KERNEL, bias=False, **quant)
-            self.fc = qnn.QuantLinear(self.dense_in, num_classes, bias=False, **quant)
-        else:
-            self.conv1 = nn.Conv2d(c_in, c1, KERNEL, bias=False)
-            self.conv2 = nn.Conv2d(c1, c2, KERNEL, bias=False)
-            self.fc = nn.Linear(self.dense_in, num_classes, bias=False)
-        for layer in (self.conv1, self.conv2, self.fc):
+        self.arch = cfg.architecture
+        self.layer_shapes = [tuple(s) for s in self.arch.shapes(self.input_shape, num_classes)]
+        self.names = layer_names(self.arch)
+        in_shapes = [self.input_shape, *self.layer_shapes[:-1]]
+        bits = self.arch.layer_bits(cfg.weight_bits)
+        # every synapse is built (drawing PyTorch's default initialisation) before any is initialised:
+        # the paper's network then gets the weights it always got for the same seed
+        self.synapses = nn.ModuleList(self._synapse(spec, shape, b) for spec, shape, b in zip(self.arch.layers, in_shapes, bits))
+        for layer in self.synapses:
             init_weights(layer)
-        self.bn1 = nn.BatchNorm2d(c1) if cfg.batch_norm else nn.Identity()
-        self.bn2 = nn.BatchNorm2d(c2) if cfg.batch_norm else nn.Identity()
+        self.norms = nn.ModuleList(nn.BatchNorm2d(spec.out_channels) if spec.kind == "conv" and cfg.batch_norm
+                                   else nn.Identity() for spec in self.arch.layers)
         self.dropout = nn.Dropout(cfg.dropout)
         # β and θ as float32 buffers, the way snnTorch stores them (one place for their dtype).
         self.register_buffer("beta", torch.as_tensor(cfg.beta, dtype=torch.float32))
@@ -150,20 +167,44 @@ class QSNN(nn.Module):
         # snnTorch neurons for the plain (reference) path.
         leaky = dict(beta=cfg.beta, threshold=cfg.threshold, spike_grad=surrogate.fast_sigmoid(slope=cfg.slope),
                      init_hidden=False, reset_mechanism=cfg.reset)
-        self.lif1, self.lif2, self.lif3 = snn.Leaky(**leaky), snn.Leaky(**leaky), snn.Leaky(**leaky)
+        self.neurons = nn.ModuleList(snn.Leaky(**leaky) for _ in self.arch.layers)
+        last = len(self.arch) - 1   # dropout acts on the spikes entering the output layer (not on an input image)
+        self._dropout_at = last if last > 0 and self.arch.layers[last].kind == "dense" else None
+
+    def _synapse(self, spec: LayerSpec, in_shape: tuple[int, ...], bits: int) -> nn.Module:
+        cfg = self.cfg
+        if spec.kind == "conv":
+            args = (in_shape[0], spec.out_channels, spec.kernel)
+            kw = dict(stride=spec.stride, padding=spec.padding, bias=cfg.bias)
+        else:
+            args, kw = (math.prod(in_shape), spec.out_features), dict(bias=cfg.bias)
+        if cfg.quantized:
+            import brevitas.nn as qnn
+
+            kw.update(weight_bit_width=bits, weight_quant=weight_quantizer(cfg.quant_scale, cfg.weight_scale))
+            return (qnn.QuantConv2d if spec.kind == "conv" else qnn.QuantLinear)(*args, **kw)
+        return (nn.Conv2d if spec.kind == "conv" else nn.Linear)(*args, **kw)
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The layers in order, each as a :class:`Block`."""
+        return [Block(n, spec, syn, bn, lif, shape, i == self._dropout_at)
+                for i, (n, spec, syn, bn, lif, shape) in enumerate(zip(self.names, self.arch.layers, self.synapses,
+                                                                      self.norms, self.neurons, self.layer_shapes))]
 
     # -- weights -------------------------------------------------------------------------------
-    def synapses(self) -> dict[str, nn.Module]:
-        return {"conv1": self.conv1, "conv2": self.conv2, "fc": self.fc}
+    def synapse_by_name(self) -> dict[str, nn.Module]:
+        """The synaptic layers by layer name (``conv1``, ..., ``fc``)."""
+        return dict(zip(self.names, self.synapses))
 
     def effective_weight(self, layer: nn.Module) -> torch.Tensor:
-        """The weight the layer multiplies by: dequantized 4-bit integers × scale, or the float."""
+        """The weight the layer multiplies by: dequantized b-bit integers × scale, or the float."""
         return layer.quant_weight().value if self.cfg.quantized else layer.weight
 
     @torch.no_grad()
     def clip_weights(self, bound: float = 1.0) -> None:
         """Weight clipping: clamp the float (latent) weights to [−bound, bound]."""
-        for layer in self.synapses().values():
+        for layer in self.synapses:
             layer.weight.clamp_(-bound, bound)
 
     # -- inputs --------------------------------------------------------------------------------
@@ -178,48 +219,52 @@ class QSNN(nn.Module):
     def forward(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
         return self.forward_fast(x, record) if self.cfg.fast else self.forward_plain(x, record)
 
+    # -- one layer's current, module by module (the plain loop and the exported step) -----------
+    def current(self, block: Block, z_in: torch.Tensor) -> torch.Tensor:
+        """I_t of one layer from its input at one step, through the Brevitas/torch modules:
+        ``BN(AP_p(conv(z)))`` or ``fc(drop(flat(z)))``."""
+        spec = block.spec
+        if spec.kind == "conv":
+            cur = block.synapse(z_in)
+            return block.bn(F.avg_pool2d(cur, spec.pool) if spec.pool > 1 else cur)
+        flat = z_in.flatten(1)
+        return block.synapse(self.dropout(flat) if block.dropout else flat)
+
     # -- the paper's loop ----------------------------------------------------------------------
     def forward_plain(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
         """Step-by-step loop with Brevitas layers and snnTorch ``Leaky`` neurons (the baseline)."""
         x, static, T = self._time_major(x)
         B = x.shape[1] if not static else x.shape[0]
         d = self.cfg.synaptic_delay
-        mems = [torch.zeros(B, *self.layer_shapes[n], device=x.device) for n in ("lif1", "lif2", "lif3")]
-        rec: dict[str, list[torch.Tensor]] = {k: [] for k in ("z1", "u1", "z2", "u2", "z3", "u3")}
-        inputs: list[list[torch.Tensor]] = [[], [], []]   # each layer's input by step (delay d)
+        blocks = self.blocks
+        mems = [torch.zeros(B, *blk.shape, device=x.device) for blk in blocks]
+        rec: dict[str, list[torch.Tensor]] = {f"{k}{i}": [] for i in range(1, len(blocks) + 1) for k in "zu"}
+        inputs: list[list[torch.Tensor]] = [[] for _ in blocks]   # each layer's input by step (delay d)
         for t in range(T):
-            inputs[0].append(x if static else x[t])
-            if t >= d:
-                cur1 = self.bn1(F.avg_pool2d(self.conv1(inputs[0][t - d]), POOL))
-            else:
-                cur1 = self._no_input(self.bn1, "lif1", B, x.device)
-            z1, mems[0] = self.lif1(cur1, mems[0])
-            inputs[1].append(z1)
-            if t >= d:
-                cur2 = self.bn2(F.avg_pool2d(self.conv2(inputs[1][t - d]), POOL))
-            else:
-                cur2 = self._no_input(self.bn2, "lif2", B, x.device)
-            z2, mems[1] = self.lif2(cur2, mems[1])
-            inputs[2].append(z2)
-            if t >= d:
-                cur3 = self.fc(self.dropout(inputs[2][t - d].flatten(1)))
-            else:
-                cur3 = self._no_input(None, "lif3", B, x.device)
-            z3, mems[2] = self.lif3(cur3, mems[2])
-            for key, val in zip(rec, (z1, mems[0], z2, mems[1], z3, mems[2])):
-                rec[key].append(val)
+            z = x if static else x[t]
+            for i, blk in enumerate(blocks):
+                inputs[i].append(z)
+                cur = self.current(blk, inputs[i][t - d]) if t >= d else self._no_input(blk, B, x.device)
+                z, mems[i] = blk.lif(cur, mems[i])
+                rec[f"z{i + 1}"].append(z)
+                rec[f"u{i + 1}"].append(mems[i])
         out = {k: torch.stack(v) for k, v in rec.items()}
-        return SNNOutput(out["z3"], out["u3"], out if record else None)
+        L = len(blocks)
+        return SNNOutput(out[f"z{L}"], out[f"u{L}"], out if record else None)
 
     # -- the fast path -------------------------------------------------------------------------
-    def _no_input(self, bn: nn.Module | None, layer: str, batch: int, device) -> torch.Tensor:
-        """A layer's current at a step its (delayed) input has not arrived yet: the synapse gives 0,
-        so the current is BatchNorm's shift h = b − μ·γ/√(σ² + ε) on the running statistics (what
-        the integer network adds as its bias), without a statistics update; 0 without BatchNorm."""
-        zeros = torch.zeros(batch, *self.layer_shapes[layer], device=device)
-        if bn is None or isinstance(bn, nn.Identity):
-            return zeros
-        return F.batch_norm(zeros, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    def _no_input(self, block: Block, batch: int, device) -> torch.Tensor:
+        """A layer's current at a step its (delayed) input has not arrived yet: the synapse gives its
+        bias b alone, then BatchNorm (conv layers) on the running statistics, h = (b − μ)·γ/√(σ² + ε) + β_BN
+        (what the integer network adds as its bias), without a statistics update; 0 without either."""
+        cur = torch.zeros(batch, *block.shape, device=device)
+        bias = getattr(block.synapse, "bias", None)
+        if bias is not None:
+            cur = cur + (bias.view(-1, 1, 1) if block.spec.kind == "conv" else bias)
+        bn = block.bn
+        if isinstance(bn, nn.Identity):
+            return cur
+        return F.batch_norm(cur, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
     def _delayed(self, cur: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
         """(T − d, B, ...) currents of the steps whose input has arrived → (T, B, ...), the d no-input
@@ -259,77 +304,101 @@ class QSNN(nn.Module):
                     torch.batch_norm_update_stats(cur.detach(), bn.running_mean, bn.running_var, factor)
         return out
 
+    def _static_current(self, block: Block, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The first layer's synaptic current of a static image (the same at every step)."""
+        spec, bias = block.spec, getattr(block.synapse, "bias", None)
+        if spec.kind == "dense":
+            return F.linear(x.flatten(1), w, bias)
+        cur = F.conv2d(x, w, bias, stride=spec.stride, padding=spec.padding)
+        return F.avg_pool2d(cur, spec.pool) if spec.pool > 1 else cur
+
+    def _sequence_current(self, block: Block, seq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Currents (T', B, ...) of a layer over a (T', B, ...) input sequence (spikes or event
+        counts), one convolution / matmul over T'·B samples; average pooling folded into the kernel."""
+        spec, bias = block.spec, getattr(block.synapse, "bias", None)
+        T = seq.shape[0]
+        if spec.kind == "dense":
+            flat = seq.flatten(2)
+            if block.dropout and self.training and self.dropout.p > 0:
+                flat = torch.stack([self.dropout(f) for f in flat])  # masks drawn step by step
+            return F.linear(flat, w, bias)
+        x = seq.flatten(0, 1)
+        if spec.pool > 1:
+            cur = F.conv2d(x, pool_into_kernel(w, spec.pool, spec.stride), bias, stride=spec.stride * spec.pool,
+                           padding=spec.padding)
+        else:
+            cur = F.conv2d(x, w, bias, stride=spec.stride, padding=spec.padding)
+        return self._bn_per_step(block.bn, cur.contiguous().view(T, -1, *cur.shape[1:]))
+
     def forward_fast(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
         """Layer-by-layer evaluation over all T steps; same values as :meth:`forward_plain`."""
         x, static, T = self._time_major(x)
         cfg = self.cfg
         d = cfg.synaptic_delay            # layer l at step t sees its input of step t − d (zeros before)
         Tl = T - d                        # steps whose input has arrived
-        w1, w2, w3 = (self.effective_weight(m) for m in (self.conv1, self.conv2, self.fc))
         B = x.shape[0] if static else x.shape[1]
-        none = [self._no_input(bn, name, B, x.device) if d else None
-                for bn, name in ((self.bn1, "lif1"), (self.bn2, "lif2"), (None, "lif3"))]
-        # Layer 1's spikes laid out channels-last on CPU, where oneDNN's convolution of them (layer 2,
-        # forward and backward) runs ~1.6x faster; BatchNorm stays on contiguous tensors as in the
-        # plain loop (its CPU reduction order depends on the layout). Values do not depend on layout.
-        spikes_format = torch.channels_last if x.device.type == "cpu" else None
-        if static:
-            cur1 = F.avg_pool2d(F.conv2d(x, w1), POOL)  # the same at every step: compute once
-            cur1 = self._bn_repeated(self.bn1, cur1, Tl)
-            if spikes_format is not None:
-                cur1 = cur1.contiguous(memory_format=spikes_format)
-        else:
-            cur1 = _pooled_conv(_steps(x, Tl).flatten(0, 1), w1)
-            cur1 = self._bn_per_step(self.bn1, cur1.view(Tl, -1, *cur1.shape[1:]))
-        if static and not d:   # one current at every step: the scan sums its gradient over T itself
-            z1, u1 = lif_scan(cur1, self.beta, self.theta, cfg.slope, cfg.reset, memory_format=spikes_format,
-                              steps=T)
-        else:
-            cur1 = cur1.expand(Tl, *cur1.shape) if static else cur1
-            z1, u1 = lif_scan(self._delayed(cur1, none[0]), self.beta, self.theta, cfg.slope, cfg.reset,
-                              memory_format=spikes_format)
-        cur2 = _pooled_conv(_steps(z1, Tl).flatten(0, 1), w2).contiguous()
-        cur2 = self._bn_per_step(self.bn2, cur2.view(Tl, -1, *cur2.shape[1:]))
-        z2, u2 = lif_scan(self._delayed(cur2, none[1]), self.beta, self.theta, cfg.slope, cfg.reset)
-        flat = _steps(z2, Tl).flatten(2)
-        if self.training and self.dropout.p > 0:
-            flat = torch.stack([self.dropout(f) for f in flat])  # masks drawn step by step
-        cur3 = F.linear(flat, w3)
-        z3, u3 = lif_scan(self._delayed(cur3, none[2]), self.beta, self.theta, cfg.slope, cfg.reset)
-        layers = {"z1": z1, "u1": u1, "z2": z2, "u2": u2, "z3": z3, "u3": u3} if record else None
-        return SNNOutput(z3, u3, layers)
+        blocks = self.blocks
+        layers: dict[str, torch.Tensor] = {}
+        z = x
+        for i, blk in enumerate(blocks):
+            w = self.effective_weight(blk.synapse)
+            none = self._no_input(blk, B, x.device) if d else None
+            # Spikes of a conv feeding a conv are laid out channels-last on CPU, the layout oneDNN
+            # convolves fastest (forward and backward); BatchNorm stays on contiguous tensors as in the
+            # plain loop (its CPU reduction order depends on the layout). Layout changes no value.
+            feeds_conv = i + 1 < len(blocks) and blocks[i + 1].spec.kind == "conv"
+            fmt = torch.channels_last if x.device.type == "cpu" and blk.spec.kind == "conv" and feeds_conv else None
+            if static and i == 0:
+                cur = self._bn_repeated(blk.bn, self._static_current(blk, z, w), Tl)   # once for all steps
+                if fmt is not None:
+                    cur = cur.contiguous(memory_format=fmt)
+                if not d:   # one current at every step: the scan sums its gradient over T itself
+                    z, u = lif_scan(cur, self.beta, self.theta, cfg.slope, cfg.reset, memory_format=fmt, steps=T)
+                else:
+                    z, u = lif_scan(self._delayed(cur.expand(Tl, *cur.shape), none), self.beta, self.theta,
+                                    cfg.slope, cfg.reset, memory_format=fmt)
+            else:
+                cur = self._sequence_current(blk, _steps(z, Tl), w)
+                z, u = lif_scan(self._delayed(cur, none), self.beta, self.theta, cfg.slope, cfg.reset,
+                                memory_format=fmt)
+            if record:
+                layers[f"z{i + 1}"], layers[f"u{i + 1}"] = z, u
+        return SNNOutput(z, u, layers if record else None)
 
     # -- one time step with explicit state (export) ----------------------------------------------
-    def step(self, x_t: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, u3: torch.Tensor, *delayed: torch.Tensor):
-        """One time step in eval semantics: (x_t, u¹, u², u³) → (z³_t, u¹_t, u²_t, u³_t).
+    def step(self, x_t: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One time step in eval semantics: (x_t, u¹..u^L) → (z^L_t, u¹_t..u^L_t).
 
         The membrane state is explicit, so a graph exported from this has it as inputs/outputs. With
-        a synaptic delay of one step the delay lines are explicit too: ``delayed`` = (d¹, d², d³), the
-        inputs of the previous step (x_{t−1}, z¹_{t−1}, z²_{t−1}; zeros at t = 0), each synapse reads
-        its d, and the step also returns the new delay lines (x_t, z¹_t, z²_t).
+        a synaptic delay of one step the delay lines are explicit too: ``state`` = (u¹..u^L, d¹..d^L),
+        d^l the input of layer l at the previous step (x_{t−1}, z¹_{t−1}, ..., z^{L−1}_{t−1}; zeros at
+        t = 0); each synapse reads its d, and the step also returns the new delay lines
+        (x_t, z¹_t, ..., z^{L−1}_t).
         """
-        cfg = self.cfg
-        if cfg.synaptic_delay not in (0, 1) or len(delayed) != (3 if cfg.synaptic_delay else 0):
-            raise ValueError(f"step() takes {3 * cfg.synaptic_delay} delay lines for synaptic delay "
-                             f"{cfg.synaptic_delay} (0 or 1), got {len(delayed)}")
-        d1, d2, d3 = delayed if delayed else (x_t, None, None)
-        cur1 = self.bn1(F.avg_pool2d(self.conv1(d1), POOL))
-        z1, s1 = lif_step(cur1, LIFState(u1), self.beta, self.theta, cfg.slope, cfg.reset)
-        cur2 = self.bn2(F.avg_pool2d(self.conv2(d2 if delayed else z1), POOL))
-        z2, s2 = lif_step(cur2, LIFState(u2), self.beta, self.theta, cfg.slope, cfg.reset)
-        cur3 = self.fc(self.dropout((d3 if delayed else z2).flatten(1)))
-        z3, s3 = lif_step(cur3, LIFState(u3), self.beta, self.theta, cfg.slope, cfg.reset)
-        if delayed:
-            return z3, s1.u, s2.u, s3.u, x_t, z1, z2
-        return z3, s1.u, s2.u, s3.u
+        cfg, blocks = self.cfg, self.blocks
+        L = len(blocks)
+        lines = L if cfg.synaptic_delay else 0
+        if cfg.synaptic_delay not in (0, 1) or len(state) != L + lines:
+            raise ValueError(f"step() takes {L} membranes and {L * cfg.synaptic_delay} delay lines for "
+                             f"{L} layers and synaptic delay {cfg.synaptic_delay} (0 or 1), got {len(state)} tensors")
+        us, delayed = state[:L], state[L:]
+        new_u, new_d = [], []
+        z = x_t
+        for i, blk in enumerate(blocks):
+            if lines:
+                new_d.append(z)
+            cur = self.current(blk, delayed[i] if lines else z)
+            z, s = lif_step(cur, LIFState(us[i]), self.beta, self.theta, cfg.slope, cfg.reset)
+            new_u.append(s.u)
+        return (z, *new_u, *new_d)
 
     def delay_state(self, batch: int, device=None) -> tuple[torch.Tensor, ...]:
-        """Zero delay lines (x, z¹, z²) for :meth:`step` when the model has a synaptic delay, else ()."""
+        """Zero delay lines (x, z¹, ..., z^{L−1}) for :meth:`step` when the model has a synaptic delay, else ()."""
         if not self.cfg.synaptic_delay:
             return ()
-        shapes = (self.input_shape, self.layer_shapes["lif1"], self.layer_shapes["lif2"])
+        shapes = [self.input_shape, *self.layer_shapes[:-1]]
         return tuple(torch.zeros(batch, *s, device=device) for s in shapes)
 
-    def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Zero membranes (u¹, u², u³) for a batch."""
-        return tuple(torch.zeros(batch, *self.layer_shapes[n], device=device) for n in ("lif1", "lif2", "lif3"))
+    def initial_state(self, batch: int, device=None) -> tuple[torch.Tensor, ...]:
+        """Zero membranes (u¹, ..., u^L) for a batch."""
+        return tuple(torch.zeros(batch, *s, device=device) for s in self.layer_shapes)
