@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from qsnn.arch import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, PAPER_ARCH, Arch, ArchError, parse_arch
-from qsnn.dvs import EventFrames
+from qsnn.events import EventFrames
 from qsnn.errors import DataError, QsnnError
 
 PRECISIONS = ("int4", "fp32")
@@ -49,7 +49,7 @@ class TrainConfig:
     channel), ``bias`` (synaptic biases), ``batch_norm`` (after every conv), ``dropout`` p (on the
     spikes entering the output layer). Data: ``dataset``, ``num_steps`` T, ``subset`` (train samples,
     None = all), ``val_subset``/``test_subset``; for event datasets the input encoding
-    (:class:`qsnn.dvs.EventFrames`): ``event_bits`` (per-cell, per-step counts clipped to
+    (:class:`qsnn.events.EventFrames`): ``event_bits`` (per-cell, per-step counts clipped to
     2^event_bits − 1: 1 = binary spikes), ``event_bin_us`` (Δ of one step, µs) and ``test_cut``
     (``"first"`` T steps of a test gesture, or every T-step ``"windows"`` with summed spike counts).
     Recipe: Adam with ``lr`` η and ``betas``;
