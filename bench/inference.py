@@ -168,7 +168,7 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = Non
     torch build has it."""
     import torch
 
-    from qsnn.sim.kernels import OrtIntMatmul
+    from qsnn.kernels import OrtIntMatmul
 
     rng = np.random.default_rng(0)
     a = (rng.random((m, k)) < 0.15).astype(np.uint8)
@@ -265,8 +265,8 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
     """Inference samples/s: integer engine vs eager snnTorch + Brevitas, qsnn's float fast path and onnxruntime."""
     import torch
 
-    from qsnn.export.integer_torch import run_integer_torch
     from qsnn.export.float_eval import FloatEvaluator
+    from qsnn.export.integer_torch import run_integer_torch
     from qsnn.export.runtime import run_onnx_steps
 
     threads = threads or sim_engine.default_threads()

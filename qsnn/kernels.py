@@ -2,8 +2,8 @@
 
 The synaptic sums of a spiking layer are integers: spikes (0/1), pixels or event counts times the
 integer weight codes. Two evaluations use them and so share this module (the core): the integer
-engine (:mod:`qsnn.sim.engine`, through :mod:`qsnn.sim.kernels`) and the float model's evaluation
-with exact sums (:mod:`qsnn.export.float_eval`).
+engine (:mod:`qsnn.sim.engine`) and the float model's evaluation with exact sums
+(:mod:`qsnn.export.float_eval`).
 
 * :class:`OrtIntMatmul`: onnxruntime's ``MatMulInteger``, uint8 inputs × int8 weights accumulated in
   int32 with the CPU's integer dot products (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI

@@ -33,7 +33,7 @@ How it is fast without giving up exactness:
 * Every partial sum of ``W'·x`` is bounded by ``B = max_o Σ|W'_o| · max x`` (proven per layer).
   Where the layer's operands are uint8 (spikes, pixels, small event counts) and int8 (the folded
   kernel) and no product pair can saturate int16, the sums run as uint8 × int8 → int32 in
-  onnxruntime's integer kernel (:mod:`qsnn.sim.kernels`, ``kernel="auto"``); elsewhere, and with
+  onnxruntime's integer kernel (:mod:`qsnn.kernels`, ``kernel="auto"``); elsewhere, and with
   ``kernel="numpy"`` (the reference path), in float32 BLAS when ``B < 2^24`` (float32 represents
   every integer below 2^24 exactly), float64 below 2^53, int64 otherwise.
 * Spikes stay uint8/bool end to end (a bool array is viewed as uint8, never cast); the im2col copy
@@ -67,8 +67,26 @@ from qsnn.errors import InputError, NetworkError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .kernels import (KERNELS, OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact, ort_available,
-                      weight_matrix)
+from qsnn.kernels import (OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact, ort_available,
+                          weight_matrix)
+
+#: Kernels :func:`simulate` accepts for the synaptic sums ``acc = X · W'`` (X the im2col'd input, W' the
+#: pool-folded integer kernel); each computes the same integers, and a layer uses a kernel only where
+#: its proven bounds make that kernel's arithmetic exact:
+#:
+#: * ``numpy`` (always available, the reference path, every layer): float32 BLAS when every partial
+#:   sum is below 2^24, float64 below 2^53, int64 otherwise;
+#: * ``ort``: onnxruntime's ``MatMulInteger`` (:class:`qsnn.kernels.OrtIntMatmul`, in the core because
+#:   the float model's exact evaluation uses it too), uint8 inputs × int8 weights accumulated in int32,
+#:   exact under the conditions of :func:`qsnn.kernels.int8_exact`: spikes into any 4- or 8-bit layer
+#:   and uint8 pixels into a 4-bit layer (2·255·28 = 14,280) qualify;
+#: * ``auto``: ``ort`` on the layers where it is exact and onnxruntime importable (it is a qsnn
+#:   dependency), ``numpy`` elsewhere.
+#:
+#: The choice is reported per layer (``LayerStats.sum_kernel``); the tests hold the kernels equal
+#: (``tests/test_sim_engine.py``, ``array_equal`` on random and trained networks); ``docs/engine.md``
+#: says why the kernel sits outside the NumPy-only core.
+KERNELS = ("auto", "numpy", "ort")
 
 #: Integers of magnitude below these are exact in float32 / float64 (and so are sums that stay below).
 FLOAT32_EXACT = 2**24
@@ -693,7 +711,7 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
         progress: show a tqdm progress bar over samples.
         kernel: ``"auto"`` (onnxruntime's integer kernel on the layers where it is proven exact,
             NumPy elsewhere) or ``"numpy"`` (the NumPy reference path on every layer); see
-            :mod:`qsnn.sim.kernels`. Both give the same integers.
+            :data:`KERNELS`. Both give the same integers.
         threads: split each batch over this many threads (default :func:`default_threads`); the
             results do not depend on it.
         stats: gather the per-layer statistics (spikes per step, current ranges, synaptic
