@@ -20,7 +20,7 @@ small passes, each a function with one job, run in order over a :class:`Plan` (o
 The integer export (:mod:`.qonnx_int`) is read back by its writer's module
 (:func:`.qonnx_int.read_integer_qonnx`).
 
-Folding (per layer, DESIGN.md): the real current into channel c is
+Folding (per layer, docs/architecture.md): the real current into channel c is
 
     I_c = g_c · AP_p(W ⊛ x_real) + h_c = g_c · (s_w · s_in / p²) · SP_p(q ⊛ x_int) + h_c
 
