@@ -9,11 +9,12 @@ model without training it again.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import DVS_FIXTURE_NEURON, synthetic_checkpoint, write_dvsgesture_fixture
 
 # Two cores shared by everything: keep torch from oversubscribing them.
@@ -24,11 +25,65 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 TRAINING_FIXTURES = ("trained_run", "float_onnx", "demo_run")
 
 
+#: The HDL tools of the fpga target (``make install`` installs them as root); ``@pytest.mark.hdl(...)``
+#: names the ones a test needs, all of them when it names none.
+HDL_TOOLS = ("verilator", "g++", "iverilog", "vvp", "yosys")
+
+
+def _missing_hdl(*tools: str) -> str | None:
+    missing = [t for t in (tools or HDL_TOOLS) if shutil.which(t) is None]
+    if not missing:
+        return None
+    return f"HDL tools missing: {' '.join(missing)} (`make install` as root installs them with apt-get)"
+
+
+def _missing_lava() -> str | None:
+    from qsnn.targets.loihi2 import lava_env
+
+    if lava_env.is_built():
+        return None
+    return (f"no Lava venv at {lava_env.venv_dir()} (Python 3.10, lava-nc 0.10, lava-dl 0.6): build it with "
+            "`make lava` (about 7 minutes, 5.6 GB), or run `make test-lava`")
+
+
+def _missing_postgres() -> str | None:
+    from postgres import find_bin
+
+    if find_bin() is not None:
+        return None
+    return ("PostgreSQL's initdb/postgres not found (QSNN_PG_BIN, /usr/lib/postgresql/*/bin, PATH): "
+            "`make install` as root installs Debian's postgresql")
+
+
+def _missing_nir_venv(name: str) -> str | None:
+    tools = str(Path(__file__).resolve().parent.parent / "tools" / "nir_consumers")   # check.py, as the test imports it
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import check as nir_check
+
+    if nir_check.python_for(name) is not None:
+        return None
+    return f"{name}'s venv is not built ({nir_check.venv_path(name)}); `make nir-venvs` builds it"
+
+
+#: marker → the reason its tool is missing (None: present). The markers are registered in pyproject.toml.
+TOOL_MARKERS = {"hdl": _missing_hdl, "lava": _missing_lava, "postgres": _missing_postgres,
+                "nir_venv": _missing_nir_venv}
+
+
 def pytest_collection_modifyitems(config, items):
     slow = pytest.mark.slow
+    missing: dict[tuple, str | None] = {}   # one probe per marker and arguments
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in TRAINING_FIXTURES):
             item.add_marker(slow)
+        for name, probe in TOOL_MARKERS.items():
+            for mark in item.iter_markers(name):
+                key = (name, *mark.args)
+                if key not in missing:
+                    missing[key] = probe(*mark.args)
+                if missing[key]:
+                    item.add_marker(pytest.mark.skip(reason=missing[key]))
 
 TINY = dict(num_steps=8, epochs=2, subset=800, val_subset=100, batch_size=64, patience=5, cosine_period_epochs=2.0)
 
@@ -144,10 +199,3 @@ def postgres():
         yield server
     assert server.proc.returncode is not None and not _port_open(server.port), "PostgreSQL server still running"
     assert not server.root.exists()
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "float_kernels: compares float results of different libraries or kernel paths "
-        "(see tests/float_compare.py); CI runs these again with oneDNN/ATen/MKL held to AVX2 "
-        "(make test-float-kernels)")

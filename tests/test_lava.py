@@ -27,19 +27,16 @@ from qsnn.targets.lava_check import compare
 
 IMAGES = 10
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lava]   # lava: skipped, saying so, without the Lava venv
 
 
 @pytest.fixture(scope="module")
 def lava_python() -> Path:
-    if not lava_env.is_built():
-        pytest.skip(f"no Lava venv at {lava_env.venv_dir()} (Python 3.10, lava-nc 0.10, lava-dl 0.6): build it with "
-                    "`make lava` (about 7 minutes, 5.6 GB), or run `make test-lava`")
     return lava_env.venv_python()
 
 
 @pytest.fixture(scope="module")
-def loihi2_folder(lava_python, trained_run, tmp_path_factory) -> Path:   # lava_python first: skip before training
+def loihi2_folder(lava_python, trained_run, tmp_path_factory) -> Path:
     from click.testing import CliRunner
 
     from qsnn.export.cli import main

@@ -88,11 +88,8 @@ def test_snntorch_subtract_option_is_qsnns_rule(model):
     assert all(row["entries"] >= 99.0 for row in nir_check.agreement(got, ref))
 
 
-@pytest.mark.parametrize("consumer", ["spyx", "sinabs"])
+@pytest.mark.parametrize("consumer", [pytest.param(name, marks=pytest.mark.nir_venv(name)) for name in ("spyx", "sinabs")])
 def test_consumer_in_its_own_venv(model, consumer):
-    python = nir_check.python_for(consumer)
-    if python is None:
-        pytest.skip(f"{consumer}'s venv is not built ({nir_check.venv_path(consumer)}); `make nir-venvs` builds it")
     _check_consumer(model, consumer, subtract=False)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,17 +26,6 @@ from qsnn.sim.engine import simulate
 from qsnn.targets import fpga_core, fpga_sim, read_target, write_target
 
 BIN = Path(sys.prefix) / "bin"
-
-
-def _need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"HDL tools missing: {' '.join(missing)} (`make install` as root installs them with apt-get)")
-
-
-@pytest.fixture
-def verilator():
-    _need("verilator", "g++")
 
 
 def random_net(seed: int, profile=FPGA, *, in_shape=(2, 12, 12), convs=((6, 3, 2), (5, 3, 1)), denses=(7, 4),
@@ -97,7 +85,8 @@ def _rtl_sim(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path, verilator):
+@pytest.mark.hdl("verilator", "g++")
+def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path):
     out = tmp_path / "fpga"
     _export(demo_run / "best.pt", out)                                   # exactly as the README says
     report = tmp_path / "rtl.json"
@@ -130,7 +119,8 @@ def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path, v
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_dvs_model_with_event_counts_equals_qsnn_sim(trained_run, dvs_data_dir, tmp_path, verilator):
+@pytest.mark.hdl("verilator", "g++")
+def test_dvs_model_with_event_counts_equals_qsnn_sim(trained_run, dvs_data_dir, tmp_path):
     from qsnn.data import load_split
     from qsnn.export.compile import compile_qonnx
     from qsnn.export.qonnx_float import export_float
@@ -158,7 +148,8 @@ def saturating_net(seed: int = 5) -> IntegerNetwork:
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path, verilator):
+@pytest.mark.hdl("verilator", "g++")
+def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 8, seed=1)
     out = write_target("fpga", net, tmp_path / "fpga", lanes=4)
@@ -179,7 +170,8 @@ VARIANTS = {
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_profile_variants_equal_qsnn_sim(tmp_path, verilator, variant):
+@pytest.mark.hdl("verilator", "g++")
+def test_profile_variants_equal_qsnn_sim(tmp_path, variant):
     profile, shape = VARIANTS[variant]
     net = random_net(7, profile, **shape)
     x = random_inputs(net, 6, seed=2, top=255 if net.encoding == "static" else 40)
@@ -190,8 +182,8 @@ def test_profile_variants_equal_qsnn_sim(tmp_path, verilator, variant):
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path, verilator):
-    _need("iverilog", "vvp")
+@pytest.mark.hdl("verilator", "g++", "iverilog", "vvp")
+def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 2, seed=3)
     checked = fpga_sim.check_folder(write_target("fpga", net, tmp_path / "fpga", lanes=4))
@@ -201,7 +193,8 @@ def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path, verilato
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_a_build_is_reused_for_the_same_shape(tmp_path, verilator):
+@pytest.mark.hdl("verilator", "g++")
+def test_a_build_is_reused_for_the_same_shape(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 2, seed=4)
     first = fpga_sim.run_verilator(fpga_sim.check_folder(write_target("fpga", net, tmp_path / "a", lanes=4)), x)
@@ -214,7 +207,8 @@ def test_a_build_is_reused_for_the_same_shape(tmp_path, verilator):
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_comparison_reports_a_single_flipped_spike(tmp_path, verilator):
+@pytest.mark.hdl("verilator", "g++")
+def test_comparison_reports_a_single_flipped_spike(tmp_path):
     from qsnn.targets.rtl_cli import compare
 
     net = saturating_net()
@@ -390,8 +384,8 @@ def test_a_folder_of_another_target(tmp_path, no_simulation):
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
-def test_yosys_synthesis_of_a_small_core(tmp_path, verilator):
-    _need("yosys")
+@pytest.mark.hdl("verilator", "g++", "yosys")
+def test_yosys_synthesis_of_a_small_core(tmp_path):
     net = random_net(9, in_shape=(1, 8, 8), convs=((4, 3, 2),), denses=(3,), num_steps=4)
     out = write_target("fpga", net, tmp_path / "fpga", lanes=2)
     from click.testing import CliRunner

@@ -41,6 +41,7 @@ def _epochs_logged(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_three_workers_one_killed_every_cell_once(tmp_path, postgres):
     url = postgres.create_database("study_three_workers")
     out, ref = tmp_path / "shared", tmp_path / "single"

@@ -8,10 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 optuna = pytest.importorskip("optuna")
 
@@ -69,6 +69,7 @@ BAD = dict(beta=0.3, threshold=3.0, slope=1.0, lr=1e-4, dropout=0.5, batch_norm=
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_two_tune_workers_on_a_postgresql_server(tmp_path, postgres):
     """Two `qsnn-train tune` processes on a real PostgreSQL server share one study and its budget exactly."""
     storage = postgres.create_database("tune_two_workers")  # postgresql://qsnn@127.0.0.1:PORT/... as users write it
