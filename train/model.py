@@ -323,11 +323,12 @@ class QSNN(nn.Module):
                 flat = torch.stack([self.dropout(f) for f in flat])  # masks drawn step by step
             return F.linear(flat, w, bias)
         x = seq.flatten(0, 1)
-        if spec.pool > 1:
+        if spec.pool > 1:   # pooling folded into the kernel (a bias is then added after the sum: float rounding)
             cur = F.conv2d(x, pool_into_kernel(w, spec.pool, spec.stride), bias, stride=spec.stride * spec.pool,
                            padding=spec.padding)
         else:
             cur = F.conv2d(x, w, bias, stride=spec.stride, padding=spec.padding)
+            cur = F.avg_pool2d(cur, spec.pool) if spec.pool > 1 else cur
         return self._bn_per_step(block.bn, cur.contiguous().view(T, -1, *cur.shape[1:]))
 
     def forward_fast(self, x: torch.Tensor, record: bool = False) -> SNNOutput:
