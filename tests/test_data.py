@@ -12,8 +12,8 @@ from fixtures import write_dvsgesture_fixture, write_idx, write_mnist_idx_dir
 
 from qsnn import data
 from qsnn.data import ArraySplit, load_split, read_idx, stratified_split
-from qsnn.events import EventFrames, events_to_frames
 from qsnn.errors import DataError
+from qsnn.events import EventFrames, events_to_frames
 from qsnn.train.data import Batches, to_tensor
 
 RAW = EventFrames(count_bits=16)   # counts unclipped (up to 65535), to check the binning itself

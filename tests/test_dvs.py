@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from faults_helpers import assert_clean_cli_error
-from fixtures import (AEDAT31_HEADER, DVS_FIXTURE_NEURON, aedat_packet, ibm_recording, polarity_words, write_aedat31,
-                      write_dvsgesture_fixture, write_ibm_gesture_fixture, write_labels_csv)
+from fixtures import (
+    AEDAT31_HEADER,
+    DVS_FIXTURE_NEURON,
+    aedat_packet,
+    ibm_recording,
+    polarity_words,
+    write_aedat31,
+    write_dvsgesture_fixture,
+    write_ibm_gesture_fixture,
+    write_labels_csv,
+)
 
 from qsnn import dvs
 from qsnn.data import ArraySplit, load_split

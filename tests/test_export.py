@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from float_compare import BOUNDS, FEW_SAMPLES, assert_float_agreement
 from onnx import numpy_helper
 

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from qsnn.errors import CheckpointError, ExportError, ProfileError
 from qsnn.export.cli import TARGETS, main
 from qsnn.export.compile import compile_qonnx
-from qsnn.export.format import set_metadata, read_metadata
+from qsnn.export.format import read_metadata, set_metadata
 from qsnn.export.qonnx_float import export_float
 from qsnn.export.qonnx_int import read_integer_qonnx
 from qsnn.export.runtime import run_integer_onnx, run_onnx_steps

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsnn.errors import ExportError
 from qsnn.arith import leak
+from qsnn.errors import ExportError
 from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import run_integer_onnx

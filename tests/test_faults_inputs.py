@@ -31,8 +31,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qsnn.data import load_split, read_idx
-from qsnn.events import events_to_frames
 from qsnn.errors import CheckpointError, DataError, ProfileError, QsnnError
+from qsnn.events import events_to_frames
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA, LOIHI2, PROFILES, ChipProfile, get_profile
 from qsnn.sim import simulate
@@ -323,8 +323,8 @@ def test_damaged_fpga_tables_with_a_matching_manifest(target_folders, work):
     (Only the text tables of the fpga target: libhdf5, under loihi2 and nir, can hang on some damaged
     files, which is why read_target checks the SHA-256 before any parser sees a file.)
     """
-    from qsnn.targets import read_target
     from qsnn.files import dumps
+    from qsnn.targets import read_target
     from qsnn.targets.manifest import MANIFEST, file_table
 
     base = target_folders["fpga"]

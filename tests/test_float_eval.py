@@ -195,10 +195,10 @@ def test_trained_model_agrees_with_pytorch(float_onnx, trained_run):
 @pytest.mark.float_kernels
 def test_event_model_agrees_with_the_graph(trained_run, dvs_data_dir, tmp_path):
     """Event frames (integer counts, a per-step first layer) on the DVS fixture model."""
+    import onnx
+
     from qsnn.events import event_frames_from_metadata
     from qsnn.export.format import read_metadata
-
-    import onnx
 
     path = export_float(trained_run(dataset="dvs128") / "best.pt", tmp_path / "dvs.onnx")
     meta = read_metadata(onnx.load(str(path)))

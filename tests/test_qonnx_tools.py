@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
-import onnx
 import numpy as np
+import onnx
 import pytest
 
 from qsnn.errors import ExportError

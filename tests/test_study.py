@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from qsnn.errors import QsnnError
 from qsnn.train.cli import main
-from qsnn.train.study import (REPORT_FILES, moving_average, parse_list, parse_shard, plan, summarize,
-                              table_markdown)
+from qsnn.train.study import REPORT_FILES, moving_average, parse_list, parse_shard, plan, summarize, table_markdown
 
 # Two schedules keep the end-to-end test inside the CPU budget (2 cores shared with other suites);
 # all four schedules go through the report in test_report_figures_with_all_four_schedules, and

@@ -12,12 +12,11 @@ import json
 
 import numpy as np
 import pytest
+from test_targets import assert_same_network, check_fpga_files
 
 from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim.engine import simulate
 from qsnn.targets import read_manifest, read_target, write_target
-
-from test_targets import assert_same_network, check_fpga_files
 
 PROFILES = {"fpga": FPGA, "loihi2": LOIHI2}
 

@@ -16,8 +16,8 @@ from snntorch import surrogate
 
 from qsnn.config import PRECISIONS, TrainConfig, presets
 from qsnn.errors import CheckpointError, QsnnError
-from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
 from qsnn.train import lif
+from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
 from qsnn.train.lif import LIFState, lif_scan, lif_step
 from qsnn.train.loss import mse_count_loss, predict
 from qsnn.train.model import QSNN, pool_into_kernel
