@@ -59,6 +59,7 @@ from qsnn.data import INPUT_SCALE, load_split, model_input  # noqa: E402
 from qsnn.files import write_json  # noqa: E402
 from qsnn.profiles import PROFILES, get_profile  # noqa: E402
 from qsnn.sim import engine as sim_engine  # noqa: E402
+from qsnn.sim import layers as sim_layers  # noqa: E402
 from qsnn.sim import simulate  # noqa: E402
 
 
@@ -164,7 +165,7 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = Non
     """Measured multiply-accumulates per second of an (m, k) × (k, n) product: float32 BLAS (NumPy),
     onnxruntime's uint8 × int8 MatMulInteger (one thread, and
     ``threads`` threads on row blocks, as the engine splits a batch; calls of ``block`` rows, as the
-    engine makes them: :data:`qsnn.sim.engine.GEMM_BYTES` of input), and ``torch._int_mm`` where the
+    engine makes them: :data:`qsnn.sim.layers.GEMM_BYTES` of input), and ``torch._int_mm`` where the
     torch build has it."""
     import torch
 
@@ -205,7 +206,7 @@ def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
     first (the layer's own k×k kernel at stride p); a static first layer is computed once, other
     layers every step.
     """
-    layers = sim_engine.compile_layers(net, net.input_max)
+    layers = sim_layers.compile_layers(net, net.input_max)
     total, largest = 0, (0, 0, 0)
     for i, el in enumerate(layers):
         rows = 1 if el.layer.kind == "dense" else el.out_nhwc[0] * el.out_nhwc[1]
@@ -335,15 +336,15 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
 
     def rebuilt():
         # drop only this path's compiled layers: the engine's own stay cached, as in any warm call
-        for key in [k for k in sim_engine._COMPILED if k[2] == "numpy"]:
-            sim_engine._COMPILED.pop(key, None)
+        for key in [k for k in sim_layers._COMPILED if k[2] == "numpy"]:
+            sim_layers._COMPILED.pop(key, None)
         return numpy_path(x1, 1)
 
     latency = interleaved({"engine": lambda: simulate(net, x1, batch_size=1),
                            "numpy, rebuilt per call": rebuilt}, 1, latency_repeats)
 
     macs, (m, k, n) = engine_macs(net)
-    rates = gemm_rates(m * num_steps * 64, k, n, threads, block=sim_engine.GEMM_BYTES // k)
+    rates = gemm_rates(m * num_steps * 64, k, n, threads, block=sim_layers.GEMM_BYTES // k)
     load_after = os.getloadavg()
 
     rows = [("network", f"{what}; T={num_steps}, profile {profile_name}"),

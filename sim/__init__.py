@@ -6,6 +6,7 @@ its profile's integer arithmetic (the step of :func:`qsnn.arith.int_lif_step`);
 prints, saves and plots.
 """
 
-from .engine import LayerStats, SimResult, check_input, combine, predict, simulate
+from .engine import check_input, simulate
+from .results import LayerStats, SimResult, combine, predict
 
 __all__ = ["LayerStats", "SimResult", "check_input", "combine", "predict", "simulate"]

@@ -42,7 +42,8 @@ from qsnn.profiles import ChipProfile, get_profile
 from qsnn.summary import silent_output_warning
 
 from . import report as rep
-from .engine import SimResult, simulate
+from .engine import simulate
+from .results import SimResult
 from .validate import check_dataset, float_model_counts, frac_bits_sweep, simulate_checked
 
 #: The profile a float export is compiled under when neither --profile nor --profile-set is given.

@@ -14,7 +14,7 @@ import numpy as np
 from qsnn.arith import IntLIFState, int_lif_step
 from qsnn.network import IntegerNetwork
 
-from .engine import predict
+from .results import predict
 
 
 def synaptic_sum(layer, z_in: np.ndarray) -> np.ndarray:

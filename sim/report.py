@@ -16,7 +16,7 @@ from qsnn.atomic import atomic_open
 from qsnn.network import IntegerNetwork
 from qsnn.outputs import PLOT_KEY, SIM_PLOT_FORMAT
 
-from .engine import SimResult, predict
+from .results import SimResult, predict
 
 
 def percent(part: int, whole: int) -> float:

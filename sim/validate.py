@@ -26,7 +26,8 @@ from qsnn.network import IntegerNetwork
 from qsnn.profiles import ChipProfile
 
 from . import report as rep
-from .engine import SimResult, combine, predict, simulate
+from .engine import simulate
+from .results import SimResult, combine, predict
 
 #: Samples per chunk of :func:`simulate_checked` (each chunk: the engine, then the reference).
 CHUNK = 512

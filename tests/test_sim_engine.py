@@ -11,7 +11,7 @@ import pytest
 
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA, LOIHI2
-from qsnn.sim import engine, simulate
+from qsnn.sim import engine, layers, results, simulate
 from qsnn.sim.reference import simulate_reference
 
 NO_LEAK_MUL = 4096   # m = 2^12: β = 1 in Q0.12
@@ -265,7 +265,7 @@ def test_prediction_ties_go_to_the_first_index():
     res = simulate(net_of(FPGA, [layer], T=4), pixel(11))
     assert res.counts[0].tolist() == [4, 4, 4]
     assert res.predictions.tolist() == [0]
-    assert engine.predict(np.array([[1, 3, 3], [0, 0, 0]])).tolist() == [1, 0]
+    assert results.predict(np.array([[1, 3, 3], [0, 0, 0]])).tolist() == [1, 0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def test_engine_equals_literal_reference(profile, encoding, monkeypatch):
 
     A small chunk budget forces several time chunks and im2col chunks per batch.
     """
-    monkeypatch.setattr(engine, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 4096)
     rng = np.random.default_rng(zlib.crc32(repr((profile, encoding)).encode()))
     for _ in range(3):
         T = int(rng.integers(1, 8))
@@ -528,14 +528,14 @@ def test_integer_kernel_only_where_its_bound_holds():
 def test_compiled_layers_are_cached_per_network_content():
     rng = np.random.default_rng(11)
     net = _random_net(rng, FPGA, "static", 3, (1, 12, 12))
-    first = engine.compile_layers(net, 255)
-    assert engine.compile_layers(net, 200) is first            # same bound 2^8 − 1: the same layers
+    first = layers.compile_layers(net, 255)
+    assert layers.compile_layers(net, 200) is first            # same bound 2^8 − 1: the same layers
     # a network with other weights (same shapes) never gets the stale layers
     w = net.layers[1].weight.copy()
     w[0, 0, 0, 0] = -w[0, 0, 0, 0] if w[0, 0, 0, 0] else 1
     other = IntegerNetwork((net.layers[0], IntegerLayer(**{**net.layers[1].__dict__, "weight": w}), net.layers[2]),
                            net.profile, net.input_shape, net.num_steps, net.encoding, net.classes)
-    assert engine.compile_layers(other, 255) is not first
+    assert layers.compile_layers(other, 255) is not first
     x = rng.integers(0, 256, size=(4, 1, 12, 12)).astype(np.uint8)
     ref_other = simulate_reference(other, x)
     assert np.array_equal(simulate(other, x, record=True).spikes["z2"], ref_other["z2"])
@@ -574,20 +574,20 @@ def test_static_layer_table_equals_scanning_every_neuron(profile, monkeypatch):
     assert ref.layers[0].spikes_per_step.sum() > 0 and ref.layers[1].spikes_per_step.sum() > 0
     if profile.membrane_bits == 9:
         assert ref.layers[0].saturation_events > 0, "the weighted saturation counts must be exercised"
-    first = engine.compile_layers(net, 255)[0]
+    first = layers.compile_layers(net, 255)[0]
     proven = (2 * first.cur_limit + 1) * first.out_nhwc[-1] * net.num_steps
     monkeypatch.setattr(engine, "MIN_PIECE", 4)       # pieces over both threads share the table
     for cells, built in ((proven, "proven"), (proven - 1, "seen"), (1, None)):
-        monkeypatch.setattr(engine, "TABLE_CELLS", cells)
-        engine._COMPILED.clear()
+        monkeypatch.setattr(layers, "TABLE_CELLS", cells)
+        layers._COMPILED.clear()
         small = simulate(net, x[:3], record=True, record_membranes=True, threads=1)
         res = simulate(net, x, record=True, record_membranes=True, threads=2, batch_size=16)
-        tables = engine.compile_layers(net, 255)[0]._tables
+        tables = layers.compile_layers(net, 255)[0]._tables
         if built is None:
             assert not tables
         else:
             (table,) = tables.values()
-            limit = engine.compile_layers(net, 255)[0].cur_limit
+            limit = layers.compile_layers(net, 255)[0].cur_limit
             assert (table.lo, table.hi) == (-limit, limit) if built == "proven" else table.hi - table.lo < 2 * limit
         _same_result(res, ref)
         for key in small.spikes:
@@ -601,7 +601,7 @@ def test_pooled_spike_layer_sums_the_pool_first():
     pixels the box sums would pass 255: the folded kernel runs."""
     rng = np.random.default_rng(17)
     net = _random_net(rng, FPGA, "static", 4, (1, 12, 12))
-    fast, ref = engine.compile_layers(net, 255), engine.compile_layers(net, 255, kernel="numpy")
+    fast, ref = layers.compile_layers(net, 255), layers.compile_layers(net, 255, kernel="numpy")
     assert fast[0].box_matmul is None and fast[0].int_matmul is not None      # 2²·255 > 255
     assert fast[1].box_matmul is not None and ref[1].box_matmul is None
     conv2 = fast[1]
@@ -622,4 +622,4 @@ def test_column_sums_add_up_exactly(in_max, rows, units):
     rng = np.random.default_rng(in_max + rows)
     for x in (rng.integers(0, in_max + 1, size=(rows, units)).astype(np.uint8),
               np.full((rows, units), in_max, np.uint8)):
-        assert np.array_equal(engine.column_sums(x, in_max), x.sum(axis=0, dtype=np.int64))
+        assert np.array_equal(layers.column_sums(x, in_max), x.sum(axis=0, dtype=np.int64))
