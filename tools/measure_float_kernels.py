@@ -73,15 +73,13 @@ def torch_records(ckpt: Path, x, plain: bool) -> dict[str, np.ndarray]:
 
 def evaluate(args) -> None:
     """In a subprocess: one kernel setting; writes PyTorch records and agreement figures."""
+    import conftest  # noqa: F401  (sets torch's thread count on import, as in the test suite)
     import torch
-
     from float_compare import layer_agreement, prediction_share
 
     from qsnn.data import load_split
     from qsnn.export.runtime import run_onnx_steps
     from qsnn.train.data import to_tensor
-
-    import conftest  # noqa: F401  (sets torch's thread count on import, as in the test suite)
 
     torch.set_num_threads(int(os.environ.get("QSNN_MEASURE_THREADS", "2")))
     out = Path(args.eval)
