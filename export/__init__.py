@@ -18,5 +18,18 @@ onnxruntime and qonnx, so ``sim/`` and ``targets/`` can use them without torch):
                          qonnx's ``execute_onnx``) for both kinds.
 * :mod:`.integer_torch` ``run_integer_torch``: an independent PyTorch evaluation of the integer
                          semantics of :mod:`qsnn.arith`.
+* :mod:`.torch_model`   ``export_torch(sequential, input_shape, num_steps, out)``: a user's own
+                         snnTorch + Brevitas ``nn.Sequential`` as the same float QONNX (imports torch).
 * :mod:`.cli`           ``qsnn-export``.
+
+``from qsnn.export import export_torch`` loads :mod:`.torch_model` on first use, so importing this
+package does not import torch.
 """
+
+
+def __getattr__(name: str):
+    if name in ("export_torch", "qsnn_from_sequential"):
+        from . import torch_model
+
+        return getattr(torch_model, name)
+    raise AttributeError(f"module 'qsnn.export' has no attribute {name!r}")

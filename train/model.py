@@ -57,7 +57,7 @@ Two forward paths compute the same function:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import snntorch as snn
 import torch
@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from snntorch import surrogate
 
-from qsnn.arch import LayerSpec, layer_names
+from qsnn.arch import Arch, LayerSpec, layer_names
 from qsnn.config import TrainConfig
 from .lif import LIFState, lif_scan, lif_step
 
@@ -171,6 +171,26 @@ class QSNN(nn.Module):
         last = len(self.arch) - 1   # dropout acts on the spikes entering the output layer (not on an input image)
         self._dropout_at = last if last > 0 and self.arch.layers[last].kind == "dense" else None
 
+    @classmethod
+    def from_layers(cls, cfg: Any, input_shape: tuple[int, int, int], arch: Arch, *, synapses: list[nn.Module],
+                    norms: list[nn.Module], neurons: list[nn.Module]) -> "QSNN":
+        """A QSNN around modules built elsewhere (a user's own Sequential: :mod:`qsnn.export.torch_model`),
+        shared, not copied: ``synapses`` (Brevitas or torch conv/linear), ``norms`` (BatchNorm2d or
+        Identity) and ``neurons`` (snnTorch ``Leaky``, each with its own β and θ), one per layer of
+        ``arch``; ``cfg`` carries num_steps, reset, slope, synaptic_delay and fast."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.cfg, self.input_shape, self.arch = cfg, tuple(input_shape), arch
+        self.layer_shapes = [tuple(s) for s in arch.shapes(self.input_shape)]
+        self.num_classes = self.layer_shapes[-1][0]
+        self.names = layer_names(arch)
+        self.synapses, self.norms, self.neurons = nn.ModuleList(synapses), nn.ModuleList(norms), nn.ModuleList(neurons)
+        self.dropout = nn.Dropout(0.0)
+        self.register_buffer("beta", torch.as_tensor(neurons[0].beta, dtype=torch.float32).clone())
+        self.register_buffer("theta", torch.as_tensor(neurons[0].threshold, dtype=torch.float32).clone())
+        self._dropout_at = None
+        return self
+
     def _synapse(self, spec: LayerSpec, in_shape: tuple[int, ...], bits: int) -> nn.Module:
         cfg = self.cfg
         if spec.kind == "conv":
@@ -198,8 +218,14 @@ class QSNN(nn.Module):
         return dict(zip(self.names, self.synapses))
 
     def effective_weight(self, layer: nn.Module) -> torch.Tensor:
-        """The weight the layer multiplies by: dequantized b-bit integers × scale, or the float."""
-        return layer.quant_weight().value if self.cfg.quantized else layer.weight
+        """The weight the layer multiplies by: dequantized b-bit integers × scale (a Brevitas layer),
+        or the float."""
+        return layer.quant_weight().value if hasattr(layer, "quant_weight") else layer.weight
+
+    @staticmethod
+    def neuron_constants(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """(β, θ) of a layer: its snnTorch ``Leaky``'s float32 values (each layer may have its own)."""
+        return block.lif.beta, block.lif.threshold
 
     @torch.no_grad()
     def clip_weights(self, bound: float = 1.0) -> None:
@@ -343,6 +369,7 @@ class QSNN(nn.Module):
         z = x
         for i, blk in enumerate(blocks):
             w = self.effective_weight(blk.synapse)
+            beta, theta = self.neuron_constants(blk)
             none = self._no_input(blk, B, x.device) if d else None
             # Spikes of a conv feeding a conv are laid out channels-last on CPU, the layout oneDNN
             # convolves fastest (forward and backward); BatchNorm stays on contiguous tensors as in the
@@ -354,13 +381,13 @@ class QSNN(nn.Module):
                 if fmt is not None:
                     cur = cur.contiguous(memory_format=fmt)
                 if not d:   # one current at every step: the scan sums its gradient over T itself
-                    z, u = lif_scan(cur, self.beta, self.theta, cfg.slope, cfg.reset, memory_format=fmt, steps=T)
+                    z, u = lif_scan(cur, beta, theta, cfg.slope, cfg.reset, memory_format=fmt, steps=T)
                 else:
-                    z, u = lif_scan(self._delayed(cur.expand(Tl, *cur.shape), none), self.beta, self.theta,
+                    z, u = lif_scan(self._delayed(cur.expand(Tl, *cur.shape), none), beta, theta,
                                     cfg.slope, cfg.reset, memory_format=fmt)
             else:
                 cur = self._sequence_current(blk, _steps(z, Tl), w)
-                z, u = lif_scan(self._delayed(cur, none), self.beta, self.theta, cfg.slope, cfg.reset,
+                z, u = lif_scan(self._delayed(cur, none), beta, theta, cfg.slope, cfg.reset,
                                 memory_format=fmt)
             if record:
                 layers[f"z{i + 1}"], layers[f"u{i + 1}"] = z, u
@@ -389,7 +416,7 @@ class QSNN(nn.Module):
             if lines:
                 new_d.append(z)
             cur = self.current(blk, delayed[i] if lines else z)
-            z, s = lif_step(cur, LIFState(us[i]), self.beta, self.theta, cfg.slope, cfg.reset)
+            z, s = lif_step(cur, LIFState(us[i]), *self.neuron_constants(blk), cfg.slope, cfg.reset)
             new_u.append(s.u)
         return (z, *new_u, *new_d)
 
