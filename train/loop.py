@@ -27,6 +27,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -182,6 +183,37 @@ def plot_training(run_dir: Path, iters: list[dict[str, Any]], history: list[dict
     return out
 
 
+@dataclass
+class Run:
+    """Everything one training run holds between its steps (rank-local under torchrun)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    ctx: DistContext
+    dev: torch.device
+    progress: bool
+    log: Callable[[str], None]
+    generator: torch.Generator
+    splits: dict[str, ArraySplit]
+    batches: Batches
+    model: QSNN
+    net: torch.nn.Module          # the model, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    state: dict[str, Any]         # best_val, best_epoch, bad_epochs, stopped_early
+    history: list[dict[str, Any]] = field(default_factory=list)   # one row per epoch
+    iters: list[dict[str, Any]] = field(default_factory=list)     # one row per minibatch
+    start_epoch: int = 0
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool = False,
           device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
@@ -207,7 +239,35 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
     ctx, dev = setup_distributed(device)
     if not ctx.is_main:
         progress, log = False, (lambda _msg: None)
-    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    ckpt, cfg, extending = read_resume_point(cfg, run_dir, ctx, resume, extend, log)
+    run = setup_run(cfg, run_dir, ctx, dev, progress, log, data_dir, ckpt, extending)
+    del ckpt   # restored into the run; not kept through training
+
+    done = run.state["stopped_early"] or run.start_epoch >= cfg.epochs
+    for epoch in range(run.start_epoch + 1, cfg.epochs + 1) if not done else ():
+        row = train_epoch(run, epoch)
+        improved = validate_epoch(run, epoch, row)
+        save_epoch(run, epoch, improved)
+        log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train {run.history[-1]['train_acc']:6.2f} %  "
+            f"val {row['val_acc']:6.2f} %{' *' if improved else '  '}  lr {row['lr']:.3g}  {row['samples_per_s']:7.1f} samples/s")
+        if on_epoch is not None:
+            on_epoch(epoch, dict(run.history[-1]))
+        if run.state["stopped_early"]:
+            log(f"early stop: validation accuracy has not improved for {cfg.patience} epochs (best {run.state['best_val']:.2f} % at epoch {run.state['best_epoch']})")
+            break
+    return finish(run, evaluate_test)
+
+
+# --------------------------------------------------------------------------------------------------
+# The steps of train(), in the order it calls them
+
+
+def read_resume_point(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool,
+                      extend: dict[str, Any] | None, log: Callable[[str], None]
+                      ) -> tuple[dict[str, Any] | None, TrainConfig, bool]:
+    """The checkpoint to continue from (``last.pt``, or None for a new run), the configuration the run
+    goes on with (the saved one, with ``extend``'s changes) and whether it is extended."""
+    last = run_dir / "last.pt"
 
     def read_last():
         if not last.exists():
@@ -246,8 +306,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         removed = remove_stale_temporaries(run_dir, RUN_FILES)  # left by a process killed mid-write
         if removed:
             log(f"removed {len(removed)} temporary file(s) of an interrupted write from {run_dir}")
+    return ckpt, cfg, extending
 
-    # -- data, model, optimiser -----------------------------------------------------------------
+
+def setup_run(cfg: TrainConfig, run_dir: Path, ctx: DistContext, dev: torch.device, progress: bool,
+              log: Callable[[str], None], data_dir, ckpt: dict[str, Any] | None, extending: bool) -> Run:
+    """Data, model, optimiser and schedule, seeded; restored from ``ckpt`` (weights, optimizer,
+    schedule, random generators, history) when the run continues."""
     generator = seed_everything(cfg.seed)
     splits = load_splits(cfg, data_dir)
     if ctx.is_main:   # only now: a start that fails on its data leaves no empty run directory behind
@@ -262,9 +327,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     schedule = Schedule.from_config(cfg, len(batches))
     state = {"best_val": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped_early": False}
-    history: list[dict[str, Any]] = []
-    iters: list[dict[str, Any]] = []
-    start_epoch = 0
+    run = Run(cfg, run_dir, ctx, dev, progress, log, generator, splits, batches, model, model, optimizer, schedule,
+              state)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -275,107 +339,129 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
             if per_rank is not None and len(per_rank) == ctx.world_size:
                 rng = per_rank[ctx.rank]
             else:
-                log(f"note: {last} was written by {len(per_rank) if per_rank else 1} process(es); "
+                log(f"note: {run.last} was written by {len(per_rank) if per_rank else 1} process(es); "
                     f"every rank restarts from rank 0's random state")
         _set_rng_state(rng, generator)
-        state, history, iters = dict(ckpt["state"]), list(ckpt["history"]), list(ckpt["iters"])
-        start_epoch = int(ckpt["epoch"])
+        run.state, run.history, run.iters = dict(ckpt["state"]), list(ckpt["history"]), list(ckpt["iters"])
+        run.start_epoch = start_epoch = int(ckpt["epoch"])
+        state = run.state
         if extending:   # as a run started with the new epochs/patience would have decided at start_epoch
             state["stopped_early"] = state["bad_epochs"] >= cfg.patience and start_epoch < cfg.epochs
             if state["stopped_early"]:
                 log(f"{run_dir} stopped early at epoch {start_epoch} (no better validation accuracy for "
                     f"{state['bad_epochs']} epochs, patience {cfg.patience}): nothing to extend; raise --patience")
         log(f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)")
-        ckpt = None
-    net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
+    run.net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
+    return run
 
-    def payload(epoch: int, rng_ranks: list[Any] | None) -> dict[str, Any]:
-        data = {"config": cfg.to_dict(), "input_shape": list(train_split.input_shape),
-                "classes": list(train_split.classes), "encoding": train_split.encoding,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "rng": _rng_state(generator), "epoch": epoch,
-                "state": dict(state), "history": history, "iters": iters,
-                "metrics": {"best_val": state["best_val"], "best_epoch": state["best_epoch"]}}
-        if rng_ranks is not None:
-            data.update(rng=rng_ranks[0], rng_ranks=rng_ranks, world_size=ctx.world_size)
-        return data
 
-    # -- epochs ----------------------------------------------------------------------------------
-    done = state["stopped_early"] or start_epoch >= cfg.epochs
-    for epoch in range(start_epoch + 1, cfg.epochs + 1) if not done else ():
-        net.train()
-        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False, unit="batch")
-        for x, y in bar:
-            lr = schedule.apply(optimizer)
-            n_batch = len(y)  # the global batch
-            if ctx.enabled:
-                x, y, real = shard_batch(x, y, ctx)
-            out = net(x)
-            loss = mse_count_loss(out.spikes, y, cfg.correct_rate, cfg.incorrect_rate)
-            # DDP averages gradients over ranks: weight each rank's mean by its share of the
-            # global batch so the update is the gradient of the global-batch mean.
-            objective = loss * (real * ctx.world_size / n_batch) if ctx.enabled else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if cfg.weight_clip:
-                model.clip_weights(1.0)
-            if ctx.enabled:
-                batch_correct = int((predict(out.spikes[:, :real]) == y[:real]).sum())
-                loss_total, batch_correct = ctx.all_reduce_sum([float(loss.detach()) * real, batch_correct], dev)
-                loss_value, batch_correct = loss_total / n_batch, int(round(batch_correct))
-            else:
-                loss_value = float(loss.detach())
-                batch_correct = int((predict(out.spikes) == y).sum())
-            iters.append({"iteration": schedule.t, "epoch": epoch, "loss": loss_value, "lr": lr})
-            schedule.step()
-            loss_sum += loss_value * n_batch
-            correct += batch_correct
-            seen += n_batch
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        train_time = time.perf_counter() - t0
-        train_loss = loss_sum / seen
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip")
-        schedule.end_epoch(train_loss)
-        ctx.broadcast_buffers(model)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
-        val_acc = evaluate(model, splits["val"], dev, ctx, progress=progress, desc=f"epoch {epoch} validation")
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct / seen,
-                        "val_acc": val_acc, "lr": lr, "time_s": train_time, "samples_per_s": seen / train_time})
-        improved = val_acc > state["best_val"]
-        if improved:
-            state.update(best_val=val_acc, best_epoch=epoch, bad_epochs=0)
+def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training set, the LR schedule stepped every minibatch; returns the epoch's
+    ``train_loss``, ``correct``, ``seen``, ``lr`` (of its last minibatch) and ``time_s``.
+    Raises :class:`TrainingDiverged` when the loss is not finite."""
+    cfg, ctx, dev, model, optimizer, schedule = run.cfg, run.ctx, run.dev, run.model, run.optimizer, run.schedule
+    net = run.net
+    net.train()
+    t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    bar = tqdm(run.batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not run.progress, leave=False, unit="batch")
+    for x, y in bar:
+        lr = schedule.apply(optimizer)
+        n_batch = len(y)  # the global batch
+        if ctx.enabled:
+            x, y, real = shard_batch(x, y, ctx)
+        out = net(x)
+        loss = mse_count_loss(out.spikes, y, cfg.correct_rate, cfg.incorrect_rate)
+        # DDP averages gradients over ranks: weight each rank's mean by its share of the
+        # global batch so the update is the gradient of the global-batch mean.
+        objective = loss * (real * ctx.world_size / n_batch) if ctx.enabled else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if cfg.weight_clip:
+            model.clip_weights(1.0)
+        if ctx.enabled:
+            batch_correct = int((predict(out.spikes[:, :real]) == y[:real]).sum())
+            loss_total, batch_correct = ctx.all_reduce_sum([float(loss.detach()) * real, batch_correct], dev)
+            loss_value, batch_correct = loss_total / n_batch, int(round(batch_correct))
         else:
-            state["bad_epochs"] += 1
-        state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch < cfg.epochs
-        rng_ranks = ctx.gather_objects(_rng_state(generator)) if ctx.enabled else None
-        if ctx.is_main:
-            if improved:
-                save_checkpoint(best, payload(epoch, rng_ranks))
-            save_checkpoint(last, payload(epoch, rng_ranks))
-            _write_csv(run_dir / "log.csv", history)
-            atomic_write_text(run_dir / "log.json", json.dumps(history, indent=1))
-        log(f"epoch {epoch:3d}  loss {train_loss:.4f}  train {history[-1]['train_acc']:6.2f} %  "
-            f"val {val_acc:6.2f} %{' *' if improved else '  '}  lr {lr:.3g}  {seen / train_time:7.1f} samples/s")
-        if on_epoch is not None:
-            on_epoch(epoch, dict(history[-1]))
-        if state["stopped_early"]:
-            log(f"early stop: validation accuracy has not improved for {cfg.patience} epochs (best {state['best_val']:.2f} % at epoch {state['best_epoch']})")
-            break
+            loss_value = float(loss.detach())
+            batch_correct = int((predict(out.spikes) == y).sum())
+        run.iters.append({"iteration": schedule.t, "epoch": epoch, "loss": loss_value, "lr": lr})
+        schedule.step()
+        loss_sum += loss_value * n_batch
+        correct += batch_correct
+        seen += n_batch
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+    train_time = time.perf_counter() - t0
+    train_loss = loss_sum / seen
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip")
+    return {"train_loss": train_loss, "correct": correct, "seen": seen, "lr": lr, "time_s": train_time}
 
-    # -- the best checkpoint on the test split -----------------------------------------------------
-    best_ckpt = ctx.run_on_main(lambda: load_checkpoint(best))
+
+def validate_epoch(run: Run, epoch: int, row: dict[str, Any]) -> bool:
+    """End the epoch: step the plateau schedule, measure validation accuracy, append the epoch's log
+    row, and decide early stopping. Returns whether validation accuracy improved; adds ``val_acc``
+    and ``samples_per_s`` to ``row``."""
+    cfg, ctx, state = run.cfg, run.ctx, run.state
+    train_loss, correct, seen, lr, train_time = (row[k] for k in ("train_loss", "correct", "seen", "lr", "time_s"))
+    run.schedule.end_epoch(train_loss)
+    ctx.broadcast_buffers(run.model)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
+    val_acc = evaluate(run.model, run.splits["val"], run.dev, ctx, progress=run.progress,
+                       desc=f"epoch {epoch} validation")
+    run.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct / seen,
+                        "val_acc": val_acc, "lr": lr, "time_s": train_time, "samples_per_s": seen / train_time})
+    row.update(val_acc=val_acc, samples_per_s=seen / train_time)
+    improved = val_acc > state["best_val"]
+    if improved:
+        state.update(best_val=val_acc, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch < cfg.epochs
+    return improved
+
+
+def save_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """``last.pt`` (and ``best.pt`` when validation improved) and the epoch logs, written by rank 0."""
+    ctx = run.ctx
+    rng_ranks = ctx.gather_objects(_rng_state(run.generator)) if ctx.enabled else None
+    if ctx.is_main:
+        if improved:
+            save_checkpoint(run.best, checkpoint_payload(run, epoch, rng_ranks))
+        save_checkpoint(run.last, checkpoint_payload(run, epoch, rng_ranks))
+        _write_csv(run.run_dir / "log.csv", run.history)
+        atomic_write_text(run.run_dir / "log.json", json.dumps(run.history, indent=1))
+
+
+def checkpoint_payload(run: Run, epoch: int, rng_ranks: list[Any] | None) -> dict[str, Any]:
+    """What ``last.pt``/``best.pt`` hold after ``epoch``: enough to continue exactly (resume)."""
+    train_split, state = run.splits["train"], run.state
+    data = {"config": run.cfg.to_dict(), "input_shape": list(train_split.input_shape),
+            "classes": list(train_split.classes), "encoding": train_split.encoding,
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "schedule": run.schedule.state_dict(), "rng": _rng_state(run.generator), "epoch": epoch,
+            "state": dict(state), "history": run.history, "iters": run.iters,
+            "metrics": {"best_val": state["best_val"], "best_epoch": state["best_epoch"]}}
+    if rng_ranks is not None:
+        data.update(rng=rng_ranks[0], rng_ranks=rng_ranks, world_size=run.ctx.world_size)
+    return data
+
+
+def finish(run: Run, evaluate_test: bool) -> dict[str, Any]:
+    """The best checkpoint on the test split; the summary (``metrics.json``, written last: its
+    presence marks a finished run), ``iters.csv``, ``training.png`` and ``best.pt`` with the metrics."""
+    cfg, ctx, dev, model, splits, state, history = run.cfg, run.ctx, run.dev, run.model, run.splits, run.state, run.history
+    best_ckpt = ctx.run_on_main(lambda: load_checkpoint(run.best))
     model.load_state_dict(best_ckpt["model"])
     test_stats: dict[str, float] = {}
-    test_acc = (evaluate(model, splits["test"], dev, ctx, progress=progress, desc="test split", stats=test_stats)
+    test_acc = (evaluate(model, splits["test"], dev, ctx, progress=run.progress, desc="test split", stats=test_stats)
                 if evaluate_test else None)
     metrics = {"dataset": cfg.dataset, "precision": cfg.precision, "schedule": cfg.schedule, "seed": cfg.seed,
                "best_epoch": state["best_epoch"], "best_val_acc": state["best_val"], "test_acc": test_acc,
                "epochs_run": len(history), "stopped_early": state["stopped_early"],
-               "train_samples": len(train_split.y), "val_samples": len(splits["val"].y),
+               "train_samples": len(splits["train"].y), "val_samples": len(splits["val"].y),
                "test_samples": splits["test"].num_recordings, "test_windows": len(splits["test"].y),
                "test_cut": cfg.test_cut if cfg.dataset == "dvs128" else None, "num_steps": cfg.num_steps, "device": str(dev),
                "world_size": ctx.world_size,
@@ -385,12 +471,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
                "config": cfg.to_dict()}
     if ctx.is_main:
         # metrics.json last: its presence marks a finished run (qsnn-train study relies on it)
-        _write_csv(run_dir / "iters.csv", iters)
+        _write_csv(run.run_dir / "iters.csv", run.iters)
         if history:
-            plot_training(run_dir, iters, history)
+            plot_training(run.run_dir, run.iters, history)
         best_ckpt.pop("config_obj")
         best_ckpt["config"] = cfg.to_dict()    # an extended run's best.pt may date from before the extension
         best_ckpt["metrics"] = metrics
-        save_checkpoint(best, {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")})
-        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        save_checkpoint(run.best, {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")})
+        atomic_write_text(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
