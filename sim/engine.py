@@ -72,8 +72,7 @@ from .static_table import StaticTable
 #: A batch runs in pieces whose largest membrane array stays about this size (in the core's L2
 #: cache: at batch 512 the membrane update of an un-split batch is memory bound), at least
 #: MIN_PIECE samples each; threads take pieces in turn. Below about 64 samples a piece's many
-#: small NumPy calls contend for the GIL: on the demo net, 2 threads on 2 pieces of 16 ran 0.77×
-#: one thread on the batch, of 32 1.0×, of 64 1.3×, of 128 1.5× (idle machine).
+#: small NumPy calls contend for the GIL, and two threads lose to one (measured: docs/engine.md).
 PIECE_BYTES = 512 * 2**10
 MIN_PIECE = 64
 

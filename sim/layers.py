@@ -51,10 +51,8 @@ FLOAT64_EXACT = 2**53
 #: Working-memory budget of one matrix product / current buffer (bytes); batches keep memory bounded.
 CHUNK_BYTES = 48 * 2**20
 
-#: im2col rows handed to one integer-kernel call (bytes of uint8 input): the copy, and the product
-#: the shifts and bias then pass over, are still in cache (on this Zen 3 machine conv2's currents of
-#: a 128-sample piece took, per call size 0.5 / 1 / 2 / 4 MiB, 24.6 / 22.9 / 24.1 / 30.1 ms; a
-#: whole piece in one call ran about 1.4x slower than 2 MiB calls).
+#: im2col rows handed to one integer-kernel call (bytes of uint8 input): small enough that the copy,
+#: and the product the shifts and bias then pass over, are still in cache (measured: docs/engine.md).
 GEMM_BYTES = 2**20
 
 #: Largest static-layer table (entries × T neuron-steps) the engine builds; beyond, the layer is scanned.
