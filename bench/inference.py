@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 
 from qsnn.cli import print_table  # noqa: E402
 from qsnn.data import INPUT_SCALE, load_split, model_input  # noqa: E402
-from qsnn.files import write_json  # noqa: E402
+from qsnn.jsonio import write_json  # noqa: E402
 from qsnn.profiles import PROFILES, get_profile  # noqa: E402
 from qsnn.sim import engine as sim_engine  # noqa: E402
 from qsnn.sim import layers as sim_layers  # noqa: E402

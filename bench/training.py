@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from qsnn.cli import print_table  # noqa: E402
 from qsnn.config import TrainConfig  # noqa: E402
 from qsnn.data import load_split  # noqa: E402
-from qsnn.files import write_json  # noqa: E402
+from qsnn.jsonio import write_json  # noqa: E402
 from qsnn.train import lif  # noqa: E402
 from qsnn.train.alloc import keep_freed_memory  # noqa: E402
 from qsnn.train.data import Batches  # noqa: E402

@@ -25,7 +25,7 @@ import click
 from qsnn.cli import (allow_saturation_option, debug_option, force_option, friendly_errors, list_profiles_option,
                       note_user_path, print_table, profile_option, profile_set_option, version_option)
 from qsnn.errors import ExportError, ProfileError
-from qsnn.outputs import QONNX, Kind, check_outputs, target_folder
+from qsnn.output_guard import QONNX, Kind, check_outputs, target_folder
 from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
 from qsnn.targets.nir_graph import FLAVORS as NIR_FLAVORS
 

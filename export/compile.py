@@ -83,7 +83,7 @@ import numpy as np
 
 from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
 from qsnn.errors import ProfileError
-from qsnn.files import to_jsonable
+from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 

@@ -43,7 +43,7 @@ import onnx
 
 from qsnn.atomic import atomic_write_bytes
 from qsnn.errors import ExportError, damaged_file
-from qsnn.files import to_jsonable
+from qsnn.jsonio import to_jsonable
 
 FORMAT = "qsnn-qonnx"
 FORMAT_VERSION = 1

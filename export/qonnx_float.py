@@ -33,7 +33,7 @@ import torch.nn as nn
 
 import qsnn
 from qsnn.data import INPUT_MAX, INPUT_SCALE
-from qsnn.files import sha256_file
+from qsnn.jsonio import sha256_file
 from qsnn.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qsnn.train.model import POOL
 

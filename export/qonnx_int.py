@@ -46,7 +46,7 @@ import qsnn
 from qsnn.arith import check_leak_const, effective_beta
 from qsnn.data import INPUT_SCALE
 from qsnn.errors import ExportError, ProfileError
-from qsnn.files import to_jsonable
+from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 

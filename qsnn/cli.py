@@ -1,7 +1,7 @@
 """Shared pieces of the click front ends (``qsnn-train``, ``qsnn-export``, ``qsnn-sim``): one tool.
 
 The options every command spells the same way live here: ``--version``, ``--debug``,
-``--progress/--no-progress``, ``--force`` (with the output rule of :mod:`qsnn.outputs`),
+``--progress/--no-progress``, ``--force`` (with the output rule of :mod:`qsnn.output_guard`),
 ``--profile`` / ``--profile-set`` (:func:`chosen_profile`: a ``--profile-set`` changes the profile
 the command would use anyway), ``--list-profiles``. A command whose stdout carries data
 (``qsnn-sim --report -``) calls :func:`claim_stdout`; :func:`say` and :func:`print_table` then go to
@@ -28,7 +28,7 @@ import click
 
 import qsnn
 from qsnn.errors import ProfileError, QsnnError
-from qsnn.outputs import os_error_message
+from qsnn.output_guard import os_error_message
 from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")

@@ -33,7 +33,7 @@ from qsnn import dvs
 from qsnn.dvs import DVS_GESTURE_CLASSES
 from qsnn.errors import DataError
 from qsnn.events import EventFrames
-from qsnn.files import file_key, readonly
+from qsnn.jsonio import file_key, readonly
 
 DATASETS = ("mnist", "fmnist", "mnist5k", "dvs128")
 SPLITS = ("train", "val", "test")

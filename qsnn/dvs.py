@@ -47,7 +47,7 @@ import numpy as np
 from qsnn.atomic import atomic_open, atomic_write_text
 from qsnn.errors import DataError
 from qsnn.events import DVS_SENSOR_SIZE, EventFrames, gesture_windows
-from qsnn.files import file_key, readonly, sha256_file
+from qsnn.jsonio import file_key, readonly, sha256_file
 
 # tonic.datasets.DVSGesture.classes (tonic 1.7); copied because importing tonic imports torch.
 DVS_GESTURE_CLASSES = ("Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw",

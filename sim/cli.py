@@ -35,9 +35,9 @@ from qsnn.cli import (allow_saturation_option, chosen_profile, claim_stdout, deb
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError, ProfileError
 from qsnn.events import event_frames_from_metadata
-from qsnn.files import dumps, write_json
+from qsnn.jsonio import dumps, write_json
 from qsnn.network import IntegerNetwork
-from qsnn.outputs import SIM_PLOT, SIM_REPORT, SIM_REPORT_FORMAT, check_outputs
+from qsnn.output_guard import SIM_PLOT, SIM_REPORT, SIM_REPORT_FORMAT, check_outputs
 from qsnn.profiles import ChipProfile, get_profile
 from qsnn.summary import silent_output_warning
 

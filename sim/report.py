@@ -14,7 +14,7 @@ import numpy as np
 
 from qsnn.atomic import atomic_open
 from qsnn.network import IntegerNetwork
-from qsnn.outputs import PLOT_KEY, SIM_PLOT_FORMAT
+from qsnn.output_guard import PLOT_KEY, SIM_PLOT_FORMAT
 
 from .results import SimResult, predict
 

@@ -58,7 +58,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsnn.errors import ExportError, ProfileError
-from qsnn.files import to_jsonable
+from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import LOIHI2
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from qsnn.arith import check_leak_const
 from qsnn.errors import ExportError
-from qsnn.files import sha256_file, to_jsonable
+from qsnn.jsonio import sha256_file, to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 

@@ -59,7 +59,7 @@ import numpy as np
 
 from qsnn.arith import effective_beta
 from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
-from qsnn.files import to_jsonable
+from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 
 from .loihi2 import unfold_pool

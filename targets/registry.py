@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from qsnn.atomic import atomic_directory
 from qsnn.errors import ExportError, ProfileError, QsnnError, damaged_file
-from qsnn.files import dumps, to_jsonable
+from qsnn.jsonio import dumps, to_jsonable
 from qsnn.network import IntegerNetwork
 
 from . import fpga, loihi2, nir_graph

@@ -34,8 +34,8 @@ from qsnn.atomic import atomic_write_text
 from qsnn.cli import claim_stdout, debug_option, force_option, friendly_errors, print_table, progress_option, say, version_option
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError
-from qsnn.files import dumps
-from qsnn.outputs import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
+from qsnn.jsonio import dumps
+from qsnn.output_guard import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
 from qsnn.sim.report import percent
 
 from . import fpga_core as core

@@ -33,7 +33,7 @@ from qsnn.export.integer_torch import run_integer_torch
 from qsnn.export.qonnx_float import export_float
 from qsnn.export.qonnx_int import export_integer, read_integer_qonnx
 from qsnn.export.runtime import predictions, run_integer_onnx, run_onnx_steps
-from qsnn.files import sha256_file
+from qsnn.jsonio import sha256_file
 from qsnn.network import fold_pool
 from qsnn.profiles import get_profile
 from qsnn.train.checkpoint import model_from_checkpoint

@@ -323,7 +323,7 @@ def test_damaged_fpga_tables_with_a_matching_manifest(target_folders, work):
     (Only the text tables of the fpga target: libhdf5, under loihi2 and nir, can hang on some damaged
     files, which is why read_target checks the SHA-256 before any parser sees a file.)
     """
-    from qsnn.files import dumps
+    from qsnn.jsonio import dumps
     from qsnn.targets import read_target
     from qsnn.targets.manifest import MANIFEST, file_table
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from faults_helpers import assert_clean_cli_error
 from fixtures import synthetic_checkpoint, write_mnist_idx_dir
 
-from qsnn.outputs import (QONNX, SIM_PLOT, SIM_REPORT, OutputError, check_outputs, describe, os_error_message,
+from qsnn.output_guard import (QONNX, SIM_PLOT, SIM_REPORT, OutputError, check_outputs, describe, os_error_message,
                           target_folder)
 
 #: Collision classes (the columns of the table).

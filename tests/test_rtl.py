@@ -341,7 +341,7 @@ def test_truncated_core_table(folder, no_simulation):
 
 
 def test_edited_core_table_of_the_right_length(folder, no_simulation):
-    from qsnn.files import sha256_file
+    from qsnn.jsonio import sha256_file
 
     path = folder / "rtl" / "qsnn_weights.mem"
     lines = path.read_text().splitlines()

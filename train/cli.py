@@ -10,7 +10,7 @@ import click
 from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table, progress_option, say, version_option
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, WEIGHT_SCALES, TrainConfig
 from qsnn.errors import QsnnError
-from qsnn.outputs import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
+from qsnn.output_guard import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
 from qsnn.summary import silent_output_warning
 from qsnn.profiles import PROFILES
 

@@ -39,7 +39,7 @@ from qsnn.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temp
 from qsnn.config import TrainConfig
 from qsnn.data import ArraySplit, load_split
 from qsnn.errors import QsnnError
-from qsnn.outputs import RUN_FILES
+from qsnn.output_guard import RUN_FILES
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Batches
