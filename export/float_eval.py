@@ -6,7 +6,7 @@ layers (:func:`.float_graph.read_float_graph`: the same weights, pooling, BatchN
 (:func:`.runtime.run_onnx_steps`, which stays available as ``--float-engine onnxruntime``). Per
 layer and step, in float32 as the graph computes it::
 
-    I_t = BN(s · (Σ_i x_i q_i) / p²)       synapse (codes q, scale s) → p×p average pooling → BatchNorm
+    I_t = BN(s · (Σ_i x_i q_i) / p² + b)   synapse (codes q, scale s, bias b) → p×p average pooling → BatchNorm
     r_t = [u_{t−1} > θ]
     u_t = β·u_{t−1} + I_t − r_t·θ          subtract reset;   zero reset: β·((1 − r_t)·u_{t−1}) + I_t
     z_t = [u_t > θ]
@@ -23,8 +23,12 @@ exact, sums rounded at 2^−53) and rounded once; an fp32 export's real weights 
 leak, reset and threshold are the graph's float32 (or float64, between its ``Cast`` nodes)
 operations in its order, elementwise, so they round exactly as onnxruntime's do.
 
+Any stack of layers: a convolution's stride s and zero padding (the input padded with code 0),
+its pooling folded into one stride-s·p kernel, a synaptic bias b added to the exact sum as
+fl32(c·Σ + b) before BatchNorm (:class:`_Layer`); the box-sum kernel serves stride-1 layers.
+
 So the spikes equal the graph's wherever the graph's own sums are exact (power-of-two scales on
-integer inputs: ``array_equal``, tested), and otherwise agree with onnxruntime and with PyTorch as two
+integer inputs and no bias: ``array_equal``, tested on several specs in tests/test_arch_export.py), and otherwise agree with onnxruntime and with PyTorch as two
 float evaluations of one network do (``tests/float_compare.py``: a spike differs only where a
 membrane lies within rounding of θ). Layers run one after the other over all T (a feed-forward
 network: layer l at step t needs only layer l−1 up to step t), so each layer's sums for a chunk of
@@ -41,7 +45,17 @@ import numpy as np
 
 from qsnn.data import model_input
 from qsnn.errors import ExportError
-from qsnn.kernels import OrtIntMatmul, box_kernel, box_sums, default_threads, im2col, int8_exact, ort_available, weight_matrix
+from qsnn.kernels import (
+    OrtIntMatmul,
+    box_kernel,
+    box_sums,
+    conv_columns,
+    default_threads,
+    im2col,
+    int8_exact,
+    ort_available,
+    weight_matrix,
+)
 
 from .float_graph import FloatGraph, FloatLayer, read_float_graph
 from .runtime import prepare_input
@@ -56,8 +70,31 @@ FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
 
 
+def fold_pool_strided(weight: np.ndarray, pool: int, stride: int, dtype: Any = np.int64) -> np.ndarray:
+    """The kernel of ``sumpool_p(W ⊛_s x)`` as one convolution of stride s·p:
+    ``W'[o, c, a·s + i, b·s + j] += W[o, c, i, j]`` for a, b < p, of side k + (p − 1)·s (for s = 1
+    :func:`qsnn.network.fold_pool`). Its output has the pooled size ⌊(⌊(H + 2·pad − k)/s⌋ + 1)/p⌋."""
+    w = np.asarray(weight, dtype=dtype)
+    if pool == 1:
+        return w
+    o, c, k, _ = w.shape
+    side = k + (pool - 1) * stride
+    out = np.zeros((o, c, side, side), dtype=dtype)
+    for a in range(pool):
+        for b in range(pool):
+            out[:, :, a * stride:a * stride + k, b * stride:b * stride + k] += w
+    return out
+
+
 class _Layer:
-    """One layer of the float graph in channels-last layout: its sum kernels, scale, BatchNorm and LIF constants."""
+    """One layer of the float graph in channels-last layout: its sum kernels, scale, bias, BatchNorm and LIF constants.
+
+    Fast paths (exact integer sums of spikes or input codes, box sums for a pooled layer) hold for any
+    layer; a convolution's stride s and pooling p are one stride-s·p convolution with the pool-folded
+    kernel (:func:`fold_pool_strided`), its zero padding pads the input (code 0 is the value 0), and a
+    synaptic bias b enters the current as fl32(c·Σ + b) before BatchNorm. The box-sum kernel applies to
+    stride-1 layers only.
+    """
 
     def __init__(self, src: FloatLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...], where: str) -> None:
         self.name, self.kind = src.name, src.kind
@@ -65,9 +102,16 @@ class _Layer:
         pool = src.pool
         quantized = src.q is not None
         w = src.q if quantized else src.w_real
-        mat = weight_matrix(w, src.kind, pool, in_shape, np.int64 if quantized else np.float64)
+        dtype = np.int64 if quantized else np.float64
+        conv_stride = int(getattr(src, "stride", 1)) if src.kind == "conv" else 1
+        self.padding = int(getattr(src, "padding", 0)) if src.kind == "conv" else 0
+        if conv_stride == 1:
+            mat = weight_matrix(w, src.kind, pool, in_shape, dtype)
+        else:
+            mat = conv_columns(fold_pool_strided(w, pool, conv_stride, dtype))
         if src.kind == "conv":
-            self.window, self.stride = w.shape[2] + pool - 1, pool        # the pool-folded kernel's side
+            # the pool-folded kernel's side and stride
+            self.window, self.stride = w.shape[2] + (pool - 1) * conv_stride, pool * conv_stride
             self.out_nhwc = (out_shape[1], out_shape[2], out_shape[0])
         else:
             self.window = self.stride = 1
@@ -92,7 +136,7 @@ class _Layer:
         # go through its own k×k kernel on their p×p box sums where that is exact (qsnn.kernels.box_kernel),
         # other 0/1 inputs through the folded kernel; input codes through the folded kernel, in bytes
         self.box: tuple[OrtIntMatmul, int, int] | None = None
-        box = box_kernel(src.q, pool, 1) if quantized and src.kind == "conv" else None
+        box = box_kernel(src.q, pool, 1) if quantized and src.kind == "conv" and conv_stride == 1 else None
         if box is not None:
             self.box = (box[0], src.q.shape[2], box[1])
             self.sum_kernels[1] = f"onnxruntime MatMulInteger on {pool}x{pool} box sums"
@@ -105,6 +149,8 @@ class _Layer:
         self.g64, self.h64 = np.asarray(src.bn_gain, np.float64), np.asarray(src.bn_offset, np.float64)
         self.g32, self.h32 = self.g64.astype(np.float32), self.h64.astype(np.float32)
         self.cg64 = self.c64 * self.g64
+        bias = getattr(src, "bias", None)
+        self.bias64 = None if bias is None else np.asarray(bias, np.float64).reshape(-1)
         if self.bn_arith == "float32" and not (np.array_equal(self.g32, self.g64) and np.array_equal(self.h32, self.h64)):
             raise ExportError(f"{where}: layer {self.name}: float32 BatchNorm constants that are not float32 values; "
                               "the file is damaged or edited: export the checkpoint again")
@@ -153,6 +199,9 @@ class _Layer:
     def sums_plan(self, x: np.ndarray, unit: float) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], int, float, int]:
         """(input as the kernel takes it, kernel on im2col rows, bound of |Σ|, w, window): how to sum ``x``
         (see :meth:`sums`)."""
+        if self.padding:                                   # zeros around H and W: code 0, spike 0, value 0
+            pad = self.padding
+            x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         if x.dtype == np.bool_:
             x, in_max = x.view(np.uint8), 1
         else:
@@ -237,6 +286,17 @@ class _Layer:
         rounded to float32 (where c·Σ is a float32 value, as for power-of-two scales, the graph's
         own result; otherwise the real value to within float64 rounding).
         """
+        if self.bias64 is not None:                        # the synapse's output with its bias, once rounded
+            cur = (sums.astype(np.float64) * (self.c64 * unit) + self.bias64).astype(np.float32)
+            if self.bn_arith == "none":
+                return cur
+            if self.bn_arith == "float32":
+                cur *= self.g32
+                cur += self.h32
+                return cur
+            out = np.empty(cur.shape, np.float32)
+            np.add(np.multiply(cur, self.g64, dtype=np.float64), self.h64, out=out, casting="unsafe")
+            return out
         small = unit == 1.0 and self.c32 is not None and bound < FLOAT32_EXACT and sums.dtype != np.float64
         if self.bn_arith in ("none", "float32"):
             if small:
@@ -294,7 +354,7 @@ class _Layer:
 class FloatEvaluator:
     """The float export of ``source`` (a path, ``ModelProto`` or ``ModelWrapper``), ready to run.
 
-    ``evaluator(x_float, batch_size)`` returns ``{"z3": (T, N, classes)}`` (the ``run_float``
+    ``evaluator(x_float, batch_size)`` returns ``{"zL": (T, N, classes)}`` (L layers; the ``run_float``
     callable of :func:`qsnn.sim.validate.float_model_counts`); :meth:`run` also records every layer.
     """
 
@@ -316,7 +376,8 @@ class FloatEvaluator:
         ``x``: static frames (N, C, H, W) repeated every step or event frames (N, T, C, H, W), either
         as the integer codes the chip gets (uint8 pixels, event counts: an integer dtype; the model
         sees ``code · input_scale``) or as the real values the model sees (a float dtype: pixels/255,
-        counts). Codes are the exact form: the first layer's sums are then integers too. Returns ``{"z3": (T, N, classes)}`` float32 and, with ``record``, ``z1, z2`` and ``u1, u2, u3``
+        counts). Codes are the exact form: the first layer's sums are then integers too. Returns ``{"zL": (T, N, classes)}``
+        (``z3`` for the paper's network) float32 and, with ``record``, ``z1..z(L−1)`` and ``u1..uL``
         (T, N, C, H, W) / (T, N, n) float32. ``batch_size`` is accepted for the runner interface; the
         batch is split into pieces of :data:`PIECE` samples over the threads regardless.
         """

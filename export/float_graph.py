@@ -25,7 +25,16 @@ from qsnn.errors import ExportError
 from qsnn.network import MAX_NUM_STEPS
 from qsnn.profiles import RESETS
 
-from .format import DELAY_INPUTS, FLOAT_OPS, INPUT, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, damaged_file_errors
+from .format import (
+    FLOAT_OPS,
+    INPUT,
+    check_ops,
+    check_qsnn_model,
+    damaged_file_errors,
+    delay_inputs,
+    output_name,
+    state_outputs,
+)
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,12 @@ class FloatGraph:
         input unit (1/255 for pixels). input_shape: (C, H, W). classes: class names.
         input_max: the largest integer input of one cell per step (255 for pixels; the event
         encoding's count clip), what the worst-case bound assumes.
-        beta, theta, reset, precision: as trained (β and θ as the model's float32 values).
+        beta, theta, reset, precision: as trained (β and θ of the first layer as the model's float32
+        values; every layer's are in its :class:`FloatLayer`), precision as the metadata names it
+        (``int4``, ``int8``, ``mixed 2..8-bit``, ``fp32``).
+        arch: the architecture spec (:mod:`qsnn.arch`) the metadata records.
         synaptic_delay: steps each synapse's input arrives late in the trained model (0, or 1 with
-        the delay lines d1..d3 as graph state). trained_profile: the chip profile the model was
+        the delay lines d1..dL as graph state). trained_profile: the chip profile the model was
         trained for ("" = none, the paper's semantics).
         layer_shapes: spike shape of each layer for one sample.
         metadata: the file's whole metadata (decoded).
@@ -63,6 +75,7 @@ class FloatGraph:
     layer_shapes: tuple[tuple[int, ...], ...]
     metadata: dict[str, Any]
     where: str
+    arch: str = ""
 
 
 def read_float_graph(source: Any) -> FloatGraph:
@@ -83,7 +96,8 @@ def read_float_graph(source: Any) -> FloatGraph:
             classes=check.names("classes"), beta=float(np.float32(check.real("beta"))),
             theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
             precision=check.text("precision"), synaptic_delay=check.integer("synaptic_delay", low=0, high=1, default=0),
-            trained_profile=check.text("trained_profile", default=""), layer_shapes=check.layer_shapes(), metadata=meta, where=where)
+            trained_profile=check.text("trained_profile", default=""), layer_shapes=check.layer_shapes(), metadata=meta,
+            where=where, arch=check.text("arch", default=""))
         _check_input_range(graph, check)
         layers = parse_layers(model, meta, where)
         _check_layers(layers, graph, where)
@@ -172,6 +186,11 @@ def _check_layers(layers: list["FloatLayer"], graph: FloatGraph, where: str) -> 
         arrays = {"weights": layer.w_real, "BatchNorm gain": layer.bn_gain, "BatchNorm offset": layer.bn_offset}
         if layer.w_scale is not None:
             arrays["weight scale"] = layer.w_scale
+        if layer.bias is not None:
+            arrays["bias"] = layer.bias
+            if layer.bias.shape != (layer.w_real.shape[0],):
+                raise ExportError(f"{where}: layer {layer.name}: a bias of shape {layer.bias.shape} for "
+                                  f"{layer.w_real.shape[0]} output channels; the file is damaged or was edited")
         for what, values in arrays.items():
             if not np.all(np.isfinite(values)):
                 raise ExportError(f"{where}: layer {layer.name}: its {what} are not all finite numbers; the file is "
@@ -182,7 +201,7 @@ def _check_layers(layers: list["FloatLayer"], graph: FloatGraph, where: str) -> 
         if layer.kind == "conv":
             if len(w) != 4 or w[2] != w[3] or len(shape) != 3 or shape[0] != w[1]:
                 raise ExportError(f"{where}: layer {layer.name}: conv weights {w} do not fit its input {shape}")
-            side = (shape[1] - w[2] + 1) // layer.pool, (shape[2] - w[3] + 1) // layer.pool
+            side = tuple(((n + 2 * layer.padding - w[2]) // layer.stride + 1) // layer.pool for n in shape[1:])
             shape = (w[0], *side)
         else:
             if len(w) != 2 or w[1] != int(np.prod(shape)):
@@ -213,8 +232,12 @@ class FloatLayer:
             (``Cast, Mul, Add, Cast``: x·g + h in float64, rounded to float32), ``"float32"``
             (``Mul, Add`` in float32; g, h are then float32 values) or ``"op"`` (the standard
             ``BatchNormalization`` op, whose arithmetic is the runtime's).
-        membrane: the layer's state input, ``u1`` | ``u2`` | ``u3``.
+        membrane: the layer's state input, ``u1`` .. ``uL``.
         beta, theta, reset: the LIF constants the graph holds (checked against the metadata).
+        stride: the convolution's stride (1 for dense layers).
+        padding: the convolution's zero padding on each side (symmetric; 0 for dense layers).
+        bias: the real synaptic bias per output channel (float64), added to the synapse's output
+            before the pooling (so the pooled current carries it once), or None without one.
     """
 
     name: str
@@ -231,6 +254,9 @@ class FloatLayer:
     beta: float
     theta: float
     reset: str
+    stride: int = 1
+    padding: int = 0
+    bias: np.ndarray | None = None
 
 
 class _Graph:
@@ -312,7 +338,7 @@ def _quant_int(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, sign
 
 
 def quant_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """{layer name: integer weights} recovered from the float export's ``Quant`` nodes (conv1, conv2, fc)."""
+    """{layer name: integer weights} recovered from the float export's ``Quant`` nodes (conv1, ..., fc)."""
     out = {}
     for layer in read_float_graph(model).layers:
         if layer.q is None:
@@ -370,17 +396,21 @@ def _weights(g: _Graph, node: onnx.NodeProto, name: str) -> tuple[np.ndarray | N
 def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> list[FloatLayer]:
     """The layers of a float qsnn export, checked against its structure and metadata.
 
-    The graph must have the exporter's op order per layer: synapse (Conv | MatMul | Gemm, weights
-    from a ``Quant`` node or an initializer) → AveragePool (optional) → BatchNorm (optional:
-    ``BatchNormalization``, or ``Mul, Add`` between optional ``Cast``) → ``Add`` into the membrane
-    (→ ``Sub`` of r·θ for subtract reset). With ``synaptic_delay`` 1 in the metadata each synapse
-    reads its delay line (``d1`` for conv1, ``d2``, ``d3``), which the step refills through
-    ``d*_out`` with this step's input (x, then the previous layer's spikes).
+    The graph must have the exporter's op order per layer: synapse (Conv with its stride, symmetric
+    pads and optional bias input | MatMul [→ Add of a bias] | Gemm [with a bias], weights from a
+    ``Quant`` node, per tensor or per output channel, or an initializer) → AveragePool (optional) →
+    BatchNorm (optional: ``BatchNormalization``, or ``Mul, Add`` between optional ``Cast``) → ``Add``
+    into the membrane (→ ``Sub`` of r·θ for subtract reset). Stride, padding, bias, β and θ are
+    checked against each layer's metadata record (a version-1 file: stride 1, no padding, no bias).
+    With ``synaptic_delay`` 1 in the metadata each synapse reads its delay line (``d1`` for the
+    first layer, ..., ``dL``), which the step refills through ``d*_out`` with this step's input (x,
+    then the previous layer's spikes).
     """
     check_ops(model, FLOAT_OPS, where)
     g = _Graph(model, where)
     synapses = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
     info = meta["layers"]
+    lines, u_outs = delay_inputs(len(info)), state_outputs(len(info))
     delay = meta.get("synaptic_delay", 0)
     if delay not in (0, 1) or isinstance(delay, bool):
         raise g.fail(f"synaptic delay {delay!r} (a float export has delay 0 or 1)")
@@ -392,33 +422,61 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
         # the input: x for the first layer, the previous layer's spikes after that
         src = g.skip_identity(node.input[0])
         if delay:   # the synapse reads its delay line, which the step refills with this step's input
-            line, out = DELAY_INPUTS[i], f"{DELAY_INPUTS[i]}_out"
+            line, out = lines[i], f"{lines[i]}_out"
             feeds = g.skip_identity(out) if out in g.producer else None
             if g.graph_input_of(src) != line:
                 raise g.fail(f"{name}: with synaptic delay 1 the synapse must read the delay line {line!r}, reads {src!r}")
             if i == 0 and feeds != INPUT:
                 raise g.fail(f"{name}: the delay line {out} must be the input frame 'x'")
-            if i > 0 and g.spike_source(feeds or "") != f"{STATE_INPUTS[i - 1]}_out":
+            if i > 0 and g.spike_source(feeds or "") != u_outs[i - 1]:
                 raise g.fail(f"{name}: the delay line {out} must be the spikes of the previous layer")
         elif i == 0:
-            if src != INPUT:
+            if g.graph_input_of(src) != INPUT:   # x itself, or x flattened for a dense first layer
                 raise g.fail(f"{name}: the first synapse must read the graph input 'x', reads {src!r}")
-        elif g.spike_source(src) != f"{STATE_INPUTS[i - 1]}_out":
-            raise g.fail(f"{name}: input is not the spikes of the previous layer ({STATE_INPUTS[i - 1]}_out > θ)")
+        elif g.spike_source(src) != u_outs[i - 1]:
+            raise g.fail(f"{name}: input is not the spikes of the previous layer ({u_outs[i - 1]} > θ)")
+        stride, padding, bias = 1, 0, None
         if node.op_type == "Conv":
-            if any(v != 1 for v in g.attr(node, "strides", [1, 1])) or any(g.attr(node, "pads", [0, 0, 0, 0])) \
-                    or g.attr(node, "group", 1) != 1 or any(v != 1 for v in g.attr(node, "dilations", [1, 1])):
-                raise g.fail(f"{name}: only stride-1, unpadded, ungrouped convolutions")
+            strides = list(g.attr(node, "strides", [1, 1]))
+            pads = list(g.attr(node, "pads", [0, 0, 0, 0]))
+            if g.attr(node, "group", 1) != 1 or any(v != 1 for v in g.attr(node, "dilations", [1, 1])):
+                raise g.fail(f"{name}: only ungrouped, undilated convolutions")
+            if len(set(strides)) != 1:
+                raise g.fail(f"{name}: strides {strides} differ per axis; a qsnn layer has one stride")
+            if len(set(pads)) > 1:
+                raise g.fail(f"{name}: asymmetric padding {pads}; a qsnn layer pads every side alike")
+            if g.attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise g.fail(f"{name}: auto_pad {g.attr(node, 'auto_pad')!r}; a qsnn export writes explicit pads")
+            stride, padding = int(strides[0]), int(pads[0]) if pads else 0
+            if stride < 1 or padding < 0:
+                raise g.fail(f"{name}: stride {stride}, padding {padding}")
             if len(node.input) > 2 and node.input[2]:
-                raise g.fail(f"{name}: convolutions have no bias in a QSNN")
-        elif node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-            raise g.fail(f"{name}: dense layers have no bias in a QSNN")
+                bias = _bias(g, node.input[2], name)
+        elif node.op_type == "Gemm":
+            if float(g.attr(node, "alpha", 1.0)) != 1.0 or float(g.attr(node, "beta", 1.0)) != 1.0 \
+                    or g.attr(node, "transA", 0):
+                raise g.fail(f"{name}: Gemm with alpha, beta or transA; a qsnn export writes y = x·Wᵀ + b")
+            if len(node.input) > 2 and node.input[2]:
+                bias = _bias(g, node.input[2], name)
         q, w_real, w_scale, bits = _weights(g, node, name)
         kind = "conv" if node.op_type == "Conv" else "dense"
         if kind != li["kind"]:
             raise g.fail(f"{name}: graph has a {kind} layer, metadata says {li['kind']}")
         tensor = node.output[0]
         nxt = g.only_consumer(tensor, name)
+        if node.op_type == "MatMul" and nxt.op_type == "Add":   # the bias of a MatMul synapse
+            other = next((t for t in nxt.input if t != tensor), None)
+            if other is not None and g.const(other) is not None:
+                bias = _bias(g, other, name)
+                tensor = nxt.output[0]
+                nxt = g.only_consumer(tensor, name)
+        if bias is not None and bias.size not in (1, w_real.shape[0]):
+            raise g.fail(f"{name}: a bias of {bias.size} values for {w_real.shape[0]} output channels")
+        if bias is not None and bias.size == 1:
+            bias = np.full(w_real.shape[0], bias.item())
+        for key, value, default in (("stride", stride, 1), ("padding", padding, 0), ("bias", bias is not None, False)):
+            if li.get(key, default) != value:
+                raise g.fail(f"{name}: the graph has {key} {value}, the metadata says {li.get(key)!r}")
         pool = 1
         if nxt.op_type == "AveragePool":
             ks, st = g.attr(nxt, "kernel_shape"), g.attr(nxt, "strides", None)
@@ -490,13 +548,24 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
             raise g.fail(f"{name}: no reset comparison Sub({membrane}, θ)")
         theta = float(np.asarray(g.const(theta_node.input[1])).item())
         beta = float(np.asarray(beta).item())
-        if not (np.float32(beta) == np.float32(meta["beta"]) and np.float32(theta) == np.float32(meta["threshold"])):
+        want_beta, want_theta = li.get("beta", meta["beta"]), li.get("threshold", meta["threshold"])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (want_beta, want_theta)) \
+                or not (np.float32(beta) == np.float32(want_beta) and np.float32(theta) == np.float32(want_theta)):
             raise ExportError(f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata says "
-                              f"β={meta['beta']}, θ={meta['threshold']}; the file was edited")
+                              f"β={want_beta}, θ={want_theta}; the file was edited")
         if reset != meta["reset"]:
             raise ExportError(f"{where}: {name}: graph has {reset} reset, metadata says {meta['reset']}")
         layers.append(FloatLayer(name, kind, q, w_real, w_scale, bits, pool, gain, offset, bn_arith, membrane, beta,
-                                 theta, reset))
-    if g.spike_source(OUTPUT) != f"{STATE_INPUTS[-1]}_out":
-        raise g.fail("output 'z3' is not the spikes of the last layer (u3_out > θ)")
+                                 theta, reset, stride=stride, padding=padding, bias=bias))
+    last, u_last = output_name(len(info)), state_outputs(len(info))[-1]
+    if g.spike_source(last) != u_last:
+        raise g.fail(f"output {last!r} is not the spikes of the last layer ({u_last} > θ)")
     return layers
+
+
+def _bias(g: _Graph, tensor: str, name: str) -> np.ndarray:
+    """A synapse's bias: a constant (initializer or Constant node), as float64, one value per output."""
+    value = g.const(tensor)
+    if value is None:
+        raise g.fail(f"{name}: the bias {tensor!r} is not an initializer")
+    return np.asarray(value, dtype=np.float64).reshape(-1).copy()

@@ -1,17 +1,21 @@
 """The qsnn QONNX file: one time step of the network, membranes as explicit graph inputs/outputs.
 
-Graph interface (both kinds)::
+Graph interface (both kinds), for a network of L synaptic layers (L from the metadata ``layers``;
+the names come from :func:`state_inputs`, :func:`state_outputs`, :func:`delay_inputs`,
+:func:`output_name`, the one place that derives them from L)::
 
     inputs:  x   the input frame of this step, (N, C, H, W)
-             u1, u2, u3   membrane potentials after the previous step (zeros at t = 0)
-    outputs: z3  output spikes of this step, (N, classes)
-             u1_out, u2_out, u3_out   membranes after this step (feed them back as u1, u2, u3)
+             u1 .. uL   membrane potentials after the previous step (zeros at t = 0)
+    outputs: zL  output spikes of this step, (N, classes)
+             u1_out .. uL_out   membranes after this step (feed them back as u1 .. uL)
 
 The ``"float"`` kind (:mod:`.qonnx_float`) takes the real-valued input (pixels/255 or event counts)
 in float32 and reproduces the trained PyTorch model; the ``"integer"`` kind (:mod:`.qonnx_int`)
 takes the integer input (uint8 pixels or counts) in float64 and carries the chip arithmetic of a
-profile, with extra outputs ``z1``, ``z2`` (spikes of the hidden layers) and, for a profile with a
-synaptic delay k, delay-line states ``d1..d3`` → ``d1_out..d3_out`` of shape (N, k, ...).
+profile, with extra outputs ``z1 .. z(L−1)`` (spikes of the hidden layers) and, for a profile with a
+synaptic delay k, delay-line states ``d1..dL`` → ``d1_out..dL_out`` of shape (N, k, ...). A float
+export of a model trained with a one-step synaptic delay has the delay lines ``d1..dL`` (x, z1, ...,
+z(L−1) of the previous step) too.
 
 The batch dimension is dynamic (``N``) unless the file was exported with ``batch_size=n``
 (``qsnn-export --to qonnx --batch-size n``, FINN's convention is 1), which fixes it on every input,
@@ -22,13 +26,18 @@ position; a graph whose inputs/outputs a tool renamed (``qonnx-cleanup``: ``glob
 mapped back by :func:`restore_interface`, checked against the graph's structure.
 
 Datatypes: spike tensors carry the qonnx annotation ``BINARY`` (:func:`annotate_datatypes`), so
-``InferDataTypes`` and ``inference_cost`` see 1-bit activations next to the 4-bit ``Quant`` weights.
+``InferDataTypes`` and ``inference_cost`` see 1-bit activations next to the b-bit ``Quant`` weights.
 
-Weights: ``<layer>.weight`` initializers (behind a ``Quant`` node for int4 checkpoints); the dense
-layer's is stored (in, out) for ``MatMul``.
+Weights: ``<layer>.weight`` initializers (behind a ``Quant`` node for quantized checkpoints), a
+synaptic bias ``<layer>.bias``; a dense layer's weight is stored (in, out) for ``MatMul``.
+
+Versions: 2 (this qsnn) describes any depth and records per layer its stride, padding, bias, weight
+bits, β and θ, and the architecture spec (``arch``); version 1 files (the paper's three-layer
+network, from earlier qsnn releases) are read as version 2 with the defaults filled in
+(:func:`upgrade_metadata`); any other version is refused, saying to export again.
 
 Everything a deployer needs is in the ONNX ``metadata_props`` (all values are strings; lists and
-dicts are JSON): see :data:`FLOAT_KEYS` and :func:`read_metadata`.
+dicts are JSON): see :data:`FLOAT_KEYS`, :data:`LAYER_KEYS` and :func:`read_metadata`.
 """
 
 from __future__ import annotations
@@ -46,16 +55,78 @@ from qsnn.errors import ExportError, damaged_file
 from qsnn.jsonio import to_jsonable
 
 FORMAT = "qsnn-qonnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this qsnn reads: 1 (three layers, no per-layer record of stride/padding/bias/bits) is
+#: read as a version-2 file with the defaults filled in (:func:`upgrade_metadata`).
+READS_VERSIONS = (1, 2)
 KINDS = ("float", "integer")
-
-STATE_INPUTS = ("u1", "u2", "u3")
-STATE_OUTPUTS = ("u1_out", "u2_out", "u3_out")
-#: A model trained with a one-step synaptic delay: the delay lines (x, z1, z2 of the previous step),
-#: graph inputs read by the synapses and fed back from ``<name>_out``.
-DELAY_INPUTS = ("d1", "d2", "d3")
 INPUT = "x"
-OUTPUT = "z3"
+
+
+# --------------------------------------------------------------------------------------------------
+# The graph interface of an L-layer network: the one place its names are derived from L
+
+
+def state_inputs(n: int) -> tuple[str, ...]:
+    """Membrane inputs of an n-layer graph: ``u1 .. un``."""
+    return tuple(f"u{i}" for i in range(1, n + 1))
+
+
+def state_outputs(n: int) -> tuple[str, ...]:
+    """Membrane outputs of an n-layer graph: ``u1_out .. un_out`` (fed back as ``u1 .. un``)."""
+    return tuple(f"{u}_out" for u in state_inputs(n))
+
+
+def delay_inputs(n: int) -> tuple[str, ...]:
+    """Delay-line inputs of an n-layer graph with a synaptic delay: ``d1 .. dn`` (the input of layer i
+    at the previous step: x, z1, ..., z(n−1))."""
+    return tuple(f"d{i}" for i in range(1, n + 1))
+
+
+def delay_outputs(n: int) -> tuple[str, ...]:
+    """Delay-line outputs ``d1_out .. dn_out`` (fed back as ``d1 .. dn``)."""
+    return tuple(f"{d}_out" for d in delay_inputs(n))
+
+
+def spike_name(i: int) -> str:
+    """Spikes of layer i (1-based): ``z<i>``."""
+    return f"z{i}"
+
+
+def output_name(n: int) -> str:
+    """The output spikes of an n-layer graph: ``z<n>``."""
+    return spike_name(n)
+
+
+def membrane_name(i: int) -> str:
+    """Membrane of layer i (1-based): ``u<i>``."""
+    return f"u{i}"
+
+
+def graph_inputs(n: int, delay: bool = False) -> list[str]:
+    """Graph inputs in order: ``x, u1..un`` (``, d1..dn`` with a synaptic delay)."""
+    return [INPUT, *state_inputs(n), *(delay_inputs(n) if delay else ())]
+
+
+def graph_outputs(n: int, delay: bool = False) -> list[str]:
+    """Graph outputs in order: ``zn, u1_out..un_out`` (``, d1_out..dn_out`` with a synaptic delay)."""
+    return [output_name(n), *state_outputs(n), *(delay_outputs(n) if delay else ())]
+
+
+def layer_count(meta: dict[str, Any]) -> int:
+    """L, the number of synaptic layers a file's metadata lists."""
+    layers = meta.get("layers")
+    return len(layers) if isinstance(layers, list) else 0
+
+
+def precision_name(weight_bits: list[int] | tuple[int, ...] | None) -> str:
+    """The weight precision a model really has: ``"int4"``, ``"int8"``, ``"mixed 2..8-bit"`` (layers
+    of different widths), or ``"fp32"`` (``None``: float weights)."""
+    if not weight_bits:
+        return "fp32"
+    bits = sorted(set(int(b) for b in weight_bits))
+    return f"int{bits[0]}" if len(bits) == 1 else f"mixed {bits[0]}..{bits[-1]}-bit"
+
 
 #: Metadata every qsnn QONNX file carries (values are strings; JSON for lists and dicts).
 #: ``input_max`` is the largest integer input of one cell per step, what the first layer and the
@@ -66,8 +137,16 @@ OUTPUT = "z3"
 FLOAT_KEYS = (
     "format", "format_version", "kind", "dataset", "classes", "num_steps", "encoding", "input_scale",
     "input_max", "input_shape", "beta", "threshold", "slope", "reset", "precision", "weight_bits",
-    "quant_scale", "batch_norm", "dropout", "layers", "qsnn_version", "checkpoint_sha256",
+    "quant_scale", "batch_norm", "dropout", "layers", "arch", "qsnn_version", "checkpoint_sha256",
 )
+#: Per-layer record in the metadata ``layers`` (format version 2): ``name`` (``conv1``, ..., ``fc``),
+#: ``kind`` ``"conv"`` | ``"dense"``, ``kernel`` (conv: k; dense: 1), ``stride``, ``padding`` (symmetric,
+#: each side), ``pool`` (p×p average pooling of the current, 1 = none), ``bias`` (a synaptic bias),
+#: ``weight_bits`` (b; 32 for float weights), ``weight_scale`` ``"tensor"`` | ``"channel"`` | ``"none"``,
+#: ``membrane`` (its state input ``u<i>``), ``shape`` (its spikes for one sample), ``beta``, ``threshold``.
+#: ``precision`` names the weights as they are (:func:`precision_name`), ``weight_bits`` the widest layer's.
+LAYER_KEYS = ("name", "kind", "kernel", "stride", "padding", "pool", "bias", "weight_bits", "weight_scale",
+              "membrane", "shape", "beta", "threshold")
 #: Extra metadata of the integer kind.
 INTEGER_KEYS = ("profile", "network", "compile_report")
 
@@ -155,8 +234,8 @@ def check_qsnn_model(source: Any, kind: str | None = None) -> tuple[onnx.ModelPr
     """Load ``source`` and check that it is a qsnn QONNX export (of ``kind``, if given).
 
     Checks the metadata (format, version, kind, the fields a runner needs) and the graph interface
-    (inputs ``x, u1, u2, u3``, outputs ``z3, u1_out, u2_out, u3_out``). Raises :class:`ExportError`
-    saying what is wrong.
+    of its L layers (inputs ``x, u1..uL``, outputs ``zL, u1_out..uL_out``). Raises :class:`ExportError`
+    saying what is wrong. A version-1 file's metadata comes back upgraded (:func:`upgrade_metadata`).
     """
     where = _where(source)
     model = load_model(source)
@@ -170,31 +249,84 @@ def _check_qsnn_model(model: onnx.ModelProto, kind: str | None, where: str) -> t
         found = f"format {meta['format']!r}" if "format" in meta else "no 'format' metadata"
         raise ExportError(f"{where}: not a qsnn QONNX export ({found}; expected format {FORMAT!r}); "
                           "write one with `qsnn-export CHECKPOINT --to qonnx`")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{where}: qsnn QONNX format version {meta.get('format_version')!r}, this qsnn reads "
-                          f"version {FORMAT_VERSION}; export the checkpoint again with this qsnn")
+    version = meta.get("format_version")
+    if version not in READS_VERSIONS or isinstance(version, bool):
+        raise ExportError(f"{where}: qsnn QONNX format version {version!r}, this qsnn ({qsnn_version()}) reads "
+                          f"versions {list(READS_VERSIONS)}; export the checkpoint again with this qsnn: "
+                          "`qsnn-export CHECKPOINT --to qonnx`")
     if meta.get("kind") not in KINDS:
         raise ExportError(f"{where}: metadata 'kind' is {meta.get('kind')!r}, expected one of {KINDS}")
     if kind is not None and meta["kind"] != kind:
         hint = ("compile it under a profile first (`qsnn-export ... --to qonnx --profile fpga`)" if kind == "integer"
                 else "pass the float export (`qsnn-export CHECKPOINT --to qonnx` without --profile)")
         raise ExportError(f"{where}: this is the {meta['kind']!r} kind of qsnn export, expected {kind!r}; {hint}")
+    meta = upgrade_metadata(meta)
     required = FLOAT_KEYS + (INTEGER_KEYS if meta["kind"] == "integer" else ())
     missing = [k for k in required if k not in meta]
     if missing:
         raise ExportError(f"{where}: qsnn QONNX metadata lacks {missing}; the file is incomplete or was edited")
+    n = layer_count(meta)
+    if n < 1:
+        raise ExportError(f"{where}: metadata 'layers' lists no layers; the file is incomplete or was edited")
     model = restore_interface(model, meta, where)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    for name in (INPUT, *STATE_INPUTS):
+    for name in (INPUT, *state_inputs(n)):
         if name not in inputs:
-            raise ExportError(f"{where}: graph input {name!r} is missing (inputs: {inputs}); a qsnn export has the "
-                              f"input frame 'x' and the membranes {list(STATE_INPUTS)} as inputs")
-    for name in (OUTPUT, *STATE_OUTPUTS):
+            raise ExportError(f"{where}: graph input {name!r} is missing (inputs: {inputs}); a qsnn export of {n} "
+                              f"layers has the input frame 'x' and the membranes {list(state_inputs(n))} as inputs")
+    for name in (output_name(n), *state_outputs(n)):
         if name not in outputs:
-            raise ExportError(f"{where}: graph output {name!r} is missing (outputs: {outputs}); a qsnn export has "
-                              f"the output spikes 'z3' and the membranes {list(STATE_OUTPUTS)} as outputs")
+            raise ExportError(f"{where}: graph output {name!r} is missing (outputs: {outputs}); a qsnn export of {n} "
+                              f"layers has the output spikes {output_name(n)!r} and the membranes "
+                              f"{list(state_outputs(n))} as outputs")
     return model, meta
+
+
+def qsnn_version() -> str:
+    import qsnn
+
+    return str(getattr(qsnn, "__version__", "?"))
+
+
+def upgrade_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 file's metadata as version 2 describes it (a new dict; a version-2 one unchanged).
+
+    Version 1 held the paper's three-layer network only: every conv 5×5 of stride 1 without padding,
+    no synaptic biases, the run's ``weight_bits`` and one β and θ for all layers; the architecture
+    spec is the paper's network of the dataset.
+    """
+    if meta.get("format_version") != 1:
+        return meta
+    meta = dict(meta)
+    quantized = meta.get("precision") != "fp32"
+    bits = meta.get("weight_bits", 4 if quantized else 32)
+    layers = []
+    for layer in meta.get("layers", []) if isinstance(meta.get("layers"), list) else []:
+        if not isinstance(layer, dict):
+            layers.append(layer)
+            continue
+        conv = layer.get("kind") == "conv"
+        layers.append({"kernel": 5 if conv else 1, "stride": 1, "padding": 0, "bias": False, "weight_bits": bits,
+                       "weight_scale": "tensor" if quantized else "none",
+                       "beta": meta.get("beta"), "threshold": meta.get("threshold"), **layer})
+    meta["layers"] = layers
+    if "arch" not in meta:
+        meta["arch"] = _v1_arch(layers)
+    return meta
+
+
+def _v1_arch(layers: list[Any]) -> str:
+    """The spec of a version-1 file's three layers (5×5 convs as the paper's network)."""
+    tokens = []
+    for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("shape"), list) or not layer["shape"]:
+            return ""
+        if layer.get("kind") == "conv":
+            tokens.append(f"{layer['shape'][0]}C5" + (f"-AP{layer['pool']}" if layer.get("pool", 1) > 1 else ""))
+        else:
+            tokens.append(f"D{layer['shape'][0]}")
+    return "-".join(tokens)
 
 
 def interface(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -208,16 +340,18 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int]:
 
 def _role_shapes(meta: dict[str, Any]) -> dict[str, list[int]]:
     """Per-sample shapes the metadata promises for the graph's inputs and outputs."""
-    shapes: dict[str, list[int]] = {INPUT: list(meta.get("input_shape", [])), OUTPUT: [len(meta.get("classes", []))]}
-    for i, layer in enumerate(meta.get("layers", [])):
-        if i < len(STATE_INPUTS):
-            shapes[STATE_INPUTS[i]] = shapes[STATE_OUTPUTS[i]] = list(layer.get("shape", []))
-            shapes[f"z{i + 1}"] = list(layer.get("shape", []))
+    n = layer_count(meta)
+    shapes: dict[str, list[int]] = {INPUT: list(meta.get("input_shape", [])),
+                                    output_name(n): [len(meta.get("classes", []))]}
+    for i, layer in enumerate(meta.get("layers", []) if n else []):
+        if isinstance(layer, dict):
+            shape = list(layer.get("shape", []))
+            shapes[membrane_name(i + 1)] = shapes[f"{membrane_name(i + 1)}_out"] = shapes[spike_name(i + 1)] = shape
     return shapes
 
 
 def restore_interface(model: onnx.ModelProto, meta: dict[str, Any], where: str = "the ONNX model") -> onnx.ModelProto:
-    """``model`` with its graph inputs/outputs under qsnn's role names (``x``, ``u1``..., ``z3``, ``u1_out``...).
+    """``model`` with its graph inputs/outputs under qsnn's role names (``x``, ``u1``..., ``zL``, ``u1_out``...).
 
     Tools such as ``qonnx-cleanup`` rename graph inputs and outputs (``global_in``, ``global_out_1``...)
     but keep their order. The metadata ``interface`` records each position's role; a renamed graph is
@@ -256,7 +390,7 @@ def restore_interface(model: onnx.ModelProto, meta: dict[str, Any], where: str =
     ops_of = {role: set(consumers.get(vi.name, [])) for vi, role in zip(model.graph.input, want_in)}
     if INPUT in ops_of and not ops_of[INPUT] & {"Conv", "MatMul", "Gemm", "Cast", "Identity", "Unsqueeze", "Mul"}:
         raise ExportError(f"{where}: graph input {names_in[want_in.index(INPUT)]!r} (role 'x') feeds no synapse")
-    for role in STATE_INPUTS:
+    for role in state_inputs(layer_count(meta)):
         if role in ops_of and not ops_of[role] & {"Sub", "Greater"}:
             raise ExportError(f"{where}: graph input {names_in[want_in.index(role)]!r} (role {role!r}) is not a "
                               "membrane (no reset comparison reads it)")

@@ -1,10 +1,14 @@
-"""PyTorch → QONNX: one time step of the trained QSNN, membranes as explicit graph inputs/outputs.
+"""PyTorch → QONNX: one time step of a trained QSNN of any depth, membranes as explicit graph inputs/outputs.
 
 ``export_float(checkpoint, out)`` exports :meth:`QSNN.step <qsnn.train.model.QSNN.step>` with
-Brevitas' ``export_qonnx`` (TorchScript path, ``dynamo=False``):
+Brevitas' ``export_qonnx`` (TorchScript path, ``dynamo=False``); :func:`build_float_from_module`
+does the same for a QSNN-like module in memory (no checkpoint file), given the metadata a
+checkpoint would carry (input shape, classes, encoding, config). Per layer (``model.blocks``):
 
-* weights: a ``Quant`` node per synapse (4-bit signed narrow, the Brevitas scale) for ``int4``
-  checkpoints, plain float initializers for ``fp32`` ones;
+* weights: a ``Quant`` node per synapse (b-bit signed narrow, the Brevitas scale per tensor or per
+  output channel) for quantized models, plain float initializers for ``fp32`` ones; ``<layer>.weight``,
+  a synaptic bias ``<layer>.bias`` (the ``Conv`` / ``Gemm`` bias input, or an ``Add`` after ``MatMul``);
+  convolutions with their stride and (symmetric) padding;
 * synapse → average pooling → BatchNorm (if trained with it) → LIF, the LIF update as plain ONNX ops
   in the order of :func:`qsnn.train.lif.lif_step` (``Sub, Greater, Cast`` for the reset, ``Mul, Add,
   Mul, Sub`` for the subtract-reset update, or ``Sub, Mul, Mul, Add`` for zero reset);
@@ -20,6 +24,7 @@ The graph is cleaned with :func:`.format.cleanup` (names kept) and written atomi
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from fractions import Fraction
@@ -33,15 +38,24 @@ import torch.nn as nn
 
 import qsnn
 from qsnn.data import INPUT_MAX, INPUT_SCALE
+from qsnn.errors import ExportError
 from qsnn.jsonio import sha256_file
 from qsnn.train.checkpoint import load_checkpoint, model_from_checkpoint
-from qsnn.train.model import POOL
 
-from .format import (DELAY_INPUTS, FORMAT, FORMAT_VERSION, INPUT, OUTPUT, STATE_INPUTS, STATE_OUTPUTS, cleanup,
-                     finish_model, save_model)
-
-LAYER_NAMES = ("conv1", "conv2", "fc")
-
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT,
+    cleanup,
+    finish_model,
+    graph_inputs,
+    graph_outputs,
+    membrane_name,
+    output_name,
+    precision_name,
+    save_model,
+    state_inputs,
+)
 
 # --------------------------------------------------------------------------------------------------
 # BatchNorm exactly as PyTorch's CPU kernel computes it
@@ -123,14 +137,14 @@ class ExportBatchNorm(nn.Module):
 
 
 class OneStep(nn.Module):
-    """``(x, u1, u2, u3) → (z3, u1_out, u2_out, u3_out)``: :meth:`QSNN.step` as a module to export."""
+    """``(x, u1..uL[, d1..dL]) → (zL, u1_out..uL_out[, d1_out..dL_out])``: :meth:`QSNN.step` as a module to export."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.m = model
 
-    def forward(self, x, u1, u2, u3, *delayed):
-        return self.m.step(x, u1, u2, u3, *delayed)
+    def forward(self, x, *state):
+        return self.m.step(x, *state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,35 +169,80 @@ def _consumers(model: onnx.ModelProto, tensor: str) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if tensor in n.input]
 
 
-def _readable_names(model: onnx.ModelProto, order: list[str], beta: float, theta: float) -> None:
+def _readable_names(model: onnx.ModelProto, order: list[str], names: list[str], betas: list[float],
+                    thetas: list[float]) -> None:
     """Deterministic, readable tensor names and the exporter's node order.
 
-    Weights ``conv1.weight`` / ``conv1.weight_scale`` (...), BatchNorm ``bn1.alpha`` / ``bn1.beta``;
-    identical scalar constants merged and named by value (``theta``, ``beta``, ``zero``, ``one``,
-    else ``const_<i>``); nodes in the order the exporter wrote them (qonnx's cleanup sorts them
-    otherwise). Graph inputs and outputs keep their names.
+    Weights ``<layer>.weight`` / ``<layer>.weight_scale`` and biases ``<layer>.bias`` (``conv1``, ...,
+    ``fc``: ``names``), BatchNorm of layer i ``bn<i>.alpha`` / ``bn<i>.beta``; identical scalar
+    constants merged and named by value (``theta``, ``beta`` of the first layer, ``beta<i>`` /
+    ``theta<i>`` of a later layer whose value differs, ``zero``, ``one``, else ``const_<i>``); nodes in
+    the order the exporter wrote them (qonnx's cleanup sorts them otherwise). Graph inputs and outputs
+    keep their names.
     """
     graph = model.graph
+    prefixes = {}
+    for i, name in enumerate(names):
+        prefixes[f"m.synapses.{i}."] = f"{name}."
+        prefixes[f"m.norms.{i}."] = f"bn{i + 1}."
     for init in list(graph.initializer):
-        if init.name.startswith("m."):
+        prefix = next((p for p in prefixes if init.name.startswith(p)), None)
+        if prefix is not None:
+            _rename(model, init.name, prefixes[prefix] + init.name[len(prefix):])
+        elif init.name.startswith("m."):
             _rename(model, init.name, init.name[2:])
+    # the exporter's scope names of the layer lists as the layers' names: /synapses.0/... → /conv1/...
+    scopes = {f"/synapses.{i}/": f"/{name}/" for i, name in enumerate(names)}
+    scopes.update({f"/norms.{i}/": f"/bn{i + 1}/" for i in range(len(names))})
+    scopes.update({f"/neurons.{i}/": f"/lif{i + 1}/" for i in range(len(names))})
+
+    def scoped(t: str) -> str:
+        for old, new in scopes.items():
+            if t.startswith(old):
+                return new + t[len(old):]
+        return t
+
+    for init in graph.initializer:
+        init.name = scoped(init.name)
+    for vi in graph.value_info:
+        vi.name = scoped(vi.name)
+    for node in graph.node:
+        node.input[:] = [scoped(t) for t in node.input]
+        node.output[:] = [scoped(t) for t in node.output]
+        node.name = scoped(node.name)
+    order = [scoped(t) for t in order]
     # nodes back in the exporter's order (every remaining output name existed in the export)
     position = {name: i for i, name in enumerate(order)}
     nodes = sorted(graph.node, key=lambda n: min(position.get(o, len(position)) for o in n.output))
     del graph.node[:]
     graph.node.extend(nodes)
     producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name for i in graph.initializer}
     synapses = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
-    for layer, node in zip(LAYER_NAMES, synapses):
+    for layer, node in zip(names, synapses):
         src = producers.get(node.input[1])
+        if src is not None and src.op_type == "Transpose":
+            src = producers.get(src.input[0])
         if src is not None and src.op_type == "Quant":
             for old, new in ((src.input[0], f"{layer}.weight"), (src.input[1], f"{layer}.weight_scale")):
                 if old != new and len(_consumers(model, old)) == 1:
                     _rename(model, old, new)
-        elif node.input[1] in {i.name for i in graph.initializer} and node.input[1] != f"{layer}.weight":
+        elif node.input[1] in inits and node.input[1] != f"{layer}.weight":
             _rename(model, node.input[1], f"{layer}.weight")
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is None and node.op_type == "MatMul":   # MatMul then Add of the bias
+            add = _consumers(model, node.output[0])
+            if len(add) == 1 and add[0].op_type == "Add":
+                bias = next((t for t in add[0].input if t != node.output[0] and t in inits), None)
+        if bias is not None and bias in inits and bias != f"{layer}.bias" and len(_consumers(model, bias)) == 1:
+            _rename(model, bias, f"{layer}.bias")
     # merge identical scalars, name them by value
-    named = {"theta": np.float32(theta), "beta": np.float32(beta), "zero": np.float32(0), "one": np.float32(1)}
+    named = {"theta": np.float32(thetas[0]), "beta": np.float32(betas[0]), "zero": np.float32(0), "one": np.float32(1)}
+    for i, (b, t) in enumerate(zip(betas, thetas), start=1):
+        if np.float32(b) not in [v for k, v in named.items() if k.startswith("beta")]:
+            named[f"beta{i}"] = np.float32(b)
+        if np.float32(t) not in [v for k, v in named.items() if k.startswith("theta")]:
+            named[f"theta{i}"] = np.float32(t)
     first_use = {}
     for i, node in enumerate(graph.node):
         for name in node.input:
@@ -192,7 +251,7 @@ def _readable_names(model: onnx.ModelProto, order: list[str], beta: float, theta
     taken = {i.name for i in graph.initializer}
     count = 0
     for init in sorted(graph.initializer, key=lambda t: first_use.get(t.name, 1 << 30)):
-        if "." in init.name or init.name in (INPUT, *STATE_INPUTS):
+        if "." in init.name or init.name == INPUT or init.name in state_inputs(len(names)):
             continue
         arr = onnx.numpy_helper.to_array(init)
         if arr.size != 1:
@@ -227,39 +286,155 @@ def _readable_names(model: onnx.ModelProto, order: list[str], beta: float, theta
 # --------------------------------------------------------------------------------------------------
 
 
-def float_metadata(data: dict[str, Any], sha256: str, model: nn.Module, bn_exact: bool | None) -> dict[str, Any]:
-    cfg = data["config_obj"]
-    encoding = data["encoding"]
+def _synapse_record(block: Any, where: str) -> dict[str, Any]:
+    """What the graph of one synapse holds, read from the module itself (not the config): kernel,
+    stride, symmetric padding, bias, weight bits and scale granularity."""
+    syn, spec = block.synapse, block.spec
+    rec: dict[str, Any] = {"name": block.name, "kind": spec.kind}
+    if spec.kind == "conv":
+        k, st, pad = (getattr(syn, a) for a in ("kernel_size", "stride", "padding"))
+        k, st = tuple(k), tuple(st)
+        if isinstance(pad, str) or len(set(tuple(pad))) != 1 or len(set(st)) != 1 or len(set(k)) != 1:
+            raise ExportError(f"{where}: layer {block.name}: kernel {k}, stride {st}, padding {pad!r}; a qsnn export "
+                              "takes square kernels with one stride and the same zero padding on every side")
+        if getattr(syn, "groups", 1) != 1 or any(d != 1 for d in tuple(getattr(syn, "dilation", (1, 1)))):
+            raise ExportError(f"{where}: layer {block.name}: grouped or dilated convolutions cannot be exported")
+        rec.update(kernel=int(k[0]), stride=int(st[0]), padding=int(tuple(pad)[0]), pool=int(spec.pool))
+    else:
+        rec.update(kernel=1, stride=1, padding=0, pool=1)
+    rec["bias"] = getattr(syn, "bias", None) is not None
+    if hasattr(syn, "quant_weight"):
+        qw = syn.quant_weight()
+        rec["weight_bits"] = int(round(float(qw.bit_width)))
+        rec["weight_scale"] = "channel" if qw.scale.numel() > 1 else "tensor"
+    else:
+        rec.update(weight_bits=32, weight_scale="none")
+    return rec
+
+
+def _neuron_constants(model: nn.Module, block: Any) -> tuple[float, float]:
+    """(β, θ) of a layer's neurons as float32 values (written as the float64 of that float32): the
+    layer's ``Leaky`` if it holds them, else the model's."""
+    beta = getattr(block.lif, "beta", None)
+    theta = getattr(block.lif, "threshold", None)
+    beta = model.beta if beta is None else beta
+    theta = model.theta if theta is None else theta
+    return (float(np.float32(torch.as_tensor(beta).detach().float().item())),
+            float(np.float32(torch.as_tensor(theta).detach().float().item())))
+
+
+def layer_records(model: nn.Module, where: str = "the model") -> list[dict[str, Any]]:
+    """The metadata ``layers`` of a QSNN-like module (:data:`.format.LAYER_KEYS`), one record per block."""
+    records = []
+    for i, block in enumerate(model.blocks):
+        rec = _synapse_record(block, where)
+        beta, theta = _neuron_constants(model, block)
+        rec.update(membrane=membrane_name(i + 1), shape=[int(v) for v in block.shape], beta=beta, threshold=theta)
+        records.append({k: rec[k] for k in ("name", "kind", "pool", "membrane", "shape", "kernel", "stride", "padding",
+                                             "bias", "weight_bits", "weight_scale", "beta", "threshold")})
+    return records
+
+
+def float_metadata(model: nn.Module, *, cfg: Any, input_shape: tuple[int, ...], classes: list[str], encoding: str,
+                   sha256: str = "", source_name: str = "", bn_exact: bool | None = None) -> dict[str, Any]:
+    """The metadata of the float export of ``model`` (see :mod:`.format`)."""
     events = cfg.event_frames() if encoding == "events" else None
-    c, h, w = (int(v) for v in data["input_shape"])
-    layers = []
-    for i, (name, lif) in enumerate(zip(LAYER_NAMES, ("lif1", "lif2", "lif3"))):
-        layers.append({"name": name, "kind": "dense" if name == "fc" else "conv",
-                       "pool": 1 if name == "fc" else POOL, "membrane": STATE_INPUTS[i],
-                       "shape": list(model.layer_shapes[lif])})
-    import brevitas
+    c, h, w = (int(v) for v in input_shape)
+    layers = layer_records(model)
+    quantized = all(rec["weight_bits"] < 32 for rec in layers)
+    bits = [rec["weight_bits"] for rec in layers] if quantized else None
     from importlib.metadata import version
+
+    import brevitas
 
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "float",
-        "dataset": cfg.dataset, "classes": list(data["classes"]), "num_steps": cfg.num_steps,
+        "dataset": cfg.dataset, "classes": list(classes), "num_steps": cfg.num_steps,
         "encoding": encoding, "input_scale": float(INPUT_SCALE[encoding]), "input_max": events.count_max if events else INPUT_MAX["static"],
         "input_shape": [c, h, w],
         **({"event_frames": events.to_dict()} if events else {}),
-        # β and θ as the model holds them (float32), written as the float64 of that float32
-        "beta": float(np.float32(cfg.beta)), "threshold": float(np.float32(cfg.threshold)), "slope": cfg.slope,
-        "reset": cfg.reset, "precision": cfg.precision,
+        # β and θ of the first layer (float32 values written as float64); every layer's in ``layers``
+        "beta": layers[0]["beta"], "threshold": layers[0]["threshold"], "slope": cfg.slope,
+        "reset": cfg.reset, "precision": precision_name(bits),
         # the chip profile the model was trained for ("" = none) and the delay it was trained with
         "trained_profile": getattr(cfg, "profile", ""), "synaptic_delay": int(getattr(cfg, "synaptic_delay", 0)),
-        "weight_bits": cfg.weight_bits if cfg.quantized else 32,
-        "quant_scale": cfg.quant_scale if cfg.quantized else "none",
-        "batch_norm": bool(cfg.batch_norm), "dropout": cfg.dropout, "layers": layers,
+        "weight_bits": max(bits) if bits else 32,
+        "quant_scale": cfg.quant_scale if quantized else "none",
+        "weight_scale": getattr(cfg, "weight_scale", "tensor") if quantized else "none",
+        "batch_norm": bool(cfg.batch_norm), "dropout": cfg.dropout,
+        "arch": str(getattr(model, "arch", "") or getattr(cfg, "arch", "")), "layers": layers,
         "bn_exact": bn_exact, "qsnn_version": qsnn.__version__,
-        "checkpoint_sha256": sha256, "checkpoint_name": data.get("_path_name", ""),
+        "checkpoint_sha256": sha256, "checkpoint_name": source_name,
         "batch": "dynamic dimension 'N'; to fix it: qonnx ModelWrapper(path).transform(ChangeBatchSize(n))",
         "versions": {"torch": str(torch.__version__), "brevitas": str(brevitas.__version__),
                      "onnx": str(onnx.__version__), "qonnx": version("qonnx")},
     }
+
+
+def _doc_string(n: int, delay: bool) -> str:
+    ins, outs = graph_inputs(n), graph_outputs(n)
+    last = output_name(n)
+    text = (f"qsnn QSNN, one time step: ({', '.join(ins)}) -> ({', '.join(outs)}). Run it T times "
+            f"(metadata num_steps), feeding u*_out back as u* (zeros at t=0); the class is the argmax of the "
+            f"summed {last}. Batch dimension N is dynamic.")
+    if delay:
+        lines = ", ".join(f"d{i + 1} ({'x' if i == 0 else f'z{i}'})" for i in range(n))
+        text += (f" Synaptic delay 1 (metadata synaptic_delay): each synapse reads the delay line {lines} of the "
+                 "previous step, fed back from d*_out like the membranes.")
+    return text
+
+
+def build_float_from_module(model: nn.Module, *, classes: list[str] | tuple[str, ...], encoding: str,
+                            cfg: Any = None, input_shape: tuple[int, ...] | None = None, sha256: str = "",
+                            source_name: str = "", batch_size: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The float QONNX ModelProto of a QSNN-like module in memory (not written), and its metadata.
+
+    ``model`` has what :class:`~qsnn.train.model.QSNN` has: ``blocks`` (name, spec, synapse, bn,
+    lif, shape per layer), ``names``, ``norms``, ``step(x, *state)``, ``initial_state(b)``,
+    ``delay_state(b)``, ``cfg``, ``input_shape``; it is copied, not changed. ``cfg`` (default
+    ``model.cfg``: a :class:`~qsnn.config.TrainConfig`) and ``input_shape`` (default
+    ``model.input_shape``), ``classes`` and ``encoding`` (``"static"`` | ``"events"``) are what a
+    checkpoint would record; ``sha256`` / ``source_name`` name the file it came from ("" = none).
+    ``batch_size``: fix the batch dimension of every input and output (else dynamic ``N``).
+    """
+    from brevitas.export import export_qonnx
+
+    model = copy.deepcopy(model).eval()
+    cfg = model.cfg if cfg is None else cfg
+    input_shape = tuple(model.input_shape if input_shape is None else input_shape)
+    blocks = model.blocks
+    n = len(blocks)
+    bn_exact: bool | None = None
+    norms = [(i, b.bn) for i, b in enumerate(blocks) if isinstance(b.bn, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        modes = [detect_bn_arithmetic(bn) for _, bn in norms]
+        if all(m is not None for m in modes):
+            bn_exact = True
+            for (i, bn), mode in zip(norms, modes):
+                model.norms[i] = ExportBatchNorm(bn, mode)
+        else:
+            bn_exact = False
+    records = layer_records(model)   # checks every synapse before the exporter runs
+    step = OneStep(model).eval()
+    x = torch.zeros(1, *input_shape)
+    states = (*model.initial_state(1), *model.delay_state(1))
+    delay = bool(getattr(cfg, "synaptic_delay", 0))
+    names_in, names_out = graph_inputs(n, delay), graph_outputs(n, delay)
+    with warnings.catch_warnings():   # an exporter failure is a bug (the model was checked): a traceback
+        warnings.simplefilter("ignore")
+        exported = export_qonnx(step, args=(x, *states), export_path=None, input_names=names_in,
+                                output_names=names_out, dynamic_axes={k: {0: "N"} for k in names_in + names_out},
+                                dynamo=False)
+    order = [o for node in exported.graph.node for o in node.output]
+    onnx_model = cleanup(exported)
+    _readable_names(onnx_model, order, list(model.names), [r["beta"] for r in records], [r["threshold"] for r in records])
+    onnx_model.producer_name = "qsnn"
+    onnx_model.producer_version = qsnn.__version__
+    onnx_model.doc_string = _doc_string(n, delay)
+    meta = float_metadata(model, cfg=cfg, input_shape=input_shape, classes=list(classes), encoding=encoding,
+                          sha256=sha256, source_name=source_name, bn_exact=bn_exact)
+    finish_model(onnx_model, meta, batch_size)
+    return onnx_model, meta
 
 
 def build_float_model(checkpoint_path: str | os.PathLike,
@@ -268,47 +443,13 @@ def build_float_model(checkpoint_path: str | os.PathLike,
 
     ``batch_size``: fix the batch dimension of every input and output (else dynamic ``N``).
     """
-    from brevitas.export import export_qonnx
-
     checkpoint_path = Path(checkpoint_path)
     data = load_checkpoint(checkpoint_path)
-    data["_path_name"] = checkpoint_path.name
     model = model_from_checkpoint(data)
-    sha = sha256_file(checkpoint_path)
-    bn_exact: bool | None = None
-    if model.cfg.batch_norm:
-        modes = [detect_bn_arithmetic(bn) for bn in (model.bn1, model.bn2)]
-        if all(m is not None for m in modes):
-            bn_exact = True
-            model.bn1 = ExportBatchNorm(model.bn1, modes[0])
-            model.bn2 = ExportBatchNorm(model.bn2, modes[1])
-        else:
-            bn_exact = False
-    step = OneStep(model).eval()
-    x = torch.zeros(1, *model.input_shape)
-    states = (*model.initial_state(1), *model.delay_state(1))
-    lines = list(DELAY_INPUTS) if model.cfg.synaptic_delay else []
-    names_in = [INPUT, *STATE_INPUTS, *lines]
-    names_out = [OUTPUT, *STATE_OUTPUTS, *(f"{d}_out" for d in lines)]
-    with warnings.catch_warnings():   # an exporter failure is a bug (the checkpoint was checked): a traceback
-        warnings.simplefilter("ignore")
-        exported = export_qonnx(step, args=(x, *states), export_path=None, input_names=names_in,
-                                output_names=names_out, dynamic_axes={n: {0: "N"} for n in names_in + names_out},
-                                dynamo=False)
-    order = [o for n in exported.graph.node for o in n.output]
-    onnx_model = cleanup(exported)
-    _readable_names(onnx_model, order, model.cfg.beta, model.cfg.threshold)
-    onnx_model.producer_name = "qsnn"
-    onnx_model.producer_version = qsnn.__version__
-    onnx_model.doc_string = (
-        "qsnn QSNN, one time step: (x, u1, u2, u3) -> (z3, u1_out, u2_out, u3_out). Run it T times "
-        "(metadata num_steps), feeding u*_out back as u* (zeros at t=0); the class is the argmax of the "
-        "summed z3. Batch dimension N is dynamic."
-        + (" Synaptic delay 1 (metadata synaptic_delay): each synapse reads the delay line d1 (x), d2 (z1), "
-           "d3 (z2) of the previous step, fed back from d*_out like the membranes." if lines else ""))
-    meta = float_metadata(data, sha, model, bn_exact)
-    finish_model(onnx_model, meta, batch_size)
-    return onnx_model, meta
+    return build_float_from_module(model, classes=list(data["classes"]), encoding=data["encoding"],
+                                   cfg=data["config_obj"], input_shape=tuple(int(v) for v in data["input_shape"]),
+                                   sha256=sha256_file(checkpoint_path), source_name=checkpoint_path.name,
+                                   batch_size=batch_size)
 
 
 def export_float(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
@@ -321,5 +462,3 @@ def export_float(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike
     """
     onnx_model, _ = build_float_model(checkpoint_path, batch_size=batch_size)
     return save_model(onnx_model, out_path)
-
-

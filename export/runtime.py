@@ -30,8 +30,19 @@ import onnx
 
 from qsnn.errors import ExportError
 
-from .format import (FLOAT_OPS, INPUT, INTEGER_OPS, OUTPUT, STATE_INPUTS, check_ops, check_qsnn_model, fix_batch_size,
-                     static_batch)
+from .format import (
+    FLOAT_OPS,
+    INPUT,
+    INTEGER_OPS,
+    check_ops,
+    check_qsnn_model,
+    fix_batch_size,
+    layer_count,
+    membrane_name,
+    output_name,
+    spike_name,
+    static_batch,
+)
 
 ENGINES = ("ort", "qonnx")
 _ONNX_TO_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
@@ -43,7 +54,7 @@ def _input_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
 
 
 def _state_names(model: onnx.ModelProto) -> list[str]:
-    """State inputs (u1..u3, then any delay lines d1..), each fed back from ``<name>_out``."""
+    """State inputs (u1..uL, then any delay lines d1..dL), each fed back from ``<name>_out``."""
     outputs = {o.name for o in model.graph.output}
     names = [i.name for i in model.graph.input if i.name != INPUT]
     missing = [n for n in names if f"{n}_out" not in outputs]
@@ -237,11 +248,12 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
             kind: the real-valued input (pixels/255, counts). Integer kind: the integers.
         num_steps: T; default the metadata's ``num_steps`` (static) or the number of frames (events).
         engine: ``"ort"`` (onnxruntime, after ``QuantToQCDQ``) or ``"qonnx"`` (``execute_onnx``).
-        record: also return every layer's membranes ``u1, u2, u3`` and spikes ``z1, z2``.
+        record: also return every layer's membranes ``u1..uL`` and the hidden spikes ``z1..z(L−1)``.
         batch_size: samples per graph call (default: 512 for ort, all of x for qonnx).
 
     Returns:
-        ``{"z3": (T, N, classes)}`` plus, with ``record``, ``z1, z2`` and ``u1, u2, u3`` (T, N, ...).
+        ``{"zL": (T, N, classes)}`` (L the number of layers: ``z3`` for the paper's network) plus, with
+        ``record``, ``z1..z(L−1)`` and ``u1..uL`` (T, N, ...).
         Float kind: float32 arrays as the graph computes them. Integer kind: spikes uint8, membranes
         int64.
 
@@ -264,8 +276,10 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
         batch_size = fixed
     elif batch_size is None:
         batch_size = 512 if engine == "ort" else max(n, 1)
-    theta = np.float32(meta["threshold"])
-    keep = ["z1", "z2", "z3", "u1", "u2", "u3"] if record else ["z3"]
+    L = layer_count(meta)
+    last = output_name(L)
+    thetas = [np.float32(layer.get("threshold", meta["threshold"])) for layer in meta["layers"]]
+    keep = [*(spike_name(i) for i in range(1, L + 1)), *(membrane_name(i) for i in range(1, L + 1))] if record else [last]
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in keep}
     for lo in range(0, n, batch_size):
         xb = x[lo:lo + batch_size]
@@ -289,15 +303,16 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
             else:
                 out = runner(feeds)
             state = {s: out[f"{s}_out"] for s in states}
-            rec["z3"].append(out[OUTPUT])
+            rec[last].append(out[last])
             if record:
-                for i, u in enumerate(STATE_INPUTS, start=1):
-                    rec[f"u{i}"].append(out[f"{u}_out"])
-                for i in (1, 2):
-                    if f"z{i}" in outputs:
-                        rec[f"z{i}"].append(out[f"z{i}"])
+                for i in range(1, L + 1):
+                    rec[membrane_name(i)].append(out[f"{membrane_name(i)}_out"])
+                for i in range(1, L):
+                    z = spike_name(i)
+                    if z in outputs:
+                        rec[z].append(out[z])
                     else:  # the float graph: z = [u − θ > 0] ⟺ [u > θ] in IEEE arithmetic
-                        rec[f"z{i}"].append((out[f"u{i}_out"] > theta).astype(out[OUTPUT].dtype))
+                        rec[z].append((out[f"{membrane_name(i)}_out"] > thetas[i - 1]).astype(out[last].dtype))
         for k in keep:
             chunks[k].append(np.stack(rec[k])[:, :real])
     result = {k: np.concatenate(v, axis=1) for k, v in chunks.items()}
@@ -311,7 +326,7 @@ def run_integer_onnx(onnx_path_or_model: Any, x_int: Any, *, engine: str = "qonn
                      batch_size: int | None = None) -> dict[str, np.ndarray]:
     """Run the integer kind of graph over T steps on integer inputs (see :func:`run_onnx_steps`).
 
-    Returns ``z1, z2, z3`` as uint8 (T, N, ...) always, and ``u1, u2, u3`` int64 with ``record``.
+    Returns the spikes ``z1..zL`` as uint8 (T, N, ...) always, and the membranes ``u1..uL`` int64 with ``record``.
     """
     model, meta = check_qsnn_model(onnx_path_or_model, kind="integer")
     out = run_onnx_steps(model, x_int, engine=engine, record=True, batch_size=batch_size)
@@ -320,6 +335,6 @@ def run_integer_onnx(onnx_path_or_model: Any, x_int: Any, *, engine: str = "qonn
     return out
 
 
-def predictions(z3: np.ndarray) -> np.ndarray:
-    """Class per sample: argmax of output spike counts over T (first index wins ties)."""
-    return np.asarray(z3).sum(axis=0).argmax(axis=1)
+def predictions(z_out: np.ndarray) -> np.ndarray:
+    """Class per sample: argmax of output spike counts (T, N, classes) over T (first index wins ties)."""
+    return np.asarray(z_out).sum(axis=0).argmax(axis=1)

@@ -216,9 +216,9 @@ def test_integers_recovered_from_the_onnx_equal_brevitas(exported, scale):
     model = model_from_checkpoint(ckpt)
     recovered = quant_weights(onnx.load(str(path)))
     net, _ = compile_qonnx(path, get_profile("fpga"))
-    bn = {"conv1": model.bn1, "conv2": model.bn2, "fc": None}
+    bn = {blk.name: (blk.bn if isinstance(blk.bn, torch.nn.BatchNorm2d) else None) for blk in model.blocks}
     for layer, name in zip(net.layers, ("conv1", "conv2", "fc")):
-        brevitas_int = getattr(model, name).quant_weight().int().numpy().astype(np.int64)
+        brevitas_int = model.synapse_by_name()[name].quant_weight().int().numpy().astype(np.int64)
         assert np.array_equal(recovered[name], brevitas_int), name
         sign = np.ones(brevitas_int.shape[0], np.int64)
         if bn[name] is not None:  # a negative BatchNorm γ flips the channel's weights
@@ -346,10 +346,10 @@ def test_negative_batchnorm_gamma_flips_channel_weights(synthetic, mnist_test, t
     model = model_from_checkpoint(ckpt)
     ref = _float_graph_matches_torch(ckpt, path, to_tensor(mnist_test.x[:100], "static"), "BatchNorm γ < 0")
     net, report = compile_qonnx(path, get_profile("fpga"))
-    gammas = (model.bn1.weight.detach().numpy(), model.bn2.weight.detach().numpy())
+    gammas = [bn.weight.detach().numpy() for bn in model.norms if isinstance(bn, torch.nn.BatchNorm2d)]
     for layer, rep, gamma in zip(net.layers[:2], report["layers"], gammas):
         assert rep["flipped_channels"] == int((gamma < 0).sum()) > 0
-        brevitas_int = getattr(model, layer.name).quant_weight().int().numpy()
+        brevitas_int = model.synapse_by_name()[layer.name].quant_weight().int().numpy()
         sign = np.where(gamma < 0, -1, 1).reshape(-1, 1, 1, 1)
         assert np.array_equal(layer.weight, brevitas_int * sign)
     got = _integer_graph_matches_torch(net, mnist_test.x[:100], tmp_path / "flip.onnx")
