@@ -68,13 +68,13 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Loihi 2 in stock Lava: a Python 3.10 venv with lava-nc 0.10 and lava-dl 0.6 (about 5.6 GB, 7 minutes
-# to build) cached outside the checkout in ~/.cache/qsnn/lava-<hash of targets/lava/requirements.txt>
+# to build) cached outside the checkout in ~/.cache/qsnn/lava-<hash of targets/loihi2/lava/requirements.txt>
 # (QSNN_CACHE moves it). `make test` does not build it: tests/test_lava.py skips without it, saying so;
 # `make test-lava` builds it and runs them (every layer's spikes vs qsnn-sim, the folder's README snippet).
 N         ?= 50
 LAVA_CHECK_ARGS ?=
 lava: install
-	$(BIN)/python -m qsnn.targets.lava_env build
+	$(BIN)/python -m qsnn.targets.loihi2.lava_env build
 
 test-lava: lava
 	$(BIN)/python -m pytest -q tests/test_lava.py
@@ -83,7 +83,7 @@ test-lava: lava
 # step): make lava-check N=50 [LAVA_CHECK_ARGS="--checkpoint runs/demo/best.pt --report lava.json"]
 lava-check: lava
 	$(if $(findstring --checkpoint,$(LAVA_CHECK_ARGS)),,test -f $(DEMO_DIR)/best.pt || $(MAKE) demo)
-	$(BIN)/python -m qsnn.targets.lava_check --images $(N) \
+	$(BIN)/python -m qsnn.targets.loihi2.lava_check --images $(N) \
 	  $(if $(findstring --checkpoint,$(LAVA_CHECK_ARGS)),,--checkpoint $(DEMO_DIR)/best.pt) $(LAVA_CHECK_ARGS)
 
 # The float-comparison tests (marker float_kernels, tests/float_compare.py) once more with PyTorch's
@@ -165,7 +165,7 @@ tune: install
 # NIR consumers (make nir-check): snnTorch, spikingjelly and Norse live in .venv; Sinabs (nir <= 1.0.4)
 # and Spyx (JAX) get venvs of their own, cached outside the checkout and keyed by their requirements.
 QSNN_CACHE ?= $(HOME)/.cache/qsnn
-NIR_REQS   := tests/nir_consumers
+NIR_REQS   := tools/nir_consumers
 nir_venv    = $(QSNN_CACHE)/nir-$(1)-$(shell sha256sum $(NIR_REQS)/requirements-$(1).txt | cut -c1-12)
 SINABS_VENV := $(call nir_venv,sinabs)
 SPYX_VENV   := $(call nir_venv,spyx)
@@ -192,6 +192,6 @@ nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
 # consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images
 nir-check: install nir-venvs
 	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
-	$(BIN)/python tests/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
+	$(BIN)/python tools/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
 
 .PHONY: nir-venvs nir-check

@@ -27,7 +27,7 @@ from qsnn.cli import (allow_saturation_option, debug_option, force_option, frien
 from qsnn.errors import ExportError, ProfileError
 from qsnn.output_guard import QONNX, Kind, check_outputs, target_folder
 from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
-from qsnn.targets.nir_graph import FLAVORS as NIR_FLAVORS
+from qsnn.targets.nir.graph import FLAVORS as NIR_FLAVORS
 
 
 @dataclass(frozen=True)

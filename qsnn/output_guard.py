@@ -51,8 +51,8 @@ SIM_REPORT_FORMAT = "qsnn-sim-report"       # sim/cli.py: the "format" key of a 
 RUN_METRICS_FORMAT = "qsnn-run-metrics"     # train/loop.py: the "format" key of metrics.json
 PLOT_KEY = "qsnn-format"                    # PNG text chunk keyword of a qsnn plot ...
 SIM_PLOT_FORMAT = "qsnn-sim-plot"           # ... and its value for qsnn-sim --plot
-RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"   # targets/rtl_cli.py: the "format" key of a --report JSON
-RTL_RESOURCES_FORMAT = "qsnn-rtl-resources" # targets/rtl_cli.py: FOLDER/resources.json
+RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"   # targets/fpga/cli.py: the "format" key of a --report JSON
+RTL_RESOURCES_FORMAT = "qsnn-rtl-resources" # targets/fpga/cli.py: FOLDER/resources.json
 
 #: Bytes read from a file to look for its marker (markers sit in the first kilobytes of each format,
 #: except ONNX metadata, which comes after the graph: QONNX files are read whole up to this size).

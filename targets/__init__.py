@@ -1,9 +1,14 @@
-"""Target adapters: weight tables a chip loads, one module per target, each with its reader.
+"""Target adapters: the files a chip loads, one folder per target, each with its reader and its check.
 
-* :mod:`.fpga`      ``.mem`` / ``.coe`` / ``.mif`` weight memories, threshold/bias/leak tables and a C
-                    header for the reference FPGA core (profile ``fpga``).
-* :mod:`.loihi2`    a lava-dl ``netx`` HDF5 network with the ``loihi2`` profile's integers.
-* :mod:`.nir_graph` a NIR graph (``nir.read``-able; snnTorch, Norse, Lava-dl ...).
+* :mod:`.fpga`     ``.mem`` / ``.coe`` / ``.mif`` weight memories, threshold/bias/leak tables and a C
+                   header for the reference FPGA core (profile ``fpga``); the Verilog core (``rtl/``),
+                   its HDL simulation, Yosys synthesis and ``qsnn-rtl-sim``.
+* :mod:`.loihi2`   a lava-dl ``netx`` HDF5 network with the ``loihi2`` profile's integers; the Lava venv
+                   and ``make lava-check``.
+* :mod:`.nir`      a NIR graph (``nir.read``-able; snnTorch, Norse, spikingjelly ...).
+
+Shared by them: :mod:`.registry` (the targets by name), :mod:`.manifest` (``manifest.json``),
+:mod:`.fit` (does a network fit a target's registers) and :mod:`.memfiles` (memory-file formats).
 
 :func:`write_target` writes one into a folder atomically (tables, ``README.md``, ``manifest.json``
 with the SHA-256 of every file); :func:`read_target` loads any of them back into an

@@ -2,12 +2,15 @@
 
 Every target checks the network's own profile first (:func:`check_profile_fit`), then its own
 :class:`Limits` (:func:`check_fit`); a layer that does not fit gives a
-:class:`~qsnn.errors.ProfileError` naming the layer and the limit.
+:class:`~qsnn.errors.ProfileError` naming the layer and the limit. Targets that store conv kernels
+with the pooling folded in (loihi2, nir) read them back with :func:`unfold_pool`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,21 +21,25 @@ from qsnn.profiles import ChipProfile
 
 @dataclass(frozen=True)
 class Limits:
-    """What a target can hold; 0 (or None) means no limit.
+    """What a target can hold; 0 (or None) means no limit. Build it from a profile with
+    :func:`profile_limits` (the register fields are the profile's), overriding what a target stores
+    differently.
 
     Attributes:
         target: target name, for messages.
         weight_bits: width of a stored weight (two's complement); weights must lie in the narrow
-            range ±(2^(b−1) − 1).
-        threshold_max: largest threshold on the membrane grid.
-        threshold_multiple: thresholds must be multiples of this (Loihi: 2^6).
-        bias_max: largest |bias| on the membrane grid.
-        bias_multiple: biases must be multiples of this (Loihi's netx: bias mantissa << 6).
-        max_neurons: most neurons in one layer.
-        max_fan_in: most synapses into one neuron.
+            range ±(2^(b−1) − 1). Profile: ``weight_bits``.
+        threshold_max: largest threshold on the membrane grid. Profile: ``threshold_max``.
+        threshold_multiple: thresholds must be multiples of this (Loihi: 2^6). Profile:
+            2^``threshold_shift``.
+        bias_max: largest |bias| on the membrane grid. Profile: ``bias_max``.
+        bias_multiple: biases must be multiples of this (Loihi's netx: bias mantissa << 6). Profile:
+            2^``bias_shift``.
+        max_neurons: most neurons in one layer. Profile: ``max_neurons``.
+        max_fan_in: most synapses into one neuron. Profile: ``max_fan_in``.
         fold_pool: the target stores conv kernels with the pooling folded in: the weight range
             applies to the folded taps (sums of up to p² weights) and the fan-in is C·(k+p−1)²;
-            else the weights as they are and C·k² (the IntegerLayer's fan_in).
+            else the weights as they are and C·k² (the IntegerLayer's fan_in). Profile: ``fold_pool``.
     """
 
     target: str
@@ -54,12 +61,41 @@ def folded_fan_in(layer: IntegerLayer) -> int:
     return layer.in_channels * side * side
 
 
-def profile_limits(profile: ChipProfile, target: str) -> Limits:
-    """The limits a network's own profile promises (its registers)."""
-    return Limits(target=target, weight_bits=profile.weight_bits, threshold_max=profile.threshold_max,
-                  threshold_multiple=1 << profile.threshold_shift, bias_max=profile.bias_max,
-                  bias_multiple=1 << profile.bias_shift, max_neurons=profile.max_neurons,
-                  max_fan_in=profile.max_fan_in, fold_pool=profile.fold_pool)
+def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
+    """Inverse of :func:`fold_pool` (exact): the box sum is separable, and along one axis
+    ``y[a] = Σ_{i<p} x[a−i]`` gives ``x[a] = y[a] − Σ_{i=1}^{p−1} x[a−i]``.
+
+    Raises ValueError if ``folded`` is not the fold of any kernel.
+    """
+    f = np.asarray(folded, dtype=np.int64)
+    if pool == 1:
+        return f
+    side = f.shape[2]
+    k = side - pool + 1
+
+    def along(y: np.ndarray, axis: int) -> np.ndarray:
+        y = np.moveaxis(y, axis, 0)
+        x = np.zeros_like(y)
+        for a in range(side):
+            x[a] = y[a] - sum(x[a - i] for i in range(1, pool) if a - i >= 0)
+        if np.any(x[k:]):
+            raise ValueError("not a pooled kernel")
+        return np.moveaxis(x[:k], 0, axis)
+
+    w = along(along(f, 2), 3)
+    if not np.array_equal(fold_pool(w, pool), f):
+        raise ValueError("not a pooled kernel")
+    return w
+
+
+def profile_limits(profile: ChipProfile, target: str, **overrides: Any) -> Limits:
+    """The limits a profile's registers promise, with ``overrides`` where ``target`` stores a
+    field differently (e.g. the fpga tables: another weight width, biases stored unshifted)."""
+    limits = Limits(target=target, weight_bits=profile.weight_bits, threshold_max=profile.threshold_max,
+                    threshold_multiple=1 << profile.threshold_shift, bias_max=profile.bias_max,
+                    bias_multiple=1 << profile.bias_shift, max_neurons=profile.max_neurons,
+                    max_fan_in=profile.max_fan_in, fold_pool=profile.fold_pool)
+    return dataclasses.replace(limits, **overrides)
 
 
 def check_fit(net: IntegerNetwork, limits: Limits) -> None:

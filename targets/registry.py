@@ -23,7 +23,7 @@ from qsnn.errors import ExportError, ProfileError, QsnnError, damaged_file
 from qsnn.jsonio import dumps, to_jsonable
 from qsnn.network import IntegerNetwork
 
-from . import fpga, loihi2, nir_graph
+from . import fpga, loihi2, nir
 from .fit import check_profile_fit
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, README, file_table, layer_record, network_record, read_manifest
 
@@ -51,7 +51,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    m.NAME: Target(m.NAME, m.DESCRIPTION, m) for m in (fpga, loihi2, nir_graph)
+    m.NAME: Target(m.NAME, m.DESCRIPTION, m) for m in (fpga, loihi2, nir)
 }
 
 

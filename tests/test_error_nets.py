@@ -97,7 +97,8 @@ def test_a_truly_damaged_file_still_gives_the_one_line_message(synthetic_onnx, t
 def test_a_bug_in_a_target_reader_is_not_called_a_damaged_folder(tmp_path, monkeypatch):
     from test_targets import tiny_net
 
-    from qsnn.targets import fpga, read_target, write_target
+    from qsnn.targets import read_target, write_target
+    from qsnn.targets.fpga import tables as fpga
 
     folder = write_target("fpga", tiny_net(FPGA), tmp_path / "tables")
     monkeypatch.setattr(fpga, "unpack_weights", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("reader bug")))

@@ -259,14 +259,14 @@ WRITERS = re.compile(r"""open\([^)]*['"][wax]b?['"]|\.write_text\(|\.write_bytes
                      r"""onnx\.save\(|h5py\.File\([^)]*['"][wa]['"]|np\.save\(|nir\.write\(""")
 #: Writes that are atomic for a reason the line shows: into a buffer or an atomic_open handle, or
 #: into the temporary folder of qsnn.atomic.atomic_directory (``folder`` / ``tmp`` in targets/), or
-#: scratch files of the HDL simulators in a tempfile folder (``work``, the harness input in fpga_sim).
+#: scratch files of the HDL tools in a tempfile folder (``work`` and the harness input in fpga/hdl_sim.py, synth.py).
 SAFE = [
     (r"qsnn/atomic\.py$", r".*"),
     (r".*", r"atomic_open\("),
     (r".*", r"savefig\((buf|fh)\b"),
     (r".*", r"torch\.save\(data, buf\)"),
     (r"targets/.*\.py$", r"\((folder|tmp) / |\(folder / |File\(folder / |write\(folder / "),
-    (r"targets/fpga_sim\.py$", r"\(work / |open\(path, \"wb\"\) as fh"),
+    (r"targets/fpga/(hdl_sim|synth)\.py$", r"\(work / |open\(path, \"wb\"\) as fh"),
 ]
 
 

@@ -80,7 +80,7 @@ def _main(command: str):
     elif command == SIM:
         from qsnn.sim.cli import main
     else:
-        from qsnn.targets.rtl_cli import main
+        from qsnn.targets.fpga.cli import main
     return main
 
 
@@ -161,7 +161,7 @@ def test_list_profiles_from_the_dataclass(command):
 def test_the_same_options_in_every_command():
     from qsnn.export.cli import main as export_main
     from qsnn.sim.cli import main as sim_main
-    from qsnn.targets.rtl_cli import main as rtl_main
+    from qsnn.targets.fpga.cli import main as rtl_main
     from qsnn.train.cli import run, study_run, tune_cmd
 
     def opts(cmd):

@@ -109,7 +109,7 @@ def _command(name: str):
     elif name == "qsnn-sim":
         from qsnn.sim.cli import main
     elif name == "qsnn-rtl-sim":
-        from qsnn.targets.rtl_cli import main
+        from qsnn.targets.fpga.cli import main
     else:
         from qsnn.train.cli import main
     return main
@@ -123,7 +123,7 @@ def _no_work(monkeypatch) -> None:
 
     import qsnn.export.cli as export_cli
     import qsnn.sim.cli as sim_cli
-    import qsnn.targets.fpga_sim as fpga_sim
+    import qsnn.targets.fpga.hdl_sim as hdl_sim
     import qsnn.train.loop as loop
     import qsnn.train.study as study
     import qsnn.train.tune as tune
@@ -131,7 +131,7 @@ def _no_work(monkeypatch) -> None:
     for target in list(export_cli.TARGETS):
         monkeypatch.setitem(export_cli.TARGETS, target, boom)
     monkeypatch.setattr(sim_cli, "load_network", boom)
-    monkeypatch.setattr(fpga_sim, "check_folder", boom)
+    monkeypatch.setattr(hdl_sim, "check_folder", boom)
     monkeypatch.setattr(loop, "train", boom)
     monkeypatch.setattr(study, "run_study", boom)
     monkeypatch.setattr(study, "write_report", boom)

@@ -22,8 +22,9 @@ import pytest
 
 from qsnn.data import load_split
 from qsnn.sim import simulate
-from qsnn.targets import lava_env, read_target
-from qsnn.targets.lava_check import compare
+from qsnn.targets import read_target
+from qsnn.targets.loihi2 import lava_env
+from qsnn.targets.loihi2.lava_check import compare
 
 IMAGES = 10
 

@@ -1,7 +1,7 @@
 """qsnn's NIR files in the NIR consumers, each through its own importer, on real mnist5k test images.
 
 The trained fixture model (T = 8) is compiled under ``fpga`` and written as a NIR folder of the
-consumer's flavour; ``tests/nir_consumers/run_consumer.py`` loads it with the consumer's importer,
+consumer's flavour; ``tools/nir_consumers/run_consumer.py`` loads it with the consumer's importer,
 unmodified, and records every layer's spikes over T steps on the first 100 test images.
 
 What NIR's semantics allow us to assert:
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "nir_consumers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "nir_consumers"))
 
 import check as nir_check  # noqa: E402
 

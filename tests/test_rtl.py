@@ -1,4 +1,4 @@
-"""The reference FPGA core (targets/rtl/qsnn_core.v) in an HDL simulator, spike for spike with qsnn-sim.
+"""The reference FPGA core (targets/fpga/rtl/qsnn_core.v) in an HDL simulator, spike for spike with qsnn-sim.
 
 Ground truth for the ``fpga`` profile is the Verilog core run on the emitted tables: these tests
 build it with Verilator (once per network shape, cached) and compare every layer's spike train at
@@ -23,7 +23,9 @@ from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA
 from qsnn.sim.engine import simulate
-from qsnn.targets import fpga_core, fpga_sim, read_target, write_target
+from qsnn.targets import read_target, write_target
+from qsnn.targets.fpga import core as fpga_core
+from qsnn.targets.fpga import hdl_sim
 
 BIN = Path(sys.prefix) / "bin"
 
@@ -59,7 +61,7 @@ def random_inputs(net: IntegerNetwork, n: int, seed: int, density: float = 0.4, 
     return x.astype(np.uint8 if net.encoding == "static" else np.uint16)
 
 
-def assert_core_equals_sim(result: fpga_sim.RTLResult, net: IntegerNetwork, x: np.ndarray):
+def assert_core_equals_sim(result: hdl_sim.RTLResult, net: IntegerNetwork, x: np.ndarray):
     sim = simulate(net, x, record=True)
     for key in sim.spikes:
         assert np.array_equal(sim.spikes[key], result.spikes[key]), f"{key}: the core's spike train differs"
@@ -128,12 +130,12 @@ def test_dvs_model_with_event_counts_equals_qsnn_sim(trained_run, dvs_data_dir, 
     run = trained_run(dataset="dvs128")
     net, _ = compile_qonnx(export_float(run / "best.pt", tmp_path / "model.onnx"), FPGA, allow_saturation=True)
     out = write_target("fpga", net, tmp_path / "fpga", lanes=8)
-    checked = fpga_sim.check_folder(out)
+    checked = hdl_sim.check_folder(out)
     # the input bus is as wide as the event encoding's count clip (net.input_max), not a fixed 16 bits
     assert checked.config.static is False and checked.config.in_bits == net.input_max.bit_length() < 16
     x = load_split("dvs128", "test", dvs_data_dir, num_steps=net.num_steps).x[:6]
     assert x.ndim == 5 and x.sum() > 0 and int(x.max()) <= net.input_max
-    result = fpga_sim.run_verilator(checked, x)
+    result = hdl_sim.run_verilator(checked, x)
     sim = assert_core_equals_sim(result, checked.net, x)
     assert int(sim.spikes["z1"].sum()) > 0 and int(sim.spikes["z2"].sum()) > 0
 
@@ -153,7 +155,7 @@ def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 8, seed=1)
     out = write_target("fpga", net, tmp_path / "fpga", lanes=4)
-    result = fpga_sim.run_verilator(fpga_sim.check_folder(out), x)
+    result = hdl_sim.run_verilator(hdl_sim.check_folder(out), x)
     sim = assert_core_equals_sim(result, net, x)
     assert sum(s.saturation_low for s in sim.layers) > 0 and sum(s.saturation_high for s in sim.layers) > 0
     assert all(int(z.sum()) > 0 for z in sim.spikes.values())
@@ -176,7 +178,7 @@ def test_profile_variants_equal_qsnn_sim(tmp_path, variant):
     net = random_net(7, profile, **shape)
     x = random_inputs(net, 6, seed=2, top=255 if net.encoding == "static" else 40)
     out = write_target("fpga", net, tmp_path / "fpga", lanes=8 if net.encoding == "static" else 1)
-    sim = assert_core_equals_sim(fpga_sim.run_verilator(fpga_sim.check_folder(out), x), net, x)
+    sim = assert_core_equals_sim(hdl_sim.run_verilator(hdl_sim.check_folder(out), x), net, x)
     assert sum(s.saturation_events for s in sim.layers) > 0
     assert int(sim.spikes["z1"].sum()) > 0
 
@@ -186,10 +188,10 @@ def test_profile_variants_equal_qsnn_sim(tmp_path, variant):
 def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 2, seed=3)
-    checked = fpga_sim.check_folder(write_target("fpga", net, tmp_path / "fpga", lanes=4))
-    icarus = fpga_sim.run_icarus(checked, x)
+    checked = hdl_sim.check_folder(write_target("fpga", net, tmp_path / "fpga", lanes=4))
+    icarus = hdl_sim.run_icarus(checked, x)
     assert_core_equals_sim(icarus, net, x)
-    assert np.array_equal(icarus.cycles, fpga_sim.run_verilator(checked, x).cycles)
+    assert np.array_equal(icarus.cycles, hdl_sim.run_verilator(checked, x).cycles)
 
 
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
@@ -197,11 +199,11 @@ def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path):
 def test_a_build_is_reused_for_the_same_shape(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 2, seed=4)
-    first = fpga_sim.run_verilator(fpga_sim.check_folder(write_target("fpga", net, tmp_path / "a", lanes=4)), x)
+    first = hdl_sim.run_verilator(hdl_sim.check_folder(write_target("fpga", net, tmp_path / "a", lanes=4)), x)
     other = random_net(6, shift=(2, 4), theta=(30, 300), bias=200)      # same shape, other integers
     other = dataclasses.replace(other, layers=tuple(dataclasses.replace(b, current_shift=a.current_shift)
                                                     for a, b in zip(net.layers, other.layers)))   # and shifts
-    second = fpga_sim.run_verilator(fpga_sim.check_folder(write_target("fpga", other, tmp_path / "b", lanes=4)), x)
+    second = hdl_sim.run_verilator(hdl_sim.check_folder(write_target("fpga", other, tmp_path / "b", lanes=4)), x)
     assert second.build["reused"] and second.build["cache"] == first.build["cache"]
     assert_core_equals_sim(second, other, x)
 
@@ -209,11 +211,11 @@ def test_a_build_is_reused_for_the_same_shape(tmp_path):
 @pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++")
 def test_comparison_reports_a_single_flipped_spike(tmp_path):
-    from qsnn.targets.rtl_cli import compare
+    from qsnn.targets.fpga.cli import compare
 
     net = saturating_net()
     x = random_inputs(net, 3, seed=5)
-    result = fpga_sim.run_verilator(fpga_sim.check_folder(write_target("fpga", net, tmp_path / "f", lanes=4)), x)
+    result = hdl_sim.run_verilator(hdl_sim.check_folder(write_target("fpga", net, tmp_path / "f", lanes=4)), x)
     sim = simulate(net, x, record=True)
     assert compare(result, sim)["bit_exact"] is True
     t, n, c = 2, 1, 0
@@ -293,14 +295,14 @@ def no_simulation(monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("simulation started on a bad folder")
 
-    monkeypatch.setattr(fpga_sim, "build_verilator", refuse)
-    monkeypatch.setattr(fpga_sim, "run_icarus", refuse)
+    monkeypatch.setattr(hdl_sim, "build_verilator", refuse)
+    monkeypatch.setattr(hdl_sim, "run_icarus", refuse)
 
 
 def _cli_error(folder, *args) -> str:
     from click.testing import CliRunner
 
-    from qsnn.targets.rtl_cli import main
+    from qsnn.targets.fpga.cli import main
 
     res = CliRunner().invoke(main, [str(folder), "--dataset", "mnist5k", "-n", "2", "--no-progress", *args])
     assert res.exit_code == 1, res.output
@@ -353,7 +355,7 @@ def test_edited_core_table_of_the_right_length(folder, no_simulation):
     manifest["files"]["rtl/qsnn_weights.mem"]["sha256"] = sha256_file(path)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="qsnn_weights.mem does not hold the network"):
-        fpga_sim.check_folder(folder)
+        hdl_sim.check_folder(folder)
 
 
 def test_network_outside_the_core_family(tmp_path, no_simulation):
@@ -390,7 +392,7 @@ def test_yosys_synthesis_of_a_small_core(tmp_path):
     out = write_target("fpga", net, tmp_path / "fpga", lanes=2)
     from click.testing import CliRunner
 
-    from qsnn.targets.rtl_cli import main
+    from qsnn.targets.fpga.cli import main
 
     res = CliRunner().invoke(main, [str(out), "--no-sim", "--synth", "ecp5"])
     assert res.exit_code == 0, res.output

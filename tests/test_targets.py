@@ -24,8 +24,8 @@ from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim.engine import simulate
 from qsnn.targets import TARGETS, read_manifest, read_target, write_target
-from qsnn.targets import fpga as fpga_target
-from qsnn.targets import loihi2 as loihi2_target
+from qsnn.targets.fpga import tables as fpga_target
+from qsnn.targets.loihi2 import netx as loihi2_target
 
 PROFILE_OF = {"fpga": FPGA, "nir": FPGA, "loihi2": LOIHI2}
 

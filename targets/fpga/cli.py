@@ -31,21 +31,31 @@ import click
 import numpy as np
 
 from qsnn.atomic import atomic_write_text
-from qsnn.cli import claim_stdout, debug_option, force_option, friendly_errors, print_table, progress_option, say, version_option
+from qsnn.cli import (
+    claim_stdout,
+    debug_option,
+    force_option,
+    friendly_errors,
+    print_table,
+    progress_option,
+    say,
+    version_option,
+)
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError
 from qsnn.jsonio import dumps
 from qsnn.output_guard import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
 from qsnn.sim.report import percent
 
-from . import fpga_core as core
-from . import fpga_sim
+from . import core, hdl_sim
+from .synth import FAMILIES, synthesize
+from .tools import need_tool
 
 RESOURCES = "resources.json"
 CHUNK = 50
 
 
-def compare(rtl: fpga_sim.RTLResult, sim: Any) -> dict[str, Any]:
+def compare(rtl: hdl_sim.RTLResult, sim: Any) -> dict[str, Any]:
     """Agreement of the core with the engine's :class:`~qsnn.sim.engine.SimResult` (recorded spikes)."""
     layers = {}
     exact = True
@@ -73,7 +83,7 @@ def compare(rtl: fpga_sim.RTLResult, sim: Any) -> dict[str, Any]:
             "saturation": sat}
 
 
-def cycle_figures(rtl: fpga_sim.RTLResult, cfg: core.CoreConfig, names: list[str], clock_mhz: float) -> dict[str, Any]:
+def cycle_figures(rtl: hdl_sim.RTLResult, cfg: core.CoreConfig, names: list[str], clock_mhz: float) -> dict[str, Any]:
     c = rtl.cycles.astype(np.float64)
     mean = float(c.mean())
     return {
@@ -182,7 +192,7 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
               help="Folder with the dataset files (else $QSNN_DATA_DIR, then installed copies).")
 @click.option("--simulator", type=click.Choice(["verilator", "icarus"]), default="verilator", show_default=True,
               help="verilator: C++ harness, fast; icarus: the plain Verilog testbench, slow (small runs).")
-@click.option("--synth", "families", multiple=True, type=click.Choice(sorted(fpga_sim.FAMILIES)),
+@click.option("--synth", "families", multiple=True, type=click.Choice(sorted(FAMILIES)),
               help="Also synthesize the core with Yosys for this FPGA family (repeatable); the resources go to "
                    "FOLDER/resources.json.")
 @click.option("--no-sim", is_flag=True, help="Only check the folder (and synthesize with --synth); simulate nothing.")
@@ -206,12 +216,12 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
     check_outputs({"--report": (None if to_stdout else report_path, RTL_REPORT),
                    f"FOLDER/{RESOURCES}": (resources_path if (families or not no_sim) else None, RTL_RESOURCES)},
                   inputs={"FOLDER": [folder, *folder_files], "--data-dir": data_dir}, force=force)
-    checked = fpga_sim.check_folder(folder)
+    checked = hdl_sim.check_folder(folder)
     net, cfg = checked.net, checked.config
     if not no_sim:
-        fpga_sim.need_tool("verilator" if simulator == "verilator" else "iverilog")
+        need_tool("verilator" if simulator == "verilator" else "iverilog")
     if families:
-        fpga_sim.need_tool("yosys")
+        need_tool("yosys")
     names = [layer.name for layer in net.layers]
     report: dict[str, Any] = {"format": RTL_REPORT_FORMAT, "folder": str(folder), "core": {"lanes": cfg.lanes, "params": cfg.widths()},
                               "core_memory_bits": memory_figures(cfg)}
@@ -233,7 +243,7 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
             data = data.subset(samples, 0)
         x, y = data.x, data.y
         if simulator == "verilator":
-            fpga_sim.build_verilator(checked.rtl, progress=say)
+            hdl_sim.build_verilator(checked.rtl, progress=say)
         parts = []
         bar = None
         if progress:
@@ -244,8 +254,8 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
         try:
             for s0 in range(0, len(x), CHUNK):
                 xs = x[s0:s0 + CHUNK]
-                parts.append(fpga_sim.run_verilator(checked, xs) if simulator == "verilator"
-                             else fpga_sim.run_icarus(checked, xs))
+                parts.append(hdl_sim.run_verilator(checked, xs) if simulator == "verilator"
+                             else hdl_sim.run_icarus(checked, xs))
                 if bar is not None:
                     bar.update(len(xs))
         finally:
@@ -265,8 +275,8 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
         })
     synth = {}
     for fam in families:
-        say(f"synthesizing for {fpga_sim.FAMILIES[fam]['name']} with Yosys ...")
-        synth[fam] = fpga_sim.synthesize(checked.rtl, fam)
+        say(f"synthesizing for {FAMILIES[fam]['name']} with Yosys ...")
+        synth[fam] = synthesize(checked.rtl, fam)
     if synth or "cycles" in report:
         resources = _load_resources(folder)
         resources.update({"format": RTL_RESOURCES_FORMAT, "core": report["core"],
@@ -290,10 +300,10 @@ def main(folder: Path, dataset: str | None, split: str, samples: int, data_dir: 
         raise SystemExit(1)
 
 
-def _join(parts: list[fpga_sim.RTLResult]) -> fpga_sim.RTLResult:
+def _join(parts: list[hdl_sim.RTLResult]) -> hdl_sim.RTLResult:
     first = parts[0]
     cat = lambda attr: np.concatenate([getattr(p, attr) for p in parts])  # noqa: E731
-    return fpga_sim.RTLResult(
+    return hdl_sim.RTLResult(
         spikes={k: np.concatenate([p.spikes[k] for p in parts], axis=1) for k in first.spikes},
         counts=cat("counts"), predictions=cat("predictions"), saturation_low=cat("saturation_low"),
         saturation_high=cat("saturation_high"), cycles=cat("cycles"), phase_cycles=cat("phase_cycles"),

@@ -62,8 +62,8 @@ from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import LOIHI2
 
-from .fit import Limits, check_fit, folded_fan_in
-from .manifest import layer_from_parts, network_from_parts, network_record
+from ..fit import check_fit, folded_fan_in, profile_limits, unfold_pool
+from ..manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "loihi2"
 DESCRIPTION = "a lava-dl netx HDF5 network (network.net) that stock Lava runs bit for bit (loihi2 profile)"
@@ -83,33 +83,6 @@ LAVA_VERSIONS = {"lava-nc": "0.10.0", "lava-dl": "0.6.0"}
 REQUIRED = {field: getattr(LOIHI2, field) for field in (
     "leak", "leak_bits", "reset", "membrane_bits", "overflow", "symmetric_clip", "synaptic_delay", "threshold_shift",
     "frac_bits", "fixed_shift", "current_bits", "bias_shift", "fold_pool")}
-
-
-def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
-    """Inverse of :func:`fold_pool` (exact): the box sum is separable, and along one axis
-    ``y[a] = Σ_{i<p} x[a−i]`` gives ``x[a] = y[a] − Σ_{i=1}^{p−1} x[a−i]``.
-
-    Raises ValueError if ``folded`` is not the fold of any kernel.
-    """
-    f = np.asarray(folded, dtype=np.int64)
-    if pool == 1:
-        return f
-    side = f.shape[2]
-    k = side - pool + 1
-
-    def along(y: np.ndarray, axis: int) -> np.ndarray:
-        y = np.moveaxis(y, axis, 0)
-        x = np.zeros_like(y)
-        for a in range(side):
-            x[a] = y[a] - sum(x[a - i] for i in range(1, pool) if a - i >= 0)
-        if np.any(x[k:]):
-            raise ValueError("not a pooled kernel")
-        return np.moveaxis(x[:k], 0, axis)
-
-    w = along(along(f, 2), 3)
-    if not np.array_equal(fold_pool(w, pool), f):
-        raise ValueError("not a pooled kernel")
-    return w
 
 
 def netx_weight(layer: IntegerLayer) -> np.ndarray:
@@ -148,10 +121,7 @@ def check(net: IntegerNetwork, example: Any = None) -> None:
         if not np.any(np.asarray(layer.weight)):
             raise ProfileError(f"loihi2: layer {i} ({layer.name}) has no nonzero weight; netx cannot load an "
                                "all-zero weight matrix")
-    hw = LOIHI2
-    check_fit(net, Limits(target=NAME, weight_bits=hw.weight_bits, threshold_max=hw.threshold_max,
-                          threshold_multiple=1 << LAVA_SHIFT, bias_max=hw.bias_max, bias_multiple=1 << LAVA_SHIFT,
-                          max_neurons=hw.max_neurons, max_fan_in=hw.max_fan_in, fold_pool=True))
+    check_fit(net, profile_limits(LOIHI2, NAME))     # netx stores Loihi's registers: the loihi2 profile's
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The reference FPGA core (``targets/rtl/qsnn_core.v``): which networks it runs, its parameter
+"""The reference FPGA core (``targets/fpga/rtl/qsnn_core.v``): which networks it runs, its parameter
 header and its memory images.
 
 The core is one Verilog module for every network of its family; what a network needs is
@@ -42,6 +42,8 @@ import numpy as np
 from qsnn.arith import check_leak_const, shl
 from qsnn.errors import ExportError, NetworkError
 from qsnn.network import IntegerNetwork
+
+from ..memfiles import format_mem, pack_lanes
 
 #: Lanes (output channels per cycle) of the core when none are asked for.
 DEFAULT_LANES = 16
@@ -397,25 +399,6 @@ def neuron_words(net: IntegerNetwork, cfg: CoreConfig) -> tuple[np.ndarray, np.n
     return np.concatenate(th), np.concatenate(bi)
 
 
-def pack_lanes(values: np.ndarray, bits: int) -> list[int]:
-    """Rows of signed lane values → words, lane 0 in the least significant bits (two's complement)."""
-    codes = np.asarray(values, dtype=np.int64) & ((1 << bits) - 1)
-    words = []
-    for row in codes.tolist():
-        word = 0
-        for lane, code in enumerate(row):
-            word |= int(code) << (bits * lane)
-        words.append(word)
-    return words
-
-
-def unpack_lanes(words: list[int], bits: int, lanes: int) -> np.ndarray:
-    """Inverse of :func:`pack_lanes` (signed)."""
-    mask = (1 << bits) - 1
-    codes = np.array([[(w >> (bits * j)) & mask for j in range(lanes)] for w in words], dtype=np.int64)
-    return np.where(codes >= (1 << (bits - 1)), codes - (1 << bits), codes) if len(words) else codes.reshape(0, lanes)
-
-
 def table_words(net: IntegerNetwork, cfg: CoreConfig) -> dict[str, tuple[list[int], int]]:
     """``{file: (words, word width)}`` of the three tables."""
     P = cfg.lanes
@@ -436,11 +419,6 @@ def table_words(net: IntegerNetwork, cfg: CoreConfig) -> dict[str, tuple[list[in
     }
 
 
-def _mem_text(words: list[int], width: int, comments: list[str]) -> str:
-    digits = (width + 3) // 4
-    return "\n".join([f"// {c}" for c in comments] + [f"{w:0{digits}x}" for w in words]) + "\n"
-
-
 def table_texts(net: IntegerNetwork, cfg: CoreConfig) -> dict[str, str]:
     """The three ``$readmemh`` files of the core."""
     P, wb = cfg.lanes, cfg.weight_bits
@@ -454,12 +432,12 @@ def table_texts(net: IntegerNetwork, cfg: CoreConfig) -> dict[str, str]:
         LAYERS_FILE: [f"qsnn_core layers: word l = the leak constant ({cfg.leak_w} bits, "
                       f"{'m of (m*u) >>> ' + str(cfg.leak_bits) if not cfg.leak_shift else 'd of u - (u >>> d)'})"],
     }
-    return {name: _mem_text(words, width, notes[name]) for name, (words, width) in table_words(net, cfg).items()}
+    return {name: format_mem(words, width, notes[name]) for name, (words, width) in table_words(net, cfg).items()}
 
 
 def package_file(name: str) -> str:
-    """Text of a file shipped in ``qsnn.targets`` under ``rtl/`` (the core, the harness, the testbench)."""
-    return resources.files("qsnn.targets").joinpath(RTL_DIR, name).read_text()
+    """Text of a file shipped in ``qsnn.targets.fpga`` under ``rtl/`` (the core, the harness, the testbench)."""
+    return resources.files("qsnn.targets.fpga").joinpath(RTL_DIR, name).read_text()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,13 +481,6 @@ def write_rtl(net: IntegerNetwork, folder: Path, *, lanes: int = DEFAULT_LANES,
 
 def unsupported_record(problem: str) -> dict[str, Any]:
     return {"supported": False, "reason": problem}
-
-
-def parse_mem_text(text: str) -> list[int]:
-    """Words of ``$readmemh`` text (the fpga target's parser)."""
-    from .fpga import parse_mem
-
-    return parse_mem(text)
 
 
 def readme_section(manifest: Mapping[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """``make nir-check``: run qsnn's NIR files in every NIR consumer, unmodified, against qsnn-sim.
 
-    python tests/nir_consumers/check.py CHECKPOINT_OR_ONNX [--images 100] [--out runs/nir-check]
+    python tools/nir_consumers/check.py CHECKPOINT_OR_ONNX [--images 100] [--out runs/nir-check]
                                         [--consumers snntorch,spikingjelly,norse,spyx,sinabs]
 
 For each consumer: compile the model under the ``fpga`` profile, write the NIR folder of the
@@ -139,7 +139,7 @@ def real_valued(net, x: np.ndarray, reset: str, compare: str, emit_previous: boo
     ``multi`` (Sinabs' default MultiSpike: z = ⌊v/θ⌋ spikes for v ≥ θ, passed on as counts).
     ``emit_previous``: a layer outputs the spike of its previous membrane (Spyx's LIF).
     """
-    from qsnn.targets.nir_graph import beta_of
+    from qsnn.targets.nir.graph import beta_of
 
     T = int(net.num_steps)
     spikes: dict[str, np.ndarray] = {}

@@ -1,13 +1,13 @@
 """The Lava environment: a Python 3.10 venv with lava-nc 0.10 and lava-dl 0.6, cached outside the checkout.
 
-``python -m qsnn.targets.lava_env build`` (what ``make lava`` runs) creates it from the exact pins in
-``targets/lava/requirements.txt`` under ``~/.cache/qsnn/lava-<first 12 hex digits of the SHA-256 of
+``python -m qsnn.targets.loihi2.lava_env build`` (what ``make lava`` runs) creates it from the exact pins in
+``targets/loihi2/lava/requirements.txt`` under ``~/.cache/qsnn/lava-<first 12 hex digits of the SHA-256 of
 that file>`` (``QSNN_CACHE`` moves the cache root), so a changed requirements file gets a new venv and
 an unchanged one is built once per machine. The venv is complete only once its ``.complete`` marker
 exists (written last); a half-built one is removed and built again. The base interpreter is
 ``QSNN_LAVA_BASE_PYTHON`` or pyenv's newest 3.10 (``$(pyenv root)/versions/3.10.*``).
 
-:func:`run_folder` runs a loihi2 folder in that venv with ``targets/lava/run_netx.py`` (which
+:func:`run_folder` runs a loihi2 folder in that venv with ``targets/loihi2/lava/run_netx.py`` (which
 imports only numpy and Lava) and returns every layer's spikes.
 """
 
@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     if argv == ["path"]:
         print(venv_python())
         return 0
-    print("usage: python -m qsnn.targets.lava_env build|path", file=sys.stderr)
+    print("usage: python -m qsnn.targets.loihi2.lava_env build|path", file=sys.stderr)
     return 2
 
 

@@ -62,8 +62,8 @@ from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 
-from .loihi2 import unfold_pool
-from .manifest import layer_from_parts, network_from_parts, network_record
+from ..fit import unfold_pool
+from ..manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "nir"
 DESCRIPTION = "a NIR graph (network.nir) that snnTorch, spikingjelly, Norse (and, by flavour, Spyx, Sinabs) import"
@@ -411,8 +411,8 @@ def readme(manifest: Mapping[str, Any]) -> str:
         rows.append(f"| {rec['index']} | {rec['name']} | {nodes} | {tuple(rec['output_shape'])} | {rec['beta']:.6g} |")
     diffs = "\n".join(f"- {d}" for d in manifest["differences"])
     if fl.tau == "exp":
-        neuron = (f"NIR `LIF`, τ = −1/ln β in steps, r = 1, v_leak = 0, one-element parameter arrays; Sinabs' "
-                  f"exponential leak exp(−1/τ) gives v_t = β·v_(t−1) + I_t")
+        neuron = ("NIR `LIF`, τ = −1/ln β in steps, r = 1, v_leak = 0, one-element parameter arrays; Sinabs' "
+                  "exponential leak exp(−1/τ) gives v_t = β·v_(t−1) + I_t")
     elif fl.input_gain == "weights":
         neuron = (f"NIR `LIF`, τ = dt/(1−β), r = 1, v_leak = 0, v_reset = 0, dt = {fl.dt:g}: forward Euler "
                   f"gives v_t = β·v_(t−1) + (1−β)·I_t, and the synapse's 1/(1−β) makes it β·v_(t−1) + W·x")

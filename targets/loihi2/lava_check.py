@@ -2,13 +2,13 @@
 
 Takes a trained model (a ``best.pt`` or its float QONNX export; default ``runs/demo/best.pt``, the
 ``make demo`` model), compiles it under the loihi2 profile, writes the loihi2 folder exactly as
-``qsnn-export --to loihi2`` does, runs that folder in the Lava venv (:mod:`qsnn.targets.lava_env`,
+``qsnn-export --to loihi2`` does, runs that folder in the Lava venv (:mod:`qsnn.targets.loihi2.lava_env`,
 as the folder's README says) on the first N images of the dataset's test split, simulates the
 same images with qsnn's engine, and compares every layer's spikes at every step. Prints the
 per-layer agreement, the predictions and the time; exits 1 unless everything is equal. ``--report``
 saves the figures as JSON.
 
-    python -m qsnn.targets.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--report lava.json]
+    python -m qsnn.targets.loihi2.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--report lava.json]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def check(source: Path, images: int, *, data_dir: str | None = None, python: str
     from qsnn.profiles import get_profile
     from qsnn.sim import simulate
 
-    from . import read_target, write_target
+    from ..registry import read_target, write_target
     from .lava_env import ensure, run_folder
 
     python = python or str(ensure(log))

@@ -37,9 +37,10 @@ from qsnn.arith import from_twos_complement, to_twos_complement
 from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
-from . import fpga_core
-from .fit import Limits, check_fit
-from .manifest import layer_from_parts, network_from_parts
+from ..fit import check_fit, profile_limits
+from ..manifest import layer_from_parts, network_from_parts
+from ..memfiles import format_coe, format_mem, format_mif, hex_digits, pack_lanes, parse_mem
+from . import core
 
 NAME = "fpga"
 DESCRIPTION = "weight memories (.mem/.coe/.mif), neuron tables and a C header for the reference FPGA core"
@@ -63,10 +64,10 @@ def _options(net: IntegerNetwork, word_bits: int | None = None, weight_bits: int
 
 
 def _lanes(lanes: int | None) -> int:
-    lanes = fpga_core.DEFAULT_LANES if lanes is None else lanes
-    if not (isinstance(lanes, int) and not isinstance(lanes, bool) and 1 <= lanes <= fpga_core.MAX_LANES
+    lanes = core.DEFAULT_LANES if lanes is None else lanes
+    if not (isinstance(lanes, int) and not isinstance(lanes, bool) and 1 <= lanes <= core.MAX_LANES
             and lanes & (lanes - 1) == 0):
-        raise ProfileError(f"fpga: lanes={lanes!r} must be a power of two from 1 to {fpga_core.MAX_LANES} "
+        raise ProfileError(f"fpga: lanes={lanes!r} must be a power of two from 1 to {core.MAX_LANES} "
                            "(output channels the core updates per cycle)")
     return lanes
 
@@ -85,9 +86,8 @@ def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int
         bad = next((f"layer {i} ({layer.name})" for i, layer in enumerate(net.layers, 1) if layer.weight_exp), "the profile")
         raise ProfileError(f"fpga: {bad} uses a weight exponent, which the FPGA core has no register for; "
                            f"compile under the fpga profile.")
-    check_fit(net, Limits(target=NAME, weight_bits=opts["weight_bits"], threshold_max=p.threshold_max,
-                          threshold_multiple=1 << p.threshold_shift, bias_max=p.bias_max,
-                          max_neurons=p.max_neurons, max_fan_in=p.max_fan_in))
+    # the fpga tables store the bias as it is (no mantissa shift) and the kernels without the pooling folded in
+    check_fit(net, profile_limits(p, NAME, weight_bits=opts["weight_bits"], bias_multiple=1, fold_pool=False))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def pack_weights(weight: np.ndarray, weight_bits: int, word_bits: int) -> tuple[
     per = word_bits // weight_bits
     pad = (-len(codes)) % per
     codes = np.concatenate([codes, np.zeros(pad, dtype=np.uint64)]).reshape(-1, per)
-    return fpga_core.pack_lanes(codes, weight_bits), pad
+    return pack_lanes(codes, weight_bits), pad
 
 
 def unpack_weights(words: list[int], weight_bits: int, word_bits: int, count: int) -> np.ndarray:
@@ -111,63 +111,6 @@ def unpack_weights(words: list[int], weight_bits: int, word_bits: int, count: in
     if len(codes) < count:
         raise ExportError(f"weight memory holds {len(codes)} weights, the layer needs {count}")
     return from_twos_complement(np.array(codes[:count], dtype=np.int64), weight_bits)
-
-
-def _hex_digits(bits: int) -> int:
-    return (bits + 3) // 4
-
-
-# --------------------------------------------------------------------------------------------------
-# The three memory formats
-
-
-def format_mem(words: list[int], width: int, comments: list[str]) -> str:
-    """Verilog ``$readmemh``: ``//`` comments, then one hex word per line from address 0."""
-    digits = _hex_digits(width)
-    lines = [f"// {c}" for c in comments]
-    lines += [f"{w:0{digits}x}" for w in words]
-    return "\n".join(lines) + "\n"
-
-
-def format_coe(words: list[int], width: int, comments: list[str]) -> str:
-    """Xilinx COE (Block Memory Generator): radix 16, comma-separated vector ending in ``;``."""
-    digits = _hex_digits(width)
-    lines = [f"; {c}" for c in comments]
-    lines += ["memory_initialization_radix=16;", "memory_initialization_vector="]
-    body = [f"{w:0{digits}x}" for w in words]
-    lines += [v + ("," if i < len(body) - 1 else ";") for i, v in enumerate(body)]
-    return "\n".join(lines) + "\n"
-
-
-def format_mif(words: list[int], width: int, comments: list[str]) -> str:
-    """Intel (Altera) MIF: WIDTH, DEPTH, radixes, ``addr : data;`` lines between CONTENT BEGIN/END."""
-    digits = _hex_digits(width)
-    lines = [f"-- {c}" for c in comments]
-    lines += [f"WIDTH={width};", f"DEPTH={len(words)};", "", "ADDRESS_RADIX=UNS;", "DATA_RADIX=HEX;", "",
-              "CONTENT BEGIN"]
-    lines += [f"    {a} : {w:0{digits}X};" for a, w in enumerate(words)]
-    lines += ["END;"]
-    return "\n".join(lines) + "\n"
-
-
-def parse_mem(text: str) -> list[int]:
-    """Words of a ``$readmemh`` file (``//`` and ``/* */`` comments, ``@addr`` jumps, ``_`` separators)."""
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    memory: dict[int, int] = {}
-    addr = 0
-    for line in text.splitlines():
-        line = line.split("//", 1)[0]
-        for token in line.split():
-            if token.startswith("@"):
-                addr = int(token[1:], 16)
-                continue
-            memory[addr] = int(token.replace("_", ""), 16)
-            addr += 1
-    if not memory:
-        return []
-    if sorted(memory) != list(range(len(memory))):
-        raise ExportError("the .mem file has gaps in its addresses")
-    return [memory[a] for a in range(len(memory))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +132,7 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
 
     With the tables comes the reference core (``rtl/``: the Verilog core, its generated parameter
     header, the tables in the core's order and two testbenches) when ``net`` is in the core's family;
-    ``lanes`` is the core's number of output channels per cycle (see :mod:`.fpga_core`).
+    ``lanes`` is the core's number of output channels per cycle (see :mod:`.core`).
     """
     opts = _options(net, word_bits, weight_bits)
     lanes = _lanes(lanes)
@@ -254,9 +197,9 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
         })
         c_layers.append({"prefix": prefix, "layer": layer, "words": words, "pad": pad})
     (folder / "qsnn_model.h").write_text(c_header(net, c_layers, wb, word))
-    problem = fpga_core.family_problem(net, lanes, wb)
-    rtl = fpga_core.unsupported_record(problem) if problem else \
-        fpga_core.write_rtl(net, folder / fpga_core.RTL_DIR, lanes=lanes, weight_bits=wb)
+    problem = core.family_problem(net, lanes, wb)
+    rtl = core.unsupported_record(problem) if problem else \
+        core.write_rtl(net, folder / core.RTL_DIR, lanes=lanes, weight_bits=wb)
     return {
         "options": opts,
         "layers": layers_out,
@@ -379,7 +322,7 @@ def c_header(net: IntegerNetwork, layers: list[dict[str, Any]], weight_bits: int
             f"#define {pre}_WEIGHT_PADDING {entry['pad']}",
         ]
         if packed:
-            digits = _hex_digits(word_bits)
+            digits = hex_digits(word_bits)
             suffix = "ULL" if word_bits == 64 else "u"
             out.append(_c_array("qsnn_word_t", f"{low}_weights",
                                 [f"0x{w:0{digits}x}{suffix}" for w in entry["words"]]))
@@ -487,4 +430,4 @@ is the previous layer's spikes flattened as channel, row, column). They are pack
 {chr(10).join(rows)}
 
 Convolutions have stride 1 and no padding; pooling is P×P, stride P, on the synaptic sum.
-""" + fpga_core.readme_section(manifest)
+""" + core.readme_section(manifest)
