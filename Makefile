@@ -8,9 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
 
 # make train DATASET=mnist|fmnist|mnist5k|dvs128 PRECISION=int4|fp32 SCHEDULE=cosine|none|lrstep|lossstep
+#            [ARCH=16C5-AP2-64C5-AP2-D10] [WEIGHT_BITS=2..8]   (the network as a spec string: qsnn/arch.py)
 DATASET   ?= mnist5k
 PRECISION ?= int4
 SCHEDULE  ?= cosine
+ARCH      ?=
+WEIGHT_BITS ?=
 EPOCHS    ?=
 STEPS     ?=
 SUBSET    ?=
@@ -98,6 +101,7 @@ train: install
 	$(BIN)/qsnn-train run --dataset $(DATASET) --precision $(PRECISION) --schedule $(SCHEDULE) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STEPS),--steps $(STEPS)) $(if $(SUBSET),--subset $(SUBSET)) \
 	  $(if $(VAL_SUBSET),--val-subset $(VAL_SUBSET)) $(if $(TEST_SUBSET),--test-subset $(TEST_SUBSET)) \
+	  $(if $(ARCH),--arch $(ARCH)) $(if $(WEIGHT_BITS),--weight-bits $(WEIGHT_BITS)) \
 	  $(if $(SEED),--seed $(SEED)) $(if $(OUT),--out $(OUT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(TRAIN_ARGS)
 
 # A CPU-sized run of the whole pipeline on the embedded mnist5k (a few minutes on 2 cores):

@@ -145,12 +145,31 @@ def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
         ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}, "
                   f"values 0..{meta['input_max']} per cell and step"),
         ("neuron", f"beta {meta['beta']:.6g}, theta {meta['threshold']:.6g}, {meta['reset']} reset"),
-        ("weights", f"{meta['precision']}, {meta['weight_bits']} bits, scale {meta['quant_scale']}"),
+        ("weights", weights_summary(meta)),
         ("batch", meta.get("batch", "dynamic")),
     ]
     if report:
         rows += compile_rows(report)
     return rows
+
+
+def weights_summary(meta: dict[str, Any]) -> str:
+    """The weights as the file holds them: ``int4, 4 bits, scale float per tensor``, ``int8, 8 bits,
+    ...``, ``mixed 2..8-bit (conv1 2, fc 8 bits), ...``: from the per-layer ``weight_bits`` where the
+    metadata records them, never a precision the layers do not have."""
+    from .format import precision_name
+
+    layers = [rec for rec in meta.get("layers", []) if isinstance(rec, dict)]
+    bits = [rec.get("weight_bits") for rec in layers]
+    if layers and all(isinstance(b, int) and not isinstance(b, bool) for b in bits):
+        quantized = max(bits) < 32 and meta.get("precision") != "fp32"
+        text = precision_name(bits if quantized else None)
+        text += (f", {bits[0]} bits" if len(set(bits)) == 1 else
+                 " (" + ", ".join(f"{rec.get('name', i + 1)} {b}" for i, (rec, b) in enumerate(zip(layers, bits))) + " bits)")
+    else:
+        text = f"{meta.get('precision')}, {meta.get('weight_bits')} bits"
+    per = meta.get("weight_scale")
+    return text + f", scale {meta.get('quant_scale')}" + (f" per {per}" if per in ("tensor", "channel") else "")
 
 
 #: The profile each table target compiles under when --profile is not given.
