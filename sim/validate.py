@@ -5,7 +5,8 @@ test) hands over the evaluations as functions:
 
 * ``reference(net, x, batch_size) -> {"z1": (T, N, ...), ...}``: an independent evaluation of the
   integer semantics, e.g. :func:`qsnn.export.integer_torch.run_integer_torch`;
-* ``run_float(x, batch_size) -> {"z3": (T, N, classes)}``: the trained (float) model, e.g.
+* ``run_float(x, batch_size) -> {"z<L>": (T, N, classes)}``: the trained (float) model's output
+  spikes (the last layer L; the highest-numbered ``z`` key when more layers are recorded), e.g.
   :class:`qsnn.export.float_eval.FloatEvaluator` (on the integer codes: ``codes=True``) or the float
   QONNX graph under onnxruntime (``functools.partial(qsnn.export.runtime.run_onnx_steps, path)``, on
   real-valued inputs);
@@ -78,10 +79,19 @@ def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, bat
     with tqdm(total=len(x), unit="sample", desc="float model", leave=False, disable=not progress) as bar:
         for s in range(0, len(x), max(batch_size, 1)):
             xs = x[s:s + batch_size]
-            z3 = np.asarray(run_float(xs if codes else float_input(xs, encoding), batch_size)["z3"])
-            counts.append(z3.sum(axis=0).reshape(z3.shape[1], -1).astype(np.int64))
-            bar.update(len(z3[0]) if z3.ndim > 1 else 0)
+            out = run_float(xs if codes else float_input(xs, encoding), batch_size)
+            z = np.asarray(out[output_key(out)])
+            counts.append(z.sum(axis=0).reshape(z.shape[1], -1).astype(np.int64))
+            bar.update(len(z[0]) if z.ndim > 1 else 0)
     return np.concatenate(counts) if counts else np.zeros((0, 0), np.int64)
+
+
+def output_key(record: dict[str, Any]) -> str:
+    """The output layer's key of a record ``{"z1": ..., "z<L>": ...}``: the highest-numbered spike train."""
+    keys = [k for k in record if k[:1] == "z" and k[1:].isdigit()]
+    if not keys:
+        raise KeyError(f"no spike train (z1, z2, ...) among {sorted(record)}")
+    return max(keys, key=lambda k: int(k[1:]))
 
 
 def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, reference: Reference | None = None, batch_size: int = 256,
