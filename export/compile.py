@@ -10,7 +10,9 @@ small passes, each a function with one job, run in order over a :class:`Plan` (o
    as such: an error in a later pass is a bug, and keeps its traceback);
 2. :func:`check_input_port`: the declared input range (``input_max``) fits the profile's input port;
    :func:`quantize_fp32_weights`: the integer weights (the ``Quant`` node's, or fp32 weights
-   quantized here); :func:`check_profile_limits`: weight width, fan-in and neurons fit the profile;
+   quantized here); :func:`check_profile_limits`: weight width, fan-in, neurons and the current
+   register fit the profile (every limit that fails, of every layer, in one error that names the
+   layer and the ``--profile-set`` field or the profile that would hold it);
 3. :func:`fold_batchnorm_and_pooling`: the real value s_c of one accumulator unit per channel;
 4. :func:`flip_negative_gains`: channels with BatchNorm γ < 0 get negated weights (γ = 0: none);
 5. :func:`choose_membrane_grid`: the shift, thresholds and biases (the shift rule below);
@@ -22,16 +24,20 @@ The integer export (:mod:`.qonnx_int`) is read back by its writer's module
 
 Folding (per layer, docs/architecture.md): the real current into channel c is
 
-    I_c = g_c · AP_p(W ⊛ x_real) + h_c = g_c · (s_w · s_in / p²) · SP_p(q ⊛ x_int) + h_c
+    I_c = g_c · AP_p(W ⊛_{s,pad} x_real + β_c) + h_c
+        = g_c · (s_w · s_in / p²) · SP_p(q ⊛_{s,pad} x_int) + (g_c · β_c + h_c)
 
 (q the integer weights, s_w their scale, s_in the input scale — 1/255 for pixels, 1 for counts and
-spikes — SP the p×p sum-pool, g_c = γ/√(σ²+ε) and h_c = b − μ·g_c from BatchNorm, or 1 and 0).
-One integer accumulator unit is worth s_c = |g_c|·s_w·s_in/p²; a negative g_c flips the signs of
-channel c's weights (safe: the range is narrow). With effective shift e, one membrane grid unit is
-worth δ_c = s_c / 2^e, and
+spikes — SP the p×p sum-pool, β_c the trained synaptic bias (0 without one), added before the
+pooling, which leaves a constant as it is; g_c = γ/√(σ²+ε) and h_c = b − μ·g_c from BatchNorm, or 1
+and 0). The convolution's stride s and zero padding pad choose which inputs are summed, not what a
+unit is worth: they pass to the integer layer unchanged. One integer accumulator unit is worth
+s_c = |g_c|·s_w·s_in/p²; a negative g_c flips the signs of channel c's weights (safe: the range is
+narrow). The constant part of the current, o_c = g_c·β_c + h_c, becomes the bias. With effective
+shift e, one membrane grid unit is worth δ_c = s_c / 2^e, and
 
     θ_c = round(θ / δ_c / 2^ts) · 2^ts        (ts = profile.threshold_shift)
-    b_c = round(h_c / δ_c / 2^bs) · 2^bs      (bs = profile.bias_shift)
+    b_c = round(o_c / δ_c / 2^bs) · 2^bs      (bs = profile.bias_shift)
     leak constant: mul  m  = round(β · 2^leak_bits)          (:func:`qsnn.arith.leak_const_of`)
                    shift d = round(−log2(1 − β))
                    loihi dv = round((1 − β) · 2^leak_bits)
@@ -61,7 +67,10 @@ figures). A threshold no m can hold is an error. With ``profile.current_bits`` t
 otherwise. On a ``fold_pool`` profile the weight range and fan-in are checked on the kernel with
 the pooling folded in (the taps the target stores), and m_max is counted on those taps.
 
-Worst-case inputs: the first layer's inputs ≤ the export's ``input_max`` (pixels 255; event counts
+Worst-case inputs: a channel's accumulator lies between the sums of its negative and of its
+positive weights times the largest input (:func:`accumulator_range`), whatever the stride; zero
+padding only puts zeros under some taps, which stays inside that range, so the bound holds for
+padded layers too. The first layer's inputs ≤ the export's ``input_max`` (pixels 255; event counts
 the encoding's clip 2^event_bits − 1, applied identically in training, simulation and on the chip,
 so the bound is the real one), which must fit the profile's input port (``input_bits``); spikes ≤ 1.
 
@@ -85,7 +94,7 @@ from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
 from qsnn.errors import ProfileError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
-from qsnn.profiles import ChipProfile
+from qsnn.profiles import PROFILES, ChipProfile
 
 from .float_graph import FloatGraph, FloatLayer, read_float_graph
 
@@ -162,6 +171,7 @@ class LayerPlan:
     index: int
     input_scale: float            # s_in: 1/255 for pixels, 1 for counts and spikes
     input_max: int                # the largest input value the bound assumes
+    leak_const: int               # the layer's integer leak constant (of its own β)
     q: np.ndarray | None = None                 # integer weights (quantize_fp32_weights, flip_negative_gains)
     weight_scale: np.ndarray | None = None      # s_w per channel
     weight_max_abs: int = 0                     # max |q| as read or quantized
@@ -169,6 +179,7 @@ class LayerPlan:
     acc_range: tuple[np.ndarray, np.ndarray] | None = None   # worst-case (largest, smallest) sum per channel
     weight_quantization: dict[str, Any] | None = None
     acc_unit: np.ndarray | None = None          # s_c = |g_c|·s_w·s_in/p² (fold_batchnorm_and_pooling)
+    offset: np.ndarray | None = None            # o_c = g_c·β_c + h_c: the constant current (real units)
     dead: np.ndarray | None = None              # channels with g_c = 0: the current is the bias alone
     flipped: np.ndarray | None = None           # channels with g_c < 0 (flip_negative_gains)
     grid: Grid | None = None                    # choose_membrane_grid
@@ -191,6 +202,7 @@ class Plan:
     leak_const: int
     layers: list[LayerPlan]
     notes: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)    # profile limits the network exceeds (one error)
     network: IntegerNetwork | None = None
     report: dict[str, Any] | None = None
 
@@ -200,7 +212,8 @@ class Plan:
         ``input_max``), and the notes on them."""
         input_max = graph.input_max
         layers = [LayerPlan(source=layer, index=i, input_scale=graph.input_scale if i == 0 else 1.0,
-                            input_max=input_max if i == 0 else 1) for i, layer in enumerate(graph.layers)]
+                            input_max=input_max if i == 0 else 1, leak_const=leak_const_of(layer.beta, profile))
+                  for i, layer in enumerate(graph.layers)]
         plan = cls(graph=graph, profile=profile, allow_saturation=allow_saturation, input_max=input_max,
                    leak_const=leak_const_of(graph.beta, profile), layers=layers)
         trained_for = mismatch_warning(graph.metadata, profile)
@@ -221,11 +234,23 @@ def _folds(profile: ChipProfile, layer: FloatLayer) -> bool:
     return profile.fold_pool and layer.kind == "conv" and layer.pool > 1
 
 
+def _stored(profile: ChipProfile, layer: FloatLayer, q: np.ndarray) -> np.ndarray:
+    """The taps the target's weight memory holds: the kernel with its pooling folded in (stride s·p,
+    :func:`qsnn.network.fold_pool`) on a ``fold_pool`` profile, the weights themselves elsewhere."""
+    return fold_pool(q, layer.pool, stride=layer.stride) if _folds(profile, layer) else q
+
+
+def _taps_per_weight(layer: FloatLayer) -> int:
+    """The most pooled positions one folded tap adds up: min(p, ⌈k/s⌉)² (p² at stride 1)."""
+    k = layer.w_real.shape[2]
+    return min(layer.pool, -(-k // layer.stride)) ** 2
+
+
 def _fp32_bits(plan: Plan, lp: LayerPlan, amax: float) -> int:
     """Bits for quantizing an fp32 layer: the profile's, fewer where folded taps or θ would not fit."""
     p, src = plan.profile, lp.source
     bits = p.weight_bits
-    while _folds(p, src) and bits > 2 and (2 ** (bits - 1) - 1) * src.pool**2 > p.weight_max:
+    while _folds(p, src) and bits > 2 and (2 ** (bits - 1) - 1) * _taps_per_weight(src) > p.weight_max:
         bits -= 1
     if p.fixed_shift and amax > 0:
         # the shift cannot drop below frac_bits, so one grid unit is s_c / 2^frac_bits: a coarser
@@ -234,7 +259,7 @@ def _fp32_bits(plan: Plan, lp: LayerPlan, amax: float) -> int:
         g_min = float(np.min(gains[gains > 0], initial=1.0))
         while bits > 2:
             unit = g_min * amax / (2 ** (bits - 1) - 1) * lp.input_scale / src.pool**2 / 2.0**p.frac_bits
-            if plan.graph.theta / unit <= min(p.threshold_max, p.membrane_max - 1):
+            if src.theta / unit <= min(p.threshold_max, p.membrane_max - 1):
                 break
             bits -= 1
     return bits
@@ -265,48 +290,89 @@ def quantize_fp32_weights(plan: Plan) -> None:
 
 
 def check_input_port(plan: Plan) -> None:
-    """Refuse (:class:`~qsnn.errors.ProfileError`) a network whose inputs exceed the profile's input port
-    (``input_bits``): the chip could not receive them, and the bound would not hold."""
+    """A network whose inputs exceed the profile's input port (``input_bits``) cannot go to the chip
+    (it could not receive them, and the bound would not hold): recorded in ``plan.limits``, refused
+    with the other limits by :func:`check_profile_limits`."""
     p, graph = plan.profile, plan.graph
     if plan.input_max <= p.input_max:
         return
     what = "event counts up to" if graph.encoding == "events" else "pixels up to"
     fix = f"retrain with --event-bits {p.input_bits} or fewer, or " if graph.encoding == "events" else ""
-    raise ProfileError(f"the model takes {what} {plan.input_max} per input cell and step but the {p.name} profile's "
+    plan.limits.append(f"the model takes {what} {plan.input_max} per input cell and step but the {p.name} profile's "
                        f"input port carries {p.input_bits}-bit values (up to {p.input_max}); {fix}widen the port "
-                       "(--profile-set input_bits=N)")
+                       f"(--profile-set input_bits={plan.input_max.bit_length()})")
+
+
+def _weight_bits_needed(max_abs: int) -> int:
+    """The narrow signed width b that holds ±max_abs: 2^(b−1) − 1 ≥ max_abs."""
+    return max(2, int(max_abs).bit_length() + 1)
+
+
+def _weight_limit(plan: Plan, lp: LayerPlan, stored: np.ndarray) -> str:
+    """The sentence refusing a layer whose stored weights are wider than the profile's, with the
+    ``--profile-set weight_bits=N`` and the built-in profiles that would hold them."""
+    p, src = plan.profile, lp.source
+    folds = _folds(p, src)
+    what = (f"weights with the {src.pool}×{src.pool} pooling folded into the kernel" if folds
+            else f"{src.bit_width}-bit weights" if src.bit_width else "weights")
+    bits = _weight_bits_needed(lp.stored_max_abs)
+    others = [name for name, other in PROFILES.items()
+              if name != p.name and np.max(np.abs(_stored(other, src, lp.q)), initial=0) <= other.weight_max]
+    alt = "".join(f" or --profile {name}" for name in others)
+    return (f"layer {lp.name}: {what} reach ±{lp.stored_max_abs} but profile {p.name!r} holds {p.weight_bits}-bit "
+            f"weights (±{p.weight_max}); use --profile-set weight_bits={bits}{alt}")
 
 
 def check_profile_limits(plan: Plan) -> None:
-    """Refuse (:class:`~qsnn.errors.ProfileError`) weights wider than the profile's, and layers beyond its
-    fan-in or neuron limits (on the folded kernel for a ``fold_pool`` profile)."""
+    """Refuse (:class:`~qsnn.errors.ProfileError`) weights wider than the profile's (per layer: each
+    layer has its own width), layers beyond its fan-in or neuron limits (on the folded kernel for a
+    ``fold_pool`` profile), synaptic sums beyond its current register, and (recorded by
+    :func:`check_input_port`) inputs beyond its port: every one that fails, in ONE error, each naming
+    the layer and the ``--profile-set`` field (or the profile) that would hold it."""
     p = plan.profile
     for lp, shape in zip(plan.layers, plan.graph.layer_shapes):
         folds = _folds(p, lp.source)
-        stored = fold_pool(lp.q, lp.source.pool) if folds else lp.q      # what the target's weight memory holds
+        stored = _stored(p, lp.source, lp.q)                          # what the target's weight memory holds
         lp.stored_max_abs = int(np.max(np.abs(stored))) if stored.size else 0
         if lp.stored_max_abs > p.weight_max:
-            what = (f"weights with the {lp.source.pool}×{lp.source.pool} pooling folded into the kernel" if folds
-                    else "weights")
-            raise ProfileError(f"layer {lp.name}: {what} reach ±{lp.stored_max_abs} but profile {p.name!r} holds "
-                               f"{p.weight_bits}-bit weights (±{p.weight_max})")
+            plan.limits.append(_weight_limit(plan, lp, stored))
         fan_in = stored[0].size
         if p.max_fan_in and fan_in > p.max_fan_in:
-            raise ProfileError(f"layer {lp.name}: fan-in {fan_in}{' (pooling folded in)' if folds else ''} exceeds "
-                               f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron")
+            plan.limits.append(f"layer {lp.name}: fan-in {fan_in}{' (pooling folded in)' if folds else ''} exceeds "
+                               f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron "
+                               f"(--profile-set max_fan_in={fan_in})")
         neurons = int(np.prod(shape))
         if p.max_neurons and neurons > p.max_neurons:
-            raise ProfileError(f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons}")
+            plan.limits.append(f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons} "
+                               f"(--profile-set max_neurons={neurons})")
+        if p.current_bits:
+            live = np.where((lp.source.bn_gain != 0).reshape((-1,) + (1,) * (lp.q.ndim - 1)), lp.q, 0)
+            acc_max, acc_min = accumulator_range(live, lp.source.pool, lp.input_max)
+            big, half = max(int(acc_max.max()), int(-acc_min.min())), 2 ** (p.current_bits - 1)
+            if big >= half:
+                plan.limits.append(
+                    f"layer {lp.name}: synaptic sums reach ±{big} (every input at {lp.input_max}), beyond the "
+                    f"{p.name} profile's {p.current_bits}-bit dendritic accumulator (±{half - 1}); use smaller "
+                    f"weights or fewer inputs per neuron (or --profile-set current_bits={big.bit_length() + 1})")
+    if len(plan.limits) == 1:
+        raise ProfileError(plan.limits[0])
+    if plan.limits:
+        raise ProfileError(f"profile {p.name!r} cannot hold this network ({len(plan.limits)} limits): "
+                           + "; ".join(plan.limits))
 
 
 def fold_batchnorm_and_pooling(plan: Plan) -> None:
     """s_c = |g_c|·s_w·s_in/p²: the real value of one accumulator unit of channel c (average pooling
-    becomes sum pooling, BatchNorm's gain and the input and weight scales fold into it)."""
+    becomes sum pooling, BatchNorm's gain and the input and weight scales fold into it); and
+    o_c = g_c·β_c + h_c: the constant current (the synaptic bias through BatchNorm, and its shift)."""
     for lp in plan.layers:
-        per_unit = lp.weight_scale * lp.input_scale / lp.source.pool ** 2
-        unit = np.abs(lp.source.bn_gain) * per_unit
+        src = lp.source
+        per_unit = lp.weight_scale * lp.input_scale / src.pool ** 2
+        unit = np.abs(src.bn_gain) * per_unit
         lp.dead = ~(unit > 0)
-        lp.acc_unit = np.where(lp.dead, per_unit, unit)     # γ = 0: any unit; the current is the constant h_c
+        lp.acc_unit = np.where(lp.dead, per_unit, unit)     # γ = 0: any unit; the current is the constant o_c
+        # the synaptic bias β_c, added before pooling (a constant pools to itself), goes through BatchNorm
+        lp.offset = src.bn_offset if src.bias is None else src.bn_gain * np.asarray(src.bias, np.float64) + src.bn_offset
 
 
 def flip_negative_gains(plan: Plan) -> None:
@@ -329,17 +395,12 @@ def choose_membrane_grid(plan: Plan) -> None:
             m_max += 1
         acc_max, acc_min = accumulator_range(lp.q, lp.source.pool, lp.input_max)
         lp.acc_range = (acc_max, acc_min)
-        if p.current_bits:
+        if p.current_bits:                             # the sums fit the register (check_profile_limits)
             big, half = max(int(acc_max.max()), int(-acc_min.min())), 2 ** (p.current_bits - 1)
-            if big >= half:
-                raise ProfileError(
-                    f"layer {lp.name}: synaptic sums reach ±{big} (every input at {lp.input_max}), beyond the "
-                    f"{p.name} profile's {p.current_bits}-bit dendritic accumulator (±{half - 1}); use smaller "
-                    "weights or fewer inputs per neuron")
             while m_max and big << m_max >= half:      # the weight multiplier scales the sums too
                 m_max -= 1
-        lp.grid = _choose_grid(lp.name, lp.acc_unit, lp.source.bn_offset, plan.graph.theta, acc_max, acc_min,
-                               plan.leak_const, p, plan.graph.num_steps, m_max, plan.allow_saturation)
+        lp.grid = _choose_grid(lp.name, lp.acc_unit, lp.offset, lp.source.theta, acc_max, acc_min,
+                               lp.leak_const, p, plan.graph.num_steps, m_max, plan.allow_saturation)
         if lp.grid.note:
             lp.notes.append(lp.grid.note)
 
@@ -353,25 +414,30 @@ def emit_integer_layers(plan: Plan) -> None:
         weight = lp.q << g.weight_mult_exp
         lp.layer = IntegerLayer(
             name=lp.name, kind=lp.source.kind, weight=weight.astype(dtype), pool=lp.source.pool,
-            current_shift=g.current_shift, threshold=g.theta, bias=g.bias, leak_const=plan.leak_const,
-            scale=g.unit.astype(np.float64), weight_exp=0)
+            current_shift=g.current_shift, threshold=g.theta, bias=g.bias, leak_const=lp.leak_const,
+            scale=g.unit.astype(np.float64), weight_exp=0, stride=lp.source.stride, padding=lp.source.padding)
 
 
 def write_report(plan: Plan) -> None:
     """The compile report (per layer: shift, multiplier, threshold and bias errors, worst-case bound
     against the membrane range; the leak error; notes) and the network that carries it."""
     p, graph = plan.profile, plan.graph
-    theta = graph.theta
     layers = []
     for lp in plan.layers:
         g, weight = lp.grid, lp.layer.weight
-        rep: dict[str, Any] = {"name": lp.name, "kind": lp.source.kind, "pool": lp.source.pool}
+        src = lp.source
+        rep: dict[str, Any] = {"name": lp.name, "kind": src.kind, "pool": src.pool, "stride": src.stride,
+                               "padding": src.padding,
+                               "weight_bits": src.bit_width or (lp.weight_quantization or {}).get("bits"),
+                               "synaptic_bias": src.bias is not None}
         if lp.weight_quantization is not None:
             rep["weight_quantization"] = lp.weight_quantization
+        theta, beta_l = src.theta, effective_beta(lp.leak_const, p)
         th_err = np.abs(g.theta * g.unit - theta)
-        b_err = np.abs(g.bias * g.unit - lp.source.bn_offset)
+        b_err = np.abs(g.bias * g.unit - lp.offset)
         bound_abs = max(abs(int(g.bound_lo.min())), abs(int(g.bound_hi.max())), 1)
         rep.update({
+            "beta": src.beta, "decay": lp.leak_const, "beta_integer": beta_l, "theta": theta,
             "current_shift": g.current_shift, "weight_multiplier": 2**g.weight_mult_exp,
             "effective_shift": g.effective_shift,
             "weight_max_abs": int(np.max(np.abs(weight))) if weight.size else 0,
@@ -389,12 +455,14 @@ def write_report(plan: Plan) -> None:
         })
         layers.append(rep)
     beta_int = effective_beta(plan.leak_const, p)
+    leak_err = max([abs(graph.beta - beta_int)] + [abs(lp.source.beta - effective_beta(lp.leak_const, p))
+                                                     for lp in plan.layers])
     report = {
         "profile": p.name, "profile_fields": p.to_dict(),
-        "trained": {"beta": graph.beta, "threshold": theta, "reset": graph.reset, "precision": graph.precision,
+        "trained": {"beta": graph.beta, "threshold": graph.theta, "reset": graph.reset, "precision": graph.precision,
                     "profile": graph.trained_profile, "synaptic_delay": graph.synaptic_delay},
         "leak": {"kind": p.leak, "decay": plan.leak_const, "beta": graph.beta, "beta_integer": beta_int,
-                 "abs_error": abs(graph.beta - beta_int)},
+                 "abs_error": leak_err},
         "num_steps": graph.num_steps, "input_max": plan.input_max, "layers": layers,
         "saturation_possible": any(not lp.grid.fits for lp in plan.layers),
         "notes": plan.notes + [note for lp in plan.layers for note in lp.notes],

@@ -8,7 +8,8 @@ the integer QONNX graph — can be compared. Per layer and step t (d = ``profile
 the layer's input at step t is the previous layer's spikes — the input frame for layer 1 — of step
 t − d, zeros before)::
 
-    acc_t = sumpool_p(W ⊛ in_{t−d}) · 2^weight_exp     (float64 convolution of exact integers)
+    acc_t = sumpool_p(W ⊛_{s,pad} in_{t−d}) · 2^weight_exp   (float64 convolution of exact integers,
+                                                          stride s, zero padding pad)
     r_t   = [u_{t−1} > θ]
     u_t   = overflow(leak(u_{t−1}) + shl(acc_t, s) + b − r_t·θ)          subtract reset
     u_t   = overflow(leak((1 − r_t)·u_{t−1}) + shl(acc_t, s) + b)        zero reset
@@ -58,7 +59,7 @@ def _current_register(c: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _synapse(layer, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if layer.kind == "conv":
-        acc = F.conv2d(inp, weight)
+        acc = F.conv2d(inp, weight, stride=layer.stride, padding=layer.padding)
         if layer.pool > 1:
             acc = F.avg_pool2d(acc, layer.pool, divisor_override=1)  # sum-pool
     else:
@@ -76,9 +77,10 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
         x_int: static uint8 frames (N, C, H, W), the same frame every step, or event counts
             (N, T, C, H, W) with exactly T frames.
         batch_size: samples per batch (memory bound).
-        record: also return the membranes ``u1, u2, u3`` (int64, (T, N, ...)).
+        record: also return the membranes ``u1 .. uL`` (int64, (T, N, ...)).
 
-    Returns ``{"z1", "z2", "z3"}`` spike trains, uint8, (T, N, ...) (one entry per layer, ``z<i>``).
+    Returns ``{"z1", ..., "zL"}`` spike trains, uint8, (T, N, ...) (one entry per layer, ``z<i>``),
+    for a network of any depth L.
     """
     x_int = np.asarray(x_int)
     T = net.num_steps

@@ -6,13 +6,14 @@ an integer held exactly, so that any executor (qonnx's ``execute_onnx``, onnxrun
 chip arithmetic of :mod:`qsnn.arith` bit for bit::
 
     inputs  x (N, C, H, W) integer input (uint8 pixels or event counts) as float64
-            u1, u2, u3 membranes (float64 holding integers); d1.. delay lines if the profile delays
-    outputs z3, u1_out, u2_out, u3_out, z1, z2 (and d1_out..)
+            u1 .. uL membranes (float64 holding integers); d1 .. dL delay lines if the profile delays
+    outputs zL, u1_out .. uL_out, z1 .. z(L−1) (and d1_out .. dL_out)
 
-Per layer (the names of the ONNX ops in brackets)::
+for a network of any depth L (the names from :mod:`.format`'s :func:`~.format.state_inputs` and
+friends). Per layer (the names of the ONNX ops in brackets)::
 
-    acc   = SP_p(W ⊛ in)                 [Cast→float32, Conv, AveragePool, Mul p², Cast→float64]
-                                          (or [Flatten, MatMul] in float64 for the dense layer)
+    acc   = SP_p(W ⊛_{s,pad} in)         [Cast→float32, Conv (strides s, pads pad), AveragePool, Mul p²,
+                                           Cast→float64]   (or [Flatten, MatMul] in float64 for a dense layer)
     acc   = shl(acc, weight_exp)         [Mul 2^e (, Floor if e < 0)], only if weight_exp ≠ 0
     cur   = shl(acc, s) + b              [Mul 2^s (s ≥ 0) | Mul 2^s, Floor (s < 0); Add]
     r     = [u > θ]                      [Greater, Cast]
@@ -50,8 +51,20 @@ from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile
 
-from .format import (FORMAT, FORMAT_VERSION, INPUT, STATE_INPUTS, check_qsnn_model, damaged_file_errors, finish_model,
-                     save_model)
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT,
+    check_qsnn_model,
+    damaged_file_errors,
+    delay_inputs,
+    finish_model,
+    membrane_name,
+    output_name,
+    save_model,
+    spike_name,
+    state_inputs,
+)
 
 OPSET = 17
 F32_EXACT = 2**24
@@ -139,7 +152,8 @@ def _synapse(b: _Builder, inp: str, layer, in_max: int, pre: str) -> tuple[str, 
             lo = b.op("Floor", [b.op("Mul", [inp, b.const(2.0 ** (-bits * j))], prefix=pre)], prefix=pre)
             digit = b.op("Sub", [lo, b.op("Mul", [hi, b.const(2.0**bits)], prefix=pre)], prefix=pre + "digit_")
         x32 = b.op("Cast", [digit], prefix=pre, to=TensorProto.FLOAT)
-        conv = b.op("Conv", [x32, wname], prefix=pre, kernel_shape=[layer.kernel, layer.kernel])
+        conv = b.op("Conv", [x32, wname], prefix=pre, kernel_shape=[layer.kernel, layer.kernel],
+                    strides=[layer.stride, layer.stride], pads=[layer.padding] * 4)
         if layer.pool > 1:
             p = layer.pool
             avg = b.op("AveragePool", [conv], prefix=pre, kernel_shape=[p, p], strides=[p, p])
@@ -151,17 +165,43 @@ def _synapse(b: _Builder, inp: str, layer, in_max: int, pre: str) -> tuple[str, 
     return total, {"digits": n_digits, "digit_bits": bits, "acc_max": per_unit * in_max}
 
 
+def arch_of(net: IntegerNetwork) -> str:
+    """The architecture spec (:mod:`qsnn.arch`) of an integer network's layers."""
+    from qsnn.arch import Arch, ConvSpec, DenseSpec
+
+    return str(Arch(tuple(ConvSpec(l.out_channels, l.kernel, l.stride, l.padding, l.pool) if l.kind == "conv"
+                          else DenseSpec(l.out_channels) for l in net.layers)))
+
+
+def _layer_records(net: IntegerNetwork) -> list[dict[str, Any]]:
+    """The metadata ``layers`` (:data:`.format.LAYER_KEYS`): the structure from the integer layers; what
+    only the trained model knows (its synaptic bias, weight bits and scale) from the float export's
+    records where the network carries them."""
+    records = net.metadata.get("layers")
+    trained = {rec.get("name"): rec for rec in records if isinstance(rec, dict)} if isinstance(records, list) else {}
+    out = []
+    for i, (l, shape) in enumerate(zip(net.layers, net.shapes())):
+        rec = trained.get(l.name, {})
+        out.append({
+            "name": l.name, "kind": l.kind, "kernel": l.kernel, "stride": l.stride, "padding": l.padding,
+            "pool": l.pool, "bias": bool(rec.get("bias", False)),
+            "weight_bits": int(rec.get("weight_bits", net.profile.weight_bits)),
+            "weight_scale": rec.get("weight_scale", "none"), "membrane": membrane_name(i + 1), "shape": list(shape),
+            "beta": effective_beta(l.leak_const, net.profile), "threshold": float(l.threshold[0] * l.scale[0]),
+        })
+    return out
+
+
 def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
     """Metadata of the integer export: the network's metadata, completed, plus profile and network spec."""
     meta = dict(net.metadata)
     layer0 = net.layers[0]
-    shapes = net.shapes()
     defaults = {
         "dataset": "unknown", "slope": 0.0, "precision": "int", "quant_scale": "none", "batch_norm": False,
         "dropout": 0.0, "checkpoint_sha256": "",
         "beta": effective_beta(layer0.leak_const, net.profile),
         "threshold": float(layer0.threshold[0] * layer0.scale[0]),
-        "reset": net.profile.reset, "weight_bits": net.profile.weight_bits,
+        "reset": net.profile.reset, "weight_bits": net.profile.weight_bits, "arch": arch_of(net),
     }
     for key, value in defaults.items():
         meta.setdefault(key, value)
@@ -170,8 +210,7 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
         "classes": list(net.classes), "num_steps": net.num_steps, "encoding": net.encoding,
         "input_scale": float(meta.get("input_scale", INPUT_SCALE[net.encoding])),
         "input_max": int(net.input_max), "input_shape": list(net.input_shape),
-        "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "membrane": STATE_INPUTS[i], "shape": list(s)}
-                   for i, (l, s) in enumerate(zip(net.layers, shapes))],
+        "layers": _layer_records(net),
         "qsnn_version": qsnn.__version__,
         "profile": net.profile.to_dict(), "network": network_spec(net),
         "compile_report": net.metadata.get("compile_report", {}),
@@ -182,8 +221,6 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
 
 def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> onnx.ModelProto:
     """The integer one-step ModelProto of ``net`` (not written); ``batch_size`` fixes the batch dimension."""
-    if len(net.layers) != len(STATE_INPUTS):
-        raise ExportError(f"qsnn QONNX files hold {len(STATE_INPUTS)}-layer QSNNs; this network has {len(net.layers)} layers")
     p = net.profile
     if p.leak_bits + p.membrane_bits + 2 > 53:
         raise ExportError(f"profile {p.name!r}: membrane_bits + leak_bits = {p.membrane_bits + p.leak_bits} is too wide "
@@ -191,6 +228,8 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
     b = _Builder()
     delay = p.synaptic_delay
     shapes = [tuple(net.input_shape)] + net.shapes()
+    L = len(net.layers)
+    membranes, lines = state_inputs(L), delay_inputs(L)
     inputs = [helper.make_tensor_value_info(INPUT, TensorProto.DOUBLE, ["N", *shapes[0]])]
     outputs_head = []
     outputs_tail = []
@@ -204,7 +243,7 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
         li = i + 1
         inp = spikes
         if delay > 0:
-            d = f"d{li}"
+            d = lines[i]
             delay_in.append(helper.make_tensor_value_info(d, TensorProto.DOUBLE, ["N", delay, *shapes[i]]))
             inp = b.op("Gather", [d, b.const(np.int64(0), dtype=np.int64)], prefix=pre + "delayed_", axis=1)
             newest = b.op("Unsqueeze", [spikes, b.const(np.array([1], np.int64), dtype=np.int64)], prefix=pre)
@@ -238,7 +277,7 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
         bias = b.const(np.asarray(layer.bias, np.float64).reshape(bshape), name=f"{layer.name}.bias")
         cur = b.op("Add", [cur, bias], prefix=pre + "current_")
         cur_max = fact["acc_max"] * 2.0**layer.weight_exp * 2.0**s + float(np.abs(layer.bias).max())
-        u = STATE_INPUTS[i]
+        u = membranes[i]
         r = b.op("Cast", [b.op("Greater", [u, theta], prefix=pre)], prefix=pre + "reset_", to=TensorProto.DOUBLE)
         if p.reset == "subtract":
             pre_u = b.op("Sub", [b.op("Add", [_leak(b, u, layer, p, pre), cur], prefix=pre),
@@ -257,22 +296,22 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
             shifted = b.op("Add", [pre_u, b.const(2.0 ** (w - 1))], prefix=pre)
             wraps = b.op("Floor", [b.op("Mul", [shifted, b.const(2.0**-w)], prefix=pre)], prefix=pre)
             b.op("Sub", [pre_u, b.op("Mul", [wraps, b.const(2.0**w)], prefix=pre)], out=out_u, prefix=pre)
-        z = f"z{li}"
+        z = spike_name(li)
         b.op("Cast", [b.op("Greater", [out_u, theta], prefix=pre)], out=z, prefix=pre, to=TensorProto.DOUBLE)
         spikes = z
         shape = ["N", *shapes[i + 1]]
         state_in.append(helper.make_tensor_value_info(u, TensorProto.DOUBLE, shape))
         state_out.append(helper.make_tensor_value_info(out_u, TensorProto.DOUBLE, shape))
-        (outputs_head if li == len(net.layers) else outputs_tail).append(helper.make_tensor_value_info(z, TensorProto.DOUBLE, shape))
+        (outputs_head if li == L else outputs_tail).append(helper.make_tensor_value_info(z, TensorProto.DOUBLE, shape))
         facts.append(fact)
     graph = helper.make_graph(b.nodes, "qsnn_integer_step", inputs + state_in + delay_in,
                               outputs_head + state_out + outputs_tail + delay_out, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsnn",
                               producer_version=qsnn.__version__)
     model.ir_version = 8
-    model.doc_string = (f"qsnn integer QSNN under profile {p.name!r}, one time step: (x, u1, u2, u3) -> (z3, u1_out, "
-                        "u2_out, u3_out, z1, z2); all values are integers held exactly in float64. Run it T times, "
-                        "feeding the *_out states back (zeros at t=0).")
+    model.doc_string = (f"qsnn integer QSNN of {L} layers under profile {p.name!r}, one time step: (x, u1..u{L}) -> "
+                        f"({output_name(L)}, u1_out..u{L}_out, z1..z{L - 1}); all values are integers held exactly in "
+                        "float64. Run it T times, feeding the *_out states back (zeros at t=0).")
     return finish_model(model, integer_metadata(net), batch_size)
 
 
@@ -328,13 +367,15 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
                 name=name, kind=ls["kind"], weight=np.ascontiguousarray(w).astype(dtype), pool=int(ls["pool"]),
                 current_shift=int(ls["current_shift"]), threshold=arrays["threshold"].reshape(-1),
                 bias=arrays["bias"].reshape(-1), leak_const=int(ls["decay"]),
-                scale=np.asarray(ls["scale"], dtype=np.float64), weight_exp=int(ls.get("weight_exp", 0))))
+                scale=np.asarray(ls["scale"], dtype=np.float64), weight_exp=int(ls.get("weight_exp", 0)),
+                stride=int(ls.get("stride", 1)), padding=int(ls.get("padding", 0))))
         for layer in layers:                       # a constant the profile's leak cannot use: a damaged file
             check_leak_const(layer.leak_const, profile, layer.name)
         net_meta = {k: v for k, v in meta.items() if k not in ("profile", "network")}
         return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=tuple(spec["input_shape"]),
                               num_steps=int(spec["num_steps"]), encoding=spec["encoding"],
-                              classes=tuple(spec["classes"]), metadata=net_meta)
+                              classes=tuple(spec["classes"]), metadata=net_meta,
+                              input_max=int(meta.get("input_max", 255)))
     except ExportError:
         raise
     except (KeyError, TypeError, ValueError, ProfileError) as exc:
@@ -385,7 +426,7 @@ def initializers_by_structure(model: onnx.ModelProto, meta: dict[str, Any]) -> d
         name = layer["name"]
         if i < len(weights):
             out[f"{name}.weight"] = inits[weights[i]]
-        u = STATE_INPUTS[i] if i < len(STATE_INPUTS) else None
+        u = membrane_name(i + 1)
         theta = next((n.input[1] for n in users.get(u, []) if n.op_type == "Greater" and n.input[1] in inits), None)
         if theta is None:
             continue
@@ -406,7 +447,8 @@ def network_spec(net: IntegerNetwork) -> dict[str, Any]:
     return to_jsonable({
         "input_shape": list(net.input_shape), "num_steps": net.num_steps, "encoding": net.encoding,
         "classes": list(net.classes),
-        "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "current_shift": l.current_shift,
+        "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "stride": l.stride, "padding": l.padding,
+                    "current_shift": l.current_shift,
                     "decay": l.leak_const, "weight_exp": l.weight_exp, "scale": [float(v) for v in l.scale],
                     "out_channels": l.out_channels} for l in net.layers],
     })

@@ -11,7 +11,7 @@ engine (:mod:`qsnn.sim.engine`) and the float model's evaluation with exact sums
 * :func:`int8_exact`: when its result is the exact integer (below);
 * :func:`im2col`: the input windows of a stride-p convolution as rows, channels last;
 * :func:`weight_matrix`: a layer's weights as the matrix the im2col rows multiply;
-* :func:`box_sums`, :func:`box_kernel`: the p×p window sums a pooled layer's own kernel runs on;
+* :func:`box_sums`, :func:`box_kernel`: the p×p window sums a pooled stride-1 layer's own kernel runs on;
 * :func:`default_threads`: how many threads a batch is split over.
 
 ``MatMulInteger`` is exact when
@@ -119,13 +119,15 @@ def conv_columns(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def weight_matrix(weight: np.ndarray, kind: str, pool: int, in_shape: tuple[int, ...], dtype=np.int64) -> np.ndarray:
+def weight_matrix(weight: np.ndarray, kind: str, pool: int, in_shape: tuple[int, ...], dtype=np.int64,
+                  stride: int = 1) -> np.ndarray:
     """A layer's weights as the (O, cols) matrix its inputs, channels last, multiply: a conv layer's
-    pool-folded kernel (:func:`qsnn.network.fold_pool`) in :func:`im2col` column order; a dense
-    layer's columns in the NHWC order of its flattened (C, H, W) input (the graph flattens NCHW)."""
+    pool-folded kernel (:func:`qsnn.network.fold_pool`, k + s(p−1) wide for conv stride s, applied at
+    stride s·p) in :func:`im2col` column order; a dense layer's columns in the NHWC order of its
+    flattened (C, H, W) input (the graph flattens NCHW)."""
     w = np.asarray(weight, dtype=dtype)
     if kind == "conv":
-        return conv_columns(fold_pool(w, pool, dtype))
+        return conv_columns(fold_pool(w, pool, dtype, stride=stride))
     if len(in_shape) == 3:
         c, h, wd = in_shape
         return w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
@@ -157,7 +159,7 @@ def box_sums(x: np.ndarray, p: int) -> np.ndarray:
 
 
 def box_kernel(weight: np.ndarray, pool: int, in_max: int) -> tuple[OrtIntMatmul, int] | None:
-    """The integer kernel of a p×p sum-pooled conv layer on the p×p box sums of its inputs (values
+    """The integer kernel of a p×p sum-pooled conv layer of stride 1 on the p×p box sums of its inputs (values
     ≤ p²·in_max): ``sumpool_p(W ⊛ x) = W ⊛_p S``, the layer's own k×k kernel at stride p, k²/(k+p−1)²
     of the folded kernel's multiplies. Returns (kernel, proven bound of every sum), or None where
     that is not exact (:func:`int8_exact`, box sums above 255) or onnxruntime is missing."""

@@ -50,20 +50,22 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def fold_pool(weight: np.ndarray, pool: int, dtype: Any = np.int64) -> np.ndarray:
-    """The kernel of ``sumpool_p(W ⊛ x)`` as one stride-p convolution.
+def fold_pool(weight: np.ndarray, pool: int, dtype: Any = np.int64, stride: int = 1) -> np.ndarray:
+    """The kernel of ``sumpool_p(W ⊛_s x)`` as one convolution of stride s·p.
 
-    ``W'[o, c, a, b] = Σ_{i,j<p} W[o, c, a−i, b−j]``, shape ``(O, C, k+p−1, k+p−1)``, in ``dtype``
-    (int64: the integer kernel; float64 for real weights).
+    ``W'[o, c, a, b] = Σ_{i,j<p} W[o, c, a−s·i, b−s·j]``, shape ``(O, C, k+s(p−1), k+s(p−1))``, in
+    ``dtype`` (int64: the integer kernel; float64 for real weights). On the (zero-padded) input it
+    gives exactly the pooled sums: ``⌊(H' − k − s(p−1))/(s·p)⌋ + 1 = ⌊(⌊(H' − k)/s⌋ + 1)/p⌋`` outputs.
     """
     w = np.asarray(weight, dtype=dtype)
     if pool == 1:
         return w
     o, c, side, _ = w.shape
-    out = np.zeros((o, c, side + pool - 1, side + pool - 1), dtype=dtype)
+    full = side + stride * (pool - 1)
+    out = np.zeros((o, c, full, full), dtype=dtype)
     for i in range(pool):
         for j in range(pool):
-            out[:, :, i:i + side, j:j + side] += w
+            out[:, :, stride * i:stride * i + side, stride * j:stride * j + side] += w
     return out
 
 

@@ -6,7 +6,8 @@ with its own in-place, layout-changed arithmetic (it takes only the rails, ``ove
 :mod:`qsnn.arith`; the literal :mod:`qsnn.sim.reference` calls the step itself, and
 ``tests/test_sim_engine.py`` compares the two on random networks of every profile variant)::
 
-    acc_t = sumpool_p( W ⊛ z_in,t−d ) · 2^e                d = profile.synaptic_delay, zeros before t = d
+    acc_t = sumpool_p( W ⊛_{s,pad} z_in,t−d ) · 2^e        d = profile.synaptic_delay, zeros before t = d
+            (conv of stride s on the input with pad zeros on every side; any depth of layers)
     c_t   = cur(shl(acc_t, s)) + b                         the current on the membrane grid
             (e = weight_exp ≥ 0 exact; e < 0 is a floor shift of the sum, before s; ``cur`` is
             the profile's current register of ``current_bits`` (Lava's u: c − 2^w where
@@ -25,11 +26,13 @@ How it is fast without giving up exactness:
 * The network is feed-forward, so each layer runs over a chunk of time steps before the next one;
   its synaptic sums for the whole chunk and batch are matrix products over blocks of whole steps
   (im2col: one copy of an :func:`numpy.lib.stride_tricks.as_strided` window view).
-* Sum-pooling folds into the kernel: ``sumpool_p(W ⊛ x)`` is one stride-p convolution with the
-  integer kernel ``W'`` (k+p−1 wide, each tap a sum of up to p² weights), which needs fewer
-  multiplies and no separate pooling. On spikes, in the integer kernel, it goes the other way:
-  ``sumpool_p(W ⊛ x) = W ⊛_p S`` with S the p×p box sums of x (uint8, ≤ p²), the layer's own k×k
-  kernel at stride p: k²/(k+p−1)² of the folded kernel's multiplies.
+* Sum-pooling folds into the kernel: ``sumpool_p(W ⊛_s x)`` is one stride-s·p convolution with the
+  integer kernel ``W'`` (k+s(p−1) wide, each tap a sum of up to p² weights), which needs fewer
+  multiplies and no separate pooling; zero padding is the input padded once per chunk. On spikes, in
+  the integer kernel, a stride-1 layer goes the other way: ``sumpool_p(W ⊛ x) = W ⊛_p S`` with S the
+  p×p box sums of x (uint8, ≤ p²), the layer's own k×k kernel at stride p: k²/(k+p−1)² of the folded
+  kernel's multiplies (a strided layer pools cells s apart, which box sums of adjacent cells are not:
+  it takes the folded kernel).
 * Every partial sum of ``W'·x`` is bounded by ``B = max_o Σ|W'_o| · max x`` (proven per layer).
   Where the layer's operands are uint8 (spikes, pixels, small event counts) and int8 (the folded
   kernel) and no product pair can saturate int16, the sums run as uint8 × int8 → int32 in

@@ -102,18 +102,23 @@ class _Layer:
         self._check_constants()
 
         w = np.asarray(layer.weight, dtype=np.int64)
+        self.padding = layer.padding                                   # zeros on every side of the input
         if layer.kind == "conv":
-            self.window = layer.kernel + layer.pool - 1                # the pool-folded kernel's side
-            self.stride = layer.pool
-        mat = weight_matrix(w, layer.kind, layer.pool, self.in_shape)
+            # the pool-folded kernel (qsnn.network.fold_pool): k + s(p−1) wide, at stride s·p
+            self.window = layer.kernel + layer.stride * (layer.pool - 1)
+            self.stride = layer.stride * layer.pool
+        mat = weight_matrix(w, layer.kind, layer.pool, self.in_shape, stride=layer.stride)
         self.cols = mat.shape[1]
         self.in_max = int(in_max)
         self.sum_bound = int(np.abs(mat).sum(axis=1).max()) * int(in_max)
         # the integer kernel where its arithmetic is proven exact (qsnn.kernels), else NumPy. A pooled
-        # conv layer first tries its own k×k kernel on box sums of its input (qsnn.kernels.box_kernel)
+        # conv layer of stride 1 first tries its own k×k kernel on box sums of its (padded) input
+        # (qsnn.kernels.box_kernel); box sums of adjacent cells are what a stride-1 conv pools, so a
+        # strided layer takes the folded kernel
         self.int_matmul: OrtIntMatmul | None = None
         self.box_matmul: OrtIntMatmul | None = None
-        box = box_kernel(w, layer.pool, self.in_max) if kernel == "auto" and layer.kind == "conv" else None
+        boxable = kernel == "auto" and layer.kind == "conv" and layer.stride == 1
+        box = box_kernel(w, layer.pool, self.in_max) if boxable else None
         if box is not None:
             self.box_matmul = box[0]
             self.box_cols = self.box_matmul.k
@@ -181,12 +186,13 @@ class _Layer:
         if layer.kind == "dense":
             return np.full(int(np.prod(self.in_shape)), layer.out_channels, dtype=np.int64)
         _, h, w = self.in_shape
-        side, p = layer.kernel, layer.pool
+        side, p, s, pad = layer.kernel, layer.pool, layer.stride, layer.padding
         ho, wo = self.out_shape[1], self.out_shape[2]
 
         def reach(size: int, used: int) -> np.ndarray:       # conv outputs in the pooled area a row reaches
-            pos = np.arange(size)[:, None] - np.arange(side)[None, :]
-            return ((pos >= 0) & (pos < used)).sum(axis=1)
+            # input row r sits at r + pad in the padded input; conv output j reads rows s·j .. s·j + k − 1
+            pos = np.arange(size)[:, None] + pad - s * np.arange(used)[None, :]
+            return ((pos >= 0) & (pos < side)).sum(axis=1)
 
         fan = layer.out_channels * reach(h, ho * p)[:, None] * reach(w, wo * p)[None, :]
         return fan.astype(np.int64)                           # (H, W): the same for every input channel
@@ -234,6 +240,9 @@ class _Layer:
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
             else:
+                if self.padding:                              # zero padding: the same zeros in every kernel
+                    pad = self.padding
+                    xs = np.pad(xs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
                 cols = im2col(box_sums(xs, self.layer.pool), self.layer.kernel, self.stride, self.out_nhwc[:2]) if box \
                     else im2col(xs, self.window, self.stride, self.out_nhwc[:2])
             if box:
@@ -381,7 +390,7 @@ def _fingerprint(net: IntegerNetwork) -> tuple:
             a = np.ascontiguousarray(arr)
             crc = zlib.crc32(repr((a.dtype.str, a.shape)).encode() + a.tobytes(), crc)
         scalars.append((layer.name, layer.kind, int(layer.pool), int(layer.current_shift), int(layer.leak_const),
-                        int(layer.weight_exp)))
+                        int(layer.weight_exp), int(layer.stride), int(layer.padding)))
     return (crc, tuple(scalars), repr(net.profile), tuple(net.input_shape))
 
 

@@ -3,7 +3,8 @@
 The neuron is :func:`qsnn.arith.int_lif_step` itself; the synapse is written out as
 :mod:`qsnn.network` states it, in NumPy int64 arithmetic with no pooling folded into kernels, no
 floats and no layout changes: a convolution is a loop over kernel taps, sum-pooling a loop over
-the p×p window, one time step after another, one layer after another within a step. Only for
+the p×p window (the input zero-padded first, the taps taken s apart), one time step after another,
+one layer after another within a step. Only for
 small networks (tests); :func:`qsnn.sim.simulate` is the engine to use.
 """
 
@@ -18,20 +19,22 @@ from .results import predict
 
 
 def synaptic_sum(layer, z_in: np.ndarray) -> np.ndarray:
-    """acc = sumpool_p(W ⊛ z_in), as int64, on a batch (B, ...) (the exponent is applied by the caller)."""
+    """acc = sumpool_p(W ⊛_{s,pad} z_in), as int64, on a batch (B, ...) (the exponent is applied by the caller)."""
     w = np.asarray(layer.weight, dtype=np.int64)
     z = np.asarray(z_in, dtype=np.int64)
     if layer.kind == "dense":
         acc = z.reshape(len(z), -1) @ w.T
     else:
-        side, p = layer.kernel, layer.pool
+        side, p, s, pad = layer.kernel, layer.pool, layer.stride, layer.padding
+        z = np.pad(z, ((0, 0), (0, 0), (pad, pad), (pad, pad)))     # zeros on every side
         b, _, h, wd = z.shape
-        hc, wc = h - side + 1, wd - side + 1
+        hc, wc = (h - side) // s + 1, (wd - side) // s + 1
         conv = np.zeros((b, w.shape[0], hc, wc), dtype=np.int64)
         for a in range(side):
             for c in range(side):
-                # conv[b, o, i, j] += Σ_ci w[o, ci, a, c] · z[b, ci, i + a, j + c]
-                conv += np.einsum("oi,bihw->bohw", w[:, :, a, c], z[:, :, a:a + hc, c:c + wc])
+                # conv[b, o, i, j] += Σ_ci w[o, ci, a, c] · z[b, ci, s·i + a, s·j + c]
+                taps = z[:, :, a:a + s * (hc - 1) + 1:s, c:c + s * (wc - 1) + 1:s]
+                conv += np.einsum("oi,bihw->bohw", w[:, :, a, c], taps)
         hp, wp = hc // p, wc // p
         acc = np.zeros((b, w.shape[0], hp, wp), dtype=np.int64)
         for i in range(p):

@@ -151,11 +151,18 @@ def test_read_back_a_handmade_network(tmp_path):
 def test_exactness_limits_are_checked(tmp_path):
     with pytest.raises(ExportError, match="too wide"):
         export_integer(random_net(FPGA.replace(membrane_bits=44)), tmp_path / "wide.onnx")
-    two = IntegerNetwork(layers=random_net(FPGA).layers[1:], profile=FPGA, input_shape=(4, 5, 5), num_steps=2,
+    assert not (tmp_path / "wide.onnx").exists()
+
+
+def test_any_depth_exports(tmp_path):
+    """A two-layer network is a graph of two layers (u1, u2 → z2), equal to the PyTorch integer mode."""
+    two = IntegerNetwork(layers=random_net(FPGA).layers[1:], profile=FPGA, input_shape=(4, 5, 5), num_steps=4,
                          encoding="static", classes=("a", "b", "c"))
-    with pytest.raises(ExportError, match="3-layer"):
-        export_integer(two, tmp_path / "two.onnx")
-    assert not (tmp_path / "wide.onnx").exists() and not (tmp_path / "two.onnx").exists()
+    x = np.random.default_rng(0).integers(0, 2, size=(5, 4, 5, 5)).astype(np.uint8)
+    path = export_integer(two, tmp_path / "two.onnx")
+    assert_same(run_integer_onnx(path, x, engine="ort", record=True), run_integer_torch(two, x, record=True),
+                keys=("z1", "z2", "u1", "u2"))
+    assert len(read_integer_qonnx(path).layers) == 2
 
 
 def _chain(profile: ChipProfile, w: int, s: int, b: int, theta: int, decay: int, T: int) -> IntegerNetwork:
