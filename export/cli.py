@@ -215,8 +215,8 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="CHECKPOINT_OR_ONNX")
 @click.option("--to", "target", type=click.Choice(list(TARGETS)), required=True,
               help="What to write. qonnx: the network as a QONNX graph of one time step (membrane potentials "
-                   "are graph inputs u1..u3 and outputs u1_out..u3_out; run it T times). Without --profile the "
-                   "graph has the trained float semantics (Brevitas Quant nodes for 4-bit weights); with "
+                   "are graph inputs u1..uL and outputs u1_out..uL_out, L the layer count; run it T times). Without --profile the "
+                   "graph has the trained float semantics (Brevitas Quant nodes for b-bit weights); with "
                    "--profile it is the integer graph of that chip's arithmetic. fpga: weight memories (.mem for "
                    "$readmemh, Xilinx .coe, Intel .mif), threshold/bias/leak tables and qsnn_model.h; loihi2: a "
                    "lava-dl netx HDF5 file; nir: a NIR graph (nir.read). Table targets write a folder (-o OUTDIR) "
