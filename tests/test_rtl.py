@@ -228,6 +228,102 @@ def test_comparison_reports_a_single_flipped_spike(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# Any layer stack (issue 24): depth, dense-only nets, several dense layers, conv stride and zero
+# padding, 2..8-bit weights, per-channel thresholds and biases; real mnist5k digits
+
+
+#: (spec, profile, per-layer weight bits, encoding, lanes): networks of tests/test_arch_integer.hand_net
+#: (random weights of those widths, per-channel biases, per-channel thresholds calibrated on real
+#: digits so that every layer spikes)
+STACKS = {
+    "dense-2": ("D64-D10", FPGA, (4, 4), "static", 8),
+    "dense-3": ("D48-D24-D10", FPGA, (4, 4, 4), "static", 16),
+    "conv3-stride2-pad1": ("6C3s2p1-8C3s2p1-8C3p1-AP2-D10", FPGA, (4, 4, 4, 4), "static", 4),
+    "four-pool-after-stride": ("4C5-AP2-6C3s2p1-AP2-8C3p1-D10", FPGA, (4, 4, 4, 4), "static", 16),
+    "bits-2-and-8": ("6C5s2p2-AP2-D32-D10", FPGA.replace(weight_bits=8), (2, 8, 2), "static", 8),
+    # stride above the kernel (taps that reach no output), padding beyond a pool window (the first
+    # input row feeds pooled row 2)
+    "stride3-k2-pad4-pool": ("5C2s3p1-4C5p4-AP2-6C3s2p2-D10", FPGA, (4, 4, 4, 4), "static", 2),
+    "saturate-stride-pad": ("6C3s2p1-D32-D10", FPGA.replace(membrane_bits=10), (4, 4, 4), "static", 2),
+    "events-stride-pad": ("4C3s2p1-6C3s1p1-AP2-D10", FPGA, (4, 4, 4), "events", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    from qsnn.data import load_split
+
+    return load_split("mnist5k", "test").x[:16]
+
+
+def stack_net(name: str, digits: np.ndarray) -> tuple[IntegerNetwork, np.ndarray, int]:
+    """The network ``STACKS[name]``, its inputs (8 real digits, or random event counts) and its lanes."""
+    from test_arch_integer import event_input, hand_net
+
+    spec, profile, bits, encoding, lanes = STACKS[name]
+    x = digits if encoding == "static" else event_input((2, 16, 16), T=8, n=10)
+    net = hand_net(spec, profile, bits, encoding, x[:10])          # thresholds from these inputs
+    return net, (digits[8:16] if encoding == "static" else x[:8]), lanes
+
+
+@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.parametrize("name", list(STACKS))
+@pytest.mark.hdl("verilator", "g++")
+def test_any_layer_stack_equals_qsnn_sim(name, digits, tmp_path):
+    net, x, lanes = stack_net(name, digits)
+    out = write_target("fpga", net, tmp_path / "fpga", lanes=lanes)
+    assert json.loads((out / "manifest.json").read_text())["rtl"]["supported"] is True
+    checked = hdl_sim.check_folder(out)
+    sim = assert_core_equals_sim(hdl_sim.run_verilator(checked, x), checked.net, x)   # every layer, every step
+    assert all(int(z.sum()) > 0 for z in sim.spikes.values()), "a layer never spikes: the comparison is empty"
+    if name.startswith("saturate"):
+        assert sum(s.saturation_events for s in sim.layers) > 0
+
+
+@pytest.mark.slow   # builds the core with Icarus
+@pytest.mark.hdl("iverilog", "vvp")
+def test_icarus_runs_a_strided_padded_stack(digits, tmp_path):
+    net, x, lanes = stack_net("stride3-k2-pad4-pool", digits)
+    checked = hdl_sim.check_folder(write_target("fpga", net, tmp_path / "fpga", lanes=lanes))
+    assert_core_equals_sim(hdl_sim.run_icarus(checked, x[:2]), net, x[:2])
+
+
+@pytest.mark.parametrize("name", ["conv3-stride2-pad1", "stride3-k2-pad4-pool", "bits-2-and-8", "dense-3"])
+def test_stack_tables_carry_stride_and_padding(name, digits, tmp_path):
+    """read(write(net)) == net (stride, padding, weights, per-channel θ and b), spike for spike; the
+    manifest, README, C header and the core's header state every layer's stride and padding."""
+    net, x, lanes = stack_net(name, digits)
+    out = write_target("fpga", net, tmp_path / "fpga", lanes=lanes)
+    back = read_target(out)
+    for a, b in zip(net.layers, back.layers):
+        assert (a.kind, a.stride, a.padding, a.pool, a.current_shift) == (b.kind, b.stride, b.padding, b.pool,
+                                                                          b.current_shift)
+        assert np.array_equal(a.weight.astype(np.int64), b.weight.astype(np.int64))
+        assert np.array_equal(a.threshold, b.threshold) and np.array_equal(a.bias, b.bias)
+    ra, rb = simulate(net, x[:4], record=True), simulate(back, x[:4], record=True)
+    assert all(np.array_equal(ra.spikes[k], rb.spikes[k]) for k in ra.spikes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(r["stride"], r["padding"]) for r in manifest["layers"]] == [(la.stride, la.padding) for la in net.layers]
+    params = fpga_core.parse_header((out / "rtl" / "qsnn_params.vh").read_text())
+    assert params["L_S"] == [la.stride for la in net.layers] + [1]
+    assert params["L_PAD"] == [la.padding for la in net.layers] + [0]
+    header = (out / "qsnn_model.h").read_text()
+    for i, la in enumerate(net.layers, start=1):
+        assert f"#define QSNN_L{i}_STRIDE {la.stride}\n" in header and f"#define QSNN_L{i}_PADDING {la.padding}\n" in header
+
+
+def test_weights_wider_than_the_tables_are_refused_in_one_line(digits, tmp_path):
+    """8-bit weights under the 4-bit fpga profile: one line naming the layer, before any file is written."""
+    net, _, _ = stack_net("bits-2-and-8", digits)
+    narrow = dataclasses.replace(net, profile=FPGA)
+    with pytest.raises(ProfileError) as err:
+        write_target("fpga", narrow, tmp_path / "fpga")
+    msg = str(err.value)
+    assert "\n" not in msg and "layer 2 (l2)" in msg and "4-bit" in msg
+    assert not (tmp_path / "fpga").exists()
+
+
+# --------------------------------------------------------------------------------------------------
 # The memory order the README documents, read back without the writer's code
 
 

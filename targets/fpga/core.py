@@ -10,7 +10,8 @@ The core is one Verilog module for every network of its family; what a network n
   thresholds and biases, and the per-layer leak constant, in the core's order, loaded with
   ``$readmemh``.
 
-**The family**: conv layers (stride 1, no padding, p×p sum-pooling) followed by dense layers, under
+**The family**: conv layers (any stride s and zero padding, optional p×p sum-pooling) followed by
+dense layers, any depth, under
 a profile with the ``mul`` or ``shift`` leak, ``subtract`` or ``zero`` reset, ``saturate`` or
 ``wrap`` overflow, no synaptic delay and no weight exponent; input uint8 pixels (a static image)
 or event counts up to the encoding's clip (one frame per step; the input bus is input_max.bit_length() wide). :func:`family_problem` says why a network is not in it.
@@ -18,7 +19,9 @@ or event counts up to the encoding's clip (one frame per step; the input bus is 
 **Memory order** (a word holds ``PAR`` lanes, lane j = output channel ``g·PAR + j`` of channel
 group g, lane 0 in the least significant bits; ``G = ceil(O / PAR)`` groups, padding lanes zero):
 
-* weights, conv layer: word ``WBASE + ((ci·K + ky)·K + kx)·G + g`` holds ``W[g·PAR + j, ci, ky, kx]``;
+* weights, conv layer: word ``WBASE + ((ci·K + ky)·K + kx)·G + g`` holds ``W[g·PAR + j, ci, ky, kx]``
+  (stride and padding change no table: the core walks the taps ky = ky0, ky0 + s, ... of an input
+  row y with ky0 = (y + pad) mod s, reaching conv output row (y + pad − ky) / s);
 * weights, dense layer: word ``WBASE + g·ROWS + i`` holds ``W[g·PAR + j, n(i)]``, where i runs over
   the previous layer's neurons in the core's storage order, ``i = ((y·WO + x)·G' + g')·PAR + j'``
   (channel ``c' = g'·PAR + j'``; n(i) = ``(c'·H + y)·W + x`` is torch's flatten index; rows of padding
@@ -136,6 +139,27 @@ class CoreLayer:
     rows: int        # dense: input rows (0 for conv)
     acc_bound: int   # largest |synaptic sum| any weights and inputs can give
     shift: int       # s of cur = shl(acc, s)
+    stride: int = 1  # conv stride (1 for dense)
+    pad: int = 0     # zeros on every side of a conv's input (0 for dense)
+
+    # an input cell at row 0 (padded row pad): its first tap ky0 = pad mod s reaches conv output row
+    # pad div s, i.e. pooled row q0 = (pad div s) div p, remainder r0 = (pad div s) mod p
+    @property
+    def s0(self) -> int:
+        return self.pad % self.stride
+
+    @property
+    def q0(self) -> int:
+        return (self.pad // self.stride) // self.pool
+
+    @property
+    def r0(self) -> int:
+        return (self.pad // self.stride) % self.pool
+
+    @property
+    def t0(self) -> int:
+        """Accumulator word (relative to ABASE) of pooled output (q0, q0), channel group 0."""
+        return (self.q0 * self.wo + self.q0) * self.g
 
     @property
     def kg(self) -> int:
@@ -148,6 +172,14 @@ class CoreLayer:
     @property
     def wog(self) -> int:
         return self.wo * self.g
+
+    @property
+    def sg(self) -> int:
+        return self.stride * self.g
+
+    @property
+    def skg(self) -> int:
+        return self.stride * self.k * self.g
 
 
 @dataclass(frozen=True)
@@ -211,7 +243,7 @@ class CoreConfig:
     def widths(self) -> dict[str, int]:
         """Every localparam of the header, by name."""
         ls = self.layers
-        crd = max([self.in_shape[1], self.in_shape[2]] + [max(layer.hin, layer.win) for layer in ls])
+        crd = max([self.in_shape[1], self.in_shape[2]] + [max(layer.hin, layer.win) + layer.pad for layer in ls])
         return {
             "NL": len(ls), "PAR": self.lanes, "LOG2_PAR": self.log2_lanes, "LOG2_PAR_W": max(1, self.log2_lanes),
             "WB": self.weight_bits, "IN_BITS": self.in_bits, "STATIC_INPUT": int(self.static),
@@ -223,12 +255,15 @@ class CoreConfig:
             "RESET_ZERO": int(self.reset_zero), "LEAK_SHIFT": int(self.leak_shift),
             "LEAK_BITS": self.leak_bits, "LEAK_W": self.leak_w,
             "ACC_W": self.acc_w, "SUM_W": self.sum_w, "THR_W": self.thr_w, "BIAS_W": self.bias_w,
-            "W_DEPTH": self.w_depth, "W_AW": _bits(self.w_depth - 1),
+            "W_DEPTH": self.w_depth,
+            # (at least K_W: the tap offsets ky0, kx0 enter the weight address)
+            "W_AW": max(_bits(self.w_depth - 1), _bits(max(max(layer.k, layer.stride) for layer in self.layers))),
             "A_DEPTH": self.a_depth, "A_AW": _bits(self.a_depth - 1),
             "N_DEPTH": self.n_depth, "N_AW": _bits(self.n_depth - 1),
             "EV_DEPTH": self.ev_depth, "EV_AW": _bits(self.ev_depth - 1),
             "CRD_W": _bits(crd) + 1, "PW": _bits(max(layer.pool for layer in ls)),
-            "GW": _bits(max(layer.g for layer in ls) - 1), "K_W": _bits(max(layer.k for layer in ls)),
+            "GW": _bits(max(layer.g for layer in ls) - 1),
+            "K_W": _bits(max(max(layer.k, layer.stride) for layer in ls)),
             "CNT_W": _bits(self.num_steps), "CLS_W": _bits(self.num_classes - 1),
             "LYR_W": _bits(len(ls)), "STEP_W": _bits(self.num_steps - 1),
             "RD_AW": _bits(self.num_classes + 2 * len(ls)),
@@ -244,14 +279,19 @@ class CoreConfig:
             "L_NBASE": lambda layer: layer.nbase, "L_KG": lambda layer: layer.kg,
             "L_KKG": lambda layer: layer.kkg, "L_WOG": lambda layer: layer.wog, "L_ROWS": lambda layer: layer.rows,
             "L_SHIFT": lambda layer: layer.shift & 0xFFFFFFFF,       # 32-bit two's complement
+            "L_S": lambda layer: layer.stride, "L_PAD": lambda layer: layer.pad,
+            "L_SG": lambda layer: layer.sg, "L_SKG": lambda layer: layer.skg,
+            "L_S0": lambda layer: layer.s0, "L_Q0": lambda layer: layer.q0, "L_R0": lambda layer: layer.r0,
+            "L_T0": lambda layer: layer.t0,
         }
-        inert = {"L_POOL": 1, "L_G": 1, "L_K": 1}
+        inert = {"L_POOL": 1, "L_G": 1, "L_K": 1, "L_S": 1}
         return {name: [f(layer) for layer in self.layers] + [inert.get(name, 0)] for name, f in fields.items()}
 
     def record(self) -> dict[str, Any]:
         """The manifest's description of the core configuration."""
         return {"params": self.widths(), "layers": [
-            {**{k: v for k, v in asdict(layer).items()}, "kg": layer.kg, "kkg": layer.kkg, "wog": layer.wog}
+            {**{k: v for k, v in asdict(layer).items()}, "kg": layer.kg, "kkg": layer.kkg, "wog": layer.wog,
+             "sg": layer.sg, "skg": layer.skg, "s0": layer.s0, "q0": layer.q0, "r0": layer.r0, "t0": layer.t0}
             for layer in self.layers]}
 
 
@@ -293,7 +333,7 @@ def core_config(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits: in
             name=layer.name, conv=layer.kind == "conv", cin=int(shape[0]) if layer.kind == "conv" else layer.in_channels,
             hin=hin_, win=win_, k=layer.kernel, pool=layer.pool if layer.kind == "conv" else 1, ho=ho, wo=wo, o=o, g=g,
             nw=nw, abase=abase, wbase=wbase, wdepth=wdepth, nbase=nbase, rows=rows, acc_bound=acc_bound,
-            shift=int(layer.current_shift)))
+            shift=int(layer.current_shift), stride=int(layer.stride), pad=int(layer.padding)))
         abase += nw
         wbase += wdepth
         nbase += g

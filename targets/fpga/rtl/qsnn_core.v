@@ -1,7 +1,7 @@
 // qsnn_core.v -- the qsnn reference FPGA core: an event-driven, time-multiplexed integer LIF engine.
 //
-// One core runs any network qsnn compiles for the `fpga` profile (conv + sum-pool + LIF layers, then
-// dense + LIF layers). Everything network-specific comes from two kinds of generated files:
+// One core runs any network qsnn compiles for the `fpga` profile (conv layers of any stride and zero
+// padding, each with optional sum-pooling, then dense layers, all with LIF neurons; any depth). Everything network-specific comes from two kinds of generated files:
 //
 //   qsnn_params.vh       sizes, bit widths and current shifts (included below; written by
 //                        `qsnn-export --to fpga`)
@@ -13,7 +13,7 @@
 //
 // The integer step of every neuron (qsnn/profiles.py, profile fpga), c its output channel:
 //
-//   acc_t = sumpool_p( W (*) z_in,t )               event-driven scatter, exact
+//   acc_t = sumpool_p( W (*)_{s,pad} z_in,t )       event-driven scatter, exact
 //   cur_t = shl(acc_t, s)                           s < 0: arithmetic right shift (floor)
 //   r_t   = [u_{t-1} > theta_c]                     reset decided by the previous step
 //   u_t   = sat( (m*u_{t-1}) >>> F + cur_t + b_c - r_t*theta_c )      leak "mul", reset "subtract"
@@ -28,6 +28,10 @@
 //   scatter  for every input event of the layer (an input pixel/event count from the host, or a
 //            spike of the previous layer) and every kernel tap that reaches a pooled output,
 //            acc[y', x', g] += W[ci, ky, kx, g] * value for the PAR channels of group g:
+//            an input (y, x) feeds conv output (oy, ox) through tap (ky, kx) where
+//            oy*s - pad + ky = y, i.e. ky = ky0, ky0 + s, ... with ky0 = (y + pad) mod s and
+//            oy = (y + pad) div s, one less per step (the zero padding costs nothing:
+//            a padded cell is never an event); the pooled output is (oy div p, ox div p).
 //            one read-modify-write of PAR accumulators per cycle (pipelined, forwarding).
 //            Only spikes that occurred are processed; for a static image the first layer's
 //            sums are computed once, at t = 0, and kept.
@@ -95,13 +99,15 @@ module qsnn_core (clk, rst, start, busy, done, pred,
   localparam L0_POOL = L_POOL[31:0];
   localparam L0_WO   = L_WO[31:0];
   localparam L0_G    = L_G[31:0];
+  localparam L0_S    = L_S[31:0];
+  localparam L0_PAD  = L_PAD[31:0];
 
-  // event buffer entry: {mask, tgt, xr, yr, xq, yq, x, y, gp, q}
+  // event buffer entry: {mask, tgt, xr, yr, xq, yq, kx0, ky0, gp, q}
   localparam E_Q    = 0;
   localparam E_GP   = E_Q + A_AW;
-  localparam E_Y    = E_GP + GW;
-  localparam E_X    = E_Y + CRD_W;
-  localparam E_YQ   = E_X + CRD_W;
+  localparam E_KY   = E_GP + GW;
+  localparam E_KX   = E_KY + K_W;
+  localparam E_YQ   = E_KX + K_W;
   localparam E_XQ   = E_YQ + CRD_W;
   localparam E_YR   = E_XQ + CRD_W;
   localparam E_XR   = E_YR + PW;
@@ -233,9 +239,16 @@ module qsnn_core (clk, rst, start, busy, done, pred,
   wire [31:0] c_kkg   = lsel(L_KKG, lyr);
   wire [31:0] c_wog   = lsel(L_WOG, lyr);
   wire [31:0] c_rows  = lsel(L_ROWS, lyr);
+  wire [31:0] c_s     = lsel(L_S, lyr);
+  wire [31:0] c_sg    = lsel(L_SG, lyr);
+  wire [31:0] c_skg   = lsel(L_SKG, lyr);
   wire [31:0] n_pool  = lsel(L_POOL, nxt);
   wire [31:0] n_g     = lsel(L_G, nxt);
   wire [31:0] n_wog   = lsel(L_WOG, nxt);
+  wire [31:0] n_s     = lsel(L_S, nxt);
+  wire [31:0] n_s0    = lsel(L_S0, nxt);
+  wire [31:0] n_q0    = lsel(L_Q0, nxt);
+  wire [31:0] n_r0    = lsel(L_R0, nxt);
   wire        last_layer = (lyr == NL - 1);
   wire        keep_acc   = STATIC_INPUT && (lyr == 0);      // a static image's sums stay all T steps
 
@@ -247,12 +260,13 @@ module qsnn_core (clk, rst, start, busy, done, pred,
 
   reg [A_AW-1:0]    ev_q, ev_tgt;
   reg [GW-1:0]      ev_gp;
-  reg [CRD_W-1:0]   ev_y, ev_x, ev_yq, ev_xq;
+  reg [K_W-1:0]     ev_ky0, ev_kx0;
+  reg [CRD_W-1:0]   ev_yq, ev_xq;
   reg [PW-1:0]      ev_yr, ev_xr;
   reg [PAR-1:0]     ev_mask;                    // lanes (input channels) still to process
   reg [IN_BITS-1:0] ev_val;
 
-  reg [K_W-1:0]     ky, kx, ky_last, kx_last;
+  reg [K_W-1:0]     ky, kx;
   reg [GW-1:0]      g;
   reg [CRD_W-1:0]   pyq, pxq;
   reg [PW-1:0]      pyr, pxr;
@@ -262,10 +276,16 @@ module qsnn_core (clk, rst, start, busy, done, pred,
   // host beat → event fields (constants of the first layer)
   wire [31:0] h_flat = umul({{(32-IN_CW){1'b0}}, in_c}, IN_H * IN_W)
                      + umul({{(32-IN_YW){1'b0}}, in_y}, IN_W) + in_x;
-  wire [31:0] h_yq   = in_y / L0_POOL;
-  wire [31:0] h_xq   = in_x / L0_POOL;
-  wire [31:0] h_yr   = in_y % L0_POOL;
-  wire [31:0] h_xr   = in_x % L0_POOL;
+  wire [31:0] h_yp   = in_y + L0_PAD;               // the row in the zero-padded input
+  wire [31:0] h_xp   = in_x + L0_PAD;
+  wire [31:0] h_oy   = h_yp / L0_S;                  // the conv output row of tap ky0
+  wire [31:0] h_ox   = h_xp / L0_S;
+  wire [31:0] h_ky0  = h_yp % L0_S;
+  wire [31:0] h_kx0  = h_xp % L0_S;
+  wire [31:0] h_yq   = h_oy / L0_POOL;
+  wire [31:0] h_xq   = h_ox / L0_POOL;
+  wire [31:0] h_yr   = h_oy % L0_POOL;
+  wire [31:0] h_xr   = h_ox % L0_POOL;
   wire [31:0] h_tgt  = umul(umul(h_yq, L0_WO) + h_xq, L0_G);
   wire [31:0] h_sel  = L0_CONV ? {{(32-IN_CW){1'b0}}, in_c} : h_flat;   // channel, or dense row
   wire [31:0] h_lane = h_sel & (PAR - 1);
@@ -282,22 +302,28 @@ module qsnn_core (clk, rst, start, busy, done, pred,
                              : src_buf ? (c_conv ? ev_rd[E_GP +: GW] : ev_rd[E_Q +: A_AW])
                              : (c_conv ? ev_gp : ev_q);
   wire [31:0]        su_sel  = (su_gq << LOG2_PAR) | su_lane;          // input channel ci or dense row i
-  wire [CRD_W-1:0]   su_y    = src_host ? in_y : src_buf ? ev_rd[E_Y +: CRD_W] : ev_y;
-  wire [CRD_W-1:0]   su_x    = src_host ? in_x : src_buf ? ev_rd[E_X +: CRD_W] : ev_x;
+  wire [K_W-1:0]     su_ky0  = src_host ? h_ky0[K_W-1:0] : src_buf ? ev_rd[E_KY +: K_W] : ev_ky0;
+  wire [K_W-1:0]     su_kx0  = src_host ? h_kx0[K_W-1:0] : src_buf ? ev_rd[E_KX +: K_W] : ev_kx0;
   wire [CRD_W-1:0]   su_yq   = src_host ? h_yq[CRD_W-1:0] : src_buf ? ev_rd[E_YQ +: CRD_W] : ev_yq;
   wire [CRD_W-1:0]   su_xq   = src_host ? h_xq[CRD_W-1:0] : src_buf ? ev_rd[E_XQ +: CRD_W] : ev_xq;
   wire [PW-1:0]      su_yr   = src_host ? h_yr[PW-1:0] : src_buf ? ev_rd[E_YR +: PW] : ev_yr;
   wire [PW-1:0]      su_xr   = src_host ? h_xr[PW-1:0] : src_buf ? ev_rd[E_XR +: PW] : ev_xr;
   wire [A_AW-1:0]    su_tgt  = src_host ? h_tgt[A_AW-1:0] : src_buf ? ev_rd[E_TGT +: A_AW] : ev_tgt;
-  wire [W_AW-1:0]    su_wrow = c_conv ? (c_wbase[W_AW-1:0] + umulw(su_sel[W_AW-1:0], c_kkg[W_AW-1:0]))
+  wire [W_AW-1:0]    su_wrow = c_conv ? (c_wbase[W_AW-1:0] + umulw(su_sel[W_AW-1:0], c_kkg[W_AW-1:0])
+                                        + umulw({{(W_AW-K_W){1'b0}}, su_ky0}, c_kg[W_AW-1:0])
+                                        + umulw({{(W_AW-K_W){1'b0}}, su_kx0}, c_g[W_AW-1:0]))
                              : (c_wbase[W_AW-1:0] + su_sel[W_AW-1:0]);
 
   // tap validity and the loop's end conditions
-  wire row_ok   = (pyq < c_ho);
-  wire col_ok   = (pxq < c_wo);
+  // (a tap is inside the kernel and reaches a pooled output; the last tap of a row or column is
+  // the last one inside the kernel, or the one that reaches conv output 0)
+  wire [31:0] ky32 = {{(32-K_W){1'b0}}, ky};
+  wire [31:0] kx32 = {{(32-K_W){1'b0}}, kx};
+  wire row_ok   = (pyq < c_ho) && (ky32 < c_k);
+  wire col_ok   = (pxq < c_wo) && (kx32 < c_k);
   wire g_last   = (g == c_g - 1);
-  wire kx_end   = (kx == kx_last);
-  wire ky_end   = (ky == ky_last);
+  wire kx_end   = (kx32 + c_s >= c_k) || (pxq == {CRD_W{1'b0}} && pxr == {PW{1'b0}});
+  wire ky_end   = (ky32 + c_s >= c_k) || (pyq == {CRD_W{1'b0}} && pyr == {PW{1'b0}});
   // this cycle issues a read-modify-write of PAR accumulators
   wire issue    = (state == S_TAPS) && (!c_conv || (row_ok && col_ok));
   // the current lane is finished after this cycle
@@ -316,6 +342,7 @@ module qsnn_core (clk, rst, start, busy, done, pred,
   reg [CRD_W-1:0]   ux, uy;
   reg [CRD_W-1:0]   nyq, nxq;
   reg [PW-1:0]      nyr, nxr;
+  reg [K_W-1:0]     nys, nxs;                   // (y + pad) mod s of the next layer
   reg [A_AW-1:0]    ntrow, ntgt;
 
   // stage-1 registers of the two pipelines
@@ -329,7 +356,8 @@ module qsnn_core (clk, rst, start, busy, done, pred,
   reg               u1_valid;
   reg [A_AW-1:0]    u1_addr, u1_w, u1_ntgt;
   reg [GW-1:0]      u1_g;
-  reg [CRD_W-1:0]   u1_y, u1_x, u1_nyq, u1_nxq;
+  reg [K_W-1:0]     u1_nys, u1_nxs;
+  reg [CRD_W-1:0]   u1_nyq, u1_nxq;
   reg [PW-1:0]      u1_nyr, u1_nxr;
 
   // memory read ports (registered)
@@ -424,8 +452,8 @@ module qsnn_core (clk, rst, start, busy, done, pred,
   wire [EV_W-1:0]      ev_wdata;
   assign ev_wdata[E_Q +: A_AW]    = u1_w;
   assign ev_wdata[E_GP +: GW]     = u1_g;
-  assign ev_wdata[E_Y +: CRD_W]   = u1_y;
-  assign ev_wdata[E_X +: CRD_W]   = u1_x;
+  assign ev_wdata[E_KY +: K_W]    = u1_nys;
+  assign ev_wdata[E_KX +: K_W]    = u1_nxs;
   assign ev_wdata[E_YQ +: CRD_W]  = u1_nyq;
   assign ev_wdata[E_XQ +: CRD_W]  = u1_nxq;
   assign ev_wdata[E_YR +: PW]     = u1_nyr;
@@ -489,6 +517,20 @@ module qsnn_core (clk, rst, start, busy, done, pred,
                    : (state == S_UPD || state == S_UPDEND) ? 2'd2
                    : (state == S_IDLE || state == S_DONE) ? 2'd0 : 2'd3;
 
+  // set-up of an update phase whose spikes feed layer nl (the event coordinates of its first neuron,
+  // (0, 0): the row/column pad in layer nl's padded input)
+  task upd_setup;
+    input [LYR_W-1:0] nl;
+    begin
+      uw <= {A_AW{1'b0}}; ug <= {GW{1'b0}}; ux <= {CRD_W{1'b0}}; uy <= {CRD_W{1'b0}};
+      nys <= lsel(L_S0, nl); nxs <= lsel(L_S0, nl);
+      nyq <= lsel(L_Q0, nl); nxq <= lsel(L_Q0, nl);
+      nyr <= lsel(L_R0, nl); nxr <= lsel(L_R0, nl);
+      ntrow <= lsel(L_T0, nl); ntgt <= lsel(L_T0, nl);
+      ev_n <= {(EV_AW+1){1'b0}};
+    end
+  endtask
+
   // the first state of layer L's scatter at step T_
   function [3:0] layer_entry;
     input first;             // layer 0?
@@ -511,8 +553,8 @@ module qsnn_core (clk, rst, start, busy, done, pred,
     u1_addr  <= c_abase + uw;
     u1_w     <= uw;
     u1_g     <= ug;
-    u1_y     <= uy;
-    u1_x     <= ux;
+    u1_nys   <= nys;
+    u1_nxs   <= nxs;
     u1_nyq   <= nyq;
     u1_nxq   <= nxq;
     u1_nyr   <= nyr;
@@ -569,10 +611,7 @@ module qsnn_core (clk, rst, start, busy, done, pred,
         end
 
         S_DRAIN: begin
-          uw <= {A_AW{1'b0}}; ug <= {GW{1'b0}}; ux <= {CRD_W{1'b0}}; uy <= {CRD_W{1'b0}};
-          nyq <= {CRD_W{1'b0}}; nxq <= {CRD_W{1'b0}}; nyr <= {PW{1'b0}}; nxr <= {PW{1'b0}};
-          ntrow <= {A_AW{1'b0}}; ntgt <= {A_AW{1'b0}};
-          ev_n  <= {(EV_AW+1){1'b0}};
+          upd_setup(nxt);
           state <= S_UPD;
         end
 
@@ -582,27 +621,37 @@ module qsnn_core (clk, rst, start, busy, done, pred,
           if (ug != c_g - 1) ug <= ug + 1'b1;
           else begin
             ug <= {GW{1'b0}};
+            // (x + pad) mod s, then (x + pad) div s mod p, then its div p: the next layer's
+            // coordinates of this neuron's spike (likewise for y at the end of a row)
             if (ux != c_wo - 1) begin
               ux <= ux + 1'b1;
-              if (nxr != n_pool - 1) nxr <= nxr + 1'b1;
+              if (nxs != n_s - 1) nxs <= nxs + 1'b1;
               else begin
-                nxr  <= {PW{1'b0}};
-                nxq  <= nxq + 1'b1;
-                ntgt <= ntgt + n_g[A_AW-1:0];
+                nxs <= {K_W{1'b0}};
+                if (nxr != n_pool - 1) nxr <= nxr + 1'b1;
+                else begin
+                  nxr  <= {PW{1'b0}};
+                  nxq  <= nxq + 1'b1;
+                  ntgt <= ntgt + n_g[A_AW-1:0];
+                end
               end
             end else begin
               ux  <= {CRD_W{1'b0}};
               uy  <= uy + 1'b1;
-              nxq <= {CRD_W{1'b0}};
-              nxr <= {PW{1'b0}};
-              if (nyr != n_pool - 1) begin
-                nyr  <= nyr + 1'b1;
-                ntgt <= ntrow;
-              end else begin
-                nyr   <= {PW{1'b0}};
-                nyq   <= nyq + 1'b1;
-                ntrow <= ntrow + n_wog[A_AW-1:0];
-                ntgt  <= ntrow + n_wog[A_AW-1:0];
+              nxs <= n_s0[K_W-1:0];
+              nxq <= n_q0[CRD_W-1:0];
+              nxr <= n_r0[PW-1:0];
+              ntgt <= ntrow;
+              if (nys != n_s - 1) nys <= nys + 1'b1;
+              else begin
+                nys <= {K_W{1'b0}};
+                if (nyr != n_pool - 1) nyr <= nyr + 1'b1;
+                else begin
+                  nyr   <= {PW{1'b0}};
+                  nyq   <= nyq + 1'b1;
+                  ntrow <= ntrow + n_wog[A_AW-1:0];
+                  ntgt  <= ntrow + n_wog[A_AW-1:0];
+                end
               end
             end
           end
@@ -616,11 +665,8 @@ module qsnn_core (clk, rst, start, busy, done, pred,
             lyr   <= nxt;
             state <= layer_entry(1'b0, t, ev_n != 0);
             if (ev_n == 0) begin
-              // an update without scatter: same set-up as S_DRAIN
-              uw <= {A_AW{1'b0}}; ug <= {GW{1'b0}}; ux <= {CRD_W{1'b0}}; uy <= {CRD_W{1'b0}};
-              nyq <= {CRD_W{1'b0}}; nxq <= {CRD_W{1'b0}}; nyr <= {PW{1'b0}}; nxr <= {PW{1'b0}};
-              ntrow <= {A_AW{1'b0}}; ntgt <= {A_AW{1'b0}};
-              ev_n <= {(EV_AW+1){1'b0}};
+              // an update without scatter: same set-up as S_DRAIN, for the layer after nxt
+              upd_setup(nxt + 1'b1);
             end
           end else if (t == NUM_STEPS - 1) begin
             cls   <= {{CLS_W{1'b0}}, 1'b1};
@@ -632,10 +678,7 @@ module qsnn_core (clk, rst, start, busy, done, pred,
             lyr   <= {LYR_W{1'b0}};
             state <= layer_entry(1'b1, t + 1'b1, 1'b0);
             if (STATIC_INPUT) begin
-              uw <= {A_AW{1'b0}}; ug <= {GW{1'b0}}; ux <= {CRD_W{1'b0}}; uy <= {CRD_W{1'b0}};
-              nyq <= {CRD_W{1'b0}}; nxq <= {CRD_W{1'b0}}; nyr <= {PW{1'b0}}; nxr <= {PW{1'b0}};
-              ntrow <= {A_AW{1'b0}}; ntgt <= {A_AW{1'b0}};
-              ev_n <= {(EV_AW+1){1'b0}};
+              upd_setup({{(LYR_W-1){1'b0}}, 1'b1});     // layer 0's update: layer 1's coordinates
             end
           end
         end
@@ -661,15 +704,13 @@ module qsnn_core (clk, rst, start, busy, done, pred,
         if (state != S_TAPS) begin
           ev_q  <= su_gq[A_AW-1:0];
           ev_gp <= su_gq[GW-1:0];
-          ev_y  <= su_y;   ev_x  <= su_x;
+          ev_ky0 <= su_ky0; ev_kx0 <= su_kx0;
           ev_yq <= su_yq;  ev_xq <= su_xq;
           ev_yr <= su_yr;  ev_xr <= su_xr;
           ev_tgt <= su_tgt;
         end
         ev_mask <= su_mask & ~({{(PAR-1){1'b0}}, 1'b1} << su_lane);
-        ky <= {K_W{1'b0}}; kx <= {K_W{1'b0}}; g <= {GW{1'b0}};
-        ky_last <= (su_y < c_k - 1) ? su_y : c_k - 1;
-        kx_last <= (su_x < c_k - 1) ? su_x : c_k - 1;
+        ky <= su_ky0; kx <= su_kx0; g <= {GW{1'b0}};
         pyq <= su_yq; pyr <= su_yr;
         pxq <= su_xq; pxr <= su_xr;
         a_row <= c_conv ? c_abase[A_AW-1:0] + su_tgt : c_abase[A_AW-1:0];
@@ -685,8 +726,8 @@ module qsnn_core (clk, rst, start, busy, done, pred,
           g <= g + 1'b1;
         end else if (row_ok && !kx_end) begin
           g     <= {GW{1'b0}};
-          kx    <= kx + 1'b1;
-          w_tap <= w_tap + c_g[W_AW-1:0];
+          kx    <= kx + c_s[K_W-1:0];
+          w_tap <= w_tap + c_sg[W_AW-1:0];
           if (pxr == 0) begin
             pxr   <= c_pool[PW-1:0] - 1'b1;
             pxq   <= pxq - 1'b1;
@@ -695,10 +736,10 @@ module qsnn_core (clk, rst, start, busy, done, pred,
         end else begin
           // next kernel row (this one is done, or lies outside the pooled area)
           g     <= {GW{1'b0}};
-          kx    <= {K_W{1'b0}};
-          ky    <= ky + 1'b1;
-          w_row <= w_row + c_kg[W_AW-1:0];
-          w_tap <= w_row + c_kg[W_AW-1:0];
+          kx    <= ev_kx0;
+          ky    <= ky + c_s[K_W-1:0];
+          w_row <= w_row + c_skg[W_AW-1:0];
+          w_tap <= w_row + c_skg[W_AW-1:0];
           pxq   <= ev_xq;
           pxr   <= ev_xr;
           if (pyr == 0) begin
