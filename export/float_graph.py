@@ -549,6 +549,10 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
         theta = float(np.asarray(g.const(theta_node.input[1])).item())
         beta = float(np.asarray(beta).item())
         want_beta, want_theta = li.get("beta", meta["beta"]), li.get("threshold", meta["threshold"])
+        if i == 0 and not (np.float32(meta["beta"]) == np.float32(beta) and np.float32(meta["threshold"]) == np.float32(theta)):
+            # the top-level β and θ are the first layer's (what readers of version 1 see)
+            raise ExportError(f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata's top-level "
+                              f"beta/threshold say β={meta['beta']}, θ={meta['threshold']}; the file was edited")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (want_beta, want_theta)) \
                 or not (np.float32(beta) == np.float32(want_beta) and np.float32(theta) == np.float32(want_theta)):
             raise ExportError(f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata says "
