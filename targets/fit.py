@@ -54,16 +54,16 @@ class Limits:
 
 
 def folded_fan_in(layer: IntegerLayer) -> int:
-    """Synapses into one neuron when p×p sum-pooling is folded into a stride-p kernel."""
+    """Synapses into one neuron when p×p sum-pooling is folded into the kernel (side k+s(p−1), stride s·p)."""
     if layer.kind == "dense":
         return layer.fan_in
-    side = layer.kernel + layer.pool - 1
+    side = layer.kernel + layer.stride * (layer.pool - 1)
     return layer.in_channels * side * side
 
 
-def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
+def unfold_pool(folded: np.ndarray, pool: int, stride: int = 1) -> np.ndarray:
     """Inverse of :func:`fold_pool` (exact): the box sum is separable, and along one axis
-    ``y[a] = Σ_{i<p} x[a−i]`` gives ``x[a] = y[a] − Σ_{i=1}^{p−1} x[a−i]``.
+    ``y[a] = Σ_{i<p} x[a−s·i]`` gives ``x[a] = y[a] − Σ_{i=1}^{p−1} x[a−s·i]`` (s: the conv's stride).
 
     Raises ValueError if ``folded`` is not the fold of any kernel.
     """
@@ -71,19 +71,21 @@ def unfold_pool(folded: np.ndarray, pool: int) -> np.ndarray:
     if pool == 1:
         return f
     side = f.shape[2]
-    k = side - pool + 1
+    k = side - stride * (pool - 1)
+    if k < 1:
+        raise ValueError("not a pooled kernel")
 
     def along(y: np.ndarray, axis: int) -> np.ndarray:
         y = np.moveaxis(y, axis, 0)
         x = np.zeros_like(y)
         for a in range(side):
-            x[a] = y[a] - sum(x[a - i] for i in range(1, pool) if a - i >= 0)
+            x[a] = y[a] - sum(x[a - stride * i] for i in range(1, pool) if a - stride * i >= 0)
         if np.any(x[k:]):
             raise ValueError("not a pooled kernel")
         return np.moveaxis(x[:k], 0, axis)
 
     w = along(along(f, 2), 3)
-    if not np.array_equal(fold_pool(w, pool), f):
+    if not np.array_equal(fold_pool(w, pool, stride=stride), f):
         raise ValueError("not a pooled kernel")
     return w
 
@@ -106,7 +108,7 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
         w = np.asarray(layer.weight, dtype=np.int64)
         folded = limits.fold_pool and layer.kind == "conv" and layer.pool > 1
         if folded:
-            w = fold_pool(w, layer.pool)
+            w = fold_pool(w, layer.pool, stride=layer.stride)
         wmax = (1 << (limits.weight_bits - 1)) - 1
         big = int(np.abs(w).max(initial=0))
         if big > wmax:

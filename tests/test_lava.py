@@ -63,6 +63,53 @@ def test_lava_equals_qsnn_sim_on_every_layer_and_step(lava_python, loihi2_folder
     assert np.array_equal(sim.counts, lava["counts"])
 
 
+@pytest.fixture(scope="module")
+def stack_folders(lava_python, tmp_path_factory):
+    """Hand-built loihi2 networks of other shapes (test_targets.STACKS) written as loihi2 folders."""
+    from test_targets import STACKS, images, stack_net
+
+    from qsnn.profiles import LOIHI2
+    from qsnn.targets import write_target
+
+    root = tmp_path_factory.mktemp("lava-stacks")
+    x = images(4, seed=3)
+    return x, {name: write_target("loihi2", stack_net(LOIHI2, name, seed=6, num_steps=12), root / name, example=x[0])
+               for name in STACKS}
+
+
+@pytest.mark.parametrize("stack", ["conv3_s2p1", "s3p2_pool3", "dense2", "dense3", "four", "w8"])
+def test_lava_runs_any_stack_bit_exactly(lava_python, stack_folders, stack):
+    """Conv stride and zero padding (netx's own conv fields; with pooling folded in: kernel k+s(P−1), stride
+    s·P), dense-only nets (input → flatten → dense), four layers, 8-bit weights: every layer's spikes at
+    every step equal to qsnn-sim's (and to the literal reference simulator's)."""
+    from qsnn.sim.reference import simulate_reference
+
+    x, folders = stack_folders
+    folder = folders[stack]
+    net = read_target(folder)
+    lava = lava_env.run_folder(folder, x, python=lava_python)
+    sim = simulate(net, x, record=True)
+    ref = simulate_reference(net, x)
+    assert sorted(lava) == sorted([*sim.spikes, "counts", "predictions", "seconds"])
+    for key in sim.spikes:
+        assert np.array_equal(sim.spikes[key], ref[key]), key
+        assert np.array_equal(sim.spikes[key], lava[key]), (stack, key, compare(sim.spikes, lava, sim.predictions))
+        assert sim.spikes[key].any(), key                  # every layer is active: the comparison says something
+    assert np.array_equal(sim.predictions, lava["predictions"])
+
+
+def test_readme_snippet_of_a_dense_only_net(lava_python, stack_folders):
+    """A dense-only net's input port is the flat (C·H·W,) vector: the README's snippet feeds it so."""
+    _, folders = stack_folders
+    folder = folders["dense2"]
+    snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    assert "x.reshape(-1, 1)" in snippet
+    proc = subprocess.run([str(lava_python), "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = simulate(read_target(folder), np.load(folder / "example_input.npy")[None]).predictions[0]
+    assert f"predicted class: {int(expected)}" in proc.stdout
+
+
 def test_readme_snippet_runs_unedited_and_prints_the_class(lava_python, loihi2_folder):
     readme = (loihi2_folder / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)

@@ -57,6 +57,52 @@ def tiny_net(profile=FPGA, seed: int = 0, *, uniform_theta: bool = False, num_st
                           {"dataset": "hand-built", "seed": seed})
 
 
+#: Hand-built layer stacks on a 1×14×14 input: ("conv", out, k, stride, padding, pool) or ("dense", out).
+STACKS = {
+    "dense2": [("dense", 32), ("dense", 3)],
+    "dense3": [("dense", 48), ("dense", 24), ("dense", 3)],
+    "conv3_s2p1": [("conv", 4, 3, 2, 1, 1), ("conv", 6, 3, 2, 1, 2), ("conv", 8, 3, 1, 1, 1), ("dense", 3)],
+    "four": [("conv", 4, 3, 1, 0, 2), ("conv", 8, 3, 1, 0, 1), ("dense", 16), ("dense", 3)],
+    "w8": [("conv", 6, 3, 2, 1, 1), ("dense", 24), ("dense", 3)],      # 8-bit weights (see stack_net)
+    # stride 3, padding 2, then 3×3 pooling of a 5×5 map (the last 2 rows/columns dropped, as torch does)
+    "s3p2_pool3": [("conv", 4, 5, 3, 2, 1), ("conv", 6, 3, 1, 1, 3), ("dense", 3)],
+}
+
+
+def stack_net(profile, stack: str, seed: int = 0, *, num_steps: int = 6) -> IntegerNetwork:
+    """The hand-built network ``STACKS[stack]`` with random integers that fit ``profile`` (``w8``: ±127
+    weights, on an 8-bit profile), per-channel thresholds sized to each layer's typical current so
+    that every layer spikes on random pixels, per-channel biases. The current shift is 6 under loihi2
+    (Lava's fixed a_in << 6); elsewhere it is 1 with odd thresholds and even biases, so that no
+    membrane sits exactly on its threshold (a real-valued NIR consumer then decides every spike as
+    the integer network does, instead of by float32 rounding)."""
+    rng = np.random.default_rng(seed)
+    loihi = profile.leak == "loihi"
+    wmax = 127 if stack == "w8" else 7
+    if profile.weight_max < wmax:      # 8-bit weights on pixels need a wider membrane than the fpga's int16
+        profile = profile.replace(weight_bits=8, membrane_bits=24, threshold_bits=24, bias_bits=24)
+    shift = 6 if loihi else 1
+    step, bstep = 1 << profile.threshold_shift, max(1 << profile.bias_shift, 2)
+    shape: tuple[int, ...] = (1, 14, 14)
+    x_rms, layers = 147.0, []                      # uint8 pixels, then spikes (a low rate: every layer fires)
+    for i, entry in enumerate(STACKS[stack], start=1):
+        kind, out = entry[0], entry[1]
+        stride, padding, pool = entry[3:] if kind == "conv" else (1, 0, 1)
+        wshape = (out, shape[0], entry[2], entry[2]) if kind == "conv" else (out, int(np.prod(shape)))
+        w = rng.integers(-wmax, wmax + 1, size=wshape).astype(np.int8)
+        typical = wmax / np.sqrt(3) * np.sqrt(np.prod(wshape[1:])) * pool * x_rms * 2.0 ** shift
+        theta = np.maximum((typical * rng.uniform(0.6, 1.4, out)).astype(np.int64) // step * step, step)
+        theta = theta if loihi else theta // 2 * 2 + 1
+        bias = (typical * rng.uniform(-0.2, 0.2, out)).clip(-profile.bias_max, profile.bias_max).astype(np.int64)
+        bias = bias // bstep * bstep
+        layer = IntegerLayer(f"{kind}{i}", kind, w, pool, shift, theta, bias, 700 if loihi else 3400,
+                             rng.uniform(1e-3, 1e-2, out), stride=stride, padding=padding)
+        shape, x_rms = layer.output_shape(shape), np.sqrt(0.05)
+        layers.append(layer)
+    return IntegerNetwork(tuple(layers), profile, (1, 14, 14), num_steps, "static", ("a", "b", "c"),
+                          {"dataset": "hand-built", "stack": stack, "seed": seed})
+
+
 def images(n: int = 24, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 1, 14, 14)).astype(np.uint8)
 
@@ -67,8 +113,8 @@ def assert_same_network(a: IntegerNetwork, b: IntegerNetwork) -> None:
     assert (a.num_steps, a.encoding, tuple(a.classes)) == (b.num_steps, b.encoding, tuple(b.classes))
     assert len(a.layers) == len(b.layers)
     for la, lb in zip(a.layers, b.layers):
-        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.leak_const) == \
-               (lb.name, lb.kind, lb.pool, lb.current_shift, lb.weight_exp, lb.leak_const)
+        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.leak_const, la.stride, la.padding) == \
+               (lb.name, lb.kind, lb.pool, lb.current_shift, lb.weight_exp, lb.leak_const, lb.stride, lb.padding)
         assert la.weight.shape == lb.weight.shape
         assert np.array_equal(la.weight.astype(np.int64), lb.weight.astype(np.int64))
         assert np.array_equal(la.threshold, lb.threshold)
@@ -98,6 +144,17 @@ def test_round_trip_hand_built(tmp_path, target, uniform):
     assert_same_network(net, back)
     assert_same_spikes(net, back, images())
     assert dict(back.metadata)["dataset"] == "hand-built"
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+@pytest.mark.parametrize("target,flavor", [("loihi2", None), ("nir", "standard"), ("nir", "spyx"), ("nir", "sinabs")])
+def test_round_trip_any_stack(tmp_path, target, flavor, stack):
+    """read(write(net)) == net for dense-only nets, conv stride/padding, 4 layers, 8-bit weights."""
+    net = stack_net(LOIHI2 if target == "loihi2" else FPGA, stack, seed=4)
+    options = {"flavor": flavor} if flavor else {}
+    back = read_target(write_target(target, net, tmp_path / "out", **options))
+    assert_same_network(net, back)
+    assert_same_spikes(net, back, images(8))
 
 
 def test_registry_lists_the_three_targets():
@@ -313,6 +370,48 @@ def test_loihi2_netx_layout(tmp_path):
     assert "input_message_bits=8" in readme and 'select_tag="fixed_pt"' in readme
 
 
+def test_loihi2_netx_stride_padding_and_dense_only(tmp_path):
+    """A conv of stride s, padding pad and P×P pooling is a netx conv of kernel k+s(P−1), stride s·P, padding
+    pad; a dense-only net is input → flatten → dense → dense."""
+    import h5py
+
+    net = stack_net(LOIHI2, "conv3_s2p1")
+    out = write_target("loihi2", net, tmp_path / "c")
+    with h5py.File(out / "network.net", "r") as f:
+        types = [f["layer"][k]["type"][()].decode() for k in sorted(f["layer"], key=int)]
+        assert types == ["input", "conv", "conv", "conv", "flatten", "dense"]
+        for key, layer, shape in zip(("1", "2", "3"), net.layers, net.shapes()):
+            g = f["layer"][key]
+            side = layer.kernel + layer.stride * (layer.pool - 1)
+            assert list(g["kernelSize"][()]) == [side, side]
+            assert list(g["stride"][()]) == [layer.stride * layer.pool] * 2
+            assert list(g["padding"][()]) == [layer.padding] * 2
+            assert list(g["shape"][()]) == list(shape)
+            assert np.array_equal(g["weight"][()], loihi2_target.fold_pool(layer.weight, layer.pool, stride=layer.stride))
+            # Lava's output side on the padded input equals the pooled conv's
+            h = (14 if key == "1" else net.shapes()[int(key) - 2][1])
+            assert (h + 2 * layer.padding - side) // (layer.stride * layer.pool) + 1 == shape[1]
+    rows = {r["name"]: r for r in read_manifest(out)["layers"]}
+    assert rows["conv2"]["netx_stride"] == [4, 4] and rows["conv2"]["netx_padding"] == [1, 1]
+    assert "| 4 / 1 |" in (out / "README.md").read_text()
+    dense = write_target("loihi2", stack_net(LOIHI2, "dense3"), tmp_path / "d")
+    with h5py.File(dense / "network.net", "r") as f:
+        types = [f["layer"][k]["type"][()].decode() for k in sorted(f["layer"], key=int)]
+        assert types == ["input", "flatten", "dense", "dense", "dense"]
+        assert list(f["layer/1/shape"][()]) == [196]
+
+
+def test_loihi2_reader_checks_stride_and_padding(tmp_path):
+    import h5py
+
+    out = write_target("loihi2", stack_net(LOIHI2, "conv3_s2p1"), tmp_path / "c")
+    os.chmod(out / "network.net", 0o644)
+    with h5py.File(out / "network.net", "r+") as f:
+        f["layer/2/padding"][...] = [0, 0]
+    with pytest.raises(ExportError, match=r"layer/2 has netx stride \[4, 4\] and padding \[0, 0\]"):
+        loihi2_target.read(out)
+
+
 @pytest.mark.parametrize("change, limit", [
     (dict(current_shift=4), "current shift 4"),                       # netx/Lava: always a_in << 6
     (dict(weight_exp=1), "weight exponent 1"),                        # no place for one in netx
@@ -357,6 +456,10 @@ def test_fold_unfold_pool_inverse():
         folded = loihi2_target.fold_pool(w, pool)
         assert folded.shape[2] == 4 + pool - 1
         assert np.array_equal(loihi2_target.unfold_pool(folded, pool), w)
+        for stride in (2, 3, 5):                          # a strided conv: kernel k+s(p-1), taps s apart
+            folded = loihi2_target.fold_pool(w, pool, stride=stride)
+            assert folded.shape[2] == 4 + stride * (pool - 1)
+            assert np.array_equal(loihi2_target.unfold_pool(folded, pool, stride=stride), w)
     bad = loihi2_target.fold_pool(rng.integers(-7, 8, size=(2, 2, 3, 3)), 2)
     bad[0, 0, -1, -1] += 1
     with pytest.raises(ValueError):
@@ -392,6 +495,31 @@ def test_nir_graph_nodes_and_metadata(tmp_path):
     assert "zero reset" in graph.metadata["qsnn_differences"]
     manifest = read_manifest(out)
     assert any("reset" in d for d in manifest["differences"]) and manifest["nir"]["dt"] == dt
+
+
+def test_nir_graph_of_strided_padded_and_dense_only_nets(tmp_path):
+    import nir
+
+    from qsnn.network import fold_pool
+
+    net = stack_net(FPGA, "conv3_s2p1", seed=2)
+    graph = nir.read(write_target("nir", net, tmp_path / "c") / "network.nir")     # type-checks every edge
+    assert [type(graph.nodes[n]).__name__ for n in ("conv1", "conv2", "conv3", "dense4_flatten", "dense4")] == \
+           ["Conv2d", "Conv2d", "Conv2d", "Flatten", "Affine"]
+    for layer, shape in zip(net.layers[:3], net.shapes()):
+        conv = graph.nodes[layer.name]
+        assert tuple(np.asarray(conv.stride).reshape(-1)) == (layer.stride * layer.pool,) * 2
+        assert tuple(np.asarray(conv.padding).reshape(-1)) == (layer.padding,) * 2
+        assert list(conv.output_type["output"]) == list(shape)
+        beta = layer.leak_const / 4096
+        w = conv.weight * layer.threshold.astype(float)[:, None, None, None] * (1 - beta) / 2.0**layer.current_shift
+        assert np.allclose(w, fold_pool(layer.weight, layer.pool, stride=layer.stride))
+    dense = stack_net(FPGA, "dense2")
+    graph = nir.read(write_target("nir", dense, tmp_path / "d") / "network.nir")
+    assert [e for e in graph.edges] == [("input", "dense1_flatten"), ("dense1_flatten", "dense1"),
+                                        ("dense1", "dense1_lif"), ("dense1_lif", "dense2"), ("dense2", "dense2_lif"),
+                                        ("dense2_lif", "output")]
+    assert "pooling" not in graph.metadata["qsnn_differences"]
 
 
 @pytest.mark.parametrize("flavor", ["standard", "spyx", "sinabs"])

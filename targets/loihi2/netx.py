@@ -15,8 +15,13 @@ reverses them to Lava's (X, Y, Z))::
                                                       the graded input goes straight to layer/1
     layer/1  type "conv",  shape, inChannels, outChannels, kernelSize, stride, padding, dilation,
              groups, weight (O, I, kh, kw), bias (O,), neuron {...}
-    …        type "flatten", shape (N,)               Lava flattens (C, H, W) C-major, as torch
+    …        type "flatten", shape (N,)               before the first dense layer (also right after
+                                                      the input: a dense-only net); Lava flattens
+                                                      (C, H, W) C-major, as torch
     layer/n  type "dense", shape (O,), inFeatures, outFeatures, weight (O, I), bias (O,), neuron {...}
+
+Any stack of conv and dense layers, any depth; a conv of kernel k, stride s, zero padding pad and
+P×P pooling is one netx conv of kernel k+s(P−1), stride s·P, padding pad.
     neuron = {type "CUBA", iDecay = 4096, vDecay = dv, vThMant = vth (scalar or per channel),
               refDelay = 1, gradedSpike = False}
 
@@ -24,7 +29,8 @@ How the loihi2 profile's integers map onto Lava (``PyConvModelFixed`` / ``PyDens
 ``PyLifModelBitAcc``; see :data:`qsnn.profiles.LOIHI2`):
 
 * ``weight``: the layer's integers as they are; conv kernels with the P×P pooling **folded in**
-  (one stride-P convolution, kernel k+P−1, taps the sums of up to P² weights: exact, and what
+  (:func:`qsnn.network.fold_pool`: one convolution of stride s·P and kernel k+s(P−1) for a conv of
+  stride s, the same zero padding, taps the sums of up to P² weights: exact, and what
   Loihi's weight memory holds). The profile keeps them within 8 bits (folded taps too). Lava's Conv
   ignores ``weight_exp`` and netx derives the Dense exponent from the values, undoing its own
   scaling exactly: the synaptic sum is the plain integer sum on every layer. The compiler's
@@ -44,8 +50,8 @@ other than 6 or a weight exponent (netx cannot carry them), and anything beyond 
 4096 synapses per neuron with the pooling folded in).
 
 What qsnn needs besides (netx has no place for it): the group ``qsnn/`` (format, profile, network:
-JSON) and per layer ``layer/{i}/qsnn/`` (name, kind, kernel, pool, current_shift, weight_exp, decay,
-threshold, bias, scale as datasets). :func:`read` rebuilds the network from the netx datasets
+JSON) and per layer ``layer/{i}/qsnn/`` (name, kind, kernel, stride, padding, pool, current_shift,
+weight_exp, decay, threshold, bias, scale as datasets; a file without stride/padding has 1 and 0). :func:`read` rebuilds the network from the netx datasets
 (un-folding the pooled kernels) and checks them against these.
 """
 
@@ -88,8 +94,13 @@ REQUIRED = {field: getattr(LOIHI2, field) for field in (
 def netx_weight(layer: IntegerLayer) -> np.ndarray:
     """The netx ``weight``: the integer kernel Lava convolves with (pooling folded in for conv)."""
     if layer.kind == "conv":
-        return fold_pool(layer.weight, layer.pool)
+        return fold_pool(layer.weight, layer.pool, stride=layer.stride)
     return np.asarray(layer.weight, dtype=np.int64)
+
+
+def netx_stride(layer: IntegerLayer) -> int:
+    """The netx conv ``stride``: the conv's own stride times the folded pooling's."""
+    return layer.stride * layer.pool
 
 
 def netx_bias(layer: IntegerLayer) -> np.ndarray:
@@ -184,12 +195,14 @@ def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) 
                 g.create_dataset("inChannels", data=np.int64(layer.in_channels))
                 g.create_dataset("outChannels", data=np.int64(layer.out_channels))
                 g.create_dataset("kernelSize", data=np.array([side, side], dtype=np.int64))
-                g.create_dataset("stride", data=np.array([layer.pool, layer.pool], dtype=np.int64))
-                g.create_dataset("padding", data=np.array([0, 0], dtype=np.int64))
+                stride = netx_stride(layer)
+                g.create_dataset("stride", data=np.array([stride, stride], dtype=np.int64))
+                g.create_dataset("padding", data=np.array([layer.padding, layer.padding], dtype=np.int64))
                 g.create_dataset("dilation", data=np.array([1, 1], dtype=np.int64))
                 g.create_dataset("groups", data=np.int64(1))
                 entry["netx_kernel"] = [side, side]
-                entry["netx_stride"] = [layer.pool, layer.pool]
+                entry["netx_stride"] = [stride, stride]
+                entry["netx_padding"] = [layer.padding, layer.padding]
             else:
                 g.create_dataset("type", data="dense")
                 g.create_dataset("shape", data=np.array(shape, dtype=np.int64))
@@ -205,6 +218,8 @@ def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) 
                                ("weight_exp", layer.weight_exp), ("decay", layer.leak_const)):   # "decay": format 1's name
                 extra.create_dataset(key, data=np.int64(value))
             extra.create_dataset("kernel", data=np.int64(layer.kernel))
+            extra.create_dataset("stride", data=np.int64(layer.stride))
+            extra.create_dataset("padding", data=np.int64(layer.padding))
             extra.create_dataset("threshold", data=np.asarray(layer.threshold, dtype=np.int64))
             extra.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.int64))
             extra.create_dataset("scale", data=np.asarray(layer.scale, dtype=np.float64))
@@ -251,7 +266,8 @@ def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) 
         "example_input": {"file": EXAMPLE, "shape": list(example_arr.shape), "what": example_what},
         "saturation_possible": any(e.get("saturation_possible", False) for e in layers_out),
         "notes": [
-            "Pooling is folded into the convolution (kernel k+P-1, stride P): exact, and what Loihi stores.",
+            "Pooling is folded into the convolution (a conv of kernel k, stride s and P x P pooling: kernel "
+            "k+s(P-1), stride s*P, the same padding): exact, and what Loihi stores.",
             "The input is graded (input_message_bits=8): feed the uint8 frames unchanged, every one of the T steps "
             "(static images: the same frame T times).",
             "Each layer's output reaches the next layer one step later (Lava's synapse buffer); the first layer's "
@@ -295,12 +311,19 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
                 continue
             q = g["qsnn"]
             pool = int(q["pool"][()])
+            stride = int(q["stride"][()]) if "stride" in q else 1
+            padding = int(q["padding"][()]) if "padding" in q else 0
             w = np.asarray(g["weight"][()], dtype=np.int64)
             if kind == "conv":
                 try:
-                    w = unfold_pool(w, pool)
+                    w = unfold_pool(w, pool, stride=stride)
                 except ValueError:
-                    raise ExportError(f"{path}: layer/{key}/weight is not a {pool}×{pool}-pooled kernel") from None
+                    raise ExportError(f"{path}: layer/{key}/weight is not a {pool}×{pool}-pooled kernel "
+                                      f"of stride {stride}") from None
+                got = [np.asarray(g[name][()], dtype=np.int64).reshape(-1).tolist() for name in ("stride", "padding")]
+                if got != [[stride * pool] * 2, [padding] * 2]:
+                    raise ExportError(f"{path}: layer/{key} has netx stride {got[0]} and padding {got[1]}, expected "
+                                      f"{[stride * pool] * 2} and {[padding] * 2} (stride {stride} × pool {pool})")
             neuron = g["neuron"]
             vth = np.asarray(neuron["vThMant"][()], dtype=np.int64)
             theta = np.asarray(q["threshold"][()], dtype=np.int64)
@@ -315,7 +338,7 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
             record = {"name": _str(q["name"]), "kind": kind, "weight_shape": list(w.shape), "pool": pool,
                       "current_shift": int(q["current_shift"][()]), "weight_exp": int(q["weight_exp"][()]),
                       "scale": np.asarray(q["scale"][()], dtype=np.float64).tolist()}
-            layers.append(layer_from_parts(record, w, theta, bias, decay))
+            layers.append(layer_from_parts(record, w, theta, bias, decay, stride=stride, padding=padding))
     return network_from_parts(head, layers)
 
 
@@ -323,9 +346,14 @@ def snippet(manifest: Mapping[str, Any]) -> str:
     """The Python the README gives: load the folder in stock Lava, run the example input, print the class."""
     T = manifest["network"]["num_steps"]
     events = manifest["network"]["encoding"] == "events"
-    frames = ("frames = x.transpose(3, 2, 1, 0).astype(np.int32)           # (T, C, H, W) counts -> (W, H, C, T)"
-              if events else
-              "frames = np.repeat(x.transpose(2, 1, 0)[..., None], T, axis=-1).astype(np.int32)  # (C, H, W) -> (W, H, C, T)")
+    if manifest["layers"][0]["kind"] == "dense":     # netx's input port is then the flat (C·H·W,) vector
+        frames = ("frames = x.reshape(T, -1).T.astype(np.int32)              # (T, C, H, W) counts -> (C*H*W, T)"
+                  if events else
+                  "frames = np.repeat(x.reshape(-1, 1), T, axis=-1).astype(np.int32)  # (C, H, W) -> (C*H*W, T), C-major")
+    else:
+        frames = ("frames = x.transpose(3, 2, 1, 0).astype(np.int32)           # (T, C, H, W) counts -> (W, H, C, T)"
+                  if events else
+                  "frames = np.repeat(x.transpose(2, 1, 0)[..., None], T, axis=-1).astype(np.int32)  # (C, H, W) -> (W, H, C, T)")
     return f"""import numpy as np
 from lava.lib.dl import netx
 from lava.magma.core.run_conditions import RunSteps
@@ -354,8 +382,9 @@ def readme(manifest: Mapping[str, Any]) -> str:
         nrn = rec["neuron"]
         vth = nrn["vThMant"] if isinstance(nrn["vThMant"], int) else f"per channel ({min(nrn['vThMant'])}..{max(nrn['vThMant'])})"
         sat = "may saturate" if rec.get("saturation_possible") else ("cannot saturate" if "saturation_possible" in rec else "")
+        geometry = (f"{rec['netx_stride'][0]} / {rec['netx_padding'][0]}" if "netx_padding" in rec else "—")
         rows.append(f"| layer/{rec['netx_layer']} | {rec['name']} | {rec['kind']} | {tuple(rec['netx_weight_shape'])} | "
-                    f"{tuple(rec['output_shape'])} | {rec['pool']}{' (folded)' if rec['pool_folded'] else ''} | "
+                    f"{geometry} | {tuple(rec['output_shape'])} | {rec['pool']}{' (folded)' if rec['pool_folded'] else ''} | "
                     f"{nrn['vDecay']} | {vth} | {sat} |")
     notes = "\n".join(f"- {n}" for n in manifest["notes"])
     classes = manifest["network"].get("classes", [])
@@ -392,13 +421,14 @@ spike if v > vThMant << 6, then v = 0
 
 ## Layers
 
-| netx | layer | type | weight | output | pool | vDecay | vThMant | worst case |
-|---|---|---|---|---|---|---|---|---|
+| netx | layer | type | weight | stride / padding | output | pool | vDecay | vThMant | worst case |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 - `weight`: integers (8-bit), (out, in, ky, kx) for conv, (out, in) for dense (inputs flattened (C, H, W)).
-- Pooling P×P (on the synaptic sum) is folded into the convolution: kernel k+P−1, stride P, each tap
-  the sum of up to P² weights; exactly the pooled network, no netx `pool` layer needed.
+- Pooling P×P (on the synaptic sum) is folded into the convolution: a conv of kernel k, stride s and
+  padding pad becomes kernel k+s(P−1), stride s·P, padding pad, each tap the sum of up to P² weights;
+  exactly the pooled network, no netx `pool` layer needed.
 - `bias`: per output channel, the mantissa (Lava adds `bias << 6`).
 - "may saturate": the compiler's worst-case bound exceeds Loihi's 24-bit state (Lava's `a_in << 6`
   leaves no smaller shift); Lava then clips `v` / wraps `u` exactly as `qsnn-sim` models and counts.
@@ -411,6 +441,6 @@ spike if v > vThMant << 6, then v = 0
 
 netx has no place for the per-channel scale factors (real membrane value of one integer unit) and
 qsnn's own layer constants; they are in `qsnn/` (profile and network as JSON) and
-`layer/<i>/qsnn/` (name, kind, kernel, pool, current_shift, weight_exp, decay, threshold, bias,
-scale). Lava ignores them. `manifest.json` lists every file with its SHA-256.
+`layer/<i>/qsnn/` (name, kind, kernel, stride, padding, pool, current_shift, weight_exp, decay,
+threshold, bias, scale). Lava ignores them. `manifest.json` lists every file with its SHA-256.
 """

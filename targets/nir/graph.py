@@ -5,11 +5,17 @@ Graph (flavour ``standard``, the default), per layer i (names from the layer, e.
     input ─► conv1 (Conv2d, stride P) ─► conv1_lif (LIF) ─► conv2 (Conv2d, stride P) ─► conv2_lif (LIF)
           ─► fc_flatten (Flatten) ─► fc (Affine) ─► fc_lif (LIF) ─► output
 
+for the paper's network; any stack of conv and dense layers of any depth is written the same way:
+one ``Conv2d`` (a conv of stride s and zero padding pad, pooling folded in: stride s·P, padding pad)
+or ``Affine`` and one ``LIF`` per layer, a ``Flatten`` before the first dense layer (right after the
+input for a dense-only net), none between dense layers.
+
 The conventions, each chosen so that the importers of snnTorch 1.0, spikingjelly 2.0 and Norse 1.1
 read the file as it is (measured: ``make nir-check``):
 
-* **Pooling folded into the synapse.** P×P sum-pooling of the current, stride P, is the stride-P
-  convolution with the folded kernel ``W'[a, b] = Σ_{i,j<P} W[a−i, b−j]`` (side k+P−1): exact in
+* **Pooling folded into the synapse.** P×P sum-pooling of the current, stride P, after a conv of
+  stride s is the stride-s·P convolution with the folded kernel ``W'[a, b] = Σ_{i,j<P} W[a−s·i, b−s·j]``
+  (side k+s(P−1), :func:`qsnn.network.fold_pool`; the conv's zero padding unchanged): exact in
   real arithmetic, and a plain ``Conv2d`` is the one node every importer maps (snnTorch and
   spikingjelly know only ``AvgPool2d``, Norse and Spyx only ``SumPool2d``).
 * **Synapse scale.** Weights ``W'·2^(s+e)/(θ_c·(1−β))`` and bias ``b_c/(θ_c·(1−β))`` for output
@@ -155,8 +161,9 @@ def differences(net: IntegerNetwork, flavor: Flavor | None = None) -> list[str]:
     else:
         gain = "r = 1, the synapse carries 1/(1-beta)" if flavor.input_gain == "weights" else "r = tau/dt"
         out.append(f"time: LIF parameters assume forward Euler with dt = {flavor.dt:g}: tau = dt/(1-beta), {gain}")
-    out.append("pooling: the chip's p x p sum-pooling of the current is folded into a stride-p convolution "
-               "(kernel k+p-1), exact in real arithmetic")
+    if any(layer.kind == "conv" and layer.pool > 1 for layer in net.layers):
+        out.append("pooling: the chip's p x p sum-pooling of the current is folded into the convolution (a conv of "
+                   "kernel k and stride s: kernel k+s(p-1), stride s*p, same padding), exact in real arithmetic")
     if flavor.dense_order == "hwc":
         out.append("dense weights: columns in (H, W, C) order, the flatten order of a channels-last runtime (Spyx); "
                    "other NIR importers need the standard flavour")
@@ -206,7 +213,8 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         norm = np.where(theta > 0, theta, 1).astype(np.float64)           # θ_c, or 1 for θ_c = 0
         gain = 2.0 ** (int(layer.current_shift) + int(layer.weight_exp))
         in_gain = _input_gain(beta, fl)
-        w = fold_pool(layer.weight, layer.pool) if layer.kind == "conv" else np.asarray(layer.weight, dtype=np.int64)
+        w = (fold_pool(layer.weight, layer.pool, stride=layer.stride) if layer.kind == "conv"
+             else np.asarray(layer.weight, dtype=np.int64))
         w = w.astype(np.float64)
         per_channel = (gain * in_gain / norm)
         w_eff = w * per_channel.reshape((-1,) + (1,) * (w.ndim - 1))
@@ -215,9 +223,9 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         order = "chw"
         if layer.kind == "conv":
             names["synapse"] = base
-            p = int(layer.pool)
-            nodes[base] = nir.Conv2d(input_shape=(int(shape[1]), int(shape[2])), weight=w_eff, stride=p,
-                                     padding=0, dilation=1, groups=1, bias=b_eff)
+            stride, pad = int(layer.stride) * int(layer.pool), int(layer.padding)
+            nodes[base] = nir.Conv2d(input_shape=(int(shape[1]), int(shape[2])), weight=w_eff, stride=(stride, stride),
+                                     padding=(pad, pad), dilation=1, groups=1, bias=b_eff)
             edges.append((prev, base))
             prev = base
         else:
@@ -253,7 +261,8 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         prev = names["neuron"]
         records.append({
             "name": layer.name, "kind": layer.kind, "nodes": names, "weight_shape": list(layer.weight.shape),
-            "pool": int(layer.pool), "current_shift": int(layer.current_shift), "weight_exp": int(layer.weight_exp),
+            "pool": int(layer.pool), "stride": int(layer.stride), "padding": int(layer.padding),
+            "current_shift": int(layer.current_shift), "weight_exp": int(layer.weight_exp),
             "decay": int(layer.leak_const), "beta": beta, "tau": tau, "input_gain": in_gain,
             "threshold": theta.tolist(), "bias": np.asarray(layer.bias, dtype=np.int64).tolist(),
             "normaliser": norm.astype(np.int64).tolist(), "synapse_gain": gain, "dense_order": order,
@@ -380,15 +389,22 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
         folded = np.rint(w_real)
         if not np.allclose(w_real, folded, rtol=0, atol=1e-6):
             raise ExportError(f"{path}: the weights of node {names['synapse']} are not the integers qsnn wrote")
+        stride, padding = int(rec.get("stride", 1)), int(rec.get("padding", 0))
         try:
-            weight = unfold_pool(folded.astype(np.int64), int(rec["pool"])) if rec["kind"] == "conv" else folded
+            weight = (unfold_pool(folded.astype(np.int64), int(rec["pool"]), stride=stride) if rec["kind"] == "conv"
+                      else folded)
         except ValueError:
             raise ExportError(f"{path}: the kernel of node {names['synapse']} is not a pooled qsnn kernel") from None
         if weight.shape != tuple(rec["weight_shape"]):
             raise ExportError(f"{path}: node {names['synapse']} has weights {weight.shape}, "
                               f"expected {tuple(rec['weight_shape'])}")
-        if rec["kind"] == "conv" and int(np.asarray(syn.stride).reshape(-1)[0]) != int(rec["pool"]):
-            raise ExportError(f"{path}: node {names['synapse']} has stride {syn.stride}, expected the pool {rec['pool']}")
+        if rec["kind"] == "conv":
+            want = stride * int(rec["pool"])
+            got_stride = np.broadcast_to(np.asarray(syn.stride).reshape(-1), (2,)).tolist()
+            got_pad = np.broadcast_to(np.asarray(syn.padding).reshape(-1), (2,)).tolist()
+            if got_stride != [want, want] or got_pad != [padding, padding]:
+                raise ExportError(f"{path}: node {names['synapse']} has stride {got_stride} and padding {got_pad}, "
+                                  f"expected {[want] * 2} (stride {stride} × pool {rec['pool']}) and {[padding] * 2}")
         theta = np.asarray(rec["threshold"], dtype=np.int64)
         bias = np.asarray(rec["bias"], dtype=np.int64)
         v_thr = np.asarray(neuron.v_threshold, dtype=np.float64)
@@ -398,7 +414,8 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
         if not (np.allclose(thr_nodes, theta[:, None], rtol=1e-9, atol=1e-9)
                 and np.allclose(bias_nodes, bias, rtol=1e-9, atol=1e-6)):
             raise ExportError(f"{path}: thresholds or biases of layer {rec['name']} differ from the recorded integers")
-        layers.append(layer_from_parts(rec, weight.astype(np.int64), theta, bias, int(rec["decay"])))
+        layers.append(layer_from_parts(rec, weight.astype(np.int64), theta, bias, int(rec["decay"]),
+                                       stride=stride, padding=padding))
     return network_from_parts({"profile": meta["profile"], "network": meta["network"]}, layers)
 
 
@@ -433,8 +450,9 @@ Time step: dt = {fl.dt:g} (graph metadata `dt`); reset: NIR's zero reset (metada
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-- Synapses: a convolution followed by the chip's P×P sum-pooling is one `Conv2d` of stride P whose
-  kernel is the pooled kernel W'[a, b] = Σ_(i,j<P) W[a−i, b−j]; weights = W'·2^(shift+exp)/θ_c and
+- Synapses: a convolution of stride s and padding pad followed by the chip's P×P sum-pooling is one
+  `Conv2d` of stride s·P and padding pad whose kernel is the pooled kernel
+  W'[a, b] = Σ_(i,j<P) W[a−s·i, b−s·j]; weights = W'·2^(shift+exp)/θ_c and
   bias = b_c/θ_c per output channel c{' (times 1/(1−β), see neurons)' if fl.input_gain == 'weights' and fl.tau == 'euler' else ''},
   so every LIF threshold is 1 and the membrane is in units of the channel's threshold (real
   membrane = v · θ_c · scale_c; scale_c in `manifest.json`).

@@ -115,7 +115,8 @@ def agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[di
 
 
 def _currents(layer, x: np.ndarray) -> np.ndarray:
-    """Real-valued current of an integer layer on the membrane grid: (sumpool(W ⊛ x))·2^(s+e) + b, no flooring."""
+    """Real-valued current of an integer layer on the membrane grid: (sumpool(W ⊛ x))·2^(s+e) + b, no flooring
+    (a conv of stride s and zero padding pad with p×p pooling: the folded kernel at stride s·p on the padded x)."""
     from qsnn.network import fold_pool
 
     scale = 2.0 ** (int(layer.current_shift) + int(layer.weight_exp))
@@ -123,9 +124,10 @@ def _currents(layer, x: np.ndarray) -> np.ndarray:
         w = np.asarray(layer.weight, dtype=np.float64)
         out = x.reshape(len(x), -1).astype(np.float64) @ w.T
         return out * scale + np.asarray(layer.bias, dtype=np.float64)
-    w = fold_pool(layer.weight, layer.pool).astype(np.float64)
-    p, side = int(layer.pool), w.shape[-1]
-    win = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (side, side), axis=(2, 3))[:, :, ::p, ::p]
+    w = fold_pool(layer.weight, layer.pool, stride=layer.stride).astype(np.float64)
+    step, side, pad = int(layer.stride) * int(layer.pool), w.shape[-1], int(layer.padding)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (side, side), axis=(2, 3))[:, :, ::step, ::step]
     out = np.einsum("nchwij,ocij->nohw", win, w, optimize=True)
     return out * scale + np.asarray(layer.bias, dtype=np.float64)[None, :, None, None]
 
@@ -257,7 +259,7 @@ def table(results: dict[str, Any]) -> str:
         "",
         "| consumer | flavour | loads unmodified | runs | accuracy % (qsnn-sim "
         f"{results['qsnn_sim_accuracy']:.1f}) | spikes equal vs real-valued qsnn net, consumer's semantics: "
-        "% entries z1/z2/z3 | % samples | vs qsnn-sim zero reset, % entries | subtract option: accuracy % "
+        "% entries per layer (z1/z2/…) | % samples | vs qsnn-sim zero reset, % entries | subtract option: accuracy % "
         "| its spikes vs qsnn-sim (delayed subtract), % entries | % samples |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

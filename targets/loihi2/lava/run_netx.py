@@ -19,7 +19,8 @@ Usage::
 
     python run_netx.py FOLDER INPUTS.npy OUT.npz
 
-``INPUTS.npy``: uint8/int images (N, C, H, W) repeated for T steps, or event counts (N, T, C, H, W).
+``INPUTS.npy``: uint8/int images (N, C, H, W) repeated for T steps, or event counts (N, T, C, H, W)
+(flattened C-major for a network whose first layer is dense: its input port is (C·H·W,)).
 ``OUT.npz``: ``z1 … zL`` spike trains (T, N, C, H, W) or (T, N, O) as uint8 — qsnn's layout —,
 ``counts`` (N, classes), ``predictions`` (N,), ``seconds`` (the Lava run time).
 """
@@ -39,14 +40,17 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 
-def frames_of(inputs: np.ndarray, steps: int) -> np.ndarray:
-    """Lava (X, Y, C, N·T) int32 frames of (N, C, H, W) images or (N, T, C, H, W) event counts."""
+def frames_of(inputs: np.ndarray, steps: int, flat: bool = False) -> np.ndarray:
+    """Lava (X, Y, C, N·T) int32 frames of (N, C, H, W) images or (N, T, C, H, W) event counts; with
+    ``flat`` (the first layer is dense: netx's input port is (C·H·W,)), (C·H·W, N·T) flattened C-major."""
     x = np.asarray(inputs)
     if x.ndim == 4:
         x = np.repeat(x[:, None], steps, axis=1)
     n, t = x.shape[:2]
     if t != steps:
         raise SystemExit(f"error: the inputs have {t} frames per sample, the network runs T={steps}")
+    if flat:   # (N, T, C, H, W) -> (C·H·W, N, T) -> (C·H·W, N·T), the order of the dense weights' columns
+        return np.ascontiguousarray(x.reshape(n, t, -1).transpose(2, 0, 1).reshape(-1, n * t)).astype(np.int32)
     # (N, T, C, H, W) -> (W, H, C, N, T) -> (W, H, C, N·T): Lava's (X, Y, Z) layout, time last
     return np.ascontiguousarray(x.transpose(4, 3, 2, 0, 1).reshape(*x.shape[:1:-1], n * t)).astype(np.int32)
 
@@ -73,7 +77,7 @@ def run(folder: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
         reset_u = any(int(f["layer"][k]["neuron/iDecay"][()]) != 4096 for k in f["layer"] if "neuron" in f["layer"][k])
     n = len(inputs)
     net = netx.hdf5.Network(net_config=str(net_file), input_message_bits=8)
-    source = Source(data=frames_of(inputs, steps))
+    source = Source(data=frames_of(inputs, steps, flat=len(net.inp.shape) == 1))
     source.s_out.connect(net.inp)
     # one Extractor per layer streams its spikes out (a Var get() would copy them one value at a time)
     taps = []
