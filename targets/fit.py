@@ -117,7 +117,8 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
             raise ProfileError(
                 f"{where}: {what} reach |{big}|, which needs {need}-bit two's complement; the "
                 f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
-                f"Compile the network for a {limits.weight_bits}-bit profile or choose a target with wider weights.")
+                f"Compile it with wider weights (--profile-set weight_bits={max(need, limits.weight_bits + 1)}) where the "
+                f"target allows, or for a {limits.weight_bits}-bit profile.")
         _check_register(where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple,
                         limits.target)
         _check_register(where, "bias", layer.bias, limits.bias_max, limits.bias_multiple, limits.target, signed=True)

@@ -60,6 +60,8 @@ def layer_record(index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out
         "neurons": int(np.prod(out_shape)),
         "fan_in": layer.fan_in,
         "kernel": layer.kernel,
+        "stride": int(layer.stride),
+        "padding": int(layer.padding),
         "pool": int(layer.pool),
         "current_shift": int(layer.current_shift),
         "weight_exp": int(layer.weight_exp),
