@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import brevitas.nn as qnn
 import numpy as np
 import pytest
@@ -112,3 +117,95 @@ def test_a_model_that_does_not_fit_its_input_is_refused_before_writing(tmp_path)
     with pytest.raises(ExportError, match="gets 2304 inputs"):
         export_torch(net, (1, 28, 28), 4, out=out)
     assert not out.exists()
+
+
+# -- the user's model through qsnn-sim and every target -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def users_onnx(tmp_path_factory):
+    return export_torch(users_model(), (1, 28, 28), num_steps=8, out=tmp_path_factory.mktemp("users") / "mine.onnx")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
+
+
+BIN = Path(sys.executable).parent
+#: the user's model has an 8-bit output layer: the fpga profile holds it with 8-bit weight registers
+FPGA8 = ("--profile", "fpga", "--profile-set", "weight_bits=8")
+
+
+def test_users_model_in_qsnn_sim_is_bit_exact(users_onnx, tmp_path):
+    """qsnn-sim on the user's file, as a user runs it: the integer engine equals the PyTorch integer
+    mode spike for spike in every layer, and the trained float model is the accuracy reference."""
+    report = tmp_path / "sim.json"
+    res = _cli("qsnn-sim", str(users_onnx), "--profile", "fpga", "--dataset", "mnist5k", "--subset", "100", "--check",
+               "--no-progress")
+    assert res.returncode != 0 and "--profile-set weight_bits=8" in res.stderr     # the 8-bit layer, named
+    res = _cli("qsnn-sim", str(users_onnx), *FPGA8, "--dataset", "mnist5k", "--subset", "100", "--check",
+               "--no-progress", "--report", str(report))
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(report.read_text())
+    check = rep["agreement"]["spike_trains_vs_integer_torch"]
+    assert check["bit_exact"] and set(check["equal_pct"]) == {"z1", "z2", "z3"}
+    assert rep["agreement"]["vs_float_model"]["predictions_equal_pct"] >= 90.0
+
+
+def _users_net(users_onnx, **sets):
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.profiles import get_profile
+
+    return compile_qonnx(users_onnx, get_profile("fpga").replace(**sets) if sets else get_profile("loihi2"))[0]
+
+
+@pytest.mark.slow
+@pytest.mark.hdl("verilator", "g++")
+def test_users_model_on_the_fpga_core(users_onnx, tmp_path, mnist_test):
+    from qsnn.sim.engine import simulate
+    from qsnn.targets.fpga import hdl_sim
+
+    out = tmp_path / "fpga"
+    res = _cli("qsnn-export", str(users_onnx), "--to", "fpga", "--profile-set", "weight_bits=8", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    x = mnist_test.x[:8]
+    result = hdl_sim.run_verilator(hdl_sim.check_folder(out), x)
+    sim = simulate(_users_net(users_onnx, weight_bits=8), x, record=True)
+    for key in ("z1", "z2", "z3"):
+        assert np.array_equal(sim.spikes[key], result.spikes[key]), key
+    assert sim.spikes["z1"].any() and sim.spikes["z2"].any()
+
+
+@pytest.mark.slow
+@pytest.mark.lava
+def test_users_model_in_stock_lava(users_onnx, tmp_path, mnist_test):
+    from qsnn.sim.engine import simulate
+    from qsnn.targets import read_target
+    from qsnn.targets.loihi2 import lava_env
+
+    out = tmp_path / "loihi2"
+    res = _cli("qsnn-export", str(users_onnx), "--to", "loihi2", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    x = mnist_test.x[:4]
+    net = read_target(out)
+    lava = lava_env.run_folder(out, x, python=lava_env.venv_python())
+    sim = simulate(net, x, record=True)
+    for key in sim.spikes:
+        assert np.array_equal(sim.spikes[key], lava[key]), key
+
+
+def test_users_model_as_nir_in_snntorch(users_onnx, tmp_path, mnist_test):
+    """The NIR graph of the user's model, loaded unmodified by snnTorch, against the same integer
+    network computed in real numbers under snnTorch's rule (as tests/test_nir_consumers.py measures)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tools" / "nir_consumers"))
+    import check as nir_check
+
+    out = tmp_path / "nir"
+    res = _cli("qsnn-export", str(users_onnx), "--to", "nir", "--profile-set", "weight_bits=8", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    net = _users_net(users_onnx, weight_bits=8)
+    x = mnist_test.x[:50]
+    got = nir_check.run_consumer("snntorch", out / "network.nir", x, net.num_steps, subtract=False)
+    ref = nir_check.real_valued(net, x, *nir_check.SEMANTICS["snntorch"][0])
+    for row in nir_check.agreement(got, ref):
+        assert row["entries"] >= 99.0, row
