@@ -63,8 +63,14 @@ from qsnn.sim import layers as sim_layers  # noqa: E402
 from qsnn.sim import simulate  # noqa: E402
 
 
-def build(num_steps: int, profile_name: str, workdir: Path, checkpoint: str | None = None,
-          train_samples: int = 512, seed: int = 0):
+def build(
+    num_steps: int,
+    profile_name: str,
+    workdir: Path,
+    checkpoint: str | None = None,
+    train_samples: int = 512,
+    seed: int = 0,
+):
     """(QSNN model in eval mode, its IntegerNetwork under the profile, float QONNX path, description).
 
     The model is ``checkpoint`` if given, else trained here for one short epoch on
@@ -81,8 +87,16 @@ def build(num_steps: int, profile_name: str, workdir: Path, checkpoint: str | No
 
     if checkpoint is None:
         torch.manual_seed(seed)
-        cfg = TrainConfig.from_preset("mnist5k", "int4", num_steps=num_steps, epochs=1, subset=train_samples,
-                                      val_subset=100, batch_size=64, seed=seed)
+        cfg = TrainConfig.from_preset(
+            "mnist5k",
+            "int4",
+            num_steps=num_steps,
+            epochs=1,
+            subset=train_samples,
+            val_subset=100,
+            batch_size=64,
+            seed=seed,
+        )
         metrics = train(cfg, workdir / "run", progress=False, log=lambda _msg: None, evaluate_test=False)
         checkpoint = str(workdir / "run" / "best.pt")
         what = f"mnist5k int4 QSNN trained 1 epoch on {train_samples} images (val {metrics.get('best_val_acc', float('nan')):.1f} %)"
@@ -117,18 +131,34 @@ def machine_config() -> dict[str, object]:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer', '')}, "
-                f"{i.get('num_threads')} threads, {i.get('architecture', '')})" for i in threadpool_info()]
+        blas = [
+            f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer', '')}, "
+            f"{i.get('num_threads')} threads, {i.get('architecture', '')})"
+            for i in threadpool_info()
+        ]
     except ImportError:
         pass
     return {
-        "cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "int_dot_products": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags],
-        "numpy": np.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "torch_threads": torch.get_num_threads(), "engine_threads": sim_engine.default_threads(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "engine_threads": sim_engine.default_threads(),
         "thread_pools": blas,
-        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS",
-                                              "OPENBLAS_NUM_THREADS", "QSNN_SIM_THREADS")},
+        "env": {
+            k: os.environ.get(k)
+            for k in (
+                "OMP_WAIT_POLICY",
+                "GOMP_SPINCOUNT",
+                "KMP_BLOCKTIME",
+                "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "QSNN_SIM_THREADS",
+            )
+        },
     }
 
 
@@ -182,10 +212,10 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = Non
 
     def blocks(rows: np.ndarray) -> None:
         for r0 in range(0, len(rows), block):
-            mm(rows[r0:r0 + block])
+            mm(rows[r0 : r0 + block])
 
     rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: blocks(a))
-    if threads > 1:                     # as the engine runs it: rows split over its threads
+    if threads > 1:  # as the engine runs it: rows split over its threads
         from concurrent.futures import ThreadPoolExecutor
 
         parts = np.array_split(a, threads)
@@ -226,11 +256,11 @@ def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
 def interleaved(runs: dict, n_samples: int, repeats: int, reference: str = "engine") -> dict[str, dict]:
     """Time every peer once per repetition in rotating order; per-repetition ratios against ``reference``."""
     names = list(runs)
-    for fn in runs.values():     # warm: sessions, caches, allocators, thread pools
+    for fn in runs.values():  # warm: sessions, caches, allocators, thread pools
         fn()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             t0 = time.perf_counter()
             runs[name]()
@@ -238,8 +268,13 @@ def interleaved(runs: dict, n_samples: int, repeats: int, reference: str = "engi
     out = {}
     for name in names:
         ratios = [tp / te for tp, te in zip(times[name], times[reference])]
-        out[name] = {"samples_per_s": n_samples / statistics.median(times[name]), "seconds": times[name],
-                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        out[name] = {
+            "samples_per_s": n_samples / statistics.median(times[name]),
+            "seconds": times[name],
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
     return out
 
 
@@ -250,19 +285,43 @@ def _fmt_ratio(row: dict) -> str:
 @click.command()
 @click.option("--steps", "num_steps", default=25, show_default=True, help="Time steps T.")
 @click.option("--batch-sizes", default="64,512", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--repeats", default=5, show_default=True, help="Timed repetitions per batch size (after a warm call of each peer).")
+@click.option(
+    "--repeats", default=5, show_default=True, help="Timed repetitions per batch size (after a warm call of each peer)."
+)
 @click.option("--latency-repeats", default=30, show_default=True, help="Timed batch-1 calls per engine setting.")
 @click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default="fpga", show_default=True)
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Use this trained checkpoint (e.g. runs/demo/best.pt) instead of a quick 1-epoch training.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Use this trained checkpoint (e.g. runs/demo/best.pt) instead of a quick 1-epoch training.",
+)
 @click.option("--train-samples", default=512, show_default=True, help="Images of the quick training.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="torch threads and engine threads [default: the usable cores, at most 4].")
-@click.option("--eager-max-batch", default=512, show_default=True,
-              help="Time the eager loop only up to this batch size (it is the slowest peer).")
+@click.option(
+    "--threads",
+    default=None,
+    type=click.IntRange(min=1),
+    help="torch threads and engine threads [default: the usable cores, at most 4].",
+)
+@click.option(
+    "--eager-max-batch",
+    default=512,
+    show_default=True,
+    help="Time the eager loop only up to this batch size (it is the slowest peer).",
+)
 @click.option("--out", default="runs/bench/sim.json", show_default=True, help="JSON file for the figures.")
-def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, profile_name: str,
-         checkpoint: str | None, train_samples: int, threads: int | None, eager_max_batch: int, out: str) -> None:
+def main(
+    num_steps: int,
+    batch_sizes: str,
+    repeats: int,
+    latency_repeats: int,
+    profile_name: str,
+    checkpoint: str | None,
+    train_samples: int,
+    threads: int | None,
+    eager_max_batch: int,
+    out: str,
+) -> None:
     """Inference samples/s: integer engine vs eager snnTorch + Brevitas, qsnn's float fast path and onnxruntime."""
     import torch
 
@@ -319,16 +378,22 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
         res = simulate(net, x, batch_size=b, threads=threads, record=True)
         ref = run_integer_torch(net, x, batch_size=b)
         ref_np = numpy_path(x, b, record=True)
-        exactness[b] = {key: bool(np.array_equal(res.spikes[key], np.asarray(ref[key]))
-                                  and np.array_equal(res.spikes[key], ref_np.spikes[key])) for key in res.spikes}
+        exactness[b] = {
+            key: bool(
+                np.array_equal(res.spikes[key], np.asarray(ref[key]))
+                and np.array_equal(res.spikes[key], ref_np.spikes[key])
+            )
+            for key in res.spikes
+        }
         with torch.no_grad():
             fast_pred = model.forward_fast(xt).spikes.sum(0).argmax(1).numpy()
         per_batch[b]["predictions_equal_float_vs_engine"] = float(np.mean(fast_pred == res.predictions))
         # the float reference predicts what the trained model predicts (float rounding apart)
         ref_pred = evaluator.run(x)["z3"].sum(0).argmax(1)
         per_batch[b]["predictions_equal_float_reference_vs_fast_path"] = float(np.mean(ref_pred == fast_pred))
-        per_batch[b]["firing_rates"] = {s.name: float(s.spikes_per_step.sum() / (len(x) * num_steps * s.neurons))
-                                        for s in res.layers}
+        per_batch[b]["firing_rates"] = {
+            s.name: float(s.spikes_per_step.sum() / (len(x) * num_steps * s.neurons)) for s in res.layers
+        }
         per_batch[b]["sum_kernels"] = {s.name: f"{s.sum_kernel} {s.sum_dtype}" for s in res.layers}
 
     # batch-1 latency: the engine now, and as before (NumPy path, one thread, layers rebuilt every call)
@@ -340,44 +405,92 @@ def main(num_steps: int, batch_sizes: str, repeats: int, latency_repeats: int, p
             sim_layers._COMPILED.pop(key, None)
         return numpy_path(x1, 1)
 
-    latency = interleaved({"engine": lambda: simulate(net, x1, batch_size=1),
-                           "numpy, rebuilt per call": rebuilt}, 1, latency_repeats)
+    latency = interleaved(
+        {"engine": lambda: simulate(net, x1, batch_size=1), "numpy, rebuilt per call": rebuilt}, 1, latency_repeats
+    )
 
     macs, (m, k, n) = engine_macs(net)
     rates = gemm_rates(m * num_steps * 64, k, n, threads, block=sim_layers.GEMM_BYTES // k)
     load_after = os.getloadavg()
 
-    rows = [("network", f"{what}; T={num_steps}, profile {profile_name}"),
-            ("machine", f"{config['cpu']}, {config['cores']} cores, {', '.join(config['int_dot_products'])}; "
-                        f"load avg {load_before[0]:.2f} before, {load_after[0]:.2f} after"),
-            ("threads", f"engine {threads}, torch {config['torch_threads']}; "
-                        + "; ".join(config["thread_pools"]) + f"; {config['env']}"),
-            ("versions", f"numpy {config['numpy']}, torch {config['torch']}, onnxruntime {config['onnxruntime']}")]
+    rows = [
+        ("network", f"{what}; T={num_steps}, profile {profile_name}"),
+        (
+            "machine",
+            f"{config['cpu']}, {config['cores']} cores, {', '.join(config['int_dot_products'])}; "
+            f"load avg {load_before[0]:.2f} before, {load_after[0]:.2f} after",
+        ),
+        (
+            "threads",
+            f"engine {threads}, torch {config['torch_threads']}; "
+            + "; ".join(config["thread_pools"])
+            + f"; {config['env']}",
+        ),
+        ("versions", f"numpy {config['numpy']}, torch {config['torch']}, onnxruntime {config['onnxruntime']}"),
+    ]
     for b in sizes:
         pb = per_batch[b]
-        rows.append((f"batch {b}: engine", f"{pb['engine']['samples_per_s']:8.0f} samples/s  "
-                                           f"(median of {repeats}; {', '.join(pb['sum_kernels'].values())})"))
+        rows.append(
+            (
+                f"batch {b}: engine",
+                f"{pb['engine']['samples_per_s']:8.0f} samples/s  "
+                f"(median of {repeats}; {', '.join(pb['sum_kernels'].values())})",
+            )
+        )
         for name in ("engine numpy", "float fast path", "float reference", "onnxruntime", "eager"):
             if name in pb:
-                rows.append((f"batch {b}: {name}", f"{pb[name]['samples_per_s']:8.0f} samples/s  "
-                                                    f"engine is {_fmt_ratio(pb[name])} faster"))
-        rows.append((f"batch {b}: bit-exact", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exactness[b].items())
-                     + f"; predictions equal float fast path {100 * pb['predictions_equal_float_vs_engine']:.2f} %"
-                     + f"; float reference vs fast path {100 * pb['predictions_equal_float_reference_vs_fast_path']:.2f} %"))
-    rows.append(("batch 1 latency", f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
-                                    f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
-                                    f"({_fmt_ratio(latency['numpy, rebuilt per call'])})"))
-    rows.append(("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded or summed first, static layer 1 once)"))
+                rows.append(
+                    (
+                        f"batch {b}: {name}",
+                        f"{pb[name]['samples_per_s']:8.0f} samples/s  engine is {_fmt_ratio(pb[name])} faster",
+                    )
+                )
+        rows.append(
+            (
+                f"batch {b}: bit-exact",
+                ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in exactness[b].items())
+                + f"; predictions equal float fast path {100 * pb['predictions_equal_float_vs_engine']:.2f} %"
+                + f"; float reference vs fast path {100 * pb['predictions_equal_float_reference_vs_fast_path']:.2f} %",
+            )
+        )
+    rows.append(
+        (
+            "batch 1 latency",
+            f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
+            f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
+            f"({_fmt_ratio(latency['numpy, rebuilt per call'])})",
+        )
+    )
+    rows.append(
+        ("engine MACs / inference", f"{macs / 1e6:.2f} M (pooling folded or summed first, static layer 1 once)")
+    )
     best = max(sizes)
     for name, rate in rates.items():
         bound = rate / macs
-        rows.append((f"roofline {name}", f"{rate / 1e9:6.1f} GMAC/s -> {bound:8.0f} samples/s; engine at batch {best}: "
-                                         f"{100 * per_batch[best]['engine']['samples_per_s'] / bound:.0f} %"))
-    print_table(rows, title="qsnn-sim bench: inference throughput (engine ratios: median [min, max] of per-repetition ratios)")
-    figures = {"network": what, "num_steps": num_steps, "profile": profile_name, "repeats": repeats,
-               "machine": config, "load_avg_before": load_before, "load_avg_after": load_after,
-               "per_batch": {str(b): v for b, v in per_batch.items()}, "bit_exact": {str(b): v for b, v in exactness.items()},
-               "batch1_latency": latency, "engine_macs_per_inference": macs, "gemm_macs_per_s": rates}
+        rows.append(
+            (
+                f"roofline {name}",
+                f"{rate / 1e9:6.1f} GMAC/s -> {bound:8.0f} samples/s; engine at batch {best}: "
+                f"{100 * per_batch[best]['engine']['samples_per_s'] / bound:.0f} %",
+            )
+        )
+    print_table(
+        rows, title="qsnn-sim bench: inference throughput (engine ratios: median [min, max] of per-repetition ratios)"
+    )
+    figures = {
+        "network": what,
+        "num_steps": num_steps,
+        "profile": profile_name,
+        "repeats": repeats,
+        "machine": config,
+        "load_avg_before": load_before,
+        "load_avg_after": load_after,
+        "per_batch": {str(b): v for b, v in per_batch.items()},
+        "bit_exact": {str(b): v for b, v in exactness.items()},
+        "batch1_latency": latency,
+        "engine_macs_per_inference": macs,
+        "gemm_macs_per_s": rates,
+    }
     write_json(out, figures)
     click.echo(f"figures: {out}")
     tmp.cleanup()

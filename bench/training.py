@@ -56,15 +56,20 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
     """Training samples/s: fast path vs the paper's snnTorch + Brevitas eager loop."""
     keep_freed_memory()  # as qsnn-train does (train/alloc.py); the same for every path
     torch.manual_seed(0)
-    cfg = TrainConfig.from_preset("mnist5k", "int4", num_steps=num_steps, batch_size=batch_size, quant_scale=quant_scale)
+    cfg = TrainConfig.from_preset(
+        "mnist5k", "int4", num_steps=num_steps, batch_size=batch_size, quant_scale=quant_scale
+    )
     split = load_split("mnist5k", "train", seed=0)
     batches = list(Batches(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True))
     models = {}
     for name in ("fast", "fast, step-by-step LIF", "plain"):  # identical initial weights, separate optimisers
         torch.manual_seed(0)
         model = QSNN(cfg, split.input_shape, len(split.classes)).train()
-        models[name] = (model, model.forward_plain if name == "plain" else model.forward_fast,
-                        torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas))
+        models[name] = (
+            model,
+            model.forward_plain if name == "plain" else model.forward_fast,
+            torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas),
+        )
     times: dict[str, list[float]] = {name: [] for name in models}
     losses: dict[str, list[float]] = {name: [] for name in models}
     for i in range(repeats + 1):
@@ -83,25 +88,55 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
     ratios = [p / f for f, p in zip(times["fast"], times["plain"])]
     fused = [s / f for f, s in zip(times["fast"], times["fast, step-by-step LIF"])]
     first_equal = losses["fast"][0] == losses["plain"][0] == losses["fast, step-by-step LIF"][0]
-    result = {"T": num_steps, "batch_size": batch_size, "quant_scale": quant_scale, "repeats": repeats,
-              "threads": torch.get_num_threads(), "samples_per_s": sps, "speedup_median": statistics.median(ratios),
-              "speedup_min": min(ratios), "speedup_max": max(ratios), "fused_lif_speedup_median": statistics.median(fused),
-              "fused_lif_speedup_min": min(fused), "fused_lif_speedup_max": max(fused), "losses": losses,
-              "load_avg": os.getloadavg(), "malloc_tuned": keep_freed_memory(),
-              "first_step_loss_equal": first_equal}
+    result = {
+        "T": num_steps,
+        "batch_size": batch_size,
+        "quant_scale": quant_scale,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "samples_per_s": sps,
+        "speedup_median": statistics.median(ratios),
+        "speedup_min": min(ratios),
+        "speedup_max": max(ratios),
+        "fused_lif_speedup_median": statistics.median(fused),
+        "fused_lif_speedup_min": min(fused),
+        "fused_lif_speedup_max": max(fused),
+        "losses": losses,
+        "load_avg": os.getloadavg(),
+        "malloc_tuned": keep_freed_memory(),
+        "first_step_loss_equal": first_equal,
+    }
     write_json(out, result)
-    print_table([
-        ("network / T / batch", f"mnist 16C5-AP2-64C5-AP2-FC10 int4 ({quant_scale} scale) / {num_steps} / {batch_size}"),
-        ("baseline (snnTorch + Brevitas eager loop)", f"{sps['plain']:8.1f} samples/s (median of {repeats})"),
-        ("qsnn fast path", f"{sps['fast']:8.1f} samples/s (median of {repeats})"),
-        ("fast path with the step-by-step LIF graph", f"{sps['fast, step-by-step LIF']:8.1f} samples/s (median of {repeats})"),
-        ("speed-up, median [min, max] of pairs", f"{result['speedup_median']:.2f}x [{result['speedup_min']:.2f}, {result['speedup_max']:.2f}]"),
-        ("fused LIF vs step-by-step, same", f"{result['fused_lif_speedup_median']:.2f}x [{result['fused_lif_speedup_min']:.2f}, {result['fused_lif_speedup_max']:.2f}]"),
-        ("load average (1, 5, 15 min)", ", ".join(f"{v:.2f}" for v in result["load_avg"])),
-        ("glibc malloc thresholds (train/alloc.py)", "raised" if result["malloc_tuned"] else "default"),
-        ("same loss on the first timed step (all three)", "yes" if first_equal else f"no ({losses['fast'][0]!r} vs {losses['plain'][0]!r})"),
-        ("written", out),
-    ], title="training throughput")
+    print_table(
+        [
+            (
+                "network / T / batch",
+                f"mnist 16C5-AP2-64C5-AP2-FC10 int4 ({quant_scale} scale) / {num_steps} / {batch_size}",
+            ),
+            ("baseline (snnTorch + Brevitas eager loop)", f"{sps['plain']:8.1f} samples/s (median of {repeats})"),
+            ("qsnn fast path", f"{sps['fast']:8.1f} samples/s (median of {repeats})"),
+            (
+                "fast path with the step-by-step LIF graph",
+                f"{sps['fast, step-by-step LIF']:8.1f} samples/s (median of {repeats})",
+            ),
+            (
+                "speed-up, median [min, max] of pairs",
+                f"{result['speedup_median']:.2f}x [{result['speedup_min']:.2f}, {result['speedup_max']:.2f}]",
+            ),
+            (
+                "fused LIF vs step-by-step, same",
+                f"{result['fused_lif_speedup_median']:.2f}x [{result['fused_lif_speedup_min']:.2f}, {result['fused_lif_speedup_max']:.2f}]",
+            ),
+            ("load average (1, 5, 15 min)", ", ".join(f"{v:.2f}" for v in result["load_avg"])),
+            ("glibc malloc thresholds (train/alloc.py)", "raised" if result["malloc_tuned"] else "default"),
+            (
+                "same loss on the first timed step (all three)",
+                "yes" if first_equal else f"no ({losses['fast'][0]!r} vs {losses['plain'][0]!r})",
+            ),
+            ("written", out),
+        ],
+        title="training throughput",
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,18 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from qsnn.cli import (allow_saturation_option, debug_option, force_option, friendly_errors, list_profiles_option,
-                      note_user_path, print_table, profile_option, profile_set_option, version_option)
+from qsnn.cli import (
+    allow_saturation_option,
+    debug_option,
+    force_option,
+    friendly_errors,
+    list_profiles_option,
+    note_user_path,
+    print_table,
+    profile_option,
+    profile_set_option,
+    version_option,
+)
 from qsnn.errors import ExportError, ProfileError
 from qsnn.output_guard import QONNX, Kind, check_outputs, target_folder
 from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
@@ -34,14 +44,14 @@ from qsnn.targets.nir.graph import FLAVORS as NIR_FLAVORS
 class ExportJob:
     """What the command line asked for."""
 
-    source: Path                      # a checkpoint (.pt) or a qsnn QONNX file (.onnx)
-    output: Path | None               # -o, or None for the target's default
+    source: Path  # a checkpoint (.pt) or a qsnn QONNX file (.onnx)
+    output: Path | None  # -o, or None for the target's default
     profile_name: str | None
     profile_overrides: dict[str, Any]
     allow_saturation: bool
     force: bool
-    batch_size: int | None = None      # --batch-size: static batch of a qonnx export
-    target_options: dict[str, Any] = field(default_factory=dict)   # e.g. lanes for fpga
+    batch_size: int | None = None  # --batch-size: static batch of a qonnx export
+    target_options: dict[str, Any] = field(default_factory=dict)  # e.g. lanes for fpga
 
     @property
     def source_is_onnx(self) -> bool:
@@ -53,8 +63,10 @@ class ExportJob:
         base = self.profile_name or default
         if base is None:
             if self.profile_overrides:
-                raise ProfileError("--profile-set: there is no profile to change (--to qonnx without --profile writes "
-                                   f"the float graph); add --profile NAME ({', '.join(sorted(PROFILES))})")
+                raise ProfileError(
+                    "--profile-set: there is no profile to change (--to qonnx without --profile writes "
+                    f"the float graph); add --profile NAME ({', '.join(sorted(PROFILES))})"
+                )
             return None
         return get_profile(base, **self.profile_overrides)
 
@@ -66,7 +78,9 @@ class ExportJob:
         profile = self.profile()
         if profile is None:
             if self.source_is_onnx:
-                raise ExportError(f"{self.source} is already a QONNX file; add --profile NAME to compile it to integers")
+                raise ExportError(
+                    f"{self.source} is already a QONNX file; add --profile NAME to compile it to integers"
+                )
             return self.source.with_suffix(".onnx")
         return self.source.with_name(f"{stem}.{profile.name}.onnx")
 
@@ -80,21 +94,23 @@ def float_qonnx(job: ExportJob) -> Iterator[Path]:
     from .qonnx_float import export_float
 
     with tempfile.TemporaryDirectory(prefix="qsnn-export-") as tmp:
-        note_user_path(tmp)        # the command's own scratch folder: a full disk there is the user's to know
+        note_user_path(tmp)  # the command's own scratch folder: a full disk there is the user's to know
         yield export_float(job.source, Path(tmp) / "float.onnx")
 
 
 def integer_network(job: ExportJob, profile: ChipProfile):
     """(IntegerNetwork, compile report) of the job's source under ``profile``."""
     from .compile import compile_qonnx
-    from .qonnx_int import read_integer_qonnx
     from .format import check_qsnn_model
+    from .qonnx_int import read_integer_qonnx
 
     if job.source_is_onnx and check_qsnn_model(job.source)[1]["kind"] == "integer":
         net = read_integer_qonnx(job.source)
         if net.profile != profile:
-            raise ExportError(f"{job.source} is already compiled for profile {net.profile.name!r}; "
-                              "start from the checkpoint or the float export")
+            raise ExportError(
+                f"{job.source} is already compiled for profile {net.profile.name!r}; "
+                "start from the checkpoint or the float export"
+            )
         return net, dict(net.metadata.get("compile_report", {}))
     with float_qonnx(job) as path:
         return compile_qonnx(path, profile, allow_saturation=job.allow_saturation)
@@ -103,17 +119,25 @@ def integer_network(job: ExportJob, profile: ChipProfile):
 def compile_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     """Summary rows of a compile report."""
     rows: list[tuple[str, Any]] = [
-        ("leak", f"{report['leak']['kind']}, leak constant {report['leak']['decay']} "
-                 f"(beta {report['leak']['beta']:.6g} -> {report['leak']['beta_integer']:.6g})")]
+        (
+            "leak",
+            f"{report['leak']['kind']}, leak constant {report['leak']['decay']} "
+            f"(beta {report['leak']['beta']:.6g} -> {report['leak']['beta_integer']:.6g})",
+        )
+    ]
     for layer in report["layers"]:
         th = layer["threshold"]
-        rows.append((f"  {layer['name']}",
-                     f"shift {layer['current_shift']:+d}"
-                     + (f", weights x{layer['weight_multiplier']}" if layer["weight_multiplier"] != 1 else "")
-                     + f", threshold {th['min']}..{th['max']} (err {th['max_rel_error']:.2%})"
-                     + f", bound [{layer['bound']['min']}, {layer['bound']['max']}] in "
-                       f"[{layer['membrane_range'][0]}, {layer['membrane_range'][1]}]"
-                     + (" SATURATION POSSIBLE" if layer["saturation_possible"] else "")))
+        rows.append(
+            (
+                f"  {layer['name']}",
+                f"shift {layer['current_shift']:+d}"
+                + (f", weights x{layer['weight_multiplier']}" if layer["weight_multiplier"] != 1 else "")
+                + f", threshold {th['min']}..{th['max']} (err {th['max_rel_error']:.2%})"
+                + f", bound [{layer['bound']['min']}, {layer['bound']['max']}] in "
+                f"[{layer['membrane_range'][0]}, {layer['membrane_range'][1]}]"
+                + (" SATURATION POSSIBLE" if layer["saturation_possible"] else ""),
+            )
+        )
     for note in report.get("notes", []):
         rows.append(("warning" if note.startswith("the model was") else "note", note))
     return rows
@@ -138,12 +162,17 @@ def write_qonnx(job: ExportJob) -> list[tuple[str, Any]]:
         export_integer(net, out, batch_size=job.batch_size)
     _, meta = check_qsnn_model(out)
     rows: list[tuple[str, Any]] = [
-        ("file", str(out)), ("size", f"{out.stat().st_size / 1024:.1f} KiB"),
+        ("file", str(out)),
+        ("size", f"{out.stat().st_size / 1024:.1f} KiB"),
         ("kind", meta["kind"] + (f" (profile {profile.name})" if profile else "")),
-        ("dataset", meta["dataset"]), ("time steps T", meta["num_steps"]),
+        ("dataset", meta["dataset"]),
+        ("time steps T", meta["num_steps"]),
         ("classes", f"{len(meta['classes'])}: {', '.join(map(str, meta['classes'][:11]))}"),
-        ("input", f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}, "
-                  f"values 0..{meta['input_max']} per cell and step"),
+        (
+            "input",
+            f"{meta['encoding']} {tuple(meta['input_shape'])}, scale {meta['input_scale']:.6g}, "
+            f"values 0..{meta['input_max']} per cell and step",
+        ),
         ("neuron", f"beta {meta['beta']:.6g}, theta {meta['threshold']:.6g}, {meta['reset']} reset"),
         ("weights", weights_summary(meta)),
         ("batch", meta.get("batch", "dynamic")),
@@ -164,8 +193,13 @@ def weights_summary(meta: dict[str, Any]) -> str:
     if layers and all(isinstance(b, int) and not isinstance(b, bool) for b in bits):
         quantized = max(bits) < 32 and meta.get("precision") != "fp32"
         text = precision_name(bits if quantized else None)
-        text += (f", {bits[0]} bits" if len(set(bits)) == 1 else
-                 " (" + ", ".join(f"{rec.get('name', i + 1)} {b}" for i, (rec, b) in enumerate(zip(layers, bits))) + " bits)")
+        text += (
+            f", {bits[0]} bits"
+            if len(set(bits)) == 1
+            else " ("
+            + ", ".join(f"{rec.get('name', i + 1)} {b}" for i, (rec, b) in enumerate(zip(layers, bits)))
+            + " bits)"
+        )
     else:
         text = f"{meta.get('precision')}, {meta.get('weight_bits')} bits"
     per = meta.get("weight_scale")
@@ -186,8 +220,9 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
     options = dict(job.target_options)
     if target == "loihi2":
         options["example"] = example_input(net)
-    write_target(target, net, outdir, force=job.force,
-                 source_info={"file": str(job.source), "profile": profile.name}, **options)
+    write_target(
+        target, net, outdir, force=job.force, source_info={"file": str(job.source), "profile": profile.name}, **options
+    )
     return [("output folder", str(outdir)), *summarize(outdir), *compile_rows(report)]
 
 
@@ -213,38 +248,71 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="CHECKPOINT_OR_ONNX")
-@click.option("--to", "target", type=click.Choice(list(TARGETS)), required=True,
-              help="What to write. qonnx: the network as a QONNX graph of one time step (membrane potentials "
-                   "are graph inputs u1..uL and outputs u1_out..uL_out, L the layer count; run it T times). Without --profile the "
-                   "graph has the trained float semantics (Brevitas Quant nodes for b-bit weights); with "
-                   "--profile it is the integer graph of that chip's arithmetic. fpga: weight memories (.mem for "
-                   "$readmemh, Xilinx .coe, Intel .mif), threshold/bias/leak tables and qsnn_model.h; loihi2: a "
-                   "lava-dl netx HDF5 file; nir: a NIR graph (nir.read). Table targets write a folder (-o OUTDIR) "
-                   "with manifest.json (shapes, widths, packing, SHA-256 of every file) and a README.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output file for qonnx [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx]; "
-                   "output folder for fpga/loihi2/nir [default: CHECKPOINT.<target>/].")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(list(TARGETS)),
+    required=True,
+    help="What to write. qonnx: the network as a QONNX graph of one time step (membrane potentials "
+    "are graph inputs u1..uL and outputs u1_out..uL_out, L the layer count; run it T times). Without --profile the "
+    "graph has the trained float semantics (Brevitas Quant nodes for b-bit weights); with "
+    "--profile it is the integer graph of that chip's arithmetic. fpga: weight memories (.mem for "
+    "$readmemh, Xilinx .coe, Intel .mif), threshold/bias/leak tables and qsnn_model.h; loihi2: a "
+    "lava-dl netx HDF5 file; nir: a NIR graph (nir.read). Table targets write a folder (-o OUTDIR) "
+    "with manifest.json (shapes, widths, packing, SHA-256 of every file) and a README.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file for qonnx [default: next to CHECKPOINT, CHECKPOINT.onnx or CHECKPOINT.<profile>.onnx]; "
+    "output folder for fpga/loihi2/nir [default: CHECKPOINT.<target>/].",
+)
 @version_option("qsnn-export")
 @list_profiles_option
 @profile_option("Compile to integers under this chip profile (a table target without it: the target's own).")
 @profile_set_option
 @allow_saturation_option
 @force_option
-@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
-              help="qonnx: fix the batch dimension of every graph input and output to N (FINN's convention is 1); "
-                   "default: dynamic.")
-@click.option("--nir-flavor", "nir_flavor", type=click.Choice(list(NIR_FLAVORS)), default=None,
-              help="nir: which importers the graph is written for. standard (default): snnTorch, spikingjelly, "
-                   "Norse (from_nir(..., dt=1e-4)); spyx: Spyx's channels-last dense order; sinabs: Sinabs with "
-                   "nir <= 1.0.4 (tau in steps). See the NIR folder's README.")
-@click.option("--lanes", type=int, default=None,
-              help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
-                   "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.")
+@click.option(
+    "--batch-size",
+    "batch_size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="qonnx: fix the batch dimension of every graph input and output to N (FINN's convention is 1); "
+    "default: dynamic.",
+)
+@click.option(
+    "--nir-flavor",
+    "nir_flavor",
+    type=click.Choice(list(NIR_FLAVORS)),
+    default=None,
+    help="nir: which importers the graph is written for. standard (default): snnTorch, spikingjelly, "
+    "Norse (from_nir(..., dt=1e-4)); spyx: Spyx's channels-last dense order; sinabs: Sinabs with "
+    "nir <= 1.0.4 (tau in steps). See the NIR folder's README.",
+)
+@click.option(
+    "--lanes",
+    type=int,
+    default=None,
+    help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
+    "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.",
+)
 @debug_option
 @friendly_errors
-def main(source: Path, target: str, output: Path | None, profile_name: str | None, profile_sets: tuple[str, ...],
-         allow_saturation: bool, force: bool, batch_size: int | None, nir_flavor: str | None,
-         lanes: int | None) -> None:
+def main(
+    source: Path,
+    target: str,
+    output: Path | None,
+    profile_name: str | None,
+    profile_sets: tuple[str, ...],
+    allow_saturation: bool,
+    force: bool,
+    batch_size: int | None,
+    nir_flavor: str | None,
+    lanes: int | None,
+) -> None:
     """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
     The output is written atomically: on any error an existing file is left as it was. A source
@@ -258,10 +326,16 @@ def main(source: Path, target: str, output: Path | None, profile_name: str | Non
         raise ExportError(f"--nir-flavor applies to --to nir only, not --to {target}")
     if batch_size is not None and target != "qonnx":
         raise ExportError(f"--batch-size applies to --to qonnx only, not --to {target}")
-    job = ExportJob(source=source, output=output, profile_name=profile_name,
-                    profile_overrides=parse_overrides(profile_sets), allow_saturation=allow_saturation, force=force,
-                    batch_size=batch_size,
-                    target_options={k: v for k, v in (("flavor", nir_flavor), ("lanes", lanes)) if v is not None})
+    job = ExportJob(
+        source=source,
+        output=output,
+        profile_name=profile_name,
+        profile_overrides=parse_overrides(profile_sets),
+        allow_saturation=allow_saturation,
+        force=force,
+        batch_size=batch_size,
+        target_options={k: v for k, v in (("flavor", nir_flavor), ("lanes", lanes)) if v is not None},
+    )
     output = output or job.default_output(target)
     kind: Kind = QONNX if target == "qonnx" else target_folder(target)
     check_outputs({"-o": (output, kind)}, inputs={"CHECKPOINT_OR_ONNX": source}, force=force)

@@ -109,8 +109,16 @@ LOWEST_SHIFT = -40
 # The worst-case membrane bound
 
 
-def membrane_bound(acc_max: np.ndarray, acc_min: np.ndarray, shift: int, bias: np.ndarray, theta: np.ndarray,
-                   leak_const: int, profile: ChipProfile, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def membrane_bound(
+    acc_max: np.ndarray,
+    acc_min: np.ndarray,
+    shift: int,
+    bias: np.ndarray,
+    theta: np.ndarray,
+    leak_const: int,
+    profile: ChipProfile,
+    num_steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (lowest, highest) membrane any input can produce within ``num_steps`` steps.
 
     Interval arithmetic over the integer step (:func:`qsnn.arith.pre_overflow`), starting from
@@ -130,14 +138,14 @@ def membrane_bound(acc_max: np.ndarray, acc_min: np.ndarray, shift: int, bias: n
         return pre_overflow(u, current, theta, leak_const, profile)
 
     for _ in range(num_steps):
-        no_reset = lo <= theta                     # some u ≤ θ in [lo, hi]: u in [lo, min(hi, θ)]
-        resets = hi > theta                        # some u > θ in [lo, hi]: u in [max(lo, θ + 1), hi]
+        no_reset = lo <= theta  # some u ≤ θ in [lo, hi]: u in [lo, min(hi, θ)]
+        resets = hi > theta  # some u > θ in [lo, hi]: u in [max(lo, θ + 1), hi]
         lo_n, hi_n = step(lo, cmin), step(np.minimum(hi, theta), cmax)
         lo_r, hi_r = step(np.maximum(lo, theta + 1), cmin), step(hi, cmax)
         new_lo = np.minimum(np.where(no_reset, lo_n, big), np.where(resets, lo_r, big))
         new_hi = np.maximum(np.where(no_reset, hi_n, -big), np.where(resets, hi_r, -big))
         if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
-            break                                  # a fixed point: every later step gives this interval again
+            break  # a fixed point: every later step gives this interval again
         lo, hi = new_lo, new_hi
         ext_lo, ext_hi = np.minimum(ext_lo, lo), np.maximum(ext_hi, hi)
     return ext_lo, ext_hi
@@ -151,15 +159,15 @@ def membrane_bound(acc_max: np.ndarray, acc_min: np.ndarray, shift: int, bias: n
 class Grid:
     """The membrane grid of one layer: effective shift e = s + m, and the constants on that grid."""
 
-    effective_shift: int          # e
-    current_shift: int            # s ≤ frac_bits
-    weight_mult_exp: int          # m: the weights are stored times 2^m
-    theta: np.ndarray             # θ_c, int64
-    bias: np.ndarray              # b_c, int64
-    unit: np.ndarray              # δ_c = s_c / 2^e: real membrane value of one grid unit
-    bound_lo: np.ndarray          # worst-case membrane per channel (before overflow)
+    effective_shift: int  # e
+    current_shift: int  # s ≤ frac_bits
+    weight_mult_exp: int  # m: the weights are stored times 2^m
+    theta: np.ndarray  # θ_c, int64
+    bias: np.ndarray  # b_c, int64
+    unit: np.ndarray  # δ_c = s_c / 2^e: real membrane value of one grid unit
+    bound_lo: np.ndarray  # worst-case membrane per channel (before overflow)
     bound_hi: np.ndarray
-    fits: bool                    # the bound lies inside the membrane range
+    fits: bool  # the bound lies inside the membrane range
     note: str = ""
 
 
@@ -169,21 +177,21 @@ class LayerPlan:
 
     source: FloatLayer
     index: int
-    input_scale: float            # s_in: 1/255 for pixels, 1 for counts and spikes
-    input_max: int                # the largest input value the bound assumes
-    leak_const: int               # the layer's integer leak constant (of its own β)
-    q: np.ndarray | None = None                 # integer weights (quantize_fp32_weights, flip_negative_gains)
-    weight_scale: np.ndarray | None = None      # s_w per channel
-    weight_max_abs: int = 0                     # max |q| as read or quantized
-    stored_max_abs: int = 0                     # max |tap| the target stores (the folded kernel on fold_pool)
-    acc_range: tuple[np.ndarray, np.ndarray] | None = None   # worst-case (largest, smallest) sum per channel
+    input_scale: float  # s_in: 1/255 for pixels, 1 for counts and spikes
+    input_max: int  # the largest input value the bound assumes
+    leak_const: int  # the layer's integer leak constant (of its own β)
+    q: np.ndarray | None = None  # integer weights (quantize_fp32_weights, flip_negative_gains)
+    weight_scale: np.ndarray | None = None  # s_w per channel
+    weight_max_abs: int = 0  # max |q| as read or quantized
+    stored_max_abs: int = 0  # max |tap| the target stores (the folded kernel on fold_pool)
+    acc_range: tuple[np.ndarray, np.ndarray] | None = None  # worst-case (largest, smallest) sum per channel
     weight_quantization: dict[str, Any] | None = None
-    acc_unit: np.ndarray | None = None          # s_c = |g_c|·s_w·s_in/p² (fold_batchnorm_and_pooling)
-    offset: np.ndarray | None = None            # o_c = g_c·β_c + h_c: the constant current (real units)
-    dead: np.ndarray | None = None              # channels with g_c = 0: the current is the bias alone
-    flipped: np.ndarray | None = None           # channels with g_c < 0 (flip_negative_gains)
-    grid: Grid | None = None                    # choose_membrane_grid
-    layer: IntegerLayer | None = None           # emit_integer_layers
+    acc_unit: np.ndarray | None = None  # s_c = |g_c|·s_w·s_in/p² (fold_batchnorm_and_pooling)
+    offset: np.ndarray | None = None  # o_c = g_c·β_c + h_c: the constant current (real units)
+    dead: np.ndarray | None = None  # channels with g_c = 0: the current is the bias alone
+    flipped: np.ndarray | None = None  # channels with g_c < 0 (flip_negative_gains)
+    grid: Grid | None = None  # choose_membrane_grid
+    layer: IntegerLayer | None = None  # emit_integer_layers
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -202,7 +210,7 @@ class Plan:
     leak_const: int
     layers: list[LayerPlan]
     notes: list[str] = field(default_factory=list)
-    limits: list[str] = field(default_factory=list)    # profile limits the network exceeds (one error)
+    limits: list[str] = field(default_factory=list)  # profile limits the network exceeds (one error)
     network: IntegerNetwork | None = None
     report: dict[str, Any] | None = None
 
@@ -211,17 +219,32 @@ class Plan:
         """The plan before any pass: the leak constant of β, the worst-case inputs (the export's declared
         ``input_max``), and the notes on them."""
         input_max = graph.input_max
-        layers = [LayerPlan(source=layer, index=i, input_scale=graph.input_scale if i == 0 else 1.0,
-                            input_max=input_max if i == 0 else 1, leak_const=leak_const_of(layer.beta, profile))
-                  for i, layer in enumerate(graph.layers)]
-        plan = cls(graph=graph, profile=profile, allow_saturation=allow_saturation, input_max=input_max,
-                   leak_const=leak_const_of(graph.beta, profile), layers=layers)
+        layers = [
+            LayerPlan(
+                source=layer,
+                index=i,
+                input_scale=graph.input_scale if i == 0 else 1.0,
+                input_max=input_max if i == 0 else 1,
+                leak_const=leak_const_of(layer.beta, profile),
+            )
+            for i, layer in enumerate(graph.layers)
+        ]
+        plan = cls(
+            graph=graph,
+            profile=profile,
+            allow_saturation=allow_saturation,
+            input_max=input_max,
+            leak_const=leak_const_of(graph.beta, profile),
+            layers=layers,
+        )
         trained_for = mismatch_warning(graph.metadata, profile)
         if trained_for:
             plan.notes.append(trained_for)
         if graph.encoding == "events":
-            plan.notes.append(f"event counts clipped to {input_max} per input cell and step ({input_max.bit_length()}-bit "
-                              "input, the training's encoding); the worst-case bound assumes exactly this")
+            plan.notes.append(
+                f"event counts clipped to {input_max} per input cell and step ({input_max.bit_length()}-bit "
+                "input, the training's encoding); the worst-case bound assumes exactly this"
+            )
         return plan
 
 
@@ -284,8 +307,10 @@ def quantize_fp32_weights(plan: Plan) -> None:
             err = float(np.max(np.abs(w - lp.q * scale))) if w.size else 0.0
             lp.weight_quantization = {"bits": bits, "max_abs_error": err, "max_rel_error": err / (amax or 1.0)}
             if lp.index == 0:
-                plan.notes.append(f"fp32 checkpoint: weights quantized per tensor to {plan.profile.weight_bits} bits "
-                                  "or fewer at compile time (post-training quantization); expect an accuracy change")
+                plan.notes.append(
+                    f"fp32 checkpoint: weights quantized per tensor to {plan.profile.weight_bits} bits "
+                    "or fewer at compile time (post-training quantization); expect an accuracy change"
+                )
         lp.weight_max_abs = int(np.max(np.abs(lp.q))) if lp.q.size else 0
 
 
@@ -298,9 +323,11 @@ def check_input_port(plan: Plan) -> None:
         return
     what = "event counts up to" if graph.encoding == "events" else "pixels up to"
     fix = f"retrain with --event-bits {p.input_bits} or fewer, or " if graph.encoding == "events" else ""
-    plan.limits.append(f"the model takes {what} {plan.input_max} per input cell and step but the {p.name} profile's "
-                       f"input port carries {p.input_bits}-bit values (up to {p.input_max}); {fix}widen the port "
-                       f"(--profile-set input_bits={plan.input_max.bit_length()})")
+    plan.limits.append(
+        f"the model takes {what} {plan.input_max} per input cell and step but the {p.name} profile's "
+        f"input port carries {p.input_bits}-bit values (up to {p.input_max}); {fix}widen the port "
+        f"(--profile-set input_bits={plan.input_max.bit_length()})"
+    )
 
 
 def _weight_bits_needed(max_abs: int) -> int:
@@ -313,14 +340,24 @@ def _weight_limit(plan: Plan, lp: LayerPlan, stored: np.ndarray) -> str:
     ``--profile-set weight_bits=N`` and the built-in profiles that would hold them."""
     p, src = plan.profile, lp.source
     folds = _folds(p, src)
-    what = (f"weights with the {src.pool}×{src.pool} pooling folded into the kernel" if folds
-            else f"{src.bit_width}-bit weights" if src.bit_width else "weights")
+    what = (
+        f"weights with the {src.pool}×{src.pool} pooling folded into the kernel"
+        if folds
+        else f"{src.bit_width}-bit weights"
+        if src.bit_width
+        else "weights"
+    )
     bits = _weight_bits_needed(lp.stored_max_abs)
-    others = [name for name, other in PROFILES.items()
-              if name != p.name and np.max(np.abs(_stored(other, src, lp.q)), initial=0) <= other.weight_max]
+    others = [
+        name
+        for name, other in PROFILES.items()
+        if name != p.name and np.max(np.abs(_stored(other, src, lp.q)), initial=0) <= other.weight_max
+    ]
     alt = "".join(f" or --profile {name}" for name in others)
-    return (f"layer {lp.name}: {what} reach ±{lp.stored_max_abs} but profile {p.name!r} holds {p.weight_bits}-bit "
-            f"weights (±{p.weight_max}); use --profile-set weight_bits={bits}{alt}")
+    return (
+        f"layer {lp.name}: {what} reach ±{lp.stored_max_abs} but profile {p.name!r} holds {p.weight_bits}-bit "
+        f"weights (±{p.weight_max}); use --profile-set weight_bits={bits}{alt}"
+    )
 
 
 def check_profile_limits(plan: Plan) -> None:
@@ -332,19 +369,23 @@ def check_profile_limits(plan: Plan) -> None:
     p = plan.profile
     for lp, shape in zip(plan.layers, plan.graph.layer_shapes):
         folds = _folds(p, lp.source)
-        stored = _stored(p, lp.source, lp.q)                          # what the target's weight memory holds
+        stored = _stored(p, lp.source, lp.q)  # what the target's weight memory holds
         lp.stored_max_abs = int(np.max(np.abs(stored))) if stored.size else 0
         if lp.stored_max_abs > p.weight_max:
             plan.limits.append(_weight_limit(plan, lp, stored))
         fan_in = stored[0].size
         if p.max_fan_in and fan_in > p.max_fan_in:
-            plan.limits.append(f"layer {lp.name}: fan-in {fan_in}{' (pooling folded in)' if folds else ''} exceeds "
-                               f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron "
-                               f"(--profile-set max_fan_in={fan_in})")
+            plan.limits.append(
+                f"layer {lp.name}: fan-in {fan_in}{' (pooling folded in)' if folds else ''} exceeds "
+                f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron "
+                f"(--profile-set max_fan_in={fan_in})"
+            )
         neurons = int(np.prod(shape))
         if p.max_neurons and neurons > p.max_neurons:
-            plan.limits.append(f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons} "
-                               f"(--profile-set max_neurons={neurons})")
+            plan.limits.append(
+                f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons} "
+                f"(--profile-set max_neurons={neurons})"
+            )
         if p.current_bits:
             live = np.where((lp.source.bn_gain != 0).reshape((-1,) + (1,) * (lp.q.ndim - 1)), lp.q, 0)
             acc_max, acc_min = accumulator_range(live, lp.source.pool, lp.input_max)
@@ -353,12 +394,14 @@ def check_profile_limits(plan: Plan) -> None:
                 plan.limits.append(
                     f"layer {lp.name}: synaptic sums reach ±{big} (every input at {lp.input_max}), beyond the "
                     f"{p.name} profile's {p.current_bits}-bit dendritic accumulator (±{half - 1}); use smaller "
-                    f"weights or fewer inputs per neuron (or --profile-set current_bits={big.bit_length() + 1})")
+                    f"weights or fewer inputs per neuron (or --profile-set current_bits={big.bit_length() + 1})"
+                )
     if len(plan.limits) == 1:
         raise ProfileError(plan.limits[0])
     if plan.limits:
-        raise ProfileError(f"profile {p.name!r} cannot hold this network ({len(plan.limits)} limits): "
-                           + "; ".join(plan.limits))
+        raise ProfileError(
+            f"profile {p.name!r} cannot hold this network ({len(plan.limits)} limits): " + "; ".join(plan.limits)
+        )
 
 
 def fold_batchnorm_and_pooling(plan: Plan) -> None:
@@ -367,12 +410,14 @@ def fold_batchnorm_and_pooling(plan: Plan) -> None:
     o_c = g_c·β_c + h_c: the constant current (the synaptic bias through BatchNorm, and its shift)."""
     for lp in plan.layers:
         src = lp.source
-        per_unit = lp.weight_scale * lp.input_scale / src.pool ** 2
+        per_unit = lp.weight_scale * lp.input_scale / src.pool**2
         unit = np.abs(src.bn_gain) * per_unit
         lp.dead = ~(unit > 0)
-        lp.acc_unit = np.where(lp.dead, per_unit, unit)     # γ = 0: any unit; the current is the constant o_c
+        lp.acc_unit = np.where(lp.dead, per_unit, unit)  # γ = 0: any unit; the current is the constant o_c
         # the synaptic bias β_c, added before pooling (a constant pools to itself), goes through BatchNorm
-        lp.offset = src.bn_offset if src.bias is None else src.bn_gain * np.asarray(src.bias, np.float64) + src.bn_offset
+        lp.offset = (
+            src.bn_offset if src.bias is None else src.bn_gain * np.asarray(src.bias, np.float64) + src.bn_offset
+        )
 
 
 def flip_negative_gains(plan: Plan) -> None:
@@ -395,12 +440,23 @@ def choose_membrane_grid(plan: Plan) -> None:
             m_max += 1
         acc_max, acc_min = accumulator_range(lp.q, lp.source.pool, lp.input_max)
         lp.acc_range = (acc_max, acc_min)
-        if p.current_bits:                             # the sums fit the register (check_profile_limits)
+        if p.current_bits:  # the sums fit the register (check_profile_limits)
             big, half = max(int(acc_max.max()), int(-acc_min.min())), 2 ** (p.current_bits - 1)
-            while m_max and big << m_max >= half:      # the weight multiplier scales the sums too
+            while m_max and big << m_max >= half:  # the weight multiplier scales the sums too
                 m_max -= 1
-        lp.grid = _choose_grid(lp.name, lp.acc_unit, lp.offset, lp.source.theta, acc_max, acc_min,
-                               lp.leak_const, p, plan.graph.num_steps, m_max, plan.allow_saturation)
+        lp.grid = _choose_grid(
+            lp.name,
+            lp.acc_unit,
+            lp.offset,
+            lp.source.theta,
+            acc_max,
+            acc_min,
+            lp.leak_const,
+            p,
+            plan.graph.num_steps,
+            m_max,
+            plan.allow_saturation,
+        )
         if lp.grid.note:
             lp.notes.append(lp.grid.note)
 
@@ -413,9 +469,19 @@ def emit_integer_layers(plan: Plan) -> None:
         g = lp.grid
         weight = lp.q << g.weight_mult_exp
         lp.layer = IntegerLayer(
-            name=lp.name, kind=lp.source.kind, weight=weight.astype(dtype), pool=lp.source.pool,
-            current_shift=g.current_shift, threshold=g.theta, bias=g.bias, leak_const=lp.leak_const,
-            scale=g.unit.astype(np.float64), weight_exp=0, stride=lp.source.stride, padding=lp.source.padding)
+            name=lp.name,
+            kind=lp.source.kind,
+            weight=weight.astype(dtype),
+            pool=lp.source.pool,
+            current_shift=g.current_shift,
+            threshold=g.theta,
+            bias=g.bias,
+            leak_const=lp.leak_const,
+            scale=g.unit.astype(np.float64),
+            weight_exp=0,
+            stride=lp.source.stride,
+            padding=lp.source.padding,
+        )
 
 
 def write_report(plan: Plan) -> None:
@@ -426,67 +492,116 @@ def write_report(plan: Plan) -> None:
     for lp in plan.layers:
         g, weight = lp.grid, lp.layer.weight
         src = lp.source
-        rep: dict[str, Any] = {"name": lp.name, "kind": src.kind, "pool": src.pool, "stride": src.stride,
-                               "padding": src.padding,
-                               "weight_bits": src.bit_width or (lp.weight_quantization or {}).get("bits"),
-                               "synaptic_bias": src.bias is not None}
+        rep: dict[str, Any] = {
+            "name": lp.name,
+            "kind": src.kind,
+            "pool": src.pool,
+            "stride": src.stride,
+            "padding": src.padding,
+            "weight_bits": src.bit_width or (lp.weight_quantization or {}).get("bits"),
+            "synaptic_bias": src.bias is not None,
+        }
         if lp.weight_quantization is not None:
             rep["weight_quantization"] = lp.weight_quantization
         theta, beta_l = src.theta, effective_beta(lp.leak_const, p)
         th_err = np.abs(g.theta * g.unit - theta)
         b_err = np.abs(g.bias * g.unit - lp.offset)
         bound_abs = max(abs(int(g.bound_lo.min())), abs(int(g.bound_hi.max())), 1)
-        rep.update({
-            "beta": src.beta, "decay": lp.leak_const, "beta_integer": beta_l, "theta": theta,
-            "current_shift": g.current_shift, "weight_multiplier": 2**g.weight_mult_exp,
-            "effective_shift": g.effective_shift,
-            "weight_max_abs": int(np.max(np.abs(weight))) if weight.size else 0,
-            "flipped_channels": int(lp.flipped.sum()),
-            "threshold": {"min": int(g.theta.min()), "max": int(g.theta.max()),
-                          "max_abs_error": float(th_err.max()), "max_rel_error": float(th_err.max() / theta)},
-            "bias": {"max_abs": int(np.abs(g.bias).max()), "max_abs_error": float(b_err.max()),
-                     "max_rel_error": float(b_err.max() / theta)},
-            "grid_unit": {"min": float(g.unit.min()), "max": float(g.unit.max())},
-            "bound": {"min": int(g.bound_lo.min()), "max": int(g.bound_hi.max())},
-            "membrane_range": [p.membrane_min, p.membrane_max],
-            "headroom_bits": float(math.log2(p.membrane_max / bound_abs)),
-            "saturation_possible": not g.fits,
-            "current_wrap_possible": _current_wraps(lp, p),
-        })
+        rep.update(
+            {
+                "beta": src.beta,
+                "decay": lp.leak_const,
+                "beta_integer": beta_l,
+                "theta": theta,
+                "current_shift": g.current_shift,
+                "weight_multiplier": 2**g.weight_mult_exp,
+                "effective_shift": g.effective_shift,
+                "weight_max_abs": int(np.max(np.abs(weight))) if weight.size else 0,
+                "flipped_channels": int(lp.flipped.sum()),
+                "threshold": {
+                    "min": int(g.theta.min()),
+                    "max": int(g.theta.max()),
+                    "max_abs_error": float(th_err.max()),
+                    "max_rel_error": float(th_err.max() / theta),
+                },
+                "bias": {
+                    "max_abs": int(np.abs(g.bias).max()),
+                    "max_abs_error": float(b_err.max()),
+                    "max_rel_error": float(b_err.max() / theta),
+                },
+                "grid_unit": {"min": float(g.unit.min()), "max": float(g.unit.max())},
+                "bound": {"min": int(g.bound_lo.min()), "max": int(g.bound_hi.max())},
+                "membrane_range": [p.membrane_min, p.membrane_max],
+                "headroom_bits": float(math.log2(p.membrane_max / bound_abs)),
+                "saturation_possible": not g.fits,
+                "current_wrap_possible": _current_wraps(lp, p),
+            }
+        )
         layers.append(rep)
     beta_int = effective_beta(plan.leak_const, p)
-    leak_err = max([abs(graph.beta - beta_int)] + [abs(lp.source.beta - effective_beta(lp.leak_const, p))
-                                                     for lp in plan.layers])
+    leak_err = max(
+        [abs(graph.beta - beta_int)] + [abs(lp.source.beta - effective_beta(lp.leak_const, p)) for lp in plan.layers]
+    )
     report = {
-        "profile": p.name, "profile_fields": p.to_dict(),
-        "trained": {"beta": graph.beta, "threshold": graph.theta, "reset": graph.reset, "precision": graph.precision,
-                    "profile": graph.trained_profile, "synaptic_delay": graph.synaptic_delay},
-        "leak": {"kind": p.leak, "decay": plan.leak_const, "beta": graph.beta, "beta_integer": beta_int,
-                 "abs_error": leak_err},
-        "num_steps": graph.num_steps, "input_max": plan.input_max, "layers": layers,
+        "profile": p.name,
+        "profile_fields": p.to_dict(),
+        "trained": {
+            "beta": graph.beta,
+            "threshold": graph.theta,
+            "reset": graph.reset,
+            "precision": graph.precision,
+            "profile": graph.trained_profile,
+            "synaptic_delay": graph.synaptic_delay,
+        },
+        "leak": {
+            "kind": p.leak,
+            "decay": plan.leak_const,
+            "beta": graph.beta,
+            "beta_integer": beta_int,
+            "abs_error": leak_err,
+        },
+        "num_steps": graph.num_steps,
+        "input_max": plan.input_max,
+        "layers": layers,
         "saturation_possible": any(not lp.grid.fits for lp in plan.layers),
         "notes": plan.notes + [note for lp in plan.layers for note in lp.notes],
-        "rules": {"shift": "largest shift whose worst-case membrane bound fits (module qsnn.export.compile)",
-                  "min_threshold_steps": MIN_THRESHOLD_STEPS, "saturation_headroom": SATURATION_HEADROOM},
+        "rules": {
+            "shift": "largest shift whose worst-case membrane bound fits (module qsnn.export.compile)",
+            "min_threshold_steps": MIN_THRESHOLD_STEPS,
+            "saturation_headroom": SATURATION_HEADROOM,
+        },
     }
     plan.report = to_jsonable(report)
     net_meta = {k: v for k, v in graph.metadata.items() if k not in ("profile", "network", "compile_report")}
     net_meta["compile_report"] = plan.report
     plan.network = IntegerNetwork(
-        layers=tuple(lp.layer for lp in plan.layers), profile=p, input_shape=graph.input_shape,
-        num_steps=graph.num_steps, encoding=graph.encoding, classes=graph.classes, metadata=net_meta,
-        input_max=plan.input_max)
+        layers=tuple(lp.layer for lp in plan.layers),
+        profile=p,
+        input_shape=graph.input_shape,
+        num_steps=graph.num_steps,
+        encoding=graph.encoding,
+        classes=graph.classes,
+        metadata=net_meta,
+        input_max=plan.input_max,
+    )
 
 
 #: The passes after reading the float graph, in order.
 PASSES: tuple[Callable[[Plan], None], ...] = (
-    check_input_port, quantize_fp32_weights, check_profile_limits, fold_batchnorm_and_pooling, flip_negative_gains,
-    choose_membrane_grid, emit_integer_layers, write_report,
+    check_input_port,
+    quantize_fp32_weights,
+    check_profile_limits,
+    fold_batchnorm_and_pooling,
+    flip_negative_gains,
+    choose_membrane_grid,
+    emit_integer_layers,
+    write_report,
 )
 
 
-def compile_graph(graph: FloatGraph, profile: ChipProfile, *,
-                  allow_saturation: bool = False) -> tuple[IntegerNetwork, dict[str, Any]]:
+def compile_graph(
+    graph: FloatGraph, profile: ChipProfile, *, allow_saturation: bool = False
+) -> tuple[IntegerNetwork, dict[str, Any]]:
     """Run :data:`PASSES` over a read float graph: (network, compile report)."""
     plan = Plan.start(graph, profile, allow_saturation=allow_saturation)
     for compile_pass in PASSES:
@@ -494,8 +609,9 @@ def compile_graph(graph: FloatGraph, profile: ChipProfile, *,
     return plan.network, plan.report
 
 
-def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *,
-                  allow_saturation: bool = False) -> tuple[IntegerNetwork, dict[str, Any]]:
+def compile_qonnx(
+    onnx_path: str | os.PathLike, profile: ChipProfile, *, allow_saturation: bool = False
+) -> tuple[IntegerNetwork, dict[str, Any]]:
     """Compile a float qsnn QONNX export to an :class:`IntegerNetwork` under ``profile``.
 
     Reads only the ONNX file. Returns the network (its ``metadata`` holds the ONNX metadata and the
@@ -506,7 +622,7 @@ def compile_qonnx(onnx_path: str | os.PathLike, profile: ChipProfile, *,
     Raises :class:`~qsnn.errors.ExportError` if the file is not a float qsnn export and
     :class:`~qsnn.errors.ProfileError` if the network cannot be represented under ``profile``.
     """
-    graph = read_float_graph(onnx_path)          # the one pass that reads the file (and may call it damaged)
+    graph = read_float_graph(onnx_path)  # the one pass that reads the file (and may call it damaged)
     return compile_graph(graph, profile, allow_saturation=allow_saturation)
 
 
@@ -537,8 +653,10 @@ def mismatch_warning(meta: dict[str, Any], profile: ChipProfile) -> str:
         return ""
     what = f"trained for profile {trained!r}" if trained else "not trained for a chip profile"
     detail = f" with {', '.join(diffs)}" if diffs else ""
-    return (f"the model was {what}{detail} but is simulated under profile {profile.name!r}: spikes can differ from "
-            f"the trained model (train with qsnn-train run --profile {profile.name})")
+    return (
+        f"the model was {what}{detail} but is simulated under profile {profile.name!r}: spikes can differ from "
+        f"the trained model (train with qsnn-train run --profile {profile.name})"
+    )
 
 
 def _current_wraps(lp: LayerPlan, p: ChipProfile) -> bool:
@@ -551,8 +669,9 @@ def _current_wraps(lp: LayerPlan, p: ChipProfile) -> bool:
     return bool(shl(acc_max << m, s).max() > half or shl(acc_min << m, s).min() <= -half)
 
 
-def _on_grid(e: int, frac_bits: int, m_max: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray,
-             profile: ChipProfile):
+def _on_grid(
+    e: int, frac_bits: int, m_max: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray, profile: ChipProfile
+):
     """(s, m, δ, θ_c, b_c) for effective shift e: θ_c and b_c still float (rounded), for the register checks."""
     ts, bs = profile.threshold_shift, profile.bias_shift
     m = min(max(e - frac_bits, 0), m_max)
@@ -563,9 +682,19 @@ def _on_grid(e: int, frac_bits: int, m_max: int, acc_unit: np.ndarray, theta: fl
     return s, m, unit, th, b
 
 
-def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: float, acc_max: np.ndarray,
-                 acc_min: np.ndarray, leak_const: int, profile: ChipProfile, T: int, m_max: int,
-                 allow_saturation: bool) -> Grid:
+def _choose_grid(
+    name: str,
+    acc_unit: np.ndarray,
+    offset: np.ndarray,
+    theta: float,
+    acc_max: np.ndarray,
+    acc_min: np.ndarray,
+    leak_const: int,
+    profile: ChipProfile,
+    T: int,
+    m_max: int,
+    allow_saturation: bool,
+) -> Grid:
     """Pick the effective shift e by the rule of the module docstring (and its fixed-shift variant)."""
     p = profile
     ts = p.threshold_shift
@@ -574,8 +703,12 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
     last = None
 
     def regs_ok(th, b):
-        return (np.all(th <= p.threshold_max) and np.all(np.abs(b) <= p.bias_max)
-                and np.all(th < p.membrane_max) and np.all(np.abs(b) < 2**61))
+        return (
+            np.all(th <= p.threshold_max)
+            and np.all(np.abs(b) <= p.bias_max)
+            and np.all(th < p.membrane_max)
+            and np.all(np.abs(b) < 2**61)
+        )
 
     for e in range(e_top, e_low - 1, -1):
         s, m, unit, th, b = _on_grid(e, p.frac_bits, m_max, acc_unit, theta, offset, p)
@@ -591,13 +724,17 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
     if p.fixed_shift:
         return _fixed_shift_fallback(name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T)
     if not allow_saturation:
-        detail = (f"at the lowest usable shift {last[0]} the bound is [{last[1]}, {last[2]}] with thresholds from "
-                  f"{last[3]}" if last else "no shift keeps its thresholds and biases inside the registers")
+        detail = (
+            f"at the lowest usable shift {last[0]} the bound is [{last[1]}, {last[2]}] with thresholds from {last[3]}"
+            if last
+            else "no shift keeps its thresholds and biases inside the registers"
+        )
         raise ProfileError(
             f"layer {name}: the worst-case membrane over T={T} steps does not fit the {p.name} profile's "
             f"{p.membrane_bits}-bit membrane [{p.membrane_min}, {p.membrane_max}] with thresholds of at least "
             f"{MIN_THRESHOLD_STEPS} steps ({detail}); widen the membrane (--profile-set membrane_bits=N) or allow "
-            "saturation (--allow-saturation)")
+            "saturation (--allow-saturation)"
+        )
     for e in range(e_top, LOWEST_SHIFT - 1, -1):
         s, m, unit, th, b = _on_grid(e, p.frac_bits, m_max, acc_unit, theta, offset, p)
         if not regs_ok(th, b) or np.max(th) <= 0:
@@ -606,17 +743,31 @@ def _choose_grid(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: flo
             continue
         th_i, b_i = th.astype(np.int64), b.astype(np.int64)
         lo, hi = membrane_bound(acc_max << m, acc_min << m, s, b_i, th_i, leak_const, p, T)
-        note = (f"{name}: worst-case membrane [{int(lo.min())}, {int(hi.max())}] exceeds the {p.membrane_bits}-bit "
-                f"range; allowed to saturate, it uses current shift {s}" + (f" with weights x{2**m}" if m else "")
-                + f" (thresholds {int(th_i.min())}..{int(th_i.max())})")
+        note = (
+            f"{name}: worst-case membrane [{int(lo.min())}, {int(hi.max())}] exceeds the {p.membrane_bits}-bit "
+            f"range; allowed to saturate, it uses current shift {s}"
+            + (f" with weights x{2**m}" if m else "")
+            + f" (thresholds {int(th_i.min())}..{int(th_i.max())})"
+        )
         return Grid(e, s, m, th_i, b_i, unit, lo, hi, fits=False, note=note)
-    raise ProfileError(f"layer {name}: no current shift puts threshold θ={theta:g} on the {p.name} profile's "
-                       f"{p.membrane_bits}-bit membrane with {SATURATION_HEADROOM}x headroom and a nonzero threshold "
-                       f"(thresholds ≤ {p.threshold_max}, biases ≤ {p.bias_max})")
+    raise ProfileError(
+        f"layer {name}: no current shift puts threshold θ={theta:g} on the {p.name} profile's "
+        f"{p.membrane_bits}-bit membrane with {SATURATION_HEADROOM}x headroom and a nonzero threshold "
+        f"(thresholds ≤ {p.threshold_max}, biases ≤ {p.bias_max})"
+    )
 
 
-def _fixed_shift_fallback(name: str, acc_unit: np.ndarray, offset: np.ndarray, theta: float, acc_max: np.ndarray,
-                          acc_min: np.ndarray, leak_const: int, p: ChipProfile, T: int) -> Grid:
+def _fixed_shift_fallback(
+    name: str,
+    acc_unit: np.ndarray,
+    offset: np.ndarray,
+    theta: float,
+    acc_max: np.ndarray,
+    acc_min: np.ndarray,
+    leak_const: int,
+    p: ChipProfile,
+    T: int,
+) -> Grid:
     """No weight multiplier keeps the worst case inside the membrane on a fixed-shift profile: the
     file cannot carry a smaller current, so m = 0 at s = frac_bits (the least overflow), biases
     clipped to their register, and the report says the membrane may saturate (counted in simulation)."""
@@ -627,23 +778,31 @@ def _fixed_shift_fallback(name: str, acc_unit: np.ndarray, offset: np.ndarray, t
         raise ProfileError(
             f"layer {name}: threshold θ={theta:g} needs {int(th.max())} grid units at the {p.name} profile's fixed "
             f"current shift {p.frac_bits}, beyond its largest threshold {largest} ({p.threshold_bits}-bit vth << {ts}); "
-            "the weights are too small for this threshold")
+            "the weights are too small for this threshold"
+        )
     if np.min(th) < MIN_THRESHOLD_STEPS * 2**ts:
         raise ProfileError(
             f"layer {name}: threshold θ={theta:g} is only {int(th.min())} grid units at the {p.name} profile's fixed "
             f"current shift {p.frac_bits} (fewer than {MIN_THRESHOLD_STEPS} steps of 2^{ts}); the weights are too "
-            "large for this threshold")
+            "large for this threshold"
+        )
     clipped = np.abs(b) > p.bias_max
     th_i, b_i = th.astype(np.int64), np.clip(b, -p.bias_max, p.bias_max).astype(np.int64)
     lo, hi = membrane_bound(acc_max, acc_min, s, b_i, th_i, leak_const, p, T)
     fits = bool(lo.min() >= p.membrane_min and hi.max() <= p.membrane_max)
     notes = []
     if not fits:
-        notes.append(f"worst-case membrane [{int(lo.min())}, {int(hi.max())}] exceeds the {p.membrane_bits}-bit range "
-                     f"and the {p.name} profile's current shift is fixed at {p.frac_bits} (no smaller current can be "
-                     "expressed): the membrane may saturate" + (" and the current register wrap" if p.current_bits else "")
-                     + " (counted in simulation)")
+        notes.append(
+            f"worst-case membrane [{int(lo.min())}, {int(hi.max())}] exceeds the {p.membrane_bits}-bit range "
+            f"and the {p.name} profile's current shift is fixed at {p.frac_bits} (no smaller current can be "
+            "expressed): the membrane may saturate"
+            + (" and the current register wrap" if p.current_bits else "")
+            + " (counted in simulation)"
+        )
     if np.any(clipped):
-        notes.append(f"{int(clipped.sum())} bias(es) clipped to the {p.bias_bits}-bit mantissa (±{p.bias_max} grid units)")
-    return Grid(p.frac_bits, s, m, th_i, b_i, unit, lo, hi, fits=fits,
-                note=f"{name}: " + "; ".join(notes) if notes else "")
+        notes.append(
+            f"{int(clipped.sum())} bias(es) clipped to the {p.bias_bits}-bit mantissa (±{p.bias_max} grid units)"
+        )
+    return Grid(
+        p.frac_bits, s, m, th_i, b_i, unit, lo, hi, fits=fits, note=f"{name}: " + "; ".join(notes) if notes else ""
+    )

@@ -82,7 +82,7 @@ def fold_pool_strided(weight: np.ndarray, pool: int, stride: int, dtype: Any = n
     out = np.zeros((o, c, side, side), dtype=dtype)
     for a in range(pool):
         for b in range(pool):
-            out[:, :, a * stride:a * stride + k, b * stride:b * stride + k] += w
+            out[:, :, a * stride : a * stride + k, b * stride : b * stride + k] += w
     return out
 
 
@@ -98,7 +98,7 @@ class _Layer:
 
     def __init__(self, src: FloatLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...], where: str) -> None:
         self.name, self.kind = src.name, src.kind
-        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)   # NCHW / (n,)
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)  # NCHW / (n,)
         pool = src.pool
         quantized = src.q is not None
         w = src.q if quantized else src.w_real
@@ -123,7 +123,7 @@ class _Layer:
         self.c64 = scale / area
         c32 = self.c64.astype(np.float32)
         self.c32 = c32 if np.array_equal(c32.astype(np.float64), self.c64) else None
-        self.real = np.ascontiguousarray(mat.T.astype(np.float64))    # (cols, O), for non-integer inputs
+        self.real = np.ascontiguousarray(mat.T.astype(np.float64))  # (cols, O), for non-integer inputs
         self.quantized = quantized
         self.abs_rows = np.abs(mat).sum(axis=1).max() if mat.size else 0
         self.weight_max = np.abs(mat).max(initial=0)
@@ -151,9 +151,13 @@ class _Layer:
         self.cg64 = self.c64 * self.g64
         bias = getattr(src, "bias", None)
         self.bias64 = None if bias is None else np.asarray(bias, np.float64).reshape(-1)
-        if self.bn_arith == "float32" and not (np.array_equal(self.g32, self.g64) and np.array_equal(self.h32, self.h64)):
-            raise ExportError(f"{where}: layer {self.name}: float32 BatchNorm constants that are not float32 values; "
-                              "the file is damaged or edited: export the checkpoint again")
+        if self.bn_arith == "float32" and not (
+            np.array_equal(self.g32, self.g64) and np.array_equal(self.h32, self.h64)
+        ):
+            raise ExportError(
+                f"{where}: layer {self.name}: float32 BatchNorm constants that are not float32 values; "
+                "the file is damaged or edited: export the checkpoint again"
+            )
         self.beta, self.theta, self.reset = np.float32(src.beta), np.float32(src.theta), src.reset
 
     # -- synaptic sums --------------------------------------------------------------------------
@@ -196,30 +200,37 @@ class _Layer:
             return xs.reshape(len(xs), -1)
         return im2col(xs, window, self.stride, self.out_nhwc[:2])
 
-    def sums_plan(self, x: np.ndarray, unit: float) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], int, float, int]:
+    def sums_plan(
+        self, x: np.ndarray, unit: float
+    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], int, float, int]:
         """(input as the kernel takes it, kernel on im2col rows, bound of |Σ|, w, window): how to sum ``x``
         (see :meth:`sums`)."""
-        if self.padding:                                   # zeros around H and W: code 0, spike 0, value 0
+        if self.padding:  # zeros around H and W: code 0, spike 0, value 0
             pad = self.padding
             x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         if x.dtype == np.bool_:
             x, in_max = x.view(np.uint8), 1
         else:
             if not np.issubdtype(x.dtype, np.integer):
-                counts = x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() < 2**31 \
+                counts = (
+                    x.size
+                    and np.isfinite(x).all()
+                    and x.min() >= 0
+                    and x.max() < 2**31
                     and np.array_equal(x, np.floor(x))
-                if not counts:                             # real values: float64 products, one rounding
+                )
+                if not counts:  # real values: float64 products, one rounding
                     return x, lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
                 x, unit = x.astype(np.int64), 1.0
             in_max = int(x.max(initial=0))
-        if not self.quantized:                             # an fp32 export's real weights
+        if not self.quantized:  # an fp32 export's real weights
             values = model_input(np.arange(in_max + 1), unit)
             return values[x], lambda cols: cols.astype(np.float64) @ self.real, FLOAT64_EXACT, 1.0, self.window
-        ones = unit == 1.0 or in_max == 0                  # each code is worth itself (or all are 0)
+        ones = unit == 1.0 or in_max == 0  # each code is worth itself (or all are 0)
         if ones and in_max <= 1 and self.box is not None:  # spikes: box sums, the layer's own kernel
             mm, side, bound = self.box
             return box_sums(x if x.dtype == np.uint8 else x.astype(np.uint8), self.stride), mm, bound, 1.0, side
-        if ones and in_max <= 255:                         # one integer product
+        if ones and in_max <= 255:  # one integer product
             fn, bound = self.int_sums(in_max)
             return (x if x.dtype == np.uint8 else x.astype(np.uint8)), fn, bound, 1.0, self.window
         # the codes' float32 values as integers V_p·2^e, summed exactly through the integer kernel
@@ -233,7 +244,7 @@ class _Layer:
             off = -int(resid.min())
             if int(resid.max()) + off <= 255:
                 dtab = (resid + off).astype(np.uint8)
-                offset = off * self._mat.sum(axis=1)           # Σ over the window of off·W', per output
+                offset = off * self._mat.sum(axis=1)  # Σ over the window of off·W', per output
 
                 def linear_sums(cols: np.ndarray) -> np.ndarray:
                     total = limb(cols).astype(np.int64)
@@ -242,17 +253,23 @@ class _Layer:
                     total -= offset
                     return total
 
-                return (x if x.dtype == np.uint8 else x.astype(np.uint8)), linear_sums, FLOAT64_EXACT, 2.0 ** e, self.window
+                return (
+                    (x if x.dtype == np.uint8 else x.astype(np.uint8)),
+                    linear_sums,
+                    FLOAT64_EXACT,
+                    2.0**e,
+                    self.window,
+                )
         nbytes = max(1, (int(table.max()).bit_length() + 7) // 8)
 
-        def byte_sums(cols: np.ndarray) -> np.ndarray:      # V in byte limbs: Σ_k 2^{8k} Σ limb_k q
+        def byte_sums(cols: np.ndarray) -> np.ndarray:  # V in byte limbs: Σ_k 2^{8k} Σ limb_k q
             total = None
             for k in range(nbytes):
                 part = limb(((cols >> (8 * k)) & 255).astype(np.uint8)).astype(np.int64)
                 total = part if total is None else total + (part << (8 * k))
             return total
 
-        return table[x], byte_sums, FLOAT64_EXACT, 2.0 ** e, self.window
+        return table[x], byte_sums, FLOAT64_EXACT, 2.0**e, self.window
 
     def _code_values(self, in_max: int, unit: float) -> tuple[np.ndarray, int]:
         """(V, e): the model's value of each code p ≤ in_max, fl32(p · fl32(unit)) = V[p] · 2^e, V int64."""
@@ -260,21 +277,28 @@ class _Layer:
         if key not in self._codes:
             values = model_input(np.arange(in_max + 1), unit)
             nonzero = values[values != 0].astype(np.float64)
-            e = int(np.frexp(nonzero)[1].min()) - 24 if nonzero.size else 0   # the finest ulp among them
+            e = int(np.frexp(nonzero)[1].min()) - 24 if nonzero.size else 0  # the finest ulp among them
             table = np.ldexp(values.astype(np.float64), -e)
             if not np.array_equal(table, np.floor(table)) or np.abs(table).max(initial=0) >= 2**52:
-                raise ExportError(f"layer {self.name}: input codes p·{unit} whose float32 values are not multiples of 2^{e}")
+                raise ExportError(
+                    f"layer {self.name}: input codes p·{unit} whose float32 values are not multiples of 2^{e}"
+                )
             self._codes[key] = (table.astype(np.int64), e)
         return self._codes[key]
 
-    def _apply(self, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], bound: int, unit: float,
-               window: int) -> np.ndarray:
+    def _apply(
+        self, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], bound: int, unit: float, window: int
+    ) -> np.ndarray:
         """``_current(fn(im2col(x)))`` in row chunks of about :data:`CHUNK_BYTES`."""
         m = x.shape[0]
-        per_sample = (1 if self.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * \
-            window * window * (x.shape[-1] if self.kind == "conv" else self.cols)
+        per_sample = (
+            (1 if self.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1])
+            * window
+            * window
+            * (x.shape[-1] if self.kind == "conv" else self.cols)
+        )
         step = max(1, CHUNK_BYTES // max(1, per_sample * x.dtype.itemsize))
-        parts = [self._current(fn(self._cols(x[s0:s0 + step], window)), bound, unit) for s0 in range(0, m, step)]
+        parts = [self._current(fn(self._cols(x[s0 : s0 + step], window)), bound, unit) for s0 in range(0, m, step)]
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(m, *self.out_nhwc)
 
     def _current(self, sums: np.ndarray, bound: int, unit: float = 1.0) -> np.ndarray:
@@ -286,7 +310,7 @@ class _Layer:
         rounded to float32 (where c·Σ is a float32 value, as for power-of-two scales, the graph's
         own result; otherwise the real value to within float64 rounding).
         """
-        if self.bias64 is not None:                        # the synapse's output with its bias, once rounded
+        if self.bias64 is not None:  # the synapse's output with its bias, once rounded
             cur = (sums.astype(np.float64) * (self.c64 * unit) + self.bias64).astype(np.float32)
             if self.bn_arith == "none":
                 return cur
@@ -303,7 +327,7 @@ class _Layer:
                 cur = np.multiply(sums, self.c32, dtype=np.float32)
             else:
                 cur = (sums.astype(np.float64) * (self.c64 * unit)).astype(np.float32)
-            if self.bn_arith == "float32":                 # the graph's Mul, Add in float32
+            if self.bn_arith == "float32":  # the graph's Mul, Add in float32
                 cur *= self.g32
                 cur += self.h32
             return cur
@@ -313,8 +337,9 @@ class _Layer:
         return cur
 
     # -- the LIF over a chunk of steps ---------------------------------------------------------
-    def scan(self, cur: np.ndarray, static: bool, u: np.ndarray, r: np.ndarray, z_out: np.ndarray,
-             u_out: np.ndarray | None) -> None:
+    def scan(
+        self, cur: np.ndarray, static: bool, u: np.ndarray, r: np.ndarray, z_out: np.ndarray, u_out: np.ndarray | None
+    ) -> None:
         """Steps ``t = 0 .. len(z_out)−1`` with currents ``cur[t]`` (or ``cur`` itself if ``static``).
 
         ``u`` is u_{t−1} (float32, updated in place), ``r`` the reset r_t = [u_{t−1} > θ] = z_{t−1}
@@ -325,25 +350,32 @@ class _Layer:
         block = max(1, SCAN_BYTES // max(1, u[0].nbytes * 2))
         for b0 in range(0, n, block):
             b1 = min(n, b0 + block)
-            self._scan_block(cur[b0:b1] if static else cur[:, b0:b1], static, u[b0:b1], r[b0:b1],
-                             z_out[:, b0:b1], None if u_out is None else u_out[:, b0:b1])
+            self._scan_block(
+                cur[b0:b1] if static else cur[:, b0:b1],
+                static,
+                u[b0:b1],
+                r[b0:b1],
+                z_out[:, b0:b1],
+                None if u_out is None else u_out[:, b0:b1],
+            )
 
-    def _scan_block(self, cur: np.ndarray, static: bool, u: np.ndarray, r: np.ndarray, z_out: np.ndarray,
-                    u_out: np.ndarray | None) -> None:
+    def _scan_block(
+        self, cur: np.ndarray, static: bool, u: np.ndarray, r: np.ndarray, z_out: np.ndarray, u_out: np.ndarray | None
+    ) -> None:
         beta, theta = self.beta, self.theta
         one = np.float32(1)
         reset = r
         term = np.empty_like(u)
         for t in range(len(z_out)):
-            if self.reset == "zero":                           # (1 − r_t)·u_{t−1}, the graph's Sub, Mul
+            if self.reset == "zero":  # (1 − r_t)·u_{t−1}, the graph's Sub, Mul
                 np.subtract(one, reset, out=term, dtype=np.float32)
                 u *= term
             np.multiply(u, beta, out=u)
             u += cur if static else cur[t]
-            if self.reset == "subtract":                       # − r_t·θ, the graph's Mul, Sub
+            if self.reset == "subtract":  # − r_t·θ, the graph's Mul, Sub
                 np.multiply(reset, theta, out=term, dtype=np.float32)
                 u -= term
-            np.greater(u, theta, out=z_out[t])                 # z_t = [u_t > θ] = r_{t+1}
+            np.greater(u, theta, out=z_out[t])  # z_t = [u_t > θ] = r_{t+1}
             reset = z_out[t]
             if u_out is not None:
                 u_out[t] = u
@@ -369,8 +401,9 @@ class FloatEvaluator:
     def __call__(self, x: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         return self.run(x, batch_size=batch_size)
 
-    def run(self, x: Any, num_steps: int | None = None, record: bool = False,
-            batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, x: Any, num_steps: int | None = None, record: bool = False, batch_size: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The model over T steps on real-valued inputs, as :func:`.runtime.run_onnx_steps` returns it.
 
         ``x``: static frames (N, C, H, W) repeated every step or event frames (N, T, C, H, W), either
@@ -386,14 +419,16 @@ class FloatEvaluator:
         if np.issubdtype(x.dtype, np.integer):
             g = self.graph
             if x.size and (x.min() < 0 or x.max() > g.input_max):
-                raise ExportError(f"{self.where}: integer inputs must lie in [0, {g.input_max}] (the model's "
-                                  f"{g.encoding} encoding), got [{x.min()}, {x.max()}]")
+                raise ExportError(
+                    f"{self.where}: integer inputs must lie in [0, {g.input_max}] (the model's "
+                    f"{g.encoding} encoding), got [{x.min()}, {x.max()}]"
+                )
             unit = float(g.input_scale)
         n = len(x)
         pieces = [(lo, min(lo + PIECE, n)) for lo in range(0, n, PIECE)] or [(0, 0)]
         if self.threads > 1 and len(pieces) > 1:
             with ThreadPoolExecutor(min(self.threads, len(pieces))) as pool:
-                parts = list(pool.map(lambda p: self._piece(x[p[0]:p[1]], static, T, record, unit), pieces))
+                parts = list(pool.map(lambda p: self._piece(x[p[0] : p[1]], static, T, record, unit), pieces))
         else:
             parts = [self._piece(x[a:b], static, T, record, unit) for a, b in pieces]
         return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
@@ -405,7 +440,7 @@ class FloatEvaluator:
         # the input as the first layer sees it, channels last: (n, H, W, C) static or (T, n, H, W, C)
         src = np.ascontiguousarray(np.moveaxis(np.asarray(xb), -3, -1))
         if not static:
-            src = np.ascontiguousarray(np.moveaxis(src, 0, 1)[:T])    # (T, n, H, W, C)
+            src = np.ascontiguousarray(np.moveaxis(src, 0, 1)[:T])  # (T, n, H, W, C)
         for i, layer in enumerate(self.layers):
             shape = (n, *layer.out_nhwc)
             u = np.zeros(shape, np.float32)
@@ -414,26 +449,27 @@ class FloatEvaluator:
             u_rec = np.zeros((T, *shape), np.float32) if record else None
             if i == 0 and static:
                 cur = layer.currents(src, unit)
-                if delay:                                  # the delay line holds zeros at t = 0
+                if delay:  # the delay line holds zeros at t = 0
                     zero = np.broadcast_to(layer.currents(np.zeros_like(src[:1]), unit), shape)
-                    layer.scan(zero, True, u, r, z[:1],
-                               None if u_rec is None else u_rec[:1])
+                    layer.scan(zero, True, u, r, z[:1], None if u_rec is None else u_rec[:1])
                     layer.scan(cur, True, u, r, z[1:], None if u_rec is None else u_rec[1:])
                 else:
                     layer.scan(cur, True, u, r, z, u_rec)
             else:
                 rows = 1 if layer.kind == "dense" else layer.out_nhwc[0] * layer.out_nhwc[1]
-                step_bytes = n * rows * layer.cols * max(1, src.dtype.itemsize)   # im2col of one step
+                step_bytes = n * rows * layer.cols * max(1, src.dtype.itemsize)  # im2col of one step
                 chunk = max(1, min(T, CHUNK_BYTES // max(1, step_bytes)))
                 for t0 in range(0, T, chunk):
                     t1 = min(T, t0 + chunk)
-                    if delay:                              # step t reads the input of step t − 1
-                        seq = src[max(t0 - 1, 0):t1 - 1]
+                    if delay:  # step t reads the input of step t − 1
+                        seq = src[max(t0 - 1, 0) : t1 - 1]
                         if t0 == 0:
                             seq = np.concatenate([np.zeros_like(src[:1]), seq])
                     else:
                         seq = src[t0:t1]
-                    cur = layer.currents(seq.reshape(-1, *seq.shape[2:]), unit if i == 0 else 1.0).reshape(t1 - t0, *shape)
+                    cur = layer.currents(seq.reshape(-1, *seq.shape[2:]), unit if i == 0 else 1.0).reshape(
+                        t1 - t0, *shape
+                    )
                     layer.scan(cur, False, u, r, z[t0:t1], None if u_rec is None else u_rec[t0:t1])
             k = i + 1
             if record or k == len(self.layers):
@@ -449,7 +485,8 @@ def _to_nchw(a: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(a, -1, 2)) if kind == "conv" else a
 
 
-def run_float_graph(source: Any, x: Any, num_steps: int | None = None, record: bool = False,
-                    threads: int | None = None) -> dict[str, np.ndarray]:
+def run_float_graph(
+    source: Any, x: Any, num_steps: int | None = None, record: bool = False, threads: int | None = None
+) -> dict[str, np.ndarray]:
     """One-call form of :class:`FloatEvaluator` (builds it, runs ``x``)."""
     return FloatEvaluator(source, threads=threads).run(x, num_steps=num_steps, record=record)

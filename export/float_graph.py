@@ -90,14 +90,24 @@ def read_float_graph(source: Any) -> FloatGraph:
     with damaged_file_errors(where):
         check = _Checker(meta, where)
         graph = FloatGraph(
-            layers=(), num_steps=check.integer("num_steps", low=1, high=MAX_NUM_STEPS), encoding=check.choice("encoding", ENCODINGS),
-            input_scale=check.real("input_scale", positive=True), input_shape=check.shape("input_shape", 3),
+            layers=(),
+            num_steps=check.integer("num_steps", low=1, high=MAX_NUM_STEPS),
+            encoding=check.choice("encoding", ENCODINGS),
+            input_scale=check.real("input_scale", positive=True),
+            input_shape=check.shape("input_shape", 3),
             input_max=check.integer("input_max", low=1, high=65535),
-            classes=check.names("classes"), beta=float(np.float32(check.real("beta"))),
-            theta=float(np.float32(check.real("threshold", positive=True))), reset=check.choice("reset", RESETS),
-            precision=check.text("precision"), synaptic_delay=check.integer("synaptic_delay", low=0, high=1, default=0),
-            trained_profile=check.text("trained_profile", default=""), layer_shapes=check.layer_shapes(), metadata=meta,
-            where=where, arch=check.text("arch", default=""))
+            classes=check.names("classes"),
+            beta=float(np.float32(check.real("beta"))),
+            theta=float(np.float32(check.real("threshold", positive=True))),
+            reset=check.choice("reset", RESETS),
+            precision=check.text("precision"),
+            synaptic_delay=check.integer("synaptic_delay", low=0, high=1, default=0),
+            trained_profile=check.text("trained_profile", default=""),
+            layer_shapes=check.layer_shapes(),
+            metadata=meta,
+            where=where,
+            arch=check.text("arch", default=""),
+        )
         _check_input_range(graph, check)
         layers = parse_layers(model, meta, where)
         _check_layers(layers, graph, where)
@@ -127,8 +137,10 @@ class _Checker:
 
     def fail(self, key: str, expected: str) -> ExportError:
         value = repr(self.meta.get(key))[:60]
-        return ExportError(f"{self.where}: metadata field {key!r} is {value}, expected {expected}; the file is damaged "
-                           "or was edited (export the checkpoint again with qsnn-export)")
+        return ExportError(
+            f"{self.where}: metadata field {key!r} is {value}, expected {expected}; the file is damaged "
+            "or was edited (export the checkpoint again with qsnn-export)"
+        )
 
     def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
         value = self.meta[key] if default is None else self.meta.get(key, default)
@@ -138,8 +150,12 @@ class _Checker:
 
     def real(self, key: str, positive: bool = False) -> float:
         value = self.meta[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (positive and not value > 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or (positive and not value > 0)
+        ):
             raise self.fail(key, "a finite number" + (" > 0" if positive else ""))
         return float(value)
 
@@ -157,8 +173,12 @@ class _Checker:
 
     def shape(self, key: str, ndim: int | None = None, value: Any = None) -> tuple[int, ...]:
         value = self.meta[key] if value is None else value
-        if not isinstance(value, list) or (ndim is not None and len(value) != ndim) or not value \
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        if (
+            not isinstance(value, list)
+            or (ndim is not None and len(value) != ndim)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
             raise self.fail(key, f"a list of {ndim or 'some'} positive integers")
         return tuple(value)
 
@@ -189,14 +209,20 @@ def _check_layers(layers: list["FloatLayer"], graph: FloatGraph, where: str) -> 
         if layer.bias is not None:
             arrays["bias"] = layer.bias
             if layer.bias.shape != (layer.w_real.shape[0],):
-                raise ExportError(f"{where}: layer {layer.name}: a bias of shape {layer.bias.shape} for "
-                                  f"{layer.w_real.shape[0]} output channels; the file is damaged or was edited")
+                raise ExportError(
+                    f"{where}: layer {layer.name}: a bias of shape {layer.bias.shape} for "
+                    f"{layer.w_real.shape[0]} output channels; the file is damaged or was edited"
+                )
         for what, values in arrays.items():
             if not np.all(np.isfinite(values)):
-                raise ExportError(f"{where}: layer {layer.name}: its {what} are not all finite numbers; the file is "
-                                  "damaged or was edited")
+                raise ExportError(
+                    f"{where}: layer {layer.name}: its {what} are not all finite numbers; the file is "
+                    "damaged or was edited"
+                )
         if layer.w_scale is not None and not np.all(layer.w_scale > 0):
-            raise ExportError(f"{where}: layer {layer.name}: the weight scale must be > 0; the file is damaged or was edited")
+            raise ExportError(
+                f"{where}: layer {layer.name}: the weight scale must be > 0; the file is damaged or was edited"
+            )
         w = layer.w_real.shape
         if layer.kind == "conv":
             if len(w) != 4 or w[2] != w[3] or len(shape) != 3 or shape[0] != w[1]:
@@ -208,11 +234,15 @@ def _check_layers(layers: list["FloatLayer"], graph: FloatGraph, where: str) -> 
                 raise ExportError(f"{where}: layer {layer.name}: dense weights {w} do not fit its input {shape}")
             shape = (w[0],)
         if shape != expected or min(shape) < 1:
-            raise ExportError(f"{where}: layer {layer.name}: the graph gives spikes of shape {shape}, the metadata says "
-                              f"{expected}; the file is damaged or was edited")
+            raise ExportError(
+                f"{where}: layer {layer.name}: the graph gives spikes of shape {shape}, the metadata says "
+                f"{expected}; the file is damaged or was edited"
+            )
     if shape != (len(graph.classes),):
-        raise ExportError(f"{where}: the last layer has {shape} outputs but the metadata lists {len(graph.classes)} "
-                          "classes; the file is damaged or was edited")
+        raise ExportError(
+            f"{where}: the last layer has {shape} outputs but the metadata lists {len(graph.classes)} "
+            "classes; the file is damaged or was edited"
+        )
 
 
 @dataclass(frozen=True)
@@ -324,8 +354,9 @@ class _Graph:
         return a
 
 
-def _quant_int(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, signed: int, narrow: int,
-               mode: str) -> np.ndarray:
+def _quant_int(
+    w: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, signed: int, narrow: int, mode: str
+) -> np.ndarray:
     """The integers of a qonnx ``Quant`` node (same steps as qonnx's ``int_quant``)."""
     from qonnx.custom_op.general.intquant import max_int, min_int, resolve_rounding_mode
 
@@ -351,11 +382,15 @@ def _per_channel(scale: np.ndarray, shape: tuple[int, ...], axis: int, g: _Graph
     full = np.broadcast_to(np.asarray(scale, dtype=np.float64), shape)
     per = np.moveaxis(full, axis, 0).reshape(shape[axis], -1)
     if not np.all(per == per[:, :1]):
-        raise g.fail(f"{name}: weight scale varies within an output channel (only per-tensor or per-output-channel scales)")
+        raise g.fail(
+            f"{name}: weight scale varies within an output channel (only per-tensor or per-output-channel scales)"
+        )
     return per[:, 0].copy()
 
 
-def _weights(g: _Graph, node: onnx.NodeProto, name: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, int | None]:
+def _weights(
+    g: _Graph, node: onnx.NodeProto, name: str
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, int | None]:
     """(q, w_real, per-channel scale, bit width) of a synapse, weights as (O, I[, k, k])."""
     tensor = node.input[1]
     transpose = node.op_type == "MatMul" or (node.op_type == "Gemm" and not g.attr(node, "transB", 0))
@@ -380,8 +415,10 @@ def _weights(g: _Graph, node: onnx.NodeProto, name: str) -> tuple[np.ndarray | N
     bits_i = int(np.asarray(bits).item())
     signed, narrow = int(g.attr(src, "signed", 1)), int(g.attr(src, "narrow", 0))
     if not (2 <= bits_i <= 32 and signed in (0, 1) and narrow in (0, 1)):
-        raise g.fail(f"{name}: Quant node with bit width {bits_i}, signed={signed}, narrow={narrow} "
-                     "(a qsnn export has 2..32-bit weights)")
+        raise g.fail(
+            f"{name}: Quant node with bit width {bits_i}, signed={signed}, narrow={narrow} "
+            "(a qsnn export has 2..32-bit weights)"
+        )
     mode = g.attr(src, "rounding_mode", b"ROUND")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     q = _quant_int(w, scale, zp, bits_i, signed, narrow, mode)
@@ -421,17 +458,19 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
         name = li["name"]
         # the input: x for the first layer, the previous layer's spikes after that
         src = g.skip_identity(node.input[0])
-        if delay:   # the synapse reads its delay line, which the step refills with this step's input
+        if delay:  # the synapse reads its delay line, which the step refills with this step's input
             line, out = lines[i], f"{lines[i]}_out"
             feeds = g.skip_identity(out) if out in g.producer else None
             if g.graph_input_of(src) != line:
-                raise g.fail(f"{name}: with synaptic delay 1 the synapse must read the delay line {line!r}, reads {src!r}")
+                raise g.fail(
+                    f"{name}: with synaptic delay 1 the synapse must read the delay line {line!r}, reads {src!r}"
+                )
             if i == 0 and feeds != INPUT:
                 raise g.fail(f"{name}: the delay line {out} must be the input frame 'x'")
             if i > 0 and g.spike_source(feeds or "") != u_outs[i - 1]:
                 raise g.fail(f"{name}: the delay line {out} must be the spikes of the previous layer")
         elif i == 0:
-            if g.graph_input_of(src) != INPUT:   # x itself, or x flattened for a dense first layer
+            if g.graph_input_of(src) != INPUT:  # x itself, or x flattened for a dense first layer
                 raise g.fail(f"{name}: the first synapse must read the graph input 'x', reads {src!r}")
         elif g.spike_source(src) != u_outs[i - 1]:
             raise g.fail(f"{name}: input is not the spikes of the previous layer ({u_outs[i - 1]} > θ)")
@@ -453,8 +492,11 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
             if len(node.input) > 2 and node.input[2]:
                 bias = _bias(g, node.input[2], name)
         elif node.op_type == "Gemm":
-            if float(g.attr(node, "alpha", 1.0)) != 1.0 or float(g.attr(node, "beta", 1.0)) != 1.0 \
-                    or g.attr(node, "transA", 0):
+            if (
+                float(g.attr(node, "alpha", 1.0)) != 1.0
+                or float(g.attr(node, "beta", 1.0)) != 1.0
+                or g.attr(node, "transA", 0)
+            ):
                 raise g.fail(f"{name}: Gemm with alpha, beta or transA; a qsnn export writes y = x·Wᵀ + b")
             if len(node.input) > 2 and node.input[2]:
                 bias = _bias(g, node.input[2], name)
@@ -464,7 +506,7 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
             raise g.fail(f"{name}: graph has a {kind} layer, metadata says {li['kind']}")
         tensor = node.output[0]
         nxt = g.only_consumer(tensor, name)
-        if node.op_type == "MatMul" and nxt.op_type == "Add":   # the bias of a MatMul synapse
+        if node.op_type == "MatMul" and nxt.op_type == "Add":  # the bias of a MatMul synapse
             other = next((t for t in nxt.input if t != tensor), None)
             if other is not None and g.const(other) is not None:
                 bias = _bias(g, other, name)
@@ -549,18 +591,44 @@ def parse_layers(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> li
         theta = float(np.asarray(g.const(theta_node.input[1])).item())
         beta = float(np.asarray(beta).item())
         want_beta, want_theta = li.get("beta", meta["beta"]), li.get("threshold", meta["threshold"])
-        if i == 0 and not (np.float32(meta["beta"]) == np.float32(beta) and np.float32(meta["threshold"]) == np.float32(theta)):
+        if i == 0 and not (
+            np.float32(meta["beta"]) == np.float32(beta) and np.float32(meta["threshold"]) == np.float32(theta)
+        ):
             # the top-level β and θ are the first layer's (what readers of version 1 see)
-            raise ExportError(f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata's top-level "
-                              f"beta/threshold say β={meta['beta']}, θ={meta['threshold']}; the file was edited")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (want_beta, want_theta)) \
-                or not (np.float32(beta) == np.float32(want_beta) and np.float32(theta) == np.float32(want_theta)):
-            raise ExportError(f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata says "
-                              f"β={want_beta}, θ={want_theta}; the file was edited")
+            raise ExportError(
+                f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata's top-level "
+                f"beta/threshold say β={meta['beta']}, θ={meta['threshold']}; the file was edited"
+            )
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (want_beta, want_theta)) or not (
+            np.float32(beta) == np.float32(want_beta) and np.float32(theta) == np.float32(want_theta)
+        ):
+            raise ExportError(
+                f"{where}: {name}: graph has β={beta}, θ={theta} but the metadata says "
+                f"β={want_beta}, θ={want_theta}; the file was edited"
+            )
         if reset != meta["reset"]:
             raise ExportError(f"{where}: {name}: graph has {reset} reset, metadata says {meta['reset']}")
-        layers.append(FloatLayer(name, kind, q, w_real, w_scale, bits, pool, gain, offset, bn_arith, membrane, beta,
-                                 theta, reset, stride=stride, padding=padding, bias=bias))
+        layers.append(
+            FloatLayer(
+                name,
+                kind,
+                q,
+                w_real,
+                w_scale,
+                bits,
+                pool,
+                gain,
+                offset,
+                bn_arith,
+                membrane,
+                beta,
+                theta,
+                reset,
+                stride=stride,
+                padding=padding,
+                bias=bias,
+            )
+        )
     last, u_last = output_name(len(info)), state_outputs(len(info))[-1]
     if g.spike_source(last) != u_last:
         raise g.fail(f"output {last!r} is not the spikes of the last layer ({u_last} > θ)")

@@ -135,9 +135,29 @@ def precision_name(weight_bits: list[int] | tuple[int, ...] | None) -> str:
 #: (:class:`qsnn.events.EventFrames`: bin, downsampling, count clip, test cut), which ``qsnn-sim``
 #: uses to bin the data exactly as training did.
 FLOAT_KEYS = (
-    "format", "format_version", "kind", "dataset", "classes", "num_steps", "encoding", "input_scale",
-    "input_max", "input_shape", "beta", "threshold", "slope", "reset", "precision", "weight_bits",
-    "quant_scale", "batch_norm", "dropout", "layers", "arch", "qsnn_version", "checkpoint_sha256",
+    "format",
+    "format_version",
+    "kind",
+    "dataset",
+    "classes",
+    "num_steps",
+    "encoding",
+    "input_scale",
+    "input_max",
+    "input_shape",
+    "beta",
+    "threshold",
+    "slope",
+    "reset",
+    "precision",
+    "weight_bits",
+    "quant_scale",
+    "batch_norm",
+    "dropout",
+    "layers",
+    "arch",
+    "qsnn_version",
+    "checkpoint_sha256",
 )
 #: Per-layer record in the metadata ``layers`` (format version 2): ``name`` (``conv1``, ..., ``fc``),
 #: ``kind`` ``"conv"`` | ``"dense"``, ``kernel`` (conv: k; dense: 1), ``stride``, ``padding`` (symmetric,
@@ -145,28 +165,98 @@ FLOAT_KEYS = (
 #: ``weight_bits`` (b; 32 for float weights), ``weight_scale`` ``"tensor"`` | ``"channel"`` | ``"none"``,
 #: ``membrane`` (its state input ``u<i>``), ``shape`` (its spikes for one sample), ``beta``, ``threshold``.
 #: ``precision`` names the weights as they are (:func:`precision_name`), ``weight_bits`` the widest layer's.
-LAYER_KEYS = ("name", "kind", "kernel", "stride", "padding", "pool", "bias", "weight_bits", "weight_scale",
-              "membrane", "shape", "beta", "threshold")
+LAYER_KEYS = (
+    "name",
+    "kind",
+    "kernel",
+    "stride",
+    "padding",
+    "pool",
+    "bias",
+    "weight_bits",
+    "weight_scale",
+    "membrane",
+    "shape",
+    "beta",
+    "threshold",
+)
 #: Extra metadata of the integer kind.
 INTEGER_KEYS = ("profile", "network", "compile_report")
 
 #: Metadata values stored as JSON (decoded by :func:`read_metadata`).
-JSON_KEYS = ("classes", "input_shape", "layers", "batch_norm", "profile", "network", "compile_report",
-             "versions", "bn_exact", "interface", "event_frames")
-NUMBER_KEYS = ("format_version", "num_steps", "input_scale", "input_max", "beta", "threshold", "slope",
-               "weight_bits", "dropout", "synaptic_delay")
+JSON_KEYS = (
+    "classes",
+    "input_shape",
+    "layers",
+    "batch_norm",
+    "profile",
+    "network",
+    "compile_report",
+    "versions",
+    "bn_exact",
+    "interface",
+    "event_frames",
+)
+NUMBER_KEYS = (
+    "format_version",
+    "num_steps",
+    "input_scale",
+    "input_max",
+    "beta",
+    "threshold",
+    "slope",
+    "weight_bits",
+    "dropout",
+    "synaptic_delay",
+)
 
 #: The ONNX ops a float export may contain (besides qonnx's Quant).
-FLOAT_OPS = frozenset({
-    "Quant", "Conv", "AveragePool", "BatchNormalization", "MatMul", "Gemm", "Transpose", "Flatten",
-    "Reshape", "Sub", "Greater", "Cast", "Clip", "Mul", "Add", "Identity", "Dropout", "Constant",
-})
+FLOAT_OPS = frozenset(
+    {
+        "Quant",
+        "Conv",
+        "AveragePool",
+        "BatchNormalization",
+        "MatMul",
+        "Gemm",
+        "Transpose",
+        "Flatten",
+        "Reshape",
+        "Sub",
+        "Greater",
+        "Cast",
+        "Clip",
+        "Mul",
+        "Add",
+        "Identity",
+        "Dropout",
+        "Constant",
+    }
+)
 
 #: The ONNX ops an integer export may contain.
-INTEGER_OPS = frozenset({
-    "Conv", "AveragePool", "MatMul", "Flatten", "Cast", "Mul", "Add", "Sub", "Floor", "Abs", "Sign", "Greater",
-    "Clip", "Gather", "Unsqueeze", "Slice", "Concat", "Identity",
-})
+INTEGER_OPS = frozenset(
+    {
+        "Conv",
+        "AveragePool",
+        "MatMul",
+        "Flatten",
+        "Cast",
+        "Mul",
+        "Add",
+        "Sub",
+        "Floor",
+        "Abs",
+        "Sign",
+        "Greater",
+        "Clip",
+        "Gather",
+        "Unsqueeze",
+        "Slice",
+        "Concat",
+        "Identity",
+    }
+)
 
 
 def load_model(source: Any) -> onnx.ModelProto:
@@ -184,7 +274,9 @@ def load_model(source: Any) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # DecodeError and friends
-        raise ExportError(f"{path}: not an ONNX model ({type(exc).__name__}); pass a file written by qsnn-export") from None
+        raise ExportError(
+            f"{path}: not an ONNX model ({type(exc).__name__}); pass a file written by qsnn-export"
+        ) from None
     if not model.graph.node:
         raise ExportError(f"{path}: not an ONNX model (empty graph); pass a file written by qsnn-export")
     return model
@@ -205,7 +297,9 @@ def read_metadata(model: onnx.ModelProto, where: str = "the ONNX model") -> dict
             elif prop.key in NUMBER_KEYS:
                 value = float(value) if any(c in value for c in ".eE") or "inf" in value else int(value)
         except ValueError:
-            raise ExportError(f"{where}: metadata field {prop.key!r} has an unreadable value {prop.value[:60]!r}") from None
+            raise ExportError(
+                f"{where}: metadata field {prop.key!r} has an unreadable value {prop.value[:60]!r}"
+            ) from None
         meta[prop.key] = value
     return meta
 
@@ -247,18 +341,25 @@ def _check_qsnn_model(model: onnx.ModelProto, kind: str | None, where: str) -> t
     meta = read_metadata(model, where)
     if meta.get("format") != FORMAT:
         found = f"format {meta['format']!r}" if "format" in meta else "no 'format' metadata"
-        raise ExportError(f"{where}: not a qsnn QONNX export ({found}; expected format {FORMAT!r}); "
-                          "write one with `qsnn-export CHECKPOINT --to qonnx`")
+        raise ExportError(
+            f"{where}: not a qsnn QONNX export ({found}; expected format {FORMAT!r}); "
+            "write one with `qsnn-export CHECKPOINT --to qonnx`"
+        )
     version = meta.get("format_version")
     if version not in READS_VERSIONS or isinstance(version, bool):
-        raise ExportError(f"{where}: qsnn QONNX format version {version!r}, this qsnn ({qsnn_version()}) reads "
-                          f"versions {list(READS_VERSIONS)}; export the checkpoint again with this qsnn: "
-                          "`qsnn-export CHECKPOINT --to qonnx`")
+        raise ExportError(
+            f"{where}: qsnn QONNX format version {version!r}, this qsnn ({qsnn_version()}) reads "
+            f"versions {list(READS_VERSIONS)}; export the checkpoint again with this qsnn: "
+            "`qsnn-export CHECKPOINT --to qonnx`"
+        )
     if meta.get("kind") not in KINDS:
         raise ExportError(f"{where}: metadata 'kind' is {meta.get('kind')!r}, expected one of {KINDS}")
     if kind is not None and meta["kind"] != kind:
-        hint = ("compile it under a profile first (`qsnn-export ... --to qonnx --profile fpga`)" if kind == "integer"
-                else "pass the float export (`qsnn-export CHECKPOINT --to qonnx` without --profile)")
+        hint = (
+            "compile it under a profile first (`qsnn-export ... --to qonnx --profile fpga`)"
+            if kind == "integer"
+            else "pass the float export (`qsnn-export CHECKPOINT --to qonnx` without --profile)"
+        )
         raise ExportError(f"{where}: this is the {meta['kind']!r} kind of qsnn export, expected {kind!r}; {hint}")
     meta = upgrade_metadata(meta)
     required = FLOAT_KEYS + (INTEGER_KEYS if meta["kind"] == "integer" else ())
@@ -273,13 +374,17 @@ def _check_qsnn_model(model: onnx.ModelProto, kind: str | None, where: str) -> t
     outputs = [o.name for o in model.graph.output]
     for name in (INPUT, *state_inputs(n)):
         if name not in inputs:
-            raise ExportError(f"{where}: graph input {name!r} is missing (inputs: {inputs}); a qsnn export of {n} "
-                              f"layers has the input frame 'x' and the membranes {list(state_inputs(n))} as inputs")
+            raise ExportError(
+                f"{where}: graph input {name!r} is missing (inputs: {inputs}); a qsnn export of {n} "
+                f"layers has the input frame 'x' and the membranes {list(state_inputs(n))} as inputs"
+            )
     for name in (output_name(n), *state_outputs(n)):
         if name not in outputs:
-            raise ExportError(f"{where}: graph output {name!r} is missing (outputs: {outputs}); a qsnn export of {n} "
-                              f"layers has the output spikes {output_name(n)!r} and the membranes "
-                              f"{list(state_outputs(n))} as outputs")
+            raise ExportError(
+                f"{where}: graph output {name!r} is missing (outputs: {outputs}); a qsnn export of {n} "
+                f"layers has the output spikes {output_name(n)!r} and the membranes "
+                f"{list(state_outputs(n))} as outputs"
+            )
     return model, meta
 
 
@@ -307,9 +412,19 @@ def upgrade_metadata(meta: dict[str, Any]) -> dict[str, Any]:
             layers.append(layer)
             continue
         conv = layer.get("kind") == "conv"
-        layers.append({"kernel": 5 if conv else 1, "stride": 1, "padding": 0, "bias": False, "weight_bits": bits,
-                       "weight_scale": "tensor" if quantized else "none",
-                       "beta": meta.get("beta"), "threshold": meta.get("threshold"), **layer})
+        layers.append(
+            {
+                "kernel": 5 if conv else 1,
+                "stride": 1,
+                "padding": 0,
+                "bias": False,
+                "weight_bits": bits,
+                "weight_scale": "tensor" if quantized else "none",
+                "beta": meta.get("beta"),
+                "threshold": meta.get("threshold"),
+                **layer,
+            }
+        )
     meta["layers"] = layers
     if "arch" not in meta:
         meta["arch"] = _v1_arch(layers)
@@ -341,8 +456,10 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int]:
 def _role_shapes(meta: dict[str, Any]) -> dict[str, list[int]]:
     """Per-sample shapes the metadata promises for the graph's inputs and outputs."""
     n = layer_count(meta)
-    shapes: dict[str, list[int]] = {INPUT: list(meta.get("input_shape", [])),
-                                    output_name(n): [len(meta.get("classes", []))]}
+    shapes: dict[str, list[int]] = {
+        INPUT: list(meta.get("input_shape", [])),
+        output_name(n): [len(meta.get("classes", []))],
+    }
     for i, layer in enumerate(meta.get("layers", []) if n else []):
         if isinstance(layer, dict):
             shape = list(layer.get("shape", []))
@@ -369,8 +486,10 @@ def restore_interface(model: onnx.ModelProto, meta: dict[str, Any], where: str =
     if want_in == names_in and want_out == names_out:
         return model
     if len(want_in) != len(names_in) or len(want_out) != len(names_out):
-        raise ExportError(f"{where}: the graph has {len(names_in)} inputs and {len(names_out)} outputs, its metadata "
-                          f"'interface' lists {len(want_in)} and {len(want_out)}; the file was edited")
+        raise ExportError(
+            f"{where}: the graph has {len(names_in)} inputs and {len(names_out)} outputs, its metadata "
+            f"'interface' lists {len(want_in)} and {len(want_out)}; the file was edited"
+        )
     consumers: dict[str, list[str]] = {}
     producer: dict[str, str] = {}
     for node in model.graph.node:
@@ -384,20 +503,25 @@ def restore_interface(model: onnx.ModelProto, meta: dict[str, Any], where: str =
         dims = _dims(vi)
         want = shapes.get(role)
         if want is not None and want and dims[1:] and [d for d in dims[1:]] != want and -1 not in dims[1:]:
-            raise ExportError(f"{where}: graph {'input' if vi in model.graph.input else 'output'} {vi.name!r} "
-                              f"(role {role!r} by position) has shape {dims}, the metadata says (N, {want}); "
-                              "the inputs or outputs were reordered")
+            raise ExportError(
+                f"{where}: graph {'input' if vi in model.graph.input else 'output'} {vi.name!r} "
+                f"(role {role!r} by position) has shape {dims}, the metadata says (N, {want}); "
+                "the inputs or outputs were reordered"
+            )
     ops_of = {role: set(consumers.get(vi.name, [])) for vi, role in zip(model.graph.input, want_in)}
     if INPUT in ops_of and not ops_of[INPUT] & {"Conv", "MatMul", "Gemm", "Cast", "Identity", "Unsqueeze", "Mul"}:
         raise ExportError(f"{where}: graph input {names_in[want_in.index(INPUT)]!r} (role 'x') feeds no synapse")
     for role in state_inputs(layer_count(meta)):
         if role in ops_of and not ops_of[role] & {"Sub", "Greater"}:
-            raise ExportError(f"{where}: graph input {names_in[want_in.index(role)]!r} (role {role!r}) is not a "
-                              "membrane (no reset comparison reads it)")
+            raise ExportError(
+                f"{where}: graph input {names_in[want_in.index(role)]!r} (role {role!r}) is not a "
+                "membrane (no reset comparison reads it)"
+            )
     for vi, role in zip(model.graph.output, want_out):
         if vi.name not in producer:
-            raise ExportError(f"{where}: graph output {vi.name!r} (role {role!r}) is produced by no node; the file "
-                              "was edited")
+            raise ExportError(
+                f"{where}: graph output {vi.name!r} (role {role!r}) is produced by no node; the file was edited"
+            )
         if role.startswith("z") and producer.get(vi.name) not in ("Cast", "Identity"):
             raise ExportError(f"{where}: graph output {vi.name!r} (role {role!r}) is not a spike tensor")
     rename = {vi.name: role for vi, role in ios if vi.name != role}
@@ -438,8 +562,12 @@ def annotate_datatypes(model: onnx.ModelProto, meta: dict[str, Any] | None = Non
     count 1-bit activations), the integer kind's input ``UINT8`` / ``UINT16``; annotations of
     tensors no longer in the graph (left by constant folding, with random names) are dropped."""
     graph = model.graph
-    present = ({t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
-               | {i.name for i in graph.input} | {o.name for o in graph.output})
+    present = (
+        {t for n in graph.node for t in (*n.input, *n.output)}
+        | {i.name for i in graph.initializer}
+        | {i.name for i in graph.input}
+        | {o.name for o in graph.output}
+    )
     keep = [a for a in graph.quantization_annotation if a.tensor_name in present]
     wanted = {t: "BINARY" for t in spike_tensors(model)}
     if meta and meta.get("kind") == "integer":
@@ -460,8 +588,9 @@ def check_ops(model: onnx.ModelProto, allowed: frozenset[str], where: str = "the
     """Raise :class:`ExportError` if the graph has an op outside ``allowed``."""
     unknown = sorted({n.op_type for n in model.graph.node if n.op_type not in allowed})
     if unknown:
-        raise ExportError(f"{where}: unsupported op(s) {unknown} in the graph; a qsnn export uses only "
-                          f"{sorted(allowed)}")
+        raise ExportError(
+            f"{where}: unsupported op(s) {unknown} in the graph; a qsnn export uses only {sorted(allowed)}"
+        )
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
@@ -491,9 +620,15 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in wrapper.graph.node:  # Brevitas may tag Quant with the old domain
         if node.op_type in ("Quant", "BipolarQuant", "Trunc"):
             node.domain = "qonnx.custom_op.general"
-    for transform in (InferShapes(), FoldConstants(exclude_op_types=["Quant", "BipolarQuant"]),
-                      FoldTransposeIntoQuantInit(), RemoveUnusedTensors(), RemoveStaticGraphInputs(),
-                      GiveUniqueNodeNames(), InferShapes()):
+    for transform in (
+        InferShapes(),
+        FoldConstants(exclude_op_types=["Quant", "BipolarQuant"]),
+        FoldTransposeIntoQuantInit(),
+        RemoveUnusedTensors(),
+        RemoveStaticGraphInputs(),
+        GiveUniqueNodeNames(),
+        InferShapes(),
+    ):
         wrapper = wrapper.transform(transform)
     return wrapper.model
 
@@ -530,8 +665,9 @@ def finish_model(onnx_model: onnx.ModelProto, meta: dict[str, Any], batch_size: 
         fixed = fix_batch_size(onnx_model, batch_size)
         onnx_model.graph.CopyFrom(fixed.graph)
         meta["batch"] = f"static: {int(batch_size)} (every input and output)"
-        onnx_model.doc_string = onnx_model.doc_string.replace("Batch dimension N is dynamic.",
-                                                              f"Batch dimension fixed to {int(batch_size)}.")
+        onnx_model.doc_string = onnx_model.doc_string.replace(
+            "Batch dimension N is dynamic.", f"Batch dimension fixed to {int(batch_size)}."
+        )
     annotate_datatypes(onnx_model, meta)
     meta["interface"] = interface(onnx_model)
     set_metadata(onnx_model, meta)

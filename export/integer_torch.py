@@ -68,8 +68,9 @@ def _synapse(layer, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _shl(acc, layer.weight_exp)  # e ≥ 0: exact; e < 0: floor, before the current shift
 
 
-def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int = 256,
-                      record: bool = False) -> dict[str, np.ndarray]:
+def run_integer_torch(
+    net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int = 256, record: bool = False
+) -> dict[str, np.ndarray]:
     """Run ``net`` for exactly T = ``net.num_steps`` steps on integer inputs.
 
     Args:
@@ -108,7 +109,7 @@ def run_integer_torch(net: IntegerNetwork, x_int: np.ndarray, *, batch_size: int
     parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     with torch.no_grad():
         for lo in range(0, len(x_int), batch_size):
-            xb = torch.from_numpy(x_int[lo:lo + batch_size].astype(np.float64))
+            xb = torch.from_numpy(x_int[lo : lo + batch_size].astype(np.float64))
             n = xb.shape[0]
             u = [torch.zeros((n, *s), dtype=torch.int64) for s in net.shapes()]
             in_shapes = [shape] + net.shapes()[:-1]

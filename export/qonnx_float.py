@@ -73,8 +73,10 @@ def _round_f32(value: Fraction) -> np.float32:
 def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Elementwise float32 fused multiply-add a·b + c with one rounding (exact, for small arrays)."""
     a, b, c = np.broadcast_arrays(np.asarray(a, np.float32), np.asarray(b, np.float32), np.asarray(c, np.float32))
-    out = [_round_f32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
-           for x, y, z in zip(a.ravel(), b.ravel(), c.ravel())]
+    out = [
+        _round_f32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+        for x, y, z in zip(a.ravel(), b.ravel(), c.ravel())
+    ]
     return np.array(out, dtype=np.float32).reshape(a.shape)
 
 
@@ -127,8 +129,12 @@ class ExportBatchNorm(nn.Module):
         alpha, beta = bn_linear_terms(bn, fused)
         dtype = torch.float64 if fused else torch.float32
         self.fused = fused
-        self.register_buffer("alpha", torch.from_numpy(alpha.astype(np.float64 if fused else np.float32)).view(-1, 1, 1).to(dtype))
-        self.register_buffer("beta", torch.from_numpy(beta.astype(np.float64 if fused else np.float32)).view(-1, 1, 1).to(dtype))
+        self.register_buffer(
+            "alpha", torch.from_numpy(alpha.astype(np.float64 if fused else np.float32)).view(-1, 1, 1).to(dtype)
+        )
+        self.register_buffer(
+            "beta", torch.from_numpy(beta.astype(np.float64 if fused else np.float32)).view(-1, 1, 1).to(dtype)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
@@ -169,8 +175,9 @@ def _consumers(model: onnx.ModelProto, tensor: str) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if tensor in n.input]
 
 
-def _readable_names(model: onnx.ModelProto, order: list[str], names: list[str], betas: list[float],
-                    thetas: list[float]) -> None:
+def _readable_names(
+    model: onnx.ModelProto, order: list[str], names: list[str], betas: list[float], thetas: list[float]
+) -> None:
     """Deterministic, readable tensor names and the exporter's node order.
 
     Weights ``<layer>.weight`` / ``<layer>.weight_scale`` and biases ``<layer>.bias`` (``conv1``, ...,
@@ -188,7 +195,7 @@ def _readable_names(model: onnx.ModelProto, order: list[str], names: list[str], 
     for init in list(graph.initializer):
         prefix = next((p for p in prefixes if init.name.startswith(p)), None)
         if prefix is not None:
-            _rename(model, init.name, prefixes[prefix] + init.name[len(prefix):])
+            _rename(model, init.name, prefixes[prefix] + init.name[len(prefix) :])
         elif init.name.startswith("m."):
             _rename(model, init.name, init.name[2:])
     # the exporter's scope names of the layer lists as the layers' names: /synapses.0/... → /conv1/...
@@ -199,7 +206,7 @@ def _readable_names(model: onnx.ModelProto, order: list[str], names: list[str], 
     def scoped(t: str) -> str:
         for old, new in scopes.items():
             if t.startswith(old):
-                return new + t[len(old):]
+                return new + t[len(old) :]
         return t
 
     for init in graph.initializer:
@@ -230,7 +237,7 @@ def _readable_names(model: onnx.ModelProto, order: list[str], names: list[str], 
         elif node.input[1] in inits and node.input[1] != f"{layer}.weight":
             _rename(model, node.input[1], f"{layer}.weight")
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if bias is None and node.op_type == "MatMul":   # MatMul then Add of the bias
+        if bias is None and node.op_type == "MatMul":  # MatMul then Add of the bias
             add = _consumers(model, node.output[0])
             if len(add) == 1 and add[0].op_type == "Add":
                 bias = next((t for t in add[0].input if t != node.output[0] and t in inits), None)
@@ -295,8 +302,10 @@ def _synapse_record(block: Any, where: str) -> dict[str, Any]:
         k, st, pad = (getattr(syn, a) for a in ("kernel_size", "stride", "padding"))
         k, st = tuple(k), tuple(st)
         if isinstance(pad, str) or len(set(tuple(pad))) != 1 or len(set(st)) != 1 or len(set(k)) != 1:
-            raise ExportError(f"{where}: layer {block.name}: kernel {k}, stride {st}, padding {pad!r}; a qsnn export "
-                              "takes square kernels with one stride and the same zero padding on every side")
+            raise ExportError(
+                f"{where}: layer {block.name}: kernel {k}, stride {st}, padding {pad!r}; a qsnn export "
+                "takes square kernels with one stride and the same zero padding on every side"
+            )
         if getattr(syn, "groups", 1) != 1 or any(d != 1 for d in tuple(getattr(syn, "dilation", (1, 1)))):
             raise ExportError(f"{where}: layer {block.name}: grouped or dilated convolutions cannot be exported")
         rec.update(kernel=int(k[0]), stride=int(st[0]), padding=int(tuple(pad)[0]), pool=int(spec.pool))
@@ -319,8 +328,10 @@ def _neuron_constants(model: nn.Module, block: Any) -> tuple[float, float]:
     theta = getattr(block.lif, "threshold", None)
     beta = model.beta if beta is None else beta
     theta = model.theta if theta is None else theta
-    return (float(np.float32(torch.as_tensor(beta).detach().float().item())),
-            float(np.float32(torch.as_tensor(theta).detach().float().item())))
+    return (
+        float(np.float32(torch.as_tensor(beta).detach().float().item())),
+        float(np.float32(torch.as_tensor(theta).detach().float().item())),
+    )
 
 
 def layer_records(model: nn.Module, where: str = "the model") -> list[dict[str, Any]]:
@@ -330,13 +341,40 @@ def layer_records(model: nn.Module, where: str = "the model") -> list[dict[str, 
         rec = _synapse_record(block, where)
         beta, theta = _neuron_constants(model, block)
         rec.update(membrane=membrane_name(i + 1), shape=[int(v) for v in block.shape], beta=beta, threshold=theta)
-        records.append({k: rec[k] for k in ("name", "kind", "pool", "membrane", "shape", "kernel", "stride", "padding",
-                                             "bias", "weight_bits", "weight_scale", "beta", "threshold")})
+        records.append(
+            {
+                k: rec[k]
+                for k in (
+                    "name",
+                    "kind",
+                    "pool",
+                    "membrane",
+                    "shape",
+                    "kernel",
+                    "stride",
+                    "padding",
+                    "bias",
+                    "weight_bits",
+                    "weight_scale",
+                    "beta",
+                    "threshold",
+                )
+            }
+        )
     return records
 
 
-def float_metadata(model: nn.Module, *, cfg: Any, input_shape: tuple[int, ...], classes: list[str], encoding: str,
-                   sha256: str = "", source_name: str = "", bn_exact: bool | None = None) -> dict[str, Any]:
+def float_metadata(
+    model: nn.Module,
+    *,
+    cfg: Any,
+    input_shape: tuple[int, ...],
+    classes: list[str],
+    encoding: str,
+    sha256: str = "",
+    source_name: str = "",
+    bn_exact: bool | None = None,
+) -> dict[str, Any]:
     """The metadata of the float export of ``model`` (see :mod:`.format`)."""
     events = cfg.event_frames() if encoding == "events" else None
     c, h, w = (int(v) for v in input_shape)
@@ -348,45 +386,75 @@ def float_metadata(model: nn.Module, *, cfg: Any, input_shape: tuple[int, ...], 
     import brevitas
 
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "float",
-        "dataset": cfg.dataset, "classes": list(classes), "num_steps": cfg.num_steps,
-        "encoding": encoding, "input_scale": float(INPUT_SCALE[encoding]), "input_max": events.count_max if events else INPUT_MAX["static"],
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "float",
+        "dataset": cfg.dataset,
+        "classes": list(classes),
+        "num_steps": cfg.num_steps,
+        "encoding": encoding,
+        "input_scale": float(INPUT_SCALE[encoding]),
+        "input_max": events.count_max if events else INPUT_MAX["static"],
         "input_shape": [c, h, w],
         **({"event_frames": events.to_dict()} if events else {}),
         # β and θ of the first layer (float32 values written as float64); every layer's in ``layers``
-        "beta": layers[0]["beta"], "threshold": layers[0]["threshold"], "slope": cfg.slope,
-        "reset": cfg.reset, "precision": precision_name(bits),
+        "beta": layers[0]["beta"],
+        "threshold": layers[0]["threshold"],
+        "slope": cfg.slope,
+        "reset": cfg.reset,
+        "precision": precision_name(bits),
         # the chip profile the model was trained for ("" = none) and the delay it was trained with
-        "trained_profile": getattr(cfg, "profile", ""), "synaptic_delay": int(getattr(cfg, "synaptic_delay", 0)),
+        "trained_profile": getattr(cfg, "profile", ""),
+        "synaptic_delay": int(getattr(cfg, "synaptic_delay", 0)),
         "weight_bits": max(bits) if bits else 32,
         "quant_scale": cfg.quant_scale if quantized else "none",
         "weight_scale": getattr(cfg, "weight_scale", "tensor") if quantized else "none",
-        "batch_norm": bool(cfg.batch_norm), "dropout": cfg.dropout,
-        "arch": str(getattr(model, "arch", "") or getattr(cfg, "arch", "")), "layers": layers,
-        "bn_exact": bn_exact, "qsnn_version": qsnn.__version__,
-        "checkpoint_sha256": sha256, "checkpoint_name": source_name,
+        "batch_norm": bool(cfg.batch_norm),
+        "dropout": cfg.dropout,
+        "arch": str(getattr(model, "arch", "") or getattr(cfg, "arch", "")),
+        "layers": layers,
+        "bn_exact": bn_exact,
+        "qsnn_version": qsnn.__version__,
+        "checkpoint_sha256": sha256,
+        "checkpoint_name": source_name,
         "batch": "dynamic dimension 'N'; to fix it: qonnx ModelWrapper(path).transform(ChangeBatchSize(n))",
-        "versions": {"torch": str(torch.__version__), "brevitas": str(brevitas.__version__),
-                     "onnx": str(onnx.__version__), "qonnx": version("qonnx")},
+        "versions": {
+            "torch": str(torch.__version__),
+            "brevitas": str(brevitas.__version__),
+            "onnx": str(onnx.__version__),
+            "qonnx": version("qonnx"),
+        },
     }
 
 
 def _doc_string(n: int, delay: bool) -> str:
     ins, outs = graph_inputs(n), graph_outputs(n)
     last = output_name(n)
-    text = (f"qsnn QSNN, one time step: ({', '.join(ins)}) -> ({', '.join(outs)}). Run it T times "
-            f"(metadata num_steps), feeding u*_out back as u* (zeros at t=0); the class is the argmax of the "
-            f"summed {last}. Batch dimension N is dynamic.")
+    text = (
+        f"qsnn QSNN, one time step: ({', '.join(ins)}) -> ({', '.join(outs)}). Run it T times "
+        f"(metadata num_steps), feeding u*_out back as u* (zeros at t=0); the class is the argmax of the "
+        f"summed {last}. Batch dimension N is dynamic."
+    )
     if delay:
         lines = ", ".join(f"d{i + 1} ({'x' if i == 0 else f'z{i}'})" for i in range(n))
-        text += (f" Synaptic delay 1 (metadata synaptic_delay): each synapse reads the delay line {lines} of the "
-                 "previous step, fed back from d*_out like the membranes.")
+        text += (
+            f" Synaptic delay 1 (metadata synaptic_delay): each synapse reads the delay line {lines} of the "
+            "previous step, fed back from d*_out like the membranes."
+        )
     return text
 
 
-def build_float_from_module(model: nn.Module, *, classes: list[str] | tuple[str, ...], encoding: str,
-                            cfg: Any = None, input_shape: tuple[int, ...] | None = None, sha256: str = "",
-                            source_name: str = "", batch_size: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_float_from_module(
+    model: nn.Module,
+    *,
+    classes: list[str] | tuple[str, ...],
+    encoding: str,
+    cfg: Any = None,
+    input_shape: tuple[int, ...] | None = None,
+    sha256: str = "",
+    source_name: str = "",
+    batch_size: int | None = None,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The float QONNX ModelProto of a QSNN-like module in memory (not written), and its metadata.
 
     ``model`` has what :class:`~qsnn.train.model.QSNN` has: ``blocks`` (name, spec, synapse, bn,
@@ -414,31 +482,48 @@ def build_float_from_module(model: nn.Module, *, classes: list[str] | tuple[str,
                 model.norms[i] = ExportBatchNorm(bn, mode)
         else:
             bn_exact = False
-    records = layer_records(model)   # checks every synapse before the exporter runs
+    records = layer_records(model)  # checks every synapse before the exporter runs
     step = OneStep(model).eval()
     x = torch.zeros(1, *input_shape)
     states = (*model.initial_state(1), *model.delay_state(1))
     delay = bool(getattr(cfg, "synaptic_delay", 0))
     names_in, names_out = graph_inputs(n, delay), graph_outputs(n, delay)
-    with warnings.catch_warnings():   # an exporter failure is a bug (the model was checked): a traceback
+    with warnings.catch_warnings():  # an exporter failure is a bug (the model was checked): a traceback
         warnings.simplefilter("ignore")
-        exported = export_qonnx(step, args=(x, *states), export_path=None, input_names=names_in,
-                                output_names=names_out, dynamic_axes={k: {0: "N"} for k in names_in + names_out},
-                                dynamo=False)
+        exported = export_qonnx(
+            step,
+            args=(x, *states),
+            export_path=None,
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_axes={k: {0: "N"} for k in names_in + names_out},
+            dynamo=False,
+        )
     order = [o for node in exported.graph.node for o in node.output]
     onnx_model = cleanup(exported)
-    _readable_names(onnx_model, order, list(model.names), [r["beta"] for r in records], [r["threshold"] for r in records])
+    _readable_names(
+        onnx_model, order, list(model.names), [r["beta"] for r in records], [r["threshold"] for r in records]
+    )
     onnx_model.producer_name = "qsnn"
     onnx_model.producer_version = qsnn.__version__
     onnx_model.doc_string = _doc_string(n, delay)
-    meta = float_metadata(model, cfg=cfg, input_shape=input_shape, classes=list(classes), encoding=encoding,
-                          sha256=sha256, source_name=source_name, bn_exact=bn_exact)
+    meta = float_metadata(
+        model,
+        cfg=cfg,
+        input_shape=input_shape,
+        classes=list(classes),
+        encoding=encoding,
+        sha256=sha256,
+        source_name=source_name,
+        bn_exact=bn_exact,
+    )
     finish_model(onnx_model, meta, batch_size)
     return onnx_model, meta
 
 
-def build_float_model(checkpoint_path: str | os.PathLike,
-                      batch_size: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_float_model(
+    checkpoint_path: str | os.PathLike, batch_size: int | None = None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The float QONNX ModelProto of a checkpoint (not written), and its metadata.
 
     ``batch_size``: fix the batch dimension of every input and output (else dynamic ``N``).
@@ -446,14 +531,21 @@ def build_float_model(checkpoint_path: str | os.PathLike,
     checkpoint_path = Path(checkpoint_path)
     data = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(data)
-    return build_float_from_module(model, classes=list(data["classes"]), encoding=data["encoding"],
-                                   cfg=data["config_obj"], input_shape=tuple(int(v) for v in data["input_shape"]),
-                                   sha256=sha256_file(checkpoint_path), source_name=checkpoint_path.name,
-                                   batch_size=batch_size)
+    return build_float_from_module(
+        model,
+        classes=list(data["classes"]),
+        encoding=data["encoding"],
+        cfg=data["config_obj"],
+        input_shape=tuple(int(v) for v in data["input_shape"]),
+        sha256=sha256_file(checkpoint_path),
+        source_name=checkpoint_path.name,
+        batch_size=batch_size,
+    )
 
 
-def export_float(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                 batch_size: int | None = None) -> Path:
+def export_float(
+    checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *, batch_size: int | None = None
+) -> Path:
     """Export a checkpoint as the one-time-step float QONNX graph; returns ``out_path``.
 
     The file is written atomically: if anything fails, an existing ``out_path`` is left untouched.

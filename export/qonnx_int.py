@@ -152,8 +152,14 @@ def _synapse(b: _Builder, inp: str, layer, in_max: int, pre: str) -> tuple[str, 
             lo = b.op("Floor", [b.op("Mul", [inp, b.const(2.0 ** (-bits * j))], prefix=pre)], prefix=pre)
             digit = b.op("Sub", [lo, b.op("Mul", [hi, b.const(2.0**bits)], prefix=pre)], prefix=pre + "digit_")
         x32 = b.op("Cast", [digit], prefix=pre, to=TensorProto.FLOAT)
-        conv = b.op("Conv", [x32, wname], prefix=pre, kernel_shape=[layer.kernel, layer.kernel],
-                    strides=[layer.stride, layer.stride], pads=[layer.padding] * 4)
+        conv = b.op(
+            "Conv",
+            [x32, wname],
+            prefix=pre,
+            kernel_shape=[layer.kernel, layer.kernel],
+            strides=[layer.stride, layer.stride],
+            pads=[layer.padding] * 4,
+        )
         if layer.pool > 1:
             p = layer.pool
             avg = b.op("AveragePool", [conv], prefix=pre, kernel_shape=[p, p], strides=[p, p])
@@ -169,8 +175,16 @@ def arch_of(net: IntegerNetwork) -> str:
     """The architecture spec (:mod:`qsnn.arch`) of an integer network's layers."""
     from qsnn.arch import Arch, ConvSpec, DenseSpec
 
-    return str(Arch(tuple(ConvSpec(l.out_channels, l.kernel, l.stride, l.padding, l.pool) if l.kind == "conv"
-                          else DenseSpec(l.out_channels) for l in net.layers)))
+    return str(
+        Arch(
+            tuple(
+                ConvSpec(l.out_channels, l.kernel, l.stride, l.padding, l.pool)
+                if l.kind == "conv"
+                else DenseSpec(l.out_channels)
+                for l in net.layers
+            )
+        )
+    )
 
 
 def _layer_records(net: IntegerNetwork) -> list[dict[str, Any]]:
@@ -182,13 +196,23 @@ def _layer_records(net: IntegerNetwork) -> list[dict[str, Any]]:
     out = []
     for i, (l, shape) in enumerate(zip(net.layers, net.shapes())):
         rec = trained.get(l.name, {})
-        out.append({
-            "name": l.name, "kind": l.kind, "kernel": l.kernel, "stride": l.stride, "padding": l.padding,
-            "pool": l.pool, "bias": bool(rec.get("bias", False)),
-            "weight_bits": int(rec.get("weight_bits", net.profile.weight_bits)),
-            "weight_scale": rec.get("weight_scale", "none"), "membrane": membrane_name(i + 1), "shape": list(shape),
-            "beta": effective_beta(l.leak_const, net.profile), "threshold": float(l.threshold[0] * l.scale[0]),
-        })
+        out.append(
+            {
+                "name": l.name,
+                "kind": l.kind,
+                "kernel": l.kernel,
+                "stride": l.stride,
+                "padding": l.padding,
+                "pool": l.pool,
+                "bias": bool(rec.get("bias", False)),
+                "weight_bits": int(rec.get("weight_bits", net.profile.weight_bits)),
+                "weight_scale": rec.get("weight_scale", "none"),
+                "membrane": membrane_name(i + 1),
+                "shape": list(shape),
+                "beta": effective_beta(l.leak_const, net.profile),
+                "threshold": float(l.threshold[0] * l.scale[0]),
+            }
+        )
     return out
 
 
@@ -197,25 +221,40 @@ def integer_metadata(net: IntegerNetwork) -> dict[str, Any]:
     meta = dict(net.metadata)
     layer0 = net.layers[0]
     defaults = {
-        "dataset": "unknown", "slope": 0.0, "precision": "int", "quant_scale": "none", "batch_norm": False,
-        "dropout": 0.0, "checkpoint_sha256": "",
+        "dataset": "unknown",
+        "slope": 0.0,
+        "precision": "int",
+        "quant_scale": "none",
+        "batch_norm": False,
+        "dropout": 0.0,
+        "checkpoint_sha256": "",
         "beta": effective_beta(layer0.leak_const, net.profile),
         "threshold": float(layer0.threshold[0] * layer0.scale[0]),
-        "reset": net.profile.reset, "weight_bits": net.profile.weight_bits, "arch": arch_of(net),
+        "reset": net.profile.reset,
+        "weight_bits": net.profile.weight_bits,
+        "arch": arch_of(net),
     }
     for key, value in defaults.items():
         meta.setdefault(key, value)
-    meta.update({
-        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "integer",
-        "classes": list(net.classes), "num_steps": net.num_steps, "encoding": net.encoding,
-        "input_scale": float(meta.get("input_scale", INPUT_SCALE[net.encoding])),
-        "input_max": int(net.input_max), "input_shape": list(net.input_shape),
-        "layers": _layer_records(net),
-        "qsnn_version": qsnn.__version__,
-        "profile": net.profile.to_dict(), "network": network_spec(net),
-        "compile_report": net.metadata.get("compile_report", {}),
-        "batch": "dynamic dimension 'N'; to fix it: qonnx ModelWrapper(path).transform(ChangeBatchSize(n))",
-    })
+    meta.update(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": "integer",
+            "classes": list(net.classes),
+            "num_steps": net.num_steps,
+            "encoding": net.encoding,
+            "input_scale": float(meta.get("input_scale", INPUT_SCALE[net.encoding])),
+            "input_max": int(net.input_max),
+            "input_shape": list(net.input_shape),
+            "layers": _layer_records(net),
+            "qsnn_version": qsnn.__version__,
+            "profile": net.profile.to_dict(),
+            "network": network_spec(net),
+            "compile_report": net.metadata.get("compile_report", {}),
+            "batch": "dynamic dimension 'N'; to fix it: qonnx ModelWrapper(path).transform(ChangeBatchSize(n))",
+        }
+    )
     return meta
 
 
@@ -223,8 +262,10 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
     """The integer one-step ModelProto of ``net`` (not written); ``batch_size`` fixes the batch dimension."""
     p = net.profile
     if p.leak_bits + p.membrane_bits + 2 > 53:
-        raise ExportError(f"profile {p.name!r}: membrane_bits + leak_bits = {p.membrane_bits + p.leak_bits} is too wide "
-                          "for an exact float64 graph (at most 51)")
+        raise ExportError(
+            f"profile {p.name!r}: membrane_bits + leak_bits = {p.membrane_bits + p.leak_bits} is too wide "
+            "for an exact float64 graph (at most 51)"
+        )
     b = _Builder()
     delay = p.synaptic_delay
     shapes = [tuple(net.input_shape)] + net.shapes()
@@ -250,9 +291,16 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
             if delay == 1:
                 b.op("Identity", [newest], out=f"{d}_out", prefix=pre)
             else:
-                rest = b.op("Slice", [d, b.const(np.array([1], np.int64), dtype=np.int64),
-                                      b.const(np.array([delay], np.int64), dtype=np.int64),
-                                      b.const(np.array([1], np.int64), dtype=np.int64)], prefix=pre)
+                rest = b.op(
+                    "Slice",
+                    [
+                        d,
+                        b.const(np.array([1], np.int64), dtype=np.int64),
+                        b.const(np.array([delay], np.int64), dtype=np.int64),
+                        b.const(np.array([1], np.int64), dtype=np.int64),
+                    ],
+                    prefix=pre,
+                )
                 b.op("Concat", [rest, newest], out=f"{d}_out", prefix=pre, axis=1)
             delay_out.append(helper.make_tensor_value_info(f"{d}_out", TensorProto.DOUBLE, ["N", delay, *shapes[i]]))
         acc, fact = _synapse(b, inp, layer, in_max if i == 0 else 1, pre)
@@ -266,12 +314,20 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
             cur = b.op("Floor", [cur], prefix=pre + "shl_")
         if p.current_bits:  # the current register (Lava's u): c − 2^w if c > 2^(w−1), c + 2^w if c ≤ −2^(w−1)
             half = 2.0 ** (p.current_bits - 1)
-            high = b.op("Cast", [b.op("Greater", [cur, b.const(half)], prefix=pre)], prefix=pre + "wrap_",
-                        to=TensorProto.DOUBLE)
-            low = b.op("Cast", [b.op("Greater", [b.const(0.5 - half), cur], prefix=pre)],   # c ≤ −half (integers)
-                       prefix=pre + "wrap_", to=TensorProto.DOUBLE)
-            cur = b.op("Add", [cur, b.op("Mul", [b.op("Sub", [low, high], prefix=pre), b.const(2 * half)], prefix=pre)],
-                       prefix=pre + "wrap_")
+            high = b.op(
+                "Cast", [b.op("Greater", [cur, b.const(half)], prefix=pre)], prefix=pre + "wrap_", to=TensorProto.DOUBLE
+            )
+            low = b.op(
+                "Cast",
+                [b.op("Greater", [b.const(0.5 - half), cur], prefix=pre)],  # c ≤ −half (integers)
+                prefix=pre + "wrap_",
+                to=TensorProto.DOUBLE,
+            )
+            cur = b.op(
+                "Add",
+                [cur, b.op("Mul", [b.op("Sub", [low, high], prefix=pre), b.const(2 * half)], prefix=pre)],
+                prefix=pre + "wrap_",
+            )
         bshape = (-1, 1, 1) if layer.kind == "conv" else (-1,)
         theta = b.const(np.asarray(layer.threshold, np.float64).reshape(bshape), name=f"{layer.name}.threshold")
         bias = b.const(np.asarray(layer.bias, np.float64).reshape(bshape), name=f"{layer.name}.bias")
@@ -280,8 +336,11 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
         u = membranes[i]
         r = b.op("Cast", [b.op("Greater", [u, theta], prefix=pre)], prefix=pre + "reset_", to=TensorProto.DOUBLE)
         if p.reset == "subtract":
-            pre_u = b.op("Sub", [b.op("Add", [_leak(b, u, layer, p, pre), cur], prefix=pre),
-                                 b.op("Mul", [r, theta], prefix=pre)], prefix=pre)
+            pre_u = b.op(
+                "Sub",
+                [b.op("Add", [_leak(b, u, layer, p, pre), cur], prefix=pre), b.op("Mul", [r, theta], prefix=pre)],
+                prefix=pre,
+            )
         else:
             kept = b.op("Mul", [b.op("Sub", [b.const(1.0), r], prefix=pre), u], prefix=pre)
             pre_u = b.op("Add", [_leak(b, kept, layer, p, pre), cur], prefix=pre)
@@ -304,14 +363,22 @@ def build_integer_model(net: IntegerNetwork, batch_size: int | None = None) -> o
         state_out.append(helper.make_tensor_value_info(out_u, TensorProto.DOUBLE, shape))
         (outputs_head if li == L else outputs_tail).append(helper.make_tensor_value_info(z, TensorProto.DOUBLE, shape))
         facts.append(fact)
-    graph = helper.make_graph(b.nodes, "qsnn_integer_step", inputs + state_in + delay_in,
-                              outputs_head + state_out + outputs_tail + delay_out, b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsnn",
-                              producer_version=qsnn.__version__)
+    graph = helper.make_graph(
+        b.nodes,
+        "qsnn_integer_step",
+        inputs + state_in + delay_in,
+        outputs_head + state_out + outputs_tail + delay_out,
+        b.inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsnn", producer_version=qsnn.__version__
+    )
     model.ir_version = 8
-    model.doc_string = (f"qsnn integer QSNN of {L} layers under profile {p.name!r}, one time step: (x, u1..u{L}) -> "
-                        f"({output_name(L)}, u1_out..u{L}_out, z1..z{L - 1}); all values are integers held exactly in "
-                        "float64. Run it T times, feeding the *_out states back (zeros at t=0).")
+    model.doc_string = (
+        f"qsnn integer QSNN of {L} layers under profile {p.name!r}, one time step: (x, u1..u{L}) -> "
+        f"({output_name(L)}, u1_out..u{L}_out, z1..z{L - 1}); all values are integers held exactly in "
+        "float64. Run it T times, feeding the *_out states back (zeros at t=0)."
+    )
     return finish_model(model, integer_metadata(net), batch_size)
 
 
@@ -344,7 +411,7 @@ def read_integer_qonnx(path: str | os.PathLike) -> IntegerNetwork:
 def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> IntegerNetwork:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     if not all(f"{layer['name']}.weight" in inits for layer in meta.get("layers", [])):
-        inits = {**initializers_by_structure(model, meta), **inits}   # renamed by a tool (qonnx-cleanup)
+        inits = {**initializers_by_structure(model, meta), **inits}  # renamed by a tool (qonnx-cleanup)
     try:
         profile = ChipProfile.from_dict(meta["profile"])
         spec = meta["network"]
@@ -363,19 +430,35 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
             if ls["kind"] == "dense":
                 w = w.T  # stored (I, O) for MatMul
             dtype = np.int8 if profile.weight_bits <= 8 else (np.int16 if profile.weight_bits <= 16 else np.int32)
-            layers.append(IntegerLayer(
-                name=name, kind=ls["kind"], weight=np.ascontiguousarray(w).astype(dtype), pool=int(ls["pool"]),
-                current_shift=int(ls["current_shift"]), threshold=arrays["threshold"].reshape(-1),
-                bias=arrays["bias"].reshape(-1), leak_const=int(ls["decay"]),
-                scale=np.asarray(ls["scale"], dtype=np.float64), weight_exp=int(ls.get("weight_exp", 0)),
-                stride=int(ls.get("stride", 1)), padding=int(ls.get("padding", 0))))
-        for layer in layers:                       # a constant the profile's leak cannot use: a damaged file
+            layers.append(
+                IntegerLayer(
+                    name=name,
+                    kind=ls["kind"],
+                    weight=np.ascontiguousarray(w).astype(dtype),
+                    pool=int(ls["pool"]),
+                    current_shift=int(ls["current_shift"]),
+                    threshold=arrays["threshold"].reshape(-1),
+                    bias=arrays["bias"].reshape(-1),
+                    leak_const=int(ls["decay"]),
+                    scale=np.asarray(ls["scale"], dtype=np.float64),
+                    weight_exp=int(ls.get("weight_exp", 0)),
+                    stride=int(ls.get("stride", 1)),
+                    padding=int(ls.get("padding", 0)),
+                )
+            )
+        for layer in layers:  # a constant the profile's leak cannot use: a damaged file
             check_leak_const(layer.leak_const, profile, layer.name)
         net_meta = {k: v for k, v in meta.items() if k not in ("profile", "network")}
-        return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=tuple(spec["input_shape"]),
-                              num_steps=int(spec["num_steps"]), encoding=spec["encoding"],
-                              classes=tuple(spec["classes"]), metadata=net_meta,
-                              input_max=int(meta.get("input_max", 255)))
+        return IntegerNetwork(
+            layers=tuple(layers),
+            profile=profile,
+            input_shape=tuple(spec["input_shape"]),
+            num_steps=int(spec["num_steps"]),
+            encoding=spec["encoding"],
+            classes=tuple(spec["classes"]),
+            metadata=net_meta,
+            input_max=int(meta.get("input_max", 255)),
+        )
     except ExportError:
         raise
     except (KeyError, TypeError, ValueError, ProfileError) as exc:
@@ -435,8 +518,13 @@ def initializers_by_structure(model: onnx.ModelProto, meta: dict[str, Any]) -> d
             syn = [o for n in nodes if n.op_type in ("Conv", "MatMul") and n.input[1] == weights[i] for o in n.output]
             between = below(syn) & above(f"{u}_out")
             shape = np.shape(inits[theta])
-            bias = [t for n in nodes if id(n) in between and n.op_type == "Add"
-                    for t in n.input if t in inits and t != theta and np.shape(inits[t]) == shape]
+            bias = [
+                t
+                for n in nodes
+                if id(n) in between and n.op_type == "Add"
+                for t in n.input
+                if t in inits and t != theta and np.shape(inits[t]) == shape
+            ]
             if len(bias) == 1:
                 out[f"{name}.bias"] = inits[bias[0]]
     return out
@@ -444,11 +532,26 @@ def initializers_by_structure(model: onnx.ModelProto, meta: dict[str, Any]) -> d
 
 def network_spec(net: IntegerNetwork) -> dict[str, Any]:
     """The JSON-able description of ``net`` (everything but the weight, threshold and bias arrays)."""
-    return to_jsonable({
-        "input_shape": list(net.input_shape), "num_steps": net.num_steps, "encoding": net.encoding,
-        "classes": list(net.classes),
-        "layers": [{"name": l.name, "kind": l.kind, "pool": l.pool, "stride": l.stride, "padding": l.padding,
+    return to_jsonable(
+        {
+            "input_shape": list(net.input_shape),
+            "num_steps": net.num_steps,
+            "encoding": net.encoding,
+            "classes": list(net.classes),
+            "layers": [
+                {
+                    "name": l.name,
+                    "kind": l.kind,
+                    "pool": l.pool,
+                    "stride": l.stride,
+                    "padding": l.padding,
                     "current_shift": l.current_shift,
-                    "decay": l.leak_const, "weight_exp": l.weight_exp, "scale": [float(v) for v in l.scale],
-                    "out_channels": l.out_channels} for l in net.layers],
-    })
+                    "decay": l.leak_const,
+                    "weight_exp": l.weight_exp,
+                    "scale": [float(v) for v in l.scale],
+                    "out_channels": l.out_channels,
+                }
+                for l in net.layers
+            ],
+        }
+    )

@@ -84,14 +84,18 @@ def prepare_input(meta: dict[str, Any], x: Any, num_steps: int | None) -> tuple[
         if T > x.shape[1]:
             raise ExportError(f"asked for {T} steps but the input has only {x.shape[1]} frames")
     else:
-        raise ExportError(f"input of shape {x.shape} does not match the model's input (N, {', '.join(map(str, shape))}) "
-                          f"or (N, T, {', '.join(map(str, shape))})")
+        raise ExportError(
+            f"input of shape {x.shape} does not match the model's input (N, {', '.join(map(str, shape))}) "
+            f"or (N, T, {', '.join(map(str, shape))})"
+        )
     if T < 1:
         raise ExportError(f"num_steps must be >= 1, got {T}")
     if meta["kind"] == "integer":
         if not np.issubdtype(x.dtype, np.integer):
             if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
-                raise ExportError("the integer graph takes integer inputs (uint8 pixels or event counts), got non-integers")
+                raise ExportError(
+                    "the integer graph takes integer inputs (uint8 pixels or event counts), got non-integers"
+                )
         if x.size and (x.min() < 0 or x.max() > meta["input_max"]):
             raise ExportError(f"integer inputs must lie in [0, {meta['input_max']}], got [{x.min()}, {x.max()}]")
     return x, static, T
@@ -109,8 +113,10 @@ class _OrtStep:
                 model = ModelWrapper(model).transform(QuantToQCDQ()).model
             except Exception as exc:  # a damaged graph breaks the converter in many ways (SerdeError, ...)
                 reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-                raise ExportError(f"{where}: QuantToQCDQ cannot convert the graph ({type(exc).__name__}: {reason}); "
-                                  "the file is damaged or edited: export the checkpoint again") from None
+                raise ExportError(
+                    f"{where}: QuantToQCDQ cannot convert the graph ({type(exc).__name__}: {reason}); "
+                    "the file is damaged or edited: export the checkpoint again"
+                ) from None
             left = [n.op_type for n in model.graph.node if n.op_type == "Quant"]
             if left:
                 raise ExportError("QuantToQCDQ could not convert every Quant node (bit width > 8?); use engine='qonnx'")
@@ -146,8 +152,10 @@ class _OrtStep:
             else:
                 prefix, step, frontier = parts
                 try:
-                    sessions = [ort.InferenceSession(m.SerializeToString(), self._opts, providers=["CPUExecutionProvider"])
-                                for m in (prefix, step)]
+                    sessions = [
+                        ort.InferenceSession(m.SerializeToString(), self._opts, providers=["CPUExecutionProvider"])
+                        for m in (prefix, step)
+                    ]
                 except Exception:  # an unusual graph: run it whole, as written
                     self.hoisted[static] = None
                 else:
@@ -155,7 +163,9 @@ class _OrtStep:
         return self.hoisted[static]
 
 
-def split_time_invariant(model: onnx.ModelProto, static: bool) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]] | None:
+def split_time_invariant(
+    model: onnx.ModelProto, static: bool
+) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]] | None:
     """Split a one-step graph into (prefix, step, frontier): the prefix computes every tensor that does
     not change over T (it depends on the weights only, and on ``x`` when ``static``), the step graph
     the rest from the frontier tensors, ``x`` and the states. The same nodes run on the same inputs,
@@ -167,7 +177,7 @@ def split_time_invariant(model: onnx.ModelProto, static: bool) -> tuple[onnx.Mod
     states = {i.name for i in graph.input if i.name != INPUT}
     varying = set(states) | (set() if static else {INPUT})
     pre_nodes, step_nodes = [], []
-    for node in graph.node:                              # ONNX graphs are topologically sorted
+    for node in graph.node:  # ONNX graphs are topologically sorted
         if any(name in varying for name in node.input if name):
             step_nodes.append(node)
             varying.update(node.output)
@@ -238,8 +248,14 @@ def _ort_runner(source: Any, model: onnx.ModelProto, kind: str) -> _OrtStep:
     return _ORT_CACHE[key]
 
 
-def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None, engine: str = "ort",
-                   record: bool = False, batch_size: int | None = None) -> dict[str, np.ndarray]:
+def run_onnx_steps(
+    onnx_path_or_model: Any,
+    x: Any,
+    num_steps: int | None = None,
+    engine: str = "ort",
+    record: bool = False,
+    batch_size: int | None = None,
+) -> dict[str, np.ndarray]:
     """Run a qsnn QONNX graph (float or integer kind) over T steps on a batch.
 
     Args:
@@ -271,7 +287,7 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
     outputs = {o.name for o in model.graph.output}
     runner = _ort_runner(onnx_path_or_model, model, kind) if engine == "ort" else _QonnxStep(model, kind)
     n = len(x)
-    fixed = static_batch(model)      # a --batch-size export takes exactly that many samples per call
+    fixed = static_batch(model)  # a --batch-size export takes exactly that many samples per call
     if fixed is not None:
         batch_size = fixed
     elif batch_size is None:
@@ -279,19 +295,21 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
     L = layer_count(meta)
     last = output_name(L)
     thetas = [np.float32(layer.get("threshold", meta["threshold"])) for layer in meta["layers"]]
-    keep = [*(spike_name(i) for i in range(1, L + 1)), *(membrane_name(i) for i in range(1, L + 1))] if record else [last]
+    keep = (
+        [*(spike_name(i) for i in range(1, L + 1)), *(membrane_name(i) for i in range(1, L + 1))] if record else [last]
+    )
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in keep}
     for lo in range(0, n, batch_size):
-        xb = x[lo:lo + batch_size]
+        xb = x[lo : lo + batch_size]
         real = len(xb)
-        if fixed is not None and real < fixed:   # pad the last chunk of a static-batch graph with zeros
+        if fixed is not None and real < fixed:  # pad the last chunk of a static-batch graph with zeros
             xb = np.concatenate([xb, np.zeros((fixed - real, *xb.shape[1:]), dtype=xb.dtype)])
         b = len(xb)
         state = {s: np.zeros(_state_shape(model, s, b), dtype=_input_dtype(model, s)) for s in states}
         frame = xb.astype(dtype) if static else None
         rec: dict[str, list[np.ndarray]] = {k: [] for k in keep}
         hoisted = runner.split(static) if engine == "ort" else None
-        if hoisted is not None:                          # the time-invariant prefix, once per batch
+        if hoisted is not None:  # the time-invariant prefix, once per batch
             prefix, step, frontier, step_inputs = hoisted
             pre_feed = {INPUT: frame} if static and INPUT in {i.name for i in prefix.get_inputs()} else {}
             invariant = dict(zip(frontier, prefix.run(frontier, pre_feed)))
@@ -322,8 +340,9 @@ def run_onnx_steps(onnx_path_or_model: Any, x: Any, num_steps: int | None = None
     return result
 
 
-def run_integer_onnx(onnx_path_or_model: Any, x_int: Any, *, engine: str = "qonnx", record: bool = False,
-                     batch_size: int | None = None) -> dict[str, np.ndarray]:
+def run_integer_onnx(
+    onnx_path_or_model: Any, x_int: Any, *, engine: str = "qonnx", record: bool = False, batch_size: int | None = None
+) -> dict[str, np.ndarray]:
     """Run the integer kind of graph over T steps on integer inputs (see :func:`run_onnx_steps`).
 
     Returns the spikes ``z1..zL`` as uint8 (T, N, ...) always, and the membranes ``u1..uL`` int64 with ``record``.

@@ -42,14 +42,16 @@ import onnx
 import torch
 import torch.nn as nn
 
-from qsnn.arch import Arch, ConvSpec, DenseSpec, layer_names
+from qsnn.arch import Arch, ConvSpec, DenseSpec
 from qsnn.data import ENCODINGS
 from qsnn.errors import ExportError
 from qsnn.events import EventFrames
 
 #: What a Sequential may hold, for messages.
-SUPPORTED = ("Brevitas QuantConv2d / QuantLinear or torch Conv2d / Linear, nn.AvgPool2d, nn.BatchNorm2d, "
-             "nn.Flatten, nn.Dropout, snntorch.Leaky")
+SUPPORTED = (
+    "Brevitas QuantConv2d / QuantLinear or torch Conv2d / Linear, nn.AvgPool2d, nn.BatchNorm2d, "
+    "nn.Flatten, nn.Dropout, snntorch.Leaky"
+)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ def _synapse_problems(module: nn.Module) -> list[str]:
             p = (0, 0)
         p = _pair(p)
         if len(set(k)) != 1 or len(set(s)) != 1 or len(set(p)) != 1:
-            problems.append(f"kernel {k}, stride {s}, padding {p}: square kernels, one stride and the same padding on both sides")
+            problems.append(
+                f"kernel {k}, stride {s}, padding {p}: square kernels, one stride and the same padding on both sides"
+            )
         if module.groups != 1 or any(d != 1 for d in _pair(module.dilation)):
             problems.append("grouped or dilated convolution")
         if getattr(module, "padding_mode", "zeros") != "zeros":
@@ -128,7 +132,7 @@ def _synapse_problems(module: nn.Module) -> list[str]:
             zero_point = getattr(qw, "zero_point", None)
             if zero_point is not None and bool(torch.any(torch.as_tensor(zero_point) != 0)):
                 problems.append("a weight zero point: symmetric weight quantization only")
-        except Exception as exc:   # a quantizer Brevitas cannot evaluate here
+        except Exception as exc:  # a quantizer Brevitas cannot evaluate here
             problems.append(f"its weight quantizer fails ({type(exc).__name__}: {exc})")
         for attr, what in (("is_input_quant_enabled", "input"), ("is_output_quant_enabled", "output")):
             if getattr(module, attr, False):
@@ -172,7 +176,11 @@ def read_sequential(model: nn.Module) -> tuple[list[_Layer], list[str]]:
     for at, m in _flat(model):
         if _is(m, "QuantConv2d", "Conv2d", "QuantLinear", "Linear"):
             if current is not None and current.lif is None:
-                bad(at, m, "two synapses without a Leaky between them: every synaptic layer ends in snntorch.Leaky neurons")
+                bad(
+                    at,
+                    m,
+                    "two synapses without a Leaky between them: every synaptic layer ends in snntorch.Leaky neurons",
+                )
             dense = _is(m, "QuantLinear", "Linear")
             if not dense and (flattened or any(_is(x.synapse, "QuantLinear", "Linear") for x in layers)):
                 bad(at, m, "a convolution after flattening: put every conv before the first dense layer")
@@ -213,19 +221,23 @@ def read_sequential(model: nn.Module) -> tuple[list[_Layer], list[str]]:
                 bad(at, m, "flattening inside a layer: flatten the spikes, after the Leaky")
             flattened = True
         elif _is(m, "Dropout"):
-            pass   # the identity at inference
+            pass  # the identity at inference
         elif _is(m, "MaxPool2d", "AdaptiveMaxPool2d", "MaxPool1d"):
             bad(at, m, "max pooling has no integer form on qsnn's targets: use nn.AvgPool2d (sum pooling on the chip)")
         elif _is(m, "BatchNorm1d"):
             bad(at, m, "BatchNorm after a dense layer is not supported: use it after convolutions only, or drop it")
         elif _is(m, "RLeaky", "RSynaptic", "Synaptic", "Alpha", "Lapicque", "SConv2dLSTM", "SLSTM"):
-            bad(at, m, "only feed-forward snntorch.Leaky neurons run on qsnn's targets (no recurrence, no synaptic current state)")
+            bad(
+                at,
+                m,
+                "only feed-forward snntorch.Leaky neurons run on qsnn's targets (no recurrence, no synaptic current state)",
+            )
         else:
             bad(at, m, f"not a layer qsnn runs (supported: {SUPPORTED})")
     if not layers:
         problems.append("the model has no synaptic layer (QuantConv2d / QuantLinear)")
     elif layers[-1].lif is None:
-        problems.append(f"[end] the last synapse has no Leaky after it: the output layer's neurons are the classes")
+        problems.append("[end] the last synapse has no Leaky after it: the output layer's neurons are the classes")
     elif not _is(layers[-1].synapse, "QuantLinear", "Linear"):
         problems.append("[end] the last layer must be dense (QuantLinear): its neurons are the classes")
     resets = {getattr(x.lif, "reset_mechanism", None) for x in layers if x.lif is not None}
@@ -240,15 +252,31 @@ def _arch_of(layers: list[_Layer]) -> Arch:
         m = x.synapse
         bits = int(round(float(m.quant_weight().bit_width))) if hasattr(m, "quant_weight") else None
         if _is(m, "QuantConv2d", "Conv2d"):
-            specs.append(ConvSpec(m.out_channels, _pair(m.kernel_size)[0], stride=_pair(m.stride)[0],
-                                  padding=_pair(m.padding)[0], pool=x.pool, weight_bits=bits))
+            specs.append(
+                ConvSpec(
+                    m.out_channels,
+                    _pair(m.kernel_size)[0],
+                    stride=_pair(m.stride)[0],
+                    padding=_pair(m.padding)[0],
+                    pool=x.pool,
+                    weight_bits=bits,
+                )
+            )
         else:
             specs.append(DenseSpec(m.out_features, m.in_features, weight_bits=bits))
     return Arch(tuple(specs))
 
 
-def qsnn_from_sequential(model: nn.Module, input_shape: Sequence[int], num_steps: int, *, num_classes: int | None = None,
-                         encoding: str = "static", frames: EventFrames | None = None, where: str = "the model"):
+def qsnn_from_sequential(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    num_steps: int,
+    *,
+    num_classes: int | None = None,
+    encoding: str = "static",
+    frames: EventFrames | None = None,
+    where: str = "the model",
+):
     """A :class:`~qsnn.train.model.QSNN` that runs the user's own modules (shared, not copied), or
     one :class:`ExportError` listing every problem."""
     from qsnn.arch import ArchError
@@ -270,19 +298,31 @@ def qsnn_from_sequential(model: nn.Module, input_shape: Sequence[int], num_steps
         except ArchError as exc:
             problems.append(f"shapes: {exc}")
     if problems:
-        raise ExportError(f"{where} cannot be exported ({len(problems)} problem{'s' * (len(problems) > 1)}): "
-                          + "; ".join(problems))
+        raise ExportError(
+            f"{where} cannot be exported ({len(problems)} problem{'s' * (len(problems) > 1)}): " + "; ".join(problems)
+        )
     quant = [x.synapse for x in layers if hasattr(x.synapse, "quant_weight")]
     scales = [m.quant_weight().scale.detach().double() for m in quant]
     po2 = bool(quant) and all(bool(torch.all(torch.log2(s) == torch.round(torch.log2(s)))) for s in scales)
     per_channel = any(s.numel() > 1 for s in scales)
-    cfg = UserConfig(num_steps=num_steps, reset=getattr(layers[0].lif, "reset_mechanism", "subtract"),
-                     slope=float(_slope_of(layers[0].lif)), batch_norm=any(x.bn is not None for x in layers),
-                     quant_scale="po2" if po2 else ("float" if quant else "none"),
-                     weight_scale="channel" if per_channel else "tensor", arch=str(arch), frames=frames or EventFrames())
-    return QSNN.from_layers(cfg, shape, arch, synapses=[x.synapse for x in layers],
-                            norms=[x.bn if x.bn is not None else nn.Identity() for x in layers],
-                            neurons=[x.lif for x in layers])
+    cfg = UserConfig(
+        num_steps=num_steps,
+        reset=getattr(layers[0].lif, "reset_mechanism", "subtract"),
+        slope=float(_slope_of(layers[0].lif)),
+        batch_norm=any(x.bn is not None for x in layers),
+        quant_scale="po2" if po2 else ("float" if quant else "none"),
+        weight_scale="channel" if per_channel else "tensor",
+        arch=str(arch),
+        frames=frames or EventFrames(),
+    )
+    return QSNN.from_layers(
+        cfg,
+        shape,
+        arch,
+        synapses=[x.synapse for x in layers],
+        norms=[x.bn if x.bn is not None else nn.Identity() for x in layers],
+        neurons=[x.lif for x in layers],
+    )
 
 
 def _slope_of(lif: nn.Module) -> float:
@@ -296,9 +336,17 @@ def _slope_of(lif: nn.Module) -> float:
     return 25.0
 
 
-def export_torch(model: nn.Module, input_shape: Sequence[int], num_steps: int, out: str | os.PathLike | None = None, *,
-                 classes: Sequence[str] | None = None, encoding: str = "static", frames: EventFrames | None = None,
-                 batch_size: int | None = None) -> Path | onnx.ModelProto:
+def export_torch(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    num_steps: int,
+    out: str | os.PathLike | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    encoding: str = "static",
+    frames: EventFrames | None = None,
+    batch_size: int | None = None,
+) -> Path | onnx.ModelProto:
     """Export a user's snnTorch + Brevitas ``nn.Sequential`` as qsnn's float QONNX (see the module doc).
 
     Args:
@@ -319,11 +367,23 @@ def export_torch(model: nn.Module, input_shape: Sequence[int], num_steps: int, o
 
     n_out = getattr(_last_synapse(model), "out_features", None)
     names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(n_out or 0)]
-    qsnn_model = qsnn_from_sequential(model, input_shape, num_steps, num_classes=len(names) if classes is not None else None,
-                                      encoding=encoding, frames=frames)
-    onnx_model, _ = build_float_from_module(qsnn_model, classes=names, encoding=encoding, cfg=qsnn_model.cfg,
-                                            input_shape=tuple(input_shape), source_name=type(model).__name__,
-                                            batch_size=batch_size)
+    qsnn_model = qsnn_from_sequential(
+        model,
+        input_shape,
+        num_steps,
+        num_classes=len(names) if classes is not None else None,
+        encoding=encoding,
+        frames=frames,
+    )
+    onnx_model, _ = build_float_from_module(
+        qsnn_model,
+        classes=names,
+        encoding=encoding,
+        cfg=qsnn_model.cfg,
+        input_shape=tuple(input_shape),
+        source_name=type(model).__name__,
+        batch_size=batch_size,
+    )
     return save_model(onnx_model, out) if out is not None else onnx_model
 
 

@@ -57,7 +57,7 @@ class ConvSpec:
     stride: int = 1
     padding: int = 0
     pool: int = 1
-    weight_bits: int | None = None   # None: the run's --weight-bits
+    weight_bits: int | None = None  # None: the run's --weight-bits
     kind: str = field(default="conv", init=False)
 
     def token(self) -> str:
@@ -78,7 +78,7 @@ class DenseSpec:
     """A dense layer on the input flattened C-major (torch's flatten); ``in_features`` only checks."""
 
     out_features: int
-    in_features: int | None = field(default=None, compare=False)   # the paper's <in>Dense: a check only
+    in_features: int | None = field(default=None, compare=False)  # the paper's <in>Dense: a check only
     weight_bits: int | None = None
     kind: str = field(default="dense", init=False)
 
@@ -97,7 +97,7 @@ class Arch:
     """A parsed spec: the synaptic layers in order (pooling folded into its conv)."""
 
     layers: tuple[LayerSpec, ...]
-    source: str = field(default="", compare=False)   # the spec as the user wrote it (for messages)
+    source: str = field(default="", compare=False)  # the spec as the user wrote it (for messages)
 
     def __str__(self) -> str:
         return "-".join(layer.token() for layer in self.layers)
@@ -125,7 +125,8 @@ class Arch:
                     h, w = shape[1:]
                     raise ArchError(
                         f"architecture {spec}: {tok} (layer {i + 1}) shrinks its {h}×{w} input below 1×1; "
-                        "use a smaller kernel, stride or pooling, padding, or fewer layers")
+                        "use a smaller kernel, stride or pooling, padding, or fewer layers"
+                    )
             else:
                 n = math.prod(shape)
                 if layer.in_features is not None and layer.in_features != n:
@@ -133,7 +134,8 @@ class Arch:
                     raise ArchError(
                         f"architecture {spec}: {layer.in_features}Dense{layer.out_features} (layer {i + 1}) "
                         f"gets {n} inputs ({desc}), not {layer.in_features}; write {n}Dense{layer.out_features} "
-                        f"or D{layer.out_features}")
+                        f"or D{layer.out_features}"
+                    )
                 new = layer.out_shape(shape)
             out.append(new)
             shape = new
@@ -141,7 +143,8 @@ class Arch:
             last = self.layers[-1]
             raise ArchError(
                 f"architecture {spec}: the last layer {_source_token(last)} has {math.prod(shape)} outputs but the "
-                f"data has {num_classes} classes; end the spec with D{num_classes}")
+                f"data has {num_classes} classes; end the spec with D{num_classes}"
+            )
         return out
 
     def layer_bits(self, default: int) -> list[int]:
@@ -158,8 +161,10 @@ _DENSE = re.compile(r"(?:(?P<in>\d+)Dense(?P<out1>\d+)|D(?P<out2>\d+))(?P<suffix
 _POOL = re.compile(r"AP(?P<p>\d+)")
 _SUFFIX = re.compile(r"([spw])(\d+)")
 
-SPEC_HELP = ("tokens joined by '-': <out>C<k>[s<stride>][p<pad>][w<bits>] (conv), AP<p> (average pooling of "
-             "the conv before it), D<out>[w<bits>] or <in>Dense<out> (dense); e.g. 16C5-AP2-64C5-AP2-D10")
+SPEC_HELP = (
+    "tokens joined by '-': <out>C<k>[s<stride>][p<pad>][w<bits>] (conv), AP<p> (average pooling of "
+    "the conv before it), D<out>[w<bits>] or <in>Dense<out> (dense); e.g. 16C5-AP2-64C5-AP2-D10"
+)
 
 
 def parse_arch(spec: str | Arch) -> Arch:
@@ -179,8 +184,10 @@ def parse_arch(spec: str | Arch) -> Arch:
                 raise ArchError(f"{where}: pooling must follow a conv layer; {SPEC_HELP}")
             prev = layers[-1]
             if prev.kind != "conv":
-                raise ArchError(f"{where}: pooling after a dense layer is not defined (pooling acts on a conv's "
-                                "current); move it before the first dense layer or drop it")
+                raise ArchError(
+                    f"{where}: pooling after a dense layer is not defined (pooling acts on a conv's "
+                    "current); move it before the first dense layer or drop it"
+                )
             if prev.pool > 1:
                 raise ArchError(f"{where}: the conv before it is already pooled (AP{prev.pool}); write one AP per conv")
             if p < 2:
@@ -188,11 +195,14 @@ def parse_arch(spec: str | Arch) -> Arch:
             layers[-1] = replace(prev, pool=p)
         elif m := _CONV.fullmatch(tok):
             if layers and layers[-1].kind == "dense":
-                raise ArchError(f"{where}: a conv layer after a dense layer is not supported (dense layers "
-                                "flatten); put every conv before the first dense layer")
+                raise ArchError(
+                    f"{where}: a conv layer after a dense layer is not supported (dense layers "
+                    "flatten); put every conv before the first dense layer"
+                )
             sfx = _suffixes(m["suffix"], where)
-            layer = ConvSpec(int(m["out"]), int(m["k"]), stride=sfx.get("s", 1), padding=sfx.get("p", 0),
-                             weight_bits=sfx.get("w"))
+            layer = ConvSpec(
+                int(m["out"]), int(m["k"]), stride=sfx.get("s", 1), padding=sfx.get("p", 0), weight_bits=sfx.get("w")
+            )
             _check_positive(where, out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride)
             if layer.padding >= layer.kernel:
                 raise ArchError(f"{where}: padding {layer.padding} must be smaller than the kernel {layer.kernel}")
@@ -209,8 +219,10 @@ def parse_arch(spec: str | Arch) -> Arch:
         if bits is not None and not MIN_WEIGHT_BITS <= bits <= MAX_WEIGHT_BITS:
             raise ArchError(f"{where}: w{bits}: weight bits must be {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS}")
     if layers[-1].kind != "dense":
-        raise ArchError(f"architecture {text!r}: the last layer must be dense (its neurons are the classes); "
-                        "end the spec with D<number of classes>")
+        raise ArchError(
+            f"architecture {text!r}: the last layer must be dense (its neurons are the classes); "
+            "end the spec with D<number of classes>"
+        )
     return Arch(tuple(layers), source=text)
 
 

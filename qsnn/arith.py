@@ -71,10 +71,10 @@ def leak(u, leak_const: int, profile: "ChipProfile") -> np.ndarray:
     u = np.asarray(u, dtype=np.int64)
     bits = profile.leak_bits
     if profile.leak == "mul":
-        return (u * leak_const) >> bits                     # floor
+        return (u * leak_const) >> bits  # floor
     if profile.leak == "shift":
-        return u - (u >> leak_const)                        # floor
-    x = u * ((1 << bits) - leak_const)                      # loihi: round toward zero
+        return u - (u >> leak_const)  # floor
+    x = u * ((1 << bits) - leak_const)  # loihi: round toward zero
     return np.sign(x) * (np.abs(x) >> bits)
 
 
@@ -208,8 +208,9 @@ def pre_overflow(u_prev, current, theta, leak_const: int, profile: "ChipProfile"
     return leak((1 - r) * u_prev, leak_const, profile) + current
 
 
-def int_lif_step(acc, state: IntLIFState, layer: "IntegerLayer", profile: "ChipProfile"
-                 ) -> tuple[np.ndarray, IntLIFState]:
+def int_lif_step(
+    acc, state: IntLIFState, layer: "IntegerLayer", profile: "ChipProfile"
+) -> tuple[np.ndarray, IntLIFState]:
     """One time step of a layer's LIF population: returns (z_t, IntLIFState(u_t)) given acc_t and u_{t−1}.
 
     ``acc`` is the integer synaptic sum of this step (after sum-pooling, before the weight
@@ -219,5 +220,7 @@ def int_lif_step(acc, state: IntLIFState, layer: "IntegerLayer", profile: "ChipP
     """
     acc = np.asarray(acc, dtype=np.int64)
     theta = per_channel(layer.threshold, acc.ndim)
-    u = overflow(pre_overflow(state.u, synaptic_current(acc, layer, profile), theta, layer.leak_const, profile), profile)
+    u = overflow(
+        pre_overflow(state.u, synaptic_current(acc, layer, profile), theta, layer.leak_const, profile), profile
+    )
     return (u > theta).astype(np.uint8), IntLIFState(u)

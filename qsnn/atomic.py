@@ -49,7 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with contextlib.suppress(OSError):   # a file system without modes keeps its own
+        with contextlib.suppress(OSError):  # a file system without modes keeps its own
             os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -60,7 +60,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)          # say which output failed (e.g. a full disk while publishing it)
+            exc.filename = str(path)  # say which output failed (e.g. a full disk while publishing it)
         raise
     fsync_path(path.parent)
 
@@ -133,23 +133,25 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
     """
     outdir = Path(outdir)
     if outdir.exists() and not force:
-        raise ExportError(f"{outdir} already exists; choose another output folder or pass --force "
-                          f"(force=True) to replace it")
+        raise ExportError(
+            f"{outdir} already exists; choose another output folder or pass --force (force=True) to replace it"
+        )
     parent = outdir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)                     # mkdtemp makes it 0700; OUTDIR gets the usual mode
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; OUTDIR gets the usual mode
         yield tmp
         _fsync_tree(tmp)
         if outdir.exists() or outdir.is_symlink():
             if not force:
-                raise ExportError(f"{outdir} appeared while it was being written; nothing was replaced "
-                                  f"(pass --force to replace it)")
+                raise ExportError(
+                    f"{outdir} appeared while it was being written; nothing was replaced (pass --force to replace it)"
+                )
             if outdir.is_dir() and not outdir.is_symlink() and _exchange(tmp, outdir):
-                _remove(tmp)                              # tmp now holds the old folder
+                _remove(tmp)  # tmp now holds the old folder
                 fsync_path(parent)
                 return
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))

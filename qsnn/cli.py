@@ -36,32 +36,52 @@ debug_option = click.option("--debug", is_flag=True, help="Show the full traceba
 
 def version_option(prog: str):
     """``--version``: the command's name and qsnn's version, then exit."""
-    return click.version_option(qsnn.__version__, "--version", prog_name=prog, message="%(prog)s (qsnn) %(version)s",
-                                help="Show the qsnn version and exit.")
+    return click.version_option(
+        qsnn.__version__,
+        "--version",
+        prog_name=prog,
+        message="%(prog)s (qsnn) %(version)s",
+        help="Show the qsnn version and exit.",
+    )
 
 
-progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
-                               help="Show progress bars (on stderr) for long work.")
+progress_option = click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on stderr) for long work."
+)
 
 force_option = click.option(
-    "--force", is_flag=True, default=False,
+    "--force",
+    is_flag=True,
+    default=False,
     help="Replace an existing output, but only an earlier output of the same kind written by qsnn (recognised by its "
-         "format marker), once the new one is complete; never an input, a run directory or another file or folder.")
+    "format marker), once the new one is complete; never an input, a run directory or another file or folder.",
+)
 
 
 def profile_option(help: str):
     """``--profile NAME``: the choices and their description come from :data:`qsnn.profiles.PROFILES`."""
-    return click.option("--profile", "profile_name", type=click.Choice(sorted(PROFILES)), default=None,
-                        help=f"{help} Profiles: " + "; ".join(p.summary() for p in PROFILES.values()) + ".")
+    return click.option(
+        "--profile",
+        "profile_name",
+        type=click.Choice(sorted(PROFILES)),
+        default=None,
+        help=f"{help} Profiles: " + "; ".join(p.summary() for p in PROFILES.values()) + ".",
+    )
 
 
 profile_set_option = click.option(
-    "--profile-set", "profile_sets", multiple=True, metavar="KEY=VALUE",
+    "--profile-set",
+    "profile_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Change one field of the profile, e.g. --profile-set membrane_bits=24 --profile-set overflow=wrap "
-         "(repeatable; the fields are ChipProfile's, qsnn/profiles.py).")
+    "(repeatable; the fields are ChipProfile's, qsnn/profiles.py).",
+)
 
-def chosen_profile(profile_name: str | None, profile_sets: Iterable[str], default: str | ChipProfile | None,
-                   *, without: str = "") -> ChipProfile | None:
+
+def chosen_profile(
+    profile_name: str | None, profile_sets: Iterable[str], default: str | ChipProfile | None, *, without: str = ""
+) -> ChipProfile | None:
     """The profile a command runs under: ``--profile NAME``, else ``default`` (the profile the command uses
     without one: a name, a profile such as an integer export's own, or None for none), with every
     ``--profile-set`` change applied. ``--profile-set`` without any profile to change is a
@@ -71,8 +91,13 @@ def chosen_profile(profile_name: str | None, profile_sets: Iterable[str], defaul
     base = profile_name if profile_name is not None else default
     if base is None:
         if overrides:
-            raise ProfileError(f"--profile-set {' '.join(profile_sets)}: there is no profile to change"
-                               + (f" ({without})" if without else "") + "; add --profile NAME (" + ", ".join(sorted(PROFILES)) + ")")
+            raise ProfileError(
+                f"--profile-set {' '.join(profile_sets)}: there is no profile to change"
+                + (f" ({without})" if without else "")
+                + "; add --profile NAME ("
+                + ", ".join(sorted(PROFILES))
+                + ")"
+            )
         return None
     profile = get_profile(base) if isinstance(base, str) else base
     return profile.replace(**overrides) if overrides else profile
@@ -102,14 +127,18 @@ def print_profiles() -> None:
     fields = [f for f in dataclasses.fields(ChipProfile) if f.name != "name"]
     docs = _field_docs()
     names = sorted(PROFILES)
-    click.echo("chip profiles (qsnn/profiles.py); choose one with --profile NAME, change a field with "
-               "--profile-set FIELD=VALUE")
+    click.echo(
+        "chip profiles (qsnn/profiles.py); choose one with --profile NAME, change a field with "
+        "--profile-set FIELD=VALUE"
+    )
     for name in names:
         click.echo(f"  {PROFILES[name].summary()}")
     click.echo("")
     header = ["field", "type", "default", *names, "meaning"]
-    rows = [[f.name, str(f.type), str(f.default), *(str(getattr(PROFILES[n], f.name)) for n in names),
-             docs.get(f.name, "")] for f in fields]
+    rows = [
+        [f.name, str(f.type), str(f.default), *(str(getattr(PROFILES[n], f.name)) for n in names), docs.get(f.name, "")]
+        for f in fields
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -123,13 +152,20 @@ def _list_profiles(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 list_profiles_option = click.option(
-    "--list-profiles", is_flag=True, is_eager=True, expose_value=False, callback=_list_profiles,
-    help="List the chip profiles and every field (type, default, each profile's value, meaning), then exit.")
+    "--list-profiles",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_list_profiles,
+    help="List the chip profiles and every field (type, default, each profile's value, meaning), then exit.",
+)
 
 allow_saturation_option = click.option(
-    "--allow-saturation", is_flag=True,
+    "--allow-saturation",
+    is_flag=True,
     help="Compile even if the worst-case membrane may exceed the profile's width (values then saturate or wrap as "
-         "the profile says); without it such a network is refused.")
+    "the profile says); without it such a network is refused.",
+)
 
 _USER_PATHS = "qsnn.user_paths"
 
@@ -173,8 +209,11 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (QsnnError, OSError) as exc:
-            if debug or (isinstance(exc, OSError) and not isinstance(exc, QsnnError)
-                         and not on_user_path(exc, user_paths(click.get_current_context(silent=True)))):
+            if debug or (
+                isinstance(exc, OSError)
+                and not isinstance(exc, QsnnError)
+                and not on_user_path(exc, user_paths(click.get_current_context(silent=True)))
+            ):
                 raise
             message = (str(exc).strip() or type(exc).__name__) if isinstance(exc, QsnnError) else os_error_message(exc)
             click.echo(f"error: {message}", err=True)

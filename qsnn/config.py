@@ -15,8 +15,8 @@ from importlib import resources
 from typing import Any
 
 from qsnn.arch import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, PAPER_ARCH, Arch, ArchError, parse_arch
-from qsnn.events import EventFrames
 from qsnn.errors import DataError, QsnnError
+from qsnn.events import EventFrames
 
 PRECISIONS = ("int4", "fp32")
 SCHEDULES = ("cosine", "none", "lrstep", "lossstep")
@@ -30,8 +30,15 @@ PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128"
 #: ``demo_run`` fixture): the embedded mnist5k, int4 (Table I's row), cosine, CPU-sized: T = 25 and
 #: 6 epochs, with a 2-epoch cosine period so that the run ends where eq. 4 reaches η_min (epoch 6),
 #: about 2 minutes of training on two idle CPU cores.
-DEMO = {"dataset": "mnist5k", "precision": "int4", "schedule": "cosine", "num_steps": 25, "epochs": 6,
-        "cosine_period_epochs": 2.0, "batch_size": 64}
+DEMO = {
+    "dataset": "mnist5k",
+    "precision": "int4",
+    "schedule": "cosine",
+    "num_steps": 25,
+    "epochs": 6,
+    "cosine_period_epochs": 2.0,
+    "batch_size": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,7 @@ class TrainConfig:
         if not MIN_WEIGHT_BITS <= self.weight_bits <= MAX_WEIGHT_BITS:
             problems.append(f"weight_bits {self.weight_bits} (--weight-bits: {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS})")
         if self.dataset in PRESET_ROW:
-            try:   # "" = the paper's network; any spec is stored in canonical form, checked against the data
+            try:  # "" = the paper's network; any spec is stored in canonical form, checked against the data
                 arch = parse_arch(self.arch or PAPER_ARCH[PRESET_ROW[self.dataset]])
                 object.__setattr__(self, "arch", str(arch))
                 from qsnn.data import dataset_input
@@ -170,7 +177,7 @@ class TrainConfig:
         try:
             return self.event_frames()
         except DataError:
-            return None   # reported on its own
+            return None  # reported on its own
 
     def event_frames(self) -> EventFrames:
         """The event encoding of this run (used by event datasets only)."""
@@ -213,8 +220,9 @@ class TrainConfig:
         from qsnn.profiles import get_profile
 
         p = get_profile(name)
-        return self.replace(profile=p.name, reset=p.reset, synaptic_delay=p.synaptic_delay,
-                            beta=float(beta_on_grid(self.beta, p)))
+        return self.replace(
+            profile=p.name, reset=p.reset, synaptic_delay=p.synaptic_delay, beta=float(beta_on_grid(self.beta, p))
+        )
 
 
 def field_names() -> list[str]:

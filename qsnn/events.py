@@ -33,7 +33,7 @@ import numpy as np
 
 from qsnn.errors import DataError
 
-DVS_SENSOR_SIZE = (128, 128)   # (width, height) of the DVS128 sensor
+DVS_SENSOR_SIZE = (128, 128)  # (width, height) of the DVS128 sensor
 TEST_CUTS = ("first", "windows")
 
 
@@ -108,8 +108,15 @@ def event_frames_from_metadata(meta: dict[str, Any]) -> EventFrames:
 # Frames
 
 
-def events_to_frames(events: np.ndarray, *, sensor_size=DVS_SENSOR_SIZE, downsample: int = 4,
-                     bin_us: int = 5000, num_steps: int | None = 100, count_max: int | None = None) -> np.ndarray:
+def events_to_frames(
+    events: np.ndarray,
+    *,
+    sensor_size=DVS_SENSOR_SIZE,
+    downsample: int = 4,
+    bin_us: int = 5000,
+    num_steps: int | None = 100,
+    count_max: int | None = None,
+) -> np.ndarray:
     """Event counts per time bin, polarity and downsampled pixel: ``(T, 2, H/d, W/d)``.
 
     ``events``: an ``(N, 4)`` array of x, y, p, t (t in µs, sorted) or a structured array with those
@@ -149,8 +156,9 @@ def events_to_frames(events: np.ndarray, *, sensor_size=DVS_SENSOR_SIZE, downsam
     step = np.floor((t - t[0]) / bin_us).astype(np.int64)
     steps = int(step[-1]) + 1 if num_steps is None else int(num_steps)
     keep = step < steps
-    flat = (((step[keep] * 2 + p[keep].astype(np.int64)) * out_h + y[keep].astype(np.int64) // downsample)
-            * out_w + x[keep].astype(np.int64) // downsample)
+    flat = ((step[keep] * 2 + p[keep].astype(np.int64)) * out_h + y[keep].astype(np.int64) // downsample) * out_w + x[
+        keep
+    ].astype(np.int64) // downsample
     counts = np.bincount(flat, minlength=steps * 2 * out_h * out_w)
     return np.minimum(counts, limit).astype(dtype).reshape(steps, 2, out_h, out_w)
 
@@ -159,11 +167,13 @@ def gesture_windows(events: np.ndarray, frames: EventFrames, num_steps: int, cut
     """The samples of one gesture, ``(K, T, 2, H, W)``: its first T steps (``cut="first"``, K = 1) or
     every whole T-step window (``"windows"``, K = max(1, ⌊span / (T·Δ)⌋), span = t_last − t₀)."""
     if cut == "first":
-        return events_to_frames(events, downsample=frames.downsample, bin_us=frames.bin_us,
-                                num_steps=num_steps, count_max=frames.count_max)[None]
+        return events_to_frames(
+            events, downsample=frames.downsample, bin_us=frames.bin_us, num_steps=num_steps, count_max=frames.count_max
+        )[None]
     t = np.asarray(events["t"] if events.dtype.names else events[:, 3], dtype=np.float64)
     span = float(t[-1] - t[0]) if len(t) else 0.0
     k = max(1, int(span // (num_steps * frames.bin_us)))
-    full = events_to_frames(events, downsample=frames.downsample, bin_us=frames.bin_us,
-                            num_steps=k * num_steps, count_max=frames.count_max)
+    full = events_to_frames(
+        events, downsample=frames.downsample, bin_us=frames.bin_us, num_steps=k * num_steps, count_max=frames.count_max
+    )
     return full.reshape(k, num_steps, *full.shape[1:])

@@ -54,7 +54,7 @@ def _dump(value: Any, indent: int) -> str:
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
     if isinstance(value, list):
         if all(not isinstance(v, (dict, list)) for v in value):
-            return json.dumps(value)                      # lists of numbers/strings on one line
+            return json.dumps(value)  # lists of numbers/strings on one line
         return "[\n" + ",\n".join(inner + _dump(v, indent + 2) for v in value) + "\n" + pad + "]"
     return json.dumps(value)
 

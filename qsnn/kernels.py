@@ -40,8 +40,7 @@ INT32_MAX = 2**31 - 1
 
 def int8_exact(in_max: int, weight_max: int, sum_bound: int) -> bool:
     """Whether uint8 × int8 → int32 sums are exact for a layer (the three conditions above)."""
-    return (0 <= in_max <= 255 and weight_max <= 127 and sum_bound <= INT32_MAX
-            and 2 * in_max * weight_max <= INT16_MAX)
+    return 0 <= in_max <= 255 and weight_max <= 127 and sum_bound <= INT32_MAX and 2 * in_max * weight_max <= INT16_MAX
 
 
 def ort_available() -> bool:
@@ -70,10 +69,12 @@ class OrtIntMatmul:
             raise ValueError("OrtIntMatmul takes a non-empty 2-D int8 weight matrix")
         self.k, self.o = w.shape
         graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "int_matmul",
+            [helper.make_node("MatMulInteger", ["x", "w"], ["y"])],
+            "int_matmul",
             [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, self.k])],
             [helper.make_tensor_value_info("y", TensorProto.INT32, [None, self.o])],
-            initializer=[numpy_helper.from_array(w.astype(np.int8), "w")])
+            initializer=[numpy_helper.from_array(w.astype(np.int8), "w")],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         model.ir_version = min(model.ir_version, 8)
         onnx.checker.check_model(model)
@@ -104,13 +105,12 @@ def im2col(x: np.ndarray, window: int, stride: int, out_hw: tuple[int, int]) -> 
     dtype = xs.dtype
     row = xs.shape[3] * dtype.itemsize
     wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
-    if wide > dtype.itemsize:                             # copy a pixel's C values as wider words
+    if wide > dtype.itemsize:  # copy a pixel's C values as wider words
         xs = xs.view(np.dtype(f"u{wide}"))
     m, _, _, c = xs.shape
     ho, wo = out_hw
     s0, s1, s2, s3 = xs.strides
-    win = as_strided(xs, (m, ho, wo, window, window, c), (s0, stride * s1, stride * s2, s1, s2, s3),
-                     writeable=False)
+    win = as_strided(xs, (m, ho, wo, window, window, c), (s0, stride * s1, stride * s2, s1, s2, s3), writeable=False)
     return win.reshape(m * ho * wo, -1).view(dtype)
 
 
@@ -119,8 +119,9 @@ def conv_columns(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def weight_matrix(weight: np.ndarray, kind: str, pool: int, in_shape: tuple[int, ...], dtype=np.int64,
-                  stride: int = 1) -> np.ndarray:
+def weight_matrix(
+    weight: np.ndarray, kind: str, pool: int, in_shape: tuple[int, ...], dtype=np.int64, stride: int = 1
+) -> np.ndarray:
     """A layer's weights as the (O, cols) matrix its inputs, channels last, multiply: a conv layer's
     pool-folded kernel (:func:`qsnn.network.fold_pool`, k + s(p−1) wide for conv stride s, applied at
     stride s·p) in :func:`im2col` column order; a dense layer's columns in the NHWC order of its
@@ -149,12 +150,12 @@ def box_sums(x: np.ndarray, p: int) -> np.ndarray:
     _, h, w, _ = v.shape
     if p == 1:
         return xs
-    rows = np.add(v[:, :h - p + 1], v[:, 1:h - p + 2])
+    rows = np.add(v[:, : h - p + 1], v[:, 1 : h - p + 2])
     for i in range(2, p):
-        rows += v[:, i:h - p + 1 + i]
-    out = np.add(rows[:, :, :w - p + 1], rows[:, :, 1:w - p + 2])
+        rows += v[:, i : h - p + 1 + i]
+    out = np.add(rows[:, :, : w - p + 1], rows[:, :, 1 : w - p + 2])
     for j in range(2, p):
-        out += rows[:, :, j:w - p + 1 + j]
+        out += rows[:, :, j : w - p + 1 + j]
     return out.view(np.uint8) if wide else out
 
 

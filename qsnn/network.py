@@ -65,7 +65,7 @@ def fold_pool(weight: np.ndarray, pool: int, dtype: Any = np.int64, stride: int 
     out = np.zeros((o, c, full, full), dtype=dtype)
     for i in range(pool):
         for j in range(pool):
-            out[:, :, stride * i:stride * i + side, stride * j:stride * j + side] += w
+            out[:, :, stride * i : stride * i + side, stride * j : stride * j + side] += w
     return out
 
 
@@ -114,18 +114,25 @@ class IntegerLayer:
             raise NetworkError(f"layer {self.name}: conv weight must be (O, I, k, k), got {w.shape}")
         if self.kind == "dense" and w.ndim != 2:
             raise NetworkError(f"layer {self.name}: dense weight must be (O, I), got {w.shape}")
-        for attr, low, high in (("pool", 1, None), ("current_shift", -MAX_SHIFT, MAX_SHIFT),
-                                ("weight_exp", -MAX_SHIFT, MAX_SHIFT), ("leak_const", 0, None),
-                                ("stride", 1, None), ("padding", 0, None)):
+        for attr, low, high in (
+            ("pool", 1, None),
+            ("current_shift", -MAX_SHIFT, MAX_SHIFT),
+            ("weight_exp", -MAX_SHIFT, MAX_SHIFT),
+            ("leak_const", 0, None),
+            ("stride", 1, None),
+            ("padding", 0, None),
+        ):
             value = getattr(self, attr)
             if not _is_int(value) or value < low or (high is not None and value > high):
                 bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
                 raise NetworkError(f"layer {self.name}: {attr} must be an integer {bounds}, got {value!r}")
-            object.__setattr__(self, attr, int(value))   # NumPy integers → int: plain data
+            object.__setattr__(self, attr, int(value))  # NumPy integers → int: plain data
         if self.kind == "dense" and (self.stride != 1 or self.padding or self.pool != 1):
             raise NetworkError(f"layer {self.name}: a dense layer has no stride, padding or pooling")
         if self.kind == "conv" and self.padding >= w.shape[2]:
-            raise NetworkError(f"layer {self.name}: padding {self.padding} must be smaller than the kernel {w.shape[2]}")
+            raise NetworkError(
+                f"layer {self.name}: padding {self.padding} must be smaller than the kernel {w.shape[2]}"
+            )
         out = w.shape[0]
         for attr in ("threshold", "bias", "scale"):
             arr = np.asarray(getattr(self, attr))
@@ -172,8 +179,10 @@ class IntegerLayer:
         h, w = ((n + 2 * self.padding - self.kernel) // self.stride + 1 for n in input_shape[1:])
         h, w = h // self.pool, w // self.pool
         if h < 1 or w < 1:
-            raise NetworkError(f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, "
-                               f"stride {self.stride}, padding {self.padding}, pool {self.pool}")
+            raise NetworkError(
+                f"layer {self.name}: input {input_shape} too small for kernel {self.kernel}, "
+                f"stride {self.stride}, padding {self.padding}, pool {self.pool}"
+            )
         return (self.out_channels, h, w)
 
 

@@ -44,15 +44,15 @@ from typing import Callable, Iterable, Mapping, Union
 from qsnn.errors import QsnnError
 
 #: Format markers of the files qsnn writes (the one place each is spelled).
-CHECKPOINT_FORMAT = "qsnn-checkpoint"       # train/checkpoint.py: the "format" entry of a .pt
-QONNX_FORMAT = "qsnn-qonnx"                 # export/format.py: the "format" metadata of a QONNX file
-TARGET_FORMAT = "qsnn-target"               # targets/manifest.py: the "format" of manifest.json
-SIM_REPORT_FORMAT = "qsnn-sim-report"       # sim/cli.py: the "format" key of a --report JSON
-RUN_METRICS_FORMAT = "qsnn-run-metrics"     # train/loop.py: the "format" key of metrics.json
-PLOT_KEY = "qsnn-format"                    # PNG text chunk keyword of a qsnn plot ...
-SIM_PLOT_FORMAT = "qsnn-sim-plot"           # ... and its value for qsnn-sim --plot
-RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"   # targets/fpga/cli.py: the "format" key of a --report JSON
-RTL_RESOURCES_FORMAT = "qsnn-rtl-resources" # targets/fpga/cli.py: FOLDER/resources.json
+CHECKPOINT_FORMAT = "qsnn-checkpoint"  # train/checkpoint.py: the "format" entry of a .pt
+QONNX_FORMAT = "qsnn-qonnx"  # export/format.py: the "format" metadata of a QONNX file
+TARGET_FORMAT = "qsnn-target"  # targets/manifest.py: the "format" of manifest.json
+SIM_REPORT_FORMAT = "qsnn-sim-report"  # sim/cli.py: the "format" key of a --report JSON
+RUN_METRICS_FORMAT = "qsnn-run-metrics"  # train/loop.py: the "format" key of metrics.json
+PLOT_KEY = "qsnn-format"  # PNG text chunk keyword of a qsnn plot ...
+SIM_PLOT_FORMAT = "qsnn-sim-plot"  # ... and its value for qsnn-sim --plot
+RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"  # targets/fpga/cli.py: the "format" key of a --report JSON
+RTL_RESOURCES_FORMAT = "qsnn-rtl-resources"  # targets/fpga/cli.py: FOLDER/resources.json
 
 #: Bytes read from a file to look for its marker (markers sit in the first kilobytes of each format,
 #: except ONNX metadata, which comes after the graph: QONNX files are read whole up to this size).
@@ -134,7 +134,9 @@ def is_checkpoint(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") and CHECKPOINT_FORMAT.encode() in head
 
 
-_is_metrics = _json_format(RUN_METRICS_FORMAT, frozenset({"dataset", "precision", "schedule", "best_epoch", "test_acc"}))
+_is_metrics = _json_format(
+    RUN_METRICS_FORMAT, frozenset({"dataset", "precision", "schedule", "best_epoch", "test_acc"})
+)
 
 
 #: The files a ``qsnn-train run`` directory holds (all written atomically; train/loop.py writes them).
@@ -158,8 +160,9 @@ def is_run_directory(path: Path) -> bool:
         entries = list(path.iterdir())
     except OSError:
         return False
-    return (any(_is_temporary_of(e, ("last.pt", "best.pt")) for e in entries)
-            and all(e.name in RUN_FILES and e.is_file() or _is_temporary_of(e, RUN_FILES) for e in entries))
+    return any(_is_temporary_of(e, ("last.pt", "best.pt")) for e in entries) and all(
+        e.name in RUN_FILES and e.is_file() or _is_temporary_of(e, RUN_FILES) for e in entries
+    )
 
 
 def _subfolders(path: Path) -> list[Path]:
@@ -176,8 +179,9 @@ def is_study_folder(path: Path) -> bool:
 
 def is_tune_folder(path: Path) -> bool:
     """A ``qsnn-train tune`` folder: best_params.toml, its SQLite storage or its trials/ folder."""
-    return path.is_dir() and ((path / "best_params.toml").is_file() or is_sqlite(path / "tune.db")
-                              or (path / "trials").is_dir())
+    return path.is_dir() and (
+        (path / "best_params.toml").is_file() or is_sqlite(path / "tune.db") or (path / "trials").is_dir()
+    )
 
 
 def is_sqlite(path: Path) -> bool:
@@ -201,11 +205,14 @@ def _is_target(name: str) -> Callable[[Path], bool]:
 # The kinds of output of every command
 
 QONNX = Kind("qsnn QONNX file", _onnx_format(QONNX_FORMAT))
-SIM_REPORT = Kind("qsnn-sim JSON report", _json_format(
-    SIM_REPORT_FORMAT, frozenset({"model", "model_kind", "profile", "accuracy", "hardware"})))
+SIM_REPORT = Kind(
+    "qsnn-sim JSON report",
+    _json_format(SIM_REPORT_FORMAT, frozenset({"model", "model_kind", "profile", "accuracy", "hardware"})),
+)
 SIM_PLOT = Kind("qsnn-sim plot (PNG)", _png_text(PLOT_KEY, SIM_PLOT_FORMAT))
-RTL_REPORT = Kind("qsnn-rtl-sim JSON report", _json_format(
-    RTL_REPORT_FORMAT, frozenset({"folder", "core", "core_memory_bits"})))
+RTL_REPORT = Kind(
+    "qsnn-rtl-sim JSON report", _json_format(RTL_REPORT_FORMAT, frozenset({"folder", "core", "core_memory_bits"}))
+)
 RTL_RESOURCES = Kind("qsnn-rtl-sim resources file", _json_format(RTL_RESOURCES_FORMAT), update=True)
 RUN_DIR = Kind("qsnn-train run directory", is_run_directory, folder=True, update=True)
 STUDY_DIR = Kind("qsnn-train study folder", is_study_folder, folder=True, update=True)
@@ -229,8 +236,19 @@ for _name in ("fpga", "loihi2", "nir"):
 
 def kinds() -> list[Kind]:
     """Every kind, most specific first (how :func:`describe` names an existing path)."""
-    return [RUN_DIR, STUDY_DIR, TUNE_DIR, *TARGET_FOLDERS.values(), CHECKPOINT, QONNX, SIM_REPORT, SIM_PLOT,
-            RTL_REPORT, RTL_RESOURCES, SQLITE]
+    return [
+        RUN_DIR,
+        STUDY_DIR,
+        TUNE_DIR,
+        *TARGET_FOLDERS.values(),
+        CHECKPOINT,
+        QONNX,
+        SIM_REPORT,
+        SIM_PLOT,
+        RTL_REPORT,
+        RTL_RESOURCES,
+        SQLITE,
+    ]
 
 
 def describe(path: Path) -> str:
@@ -253,9 +271,9 @@ Inputs = Mapping[str, "PathLike | Iterable[PathLike] | None"]
 
 @dataclass(frozen=True)
 class _Path:
-    label: str              # the option or argument, e.g. "--report"
-    given: Path             # as the user wrote it
-    real: Path              # absolute, symlinks resolved
+    label: str  # the option or argument, e.g. "--report"
+    given: Path  # as the user wrote it
+    real: Path  # absolute, symlinks resolved
 
     def same(self, other: "_Path") -> bool:
         if self.real == other.real:
@@ -287,25 +305,37 @@ def check_outputs(outputs: Outputs, *, inputs: Inputs | None = None, force: bool
     Returns the output paths (as given), in order. Raises :class:`OutputError` naming the path, the
     problem and what to do (see the module docstring for the rule).
     """
-    ins = [_entry(label, p) for label, value in (inputs or {}).items() if value is not None
-           for p in ([value] if isinstance(value, (str, os.PathLike)) else value) if p is not None]
+    ins = [
+        _entry(label, p)
+        for label, value in (inputs or {}).items()
+        if value is not None
+        for p in ([value] if isinstance(value, (str, os.PathLike)) else value)
+        if p is not None
+    ]
     outs = [(_entry(label, path), kind) for label, (path, kind) in outputs.items() if path is not None]
     for i, (out, kind) in enumerate(outs):
         for inp in ins:
             if out.same(inp):
-                raise OutputError(f"{out.given}: {out.label} is also the input {inp.label} ({inp.given}); "
-                                  f"writing it would destroy what the command reads: choose another path for {out.label}")
+                raise OutputError(
+                    f"{out.given}: {out.label} is also the input {inp.label} ({inp.given}); "
+                    f"writing it would destroy what the command reads: choose another path for {out.label}"
+                )
             if inp.inside(out) and not kind.update:
-                raise OutputError(f"{out.given}: {out.label} would replace a folder holding the input {inp.label} "
-                                  f"({inp.given}): choose a path for {out.label} outside it")
+                raise OutputError(
+                    f"{out.given}: {out.label} would replace a folder holding the input {inp.label} "
+                    f"({inp.given}): choose a path for {out.label} outside it"
+                )
         for other, other_kind in outs[:i]:
             if out.same(other):
-                raise OutputError(f"{out.given}: {other.label} and {out.label} are the same path; give each output "
-                                  f"its own path")
+                raise OutputError(
+                    f"{out.given}: {other.label} and {out.label} are the same path; give each output its own path"
+                )
             for a, b, b_kind in ((out, other, other_kind), (other, out, kind)):
                 if a.inside(b) and not b_kind.update:
-                    raise OutputError(f"{a.given}: {a.label} lies inside {b.label} ({b.given}), which is replaced "
-                                      f"as a whole: give {a.label} a path outside it")
+                    raise OutputError(
+                        f"{a.given}: {a.label} lies inside {b.label} ({b.given}), which is replaced "
+                        f"as a whole: give {a.label} a path outside it"
+                    )
     for out, kind in outs:
         _check_existing(out, kind, force)
         _probe(out, kind)
@@ -319,23 +349,33 @@ def _check_existing(out: _Path, kind: Kind, force: bool) -> None:
     if path.is_symlink() and not path.exists():
         raise OutputError(f"{path}: {label} is a broken symbolic link; remove it or choose another path for {label}")
     if kind.folder and not path.is_dir():
-        raise OutputError(f"{path}: {label} needs a folder, and this is {describe(path)}; choose another path for {label}")
+        raise OutputError(
+            f"{path}: {label} needs a folder, and this is {describe(path)}; choose another path for {label}"
+        )
     if not kind.folder and path.is_dir():
-        raise OutputError(f"{path}: {label} needs a file path, and this is {describe(path)}; choose a file path "
-                          f"for {label} (e.g. {path / 'NAME'})")
+        raise OutputError(
+            f"{path}: {label} needs a file path, and this is {describe(path)}; choose a file path "
+            f"for {label} (e.g. {path / 'NAME'})"
+        )
     if kind.update:
         if kind.recognise(path) or (path.is_dir() and not _has_entries(path)) or (path.is_file() and _empty(path)):
             return
-        raise OutputError(f"{path}: {label} must be new, empty or {kind.what}, and this is {describe(path)}; "
-                          f"choose another path for {label}")
+        raise OutputError(
+            f"{path}: {label} must be new, empty or {kind.what}, and this is {describe(path)}; "
+            f"choose another path for {label}"
+        )
     if not force:
-        raise OutputError(f"{path} exists: pass --force to replace it (--force replaces only {kind.what} written "
-                          f"by qsnn), or choose another path for {label}")
+        raise OutputError(
+            f"{path} exists: pass --force to replace it (--force replaces only {kind.what} written "
+            f"by qsnn), or choose another path for {label}"
+        )
     if not kind.recognise(path):
         what = describe(path)
         extra = " (its checkpoints would be lost)" if what == RUN_DIR.what else ""
-        raise OutputError(f"{path}: {label} with --force replaces only {kind.what} written by qsnn, and this is "
-                          f"{what}{extra}; nothing was changed: choose another path for {label}")
+        raise OutputError(
+            f"{path}: {label} with --force replaces only {kind.what} written by qsnn, and this is "
+            f"{what}{extra}; nothing was changed: choose another path for {label}"
+        )
 
 
 def _empty(path: Path) -> bool:
@@ -362,8 +402,10 @@ def _probe(out: _Path, kind: Kind) -> None:
         while not (where.exists() or where.is_symlink()):
             where = where.parent
         if not where.is_dir():
-            raise OutputError(f"{path}: {label} cannot be created, {where} is {describe(where)}, not a folder; "
-                              f"choose another path for {label}")
+            raise OutputError(
+                f"{path}: {label} cannot be created, {where} is {describe(where)}, not a folder; "
+                f"choose another path for {label}"
+            )
     try:
         fd, probe = tempfile.mkstemp(prefix=".qsnn-probe-", dir=where)
     except OSError as exc:
@@ -403,6 +445,25 @@ def os_error_message(exc: OSError, path: PathLike | None = None) -> str:
     return f"{where}: {reason}" if where else reason
 
 
-__all__ = ["Kind", "OutputError", "check_outputs", "describe", "os_error_message", "target_folder", "kinds",
-           "QONNX", "SIM_REPORT", "SIM_PLOT", "RTL_REPORT", "RTL_RESOURCES", "RUN_DIR", "STUDY_DIR", "TUNE_DIR", "SQLITE", "CHECKPOINT",
-           "TARGET_FOLDERS", "is_run_directory", "is_checkpoint"]
+__all__ = [
+    "Kind",
+    "OutputError",
+    "check_outputs",
+    "describe",
+    "os_error_message",
+    "target_folder",
+    "kinds",
+    "QONNX",
+    "SIM_REPORT",
+    "SIM_PLOT",
+    "RTL_REPORT",
+    "RTL_RESOURCES",
+    "RUN_DIR",
+    "STUDY_DIR",
+    "TUNE_DIR",
+    "SQLITE",
+    "CHECKPOINT",
+    "TARGET_FOLDERS",
+    "is_run_directory",
+    "is_checkpoint",
+]

@@ -96,11 +96,14 @@ class ChipProfile:
     input_bits: int = 8
 
     def __post_init__(self) -> None:
-        wrong_type = [f"{f.name}={getattr(self, f.name)!r} (must be {_KIND_NAMES[f.type]})"
-                      for f in dataclasses.fields(self) if not _is_kind(getattr(self, f.name), f.type)]
+        wrong_type = [
+            f"{f.name}={getattr(self, f.name)!r} (must be {_KIND_NAMES[f.type]})"
+            for f in dataclasses.fields(self)
+            if not _is_kind(getattr(self, f.name), f.type)
+        ]
         if wrong_type:
             raise ProfileError(f"profile {self.name!r} is impossible: " + "; ".join(wrong_type))
-        for f in dataclasses.fields(self):   # NumPy integers → int, so the profile stays plain data
+        for f in dataclasses.fields(self):  # NumPy integers → int, so the profile stays plain data
             if f.type == "int":
                 object.__setattr__(self, f.name, int(getattr(self, f.name)))
         problems = []
@@ -121,22 +124,29 @@ class ChipProfile:
         if not 0 <= self.synaptic_delay <= MAX_SYNAPTIC_DELAY:
             problems.append(f"synaptic_delay={self.synaptic_delay} (must be 0..{MAX_SYNAPTIC_DELAY})")
         if not 1 <= self.threshold_bits <= 62 or not 0 <= self.threshold_shift <= 62 - self.threshold_bits:
-            problems.append(f"threshold_bits={self.threshold_bits}, threshold_shift={self.threshold_shift} "
-                            "(bits 1..62, shift >= 0, bits + shift <= 62)")
+            problems.append(
+                f"threshold_bits={self.threshold_bits}, threshold_shift={self.threshold_shift} "
+                "(bits 1..62, shift >= 0, bits + shift <= 62)"
+            )
         if not 2 <= self.bias_bits <= 62 or not 0 <= self.bias_shift <= 62 - self.bias_bits:
-            problems.append(f"bias_bits={self.bias_bits}, bias_shift={self.bias_shift} "
-                            "(bits 2..62, shift >= 0, bits + shift <= 62)")
+            problems.append(
+                f"bias_bits={self.bias_bits}, bias_shift={self.bias_shift} (bits 2..62, shift >= 0, bits + shift <= 62)"
+            )
         if self.current_bits and not 4 <= self.current_bits <= 62:
             problems.append(f"current_bits={self.current_bits} (0 = no current register, else 4..62)")
         if self.leak != "shift" and self.membrane_bits + self.leak_bits > 63:
-            problems.append(f"membrane_bits + leak_bits = {self.membrane_bits + self.leak_bits} (the {self.leak} leak "
-                            "multiplies the membrane by a leak_bits-wide constant: the product must fit 63 bits)")
+            problems.append(
+                f"membrane_bits + leak_bits = {self.membrane_bits + self.leak_bits} (the {self.leak} leak "
+                "multiplies the membrane by a leak_bits-wide constant: the product must fit 63 bits)"
+            )
         if not 0 <= self.weight_exp_bits <= 8:
             problems.append(f"weight_exp_bits={self.weight_exp_bits} (must be 0..8)")
         if not 1 <= self.input_bits <= 16:
             problems.append(f"input_bits={self.input_bits} (must be 1..16)")
         if self.max_fan_in < 0 or self.max_neurons < 0:
-            problems.append(f"max_fan_in={self.max_fan_in}, max_neurons={self.max_neurons} (must be >= 0; 0 = no limit)")
+            problems.append(
+                f"max_fan_in={self.max_fan_in}, max_neurons={self.max_neurons} (must be >= 0; 0 = no limit)"
+            )
         if problems:
             raise ProfileError(f"profile {self.name!r} is impossible: " + "; ".join(problems))
 
@@ -171,8 +181,12 @@ class ChipProfile:
     def summary(self) -> str:
         """One line from the fields, e.g. ``fpga (4-bit weights, 16-bit saturating membrane, mul leak, subtract reset)``."""
         overflow = {"saturate": "saturating", "wrap": "wrapping"}[self.overflow]
-        parts = [f"{self.weight_bits}-bit weights", f"{self.membrane_bits}-bit {overflow} membrane",
-                 f"{self.leak} leak", f"{self.reset} reset"]
+        parts = [
+            f"{self.weight_bits}-bit weights",
+            f"{self.membrane_bits}-bit {overflow} membrane",
+            f"{self.leak} leak",
+            f"{self.reset} reset",
+        ]
         if self.synaptic_delay:
             parts.append(f"{self.synaptic_delay}-step synaptic delay")
         return f"{self.name} ({', '.join(parts)})"
@@ -182,8 +196,7 @@ class ChipProfile:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ProfileError(
-                f"unknown profile field(s) {sorted(unknown)}; fields are "
-                f"{[f.name for f in dataclasses.fields(self)]}"
+                f"unknown profile field(s) {sorted(unknown)}; fields are {[f.name for f in dataclasses.fields(self)]}"
             )
         return dataclasses.replace(self, **changes)
 
@@ -309,5 +322,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
                 out[key] = text
         except ValueError:
             takes = "true or false" if kind == "bool" else "an integer"
-            raise ProfileError(f"--profile-set {item!r}: {text!r} is not a valid {kind} ({key} takes {takes})") from None
+            raise ProfileError(
+                f"--profile-set {item!r}: {text!r} is not a valid {kind} ({key} takes {takes})"
+            ) from None
     return out

@@ -29,9 +29,21 @@ from typing import Any
 
 import click
 
-from qsnn.cli import (allow_saturation_option, chosen_profile, claim_stdout, debug_option, force_option, friendly_errors,
-                      list_profiles_option, print_table, profile_option, profile_set_option, progress_option, say,
-                      version_option)
+from qsnn.cli import (
+    allow_saturation_option,
+    chosen_profile,
+    claim_stdout,
+    debug_option,
+    force_option,
+    friendly_errors,
+    list_profiles_option,
+    print_table,
+    profile_option,
+    profile_set_option,
+    progress_option,
+    say,
+    version_option,
+)
 from qsnn.data import DATASETS, SPLITS, load_split
 from qsnn.errors import DataError, ProfileError
 from qsnn.events import event_frames_from_metadata
@@ -60,8 +72,9 @@ FLOAT_ENGINES = {
 # Inputs
 
 
-def load_network(model: Path, profile: ChipProfile | None, *, allow_saturation: bool = False
-                 ) -> tuple[IntegerNetwork, dict[str, Any], str]:
+def load_network(
+    model: Path, profile: ChipProfile | None, *, allow_saturation: bool = False
+) -> tuple[IntegerNetwork, dict[str, Any], str]:
     """The network of a qsnn QONNX file: (network, compile report, kind "float" | "integer").
 
     A float export is compiled under ``profile``; an integer export is read back with its own
@@ -75,13 +88,17 @@ def load_network(model: Path, profile: ChipProfile | None, *, allow_saturation: 
 
         net = read_integer_qonnx(model)
         if profile is not None and profile != net.profile:
-            raise ProfileError(f"{model} is compiled for profile {net.profile.name!r} "
-                               f"({_profile_diff(profile, net.profile)}); drop --profile/--profile-set to use "
-                               "it, or pass the float export to compile under another profile")
+            raise ProfileError(
+                f"{model} is compiled for profile {net.profile.name!r} "
+                f"({_profile_diff(profile, net.profile)}); drop --profile/--profile-set to use "
+                "it, or pass the float export to compile under another profile"
+            )
         return net, dict(meta.get("compile_report") or {}), "integer"
     from qsnn.export.compile import compile_qonnx
 
-    net, compile_report = compile_qonnx(model, profile or get_profile(DEFAULT_PROFILE), allow_saturation=allow_saturation)
+    net, compile_report = compile_qonnx(
+        model, profile or get_profile(DEFAULT_PROFILE), allow_saturation=allow_saturation
+    )
     return net, dict(compile_report), "float"
 
 
@@ -96,8 +113,9 @@ def _int_list(text: str | None) -> list[int]:
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise click.BadParameter(f"expected a comma-separated list of integers, got {text!r}",
-                                 param_hint="--frac-bits-sweep") from None
+        raise click.BadParameter(
+            f"expected a comma-separated list of integers, got {text!r}", param_hint="--frac-bits-sweep"
+        ) from None
     if any(v < 0 for v in values):
         raise click.BadParameter("frac_bits values must be >= 0", param_hint="--frac-bits-sweep")
     return values
@@ -114,42 +132,86 @@ def _int_list(text: str | None) -> list[int]:
 @profile_option(f"Chip profile to compile under [default: {DEFAULT_PROFILE}; an integer export keeps its own].")
 @profile_set_option
 @allow_saturation_option
-@click.option("--dataset", type=click.Choice(DATASETS), default=None,
-              help="Dataset [default: the one the model was trained on].")
+@click.option(
+    "--dataset", type=click.Choice(DATASETS), default=None, help="Dataset [default: the one the model was trained on]."
+)
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder with the dataset files (else $QSNN_DATA_DIR, then installed copies).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with the dataset files (else $QSNN_DATA_DIR, then installed copies).",
+)
 @click.option("--subset", type=click.IntRange(min=1), default=None, help="Simulate a stratified subset of N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
-              help="Write the report as JSON here (- for stdout; the summary then goes to stderr).")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
-              help="Write a PNG: spike raster of the first sample and firing rates per layer.")
-@click.option("--check", is_flag=True,
-              help="Compare every spike train with the PyTorch evaluation of the integer semantics.")
-@click.option("--frac-bits-sweep", "sweep", default=None, metavar="F1,F2,...",
-              help="Also report the accuracy for each of these frac_bits (e.g. 0,2,4,6).")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, allow_dash=True),
+    default=None,
+    help="Write the report as JSON here (- for stdout; the summary then goes to stderr).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a PNG: spike raster of the first sample and firing rates per layer.",
+)
+@click.option(
+    "--check", is_flag=True, help="Compare every spike train with the PyTorch evaluation of the integer semantics."
+)
+@click.option(
+    "--frac-bits-sweep",
+    "sweep",
+    default=None,
+    metavar="F1,F2,...",
+    help="Also report the accuracy for each of these frac_bits (e.g. 0,2,4,6).",
+)
 @click.option("--no-float", is_flag=True, help="Skip running the float model (no accuracy difference).")
-@click.option("--float-engine", type=click.Choice(FLOAT_ENGINES), default="layers", show_default=True,
-              help="How the trained model is run: 'layers' (layer by layer over T, synaptic sums exact in "
-                   "integers: fast, the same on every CPU) or 'graph' (the one-step QONNX graph T times in "
-                   "onnxruntime, as written).")
+@click.option(
+    "--float-engine",
+    type=click.Choice(FLOAT_ENGINES),
+    default="layers",
+    show_default=True,
+    help="How the trained model is run: 'layers' (layer by layer over T, synaptic sums exact in "
+    "integers: fast, the same on every CPU) or 'graph' (the one-step QONNX graph T times in "
+    "onnxruntime, as written).",
+)
 @force_option
 @progress_option
 @debug_option
 @friendly_errors
-def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], allow_saturation: bool,
-         dataset: str | None, split: str, data_dir: Path | None, subset: int | None, batch_size: int,
-         report_path: Path | None, plot_path: Path | None, check: bool, sweep: str | None, no_float: bool,
-         float_engine: str, force: bool, progress: bool) -> None:
+def main(
+    model: Path,
+    profile_name: str | None,
+    profile_sets: tuple[str, ...],
+    allow_saturation: bool,
+    dataset: str | None,
+    split: str,
+    data_dir: Path | None,
+    subset: int | None,
+    batch_size: int,
+    report_path: Path | None,
+    plot_path: Path | None,
+    check: bool,
+    sweep: str | None,
+    no_float: bool,
+    float_engine: str,
+    force: bool,
+    progress: bool,
+) -> None:
     """Simulate MODEL.onnx bit-accurately under a chip profile and report accuracy, agreement and hardware figures."""
     started = time.perf_counter()
     sweep_values = _int_list(sweep)
     to_stdout = report_path is not None and str(report_path) == "-"
     if to_stdout:
         claim_stdout()
-    check_outputs({"--report": (None if to_stdout else report_path, SIM_REPORT), "--plot": (plot_path, SIM_PLOT)},
-                  inputs={"MODEL": model, "--data-dir": data_dir}, force=force)
+    check_outputs(
+        {"--report": (None if to_stdout else report_path, SIM_REPORT), "--plot": (plot_path, SIM_PLOT)},
+        inputs={"MODEL": model, "--data-dir": data_dir},
+        force=force,
+    )
     # --profile-set changes the profile used anyway: --profile, else the default a float export compiles under
     profile = chosen_profile(profile_name, profile_sets, DEFAULT_PROFILE) if (profile_name or profile_sets) else None
     net, compile_report, kind = load_network(model, profile, allow_saturation=allow_saturation)
@@ -169,31 +231,44 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
         if float_engine == "layers":
             from qsnn.export.float_eval import FloatEvaluator
 
-            float_counts = float_model_counts(FloatEvaluator(model), x, net.encoding, batch_size, progress=progress,
-                                              codes=True)
+            float_counts = float_model_counts(
+                FloatEvaluator(model), x, net.encoding, batch_size, progress=progress, codes=True
+            )
         else:
             from qsnn.export.runtime import run_onnx_steps
 
-            float_counts = float_model_counts(lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x,
-                                              net.encoding, batch_size, progress=progress)
+            float_counts = float_model_counts(
+                lambda xf, bs: run_onnx_steps(model, xf, batch_size=bs), x, net.encoding, batch_size, progress=progress
+            )
         float_seconds = time.perf_counter() - t0
     reference = None
     if check:
         from qsnn.export.integer_torch import run_integer_torch
 
         reference = lambda n, xc, bs: run_integer_torch(n, xc, batch_size=bs)  # noqa: E731
-    result, check_summary, seconds = simulate_checked(net, x, reference=reference, batch_size=batch_size,
-                                                      progress=progress)
+    result, check_summary, seconds = simulate_checked(
+        net, x, reference=reference, batch_size=batch_size, progress=progress
+    )
 
     acc_int = data.accuracy(result.counts)
     acc_float = data.accuracy(float_counts) if float_counts is not None else None
     report: dict[str, Any] = {
-        "format": SIM_REPORT_FORMAT, "model": str(model), "model_kind": kind, "dataset": dataset, "split": split, "samples": data.num_recordings,
-        "num_steps": net.num_steps, "encoding": net.encoding, "input_max": int(net.input_max),
+        "format": SIM_REPORT_FORMAT,
+        "model": str(model),
+        "model_kind": kind,
+        "dataset": dataset,
+        "split": split,
+        "samples": data.num_recordings,
+        "num_steps": net.num_steps,
+        "encoding": net.encoding,
+        "input_max": int(net.input_max),
         **({"event_frames": events.to_dict(), "windows": len(y)} if events is not None else {}),
         "profile": profile.to_dict(),
-        "accuracy": {"float_model": acc_float, "integer_sim": acc_int,
-                     "difference": None if acc_float is None else acc_int - acc_float},
+        "accuracy": {
+            "float_model": acc_float,
+            "integer_sim": acc_int,
+            "difference": None if acc_float is None else acc_int - acc_float,
+        },
         "agreement": {},
         "data_source": data.source,
         "hardware": rep.hardware_figures(net, result),
@@ -215,9 +290,16 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     if sweep_values:
         from qsnn.export.compile import compile_qonnx
 
-        report["frac_bits_sweep"] = frac_bits_sweep(lambda p: compile_qonnx(model, p, allow_saturation=allow_saturation),
-                                                    profile, x, y, sweep_values, float_counts=float_counts,
-                                                    batch_size=batch_size, data=data)
+        report["frac_bits_sweep"] = frac_bits_sweep(
+            lambda p: compile_qonnx(model, p, allow_saturation=allow_saturation),
+            profile,
+            x,
+            y,
+            sweep_values,
+            float_counts=float_counts,
+            batch_size=batch_size,
+            data=data,
+        )
 
     report["timing"]["total_seconds"] = time.perf_counter() - started
     report["timing"]["peak_rss_mb"] = _peak_rss_mb()
@@ -229,8 +311,14 @@ def main(model: Path, profile_name: str | None, profile_sets: tuple[str, ...], a
     _print_summary(report, result, check_summary)
     if plot_path is not None:
         one = simulate(net, x[:1], record=True)
-        rep.plot_activity(plot_path, one.spikes, result, [layer.name for layer in net.layers], sample=0,
-                          title=f"{model.name} · {profile.name} · {dataset} {split}")
+        rep.plot_activity(
+            plot_path,
+            one.spikes,
+            result,
+            [layer.name for layer in net.layers],
+            sample=0,
+            title=f"{model.name} · {profile.name} · {dataset} {split}",
+        )
         say(f"plot: {plot_path}")
     if to_stdout:
         click.echo(dumps(report))
@@ -245,7 +333,7 @@ def _peak_rss_mb() -> float | None:
         import resource
     except ImportError:  # not on POSIX
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux, bytes on macOS
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
@@ -266,8 +354,11 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     rows: list[tuple[str, Any]] = [
         ("model", f"{report['model']} ({report['model_kind']} export)"),
         ("profile", report["profile"]["name"]),
-        ("data", f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"
-                 + _encoding_text(report)),
+        (
+            "data",
+            f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"
+            + _encoding_text(report),
+        ),
         ("data read from", report["data_source"]),
         ("accuracy, trained model", fmt(acc["float_model"])),
         ("accuracy, integer sim", fmt(acc["integer_sim"])),
@@ -275,12 +366,16 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     ]
     agree = report["agreement"].get("vs_float_model")
     if agree:
-        rows += [("predictions equal", rep.format_percent(agree["predictions_equal_pct"])),
-                 ("output counts equal", rep.format_percent(agree["output_counts_equal_pct"]))]
+        rows += [
+            ("predictions equal", rep.format_percent(agree["predictions_equal_pct"])),
+            ("output counts equal", rep.format_percent(agree["output_counts_equal_pct"])),
+        ]
     if check:
         for key, pct in check["equal_pct"].items():
             rows.append((f"spike trains equal {key}", rep.format_percent(pct)))
-        rows.append(("bit-exact vs integer torch", "yes" if check["bit_exact"] else f"NO, first {check['first_mismatch']}"))
+        rows.append(
+            ("bit-exact vs integer torch", "yes" if check["bit_exact"] else f"NO, first {check['first_mismatch']}")
+        )
     timing = report["timing"]
     if timing.get("engine_samples_per_s"):
         rows.append(("engine speed", f"{timing['engine_samples_per_s']:.0f} samples/s"))
@@ -297,35 +392,53 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     say("")
     hw_rows = []
     for layer in report["hardware"]["layers"]:
-        hw_rows.append((layer["name"],
-                        f"rate {100 * layer['firing_rate']:.2f} %  spikes/inf {layer['spikes_per_inference']:.1f}  "
-                        f"synops/inf {layer['synops_per_inference']:.0f}  weights {layer['weight_memory_bits']} bit  "
-                        f"u in [{layer['membrane_min']}, {layer['membrane_max']}] "
-                        f"({layer['membrane_bits_used']}/{layer['membrane_bits']} bit)  "
-                        f"sat {layer['saturation_low']}/{layer['saturation_high']}"
-                        + (f"  current wraps {layer['current_wraps']}" if layer.get("current_bits") else "")))
+        hw_rows.append(
+            (
+                layer["name"],
+                f"rate {100 * layer['firing_rate']:.2f} %  spikes/inf {layer['spikes_per_inference']:.1f}  "
+                f"synops/inf {layer['synops_per_inference']:.0f}  weights {layer['weight_memory_bits']} bit  "
+                f"u in [{layer['membrane_min']}, {layer['membrane_max']}] "
+                f"({layer['membrane_bits_used']}/{layer['membrane_bits']} bit)  "
+                f"sat {layer['saturation_low']}/{layer['saturation_high']}"
+                + (f"  current wraps {layer['current_wraps']}" if layer.get("current_bits") else ""),
+            )
+        )
     total = report["hardware"]["total"]
-    hw_rows.append(("total", f"synops/inf {total['synops_per_inference']:.0f} (dense MACs "
-                             f"{total['dense_macs_per_inference']:.0f})  weights {total['weight_memory_bits']} bit  "
-                             f"saturation events {total['saturation_events']}"))
+    hw_rows.append(
+        (
+            "total",
+            f"synops/inf {total['synops_per_inference']:.0f} (dense MACs "
+            f"{total['dense_macs_per_inference']:.0f})  weights {total['weight_memory_bits']} bit  "
+            f"saturation events {total['saturation_events']}",
+        )
+    )
     print_table(hw_rows, title="hardware (per inference = mean over samples; sat = low/high rail events)")
     hit = [layer for layer in report["hardware"]["layers"] if layer["saturation_events"]]
     if hit:
         profile = report["profile"]
         how = "clamped" if profile["overflow"] == "saturate" else "wrapped around (two's complement)"
-        say(f"\nwarning: {total['saturation_events']} membrane updates overflowed the {profile['membrane_bits']}-bit "
-                   f"register and were {how}: " + ", ".join(
-                       f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
-                       f"{layer['saturation_high']} high)" for layer in hit)
-                   + ("; the chip clamps the same way (its current shift is fixed, so no lower frac_bits is "
-                      "possible; training does not model the clamp, smaller first-layer weights or currents avoid it)"
-                      if profile.get("fixed_shift") else
-                      "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits"))
+        say(
+            f"\nwarning: {total['saturation_events']} membrane updates overflowed the {profile['membrane_bits']}-bit "
+            f"register and were {how}: "
+            + ", ".join(
+                f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
+                f"{layer['saturation_high']} high)"
+                for layer in hit
+            )
+            + (
+                "; the chip clamps the same way (its current shift is fixed, so no lower frac_bits is "
+                "possible; training does not model the clamp, smaller first-layer weights or currents avoid it)"
+                if profile.get("fixed_shift")
+                else "; widen the membrane (--profile-set membrane_bits=N) or lower frac_bits"
+            )
+        )
     wrapped = [layer for layer in report["hardware"]["layers"] if layer.get("current_wraps")]
     if wrapped:
-        say(f"\nwarning: {total['current_wraps']} synaptic currents wrapped around the "
-                   f"{wrapped[0]['current_bits']}-bit current register (as the chip does): "
-                   + ", ".join(f"{layer['name']} {layer['current_wraps']}" for layer in wrapped))
+        say(
+            f"\nwarning: {total['current_wraps']} synaptic currents wrapped around the "
+            f"{wrapped[0]['current_bits']}-bit current register (as the chip does): "
+            + ", ".join(f"{layer['name']} {layer['current_wraps']}" for layer in wrapped)
+        )
     for warning in report.get("warnings", []):
         say(f"\nwarning: {warning}")
     if report.get("frac_bits_sweep"):
@@ -337,7 +450,9 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
                 continue
             text = f"accuracy {fmt(row['accuracy'])}"
             if "difference" in row:
-                text += f"  diff {100 * row['difference']:+.2f} pp  predictions equal {row['predictions_equal_pct']:.2f} %"
+                text += (
+                    f"  diff {100 * row['difference']:+.2f} pp  predictions equal {row['predictions_equal_pct']:.2f} %"
+                )
             text += f"  saturation events {row['saturation_events']}"
             if "not_the_chip" in row:
                 text += "  (what-if: the chip's current shift is fixed)"

@@ -98,19 +98,31 @@ def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
         raise InputError("input must be non-negative (pixels or event counts)")
     if x.size and x.max() > net.input_max:
         what = "event counts" if net.encoding == "events" else "pixels"
-        raise InputError(f"the network takes {what} up to {net.input_max} per input cell and step (its input "
-                         f"encoding, which the compiler's bound assumes), got {int(x.max())}; clip the input as "
-                         "training did (qsnn.data.load_split with the model's event encoding)")
+        raise InputError(
+            f"the network takes {what} up to {net.input_max} per input cell and step (its input "
+            f"encoding, which the compiler's bound assumes), got {int(x.max())}; clip the input as "
+            "training did (qsnn.data.load_split with the model's event encoding)"
+        )
 
 
 def _new_stats(layers: list[_Layer], N: int, T: int) -> list[LayerStats]:
-    return [LayerStats(name=el.name, kind=el.layer.kind, shape=tuple(el.out_shape), neurons=el.neurons,
-                       spikes_per_step=np.zeros(T, dtype=np.int64), current_min=np.iinfo(np.int64).max,
-                       current_max=np.iinfo(np.int64).min,
-                       dense_macs=N * T * el.neurons * (el.layer.pool ** 2) * el.layer.fan_in,
-                       sum_dtype=el.sum_dtype.name, sum_kernel=el.sum_kernel, sum_bound=el.sum_bound,
-                       state_dtype=el.state_dtype.name)
-            for el in layers]
+    return [
+        LayerStats(
+            name=el.name,
+            kind=el.layer.kind,
+            shape=tuple(el.out_shape),
+            neurons=el.neurons,
+            spikes_per_step=np.zeros(T, dtype=np.int64),
+            current_min=np.iinfo(np.int64).max,
+            current_max=np.iinfo(np.int64).min,
+            dense_macs=N * T * el.neurons * (el.layer.pool**2) * el.layer.fan_in,
+            sum_dtype=el.sum_dtype.name,
+            sum_kernel=el.sum_kernel,
+            sum_bound=el.sum_bound,
+            state_dtype=el.state_dtype.name,
+        )
+        for el in layers
+    ]
 
 
 def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
@@ -119,9 +131,18 @@ def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
             st.absorb(part[i])
 
 
-def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, record: bool = False,
-             record_membranes: bool = False, progress: bool = False, kernel: str = "auto",
-             threads: int | None = None, stats: bool = True) -> SimResult:
+def simulate(
+    net: IntegerNetwork,
+    x: np.ndarray,
+    *,
+    batch_size: int = 256,
+    record: bool = False,
+    record_membranes: bool = False,
+    progress: bool = False,
+    kernel: str = "auto",
+    threads: int | None = None,
+    stats: bool = True,
+) -> SimResult:
     """Run ``net`` on inputs ``x`` over exactly T = ``net.num_steps`` steps, in integers.
 
     Args:
@@ -157,10 +178,16 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
     # the statistics are accumulated in place over all batches
     all_stats = _new_stats(layers, N, T)
     counts = np.zeros((N, layers[-1].neurons), dtype=np.int64)
-    spikes = {f"z{i + 1}": np.zeros((T, N, *el.out_shape), dtype=np.uint8) for i, el in enumerate(layers)} \
-        if record else None
-    membranes = {f"u{i + 1}": np.zeros((T, N, *el.out_shape), dtype=el.state_dtype)
-                 for i, el in enumerate(layers)} if record_membranes else None
+    spikes = (
+        {f"z{i + 1}": np.zeros((T, N, *el.out_shape), dtype=np.uint8) for i, el in enumerate(layers)}
+        if record
+        else None
+    )
+    membranes = (
+        {f"u{i + 1}": np.zeros((T, N, *el.out_shape), dtype=el.state_dtype) for i, el in enumerate(layers)}
+        if record_membranes
+        else None
+    )
 
     def run(b0: int, b1: int) -> list[LayerStats]:
         part = _new_stats(layers, 0, T)
@@ -181,7 +208,7 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
             b1 = min(N, b0 + batch_size)
             ways = max(1, -(-(b1 - b0) // per_piece))
             if threads > 1 and ways < threads and b1 - b0 >= threads * MIN_PIECE:
-                ways = threads                                # every thread gets a piece
+                ways = threads  # every thread gets a piece
             cuts = np.linspace(b0, b1, ways + 1).astype(int)
             if threads == 1 or ways == 1:
                 parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
@@ -199,10 +226,16 @@ def simulate(net: IntegerNetwork, x: np.ndarray, *, batch_size: int = 256, recor
             bar.close()
 
     for st in all_stats:
-        if st.current_min > st.current_max:          # no current seen (T ≤ delay, or stats=False)
+        if st.current_min > st.current_max:  # no current seen (T ≤ delay, or stats=False)
             st.current_min = st.current_max = 0
-    return SimResult(counts=counts, predictions=predict(counts), layers=tuple(all_stats), num_steps=T,
-                     spikes=spikes, membranes=membranes)
+    return SimResult(
+        counts=counts,
+        predictions=predict(counts),
+        layers=tuple(all_stats),
+        num_steps=T,
+        spikes=spikes,
+        membranes=membranes,
+    )
 
 
 def _to_nhwc(a: np.ndarray) -> np.ndarray:
@@ -214,8 +247,19 @@ def _to_nchw(a: np.ndarray) -> np.ndarray:
     return np.moveaxis(a, -1, -3)
 
 
-def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: int, delay: int, static: bool,
-               counts: np.ndarray, spikes: dict | None, membranes: dict | None, b0: int, stats: bool = True) -> None:
+def _run_batch(
+    layers: list[_Layer],
+    accs: list[LayerStats],
+    xb: np.ndarray,
+    T: int,
+    delay: int,
+    static: bool,
+    counts: np.ndarray,
+    spikes: dict | None,
+    membranes: dict | None,
+    b0: int,
+    stats: bool = True,
+) -> None:
     B = len(xb)
     tc = time_chunk(layers, B, T)
     # state per layer: membrane, last spikes, delay line of its input (its last `delay` input steps)
@@ -243,7 +287,7 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
         if cur_static.size:
             c_min, c_max = int(cur_static.min()), int(cur_static.max())
             table = first.static_table(T, delay, c_min, c_max, membranes is not None)
-        if table is not None:                                 # layer 1 by lookup (StaticTable)
+        if table is not None:  # layer 1 by lookup (StaticTable)
             idx = table.index(cur_static)
             table.absorb_stats(idx, accs[0])
             gathered: dict = {}
@@ -256,7 +300,7 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                 cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)] if table is None else []
             else:
                 if li == 0:
-                    frames = np.moveaxis(xb[:, t0:t1], 1, 0)      # (n, B, C, H, W) events
+                    frames = np.moveaxis(xb[:, t0:t1], 1, 0)  # (n, B, C, H, W) events
                     src = _to_nhwc(frames) if len(el.in_shape) == 3 else frames.reshape(n, B, -1)
                 else:
                     src = prev_out
@@ -280,16 +324,19 @@ def _run_batch(layers: list[_Layer], accs: list[LayerStats], xb: np.ndarray, T: 
                         np.take(table.u[t], idx, out=u_chunk[t - t0])
             else:
                 u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
-            if stats:                                         # one call for a small layer, else per step
-                acc.spikes_per_step[t0:t1] += z_chunk.reshape(n, -1).sum(axis=1) if z_chunk[0].size < 2**14 \
+            if stats:  # one call for a small layer, else per step
+                acc.spikes_per_step[t0:t1] += (
+                    z_chunk.reshape(n, -1).sum(axis=1)
+                    if z_chunk[0].size < 2**14
                     else [np.count_nonzero(z) for z in z_chunk]
+                )
             name = f"{li + 1}"
             if spikes is not None:
                 out = _to_nchw(z_chunk) if el.layer.kind == "conv" else z_chunk
-                spikes["z" + name][t0:t1, b0:b0 + B] = out
+                spikes["z" + name][t0:t1, b0 : b0 + B] = out
             if membranes is not None:
                 out = _to_nchw(u_chunk) if el.layer.kind == "conv" else u_chunk
-                membranes["u" + name][t0:t1, b0:b0 + B] = out
+                membranes["u" + name][t0:t1, b0 : b0 + B] = out
             prev_out = z_chunk
         counts += prev_out.view(np.uint8).sum(axis=0, dtype=np.int64).reshape(B, -1)
 

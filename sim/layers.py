@@ -73,7 +73,7 @@ def column_sums(x: np.ndarray, in_max: int) -> np.ndarray:
     words = x.view(np.uint64)
     total = np.zeros(units, dtype=np.int64)
     for r0 in range(0, rows, per):
-        total += np.add.reduce(words[r0:r0 + per], axis=0).view(np.uint8)
+        total += np.add.reduce(words[r0 : r0 + per], axis=0).view(np.uint8)
     return total
 
 
@@ -89,20 +89,22 @@ def _bits_needed(bound: int) -> int:
 class _Layer:
     """A layer's constants in the engine's layout (channels last) and its exactness proofs."""
 
-    def __init__(self, layer: IntegerLayer, profile: ChipProfile, in_shape: tuple[int, ...],
-                 in_max: int, kernel: str = "auto") -> None:
+    def __init__(
+        self, layer: IntegerLayer, profile: ChipProfile, in_shape: tuple[int, ...], in_max: int, kernel: str = "auto"
+    ) -> None:
         self.layer = layer
         self.profile = profile
         self.name = layer.name
-        self.in_shape = tuple(in_shape)                      # (C, H, W) or (n,), NCHW order
-        self.out_shape = layer.output_shape(self.in_shape)   # NCHW order
-        self.out_nhwc = (self.out_shape[1], self.out_shape[2], self.out_shape[0]) if layer.kind == "conv" \
-            else self.out_shape
+        self.in_shape = tuple(in_shape)  # (C, H, W) or (n,), NCHW order
+        self.out_shape = layer.output_shape(self.in_shape)  # NCHW order
+        self.out_nhwc = (
+            (self.out_shape[1], self.out_shape[2], self.out_shape[0]) if layer.kind == "conv" else self.out_shape
+        )
         self.neurons = int(np.prod(self.out_shape))
         self._check_constants()
 
         w = np.asarray(layer.weight, dtype=np.int64)
-        self.padding = layer.padding                                   # zeros on every side of the input
+        self.padding = layer.padding  # zeros on every side of the input
         if layer.kind == "conv":
             # the pool-folded kernel (qsnn.network.fold_pool): k + s(p−1) wide, at stride s·p
             self.window = layer.kernel + layer.stride * (layer.pool - 1)
@@ -123,8 +125,11 @@ class _Layer:
             self.box_matmul = box[0]
             self.box_cols = self.box_matmul.k
             self.sum_dtype = np.dtype(np.int32)
-        elif kernel == "auto" and int8_exact(self.in_max, int(np.abs(mat).max(initial=0)), self.sum_bound) \
-                and ort_available():
+        elif (
+            kernel == "auto"
+            and int8_exact(self.in_max, int(np.abs(mat).max(initial=0)), self.sum_bound)
+            and ort_available()
+        ):
             self.int_matmul = OrtIntMatmul(mat.T)
             self.sum_dtype = np.dtype(np.int32)
         elif self.sum_bound < FLOAT32_EXACT:
@@ -136,7 +141,7 @@ class _Layer:
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
         self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
-        self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))   # (cols, O); the NumPy path's
+        self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))  # (cols, O); the NumPy path's
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
         # the single shift shl(acc, s + e); a negative exponent floors first, then s applies
@@ -159,8 +164,10 @@ class _Layer:
         elif worst < 2**63 - 1:
             self.state_dtype = np.dtype(np.int64)
         else:
-            raise NetworkError(f"layer {self.name}: intermediate values up to 2^{_bits_needed(worst)} do not fit "
-                             f"int64 (membrane {profile.membrane_bits} bits, leak {profile.leak_bits} bits)")
+            raise NetworkError(
+                f"layer {self.name}: intermediate values up to 2^{_bits_needed(worst)} do not fit "
+                f"int64 (membrane {profile.membrane_bits} bits, leak {profile.leak_bits} bits)"
+            )
         self.theta = theta.astype(self.state_dtype)
         self.bias = bias.astype(self.state_dtype)
         self.leak_const = int(layer.leak_const)
@@ -169,13 +176,13 @@ class _Layer:
         self.current_half = 1 << (profile.current_bits - 1) if profile.current_bits else 0
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
-        self.fan_vec = fan.reshape(-1).astype(np.int64)        # per input unit, NHWC flattened
+        self.fan_vec = fan.reshape(-1).astype(np.int64)  # per input unit, NHWC flattened
         self._full: dict[tuple, np.ndarray] = {}
         # a static first layer's neuron tables (StaticTable), per (T, delay); see static_table
         self.lookup = kernel != "numpy"
         self._tables: dict[tuple[int, int], StaticTable] = {}
         self._tables_lock = Lock()
-        self.cur_limit = cur_bound + int(np.abs(bias).max(initial=0))   # |c_t| ≤ this (proven)
+        self.cur_limit = cur_bound + int(np.abs(bias).max(initial=0))  # |c_t| ≤ this (proven)
 
     def _check_constants(self) -> None:
         check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
@@ -189,17 +196,18 @@ class _Layer:
         side, p, s, pad = layer.kernel, layer.pool, layer.stride, layer.padding
         ho, wo = self.out_shape[1], self.out_shape[2]
 
-        def reach(size: int, used: int) -> np.ndarray:       # conv outputs in the pooled area a row reaches
+        def reach(size: int, used: int) -> np.ndarray:  # conv outputs in the pooled area a row reaches
             # input row r sits at r + pad in the padded input; conv output j reads rows s·j .. s·j + k − 1
             pos = np.arange(size)[:, None] + pad - s * np.arange(used)[None, :]
             return ((pos >= 0) & (pos < side)).sum(axis=1)
 
         fan = layer.out_channels * reach(h, ho * p)[:, None] * reach(w, wo * p)[None, :]
-        return fan.astype(np.int64)                           # (H, W): the same for every input channel
+        return fan.astype(np.int64)  # (H, W): the same for every input channel
 
     # -- synaptic sums -------------------------------------------------------------------------
-    def currents(self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False,
-                 steps: int = 1) -> tuple[list[np.ndarray], tuple[int, int], int]:
+    def currents(
+        self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False, steps: int = 1
+    ) -> tuple[list[np.ndarray], tuple[int, int], int]:
         """c = cur(shl(shl(acc, e), s)) + b for inputs ``x`` (n, *in_nhwc), whose rows are ``steps``
         equal groups (time steps): one (n / steps, *out_nhwc) array per step, in the state dtype.
 
@@ -217,34 +225,38 @@ class _Layer:
         kind = self.layer.kind
         out_shape = (self.kernel.shape[1],) if kind == "dense" else self.out_nhwc
         if x.dtype == np.bool_:
-            x = x.view(np.uint8)                              # spikes: the same bytes, no cast
-        if acc is not None:                                   # Σ_units (Σ_samples x) · fan-out, exact
+            x = x.view(np.uint8)  # spikes: the same bytes, no cast
+        if acc is not None:  # Σ_units (Σ_samples x) · fan-out, exact
             acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
         box = self.box_matmul is not None
         integer = self.int_matmul is not None or box
         if integer and x.dtype != np.uint8:
-            x = x.astype(np.uint8)                            # values ≤ in_max ≤ 255 (proven)
+            x = x.astype(np.uint8)  # values ≤ in_max ≤ 255 (proven)
         item = 1 if integer else self.sum_dtype.itemsize
-        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * \
-            (self.box_cols if box else self.cols)
+        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * (
+            self.box_cols if box else self.cols
+        )
         budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
-        rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step   # whole steps
+        rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step  # whole steps
         out: list[np.ndarray] = []
         lo_seen, hi_seen = None, None
         wraps = 0
         half = self.current_half
         for s0 in range(0, n, max(1, rows)):
-            xs = x[s0:s0 + rows]
+            xs = x[s0 : s0 + rows]
             if not integer and xs.dtype != self.sum_dtype:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
             else:
-                if self.padding:                              # zero padding: the same zeros in every kernel
+                if self.padding:  # zero padding: the same zeros in every kernel
                     pad = self.padding
                     xs = np.pad(xs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-                cols = im2col(box_sums(xs, self.layer.pool), self.layer.kernel, self.stride, self.out_nhwc[:2]) if box \
+                cols = (
+                    im2col(box_sums(xs, self.layer.pool), self.layer.kernel, self.stride, self.out_nhwc[:2])
+                    if box
                     else im2col(xs, self.window, self.stride, self.out_nhwc[:2])
+                )
             if box:
                 part = self.box_matmul(cols)
             else:
@@ -263,19 +275,26 @@ class _Layer:
                 lo_seen = lo_p if lo_seen is None else min(lo_seen, lo_p)
                 hi_seen = hi_p if hi_seen is None else max(hi_seen, hi_p)
                 if half and (hi_p > half or lo_p <= -half):
-                    high, low = part > half, part <= -half    # Lava's u: wraps once
+                    high, low = part > half, part <= -half  # Lava's u: wraps once
                     wraps += int(np.count_nonzero(high)) + int(np.count_nonzero(low))
                     part[high] -= 2 * half
                     part[low] += 2 * half
-            part += self.full(self.bias, part.shape[1:])         # same-shape add: the fast loop
+            part += self.full(self.bias, part.shape[1:])  # same-shape add: the fast loop
             out.extend(part)
         rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
-    def scan(self, cur: Sequence[np.ndarray], u: np.ndarray, fired: np.ndarray, z_out: np.ndarray,
-             stats: LayerStats, u_out: np.ndarray | None = None,
-             sat_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def scan(
+        self,
+        cur: Sequence[np.ndarray],
+        u: np.ndarray,
+        fired: np.ndarray,
+        z_out: np.ndarray,
+        stats: LayerStats,
+        u_out: np.ndarray | None = None,
+        sat_out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Run the step over ``len(cur)`` steps; ``cur[t]`` is c_t = shl(acc_t, s) + b.
 
         ``u`` is u_{t−1} and ``fired`` the reset mask r_t as integers (−1 where u_{t−1} > θ, else 0:
@@ -289,24 +308,24 @@ class _Layer:
         shape = u.shape
         theta = self.theta_full(shape)
         sign = self.sign_shift
-        v = np.empty_like(u)                                  # u_t is built here, then the two swap
+        v = np.empty_like(u)  # u_t is built here, then the two swap
         for t in range(len(cur)):
             if p.reset == "zero":
                 np.invert(fired, out=fired)
-                np.bitwise_and(u, fired, out=u)               # (1 − r_t)·u_{t−1}
+                np.bitwise_and(u, fired, out=u)  # (1 − r_t)·u_{t−1}
             if p.leak == "mul":
                 np.multiply(u, self.leak_const, out=v)
-                v >>= p.leak_bits                             # floor
+                v >>= p.leak_bits  # floor
             elif p.leak == "shift":
                 np.right_shift(u, self.leak_const, out=v)
-                np.subtract(u, v, out=v)                      # u − (u >> d), floor
-            else:                                             # loihi: sign(x)·(|x| >> F), toward zero
+                np.subtract(u, v, out=v)  # u − (u >> d), floor
+            else:  # loihi: sign(x)·(|x| >> F), toward zero
                 np.multiply(u, (1 << p.leak_bits) - self.leak_const, out=v)
                 v += (v >> sign) & self.round_mask
                 v >>= p.leak_bits
             v += cur[t]
             if p.reset == "subtract":
-                fired &= theta                                # r_t·θ
+                fired &= theta  # r_t·θ
                 v -= fired
             vmax, vmin = int(v.max()), int(v.min())
             if vmax > hi or vmin < lo:
@@ -319,7 +338,7 @@ class _Layer:
                 if p.overflow == "saturate":
                     np.clip(v, lo, hi, out=v)
                     vmax, vmin = min(vmax, hi), max(vmin, lo)
-                else:                                         # two's complement wrap
+                else:  # two's complement wrap
                     v -= lo
                     v &= (1 << p.membrane_bits) - 1
                     v += lo
@@ -328,8 +347,8 @@ class _Layer:
             stats.membrane_min = min(stats.membrane_min, vmin)
             u, v = v, u
             np.subtract(theta, u, out=fired)
-            fired >>= sign                                    # −1 where u_t > θ (θ − u_t < 0), else 0
-            np.not_equal(fired, 0, out=z_out[t])              # z_t = [u_t > θ]
+            fired >>= sign  # −1 where u_t > θ (θ − u_t < 0), else 0
+            np.not_equal(fired, 0, out=z_out[t])  # z_t = [u_t > θ]
             if u_out is not None:
                 u_out[t] = u
         return u, fired
@@ -347,8 +366,8 @@ class _Layer:
                 return table
             channels = self.out_nhwc[-1]
             if (2 * self.cur_limit + 1) * channels * T <= TABLE_CELLS:
-                lo, hi = -self.cur_limit, self.cur_limit       # every current the proof allows: built once
-            else:                                              # the currents seen so far
+                lo, hi = -self.cur_limit, self.cur_limit  # every current the proof allows: built once
+            else:  # the currents seen so far
                 lo, hi = (c_min, c_max) if table is None else (table.lo, table.hi)
             lo, hi = min(lo, c_min), max(hi, c_max)
             if (hi - lo + 1) * channels * T > TABLE_CELLS:
@@ -369,7 +388,7 @@ class _Layer:
         if full is None:
             full = np.ascontiguousarray(np.broadcast_to(const, shape))
             full.flags.writeable = False
-            if len(self._full) >= 64:                         # many batch shapes: start over
+            if len(self._full) >= 64:  # many batch shapes: start over
                 self._full.clear()
             self._full[key] = full
         return full
@@ -389,8 +408,18 @@ def _fingerprint(net: IntegerNetwork) -> tuple:
         for arr in (layer.weight, layer.threshold, layer.bias):
             a = np.ascontiguousarray(arr)
             crc = zlib.crc32(repr((a.dtype.str, a.shape)).encode() + a.tobytes(), crc)
-        scalars.append((layer.name, layer.kind, int(layer.pool), int(layer.current_shift), int(layer.leak_const),
-                        int(layer.weight_exp), int(layer.stride), int(layer.padding)))
+        scalars.append(
+            (
+                layer.name,
+                layer.kind,
+                int(layer.pool),
+                int(layer.current_shift),
+                int(layer.leak_const),
+                int(layer.weight_exp),
+                int(layer.stride),
+                int(layer.padding),
+            )
+        )
     return (crc, tuple(scalars), repr(net.profile), tuple(net.input_shape))
 
 

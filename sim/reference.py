@@ -26,20 +26,20 @@ def synaptic_sum(layer, z_in: np.ndarray) -> np.ndarray:
         acc = z.reshape(len(z), -1) @ w.T
     else:
         side, p, s, pad = layer.kernel, layer.pool, layer.stride, layer.padding
-        z = np.pad(z, ((0, 0), (0, 0), (pad, pad), (pad, pad)))     # zeros on every side
+        z = np.pad(z, ((0, 0), (0, 0), (pad, pad), (pad, pad)))  # zeros on every side
         b, _, h, wd = z.shape
         hc, wc = (h - side) // s + 1, (wd - side) // s + 1
         conv = np.zeros((b, w.shape[0], hc, wc), dtype=np.int64)
         for a in range(side):
             for c in range(side):
                 # conv[b, o, i, j] += Σ_ci w[o, ci, a, c] · z[b, ci, s·i + a, s·j + c]
-                taps = z[:, :, a:a + s * (hc - 1) + 1:s, c:c + s * (wc - 1) + 1:s]
+                taps = z[:, :, a : a + s * (hc - 1) + 1 : s, c : c + s * (wc - 1) + 1 : s]
                 conv += np.einsum("oi,bihw->bohw", w[:, :, a, c], taps)
         hp, wp = hc // p, wc // p
         acc = np.zeros((b, w.shape[0], hp, wp), dtype=np.int64)
         for i in range(p):
             for j in range(p):
-                acc += conv[:, :, i:p * hp:p, j:p * wp:p]
+                acc += conv[:, :, i : p * hp : p, j : p * wp : p]
     return acc
 
 
@@ -54,7 +54,7 @@ def simulate_reference(net: IntegerNetwork, x: np.ndarray) -> dict[str, np.ndarr
     states = [IntLIFState(np.zeros((n, *s), dtype=np.int64)) for s in shapes]
     for t in range(T):
         for li, layer in enumerate(net.layers):
-            src = t - delay          # the layer sees its input `delay` steps late, zeros before
+            src = t - delay  # the layer sees its input `delay` steps late, zeros before
             if src < 0:
                 z_in = np.zeros((n, *(net.input_shape if li == 0 else shapes[li - 1])), dtype=np.int64)
             elif li == 0:

@@ -52,35 +52,37 @@ def hardware_figures(net: IntegerNetwork, result: SimResult) -> dict[str, Any]:
         spikes = int(stats.spikes_per_step.sum())
         weights = int(np.asarray(layer.weight).size)
         lo, hi = stats.membrane_min, stats.membrane_max
-        layers.append({
-            "name": stats.name,
-            "kind": stats.kind,
-            "shape": list(stats.shape),
-            "neurons": stats.neurons,
-            "spikes_per_inference": spikes / n,
-            "spikes_per_step": (stats.spikes_per_step / n).tolist(),
-            "firing_rate": spikes / (n * T * stats.neurons),
-            "sparsity": 1.0 - spikes / (n * T * stats.neurons),
-            "synops_per_inference": stats.synops / n,
-            "dense_macs_per_inference": stats.dense_macs / n,
-            "weights": weights,
-            "weight_memory_bits": weights * profile.weight_bits,
-            "state_memory_bits": stats.neurons * profile.membrane_bits,
-            "membrane_min": lo,
-            "membrane_max": hi,
-            "membrane_bits_used": _signed_bits(lo, hi),
-            "membrane_bits": profile.membrane_bits,
-            "current_min": stats.current_min,
-            "current_max": stats.current_max,
-            "saturation_low": stats.saturation_low,
-            "saturation_high": stats.saturation_high,
-            "saturation_events": stats.saturation_events,
-            "current_wraps": stats.current_wraps,
-            "current_bits": profile.current_bits,
-            "overflow": profile.overflow,
-            "synaptic_sum": f"{stats.sum_dtype} (|sum| <= {stats.sum_bound})",
-            "state_dtype": stats.state_dtype,
-        })
+        layers.append(
+            {
+                "name": stats.name,
+                "kind": stats.kind,
+                "shape": list(stats.shape),
+                "neurons": stats.neurons,
+                "spikes_per_inference": spikes / n,
+                "spikes_per_step": (stats.spikes_per_step / n).tolist(),
+                "firing_rate": spikes / (n * T * stats.neurons),
+                "sparsity": 1.0 - spikes / (n * T * stats.neurons),
+                "synops_per_inference": stats.synops / n,
+                "dense_macs_per_inference": stats.dense_macs / n,
+                "weights": weights,
+                "weight_memory_bits": weights * profile.weight_bits,
+                "state_memory_bits": stats.neurons * profile.membrane_bits,
+                "membrane_min": lo,
+                "membrane_max": hi,
+                "membrane_bits_used": _signed_bits(lo, hi),
+                "membrane_bits": profile.membrane_bits,
+                "current_min": stats.current_min,
+                "current_max": stats.current_max,
+                "saturation_low": stats.saturation_low,
+                "saturation_high": stats.saturation_high,
+                "saturation_events": stats.saturation_events,
+                "current_wraps": stats.current_wraps,
+                "current_bits": profile.current_bits,
+                "overflow": profile.overflow,
+                "synaptic_sum": f"{stats.sum_dtype} (|sum| <= {stats.sum_bound})",
+                "state_dtype": stats.state_dtype,
+            }
+        )
     total = {
         "spikes_per_inference": sum(layer["spikes_per_inference"] for layer in layers),
         "synops_per_inference": sum(layer["synops_per_inference"] for layer in layers),
@@ -111,8 +113,13 @@ def output_agreement(counts_a: np.ndarray, counts_b: np.ndarray) -> dict[str, An
     n = len(counts_a)
     same_pred = int(np.sum(predict(counts_a) == predict(counts_b)))
     same_counts = int(np.sum(np.all(counts_a.reshape(n, -1) == counts_b.reshape(n, -1), axis=1)))
-    return {"samples": n, "predictions_equal": same_pred, "predictions_equal_pct": percent(same_pred, n),
-            "output_counts_equal": same_counts, "output_counts_equal_pct": percent(same_counts, n)}
+    return {
+        "samples": n,
+        "predictions_equal": same_pred,
+        "predictions_equal_pct": percent(same_pred, n),
+        "output_counts_equal": same_counts,
+        "output_counts_equal_pct": percent(same_counts, n),
+    }
 
 
 class SpikeTrainComparison:
@@ -147,17 +154,26 @@ class SpikeTrainComparison:
         self.samples += n or 0
 
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "bit_exact": self.bit_exact,
-                "equal_pct": {k: percent(v, self.samples) for k, v in self.equal.items()},
-                "first_mismatch": self.first_mismatch}
+        return {
+            "samples": self.samples,
+            "bit_exact": self.bit_exact,
+            "equal_pct": {k: percent(v, self.samples) for k, v in self.equal.items()},
+            "first_mismatch": self.first_mismatch,
+        }
 
 
 # --------------------------------------------------------------------------------------------------
 # Plot
 
 
-def plot_activity(path: str | os.PathLike, trains: Mapping[str, np.ndarray], result: SimResult,
-                  names: list[str], sample: int = 0, title: str = "") -> None:
+def plot_activity(
+    path: str | os.PathLike,
+    trains: Mapping[str, np.ndarray],
+    result: SimResult,
+    names: list[str],
+    sample: int = 0,
+    title: str = "",
+) -> None:
     """A PNG: the spike raster of one sample per layer, and every layer's firing rate per step.
 
     ``trains``: ``{"z1": (T, N, ...)}`` of the sample's run (``sample`` indexes its N axis).
@@ -172,8 +188,16 @@ def plot_activity(path: str | os.PathLike, trains: Mapping[str, np.ndarray], res
     T = result.num_steps
     for ax, key, name in zip(axes, keys, names):
         z = np.asarray(trains[key])[:, sample].reshape(T, -1)
-        ax.imshow(z.T, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1, origin="lower",
-                  extent=(-0.5, T - 0.5, -0.5, z.shape[1] - 0.5))
+        ax.imshow(
+            z.T,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="Greys",
+            vmin=0,
+            vmax=1,
+            origin="lower",
+            extent=(-0.5, T - 0.5, -0.5, z.shape[1] - 0.5),
+        )
         ax.set_ylabel(f"{name}\nneuron")
         ax.set_title(f"{name}: spike raster of sample {sample} ({int(z.sum())} spikes)", fontsize=9)
     ax = axes[-1]
@@ -187,5 +211,5 @@ def plot_activity(path: str | os.PathLike, trains: Mapping[str, np.ndarray], res
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110, metadata={PLOT_KEY: SIM_PLOT_FORMAT})   # recognised by --force
+        fig.savefig(fh, format="png", dpi=110, metadata={PLOT_KEY: SIM_PLOT_FORMAT})  # recognised by --force
     plt.close(fig)

@@ -128,5 +128,11 @@ def combine(results: Sequence[SimResult]) -> SimResult:
         return {k: np.concatenate([getattr(r, attr)[k] for r in results], axis=1) for k in getattr(first, attr)}
 
     counts = np.concatenate([r.counts for r in results])
-    return SimResult(counts=counts, predictions=predict(counts), layers=tuple(layers),
-                     num_steps=first.num_steps, spikes=join("spikes"), membranes=join("membranes"))
+    return SimResult(
+        counts=counts,
+        predictions=predict(counts),
+        layers=tuple(layers),
+        num_steps=first.num_steps,
+        spikes=join("spikes"),
+        membranes=join("membranes"),
+    )

@@ -45,14 +45,21 @@ class StaticTable:
         u_rec = np.empty((T, *shape), dtype=dtype)
         sat = np.zeros((T, *shape), dtype=np.int8)
         scratch = LayerStats(layer.name, layer.layer.kind, shape, 0, np.zeros(T, dtype=np.int64))
-        layer.scan([bias if t < delay else c for t in range(T)], np.zeros(shape, dtype), np.zeros(shape, dtype),
-                   z, scratch, u_rec, sat)
+        layer.scan(
+            [bias if t < delay else c for t in range(T)],
+            np.zeros(shape, dtype),
+            np.zeros(shape, dtype),
+            z,
+            scratch,
+            u_rec,
+            sat,
+        )
         size = shape[0] * channels
         # entries channel-major (entry = channel·R + c − lo): a neuron's index is one add to its current
         z, u_rec, sat = (a.transpose(0, 2, 1).reshape(T, size) for a in (z, u_rec, sat))
-        self.planes = np.packbits(z, axis=0, bitorder="little")     # (⌈T/8⌉, entries)
+        self.planes = np.packbits(z, axis=0, bitorder="little")  # (⌈T/8⌉, entries)
         self.u = np.ascontiguousarray(u_rec) if membranes else None
-        self.u_min = u_rec.min(axis=0, initial=0)                   # the engine's range starts at 0
+        self.u_min = u_rec.min(axis=0, initial=0)  # the engine's range starts at 0
         self.u_max = u_rec.max(axis=0, initial=0)
         self.sat_high = (sat == 1).sum(axis=0, dtype=np.int64)
         self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64)

@@ -40,19 +40,26 @@ Compiler = Callable[[ChipProfile], tuple[IntegerNetwork, dict[str, Any]]]
 
 def check_dataset(net: IntegerNetwork, data: ArraySplit, model_name: str, dataset: str) -> None:
     """Raise :class:`~qsnn.errors.DataError` naming both sides when the split does not fit the network."""
-    ours = (f"{net.encoding} input {tuple(net.input_shape)}, {len(net.classes)} classes, T={net.num_steps}")
+    ours = f"{net.encoding} input {tuple(net.input_shape)}, {len(net.classes)} classes, T={net.num_steps}"
     theirs = f"{data.encoding} input {tuple(data.input_shape)}, {len(data.classes)} classes"
     trained_on = net.metadata.get("dataset") if isinstance(net.metadata, dict) else None
     hint = f"; the model was trained on {trained_on!r}: pass --dataset {trained_on}" if trained_on else ""
-    if (data.encoding != net.encoding or tuple(data.input_shape) != tuple(net.input_shape)
-            or len(data.classes) != len(net.classes)):
+    if (
+        data.encoding != net.encoding
+        or tuple(data.input_shape) != tuple(net.input_shape)
+        or len(data.classes) != len(net.classes)
+    ):
         raise DataError(f"dataset {dataset!r} ({theirs}) does not match the model {model_name} ({ours}){hint}")
     if tuple(data.classes) != tuple(net.classes):
-        raise DataError(f"dataset {dataset!r} has classes {_short(data.classes)} but the model {model_name} was trained "
-                        f"on classes {_short(net.classes)}{hint}")
+        raise DataError(
+            f"dataset {dataset!r} has classes {_short(data.classes)} but the model {model_name} was trained "
+            f"on classes {_short(net.classes)}{hint}"
+        )
     if data.encoding == "events" and data.x.shape[1] != net.num_steps:
-        raise DataError(f"dataset {dataset!r} has {data.x.shape[1]} frames per sample but the model {model_name} "
-                        f"runs T={net.num_steps} steps")
+        raise DataError(
+            f"dataset {dataset!r} has {data.x.shape[1]} frames per sample but the model {model_name} "
+            f"runs T={net.num_steps} steps"
+        )
 
 
 def _short(classes: tuple[str, ...] | list[str]) -> str:
@@ -65,8 +72,14 @@ def float_input(x: np.ndarray, encoding: str) -> np.ndarray:
     return model_input(x, INPUT_SCALE[encoding])
 
 
-def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, batch_size: int = 256,
-                       progress: bool = False, codes: bool = False) -> np.ndarray:
+def float_model_counts(
+    run_float: FloatRunner,
+    x: np.ndarray,
+    encoding: str,
+    batch_size: int = 256,
+    progress: bool = False,
+    codes: bool = False,
+) -> np.ndarray:
     """Output spike counts (N, classes) of the trained model (``run_float``) over T steps on integer inputs.
 
     ``run_float`` gets the real-valued input (:func:`float_input`), or with ``codes`` the integer
@@ -78,7 +91,7 @@ def float_model_counts(run_float: FloatRunner, x: np.ndarray, encoding: str, bat
     counts = []
     with tqdm(total=len(x), unit="sample", desc="float model", leave=False, disable=not progress) as bar:
         for s in range(0, len(x), max(batch_size, 1)):
-            xs = x[s:s + batch_size]
+            xs = x[s : s + batch_size]
             out = run_float(xs if codes else float_input(xs, encoding), batch_size)
             z = np.asarray(out[output_key(out)])
             counts.append(z.sum(axis=0).reshape(z.shape[1], -1).astype(np.int64))
@@ -94,8 +107,14 @@ def output_key(record: dict[str, Any]) -> str:
     return max(keys, key=lambda k: int(k[1:]))
 
 
-def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, reference: Reference | None = None, batch_size: int = 256,
-                     progress: bool = True) -> tuple[SimResult, dict[str, Any] | None, float]:
+def simulate_checked(
+    net: IntegerNetwork,
+    x: np.ndarray,
+    *,
+    reference: Reference | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[SimResult, dict[str, Any] | None, float]:
     """Simulate ``x`` in chunks; with ``reference``, compare every spike train of every layer with it.
 
     Returns (combined result without spike trains, the comparison's summary or None, engine seconds).
@@ -109,7 +128,7 @@ def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, reference: Reference
         bar = tqdm(total=len(x), unit="sample", desc=f"simulate ({net.profile.name})", leave=False)
     try:
         for s in range(0, len(x), CHUNK):
-            xc = x[s:s + CHUNK]
+            xc = x[s : s + CHUNK]
             t0 = time.perf_counter()
             res = simulate(net, xc, batch_size=batch_size, record=reference is not None)
             seconds += time.perf_counter() - t0
@@ -126,9 +145,17 @@ def simulate_checked(net: IntegerNetwork, x: np.ndarray, *, reference: Reference
     return combine(results), (comparison.summary() if reference is not None else None), seconds
 
 
-def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: np.ndarray, values: list[int], *,
-                    float_counts: np.ndarray | None = None, batch_size: int = 256,
-                    data: ArraySplit | None = None) -> list[dict[str, Any]]:
+def frac_bits_sweep(
+    compile: Compiler,
+    profile: ChipProfile,
+    x: np.ndarray,
+    y: np.ndarray,
+    values: list[int],
+    *,
+    float_counts: np.ndarray | None = None,
+    batch_size: int = 256,
+    data: ArraySplit | None = None,
+) -> list[dict[str, Any]]:
     """Accuracy of the integer simulation for each ``frac_bits`` in ``values`` (same model and data).
 
     Each row: frac_bits, accuracy, difference to the float model and agreement with it (if
@@ -142,8 +169,10 @@ def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: n
     for f in values:
         row: dict[str, Any] = {"frac_bits": f}
         if profile.fixed_shift and f != profile.frac_bits:
-            row["not_the_chip"] = (f"the {profile.name} profile's current shift is fixed at {profile.frac_bits}: "
-                                   f"the chip cannot run frac_bits={f}")
+            row["not_the_chip"] = (
+                f"the {profile.name} profile's current shift is fixed at {profile.frac_bits}: "
+                f"the chip cannot run frac_bits={f}"
+            )
         try:
             net, _ = compile(profile.replace(frac_bits=f))
         except ProfileError as exc:
@@ -158,7 +187,6 @@ def frac_bits_sweep(compile: Compiler, profile: ChipProfile, x: np.ndarray, y: n
             acc_float = score(float_counts)
             row["accuracy_float"] = acc_float
             row["difference"] = row["accuracy"] - acc_float
-            row.update({k: v for k, v in rep.output_agreement(res.counts, float_counts).items()
-                        if k.endswith("_pct")})
+            row.update({k: v for k, v in rep.output_agreement(res.counts, float_counts).items() if k.endswith("_pct")})
         rows.append(row)
     return rows

@@ -18,5 +18,14 @@ with the SHA-256 of every file); :func:`read_target` loads any of them back into
 from .manifest import FORMAT_VERSION, read_manifest
 from .registry import TARGETS, Target, check_target, get_target, read_target, summarize, write_target
 
-__all__ = ["FORMAT_VERSION", "TARGETS", "Target", "check_target", "get_target", "read_manifest", "read_target",
-           "summarize", "write_target"]
+__all__ = [
+    "FORMAT_VERSION",
+    "TARGETS",
+    "Target",
+    "check_target",
+    "get_target",
+    "read_manifest",
+    "read_target",
+    "summarize",
+    "write_target",
+]

@@ -93,10 +93,17 @@ def unfold_pool(folded: np.ndarray, pool: int, stride: int = 1) -> np.ndarray:
 def profile_limits(profile: ChipProfile, target: str, **overrides: Any) -> Limits:
     """The limits a profile's registers promise, with ``overrides`` where ``target`` stores a
     field differently (e.g. the fpga tables: another weight width, biases stored unshifted)."""
-    limits = Limits(target=target, weight_bits=profile.weight_bits, threshold_max=profile.threshold_max,
-                    threshold_multiple=1 << profile.threshold_shift, bias_max=profile.bias_max,
-                    bias_multiple=1 << profile.bias_shift, max_neurons=profile.max_neurons,
-                    max_fan_in=profile.max_fan_in, fold_pool=profile.fold_pool)
+    limits = Limits(
+        target=target,
+        weight_bits=profile.weight_bits,
+        threshold_max=profile.threshold_max,
+        threshold_multiple=1 << profile.threshold_shift,
+        bias_max=profile.bias_max,
+        bias_multiple=1 << profile.bias_shift,
+        max_neurons=profile.max_neurons,
+        max_fan_in=profile.max_fan_in,
+        fold_pool=profile.fold_pool,
+    )
     return dataclasses.replace(limits, **overrides)
 
 
@@ -118,25 +125,30 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
                 f"{where}: {what} reach |{big}|, which needs {need}-bit two's complement; the "
                 f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
                 f"Compile it with wider weights (--profile-set weight_bits={max(need, limits.weight_bits + 1)}) where the "
-                f"target allows, or for a {limits.weight_bits}-bit profile.")
-        _check_register(where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple,
-                        limits.target)
+                f"target allows, or for a {limits.weight_bits}-bit profile."
+            )
+        _check_register(
+            where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple, limits.target
+        )
         _check_register(where, "bias", layer.bias, limits.bias_max, limits.bias_multiple, limits.target, signed=True)
         neurons = int(np.prod(shape))
         if limits.max_neurons and neurons > limits.max_neurons:
             raise ProfileError(
                 f"{where}: {neurons} neurons {tuple(shape)} exceed the {limits.target} target's limit of "
-                f"{limits.max_neurons} neurons per layer (max_neurons).")
+                f"{limits.max_neurons} neurons per layer (max_neurons)."
+            )
         fan_in = folded_fan_in(layer) if limits.fold_pool else layer.fan_in
         if limits.max_fan_in and fan_in > limits.max_fan_in:
             how = " with the pooling folded into the kernel" if limits.fold_pool and layer.pool > 1 else ""
             raise ProfileError(
                 f"{where}: fan-in {fan_in}{how} exceeds the {limits.target} target's limit of "
-                f"{limits.max_fan_in} synapses per neuron (max_fan_in).")
+                f"{limits.max_fan_in} synapses per neuron (max_fan_in)."
+            )
 
 
-def _check_register(where: str, what: str, values: np.ndarray, largest: int, multiple: int, target: str,
-                    signed: bool = False) -> None:
+def _check_register(
+    where: str, what: str, values: np.ndarray, largest: int, multiple: int, target: str, signed: bool = False
+) -> None:
     """Per-channel constants within the register (|v| ≤ largest when ``signed``) and multiples of ``multiple``."""
     v = np.asarray(values, dtype=np.int64)
     big = int((np.abs(v) if signed else v).max(initial=0))
@@ -145,8 +157,10 @@ def _check_register(where: str, what: str, values: np.ndarray, largest: int, mul
         raise ProfileError(f"{where}: {what} {shown} exceeds the {target} target's largest {what} {largest}.")
     if multiple > 1 and np.any(v % multiple):
         bad = int(v[v % multiple != 0][0])
-        raise ProfileError(f"{where}: {what} {bad} is not a multiple of {multiple}, which the {target} target needs "
-                           f"(it stores {what} / {multiple}).")
+        raise ProfileError(
+            f"{where}: {what} {bad} is not a multiple of {multiple}, which the {target} target needs "
+            f"(it stores {what} / {multiple})."
+        )
 
 
 def check_profile_fit(net: IntegerNetwork, target: str) -> None:

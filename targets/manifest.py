@@ -44,7 +44,9 @@ def network_record(net: IntegerNetwork) -> dict[str, Any]:
     }
 
 
-def layer_record(index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> dict[str, Any]:
+def layer_record(
+    index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> dict[str, Any]:
     """The target-independent description of one layer (shapes, kinds, constants, scale factors)."""
     theta = np.asarray(layer.threshold, dtype=np.int64)
     bias = np.asarray(layer.bias, dtype=np.int64)
@@ -53,7 +55,9 @@ def layer_record(index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out
         "name": layer.name,
         "kind": layer.kind,
         "weight_shape": list(layer.weight.shape),
-        "weight_order": "(out, in, ky, kx)" if layer.kind == "conv" else "(out, in); in = flattened (C, H, W) of the previous layer",
+        "weight_order": "(out, in, ky, kx)"
+        if layer.kind == "conv"
+        else "(out, in); in = flattened (C, H, W) of the previous layer",
         "weight_count": int(layer.weight.size),
         "input_shape": list(in_shape),
         "output_shape": list(out_shape),
@@ -65,22 +69,33 @@ def layer_record(index: int, layer: IntegerLayer, in_shape: tuple[int, ...], out
         "pool": int(layer.pool),
         "current_shift": int(layer.current_shift),
         "weight_exp": int(layer.weight_exp),
-        "decay": int(layer.leak_const),                 # the leak constant (key kept from format 1)
+        "decay": int(layer.leak_const),  # the leak constant (key kept from format 1)
         "threshold_range": [int(theta.min()), int(theta.max())],
         "bias_range": [int(bias.min()), int(bias.max())],
         "scale": [float(s) for s in np.asarray(layer.scale, dtype=np.float64)],
     }
 
 
-def layer_from_parts(record: Mapping[str, Any], weight: np.ndarray, threshold: np.ndarray, bias: np.ndarray,
-                     leak_const: int, scale: Any = None, **overrides: Any) -> IntegerLayer:
+def layer_from_parts(
+    record: Mapping[str, Any],
+    weight: np.ndarray,
+    threshold: np.ndarray,
+    bias: np.ndarray,
+    leak_const: int,
+    scale: Any = None,
+    **overrides: Any,
+) -> IntegerLayer:
     """An :class:`IntegerLayer` from a manifest record plus the tables a reader parsed."""
     fields = dict(
-        name=str(record["name"]), kind=str(record["kind"]),
-        weight=np.asarray(weight, dtype=np.int64).reshape(tuple(record["weight_shape"])).astype(np.int8 if
-               int(np.abs(weight).max(initial=0)) < 128 else np.int64),
-        pool=int(record["pool"]), current_shift=int(record["current_shift"]),
-        threshold=np.asarray(threshold, dtype=np.int64), bias=np.asarray(bias, dtype=np.int64),
+        name=str(record["name"]),
+        kind=str(record["kind"]),
+        weight=np.asarray(weight, dtype=np.int64)
+        .reshape(tuple(record["weight_shape"]))
+        .astype(np.int8 if int(np.abs(weight).max(initial=0)) < 128 else np.int64),
+        pool=int(record["pool"]),
+        current_shift=int(record["current_shift"]),
+        threshold=np.asarray(threshold, dtype=np.int64),
+        bias=np.asarray(bias, dtype=np.int64),
         leak_const=int(leak_const),
         scale=np.asarray(record["scale"] if scale is None else scale, dtype=np.float64),
         weight_exp=int(record.get("weight_exp", 0)),
@@ -96,10 +111,15 @@ def network_from_parts(manifest: Mapping[str, Any], layers: list[IntegerLayer]) 
     for layer in layers:
         check_leak_const(layer.leak_const, profile, layer.name)
     return IntegerNetwork(
-        layers=tuple(layers), profile=profile,
-        input_shape=tuple(int(d) for d in net["input_shape"]), num_steps=int(net["num_steps"]),
-        encoding=str(net["encoding"]), classes=tuple(str(c) for c in net["classes"]),
-        metadata=dict(net.get("metadata", {})), input_max=int(net.get("input_max", 255)))
+        layers=tuple(layers),
+        profile=profile,
+        input_shape=tuple(int(d) for d in net["input_shape"]),
+        num_steps=int(net["num_steps"]),
+        encoding=str(net["encoding"]),
+        classes=tuple(str(c) for c in net["classes"]),
+        metadata=dict(net.get("metadata", {})),
+        input_max=int(net.get("input_max", 255)),
+    )
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
@@ -118,18 +138,24 @@ def read_manifest(outdir: str | os.PathLike, *, verify: bool = True) -> dict[str
     folder = Path(outdir)
     path = folder / MANIFEST
     if not path.is_file():
-        raise ExportError(f"{folder}: no {MANIFEST}; this is not a qsnn target folder (write one with "
-                          f"`qsnn-export MODEL --to fpga|loihi2|nir -o {folder}`)")
+        raise ExportError(
+            f"{folder}: no {MANIFEST}; this is not a qsnn target folder (write one with "
+            f"`qsnn-export MODEL --to fpga|loihi2|nir -o {folder}`)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: not a readable JSON manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ExportError(f"{path}: not a qsnn target manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        raise ExportError(
+            f"{path}: not a qsnn target manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})"
+        )
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise ExportError(f"{path}: format version {version!r}, this qsnn reads version {FORMAT_VERSION}; "
-                          f"write the folder again with this qsnn")
+        raise ExportError(
+            f"{path}: format version {version!r}, this qsnn reads version {FORMAT_VERSION}; "
+            f"write the folder again with this qsnn"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
         raise ExportError(f"{path}: 'files' must map each file name to its sha256 and size; the manifest is damaged")
@@ -143,6 +169,8 @@ def read_manifest(outdir: str | os.PathLike, *, verify: bool = True) -> dict[str
                 raise ExportError(f"{folder}: {name} is listed in the manifest but missing")
             digest = sha256_file(file)
             if digest != entry.get("sha256"):
-                raise ExportError(f"{file}: SHA-256 {digest[:12]}… does not match the manifest "
-                                  f"({str(entry.get('sha256'))[:12]}…); the file was changed or damaged")
+                raise ExportError(
+                    f"{file}: SHA-256 {digest[:12]}… does not match the manifest "
+                    f"({str(entry.get('sha256'))[:12]}…); the file was changed or damaged"
+                )
     return manifest

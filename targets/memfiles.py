@@ -64,8 +64,15 @@ def format_mif(words: list[int], width: int, comments: list[str]) -> str:
     """Intel (Altera) MIF: WIDTH, DEPTH, radixes, ``addr : data;`` lines between CONTENT BEGIN/END."""
     digits = hex_digits(width)
     lines = [f"-- {c}" for c in comments]
-    lines += [f"WIDTH={width};", f"DEPTH={len(words)};", "", "ADDRESS_RADIX=UNS;", "DATA_RADIX=HEX;", "",
-              "CONTENT BEGIN"]
+    lines += [
+        f"WIDTH={width};",
+        f"DEPTH={len(words)};",
+        "",
+        "ADDRESS_RADIX=UNS;",
+        "DATA_RADIX=HEX;",
+        "",
+        "CONTENT BEGIN",
+    ]
     lines += [f"    {a} : {w:0{digits}X};" for a, w in enumerate(words)]
     lines += ["END;"]
     return "\n".join(lines) + "\n"

@@ -50,9 +50,7 @@ class Target:
         return self.module.readme(manifest)
 
 
-TARGETS: dict[str, Target] = {
-    m.NAME: Target(m.NAME, m.DESCRIPTION, m) for m in (fpga, loihi2, nir)
-}
+TARGETS: dict[str, Target] = {m.NAME: Target(m.NAME, m.DESCRIPTION, m) for m in (fpga, loihi2, nir)}
 
 
 def get_target(name: str) -> Target:
@@ -78,12 +76,19 @@ def _version() -> str:
 
     try:
         return version("qsnn")
-    except PackageNotFoundError:   # not installed as a distribution
+    except PackageNotFoundError:  # not installed as a distribution
         return "unknown"
 
 
-def write_target(name: str, net: IntegerNetwork, outdir: str | os.PathLike, *, force: bool = False,
-                 source_info: Mapping[str, Any] | None = None, **options: Any) -> Path:
+def write_target(
+    name: str,
+    net: IntegerNetwork,
+    outdir: str | os.PathLike,
+    *,
+    force: bool = False,
+    source_info: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Path:
     """Write ``net`` for target ``name`` into the folder ``outdir``; returns ``outdir``.
 
     Args:
@@ -101,8 +106,10 @@ def write_target(name: str, net: IntegerNetwork, outdir: str | os.PathLike, *, f
     """
     target = get_target(name)
     if not isinstance(net, IntegerNetwork):
-        raise ExportError(f"write_target needs a compiled IntegerNetwork, got {type(net).__name__}; compile "
-                          f"the model first (qsnn.export.compile.compile_qonnx)")
+        raise ExportError(
+            f"write_target needs a compiled IntegerNetwork, got {type(net).__name__}; compile "
+            f"the model first (qsnn.export.compile.compile_qonnx)"
+        )
     check_target(name, net, **options)
     outdir = Path(outdir)
     with atomic_directory(outdir, force=force) as tmp:
@@ -127,7 +134,8 @@ def write_target(name: str, net: IntegerNetwork, outdir: str | os.PathLike, *, f
         (tmp / README).write_text(target.readme(manifest))
         manifest["files"] = file_table(tmp)
         manifest["weight_memory_bits"] = {
-            rec["name"]: rec["weight_memory"]["bits"] for rec in layers if "weight_memory" in rec}
+            rec["name"]: rec["weight_memory"]["bits"] for rec in layers if "weight_memory" in rec
+        }
         (tmp / MANIFEST).write_text(dumps(manifest))
     return outdir
 
@@ -158,17 +166,34 @@ def summarize(outdir: str | os.PathLike) -> list[tuple[str, Any]]:
     """Rows (key, value) describing a target folder, for a CLI summary table."""
     folder = Path(outdir)
     m = read_manifest(folder, verify=False)
-    rows: list[tuple[str, Any]] = [("target", m["target"]), ("profile", m["profile"]["name"]),
-                                   ("folder", str(folder)), ("files", len(m["files"]) + 1)]
+    rows: list[tuple[str, Any]] = [
+        ("target", m["target"]),
+        ("profile", m["profile"]["name"]),
+        ("folder", str(folder)),
+        ("files", len(m["files"]) + 1),
+    ]
     for rec in m["layers"]:
         if "weight_memory" in rec:
             mem = rec["weight_memory"]
-            rows.append((f"{rec['name']} weights", f"{mem['weights']} × {mem['weight_bits']} bit in {mem['depth']} × "
-                         f"{mem['width']}-bit words ({mem['bits']} bits, {mem['padding_weights']} padding)"))
+            rows.append(
+                (
+                    f"{rec['name']} weights",
+                    f"{mem['weights']} × {mem['weight_bits']} bit in {mem['depth']} × "
+                    f"{mem['width']}-bit words ({mem['bits']} bits, {mem['padding_weights']} padding)",
+                )
+            )
         else:
-            rows.append((f"{rec['name']}", f"{rec['kind']} {tuple(rec['weight_shape'])} → {tuple(rec['output_shape'])}"))
+            rows.append(
+                (f"{rec['name']}", f"{rec['kind']} {tuple(rec['weight_shape'])} → {tuple(rec['output_shape'])}")
+            )
     rtl = m.get("rtl")
     if isinstance(rtl, dict):
-        rows.append(("FPGA core", f"{rtl.get('folder')}/: {rtl.get('lanes')} lanes (run it: qsnn-rtl-sim {folder})"
-                     if rtl.get("supported") else f"not included: outside the core's family ({rtl.get('reason')})"))
+        rows.append(
+            (
+                "FPGA core",
+                f"{rtl.get('folder')}/: {rtl.get('lanes')} lanes (run it: qsnn-rtl-sim {folder})"
+                if rtl.get("supported")
+                else f"not included: outside the core's family ({rtl.get('reason')})",
+            )
+        )
     return rows

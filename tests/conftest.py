@@ -42,8 +42,10 @@ def _missing_lava() -> str | None:
 
     if lava_env.is_built():
         return None
-    return (f"no Lava venv at {lava_env.venv_dir()} (Python 3.10, lava-nc 0.10, lava-dl 0.6): build it with "
-            "`make lava` (about 7 minutes, 5.6 GB), or run `make test-lava`")
+    return (
+        f"no Lava venv at {lava_env.venv_dir()} (Python 3.10, lava-nc 0.10, lava-dl 0.6): build it with "
+        "`make lava` (about 7 minutes, 5.6 GB), or run `make test-lava`"
+    )
 
 
 def _missing_postgres() -> str | None:
@@ -51,12 +53,14 @@ def _missing_postgres() -> str | None:
 
     if find_bin() is not None:
         return None
-    return ("PostgreSQL's initdb/postgres not found (QSNN_PG_BIN, /usr/lib/postgresql/*/bin, PATH): "
-            "`make install` as root installs Debian's postgresql")
+    return (
+        "PostgreSQL's initdb/postgres not found (QSNN_PG_BIN, /usr/lib/postgresql/*/bin, PATH): "
+        "`make install` as root installs Debian's postgresql"
+    )
 
 
 def _missing_nir_venv(name: str) -> str | None:
-    tools = str(Path(__file__).resolve().parent.parent / "tools" / "nir_consumers")   # check.py, as the test imports it
+    tools = str(Path(__file__).resolve().parent.parent / "tools" / "nir_consumers")  # check.py, as the test imports it
     if tools not in sys.path:
         sys.path.insert(0, tools)
     import check as nir_check
@@ -67,13 +71,17 @@ def _missing_nir_venv(name: str) -> str | None:
 
 
 #: marker → the reason its tool is missing (None: present). The markers are registered in pyproject.toml.
-TOOL_MARKERS = {"hdl": _missing_hdl, "lava": _missing_lava, "postgres": _missing_postgres,
-                "nir_venv": _missing_nir_venv}
+TOOL_MARKERS = {
+    "hdl": _missing_hdl,
+    "lava": _missing_lava,
+    "postgres": _missing_postgres,
+    "nir_venv": _missing_nir_venv,
+}
 
 
 def pytest_collection_modifyitems(config, items):
     slow = pytest.mark.slow
-    missing: dict[tuple, str | None] = {}   # one probe per marker and arguments
+    missing: dict[tuple, str | None] = {}  # one probe per marker and arguments
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in TRAINING_FIXTURES):
             item.add_marker(slow)
@@ -84,6 +92,7 @@ def pytest_collection_modifyitems(config, items):
                     missing[key] = probe(*mark.args)
                 if missing[key]:
                     item.add_marker(pytest.mark.skip(reason=missing[key]))
+
 
 TINY = dict(num_steps=8, epochs=2, subset=800, val_subset=100, batch_size=64, patience=5, cosine_period_epochs=2.0)
 
@@ -122,8 +131,14 @@ def trained_run(tmp_path_factory, dvs_data_dir):
                 # DVS_FIXTURE_NEURON: Table I's DVS128 int4 row (no BatchNorm, θ 0.4) stays at chance on the
                 # fixture's sparse recordings in 2 epochs at T = 8, and θ 0.4 is below what loihi2's fixed
                 # current shift can resolve on 4-bit weights (fewer than 16 vth steps: refused).
-                settings = {**DVS_FIXTURE_NEURON, **settings, "subset": None, "val_subset": None,
-                            "num_steps": settings.get("num_steps", 8), "batch_size": 16}
+                settings = {
+                    **DVS_FIXTURE_NEURON,
+                    **settings,
+                    "subset": None,
+                    "val_subset": None,
+                    "num_steps": settings.get("num_steps", 8),
+                    "batch_size": 16,
+                }
                 data_dir = dvs_data_dir
             cfg = TrainConfig.from_preset(dataset, precision, **settings)
             run_dir = tmp_path_factory.mktemp(f"run-{dataset}-{precision}")

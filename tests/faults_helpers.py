@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from qsnn.errors import QsnnError
 
 #: Every fuzz test: no per-example deadline (2 shared cores), a fixed budget of examples.
-FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                                   HealthCheck.data_too_large])
+FUZZ = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def fuzz(max_examples: int):
@@ -49,8 +51,8 @@ def zip_regions(raw: bytes) -> dict[str, tuple[int, int]]:
     with zipfile.ZipFile(io.BytesIO(raw)) as z:
         infos = z.infolist()
     for info in infos:
-        h = info.header_offset   # the local header's own name and extra lengths (torch pads the extra field)
-        start = h + 30 + int.from_bytes(raw[h + 26:h + 28], "little") + int.from_bytes(raw[h + 28:h + 30], "little")
+        h = info.header_offset  # the local header's own name and extra lengths (torch pads the extra field)
+        start = h + 30 + int.from_bytes(raw[h + 26 : h + 28], "little") + int.from_bytes(raw[h + 28 : h + 30], "little")
         if info.compress_size:
             regions[info.filename.split("/", 1)[-1]] = (start, min(len(raw), start + info.compress_size))
     end = max(info.header_offset for info in infos)
@@ -67,8 +69,7 @@ def assert_clean_error(exc: BaseException, *fragments: str) -> None:
 
 def assert_clean_cli_error(result, *fragments: str) -> str:
     """A click CliRunner result: exit 1 through friendly_errors, one ``error:`` line, no traceback."""
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), \
-        (result.output, repr(result.exception))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, repr(result.exception))
     assert "Traceback" not in result.output
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1, result.output

@@ -35,7 +35,7 @@ def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for i, label in enumerate(labels):
         row, col = divmod(int(label), 4)
         r, c = 7 * row + 1, 7 * col
-        images[i, r:r + 7, c:c + 7] = rng.integers(180, 256, size=(7, 7), dtype=np.uint8)
+        images[i, r : r + 7, c : c + 7] = rng.integers(180, 256, size=(7, 7), dtype=np.uint8)
     return images
 
 
@@ -57,8 +57,7 @@ def write_mnist_idx_dir(root, n_train: int, n_test: int, seed: int, gz: bool = T
     return root
 
 
-def gesture_events(label: int, rng: np.random.Generator, duration_ms: int = 600,
-                   n_events: int = 1500) -> np.ndarray:
+def gesture_events(label: int, rng: np.random.Generator, duration_ms: int = 600, n_events: int = 1500) -> np.ndarray:
     """An (N, 4) float64 recording x, y, p, t (t in ms, sorted, first event at 0) for class ``label``.
 
     Class c fires inside its own 32x32 block of the 128x128 sensor (block c of a 4x4 grid), with
@@ -78,8 +77,14 @@ def gesture_events(label: int, rng: np.random.Generator, duration_ms: int = 600,
 DVS_FIXTURE_NEURON = {"batch_norm": True, "beta": 0.93, "threshold": 1.47, "slope": 9.7}
 
 
-def write_dvsgesture_fixture(root, n_train_per_class: int = 10, n_test_per_class: int = 10,
-                             seed: int = 0, duration_ms: int = 600, n_events: int = 1500) -> Path:
+def write_dvsgesture_fixture(
+    root,
+    n_train_per_class: int = 10,
+    n_test_per_class: int = 10,
+    seed: int = 0,
+    duration_ms: int = 600,
+    n_events: int = 1500,
+) -> Path:
     """Write tonic 1.7's DVSGesture layout under ``root``; returns ``root`` (the data directory).
 
     ``root/DVSGesture/ibmGestureTrain|ibmGestureTest/user<NN>_<lighting>/<label>.npy``: one folder per
@@ -134,8 +139,16 @@ def synthetic_checkpoint(path, precision: str = "int4", **overrides):
                 bn.running_var.uniform_(0.2, 2.0)
                 bn.weight.uniform_(-1.5, 1.5)
                 bn.bias.uniform_(-0.3, 0.5)
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "input_shape": [1, 28, 28],
-                           "classes": list(MNIST_CLASSES), "encoding": "static"})
+    save_checkpoint(
+        path,
+        {
+            "config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "input_shape": [1, 28, 28],
+            "classes": list(MNIST_CLASSES),
+            "encoding": "static",
+        },
+    )
     return path
 
 
@@ -143,16 +156,36 @@ def synthetic_checkpoint(path, precision: str = "int4", **overrides):
 # IBM's original DvsGesture release: AEDAT 3.1 recordings with label CSVs
 
 #: The text header of the IBM release's .aedat files (AEDAT 3.1: '#' lines ending in CR LF).
-AEDAT31_HEADER = (b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
-                  b"#Start-Time: 2017-05-03 11:31:04 (TZ+0000)\r\n#!END-HEADER\r\n")
-AEDAT_PACKET = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
-                         ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"), ("valid", "<i4")])
+AEDAT31_HEADER = (
+    b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
+    b"#Start-Time: 2017-05-03 11:31:04 (TZ+0000)\r\n#!END-HEADER\r\n"
+)
+AEDAT_PACKET = np.dtype(
+    [
+        ("type", "<i2"),
+        ("source", "<i2"),
+        ("size", "<i4"),
+        ("ts_offset", "<i4"),
+        ("ts_overflow", "<i4"),
+        ("capacity", "<i4"),
+        ("number", "<i4"),
+        ("valid", "<i4"),
+    ]
+)
 AEDAT_EVENT = np.dtype([("data", "<u4"), ("ts", "<u4")])
 IBM_EVENTS = np.dtype([("x", np.uint8), ("y", np.uint8), ("p", np.uint8), ("t", np.int64)])
 
 
-def aedat_packet(kind: int, data: np.ndarray, ts: np.ndarray, *, overflow: int = 0, number: int | None = None,
-                 capacity: int | None = None, valid: int | None = None) -> bytes:
+def aedat_packet(
+    kind: int,
+    data: np.ndarray,
+    ts: np.ndarray,
+    *,
+    overflow: int = 0,
+    number: int | None = None,
+    capacity: int | None = None,
+    valid: int | None = None,
+) -> bytes:
     """One AEDAT 3.1 event packet: the 28-byte header then ``capacity`` 8-byte events (data word, timestamp)."""
     n = len(data)
     capacity = n if capacity is None else capacity
@@ -184,18 +217,32 @@ def write_aedat31(path, events: np.ndarray, packet_events: int = 700, extra: byt
     while start < len(t):
         stop = min(start + packet_events, len(t))
         overflow = int(t[start] >> 31)
-        stop = start + int(np.count_nonzero((t[start:stop] >> 31) == overflow))   # one overflow per packet
+        stop = start + int(np.count_nonzero((t[start:stop] >> 31) == overflow))  # one overflow per packet
         sl = slice(start, stop)
-        chunks.append(aedat_packet(1, polarity_words(events["x"][sl], events["y"][sl], events["p"][sl]),
-                                   (t[sl] & 0x7FFFFFFF).astype(np.uint32), overflow=overflow))
+        chunks.append(
+            aedat_packet(
+                1,
+                polarity_words(events["x"][sl], events["y"][sl], events["p"][sl]),
+                (t[sl] & 0x7FFFFFFF).astype(np.uint32),
+                overflow=overflow,
+            )
+        )
         start = stop
     chunks.append(extra)
     path.write_bytes(b"".join(chunks))
     return path
 
 
-def ibm_recording(labels: list[int], rng: np.random.Generator, *, gesture_ms: int = 600, n_events: int = 1500,
-                  gap_ms: int = 150, noise_events: int = 60, start_us: int = 3_000_000):
+def ibm_recording(
+    labels: list[int],
+    rng: np.random.Generator,
+    *,
+    gesture_ms: int = 600,
+    n_events: int = 1500,
+    gap_ms: int = 150,
+    noise_events: int = 60,
+    start_us: int = 3_000_000,
+):
     """Events (``IBM_EVENTS``, t in µs) of one recording performing ``labels`` (0-based) in turn, and its
     label rows (class 1..11, start µs, end µs). Gesture c fires as :func:`gesture_events` (its own block,
     ON share c/10) with µs timestamps; sparse noise events fill the gaps between gestures."""
@@ -203,8 +250,17 @@ def ibm_recording(labels: list[int], rng: np.random.Generator, *, gesture_ms: in
     t = start_us
     for label in labels:
         noise_t = np.sort(rng.integers(t, t + gap_ms * 1000, size=noise_events))
-        parts.append(np.stack([rng.integers(0, 128, noise_events), rng.integers(0, 128, noise_events),
-                               rng.integers(0, 2, noise_events), noise_t], axis=1))
+        parts.append(
+            np.stack(
+                [
+                    rng.integers(0, 128, noise_events),
+                    rng.integers(0, 128, noise_events),
+                    rng.integers(0, 2, noise_events),
+                    noise_t,
+                ],
+                axis=1,
+            )
+        )
         t += gap_ms * 1000
         ev = gesture_events(label, rng, duration_ms=gesture_ms, n_events=n_events).astype(np.int64)
         ev[:, 3] = t + np.sort(rng.integers(0, gesture_ms * 1000, size=n_events))
@@ -226,8 +282,9 @@ def write_labels_csv(path, rows, newline: str = "\n") -> Path:
     return path
 
 
-def write_ibm_gesture_fixture(root, n_train: int = 6, n_test: int = 3, seed: int = 0, gesture_ms: int = 600,
-                              n_events: int = 1500) -> Path:
+def write_ibm_gesture_fixture(
+    root, n_train: int = 6, n_test: int = 3, seed: int = 0, gesture_ms: int = 600, n_events: int = 1500
+) -> Path:
     """Write IBM's DvsGesture release layout under ``root``; returns ``root`` (the data directory).
 
     ``root/DvsGesture/user<NN>_<lighting>.aedat`` (AEDAT 3.1, all 11 gestures in a shuffled order),
@@ -242,8 +299,9 @@ def write_ibm_gesture_fixture(root, n_train: int = 6, n_test: int = 3, seed: int
     for split, n, first_user in (("train", n_train, 1), ("test", n_test, 24)):
         for k in range(n):
             name = f"user{first_user + k // 3:02d}_{DVS_LIGHTINGS[k % 3]}"
-            events, rows = ibm_recording(list(rng.permutation(DVS_NUM_CLASSES)), rng, gesture_ms=gesture_ms,
-                                         n_events=n_events)
+            events, rows = ibm_recording(
+                list(rng.permutation(DVS_NUM_CLASSES)), rng, gesture_ms=gesture_ms, n_events=n_events
+            )
             write_aedat31(base / f"{name}.aedat", events)
             write_labels_csv(base / f"{name}_labels.csv", rows)
             trials[split].append(f"{name}.aedat")

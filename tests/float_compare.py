@@ -60,9 +60,9 @@ class LayerAgreement:
     """How two float evaluations of one layer agree (see the module docstring)."""
 
     layer: int
-    entries: int             # spike entries T·N·neurons
-    flips: int               # spike entries that differ
-    compared: int            # membrane entries whose histories agree so far
+    entries: int  # spike entries T·N·neurons
+    flips: int  # spike entries that differ
+    compared: int  # membrane entries whose histories agree so far
     membrane_max_diff: float  # max |Δu| over the compared entries
     membrane_max_diff_all: float  # max |Δu| over all entries (θ-sized once a spike differs)
 
@@ -75,9 +75,11 @@ class LayerAgreement:
         return self.compared / max(self.entries, 1)
 
     def __str__(self) -> str:
-        return (f"layer {self.layer}: spike flips {self.flips} of {self.entries} ({self.flip_share:.2g}), "
-                f"membrane max|diff| {self.membrane_max_diff:.3g} where histories agree "
-                f"({self.compared_share:.4%} of entries), {self.membrane_max_diff_all:.3g} overall")
+        return (
+            f"layer {self.layer}: spike flips {self.flips} of {self.entries} ({self.flip_share:.2g}), "
+            f"membrane max|diff| {self.membrane_max_diff:.3g} where histories agree "
+            f"({self.compared_share:.4%} of entries), {self.membrane_max_diff_all:.3g} overall"
+        )
 
 
 def _per_sample(diff: np.ndarray) -> np.ndarray:
@@ -106,8 +108,16 @@ def layer_agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], laye
             diverged = own | upstream.reshape(*upstream.shape, *([1] * (own.ndim - 2)))
         agree = ~diverged
         dev = np.abs(ug - ur)
-        out.append(LayerAgreement(i, int(flipped.size), int(flipped.sum()), int(agree.sum()),
-                                  float(dev[agree].max(initial=0.0)), float(dev.max(initial=0.0))))
+        out.append(
+            LayerAgreement(
+                i,
+                int(flipped.size),
+                int(flipped.sum()),
+                int(agree.sum()),
+                float(dev[agree].max(initial=0.0)),
+                float(dev.max(initial=0.0)),
+            )
+        )
         step_diff = _per_sample(flipped)
         upstream = np.logical_or.accumulate(step_diff if upstream is None else upstream | step_diff, axis=0)
     return out
@@ -120,12 +130,18 @@ def prediction_share(got_z3: np.ndarray, ref_z3: np.ndarray) -> float:
     return float((pg == pr).mean())
 
 
-def assert_float_agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], *, layers=(1, 2, 3),
-                           what: str = "", membrane_atol: float | dict[int, float] = BOUNDS["membrane_atol"],
-                           max_flip_share: float = BOUNDS["max_flip_share"],
-                           min_compared_share: float = BOUNDS["min_compared_share"],
-                           min_prediction_share: float = BOUNDS["min_prediction_share"],
-                           require_spikes: bool = True) -> list[LayerAgreement]:
+def assert_float_agreement(
+    got: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    *,
+    layers=(1, 2, 3),
+    what: str = "",
+    membrane_atol: float | dict[int, float] = BOUNDS["membrane_atol"],
+    max_flip_share: float = BOUNDS["max_flip_share"],
+    min_compared_share: float = BOUNDS["min_compared_share"],
+    min_prediction_share: float = BOUNDS["min_prediction_share"],
+    require_spikes: bool = True,
+) -> list[LayerAgreement]:
     """Assert that two float evaluations agree as far as float arithmetic guarantees (module docstring).
 
     ``membrane_atol`` may be a dict per layer: 0 for a layer whose arithmetic is exact (with
@@ -142,12 +158,15 @@ def assert_float_agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray
         if require_spikes:
             assert np.asarray(ref[f"z{s.layer}"]).any(), f"{label}: never spikes, the comparison would be empty"
         atol = membrane_atol[s.layer] if isinstance(membrane_atol, dict) else membrane_atol
-        assert s.membrane_max_diff <= atol, \
+        assert s.membrane_max_diff <= atol, (
             f"{label}: membranes differ by {s.membrane_max_diff:.3g} > {atol:g} where the spike histories agree"
-        assert s.flip_share <= max_flip_share, \
+        )
+        assert s.flip_share <= max_flip_share, (
             f"{label}: {s.flips} of {s.entries} spikes differ ({s.flip_share:.2g} > {max_flip_share:g})"
-        assert s.compared_share >= min_compared_share, \
+        )
+        assert s.compared_share >= min_compared_share, (
             f"{label}: histories agree on only {s.compared_share:.2%} of entries (< {min_compared_share:.0%})"
+        )
     last = layers[-1]
     share = prediction_share(got[f"z{last}"], ref[f"z{last}"])
     assert share >= min_prediction_share, f"{what}: predictions equal on {share:.2%} < {min_prediction_share:.0%}"

@@ -29,9 +29,14 @@ def find_bin() -> Path | None:
     """The folder holding initdb and postgres, or None."""
     env = os.environ.get("QSNN_PG_BIN")
     candidates = [Path(env)] if env else []
-    candidates += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                                                  key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
-                                                  reverse=True)]
+    candidates += [
+        Path(p).parent
+        for p in sorted(
+            glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+            key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+            reverse=True,
+        )
+    ]
     which = shutil.which("initdb")
     if which:
         candidates.append(Path(which).parent)
@@ -70,7 +75,9 @@ class Server:
         """A fresh database; returns its plain ``postgresql://`` URL (the form a user writes)."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
         self.databases.append(name)
@@ -82,8 +89,10 @@ def postgres_server(timeout: float = 60.0):
     """Start a PostgreSQL server (as an unprivileged user under root); yield a :class:`Server`; stop it."""
     bindir = find_bin()
     if bindir is None:
-        raise RuntimeError("PostgreSQL's initdb/postgres not found: `make install` installs Debian's postgresql "
-                           "(as root), or set QSNN_PG_BIN to the folder holding them")
+        raise RuntimeError(
+            "PostgreSQL's initdb/postgres not found: `make install` installs Debian's postgresql "
+            "(as root), or set QSNN_PG_BIN to the folder holding them"
+        )
     root = Path(tempfile.mkdtemp(prefix="qsnn-pg-"))
     as_user: dict = {}
     if os.geteuid() == 0:
@@ -94,17 +103,54 @@ def postgres_server(timeout: float = 60.0):
     t0 = time.perf_counter()
     proc = None
     try:
-        subprocess.run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", SUPERUSER, "--auth=trust",
-                        "--encoding=UTF8", "--no-locale", "--no-sync"], cwd=root, env=env, check=True,
-                       capture_output=True, text=True, **as_user)
+        subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            **as_user,
+        )
         for _attempt in range(5):  # the port is free when chosen; another process may take it first
             port = _free_port()
             log = open(root / "server.log", "ab")
-            proc = subprocess.Popen([str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(port),
-                                     "-k", str(root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                                     "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                                     "-c", "max_connections=50"],
-                                    cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, **as_user)
+            proc = subprocess.Popen(
+                [
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(root / "data"),
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(root),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=50",
+                ],
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **as_user,
+            )
             log.close()
             deadline = time.monotonic() + timeout
             while proc.poll() is None and not _port_open(port) and time.monotonic() < deadline:

@@ -14,20 +14,23 @@ from qsnn.errors import QsnnError
 from qsnn.train.model import QSNN
 
 
-@pytest.mark.parametrize("spec, canonical, shapes", [
-    # the paper's Table II footnote strings, as printed, and their canonical form
-    ("16Conv5-AP2-64Conv5-AP2-1024Dense10", "16C5-AP2-64C5-AP2-D10", [(16, 12, 12), (64, 4, 4), (10,)]),
-    ("16C5-AP2-64C5-AP2-D10", "16C5-AP2-64C5-AP2-D10", [(16, 12, 12), (64, 4, 4), (10,)]),
-    ("D256-D10", "D256-D10", [(256,), (10,)]),
-    ("32C3s2p1-64C3s2p1-D10", "32C3s2p1-64C3s2p1-D10", [(32, 14, 14), (64, 7, 7), (10,)]),
-    ("8C3p1-AP3-12C3-D10", "8C3p1-AP3-12C3-D10", [(8, 9, 9), (12, 7, 7), (10,)]),
-    ("16C5w8-AP2-D10w2", "16C5w8-AP2-D10w2", [(16, 12, 12), (10,)]),
-    ("4C3p1-8C3-AP2-16C3-D10", "4C3p1-8C3-AP2-16C3-D10", [(4, 28, 28), (8, 13, 13), (16, 11, 11), (10,)]),
-])
+@pytest.mark.parametrize(
+    "spec, canonical, shapes",
+    [
+        # the paper's Table II footnote strings, as printed, and their canonical form
+        ("16Conv5-AP2-64Conv5-AP2-1024Dense10", "16C5-AP2-64C5-AP2-D10", [(16, 12, 12), (64, 4, 4), (10,)]),
+        ("16C5-AP2-64C5-AP2-D10", "16C5-AP2-64C5-AP2-D10", [(16, 12, 12), (64, 4, 4), (10,)]),
+        ("D256-D10", "D256-D10", [(256,), (10,)]),
+        ("32C3s2p1-64C3s2p1-D10", "32C3s2p1-64C3s2p1-D10", [(32, 14, 14), (64, 7, 7), (10,)]),
+        ("8C3p1-AP3-12C3-D10", "8C3p1-AP3-12C3-D10", [(8, 9, 9), (12, 7, 7), (10,)]),
+        ("16C5w8-AP2-D10w2", "16C5w8-AP2-D10w2", [(16, 12, 12), (10,)]),
+        ("4C3p1-8C3-AP2-16C3-D10", "4C3p1-8C3-AP2-16C3-D10", [(4, 28, 28), (8, 13, 13), (16, 11, 11), (10,)]),
+    ],
+)
 def test_spec_parses_to_canonical_form_and_shapes(spec, canonical, shapes):
     arch = parse_arch(spec)
     assert str(arch) == canonical
-    assert parse_arch(str(arch)) == arch                 # the canonical form parses to the same network
+    assert parse_arch(str(arch)) == arch  # the canonical form parses to the same network
     assert arch.shapes((1, 28, 28), 10) == shapes
     # the shapes are torch's: conv ⌊(H + 2p − k)/s⌋ + 1, then ⌊·/pool⌋
     model = QSNN(TrainConfig(arch=spec, num_steps=2), (1, 28, 28), 10).eval()
@@ -41,24 +44,27 @@ def test_layer_fields_and_names():
     assert arch.layers[1:] == (DenseSpec(64), DenseSpec(10))
     assert arch.layer_bits(4) == [8, 4, 4]
     assert layer_names(arch) == ["conv1", "fc1", "fc2"]
-    assert layer_names(parse_arch("16C5-AP2-64C5-AP2-D10")) == ["conv1", "conv2", "fc"]   # the paper's names
+    assert layer_names(parse_arch("16C5-AP2-64C5-AP2-D10")) == ["conv1", "conv2", "fc"]  # the paper's names
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("16C5-AP2-32C5-AP2-8800Dense11", ["8800Dense11", "800 inputs", "32×5×5", "write 800Dense11"]),
-    ("16C5-AP2-D10-AP2", ["'AP2'", "pooling after a dense layer"]),
-    ("AP2-16C5-D11", ["'AP2'", "must follow a conv"]),
-    ("16C5-AP2-D10", ["10 outputs", "11 classes", "D11"]),
-    ("16C5-D11-8C3", ["'8C3'", "after a dense layer"]),
-    ("16C5", ["last layer must be dense"]),
-    ("16X5-D11", ["'16X5'", "unknown token"]),
-    ("16C5w9-D11", ["'16C5w9'", "2..8"]),
-    ("16C5p5-D11", ["padding 5", "kernel 5"]),
-    ("16C5s0-D11", ["stride must be >= 1"]),
-    ("16C5-AP2-AP2-D11", ["one AP per conv"]),
-    ("16C9-AP2-64C9-AP2-8C3-D11", ["8C3 (layer 3)", "2×2 input below 1×1"]),
-    ("", ["empty"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("16C5-AP2-32C5-AP2-8800Dense11", ["8800Dense11", "800 inputs", "32×5×5", "write 800Dense11"]),
+        ("16C5-AP2-D10-AP2", ["'AP2'", "pooling after a dense layer"]),
+        ("AP2-16C5-D11", ["'AP2'", "must follow a conv"]),
+        ("16C5-AP2-D10", ["10 outputs", "11 classes", "D11"]),
+        ("16C5-D11-8C3", ["'8C3'", "after a dense layer"]),
+        ("16C5", ["last layer must be dense"]),
+        ("16X5-D11", ["'16X5'", "unknown token"]),
+        ("16C5w9-D11", ["'16C5w9'", "2..8"]),
+        ("16C5p5-D11", ["padding 5", "kernel 5"]),
+        ("16C5s0-D11", ["stride must be >= 1"]),
+        ("16C5-AP2-AP2-D11", ["one AP per conv"]),
+        ("16C9-AP2-64C9-AP2-8C3-D11", ["8C3 (layer 3)", "2×2 input below 1×1"]),
+        ("", ["empty"]),
+    ],
+)
 def test_bad_spec_names_the_token_and_what_to_write(spec, words):
     with pytest.raises(ArchError) as err:
         parse_arch(spec).shapes((2, 32, 32), 11)
@@ -70,11 +76,11 @@ def test_presets_carry_the_papers_networks():
     assert TrainConfig.from_preset("mnist", "int4").arch == "16C5-AP2-64C5-AP2-D10"
     assert TrainConfig.from_preset("fmnist", "fp32").arch == "16C5-AP2-64C5-AP2-D10"
     assert TrainConfig.from_preset("dvs128", "int4").arch == "16C5-AP2-32C5-AP2-D11"
-    assert TrainConfig(dataset="dvs128").arch == "16C5-AP2-32C5-AP2-D11"     # "" = the dataset's paper network
+    assert TrainConfig(dataset="dvs128").arch == "16C5-AP2-32C5-AP2-D11"  # "" = the dataset's paper network
     cfg = TrainConfig(arch="D32-D10", weight_bits=2, bias=True, weight_scale="channel")
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg                         # recorded in checkpoints
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # recorded in checkpoints
     with pytest.raises(QsnnError, match="--arch"):
-        TrainConfig(dataset="mnist", arch="D11")                               # checked against the data
+        TrainConfig(dataset="mnist", arch="D11")  # checked against the data
     with pytest.raises(QsnnError, match="--weight-bits"):
         TrainConfig(weight_bits=9)
     with pytest.raises(QsnnError, match="--weight-scale"):
@@ -85,7 +91,11 @@ def test_paper_network_keeps_its_weights_for_a_seed():
     """The spec-built paper network draws the same initial weights, in the same parameter order, as
     the three named layers did (built first, then initialised U(−1/√N_in, 1/√N_in) in order)."""
     torch.manual_seed(0)
-    c1, c2, fc = torch.nn.Conv2d(1, 16, 5, bias=False), torch.nn.Conv2d(16, 64, 5, bias=False), torch.nn.Linear(1024, 10, bias=False)
+    c1, c2, fc = (
+        torch.nn.Conv2d(1, 16, 5, bias=False),
+        torch.nn.Conv2d(16, 64, 5, bias=False),
+        torch.nn.Linear(1024, 10, bias=False),
+    )
     for layer in (c1, c2, fc):
         bound = 1.0 / layer.weight[0].numel() ** 0.5
         with torch.no_grad():
@@ -94,7 +104,11 @@ def test_paper_network_keeps_its_weights_for_a_seed():
     model = QSNN(TrainConfig(precision="fp32", arch="16Conv5-AP2-64Conv5-AP2-1024Dense10"), (1, 28, 28), 10)
     for got, want in zip(model.synapses, (c1, c2, fc)):
         assert torch.equal(got.weight, want.weight)
-    assert [n for n, _ in model.named_parameters()][:3] == ["synapses.0.weight", "synapses.1.weight", "synapses.2.weight"]
+    assert [n for n, _ in model.named_parameters()][:3] == [
+        "synapses.0.weight",
+        "synapses.1.weight",
+        "synapses.2.weight",
+    ]
 
 
 SPECS = [
@@ -139,7 +153,7 @@ def test_bias_agrees_to_float_rounding():
     for key in plain:
         if key[0] == "u":
             torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-5)
-        else:   # a spike flips only where a membrane lands within rounding of θ
+        else:  # a spike flips only where a membrane lands within rounding of θ
             assert (fast[key] != plain[key]).float().mean() <= 0.01
 
 
@@ -159,8 +173,11 @@ def test_step_carries_one_state_per_layer():
 
 def test_train_cli_refuses_a_bad_spec_before_any_file(tmp_path):
     out = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "qsnn.train.cli", "run", "--arch", "16C5-AP2-64C5-AP2-1000Dense10",
-                          "--out", str(out)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "qsnn.train.cli", "run", "--arch", "16C5-AP2-64C5-AP2-1000Dense10", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0
     assert "1000Dense10" in res.stderr and "1024 inputs" in res.stderr and "write 1024Dense10" in res.stderr
     assert not out.exists()

@@ -82,8 +82,16 @@ def write_checkpoint(path, arch: str, dataset: str = "mnist5k", **overrides):
                 bn.running_var.uniform_(0.2, 2.0)
                 bn.weight.uniform_(-1.5, 1.5)
                 bn.bias.uniform_(-0.3, 0.5)
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": model.state_dict(), "input_shape": list(shape),
-                           "classes": list(classes), "encoding": "events" if events else "static"})
+    save_checkpoint(
+        path,
+        {
+            "config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "input_shape": list(shape),
+            "classes": list(classes),
+            "encoding": "events" if events else "static",
+        },
+    )
     return path
 
 
@@ -218,8 +226,9 @@ def test_float_evaluator_equals_onnxruntime(arch_export, images, name):
     for got in (evaluator.run(x, record=True), evaluator.run(x_real, record=True)):
         assert sorted(got) == sorted(_keys(n))
         if SPECS[name].get("bias"):
-            assert_float_agreement(got, ref, layers=tuple(range(1, n + 1)), **FEW_SAMPLES,
-                                   what=f"{name}: float_eval vs ort")
+            assert_float_agreement(
+                got, ref, layers=tuple(range(1, n + 1)), **FEW_SAMPLES, what=f"{name}: float_eval vs ort"
+            )
         else:
             for key in _keys(n):
                 assert got[key].dtype == np.float32 and np.array_equal(got[key], ref[key]), key
@@ -243,8 +252,9 @@ def test_export_from_a_module_in_memory_equals_the_checkpoint_export(arch_export
     built, meta = build_float_from_module(model, classes=data["classes"], encoding="static")
     assert [type(m) for m in model.norms] == norms
     saved = onnx.load(str(path))
-    assert [(n.op_type, list(n.input), list(n.output)) for n in built.graph.node] == \
-        [(n.op_type, list(n.input), list(n.output)) for n in saved.graph.node]
+    assert [(n.op_type, list(n.input), list(n.output)) for n in built.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in saved.graph.node
+    ]
     a = {i.name: onnx.numpy_helper.to_array(i) for i in built.graph.initializer}
     b = {i.name: onnx.numpy_helper.to_array(i) for i in saved.graph.initializer}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

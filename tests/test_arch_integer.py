@@ -41,8 +41,12 @@ HAND = {
     "bits-2-and-8": ("6C5s2p2-AP2-D32-D10", FPGA.replace(weight_bits=8), (2, 8, 2), "static"),
     "loihi2-stride-pad": ("6C3s2p1-8C3p1-AP2-D10", LOIHI2, (8, 8, 8), "static"),
     "saturate": ("6C3s2p1-D32-D10", FPGA.replace(membrane_bits=10), (4, 4, 4), "static"),
-    "wrap-delay": ("6C3s2p1-8C3p1-D10", FPGA.replace(membrane_bits=12, overflow="wrap", synaptic_delay=1),
-                   (4, 4, 4), "static"),
+    "wrap-delay": (
+        "6C3s2p1-8C3p1-D10",
+        FPGA.replace(membrane_bits=12, overflow="wrap", synaptic_delay=1),
+        (4, 4, 4),
+        "static",
+    ),
     "events-stride-pad": ("4C3s2p1-6C3s1p1-AP2-D10", FPGA, (4, 4, 4), "events"),
     "loihi2-events": ("4C3s2p1-D16-D10", LOIHI2, (8, 8, 8), "events"),
 }
@@ -55,7 +59,9 @@ def digits() -> np.ndarray:
 
 def event_input(shape: tuple[int, ...], T: int, n: int = 8, seed: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return (rng.random((n, T, *shape)) < 0.25).astype(np.uint16) * rng.integers(1, 4, size=(n, T, *shape)).astype(np.uint16)
+    return (rng.random((n, T, *shape)) < 0.25).astype(np.uint16) * rng.integers(1, 4, size=(n, T, *shape)).astype(
+        np.uint16
+    )
 
 
 def _acc(layer: IntegerLayer, x: torch.Tensor) -> torch.Tensor:
@@ -67,8 +73,9 @@ def _acc(layer: IntegerLayer, x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(acc, layer.pool, divisor_override=1) if layer.pool > 1 else acc
 
 
-def hand_net(spec: str, profile, bits: tuple[int, ...], encoding: str, x: np.ndarray, T: int = 8,
-             seed: int = 0) -> IntegerNetwork:
+def hand_net(
+    spec: str, profile, bits: tuple[int, ...], encoding: str, x: np.ndarray, T: int = 8, seed: int = 0
+) -> IntegerNetwork:
     """A network of ``spec`` with random weights of the given widths, per-channel scales and biases, its
     thresholds set layer by layer from the currents the previous layers' spikes give on ``x``."""
     rng = np.random.default_rng(seed)
@@ -83,13 +90,27 @@ def hand_net(spec: str, profile, bits: tuple[int, ...], encoding: str, x: np.nda
         in_shape = shape if i == 0 else shapes[i - 1]
         o = out_shape[0]
         wmax = 2 ** (bits[i] - 1) - 1
-        wshape = (o, in_shape[0], spec_l.kernel, spec_l.kernel) if spec_l.kind == "conv" else (o, int(np.prod(in_shape)))
+        wshape = (
+            (o, in_shape[0], spec_l.kernel, spec_l.kernel) if spec_l.kind == "conv" else (o, int(np.prod(in_shape)))
+        )
         weight = rng.integers(-wmax, wmax + 1, size=wshape)
-        weight[:, ..., 0] = np.abs(weight[:, ..., 0])              # a bias towards excitation: every layer fires
-        conv = dict(stride=spec_l.stride, padding=spec_l.padding, pool=spec_l.pool) if spec_l.kind == "conv" else dict(pool=1)
-        probe = IntegerLayer(f"l{i + 1}", spec_l.kind, weight.astype(np.int16), current_shift=shift,
-                             threshold=np.ones(o, np.int64), bias=np.zeros(o, np.int64), leak_const=LEAK[profile.leak],
-                             scale=np.ones(o), **conv)
+        weight[:, ..., 0] = np.abs(weight[:, ..., 0])  # a bias towards excitation: every layer fires
+        conv = (
+            dict(stride=spec_l.stride, padding=spec_l.padding, pool=spec_l.pool)
+            if spec_l.kind == "conv"
+            else dict(pool=1)
+        )
+        probe = IntegerLayer(
+            f"l{i + 1}",
+            spec_l.kind,
+            weight.astype(np.int16),
+            current_shift=shift,
+            threshold=np.ones(o, np.int64),
+            bias=np.zeros(o, np.int64),
+            leak_const=LEAK[profile.leak],
+            scale=np.ones(o),
+            **conv,
+        )
         # the currents on the input spikes this layer gets: set θ_c near their upper quantile
         inputs = _layer_input(layers, profile, x, encoding, T, shape)
         acc = torch.stack([_acc(probe, inp) for inp in inputs]).numpy()
@@ -97,28 +118,57 @@ def hand_net(spec: str, profile, bits: tuple[int, ...], encoding: str, x: np.nda
         per_channel = np.moveaxis(cur, 2, 0).reshape(o, -1)
         theta = np.maximum(np.quantile(per_channel, 0.9, axis=1) * 1.5, 4.0 * 2**ts)
         if profile.name == "fpga" and profile.membrane_bits <= 10:
-            theta = np.minimum(theta, profile.membrane_max // 4)   # currents beyond the rails: saturation
+            theta = np.minimum(theta, profile.membrane_max // 4)  # currents beyond the rails: saturation
         theta = np.minimum(theta, min(profile.threshold_max, profile.membrane_max - 1))
         theta = (theta.astype(np.int64) >> ts) << ts
         bias = (rng.integers(-8, 9, size=o) * (theta // 64 + 1)) >> bs << bs
-        scale = rng.uniform(0.005, 0.02, size=o)                      # per-channel: one unit's real value
-        layers.append(IntegerLayer(f"l{i + 1}", spec_l.kind, weight.astype(np.int16), current_shift=shift,
-                                   threshold=theta, bias=bias.astype(np.int64), leak_const=LEAK[profile.leak],
-                                   scale=scale, **conv))
-    return IntegerNetwork(tuple(layers), profile, shape, T, encoding, tuple(str(c) for c in range(shapes[-1][0])),
-                          metadata={"dataset": "handmade"}, input_max=255 if encoding == "static" else 3)
+        scale = rng.uniform(0.005, 0.02, size=o)  # per-channel: one unit's real value
+        layers.append(
+            IntegerLayer(
+                f"l{i + 1}",
+                spec_l.kind,
+                weight.astype(np.int16),
+                current_shift=shift,
+                threshold=theta,
+                bias=bias.astype(np.int64),
+                leak_const=LEAK[profile.leak],
+                scale=scale,
+                **conv,
+            )
+        )
+    return IntegerNetwork(
+        tuple(layers),
+        profile,
+        shape,
+        T,
+        encoding,
+        tuple(str(c) for c in range(shapes[-1][0])),
+        metadata={"dataset": "handmade"},
+        input_max=255 if encoding == "static" else 3,
+    )
 
 
-def _layer_input(layers: list[IntegerLayer], profile, x: np.ndarray, encoding: str, T: int,
-                 shape: tuple[int, ...]) -> list[torch.Tensor]:
+def _layer_input(
+    layers: list[IntegerLayer], profile, x: np.ndarray, encoding: str, T: int, shape: tuple[int, ...]
+) -> list[torch.Tensor]:
     """The input frames of the next layer at each step (float64), from the layers built so far."""
     if not layers:
         frames = [x] * T if encoding == "static" else [x[:, t] for t in range(T)]
         return [torch.from_numpy(np.asarray(f, np.float64)) for f in frames]
-    head = IntegerLayer("probe", "dense", np.ones((1, _flat(layers, shape)), np.int8), 1, 0, np.ones(1, np.int64),
-                        np.zeros(1, np.int64), LEAK[profile.leak], np.ones(1))
-    net = IntegerNetwork(tuple(layers) + (head,), profile, shape, T, encoding, ("a",),
-                         input_max=255 if encoding == "static" else 3)
+    head = IntegerLayer(
+        "probe",
+        "dense",
+        np.ones((1, _flat(layers, shape)), np.int8),
+        1,
+        0,
+        np.ones(1, np.int64),
+        np.zeros(1, np.int64),
+        LEAK[profile.leak],
+        np.ones(1),
+    )
+    net = IntegerNetwork(
+        tuple(layers) + (head,), profile, shape, T, encoding, ("a",), input_max=255 if encoding == "static" else 3
+    )
     z = run_integer_torch(net, x)[f"z{len(layers)}"]
     return [torch.from_numpy(z[t].astype(np.float64)) for t in range(T)]
 
@@ -137,7 +187,8 @@ def all_implementations(net: IntegerNetwork, x: np.ndarray, tmp_path, name: str)
         "reference": simulate_reference(net, x),
         "engine": {**engine.spikes, **engine.membranes},
         "engine-numpy": (lambda r: {**r.spikes, **r.membranes})(
-            simulate(net, x, batch_size=3, kernel="numpy", threads=1, record=True, record_membranes=True)),
+            simulate(net, x, batch_size=3, kernel="numpy", threads=1, record=True, record_membranes=True)
+        ),
         "integer_torch": run_integer_torch(net, x, record=True, batch_size=4),
         "qonnx_int": run_integer_onnx(path, x, engine="ort", record=True),
         "qonnx_int_read_back": run_integer_torch(read_integer_qonnx(path), x, record=True),
@@ -160,13 +211,14 @@ def test_hand_built_stacks_are_bit_exact_everywhere(name, digits, tmp_path):
     spec, profile, bits, encoding = HAND[name]
     x = digits if encoding == "static" else event_input((2, 16, 16), T=8)
     net = hand_net(spec, profile, bits, encoding, x)
-    assert [l.stride for l in net.layers if l.kind == "conv"] == [l.stride for l in parse_arch(spec).layers
-                                                                   if l.kind == "conv"]
+    assert [l.stride for l in net.layers if l.kind == "conv"] == [
+        l.stride for l in parse_arch(spec).layers if l.kind == "conv"
+    ]
     ref = assert_all_equal(net, x, tmp_path, name)
     for i in range(len(net.layers)):
         z = ref[f"z{i + 1}"]
         assert z.any(), f"layer {i + 1} never spikes: the comparison would be empty"
-    if name == "saturate":   # the rails are reached
+    if name == "saturate":  # the rails are reached
         u = ref["u1"]
         assert u.max() == profile.membrane_max or u.min() == profile.membrane_min
     if profile.overflow == "saturate":
@@ -202,7 +254,11 @@ SATURATE = FPGA.replace(membrane_bits=10)
 COMPILED = {
     "dense-2": (dict(arch="D64-D10"), FPGA, False),
     "dense-3": (dict(arch="D48-D24-D10", weight_scale="channel", bias=True), FPGA, False),
-    "conv3-s2p1-bias-channel": (dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"), FPGA, False),
+    "conv3-s2p1-bias-channel": (
+        dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"),
+        FPGA,
+        False,
+    ),
     "conv3-s2p1-loihi2": (dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"), LOIHI2, False),
     "bits-2": (dict(arch="8C5s2p2-AP2-D32-D10", weight_bits=2), FPGA, False),
     "bits-8": (dict(arch="8C5-AP2-16C5-AP2-D10", weight_bits=8), FPGA.replace(weight_bits=8), False),
@@ -210,10 +266,18 @@ COMPILED = {
     "four-layers": (dict(arch="8C5-AP2-12C3s2p1-AP2-16C3p1-D10", bias=True), FPGA, False),
     "four-layers-loihi2": (dict(arch="8C5s2p2-16C3s2p1-AP2-16C3p1-D10", bias=True), LOIHI2, False),
     "allow-saturation": (dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True), SATURATE, True),
-    "runs-saturated": (dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"), FPGA, False,
-                       FPGA.replace(membrane_bits=14)),
-    "runs-wrapped": (dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"), FPGA, False,
-                     FPGA.replace(membrane_bits=14, overflow="wrap")),
+    "runs-saturated": (
+        dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"),
+        FPGA,
+        False,
+        FPGA.replace(membrane_bits=14),
+    ),
+    "runs-wrapped": (
+        dict(arch="8C3s2p1-16C3s2p1-16C3p1-D10", bias=True, weight_scale="channel"),
+        FPGA,
+        False,
+        FPGA.replace(membrane_bits=14, overflow="wrap"),
+    ),
 }
 
 
@@ -239,7 +303,7 @@ def test_compiled_stacks_are_bit_exact_everywhere(name, synthetic_export, digits
         assert (rec["stride"], rec["padding"]) == (layer.stride, layer.padding)
         assert rec["synaptic_bias"] == bool(overrides.get("bias"))
     ref = assert_all_equal(net, digits, tmp_path, name)
-    if name == "allow-saturation":    # thresholds with 4x headroom on a 10-bit membrane: coarse, deep layers quiet
+    if name == "allow-saturation":  # thresholds with 4x headroom on a 10-bit membrane: coarse, deep layers quiet
         assert report["saturation_possible"] and ref["z1"].any()
     else:
         for i in range(len(net.layers)):
@@ -248,7 +312,7 @@ def test_compiled_stacks_are_bit_exact_everywhere(name, synthetic_export, digits
         for i, rec in enumerate(report["layers"]):
             u = ref[f"u{i + 1}"]
             assert rec["bound"]["min"] <= u.min() and u.max() <= rec["bound"]["max"], rec["name"]
-    else:                             # the narrow membrane's rails are reached (and wrapped past)
+    else:  # the narrow membrane's rails are reached (and wrapped past)
         p = net.profile
         if p.overflow == "saturate":
             assert ref["u1"].max() == p.membrane_max and ref["u1"].min() == p.membrane_min
@@ -267,19 +331,30 @@ def test_a_synaptic_bias_folds_as_batchnorm_shift_would(synthetic_export):
     _, path = synthetic_export(arch="8C3s2p1-AP2-16C3p1-D10", bias=True, weight_scale="channel")
     graph = read_float_graph(path)
     assert all(layer.bias is not None and np.any(layer.bias != 0) for layer in graph.layers)
-    assert any(np.any(layer.bn_gain != 1) for layer in graph.layers)      # BatchNorm's gain is in the fold
-    as_shift = dataclasses.replace(graph, layers=tuple(
-        dataclasses.replace(layer, bias=None, bn_offset=layer.bn_gain * layer.bias + layer.bn_offset)
-        for layer in graph.layers))
+    assert any(np.any(layer.bn_gain != 1) for layer in graph.layers)  # BatchNorm's gain is in the fold
+    as_shift = dataclasses.replace(
+        graph,
+        layers=tuple(
+            dataclasses.replace(layer, bias=None, bn_offset=layer.bn_gain * layer.bias + layer.bn_offset)
+            for layer in graph.layers
+        ),
+    )
     for profile in (FPGA, LOIHI2):
         a, _ = compile_graph(graph, profile)
         b, _ = compile_graph(as_shift, profile)
         for la, lb in zip(a.layers, b.layers):
             for attr in ("weight", "threshold", "bias", "scale"):
                 assert np.array_equal(getattr(la, attr), getattr(lb, attr)), (profile.name, la.name, attr)
-            assert (la.current_shift, la.stride, la.padding, la.pool) == (lb.current_shift, lb.stride, lb.padding, lb.pool)
+            assert (la.current_shift, la.stride, la.padding, la.pool) == (
+                lb.current_shift,
+                lb.stride,
+                lb.padding,
+                lb.pool,
+            )
         # and the bias is really there: without it the integer biases differ
-        no_bias = dataclasses.replace(graph, layers=tuple(dataclasses.replace(layer, bias=None) for layer in graph.layers))
+        no_bias = dataclasses.replace(
+            graph, layers=tuple(dataclasses.replace(layer, bias=None) for layer in graph.layers)
+        )
         c, _ = compile_graph(no_bias, profile)
         assert any(not np.array_equal(la.bias, lc.bias) for la, lc in zip(a.layers, c.layers))
 
@@ -326,11 +401,31 @@ def test_engine_fanout_counts_the_synapses_of_strided_padded_layers(stride, padd
     from qsnn.sim.reference import synaptic_sum
 
     k, side, o = 3, 11, 2
-    layer = IntegerLayer("c", "conv", np.ones((o, 1, k, k), np.int8), pool, 0, np.ones(o, np.int64),
-                         np.zeros(o, np.int64), 4096, np.ones(o), stride=stride, padding=padding)
+    layer = IntegerLayer(
+        "c",
+        "conv",
+        np.ones((o, 1, k, k), np.int8),
+        pool,
+        0,
+        np.ones(o, np.int64),
+        np.zeros(o, np.int64),
+        4096,
+        np.ones(o),
+        stride=stride,
+        padding=padding,
+    )
     out = layer.output_shape((1, side, side))
-    head = IntegerLayer("d", "dense", np.ones((1, int(np.prod(out))), np.int8), 1, 0, np.ones(1, np.int64),
-                        np.zeros(1, np.int64), 4096, np.ones(1))
+    head = IntegerLayer(
+        "d",
+        "dense",
+        np.ones((1, int(np.prod(out))), np.int8),
+        1,
+        0,
+        np.ones(1, np.int64),
+        np.zeros(1, np.int64),
+        4096,
+        np.ones(1),
+    )
     net = IntegerNetwork((layer, head), FPGA, (1, side, side), 1, "static", ("a",))
     fan = compile_layers(net, 255)[0].fanout
     one_hot = np.eye(side * side, dtype=np.int64).reshape(-1, 1, side, side)
@@ -365,8 +460,19 @@ def test_engine_cache_tells_strides_and_paddings_apart():
     x = rng.integers(0, 256, size=(6, 1, 7, 7)).astype(np.uint8)
 
     def net(stride, padding):
-        conv = IntegerLayer("c", "conv", w, 1, 0, np.full(4, 300, np.int64), np.zeros(4, np.int64), 3700,
-                            np.ones(4), stride=stride, padding=padding)
+        conv = IntegerLayer(
+            "c",
+            "conv",
+            w,
+            1,
+            0,
+            np.full(4, 300, np.int64),
+            np.zeros(4, np.int64),
+            3700,
+            np.ones(4),
+            stride=stride,
+            padding=padding,
+        )
         fc = IntegerLayer("d", "dense", w_fc, 1, 0, np.full(3, 5, np.int64), np.zeros(3, np.int64), 3700, np.ones(3))
         return IntegerNetwork((conv, fc), FPGA, (1, 7, 7), 4, "static", ("a", "b", "c"))
 

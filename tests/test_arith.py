@@ -45,17 +45,17 @@ def test_shl_floors_right_shifts():
 def test_leak_kinds():
     shift = FPGA.replace(leak="shift")
     loihi = FPGA.replace(leak="loihi")
-    assert arith.leak(np.array([-7, 7, -3]), 2048, FPGA).tolist() == [-4, 3, -2]        # floor(u/2)
-    assert arith.leak(np.array([-7, 7, -3]), 2048, loihi).tolist() == [-3, 3, -1]       # toward zero
-    assert arith.leak(np.array([-7, 16, -3]), 3, shift).tolist() == [-6, 14, -2]        # u − floor(u/8)
-    assert arith.leak(np.array([123, -5]), 4096, FPGA).tolist() == [123, -5]            # m = 2^12: β = 1
+    assert arith.leak(np.array([-7, 7, -3]), 2048, FPGA).tolist() == [-4, 3, -2]  # floor(u/2)
+    assert arith.leak(np.array([-7, 7, -3]), 2048, loihi).tolist() == [-3, 3, -1]  # toward zero
+    assert arith.leak(np.array([-7, 16, -3]), 3, shift).tolist() == [-6, 14, -2]  # u − floor(u/8)
+    assert arith.leak(np.array([123, -5]), 4096, FPGA).tolist() == [123, -5]  # m = 2^12: β = 1
 
 
 def test_overflow_saturates_or_wraps():
     p8 = FPGA.replace(membrane_bits=8)
     assert arith.overflow(np.array([-200, -128, 127, 150]), p8).tolist() == [-128, -128, 127, 127]
     assert arith.overflow(np.array([-200, -128]), p8.replace(symmetric_clip=True)).tolist() == [-127, -127]
-    wrap = p8.replace(overflow="wrap", symmetric_clip=True)        # wrap ignores symmetric_clip
+    wrap = p8.replace(overflow="wrap", symmetric_clip=True)  # wrap ignores symmetric_clip
     assert arith.overflow(np.array([128, 150, -129, -200, 127]), wrap).tolist() == [-128, -106, 127, 56, 127]
     assert arith.overflow_range(p8) == (-128, 127) and arith.overflow_range(wrap) == (-128, 127)
     assert arith.overflow_range(p8.replace(symmetric_clip=True)) == (-127, 127)
@@ -65,8 +65,15 @@ def test_overflow_saturates_or_wraps():
 def test_current_register_wraps_once_as_lava():
     # Lava's LIF (24 bits): u − 2^24 where u > 2^23, u + 2^24 where u ≤ −2^23, once (not modulo)
     c = np.array([2**23, 2**23 + 5, -(2**23) + 1, -(2**23), 2**25, -(2**25), 0])
-    assert arith.wrap_current(c, 24).tolist() == [2**23, -(2**23) + 5, -(2**23) + 1, 2**23, 2**25 - 2**24,
-                                                  -(2**25) + 2**24, 0]
+    assert arith.wrap_current(c, 24).tolist() == [
+        2**23,
+        -(2**23) + 5,
+        -(2**23) + 1,
+        2**23,
+        2**25 - 2**24,
+        -(2**25) + 2**24,
+        0,
+    ]
     # in the step: the register comes before the bias (Lava adds bias to v, not to u)
     layer = _neuron(2**30, bias=3, shift=6, leak_const=4095)
     assert _run_steps(layer, LOIHI2.replace(membrane_bits=40), [(2**23 >> 6) + 1])[0] == [2**23 + 64 - 2**24 + 3]
@@ -98,8 +105,18 @@ def test_leak_constant_realises_beta(leak):
 
 
 def _neuron(theta, bias=0, shift=0, leak_const=4096, weight_exp=0):
-    return IntegerLayer("n", "dense", np.ones((1, 1), np.int8), 1, shift, np.array([theta]), np.array([bias]),
-                        leak_const, np.ones(1), weight_exp)
+    return IntegerLayer(
+        "n",
+        "dense",
+        np.ones((1, 1), np.int8),
+        1,
+        shift,
+        np.array([theta]),
+        np.array([bias]),
+        leak_const,
+        np.ones(1),
+        weight_exp,
+    )
 
 
 def _run_steps(layer, profile, accs):
@@ -116,9 +133,15 @@ def test_int_lif_step_by_hand():
     assert _run_steps(_neuron(10), FPGA, [7] * 5) == ([7, 14, 11, 8, 15], [0, 1, 1, 0, 1])
     assert _run_steps(_neuron(10), FPGA.replace(reset="zero"), [7] * 5) == ([7, 14, 7, 14, 7], [0, 1, 0, 1, 0])
     # m = 2048 (β = 0.5), s = −1, b = 1, θ = 5, acc = 6: 4, 6*, 2, 5 (= θ: no spike), 6*
-    assert _run_steps(_neuron(5, bias=1, shift=-1, leak_const=2048), FPGA, [6] * 5) == ([4, 6, 2, 5, 6], [0, 1, 0, 0, 1])
+    assert _run_steps(_neuron(5, bias=1, shift=-1, leak_const=2048), FPGA, [6] * 5) == (
+        [4, 6, 2, 5, 6],
+        [0, 1, 0, 0, 1],
+    )
     # a negative exponent floors the sum before the shift: shl(shl(−5, −1), 1) = −6
-    assert _run_steps(_neuron(100, shift=1, leak_const=0, weight_exp=-1), FPGA.replace(weight_bits=8), [-5]) == ([-6], [0])
+    assert _run_steps(_neuron(100, shift=1, leak_const=0, weight_exp=-1), FPGA.replace(weight_bits=8), [-5]) == (
+        [-6],
+        [0],
+    )
     # 8-bit saturation holds the rail, wrap jumps to the other one
     p8 = FPGA.replace(membrane_bits=8)
     assert _run_steps(_neuron(200), p8, [100, 100])[0] == [100, 127]
@@ -150,9 +173,13 @@ def test_membrane_bound_holds_every_input_sequence():
     from qsnn.export.compile import membrane_bound
 
     theta, bias, T = np.array([9]), np.array([-1]), 4
-    sequences = np.array(list(itertools.product(range(-5, 13), repeat=T)), dtype=np.int64)   # (18^T, T)
-    for profile, leak_const in ((FPGA, 2900), (FPGA.replace(reset="zero"), 4096), (FPGA.replace(leak="loihi"), 700),
-                                (FPGA.replace(leak="shift"), 2)):
+    sequences = np.array(list(itertools.product(range(-5, 13), repeat=T)), dtype=np.int64)  # (18^T, T)
+    for profile, leak_const in (
+        (FPGA, 2900),
+        (FPGA.replace(reset="zero"), 4096),
+        (FPGA.replace(leak="loihi"), 700),
+        (FPGA.replace(leak="shift"), 2),
+    ):
         lo, hi = membrane_bound(np.array([12]), np.array([-5]), -1, bias, theta, leak_const, profile, T)
         u = np.zeros(len(sequences), np.int64)
         low, high = 0, 0
@@ -179,17 +206,29 @@ def mnist_net(profile, seed: int, T: int = 10, shifts: tuple[int, int, int] | No
     wmax, ts = profile.weight_max, profile.threshold_shift
     leak_const = {"mul": 3700, "shift": 3, "loihi": 400}[profile.leak]
     s1, s2, s3 = shifts or ((-1, 2, 2) if ts else (-3, 0, 0))
-    specs = [("conv1", "conv", (4, 1, 5, 5), 2, s1, (200, 900)),
-             ("conv2", "conv", (6, 4, 5, 5), 2, s2, (20, 120)),
-             ("fc", "dense", (5, 96), 1, s3, (5, 60))]
+    specs = [
+        ("conv1", "conv", (4, 1, 5, 5), 2, s1, (200, 900)),
+        ("conv2", "conv", (6, 4, 5, 5), 2, s2, (20, 120)),
+        ("fc", "dense", (5, 96), 1, s3, (5, 60)),
+    ]
     layers = []
     for name, kind, shape, pool, shift, (t_lo, t_hi) in specs:
         out = shape[0]
-        t_hi = min(t_hi, (profile.membrane_max >> ts) // 2)     # below the rail of a narrow membrane
+        t_hi = min(t_hi, (profile.membrane_max >> ts) // 2)  # below the rail of a narrow membrane
         theta = rng.integers(min(t_lo, t_hi // 2), t_hi, size=out).astype(np.int64) << ts
-        layers.append(IntegerLayer(name, kind, rng.integers(-wmax, wmax + 1, size=shape).astype(np.int16), pool,
-                                   shift, theta, rng.integers(-20, 21, size=out).astype(np.int64) << (ts // 2),
-                                   leak_const, np.full(out, 0.01)))
+        layers.append(
+            IntegerLayer(
+                name,
+                kind,
+                rng.integers(-wmax, wmax + 1, size=shape).astype(np.int16),
+                pool,
+                shift,
+                theta,
+                rng.integers(-20, 21, size=out).astype(np.int64) << (ts // 2),
+                leak_const,
+                np.full(out, 0.01),
+            )
+        )
     return IntegerNetwork(tuple(layers), profile, (1, 28, 28), T, "static", tuple("abcde"))
 
 

@@ -16,7 +16,7 @@ from qsnn.errors import DataError
 from qsnn.events import EventFrames, events_to_frames
 from qsnn.train.data import Batches, to_tensor
 
-RAW = EventFrames(count_bits=16)   # counts unclipped (up to 65535), to check the binning itself
+RAW = EventFrames(count_bits=16)  # counts unclipped (up to 65535), to check the binning itself
 
 
 def row_hashes(x: np.ndarray) -> set[bytes]:
@@ -44,13 +44,16 @@ def _idx_bytes(array):
     return bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
 
 
-@pytest.mark.parametrize("problem, match", [
-    ("magic", "magic"),
-    ("truncated", "truncated"),
-    ("trailing", "trailing"),
-    ("header", "header"),
-    ("badgzip", "gzip"),
-])
+@pytest.mark.parametrize(
+    "problem, match",
+    [
+        ("magic", "magic"),
+        ("truncated", "truncated"),
+        ("trailing", "trailing"),
+        ("header", "header"),
+        ("badgzip", "gzip"),
+    ],
+)
 def test_idx_malformed_names_file(tmp_path, problem, match):
     good = _idx_bytes(np.zeros((3, 4, 4), np.uint8))
     raw = {
@@ -141,10 +144,9 @@ def test_subset_is_stratified_and_seeded():
 
 @pytest.mark.parametrize("layout", ["", "mnist", "MNIST/raw"])
 def test_mnist_idx_dir_layouts(tmp_path, layout):
-    write_mnist_idx_dir(tmp_path / layout if layout else tmp_path, n_train=120, n_test=30, seed=1,
-                        gz=layout != "mnist")
+    write_mnist_idx_dir(tmp_path / layout if layout else tmp_path, n_train=120, n_test=30, seed=1, gz=layout != "mnist")
     train, val, test = (load_split("mnist", s, tmp_path, seed=5) for s in data.SPLITS)
-    assert (len(train), len(val), len(test)) == (110, 10, 30)   # val = 1/12 of the training file
+    assert (len(train), len(val), len(test)) == (110, 10, 30)  # val = 1/12 of the training file
     assert list(np.bincount(val.y, minlength=10)) == [1] * 10
     assert not row_hashes(train.x) & row_hashes(val.x)
     assert row_hashes(train.x) | row_hashes(val.x) == row_hashes(read_idx(train.source)[:, None])
@@ -187,8 +189,10 @@ def test_unknown_names():
         load_split("mnist5k", "validation")
 
 
-@pytest.mark.skipif(not (data.DEBIAN_FMNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (data.DEBIAN_FMNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_fmnist_from_debian(monkeypatch):
     monkeypatch.delenv("QSNN_DATA_DIR", raising=False)
     train, val, test = (load_split("fmnist", s) for s in data.SPLITS)
@@ -208,12 +212,14 @@ def dvs_dir(tmp_path_factory):
 
 
 def test_events_to_frames_known_events():
-    events = np.array([
-        [5, 9, 1, 1000],          # t0: bin 0, pixel (y=2, x=1)
-        [127, 64, 0, 13_345],     # 12.345 ms after t0: bin 2, pixel (y=16, x=31)
-        [127, 64, 0, 13_346],
-        [0, 0, 1, 1000 + 500_000],  # bin 100: past T=100, dropped
-    ])
+    events = np.array(
+        [
+            [5, 9, 1, 1000],  # t0: bin 0, pixel (y=2, x=1)
+            [127, 64, 0, 13_345],  # 12.345 ms after t0: bin 2, pixel (y=16, x=31)
+            [127, 64, 0, 13_346],
+            [0, 0, 1, 1000 + 500_000],  # bin 100: past T=100, dropped
+        ]
+    )
     frames = events_to_frames(events)
     assert frames.shape == (100, 2, 32, 32) and frames.dtype == np.uint16
     assert frames[0, 1, 2, 1] == 1 and frames[2, 0, 16, 31] == 2 and frames.sum() == 3
@@ -225,12 +231,15 @@ def test_events_to_frames_known_events():
     np.testing.assert_array_equal(events_to_frames(structured), frames)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([[128, 0, 0, 0]], "x coordinate"),
-    ([[0, -1, 0, 0]], "y coordinate"),
-    ([[0, 0, 2, 0]], "polarity"),
-    ([[0, 0, 0, 10], [0, 0, 0, 5]], "not sorted"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([[128, 0, 0, 0]], "x coordinate"),
+        ([[0, -1, 0, 0]], "y coordinate"),
+        ([[0, 0, 2, 0]], "polarity"),
+        ([[0, 0, 0, 10], [0, 0, 0, 5]], "not sorted"),
+    ],
+)
 def test_events_to_frames_rejects(bad, match):
     with pytest.raises(DataError, match=match):
         events_to_frames(np.array(bad, dtype=np.float64))
@@ -240,13 +249,13 @@ def test_dvs_splits(dvs_dir):
     train, val, test = (load_split("dvs128", s, dvs_dir, seed=0) for s in data.SPLITS)
     assert (len(train), len(val), len(test)) == (99, 11, 110)
     assert list(np.bincount(val.y)) == [1] * 11
-    assert train.x.shape[1:] == (100, 2, 32, 32) and train.x.dtype == np.uint8   # default: binary spikes
+    assert train.x.shape[1:] == (100, 2, 32, 32) and train.x.dtype == np.uint8  # default: binary spikes
     assert train.x.max() == 1 and test.group is None
     assert load_split("dvs128", "train", dvs_dir, events=RAW).x.dtype == np.uint16
     assert train.num_steps == 100 and train.input_shape == (2, 32, 32) and train.encoding == "events"
     assert not row_hashes(train.x) & row_hashes(val.x)
     assert test.classes[0] == "Hand clapping" and len(test.classes) == 11
-    assert test.x.flags.writeable and train.x.flags.writeable   # callers get their own arrays
+    assert test.x.flags.writeable and train.x.flags.writeable  # callers get their own arrays
     assert load_split("dvs128", "test", dvs_dir, num_steps=20).x.shape[1:] == (20, 2, 32, 32)
 
 
@@ -257,12 +266,12 @@ def test_dvs_frames_count_first_500_ms(dvs_dir):
     assert list(test.y) == [int(f.stem) for f in files]
     for i in (0, 5, 37, len(files) - 1):
         events = np.load(files[i])
-        inside = np.count_nonzero(events[:, 3] - events[0, 3] < 500)   # 100 bins x 5 ms
+        inside = np.count_nonzero(events[:, 3] - events[0, 3] < 500)  # 100 bins x 5 ms
         assert 0 < inside < len(events)
         assert test.x[i].sum() == inside
         region = test.x[i].sum(axis=(0, 1))
         row, col = divmod(int(test.y[i]), 4)
-        assert region[8 * row:8 * row + 8, 8 * col:8 * col + 8].sum() == inside
+        assert region[8 * row : 8 * row + 8, 8 * col : 8 * col + 8].sum() == inside
 
 
 def test_dvs_known_event_in_file(tmp_path):
@@ -274,11 +283,14 @@ def test_dvs_known_event_in_file(tmp_path):
     assert x[0, 0, 0, 0] == 1 and x[2, 1, 17, 8] == 2 and x.sum() == 3
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([[0, 0, 0, 0], [200, 3, 1, 1]], "x coordinate"),
-    ([[0, 0, 0, 5], [1, 1, 1, 4]], "not sorted"),
-    ([[0, 0, 0]], r"\(N, 4\)"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([[0, 0, 0, 0], [200, 3, 1, 1]], "x coordinate"),
+        ([[0, 0, 0, 5], [1, 1, 1, 4]], "not sorted"),
+        ([[0, 0, 0]], r"\(N, 4\)"),
+    ],
+)
 def test_dvs_bad_recording_names_file(tmp_path, bad, match):
     root = write_dvsgesture_fixture(tmp_path, seed=2, n_events=20)
     victim = root / "DVSGesture" / "ibmGestureTrain" / "user01_lab" / "4.npy"

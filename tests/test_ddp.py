@@ -22,9 +22,32 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # 136 samples in global batches of 45: 45, 45, 45, 1 — uneven slices (23/22) and, in the last
 # batch, an empty slice on rank 1. No BatchNorm and no dropout (see qsnn.train.distributed);
 # θ lowered so the small network spikes and the loss moves from the first step.
-RUN_ARGS = ["--dataset", "mnist5k", "--precision", "int4", "--epochs", "2", "--steps", "4", "--subset", "136",
-            "--val-subset", "50", "--test-subset", "50", "--batch-size", "45", "--no-batch-norm", "--dropout", "0",
-            "--threshold", "0.5", "--lr", "5e-3", "--no-progress"]
+RUN_ARGS = [
+    "--dataset",
+    "mnist5k",
+    "--precision",
+    "int4",
+    "--epochs",
+    "2",
+    "--steps",
+    "4",
+    "--subset",
+    "136",
+    "--val-subset",
+    "50",
+    "--test-subset",
+    "50",
+    "--batch-size",
+    "45",
+    "--no-batch-norm",
+    "--dropout",
+    "0",
+    "--threshold",
+    "0.5",
+    "--lr",
+    "5e-3",
+    "--no-progress",
+]
 
 
 def test_shard_bounds_cover_the_batch_once():
@@ -45,15 +68,42 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     from qsnn.train.cli import config_from_options
     from qsnn.train.loop import train
 
-    cfg = config_from_options("mnist5k", "int4", num_steps=4, epochs=2, subset=136, val_subset=50, test_subset=50,
-                              batch_size=45, batch_norm=False, dropout=0.0, threshold=0.5, lr=5e-3)
+    cfg = config_from_options(
+        "mnist5k",
+        "int4",
+        num_steps=4,
+        epochs=2,
+        subset=136,
+        val_subset=50,
+        test_subset=50,
+        batch_size=45,
+        batch_norm=False,
+        dropout=0.0,
+        threshold=0.5,
+        lr=5e-3,
+    )
     single = tmp_path / "single"
     train(cfg, single, progress=False, log=lambda _m: None)
 
     ddp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "qsnn.train.cli", "run",
-                           *RUN_ARGS, "--out", str(ddp)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "qsnn.train.cli",
+            "run",
+            *RUN_ARGS,
+            "--out",
+            str(ddp),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def rows(path):

@@ -50,8 +50,13 @@ def _links(page: Path) -> list[str]:
 
 def _repo_paths(page: Path) -> list[str]:
     tokens = CODE.findall(page.read_text(encoding="utf-8"))
-    return sorted({t for t in tokens
-                   if t.startswith(TOP_FOLDERS) and t.endswith(PATH_ENDINGS) and not re.search(r"[<>*…{}$ ]", t)})
+    return sorted(
+        {
+            t
+            for t in tokens
+            if t.startswith(TOP_FOLDERS) and t.endswith(PATH_ENDINGS) and not re.search(r"[<>*…{}$ ]", t)
+        }
+    )
 
 
 def test_there_are_pages_to_check():

@@ -107,7 +107,9 @@ def test_float_graph_interface_quant_nodes_and_metadata(exported):
     assert meta["dataset"] == "mnist5k" and meta["classes"] == [str(d) for d in range(10)]
     assert meta["num_steps"] == cfg.num_steps and meta["encoding"] == "static"
     assert meta["input_scale"] == pytest.approx(1 / 255) and meta["input_shape"] == [1, 28, 28]
-    assert np.float32(meta["beta"]) == np.float32(cfg.beta) and np.float32(meta["threshold"]) == np.float32(cfg.threshold)
+    assert np.float32(meta["beta"]) == np.float32(cfg.beta) and np.float32(meta["threshold"]) == np.float32(
+        cfg.threshold
+    )
     assert meta["reset"] == "subtract" and meta["weight_bits"] == 4 and meta["quant_scale"] == "po2"
     assert meta["checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["qsnn_version"] and meta["slope"] == pytest.approx(cfg.slope)
@@ -198,8 +200,9 @@ def test_float_comparison_catches_a_wrong_beta_or_theta(exported, mnist_test, na
     ref = torch_reference(ckpt, x)
     assert_float_agreement(run_onnx_steps(path, x.numpy(), record=True), ref, what="correct export")
     with pytest.raises(AssertionError, match="differ|histories agree|predictions"):
-        assert_float_agreement(run_onnx_steps(_with_wrong(path, name, 1.001), x.numpy(), record=True), ref,
-                               what=f"{name} × 1.001")
+        assert_float_agreement(
+            run_onnx_steps(_with_wrong(path, name, 1.001), x.numpy(), record=True), ref, what=f"{name} × 1.001"
+        )
 
 
 def test_batch_dimension_is_dynamic(exported, mnist_test):
@@ -291,8 +294,14 @@ def test_read_integer_qonnx_round_trip(exported, tmp_path):
         assert back.profile == net.profile and back.num_steps == net.num_steps and back.classes == net.classes
         assert back.input_shape == net.input_shape and back.encoding == net.encoding
         for a, b in zip(net.layers, back.layers):
-            assert (a.name, a.kind, a.pool, a.current_shift, a.leak_const, a.weight_exp) == \
-                   (b.name, b.kind, b.pool, b.current_shift, b.leak_const, b.weight_exp)
+            assert (a.name, a.kind, a.pool, a.current_shift, a.leak_const, a.weight_exp) == (
+                b.name,
+                b.kind,
+                b.pool,
+                b.current_shift,
+                b.leak_const,
+                b.weight_exp,
+            )
             for field in ("weight", "threshold", "bias", "scale"):
                 assert np.array_equal(getattr(a, field), getattr(b, field)), (a.name, field)
         assert back.metadata["compile_report"] == net.metadata["compile_report"]
@@ -410,8 +419,14 @@ def test_model_trained_for_loihi2_exports_its_delay_lines(synthetic, mnist_test,
     grid): the float graph has the delay lines d1..d3 as state and equals PyTorch; the compiler reads
     them back; a profile the model was not trained for gets a warning note, its own profile none."""
     chip = TrainConfig.from_preset("mnist5k", "int4").for_profile("loihi2")
-    ckpt, path = synthetic(quant_scale="po2", reset=chip.reset, synaptic_delay=chip.synaptic_delay,
-                           profile=chip.profile, beta=chip.beta, threshold=1.0)   # spikes up to z3 within T = 8
+    ckpt, path = synthetic(
+        quant_scale="po2",
+        reset=chip.reset,
+        synaptic_delay=chip.synaptic_delay,
+        profile=chip.profile,
+        beta=chip.beta,
+        threshold=1.0,
+    )  # spikes up to z3 within T = 8
     model, meta = check_qsnn_model(path)
     assert [i.name for i in model.graph.input] == ["x", "u1", "u2", "u3", "d1", "d2", "d3"]
     assert {"d1_out", "d2_out", "d3_out"} <= {o.name for o in model.graph.output}
@@ -430,8 +445,9 @@ def test_model_trained_for_loihi2_exports_its_delay_lines(synthetic, mnist_test,
     _, plain = synthetic(quant_scale="po2")
     plain_meta = check_qsnn_model(plain)[1]
     assert mismatch_warning(plain_meta, get_profile("fpga")) == ""
-    assert mismatch_warning(plain_meta, get_profile("loihi2")).startswith("the model was not trained for a chip profile "
-                                                                          "with subtract reset")
+    assert mismatch_warning(plain_meta, get_profile("loihi2")).startswith(
+        "the model was not trained for a chip profile with subtract reset"
+    )
     # a graph whose metadata no longer says it is delayed does not parse as an undelayed one
     edited = onnx.load(path)
     set_metadata(edited, {**meta, "synaptic_delay": 0})
@@ -441,8 +457,10 @@ def test_model_trained_for_loihi2_exports_its_delay_lines(synthetic, mnist_test,
 
 
 def test_compile_and_runtime_do_not_import_torch():
-    code = ("import sys; import qsnn.export.compile, qsnn.export.runtime, qsnn.export.qonnx_int, "
-            "qsnn.export.format; print('torch' in sys.modules)")
+    code = (
+        "import sys; import qsnn.export.compile, qsnn.export.runtime, qsnn.export.qonnx_int, "
+        "qsnn.export.format; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -483,13 +501,17 @@ def test_host_loop_hoists_the_time_invariant_prefix_without_changing_a_bit(synth
     frames = np.random.default_rng(0).poisson(0.4, size=(12, 6, 1, 28, 28)).astype(np.float32)
     model = onnx_lib.load(str(synthetic_onnx))
     assert runtime.split_time_invariant(model, static=True) is not None
-    split = {"static": runtime.run_onnx_steps(synthetic_onnx, x, record=True, batch_size=16),
-             "frames": runtime.run_onnx_steps(synthetic_onnx, frames, record=True, batch_size=5)}
+    split = {
+        "static": runtime.run_onnx_steps(synthetic_onnx, x, record=True, batch_size=16),
+        "frames": runtime.run_onnx_steps(synthetic_onnx, frames, record=True, batch_size=5),
+    }
     runner = runtime._ort_runner(synthetic_onnx, model, "float")
     assert runner.split(True) is not None and runner.split(False) is not None
     monkeypatch.setattr(runtime._OrtStep, "split", lambda self, static: None)
-    whole = {"static": runtime.run_onnx_steps(synthetic_onnx, x, record=True, batch_size=16),
-             "frames": runtime.run_onnx_steps(synthetic_onnx, frames, record=True, batch_size=5)}
+    whole = {
+        "static": runtime.run_onnx_steps(synthetic_onnx, x, record=True, batch_size=16),
+        "frames": runtime.run_onnx_steps(synthetic_onnx, frames, record=True, batch_size=5),
+    }
     for kind in split:
         assert split[kind]["z1"].sum() > 0
         for key in whole[kind]:

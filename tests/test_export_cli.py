@@ -88,18 +88,31 @@ def test_cli_float_then_integer_export(workdir):
 def test_cli_profile_options(workdir):
     ckpt = workdir / "ckpt.pt"
     out = workdir / "p.onnx"
-    assert_one_line_error(invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "membrane_bits=8",
-                                 "-o", out), "layer conv1", "8-bit membrane", "--allow-saturation")
+    assert_one_line_error(
+        invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "membrane_bits=8", "-o", out),
+        "layer conv1",
+        "8-bit membrane",
+        "--allow-saturation",
+    )
     assert not out.exists()
-    assert_one_line_error(invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "colour=blue", "-o", out),
-                          "unknown profile field 'colour'")
-    assert_one_line_error(invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "membrane_bits=many",
-                                 "-o", out), "membrane_bits", "not a valid int")
+    assert_one_line_error(
+        invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "colour=blue", "-o", out),
+        "unknown profile field 'colour'",
+    )
+    assert_one_line_error(
+        invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "membrane_bits=many", "-o", out),
+        "membrane_bits",
+        "not a valid int",
+    )
     assert_one_line_error(invoke(ckpt, "--to", "qonnx", "--profile-set", "membrane_bits=24", "-o", out), "--profile")
-    assert_one_line_error(invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "weight_bits=3",
-                                 "-o", out), "layer conv1", "3-bit weights")
-    result = invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "membrane_bits=10",
-                    "--allow-saturation", "-o", out)
+    assert_one_line_error(
+        invoke(ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "weight_bits=3", "-o", out),
+        "layer conv1",
+        "3-bit weights",
+    )
+    result = invoke(
+        ckpt, "--to", "qonnx", "--profile", "fpga", "--profile-set", "membrane_bits=10", "--allow-saturation", "-o", out
+    )
     assert result.exit_code == 0, result.output
     assert "SATURATION POSSIBLE" in result.output
     net = read_integer_qonnx(out)
@@ -132,13 +145,19 @@ def _bad_checkpoints(folder, good):
     (folder / "text.pt").write_text("this is not a checkpoint\n")
     raw = good.read_bytes()
     (folder / "truncated.pt").write_bytes(raw[: len(raw) // 2])
-    return {"other_version.pt": "version 99", "not_qsnn.pt": "not a qsnn checkpoint",
-            "text.pt": "not a readable qsnn checkpoint", "truncated.pt": "not a readable qsnn checkpoint"}
+    return {
+        "other_version.pt": "version 99",
+        "not_qsnn.pt": "not a qsnn checkpoint",
+        "text.pt": "not a readable qsnn checkpoint",
+        "truncated.pt": "not a readable qsnn checkpoint",
+    }
 
 
 def test_bad_checkpoints_one_line_error_and_no_output(workdir, tmp_path):
     cases = _bad_checkpoints(tmp_path, workdir / "ckpt.pt")
-    existing = export_float(workdir / "ckpt.pt", tmp_path / "existing.onnx")   # an earlier export: --force may replace it
+    existing = export_float(
+        workdir / "ckpt.pt", tmp_path / "existing.onnx"
+    )  # an earlier export: --force may replace it
     previous = existing.read_bytes()
     for name, fragment in cases.items():
         src = tmp_path / name
@@ -152,7 +171,7 @@ def test_bad_checkpoints_one_line_error_and_no_output(workdir, tmp_path):
 
 
 def test_failed_write_leaves_the_existing_file_untouched(workdir, tmp_path, monkeypatch):
-    out = export_float(workdir / "ckpt.pt", tmp_path / "model.onnx")    # an earlier export: --force may replace it
+    out = export_float(workdir / "ckpt.pt", tmp_path / "model.onnx")  # an earlier export: --force may replace it
     previous = out.read_bytes()
 
     def disk_full(fd):
@@ -162,8 +181,9 @@ def test_failed_write_leaves_the_existing_file_untouched(workdir, tmp_path, monk
     with pytest.raises(OSError):
         export_float(workdir / "ckpt.pt", out)
     assert out.read_bytes() == previous
-    assert_one_line_error(invoke(workdir / "ckpt.pt", "--to", "qonnx", "--profile", "fpga", "-o", out, "--force"),
-                          "No space left")
+    assert_one_line_error(
+        invoke(workdir / "ckpt.pt", "--to", "qonnx", "--profile", "fpga", "-o", out, "--force"), "No space left"
+    )
     assert out.read_bytes() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
@@ -182,8 +202,11 @@ def _edit(src, dst, fn):
 def _all_readers(path):
     """Every entry point that reads a qsnn QONNX file."""
     x = np.zeros((2, 1, 28, 28), np.float32)
-    return [lambda: compile_qonnx(path, get_profile("fpga")), lambda: run_onnx_steps(path, x),
-            lambda: run_onnx_steps(path, x, engine="qonnx")]
+    return [
+        lambda: compile_qonnx(path, get_profile("fpga")),
+        lambda: run_onnx_steps(path, x),
+        lambda: run_onnx_steps(path, x, engine="qonnx"),
+    ]
 
 
 def _rename_input(model, old, new):
@@ -221,9 +244,12 @@ def test_not_an_onnx_file(tmp_path):
 
 
 def test_foreign_onnx_model(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 28, 28])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 28, 28])],
+    )
     path = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(path))
     for read in _all_readers(path):
@@ -231,17 +257,20 @@ def test_foreign_onnx_model(tmp_path):
             read()
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing_state_input", "the graph has 3 inputs and 4 outputs, its metadata 'interface' lists 4 and 4"),
-    ("missing_state_output", "graph output 'v3' .role 'u3_out'. is produced by no node"),
-    ("unknown_op", r"unsupported op\(s\) \['Relu'\]"),
-    ("custom_op", r"unsupported op\(s\) \['Mystery'\]"),
-    ("wrong_format", "format 'onnx-model'"),
-    ("no_metadata", "no 'format' metadata"),
-    ("future_version", "format version 99"),
-    ("missing_field", r"lacks \['num_steps'\]"),
-    ("unreadable_field", "metadata field 'classes'"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing_state_input", "the graph has 3 inputs and 4 outputs, its metadata 'interface' lists 4 and 4"),
+        ("missing_state_output", "graph output 'v3' .role 'u3_out'. is produced by no node"),
+        ("unknown_op", r"unsupported op\(s\) \['Relu'\]"),
+        ("custom_op", r"unsupported op\(s\) \['Mystery'\]"),
+        ("wrong_format", "format 'onnx-model'"),
+        ("no_metadata", "no 'format' metadata"),
+        ("future_version", "format version 99"),
+        ("missing_field", r"lacks \['num_steps'\]"),
+        ("unreadable_field", "metadata field 'classes'"),
+    ],
+)
 def test_onnx_that_is_not_a_qsnn_export(workdir, tmp_path, case, fragment):
     src = workdir / "float.onnx"
     edits = {
@@ -267,8 +296,10 @@ def test_renamed_interface_is_read_by_role(workdir, tmp_path):
     renamed = _edit(src, tmp_path / "renamed.onnx", lambda m: _rename_input(m, "u2", "global_in_2"))
     a, _ = compile_qonnx(src, get_profile("fpga"))
     b, _ = compile_qonnx(renamed, get_profile("fpga"))
-    assert all(np.array_equal(la.weight, lb.weight) and np.array_equal(la.threshold, lb.threshold)
-               for la, lb in zip(a.layers, b.layers))
+    assert all(
+        np.array_equal(la.weight, lb.weight) and np.array_equal(la.threshold, lb.threshold)
+        for la, lb in zip(a.layers, b.layers)
+    )
 
 
 def test_edited_or_mismatched_exports(workdir, tmp_path):

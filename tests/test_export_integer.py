@@ -21,8 +21,16 @@ from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import ChipProfile, get_profile
 
 
-def random_net(profile: ChipProfile, *, seed: int = 0, encoding: str = "static", T: int = 6,
-               shifts=(-3, 1, 3), theta_scale: float | tuple = 1.0, weight_exp: int = 0) -> IntegerNetwork:
+def random_net(
+    profile: ChipProfile,
+    *,
+    seed: int = 0,
+    encoding: str = "static",
+    T: int = 6,
+    shifts=(-3, 1, 3),
+    theta_scale: float | tuple = 1.0,
+    weight_exp: int = 0,
+) -> IntegerNetwork:
     """A 3-layer QSNN-shaped network: conv 5×5 + sum-pool 2, conv 3×3, dense; random integers."""
     rng = np.random.default_rng(seed)
     c_in = 1 if encoding == "static" else 2
@@ -30,20 +38,37 @@ def random_net(profile: ChipProfile, *, seed: int = 0, encoding: str = "static",
     shapes = [(4, c_in, 5, 5), (6, 4, 3, 3), (3, 54)]
     scales = theta_scale if isinstance(theta_scale, tuple) else (theta_scale,) * 3
     layers = []
-    for i, (name, kind, shape, pool, s) in enumerate(zip(("conv1", "conv2", "fc"), ("conv", "conv", "dense"),
-                                                           shapes, (2, 1, 1), shifts)):
+    for i, (name, kind, shape, pool, s) in enumerate(
+        zip(("conv1", "conv2", "fc"), ("conv", "conv", "dense"), shapes, (2, 1, 1), shifts)
+    ):
         out = shape[0]
         theta = (rng.integers(20, 200, size=out) * scales[i]).astype(np.int64)
         theta = (theta >> profile.threshold_shift) << profile.threshold_shift
         theta = np.maximum(theta, 1 << profile.threshold_shift)
-        layers.append(IntegerLayer(
-            name=name, kind=kind, weight=rng.integers(-wmax, wmax + 1, size=shape).astype(np.int16), pool=pool,
-            current_shift=s, threshold=theta, bias=rng.integers(-15, 16, size=out).astype(np.int64),
-            leak_const={"mul": 3700, "shift": 3, "loihi": 400}[profile.leak], scale=np.full(out, 0.01),
-            weight_exp=weight_exp if i == 1 else 0))
-    return IntegerNetwork(layers=tuple(layers), profile=profile, input_shape=(c_in, 14, 14), num_steps=T,
-                          encoding=encoding, classes=("a", "b", "c"), metadata={"dataset": "handmade"},
-                          input_max=255 if encoding == "static" else 65535)   # events: raw 16-bit counts
+        layers.append(
+            IntegerLayer(
+                name=name,
+                kind=kind,
+                weight=rng.integers(-wmax, wmax + 1, size=shape).astype(np.int16),
+                pool=pool,
+                current_shift=s,
+                threshold=theta,
+                bias=rng.integers(-15, 16, size=out).astype(np.int64),
+                leak_const={"mul": 3700, "shift": 3, "loihi": 400}[profile.leak],
+                scale=np.full(out, 0.01),
+                weight_exp=weight_exp if i == 1 else 0,
+            )
+        )
+    return IntegerNetwork(
+        layers=tuple(layers),
+        profile=profile,
+        input_shape=(c_in, 14, 14),
+        num_steps=T,
+        encoding=encoding,
+        classes=("a", "b", "c"),
+        metadata={"dataset": "handmade"},
+        input_max=255 if encoding == "static" else 65535,
+    )  # events: raw 16-bit counts
 
 
 def random_input(net: IntegerNetwork, n: int, seed: int = 1, high: int | None = None) -> np.ndarray:
@@ -75,10 +100,19 @@ VARIANTS = {
 def exported_variant(name: str, tmp_path):
     """(profile, input, the variant's integer graph, run_integer_torch's result) of a VARIANTS network."""
     profile = VARIANTS[name]
-    net = random_net(profile, theta_scale=64.0 if profile.name == "loihi2" else 1.0,
-                     shifts=(0, 6, 6) if profile.name == "loihi2" else (-3, 1, 3), T=10)
+    net = random_net(
+        profile,
+        theta_scale=64.0 if profile.name == "loihi2" else 1.0,
+        shifts=(0, 6, 6) if profile.name == "loihi2" else (-3, 1, 3),
+        T=10,
+    )
     x = random_input(net, 24)
-    return profile, x, export_integer(net, tmp_path / f"{name}.onnx"), run_integer_torch(net, x, record=True, batch_size=10)
+    return (
+        profile,
+        x,
+        export_integer(net, tmp_path / f"{name}.onnx"),
+        run_integer_torch(net, x, record=True, batch_size=10),
+    )
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -110,8 +144,12 @@ def test_synaptic_delay_shifts_each_layer_by_k_steps():
     """Without biases, layer l of a k-delayed network at step t equals the undelayed layer at t − l·k."""
     k, T = 2, 12
     base = random_net(FPGA, T=T)
-    unbiased = tuple(IntegerLayer(l.name, l.kind, l.weight, l.pool, l.current_shift, l.threshold,
-                                  np.zeros_like(l.bias), l.leak_const, l.scale) for l in base.layers)
+    unbiased = tuple(
+        IntegerLayer(
+            l.name, l.kind, l.weight, l.pool, l.current_shift, l.threshold, np.zeros_like(l.bias), l.leak_const, l.scale
+        )
+        for l in base.layers
+    )
     plain = IntegerNetwork(unbiased, FPGA, base.input_shape, T, "static", base.classes)
     delayed = IntegerNetwork(unbiased, FPGA.replace(synaptic_delay=k), base.input_shape, T, "static", base.classes)
     x = random_input(plain, 8)
@@ -119,7 +157,7 @@ def test_synaptic_delay_shifts_each_layer_by_k_steps():
     for i in (1, 2, 3):
         assert a[f"z{i}"].any()
         assert not b[f"z{i}"][: i * k].any()
-        assert np.array_equal(b[f"z{i}"][i * k:], a[f"z{i}"][: T - i * k])
+        assert np.array_equal(b[f"z{i}"][i * k :], a[f"z{i}"][: T - i * k])
 
 
 def test_wide_event_counts_and_weight_exponents_are_exact(tmp_path):
@@ -156,12 +194,21 @@ def test_exactness_limits_are_checked(tmp_path):
 
 def test_any_depth_exports(tmp_path):
     """A two-layer network is a graph of two layers (u1, u2 → z2), equal to the PyTorch integer mode."""
-    two = IntegerNetwork(layers=random_net(FPGA).layers[1:], profile=FPGA, input_shape=(4, 5, 5), num_steps=4,
-                         encoding="static", classes=("a", "b", "c"))
+    two = IntegerNetwork(
+        layers=random_net(FPGA).layers[1:],
+        profile=FPGA,
+        input_shape=(4, 5, 5),
+        num_steps=4,
+        encoding="static",
+        classes=("a", "b", "c"),
+    )
     x = np.random.default_rng(0).integers(0, 2, size=(5, 4, 5, 5)).astype(np.uint8)
     path = export_integer(two, tmp_path / "two.onnx")
-    assert_same(run_integer_onnx(path, x, engine="ort", record=True), run_integer_torch(two, x, record=True),
-                keys=("z1", "z2", "u1", "u2"))
+    assert_same(
+        run_integer_onnx(path, x, engine="ort", record=True),
+        run_integer_torch(two, x, record=True),
+        keys=("z1", "z2", "u1", "u2"),
+    )
     assert len(read_integer_qonnx(path).layers) == 2
 
 

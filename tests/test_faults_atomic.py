@@ -49,6 +49,7 @@ def fail_replace_of(monkeypatch, name: str) -> None:
 
 def fail_midway(monkeypatch) -> None:
     """Every atomic write raises after half of its data reached the temporary file."""
+
     def write(fh, data, name):
         fh.write(data[: len(data) // 2])
         fh.flush()
@@ -62,8 +63,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def no_temporaries(folder: Path) -> None:
-    left = [p.name for p in folder.parent.rglob(".*") if p.name.endswith(".tmp") or ".tmp-" in p.name
-            or ".old-" in p.name]
+    left = [
+        p.name for p in folder.parent.rglob(".*") if p.name.endswith(".tmp") or ".tmp-" in p.name or ".old-" in p.name
+    ]
     assert not left, left
 
 
@@ -93,8 +95,9 @@ def half_run(tmp_path_factory) -> tuple[TrainConfig, Path]:
     return cfg, run
 
 
-@pytest.mark.parametrize("name", ["last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "training.png",
-                                  "metrics.json"])
+@pytest.mark.parametrize(
+    "name", ["last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "training.png", "metrics.json"]
+)
 @pytest.mark.slow
 def test_failed_publish_of_a_run_file_keeps_the_previous_one(half_run, tmp_path, monkeypatch, name):
     from qsnn.train.loop import RUN_FILES, train
@@ -111,7 +114,7 @@ def test_failed_publish_of_a_run_file_keeps_the_previous_one(half_run, tmp_path,
     no_temporaries(run)
     for ckpt in ("last.pt", "best.pt"):
         load_checkpoint(run / ckpt)
-    monkeypatch.undo()   # and the run still resumes to the end
+    monkeypatch.undo()  # and the run still resumes to the end
     train(cfg, run, resume=True, progress=False, log=lambda _m: None)
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
@@ -154,8 +157,17 @@ def test_outputs_get_the_usual_permissions(tmp_path):
 def test_qsnn_sim_report_and_plot(float_onnx, tmp_path, monkeypatch, name):
     from qsnn.sim.cli import main
 
-    args = [str(float_onnx), "--subset", "10", "--no-float", "--no-progress", "--report", str(tmp_path / "sim.json"),
-            "--plot", str(tmp_path / "sim.png")]
+    args = [
+        str(float_onnx),
+        "--subset",
+        "10",
+        "--no-float",
+        "--no-progress",
+        "--report",
+        str(tmp_path / "sim.json"),
+        "--plot",
+        str(tmp_path / "sim.png"),
+    ]
     assert CliRunner().invoke(main, args).exit_code == 0
     before = snapshot(tmp_path)
     fail_replace_of(monkeypatch, name)
@@ -206,9 +218,9 @@ def test_target_tables(tmp_path, monkeypatch, target):
     def broken(*args, **kwargs):
         raise Injected(5, "I/O error (injected)")
 
-    monkeypatch.setattr(registry, "dumps", broken)        # the writer dies half way through the folder
+    monkeypatch.setattr(registry, "dumps", broken)  # the writer dies half way through the folder
     replace_with_new()
-    monkeypatch.setattr(qsnn.atomic, "_exchange", broken)      # the atomic swap of old and new folder fails
+    monkeypatch.setattr(qsnn.atomic, "_exchange", broken)  # the atomic swap of old and new folder fails
     replace_with_new()
     # where the swap is unavailable: old folder aside, new one in; the second rename fails once
     monkeypatch.setattr(qsnn.atomic, "_exchange", lambda a, b: False)
@@ -222,9 +234,9 @@ def test_target_tables(tmp_path, monkeypatch, target):
 
     monkeypatch.setattr(os, "replace", replace_fails_once)
     replace_with_new()
-    assert calls[1:] == [out.name, out.name]              # new → OUTDIR failed, old restored
+    assert calls[1:] == [out.name, out.name]  # new → OUTDIR failed, old restored
     read_target(out)
-    write_target(target, tiny_net(PROFILE_OF[target], seed=1), out, force=True)   # and a real swap works
+    write_target(target, tiny_net(PROFILE_OF[target], seed=1), out, force=True)  # and a real swap works
     assert snapshot(out) != before and not [p for p in tmp_path.iterdir() if p.name != out.name]
 
 
@@ -255,8 +267,10 @@ def test_study_tables_and_figures(tmp_path, monkeypatch):
 # No other way to write a user output
 
 
-WRITERS = re.compile(r"""open\([^)]*['"][wax]b?['"]|\.write_text\(|\.write_bytes\(|savefig\(|torch\.save\(|"""
-                     r"""onnx\.save\(|h5py\.File\([^)]*['"][wa]['"]|np\.save\(|nir\.write\(""")
+WRITERS = re.compile(
+    r"""open\([^)]*['"][wax]b?['"]|\.write_text\(|\.write_bytes\(|savefig\(|torch\.save\(|"""
+    r"""onnx\.save\(|h5py\.File\([^)]*['"][wa]['"]|np\.save\(|nir\.write\("""
+)
 #: Writes that are atomic for a reason the line shows: into a buffer or an atomic_open handle, or
 #: into the temporary folder of qsnn.atomic.atomic_directory (``folder`` / ``tmp`` in targets/), or
 #: scratch files of the HDL tools in a tempfile folder (``work`` and the harness input in fpga/hdl_sim.py, synth.py).

@@ -104,8 +104,13 @@ def scratch(originals, tmp_path) -> dict[str, str]:
     (root / "notes").mkdir()
     (root / "notes" / "todo.txt").write_text("keep me\n")
     (root / "unrelated.txt").write_text("a user's notes\n")
-    return {"root": str(root), "ckpt": str(root / "ckpt.pt"), "model": str(root / "model.onnx"),
-            "notes": str(root / "notes"), "unrelated": str(root / "unrelated.txt")}
+    return {
+        "root": str(root),
+        "ckpt": str(root / "ckpt.pt"),
+        "model": str(root / "model.onnx"),
+        "notes": str(root / "notes"),
+        "unrelated": str(root / "unrelated.txt"),
+    }
 
 
 def assert_no_traceback(result) -> str:
@@ -127,21 +132,23 @@ def test_bad_input_is_one_line_and_no_traceback(scratch, monkeypatch, command, a
     before = snapshot(Path(scratch["root"]))
     line = assert_no_traceback(CliRunner().invoke(_main(command), [a.format(**scratch) for a in args]))
     assert fragment in line, line
-    assert snapshot(Path(scratch["root"])) == before, line     # nothing written, no empty run directory left
+    assert snapshot(Path(scratch["root"])) == before, line  # nothing written, no empty run directory left
 
 
 # --------------------------------------------------------------------------------------------------
 # One tool
 
 
-@pytest.mark.parametrize("command, args", [(TRAIN, []), (TRAIN, ["run"]), (TRAIN, ["study"]), (TRAIN, ["tune"]),
-                                           (EXPORT, []), (SIM, []), (RTL, [])])
+@pytest.mark.parametrize(
+    "command, args",
+    [(TRAIN, []), (TRAIN, ["run"]), (TRAIN, ["study"]), (TRAIN, ["tune"]), (EXPORT, []), (SIM, []), (RTL, [])],
+)
 def test_version_everywhere(tmp_path, monkeypatch, command, args):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(_main(command), [*args, "--version"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(f"(qsnn) {qsnn.__version__}") and result.output.startswith(command)
-    assert list(tmp_path.iterdir()) == []          # qsnn-train --version does not fall through to a training run
+    assert list(tmp_path.iterdir()) == []  # qsnn-train --version does not fall through to a training run
 
 
 @pytest.mark.parametrize("command", [EXPORT, SIM])
@@ -153,9 +160,9 @@ def test_list_profiles_from_the_dataclass(command):
         if f.name == "name":
             continue
         row = rows[f.name]
-        assert row[2] == str(f.default), row                      # the dataclass default ...
+        assert row[2] == str(f.default), row  # the dataclass default ...
         for i, name in enumerate(sorted(PROFILES)):
-            assert row[3 + i] == str(getattr(PROFILES[name], f.name)), (name, row)   # ... and each profile's value
+            assert row[3 + i] == str(getattr(PROFILES[name], f.name)), (name, row)  # ... and each profile's value
 
 
 def test_the_same_options_in_every_command():
@@ -182,8 +189,9 @@ def test_profile_set_changes_the_profile_a_command_uses_anyway(scratch, monkeypa
     from qsnn.export.cli import main as export_main
 
     out = Path(scratch["root"]) / "f"
-    result = CliRunner().invoke(export_main, [scratch["ckpt"], "--to", "fpga", "--profile-set", "membrane_bits=24",
-                                              "-o", str(out)])
+    result = CliRunner().invoke(
+        export_main, [scratch["ckpt"], "--to", "fpga", "--profile-set", "membrane_bits=24", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "manifest.json").read_text())["profile"]["membrane_bits"] == 24
 
@@ -192,8 +200,9 @@ def test_report_to_stdout(scratch):
     """``--report -``: the JSON report alone on stdout, the summary on stderr, no file called "-"."""
     from qsnn.sim.cli import main
 
-    result = CliRunner().invoke(main, [scratch["model"], "--allow-saturation", "--subset", "10", "--no-float",
-                                       "--no-progress", "--report", "-"])
+    result = CliRunner().invoke(
+        main, [scratch["model"], "--allow-saturation", "--subset", "10", "--no-float", "--no-progress", "--report", "-"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["format"] == "qsnn-sim-report" and report["samples"] == 10 and "data_source" in report
@@ -212,15 +221,28 @@ def test_silent_output_layer_is_a_warning(scratch, tmp_path):
     ckpt = load_checkpoint(scratch["ckpt"])
     ckpt.pop("config_obj", None)
     state = ckpt["model"]
-    last = [k for k in state if k.endswith("weight") and state[k].ndim == 2][-1]   # the dense output layer
+    last = [k for k in state if k.endswith("weight") and state[k].ndim == 2][-1]  # the dense output layer
     state[last] = torch.zeros_like(state[last])
     for k in [k for k in state if k.startswith(last.rsplit(".", 1)[0]) and k.endswith("bias")]:
         state[k] = torch.zeros_like(state[k])
-    save_checkpoint(tmp_path / "silent.pt", {k: v for k, v in ckpt.items()
-                                             if k not in ("format", "format_version", "qsnn_version", "versions", "digest")})
+    save_checkpoint(
+        tmp_path / "silent.pt",
+        {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions", "digest")},
+    )
     model = export_float(tmp_path / "silent.pt", tmp_path / "silent.onnx")
-    result = CliRunner().invoke(main, [str(model), "--allow-saturation", "--subset", "10", "--no-float", "--no-progress",
-                                       "--report", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        main,
+        [
+            str(model),
+            "--allow-saturation",
+            "--subset",
+            "10",
+            "--no-float",
+            "--no-progress",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "warning: the output layer" in result.output and "never fired on 10 samples" in result.output
     assert any("never fired" in w for w in json.loads((tmp_path / "r.json").read_text())["warnings"])
@@ -235,6 +257,8 @@ def test_device_errors_list_what_is_available(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(QsnnError, match=r"--device cuda:3: there is no GPU with that index; available here: cpu, cuda:0, cuda:1"):
+    with pytest.raises(
+        QsnnError, match=r"--device cuda:3: there is no GPU with that index; available here: cpu, cuda:0, cuda:1"
+    ):
         resolve_device("cuda:3")
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")

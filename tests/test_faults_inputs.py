@@ -82,7 +82,7 @@ def test_digest_catches_a_flipped_weight(checkpoint, work):
     path, raw, original = checkpoint
     start, stop = _regions(raw)["largest tensor"]
     bad = bytearray(raw)
-    bad[(start + stop) // 2] ^= 0x10   # one bit of one weight: torch's zip has no checksum of its own
+    bad[(start + stop) // 2] ^= 0x10  # one bit of one weight: torch's zip has no checksum of its own
     target = work / "one-weight-flipped.pt"
     target.write_bytes(bytes(bad))
     with pytest.raises(CheckpointError, match="digest") as err:
@@ -103,7 +103,7 @@ def test_checkpoint_truncated_or_flipped(checkpoint, work, data):
         assert_clean_error(exc, str(target))
         assert isinstance(exc, CheckpointError), how
         return
-    _same_checkpoint(loaded, original)              # a flip the digest cannot see changed nothing
+    _same_checkpoint(loaded, original)  # a flip the digest cannot see changed nothing
     model_from_checkpoint(loaded)
 
 
@@ -176,7 +176,9 @@ def test_onnx_truncated_or_flipped(onnx_files, work, kind):
         target = _fresh(work, f"{kind}.onnx")
         target.write_bytes(blob)
         try:
-            net = compile_qonnx(target, FPGA, allow_saturation=True)[0] if kind == "float" else read_integer_qonnx(target)
+            net = (
+                compile_qonnx(target, FPGA, allow_saturation=True)[0] if kind == "float" else read_integer_qonnx(target)
+            )
         except QsnnError as exc:
             assert_clean_error(exc, str(target))
             return
@@ -195,9 +197,11 @@ def test_sim_cli_on_damaged_onnx(onnx_files, work, data):
     how, blob = data.draw(damaged(raw, _metadata_regions(raw, onnx.load_from_string(raw))))
     target = _fresh(work, f"{kind}.onnx")
     target.write_bytes(blob)
-    float_graph = [] if data.draw(st.booleans()) else ["--no-float"]   # also run the float graph in onnxruntime
-    result = CliRunner().invoke(main, [str(target), "--dataset", "mnist5k", "--subset", "10", *float_graph,
-                                       "--no-progress", "--allow-saturation"])
+    float_graph = [] if data.draw(st.booleans()) else ["--no-float"]  # also run the float graph in onnxruntime
+    result = CliRunner().invoke(
+        main,
+        [str(target), "--dataset", "mnist5k", "--subset", "10", *float_graph, "--no-progress", "--allow-saturation"],
+    )
     if result.exit_code != 0:
         assert_clean_cli_error(result, target.name)
 
@@ -212,8 +216,12 @@ def test_cli_errors_on_real_stderr_and_debug_traceback(work):
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = subprocess.run([str(sim), str(bad), "--no-progress", "--debug"], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "Traceback" in res.stderr and "ExportError" in res.stderr
-    res = subprocess.run([str(sim), str(bad), "--profile", "fpga", "--profile-set", "membrane_bits=99"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [str(sim), str(bad), "--profile", "fpga", "--profile-set", "membrane_bits=99"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 1 and res.stderr.startswith("error: ") and "membrane_bits=99" in res.stderr, res.stderr
 
 
@@ -232,13 +240,22 @@ def _tiny_net(profile: ChipProfile) -> IntegerNetwork:
 def target_folders(work) -> dict[str, Path]:
     from qsnn.targets import write_target
 
-    return {name: write_target(name, _tiny_net(LOIHI2 if name == "loihi2" else FPGA), work / f"target-{name}")
-            for name in ("fpga", "loihi2", "nir")}
+    return {
+        name: write_target(name, _tiny_net(LOIHI2 if name == "loihi2" else FPGA), work / f"target-{name}")
+        for name in ("fpga", "loihi2", "nir")
+    }
 
 
-_JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                         st.text(max_size=8), st.sampled_from(["conv", "dense", "fpga", "loihi2", "nir", "static"]),
-                         st.lists(st.integers(-5, 40), max_size=4), st.just({}))
+_JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.sampled_from(["conv", "dense", "fpga", "loihi2", "nir", "static"]),
+    st.lists(st.integers(-5, 40), max_size=4),
+    st.just({}),
+)
 
 
 @st.composite
@@ -360,8 +377,9 @@ _IMAGES = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.u
 @st.composite
 def _idx_file(draw) -> tuple[str, bytes]:
     """IDX bytes with a wrong magic, wrong dimensions or a payload of the wrong size (gzipped or not)."""
-    magic = draw(st.one_of(st.sampled_from([0x0801, 0x0803, 0x0802, 0x0C03, 0x0D03, 0, 0x08030000]),
-                           st.integers(0, 2**32 - 1)))
+    magic = draw(
+        st.one_of(st.sampled_from([0x0801, 0x0803, 0x0802, 0x0C03, 0x0D03, 0, 0x08030000]), st.integers(0, 2**32 - 1))
+    )
     ndim = draw(st.integers(0, 4))
     dims = draw(st.lists(st.one_of(st.integers(0, 40), st.integers(0, 2**32 - 1)), min_size=ndim, max_size=ndim))
     payload = draw(st.integers(0, 3 * 28 * 28 + 10))
@@ -397,9 +415,24 @@ def test_bad_idx_file_through_train_cli(work):
 
     root = write_mnist_idx_dir(work / "idx-bad", n_train=60, n_test=20, seed=0, gz=False)
     labels = root / "train-labels-idx1-ubyte"
-    labels.write_bytes(labels.read_bytes()[:-7])   # 7 labels short
-    result = CliRunner().invoke(main, ["run", "--dataset", "mnist", "--data-dir", str(root), "--epochs", "1",
-                                       "--steps", "2", "--out", str(work / "idx-run"), "--no-progress"])
+    labels.write_bytes(labels.read_bytes()[:-7])  # 7 labels short
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(root),
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(work / "idx-run"),
+            "--no-progress",
+        ],
+    )
     assert_clean_cli_error(result, str(labels), "truncated")
     assert not (work / "idx-run" / "last.pt").exists()
 
@@ -413,12 +446,14 @@ def _bad_recording(draw) -> tuple[str, np.ndarray]:
     """A short (N, 4) recording x, y, p, t (t in µs) with one kind of damage."""
     n = draw(st.integers(2, 30))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    ev = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
-                   np.sort(rng.integers(0, 600_000, n))], axis=1).astype(np.float64)
+    ev = np.stack(
+        [rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n), np.sort(rng.integers(0, 600_000, n))],
+        axis=1,
+    ).astype(np.float64)
     kind = draw(st.sampled_from(["x", "y", "p", "unsorted", "nan", "fraction"]))
     i = draw(st.integers(0, n - 1))
     if kind in ("x", "y"):
-        ev[i, "xy".index(kind)] = draw(st.one_of(st.integers(128, 10**6), st.integers(-10**6, -1)))
+        ev[i, "xy".index(kind)] = draw(st.one_of(st.integers(128, 10**6), st.integers(-(10**6), -1)))
     elif kind == "p":
         ev[i, 2] = draw(st.sampled_from([-1, 2, 3, 255, 0.5]))
     elif kind == "unsorted":
@@ -479,8 +514,23 @@ def test_bad_recording_through_train_cli(work):
     ev = np.load(bad)
     ev[5, 1] = -3
     np.save(bad, ev)
-    result = CliRunner().invoke(main, ["run", "--dataset", "dvs128", "--data-dir", str(root), "--epochs", "1",
-                                       "--steps", "4", "--out", str(work / "dvs-run"), "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--dataset",
+            "dvs128",
+            "--data-dir",
+            str(root),
+            "--epochs",
+            "1",
+            "--steps",
+            "4",
+            "--out",
+            str(work / "dvs-run"),
+            "--no-progress",
+        ],
+    )
     assert_clean_cli_error(result, str(bad), "y coordinate -3")
 
 
@@ -489,60 +539,90 @@ def test_bad_recording_through_train_cli(work):
 
 
 _FIELDS = [f.name for f in dataclasses.fields(ChipProfile) if f.name != "name"]
-_ANY = st.one_of(st.integers(-5, 70), st.integers(-2**80, 2**80), st.booleans(), st.none(), st.floats(),
-                 st.text(max_size=4), st.sampled_from(["saturate", "wrap", "mul", "shift", "loihi", "subtract", "zero"]))
+_ANY = st.one_of(
+    st.integers(-5, 70),
+    st.integers(-(2**80), 2**80),
+    st.booleans(),
+    st.none(),
+    st.floats(),
+    st.text(max_size=4),
+    st.sampled_from(["saturate", "wrap", "mul", "shift", "loihi", "subtract", "zero"]),
+)
 
 
 def _decay_for(profile: ChipProfile) -> int:
-    return {"mul": 1 << profile.leak_bits, "shift": 62, "loihi": 0}[profile.leak]   # no leak
+    return {"mul": 1 << profile.leak_bits, "shift": 62, "loihi": 0}[profile.leak]  # no leak
 
 
 @fuzz(N_PROFILE)
-@given(base=st.sampled_from(sorted(PROFILES)), changes=st.dictionaries(st.sampled_from(_FIELDS), _ANY, min_size=1, max_size=4))
+@given(
+    base=st.sampled_from(sorted(PROFILES)),
+    changes=st.dictionaries(st.sampled_from(_FIELDS), _ANY, min_size=1, max_size=4),
+)
 def test_profiles_with_impossible_fields(base, changes):
     try:
         profile = get_profile(base, **changes)
     except QsnnError as exc:
         assert isinstance(exc, ProfileError)
         bad = [k for k in changes if f"{k}=" in str(exc) or k in str(exc)]
-        assert bad, str(exc)   # the message names a field it refuses
+        assert bad, str(exc)  # the message names a field it refuses
         return
     # a profile that constructs must be usable: the rails are sound and the engine simulates under it
     assert profile.membrane_min < 0 < profile.membrane_max
     assert 0 <= profile.frac_bits < profile.membrane_bits
     theta = min(profile.membrane_max, profile.threshold_max)
-    layer = IntegerLayer("fc", "dense", np.ones((1, 1), np.int8), 1, 0, np.array([theta]), np.array([0]),
-                         _decay_for(profile), np.ones(1))
+    layer = IntegerLayer(
+        "fc", "dense", np.ones((1, 1), np.int8), 1, 0, np.array([theta]), np.array([0]), _decay_for(profile), np.ones(1)
+    )
     net = IntegerNetwork((layer,), profile, (1, 1, 1), 4, "static", ("a",))
     res = simulate(net, np.full((1, 1, 1, 1), 255, np.uint8), record_membranes=True)
     u = res.membranes["u1"]
     assert u.min() >= -(2 ** (profile.membrane_bits - 1)) and u.max() <= profile.membrane_max
 
 
-@pytest.mark.parametrize("setting, fragment", [
-    ("membrane_bits=99", "membrane_bits=99"), ("membrane_bits=3", "membrane_bits=3"),
-    ("frac_bits=16", "frac_bits=16"), ("weight_bits=1", "weight_bits=1"), ("leak_bits=40", "leak_bits=40"),
-    ("membrane_bits=62", "membrane_bits + leak_bits"), ("overflow=banana", "overflow='banana'"),
-    ("membrane_bits=sixteen", "sixteen"), ("threshold_shift=99", "threshold_shift=99"),
-])
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        ("membrane_bits=99", "membrane_bits=99"),
+        ("membrane_bits=3", "membrane_bits=3"),
+        ("frac_bits=16", "frac_bits=16"),
+        ("weight_bits=1", "weight_bits=1"),
+        ("leak_bits=40", "leak_bits=40"),
+        ("membrane_bits=62", "membrane_bits + leak_bits"),
+        ("overflow=banana", "overflow='banana'"),
+        ("membrane_bits=sixteen", "sixteen"),
+        ("threshold_shift=99", "threshold_shift=99"),
+    ],
+)
 def test_impossible_profile_settings_on_the_command_lines(onnx_files, checkpoint, work, setting, fragment):
     from qsnn.export.cli import main as export_main
     from qsnn.sim.cli import main as sim_main
 
-    result = CliRunner().invoke(sim_main, [str(onnx_files["float"]), "--profile", "fpga", "--profile-set", setting,
-                                           "--no-progress"])
+    result = CliRunner().invoke(
+        sim_main, [str(onnx_files["float"]), "--profile", "fpga", "--profile-set", setting, "--no-progress"]
+    )
     assert_clean_cli_error(result, fragment)
     out = work / f"profile-{setting.split('=')[0]}.onnx"
-    result = CliRunner().invoke(export_main, [str(checkpoint[0]), "--to", "qonnx", "--profile", "fpga",
-                                              "--profile-set", setting, "-o", str(out)])
+    result = CliRunner().invoke(
+        export_main,
+        [str(checkpoint[0]), "--to", "qonnx", "--profile", "fpga", "--profile-set", setting, "-o", str(out)],
+    )
     assert_clean_cli_error(result, fragment)
     assert not out.exists()
 
 
 def test_impossible_profiles_in_the_api():
-    for bad in (dict(membrane_bits=99), dict(membrane_bits="16"), dict(symmetric_clip=1), dict(leak="square"),
-                dict(membrane_bits=62, leak_bits=12), dict(threshold_shift=10**9), dict(synaptic_delay=10**9),
-                dict(weight_bits=16.0), dict(max_fan_in=-1)):
+    for bad in (
+        dict(membrane_bits=99),
+        dict(membrane_bits="16"),
+        dict(symmetric_clip=1),
+        dict(leak="square"),
+        dict(membrane_bits=62, leak_bits=12),
+        dict(threshold_shift=10**9),
+        dict(synaptic_delay=10**9),
+        dict(weight_bits=16.0),
+        dict(max_fan_in=-1),
+    ):
         with pytest.raises(ProfileError) as err:
             FPGA.replace(**bad)
         assert next(iter(bad)) in str(err.value)

@@ -29,23 +29,43 @@ from qsnn.train.checkpoint import load_checkpoint
 
 EXE = Path(sys.prefix) / "bin" / "qsnn-train"
 PAUSER = Path(__file__).with_name("pause_in_write.py")
-ARGS = ["run", "--dataset", "mnist5k", "--steps", "4", "--epochs", "3", "--subset", "200", "--val-subset", "50",
-        "--test-subset", "50", "--batch-size", "50", "--cosine-period", "1", "--seed", "3", "--no-progress"]
+ARGS = [
+    "run",
+    "--dataset",
+    "mnist5k",
+    "--steps",
+    "4",
+    "--epochs",
+    "3",
+    "--subset",
+    "200",
+    "--val-subset",
+    "50",
+    "--test-subset",
+    "50",
+    "--batch-size",
+    "50",
+    "--cosine-period",
+    "1",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 OUTPUTS = ("last.pt", "best.pt", "log.csv", "log.json", "iters.csv", "metrics.json", "training.png")
 
 #: Kill points of the chained run: the file being written and which write of it in that process
 #: (each process resumes the run the previous one left). Every kill lands half way through writing.
 HOOKED_KILLS = (
-    ("best.pt", 1),       # epoch 1's best.pt: nothing complete on disk yet
-    ("last.pt", 1),       # epoch 1's last.pt: best.pt complete, last.pt not yet
-    ("last.pt", 1),       # (resumed, nothing to resume) epoch 1's last.pt again, best.pt rewritten
-    ("last.pt", 2),       # (fresh again) epoch 2's last.pt: the complete epoch 1 file must survive
+    ("best.pt", 1),  # epoch 1's best.pt: nothing complete on disk yet
+    ("last.pt", 1),  # epoch 1's last.pt: best.pt complete, last.pt not yet
+    ("last.pt", 1),  # (resumed, nothing to resume) epoch 1's last.pt again, best.pt rewritten
+    ("last.pt", 2),  # (fresh again) epoch 2's last.pt: the complete epoch 1 file must survive
     ("metrics.json", 1),  # the final file: training done, best.pt rewritten with the test accuracy
 )
 RANDOM_KILLS = 2
 WAIT_S = 120
 
-pytestmark = pytest.mark.slow   # real training processes, killed and resumed
+pytestmark = pytest.mark.slow  # real training processes, killed and resumed
 
 
 def _start(out: Path, log: Path, *, resume: bool, pause: tuple[str, Path] | None = None) -> subprocess.Popen:
@@ -121,8 +141,11 @@ def assert_same_run(run: Path, ref: Path) -> None:
         assert_same_state(a["optimizer"], b["optimizer"], f"{name}:optimizer")
         assert_same_state(a["schedule"], b["schedule"], f"{name}:schedule")
     ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run, ref))
-    assert (ours["best_epoch"], ours["best_val_acc"], ours["test_acc"]) == \
-           (theirs["best_epoch"], theirs["best_val_acc"], theirs["test_acc"])
+    assert (ours["best_epoch"], ours["best_val_acc"], ours["test_acc"]) == (
+        theirs["best_epoch"],
+        theirs["best_val_acc"],
+        theirs["test_acc"],
+    )
     losses = [[r["train_loss"] for r in json.loads((d / "log.json").read_text())] for d in (run, ref)]
     assert losses[0] == losses[1]
     assert sorted(p.name for p in run.iterdir()) == sorted(OUTPUTS), "stray files in the run directory"
@@ -163,7 +186,7 @@ def test_sigkill_mid_write_at_every_stage_then_resume(reference, tmp_path):
         assert any(t.startswith(f".{name}.") for t in _temporaries(run)), _temporaries(run)
         check_run_dir(run)
     _finish(_start(run, tmp_path / "final.log", resume=True), tmp_path / "final.log")
-    assert "removed" in (tmp_path / "final.log").read_text()   # the stray temporaries were cleared
+    assert "removed" in (tmp_path / "final.log").read_text()  # the stray temporaries were cleared
     assert _temporaries(run) == []
     assert_same_run(run, reference[0])
 

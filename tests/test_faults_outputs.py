@@ -24,8 +24,16 @@ from click.testing import CliRunner
 from faults_helpers import assert_clean_cli_error
 from fixtures import synthetic_checkpoint, write_mnist_idx_dir
 
-from qsnn.output_guard import (QONNX, SIM_PLOT, SIM_REPORT, OutputError, check_outputs, describe, os_error_message,
-                          target_folder)
+from qsnn.output_guard import (
+    QONNX,
+    SIM_PLOT,
+    SIM_REPORT,
+    OutputError,
+    check_outputs,
+    describe,
+    os_error_message,
+    target_folder,
+)
 
 #: Collision classes (the columns of the table).
 CLASSES = {
@@ -65,8 +73,10 @@ CASES: dict[str, dict[str, tuple[list[str], str]]] = {
         "symlink": (["{model}", "--report", "{link_model}", "--force"], "is also the input"),
     },
     "qsnn-rtl-sim": {
-        "input": (["{fpga}", "--no-sim", "--synth", "ecp5", "--report", "{fpga}/manifest.json", "--force"],
-                  "is also the input"),
+        "input": (
+            ["{fpga}", "--no-sim", "--synth", "ecp5", "--report", "{fpga}/manifest.json", "--force"],
+            "is also the input",
+        ),
         "other": (["{fpga}", "--report", "{fpga}/resources.json"], "same path"),
         "rundir": (["{fpga}", "--report", "{run}", "--force"], "qsnn-train run directory"),
         "file_on_dir": (["{fpga}", "--report", "{notes}", "--force"], "needs a file path"),
@@ -161,7 +171,10 @@ def originals(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("outputs-originals")
     synthetic_checkpoint(root / "ckpt.pt")
-    for args in (["--to", "qonnx", "-o", root / "model.onnx"], ["--to", "fpga", "--allow-saturation", "-o", root / "fpga"]):
+    for args in (
+        ["--to", "qonnx", "-o", root / "model.onnx"],
+        ["--to", "fpga", "--allow-saturation", "-o", root / "fpga"],
+    ):
         res = CliRunner().invoke(export_main, [str(root / "ckpt.pt"), *map(str, args)])
         assert res.exit_code == 0, res.output
     return root
@@ -175,7 +188,7 @@ def scratch(originals, tmp_path) -> dict[str, str]:
     shutil.copy2(originals / "model.onnx", root / "model.onnx")
     shutil.copytree(originals / "fpga", root / "fpga")
     write_mnist_idx_dir(root / "data", 20, 20, seed=0)
-    run = root / "run"                         # a training run directory: checkpoints and metrics
+    run = root / "run"  # a training run directory: checkpoints and metrics
     run.mkdir()
     for name in ("last.pt", "best.pt"):
         shutil.copy2(originals / "ckpt.pt", run / name)
@@ -183,12 +196,24 @@ def scratch(originals, tmp_path) -> dict[str, str]:
     (root / "unrelated.txt").write_text("a user's notes\n")
     (root / "notes").mkdir()
     (root / "notes" / "todo.txt").write_text("keep me\n")
-    for link, target in (("link_ckpt", "ckpt.pt"), ("link_model", "model.onnx"), ("link_data", "data"),
-                         ("link_manifest", "fpga/manifest.json")):
+    for link, target in (
+        ("link_ckpt", "ckpt.pt"),
+        ("link_model", "model.onnx"),
+        ("link_data", "data"),
+        ("link_manifest", "fpga/manifest.json"),
+    ):
         (root / link).symlink_to(target)
-    names = {"root": root, "ckpt": root / "ckpt.pt", "model": root / "model.onnx", "fpga": root / "fpga",
-             "data": root / "data", "run": run, "unrelated": root / "unrelated.txt", "notes": root / "notes",
-             **{k: root / k for k in ("link_ckpt", "link_model", "link_data", "link_manifest")}}
+    names = {
+        "root": root,
+        "ckpt": root / "ckpt.pt",
+        "model": root / "model.onnx",
+        "fpga": root / "fpga",
+        "data": root / "data",
+        "run": run,
+        "unrelated": root / "unrelated.txt",
+        "notes": root / "notes",
+        **{k: root / k for k in ("link_ckpt", "link_model", "link_data", "link_manifest")},
+    }
     return {k: str(v) for k, v in names.items()}
 
 
@@ -207,9 +232,10 @@ def test_refused_before_work_and_nothing_changed(scratch, monkeypatch, command, 
     result = CliRunner().invoke(_command(command), argv)
     line = assert_clean_cli_error(result, fragment)
     assert snapshot(Path(scratch["root"])) == before, line
-    named = {a for a in argv if a.startswith(scratch["root"])} | {a[len("sqlite:///"):] for a in argv
-                                                                  if a.startswith("sqlite:///")}
-    assert any(path in line for path in named), line       # the message names the path at fault
+    named = {a for a in argv if a.startswith(scratch["root"])} | {
+        a[len("sqlite:///") :] for a in argv if a.startswith("sqlite:///")
+    }
+    assert any(path in line for path in named), line  # the message names the path at fault
 
 
 def test_every_command_has_every_applicable_class():
@@ -247,9 +273,18 @@ def test_sim_plot_is_recognised_by_its_marker(synthetic_onnx, tmp_path):
     """qsnn-sim writes its marker into the PNG and the report, so a second run with --force may replace them."""
     from qsnn.sim.cli import main
 
-    args = [str(synthetic_onnx), "--allow-saturation", "--subset", "10", "--no-float", "--no-progress",
-            "--report", str(tmp_path / "r.json"),
-            "--plot", str(tmp_path / "r.png")]
+    args = [
+        str(synthetic_onnx),
+        "--allow-saturation",
+        "--subset",
+        "10",
+        "--no-float",
+        "--no-progress",
+        "--report",
+        str(tmp_path / "r.json"),
+        "--plot",
+        str(tmp_path / "r.png"),
+    ]
     assert CliRunner().invoke(main, args).exit_code == 0
     assert SIM_PLOT.recognise(tmp_path / "r.png") and SIM_REPORT.recognise(tmp_path / "r.json")
     assert_clean_cli_error(CliRunner().invoke(main, args), "exists", "--force")
@@ -265,8 +300,9 @@ def test_unwritable_output_folder_is_found_before_the_work(synthetic_onnx, tmp_p
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        line = assert_clean_cli_error(CliRunner().invoke(main, [str(synthetic_onnx), "--report", str(locked / "r.json")]),
-                                      "cannot be written")
+        line = assert_clean_cli_error(
+            CliRunner().invoke(main, [str(synthetic_onnx), "--report", str(locked / "r.json")]), "cannot be written"
+        )
         assert str(locked / "r.json") in line and "Permission denied" in line
     finally:
         locked.chmod(0o755)
@@ -291,7 +327,7 @@ def test_os_error_message_names_the_path_and_what_to_do():
     assert msg.startswith("/tmp/x: Is a directory") and "choose a file path" in msg
 
 
-if __name__ == "__main__":   # the table for docs/faults.md and the issue's closing note
+if __name__ == "__main__":  # the table for docs/faults.md and the issue's closing note
     cols = list(CLASSES)
     print("| command | " + " | ".join(CLASSES[c] for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

@@ -22,14 +22,15 @@ from qsnn.profiles import FPGA
 from qsnn.sim import simulate
 from qsnn.sim.report import hardware_figures
 
-NO_LEAK = 1 << FPGA.leak_bits   # m = 2^12: β = 1
+NO_LEAK = 1 << FPGA.leak_bits  # m = 2^12: β = 1
 
 
 def dense(name, w, threshold, shift=0, bias=0, decay=NO_LEAK):
     w = np.asarray(w, dtype=np.int8)
     o = w.shape[0]
-    return IntegerLayer(name, "dense", w, 1, shift, np.full(o, threshold, np.int64), np.full(o, bias, np.int64),
-                        decay, np.ones(o))
+    return IntegerLayer(
+        name, "dense", w, 1, shift, np.full(o, threshold, np.int64), np.full(o, bias, np.int64), decay, np.ones(o)
+    )
 
 
 def relay_then_push(profile, T=4):
@@ -42,14 +43,16 @@ def relay_then_push(profile, T=4):
 def test_saturation_is_counted_in_the_layer_that_saturates():
     net = relay_then_push(FPGA.replace(membrane_bits=8))
     res = simulate(net, np.full((1, 1, 1, 1), 20, np.uint8), record_membranes=True)
-    assert res.membranes["u1"][:, 0, 0].tolist() == [20, 30, 40, 50]          # fc1: no overflow
+    assert res.membranes["u1"][:, 0, 0].tolist() == [20, 30, 40, 50]  # fc1: no overflow
     assert res.membranes["u2"][:, 0].tolist() == [[112, -112], [127, -128], [127, -128], [127, -128]]
     fc1, fc2 = res.layers
     assert (fc1.saturation_low, fc1.saturation_high) == (0, 0)
-    assert (fc2.saturation_low, fc2.saturation_high) == (3, 3)                 # t = 1, 2, 3 on each rail
+    assert (fc2.saturation_low, fc2.saturation_high) == (3, 3)  # t = 1, 2, 3 on each rail
     hw = hardware_figures(net, res)
-    assert [(layer["name"], layer["saturation_low"], layer["saturation_high"]) for layer in hw["layers"]] == \
-           [("fc1", 0, 0), ("fc2", 3, 3)]
+    assert [(layer["name"], layer["saturation_low"], layer["saturation_high"]) for layer in hw["layers"]] == [
+        ("fc1", 0, 0),
+        ("fc2", 3, 3),
+    ]
     assert hw["total"]["saturation_events"] == 6
     assert hw["layers"][1]["membrane_min"] == -128 and hw["layers"][1]["membrane_max"] == 127
 
@@ -70,8 +73,9 @@ def test_exactly_at_both_rails(overflow, bits):
     hi, lo = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
     profile = FPGA.replace(membrane_bits=bits, overflow=overflow)
     # currents +hi then +1 (from the two input channels: c = x_up − x_down), threshold out of reach
-    layer = IntegerLayer("fc", "dense", np.array([[1, -1]], np.int8), 1, 0, np.array([hi]), np.array([0]),
-                         NO_LEAK, np.ones(1))
+    layer = IntegerLayer(
+        "fc", "dense", np.array([[1, -1]], np.int8), 1, 0, np.array([hi]), np.array([0]), NO_LEAK, np.ones(1)
+    )
     net = IntegerNetwork((layer,), profile, (2, 1, 1), 2, "events", ("only",), input_max=65535)
 
     def run(currents):
@@ -84,10 +88,10 @@ def test_exactly_at_both_rails(overflow, bits):
     u, stats, spiked = run([hi, 1])
     assert u == ([hi, hi] if overflow == "saturate" else [hi, lo])
     assert (stats.saturation_high, stats.saturation_low) == (1, 0) and not spiked
-    u, stats, spiked = run([lo, -1])           # down to the low rail, then one below it
+    u, stats, spiked = run([lo, -1])  # down to the low rail, then one below it
     assert u == ([lo, lo] if overflow == "saturate" else [lo, hi])
     assert (stats.saturation_high, stats.saturation_low) == (0, 1)
-    assert not spiked                          # wrapped to +hi: still not above θ = hi
+    assert not spiked  # wrapped to +hi: still not above θ = hi
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,7 +111,7 @@ def hardware_register(bits, overflow, currents, theta, bias, decay, reset):
         v = ((u * decay) >> FPGA.leak_bits) + c + bias - (theta if (fired and reset == "subtract") else 0)
         if v > hi or v < lo:
             events += 1
-            v = max(lo, min(hi, v)) if overflow == "saturate" else _C_INT[bits](v).value   # C truncation
+            v = max(lo, min(hi, v)) if overflow == "saturate" else _C_INT[bits](v).value  # C truncation
         u, fired = v, v > theta
         us.append(u)
         zs.append(int(fired))
@@ -115,20 +119,24 @@ def hardware_register(bits, overflow, currents, theta, bias, decay, reset):
 
 
 @fuzz(40)
-@given(bits=st.sampled_from([8, 16]), overflow=st.sampled_from(["saturate", "wrap"]),
-       reset=st.sampled_from(["subtract", "zero"]), data=st.data())
+@given(
+    bits=st.sampled_from([8, 16]),
+    overflow=st.sampled_from(["saturate", "wrap"]),
+    reset=st.sampled_from(["subtract", "zero"]),
+    data=st.data(),
+)
 def test_engine_equals_a_c_integer_register(bits, overflow, reset, data):
     hi = 2 ** (bits - 1) - 1
-    big = min(3 * hi, 65535)      # event counts are uint16
+    big = min(3 * hi, 65535)  # event counts are uint16
     currents = data.draw(st.lists(st.integers(-big, big), min_size=1, max_size=12))
     theta = data.draw(st.integers(0, hi))
     bias = data.draw(st.integers(-hi // 4, hi // 4))
     decay = data.draw(st.integers(0, NO_LEAK))
     profile = FPGA.replace(membrane_bits=bits, overflow=overflow, reset=reset)
-    layer = IntegerLayer("fc", "dense", np.array([[1, -1]], np.int8), 1, 0, np.array([theta]), np.array([bias]),
-                         decay, np.ones(1))
-    net = IntegerNetwork((layer,), profile, (2, 1, 1), len(currents), "events", ("only",),
-                         input_max=65535)
+    layer = IntegerLayer(
+        "fc", "dense", np.array([[1, -1]], np.int8), 1, 0, np.array([theta]), np.array([bias]), decay, np.ones(1)
+    )
+    net = IntegerNetwork((layer,), profile, (2, 1, 1), len(currents), "events", ("only",), input_max=65535)
     x = np.zeros((1, len(currents), 2, 1, 1), np.uint16)
     for t, c in enumerate(currents):
         x[0, t, 0 if c > 0 else 1] = abs(c)
@@ -150,9 +158,23 @@ def test_qsnn_sim_reports_saturation_per_layer(float_onnx, tmp_path):
     from qsnn.sim.cli import main
 
     report_path = tmp_path / "sim.json"
-    result = CliRunner().invoke(main, [str(float_onnx), "--profile", "fpga", "--profile-set", "membrane_bits=8",
-                                       "--allow-saturation", "--subset", "40", "--no-float", "--no-progress",
-                                       "--report", str(report_path)])
+    result = CliRunner().invoke(
+        main,
+        [
+            str(float_onnx),
+            "--profile",
+            "fpga",
+            "--profile-set",
+            "membrane_bits=8",
+            "--allow-saturation",
+            "--subset",
+            "40",
+            "--no-float",
+            "--no-progress",
+            "--report",
+            str(report_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     layers = report["hardware"]["layers"]
@@ -161,12 +183,15 @@ def test_qsnn_sim_reports_saturation_per_layer(float_onnx, tmp_path):
     hit = [layer for layer in layers if layer["saturation_events"]]
     assert "warning:" in result.output and f"{total} membrane updates overflowed the 8-bit register" in result.output
     for layer in hit:
-        assert f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, " \
-               f"{layer['saturation_high']} high)" in result.output
+        assert (
+            f"{layer['name']} {layer['saturation_events']} ({layer['saturation_low']} low, "
+            f"{layer['saturation_high']} high)" in result.output
+        )
         assert layer["membrane_min"] >= -128 and layer["membrane_max"] <= 127
     # the report holds exactly what the simulator counted
     net, _ = compile_qonnx(float_onnx, get_profile("fpga", membrane_bits=8), allow_saturation=True)
     data = load_split("mnist5k", "test", subset=40)
     sim = simulate(net, data.x)
-    assert [(s.name, s.saturation_low, s.saturation_high) for s in sim.layers] == \
-           [(layer["name"], layer["saturation_low"], layer["saturation_high"]) for layer in layers]
+    assert [(s.name, s.saturation_low, s.saturation_high) for s in sim.layers] == [
+        (layer["name"], layer["saturation_low"], layer["saturation_high"]) for layer in layers
+    ]

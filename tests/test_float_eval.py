@@ -44,13 +44,17 @@ def _binary(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 128, 255, 0).astype(np.uint8)
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"reset": "zero"},
-    {"synaptic_delay": 1},
-    {"batch_norm": False},
-    {"reset": "zero", "synaptic_delay": 1, "batch_norm": False},
-], ids=["subtract", "zero-reset", "delay", "no-bn", "zero-delay-no-bn"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"reset": "zero"},
+        {"synaptic_delay": 1},
+        {"batch_norm": False},
+        {"reset": "zero", "synaptic_delay": 1, "batch_norm": False},
+    ],
+    ids=["subtract", "zero-reset", "delay", "no-bn", "zero-delay-no-bn"],
+)
 def test_equals_the_graph_where_its_arithmetic_is_exact(synthetic, mnist_test, overrides):
     """Power-of-two scales on 0/1 inputs: the graph's sums are exact too, so every spike and membrane of
     every layer and step equals onnxruntime's run of the graph (subtract and zero reset, synaptic
@@ -105,7 +109,7 @@ def test_codes_are_worth_their_pixel_value(synthetic, mnist_test, top):
     ref = run_onnx_steps(path, float_input(codes, "static"), record=True)
     got = FloatEvaluator(path).run(codes, record=True)
     # u1 at t = 0 is layer 1's current itself (no history): the two differ by float rounding only
-    current = np.abs(ref["u1"][0] - ref["u1"][0].min())   # BatchNorm's offset aside, what the pixels add
+    current = np.abs(ref["u1"][0] - ref["u1"][0].min())  # BatchNorm's offset aside, what the pixels add
     assert current.max() > 100 * BOUNDS["membrane_atol"]
     assert np.abs(got["u1"][0] - ref["u1"][0]).max() <= BOUNDS["membrane_atol"]
 
@@ -125,16 +129,17 @@ def test_sums_are_the_exact_integers(synthetic):
         # the exact sums of the real products, over the folded kernel's window (stride p), as fractions
         kernel = layer._mat.reshape(-1, layer.window, layer.window, 1)
         for sample, row, col, out in [(0, 0, 0, 0), (1, 5, 7, 9), (x.shape[0] - 1, 11, 11, 15)]:
-            patch = x[sample, 2 * row:2 * row + layer.window, 2 * col:2 * col + layer.window, :]
+            patch = x[sample, 2 * row : 2 * row + layer.window, 2 * col : 2 * col + layer.window, :]
             exact = sum(Fraction(float(values[p])) * int(q) for p, q in zip(patch.ravel(), kernel[out].ravel()))
             assert Fraction(int(sums[sample, row, col, out])) * Fraction(w) == exact
     spikes = rng.random((4, 12, 12, 16)) < 0.3
     conv2 = FloatEvaluator(path).layers[1]
     by_ort = conv2.sums(spikes)[0]
-    assert conv2.sum_kernels[1] == "onnxruntime MatMulInteger on 2x2 box sums"   # the layer's own 5×5 kernel
+    assert conv2.sum_kernels[1] == "onnxruntime MatMulInteger on 2x2 box sums"  # the layer's own 5×5 kernel
     windows = np.lib.stride_tricks.sliding_window_view(spikes, (conv2.window,) * 2, axis=(1, 2))[:, ::2, ::2]
-    reference = np.einsum("nhwckl,oklc->nhwo", windows[:, :4, :4].astype(np.int64),
-                          conv2._mat.reshape(-1, conv2.window, conv2.window, 16))
+    reference = np.einsum(
+        "nhwckl,oklc->nhwo", windows[:, :4, :4].astype(np.int64), conv2._mat.reshape(-1, conv2.window, conv2.window, 16)
+    )
     assert np.array_equal(by_ort, reference)
 
 
@@ -145,7 +150,7 @@ def test_without_onnxruntime_the_same_spikes(synthetic, mnist_test, monkeypatch)
     with_ort = FloatEvaluator(path).run(x, record=True)
     import qsnn.kernels
 
-    for module in (float_eval, qsnn.kernels):          # the evaluator's own check and box_kernel's
+    for module in (float_eval, qsnn.kernels):  # the evaluator's own check and box_kernel's
         monkeypatch.setattr(module, "ort_available", lambda: False)
     plain = FloatEvaluator(path)
     assert {layer.sum_kernels[1] for layer in plain.layers} == {"numpy float32"}
@@ -160,11 +165,11 @@ def test_batch_split_and_threads_do_not_change_a_spike(synthetic, mnist_test):
     x = mnist_test.x[:150]
     whole = FloatEvaluator(path, threads=2).run(x, record=True)
     one = FloatEvaluator(path, threads=1)
-    alone = [one.run(x[i:i + 1], record=True) for i in (0, 77, 149)]
+    alone = [one.run(x[i : i + 1], record=True) for i in (0, 77, 149)]
     for key in KEYS:
         assert np.array_equal(whole[key], FloatEvaluator(path, threads=1).run(x, record=True)[key]), key
         for i, part in zip((0, 77, 149), alone):
-            assert np.array_equal(whole[key][:, i:i + 1], part[key]), key
+            assert np.array_equal(whole[key][:, i : i + 1], part[key]), key
 
 
 def test_bad_inputs_name_the_file(synthetic, mnist_test):
@@ -202,7 +207,9 @@ def test_event_model_agrees_with_the_graph(trained_run, dvs_data_dir, tmp_path):
 
     path = export_float(trained_run(dataset="dvs128") / "best.pt", tmp_path / "dvs.onnx")
     meta = read_metadata(onnx.load(str(path)))
-    data = load_split("dvs128", "test", dvs_data_dir, num_steps=meta["num_steps"], events=event_frames_from_metadata(meta))
+    data = load_split(
+        "dvs128", "test", dvs_data_dir, num_steps=meta["num_steps"], events=event_frames_from_metadata(meta)
+    )
     x = data.x[:40]
     ref = run_onnx_steps(path, x.astype(np.float32), record=True)
     got = FloatEvaluator(path).run(x, record=True)
@@ -220,8 +227,9 @@ def test_qsnn_sim_float_engines(synthetic, tmp_path):
     reports = {}
     for engine in ("layers", "graph"):
         out = tmp_path / f"{engine}.json"
-        result = CliRunner().invoke(main, [str(path), "--subset", "200", "--float-engine", engine, "--report", str(out),
-                                           "--no-progress"])
+        result = CliRunner().invoke(
+            main, [str(path), "--subset", "200", "--float-engine", engine, "--report", str(out), "--no-progress"]
+        )
         assert result.exit_code == 0, result.output
         reports[engine] = json.loads(out.read_text())
         assert "trained model" in result.output and "peak RSS" in result.output

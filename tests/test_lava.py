@@ -28,7 +28,7 @@ from qsnn.targets.loihi2.lava_check import compare
 
 IMAGES = 10
 
-pytestmark = [pytest.mark.slow, pytest.mark.lava]   # lava: skipped, saying so, without the Lava venv
+pytestmark = [pytest.mark.slow, pytest.mark.lava]  # lava: skipped, saying so, without the Lava venv
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_lava_equals_qsnn_sim_on_every_layer_and_step(lava_python, loihi2_folder
     for key, layer in result["layers"].items():
         assert layer["equal_pct"] == 100.0, (key, layer)
         assert np.array_equal(sim.spikes[key], lava[key])
-        assert layer["spikes_qsnn"] > 0               # the layers are active: the comparison says something
+        assert layer["spikes_qsnn"] > 0  # the layers are active: the comparison says something
     assert np.array_equal(sim.predictions, lava["predictions"])
     assert np.array_equal(sim.counts, lava["counts"])
 
@@ -73,8 +73,10 @@ def stack_folders(lava_python, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lava-stacks")
     x = images(4, seed=3)
-    return x, {name: write_target("loihi2", stack_net(LOIHI2, name, seed=6, num_steps=12), root / name, example=x[0])
-               for name in STACKS}
+    return x, {
+        name: write_target("loihi2", stack_net(LOIHI2, name, seed=6, num_steps=12), root / name, example=x[0])
+        for name in STACKS
+    }
 
 
 @pytest.mark.parametrize("stack", ["conv3_s2p1", "s3p2_pool3", "dense2", "dense3", "four", "w8"])
@@ -94,7 +96,7 @@ def test_lava_runs_any_stack_bit_exactly(lava_python, stack_folders, stack):
     for key in sim.spikes:
         assert np.array_equal(sim.spikes[key], ref[key]), key
         assert np.array_equal(sim.spikes[key], lava[key]), (stack, key, compare(sim.spikes, lava, sim.predictions))
-        assert sim.spikes[key].any(), key                  # every layer is active: the comparison says something
+        assert sim.spikes[key].any(), key  # every layer is active: the comparison says something
     assert np.array_equal(sim.predictions, lava["predictions"])
 
 
@@ -113,12 +115,13 @@ def test_readme_snippet_of_a_dense_only_net(lava_python, stack_folders):
 def test_readme_snippet_runs_unedited_and_prints_the_class(lava_python, loihi2_folder):
     readme = (loihi2_folder / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    proc = subprocess.run([str(lava_python), "-c", snippet], cwd=loihi2_folder, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [str(lava_python), "-c", snippet], cwd=loihi2_folder, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = re.search(r"predicted class: (\d+)", proc.stdout)
     assert printed, proc.stdout
     example = np.load(loihi2_folder / "example_input.npy")
-    assert np.array_equal(example, load_split("mnist5k", "test").x[0])   # a real test image
+    assert np.array_equal(example, load_split("mnist5k", "test").x[0])  # a real test image
     expected = simulate(read_target(loihi2_folder), example[None]).predictions[0]
     assert int(printed.group(1)) == int(expected)

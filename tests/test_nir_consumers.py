@@ -46,15 +46,16 @@ def model(trained_run, tmp_path_factory):
     net = nir_check.compile_fpga(trained_run() / "best.pt", folder)
     split = load_split("mnist5k", "test")
     x, y = split.x[:IMAGES], split.y[:IMAGES]
-    return {"net": net, "x": x, "y": y, "folder": folder, "qsnn": simulate(net, x, record=True),
-            "files": {}}
+    return {"net": net, "x": x, "y": y, "folder": folder, "qsnn": simulate(net, x, record=True), "files": {}}
 
 
 def _nir_file(model, flavor: str) -> Path:
     from qsnn.targets import write_target
 
     if flavor not in model["files"]:
-        model["files"][flavor] = write_target("nir", model["net"], model["folder"] / flavor, flavor=flavor) / "network.nir"
+        model["files"][flavor] = (
+            write_target("nir", model["net"], model["folder"] / flavor, flavor=flavor) / "network.nir"
+        )
     return model["files"][flavor]
 
 
@@ -90,7 +91,9 @@ def test_snntorch_subtract_option_is_qsnns_rule(model):
     assert all(row["entries"] >= 99.0 for row in nir_check.agreement(got, ref))
 
 
-@pytest.mark.parametrize("consumer", [pytest.param(name, marks=pytest.mark.nir_venv(name)) for name in ("spyx", "sinabs")])
+@pytest.mark.parametrize(
+    "consumer", [pytest.param(name, marks=pytest.mark.nir_venv(name)) for name in ("spyx", "sinabs")]
+)
 def test_consumer_in_its_own_venv(model, consumer):
     _check_consumer(model, consumer, subtract=False)
 
@@ -109,13 +112,19 @@ def stacks(tmp_path_factory):
     for name in ("conv3_s2p1", "s3p2_pool3", "dense2", "dense3", "four", "w8"):
         net = stack_net(FPGA, name, seed=5, num_steps=8)
         standard = write_target("nir", net, folder / name / "standard") / "network.nir"
-        out[name] = {"net": net, "folder": folder / name, "files": {c: standard for c in MAIN_ENV},
-                     "qsnn": simulate(net, x, record=True)}
+        out[name] = {
+            "net": net,
+            "folder": folder / name,
+            "files": {c: standard for c in MAIN_ENV},
+            "qsnn": simulate(net, x, record=True),
+        }
     return x, out
 
 
 @pytest.mark.parametrize("subtract", [False, True], ids=["nir-zero-reset", "subtract-option"])
-@pytest.mark.parametrize("consumer", [*MAIN_ENV, pytest.param("spyx", marks=[pytest.mark.nir_venv("spyx"), pytest.mark.slow])])
+@pytest.mark.parametrize(
+    "consumer", [*MAIN_ENV, pytest.param("spyx", marks=[pytest.mark.nir_venv("spyx"), pytest.mark.slow])]
+)
 @pytest.mark.parametrize("stack", ["conv3_s2p1", "s3p2_pool3", "dense2", "dense3", "four", "w8"])
 def test_consumer_runs_any_stack(stacks, stack, consumer, subtract):
     """Conv stride and zero padding (Conv2d's own fields), dense-only nets, four layers, 8-bit weights: every
@@ -133,7 +142,9 @@ def test_consumer_runs_any_stack(stacks, stack, consumer, subtract):
         from qsnn.targets import write_target
 
         flavor = nir_check.CONSUMERS[consumer][0]
-        nir_file = case["files"][consumer] = write_target("nir", net, case["folder"] / flavor, flavor=flavor) / "network.nir"
+        nir_file = case["files"][consumer] = (
+            write_target("nir", net, case["folder"] / flavor, flavor=flavor) / "network.nir"
+        )
     got = nir_check.run_consumer(consumer, nir_file, x, net.num_steps, subtract=subtract)
     assert sorted(got) == [f"z{i}" for i in range(1, len(net.layers) + 1)]
     ref = nir_check.real_valued(net, x, *nir_check.SEMANTICS[consumer][int(subtract)])
@@ -147,7 +158,7 @@ def test_consumer_runs_any_stack(stacks, stack, consumer, subtract):
 def test_standard_file_is_valid_nir_and_states_dt_and_reset(model):
     import nir
 
-    graph = nir.read(_nir_file(model, "standard"))       # type-checks every edge
+    graph = nir.read(_nir_file(model, "standard"))  # type-checks every edge
     assert graph.metadata["dt"] == 1e-4
     assert "zero" in graph.metadata["reset"] and "subtract" in graph.metadata["qsnn_reset"]
     assert not any(type(n).__name__ in ("AvgPool2d", "SumPool2d") for n in graph.nodes.values())

@@ -25,8 +25,12 @@ def exports(trained_run, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("qonnx-tools")
     ckpt = trained_run() / "best.pt"
-    return {"ckpt": ckpt, "folder": folder, "float": export_float(ckpt, folder / "a.onnx"),
-            "batch1": export_float(ckpt, folder / "b1.onnx", batch_size=1)}
+    return {
+        "ckpt": ckpt,
+        "folder": folder,
+        "float": export_float(ckpt, folder / "a.onnx"),
+        "batch1": export_float(ckpt, folder / "b1.onnx", batch_size=1),
+    }
 
 
 def _cleaned(path, out):
@@ -58,7 +62,7 @@ def test_batch_size_fixes_every_input_and_output(exports):
     x = (load_split("mnist5k", "test").x[:5] / 255.0).astype(np.float32)
     # the same graph, one sample per call either way (kernels may sum in another order for other batch sizes)
     ref = run_onnx_steps(exports["float"], x, record=True, batch_size=1)
-    got = run_onnx_steps(exports["batch1"], x, record=True, batch_size=64)   # the file's batch 1 wins
+    got = run_onnx_steps(exports["batch1"], x, record=True, batch_size=64)  # the file's batch 1 wins
     for key in ref:
         assert np.array_equal(ref[key], got[key]), key
 
@@ -71,7 +75,7 @@ def test_qonnx_cleanup_renamed_graph_compiles_and_runs_the_same(exports, tmp_pat
 
     cleaned = _cleaned(exports["float"], tmp_path / "clean.onnx")
     names = [i.name for i in onnx.load(str(cleaned)).graph.input]
-    assert "x" not in names and names[0].startswith("global_in")       # qonnx really renamed them
+    assert "x" not in names and names[0].startswith("global_in")  # qonnx really renamed them
     a, _ = compile_qonnx(exports["float"], FPGA)
     b, _ = compile_qonnx(cleaned, FPGA)
     for la, lb in zip(a.layers, b.layers):
@@ -116,7 +120,7 @@ def test_reordered_interface_is_refused(exports):
     first, second = onnx.ValueInfoProto(), onnx.ValueInfoProto()
     first.CopyFrom(model.graph.input[0])
     second.CopyFrom(model.graph.input[1])
-    model.graph.input[0].CopyFrom(second)      # u1 where x was
+    model.graph.input[0].CopyFrom(second)  # u1 where x was
     model.graph.input[1].CopyFrom(first)
     with pytest.raises(ExportError, match="reordered"):
         check_qsnn_model(model)
@@ -133,20 +137,20 @@ def test_inference_cost_counts_binary_spikes_and_matches_qsnn_sim(exports, tmp_p
 
     cost = inference_cost(str(exports["batch1"]), discount_sparsity=False, cost_breakdown=True)
     total = cost["total_cost"]
-    assert total["op_mac_BINARY_SCALEDINT<4>"] > 0                   # conv2 and fc: spikes × 4-bit weights
-    binary = {k: v["op_mac_BINARY_SCALEDINT<4>"] for k, v in cost["node_cost"].items()
-              if v.get("op_mac_BINARY_SCALEDINT<4>")}
-    assert len(binary) == 2                                            # the two layers fed by spikes
-    assert not any("FLOAT32_SCALEDINT" in k for k, v in cost["node_cost"].items()
-                   if k in binary)
-    assert set(eval(total["unsupported"])) <= {"Cast", "Greater"}      # the LIF's comparison only
+    assert total["op_mac_BINARY_SCALEDINT<4>"] > 0  # conv2 and fc: spikes × 4-bit weights
+    binary = {
+        k: v["op_mac_BINARY_SCALEDINT<4>"] for k, v in cost["node_cost"].items() if v.get("op_mac_BINARY_SCALEDINT<4>")
+    }
+    assert len(binary) == 2  # the two layers fed by spikes
+    assert not any("FLOAT32_SCALEDINT" in k for k, v in cost["node_cost"].items() if k in binary)
+    assert set(eval(total["unsupported"])) <= {"Cast", "Greater"}  # the LIF's comparison only
     net, _ = compile_qonnx(exports["float"], FPGA)
     x = load_split("mnist5k", "test").x[:20]
     hw = hardware_figures(net, simulate(net, x))
     n_steps = net.num_steps
     assert total["total_macs"] == pytest.approx(hw["total"]["dense_macs_per_inference"] / n_steps, abs=0)
     assert total["total_mem_w_bits"] == hw["total"]["weight_memory_bits"]
-    assert total["mem_w_SCALEDINT<4>"] * 4 == total["total_mem_w_bits"]   # 4 bits per weight
+    assert total["mem_w_SCALEDINT<4>"] * 4 == total["total_mem_w_bits"]  # 4 bits per weight
 
 
 def test_qsnn_sim_report_of_the_cleaned_file_equals_the_original(exports, tmp_path):
@@ -161,8 +165,9 @@ def test_qsnn_sim_report_of_the_cleaned_file_equals_the_original(exports, tmp_pa
     reports = []
     for src in (exports["float"], cleaned):
         out = tmp_path / f"{src.stem}.json"
-        res = CliRunner().invoke(main, [str(src), "--profile", "fpga", "--subset", "40", "--no-progress",
-                                        "--report", str(out)])
+        res = CliRunner().invoke(
+            main, [str(src), "--profile", "fpga", "--subset", "40", "--no-progress", "--report", str(out)]
+        )
         assert res.exit_code == 0, res.output
         rep = json.loads(out.read_text())
         rep.pop("model"), rep.pop("timing")

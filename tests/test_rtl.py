@@ -30,16 +30,32 @@ from qsnn.targets.fpga import hdl_sim
 BIN = Path(sys.prefix) / "bin"
 
 
-def random_net(seed: int, profile=FPGA, *, in_shape=(2, 12, 12), convs=((6, 3, 2), (5, 3, 1)), denses=(7, 4),
-               num_steps: int = 6, encoding: str = "static", theta=(40, 400), bias=30, shift=(-2, 3)) -> IntegerNetwork:
+def random_net(
+    seed: int,
+    profile=FPGA,
+    *,
+    in_shape=(2, 12, 12),
+    convs=((6, 3, 2), (5, 3, 1)),
+    denses=(7, 4),
+    num_steps: int = 6,
+    encoding: str = "static",
+    theta=(40, 400),
+    bias=30,
+    shift=(-2, 3),
+) -> IntegerNetwork:
     """conv(+pool) layers then dense layers with random integers of the profile's ranges."""
     rng = np.random.default_rng(seed)
     wm = profile.weight_max
 
     def neuron(o):
         leak = int(rng.integers(0, (1 << profile.leak_bits) + 1)) if profile.leak == "mul" else int(rng.integers(1, 8))
-        return dict(current_shift=int(rng.integers(*shift)), threshold=rng.integers(*theta, size=o).astype(np.int64),
-                    bias=rng.integers(-bias, bias + 1, size=o).astype(np.int64), leak_const=leak, scale=np.ones(o))
+        return dict(
+            current_shift=int(rng.integers(*shift)),
+            threshold=rng.integers(*theta, size=o).astype(np.int64),
+            bias=rng.integers(-bias, bias + 1, size=o).astype(np.int64),
+            leak_const=leak,
+            scale=np.ones(o),
+        )
 
     layers, shape = [], tuple(in_shape)
     for i, (o, k, p) in enumerate(convs):
@@ -50,8 +66,15 @@ def random_net(seed: int, profile=FPGA, *, in_shape=(2, 12, 12), convs=((6, 3, 2
         w = rng.integers(-wm, wm + 1, size=(o, int(np.prod(shape)))).astype(np.int8)
         layers.append(IntegerLayer(f"fc{i + 1}", "dense", w, 1, **neuron(o)))
         shape = layers[-1].output_shape(shape)
-    return IntegerNetwork(tuple(layers), profile, tuple(in_shape), num_steps, encoding,
-                          tuple(f"c{i}" for i in range(shape[0])), {"dataset": "random"})
+    return IntegerNetwork(
+        tuple(layers),
+        profile,
+        tuple(in_shape),
+        num_steps,
+        encoding,
+        tuple(f"c{i}" for i in range(shape[0])),
+        {"dataset": "random"},
+    )
 
 
 def random_inputs(net: IntegerNetwork, n: int, seed: int, density: float = 0.4, top: int = 255) -> np.ndarray:
@@ -68,8 +91,10 @@ def assert_core_equals_sim(result: hdl_sim.RTLResult, net: IntegerNetwork, x: np
     assert np.array_equal(sim.counts, result.counts)
     assert np.array_equal(sim.predictions, result.predictions)
     for i, stats in enumerate(sim.layers):
-        assert (stats.saturation_low, stats.saturation_high) == \
-               (int(result.saturation_low[:, i].sum()), int(result.saturation_high[:, i].sum())), stats.name
+        assert (stats.saturation_low, stats.saturation_high) == (
+            int(result.saturation_low[:, i].sum()),
+            int(result.saturation_high[:, i].sum()),
+        ), stats.name
     return sim
 
 
@@ -86,11 +111,11 @@ def _rtl_sim(*args) -> subprocess.CompletedProcess:
 # The demo model on real mnist5k test images (the claim of the issue)
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++")
 def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path):
     out = tmp_path / "fpga"
-    _export(demo_run / "best.pt", out)                                   # exactly as the README says
+    _export(demo_run / "best.pt", out)  # exactly as the README says
     report = tmp_path / "rtl.json"
     res = _rtl_sim(out, "--split", "test", "-n", 24, "--report", report)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -120,7 +145,7 @@ def test_demo_model_on_mnist5k_test_images_equals_qsnn_sim(demo_run, tmp_path):
 # A DVS-shaped model: event-count input, one frame per step
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++")
 def test_dvs_model_with_event_counts_equals_qsnn_sim(trained_run, dvs_data_dir, tmp_path):
     from qsnn.data import load_split
@@ -149,7 +174,7 @@ def saturating_net(seed: int = 5) -> IntegerNetwork:
     return random_net(seed, shift=(2, 4), theta=(30, 300), bias=200)
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++")
 def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path):
     net = saturating_net()
@@ -162,15 +187,18 @@ def test_random_network_hits_both_rails_and_equals_qsnn_sim(tmp_path):
 
 
 VARIANTS = {
-    "wrap-zero-reset-pool3": (FPGA.replace(overflow="wrap", reset="zero", membrane_bits=12),
-                              dict(in_shape=(3, 13, 11), convs=((5, 3, 3), (7, 2, 1)), denses=(9, 4), shift=(0, 3))),
-    "shift-leak-symmetric-dense-first-events": (FPGA.replace(leak="shift", symmetric_clip=True, membrane_bits=10),
-                                                dict(in_shape=(2, 5, 6), convs=(), denses=(13, 3), encoding="events",
-                                                     theta=(5, 100), shift=(-1, 4))),
+    "wrap-zero-reset-pool3": (
+        FPGA.replace(overflow="wrap", reset="zero", membrane_bits=12),
+        dict(in_shape=(3, 13, 11), convs=((5, 3, 3), (7, 2, 1)), denses=(9, 4), shift=(0, 3)),
+    ),
+    "shift-leak-symmetric-dense-first-events": (
+        FPGA.replace(leak="shift", symmetric_clip=True, membrane_bits=10),
+        dict(in_shape=(2, 5, 6), convs=(), denses=(13, 3), encoding="events", theta=(5, 100), shift=(-1, 4)),
+    ),
 }
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.hdl("verilator", "g++")
 def test_profile_variants_equal_qsnn_sim(tmp_path, variant):
@@ -183,7 +211,7 @@ def test_profile_variants_equal_qsnn_sim(tmp_path, variant):
     assert int(sim.spikes["z1"].sum()) > 0
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++", "iverilog", "vvp")
 def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path):
     net = saturating_net()
@@ -194,21 +222,23 @@ def test_icarus_runs_the_plain_testbench_with_the_same_result(tmp_path):
     assert np.array_equal(icarus.cycles, hdl_sim.run_verilator(checked, x).cycles)
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++")
 def test_a_build_is_reused_for_the_same_shape(tmp_path):
     net = saturating_net()
     x = random_inputs(net, 2, seed=4)
     first = hdl_sim.run_verilator(hdl_sim.check_folder(write_target("fpga", net, tmp_path / "a", lanes=4)), x)
-    other = random_net(6, shift=(2, 4), theta=(30, 300), bias=200)      # same shape, other integers
-    other = dataclasses.replace(other, layers=tuple(dataclasses.replace(b, current_shift=a.current_shift)
-                                                    for a, b in zip(net.layers, other.layers)))   # and shifts
+    other = random_net(6, shift=(2, 4), theta=(30, 300), bias=200)  # same shape, other integers
+    other = dataclasses.replace(
+        other,
+        layers=tuple(dataclasses.replace(b, current_shift=a.current_shift) for a, b in zip(net.layers, other.layers)),
+    )  # and shifts
     second = hdl_sim.run_verilator(hdl_sim.check_folder(write_target("fpga", other, tmp_path / "b", lanes=4)), x)
     assert second.build["reused"] and second.build["cache"] == first.build["cache"]
     assert_core_equals_sim(second, other, x)
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++")
 def test_comparison_reports_a_single_flipped_spike(tmp_path):
     from qsnn.targets.fpga.cli import compare
@@ -262,11 +292,11 @@ def stack_net(name: str, digits: np.ndarray) -> tuple[IntegerNetwork, np.ndarray
 
     spec, profile, bits, encoding, lanes = STACKS[name]
     x = digits if encoding == "static" else event_input((2, 16, 16), T=8, n=10)
-    net = hand_net(spec, profile, bits, encoding, x[:10])          # thresholds from these inputs
+    net = hand_net(spec, profile, bits, encoding, x[:10])  # thresholds from these inputs
     return net, (digits[8:16] if encoding == "static" else x[:8]), lanes
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.parametrize("name", list(STACKS))
 @pytest.mark.hdl("verilator", "g++")
 def test_any_layer_stack_equals_qsnn_sim(name, digits, tmp_path):
@@ -274,13 +304,13 @@ def test_any_layer_stack_equals_qsnn_sim(name, digits, tmp_path):
     out = write_target("fpga", net, tmp_path / "fpga", lanes=lanes)
     assert json.loads((out / "manifest.json").read_text())["rtl"]["supported"] is True
     checked = hdl_sim.check_folder(out)
-    sim = assert_core_equals_sim(hdl_sim.run_verilator(checked, x), checked.net, x)   # every layer, every step
+    sim = assert_core_equals_sim(hdl_sim.run_verilator(checked, x), checked.net, x)  # every layer, every step
     assert all(int(z.sum()) > 0 for z in sim.spikes.values()), "a layer never spikes: the comparison is empty"
     if name.startswith("saturate"):
         assert sum(s.saturation_events for s in sim.layers) > 0
 
 
-@pytest.mark.slow   # builds the core with Icarus
+@pytest.mark.slow  # builds the core with Icarus
 @pytest.mark.hdl("iverilog", "vvp")
 def test_icarus_runs_a_strided_padded_stack(digits, tmp_path):
     net, x, lanes = stack_net("stride3-k2-pad4-pool", digits)
@@ -296,8 +326,13 @@ def test_stack_tables_carry_stride_and_padding(name, digits, tmp_path):
     out = write_target("fpga", net, tmp_path / "fpga", lanes=lanes)
     back = read_target(out)
     for a, b in zip(net.layers, back.layers):
-        assert (a.kind, a.stride, a.padding, a.pool, a.current_shift) == (b.kind, b.stride, b.padding, b.pool,
-                                                                          b.current_shift)
+        assert (a.kind, a.stride, a.padding, a.pool, a.current_shift) == (
+            b.kind,
+            b.stride,
+            b.padding,
+            b.pool,
+            b.current_shift,
+        )
         assert np.array_equal(a.weight.astype(np.int64), b.weight.astype(np.int64))
         assert np.array_equal(a.threshold, b.threshold) and np.array_equal(a.bias, b.bias)
     ra, rb = simulate(net, x[:4], record=True), simulate(back, x[:4], record=True)
@@ -309,7 +344,10 @@ def test_stack_tables_carry_stride_and_padding(name, digits, tmp_path):
     assert params["L_PAD"] == [la.padding for la in net.layers] + [0]
     header = (out / "qsnn_model.h").read_text()
     for i, la in enumerate(net.layers, start=1):
-        assert f"#define QSNN_L{i}_STRIDE {la.stride}\n" in header and f"#define QSNN_L{i}_PADDING {la.padding}\n" in header
+        assert (
+            f"#define QSNN_L{i}_STRIDE {la.stride}\n" in header
+            and f"#define QSNN_L{i}_PADDING {la.padding}\n" in header
+        )
 
 
 def test_weights_wider_than_the_tables_are_refused_in_one_line(digits, tmp_path):
@@ -336,8 +374,11 @@ def test_core_tables_follow_the_documented_order(tmp_path):
     assert rtl["supported"] and rtl["lanes"] == P and "WBASE" in rtl["order"]["weights"]
 
     def words(name):
-        return [int(line, 16) for line in (out / "rtl" / name).read_text().splitlines()
-                if line.strip() and not line.startswith("//")]
+        return [
+            int(line, 16)
+            for line in (out / "rtl" / name).read_text().splitlines()
+            if line.strip() and not line.startswith("//")
+        ]
 
     def lane(word, j, bits):
         v = (word >> (bits * j)) & ((1 << bits) - 1)
@@ -345,7 +386,7 @@ def test_core_tables_follow_the_documented_order(tmp_path):
 
     w = words("qsnn_weights.mem")
     conv, fc = net.layers
-    G1, G2 = 2, 2                                     # ceil(5 / 4), ceil(6 / 4)
+    G1, G2 = 2, 2  # ceil(5 / 4), ceil(6 / 4)
     for o in range(5):
         for ci in range(3):
             for ky in range(3):
@@ -457,9 +498,11 @@ def test_edited_core_table_of_the_right_length(folder, no_simulation):
 def test_network_outside_the_core_family(tmp_path, no_simulation):
     net = saturating_net()
     delayed = dataclasses.replace(net, profile=net.profile.replace(synaptic_delay=1))
-    out = write_target("fpga", delayed, tmp_path / "delay")             # the tables are still written
+    out = write_target("fpga", delayed, tmp_path / "delay")  # the tables are still written
     assert json.loads((out / "manifest.json").read_text())["rtl"] == {
-        "supported": False, "reason": "a synaptic delay of 1 step(s) (the core has none)"}
+        "supported": False,
+        "reason": "a synaptic delay of 1 step(s) (the core has none)",
+    }
     assert not (out / "rtl").exists()
     assert read_target(out).profile.synaptic_delay == 1
     msg = _cli_error(out)
@@ -481,7 +524,7 @@ def test_a_folder_of_another_target(tmp_path, no_simulation):
 # Yosys: synthesizable, no latches, resources.json
 
 
-@pytest.mark.slow   # builds the core with Verilator (or synthesizes it with Yosys)
+@pytest.mark.slow  # builds the core with Verilator (or synthesizes it with Yosys)
 @pytest.mark.hdl("verilator", "g++", "yosys")
 def test_yosys_synthesis_of_a_small_core(tmp_path):
     net = random_net(9, in_shape=(1, 8, 8), convs=((4, 3, 2),), denses=(3,), num_steps=4)
@@ -495,9 +538,8 @@ def test_yosys_synthesis_of_a_small_core(tmp_path):
     r = json.loads((out / "resources.json").read_text())["synthesis"]["ecp5"]
     assert r["latches"] == 0
     assert r["luts"] > 100 and r["flip_flops"] > 50
-    assert r["dsps"] == 2                                     # one leak multiplier per lane
+    assert r["dsps"] == 2  # one leak multiplier per lane
     assert r["fits"] == "LFE5U-12F"
-
 
 
 def test_export_lanes_option(trained_run, tmp_path):

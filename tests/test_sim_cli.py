@@ -39,8 +39,24 @@ def assert_clean_error(result, *fragments):
 
 def test_report_plot_check_and_sweep(onnx_model, tmp_path):
     report_path, plot_path = tmp_path / "out" / "report.json", tmp_path / "out" / "activity.png"
-    result = invoke(onnx_model, "--profile", "fpga", "--dataset", "mnist5k", "--split", "test", "--subset", 100,
-                    "--report", report_path, "--plot", plot_path, "--check", "--frac-bits-sweep", "0,6")
+    result = invoke(
+        onnx_model,
+        "--profile",
+        "fpga",
+        "--dataset",
+        "mnist5k",
+        "--split",
+        "test",
+        "--subset",
+        100,
+        "--report",
+        report_path,
+        "--plot",
+        plot_path,
+        "--check",
+        "--frac-bits-sweep",
+        "0,6",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     acc = report["accuracy"]
@@ -76,8 +92,17 @@ def test_loihi2_report_notes_the_reset_change(onnx_model, tmp_path):
 
 def test_event_model_end_to_end(trained_run, dvs_data_dir, tmp_path):
     model = export_float(trained_run(dataset="dvs128") / "best.pt", tmp_path / "dvs.onnx")
-    result = invoke(model, "--data-dir", dvs_data_dir, "--allow-saturation", "--check", "--report", tmp_path / "r.json",
-                    "--batch-size", 16)
+    result = invoke(
+        model,
+        "--data-dir",
+        dvs_data_dir,
+        "--allow-saturation",
+        "--check",
+        "--report",
+        tmp_path / "r.json",
+        "--batch-size",
+        16,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["dataset"] == "dvs128" and report["encoding"] == "events"
@@ -105,8 +130,12 @@ def test_integer_export_is_accepted(onnx_model, tmp_path):
 
 def test_onnx_that_is_not_a_qsnn_export(tmp_path):
     node = onnx.helper.make_node("Identity", ["x"], ["y"])
-    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "other.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
     assert_clean_error(invoke(path), "not a qsnn QONNX export")
@@ -121,8 +150,13 @@ def test_file_that_is_not_onnx(tmp_path):
 
 def test_dataset_that_does_not_fit_the_model(onnx_model, dvs_data_dir):
     result = invoke(onnx_model, "--dataset", "dvs128", "--data-dir", dvs_data_dir)
-    assert_clean_error(result, "dataset 'dvs128'", "events input (2, 32, 32), 11 classes",
-                       "static input (1, 28, 28), 10 classes", "--dataset mnist5k")
+    assert_clean_error(
+        result,
+        "dataset 'dvs128'",
+        "events input (2, 32, 32), 11 classes",
+        "static input (1, 28, 28), 10 classes",
+        "--dataset mnist5k",
+    )
 
 
 def test_dataset_with_other_classes(onnx_model, tmp_path):
@@ -135,11 +169,24 @@ def test_dataset_with_other_classes(onnx_model, tmp_path):
 
 
 def test_profile_that_cannot_hold_the_network(onnx_model, tmp_path):
-    assert_clean_error(invoke(onnx_model, "--profile-set", "membrane_bits=8", "--subset", 10),
-                       "layer conv1", "8-bit membrane", "--allow-saturation")
+    assert_clean_error(
+        invoke(onnx_model, "--profile-set", "membrane_bits=8", "--subset", 10),
+        "layer conv1",
+        "8-bit membrane",
+        "--allow-saturation",
+    )
     # told to saturate, it runs and counts the saturation events
-    result = invoke(onnx_model, "--profile-set", "membrane_bits=8", "--allow-saturation", "--subset", 20,
-                    "--report", tmp_path / "r.json", "--no-float")
+    result = invoke(
+        onnx_model,
+        "--profile-set",
+        "membrane_bits=8",
+        "--allow-saturation",
+        "--subset",
+        20,
+        "--report",
+        tmp_path / "r.json",
+        "--no-float",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["compile_report"]["saturation_possible"] is True
@@ -150,14 +197,20 @@ def test_profile_that_cannot_hold_the_network(onnx_model, tmp_path):
 
 
 def test_bad_profile_settings(onnx_model):
-    assert_clean_error(invoke(onnx_model, "--profile-set", "membrane_width=24"), "unknown profile field 'membrane_width'")
+    assert_clean_error(
+        invoke(onnx_model, "--profile-set", "membrane_width=24"), "unknown profile field 'membrane_width'"
+    )
     assert_clean_error(invoke(onnx_model, "--profile-set", "membrane_bits=wide"), "an integer")
     assert_clean_error(invoke(onnx_model, "--profile-set", "overflow=explode"), "overflow")
 
 
 def test_parse_profile_sets_types():
     assert parse_overrides(["membrane_bits=24", "symmetric_clip=true", "overflow=wrap", "frac_bits=0x4"]) == {
-        "membrane_bits": 24, "symmetric_clip": True, "overflow": "wrap", "frac_bits": 4}
+        "membrane_bits": 24,
+        "symmetric_clip": True,
+        "overflow": "wrap",
+        "frac_bits": 4,
+    }
     with pytest.raises(ProfileError, match="KEY=VALUE"):
         parse_overrides(["membrane_bits"])
     assert np.isscalar(parse_overrides(["leak_bits=10"])["leak_bits"])

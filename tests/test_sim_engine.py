@@ -14,15 +14,25 @@ from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim import engine, layers, results, simulate
 from qsnn.sim.reference import simulate_reference
 
-NO_LEAK_MUL = 4096   # m = 2^12: β = 1 in Q0.12
-NO_LEAK_LOIHI = 0    # dv = 0: 4096 − dv = 4096
+NO_LEAK_MUL = 4096  # m = 2^12: β = 1 in Q0.12
+NO_LEAK_LOIHI = 0  # dv = 0: 4096 − dv = 4096
 
 
 def dense(name, w, threshold, bias=0, decay=NO_LEAK_MUL, shift=0, weight_exp=0):
     w = np.atleast_2d(np.asarray(w, dtype=np.int16))
     o = w.shape[0]
-    return IntegerLayer(name, "dense", w, 1, shift, np.full(o, threshold, np.int64),
-                        np.full(o, bias, np.int64), decay, np.ones(o), weight_exp)
+    return IntegerLayer(
+        name,
+        "dense",
+        w,
+        1,
+        shift,
+        np.full(o, threshold, np.int64),
+        np.full(o, bias, np.int64),
+        decay,
+        np.ones(o),
+        weight_exp,
+    )
 
 
 def net_of(profile, layers, T, encoding="static", input_shape=(1, 1, 1)):
@@ -85,7 +95,7 @@ def test_loihi_current_wrap_in_the_engine_and_reference():
     # a_in = 127·255 = 32385 per input, 3 inputs: 97155 << 6 = 6217920 (fits), 4 inputs: 8290560 (fits),
     # 5 inputs: 10363200 > 2^23 → wraps to 10363200 − 2^24 = −6414016 (the chip's current turns negative)
     for n, current in ((4, 8290560), (5, 10363200 - 2**24)):
-        layer = dense("fc", [[127] * n], threshold=64 * 131071, decay=NO_LEAK_LOIHI, shift=6)   # vth: 17-bit max
+        layer = dense("fc", [[127] * n], threshold=64 * 131071, decay=NO_LEAK_LOIHI, shift=6)  # vth: 17-bit max
         net = net_of(LOIHI2, [layer], T=3, input_shape=(1, 1, n))
         x = np.full((1, 1, 1, n), 255, dtype=np.uint8)
         res, _, u = run(net, x)
@@ -191,8 +201,11 @@ def test_negative_current_shift_floors(value, expected):
 
 def test_positive_current_shift_and_weight_exponent():
     # shl(acc · 2^e, s) with acc = 3, e = 1, s = 2: 3·2·4 = 24; bias 1 every step; dv = 4096: no memory
-    net = net_of(LOIHI2.replace(synaptic_delay=0), [dense("fc", [[1]], threshold=1000, bias=1, decay=4096,
-                                                          shift=2, weight_exp=1)], T=2)
+    net = net_of(
+        LOIHI2.replace(synaptic_delay=0),
+        [dense("fc", [[1]], threshold=1000, bias=1, decay=4096, shift=2, weight_exp=1)],
+        T=2,
+    )
     _, _, u = run(net, pixel(3))
     assert u["u1"][:, 0, 0].tolist() == [25, 25]
 
@@ -288,8 +301,9 @@ def test_float_path_chosen_by_proven_bound():
     exact = x.reshape(3, -1).astype(np.int64) @ w.T.astype(np.int64)
     assert np.array_equal(res.membranes["u1"][0], exact)
     # sums beyond int32 before a right shift: 127·255·70000 = 2,266,950,000 > 2^31, shifted by −16
-    big = IntegerLayer("fc", "dense", np.full((1, 70000), 127, np.int16), 1, -16, np.array([10**6]),
-                       np.array([0]), 0, np.ones(1))
+    big = IntegerLayer(
+        "fc", "dense", np.full((1, 70000), 127, np.int16), 1, -16, np.array([10**6]), np.array([0]), 0, np.ones(1)
+    )
     net = net_of(FPGA.replace(weight_bits=8, membrane_bits=24, leak="shift"), [big], T=1, input_shape=(1, 1, 70000))
     res = simulate(net, np.full((1, 1, 1, 70000), 255, np.uint8), record_membranes=True)
     assert res.membranes["u1"][0, 0, 0] == (127 * 255 * 70000) >> 16 == 34590
@@ -311,8 +325,18 @@ def _random_net(rng, profile, encoding, T, shape):
         w = rng.integers(-wm, wm + 1, size=wshape).astype(np.int16)
         decay = int(rng.integers(0, 6)) if profile.leak == "shift" else int(rng.integers(0, 2**profile.leak_bits + 1))
         exp = int(rng.integers(0, 2)) if profile.weight_exp_bits else 0
-        return IntegerLayer(name, kind, w, pool, shift, rng.integers(0, th, size=o).astype(np.int64),
-                            rng.integers(-th // 4, th // 4 + 1, size=o).astype(np.int64), decay, np.ones(o), exp)
+        return IntegerLayer(
+            name,
+            kind,
+            w,
+            pool,
+            shift,
+            rng.integers(0, th, size=o).astype(np.int64),
+            rng.integers(-th // 4, th // 4 + 1, size=o).astype(np.int64),
+            decay,
+            np.ones(o),
+            exp,
+        )
 
     c0, h, _ = shape
     l1 = layer("conv1", "conv", (3, c0, 3, 3), 2, int(rng.integers(-3, 3)), 2000)
@@ -324,8 +348,12 @@ def _random_net(rng, profile, encoding, T, shape):
 
 
 PROFILES = [
-    FPGA, LOIHI2, FPGA.replace(overflow="wrap", membrane_bits=10), FPGA.replace(membrane_bits=9),
-    FPGA.replace(leak="shift", reset="zero", synaptic_delay=2), LOIHI2.replace(membrane_bits=12),
+    FPGA,
+    LOIHI2,
+    FPGA.replace(overflow="wrap", membrane_bits=10),
+    FPGA.replace(membrane_bits=9),
+    FPGA.replace(leak="shift", reset="zero", synaptic_delay=2),
+    LOIHI2.replace(membrane_bits=12),
     FPGA.replace(leak="loihi", overflow="wrap", membrane_bits=8, synaptic_delay=1),
 ]
 
@@ -382,12 +410,12 @@ def test_synops_count_spikes_times_fanout():
     fc = dense("fc", np.zeros((1, 8), np.int8), threshold=5)
     net = net_of(FPGA, [conv, fc], T=3, input_shape=(1, 3, 3))
     x = np.zeros((1, 1, 3, 3), np.uint8)
-    x[0, 0, 1, 1] = 9     # centre: 8 synapses
-    x[0, 0, 0, 0] = 200   # corner: 2 synapses
-    x[0, 0, 0, 1] = 1     # edge: 4 synapses
+    x[0, 0, 1, 1] = 9  # centre: 8 synapses
+    x[0, 0, 0, 0] = 200  # corner: 2 synapses
+    x[0, 0, 0, 1] = 1  # edge: 4 synapses
     res = simulate(net, x)
     assert res.layers[0].synops == 3 * (8 + 2 + 4)
-    assert res.layers[1].synops == 0   # no spikes in layer 1
+    assert res.layers[1].synops == 0  # no spikes in layer 1
     assert res.layers[0].dense_macs == 3 * 2 * 2 * 2 * 4
 
 
@@ -438,8 +466,10 @@ def test_sim_imports_neither_export_nor_torch():
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+(qsnn\.export|torch)\b", text, re.M), path.name
         assert not re.search(r"^\s*from\s+\.\.export\b", text, re.M), path.name
-    code = ("import sys, qsnn.sim, qsnn.sim.engine, qsnn.sim.reference, qsnn.sim.report, qsnn.sim.validate; "
-            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'qsnn.export'))))")
+    code = (
+        "import sys, qsnn.sim, qsnn.sim.engine, qsnn.sim.reference, qsnn.sim.report, qsnn.sim.validate; "
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'qsnn.export'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -456,8 +486,16 @@ def _same_result(a, b):
             assert np.array_equal(a.membranes[key], b.membranes[key]), key
     assert np.array_equal(a.counts, b.counts)
     for la, lb in zip(a.layers, b.layers):
-        for field in ("saturation_low", "saturation_high", "membrane_min", "membrane_max", "current_min",
-                      "current_max", "synops", "dense_macs"):
+        for field in (
+            "saturation_low",
+            "saturation_high",
+            "membrane_min",
+            "membrane_max",
+            "current_min",
+            "current_max",
+            "synops",
+            "dense_macs",
+        ):
             assert getattr(la, field) == getattr(lb, field), (la.name, field)
         assert np.array_equal(la.spikes_per_step, lb.spikes_per_step)
 
@@ -487,17 +525,21 @@ def test_integer_kernel_equals_numpy_path_on_real_images(synthetic_onnx, tmp_pat
         _same_result(res, ref)
 
 
-@pytest.mark.parametrize("profile", [FPGA, LOIHI2, FPGA.replace(overflow="wrap", membrane_bits=10)],
-                         ids=["fpga", "loihi2", "wrap"])
+@pytest.mark.parametrize(
+    "profile", [FPGA, LOIHI2, FPGA.replace(overflow="wrap", membrane_bits=10)], ids=["fpga", "loihi2", "wrap"]
+)
 def test_kernels_and_threads_agree_on_random_networks(profile, monkeypatch):
-    monkeypatch.setattr(engine, "MIN_PIECE", 4)       # small pieces: the threads really split each batch
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)  # small pieces: the threads really split each batch
     rng = np.random.default_rng(7)
     for encoding in ("static", "events"):
         T = 6
         shape = (2, 14, 14) if encoding == "events" else (1, 12, 12)
         net = _random_net(rng, profile, encoding, T, shape)
-        x = (rng.integers(0, 256, size=(70, *shape)).astype(np.uint8) if encoding == "static"
-             else rng.poisson(0.7, size=(70, T, *shape)).astype(np.uint16))
+        x = (
+            rng.integers(0, 256, size=(70, *shape)).astype(np.uint8)
+            if encoding == "static"
+            else rng.poisson(0.7, size=(70, T, *shape)).astype(np.uint16)
+        )
         ref = simulate(net, x, kernel="numpy", threads=1, record=True, record_membranes=True)
         for threads in (1, 2, 4):
             res = simulate(net, x, threads=threads, batch_size=33, record=True, record_membranes=True)
@@ -529,12 +571,18 @@ def test_compiled_layers_are_cached_per_network_content():
     rng = np.random.default_rng(11)
     net = _random_net(rng, FPGA, "static", 3, (1, 12, 12))
     first = layers.compile_layers(net, 255)
-    assert layers.compile_layers(net, 200) is first            # same bound 2^8 − 1: the same layers
+    assert layers.compile_layers(net, 200) is first  # same bound 2^8 − 1: the same layers
     # a network with other weights (same shapes) never gets the stale layers
     w = net.layers[1].weight.copy()
     w[0, 0, 0, 0] = -w[0, 0, 0, 0] if w[0, 0, 0, 0] else 1
-    other = IntegerNetwork((net.layers[0], IntegerLayer(**{**net.layers[1].__dict__, "weight": w}), net.layers[2]),
-                           net.profile, net.input_shape, net.num_steps, net.encoding, net.classes)
+    other = IntegerNetwork(
+        (net.layers[0], IntegerLayer(**{**net.layers[1].__dict__, "weight": w}), net.layers[2]),
+        net.profile,
+        net.input_shape,
+        net.num_steps,
+        net.encoding,
+        net.classes,
+    )
     assert layers.compile_layers(other, 255) is not first
     x = rng.integers(0, 256, size=(4, 1, 12, 12)).astype(np.uint8)
     ref_other = simulate_reference(other, x)
@@ -558,16 +606,22 @@ def test_statistics_off_keeps_the_integers():
 # the engine's shortcuts against its NumPy reference path (which scans every neuron, folds every pool)
 
 
-@pytest.mark.parametrize("profile", [FPGA.replace(membrane_bits=9), LOIHI2,
-                                     FPGA.replace(leak="shift", reset="zero", synaptic_delay=2),
-                                     FPGA.replace(leak="loihi", overflow="wrap", membrane_bits=8, synaptic_delay=1)],
-                         ids=["saturate", "loihi2", "shift-zero-delay", "wrap-delay"])
+@pytest.mark.parametrize(
+    "profile",
+    [
+        FPGA.replace(membrane_bits=9),
+        LOIHI2,
+        FPGA.replace(leak="shift", reset="zero", synaptic_delay=2),
+        FPGA.replace(leak="loihi", overflow="wrap", membrane_bits=8, synaptic_delay=1),
+    ],
+    ids=["saturate", "loihi2", "shift-zero-delay", "wrap-delay"],
+)
 def test_static_layer_table_equals_scanning_every_neuron(profile, monkeypatch):
     """A static first layer is looked up from the table of every (current, channel) trajectory
     (StaticTable): every spike, membrane and statistic equals the scan of every neuron, with the
     table over the proven current range, with a table over the currents seen that a later batch
     widens, and with no table at all (too big: the layer is scanned)."""
-    rng = np.random.default_rng(18)                  # a seed whose layers spike under every profile here
+    rng = np.random.default_rng(18)  # a seed whose layers spike under every profile here
     net = _random_net(rng, profile, "static", 7, (1, 12, 12))
     x = rng.integers(0, 256, size=(40, 1, 12, 12)).astype(np.uint8)
     ref = simulate(net, x, kernel="numpy", threads=1, record=True, record_membranes=True)
@@ -576,7 +630,7 @@ def test_static_layer_table_equals_scanning_every_neuron(profile, monkeypatch):
         assert ref.layers[0].saturation_events > 0, "the weighted saturation counts must be exercised"
     first = layers.compile_layers(net, 255)[0]
     proven = (2 * first.cur_limit + 1) * first.out_nhwc[-1] * net.num_steps
-    monkeypatch.setattr(engine, "MIN_PIECE", 4)       # pieces over both threads share the table
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)  # pieces over both threads share the table
     for cells, built in ((proven, "proven"), (proven - 1, "seen"), (1, None)):
         monkeypatch.setattr(layers, "TABLE_CELLS", cells)
         layers._COMPILED.clear()
@@ -602,7 +656,7 @@ def test_pooled_spike_layer_sums_the_pool_first():
     rng = np.random.default_rng(17)
     net = _random_net(rng, FPGA, "static", 4, (1, 12, 12))
     fast, ref = layers.compile_layers(net, 255), layers.compile_layers(net, 255, kernel="numpy")
-    assert fast[0].box_matmul is None and fast[0].int_matmul is not None      # 2²·255 > 255
+    assert fast[0].box_matmul is None and fast[0].int_matmul is not None  # 2²·255 > 255
     assert fast[1].box_matmul is not None and ref[1].box_matmul is None
     conv2 = fast[1]
     z = rng.random((9, *conv2.in_shape[1:], conv2.in_shape[0])) < 0.3
@@ -620,6 +674,8 @@ def test_pooled_spike_layer_sums_the_pool_first():
 def test_column_sums_add_up_exactly(in_max, rows, units):
     """Σ over rows by carry-free byte lanes, also with every entry at its bound (the largest lane sums)."""
     rng = np.random.default_rng(in_max + rows)
-    for x in (rng.integers(0, in_max + 1, size=(rows, units)).astype(np.uint8),
-              np.full((rows, units), in_max, np.uint8)):
+    for x in (
+        rng.integers(0, in_max + 1, size=(rows, units)).astype(np.uint8),
+        np.full((rows, units), in_max, np.uint8),
+    ):
         assert np.array_equal(layers.column_sums(x, in_max), x.sum(axis=0, dtype=np.int64))

@@ -88,8 +88,17 @@ def test_frac_bits_sweep_marks_what_a_fixed_shift_chip_cannot_run():
     from qsnn.sim.validate import frac_bits_sweep
 
     def compile(profile):
-        layer = IntegerLayer("fc", "dense", np.ones((2, 4), np.int8), profile.frac_bits, 0,
-                             np.array([3 << profile.frac_bits] * 2), np.zeros(2, np.int64), 4096, np.ones(2))
+        layer = IntegerLayer(
+            "fc",
+            "dense",
+            np.ones((2, 4), np.int8),
+            profile.frac_bits,
+            0,
+            np.array([3 << profile.frac_bits] * 2),
+            np.zeros(2, np.int64),
+            4096,
+            np.ones(2),
+        )
         return IntegerNetwork((layer,), profile, (1, 2, 2), 3, "events", ("a", "b"), input_max=1), {}
 
     x, y = np.ones((4, 3, 1, 2, 2), np.uint8), np.zeros(4, np.int64)

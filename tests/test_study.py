@@ -18,10 +18,25 @@ from qsnn.train.study import REPORT_FILES, moving_average, parse_list, parse_sha
 # all four schedules go through the report in test_report_figures_with_all_four_schedules, and
 # docs/study.md shows a real four-schedule run.
 SCHEDULES = ["none", "cosine"]
-TINY = ["--epochs", "2", "--steps", "2", "--subset", "60", "--val-subset", "30", "--test-subset", "30",
-        "--batch-size", "30", "--cosine-period", "1"]
-TINY_OVERRIDES = dict(epochs=2, num_steps=2, subset=60, val_subset=30, test_subset=30, batch_size=30,
-                      cosine_period_epochs=1.0)
+TINY = [
+    "--epochs",
+    "2",
+    "--steps",
+    "2",
+    "--subset",
+    "60",
+    "--val-subset",
+    "30",
+    "--test-subset",
+    "30",
+    "--batch-size",
+    "30",
+    "--cosine-period",
+    "1",
+]
+TINY_OVERRIDES = dict(
+    epochs=2, num_steps=2, subset=60, val_subset=30, test_subset=30, batch_size=30, cosine_period_epochs=1.0
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,15 +55,30 @@ def test_study_runs_reports_regenerates_skips_and_resumes(tmp_path):
     from qsnn.train.loop import train
 
     out = tmp_path / "study"
-    args = ["study", "--dataset", "mnist5k", "--precision", "int4", "--schedules", ",".join(SCHEDULES),
-            "--trials", "2", *TINY, "--out", str(out), "--no-progress"]
+    args = [
+        "study",
+        "--dataset",
+        "mnist5k",
+        "--precision",
+        "int4",
+        "--schedules",
+        ",".join(SCHEDULES),
+        "--trials",
+        "2",
+        *TINY,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
     # An interrupted run of the plan: stopped after its first epoch (last.pt, no metrics.json).
     runs = plan("mnist5k", ["int4"], SCHEDULES, 2, out, TINY_OVERRIDES)
     assert [r.name for r in runs] == [f"int4-{s}-s{k}" for s in SCHEDULES for k in (0, 1)]
     interrupted = runs[-1]
     with pytest.raises(_Stop):
-        train(interrupted.cfg, interrupted.run_dir, progress=False, log=lambda _m: None, on_epoch=_stop_after_first_epoch)
+        train(
+            interrupted.cfg, interrupted.run_dir, progress=False, log=lambda _m: None, on_epoch=_stop_after_first_epoch
+        )
     assert (interrupted.run_dir / "last.pt").exists() and not (interrupted.run_dir / "metrics.json").exists()
 
     runner = CliRunner()
@@ -67,7 +97,9 @@ def test_study_runs_reports_regenerates_skips_and_resumes(tmp_path):
     rows = list(csv.DictReader(open(out / "table2.csv")))
     assert [r["schedule"] for r in rows] == SCHEDULES
     for row in rows:
-        accs = [json.loads((out / f"int4-{row['schedule']}-s{k}" / "metrics.json").read_text())["test_acc"] for k in (0, 1)]
+        accs = [
+            json.loads((out / f"int4-{row['schedule']}-s{k}" / "metrics.json").read_text())["test_acc"] for k in (0, 1)
+        ]
         assert row["trials"] == "2"
         assert float(row["test_best"]) == max(accs)
         assert float(row["test_mean"]) == pytest.approx(np.mean(accs))
@@ -100,16 +132,36 @@ def test_study_runs_reports_regenerates_skips_and_resumes(tmp_path):
 
 
 def _record(precision, schedule, seed, test, val, epochs=3, stopped=False):
-    return {"name": f"{precision}-{schedule}-s{seed}", "history": [], "iters": [{"iteration": 0, "loss": 1.0, "lr": 1e-3}],
-            "metrics": {"dataset": "mnist", "precision": precision, "schedule": schedule, "seed": seed,
-                        "test_acc": test, "best_val_acc": val, "epochs_run": epochs, "best_epoch": 1,
-                        "stopped_early": stopped, "num_steps": 100, "train_samples": 10, "val_samples": 5,
-                        "test_samples": 5, "config": {"epochs": 10, "patience": 2}}}
+    return {
+        "name": f"{precision}-{schedule}-s{seed}",
+        "history": [],
+        "iters": [{"iteration": 0, "loss": 1.0, "lr": 1e-3}],
+        "metrics": {
+            "dataset": "mnist",
+            "precision": precision,
+            "schedule": schedule,
+            "seed": seed,
+            "test_acc": test,
+            "best_val_acc": val,
+            "epochs_run": epochs,
+            "best_epoch": 1,
+            "stopped_early": stopped,
+            "num_steps": 100,
+            "train_samples": 10,
+            "val_samples": 5,
+            "test_samples": 5,
+            "config": {"epochs": 10, "patience": 2},
+        },
+    }
 
 
 def test_summary_statistics_and_order():
-    records = [_record("fp32", "cosine", 0, 90.0, 91.0), _record("int4", "cosine", 1, 80.0, 81.0, 5, True),
-               _record("int4", "cosine", 0, 70.0, 71.0), _record("int4", "none", 0, 60.0, 61.0)]
+    records = [
+        _record("fp32", "cosine", 0, 90.0, 91.0),
+        _record("int4", "cosine", 1, 80.0, 81.0, 5, True),
+        _record("int4", "cosine", 0, 70.0, 71.0),
+        _record("int4", "none", 0, 60.0, 61.0),
+    ]
     rows = summarize(records)
     assert [(r["precision"], r["schedule"]) for r in rows] == [("int4", "none"), ("int4", "cosine"), ("fp32", "cosine")]
     cos = rows[1]
@@ -134,15 +186,23 @@ def test_report_figures_with_all_four_schedules(tmp_path):
                 rec = _record(precision, schedule, seed, 80.0 + k + seed, 81.0 + k)
                 (run / "metrics.json").write_text(json.dumps(rec["metrics"]))
                 loss = 0.2 * np.exp(-np.arange(40) / (10 + k)) + 0.01 * rng.random(40)
-                lr = 1e-3 * (0.5 + 0.5 * np.cos(np.pi * np.arange(40) / 10)) if schedule == "cosine" else np.full(40, 1e-3)
-                (run / "iters.csv").write_text("iteration,epoch,loss,lr\n" + "".join(
-                    f"{i},{i // 10 + 1},{loss[i]},{lr[i]}\n" for i in range(40)))
-                (run / "log.csv").write_text("epoch,train_loss,train_acc,val_acc,lr,time_s,samples_per_s\n1,0.1,50,50,0.001,1,1\n")
+                lr = (
+                    1e-3 * (0.5 + 0.5 * np.cos(np.pi * np.arange(40) / 10))
+                    if schedule == "cosine"
+                    else np.full(40, 1e-3)
+                )
+                (run / "iters.csv").write_text(
+                    "iteration,epoch,loss,lr\n" + "".join(f"{i},{i // 10 + 1},{loss[i]},{lr[i]}\n" for i in range(40))
+                )
+                (run / "log.csv").write_text(
+                    "epoch,train_loss,train_acc,val_acc,lr,time_s,samples_per_s\n1,0.1,50,50,0.001,1,1\n"
+                )
     report = write_report(tmp_path, window=5)
     assert report["runs"] == 16
     rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
     assert [(r["precision"], r["schedule"]) for r in rows] == [
-        (p, s) for p in ("int4", "fp32") for s in ("none", "lrstep", "lossstep", "cosine")]
+        (p, s) for p in ("int4", "fp32") for s in ("none", "lrstep", "lossstep", "cosine")
+    ]
     assert float(rows[3]["test_mean"]) == 83.5 and float(rows[3]["test_std"]) == pytest.approx(math.sqrt(0.5))
     for fig in ("fig2_lr.png", "fig3_loss.png"):
         assert (tmp_path / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

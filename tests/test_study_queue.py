@@ -28,16 +28,41 @@ from qsnn.train.study_queue import default_study_name, open_queue, plan_digest  
 BIN = Path(sys.executable).parent
 SCHEDULES = ["none", "cosine"]
 EPOCHS = 4
-SETTINGS = ["--dataset", "mnist5k", "--precision", "int4", "--schedules", ",".join(SCHEDULES), "--trials", "2",
-            "--epochs", str(EPOCHS), "--steps", "4", "--subset", "200", "--val-subset", "60", "--test-subset", "60",
-            "--batch-size", "25", "--cosine-period", "1", "--no-progress"]
-OVERRIDES = dict(epochs=EPOCHS, num_steps=4, subset=200, val_subset=60, test_subset=60, batch_size=25,
-                 cosine_period_epochs=1.0)
+SETTINGS = [
+    "--dataset",
+    "mnist5k",
+    "--precision",
+    "int4",
+    "--schedules",
+    ",".join(SCHEDULES),
+    "--trials",
+    "2",
+    "--epochs",
+    str(EPOCHS),
+    "--steps",
+    "4",
+    "--subset",
+    "200",
+    "--val-subset",
+    "60",
+    "--test-subset",
+    "60",
+    "--batch-size",
+    "25",
+    "--cosine-period",
+    "1",
+    "--no-progress",
+]
+OVERRIDES = dict(
+    epochs=EPOCHS, num_steps=4, subset=200, val_subset=60, test_subset=60, batch_size=25, cosine_period_epochs=1.0
+)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _epochs_logged(run_dir: Path) -> list[int]:
-    return [int(r["epoch"]) for r in csv.DictReader(open(run_dir / "log.csv"))] if (run_dir / "log.csv").exists() else []
+    return (
+        [int(r["epoch"]) for r in csv.DictReader(open(run_dir / "log.csv"))] if (run_dir / "log.csv").exists() else []
+    )
 
 
 @pytest.mark.slow
@@ -49,12 +74,19 @@ def test_three_workers_one_killed_every_cell_once(tmp_path, postgres):
     runs = plan("mnist5k", ["int4"], SCHEDULES, 2, out, OVERRIDES)
     cells, name = [r.name for r in runs], default_study_name("mnist5k", runs)
     # the reference: one process, no storage (the plain study), same seeds
-    reference = subprocess.Popen([str(BIN / "qsnn-train"), "study", *SETTINGS, "--out", str(ref)], env=ENV,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reference = subprocess.Popen(
+        [str(BIN / "qsnn-train"), "study", *SETTINGS, "--out", str(ref)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     t0 = time.perf_counter()
     logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(3)]
-    workers = [subprocess.Popen([str(BIN / "qsnn-train"), *args], env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
-               for log in logs]
+    workers = [
+        subprocess.Popen([str(BIN / "qsnn-train"), *args], env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
+        for log in logs
+    ]
     pids = {p.pid: i for i, p in enumerate(workers)}
 
     # Kill the first worker seen with a cell past its first epoch (last.pt written) and not finished.
@@ -124,15 +156,23 @@ def test_three_workers_one_killed_every_cell_once(tmp_path, postgres):
     # -- the table equals the single-worker run's ---------------------------------------------------
     ref_output = reference.communicate(timeout=600)[0]
     assert reference.returncode == 0, ref_output
-    result = subprocess.run([str(BIN / "qsnn-train"), "study", "report", str(out)], env=ENV, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "qsnn-train"), "study", "report", str(out)], env=ENV, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("table2.md", "table2.csv"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     for cell in cells:
         a, b = (json.loads((d / cell / "metrics.json").read_text()) for d in (out, ref))
-        assert (a["test_acc"], a["best_val_acc"], a["best_epoch"]) == (b["test_acc"], b["best_val_acc"], b["best_epoch"])
-    print(f"\nthree workers, one killed after epoch {epochs_at_kill} of {killed_cell}: {len(trials)} trials, "
-          f"{wall:.1f} s (server start {postgres.start_s:.1f} s)")
+        assert (a["test_acc"], a["best_val_acc"], a["best_epoch"]) == (
+            b["test_acc"],
+            b["best_val_acc"],
+            b["best_epoch"],
+        )
+    print(
+        f"\nthree workers, one killed after epoch {epochs_at_kill} of {killed_cell}: {len(trials)} trials, "
+        f"{wall:.1f} s (server start {postgres.start_s:.1f} s)"
+    )
 
 
 def test_a_joining_worker_checks_the_plan(tmp_path):

@@ -51,10 +51,14 @@ def tiny_net(profile=FPGA, seed: int = 0, *, uniform_theta: bool = False, num_st
         n = shape[0]
         return IntegerLayer(name, kind, w, pool, 6, theta(n), bias(n), decay, rng.uniform(1e-3, 1e-2, n))
 
-    layers = (layer("conv1", "conv", (4, 1, 3, 3), 2), layer("conv2", "conv", (6, 4, 3, 3), 2),
-              layer("fc", "dense", (3, 24), 1))
-    return IntegerNetwork(layers, profile, (1, 14, 14), num_steps, "static", ("a", "b", "c"),
-                          {"dataset": "hand-built", "seed": seed})
+    layers = (
+        layer("conv1", "conv", (4, 1, 3, 3), 2),
+        layer("conv2", "conv", (6, 4, 3, 3), 2),
+        layer("fc", "dense", (3, 24), 1),
+    )
+    return IntegerNetwork(
+        layers, profile, (1, 14, 14), num_steps, "static", ("a", "b", "c"), {"dataset": "hand-built", "seed": seed}
+    )
 
 
 #: Hand-built layer stacks on a 1×14×14 input: ("conv", out, k, stride, padding, pool) or ("dense", out).
@@ -63,7 +67,7 @@ STACKS = {
     "dense3": [("dense", 48), ("dense", 24), ("dense", 3)],
     "conv3_s2p1": [("conv", 4, 3, 2, 1, 1), ("conv", 6, 3, 2, 1, 2), ("conv", 8, 3, 1, 1, 1), ("dense", 3)],
     "four": [("conv", 4, 3, 1, 0, 2), ("conv", 8, 3, 1, 0, 1), ("dense", 16), ("dense", 3)],
-    "w8": [("conv", 6, 3, 2, 1, 1), ("dense", 24), ("dense", 3)],      # 8-bit weights (see stack_net)
+    "w8": [("conv", 6, 3, 2, 1, 1), ("dense", 24), ("dense", 3)],  # 8-bit weights (see stack_net)
     # stride 3, padding 2, then 3×3 pooling of a 5×5 map (the last 2 rows/columns dropped, as torch does)
     "s3p2_pool3": [("conv", 4, 5, 3, 2, 1), ("conv", 6, 3, 1, 1, 3), ("dense", 3)],
 }
@@ -79,28 +83,46 @@ def stack_net(profile, stack: str, seed: int = 0, *, num_steps: int = 6) -> Inte
     rng = np.random.default_rng(seed)
     loihi = profile.leak == "loihi"
     wmax = 127 if stack == "w8" else 7
-    if profile.weight_max < wmax:      # 8-bit weights on pixels need a wider membrane than the fpga's int16
+    if profile.weight_max < wmax:  # 8-bit weights on pixels need a wider membrane than the fpga's int16
         profile = profile.replace(weight_bits=8, membrane_bits=24, threshold_bits=24, bias_bits=24)
     shift = 6 if loihi else 1
     step, bstep = 1 << profile.threshold_shift, max(1 << profile.bias_shift, 2)
     shape: tuple[int, ...] = (1, 14, 14)
-    x_rms, layers = 147.0, []                      # uint8 pixels, then spikes (a low rate: every layer fires)
+    x_rms, layers = 147.0, []  # uint8 pixels, then spikes (a low rate: every layer fires)
     for i, entry in enumerate(STACKS[stack], start=1):
         kind, out = entry[0], entry[1]
         stride, padding, pool = entry[3:] if kind == "conv" else (1, 0, 1)
         wshape = (out, shape[0], entry[2], entry[2]) if kind == "conv" else (out, int(np.prod(shape)))
         w = rng.integers(-wmax, wmax + 1, size=wshape).astype(np.int8)
-        typical = wmax / np.sqrt(3) * np.sqrt(np.prod(wshape[1:])) * pool * x_rms * 2.0 ** shift
+        typical = wmax / np.sqrt(3) * np.sqrt(np.prod(wshape[1:])) * pool * x_rms * 2.0**shift
         theta = np.maximum((typical * rng.uniform(0.6, 1.4, out)).astype(np.int64) // step * step, step)
         theta = theta if loihi else theta // 2 * 2 + 1
         bias = (typical * rng.uniform(-0.2, 0.2, out)).clip(-profile.bias_max, profile.bias_max).astype(np.int64)
         bias = bias // bstep * bstep
-        layer = IntegerLayer(f"{kind}{i}", kind, w, pool, shift, theta, bias, 700 if loihi else 3400,
-                             rng.uniform(1e-3, 1e-2, out), stride=stride, padding=padding)
+        layer = IntegerLayer(
+            f"{kind}{i}",
+            kind,
+            w,
+            pool,
+            shift,
+            theta,
+            bias,
+            700 if loihi else 3400,
+            rng.uniform(1e-3, 1e-2, out),
+            stride=stride,
+            padding=padding,
+        )
         shape, x_rms = layer.output_shape(shape), np.sqrt(0.05)
         layers.append(layer)
-    return IntegerNetwork(tuple(layers), profile, (1, 14, 14), num_steps, "static", ("a", "b", "c"),
-                          {"dataset": "hand-built", "stack": stack, "seed": seed})
+    return IntegerNetwork(
+        tuple(layers),
+        profile,
+        (1, 14, 14),
+        num_steps,
+        "static",
+        ("a", "b", "c"),
+        {"dataset": "hand-built", "stack": stack, "seed": seed},
+    )
 
 
 def images(n: int = 24, seed: int = 1) -> np.ndarray:
@@ -113,8 +135,16 @@ def assert_same_network(a: IntegerNetwork, b: IntegerNetwork) -> None:
     assert (a.num_steps, a.encoding, tuple(a.classes)) == (b.num_steps, b.encoding, tuple(b.classes))
     assert len(a.layers) == len(b.layers)
     for la, lb in zip(a.layers, b.layers):
-        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.leak_const, la.stride, la.padding) == \
-               (lb.name, lb.kind, lb.pool, lb.current_shift, lb.weight_exp, lb.leak_const, lb.stride, lb.padding)
+        assert (la.name, la.kind, la.pool, la.current_shift, la.weight_exp, la.leak_const, la.stride, la.padding) == (
+            lb.name,
+            lb.kind,
+            lb.pool,
+            lb.current_shift,
+            lb.weight_exp,
+            lb.leak_const,
+            lb.stride,
+            lb.padding,
+        )
         assert la.weight.shape == lb.weight.shape
         assert np.array_equal(la.weight.astype(np.int64), lb.weight.astype(np.int64))
         assert np.array_equal(la.threshold, lb.threshold)
@@ -222,7 +252,7 @@ def check_fpga_files(folder: Path, net: IntegerNetwork) -> None:
         assert all(0 <= w < (1 << word) for w in w_mem)
         assert np.array_equal(unpack(w_mem, bits, word, want.size), want)
         # the padding the manifest states is zeros
-        tail = unpack(w_mem, bits, word, len(w_mem) * (word // bits))[want.size:]
+        tail = unpack(w_mem, bits, word, len(w_mem) * (word // bits))[want.size :]
         assert len(tail) == mem["padding_weights"] and not tail.any()
         # threshold / bias tables
         theta = parse_mem_words((folder / rec["threshold_memory"]["file"]).read_text())
@@ -253,8 +283,13 @@ def test_fpga_packing_order_documented_example(tmp_path):
     w = np.zeros((3, 1, 3, 3), dtype=np.int8)
     w.reshape(-1)[:10] = [1, -1, 2, -2, 3, -3, 7, -7, 5, 0]
     base = tiny_net(FPGA)
-    layer = dataclasses.replace(base.layers[0], weight=w, threshold=base.layers[0].threshold[:3],
-                                bias=base.layers[0].bias[:3], scale=base.layers[0].scale[:3])
+    layer = dataclasses.replace(
+        base.layers[0],
+        weight=w,
+        threshold=base.layers[0].threshold[:3],
+        bias=base.layers[0].bias[:3],
+        scale=base.layers[0].scale[:3],
+    )
     conv2 = dataclasses.replace(base.layers[1], weight=base.layers[1].weight[:, :3])
     net = dataclasses.replace(base, layers=(layer, conv2, base.layers[2]))
     out = write_target("fpga", net, tmp_path / "o")
@@ -272,18 +307,26 @@ def test_fpga_c_header_compiles_and_unpacks(tmp_path, word_bits):
     net = tiny_net(FPGA, seed=7)
     out = write_target("fpga", net, tmp_path / "fpga", word_bits=word_bits)
     prog = tmp_path / "main.c"
-    lines = ['#include <stdio.h>', '#include "qsnn_model.h"', "int main(void) {"]
+    lines = ["#include <stdio.h>", '#include "qsnn_model.h"', "int main(void) {"]
     for i in range(1, len(net.layers) + 1):
-        lines += [f"  for (uint32_t n = 0; n < QSNN_L{i}_WEIGHT_COUNT; n++) printf(\"%d \", qsnn_weight(qsnn_l{i}_weights, n));",
-                  '  printf("\\n");',
-                  f"  for (int c = 0; c < QSNN_L{i}_OUT_CHANNELS; c++) printf(\"%d:%d \", (int)qsnn_l{i}_threshold[c], (int)qsnn_l{i}_bias[c]);",
-                  '  printf("\\n");']
-    lines += ['  printf("%d %d %d %d\\n", QSNN_MEMBRANE_BITS, QSNN_FRAC_BITS, QSNN_LEAK_BITS, QSNN_RESET_SUBTRACT);',
-              "  return 0;", "}"]
+        lines += [
+            f'  for (uint32_t n = 0; n < QSNN_L{i}_WEIGHT_COUNT; n++) printf("%d ", qsnn_weight(qsnn_l{i}_weights, n));',
+            '  printf("\\n");',
+            f'  for (int c = 0; c < QSNN_L{i}_OUT_CHANNELS; c++) printf("%d:%d ", (int)qsnn_l{i}_threshold[c], (int)qsnn_l{i}_bias[c]);',
+            '  printf("\\n");',
+        ]
+    lines += [
+        '  printf("%d %d %d %d\\n", QSNN_MEMBRANE_BITS, QSNN_FRAC_BITS, QSNN_LEAK_BITS, QSNN_RESET_SUBTRACT);',
+        "  return 0;",
+        "}",
+    ]
     prog.write_text("\n".join(lines) + "\n")
     exe = tmp_path / "main"
-    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-I", str(out), str(prog), "-o", str(exe)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["cc", "-std=c99", "-Wall", "-Werror", "-I", str(out), str(prog), "-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
     rows = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines()
     for i, layer in enumerate(net.layers):
         assert [int(v) for v in rows[2 * i].split()] == [int(v) for v in layer.weight.reshape(-1)]
@@ -348,7 +391,7 @@ def test_loihi2_netx_layout(tmp_path):
             g = f["layer"][key]
             n = g["neuron"]
             assert n["type"][()].decode() == "CUBA"
-            assert int(n["iDecay"][()]) == 4096                 # du = iDecay - 1 = 4095
+            assert int(n["iDecay"][()]) == 4096  # du = iDecay - 1 = 4095
             assert int(n["vDecay"][()]) == layer.leak_const
             assert int(n["vThMant"][()]) == int(layer.threshold[0]) >> 6
             assert int(n["refDelay"][()]) == 1 and not bool(n["gradedSpike"][()])
@@ -361,11 +404,11 @@ def test_loihi2_netx_layout(tmp_path):
                 assert np.array_equal(w, loihi2_target.fold_pool(layer.weight, layer.pool))
             else:
                 assert np.array_equal(w, layer.weight)
-        assert "neuron" not in f["layer/0"]            # no Input block: graded input goes to layer/1
+        assert "neuron" not in f["layer/0"]  # no Input block: graded input goes to layer/1
     manifest = read_manifest(out)
     assert manifest["netx"]["input_message_bits"] == 8
     assert manifest["lava"]["run_cfg"] == "Loihi2SimCfg(select_tag='fixed_pt')"
-    assert np.load(out / "example_input.npy").shape == net.input_shape   # zeros: no sample was given
+    assert np.load(out / "example_input.npy").shape == net.input_shape  # zeros: no sample was given
     readme = (out / "README.md").read_text()
     assert "input_message_bits=8" in readme and 'select_tag="fixed_pt"' in readme
 
@@ -387,9 +430,11 @@ def test_loihi2_netx_stride_padding_and_dense_only(tmp_path):
             assert list(g["stride"][()]) == [layer.stride * layer.pool] * 2
             assert list(g["padding"][()]) == [layer.padding] * 2
             assert list(g["shape"][()]) == list(shape)
-            assert np.array_equal(g["weight"][()], loihi2_target.fold_pool(layer.weight, layer.pool, stride=layer.stride))
+            assert np.array_equal(
+                g["weight"][()], loihi2_target.fold_pool(layer.weight, layer.pool, stride=layer.stride)
+            )
             # Lava's output side on the padded input equals the pooled conv's
-            h = (14 if key == "1" else net.shapes()[int(key) - 2][1])
+            h = 14 if key == "1" else net.shapes()[int(key) - 2][1]
             assert (h + 2 * layer.padding - side) // (layer.stride * layer.pool) + 1 == shape[1]
     rows = {r["name"]: r for r in read_manifest(out)["layers"]}
     assert rows["conv2"]["netx_stride"] == [4, 4] and rows["conv2"]["netx_padding"] == [1, 1]
@@ -412,15 +457,18 @@ def test_loihi2_reader_checks_stride_and_padding(tmp_path):
         loihi2_target.read(out)
 
 
-@pytest.mark.parametrize("change, limit", [
-    (dict(current_shift=4), "current shift 4"),                       # netx/Lava: always a_in << 6
-    (dict(weight_exp=1), "weight exponent 1"),                        # no place for one in netx
-    (dict(bias_add=5), "not a multiple of 64"),                       # netx's fixed bias exponent 6
-    (dict(bias_add=64 * 5000), "largest bias"),                       # 13-bit bias mantissa
-    (dict(weight_scale=6), "pooling folded in"),                      # folded taps beyond 8 bits
-    (dict(threshold_add=64 * 140000), "largest threshold"),           # 17-bit vth
-    (dict(leak_const=4096), "12-bit dv"),
-])
+@pytest.mark.parametrize(
+    "change, limit",
+    [
+        (dict(current_shift=4), "current shift 4"),  # netx/Lava: always a_in << 6
+        (dict(weight_exp=1), "weight exponent 1"),  # no place for one in netx
+        (dict(bias_add=5), "not a multiple of 64"),  # netx's fixed bias exponent 6
+        (dict(bias_add=64 * 5000), "largest bias"),  # 13-bit bias mantissa
+        (dict(weight_scale=6), "pooling folded in"),  # folded taps beyond 8 bits
+        (dict(threshold_add=64 * 140000), "largest threshold"),  # 17-bit vth
+        (dict(leak_const=4096), "12-bit dv"),
+    ],
+)
 def test_loihi2_refuses_what_stock_lava_cannot_run(tmp_path, change, limit):
     net = tiny_net(LOIHI2, uniform_theta=False)
     first = net.layers[0]
@@ -435,14 +483,23 @@ def test_loihi2_refuses_what_stock_lava_cannot_run(tmp_path, change, limit):
     with pytest.raises(ProfileError, match="conv1") as err:
         write_target("loihi2", net, tmp_path / "l")
     assert limit in str(err.value)
-    assert not (tmp_path / "l").exists() and not any(tmp_path.iterdir())   # no partial folder
+    assert not (tmp_path / "l").exists() and not any(tmp_path.iterdir())  # no partial folder
 
 
 def test_loihi2_refuses_networks_beyond_loihi_limits(tmp_path):
     wide = tiny_net(LOIHI2, uniform_theta=True)
     fc = wide.layers[2]
-    big = IntegerLayer("fc", "dense", np.ones((9000, 24), dtype=np.int8), 1, 6, np.full(9000, 64 * 500),
-                       np.zeros(9000, dtype=np.int64), fc.leak_const, np.full(9000, 1e-3))
+    big = IntegerLayer(
+        "fc",
+        "dense",
+        np.ones((9000, 24), dtype=np.int8),
+        1,
+        6,
+        np.full(9000, 64 * 500),
+        np.zeros(9000, dtype=np.int64),
+        fc.leak_const,
+        np.full(9000, 1e-3),
+    )
     net = dataclasses.replace(wide, layers=(*wide.layers[:2], big), classes=tuple(str(i) for i in range(9000)))
     with pytest.raises(ProfileError, match=r"layer 3 \(fc\): 9000 neurons .* 8192 neurons per layer"):
         write_target("loihi2", net, tmp_path / "l")
@@ -456,7 +513,7 @@ def test_fold_unfold_pool_inverse():
         folded = loihi2_target.fold_pool(w, pool)
         assert folded.shape[2] == 4 + pool - 1
         assert np.array_equal(loihi2_target.unfold_pool(folded, pool), w)
-        for stride in (2, 3, 5):                          # a strided conv: kernel k+s(p-1), taps s apart
+        for stride in (2, 3, 5):  # a strided conv: kernel k+s(p-1), taps s apart
             folded = loihi2_target.fold_pool(w, pool, stride=stride)
             assert folded.shape[2] == 4 + stride * (pool - 1)
             assert np.array_equal(loihi2_target.unfold_pool(folded, pool, stride=stride), w)
@@ -475,16 +532,25 @@ def test_nir_graph_nodes_and_metadata(tmp_path):
     out = write_target("nir", net, tmp_path / "n")
     graph = nir.read(out / "network.nir")
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
-    assert kinds == {"input": "Input", "conv1": "Conv2d", "conv1_lif": "LIF", "conv2": "Conv2d", "conv2_lif": "LIF",
-                     "fc_flatten": "Flatten", "fc": "Affine", "fc_lif": "LIF", "output": "Output"}
+    assert kinds == {
+        "input": "Input",
+        "conv1": "Conv2d",
+        "conv1_lif": "LIF",
+        "conv2": "Conv2d",
+        "conv2_lif": "LIF",
+        "fc_flatten": "Flatten",
+        "fc": "Affine",
+        "fc_lif": "LIF",
+        "output": "Output",
+    }
     dt = 1e-4
     assert graph.metadata["dt"] == dt and graph.metadata["qsnn_flavor"] == "standard"
     beta = net.layers[0].leak_const / 4096
     lif = graph.nodes["conv1_lif"]
-    assert lif.tau.shape == (4, 6, 6)                      # per-neuron parameters
+    assert lif.tau.shape == (4, 6, 6)  # per-neuron parameters
     assert np.allclose(1 - dt / lif.tau, beta) and np.all(lif.r == 1.0)
     assert np.all(lif.v_threshold == 1.0) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
-    conv = graph.nodes["conv1"]                            # the 2x2 sum-pool folded into a stride-2 kernel
+    conv = graph.nodes["conv1"]  # the 2x2 sum-pool folded into a stride-2 kernel
     assert tuple(np.asarray(conv.stride).reshape(-1)) in ((2,), (2, 2)) and conv.weight.shape[-1] == 3 + 2 - 1
     theta = net.layers[0].threshold.astype(float)
     w = conv.weight * theta[:, None, None, None] * (1 - beta) / 2.0**6
@@ -503,9 +569,14 @@ def test_nir_graph_of_strided_padded_and_dense_only_nets(tmp_path):
     from qsnn.network import fold_pool
 
     net = stack_net(FPGA, "conv3_s2p1", seed=2)
-    graph = nir.read(write_target("nir", net, tmp_path / "c") / "network.nir")     # type-checks every edge
-    assert [type(graph.nodes[n]).__name__ for n in ("conv1", "conv2", "conv3", "dense4_flatten", "dense4")] == \
-           ["Conv2d", "Conv2d", "Conv2d", "Flatten", "Affine"]
+    graph = nir.read(write_target("nir", net, tmp_path / "c") / "network.nir")  # type-checks every edge
+    assert [type(graph.nodes[n]).__name__ for n in ("conv1", "conv2", "conv3", "dense4_flatten", "dense4")] == [
+        "Conv2d",
+        "Conv2d",
+        "Conv2d",
+        "Flatten",
+        "Affine",
+    ]
     for layer, shape in zip(net.layers[:3], net.shapes()):
         conv = graph.nodes[layer.name]
         assert tuple(np.asarray(conv.stride).reshape(-1)) == (layer.stride * layer.pool,) * 2
@@ -516,9 +587,14 @@ def test_nir_graph_of_strided_padded_and_dense_only_nets(tmp_path):
         assert np.allclose(w, fold_pool(layer.weight, layer.pool, stride=layer.stride))
     dense = stack_net(FPGA, "dense2")
     graph = nir.read(write_target("nir", dense, tmp_path / "d") / "network.nir")
-    assert [e for e in graph.edges] == [("input", "dense1_flatten"), ("dense1_flatten", "dense1"),
-                                        ("dense1", "dense1_lif"), ("dense1_lif", "dense2"), ("dense2", "dense2_lif"),
-                                        ("dense2_lif", "output")]
+    assert [e for e in graph.edges] == [
+        ("input", "dense1_flatten"),
+        ("dense1_flatten", "dense1"),
+        ("dense1", "dense1_lif"),
+        ("dense1_lif", "dense2"),
+        ("dense2", "dense2_lif"),
+        ("dense2_lif", "output"),
+    ]
     assert "pooling" not in graph.metadata["qsnn_differences"]
 
 
@@ -537,7 +613,7 @@ def test_nir_flavours_round_trip(tmp_path, flavor):
     with h5py.File(out / "network.nir") as f:
         names = []
         f.visit(names.append)
-    assert any(n.endswith("v_reset") for n in names) == (flavor != "sinabs")   # nir <= 1.0.4 rejects the field
+    assert any(n.endswith("v_reset") for n in names) == (flavor != "sinabs")  # nir <= 1.0.4 rejects the field
 
 
 def test_nir_flavour_unknown(tmp_path):
@@ -567,7 +643,7 @@ def test_fit_weight_bits(tmp_path):
     wide = _swap_layer(wide, 0, weight=w.astype(np.int8))
     with pytest.raises(ProfileError, match=r"layer 1 \(conv1\).*4-bit"):
         write_target("fpga", wide, tmp_path / "b", weight_bits=4)
-    write_target("fpga", wide, tmp_path / "c")           # 8-bit memories are fine
+    write_target("fpga", wide, tmp_path / "c")  # 8-bit memories are fine
     # Loihi: 8-bit weights
     lo = tiny_net(LOIHI2)
     w = lo.layers[2].weight.astype(np.int16)
@@ -580,17 +656,53 @@ def test_fit_weight_bits(tmp_path):
 def test_fit_neurons_and_fan_in(tmp_path):
     rng = np.random.default_rng(0)
     ones = lambda n: np.full(n, 64 * 10, dtype=np.int64)  # noqa: E731
-    big = IntegerLayer("wide", "conv", rng.integers(-7, 8, size=(64, 1, 3, 3)).astype(np.int8), 1, 6, ones(64),
-                       np.zeros(64, dtype=np.int64), 700, np.ones(64))
-    fc = IntegerLayer("fc", "dense", rng.integers(-7, 8, size=(2, 64 * 26 * 26)).astype(np.int8), 1, 6, ones(2),
-                      np.zeros(2, dtype=np.int64), 700, np.ones(2))
+    big = IntegerLayer(
+        "wide",
+        "conv",
+        rng.integers(-7, 8, size=(64, 1, 3, 3)).astype(np.int8),
+        1,
+        6,
+        ones(64),
+        np.zeros(64, dtype=np.int64),
+        700,
+        np.ones(64),
+    )
+    fc = IntegerLayer(
+        "fc",
+        "dense",
+        rng.integers(-7, 8, size=(2, 64 * 26 * 26)).astype(np.int8),
+        1,
+        6,
+        ones(2),
+        np.zeros(2, dtype=np.int64),
+        700,
+        np.ones(2),
+    )
     net = IntegerNetwork((big, fc), LOIHI2, (1, 28, 28), 4, "static", ("a", "b"))
     with pytest.raises(ProfileError, match=r"layer 1 \(wide\): 43264 neurons.*8192"):
         write_target("loihi2", net, tmp_path / "n")
-    small = IntegerLayer("c", "conv", rng.integers(-7, 8, size=(8, 1, 3, 3)).astype(np.int8), 1, 6, ones(8),
-                         np.zeros(8, dtype=np.int64), 700, np.ones(8))
-    fc = IntegerLayer("fc", "dense", rng.integers(-7, 8, size=(2, 8 * 26 * 26)).astype(np.int8), 1, 6, ones(2),
-                      np.zeros(2, dtype=np.int64), 700, np.ones(2))
+    small = IntegerLayer(
+        "c",
+        "conv",
+        rng.integers(-7, 8, size=(8, 1, 3, 3)).astype(np.int8),
+        1,
+        6,
+        ones(8),
+        np.zeros(8, dtype=np.int64),
+        700,
+        np.ones(8),
+    )
+    fc = IntegerLayer(
+        "fc",
+        "dense",
+        rng.integers(-7, 8, size=(2, 8 * 26 * 26)).astype(np.int8),
+        1,
+        6,
+        ones(2),
+        np.zeros(2, dtype=np.int64),
+        700,
+        np.ones(2),
+    )
     net = IntegerNetwork((small, fc), LOIHI2, (1, 28, 28), 4, "static", ("a", "b"))
     with pytest.raises(ProfileError, match=r"layer 2 \(fc\): fan-in 5408.*4096"):
         write_target("loihi2", net, tmp_path / "f")
@@ -654,14 +766,14 @@ def test_failure_leaves_no_partial_outdir(tmp_path, monkeypatch):
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:                     # the second layer's .mif: some files are already written
+        if calls["n"] == 2:  # the second layer's .mif: some files are already written
             raise OSError("disk full (injected)")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fpga_target, "format_mif", failing)
     with pytest.raises(OSError, match="injected"):
         write_target("fpga", tiny_net(), tmp_path / "new")
-    assert list(tmp_path.iterdir()) == []       # neither OUTDIR nor a temporary sibling
+    assert list(tmp_path.iterdir()) == []  # neither OUTDIR nor a temporary sibling
 
     # with force over an existing folder: the old folder survives untouched
     monkeypatch.setattr(fpga_target, "format_mif", real)
@@ -683,9 +795,10 @@ def test_nir_holds_a_loihi2_network_and_event_inputs(tmp_path):
     # event-count input (N, T, C, H, W) through the fpga tables
     ev = tiny_net(FPGA, seed=9)
     conv1 = ev.layers[0]
-    w = np.concatenate([conv1.weight, -conv1.weight], axis=1)        # 2 polarity channels
-    ev = dataclasses.replace(ev, layers=(dataclasses.replace(conv1, weight=w), *ev.layers[1:]),
-                             input_shape=(2, 14, 14), encoding="events")
+    w = np.concatenate([conv1.weight, -conv1.weight], axis=1)  # 2 polarity channels
+    ev = dataclasses.replace(
+        ev, layers=(dataclasses.replace(conv1, weight=w), *ev.layers[1:]), input_shape=(2, 14, 14), encoding="events"
+    )
     back = read_target(write_target("fpga", ev, tmp_path / "e"))
     assert back.encoding == "events" and back.input_shape == (2, 14, 14)
     x = np.random.default_rng(0).integers(0, 4, size=(10, ev.num_steps, 2, 14, 14)).astype(np.uint8)
@@ -701,4 +814,4 @@ def test_summarize_rows(tmp_path):
     assert "36 × 4 bit in 5 × 32-bit words (160 bits, 4 padding)" == rows["conv1 weights"]
     umask = os.umask(0)
     os.umask(umask)
-    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask     # not mkdtemp's 0700
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700

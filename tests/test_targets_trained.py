@@ -37,8 +37,14 @@ def trained(trained_run, tmp_path_factory):
         nets[name], _ = compile_qonnx(onnx_path, profile)
         refs[name] = simulate(nets[name], split.x, record=True)
     metrics = json.loads((run / "metrics.json").read_text())
-    return {"folder": folder, "split": split, "nets": nets, "refs": refs, "metrics": metrics,
-            "checkpoint": run / "best.pt"}
+    return {
+        "folder": folder,
+        "split": split,
+        "nets": nets,
+        "refs": refs,
+        "metrics": metrics,
+        "checkpoint": run / "best.pt",
+    }
 
 
 @pytest.mark.parametrize("target,profile", [("fpga", "fpga"), ("nir", "fpga"), ("loihi2", "loihi2")])
@@ -46,8 +52,7 @@ def test_round_trip_trained_model_spikes_identical(trained, target, profile):
     net = trained["nets"][profile]
     split = trained["split"]
     assert len(split.x) == 500
-    out = write_target(target, net, trained["folder"] / target,
-                       source_info={"checkpoint": str(trained["checkpoint"])})
+    out = write_target(target, net, trained["folder"] / target, source_info={"checkpoint": str(trained["checkpoint"])})
     back = read_target(out)
     assert_same_network(net, back)
     ref = trained["refs"][profile]

@@ -39,7 +39,7 @@ def users_model(seed: int = 0) -> nn.Sequential:
         qnn.QuantLinear(16 * 6 * 6, 10, weight_bit_width=8, bias=True),
         snn.Leaky(beta=0.95, threshold=0.3),
     )
-    with torch.no_grad():   # trained-looking BatchNorm statistics and weights that make every layer spike
+    with torch.no_grad():  # trained-looking BatchNorm statistics and weights that make every layer spike
         bn = net[1]
         bn.running_mean.uniform_(-0.2, 0.2)
         bn.running_var.uniform_(0.5, 1.5)
@@ -77,9 +77,12 @@ def test_users_sequential_exports_the_graph_its_own_loop_runs(tmp_path, mnist_te
     path = export_torch(net, (1, 28, 28), num_steps=8, out=tmp_path / "mine.onnx")
     graph = read_float_graph(path)
     assert [(la.kind, la.stride, la.padding, la.pool, la.bit_width) for la in graph.layers] == [
-        ("conv", 2, 1, 1, 4), ("conv", 1, 0, 2, 4), ("dense", 1, 0, 1, 8)]
+        ("conv", 2, 1, 1, 4),
+        ("conv", 1, 0, 2, 4),
+        ("dense", 1, 0, 1, 8),
+    ]
     assert graph.layers[2].bias is not None and graph.layers[0].bias is None
-    assert [round(la.beta, 6) for la in graph.layers] == [0.9, 0.8, 0.95]         # each layer its own β
+    assert [round(la.beta, 6) for la in graph.layers] == [0.9, 0.8, 0.95]  # each layer its own β
     assert graph.metadata["arch"] == "8C3s2p1w4-16C3w4-AP2-D10w8"
     x = torch.as_tensor(mnist_test.x[:64], dtype=torch.float32) / 255
     ref = run_users_loop(net, x, 8).numpy()
@@ -105,14 +108,21 @@ def test_every_unsupported_module_is_listed_in_one_error():
         export_torch(bad, (1, 28, 28), 5)
     msg = str(err.value)
     assert "\n" not in msg and "problems" in msg
-    for position, words in (("[1] MaxPool2d", "max pooling"), ("[2] Leaky", "β per neuron"), ("[3] RLeaky", "feed-forward"),
-                            ("[5] ReLU", "not a layer"), ("[6] Leaky", "init_hidden=True"), ("[end]", "must be dense")):
+    for position, words in (
+        ("[1] MaxPool2d", "max pooling"),
+        ("[2] Leaky", "β per neuron"),
+        ("[3] RLeaky", "feed-forward"),
+        ("[5] ReLU", "not a layer"),
+        ("[6] Leaky", "init_hidden=True"),
+        ("[end]", "must be dense"),
+    ):
         assert position in msg and words in msg, (position, msg)
 
 
 def test_a_model_that_does_not_fit_its_input_is_refused_before_writing(tmp_path):
-    net = nn.Sequential(qnn.QuantConv2d(1, 4, 5), snn.Leaky(beta=0.9), nn.Flatten(), qnn.QuantLinear(100, 10),
-                        snn.Leaky(beta=0.9))
+    net = nn.Sequential(
+        qnn.QuantConv2d(1, 4, 5), snn.Leaky(beta=0.9), nn.Flatten(), qnn.QuantLinear(100, 10), snn.Leaky(beta=0.9)
+    )
     out = tmp_path / "m.onnx"
     with pytest.raises(ExportError, match="gets 2304 inputs"):
         export_torch(net, (1, 28, 28), 4, out=out)
@@ -140,11 +150,32 @@ def test_users_model_in_qsnn_sim_is_bit_exact(users_onnx, tmp_path):
     """qsnn-sim on the user's file, as a user runs it: the integer engine equals the PyTorch integer
     mode spike for spike in every layer, and the trained float model is the accuracy reference."""
     report = tmp_path / "sim.json"
-    res = _cli("qsnn-sim", str(users_onnx), "--profile", "fpga", "--dataset", "mnist5k", "--subset", "100", "--check",
-               "--no-progress")
-    assert res.returncode != 0 and "--profile-set weight_bits=8" in res.stderr     # the 8-bit layer, named
-    res = _cli("qsnn-sim", str(users_onnx), *FPGA8, "--dataset", "mnist5k", "--subset", "100", "--check",
-               "--no-progress", "--report", str(report))
+    res = _cli(
+        "qsnn-sim",
+        str(users_onnx),
+        "--profile",
+        "fpga",
+        "--dataset",
+        "mnist5k",
+        "--subset",
+        "100",
+        "--check",
+        "--no-progress",
+    )
+    assert res.returncode != 0 and "--profile-set weight_bits=8" in res.stderr  # the 8-bit layer, named
+    res = _cli(
+        "qsnn-sim",
+        str(users_onnx),
+        *FPGA8,
+        "--dataset",
+        "mnist5k",
+        "--subset",
+        "100",
+        "--check",
+        "--no-progress",
+        "--report",
+        str(report),
+    )
     assert res.returncode == 0, res.stderr
     rep = json.loads(report.read_text())
     check = rep["agreement"]["spike_trains_vs_integer_torch"]

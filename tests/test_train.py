@@ -28,6 +28,7 @@ BIN = sys.executable.replace("python", "")
 
 # -- LIF neuron (eqs. 1-2, 5) ---------------------------------------------------------------------
 
+
 def test_lif_step_matches_equations_by_hand():
     beta, theta = torch.tensor(0.5), torch.tensor(1.0)
     u = LIFState(torch.zeros(1))
@@ -157,6 +158,7 @@ def test_fast_sigmoid_surrogate_gradient_is_eq5():
 
 # -- loss (eq. 6) -----------------------------------------------------------------------------------
 
+
 def test_mse_count_loss_by_hand_and_against_snntorch():
     from snntorch import functional as SF
 
@@ -169,7 +171,9 @@ def test_mse_count_loss_by_hand_and_against_snntorch():
     target[torch.arange(B), y] = 8.0  # ⌊0.8·10⌋
     expected = ((counts - target) ** 2).mean() / T
     assert mse_count_loss(spikes, y) == pytest.approx(float(expected))
-    assert mse_count_loss(spikes, y) == pytest.approx(float(SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)(spikes, y)))
+    assert mse_count_loss(spikes, y) == pytest.approx(
+        float(SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)(spikes, y))
+    )
 
 
 def test_prediction_first_index_wins_ties():
@@ -181,13 +185,18 @@ def test_prediction_first_index_wins_ties():
 
 # -- schedules ----------------------------------------------------------------------------------------
 
+
 def test_cosine_schedule_is_eq4_continuing_over_the_run():
     s = Schedule("cosine", 1e-3, iters_per_epoch=10, period_epochs=2, eta_min=1e-5)
     P = 20
     for t in (0, 5, 13, 20, 27, 40, 55):
         expect = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * t / P))
         assert s.lr_at(t) == pytest.approx(expect)
-    assert s.lr_at(0) == pytest.approx(1e-3) and s.lr_at(P) == pytest.approx(1e-5) and s.lr_at(2 * P) == pytest.approx(1e-3)
+    assert (
+        s.lr_at(0) == pytest.approx(1e-3)
+        and s.lr_at(P) == pytest.approx(1e-5)
+        and s.lr_at(2 * P) == pytest.approx(1e-3)
+    )
 
 
 def test_cosine_warm_restarts_jump_back_each_period():
@@ -226,6 +235,7 @@ def test_schedule_apply_sets_optimizer_lr():
 
 # -- presets -------------------------------------------------------------------------------------------
 
+
 def test_six_table1_presets_build_valid_configs():
     rows = presets()
     assert set(rows) == {"mnist", "fmnist", "dvs128"}
@@ -253,8 +263,17 @@ TABLE_I = {
 def test_presets_are_table_I(row):
     dataset, precision = row
     cfg = TrainConfig.from_preset(dataset, precision)
-    got = (cfg.batch_size, cfg.beta, cfg.threshold, cfg.slope, cfg.lr, cfg.grad_clip, cfg.weight_clip, cfg.batch_norm,
-           cfg.dropout)
+    got = (
+        cfg.batch_size,
+        cfg.beta,
+        cfg.threshold,
+        cfg.slope,
+        cfg.lr,
+        cfg.grad_clip,
+        cfg.weight_clip,
+        cfg.batch_norm,
+        cfg.dropout,
+    )
     assert got == TABLE_I[row]
     assert cfg.preset_source.startswith("Table I") and (cfg.num_steps, cfg.epochs) == (100, 100)
     # the baselines as the paper's text gives them; DVS128 changed both (every 20 epochs; two worse epochs)
@@ -265,6 +284,7 @@ def test_presets_are_table_I(row):
 
 
 # -- the two forward paths -------------------------------------------------------------------------------
+
 
 def _pair(quant_scale, dataset="mnist5k", shape=(1, 28, 28), classes=10, T=12, bn=True):
     torch.manual_seed(0)
@@ -327,7 +347,7 @@ def test_fast_path_equals_plain_path_bit_for_bit_with_po2_scales(mode):
 def test_trained_for_loihi2_fast_path_equals_plain_path(mode):
     """--profile loihi2: zero reset and a one-step delay per layer, the same in both paths (po2 scales:
     spikes, membranes and loss torch.equal as above; gradients to GRAD_SCALE_RTOL)."""
-    cfg, _ = _pair("po2", T=20)            # zero reset and the delay: T = 20 for spikes in eval mode up to z2
+    cfg, _ = _pair("po2", T=20)  # zero reset and the delay: T = 20 for spikes in eval mode up to z2
     cfg = cfg.for_profile("loihi2")
     torch.manual_seed(0)
     model = QSNN(cfg, (1, 28, 28), 10)
@@ -335,7 +355,7 @@ def test_trained_for_loihi2_fast_path_equals_plain_path(mode):
     with torch.no_grad():
         model.train().forward_fast(x)
     getattr(model, mode)()
-    state = {k: v.clone() for k, v in model.state_dict().items()}   # BatchNorm statistics move in train mode
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move in train mode
     l_fast, rec_fast, g_fast = _loss_and_grads(model, model.forward_fast, x, y, 7)
     model.load_state_dict(state)
     l_plain, rec_plain, g_plain = _loss_and_grads(model, model.forward_plain, x, y, 7)
@@ -386,10 +406,10 @@ def test_for_profile_sets_the_chips_semantics():
     cfg = TrainConfig.from_preset("mnist5k", "int4", beta=0.921)
     l2 = cfg.for_profile("loihi2")
     assert (l2.profile, l2.reset, l2.synaptic_delay) == ("loihi2", "zero", 1)
-    assert l2.beta == (4096 - round((1 - 0.921) * 4096)) / 4096          # Loihi's 12-bit dv grid
+    assert l2.beta == (4096 - round((1 - 0.921) * 4096)) / 4096  # Loihi's 12-bit dv grid
     fp = cfg.for_profile("fpga")
     assert (fp.profile, fp.reset, fp.synaptic_delay, fp.beta) == ("fpga", "subtract", 0, round(0.921 * 4096) / 4096)
-    assert TrainConfig.from_dict(l2.to_dict()) == l2                     # recorded in the checkpoint
+    assert TrainConfig.from_dict(l2.to_dict()) == l2  # recorded in the checkpoint
 
 
 @pytest.mark.float_kernels
@@ -443,6 +463,7 @@ def test_static_image_is_fed_unchanged_every_step():
 
 # -- runs ----------------------------------------------------------------------------------------
 
+
 def test_short_run_learns_well_above_chance(trained_run):
     run = trained_run()
     metrics = json.loads((run / "metrics.json").read_text())
@@ -457,8 +478,16 @@ def test_short_run_learns_well_above_chance(trained_run):
 
 
 def _tiny_cfg(**kw):
-    base = dict(num_steps=5, epochs=3, subset=300, val_subset=100, test_subset=100, batch_size=50, patience=5,
-                cosine_period_epochs=1.0)
+    base = dict(
+        num_steps=5,
+        epochs=3,
+        subset=300,
+        val_subset=100,
+        test_subset=100,
+        batch_size=50,
+        patience=5,
+        cosine_period_epochs=1.0,
+    )
     return TrainConfig.from_preset("mnist5k", "int4", **{**base, **kw})
 
 
@@ -496,9 +525,30 @@ def test_resume_with_more_epochs_extends_a_finished_run_to_equal_an_uninterrupte
 
     cfg = _tiny_cfg(epochs=3)
     full = train(cfg, tmp_path / "full", progress=False, log=lambda m: None)
-    args = ["run", "--dataset", "mnist5k", "--precision", "int4", "--steps", "5", "--subset", "300", "--val-subset", "100",
-            "--test-subset", "100", "--batch-size", "50", "--patience", "5", "--cosine-period", "1", "--no-progress",
-            "--out", str(tmp_path / "short")]
+    args = [
+        "run",
+        "--dataset",
+        "mnist5k",
+        "--precision",
+        "int4",
+        "--steps",
+        "5",
+        "--subset",
+        "300",
+        "--val-subset",
+        "100",
+        "--test-subset",
+        "100",
+        "--batch-size",
+        "50",
+        "--patience",
+        "5",
+        "--cosine-period",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "short"),
+    ]
     first = CliRunner().invoke(main, [*args, "--epochs", "1"])
     assert first.exit_code == 0, first.output
     assert json.loads((tmp_path / "short" / "metrics.json").read_text())["epochs_run"] == 1
@@ -513,8 +563,9 @@ def test_resume_with_more_epochs_extends_a_finished_run_to_equal_an_uninterrupte
         for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
             assert all(torch.equal(sa[k], sb[k]) for k in sa), name
         assert a["schedule"] == b["schedule"] and a["state"] == b["state"], name
-        assert [(r["train_loss"], r["val_acc"], r["lr"]) for r in a["history"]] == \
-            [(r["train_loss"], r["val_acc"], r["lr"]) for r in b["history"]], name
+        assert [(r["train_loss"], r["val_acc"], r["lr"]) for r in a["history"]] == [
+            (r["train_loss"], r["val_acc"], r["lr"]) for r in b["history"]
+        ], name
     extended = json.loads((tmp_path / "short" / "metrics.json").read_text())
     assert extended["epochs_run"] == full["epochs_run"] == 3
     assert extended["test_acc"] == full["test_acc"] and extended["best_epoch"] == full["best_epoch"]
@@ -549,6 +600,7 @@ def test_early_stopping_uses_validation_and_keeps_best(tmp_path):
 
 # -- checkpoints: bad input -----------------------------------------------------------------------------
 
+
 def test_bad_checkpoints_give_clear_errors(tmp_path, trained_run):
     good = (trained_run() / "best.pt").read_bytes()
     truncated = tmp_path / "truncated.pt"
@@ -579,17 +631,23 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr("os.replace", boom)
     with pytest.raises(OSError):
-        save_checkpoint(path, {"config": {"x": 1}, "model": {}, "input_shape": [1], "classes": [], "encoding": "static"})
+        save_checkpoint(
+            path, {"config": {"x": 1}, "model": {}, "input_shape": [1], "classes": [], "encoding": "static"}
+        )
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
 
 
 # -- command line ------------------------------------------------------------------------------------------
 
+
 def test_cli_missing_dataset_is_one_line_error(tmp_path):
     exe = f"{sys.prefix}/bin/qsnn-train"
-    res = subprocess.run([exe, "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "r")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [exe, "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1
     assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     assert str(tmp_path) in res.stderr
@@ -599,8 +657,21 @@ def test_cli_missing_dataset_is_one_line_error(tmp_path):
 def test_cli_help_documents_every_option():
     exe = f"{sys.prefix}/bin/qsnn-train"
     res = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, check=True)
-    for opt in ("--dataset", "--precision", "--schedule", "--steps", "--subset", "--resume", "--quant-scale", "--reset",
-                "--warm-restarts", "--grad-clip", "--weight-clip", "--patience", "--data-dir"):
+    for opt in (
+        "--dataset",
+        "--precision",
+        "--schedule",
+        "--steps",
+        "--subset",
+        "--resume",
+        "--quant-scale",
+        "--reset",
+        "--warm-restarts",
+        "--grad-clip",
+        "--weight-clip",
+        "--patience",
+        "--data-dir",
+    ):
         assert opt in res.stdout
 
 
@@ -613,8 +684,29 @@ def test_cli_demo_settings_yield_to_given_options(tmp_path):
 
     exe = f"{sys.prefix}/bin/qsnn-train"
     out = tmp_path / "r"
-    subprocess.run([exe, "run", "--demo", "--epochs", "1", "--steps", "3", "--subset", "200", "--val-subset", "50",
-                    "--test-subset", "50", "--no-progress", "--out", str(out)], capture_output=True, text=True, check=True)
+    subprocess.run(
+        [
+            exe,
+            "run",
+            "--demo",
+            "--epochs",
+            "1",
+            "--steps",
+            "3",
+            "--subset",
+            "200",
+            "--val-subset",
+            "50",
+            "--test-subset",
+            "50",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     cfg = json.loads((out / "metrics.json").read_text())["config"]
     assert (cfg["epochs"], cfg["num_steps"]) == (1, 3)
     for key in ("dataset", "precision", "schedule", "batch_size", "cosine_period_epochs"):

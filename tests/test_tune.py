@@ -8,10 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 optuna = pytest.importorskip("optuna")
 
@@ -63,8 +63,9 @@ def test_workers_share_the_budget_exactly(tmp_path):
 # Enqueued first (in this order) so that pruning is certain: every worker finishes a good trial before
 # it takes a bad one, and a bad trial (a silent output layer: chance, 10 %) is then below the median of
 # the finished trials at epoch 1. The rest of the budget is TPE's.
-GOOD = dict(beta=0.99, threshold=2.9, slope=13.8, lr=5.4e-3, dropout=0.0, batch_norm=True, grad_clip=True,
-            weight_clip=False)
+GOOD = dict(
+    beta=0.99, threshold=2.9, slope=13.8, lr=5.4e-3, dropout=0.0, batch_norm=True, grad_clip=True, weight_clip=False
+)
 BAD = dict(beta=0.3, threshold=3.0, slope=1.0, lr=1e-4, dropout=0.5, batch_norm=False, grad_clip=True, weight_clip=True)
 
 
@@ -77,13 +78,43 @@ def test_two_tune_workers_on_a_postgresql_server(tmp_path, postgres):
     study = open_study(storage, "shared", prune=False)
     for params in (GOOD, {**GOOD, "lr": 4e-3}, BAD, {**BAD, "beta": 0.31}):
         study.enqueue_trial(params)
-    common = ["tune", "--dataset", "mnist5k", "--precision", "int4", "--trials", str(n_trials), "--epochs", "2",
-              "--steps", "4", "--subset", "300", "--val-subset", "100", "--batch-size", "20", "--prune-startup", "1",
-              "--storage", storage, "--study-name", "shared"]
+    common = [
+        "tune",
+        "--dataset",
+        "mnist5k",
+        "--precision",
+        "int4",
+        "--trials",
+        str(n_trials),
+        "--epochs",
+        "2",
+        "--steps",
+        "4",
+        "--subset",
+        "300",
+        "--val-subset",
+        "100",
+        "--batch-size",
+        "20",
+        "--prune-startup",
+        "1",
+        "--storage",
+        storage,
+        "--study-name",
+        "shared",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([str(BIN / "qsnn-train"), *common, "--out", str(tmp_path / f"w{i}"), "--sampler-seed", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "qsnn-train"), *common, "--out", str(tmp_path / f"w{i}"), "--sampler-seed", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     wall = time.perf_counter() - t0
     for p, text in zip(procs, outputs):
@@ -97,7 +128,12 @@ def test_two_tune_workers_on_a_postgresql_server(tmp_path, postgres):
     assert all(t.state == S.FAIL and t.user_attrs.get("over_budget") for t in trials if t not in counted)
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
-    ran = [int(line.split()[-1]) for text in outputs for line in text.splitlines() if line.startswith("trials run by this worker")]
+    ran = [
+        int(line.split()[-1])
+        for text in outputs
+        for line in text.splitlines()
+        if line.startswith("trials run by this worker")
+    ]
     assert len(ran) == 2 and sum(ran) == n_trials and min(ran) >= 1, outputs  # both took part, none ran a trial twice
     # no trial trained twice: one run directory per trial, each epoch logged once
     dirs = sorted(tmp_path.glob("w*/trials/shared-*"))
@@ -111,7 +147,9 @@ def test_two_tune_workers_on_a_postgresql_server(tmp_path, postgres):
     pruned = [t for t in counted if t.state == S.PRUNED]
     assert {t.number for t in pruned} >= {2, 3}, [(t.number, t.state, t.intermediate_values) for t in trials]
     for t in pruned:
-        assert t.intermediate_values and t.value == t.intermediate_values[max(t.intermediate_values)]  # Optuna keeps the last
+        assert (
+            t.intermediate_values and t.value == t.intermediate_values[max(t.intermediate_values)]
+        )  # Optuna keeps the last
         if t.number in (2, 3):
             assert set(t.intermediate_values) == {1}
     for t in counted:
@@ -126,20 +164,24 @@ def test_two_tune_workers_on_a_postgresql_server(tmp_path, postgres):
         assert table["source"] == "qsnn-train tune shared"
         assert set(table) == {"source", *PRESET_FIELDS}
         assert table["num_steps"] == 4 and table["batch_size"] == 20
-        TrainConfig.from_dict({"dataset": "mnist5k", "precision": "int4",
-                               **{k: v for k, v in table.items() if k != "source"}})  # a valid preset row
+        TrainConfig.from_dict(
+            {"dataset": "mnist5k", "precision": "int4", **{k: v for k, v in table.items() if k != "source"}}
+        )  # a valid preset row
         final += all(table[k] == pytest.approx(v, rel=1e-5) for k, v in best.params.items())
     assert final >= 1  # the worker that ended last wrote the study's best trial
-    print(f"\ntwo tune workers on PostgreSQL: {n_trials} trials ({len(pruned)} pruned), {ran} per worker, "
-          f"{wall:.1f} s; server start {postgres.start_s:.1f} s")
+    print(
+        f"\ntwo tune workers on PostgreSQL: {n_trials} trials ({len(pruned)} pruned), {ran} per worker, "
+        f"{wall:.1f} s; server start {postgres.start_s:.1f} s"
+    )
 
 
 def test_on_epoch_hook_can_stop_a_run(tmp_path):
     """train(on_epoch=...) sees each epoch's row and may stop the run (Optuna pruning)."""
     from qsnn.train.loop import train
 
-    cfg = TrainConfig.from_preset("mnist5k", "int4", num_steps=2, epochs=3, subset=40, val_subset=20, test_subset=20,
-                                  batch_size=20)
+    cfg = TrainConfig.from_preset(
+        "mnist5k", "int4", num_steps=2, epochs=3, subset=40, val_subset=20, test_subset=20, batch_size=20
+    )
     seen = []
 
     def on_epoch(epoch, row):
@@ -159,6 +201,8 @@ def test_postgresql_urls_get_the_installed_driver():
     url = sqlalchemy_url("postgresql://u:pw@db.example:5432/optuna")
     want = "postgresql://" if importlib.util.find_spec("psycopg2") else "postgresql+psycopg://"
     assert url == want + "u:pw@db.example:5432/optuna"
-    assert sqlalchemy_url("postgres://u@h/db").endswith("://u@h/db") and sqlalchemy_url("postgres://u@h/db").startswith("postgresql")
+    assert sqlalchemy_url("postgres://u@h/db").endswith("://u@h/db") and sqlalchemy_url("postgres://u@h/db").startswith(
+        "postgresql"
+    )
     assert sqlalchemy_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"  # an explicit driver stays
     assert sqlalchemy_url("sqlite:///x.db") == "sqlite:///x.db"

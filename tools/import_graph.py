@@ -48,8 +48,11 @@ class Graph:
 
     def running(self) -> Graph:
         """The graph without the imports that never run (``if TYPE_CHECKING:``)."""
-        return Graph(self.files, self.packages, {a: {b: k for b, k in t.items() if k != "typing"}
-                                                 for a, t in self.imports.items()})
+        return Graph(
+            self.files,
+            self.packages,
+            {a: {b: k for b, k in t.items() if k != "typing"} for a, t in self.imports.items()},
+        )
 
     def folder(self, module: str) -> str:
         """The package a module lives in (a package's ``__init__`` is its own folder)."""
@@ -57,7 +60,7 @@ class Graph:
 
 
 def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)         # imports the parents only (qsnn/__init__.py)
+    spec = importlib.util.find_spec(name)  # imports the parents only (qsnn/__init__.py)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
@@ -67,7 +70,7 @@ def discover(roots: tuple[str, ...] = ROOTS) -> tuple[dict[str, Path], set[str]]
     """Every module of the package: ``{module name: file}`` and the names of the packages."""
     names = list(roots)
     qsnn_dir = _package_dir("qsnn")
-    if qsnn_dir is not None:                       # packages inside qsnn/ besides the mapped stages
+    if qsnn_dir is not None:  # packages inside qsnn/ besides the mapped stages
         names += [f"qsnn.{m.name}" for m in pkgutil.iter_modules([str(qsnn_dir)]) if m.ispkg]
     files: dict[str, Path] = {}
     packages: set[str] = set()
@@ -81,7 +84,7 @@ def discover(roots: tuple[str, ...] = ROOTS) -> tuple[dict[str, Path], set[str]]
 
 def _walk(name: str, folder: Path, files: dict[str, Path], packages: set[str]) -> None:
     if not (folder / "__init__.py").is_file():
-        return                                     # data folders (rtl/, lava/) are not packages
+        return  # data folders (rtl/, lava/) are not packages
     packages.add(name)
     files[name] = folder / "__init__.py"
     for path in sorted(folder.iterdir()):
@@ -92,8 +95,9 @@ def _walk(name: str, folder: Path, files: dict[str, Path], packages: set[str]) -
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports_in(nodes: list[ast.AST]) -> list[ast.AST]:
@@ -125,8 +129,7 @@ def _known(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
-def resolve(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, Path],
-            packages: set[str]) -> list[str]:
+def resolve(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, Path], packages: set[str]) -> list[str]:
     """The qsnn modules one import statement of ``module`` imports."""
     if isinstance(node, ast.Import):
         targets = [alias.name for alias in node.names if alias.name.split(".")[0] == "qsnn"]
@@ -230,8 +233,11 @@ def folder_summary(graph: Graph) -> dict[str, dict[str, int]]:
 def format_graph(graph: Graph) -> str:
     n_edges = sum(len(v) for v in graph.imports.values())
     count = {k: sum(kind == k for v in graph.imports.values() for kind in v.values()) for k in KINDS}
-    lines = [f"qsnn import graph: {len(graph.files)} modules, {n_edges} imports ({count['function']} only inside "
-             f"functions, marked *; {count['typing']} only for type checking, marked (t))", ""]
+    lines = [
+        f"qsnn import graph: {len(graph.files)} modules, {n_edges} imports ({count['function']} only inside "
+        f"functions, marked *; {count['typing']} only for type checking, marked (t))",
+        "",
+    ]
     for module in sorted(graph.imports):
         targets = graph.imports[module]
         shown = ", ".join(t + MARK[kind] for t, kind in sorted(targets.items())) or "-"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"   # float_compare, conftest, fixtures
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # float_compare, conftest, fixtures
 sys.path.insert(0, str(TESTS))
 
 #: name → environment overrides; "default" is the machine as it is.
@@ -40,8 +40,11 @@ SETTINGS = {
     "ATen default": {"ATEN_CPU_CAPABILITY": "default"},
     "MKL SSE4.2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "all capped (SSE4.1, ATen default, MKL SSE4.2, 1 thread)": {
-        "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-        "QSNN_MEASURE_THREADS": "1"},
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "QSNN_MEASURE_THREADS": "1",
+    },
 }
 
 
@@ -93,8 +96,11 @@ def evaluate(args) -> None:
     for name, (ckpt, onnx_path) in models.items():
         ort = run_onnx_steps(onnx_path, x.numpy(), engine="ort", record=True)
         recs = {"fast": torch_records(Path(ckpt), x, plain=False), "plain": torch_records(Path(ckpt), x, plain=True)}
-        pairs = [("fast vs ort", recs["fast"], ort), ("plain vs ort", recs["plain"], ort),
-                 ("fast vs plain", recs["fast"], recs["plain"])]
+        pairs = [
+            ("fast vs ort", recs["fast"], ort),
+            ("plain vs ort", recs["plain"], ort),
+            ("fast vs plain", recs["fast"], recs["plain"]),
+        ]
         base = out / "default" / f"{name}.npz"
         if base.exists() and "trained here" not in name:
             ref = dict(np.load(base))
@@ -106,12 +112,25 @@ def evaluate(args) -> None:
             pairs.append(("qonnx vs ort", run_onnx_steps(onnx_path, x.numpy(), engine="qonnx", record=True), ort))
         for label, a, b in pairs:
             for s in layer_agreement(a, b):
-                result["rows"].append({"model": name, "pair": label, "layer": s.layer, "flips": s.flips,
-                                       "entries": s.entries, "compared_share": s.compared_share,
-                                       "du_agreeing": s.membrane_max_diff, "du_all": s.membrane_max_diff_all,
-                                       "exact": bool(np.array_equal(a[f"z{s.layer}"], b[f"z{s.layer}"])
-                                                     and np.array_equal(a[f"u{s.layer}"], b[f"u{s.layer}"]))})
-            result["rows"].append({"model": name, "pair": label, "predictions_equal": prediction_share(a["z3"], b["z3"])})
+                result["rows"].append(
+                    {
+                        "model": name,
+                        "pair": label,
+                        "layer": s.layer,
+                        "flips": s.flips,
+                        "entries": s.entries,
+                        "compared_share": s.compared_share,
+                        "du_agreeing": s.membrane_max_diff,
+                        "du_all": s.membrane_max_diff_all,
+                        "exact": bool(
+                            np.array_equal(a[f"z{s.layer}"], b[f"z{s.layer}"])
+                            and np.array_equal(a[f"u{s.layer}"], b[f"u{s.layer}"])
+                        ),
+                    }
+                )
+            result["rows"].append(
+                {"model": name, "pair": label, "predictions_equal": prediction_share(a["z3"], b["z3"])}
+            )
     (out / "result.json").write_text(json.dumps(result))
 
 
@@ -139,20 +158,27 @@ def main() -> None:
     for name in names:
         env = {**os.environ, **SETTINGS[name]}
         tag = "".join(c if c.isalnum() else "-" for c in name)
-        cmd = [sys.executable, __file__, "--eval", str(out), "--tag", tag] + (["--retrain"] if args.retrain else []) + \
-              (["--qonnx"] if name == "default" else [])
+        cmd = (
+            [sys.executable, __file__, "--eval", str(out), "--tag", tag]
+            + (["--retrain"] if args.retrain else [])
+            + (["--qonnx"] if name == "default" else [])
+        )
         subprocess.run(cmd, env=env, check=True)
         result = json.loads((out / "result.json").read_text())
-        print(f"\n== {name} (ATen {result['capability']}, {result['threads']} threads; "
-              f"{' '.join(f'{k}={v}' for k, v in SETTINGS[name].items()) or 'no variables'})")
+        print(
+            f"\n== {name} (ATen {result['capability']}, {result['threads']} threads; "
+            f"{' '.join(f'{k}={v}' for k, v in SETTINGS[name].items()) or 'no variables'})"
+        )
         for row in result["rows"]:
             if "predictions_equal" in row:
                 print(f"  {row['model']:<22} {row['pair']:<30} predictions equal {row['predictions_equal']:.2%}")
             else:
-                print(f"  {row['model']:<22} {row['pair']:<30} layer {row['layer']}: "
-                      f"{'bit-exact' if row['exact'] else 'differs'}, flips {row['flips']} of {row['entries']}, "
-                      f"max|du| {row['du_agreeing']:.3g} where histories agree ({row['compared_share']:.4%}), "
-                      f"{row['du_all']:.3g} overall")
+                print(
+                    f"  {row['model']:<22} {row['pair']:<30} layer {row['layer']}: "
+                    f"{'bit-exact' if row['exact'] else 'differs'}, flips {row['flips']} of {row['entries']}, "
+                    f"max|du| {row['du_agreeing']:.3g} where histories agree ({row['compared_share']:.4%}), "
+                    f"{row['du_all']:.3g} overall"
+                )
     print(f"\nfolder: {out}")
 
 

@@ -50,29 +50,77 @@ def _refusal(text: str) -> str:
     return text.removeprefix("error: ").strip()[:160]
 
 
-def row(name: str, spec: str, extra: list[str], sets: list[str], out: Path, epochs: int, subset: int, steps: int,
-        images: int) -> dict:
+def row(
+    name: str,
+    spec: str,
+    extra: list[str],
+    sets: list[str],
+    out: Path,
+    epochs: int,
+    subset: int,
+    steps: int,
+    images: int,
+) -> dict:
     run = out / name
     log = out / f"{name}.log"
     log.unlink(missing_ok=True)
     r: dict = {"name": name, "spec": spec, "options": " ".join(extra + [f"--profile-set {s}" for s in sets])}
     if not (run / "best.pt").exists():
-        code, tail = _run([str(BIN / "qsnn-train"), "run", "--arch", spec, "--epochs", str(epochs), "--subset", str(subset),
-                           "--val-subset", "500", "--test-subset", "500", "--steps", str(steps), "--out", str(run),
-                           "--no-progress", *extra], log)
+        code, tail = _run(
+            [
+                str(BIN / "qsnn-train"),
+                "run",
+                "--arch",
+                spec,
+                "--epochs",
+                str(epochs),
+                "--subset",
+                str(subset),
+                "--val-subset",
+                "500",
+                "--test-subset",
+                "500",
+                "--steps",
+                str(steps),
+                "--out",
+                str(run),
+                "--no-progress",
+                *extra,
+            ],
+            log,
+        )
         if code:
             r["error"] = _refusal(tail)
             return r
     metrics = json.loads((run / "metrics.json").read_text())
     r["trained_acc"] = metrics["test_acc"]
     onnx = run / "model.onnx"
-    code, tail = _run([str(BIN / "qsnn-export"), str(run / "best.pt"), "--to", "qonnx", "-o", str(onnx), "--force"], log)
+    code, tail = _run(
+        [str(BIN / "qsnn-export"), str(run / "best.pt"), "--to", "qonnx", "-o", str(onnx), "--force"], log
+    )
     if code:
         r["error"] = _refusal(tail)
         return r
     profile_sets = [a for s in sets for a in ("--profile-set", s)]
-    code, tail = _run([str(BIN / "qsnn-sim"), str(onnx), "--profile", "fpga", *profile_sets, "--split", "test",
-                       "--subset", str(images), "--check", "--no-progress", "--report", str(run / "sim.json"), "--force"], log)
+    code, tail = _run(
+        [
+            str(BIN / "qsnn-sim"),
+            str(onnx),
+            "--profile",
+            "fpga",
+            *profile_sets,
+            "--split",
+            "test",
+            "--subset",
+            str(images),
+            "--check",
+            "--no-progress",
+            "--report",
+            str(run / "sim.json"),
+            "--force",
+        ],
+        log,
+    )
     if code:
         r["sim"] = _refusal(tail)
     else:
@@ -86,27 +134,67 @@ def row(name: str, spec: str, extra: list[str], sets: list[str], out: Path, epoc
     for target in ("fpga", "loihi2", "nir"):
         folder = run / target
         t_sets = profile_sets if target == "fpga" else []
-        code, tail = _run([str(BIN / "qsnn-export"), str(run / "best.pt"), "--to", target, "-o", str(folder), "--force",
-                           *t_sets], log)
+        code, tail = _run(
+            [str(BIN / "qsnn-export"), str(run / "best.pt"), "--to", target, "-o", str(folder), "--force", *t_sets], log
+        )
         if code:
             r[target] = "refused: " + _refusal(tail)
             continue
         if target == "fpga":
-            code, tail = _run([str(BIN / "qsnn-rtl-sim"), str(folder), "-n", str(min(images, 50)), "--no-progress",
-                               "--report", str(run / "rtl.json"), "--force"], log)
+            code, tail = _run(
+                [
+                    str(BIN / "qsnn-rtl-sim"),
+                    str(folder),
+                    "-n",
+                    str(min(images, 50)),
+                    "--no-progress",
+                    "--report",
+                    str(run / "rtl.json"),
+                    "--force",
+                ],
+                log,
+            )
             r[target] = _rtl_figure(run / "rtl.json") if not code else "rtl: " + _refusal(tail)
         elif target == "loihi2":
-            code, tail = _run([str(BIN / "python"), "-c", "from qsnn.targets.loihi2.lava_env import is_built; "
-                               "raise SystemExit(not is_built())"], log)
+            code, tail = _run(
+                [
+                    str(BIN / "python"),
+                    "-c",
+                    "from qsnn.targets.loihi2.lava_env import is_built; raise SystemExit(not is_built())",
+                ],
+                log,
+            )
             if code:
                 r[target] = "tables written; Lava venv not built (make lava)"
                 continue
-            code, tail = _run([str(BIN / "python"), "-m", "qsnn.targets.loihi2.lava_check", "--checkpoint",
-                               str(run / "best.pt"), "--images", str(min(images, 20)), "--report", str(run / "lava.json")], log)
+            code, tail = _run(
+                [
+                    str(BIN / "python"),
+                    "-m",
+                    "qsnn.targets.loihi2.lava_check",
+                    "--checkpoint",
+                    str(run / "best.pt"),
+                    "--images",
+                    str(min(images, 20)),
+                    "--report",
+                    str(run / "lava.json"),
+                ],
+                log,
+            )
             r[target] = _lava_figure(run / "lava.json") if not code else "lava: " + _refusal(tail)
         else:
-            code, tail = _run([str(BIN / "python"), str(Path(__file__).parent / "nir_consumers" / "check.py"),
-                               str(run / "best.pt"), "--images", str(min(images, 50)), "--out", str(run / "nir-check")], log)
+            code, tail = _run(
+                [
+                    str(BIN / "python"),
+                    str(Path(__file__).parent / "nir_consumers" / "check.py"),
+                    str(run / "best.pt"),
+                    "--images",
+                    str(min(images, 50)),
+                    "--out",
+                    str(run / "nir-check"),
+                ],
+                log,
+            )
             r[target] = _nir_figure(run / "nir-check") if not code else "nir: " + _refusal(tail)
     return r
 
@@ -131,9 +219,17 @@ def _nir_figure(folder: Path) -> str:
     for name, c in consumers.items():
         if not c.get("runs"):
             continue
-        worst = min(layer["entries"] for layer in c.get("spikes_vs_real_valued", [])) if c.get("spikes_vs_real_valued") else None
+        worst = (
+            min(layer["entries"] for layer in c.get("spikes_vs_real_valued", []))
+            if c.get("spikes_vs_real_valued")
+            else None
+        )
         parts.append(f"{name} {worst:.2f} %" if worst is not None else name)
-    return ("spike entries equal to the real-valued net (worst layer): " + ", ".join(parts)) if parts else "no consumer ran"
+    return (
+        ("spike entries equal to the real-valued net (worst layer): " + ", ".join(parts))
+        if parts
+        else "no consumer ran"
+    )
 
 
 @click.command()
@@ -141,8 +237,12 @@ def _nir_figure(folder: Path) -> str:
 @click.option("--epochs", default=3, show_default=True)
 @click.option("--subset", default=2000, show_default=True)
 @click.option("--steps", default=10, show_default=True)
-@click.option("--images", default=200, show_default=True, help="Test images for qsnn-sim (and at most 50 for the targets).")
-@click.option("--spec", "specs", multiple=True, help='NAME=SPEC [qsnn-train options] [@profile_field=value] (repeatable).')
+@click.option(
+    "--images", default=200, show_default=True, help="Test images for qsnn-sim (and at most 50 for the targets)."
+)
+@click.option(
+    "--spec", "specs", multiple=True, help="NAME=SPEC [qsnn-train options] [@profile_field=value] (repeatable)."
+)
 def main(out: Path, epochs: int, subset: int, steps: int, images: int, specs: tuple[str, ...]) -> None:
     """Train, export, simulate and run every target for each spec; print the table."""
     out.mkdir(parents=True, exist_ok=True)
@@ -156,14 +256,20 @@ def main(out: Path, epochs: int, subset: int, steps: int, images: int, specs: tu
         click.echo(f"{name}: {spec} {' '.join(extra)}", err=True)
         rows.append(row(name, spec, extra, sets, out, epochs, subset, steps, images))
         click.echo(json.dumps(rows[-1]), err=True)
-    lines = [f"| network | spec | trained acc (test 500) | float / integer acc (fpga, test {images}) | integer vs PyTorch integer mode | fpga core | loihi2 | nir |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| network | spec | trained acc (test 500) | float / integer acc (fpga, test {images}) | integer vs PyTorch integer mode | fpga core | loihi2 | nir |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
+
         def pct(v):
             return f"{v:.2f} %" if isinstance(v, (int, float)) else "-"
-        lines.append(f"| {r['name']} | `{r['spec']}` {r['options']} | {pct(r.get('trained_acc'))} | "
-                     f"{pct(r.get('float_acc'))} / {pct(r.get('integer_acc'))} | {'bit-exact' if r.get('bit_exact_vs_torch_int') else r.get('sim', r.get('error', 'DIFFERS'))} | "
-                     f"{r.get('fpga', '-')} | {r.get('loihi2', '-')} | {r.get('nir', '-')} |")
+
+        lines.append(
+            f"| {r['name']} | `{r['spec']}` {r['options']} | {pct(r.get('trained_acc'))} | "
+            f"{pct(r.get('float_acc'))} / {pct(r.get('integer_acc'))} | {'bit-exact' if r.get('bit_exact_vs_torch_int') else r.get('sim', r.get('error', 'DIFFERS'))} | "
+            f"{r.get('fpga', '-')} | {r.get('loihi2', '-')} | {r.get('nir', '-')} |"
+        )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     (out / "table.json").write_text(json.dumps(rows, indent=1))

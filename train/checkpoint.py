@@ -38,8 +38,16 @@ FORMAT_VERSION = 2
 #: Versions this qsnn reads: 1 is the paper's three-layer model with named layers (conv1, conv2, fc,
 #: bn1, bn2, lif1..3), read as version 2's layer lists (same parameters in the same order).
 READS_VERSIONS = (1, 2)
-_V1_PREFIXES = {"conv1.": "synapses.0.", "conv2.": "synapses.1.", "fc.": "synapses.2.", "bn1.": "norms.0.",
-                "bn2.": "norms.1.", "lif1.": "neurons.0.", "lif2.": "neurons.1.", "lif3.": "neurons.2."}
+_V1_PREFIXES = {
+    "conv1.": "synapses.0.",
+    "conv2.": "synapses.1.",
+    "fc.": "synapses.2.",
+    "bn1.": "norms.0.",
+    "bn2.": "norms.1.",
+    "lif1.": "neurons.0.",
+    "lif2.": "neurons.1.",
+    "lif3.": "neurons.2.",
+}
 REQUIRED = ("config", "model", "input_shape", "classes", "encoding")
 
 
@@ -47,8 +55,13 @@ def package_versions() -> dict[str, str]:
     import numpy
     import snntorch
 
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__),
-                "snntorch": str(snntorch.__version__), "numpy": str(numpy.__version__), "qsnn": qsnn.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "snntorch": str(snntorch.__version__),
+        "numpy": str(numpy.__version__),
+        "qsnn": qsnn.__version__,
+    }
     try:
         import brevitas
 
@@ -94,8 +107,13 @@ def content_digest(data: Mapping[str, Any]) -> str:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus format fields, versions and the digest) atomically to ``path``."""
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "qsnn_version": qsnn.__version__,
-            "versions": package_versions(), **{k: v for k, v in payload.items() if k != "digest"}}
+    data = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "qsnn_version": qsnn.__version__,
+        "versions": package_versions(),
+        **{k: v for k, v in payload.items() if k != "digest"},
+    }
     data["digest"] = content_digest(data)
     buf = io.BytesIO()
     torch.save(data, buf)
@@ -111,15 +129,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, not a torch file at all
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable qsnn checkpoint (truncated or not a torch file: {reason[:160]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable qsnn checkpoint (truncated or not a torch file: {reason[:160]})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a qsnn checkpoint (no 'format: {FORMAT}' field); pass the best.pt or last.pt of a qsnn-train run")
+        raise CheckpointError(
+            f"{path}: not a qsnn checkpoint (no 'format: {FORMAT}' field); pass the best.pt or last.pt of a qsnn-train run"
+        )
     if data.get("format_version") not in READS_VERSIONS:
-        raise CheckpointError(f"{path}: checkpoint format version {data.get('format_version')} (qsnn {data.get('qsnn_version')}); "
-                              f"this qsnn ({qsnn.__version__}) reads versions {list(READS_VERSIONS)}: retrain or use the matching qsnn release")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {data.get('format_version')} (qsnn {data.get('qsnn_version')}); "
+            f"this qsnn ({qsnn.__version__}) reads versions {list(READS_VERSIONS)}: retrain or use the matching qsnn release"
+        )
     if "digest" in data and data["digest"] != content_digest(data):
-        raise CheckpointError(f"{path}: contents do not match the checkpoint's SHA-256 digest: the file is damaged "
-                              "(bit rot, a bad copy) or was edited; use another copy, or best.pt / last.pt of the run")
+        raise CheckpointError(
+            f"{path}: contents do not match the checkpoint's SHA-256 digest: the file is damaged "
+            "(bit rot, a bad copy) or was edited; use another copy, or best.pt / last.pt of the run"
+        )
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; it is incomplete")
@@ -127,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         data["model"] = _v1_state(data["model"])
     config = dict(data["config"]) if isinstance(data["config"], dict) else data["config"]
     if isinstance(config, dict) and config.get("dataset") == "dvs128" and "event_bits" not in config:
-        config["event_bits"] = 16   # written before the event encoding was recorded: raw uint16 counts
+        config["event_bits"] = 16  # written before the event encoding was recorded: raw uint16 counts
     try:
         data["config_obj"] = TrainConfig.from_dict(config)
     except Exception as exc:
@@ -140,7 +166,7 @@ def _v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in state.items():
         prefix = next((p for p in _V1_PREFIXES if key.startswith(p)), None)
-        out[_V1_PREFIXES[prefix] + key[len(prefix):] if prefix else key] = value
+        out[_V1_PREFIXES[prefix] + key[len(prefix) :] if prefix else key] = value
     return out
 
 
@@ -154,5 +180,7 @@ def model_from_checkpoint(path_or_data, map_location="cpu"):
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not match the model its config describes: {str(exc)[:200]}") from None
+        raise CheckpointError(
+            f"checkpoint weights do not match the model its config describes: {str(exc)[:200]}"
+        ) from None
     return model.eval()

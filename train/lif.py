@@ -103,26 +103,34 @@ class LIFScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, I_seq: torch.Tensor, u0: torch.Tensor, beta: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
-                slope: float, reset: str, memory_format: torch.memory_format | None = None,
-                steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.set_materialize_grads(False)      # an unused output (often u) gets no zero-filled gradient
+    def forward(
+        ctx,
+        I_seq: torch.Tensor,
+        u0: torch.Tensor,
+        beta: torch.Tensor,
+        theta: torch.Tensor,  # type: ignore[override]
+        slope: float,
+        reset: str,
+        memory_format: torch.memory_format | None = None,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)  # an unused output (often u) gets no zero-filled gradient
         bc = beta.clamp(0, 1)
-        th = float(theta)                     # a float32 value: exact as a Python float and back
+        th = float(theta)  # a float32 value: exact as a Python float and back
         shape = tuple(I_seq.shape) if steps is None else (steps, *I_seq.shape)
         us = _empty_steps(shape, I_seq, memory_format)
         z = _empty_steps(shape, I_seq, memory_format)
-        r = (u0 - theta > 0).to(u0.dtype)     # r_0 from u0; r_t = z_{t−1} after
+        r = (u0 - theta > 0).to(u0.dtype)  # r_0 from u0; r_t = z_{t−1} after
         u_prev = u0
-        for t in range(shape[0]):             # step by step: each step's arrays stay in cache
+        for t in range(shape[0]):  # step by step: each step's arrays stay in cache
             u = us[t]
-            torch.mul(u_prev, bc, out=u)      # β_c·u_{t−1}  (zero reset: β_c·((1 − r)·u_{t−1}), the same
-            if reset == "zero":               # value: the factor (1 − r) ∈ {0, 1} is exact in either order)
+            torch.mul(u_prev, bc, out=u)  # β_c·u_{t−1}  (zero reset: β_c·((1 − r)·u_{t−1}), the same
+            if reset == "zero":  # value: the factor (1 − r) ∈ {0, 1} is exact in either order)
                 u.mul_(1 - r)
             u.add_(I_seq if steps is not None else I_seq[t])  # + I_t
             if reset == "subtract":
-                u.sub_(r, alpha=th)           # − r·θ
-            torch.gt(u, th, out=z[t])         # z_t = [u_t − θ > 0]
+                u.sub_(r, alpha=th)  # − r·θ
+            torch.gt(u, th, out=z[t])  # z_t = [u_t − θ > 0]
             r = z[t]
             u_prev = u
         ctx.save_for_backward(us, z, u0, bc, theta)
@@ -137,13 +145,13 @@ class LIFScan(torch.autograd.Function):
         if ctx.steps is None:
             grad_I = torch.empty_like(us)
             step_grad = grad_I.__getitem__
-        else:                                    # one current for all steps: two step buffers and a sum
+        else:  # one current for all steps: two step buffers and a sum
             pair = (torch.empty_like(us[0]), torch.empty_like(us[0]))
-            step_grad = lambda t: pair[t % 2]   # noqa: E731
+            step_grad = lambda t: pair[t % 2]  # noqa: E731
             grad_I = None
         for t in range(T - 1, -1, -1):
             g = step_grad(t)
-            if grad_z is not None:               # ∂L/∂z_t / (1 + k|u_t − θ|)², as FastSigmoidSpike
+            if grad_z is not None:  # ∂L/∂z_t / (1 + k|u_t − θ|)², as FastSigmoidSpike
                 torch.sub(us[t], th, out=g)
                 g.abs_().mul_(k).add_(1.0).pow_(2)
                 torch.div(grad_z[t], g, out=g)
@@ -151,7 +159,7 @@ class LIFScan(torch.autograd.Function):
                 g.zero_()
             if grad_u is not None:
                 g += grad_u[t]
-            if t + 1 < T:                        # + c_{t+1}; r_{t+1} = z_t
+            if t + 1 < T:  # + c_{t+1}; r_{t+1} = z_t
                 if ctx.reset == "zero":
                     g.addcmul_(step_grad(t + 1), 1 - z[t], value=bcf)
                 else:

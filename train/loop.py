@@ -43,7 +43,7 @@ from qsnn.output_guard import RUN_FILES
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Batches
-from .distributed import SINGLE, DistContext, rank_seed, resolve_device, shard_batch, shard_bounds, wrap_model
+from .distributed import SINGLE, DistContext, rank_seed, shard_batch, shard_bounds, wrap_model
 from .distributed import setup as setup_distributed
 from .loss import mse_count_loss, predict
 from .model import QSNN
@@ -71,14 +71,25 @@ def seed_everything(seed: int) -> torch.Generator:
 def load_splits(cfg: TrainConfig, data_dir=None) -> dict[str, ArraySplit]:
     """Train, validation and test splits for ``cfg`` (subsets drawn with the run's seed)."""
     sizes = {"train": cfg.subset, "val": cfg.val_subset, "test": cfg.test_subset}
-    return {split: load_split(cfg.dataset, split, data_dir, seed=cfg.seed, num_steps=cfg.num_steps, subset=n,
-                              events=cfg.event_frames())
-            for split, n in sizes.items()}
+    return {
+        split: load_split(
+            cfg.dataset, split, data_dir, seed=cfg.seed, num_steps=cfg.num_steps, subset=n, events=cfg.event_frames()
+        )
+        for split, n in sizes.items()
+    }
 
 
 @torch.no_grad()
-def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: DistContext = SINGLE, *,
-             progress: bool = False, desc: str = "evaluating", stats: dict[str, float] | None = None) -> float:
+def evaluate(
+    model: QSNN,
+    split: ArraySplit,
+    device: torch.device,
+    dist_ctx: DistContext = SINGLE,
+    *,
+    progress: bool = False,
+    desc: str = "evaluating",
+    stats: dict[str, float] | None = None,
+) -> float:
     """Accuracy (%) of ``model`` on ``split``: argmax of output spike counts (summed over a recording's
     windows when the split groups its samples, see :meth:`ArraySplit.accuracy`).
 
@@ -94,8 +105,13 @@ def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: Dis
     counts = np.zeros((len(split.y), len(split.classes)), dtype=np.float64) if grouped else None
     offset = 0
     output_spikes = 0.0
-    for x, y in tqdm(Batches(split, EVAL_BATCH, shuffle=False, device=device), desc=desc, disable=not progress,
-                     leave=False, unit="batch"):
+    for x, y in tqdm(
+        Batches(split, EVAL_BATCH, shuffle=False, device=device),
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    ):
         n_batch = len(y)
         start, stop = 0, n_batch
         if dist_ctx.enabled:
@@ -105,7 +121,7 @@ def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: Dis
             spikes = model(x).spikes
             output_spikes += float(spikes.sum())
             if grouped:
-                counts[offset + start:offset + stop] = spikes.sum(0).cpu().numpy()
+                counts[offset + start : offset + stop] = spikes.sum(0).cpu().numpy()
             else:
                 correct += int((predict(spikes) == y).sum())
         offset += n_batch
@@ -122,10 +138,13 @@ def evaluate(model: QSNN, split: ArraySplit, device: torch.device, dist_ctx: Dis
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+    return {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
 
 
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
@@ -162,7 +181,7 @@ def plot_training(run_dir: Path, iters: list[dict[str, Any]], history: list[dict
     window = max(1, len(loss) // 50)
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid") if len(loss) >= window else loss
     ax_loss.plot(it, loss, color="0.8", lw=0.6, label="loss")
-    ax_loss.plot(it[window - 1:], smooth, color="C0", label=f"loss (moving avg, {window})")
+    ax_loss.plot(it[window - 1 :], smooth, color="C0", label=f"loss (moving avg, {window})")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("MSE spike-count loss")
     ax_lr = ax_loss.twinx()
@@ -197,12 +216,12 @@ class Run:
     splits: dict[str, ArraySplit]
     batches: Batches
     model: QSNN
-    net: torch.nn.Module          # the model, wrapped in DistributedDataParallel under torchrun
+    net: torch.nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    state: dict[str, Any]         # best_val, best_epoch, bad_epochs, stopped_early
-    history: list[dict[str, Any]] = field(default_factory=list)   # one row per epoch
-    iters: list[dict[str, Any]] = field(default_factory=list)     # one row per minibatch
+    state: dict[str, Any]  # best_val, best_epoch, bad_epochs, stopped_early
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    iters: list[dict[str, Any]] = field(default_factory=list)  # one row per minibatch
     start_epoch: int = 0
 
     @property
@@ -214,10 +233,19 @@ class Run:
         return self.run_dir / "best.pt"
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool = False,
-          device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
-          on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-          evaluate_test: bool = True, extend: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    data_dir=None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    evaluate_test: bool = True,
+    extend: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) one run in ``run_dir``; return the final metrics.
 
     ``on_epoch(epoch, row)``, when given, is called after each epoch's checkpoint and log are
@@ -241,19 +269,23 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
         progress, log = False, (lambda _msg: None)
     ckpt, cfg, extending = read_resume_point(cfg, run_dir, ctx, resume, extend, log)
     run = setup_run(cfg, run_dir, ctx, dev, progress, log, data_dir, ckpt, extending)
-    del ckpt   # restored into the run; not kept through training
+    del ckpt  # restored into the run; not kept through training
 
     done = run.state["stopped_early"] or run.start_epoch >= cfg.epochs
     for epoch in range(run.start_epoch + 1, cfg.epochs + 1) if not done else ():
         row = train_epoch(run, epoch)
         improved = validate_epoch(run, epoch, row)
         save_epoch(run, epoch, improved)
-        log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train {run.history[-1]['train_acc']:6.2f} %  "
-            f"val {row['val_acc']:6.2f} %{' *' if improved else '  '}  lr {row['lr']:.3g}  {row['samples_per_s']:7.1f} samples/s")
+        log(
+            f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train {run.history[-1]['train_acc']:6.2f} %  "
+            f"val {row['val_acc']:6.2f} %{' *' if improved else '  '}  lr {row['lr']:.3g}  {row['samples_per_s']:7.1f} samples/s"
+        )
         if on_epoch is not None:
             on_epoch(epoch, dict(run.history[-1]))
         if run.state["stopped_early"]:
-            log(f"early stop: validation accuracy has not improved for {cfg.patience} epochs (best {run.state['best_val']:.2f} % at epoch {run.state['best_epoch']})")
+            log(
+                f"early stop: validation accuracy has not improved for {cfg.patience} epochs (best {run.state['best_val']:.2f} % at epoch {run.state['best_epoch']})"
+            )
             break
     return finish(run, evaluate_test)
 
@@ -262,9 +294,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, data_dir=None, resume: bool 
 # The steps of train(), in the order it calls them
 
 
-def read_resume_point(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool,
-                      extend: dict[str, Any] | None, log: Callable[[str], None]
-                      ) -> tuple[dict[str, Any] | None, TrainConfig, bool]:
+def read_resume_point(
+    cfg: TrainConfig,
+    run_dir: Path,
+    ctx: DistContext,
+    resume: bool,
+    extend: dict[str, Any] | None,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any] | None, TrainConfig, bool]:
     """The checkpoint to continue from (``last.pt``, or None for a new run), the configuration the run
     goes on with (the saved one, with ``extend``'s changes) and whether it is extended."""
     last = run_dir / "last.pt"
@@ -272,13 +309,17 @@ def read_resume_point(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume:
     def read_last():
         if not last.exists():
             if resume and not run_dir.is_dir():
-                raise QsnnError(f"{run_dir}: --resume continues a run, and there is no run directory here; "
-                                "drop --resume to start a new run, or give the --out of an existing one")
+                raise QsnnError(
+                    f"{run_dir}: --resume continues a run, and there is no run directory here; "
+                    "drop --resume to start a new run, or give the --out of an existing one"
+                )
             if resume:
                 log(f"{run_dir} holds no finished epoch yet (no last.pt): the run starts from the beginning")
             return None
         if not resume:
-            raise QsnnError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+            raise QsnnError(
+                f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+            )
         return load_checkpoint(last)
 
     ckpt = ctx.run_on_main(read_last)  # rank 0 reads, every rank gets it
@@ -291,16 +332,21 @@ def read_resume_point(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume:
             raise QsnnError(f"resume can change only {', '.join(RESUME_CHANGES)}, not {sorted(unknown)}")
         done_epochs = int(ckpt["epoch"])
         if changes.get("epochs", done_epochs) < done_epochs:
-            raise QsnnError(f"{run_dir} has already run {done_epochs} epochs; --epochs {changes['epochs']} would "
-                            f"shorten it: give --epochs of at least {done_epochs} (or start a new run)")
+            raise QsnnError(
+                f"{run_dir} has already run {done_epochs} epochs; --epochs {changes['epochs']} would "
+                f"shorten it: give --epochs of at least {done_epochs} (or start a new run)"
+            )
         target = saved.replace(**changes)
         ignored = {k for k, v in saved.to_dict().items() if v != cfg.to_dict()[k] and k not in changes}
         if ignored:
             log(f"resuming {run_dir} with its saved configuration (ignoring differing arguments: {sorted(ignored)})")
         if changes:
             extending = True
-            log(f"extending {run_dir}: " + ", ".join(f"{k} {getattr(saved, k)} -> {v}" for k, v in changes.items())
-                + f" (continuing after epoch {done_epochs})")
+            log(
+                f"extending {run_dir}: "
+                + ", ".join(f"{k} {getattr(saved, k)} -> {v}" for k, v in changes.items())
+                + f" (continuing after epoch {done_epochs})"
+            )
         cfg = target
     if ctx.is_main and run_dir.is_dir():
         removed = remove_stale_temporaries(run_dir, RUN_FILES)  # left by a process killed mid-write
@@ -309,16 +355,25 @@ def read_resume_point(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume:
     return ckpt, cfg, extending
 
 
-def setup_run(cfg: TrainConfig, run_dir: Path, ctx: DistContext, dev: torch.device, progress: bool,
-              log: Callable[[str], None], data_dir, ckpt: dict[str, Any] | None, extending: bool) -> Run:
+def setup_run(
+    cfg: TrainConfig,
+    run_dir: Path,
+    ctx: DistContext,
+    dev: torch.device,
+    progress: bool,
+    log: Callable[[str], None],
+    data_dir,
+    ckpt: dict[str, Any] | None,
+    extending: bool,
+) -> Run:
     """Data, model, optimiser and schedule, seeded; restored from ``ckpt`` (weights, optimizer,
     schedule, random generators, history) when the run continues."""
     generator = seed_everything(cfg.seed)
     splits = load_splits(cfg, data_dir)
-    if ctx.is_main:   # only now: a start that fails on its data leaves no empty run directory behind
+    if ctx.is_main:  # only now: a start that fails on its data leaves no empty run directory behind
         run_dir.mkdir(parents=True, exist_ok=True)
         if extending and (run_dir / "metrics.json").exists():
-            (run_dir / "metrics.json").unlink()   # the run is not finished any more (study: resume, not skip)
+            (run_dir / "metrics.json").unlink()  # the run is not finished any more (study: resume, not skip)
     train_split = splits["train"]
     batches = Batches(train_split, cfg.batch_size, shuffle=True, generator=generator, device=dev)
     model = QSNN(cfg, train_split.input_shape, len(train_split.classes)).to(dev)
@@ -327,8 +382,9 @@ def setup_run(cfg: TrainConfig, run_dir: Path, ctx: DistContext, dev: torch.devi
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     schedule = Schedule.from_config(cfg, len(batches))
     state = {"best_val": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped_early": False}
-    run = Run(cfg, run_dir, ctx, dev, progress, log, generator, splits, batches, model, model, optimizer, schedule,
-              state)
+    run = Run(
+        cfg, run_dir, ctx, dev, progress, log, generator, splits, batches, model, model, optimizer, schedule, state
+    )
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -339,18 +395,24 @@ def setup_run(cfg: TrainConfig, run_dir: Path, ctx: DistContext, dev: torch.devi
             if per_rank is not None and len(per_rank) == ctx.world_size:
                 rng = per_rank[ctx.rank]
             else:
-                log(f"note: {run.last} was written by {len(per_rank) if per_rank else 1} process(es); "
-                    f"every rank restarts from rank 0's random state")
+                log(
+                    f"note: {run.last} was written by {len(per_rank) if per_rank else 1} process(es); "
+                    f"every rank restarts from rank 0's random state"
+                )
         _set_rng_state(rng, generator)
         run.state, run.history, run.iters = dict(ckpt["state"]), list(ckpt["history"]), list(ckpt["iters"])
         run.start_epoch = start_epoch = int(ckpt["epoch"])
         state = run.state
-        if extending:   # as a run started with the new epochs/patience would have decided at start_epoch
+        if extending:  # as a run started with the new epochs/patience would have decided at start_epoch
             state["stopped_early"] = state["bad_epochs"] >= cfg.patience and start_epoch < cfg.epochs
             if state["stopped_early"]:
-                log(f"{run_dir} stopped early at epoch {start_epoch} (no better validation accuracy for "
-                    f"{state['bad_epochs']} epochs, patience {cfg.patience}): nothing to extend; raise --patience")
-        log(f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)")
+                log(
+                    f"{run_dir} stopped early at epoch {start_epoch} (no better validation accuracy for "
+                    f"{state['bad_epochs']} epochs, patience {cfg.patience}): nothing to extend; raise --patience"
+                )
+        log(
+            f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)"
+        )
     run.net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
     return run
 
@@ -397,7 +459,9 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     train_time = time.perf_counter() - t0
     train_loss = loss_sum / seen
     if not math.isfinite(train_loss):
-        raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip")
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip"
+        )
     return {"train_loss": train_loss, "correct": correct, "seen": seen, "lr": lr, "time_s": train_time}
 
 
@@ -409,10 +473,20 @@ def validate_epoch(run: Run, epoch: int, row: dict[str, Any]) -> bool:
     train_loss, correct, seen, lr, train_time = (row[k] for k in ("train_loss", "correct", "seen", "lr", "time_s"))
     run.schedule.end_epoch(train_loss)
     ctx.broadcast_buffers(run.model)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
-    val_acc = evaluate(run.model, run.splits["val"], run.dev, ctx, progress=run.progress,
-                       desc=f"epoch {epoch} validation")
-    run.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct / seen,
-                        "val_acc": val_acc, "lr": lr, "time_s": train_time, "samples_per_s": seen / train_time})
+    val_acc = evaluate(
+        run.model, run.splits["val"], run.dev, ctx, progress=run.progress, desc=f"epoch {epoch} validation"
+    )
+    run.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": 100.0 * correct / seen,
+            "val_acc": val_acc,
+            "lr": lr,
+            "time_s": train_time,
+            "samples_per_s": seen / train_time,
+        }
+    )
     row.update(val_acc=val_acc, samples_per_s=seen / train_time)
     improved = val_acc > state["best_val"]
     if improved:
@@ -438,12 +512,21 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
 def checkpoint_payload(run: Run, epoch: int, rng_ranks: list[Any] | None) -> dict[str, Any]:
     """What ``last.pt``/``best.pt`` hold after ``epoch``: enough to continue exactly (resume)."""
     train_split, state = run.splits["train"], run.state
-    data = {"config": run.cfg.to_dict(), "input_shape": list(train_split.input_shape),
-            "classes": list(train_split.classes), "encoding": train_split.encoding,
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "schedule": run.schedule.state_dict(), "rng": _rng_state(run.generator), "epoch": epoch,
-            "state": dict(state), "history": run.history, "iters": run.iters,
-            "metrics": {"best_val": state["best_val"], "best_epoch": state["best_epoch"]}}
+    data = {
+        "config": run.cfg.to_dict(),
+        "input_shape": list(train_split.input_shape),
+        "classes": list(train_split.classes),
+        "encoding": train_split.encoding,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "rng": _rng_state(run.generator),
+        "epoch": epoch,
+        "state": dict(state),
+        "history": run.history,
+        "iters": run.iters,
+        "metrics": {"best_val": state["best_val"], "best_epoch": state["best_epoch"]},
+    }
     if rng_ranks is not None:
         data.update(rng=rng_ranks[0], rng_ranks=rng_ranks, world_size=run.ctx.world_size)
     return data
@@ -452,31 +535,57 @@ def checkpoint_payload(run: Run, epoch: int, rng_ranks: list[Any] | None) -> dic
 def finish(run: Run, evaluate_test: bool) -> dict[str, Any]:
     """The best checkpoint on the test split; the summary (``metrics.json``, written last: its
     presence marks a finished run), ``iters.csv``, ``training.png`` and ``best.pt`` with the metrics."""
-    cfg, ctx, dev, model, splits, state, history = run.cfg, run.ctx, run.dev, run.model, run.splits, run.state, run.history
+    cfg, ctx, dev, model, splits, state, history = (
+        run.cfg,
+        run.ctx,
+        run.dev,
+        run.model,
+        run.splits,
+        run.state,
+        run.history,
+    )
     best_ckpt = ctx.run_on_main(lambda: load_checkpoint(run.best))
     model.load_state_dict(best_ckpt["model"])
     test_stats: dict[str, float] = {}
-    test_acc = (evaluate(model, splits["test"], dev, ctx, progress=run.progress, desc="test split", stats=test_stats)
-                if evaluate_test else None)
-    metrics = {"dataset": cfg.dataset, "precision": cfg.precision, "schedule": cfg.schedule, "seed": cfg.seed,
-               "best_epoch": state["best_epoch"], "best_val_acc": state["best_val"], "test_acc": test_acc,
-               "epochs_run": len(history), "stopped_early": state["stopped_early"],
-               "train_samples": len(splits["train"].y), "val_samples": len(splits["val"].y),
-               "test_samples": splits["test"].num_recordings, "test_windows": len(splits["test"].y),
-               "test_cut": cfg.test_cut if cfg.dataset == "dvs128" else None, "num_steps": cfg.num_steps, "device": str(dev),
-               "world_size": ctx.world_size,
-               "data_sources": {name: split.source for name, split in splits.items()},
-               "test_output_spikes": test_stats.get("output_spikes"),
-               "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None,
-               "config": cfg.to_dict()}
+    test_acc = (
+        evaluate(model, splits["test"], dev, ctx, progress=run.progress, desc="test split", stats=test_stats)
+        if evaluate_test
+        else None
+    )
+    metrics = {
+        "dataset": cfg.dataset,
+        "precision": cfg.precision,
+        "schedule": cfg.schedule,
+        "seed": cfg.seed,
+        "best_epoch": state["best_epoch"],
+        "best_val_acc": state["best_val"],
+        "test_acc": test_acc,
+        "epochs_run": len(history),
+        "stopped_early": state["stopped_early"],
+        "train_samples": len(splits["train"].y),
+        "val_samples": len(splits["val"].y),
+        "test_samples": splits["test"].num_recordings,
+        "test_windows": len(splits["test"].y),
+        "test_cut": cfg.test_cut if cfg.dataset == "dvs128" else None,
+        "num_steps": cfg.num_steps,
+        "device": str(dev),
+        "world_size": ctx.world_size,
+        "data_sources": {name: split.source for name, split in splits.items()},
+        "test_output_spikes": test_stats.get("output_spikes"),
+        "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None,
+        "config": cfg.to_dict(),
+    }
     if ctx.is_main:
         # metrics.json last: its presence marks a finished run (qsnn-train study relies on it)
         _write_csv(run.run_dir / "iters.csv", run.iters)
         if history:
             plot_training(run.run_dir, run.iters, history)
         best_ckpt.pop("config_obj")
-        best_ckpt["config"] = cfg.to_dict()    # an extended run's best.pt may date from before the extension
+        best_ckpt["config"] = cfg.to_dict()  # an extended run's best.pt may date from before the extension
         best_ckpt["metrics"] = metrics
-        save_checkpoint(run.best, {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")})
+        save_checkpoint(
+            run.best,
+            {k: v for k, v in best_ckpt.items() if k not in ("format", "format_version", "qsnn_version", "versions")},
+        )
         atomic_write_text(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics

@@ -15,14 +15,18 @@ from __future__ import annotations
 import torch
 
 
-def spike_count_targets(y: torch.Tensor, num_classes: int, num_steps: int, correct_rate: float, incorrect_rate: float) -> torch.Tensor:
+def spike_count_targets(
+    y: torch.Tensor, num_classes: int, num_steps: int, correct_rate: float, incorrect_rate: float
+) -> torch.Tensor:
     on, off = int(num_steps * correct_rate), int(num_steps * incorrect_rate)
     target = torch.full((y.shape[0], num_classes), float(off), device=y.device)
     target[torch.arange(y.shape[0], device=y.device), y] = float(on)
     return target
 
 
-def mse_count_loss(spikes: torch.Tensor, y: torch.Tensor, correct_rate: float = 0.8, incorrect_rate: float = 0.2) -> torch.Tensor:
+def mse_count_loss(
+    spikes: torch.Tensor, y: torch.Tensor, correct_rate: float = 0.8, incorrect_rate: float = 0.2
+) -> torch.Tensor:
     """Eq. (6) on output spikes (T, B, C) and integer labels (B,)."""
     T, _, C = spikes.shape
     counts = spikes.sum(0)

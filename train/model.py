@@ -67,6 +67,7 @@ from snntorch import surrogate
 
 from qsnn.arch import Arch, LayerSpec, layer_names
 from qsnn.config import TrainConfig
+
 from .lif import LIFState, lif_scan, lif_step
 
 
@@ -155,25 +156,42 @@ class QSNN(nn.Module):
         bits = self.arch.layer_bits(cfg.weight_bits)
         # every synapse is built (drawing PyTorch's default initialisation) before any is initialised:
         # the paper's network then gets the weights it always got for the same seed
-        self.synapses = nn.ModuleList(self._synapse(spec, shape, b) for spec, shape, b in zip(self.arch.layers, in_shapes, bits))
+        self.synapses = nn.ModuleList(
+            self._synapse(spec, shape, b) for spec, shape, b in zip(self.arch.layers, in_shapes, bits)
+        )
         for layer in self.synapses:
             init_weights(layer)
-        self.norms = nn.ModuleList(nn.BatchNorm2d(spec.out_channels) if spec.kind == "conv" and cfg.batch_norm
-                                   else nn.Identity() for spec in self.arch.layers)
+        self.norms = nn.ModuleList(
+            nn.BatchNorm2d(spec.out_channels) if spec.kind == "conv" and cfg.batch_norm else nn.Identity()
+            for spec in self.arch.layers
+        )
         self.dropout = nn.Dropout(cfg.dropout)
         # β and θ as float32 buffers, the way snnTorch stores them (one place for their dtype).
         self.register_buffer("beta", torch.as_tensor(cfg.beta, dtype=torch.float32))
         self.register_buffer("theta", torch.as_tensor(cfg.threshold, dtype=torch.float32))
         # snnTorch neurons for the plain (reference) path.
-        leaky = dict(beta=cfg.beta, threshold=cfg.threshold, spike_grad=surrogate.fast_sigmoid(slope=cfg.slope),
-                     init_hidden=False, reset_mechanism=cfg.reset)
+        leaky = dict(
+            beta=cfg.beta,
+            threshold=cfg.threshold,
+            spike_grad=surrogate.fast_sigmoid(slope=cfg.slope),
+            init_hidden=False,
+            reset_mechanism=cfg.reset,
+        )
         self.neurons = nn.ModuleList(snn.Leaky(**leaky) for _ in self.arch.layers)
-        last = len(self.arch) - 1   # dropout acts on the spikes entering the output layer (not on an input image)
+        last = len(self.arch) - 1  # dropout acts on the spikes entering the output layer (not on an input image)
         self._dropout_at = last if last > 0 and self.arch.layers[last].kind == "dense" else None
 
     @classmethod
-    def from_layers(cls, cfg: Any, input_shape: tuple[int, int, int], arch: Arch, *, synapses: list[nn.Module],
-                    norms: list[nn.Module], neurons: list[nn.Module]) -> "QSNN":
+    def from_layers(
+        cls,
+        cfg: Any,
+        input_shape: tuple[int, int, int],
+        arch: Arch,
+        *,
+        synapses: list[nn.Module],
+        norms: list[nn.Module],
+        neurons: list[nn.Module],
+    ) -> "QSNN":
         """A QSNN around modules built elsewhere (a user's own Sequential: :mod:`qsnn.export.torch_model`),
         shared, not copied: ``synapses`` (Brevitas or torch conv/linear), ``norms`` (BatchNorm2d or
         Identity) and ``neurons`` (snnTorch ``Leaky``, each with its own β and θ), one per layer of
@@ -208,9 +226,12 @@ class QSNN(nn.Module):
     @property
     def blocks(self) -> list[Block]:
         """The layers in order, each as a :class:`Block`."""
-        return [Block(n, spec, syn, bn, lif, shape, i == self._dropout_at)
-                for i, (n, spec, syn, bn, lif, shape) in enumerate(zip(self.names, self.arch.layers, self.synapses,
-                                                                      self.norms, self.neurons, self.layer_shapes))]
+        return [
+            Block(n, spec, syn, bn, lif, shape, i == self._dropout_at)
+            for i, (n, spec, syn, bn, lif, shape) in enumerate(
+                zip(self.names, self.arch.layers, self.synapses, self.norms, self.neurons, self.layer_shapes)
+            )
+        ]
 
     # -- weights -------------------------------------------------------------------------------
     def synapse_by_name(self) -> dict[str, nn.Module]:
@@ -265,7 +286,7 @@ class QSNN(nn.Module):
         blocks = self.blocks
         mems = [torch.zeros(B, *blk.shape, device=x.device) for blk in blocks]
         rec: dict[str, list[torch.Tensor]] = {f"{k}{i}": [] for i in range(1, len(blocks) + 1) for k in "zu"}
-        inputs: list[list[torch.Tensor]] = [[] for _ in blocks]   # each layer's input by step (delay d)
+        inputs: list[list[torch.Tensor]] = [[] for _ in blocks]  # each layer's input by step (delay d)
         for t in range(T):
             z = x if static else x[t]
             for i, blk in enumerate(blocks):
@@ -349,9 +370,14 @@ class QSNN(nn.Module):
                 flat = torch.stack([self.dropout(f) for f in flat])  # masks drawn step by step
             return F.linear(flat, w, bias)
         x = seq.flatten(0, 1)
-        if spec.pool > 1:   # pooling folded into the kernel (a bias is then added after the sum: float rounding)
-            cur = F.conv2d(x, pool_into_kernel(w, spec.pool, spec.stride), bias, stride=spec.stride * spec.pool,
-                           padding=spec.padding)
+        if spec.pool > 1:  # pooling folded into the kernel (a bias is then added after the sum: float rounding)
+            cur = F.conv2d(
+                x,
+                pool_into_kernel(w, spec.pool, spec.stride),
+                bias,
+                stride=spec.stride * spec.pool,
+                padding=spec.padding,
+            )
         else:
             cur = F.conv2d(x, w, bias, stride=spec.stride, padding=spec.padding)
             cur = F.avg_pool2d(cur, spec.pool) if spec.pool > 1 else cur
@@ -361,8 +387,8 @@ class QSNN(nn.Module):
         """Layer-by-layer evaluation over all T steps; same values as :meth:`forward_plain`."""
         x, static, T = self._time_major(x)
         cfg = self.cfg
-        d = cfg.synaptic_delay            # layer l at step t sees its input of step t − d (zeros before)
-        Tl = T - d                        # steps whose input has arrived
+        d = cfg.synaptic_delay  # layer l at step t sees its input of step t − d (zeros before)
+        Tl = T - d  # steps whose input has arrived
         B = x.shape[0] if static else x.shape[1]
         blocks = self.blocks
         layers: dict[str, torch.Tensor] = {}
@@ -377,18 +403,23 @@ class QSNN(nn.Module):
             feeds_conv = i + 1 < len(blocks) and blocks[i + 1].spec.kind == "conv"
             fmt = torch.channels_last if x.device.type == "cpu" and blk.spec.kind == "conv" and feeds_conv else None
             if static and i == 0:
-                cur = self._bn_repeated(blk.bn, self._static_current(blk, z, w), Tl)   # once for all steps
+                cur = self._bn_repeated(blk.bn, self._static_current(blk, z, w), Tl)  # once for all steps
                 if fmt is not None:
                     cur = cur.contiguous(memory_format=fmt)
-                if not d:   # one current at every step: the scan sums its gradient over T itself
+                if not d:  # one current at every step: the scan sums its gradient over T itself
                     z, u = lif_scan(cur, beta, theta, cfg.slope, cfg.reset, memory_format=fmt, steps=T)
                 else:
-                    z, u = lif_scan(self._delayed(cur.expand(Tl, *cur.shape), none), beta, theta,
-                                    cfg.slope, cfg.reset, memory_format=fmt)
+                    z, u = lif_scan(
+                        self._delayed(cur.expand(Tl, *cur.shape), none),
+                        beta,
+                        theta,
+                        cfg.slope,
+                        cfg.reset,
+                        memory_format=fmt,
+                    )
             else:
                 cur = self._sequence_current(blk, _steps(z, Tl), w)
-                z, u = lif_scan(self._delayed(cur, none), beta, theta, cfg.slope, cfg.reset,
-                                memory_format=fmt)
+                z, u = lif_scan(self._delayed(cur, none), beta, theta, cfg.slope, cfg.reset, memory_format=fmt)
             if record:
                 layers[f"z{i + 1}"], layers[f"u{i + 1}"] = z, u
         return SNNOutput(z, u, layers if record else None)
@@ -407,8 +438,10 @@ class QSNN(nn.Module):
         L = len(blocks)
         lines = L if cfg.synaptic_delay else 0
         if cfg.synaptic_delay not in (0, 1) or len(state) != L + lines:
-            raise ValueError(f"step() takes {L} membranes and {L * cfg.synaptic_delay} delay lines for "
-                             f"{L} layers and synaptic delay {cfg.synaptic_delay} (0 or 1), got {len(state)} tensors")
+            raise ValueError(
+                f"step() takes {L} membranes and {L * cfg.synaptic_delay} delay lines for "
+                f"{L} layers and synaptic delay {cfg.synaptic_delay} (0 or 1), got {len(state)} tensors"
+            )
         us, delayed = state[:L], state[L:]
         new_u, new_d = [], []
         z = x_t

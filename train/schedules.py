@@ -27,9 +27,19 @@ from qsnn.config import TrainConfig
 class Schedule:
     """η_t as a function of the iteration t (and, for ``lossstep``, of past epoch losses)."""
 
-    def __init__(self, kind: str, lr: float, iters_per_epoch: int, *, period_epochs: float = 10.0,
-                 eta_min: float = 0.0, warm_restarts: bool = False, step_epochs: int = 15,
-                 gamma: float = 0.5, loss_patience: int = 0) -> None:
+    def __init__(
+        self,
+        kind: str,
+        lr: float,
+        iters_per_epoch: int,
+        *,
+        period_epochs: float = 10.0,
+        eta_min: float = 0.0,
+        warm_restarts: bool = False,
+        step_epochs: int = 15,
+        gamma: float = 0.5,
+        loss_patience: int = 0,
+    ) -> None:
         if kind not in ("none", "lrstep", "lossstep", "cosine"):
             raise ValueError(f"unknown schedule {kind!r}")
         if iters_per_epoch < 1:
@@ -46,9 +56,17 @@ class Schedule:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, iters_per_epoch: int) -> "Schedule":
-        return cls(cfg.schedule, cfg.lr, iters_per_epoch, period_epochs=cfg.cosine_period_epochs,
-                   eta_min=cfg.eta_min, warm_restarts=cfg.warm_restarts, step_epochs=cfg.step_epochs,
-                   gamma=cfg.gamma, loss_patience=cfg.loss_patience)
+        return cls(
+            cfg.schedule,
+            cfg.lr,
+            iters_per_epoch,
+            period_epochs=cfg.cosine_period_epochs,
+            eta_min=cfg.eta_min,
+            warm_restarts=cfg.warm_restarts,
+            step_epochs=cfg.step_epochs,
+            gamma=cfg.gamma,
+            loss_patience=cfg.loss_patience,
+        )
 
     def lr_at(self, t: int) -> float:
         """η_t for iteration t (``lossstep`` uses the reductions made so far)."""

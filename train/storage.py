@@ -53,8 +53,10 @@ def sqlalchemy_url(url: str) -> str:
         return f"postgresql://{rest}"
     if has["psycopg"]:
         return f"postgresql+psycopg://{rest}"
-    raise QsnnError(f"storage {redact(url)}: PostgreSQL needs a driver; install it with "
-                    f"`pip install 'qsnn[postgres]'` (psycopg) or `make install`")
+    raise QsnnError(
+        f"storage {redact(url)}: PostgreSQL needs a driver; install it with "
+        f"`pip install 'qsnn[postgres]'` (psycopg) or `make install`"
+    )
 
 
 def retry_callback(max_retry: int | None):
@@ -79,18 +81,22 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, grace: int | None
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal:"):].removeprefix("//"))
+        path = Path(url[len("journal:") :].removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise QsnnError(f"--storage {url!r}: expected an Optuna storage URL such as sqlite:///tune.db, "
-                        f"postgresql://user:password@host/db or journal:PATH")
+        raise QsnnError(
+            f"--storage {url!r}: expected an Optuna storage URL such as sqlite:///tune.db, "
+            f"postgresql://user:password@host/db or journal:PATH"
+        )
     if heartbeat < 1:
         raise QsnnError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     grace = grace if grace is not None else max(2 * heartbeat, 120)
     if grace <= heartbeat:
-        raise QsnnError(f"--grace ({grace} s) must be longer than --heartbeat ({heartbeat} s), or live workers "
-                        f"would be taken for dead")
+        raise QsnnError(
+            f"--grace ({grace} s) must be longer than --heartbeat ({heartbeat} s), or live workers "
+            f"would be taken for dead"
+        )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         # Several processes share one file: wait for the lock instead of failing at once.
@@ -106,25 +112,30 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, grace: int | None
     if retry is not None:
         import inspect
 
-        key = ("heartbeat_stale_trial_callback"
-               if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
-               else "failed_trial_callback")  # Optuna < 4.9
+        key = (
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+            else "failed_trial_callback"
+        )  # Optuna < 4.9
         callback = {key: retry}
     last_error: Exception | None = None
     for attempt in range(8):  # two workers creating the tables of a new database at once may collide
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(target, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                                  grace_period=grace, **callback)
+                return optuna.storages.RDBStorage(
+                    target, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace, **callback
+                )
         except DBAPIError as exc:  # e.g. both inserting the schema version, a server still starting: retry
             last_error = exc
             time.sleep(0.2 + random.random() * (attempt + 1))
         except SQLAlchemyError as exc:  # a malformed URL, an unknown dialect: retrying will not help
             raise QsnnError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0]}") from None
         except ImportError as exc:
-            raise QsnnError(f"storage {redact(url)}: {exc}; install the database driver (PostgreSQL: "
-                            f"`pip install 'qsnn[postgres]'`)") from None
+            raise QsnnError(
+                f"storage {redact(url)}: {exc}; install the database driver (PostgreSQL: "
+                f"`pip install 'qsnn[postgres]'`)"
+            ) from None
     raise QsnnError(f"cannot open Optuna storage {redact(url)}: {str(last_error).splitlines()[0]}")
 
 

@@ -42,8 +42,12 @@ from qsnn.errors import QsnnError
 #: The paper's order of schedules (Table II rows, figure legends).
 SCHEDULE_ORDER = ("none", "lrstep", "lossstep", "cosine")
 #: Line style per schedule, so that curves that coincide (none and an undecayed lossstep) stay visible.
-_STYLE = {"none": dict(ls="-", lw=2.6), "lrstep": dict(ls="--", lw=1.6), "lossstep": dict(ls="-.", lw=1.6),
-          "cosine": dict(ls="-", lw=1.4)}
+_STYLE = {
+    "none": dict(ls="-", lw=2.6),
+    "lrstep": dict(ls="--", lw=1.6),
+    "lossstep": dict(ls="-.", lw=1.6),
+    "cosine": dict(ls="-", lw=1.4),
+}
 TABLE_MD, TABLE_CSV = "table2.md", "table2.csv"
 FIG_LR, FIG_LOSS = "fig2_lr.png", "fig3_loss.png"
 REPORT_FILES = (TABLE_MD, TABLE_CSV, FIG_LR, FIG_LOSS)
@@ -58,7 +62,9 @@ def parse_list(text: str | Sequence[str], allowed: Sequence[str], what: str) -> 
     items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
     bad = [s for s in items if s not in allowed]
     if bad or not items:
-        raise QsnnError(f"{what}: {', '.join(bad) or 'nothing given'} not understood; choose from {', '.join(allowed)} (comma-separated)")
+        raise QsnnError(
+            f"{what}: {', '.join(bad) or 'nothing given'} not understood; choose from {', '.join(allowed)} (comma-separated)"
+        )
     return list(dict.fromkeys(items))
 
 
@@ -74,8 +80,14 @@ class StudyRun:
         return self.run_dir.name
 
 
-def plan(dataset: str, precisions: Sequence[str], schedules: Sequence[str], trials: int, out: str | Path,
-         overrides: dict[str, Any] | None = None) -> list[StudyRun]:
+def plan(
+    dataset: str,
+    precisions: Sequence[str],
+    schedules: Sequence[str],
+    trials: int,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+) -> list[StudyRun]:
     """Every (precision, schedule, seed) run, precision-major, seeds 0..trials−1."""
     if trials < 1:
         raise QsnnError(f"--trials must be at least 1, got {trials}")
@@ -114,8 +126,10 @@ def run_status(run: StudyRun) -> str:
         if saved is not None:
             diff = _config_diff(saved, run.cfg)
             if diff:
-                raise QsnnError(f"{run.run_dir} holds a finished run with another configuration ({'; '.join(diff[:4])}); "
-                                f"use another --out or remove that folder")
+                raise QsnnError(
+                    f"{run.run_dir} holds a finished run with another configuration ({'; '.join(diff[:4])}); "
+                    f"use another --out or remove that folder"
+                )
             if (run.run_dir / "iters.csv").is_file() and (run.run_dir / "log.csv").is_file():
                 return "done"
     if last.is_file():
@@ -124,14 +138,23 @@ def run_status(run: StudyRun) -> str:
         saved_cfg = load_checkpoint(last)["config_obj"]
         if saved_cfg != run.cfg:
             diff = _config_diff(saved_cfg.to_dict(), run.cfg)
-            raise QsnnError(f"{run.run_dir} holds an interrupted run with another configuration ({'; '.join(diff[:4])}); "
-                            f"use another --out or remove that folder")
+            raise QsnnError(
+                f"{run.run_dir} holds an interrupted run with another configuration ({'; '.join(diff[:4])}); "
+                f"use another --out or remove that folder"
+            )
         return "resume"
     return "new"
 
 
-def run_study(runs: Sequence[StudyRun], *, data_dir=None, device: str | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, list[str]]:
+def run_study(
+    runs: Sequence[StudyRun],
+    *,
+    data_dir=None,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, list[str]]:
     """Train every run of ``runs`` that is not finished (``shard=(k, n)``: only runs i with i mod n == k).
 
     Returns the run names by outcome: ``{"trained": [...], "resumed": [...], "skipped": [...]}``.
@@ -158,11 +181,14 @@ def run_study(runs: Sequence[StudyRun], *, data_dir=None, device: str | None = N
             outcome["skipped"].append(run.name)
             continue
         say(f"{'resuming' if status == 'resume' else 'training'} {run.name}")
-        metrics = train(run.cfg, run.run_dir, data_dir=data_dir, resume=status == "resume", device=device,
-                        progress=show, log=say)
+        metrics = train(
+            run.cfg, run.run_dir, data_dir=data_dir, resume=status == "resume", device=device, progress=show, log=say
+        )
         outcome["resumed" if status == "resume" else "trained"].append(run.name)
-        say(f"{run.name}: best val {metrics['best_val_acc']:.2f} %, test {metrics['test_acc']:.2f} % "
-            f"({metrics['epochs_run']} epochs{', early stop' if metrics['stopped_early'] else ''})")
+        say(
+            f"{run.name}: best val {metrics['best_val_acc']:.2f} %, test {metrics['test_acc']:.2f} % "
+            f"({metrics['epochs_run']} epochs{', early stop' if metrics['stopped_early'] else ''})"
+        )
     return outcome
 
 
@@ -183,14 +209,22 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
         try:
             metrics = json.loads(metrics_path.read_text())
         except ValueError as exc:
-            raise QsnnError(f"{metrics_path}: not valid JSON ({exc}); remove the run folder or rerun the study") from None
+            raise QsnnError(
+                f"{metrics_path}: not valid JSON ({exc}); remove the run folder or rerun the study"
+            ) from None
         if not {"precision", "schedule", "seed", "test_acc", "best_val_acc"} <= set(metrics):
             continue  # not a training run (e.g. an export folder)
         missing = [f for f in ("iters.csv", "log.csv") if not (run_dir / f).is_file()]
         if missing:
             raise QsnnError(f"{run_dir} lacks {', '.join(missing)}; rerun the study to complete it")
-        records.append({"name": run_dir.name, "metrics": metrics, "history": _read_csv(run_dir / "log.csv"),
-                        "iters": _read_csv(run_dir / "iters.csv")})
+        records.append(
+            {
+                "name": run_dir.name,
+                "metrics": metrics,
+                "history": _read_csv(run_dir / "log.csv"),
+                "iters": _read_csv(run_dir / "iters.csv"),
+            }
+        )
     if not records:
         raise QsnnError(f"{out} holds no finished runs (no */metrics.json); run `qsnn-train study --out {out}` first")
     return records
@@ -224,15 +258,28 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         test = _stats([m["test_acc"] for m in ms])
         val = _stats([m["best_val_acc"] for m in ms])
         epochs = [m["epochs_run"] for m in ms]
-        rows.append({"dataset": dataset, "precision": precision, "schedule": schedule, "trials": len(ms),
-                     "seeds": " ".join(str(m["seed"]) for m in ms),
-                     "test_best": test[0], "test_mean": test[1], "test_std": test[2],
-                     "val_best": val[0], "val_mean": val[1], "val_std": val[2],
-                     "epochs_run_mean": statistics.fmean(epochs), "epochs_run_min": min(epochs),
-                     "epochs_run_max": max(epochs), "best_epoch_mean": statistics.fmean(m["best_epoch"] for m in ms),
-                     "stopped_early": sum(bool(m["stopped_early"]) for m in ms),
-                     "max_epochs": max(m.get("config", {}).get("epochs", m["epochs_run"]) for m in ms),
-                     "num_steps": ms[0]["num_steps"]})
+        rows.append(
+            {
+                "dataset": dataset,
+                "precision": precision,
+                "schedule": schedule,
+                "trials": len(ms),
+                "seeds": " ".join(str(m["seed"]) for m in ms),
+                "test_best": test[0],
+                "test_mean": test[1],
+                "test_std": test[2],
+                "val_best": val[0],
+                "val_mean": val[1],
+                "val_std": val[2],
+                "epochs_run_mean": statistics.fmean(epochs),
+                "epochs_run_min": min(epochs),
+                "epochs_run_max": max(epochs),
+                "best_epoch_mean": statistics.fmean(m["best_epoch"] for m in ms),
+                "stopped_early": sum(bool(m["stopped_early"]) for m in ms),
+                "max_epochs": max(m.get("config", {}).get("epochs", m["epochs_run"]) for m in ms),
+                "num_steps": ms[0]["num_steps"],
+            }
+        )
     return rows
 
 
@@ -267,12 +314,13 @@ def table_markdown(records: list[dict[str, Any]]) -> str:
             f"{_fmt(r['test_mean'])} ± {_fmt(r['test_std'])} | {_fmt(r['val_best'])} | "
             f"{_fmt(r['val_mean'])} ± {_fmt(r['val_std'])} | {_fmt(r['epochs_run_mean'], 1)} "
             f"({r['epochs_run_min']}–{r['epochs_run_max']}) | {_fmt(r['best_epoch_mean'], 1)} | "
-            f"{r['stopped_early']}/{r['trials']} |")
+            f"{r['stopped_early']}/{r['trials']} |"
+        )
     lines += [
         "",
         "Test accuracy of each run's best-validation checkpoint (best.pt); best, mean and sample standard",
         "deviation (n − 1) over the trials (seeds). Early stopping and model selection use the validation",
-        "split only. \"epochs run\" is where training ended: an early stop, or the epoch limit.",
+        'split only. "epochs run" is where training ended: an early stop, or the epoch limit.',
         "",
     ]
     return "\n".join(lines)
@@ -284,8 +332,12 @@ def table_csv(records: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else repr(v) if isinstance(v, float) else v)
-                         for k, v in r.items()})
+        writer.writerow(
+            {
+                k: ("" if isinstance(v, float) and math.isnan(v) else repr(v) if isinstance(v, float) else v)
+                for k, v in r.items()
+            }
+        )
     return buf.getvalue()
 
 
@@ -334,8 +386,13 @@ def plot_lr(records: list[dict[str, Any]], path: Path) -> Path:
     for ax, ((dataset, precision), by_schedule) in zip(axes, panels.items()):
         for schedule, recs in by_schedule.items():
             it = recs[0]["iters"]
-            ax.plot([r["iteration"] for r in it], [r["lr"] for r in it], color=f"C{_order(precision, schedule)[1]}",
-                    label=f"{schedule} (seed {recs[0]['metrics']['seed']})", **_STYLE.get(schedule, {}))
+            ax.plot(
+                [r["iteration"] for r in it],
+                [r["lr"] for r in it],
+                color=f"C{_order(precision, schedule)[1]}",
+                label=f"{schedule} (seed {recs[0]['metrics']['seed']})",
+                **_STYLE.get(schedule, {}),
+            )
         ax.set_title(f"{dataset} {precision}")
         ax.set_xlabel("iteration (minibatch)")
         ax.set_ylabel("learning rate")
@@ -356,11 +413,16 @@ def plot_loss(records: list[dict[str, Any]], path: Path, window: int | None = No
             n = max(len(c) for c in curves)
             stack = np.full((len(curves), n), np.nan)
             for j, c in enumerate(curves):
-                stack[j, :len(c)] = c
+                stack[j, : len(c)] = c
             x = np.arange(n)
             color = f"C{_order(precision, schedule)[1]}"
-            ax.plot(x, np.nanmean(stack, axis=0), color=color, label=f"{schedule} ({len(recs)} trials)",
-                    **_STYLE.get(schedule, {}))
+            ax.plot(
+                x,
+                np.nanmean(stack, axis=0),
+                color=color,
+                label=f"{schedule} ({len(recs)} trials)",
+                **_STYLE.get(schedule, {}),
+            )
             if len(recs) > 1:
                 ax.fill_between(x, np.nanmin(stack, axis=0), np.nanmax(stack, axis=0), color=color, alpha=0.15, lw=0)
         ax.set_title(f"{dataset} {precision} (window {w})")
@@ -380,8 +442,14 @@ def write_report(out: str | Path, window: int | None = None) -> dict[str, Any]:
     atomic_write_text(out / TABLE_CSV, table_csv(records))
     plot_lr(records, out / FIG_LR)
     plot_loss(records, out / FIG_LOSS, window)
-    return {"table_md": out / TABLE_MD, "table_csv": out / TABLE_CSV, "fig_lr": out / FIG_LR,
-            "fig_loss": out / FIG_LOSS, "markdown": markdown, "runs": len(records)}
+    return {
+        "table_md": out / TABLE_MD,
+        "table_csv": out / TABLE_CSV,
+        "fig_lr": out / FIG_LR,
+        "fig_loss": out / FIG_LOSS,
+        "markdown": markdown,
+        "runs": len(records),
+    }
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -397,5 +465,19 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return k, n
 
 
-__all__ = ["SCHEDULES", "StudyRun", "plan", "run_status", "run_study", "collect", "summarize",
-           "table_markdown", "table_csv", "plot_lr", "plot_loss", "write_report", "parse_list", "parse_shard"]
+__all__ = [
+    "SCHEDULES",
+    "StudyRun",
+    "plan",
+    "run_status",
+    "run_study",
+    "collect",
+    "summarize",
+    "table_markdown",
+    "table_csv",
+    "plot_lr",
+    "plot_loss",
+    "write_report",
+    "parse_list",
+    "parse_shard",
+]

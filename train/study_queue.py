@@ -86,16 +86,26 @@ def _quiet_optuna():
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def open_queue(url: str, study_name: str, runs: Sequence[StudyRun], *, heartbeat: int = DEFAULT_HEARTBEAT,
-               grace: int | None = None, max_retry: int | None = DEFAULT_MAX_RETRY, wait: float = 120.0,
-               log: Callable[[str], None] = print):
+def open_queue(
+    url: str,
+    study_name: str,
+    runs: Sequence[StudyRun],
+    *,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+    grace: int | None = None,
+    max_retry: int | None = DEFAULT_MAX_RETRY,
+    wait: float = 120.0,
+    log: Callable[[str], None] = print,
+):
     """Create the study and enqueue the plan, or join it once its plan is complete. Returns (study, storage)."""
     import optuna
 
     _quiet_optuna()
     if url.startswith("journal:"):
-        raise QsnnError("--storage journal:… has no heartbeats, so a dead worker's run would never be re-queued; "
-                        "use postgresql://… (many machines) or sqlite:///… (one machine)")
+        raise QsnnError(
+            "--storage journal:… has no heartbeats, so a dead worker's run would never be re-queued; "
+            "use postgresql://… (many machines) or sqlite:///… (one machine)"
+        )
     storage = open_storage(url, heartbeat, grace, retry=retry_callback(max_retry))
     digest, names = plan_digest(runs), [r.name for r in runs]
     sampler = optuna.samplers.RandomSampler()  # nothing is sampled: every trial is a cell from the queue
@@ -115,16 +125,20 @@ def open_queue(url: str, study_name: str, runs: Sequence[StudyRun], *, heartbeat
         attrs = study.user_attrs
         plan = attrs.get(PLAN_ATTR)
         if plan is not None and plan.get("digest") != digest:
-            raise QsnnError(f"study {study_name!r} in {redact(url)} holds another plan ({len(plan.get('cells', []))} "
-                            f"cells, digest {str(plan.get('digest'))[:12]} ≠ {digest[:12]}): the settings differ. "
-                            f"Use the same options on every worker, or another --study-name")
+            raise QsnnError(
+                f"study {study_name!r} in {redact(url)} holds another plan ({len(plan.get('cells', []))} "
+                f"cells, digest {str(plan.get('digest'))[:12]} ≠ {digest[:12]}): the settings differ. "
+                f"Use the same options on every worker, or another --study-name"
+            )
         if plan is not None and attrs.get(ENQUEUED_ATTR) == len(names):
             break
         if time.monotonic() > deadline:
-            raise QsnnError(f"study {study_name!r} in {redact(url)} exists but its plan was never completely "
-                            f"enqueued (the worker that created it stopped while enqueueing). Nothing has run yet: "
-                            f"delete it with `optuna delete-study --storage URL --study-name {study_name}` and start "
-                            f"the workers again")
+            raise QsnnError(
+                f"study {study_name!r} in {redact(url)} exists but its plan was never completely "
+                f"enqueued (the worker that created it stopped while enqueueing). Nothing has run yet: "
+                f"delete it with `optuna delete-study --storage URL --study-name {study_name}` and start "
+                f"the workers again"
+            )
         time.sleep(0.5)
     log(f"study {study_name!r} in {redact(url)}: joined ({len(names)} cells)")
     return study, storage
@@ -163,8 +177,10 @@ def _interrupt_leaves_trial_to_heartbeat(grace: int, enabled: bool):
         return
 
     def leave(signum, _frame):
-        sys.stderr.write(f"\ninterrupted (signal {signum}): this worker's cell stays RUNNING until its heartbeat is "
-                         f"{grace} s old; then any worker of the study re-queues it (resuming from last.pt)\n")
+        sys.stderr.write(
+            f"\ninterrupted (signal {signum}): this worker's cell stays RUNNING until its heartbeat is "
+            f"{grace} s old; then any worker of the study re-queues it (resuming from last.pt)\n"
+        )
         sys.stderr.flush()
         os._exit(128 + signum)
 
@@ -176,9 +192,18 @@ def _interrupt_leaves_trial_to_heartbeat(grace: int, enabled: bool):
             signal.signal(s, handler)
 
 
-def run_worker(study, storage, runs: Sequence[StudyRun], *, data_dir=None, device: str | None = None,
-               progress: bool = False, log: Callable[[str], None] = print, poll: float | None = None,
-               handle_signals: bool = True) -> dict[str, Any]:
+def run_worker(
+    study,
+    storage,
+    runs: Sequence[StudyRun],
+    *,
+    data_dir=None,
+    device: str | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    poll: float | None = None,
+    handle_signals: bool = True,
+) -> dict[str, Any]:
     """Take waiting cells of ``study`` until none is waiting or running; return what this worker did."""
     import optuna
     from optuna.trial import TrialState
@@ -224,11 +249,21 @@ def run_worker(study, storage, runs: Sequence[StudyRun], *, data_dir=None, devic
 
                     start = int(load_checkpoint(run.run_dir / "last.pt")["epoch"])
                 outcome = "resumed" if status == "resume" else "trained"
-                log(f"{'resuming' if status == 'resume' else 'training'} {cell} (trial {trial.number}"
+                log(
+                    f"{'resuming' if status == 'resume' else 'training'} {cell} (trial {trial.number}"
                     f"{f', re-queued from trial {retried}' if retried is not None else ''}"
-                    f"{f', after epoch {start}' if start else ''})")
-                metrics = train(run.cfg, run.run_dir, data_dir=data_dir, resume=status == "resume", device=device,
-                                progress=progress, log=log, on_epoch=still_mine)
+                    f"{f', after epoch {start}' if start else ''})"
+                )
+                metrics = train(
+                    run.cfg,
+                    run.run_dir,
+                    data_dir=data_dir,
+                    resume=status == "resume",
+                    device=device,
+                    progress=progress,
+                    log=log,
+                    on_epoch=still_mine,
+                )
             still_mine()
         except _Superseded:
             superseded["flag"] = True
@@ -245,8 +280,10 @@ def run_worker(study, storage, runs: Sequence[StudyRun], *, data_dir=None, devic
             trial.set_user_attr(key, metrics[key])
         done[outcome].append(cell)
         if outcome != "skipped":
-            log(f"{cell}: best val {metrics['best_val_acc']:.2f} %, test {metrics['test_acc']:.2f} % "
-                f"({metrics['epochs_run']} epochs{', early stop' if metrics['stopped_early'] else ''})")
+            log(
+                f"{cell}: best val {metrics['best_val_acc']:.2f} %, test {metrics['test_acc']:.2f} % "
+                f"({metrics['epochs_run']} epochs{', early stop' if metrics['stopped_early'] else ''})"
+            )
         return float(metrics["best_val_acc"])
 
     waited = False
@@ -268,8 +305,10 @@ def run_worker(study, storage, runs: Sequence[StudyRun], *, data_dir=None, devic
             if not running:
                 break
             if not waited:
-                log(f"waiting: {len(running)} cell(s) running on other workers (a dead worker's cell is re-queued "
-                    f"once its heartbeat is {grace} s old)")
+                log(
+                    f"waiting: {len(running)} cell(s) running on other workers (a dead worker's cell is re-queued "
+                    f"once its heartbeat is {grace} s old)"
+                )
                 waited = True
             time.sleep(poll)
     return {"worker": me, **done, "counts": counts(study), "cells": cell_states(study)}

@@ -40,18 +40,28 @@ from .storage import DEFAULT_HEARTBEAT, default_storage, open_storage, redact
 #: What the search varies, one place: name → ("float", low, high, log) | ("bool",).
 #: The paper does not publish its ranges; these bracket its Table I values with room on both sides.
 SEARCH_SPACE: dict[str, tuple] = {
-    "beta": ("float", 0.3, 0.99, False),      # β, membrane decay
+    "beta": ("float", 0.3, 0.99, False),  # β, membrane decay
     "threshold": ("float", 0.5, 3.0, False),  # θ
-    "slope": ("float", 1.0, 15.0, False),     # k of the fast-sigmoid surrogate (eq. 5)
-    "lr": ("float", 1e-4, 1e-2, True),        # Adam's η
+    "slope": ("float", 1.0, 15.0, False),  # k of the fast-sigmoid surrogate (eq. 5)
+    "lr": ("float", 1e-4, 1e-2, True),  # Adam's η
     "dropout": ("float", 0.0, 0.5, False),
     "batch_norm": ("bool",),
     "grad_clip": ("bool",),
     "weight_clip": ("bool",),
 }
 #: The fields of a preset row (qsnn/presets.toml), in the file's order.
-PRESET_FIELDS = ("batch_size", "beta", "threshold", "slope", "lr", "grad_clip", "weight_clip", "batch_norm",
-                 "dropout", "num_steps")
+PRESET_FIELDS = (
+    "batch_size",
+    "beta",
+    "threshold",
+    "slope",
+    "lr",
+    "grad_clip",
+    "weight_clip",
+    "batch_norm",
+    "dropout",
+    "num_steps",
+)
 DEFAULT_EPOCHS = 5
 
 
@@ -59,19 +69,35 @@ class _OverBudget(Exception):
     """The study already has its N trials; this one was created in a race and will not train."""
 
 
-def open_study(storage_url: str, study_name: str, *, sampler_seed: int | None = None, prune: bool = True,
-               startup_trials: int = 5, heartbeat: int = DEFAULT_HEARTBEAT):
+def open_study(
+    storage_url: str,
+    study_name: str,
+    *,
+    sampler_seed: int | None = None,
+    prune: bool = True,
+    startup_trials: int = 5,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+):
     """Create or join the study (``load_if_exists``) with a TPE sampler and a median pruner."""
     import optuna
 
     storage = open_storage(storage_url, heartbeat)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=1) if prune
-              else optuna.pruners.NopPruner())
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=1)
+        if prune
+        else optuna.pruners.NopPruner()
+    )
     for attempt in range(8):
         try:
-            return optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
-                                       sampler=sampler, pruner=pruner, load_if_exists=True)
+            return optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                direction="maximize",
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
         except optuna.exceptions.DuplicatedStudyError:  # created by another worker in the same instant
             time.sleep(0.1 + random.random() * (attempt + 1))
     raise QsnnError(f"cannot create or load study {study_name!r} in {redact(storage_url)}")
@@ -142,9 +168,20 @@ def run_worker(study, n_trials: int, objective: Callable, log: Callable[[str], N
     return ran
 
 
-def make_objective(dataset: str, precision: str, fixed: dict[str, Any], out: Path, study_name: str, *,
-                   epochs: int = DEFAULT_EPOCHS, data_dir=None, device: str | None = None, prune: bool = True,
-                   log: Callable[[str], None] = print, progress: bool = False) -> Callable:
+def make_objective(
+    dataset: str,
+    precision: str,
+    fixed: dict[str, Any],
+    out: Path,
+    study_name: str,
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    data_dir=None,
+    device: str | None = None,
+    prune: bool = True,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> Callable:
     """The objective: train a short run with the trial's hyperparameters, return its best validation accuracy."""
     import optuna
 
@@ -170,8 +207,16 @@ def make_objective(dataset: str, precision: str, fixed: dict[str, Any], out: Pat
 
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         try:
-            metrics = train(cfg, run_dir, data_dir=data_dir, device=device, progress=progress,
-                            log=lambda _msg: None, on_epoch=on_epoch, evaluate_test=False)
+            metrics = train(
+                cfg,
+                run_dir,
+                data_dir=data_dir,
+                device=device,
+                progress=progress,
+                log=lambda _msg: None,
+                on_epoch=on_epoch,
+                evaluate_test=False,
+            )
         except optuna.TrialPruned:
             log(f"trial {trial.number}: pruned at validation {best['val']:.2f} %  ({shown})")
             raise
@@ -179,7 +224,9 @@ def make_objective(dataset: str, precision: str, fixed: dict[str, Any], out: Pat
             trial.set_user_attr("diverged", str(exc))
             log(f"trial {trial.number}: diverged, best validation {best['val']:.2f} %  ({shown})")
             return best["val"]
-        log(f"trial {trial.number}: validation {metrics['best_val_acc']:.2f} % (epoch {metrics['best_epoch']})  ({shown})")
+        log(
+            f"trial {trial.number}: validation {metrics['best_val_acc']:.2f} % (epoch {metrics['best_epoch']})  ({shown})"
+        )
         return float(metrics["best_val_acc"])
 
     return objective
@@ -232,18 +279,34 @@ def write_best_params(study, out: Path, dataset: str, precision: str, storage_ur
     return path
 
 
-def tune(dataset: str, precision: str, *, n_trials: int, out: str | Path, fixed: dict[str, Any] | None = None,
-         epochs: int = DEFAULT_EPOCHS, storage: str | None = None, study_name: str | None = None,
-         sampler_seed: int | None = None, prune: bool = True, prune_startup: int = 5, data_dir=None,
-         device: str | None = None, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+def tune(
+    dataset: str,
+    precision: str,
+    *,
+    n_trials: int,
+    out: str | Path,
+    fixed: dict[str, Any] | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    storage: str | None = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+    prune: bool = True,
+    prune_startup: int = 5,
+    data_dir=None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Join (or create) the study and run trials until it holds ``n_trials``; write best_params.toml.
 
     ``progress`` shows each trial's epoch and evaluation bars (qsnn-train tune --progress)."""
     from .distributed import env_world_size
 
     if env_world_size() > 1:
-        raise QsnnError("qsnn-train tune is not meant to run under torchrun: start one worker per GPU instead "
-                        "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train tune --storage URL ...), all on the same storage")
+        raise QsnnError(
+            "qsnn-train tune is not meant to run under torchrun: start one worker per GPU instead "
+            "(e.g. CUDA_VISIBLE_DEVICES=k qsnn-train tune --storage URL ...), all on the same storage"
+        )
     if n_trials < 1:
         raise QsnnError(f"--trials must be at least 1, got {n_trials}")
     if epochs < 1:
@@ -262,17 +325,39 @@ def tune(dataset: str, precision: str, *, n_trials: int, out: str | Path, fixed:
     if prune_startup < 0:
         raise QsnnError(f"--prune-startup must be >= 0, got {prune_startup}")
     study = open_study(storage, study_name, sampler_seed=sampler_seed, prune=prune, startup_trials=prune_startup)
-    log(f"study {study_name!r} in {redact(storage)}: {budget_used(study)} of {n_trials} trials already counted; "
-        f"searching {', '.join(search_space(fixed))}")
-    objective = make_objective(dataset, precision, fixed, out, study_name, epochs=epochs, data_dir=data_dir,
-                               device=device, prune=prune, log=log, progress=progress)
+    log(
+        f"study {study_name!r} in {redact(storage)}: {budget_used(study)} of {n_trials} trials already counted; "
+        f"searching {', '.join(search_space(fixed))}"
+    )
+    objective = make_objective(
+        dataset,
+        precision,
+        fixed,
+        out,
+        study_name,
+        epochs=epochs,
+        data_dir=data_dir,
+        device=device,
+        prune=prune,
+        log=log,
+        progress=progress,
+    )
     ran = run_worker(study, n_trials, objective, log)
     from optuna.trial import TrialState
 
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
-    result: dict[str, Any] = {"study": study_name, "storage": redact(storage), "ran_here": ran, **counts,
-                              "best_params": None, "best_value": None, "best_trial": None}
+    counts = {
+        s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    }
+    result: dict[str, Any] = {
+        "study": study_name,
+        "storage": redact(storage),
+        "ran_here": ran,
+        **counts,
+        "best_params": None,
+        "best_value": None,
+        "best_trial": None,
+    }
     if counts["complete"]:
         result["best_params"] = write_best_params(study, out, dataset, precision, storage)
         result["best_value"] = study.best_value

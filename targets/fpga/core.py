@@ -131,16 +131,16 @@ class CoreLayer:
     wo: int
     o: int
     g: int
-    nw: int          # storage words: HO·WO·G
-    abase: int       # first word in the accumulator / membrane RAMs
-    wbase: int       # first word in the weight memory
-    wdepth: int      # weight words
-    nbase: int       # first word in the neuron table
-    rows: int        # dense: input rows (0 for conv)
-    acc_bound: int   # largest |synaptic sum| any weights and inputs can give
-    shift: int       # s of cur = shl(acc, s)
+    nw: int  # storage words: HO·WO·G
+    abase: int  # first word in the accumulator / membrane RAMs
+    wbase: int  # first word in the weight memory
+    wdepth: int  # weight words
+    nbase: int  # first word in the neuron table
+    rows: int  # dense: input rows (0 for conv)
+    acc_bound: int  # largest |synaptic sum| any weights and inputs can give
+    shift: int  # s of cur = shl(acc, s)
     stride: int = 1  # conv stride (1 for dense)
-    pad: int = 0     # zeros on every side of a conv's input (0 for dense)
+    pad: int = 0  # zeros on every side of a conv's input (0 for dense)
 
     # an input cell at row 0 (padded row pad): its first tap ky0 = pad mod s reaches conv output row
     # pad div s, i.e. pooled row q0 = (pad div s) div p, remainder r0 = (pad div s) mod p
@@ -245,43 +245,78 @@ class CoreConfig:
         ls = self.layers
         crd = max([self.in_shape[1], self.in_shape[2]] + [max(layer.hin, layer.win) + layer.pad for layer in ls])
         return {
-            "NL": len(ls), "PAR": self.lanes, "LOG2_PAR": self.log2_lanes, "LOG2_PAR_W": max(1, self.log2_lanes),
-            "WB": self.weight_bits, "IN_BITS": self.in_bits, "STATIC_INPUT": int(self.static),
-            "IN_C": self.in_shape[0], "IN_H": self.in_shape[1], "IN_W": self.in_shape[2],
-            "IN_CW": _bits(self.in_shape[0] - 1), "IN_YW": _bits(self.in_shape[1] - 1),
+            "NL": len(ls),
+            "PAR": self.lanes,
+            "LOG2_PAR": self.log2_lanes,
+            "LOG2_PAR_W": max(1, self.log2_lanes),
+            "WB": self.weight_bits,
+            "IN_BITS": self.in_bits,
+            "STATIC_INPUT": int(self.static),
+            "IN_C": self.in_shape[0],
+            "IN_H": self.in_shape[1],
+            "IN_W": self.in_shape[2],
+            "IN_CW": _bits(self.in_shape[0] - 1),
+            "IN_YW": _bits(self.in_shape[1] - 1),
             "IN_XW": _bits(self.in_shape[2] - 1),
-            "NUM_STEPS": self.num_steps, "NUM_CLASSES": self.num_classes,
-            "MEM_W": self.membrane_bits, "SYM_CLIP": int(self.sym_clip), "WRAP": int(self.wrap),
-            "RESET_ZERO": int(self.reset_zero), "LEAK_SHIFT": int(self.leak_shift),
-            "LEAK_BITS": self.leak_bits, "LEAK_W": self.leak_w,
-            "ACC_W": self.acc_w, "SUM_W": self.sum_w, "THR_W": self.thr_w, "BIAS_W": self.bias_w,
+            "NUM_STEPS": self.num_steps,
+            "NUM_CLASSES": self.num_classes,
+            "MEM_W": self.membrane_bits,
+            "SYM_CLIP": int(self.sym_clip),
+            "WRAP": int(self.wrap),
+            "RESET_ZERO": int(self.reset_zero),
+            "LEAK_SHIFT": int(self.leak_shift),
+            "LEAK_BITS": self.leak_bits,
+            "LEAK_W": self.leak_w,
+            "ACC_W": self.acc_w,
+            "SUM_W": self.sum_w,
+            "THR_W": self.thr_w,
+            "BIAS_W": self.bias_w,
             "W_DEPTH": self.w_depth,
             # (at least K_W: the tap offsets ky0, kx0 enter the weight address)
             "W_AW": max(_bits(self.w_depth - 1), _bits(max(max(layer.k, layer.stride) for layer in self.layers))),
-            "A_DEPTH": self.a_depth, "A_AW": _bits(self.a_depth - 1),
-            "N_DEPTH": self.n_depth, "N_AW": _bits(self.n_depth - 1),
-            "EV_DEPTH": self.ev_depth, "EV_AW": _bits(self.ev_depth - 1),
-            "CRD_W": _bits(crd) + 1, "PW": _bits(max(layer.pool for layer in ls)),
+            "A_DEPTH": self.a_depth,
+            "A_AW": _bits(self.a_depth - 1),
+            "N_DEPTH": self.n_depth,
+            "N_AW": _bits(self.n_depth - 1),
+            "EV_DEPTH": self.ev_depth,
+            "EV_AW": _bits(self.ev_depth - 1),
+            "CRD_W": _bits(crd) + 1,
+            "PW": _bits(max(layer.pool for layer in ls)),
             "GW": _bits(max(layer.g for layer in ls) - 1),
             "K_W": _bits(max(max(layer.k, layer.stride) for layer in ls)),
-            "CNT_W": _bits(self.num_steps), "CLS_W": _bits(self.num_classes - 1),
-            "LYR_W": _bits(len(ls)), "STEP_W": _bits(self.num_steps - 1),
+            "CNT_W": _bits(self.num_steps),
+            "CLS_W": _bits(self.num_classes - 1),
+            "LYR_W": _bits(len(ls)),
+            "STEP_W": _bits(self.num_steps - 1),
             "RD_AW": _bits(self.num_classes + 2 * len(ls)),
         }
 
     def layer_vectors(self) -> dict[str, list[int]]:
         """Per-layer localparam vectors (one 32-bit field per layer, plus an inert entry after the last)."""
         fields = {
-            "L_CONV": lambda layer: int(layer.conv), "L_K": lambda layer: layer.k,
-            "L_POOL": lambda layer: layer.pool, "L_HO": lambda layer: layer.ho, "L_WO": lambda layer: layer.wo,
-            "L_G": lambda layer: layer.g, "L_O": lambda layer: layer.o, "L_NW": lambda layer: layer.nw,
-            "L_ABASE": lambda layer: layer.abase, "L_WBASE": lambda layer: layer.wbase,
-            "L_NBASE": lambda layer: layer.nbase, "L_KG": lambda layer: layer.kg,
-            "L_KKG": lambda layer: layer.kkg, "L_WOG": lambda layer: layer.wog, "L_ROWS": lambda layer: layer.rows,
-            "L_SHIFT": lambda layer: layer.shift & 0xFFFFFFFF,       # 32-bit two's complement
-            "L_S": lambda layer: layer.stride, "L_PAD": lambda layer: layer.pad,
-            "L_SG": lambda layer: layer.sg, "L_SKG": lambda layer: layer.skg,
-            "L_S0": lambda layer: layer.s0, "L_Q0": lambda layer: layer.q0, "L_R0": lambda layer: layer.r0,
+            "L_CONV": lambda layer: int(layer.conv),
+            "L_K": lambda layer: layer.k,
+            "L_POOL": lambda layer: layer.pool,
+            "L_HO": lambda layer: layer.ho,
+            "L_WO": lambda layer: layer.wo,
+            "L_G": lambda layer: layer.g,
+            "L_O": lambda layer: layer.o,
+            "L_NW": lambda layer: layer.nw,
+            "L_ABASE": lambda layer: layer.abase,
+            "L_WBASE": lambda layer: layer.wbase,
+            "L_NBASE": lambda layer: layer.nbase,
+            "L_KG": lambda layer: layer.kg,
+            "L_KKG": lambda layer: layer.kkg,
+            "L_WOG": lambda layer: layer.wog,
+            "L_ROWS": lambda layer: layer.rows,
+            "L_SHIFT": lambda layer: layer.shift & 0xFFFFFFFF,  # 32-bit two's complement
+            "L_S": lambda layer: layer.stride,
+            "L_PAD": lambda layer: layer.pad,
+            "L_SG": lambda layer: layer.sg,
+            "L_SKG": lambda layer: layer.skg,
+            "L_S0": lambda layer: layer.s0,
+            "L_Q0": lambda layer: layer.q0,
+            "L_R0": lambda layer: layer.r0,
             "L_T0": lambda layer: layer.t0,
         }
         inert = {"L_POOL": 1, "L_G": 1, "L_K": 1, "L_S": 1}
@@ -289,10 +324,24 @@ class CoreConfig:
 
     def record(self) -> dict[str, Any]:
         """The manifest's description of the core configuration."""
-        return {"params": self.widths(), "layers": [
-            {**{k: v for k, v in asdict(layer).items()}, "kg": layer.kg, "kkg": layer.kkg, "wog": layer.wog,
-             "sg": layer.sg, "skg": layer.skg, "s0": layer.s0, "q0": layer.q0, "r0": layer.r0, "t0": layer.t0}
-            for layer in self.layers]}
+        return {
+            "params": self.widths(),
+            "layers": [
+                {
+                    **{k: v for k, v in asdict(layer).items()},
+                    "kg": layer.kg,
+                    "kkg": layer.kkg,
+                    "wog": layer.wog,
+                    "sg": layer.sg,
+                    "skg": layer.skg,
+                    "s0": layer.s0,
+                    "q0": layer.q0,
+                    "r0": layer.r0,
+                    "t0": layer.t0,
+                }
+                for layer in self.layers
+            ],
+        }
 
 
 def core_config(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits: int | None = None) -> CoreConfig:
@@ -317,7 +366,7 @@ def core_config(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits: in
             ho, wo = out[1], out[2]
             rows = 0
             wdepth = layer.in_channels * layer.kernel * layer.kernel * g
-            acc_bound = layer.in_channels * layer.kernel ** 2 * layer.pool ** 2 * wmax * in_max
+            acc_bound = layer.in_channels * layer.kernel**2 * layer.pool**2 * wmax * in_max
             hin_, win_ = hin, win
         else:
             ho = wo = 1
@@ -329,11 +378,31 @@ def core_config(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits: in
             wdepth = g * rows
             acc_bound = layer.in_channels * wmax * in_max
         nw = ho * wo * g
-        layers.append(CoreLayer(
-            name=layer.name, conv=layer.kind == "conv", cin=int(shape[0]) if layer.kind == "conv" else layer.in_channels,
-            hin=hin_, win=win_, k=layer.kernel, pool=layer.pool if layer.kind == "conv" else 1, ho=ho, wo=wo, o=o, g=g,
-            nw=nw, abase=abase, wbase=wbase, wdepth=wdepth, nbase=nbase, rows=rows, acc_bound=acc_bound,
-            shift=int(layer.current_shift), stride=int(layer.stride), pad=int(layer.padding)))
+        layers.append(
+            CoreLayer(
+                name=layer.name,
+                conv=layer.kind == "conv",
+                cin=int(shape[0]) if layer.kind == "conv" else layer.in_channels,
+                hin=hin_,
+                win=win_,
+                k=layer.kernel,
+                pool=layer.pool if layer.kind == "conv" else 1,
+                ho=ho,
+                wo=wo,
+                o=o,
+                g=g,
+                nw=nw,
+                abase=abase,
+                wbase=wbase,
+                wdepth=wdepth,
+                nbase=nbase,
+                rows=rows,
+                acc_bound=acc_bound,
+                shift=int(layer.current_shift),
+                stride=int(layer.stride),
+                pad=int(layer.padding),
+            )
+        )
         abase += nw
         wbase += wdepth
         nbase += g
@@ -342,16 +411,32 @@ def core_config(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits: in
     bias_w = p.bias_bits
     acc_w = max(max(layer.acc_bound for layer in layers).bit_length() + 1, in_bits + wb + 1)
     # |leak(u) + shl(acc, s) + b − r·θ| ≤ 2^(MEM_W−1) + |shl(acc, s)| + 2^(BIAS_W−1) + 2^THR_W, per layer
-    worst = max((1 << (p.membrane_bits - 1)) + _shl_bound(layer.acc_bound, layer.shift) + (1 << (bias_w - 1))
-                + (1 << thr_w) for layer in layers)
+    worst = max(
+        (1 << (p.membrane_bits - 1)) + _shl_bound(layer.acc_bound, layer.shift) + (1 << (bias_w - 1)) + (1 << thr_w)
+        for layer in layers
+    )
     sum_w = max(worst.bit_length() + 1, p.membrane_bits + 1, thr_w + 2, acc_w)
     return CoreConfig(
-        lanes=lanes, weight_bits=wb, in_bits=in_bits, static=net.encoding == "static",
-        in_shape=tuple(int(d) for d in net.input_shape), num_steps=int(net.num_steps),
-        num_classes=len(net.classes), membrane_bits=p.membrane_bits, sym_clip=bool(p.symmetric_clip),
-        wrap=p.overflow == "wrap", reset_zero=p.reset == "zero", leak_shift=p.leak == "shift",
-        leak_bits=p.leak_bits, leak_w=p.leak_bits + 1 if p.leak == "mul" else 8,
-        acc_w=acc_w, sum_w=sum_w, thr_w=thr_w, bias_w=bias_w, layers=tuple(layers))
+        lanes=lanes,
+        weight_bits=wb,
+        in_bits=in_bits,
+        static=net.encoding == "static",
+        in_shape=tuple(int(d) for d in net.input_shape),
+        num_steps=int(net.num_steps),
+        num_classes=len(net.classes),
+        membrane_bits=p.membrane_bits,
+        sym_clip=bool(p.symmetric_clip),
+        wrap=p.overflow == "wrap",
+        reset_zero=p.reset == "zero",
+        leak_shift=p.leak == "shift",
+        leak_bits=p.leak_bits,
+        leak_w=p.leak_bits + 1 if p.leak == "mul" else 8,
+        acc_w=acc_w,
+        sum_w=sum_w,
+        thr_w=thr_w,
+        bias_w=bias_w,
+        layers=tuple(layers),
+    )
 
 
 def params_header(cfg: CoreConfig, comment: str = "") -> str:
@@ -369,8 +454,10 @@ def params_header(cfg: CoreConfig, comment: str = "") -> str:
     for name, values in cfg.layer_vectors().items():
         body = ", ".join(f"32'd{v}" for v in reversed(values))
         lines.append(f"localparam [{32 * len(values) - 1}:0] {name} = {{{body}}};")
-    lines.append("// L_SHIFT (current shift s of each layer, two's complement above): "
-                 + ", ".join(str(layer.shift) for layer in cfg.layers))
+    lines.append(
+        "// L_SHIFT (current shift s of each layer, two's complement above): "
+        + ", ".join(str(layer.shift) for layer in cfg.layers)
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -412,14 +499,14 @@ def weight_words(net: IntegerNetwork, cfg: CoreConfig) -> np.ndarray:
     for i, (layer, cl) in enumerate(zip(net.layers, cfg.layers)):
         w = np.asarray(layer.weight, dtype=np.int64)
         padded = np.zeros((cl.g * P, *w.shape[1:]), dtype=np.int64)
-        padded[:cl.o] = w
+        padded[: cl.o] = w
         if cl.conv:
             # (G, P, C, K, K) → (C, K, K, G, P): word ((ci·K + ky)·K + kx)·G + g
             words = padded.reshape(cl.g, P, *w.shape[1:]).transpose(2, 3, 4, 0, 1).reshape(-1, P)
         else:
             src = _dense_source_index(cfg, i)
-            cols = np.where(src[None, :] >= 0, padded[:, np.maximum(src, 0)], 0)     # (G·P, ROWS)
-            words = cols.reshape(cl.g, P, cl.rows).transpose(0, 2, 1).reshape(-1, P)   # word g·ROWS + i
+            cols = np.where(src[None, :] >= 0, padded[:, np.maximum(src, 0)], 0)  # (G·P, ROWS)
+            words = cols.reshape(cl.g, P, cl.rows).transpose(0, 2, 1).reshape(-1, P)  # word g·ROWS + i
         assert len(words) == cl.wdepth
         parts.append(words)
     return np.concatenate(parts)
@@ -432,8 +519,8 @@ def neuron_words(net: IntegerNetwork, cfg: CoreConfig) -> tuple[np.ndarray, np.n
     for layer, cl in zip(net.layers, cfg.layers):
         t = np.zeros(cl.g * P, dtype=np.int64)
         b = np.zeros(cl.g * P, dtype=np.int64)
-        t[:cl.o] = np.asarray(layer.threshold, dtype=np.int64)
-        b[:cl.o] = np.asarray(layer.bias, dtype=np.int64)
+        t[: cl.o] = np.asarray(layer.threshold, dtype=np.int64)
+        b[: cl.o] = np.asarray(layer.bias, dtype=np.int64)
         th.append(t.reshape(cl.g, P))
         bi.append(b.reshape(cl.g, P))
     return np.concatenate(th), np.concatenate(bi)
@@ -463,14 +550,20 @@ def table_texts(net: IntegerNetwork, cfg: CoreConfig) -> dict[str, str]:
     """The three ``$readmemh`` files of the core."""
     P, wb = cfg.lanes, cfg.weight_bits
     notes = {
-        WEIGHTS_FILE: [f"qsnn_core weights: {P} lanes x {wb}-bit two's complement per word, lane j = output channel "
-                       f"g*{P}+j in bits [{wb}j, {wb}j+{wb})",
-                       "conv: word WBASE + ((ci*K + ky)*K + kx)*G + g; dense: word WBASE + g*ROWS + i "
-                       "(see README.md and manifest.json 'rtl')"],
-        NEURONS_FILE: [f"qsnn_core neurons: word NBASE + g, {P} lanes of {cfg.thr_w + cfg.bias_w} bits: threshold "
-                       f"(unsigned, low {cfg.thr_w} bits), bias ({cfg.bias_w}-bit two's complement, above)"],
-        LAYERS_FILE: [f"qsnn_core layers: word l = the leak constant ({cfg.leak_w} bits, "
-                      f"{'m of (m*u) >>> ' + str(cfg.leak_bits) if not cfg.leak_shift else 'd of u - (u >>> d)'})"],
+        WEIGHTS_FILE: [
+            f"qsnn_core weights: {P} lanes x {wb}-bit two's complement per word, lane j = output channel "
+            f"g*{P}+j in bits [{wb}j, {wb}j+{wb})",
+            "conv: word WBASE + ((ci*K + ky)*K + kx)*G + g; dense: word WBASE + g*ROWS + i "
+            "(see README.md and manifest.json 'rtl')",
+        ],
+        NEURONS_FILE: [
+            f"qsnn_core neurons: word NBASE + g, {P} lanes of {cfg.thr_w + cfg.bias_w} bits: threshold "
+            f"(unsigned, low {cfg.thr_w} bits), bias ({cfg.bias_w}-bit two's complement, above)"
+        ],
+        LAYERS_FILE: [
+            f"qsnn_core layers: word l = the leak constant ({cfg.leak_w} bits, "
+            f"{'m of (m*u) >>> ' + str(cfg.leak_bits) if not cfg.leak_shift else 'd of u - (u >>> d)'})"
+        ],
     }
     return {name: format_mem(words, width, notes[name]) for name, (words, width) in table_words(net, cfg).items()}
 
@@ -484,8 +577,9 @@ def package_file(name: str) -> str:
 # Writing and checking an rtl/ folder
 
 
-def write_rtl(net: IntegerNetwork, folder: Path, *, lanes: int = DEFAULT_LANES,
-              weight_bits: int | None = None) -> dict[str, Any]:
+def write_rtl(
+    net: IntegerNetwork, folder: Path, *, lanes: int = DEFAULT_LANES, weight_bits: int | None = None
+) -> dict[str, Any]:
     """Write the core, its header, tables and testbenches into ``folder``; returns the manifest part."""
     cfg = core_config(net, lanes, weight_bits)
     folder.mkdir(parents=True, exist_ok=True)
@@ -500,17 +594,23 @@ def write_rtl(net: IntegerNetwork, folder: Path, *, lanes: int = DEFAULT_LANES,
         "supported": True,
         "folder": RTL_DIR,
         "lanes": lanes,
-        "files": {"core": f"{RTL_DIR}/{CORE_FILE}", "params": f"{RTL_DIR}/{HEADER_FILE}",
-                  "weights": f"{RTL_DIR}/{WEIGHTS_FILE}", "neurons": f"{RTL_DIR}/{NEURONS_FILE}",
-                  "layers": f"{RTL_DIR}/{LAYERS_FILE}", "verilator_harness": f"{RTL_DIR}/{HARNESS_FILE}",
-                  "testbench": f"{RTL_DIR}/{TESTBENCH_FILE}"},
-        "tables": {name: {"depth": len(words), "width": width}
-                   for name, (words, width) in table_words(net, cfg).items()},
+        "files": {
+            "core": f"{RTL_DIR}/{CORE_FILE}",
+            "params": f"{RTL_DIR}/{HEADER_FILE}",
+            "weights": f"{RTL_DIR}/{WEIGHTS_FILE}",
+            "neurons": f"{RTL_DIR}/{NEURONS_FILE}",
+            "layers": f"{RTL_DIR}/{LAYERS_FILE}",
+            "verilator_harness": f"{RTL_DIR}/{HARNESS_FILE}",
+            "testbench": f"{RTL_DIR}/{TESTBENCH_FILE}",
+        },
+        "tables": {
+            name: {"depth": len(words), "width": width} for name, (words, width) in table_words(net, cfg).items()
+        },
         "order": {
             "weights": f"{lanes} lanes per word, lane j = output channel g*{lanes}+j, lane 0 in the least significant "
-                       "bits; conv: word WBASE + ((ci*K + ky)*K + kx)*G + g; dense: word WBASE + g*ROWS + i with i the "
-                       "previous layer's neuron in storage order ((y*WO + x)*G' + g')*PAR + j' (torch flatten index "
-                       "(c'*H + y)*W + x, c' = g'*PAR + j'; padding rows zero), or the flatten index for a dense first layer",
+            "bits; conv: word WBASE + ((ci*K + ky)*K + kx)*G + g; dense: word WBASE + g*ROWS + i with i the "
+            "previous layer's neuron in storage order ((y*WO + x)*G' + g')*PAR + j' (torch flatten index "
+            "(c'*H + y)*W + x, c' = g'*PAR + j'; padding rows zero), or the flatten index for a dense first layer",
             "neurons": "word NBASE + g, lane j: threshold (unsigned, low THR_W bits), bias (two's complement, next BIAS_W bits)",
             "layers": "word l: leak constant (low LEAK_W bits), current shift (8-bit two's complement) above",
             "state": "membrane and accumulator RAMs: word ABASE + (y*WO + x)*G + g",
@@ -527,22 +627,26 @@ def readme_section(manifest: Mapping[str, Any]) -> str:
     """The README part about ``rtl/`` (the core) of an fpga folder."""
     rtl = manifest.get("rtl") or {}
     if not rtl.get("supported"):
-        return (f"\n## The reference core\n\nNot included: the network is outside the core's family "
-                f"({rtl.get('reason', 'unknown')}).\n")
+        return (
+            f"\n## The reference core\n\nNot included: the network is outside the core's family "
+            f"({rtl.get('reason', 'unknown')}).\n"
+        )
     prm = rtl["params"]
     P = rtl["lanes"]
     rows = []
     for i, layer in enumerate(rtl["layers"], start=1):
-        rows.append(f"| {i} | {layer['name']} | {'conv' if layer['conv'] else 'dense'} | {layer['g']} | "
-                    f"{layer['nw']} | {layer['abase']} | {layer['wbase']} | {layer['wdepth']} | {layer['nbase']} | "
-                    f"{layer['rows'] or ''} |")
+        rows.append(
+            f"| {i} | {layer['name']} | {'conv' if layer['conv'] else 'dense'} | {layer['g']} | "
+            f"{layer['nw']} | {layer['abase']} | {layer['wbase']} | {layer['wdepth']} | {layer['nbase']} | "
+            f"{layer['rows'] or ''} |"
+        )
     tables = "\n".join(f"| `rtl/{name}` | {t['depth']} | {t['width']} |" for name, t in rtl["tables"].items())
     return f"""
 ## The reference core (`rtl/`)
 
 `rtl/qsnn_core.v` is qsnn's FPGA core (Verilog-2005, synthesizable; Yosys, Verilator and Icarus
 accept it). It runs this network as the tables above describe, bit for bit as `qsnn-sim --profile
-{manifest['profile']['name']}`: an event-driven, time-multiplexed engine with **{P} lanes** (output
+{manifest["profile"]["name"]}`: an event-driven, time-multiplexed engine with **{P} lanes** (output
 channels updated per cycle). Per time step and layer it scatters every input event (a nonzero pixel
 or event count, or a spike of the previous layer) through the kernel taps into sum-pooled
 accumulators, {P} channels per cycle, then updates every neuron ({P} per cycle), writing the
@@ -552,9 +656,9 @@ spikes into an event buffer for the next layer or into the output spike counters
 |---|---|
 | `rtl/qsnn_core.v` | the core (the same file for every network) |
 | `rtl/qsnn_params.vh` | sizes, widths and current shifts of this network (generated from `manifest.json`) |
-| `rtl/qsnn_weights.mem` | the weights in the core's order, {P} × {prm['WB']}-bit lanes per word |
-| `rtl/qsnn_neurons.mem` | thresholds and biases, {P} lanes of {prm['THR_W']} + {prm['BIAS_W']} bits per word |
-| `rtl/qsnn_layers.mem` | per layer: the leak constant ({prm['LEAK_W']} bits) |
+| `rtl/qsnn_weights.mem` | the weights in the core's order, {P} × {prm["WB"]}-bit lanes per word |
+| `rtl/qsnn_neurons.mem` | thresholds and biases, {P} lanes of {prm["THR_W"]} + {prm["BIAS_W"]} bits per word |
+| `rtl/qsnn_layers.mem` | per layer: the leak constant ({prm["LEAK_W"]} bits) |
 | `rtl/qsnn_tb.cpp` | Verilator harness (`qsnn-rtl-sim` builds and runs it) |
 | `rtl/qsnn_tb.v` | plain Verilog testbench for any simulator |
 
@@ -565,7 +669,7 @@ significant bits, G = ceil(O / {P}) groups per layer, padding lanes zero):
 * dense weights: word `WBASE + g·ROWS + i`, i the previous layer's neuron in the core's storage
   order `((y·WO + x)·G' + g')·{P} + j'` (its channel c' = g'·{P} + j', i.e. torch's flatten index
   `(c'·H + y)·W + x`; rows of padding channels are zero), or the flatten index for a dense first layer;
-* neurons: word `NBASE + g`, lane j = threshold (unsigned, low {prm['THR_W']} bits) | bias << {prm['THR_W']};
+* neurons: word `NBASE + g`, lane j = threshold (unsigned, low {prm["THR_W"]} bits) | bias << {prm["THR_W"]};
 * membranes and accumulators (RAMs inside the core): word `ABASE + (y·WO + x)·G + g`.
 
 | # | layer | kind | G | words (state) | ABASE | WBASE | weight words | NBASE | ROWS |

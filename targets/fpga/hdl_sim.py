@@ -37,8 +37,17 @@ from ..registry import read_target
 from . import core
 from .tools import ToolError, need_tool, tool_version
 
-VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal",
-                   "-Wno-lint", "-Wno-style")
+VERILATOR_FLAGS = (
+    "-O3",
+    "--x-assign",
+    "fast",
+    "--x-initial",
+    "fast",
+    "--noassert",
+    "-Wno-fatal",
+    "-Wno-lint",
+    "-Wno-style",
+)
 CXX_FLAGS = "-O2"
 
 
@@ -81,12 +90,16 @@ def check_folder(folder: str | os.PathLike) -> RTLFolder:
     folder = Path(folder)
     manifest = read_manifest(folder, verify=False)
     if manifest.get("target") != "fpga":
-        raise ExportError(f"{folder}: a {manifest.get('target')!r} folder; the FPGA core runs fpga folders "
-                          f"(qsnn-export MODEL --to fpga -o {folder})")
+        raise ExportError(
+            f"{folder}: a {manifest.get('target')!r} folder; the FPGA core runs fpga folders "
+            f"(qsnn-export MODEL --to fpga -o {folder})"
+        )
     rtl = manifest.get("rtl")
     if not isinstance(rtl, Mapping):
-        raise ExportError(f"{folder}/{MANIFEST}: no 'rtl' section; this folder was written without the FPGA core: "
-                          "export it again with this qsnn")
+        raise ExportError(
+            f"{folder}/{MANIFEST}: no 'rtl' section; this folder was written without the FPGA core: "
+            "export it again with this qsnn"
+        )
     if not rtl.get("supported"):
         raise ExportError(f"{folder}: the network is outside the FPGA core's family: {rtl.get('reason')}")
     # every table the manifest lists must be there, whole, before the hashes are compared
@@ -110,9 +123,11 @@ def check_folder(folder: str | os.PathLike) -> RTLFolder:
             raise ExportError(f"{path} is missing; export the folder again (qsnn-export ... --to fpga --force)")
         words = _words_of(path, name)
         if len(words) != depth:
-            raise ExportError(f"{path}: {len(words)} words, the core needs {depth} (the file is truncated or "
-                              f"from another network); export the folder again")
-    net = read_target(folder)                        # SHA-256 of every file, then the tables
+            raise ExportError(
+                f"{path}: {len(words)} words, the core needs {depth} (the file is truncated or "
+                f"from another network); export the folder again"
+            )
+    net = read_target(folder)  # SHA-256 of every file, then the tables
     lanes = rtl.get("lanes")
     wb = manifest.get("options", {}).get("weight_bits")
     try:
@@ -124,13 +139,17 @@ def check_folder(folder: str | os.PathLike) -> RTLFolder:
     want = core.parse_header(core.params_header(cfg))
     for name, value in want.items():
         if have.get(name) != value:
-            raise ExportError(f"{header_path}: {name} = {have.get(name)} but the network in {MANIFEST} needs "
-                              f"{value}; the core's parameters do not match the manifest: export the folder again")
+            raise ExportError(
+                f"{header_path}: {name} = {have.get(name)} but the network in {MANIFEST} needs "
+                f"{value}; the core's parameters do not match the manifest: export the folder again"
+            )
     for name, text in core.table_texts(net, cfg).items():
         path = folder / core.RTL_DIR / name
         if _words_of(path, name) != parse_mem(text):
-            raise ExportError(f"{path} does not hold the network of {MANIFEST} (it differs from the per-layer "
-                              f"tables); export the folder again")
+            raise ExportError(
+                f"{path} does not hold the network of {MANIFEST} (it differs from the per-layer "
+                f"tables); export the folder again"
+            )
     return RTLFolder(folder=folder, net=net, config=cfg, manifest=manifest)
 
 
@@ -142,7 +161,7 @@ def input_events(net: IntegerNetwork, x: np.ndarray) -> list[list[np.ndarray]]:
     """Per sample, per frame: the nonzero inputs as an (n, 4) array of (c, y, x, value)."""
     x = np.asarray(x)
     try:
-        check_input(net, x)            # the engine's rule: shape, encoding, T, values within input_max
+        check_input(net, x)  # the engine's rule: shape, encoding, T, values within input_max
     except InputError as exc:
         raise ExportError(f"the core's input: {exc}") from None
     frames = x[:, None] if net.encoding == "static" else x
@@ -151,8 +170,11 @@ def input_events(net: IntegerNetwork, x: np.ndarray) -> list[list[np.ndarray]]:
         per = []
         for frame in sample:
             idx = np.nonzero(frame)
-            per.append(np.stack([*idx, frame[idx]], axis=1).astype(np.int64) if len(idx[0]) else
-                       np.zeros((0, 4), dtype=np.int64))
+            per.append(
+                np.stack([*idx, frame[idx]], axis=1).astype(np.int64)
+                if len(idx[0])
+                else np.zeros((0, 4), dtype=np.int64)
+            )
         out.append(per)
     return out
 
@@ -205,12 +227,19 @@ class RTLResult:
 
 
 def _spike_arrays(net: IntegerNetwork, cfg: core.CoreConfig, n: int) -> dict[str, np.ndarray]:
-    return {f"z{i + 1}": np.zeros((net.num_steps, n, *shape), dtype=np.uint8)
-            for i, shape in enumerate(net.shapes())}
+    return {f"z{i + 1}": np.zeros((net.num_steps, n, *shape), dtype=np.uint8) for i, shape in enumerate(net.shapes())}
 
 
-def _scatter_records(spikes: dict[str, np.ndarray], net: IntegerNetwork, cfg: core.CoreConfig, sample: int,
-                     step: np.ndarray, layer: np.ndarray, word: np.ndarray, mask: np.ndarray) -> None:
+def _scatter_records(
+    spikes: dict[str, np.ndarray],
+    net: IntegerNetwork,
+    cfg: core.CoreConfig,
+    sample: int,
+    step: np.ndarray,
+    layer: np.ndarray,
+    word: np.ndarray,
+    mask: np.ndarray,
+) -> None:
     P = cfg.lanes
     lanes = np.arange(P, dtype=np.uint64)
     for li, cl in enumerate(cfg.layers):
@@ -258,9 +287,26 @@ def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
     try:
         for name, data in sources.items():
             (work / name).write_bytes(data)
-        cmd = [verilator, "--cc", "--exe", "--build", "-j", str(max(1, min(4, os.cpu_count() or 1))),
-               "--top-module", "qsnn_core", *VERILATOR_FLAGS, "-CFLAGS", CXX_FLAGS, "-I.",
-               "--Mdir", "obj", "-o", "qsnn_tb", core.CORE_FILE, core.HARNESS_FILE]
+        cmd = [
+            verilator,
+            "--cc",
+            "--exe",
+            "--build",
+            "-j",
+            str(max(1, min(4, os.cpu_count() or 1))),
+            "--top-module",
+            "qsnn_core",
+            *VERILATOR_FLAGS,
+            "-CFLAGS",
+            CXX_FLAGS,
+            "-I.",
+            "--Mdir",
+            "obj",
+            "-o",
+            "qsnn_tb",
+            core.CORE_FILE,
+            core.HARNESS_FILE,
+        ]
         if progress:
             progress(f"building the core with Verilator ({version}) ...")
         res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
@@ -272,13 +318,17 @@ def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
         shutil.rmtree(work / "obj", ignore_errors=True)
         try:
             os.replace(work, final)
-        except OSError:                                  # another process finished the same build first
+        except OSError:  # another process finished the same build first
             shutil.rmtree(work, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return binary, {"cache": str(final), "reused": False, "seconds": round(time.perf_counter() - t0, 1),
-                    "verilator": version}
+    return binary, {
+        "cache": str(final),
+        "reused": False,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "verilator": version,
+    }
 
 
 def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: float | None = None) -> RTLResult:
@@ -290,8 +340,12 @@ def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: 
         inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
         write_harness_input(inp, events, len(cfg.layers), cfg.num_classes)
         t0 = time.perf_counter()
-        res = subprocess.run([str(binary), str(checked.rtl.resolve()), str(inp), str(outp), str(2 * cfg.cycle_bound())],
-                             capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(
+            [str(binary), str(checked.rtl.resolve()), str(inp), str(outp), str(2 * cfg.cycle_bound())],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         wall = time.perf_counter() - t0
         if res.returncode != 0:
             raise ToolError(f"the Verilator model of {checked.rtl} failed: {(res.stderr or res.stdout).strip()[-400:]}")
@@ -324,17 +378,27 @@ def _parse_harness_output(data: bytes, net: IntegerNetwork, cfg: core.CoreConfig
         preds[s] = int(np.frombuffer(data, "<u4", 1, off + 8)[0])
         regs = np.frombuffer(data, "<u4", C + 2 * L, off + 12).astype(np.int64)
         off += 12 + 4 * (C + 2 * L)
-        counts[s], sat_lo[s], sat_hi[s] = regs[:C], regs[C:C + L], regs[C + L:]
+        counts[s], sat_lo[s], sat_hi[s] = regs[:C], regs[C : C + L], regs[C + L :]
         ph = np.frombuffer(data, "<u8", 2 * L + 1, off).astype(np.int64)
         off += 8 * (2 * L + 1)
-        phases[s], other[s] = ph[:2 * L].reshape(L, 2), ph[2 * L]
+        phases[s], other[s] = ph[: 2 * L].reshape(L, 2), ph[2 * L]
         nrec = int(np.frombuffer(data, "<u4", 1, off)[0])
         off += 4
         rec = np.frombuffer(data, _RECORD, nrec, off)
         off += nrec * _RECORD.itemsize
         _scatter_records(spikes, net, cfg, s, rec["step"], rec["layer"], rec["word"], rec["mask"])
-    return RTLResult(spikes=spikes, counts=counts, predictions=preds, saturation_low=sat_lo, saturation_high=sat_hi,
-                     cycles=cycles, phase_cycles=phases, other_cycles=other, simulator="", wall_s=0.0)
+    return RTLResult(
+        spikes=spikes,
+        counts=counts,
+        predictions=preds,
+        saturation_low=sat_lo,
+        saturation_high=sat_hi,
+        cycles=cycles,
+        phase_cycles=phases,
+        other_cycles=other,
+        simulator="",
+        wall_s=0.0,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,13 +424,22 @@ def run_icarus(checked: RTLFolder, x: np.ndarray, *, timeout: float | None = Non
         for name in (core.CORE_FILE, core.HEADER_FILE, core.TESTBENCH_FILE, *core.TABLE_FILES):
             shutil.copy(checked.rtl / name, work / name)
         (work / "in.hex").write_text("\n".join(f"{b:016x}" for b in beats) + "\n")
-        res = subprocess.run([iverilog, "-g2005", "-I", ".", "-o", "tb.vvp", core.TESTBENCH_FILE, core.CORE_FILE],
-                             cwd=work, capture_output=True, text=True)
+        res = subprocess.run(
+            [iverilog, "-g2005", "-I", ".", "-o", "tb.vvp", core.TESTBENCH_FILE, core.CORE_FILE],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             raise ToolError("Icarus could not compile the core:\n" + (res.stderr or res.stdout).strip()[-800:])
         t0 = time.perf_counter()
-        res = subprocess.run([vvp, "-n", "tb.vvp", "+input=in.hex", "+output=out.txt"], cwd=work,
-                             capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(
+            [vvp, "-n", "tb.vvp", "+input=in.hex", "+output=out.txt"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         wall = time.perf_counter() - t0
         if res.returncode != 0 or not (work / "out.txt").is_file():
             raise ToolError("the Icarus simulation failed:\n" + (res.stderr or res.stdout).strip()[-800:])
@@ -392,6 +465,15 @@ def run_icarus(checked: RTLFolder, x: np.ndarray, *, timeout: float | None = Non
         elif parts[0] == "D":
             regs[sample, int(parts[1])] = int(parts[2])
     counts = regs[:, :C]
-    return RTLResult(spikes=spikes, counts=counts, predictions=preds, saturation_low=regs[:, C:C + L],
-                     saturation_high=regs[:, C + L:], cycles=cycles, phase_cycles=np.zeros((n, L, 2), dtype=np.int64),
-                     other_cycles=np.zeros(n, dtype=np.int64), simulator=tool_version(iverilog), wall_s=wall)
+    return RTLResult(
+        spikes=spikes,
+        counts=counts,
+        predictions=preds,
+        saturation_low=regs[:, C : C + L],
+        saturation_high=regs[:, C + L :],
+        cycles=cycles,
+        phase_cycles=np.zeros((n, L, 2), dtype=np.int64),
+        other_cycles=np.zeros(n, dtype=np.int64),
+        simulator=tool_version(iverilog),
+        wall_s=wall,
+    )

@@ -58,22 +58,31 @@ def _options(net: IntegerNetwork, word_bits: int | None = None, weight_bits: int
     if not 2 <= wb <= 16:
         raise ProfileError(f"fpga: weight_bits={wb} must be 2..16")
     if word < wb or word > 1024 or word % wb:
-        raise ProfileError(f"fpga: word_bits={word} must be a multiple of the weight width ({wb} bits), "
-                           f"between {wb} and 1024 (e.g. 8, 16, 32, 64)")
+        raise ProfileError(
+            f"fpga: word_bits={word} must be a multiple of the weight width ({wb} bits), "
+            f"between {wb} and 1024 (e.g. 8, 16, 32, 64)"
+        )
     return {"word_bits": word, "weight_bits": wb}
 
 
 def _lanes(lanes: int | None) -> int:
     lanes = core.DEFAULT_LANES if lanes is None else lanes
-    if not (isinstance(lanes, int) and not isinstance(lanes, bool) and 1 <= lanes <= core.MAX_LANES
-            and lanes & (lanes - 1) == 0):
-        raise ProfileError(f"fpga: lanes={lanes!r} must be a power of two from 1 to {core.MAX_LANES} "
-                           "(output channels the core updates per cycle)")
+    if not (
+        isinstance(lanes, int)
+        and not isinstance(lanes, bool)
+        and 1 <= lanes <= core.MAX_LANES
+        and lanes & (lanes - 1) == 0
+    ):
+        raise ProfileError(
+            f"fpga: lanes={lanes!r} must be a power of two from 1 to {core.MAX_LANES} "
+            "(output channels the core updates per cycle)"
+        )
     return lanes
 
 
-def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None,
-          lanes: int | None = None) -> None:
+def check(
+    net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None, lanes: int | None = None
+) -> None:
     """Raise :class:`ProfileError` unless the fpga tables can hold ``net`` with these memory widths."""
     opts = _options(net, word_bits, weight_bits)
     _lanes(lanes)
@@ -81,11 +90,16 @@ def check(net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int
     if p.leak not in ("mul", "shift"):
         raise ProfileError(
             f"fpga: the network was compiled for profile {p.name!r} with the {p.leak!r} leak; the FPGA core "
-            f"implements the 'mul' and 'shift' leaks. Compile it under the fpga profile (--profile fpga).")
+            f"implements the 'mul' and 'shift' leaks. Compile it under the fpga profile (--profile fpga)."
+        )
     if p.weight_exp_bits or any(layer.weight_exp for layer in net.layers):
-        bad = next((f"layer {i} ({layer.name})" for i, layer in enumerate(net.layers, 1) if layer.weight_exp), "the profile")
-        raise ProfileError(f"fpga: {bad} uses a weight exponent, which the FPGA core has no register for; "
-                           f"compile under the fpga profile.")
+        bad = next(
+            (f"layer {i} ({layer.name})" for i, layer in enumerate(net.layers, 1) if layer.weight_exp), "the profile"
+        )
+        raise ProfileError(
+            f"fpga: {bad} uses a weight exponent, which the FPGA core has no register for; "
+            f"compile under the fpga profile."
+        )
     # the fpga tables store the bias as it is (no mantissa shift) and the kernels without the pooling folded in
     check_fit(net, profile_limits(p, NAME, weight_bits=opts["weight_bits"], bias_multiple=1, fold_pool=False))
 
@@ -126,8 +140,14 @@ def _prefix(i: int, layer: IntegerLayer) -> str:
     return f"L{i}_{safe}"
 
 
-def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
-          weight_bits: int | None = None, lanes: int | None = None) -> dict[str, Any]:
+def write(
+    net: IntegerNetwork,
+    folder: Path,
+    *,
+    word_bits: int | None = None,
+    weight_bits: int | None = None,
+    lanes: int | None = None,
+) -> dict[str, Any]:
     """Write the tables of ``net`` into ``folder``; returns the manifest's target part.
 
     With the tables comes the reference core (``rtl/``: the Verilog core, its generated parameter
@@ -159,49 +179,84 @@ def write(net: IntegerNetwork, folder: Path, *, word_bits: int | None = None,
         theta = np.asarray(layer.threshold, dtype=np.int64) >> p.threshold_shift
         bias = np.asarray(layer.bias, dtype=np.int64)
         t_name, b_name, l_name = f"{prefix}_threshold.mem", f"{prefix}_bias.mem", f"{prefix}_leak.mem"
-        (folder / t_name).write_text(format_mem(
-            [int(v) for v in theta], p.threshold_bits,
-            [f"qsnn fpga thresholds, layer {i} ({layer.name}): one per output channel, {p.threshold_bits}-bit "
-             f"unsigned, value = threshold >> {p.threshold_shift}"]))
-        (folder / b_name).write_text(format_mem(
-            [int(v) for v in to_twos_complement(bias, p.bias_bits)], p.bias_bits,
-            [f"qsnn fpga biases, layer {i} ({layer.name}): one per output channel, {p.bias_bits}-bit two's "
-             f"complement, added to the membrane every step"]))
-        leak_text = (f"m of u <- (m*u) >> {p.leak_bits} (floor)" if p.leak == "mul" else "d of u <- u - (u >> d) (floor)")
-        (folder / l_name).write_text(format_mem(
-            [int(layer.leak_const)], _leak_width(net),
-            [f"qsnn fpga leak, layer {i} ({layer.name}): {leak_text}, {_leak_width(net)}-bit unsigned"]))
-        layers_out.append({
-            "prefix": prefix,
-            "stride": int(layer.stride),
-            "padding": int(layer.padding),
-            "weight_memory": {
-                "files": names,
-                "weight_bits": wb,
-                "word_bits": word,
-                "weights_per_word": per,
-                "depth": len(words),
-                "width": word,
-                "weights": int(layer.weight.size),
-                "padding_weights": pad,
-                "bits": len(words) * word,
-                "order": "(out, in, ky, kx)" if layer.kind == "conv" else "(out, in)",
-                "packing": f"weight n in word n // {per}, bits [{wb}*(n % {per}), {wb}*(n % {per}) + {wb}); "
-                           f"first weight in the least significant bits; zero padding after the last weight",
-                "encoding": f"{wb}-bit two's complement, narrow range ±{(1 << (wb - 1)) - 1}",
-            },
-            "threshold_memory": {"file": t_name, "depth": layer.out_channels, "width": p.threshold_bits,
-                                 "encoding": f"unsigned, threshold >> {p.threshold_shift}"},
-            "bias_memory": {"file": b_name, "depth": layer.out_channels, "width": p.bias_bits,
-                            "encoding": "two's complement"},
-            "leak_memory": {"file": l_name, "depth": 1, "width": _leak_width(net), "kind": p.leak,
-                            "encoding": "unsigned", "value": int(layer.leak_const)},
-        })
+        (folder / t_name).write_text(
+            format_mem(
+                [int(v) for v in theta],
+                p.threshold_bits,
+                [
+                    f"qsnn fpga thresholds, layer {i} ({layer.name}): one per output channel, {p.threshold_bits}-bit "
+                    f"unsigned, value = threshold >> {p.threshold_shift}"
+                ],
+            )
+        )
+        (folder / b_name).write_text(
+            format_mem(
+                [int(v) for v in to_twos_complement(bias, p.bias_bits)],
+                p.bias_bits,
+                [
+                    f"qsnn fpga biases, layer {i} ({layer.name}): one per output channel, {p.bias_bits}-bit two's "
+                    f"complement, added to the membrane every step"
+                ],
+            )
+        )
+        leak_text = f"m of u <- (m*u) >> {p.leak_bits} (floor)" if p.leak == "mul" else "d of u <- u - (u >> d) (floor)"
+        (folder / l_name).write_text(
+            format_mem(
+                [int(layer.leak_const)],
+                _leak_width(net),
+                [f"qsnn fpga leak, layer {i} ({layer.name}): {leak_text}, {_leak_width(net)}-bit unsigned"],
+            )
+        )
+        layers_out.append(
+            {
+                "prefix": prefix,
+                "stride": int(layer.stride),
+                "padding": int(layer.padding),
+                "weight_memory": {
+                    "files": names,
+                    "weight_bits": wb,
+                    "word_bits": word,
+                    "weights_per_word": per,
+                    "depth": len(words),
+                    "width": word,
+                    "weights": int(layer.weight.size),
+                    "padding_weights": pad,
+                    "bits": len(words) * word,
+                    "order": "(out, in, ky, kx)" if layer.kind == "conv" else "(out, in)",
+                    "packing": f"weight n in word n // {per}, bits [{wb}*(n % {per}), {wb}*(n % {per}) + {wb}); "
+                    f"first weight in the least significant bits; zero padding after the last weight",
+                    "encoding": f"{wb}-bit two's complement, narrow range ±{(1 << (wb - 1)) - 1}",
+                },
+                "threshold_memory": {
+                    "file": t_name,
+                    "depth": layer.out_channels,
+                    "width": p.threshold_bits,
+                    "encoding": f"unsigned, threshold >> {p.threshold_shift}",
+                },
+                "bias_memory": {
+                    "file": b_name,
+                    "depth": layer.out_channels,
+                    "width": p.bias_bits,
+                    "encoding": "two's complement",
+                },
+                "leak_memory": {
+                    "file": l_name,
+                    "depth": 1,
+                    "width": _leak_width(net),
+                    "kind": p.leak,
+                    "encoding": "unsigned",
+                    "value": int(layer.leak_const),
+                },
+            }
+        )
         c_layers.append({"prefix": prefix, "layer": layer, "words": words, "pad": pad})
     (folder / "qsnn_model.h").write_text(c_header(net, c_layers, wb, word))
     problem = core.family_problem(net, lanes, wb)
-    rtl = core.unsupported_record(problem) if problem else \
-        core.write_rtl(net, folder / core.RTL_DIR, lanes=lanes, weight_bits=wb)
+    rtl = (
+        core.unsupported_record(problem)
+        if problem
+        else core.write_rtl(net, folder / core.RTL_DIR, lanes=lanes, weight_bits=wb)
+    )
     return {
         "options": opts,
         "layers": layers_out,
@@ -221,7 +276,7 @@ def _c_ident(text: str) -> str:
 
 
 def _c_array(ctype: str, name: str, values: list[str], per_line: int = 8) -> str:
-    rows = [", ".join(values[k:k + per_line]) for k in range(0, len(values), per_line)]
+    rows = [", ".join(values[k : k + per_line]) for k in range(0, len(values), per_line)]
     body = ",\n    ".join(rows) if rows else "0"
     return f"static const {ctype} {name}[{max(1, len(values))}] = {{\n    {body}\n}};\n"
 
@@ -310,7 +365,7 @@ def c_header(net: IntegerNetwork, layers: list[dict[str, Any]], weight_bits: int
         shape = net.shapes()[i - 1]
         out += [
             f"/* layer {i}: {layer.name} ({layer.kind}), weights {tuple(layer.weight.shape)}, output {tuple(shape)} */",
-            f"#define {pre}_NAME \"{_c_ident(layer.name)}\"",
+            f'#define {pre}_NAME "{_c_ident(layer.name)}"',
             f"#define {pre}_IS_CONV {int(layer.kind == 'conv')}",
             f"#define {pre}_IN_CHANNELS {layer.in_channels}",
             f"#define {pre}_OUT_CHANNELS {layer.out_channels}",
@@ -329,11 +384,12 @@ def c_header(net: IntegerNetwork, layers: list[dict[str, Any]], weight_bits: int
         if packed:
             digits = hex_digits(word_bits)
             suffix = "ULL" if word_bits == 64 else "u"
-            out.append(_c_array("qsnn_word_t", f"{low}_weights",
-                                [f"0x{w:0{digits}x}{suffix}" for w in entry["words"]]))
+            out.append(_c_array("qsnn_word_t", f"{low}_weights", [f"0x{w:0{digits}x}{suffix}" for w in entry["words"]]))
         else:
             wtype = "int8_t" if weight_bits <= 8 else "int16_t"
-            out.append(_c_array(wtype, f"{low}_weights", [str(int(v)) for v in np.asarray(layer.weight).reshape(-1)], 16))
+            out.append(
+                _c_array(wtype, f"{low}_weights", [str(int(v)) for v in np.asarray(layer.weight).reshape(-1)], 16)
+            )
         out.append(_c_array("int32_t", f"{low}_threshold", [str(int(v)) for v in np.asarray(layer.threshold)]))
         out.append(_c_array("int32_t", f"{low}_bias", [str(int(v)) for v in np.asarray(layer.bias)]))
         out.append("/* real membrane value of one grid unit, per output channel */")
@@ -358,12 +414,17 @@ def read(folder: Path, manifest: Mapping[str, Any]) -> IntegerNetwork:
         weight = unpack_weights(words, mem["weight_bits"], mem["word_bits"], mem["weights"])
         tmem, bmem, lmem = record["threshold_memory"], record["bias_memory"], record["leak_memory"]
         theta = np.array(parse_mem((folder / tmem["file"]).read_text()), dtype=np.int64) << int(p["threshold_shift"])
-        bias = from_twos_complement(np.array(parse_mem((folder / bmem["file"]).read_text()), dtype=np.int64), bmem["width"])
+        bias = from_twos_complement(
+            np.array(parse_mem((folder / bmem["file"]).read_text()), dtype=np.int64), bmem["width"]
+        )
         leak = parse_mem((folder / lmem["file"]).read_text())
         if len(theta) != tmem["depth"] or len(bias) != bmem["depth"] or len(leak) != 1:
             raise ExportError(f"layer {record['name']}: threshold/bias/leak tables do not match the manifest")
-        conv = {"stride": int(record.get("stride", 1)), "padding": int(record.get("padding", 0))} \
-            if record["kind"] == "conv" else {}
+        conv = (
+            {"stride": int(record.get("stride", 1)), "padding": int(record.get("padding", 0))}
+            if record["kind"] == "conv"
+            else {}
+        )
         layers.append(layer_from_parts(record, weight, theta, bias, leak[0], **conv))
     return network_from_parts(manifest, layers)
 
@@ -386,14 +447,16 @@ def readme(manifest: Mapping[str, Any]) -> str:
     rows = []
     for rec in manifest["layers"]:
         m = rec["weight_memory"]
-        rows.append(f"| {rec['index']} | {rec['name']} | {rec['kind']} | {tuple(rec['weight_shape'])} | "
-                    f"{tuple(rec['output_shape'])} | {rec.get('stride', 1)} | {rec.get('padding', 0)} | "
-                    f"{rec['pool']} | {rec['current_shift']} | "
-                    f"{m['depth']} × {m['width']} | {m['padding_weights']} | `{rec['prefix']}_*` |")
+        rows.append(
+            f"| {rec['index']} | {rec['name']} | {rec['kind']} | {tuple(rec['weight_shape'])} | "
+            f"{tuple(rec['output_shape'])} | {rec.get('stride', 1)} | {rec.get('padding', 0)} | "
+            f"{rec['pool']} | {rec['current_shift']} | "
+            f"{m['depth']} × {m['width']} | {m['padding_weights']} | `{rec['prefix']}_*` |"
+        )
     return f"""# qsnn FPGA tables
 
-A spiking neural network compiled to integers for the qsnn FPGA core (profile `{p['name']}`).
-It runs T = {manifest['network']['num_steps']} time steps per input; the class is the output neuron
+A spiking neural network compiled to integers for the qsnn FPGA core (profile `{p["name"]}`).
+It runs T = {manifest["network"]["num_steps"]} time steps per input; the class is the output neuron
 that spiked most (first index wins ties). `manifest.json` holds every number below, the SHA-256 of
 every file, and the per-channel scale factors (real membrane value of one integer unit).
 
@@ -403,12 +466,12 @@ every file, and the per-channel scale factors (real membrane value of one intege
 acc = sumpool_P( W *_(S,PAD) z_in )  W: {wb}-bit weights, z_in: previous spikes (layer 1: the input frame)
 cur = acc << SHIFT                   (acc >> -SHIFT, rounding down, when SHIFT < 0)
 r   = [u_prev > THETA[c]]            did the neuron fire last step?
-u   = sat( leak(u_prev) + cur + BIAS[c] - r*THETA[c] )     reset: {p['reset']}
+u   = sat( leak(u_prev) + cur + BIAS[c] - r*THETA[c] )     reset: {p["reset"]}
 z   = [u > THETA[c]]
 ```
-Layer 1's input `z_in` is {_input_text(manifest['network'])}.
-leak `{p['leak']}`: {'u → (LEAK·u) >> ' + str(p['leak_bits']) + ' (floor)' if p['leak'] == 'mul' else 'u → u − (u >> LEAK) (floor)'};
-membrane {p['membrane_bits']}-bit two's complement, overflow `{p['overflow']}`; reset `{p['reset']}`
+Layer 1's input `z_in` is {_input_text(manifest["network"])}.
+leak `{p["leak"]}`: {"u → (LEAK·u) >> " + str(p["leak_bits"]) + " (floor)" if p["leak"] == "mul" else "u → u − (u >> LEAK) (floor)"};
+membrane {p["membrane_bits"]}-bit two's complement, overflow `{p["overflow"]}`; reset `{p["reset"]}`
 (`zero`: u_prev is cleared instead of θ subtracted).
 
 ## Files per layer `L<i>_<name>_…`
@@ -418,8 +481,8 @@ membrane {p['membrane_bits']}-bit two's complement, overflow `{p['overflow']}`; 
 | `_weights.mem` | weight memory for Verilog `$readmemh` (hex, one word per line, `//` comments) |
 | `_weights.coe` | the same words for Xilinx Block Memory Generator (radix 16) |
 | `_weights.mif` | the same words for Intel memories (`ADDRESS_RADIX=UNS`, `DATA_RADIX=HEX`) |
-| `_threshold.mem` | one {p['threshold_bits']}-bit unsigned word per output channel: THETA[c] |
-| `_bias.mem` | one {p['bias_bits']}-bit two's-complement word per output channel: BIAS[c] |
+| `_threshold.mem` | one {p["threshold_bits"]}-bit unsigned word per output channel: THETA[c] |
+| `_bias.mem` | one {p["bias_bits"]}-bit two's-complement word per output channel: BIAS[c] |
 | `_leak.mem` | one word: the leak constant LEAK |
 
 `qsnn_model.h` has the same tables and the profile constants for C code (`qsnn_weight()` unpacks a weight).

@@ -24,16 +24,19 @@ def need_tool(name: str) -> str:
     """The path of an HDL tool, or a :class:`ToolError` saying how to install it."""
     path = shutil.which(name)
     if path is None:
-        raise ToolError(f"{name} is not installed; run `make install` as root (it installs the HDL tools with "
-                        f"apt-get), or `sudo apt-get install {TOOL_PACKAGES.get(name, name)}`")
+        raise ToolError(
+            f"{name} is not installed; run `make install` as root (it installs the HDL tools with "
+            f"apt-get), or `sudo apt-get install {TOOL_PACKAGES.get(name, name)}`"
+        )
     return path
 
 
 def tool_version(tool: str) -> str:
     """The first line of ``tool --version`` (``-V`` for iverilog), or the tool's name."""
     try:
-        out = subprocess.run([tool, "-V" if Path(tool).name == "iverilog" else "--version"], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [tool, "-V" if Path(tool).name == "iverilog" else "--version"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired):
         return tool
     text = (out.stdout or out.stderr).strip().splitlines()

@@ -34,17 +34,26 @@ def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_
         same = ours == theirs
         per_step = same.reshape(same.shape[0], -1).all(axis=1)
         bad = np.argwhere(~same.reshape(same.shape[0], same.shape[1], -1).all(axis=2))
-        layers[key] = {"equal_pct": 100.0 * float(same.mean()), "entries": int(same.size),
-                       "steps_all_equal": int(per_step.sum()), "steps": int(per_step.size),
-                       "spikes_qsnn": int(ours.sum()), "spikes_lava": int(theirs.sum()),
-                       "first_difference": [int(v) for v in bad[0]] if len(bad) else None}
+        layers[key] = {
+            "equal_pct": 100.0 * float(same.mean()),
+            "entries": int(same.size),
+            "steps_all_equal": int(per_step.sum()),
+            "steps": int(per_step.size),
+            "spikes_qsnn": int(ours.sum()),
+            "spikes_lava": int(theirs.sum()),
+            "first_difference": [int(v) for v in bad[0]] if len(bad) else None,
+        }
     pred_equal = float(np.mean(sim_pred == lava["predictions"])) * 100.0
-    return {"layers": layers, "predictions_equal_pct": pred_equal,
-            "bit_exact": all(v["equal_pct"] == 100.0 for v in layers.values()) and pred_equal == 100.0}
+    return {
+        "layers": layers,
+        "predictions_equal_pct": pred_equal,
+        "bit_exact": all(v["equal_pct"] == 100.0 for v in layers.values()) and pred_equal == 100.0,
+    }
 
 
-def check(source: Path, images: int, *, data_dir: str | None = None, python: str | None = None,
-          log=print) -> dict[str, Any]:
+def check(
+    source: Path, images: int, *, data_dir: str | None = None, python: str | None = None, log=print
+) -> dict[str, Any]:
     from qsnn.data import load_split
     from qsnn.export.compile import compile_qonnx
     from qsnn.profiles import get_profile
@@ -66,20 +75,27 @@ def check(source: Path, images: int, *, data_dir: str | None = None, python: str
             raise SystemExit(f"error: the test split has {len(data)} samples, asked for {images}")
         x, y = data.x[:images], data.y[:images]
         folder = write_target("loihi2", net, Path(tmp) / "loihi2", example=x[0])
-        net = read_target(folder)          # what the folder holds, as a user would load it
+        net = read_target(folder)  # what the folder holds, as a user would load it
         start = time.perf_counter()
         lava = run_folder(folder, x, python=python)
         lava_wall = time.perf_counter() - start
         sim = simulate(net, x, record=True)
     result = compare(sim.spikes, lava, sim.predictions)
-    result.update({
-        "source": str(source), "images": images, "dataset": net.metadata.get("dataset"), "split": "test",
-        "num_steps": net.num_steps, "lava_run_seconds": float(lava["seconds"]), "lava_wall_seconds": lava_wall,
-        "accuracy_lava_pct": 100.0 * float(np.mean(lava["predictions"] == y)),
-        "accuracy_qsnn_pct": 100.0 * float(np.mean(sim.predictions == y)),
-        "saturation_events": {s.name: s.saturation_events for s in sim.layers},
-        "current_wraps": {s.name: s.current_wraps for s in sim.layers},
-    })
+    result.update(
+        {
+            "source": str(source),
+            "images": images,
+            "dataset": net.metadata.get("dataset"),
+            "split": "test",
+            "num_steps": net.num_steps,
+            "lava_run_seconds": float(lava["seconds"]),
+            "lava_wall_seconds": lava_wall,
+            "accuracy_lava_pct": 100.0 * float(np.mean(lava["predictions"] == y)),
+            "accuracy_qsnn_pct": 100.0 * float(np.mean(sim.predictions == y)),
+            "saturation_events": {s.name: s.saturation_events for s in sim.layers},
+            "current_wraps": {s.name: s.current_wraps for s in sim.layers},
+        }
+    )
     return result
 
 
@@ -90,27 +106,49 @@ def main(argv: list[str] | None = None) -> int:
     from qsnn.cli import friendly_errors, print_table
 
     @click.command()
-    @click.option("--checkpoint", "source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  default="runs/demo/best.pt", show_default=True, help="A qsnn-train best.pt or its float QONNX export.")
-    @click.option("--images", type=click.IntRange(1), default=50, show_default=True,
-                  help="Test images (the first N of the test split).")
+    @click.option(
+        "--checkpoint",
+        "source",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default="runs/demo/best.pt",
+        show_default=True,
+        help="A qsnn-train best.pt or its float QONNX export.",
+    )
+    @click.option(
+        "--images",
+        type=click.IntRange(1),
+        default=50,
+        show_default=True,
+        help="Test images (the first N of the test split).",
+    )
     @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR", default=None)
-    @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Write the figures as JSON.")
+    @click.option(
+        "--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON."
+    )
     @friendly_errors
     def cli(source: Path, images: int, data_dir: str | None, report: Path | None) -> None:
         result = check(source, images, data_dir=data_dir)
-        rows = [(k, f"{v['equal_pct']:.2f} % of {v.get('entries', 0)} spike entries equal "
-                    f"({v.get('steps_all_equal', 0)}/{v.get('steps', 0)} steps identical; spikes qsnn "
-                    f"{v.get('spikes_qsnn', 0)}, lava {v.get('spikes_lava', 0)})") for k, v in result["layers"].items()]
-        rows += [("predictions equal", f"{result['predictions_equal_pct']:.2f} %"),
-                 ("accuracy lava / qsnn", f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % "
-                                          f"on {images} {result['dataset']} test images"),
-                 ("saturation events (qsnn)", result["saturation_events"]),
-                 ("current wraps (qsnn)", result["current_wraps"]),
-                 ("lava time", f"{result['lava_run_seconds']:.1f} s run, {result['lava_wall_seconds']:.1f} s with "
-                               "start-up"),
-                 ("verdict", "BIT-EXACT" if result["bit_exact"] else "DIFFERENT")]
+        rows = [
+            (
+                k,
+                f"{v['equal_pct']:.2f} % of {v.get('entries', 0)} spike entries equal "
+                f"({v.get('steps_all_equal', 0)}/{v.get('steps', 0)} steps identical; spikes qsnn "
+                f"{v.get('spikes_qsnn', 0)}, lava {v.get('spikes_lava', 0)})",
+            )
+            for k, v in result["layers"].items()
+        ]
+        rows += [
+            ("predictions equal", f"{result['predictions_equal_pct']:.2f} %"),
+            (
+                "accuracy lava / qsnn",
+                f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % "
+                f"on {images} {result['dataset']} test images",
+            ),
+            ("saturation events (qsnn)", result["saturation_events"]),
+            ("current wraps (qsnn)", result["current_wraps"]),
+            ("lava time", f"{result['lava_run_seconds']:.1f} s run, {result['lava_wall_seconds']:.1f} s with start-up"),
+            ("verdict", "BIT-EXACT" if result["bit_exact"] else "DIFFERENT"),
+        ]
         print_table(rows, title=f"stock Lava vs qsnn-sim --profile loihi2 ({result['source']})")
         if report:
             atomic_write_text(report, json.dumps(result, indent=2))

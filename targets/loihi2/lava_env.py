@@ -66,15 +66,19 @@ def base_python() -> Path:
         pass
     roots.append(Path.home() / ".pyenv")
     for root in roots:
-        found = sorted((root / "versions").glob("3.10.*/bin/python"),
-                       key=lambda p: [int(v) for v in p.parent.parent.name.split(".") if v.isdigit()])
+        found = sorted(
+            (root / "versions").glob("3.10.*/bin/python"),
+            key=lambda p: [int(v) for v in p.parent.parent.name.split(".") if v.isdigit()],
+        )
         if found:
             return found[-1]
     which = shutil.which("python3.10")
     if which:
         return Path(which)
-    raise LavaEnvError("no Python 3.10 found (lava-nc 0.10 needs 3.10): install it with pyenv "
-                       "(`pyenv install 3.10`) or set QSNN_LAVA_BASE_PYTHON to a python3.10")
+    raise LavaEnvError(
+        "no Python 3.10 found (lava-nc 0.10 needs 3.10): install it with pyenv "
+        "(`pyenv install 3.10`) or set QSNN_LAVA_BASE_PYTHON to a python3.10"
+    )
 
 
 def build(log=print) -> Path:
@@ -92,9 +96,16 @@ def build(log=print) -> Path:
     subprocess.run([str(base), "-m", "venv", str(target)], check=True)
     py = str(target / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "-r", str(REQUIREMENTS)], check=True)
-    check = subprocess.run([py, "-c", "from lava.lib.dl import netx; from lava.magma.core.run_configs import "
-                                      "Loihi2SimCfg; import lava; print('ok')"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [
+            py,
+            "-c",
+            "from lava.lib.dl import netx; from lava.magma.core.run_configs import "
+            "Loihi2SimCfg; import lava; print('ok')",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if check.returncode != 0 or "ok" not in check.stdout:
         raise LavaEnvError(f"lava: the new venv {target} cannot import netx:\n{check.stderr[-2000:]}")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file() and not f.is_symlink())
@@ -108,18 +119,24 @@ def ensure(log=print) -> Path:
     return venv_python() if is_built() else build(log)
 
 
-def run_folder(folder: str | os.PathLike, inputs: np.ndarray, *, python: str | os.PathLike | None = None,
-               timeout: float | None = None) -> dict[str, np.ndarray]:
+def run_folder(
+    folder: str | os.PathLike,
+    inputs: np.ndarray,
+    *,
+    python: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> dict[str, np.ndarray]:
     """Run a loihi2 folder in stock Lava on ``inputs``; ``{"z1": (T, N, ...), …, "counts", "predictions", "seconds"}``."""
     py = str(python or ensure())
     with tempfile.TemporaryDirectory(prefix="qsnn-lava-") as tmp:
         inp, out = Path(tmp) / "inputs.npy", Path(tmp) / "spikes.npz"
         buf = io.BytesIO()
-        np.lib.format.write_array(buf, np.asarray(inputs))     # .npy bytes, written atomically
+        np.lib.format.write_array(buf, np.asarray(inputs))  # .npy bytes, written atomically
         atomic_write_bytes(inp, buf.getvalue())
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        proc = subprocess.run([py, str(RUNNER), str(folder), str(inp), str(out)], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        proc = subprocess.run(
+            [py, str(RUNNER), str(folder), str(inp), str(out)], capture_output=True, text=True, env=env, timeout=timeout
+        )
         if proc.returncode != 0:
             raise LavaEnvError(f"lava run of {folder} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         with np.load(out) as data:

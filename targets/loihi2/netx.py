@@ -86,9 +86,24 @@ INPUT_MESSAGE_BITS = 8
 #: The versions this folder's semantics were checked against (``make lava-check``).
 LAVA_VERSIONS = {"lava-nc": "0.10.0", "lava-dl": "0.6.0"}
 #: Arithmetic fields Lava's netx network fixes, with the value it needs: the loihi2 profile's.
-REQUIRED = {field: getattr(LOIHI2, field) for field in (
-    "leak", "leak_bits", "reset", "membrane_bits", "overflow", "symmetric_clip", "synaptic_delay", "threshold_shift",
-    "frac_bits", "fixed_shift", "current_bits", "bias_shift", "fold_pool")}
+REQUIRED = {
+    field: getattr(LOIHI2, field)
+    for field in (
+        "leak",
+        "leak_bits",
+        "reset",
+        "membrane_bits",
+        "overflow",
+        "symmetric_clip",
+        "synaptic_delay",
+        "threshold_shift",
+        "frac_bits",
+        "fixed_shift",
+        "current_bits",
+        "bias_shift",
+        "fold_pool",
+    )
+}
 
 
 def netx_weight(layer: IntegerLayer) -> np.ndarray:
@@ -119,20 +134,24 @@ def check(net: IntegerNetwork, example: Any = None) -> None:
     if wrong:
         raise ProfileError(
             f"loihi2: the network was compiled for profile {p.name!r} whose arithmetic Lava's netx network does "
-            f"not compute: {', '.join(wrong)}. Compile it under the loihi2 profile (--profile loihi2).")
+            f"not compute: {', '.join(wrong)}. Compile it under the loihi2 profile (--profile loihi2)."
+        )
     for i, layer in enumerate(net.layers, start=1):
         if layer.current_shift != LAVA_SHIFT or layer.weight_exp != 0:
             raise ProfileError(
                 f"loihi2: layer {i} ({layer.name}) has current shift {layer.current_shift} and weight exponent "
                 f"{layer.weight_exp}; Lava's LIF shifts every synaptic sum by exactly {LAVA_SHIFT} (a_in << 6) and "
-                "netx has no weight exponent. Compile it under the loihi2 profile (--profile loihi2).")
+                "netx has no weight exponent. Compile it under the loihi2 profile (--profile loihi2)."
+            )
         if int(layer.leak_const) > 4095:
-            raise ProfileError(f"loihi2: layer {i} ({layer.name}): vDecay {layer.leak_const} exceeds Loihi's 12-bit dv "
-                               "(4095)")
+            raise ProfileError(
+                f"loihi2: layer {i} ({layer.name}): vDecay {layer.leak_const} exceeds Loihi's 12-bit dv (4095)"
+            )
         if not np.any(np.asarray(layer.weight)):
-            raise ProfileError(f"loihi2: layer {i} ({layer.name}) has no nonzero weight; netx cannot load an "
-                               "all-zero weight matrix")
-    check_fit(net, profile_limits(LOIHI2, NAME))     # netx stores Loihi's registers: the loihi2 profile's
+            raise ProfileError(
+                f"loihi2: layer {i} ({layer.name}) has no nonzero weight; netx cannot load an all-zero weight matrix"
+            )
+    check_fit(net, profile_limits(LOIHI2, NAME))  # netx stores Loihi's registers: the loihi2 profile's
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,8 +167,14 @@ def _neuron(group, layer: IntegerLayer) -> dict[str, Any]:
     group.create_dataset("vThMant", data=np.int64(theta[0]) if uniform else theta)
     group.create_dataset("refDelay", data=np.int64(1))
     group.create_dataset("gradedSpike", data=False)
-    return {"type": "CUBA", "iDecay": I_DECAY, "vDecay": int(layer.leak_const),
-            "vThMant": int(theta[0]) if uniform else [int(t) for t in theta], "refDelay": 1, "gradedSpike": False}
+    return {
+        "type": "CUBA",
+        "iDecay": I_DECAY,
+        "vDecay": int(layer.leak_const),
+        "vThMant": int(theta[0]) if uniform else [int(t) for t in theta],
+        "refDelay": 1,
+        "gradedSpike": False,
+    }
 
 
 def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) -> dict[str, Any]:
@@ -214,8 +239,12 @@ def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) 
             extra = g.create_group("qsnn")
             extra.create_dataset("name", data=layer.name)
             extra.create_dataset("kind", data=layer.kind)
-            for key, value in (("pool", layer.pool), ("current_shift", layer.current_shift),
-                               ("weight_exp", layer.weight_exp), ("decay", layer.leak_const)):   # "decay": format 1's name
+            for key, value in (
+                ("pool", layer.pool),
+                ("current_shift", layer.current_shift),
+                ("weight_exp", layer.weight_exp),
+                ("decay", layer.leak_const),
+            ):  # "decay": format 1's name
                 extra.create_dataset(key, data=np.int64(value))
             extra.create_dataset("kernel", data=np.int64(layer.kernel))
             extra.create_dataset("stride", data=np.int64(layer.stride))
@@ -224,45 +253,58 @@ def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) 
             extra.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.int64))
             extra.create_dataset("scale", data=np.asarray(layer.scale, dtype=np.float64))
             rec = compiled.get(layer.name, {})
-            entry.update({
-                "netx_layer": idx,
-                "netx_weight_shape": list(w.shape),
-                "weight_max_abs": int(np.abs(w).max(initial=0)),
-                "weight_bits": LOIHI2.weight_bits,
-                "fan_in_folded": folded_fan_in(layer),
-                "pool_folded": layer.kind == "conv" and layer.pool > 1,
-                "neuron": neuron,
-                "bias_mantissa_range": [int(bias.min()), int(bias.max())],
-                "bias_exp": LAVA_SHIFT,
-            })
-            if rec:   # what the compiler proved about this layer (absent for a network built by hand)
+            entry.update(
+                {
+                    "netx_layer": idx,
+                    "netx_weight_shape": list(w.shape),
+                    "weight_max_abs": int(np.abs(w).max(initial=0)),
+                    "weight_bits": LOIHI2.weight_bits,
+                    "fan_in_folded": folded_fan_in(layer),
+                    "pool_folded": layer.kind == "conv" and layer.pool > 1,
+                    "neuron": neuron,
+                    "bias_mantissa_range": [int(bias.min()), int(bias.max())],
+                    "bias_exp": LAVA_SHIFT,
+                }
+            )
+            if rec:  # what the compiler proved about this layer (absent for a network built by hand)
                 entry["saturation_possible"] = bool(rec.get("saturation_possible", False))
                 entry["current_wrap_possible"] = bool(rec.get("current_wrap_possible", False))
             layers_out.append(entry)
             prev_shape = shape
     if example is None:
-        example_arr = np.zeros((net.num_steps, *net.input_shape) if net.encoding == "events" else net.input_shape,
-                               dtype=np.uint8)
+        example_arr = np.zeros(
+            (net.num_steps, *net.input_shape) if net.encoding == "events" else net.input_shape, dtype=np.uint8
+        )
         example_what = "zeros (no test sample was given to the exporter)"
     else:
         example_arr = np.asarray(example)
         want = (net.num_steps, *net.input_shape) if net.encoding == "events" else tuple(net.input_shape)
         if tuple(example_arr.shape) != want or not np.issubdtype(example_arr.dtype, np.integer):
-            raise ExportError(f"loihi2: the example input must be integers of shape {want}, got "
-                              f"{example_arr.dtype} {example_arr.shape}")
+            raise ExportError(
+                f"loihi2: the example input must be integers of shape {want}, got "
+                f"{example_arr.dtype} {example_arr.shape}"
+            )
         example_what = "the first sample of the model's test split"
     np.save(folder / EXAMPLE, example_arr)
     return {
         "options": {},
         "layers": layers_out,
         "files_by_role": {"netx": FILE, "example_input": EXAMPLE},
-        "netx": {"iDecay": I_DECAY, "du": I_DECAY - 1, "bias_exp": LAVA_SHIFT, "threshold_shift": LAVA_SHIFT,
-                 "input_message_bits": INPUT_MESSAGE_BITS,
-                 "input": "layer/0 has no neuron: hdf5.Network(..., input_message_bits=8) feeds net.inp straight "
-                          "to layer/1's synapses as 8-bit graded spikes (uint8 pixels or event counts)"},
-        "lava": {"load": "lava.lib.dl.netx.hdf5.Network(net_config='network.net', input_message_bits=8)",
-                 "run_cfg": "Loihi2SimCfg(select_tag='fixed_pt')", "checked_with": dict(LAVA_VERSIONS),
-                 "bit_exact_with": "qsnn-sim --profile loihi2 (every layer's spikes, every step)"},
+        "netx": {
+            "iDecay": I_DECAY,
+            "du": I_DECAY - 1,
+            "bias_exp": LAVA_SHIFT,
+            "threshold_shift": LAVA_SHIFT,
+            "input_message_bits": INPUT_MESSAGE_BITS,
+            "input": "layer/0 has no neuron: hdf5.Network(..., input_message_bits=8) feeds net.inp straight "
+            "to layer/1's synapses as 8-bit graded spikes (uint8 pixels or event counts)",
+        },
+        "lava": {
+            "load": "lava.lib.dl.netx.hdf5.Network(net_config='network.net', input_message_bits=8)",
+            "run_cfg": "Loihi2SimCfg(select_tag='fixed_pt')",
+            "checked_with": dict(LAVA_VERSIONS),
+            "bit_exact_with": "qsnn-sim --profile loihi2 (every layer's spikes, every step)",
+        },
         "example_input": {"file": EXAMPLE, "shape": list(example_arr.shape), "what": example_what},
         "saturation_possible": any(e.get("saturation_possible", False) for e in layers_out),
         "notes": [
@@ -300,8 +342,9 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
         if "qsnn" not in f or _str(f["qsnn/format"]) != NETX_FORMAT:
             raise ExportError(f"{path}: a netx file without qsnn data; qsnn reads the netx files it wrote")
         if int(f["qsnn/format_version"][()]) != NETX_FORMAT_VERSION:
-            raise ExportError(f"{path}: qsnn netx data version {int(f['qsnn/format_version'][()])}, "
-                              f"expected {NETX_FORMAT_VERSION}")
+            raise ExportError(
+                f"{path}: qsnn netx data version {int(f['qsnn/format_version'][()])}, expected {NETX_FORMAT_VERSION}"
+            )
         head = {"profile": json.loads(_str(f["qsnn/profile"])), "network": json.loads(_str(f["qsnn/network"]))}
         layers = []
         for key in sorted(f["layer"].keys(), key=int):
@@ -318,12 +361,15 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
                 try:
                     w = unfold_pool(w, pool, stride=stride)
                 except ValueError:
-                    raise ExportError(f"{path}: layer/{key}/weight is not a {pool}×{pool}-pooled kernel "
-                                      f"of stride {stride}") from None
+                    raise ExportError(
+                        f"{path}: layer/{key}/weight is not a {pool}×{pool}-pooled kernel of stride {stride}"
+                    ) from None
                 got = [np.asarray(g[name][()], dtype=np.int64).reshape(-1).tolist() for name in ("stride", "padding")]
                 if got != [[stride * pool] * 2, [padding] * 2]:
-                    raise ExportError(f"{path}: layer/{key} has netx stride {got[0]} and padding {got[1]}, expected "
-                                      f"{[stride * pool] * 2} and {[padding] * 2} (stride {stride} × pool {pool})")
+                    raise ExportError(
+                        f"{path}: layer/{key} has netx stride {got[0]} and padding {got[1]}, expected "
+                        f"{[stride * pool] * 2} and {[padding] * 2} (stride {stride} × pool {pool})"
+                    )
             neuron = g["neuron"]
             vth = np.asarray(neuron["vThMant"][()], dtype=np.int64)
             theta = np.asarray(q["threshold"][()], dtype=np.int64)
@@ -331,13 +377,23 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
             vth_full = np.broadcast_to(vth, theta.shape) << LAVA_SHIFT
             rounded = bias >> LAVA_SHIFT
             decay = int(neuron["vDecay"][()])
-            if not (np.array_equal(vth_full, theta) and np.array_equal(np.asarray(g["bias"][()], dtype=np.int64), rounded)
-                    and not np.any(bias % (1 << LAVA_SHIFT))
-                    and decay == int(q["decay"][()]) and int(neuron["iDecay"][()]) == I_DECAY):
+            if not (
+                np.array_equal(vth_full, theta)
+                and np.array_equal(np.asarray(g["bias"][()], dtype=np.int64), rounded)
+                and not np.any(bias % (1 << LAVA_SHIFT))
+                and decay == int(q["decay"][()])
+                and int(neuron["iDecay"][()]) == I_DECAY
+            ):
                 raise ExportError(f"{path}: layer/{key}: netx neuron parameters differ from the qsnn integers")
-            record = {"name": _str(q["name"]), "kind": kind, "weight_shape": list(w.shape), "pool": pool,
-                      "current_shift": int(q["current_shift"][()]), "weight_exp": int(q["weight_exp"][()]),
-                      "scale": np.asarray(q["scale"][()], dtype=np.float64).tolist()}
+            record = {
+                "name": _str(q["name"]),
+                "kind": kind,
+                "weight_shape": list(w.shape),
+                "pool": pool,
+                "current_shift": int(q["current_shift"][()]),
+                "weight_exp": int(q["weight_exp"][()]),
+                "scale": np.asarray(q["scale"][()], dtype=np.float64).tolist(),
+            }
             layers.append(layer_from_parts(record, w, theta, bias, decay, stride=stride, padding=padding))
     return network_from_parts(head, layers)
 
@@ -346,14 +402,18 @@ def snippet(manifest: Mapping[str, Any]) -> str:
     """The Python the README gives: load the folder in stock Lava, run the example input, print the class."""
     T = manifest["network"]["num_steps"]
     events = manifest["network"]["encoding"] == "events"
-    if manifest["layers"][0]["kind"] == "dense":     # netx's input port is then the flat (C·H·W,) vector
-        frames = ("frames = x.reshape(T, -1).T.astype(np.int32)              # (T, C, H, W) counts -> (C*H*W, T)"
-                  if events else
-                  "frames = np.repeat(x.reshape(-1, 1), T, axis=-1).astype(np.int32)  # (C, H, W) -> (C*H*W, T), C-major")
+    if manifest["layers"][0]["kind"] == "dense":  # netx's input port is then the flat (C·H·W,) vector
+        frames = (
+            "frames = x.reshape(T, -1).T.astype(np.int32)              # (T, C, H, W) counts -> (C*H*W, T)"
+            if events
+            else "frames = np.repeat(x.reshape(-1, 1), T, axis=-1).astype(np.int32)  # (C, H, W) -> (C*H*W, T), C-major"
+        )
     else:
-        frames = ("frames = x.transpose(3, 2, 1, 0).astype(np.int32)           # (T, C, H, W) counts -> (W, H, C, T)"
-                  if events else
-                  "frames = np.repeat(x.transpose(2, 1, 0)[..., None], T, axis=-1).astype(np.int32)  # (C, H, W) -> (W, H, C, T)")
+        frames = (
+            "frames = x.transpose(3, 2, 1, 0).astype(np.int32)           # (T, C, H, W) counts -> (W, H, C, T)"
+            if events
+            else "frames = np.repeat(x.transpose(2, 1, 0)[..., None], T, axis=-1).astype(np.int32)  # (C, H, W) -> (W, H, C, T)"
+        )
     return f"""import numpy as np
 from lava.lib.dl import netx
 from lava.magma.core.run_conditions import RunSteps
@@ -362,7 +422,7 @@ from lava.proc.io.sink import RingBuffer as Sink
 from lava.proc.io.source import RingBuffer as Source
 
 T = {T}
-x = np.load("{EXAMPLE}")                  # one input, uint8 {'event counts (T, C, H, W)' if events else 'pixels (C, H, W)'}
+x = np.load("{EXAMPLE}")                  # one input, uint8 {"event counts (T, C, H, W)" if events else "pixels (C, H, W)"}
 {frames}
 net = netx.hdf5.Network(net_config="{FILE}", input_message_bits={INPUT_MESSAGE_BITS})
 source = Source(data=frames)              # graded 8-bit spikes, one frame per step
@@ -380,12 +440,22 @@ def readme(manifest: Mapping[str, Any]) -> str:
     rows = []
     for rec in manifest["layers"]:
         nrn = rec["neuron"]
-        vth = nrn["vThMant"] if isinstance(nrn["vThMant"], int) else f"per channel ({min(nrn['vThMant'])}..{max(nrn['vThMant'])})"
-        sat = "may saturate" if rec.get("saturation_possible") else ("cannot saturate" if "saturation_possible" in rec else "")
-        geometry = (f"{rec['netx_stride'][0]} / {rec['netx_padding'][0]}" if "netx_padding" in rec else "—")
-        rows.append(f"| layer/{rec['netx_layer']} | {rec['name']} | {rec['kind']} | {tuple(rec['netx_weight_shape'])} | "
-                    f"{geometry} | {tuple(rec['output_shape'])} | {rec['pool']}{' (folded)' if rec['pool_folded'] else ''} | "
-                    f"{nrn['vDecay']} | {vth} | {sat} |")
+        vth = (
+            nrn["vThMant"]
+            if isinstance(nrn["vThMant"], int)
+            else f"per channel ({min(nrn['vThMant'])}..{max(nrn['vThMant'])})"
+        )
+        sat = (
+            "may saturate"
+            if rec.get("saturation_possible")
+            else ("cannot saturate" if "saturation_possible" in rec else "")
+        )
+        geometry = f"{rec['netx_stride'][0]} / {rec['netx_padding'][0]}" if "netx_padding" in rec else "—"
+        rows.append(
+            f"| layer/{rec['netx_layer']} | {rec['name']} | {rec['kind']} | {tuple(rec['netx_weight_shape'])} | "
+            f"{geometry} | {tuple(rec['output_shape'])} | {rec['pool']}{' (folded)' if rec['pool_folded'] else ''} | "
+            f"{nrn['vDecay']} | {vth} | {sat} |"
+        )
     notes = "\n".join(f"- {n}" for n in manifest["notes"])
     classes = manifest["network"].get("classes", [])
     versions = ", ".join(f"{k} {v}" for k, v in manifest["lava"]["checked_with"].items())
@@ -393,9 +463,9 @@ def readme(manifest: Mapping[str, Any]) -> str:
 
 `network.net` is an HDF5 file in lava-dl's `netx` format. Stock Lava ({versions}, Python 3.10)
 runs it with `Loihi2SimCfg(select_tag="fixed_pt")` and computes exactly what
-`qsnn-sim --profile {manifest['profile']['name']}` computes: the same spikes on every layer at every
-step (checked in qsnn's test suite and by `make lava-check`). T = {manifest['network']['num_steps']}
-steps per input; the class is the output neuron that spiked most (first index on ties){': ' + ', '.join(map(str, classes)) if classes else ''}.
+`qsnn-sim --profile {manifest["profile"]["name"]}` computes: the same spikes on every layer at every
+step (checked in qsnn's test suite and by `make lava-check`). T = {manifest["network"]["num_steps"]}
+steps per input; the class is the output neuron that spiked most (first index on ties){": " + ", ".join(map(str, classes)) if classes else ""}.
 
 ## Run it
 
@@ -404,7 +474,7 @@ In a Python 3.10 environment with `pip install lava-nc==0.10.0 lava-dl==0.6.0`, 
 ```python
 {snippet(manifest)}```
 
-`{EXAMPLE}` holds {manifest['example_input']['what']}; put your own input there (same shape and
+`{EXAMPLE}` holds {manifest["example_input"]["what"]}; put your own input there (same shape and
 dtype) to classify it. The input layer (`layer/0`) has no neuron, so `input_message_bits=8` sends the
 uint8 values straight to the first layer's synapses as graded spikes.
 

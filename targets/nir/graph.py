@@ -107,15 +107,32 @@ class Flavor:
     scalar_neurons: bool = False
 
 
-FLAVORS: dict[str, Flavor] = {f.name: f for f in (
-    Flavor("standard", "snnTorch 1.0 snntorch.import_nir.import_from_nir(graph); spikingjelly 2.0 "
-                       "spikingjelly.activation_based.nir_exchange.import_from_nir(graph); Norse 1.1 "
-                       "norse.torch.from_nir(graph, dt=1e-4); nirtorch 2.x nir_to_torch"),
-    Flavor("spyx", "Spyx 1.0 spyx.nir.from_nir(graph, x, dt=1e-4) (JAX, channels-last)", input_gain="r",
-           dense_order="hwc"),
-    Flavor("sinabs", "Sinabs 3.1.3 sinabs.from_nir(graph, batch_size=N) with nir 1.0.4 (τ in steps)",
-           input_gain="r", tau="exp", dt=1.0, v_reset=False, scalar_neurons=True),
-)}
+FLAVORS: dict[str, Flavor] = {
+    f.name: f
+    for f in (
+        Flavor(
+            "standard",
+            "snnTorch 1.0 snntorch.import_nir.import_from_nir(graph); spikingjelly 2.0 "
+            "spikingjelly.activation_based.nir_exchange.import_from_nir(graph); Norse 1.1 "
+            "norse.torch.from_nir(graph, dt=1e-4); nirtorch 2.x nir_to_torch",
+        ),
+        Flavor(
+            "spyx",
+            "Spyx 1.0 spyx.nir.from_nir(graph, x, dt=1e-4) (JAX, channels-last)",
+            input_gain="r",
+            dense_order="hwc",
+        ),
+        Flavor(
+            "sinabs",
+            "Sinabs 3.1.3 sinabs.from_nir(graph, batch_size=N) with nir 1.0.4 (τ in steps)",
+            input_gain="r",
+            tau="exp",
+            dt=1.0,
+            v_reset=False,
+            scalar_neurons=True,
+        ),
+    )
+}
 DEFAULT_FLAVOR = "standard"
 
 
@@ -144,29 +161,47 @@ def differences(net: IntegerNetwork, flavor: Flavor | None = None) -> list[str]:
     p = net.profile
     out = []
     if p.reset == "subtract":
-        out.append("reset: NIR's LIF resets the membrane to v_reset = 0 right after a spike (zero reset); the "
-                   "integer network subtracts its threshold, one step later (reset='subtract', delayed reset)")
+        out.append(
+            "reset: NIR's LIF resets the membrane to v_reset = 0 right after a spike (zero reset); the "
+            "integer network subtracts its threshold, one step later (reset='subtract', delayed reset)"
+        )
     else:
-        out.append("reset: NIR's LIF resets to v_reset = 0 in the same step as the spike; the integer network "
-                   "clears the membrane before the next step's input (the same spikes)")
-    out.append("integer grid: NIR is real-valued; the chip floors the leak product"
-               + (" and the right-shifted current (negative current shift)" if any(l.current_shift < 0 for l in net.layers) else "")
-               + f", and {'saturates' if p.overflow == 'saturate' else 'wraps'} the membrane at {p.membrane_bits} bits")
+        out.append(
+            "reset: NIR's LIF resets to v_reset = 0 in the same step as the spike; the integer network "
+            "clears the membrane before the next step's input (the same spikes)"
+        )
+    out.append(
+        "integer grid: NIR is real-valued; the chip floors the leak product"
+        + (
+            " and the right-shifted current (negative current shift)"
+            if any(l.current_shift < 0 for l in net.layers)
+            else ""
+        )
+        + f", and {'saturates' if p.overflow == 'saturate' else 'wraps'} the membrane at {p.membrane_bits} bits"
+    )
     if p.synaptic_delay:
-        out.append(f"synaptic delay: the chip delivers spikes {p.synaptic_delay} step(s) later per layer; NIR "
-                   "edges have no delay here")
+        out.append(
+            f"synaptic delay: the chip delivers spikes {p.synaptic_delay} step(s) later per layer; NIR "
+            "edges have no delay here"
+        )
     if flavor.tau == "exp":
-        out.append(f"time: tau is in steps (dt = {flavor.dt:g}) for an exponential leak, tau = -1/ln(beta), "
-                   f"r = 1 (Sinabs' convention)")
+        out.append(
+            f"time: tau is in steps (dt = {flavor.dt:g}) for an exponential leak, tau = -1/ln(beta), "
+            f"r = 1 (Sinabs' convention)"
+        )
     else:
         gain = "r = 1, the synapse carries 1/(1-beta)" if flavor.input_gain == "weights" else "r = tau/dt"
         out.append(f"time: LIF parameters assume forward Euler with dt = {flavor.dt:g}: tau = dt/(1-beta), {gain}")
     if any(layer.kind == "conv" and layer.pool > 1 for layer in net.layers):
-        out.append("pooling: the chip's p x p sum-pooling of the current is folded into the convolution (a conv of "
-                   "kernel k and stride s: kernel k+s(p-1), stride s*p, same padding), exact in real arithmetic")
+        out.append(
+            "pooling: the chip's p x p sum-pooling of the current is folded into the convolution (a conv of "
+            "kernel k and stride s: kernel k+s(p-1), stride s*p, same padding), exact in real arithmetic"
+        )
     if flavor.dense_order == "hwc":
-        out.append("dense weights: columns in (H, W, C) order, the flatten order of a channels-last runtime (Spyx); "
-                   "other NIR importers need the standard flavour")
+        out.append(
+            "dense weights: columns in (H, W, C) order, the flatten order of a channels-last runtime (Spyx); "
+            "other NIR importers need the standard flavour"
+        )
     out.append("input: the graph takes the raw integer input (uint8 pixels 0..255, or event counts) at every step")
     return out
 
@@ -210,13 +245,16 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         out_shape = layer.output_shape(shape)
         beta = beta_of(net, layer)
         theta = np.asarray(layer.threshold, dtype=np.int64)
-        norm = np.where(theta > 0, theta, 1).astype(np.float64)           # θ_c, or 1 for θ_c = 0
+        norm = np.where(theta > 0, theta, 1).astype(np.float64)  # θ_c, or 1 for θ_c = 0
         gain = 2.0 ** (int(layer.current_shift) + int(layer.weight_exp))
         in_gain = _input_gain(beta, fl)
-        w = (fold_pool(layer.weight, layer.pool, stride=layer.stride) if layer.kind == "conv"
-             else np.asarray(layer.weight, dtype=np.int64))
+        w = (
+            fold_pool(layer.weight, layer.pool, stride=layer.stride)
+            if layer.kind == "conv"
+            else np.asarray(layer.weight, dtype=np.int64)
+        )
         w = w.astype(np.float64)
-        per_channel = (gain * in_gain / norm)
+        per_channel = gain * in_gain / norm
         w_eff = w * per_channel.reshape((-1,) + (1,) * (w.ndim - 1))
         b_eff = np.asarray(layer.bias, dtype=np.float64) * in_gain / norm
         names: dict[str, str] = {}
@@ -224,16 +262,24 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         if layer.kind == "conv":
             names["synapse"] = base
             stride, pad = int(layer.stride) * int(layer.pool), int(layer.padding)
-            nodes[base] = nir.Conv2d(input_shape=(int(shape[1]), int(shape[2])), weight=w_eff, stride=(stride, stride),
-                                     padding=(pad, pad), dilation=1, groups=1, bias=b_eff)
+            nodes[base] = nir.Conv2d(
+                input_shape=(int(shape[1]), int(shape[2])),
+                weight=w_eff,
+                stride=(stride, stride),
+                padding=(pad, pad),
+                dilation=1,
+                groups=1,
+                bias=b_eff,
+            )
             edges.append((prev, base))
             prev = base
         else:
             if len(shape) > 1:
                 names["flatten"] = f"{base}_flatten"
                 # −len(shape)..−1: the whole sample, whether or not the importer's tensors carry a batch axis
-                nodes[names["flatten"]] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=-len(shape),
-                                                      end_dim=-1)
+                nodes[names["flatten"]] = nir.Flatten(
+                    input_type={"input": np.array(shape)}, start_dim=-len(shape), end_dim=-1
+                )
                 edges.append((prev, names["flatten"]))
                 prev = names["flatten"]
                 if fl.dense_order == "hwc" and len(shape) == 3:
@@ -246,8 +292,9 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         names["neuron"] = f"{base}_lif"
         pshape = (1,) if fl.scalar_neurons else out_shape
         ones = np.ones(pshape, dtype=np.float64)
-        v_thr = ones * ((theta / norm)[0] if fl.scalar_neurons else
-                        (theta / norm).reshape((-1,) + (1,) * (len(out_shape) - 1)))
+        v_thr = ones * (
+            (theta / norm)[0] if fl.scalar_neurons else (theta / norm).reshape((-1,) + (1,) * (len(out_shape) - 1))
+        )
         reset = {"v_reset": np.zeros_like(ones)} if fl.v_reset else {}
         if beta >= 1.0:
             nodes[names["neuron"]] = nir.IF(r=ones / fl.dt, v_threshold=v_thr, **reset)
@@ -255,25 +302,46 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         else:
             tau = tau_of(beta, fl)
             r = 1.0 if fl.input_gain == "weights" or fl.tau == "exp" else tau / fl.dt
-            nodes[names["neuron"]] = nir.LIF(tau=ones * tau, r=ones * r, v_leak=np.zeros_like(ones),
-                                             v_threshold=v_thr, **reset)
+            nodes[names["neuron"]] = nir.LIF(
+                tau=ones * tau, r=ones * r, v_leak=np.zeros_like(ones), v_threshold=v_thr, **reset
+            )
         edges.append((prev, names["neuron"]))
         prev = names["neuron"]
-        records.append({
-            "name": layer.name, "kind": layer.kind, "nodes": names, "weight_shape": list(layer.weight.shape),
-            "pool": int(layer.pool), "stride": int(layer.stride), "padding": int(layer.padding),
-            "current_shift": int(layer.current_shift), "weight_exp": int(layer.weight_exp),
-            "decay": int(layer.leak_const), "beta": beta, "tau": tau, "input_gain": in_gain,
-            "threshold": theta.tolist(), "bias": np.asarray(layer.bias, dtype=np.int64).tolist(),
-            "normaliser": norm.astype(np.int64).tolist(), "synapse_gain": gain, "dense_order": order,
-            "flatten_shape": list(shape) if order == "hwc" else None,
-            "scale": [float(s) for s in np.asarray(layer.scale, dtype=np.float64)],
-        })
+        records.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "nodes": names,
+                "weight_shape": list(layer.weight.shape),
+                "pool": int(layer.pool),
+                "stride": int(layer.stride),
+                "padding": int(layer.padding),
+                "current_shift": int(layer.current_shift),
+                "weight_exp": int(layer.weight_exp),
+                "decay": int(layer.leak_const),
+                "beta": beta,
+                "tau": tau,
+                "input_gain": in_gain,
+                "threshold": theta.tolist(),
+                "bias": np.asarray(layer.bias, dtype=np.int64).tolist(),
+                "normaliser": norm.astype(np.int64).tolist(),
+                "synapse_gain": gain,
+                "dense_order": order,
+                "flatten_shape": list(shape) if order == "hwc" else None,
+                "scale": [float(s) for s in np.asarray(layer.scale, dtype=np.float64)],
+            }
+        )
         shape = out_shape
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     edges.append((prev, "output"))
-    qsnn = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION, "flavor": fl.name,
-            "profile": net.profile.to_dict(), "network": network_record(net), "layers": records}
+    qsnn = {
+        "format": GRAPH_FORMAT,
+        "format_version": GRAPH_FORMAT_VERSION,
+        "flavor": fl.name,
+        "profile": net.profile.to_dict(),
+        "network": network_record(net),
+        "layers": records,
+    }
     metadata = {
         "qsnn": json.dumps(to_jsonable(qsnn)),
         "qsnn_format": GRAPH_FORMAT,
@@ -281,11 +349,14 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
         "qsnn_consumers": fl.consumers,
         "dt": fl.dt,
         "qsnn_dt": fl.dt,
-        "time_discretisation": ("exponential: v <- exp(-dt/tau) v + r I" if fl.tau == "exp"
-                                else "forward Euler: v <- (1 - dt/tau) v + (dt/tau) r I"),
+        "time_discretisation": (
+            "exponential: v <- exp(-dt/tau) v + r I"
+            if fl.tau == "exp"
+            else "forward Euler: v <- (1 - dt/tau) v + (dt/tau) r I"
+        ),
         "reset": "zero (v_reset = 0, right after the spike)",
-        "qsnn_reset": f"{net.profile.reset}" + (" (delayed: theta is subtracted one step after the spike)"
-                                                 if net.profile.reset == "subtract" else ""),
+        "qsnn_reset": f"{net.profile.reset}"
+        + (" (delayed: theta is subtracted one step after the spike)" if net.profile.reset == "subtract" else ""),
         "nir_reset": "zero (v_reset = 0, right after the spike)",
         "qsnn_membrane_units": "per channel, membrane / theta_c (every v_threshold is 1); real value = v * theta_c * scale_c",
         "qsnn_differences": "; ".join(differences(net, fl)),
@@ -302,14 +373,20 @@ def check(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR) -> None:
     for i, layer in enumerate(net.layers, start=1):
         beta = beta_of(net, layer)
         if not 0.0 <= beta <= 1.0:
-            raise ProfileError(f"nir: layer {i} ({layer.name}): leak factor beta={beta} outside [0, 1] "
-                               f"(leak constant {layer.leak_const}); NIR's LIF needs 0 <= beta <= 1")
+            raise ProfileError(
+                f"nir: layer {i} ({layer.name}): leak factor beta={beta} outside [0, 1] "
+                f"(leak constant {layer.leak_const}); NIR's LIF needs 0 <= beta <= 1"
+            )
         if fl.tau == "exp" and beta <= 0.0:
-            raise ProfileError(f"nir: layer {i} ({layer.name}): beta = 0 has no time constant for an exponential "
-                               f"leak (flavour {fl.name}); use the standard flavour")
+            raise ProfileError(
+                f"nir: layer {i} ({layer.name}): beta = 0 has no time constant for an exponential "
+                f"leak (flavour {fl.name}); use the standard flavour"
+            )
         if fl.scalar_neurons and np.any(np.asarray(layer.threshold) <= 0):
-            raise ProfileError(f"nir: layer {i} ({layer.name}): a channel with threshold 0 needs per-neuron "
-                               f"thresholds, which flavour {fl.name} does not write; use the standard flavour")
+            raise ProfileError(
+                f"nir: layer {i} ({layer.name}): a channel with threshold 0 needs per-neuron "
+                f"thresholds, which flavour {fl.name} does not write; use the standard flavour"
+            )
 
 
 def _strip_v_reset(path: Path) -> None:
@@ -317,6 +394,7 @@ def _strip_v_reset(path: Path) -> None:
     import h5py
 
     with h5py.File(path, "r+") as f:
+
         def visit(group):
             for key in list(group.keys()):
                 item = group[key]
@@ -324,6 +402,7 @@ def _strip_v_reset(path: Path) -> None:
                     visit(item)
                 elif key == "v_reset" and "type" in group and np.all(np.asarray(item[()]) == 0):
                     del group[key]
+
         visit(f)
 
 
@@ -335,20 +414,38 @@ def write(net: IntegerNetwork, folder: Path, flavor: str = DEFAULT_FLAVOR) -> di
     nir.write(folder / FILE, graph)
     if not fl.v_reset:
         _strip_v_reset(folder / FILE)
-    layers = [{"nodes": r["nodes"], "beta": r["beta"], "tau": r["tau"], "synapse_gain": r["synapse_gain"],
-               "input_gain": r["input_gain"], "normaliser": r["normaliser"], "dense_order": r["dense_order"]}
-              for r in records]
+    layers = [
+        {
+            "nodes": r["nodes"],
+            "beta": r["beta"],
+            "tau": r["tau"],
+            "synapse_gain": r["synapse_gain"],
+            "input_gain": r["input_gain"],
+            "normaliser": r["normaliser"],
+            "dense_order": r["dense_order"],
+        }
+        for r in records
+    ]
     return {
         "options": {"flavor": fl.name},
         "layers": layers,
         "files_by_role": {"graph": FILE},
-        "nir": {"flavor": fl.name, "consumers": fl.consumers, "dt": fl.dt, "tau": fl.tau,
-                "input_gain": fl.input_gain, "dense_order": fl.dense_order,
-                "nir_version": getattr(nir, "version", None), "reset": "zero (NIR LIF)",
-                "qsnn_reset": net.profile.reset},
+        "nir": {
+            "flavor": fl.name,
+            "consumers": fl.consumers,
+            "dt": fl.dt,
+            "tau": fl.tau,
+            "input_gain": fl.input_gain,
+            "dense_order": fl.dense_order,
+            "nir_version": getattr(nir, "version", None),
+            "reset": "zero (NIR LIF)",
+            "qsnn_reset": net.profile.reset,
+        },
         "differences": differences(net, fl),
-        "notes": ["The exact integers (thresholds, biases, leak constants, shifts, profile) are in the graph "
-                  "metadata key 'qsnn' (JSON); qsnn reads the network back bit-exactly from network.nir."],
+        "notes": [
+            "The exact integers (thresholds, biases, leak constants, shifts, profile) are in the graph "
+            "metadata key 'qsnn' (JSON); qsnn reads the network back bit-exactly from network.nir."
+        ],
     }
 
 
@@ -358,17 +455,21 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
 
     path = folder / FILE if folder.is_dir() else folder
     try:
-        graph = nir.read(path, type_check=False)   # the sinabs flavour does not type-check; read() checks the rest
-    except (OSError, *PARSE_ERRORS) as exc:      # h5py and nir raise many kinds
+        graph = nir.read(path, type_check=False)  # the sinabs flavour does not type-check; read() checks the rest
+    except (OSError, *PARSE_ERRORS) as exc:  # h5py and nir raise many kinds
         raise ExportError(f"{path}: not a readable NIR file ({exc})") from None
     raw = graph.metadata.get("qsnn")
     if raw is None:
-        raise ExportError(f"{path}: a NIR graph without qsnn metadata; qsnn can only read graphs it wrote "
-                          f"(the integers are in the metadata key 'qsnn')")
+        raise ExportError(
+            f"{path}: a NIR graph without qsnn metadata; qsnn can only read graphs it wrote "
+            f"(the integers are in the metadata key 'qsnn')"
+        )
     meta = json.loads(raw if isinstance(raw, str) else raw.decode())
     if meta.get("format") != GRAPH_FORMAT or meta.get("format_version") != GRAPH_FORMAT_VERSION:
-        raise ExportError(f"{path}: qsnn NIR metadata of format {meta.get('format')!r} "
-                          f"v{meta.get('format_version')!r}, expected {GRAPH_FORMAT!r} v{GRAPH_FORMAT_VERSION}")
+        raise ExportError(
+            f"{path}: qsnn NIR metadata of format {meta.get('format')!r} "
+            f"v{meta.get('format_version')!r}, expected {GRAPH_FORMAT!r} v{GRAPH_FORMAT_VERSION}"
+        )
     layers = []
     for rec in meta["layers"]:
         names = rec["nodes"]
@@ -391,31 +492,45 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
             raise ExportError(f"{path}: the weights of node {names['synapse']} are not the integers qsnn wrote")
         stride, padding = int(rec.get("stride", 1)), int(rec.get("padding", 0))
         try:
-            weight = (unfold_pool(folded.astype(np.int64), int(rec["pool"]), stride=stride) if rec["kind"] == "conv"
-                      else folded)
+            weight = (
+                unfold_pool(folded.astype(np.int64), int(rec["pool"]), stride=stride)
+                if rec["kind"] == "conv"
+                else folded
+            )
         except ValueError:
             raise ExportError(f"{path}: the kernel of node {names['synapse']} is not a pooled qsnn kernel") from None
         if weight.shape != tuple(rec["weight_shape"]):
-            raise ExportError(f"{path}: node {names['synapse']} has weights {weight.shape}, "
-                              f"expected {tuple(rec['weight_shape'])}")
+            raise ExportError(
+                f"{path}: node {names['synapse']} has weights {weight.shape}, expected {tuple(rec['weight_shape'])}"
+            )
         if rec["kind"] == "conv":
             want = stride * int(rec["pool"])
             got_stride = np.broadcast_to(np.asarray(syn.stride).reshape(-1), (2,)).tolist()
             got_pad = np.broadcast_to(np.asarray(syn.padding).reshape(-1), (2,)).tolist()
             if got_stride != [want, want] or got_pad != [padding, padding]:
-                raise ExportError(f"{path}: node {names['synapse']} has stride {got_stride} and padding {got_pad}, "
-                                  f"expected {[want] * 2} (stride {stride} × pool {rec['pool']}) and {[padding] * 2}")
+                raise ExportError(
+                    f"{path}: node {names['synapse']} has stride {got_stride} and padding {got_pad}, "
+                    f"expected {[want] * 2} (stride {stride} × pool {rec['pool']}) and {[padding] * 2}"
+                )
         theta = np.asarray(rec["threshold"], dtype=np.int64)
         bias = np.asarray(rec["bias"], dtype=np.int64)
         v_thr = np.asarray(neuron.v_threshold, dtype=np.float64)
-        thr_nodes = (np.broadcast_to(v_thr.reshape(-1)[:1], (len(theta), 1)) if v_thr.size == 1
-                     else v_thr.reshape(len(theta), -1)) * norm[:, None]
+        thr_nodes = (
+            np.broadcast_to(v_thr.reshape(-1)[:1], (len(theta), 1))
+            if v_thr.size == 1
+            else v_thr.reshape(len(theta), -1)
+        ) * norm[:, None]
         bias_nodes = np.asarray(syn.bias, dtype=np.float64) * norm / float(rec["input_gain"])
-        if not (np.allclose(thr_nodes, theta[:, None], rtol=1e-9, atol=1e-9)
-                and np.allclose(bias_nodes, bias, rtol=1e-9, atol=1e-6)):
+        if not (
+            np.allclose(thr_nodes, theta[:, None], rtol=1e-9, atol=1e-9)
+            and np.allclose(bias_nodes, bias, rtol=1e-9, atol=1e-6)
+        ):
             raise ExportError(f"{path}: thresholds or biases of layer {rec['name']} differ from the recorded integers")
-        layers.append(layer_from_parts(rec, weight.astype(np.int64), theta, bias, int(rec["decay"]),
-                                       stride=stride, padding=padding))
+        layers.append(
+            layer_from_parts(
+                rec, weight.astype(np.int64), theta, bias, int(rec["decay"]), stride=stride, padding=padding
+            )
+        )
     return network_from_parts({"profile": meta["profile"], "network": meta["network"]}, layers)
 
 
@@ -428,20 +543,25 @@ def readme(manifest: Mapping[str, Any]) -> str:
         rows.append(f"| {rec['index']} | {rec['name']} | {nodes} | {tuple(rec['output_shape'])} | {rec['beta']:.6g} |")
     diffs = "\n".join(f"- {d}" for d in manifest["differences"])
     if fl.tau == "exp":
-        neuron = ("NIR `LIF`, τ = −1/ln β in steps, r = 1, v_leak = 0, one-element parameter arrays; Sinabs' "
-                  "exponential leak exp(−1/τ) gives v_t = β·v_(t−1) + I_t")
+        neuron = (
+            "NIR `LIF`, τ = −1/ln β in steps, r = 1, v_leak = 0, one-element parameter arrays; Sinabs' "
+            "exponential leak exp(−1/τ) gives v_t = β·v_(t−1) + I_t"
+        )
     elif fl.input_gain == "weights":
-        neuron = (f"NIR `LIF`, τ = dt/(1−β), r = 1, v_leak = 0, v_reset = 0, dt = {fl.dt:g}: forward Euler "
-                  f"gives v_t = β·v_(t−1) + (1−β)·I_t, and the synapse's 1/(1−β) makes it β·v_(t−1) + W·x")
+        neuron = (
+            f"NIR `LIF`, τ = dt/(1−β), r = 1, v_leak = 0, v_reset = 0, dt = {fl.dt:g}: forward Euler "
+            f"gives v_t = β·v_(t−1) + (1−β)·I_t, and the synapse's 1/(1−β) makes it β·v_(t−1) + W·x"
+        )
     else:
-        neuron = (f"NIR `LIF`, τ = dt/(1−β), r = τ/dt, v_leak = 0, dt = {fl.dt:g}: forward Euler gives "
-                  f"v_t = β·v_(t−1) + I_t")
+        neuron = (
+            f"NIR `LIF`, τ = dt/(1−β), r = τ/dt, v_leak = 0, dt = {fl.dt:g}: forward Euler gives v_t = β·v_(t−1) + I_t"
+        )
     return f"""# qsnn NIR graph (flavour `{fl.name}`)
 
 `network.nir` is the network as a [NIR](https://neuroir.org) graph (HDF5), readable with
 `nir.read("network.nir")`. Importers that run this file as it is: {fl.consumers}.
-It was compiled from a qsnn integer network (profile `{manifest['profile']['name']}`), T =
-{manifest['network']['num_steps']} steps per input; the class is the output neuron that spiked most.
+It was compiled from a qsnn integer network (profile `{manifest["profile"]["name"]}`), T =
+{manifest["network"]["num_steps"]} steps per input; the class is the output neuron that spiked most.
 Time step: dt = {fl.dt:g} (graph metadata `dt`); reset: NIR's zero reset (metadata `reset`).
 
 ## Graph
@@ -453,11 +573,11 @@ Time step: dt = {fl.dt:g} (graph metadata `dt`); reset: NIR's zero reset (metada
 - Synapses: a convolution of stride s and padding pad followed by the chip's P×P sum-pooling is one
   `Conv2d` of stride s·P and padding pad whose kernel is the pooled kernel
   W'[a, b] = Σ_(i,j<P) W[a−s·i, b−s·j]; weights = W'·2^(shift+exp)/θ_c and
-  bias = b_c/θ_c per output channel c{' (times 1/(1−β), see neurons)' if fl.input_gain == 'weights' and fl.tau == 'euler' else ''},
+  bias = b_c/θ_c per output channel c{" (times 1/(1−β), see neurons)" if fl.input_gain == "weights" and fl.tau == "euler" else ""},
   so every LIF threshold is 1 and the membrane is in units of the channel's threshold (real
   membrane = v · θ_c · scale_c; scale_c in `manifest.json`).
 - Flatten: `start_dim = −3, end_dim = −1` (the whole sample, with or without a batch axis);
-  dense weights in {'(H, W, C) order for a channels-last runtime' if fl.dense_order == 'hwc' else '(C, H, W) order'}.
+  dense weights in {"(H, W, C) order for a channels-last runtime" if fl.dense_order == "hwc" else "(C, H, W) order"}.
 - Neurons: {neuron}.
 - Input: the raw integer input (uint8 pixels 0..255) at every step.
 

@@ -38,10 +38,18 @@ HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "run_consumer.py"
 #: consumer → (NIR flavour, venv name or None for the main environment, how to call it, subtract option)
 CONSUMERS: dict[str, tuple[str, str | None, str, str]] = {
-    "snntorch": ("standard", None, "snntorch.import_nir.import_from_nir(nir.read(f))",
-                 'Leaky reset_mechanism="subtract", reset_delay=True'),
-    "spikingjelly": ("standard", None, "spikingjelly.activation_based.nir_exchange.import_from_nir(f)",
-                     "LIFNode v_reset=None (soft reset)"),
+    "snntorch": (
+        "standard",
+        None,
+        "snntorch.import_nir.import_from_nir(nir.read(f))",
+        'Leaky reset_mechanism="subtract", reset_delay=True',
+    ),
+    "spikingjelly": (
+        "standard",
+        None,
+        "spikingjelly.activation_based.nir_exchange.import_from_nir(f)",
+        "LIFNode v_reset=None (soft reset)",
+    ),
     "norse": ("standard", None, "norse.torch.from_nir(nir.read(f), dt=1e-4)", "LIFBox reset_subtract"),
     "spyx": ("spyx", "spyx", "spyx.nir.from_nir(nir.read(f), x, dt=1e-4)", "built in (LIF subtracts θ)"),
     "sinabs": ("sinabs", "sinabs", "sinabs.from_nir(nir.read(f), batch_size=N)", "built in (MembraneSubtract)"),
@@ -53,7 +61,7 @@ SEMANTICS: dict[str, tuple[tuple[str, str, bool], tuple[str, str, bool]]] = {
     "spikingjelly": (("zero", ">=", False), ("subtract", ">=", False)),
     "norse": (("zero", ">", False), ("subtract", ">", False)),
     "spyx": (("subtract-delayed", ">", True), ("subtract-delayed", ">", True)),
-    "sinabs": (("subtract", "multi", False), ("subtract", "multi", False)),   # MultiSpike: ⌊v/θ⌋ spikes
+    "sinabs": (("subtract", "multi", False), ("subtract", "multi", False)),  # MultiSpike: ⌊v/θ⌋ spikes
 }
 VENV_ROOT = Path(os.environ.get("QSNN_CACHE", Path.home() / ".cache" / "qsnn"))
 
@@ -73,13 +81,14 @@ def python_for(consumer: str) -> Path | None:
     return py if (venv_path(venv) / ".installed").exists() else None
 
 
-def run_consumer(consumer: str, nir_file: Path, x: np.ndarray, T: int, subtract: bool,
-                 python: Path | None = None) -> dict[str, np.ndarray]:
+def run_consumer(
+    consumer: str, nir_file: Path, x: np.ndarray, T: int, subtract: bool, python: Path | None = None
+) -> dict[str, np.ndarray]:
     """Spikes ``z1..`` (T, N, ...) of ``consumer`` running ``nir_file`` in its own interpreter."""
     python = python or python_for(consumer)
     if python is None:
         raise FileNotFoundError(f"{consumer}: no venv at {venv_path(CONSUMERS[consumer][1])}; run `make nir-venvs`")
-    if Path(python) == Path(sys.executable):      # a consumer of the main environment: run it in-process
+    if Path(python) == Path(sys.executable):  # a consumer of the main environment: run it in-process
         sys.path.insert(0, str(HERE))
         import run_consumer as runner
 
@@ -88,7 +97,9 @@ def run_consumer(consumer: str, nir_file: Path, x: np.ndarray, T: int, subtract:
     with tempfile.TemporaryDirectory(prefix=f"nir-{consumer}-") as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(inp, x=x, num_steps=T)
-        cmd = [str(python), str(RUNNER), consumer, str(nir_file), str(inp), str(out)] + (["--subtract"] if subtract else [])
+        cmd = [str(python), str(RUNNER), consumer, str(nir_file), str(inp), str(out)] + (
+            ["--subtract"] if subtract else []
+        )
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "JAX_PLATFORMS": "cpu"}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
@@ -104,13 +115,25 @@ def agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[di
     for key in sorted(ref):
         r, g = ref[key], got.get(key)
         if g is None or g.shape != r.shape:
-            rows.append({"layer": key, "entries": float("nan"), "samples": float("nan"),
-                         "shape": str(None if g is None else g.shape)})
+            rows.append(
+                {
+                    "layer": key,
+                    "entries": float("nan"),
+                    "samples": float("nan"),
+                    "shape": str(None if g is None else g.shape),
+                }
+            )
             continue
         eq = g == r
-        rows.append({"layer": key, "entries": 100.0 * float(eq.mean()),
-                     "samples": 100.0 * float(eq.reshape(eq.shape[0], eq.shape[1], -1).all(axis=(0, 2)).mean()),
-                     "rate_consumer": float(g.mean()), "rate_qsnn": float(r.mean())})
+        rows.append(
+            {
+                "layer": key,
+                "entries": 100.0 * float(eq.mean()),
+                "samples": 100.0 * float(eq.reshape(eq.shape[0], eq.shape[1], -1).all(axis=(0, 2)).mean()),
+                "rate_consumer": float(g.mean()),
+                "rate_qsnn": float(r.mean()),
+            }
+        )
     return rows
 
 
@@ -195,8 +218,7 @@ def compile_fpga(source: Path, workdir: Path):
     return net
 
 
-def check(source: Path, out: Path, images: int = 100, consumers: list[str] | None = None,
-          log=print) -> dict[str, Any]:
+def check(source: Path, out: Path, images: int = 100, consumers: list[str] | None = None, log=print) -> dict[str, Any]:
     from qsnn.data import load_split
     from qsnn.sim.engine import simulate
     from qsnn.targets import write_target
@@ -212,15 +234,26 @@ def check(source: Path, out: Path, images: int = 100, consumers: list[str] | Non
     acc_ours = 100.0 * float(np.mean(ours.predictions == y))
     acc_ours_zero = 100.0 * float(np.mean(ours_zero.predictions == y))
     folders = {}
-    results: dict[str, Any] = {"images": len(x), "num_steps": T, "qsnn_sim_accuracy": acc_ours,
-                               "qsnn_sim_zero_reset_accuracy": acc_ours_zero, "consumers": {}}
+    results: dict[str, Any] = {
+        "images": len(x),
+        "num_steps": T,
+        "qsnn_sim_accuracy": acc_ours,
+        "qsnn_sim_zero_reset_accuracy": acc_ours_zero,
+        "consumers": {},
+    }
     for c in consumers:
         flavor, venv, call, sub_option = CONSUMERS[c]
         if flavor not in folders:
             folders[flavor] = write_target("nir", net, out / f"nir-{flavor}", force=True, flavor=flavor)
         nir_file = folders[flavor] / "network.nir"
-        row: dict[str, Any] = {"flavor": flavor, "call": call, "subtract_option": sub_option,
-                               "file": str(nir_file), "loads_unmodified": False, "runs": False}
+        row: dict[str, Any] = {
+            "flavor": flavor,
+            "call": call,
+            "subtract_option": sub_option,
+            "file": str(nir_file),
+            "loads_unmodified": False,
+            "runs": False,
+        }
         t0 = time.perf_counter()
         try:
             got = run_consumer(c, nir_file, x, T, subtract=False)
@@ -274,7 +307,8 @@ def table(results: dict[str, Any]) -> str:
             f"{_layers(row.get('spikes_vs_qsnn_zero_reset'), 'entries')} | "
             f"{row.get('accuracy_subtract', float('nan')):.1f} | "
             f"{_layers(row.get('spikes_subtract_vs_qsnn'), 'entries')} | "
-            f"{_layers(row.get('spikes_subtract_vs_qsnn'), 'samples')} |")
+            f"{_layers(row.get('spikes_subtract_vs_qsnn'), 'samples')} |"
+        )
     lines += ["", "Calls: " + "; ".join(f"{c}: `{r['call']}`" for c, r in results["consumers"].items())]
     return "\n".join(lines) + "\n"
 

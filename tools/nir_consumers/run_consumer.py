@@ -47,8 +47,11 @@ def _record_spikes(modules: list) -> Callable[[], list[np.ndarray]]:
     """Forward hooks that keep every output of each neuron module; the returned call stacks them (T, ...)."""
     spikes: dict[int, list] = {}
     for i, m in enumerate(modules):
-        m.register_forward_hook(lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
-            (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()))
+        m.register_forward_hook(
+            lambda mod, args, out, i=i: spikes.setdefault(i, []).append(
+                (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()
+            )
+        )
     return lambda: [np.stack(spikes[i]) for i in range(len(modules))]
 
 
@@ -165,7 +168,9 @@ def run_sinabs(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[n
     spikes: dict[int, np.ndarray] = {}
     for i, m in enumerate(cells):
         m.register_forward_hook(lambda mod, args, out, i=i: spikes.__setitem__(i, out.detach().numpy().copy()))
-    xt = torch.from_numpy(np.broadcast_to(x[:, None].astype(np.float32), (n, T, *x.shape[1:])).reshape(n * T, *x.shape[1:]).copy())
+    xt = torch.from_numpy(
+        np.broadcast_to(x[:, None].astype(np.float32), (n, T, *x.shape[1:])).reshape(n * T, *x.shape[1:]).copy()
+    )
     with torch.no_grad():
         module(xt)
     out = []

@@ -49,7 +49,7 @@ def frames_of(inputs: np.ndarray, steps: int, flat: bool = False) -> np.ndarray:
     n, t = x.shape[:2]
     if t != steps:
         raise SystemExit(f"error: the inputs have {t} frames per sample, the network runs T={steps}")
-    if flat:   # (N, T, C, H, W) -> (C·H·W, N, T) -> (C·H·W, N·T), the order of the dense weights' columns
+    if flat:  # (N, T, C, H, W) -> (C·H·W, N, T) -> (C·H·W, N·T), the order of the dense weights' columns
         return np.ascontiguousarray(x.reshape(n, t, -1).transpose(2, 0, 1).reshape(-1, n * t)).astype(np.int32)
     # (N, T, C, H, W) -> (W, H, C, N, T) -> (W, H, C, N·T): Lava's (X, Y, Z) layout, time last
     return np.ascontiguousarray(x.transpose(4, 3, 2, 0, 1).reshape(*x.shape[:1:-1], n * t)).astype(np.int32)
@@ -93,7 +93,7 @@ def run(folder: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
     try:
         for i in range(n):
             t0 = time.perf_counter()
-            if i:   # back to Lava's initial state: membranes and the synapses' one-step buffers at zero
+            if i:  # back to Lava's initial state: membranes and the synapses' one-step buffers at zero
                 for layer in net.layers:
                     neuron = layer.neuron
                     neuron.v.set(np.zeros(neuron.v.shape, dtype=np.int32))
@@ -108,8 +108,10 @@ def run(folder: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
                 got = np.stack([tap.receive() for _ in range(steps)], axis=-1)
                 out[k][:, i] = to_qsnn(got) != 0
             if timing:
-                print(f"input {i}: reset {t1 - t0:.2f} s, run {t2 - t1:.2f} s, read {time.perf_counter() - t2:.2f} s",
-                      file=sys.stderr)
+                print(
+                    f"input {i}: reset {t1 - t0:.2f} s, run {t2 - t1:.2f} s, read {time.perf_counter() - t2:.2f} s",
+                    file=sys.stderr,
+                )
     finally:
         net.stop()
     seconds = time.perf_counter() - start
