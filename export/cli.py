@@ -35,6 +35,7 @@ from qsnn.cli import (
     version_option,
 )
 from qsnn.errors import ExportError, ProfileError
+from qsnn.options import PowerOfTwo
 from qsnn.output_guard import QONNX, Kind, check_outputs, target_folder
 from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
 from qsnn.targets.nir.graph import FLAVORS as NIR_FLAVORS
@@ -294,7 +295,7 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
 )
 @click.option(
     "--lanes",
-    type=int,
+    type=PowerOfTwo(1, 64),
     default=None,
     help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
     "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.",

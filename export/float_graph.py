@@ -299,6 +299,12 @@ class _Graph:
                 attr = next((a for a in node.attribute if a.name == "value"), None)
                 if attr is not None:
                     self.inits[node.output[0]] = numpy_helper.to_array(attr.t)
+        bad = [n for n, a in self.inits.items() if a.dtype.kind in "fc" and not np.all(np.isfinite(a))]
+        if bad:  # a NaN weight would become an arbitrary integer in the cast below
+            raise ExportError(
+                f"{where}: the weights hold NaN or infinity (tensor {', '.join(bad[:4])}); the model it was "
+                "exported from diverged, or the file was edited: export an earlier checkpoint"
+            )
         self.producer = {o: n for n in model.graph.node for o in n.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in model.graph.node:

@@ -51,7 +51,7 @@ from typing import Any
 import onnx
 
 from qsnn.atomic import atomic_write_bytes
-from qsnn.errors import ExportError, damaged_file
+from qsnn.errors import ExportError, damaged_file, not_a_regular_file
 from qsnn.jsonio import to_jsonable
 
 FORMAT = "qsnn-qonnx"
@@ -269,8 +269,9 @@ def load_model(source: Any) -> onnx.ModelProto:
     if hasattr(source, "model") and isinstance(getattr(source, "model"), onnx.ModelProto):
         return source.model
     path = Path(os.fspath(source))
-    if not path.is_file():
-        raise ExportError(f"{path}: no such ONNX file")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise ExportError(f"{path}: {problem}; expected an ONNX file written by qsnn-export")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # DecodeError and friends

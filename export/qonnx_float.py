@@ -530,7 +530,7 @@ def build_float_model(
     """
     checkpoint_path = Path(checkpoint_path)
     data = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(data)
+    model = model_from_checkpoint(data, where=str(checkpoint_path))
     return build_float_from_module(
         model,
         classes=list(data["classes"]),

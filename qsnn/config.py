@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+import numpy as np
 
 from qsnn.arch import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, PAPER_ARCH, Arch, ArchError, parse_arch
 from qsnn.errors import DataError, QsnnError
@@ -39,6 +42,68 @@ DEMO = {
     "cosine_period_epochs": 2.0,
     "batch_size": 64,
 }
+
+
+#: The range of every numeric field: (type, low, low excluded, high, high excluded, the range in words).
+#: ``float`` fields take ints too and must be finite; bools are never numbers here.
+NUMERIC_RULES: dict[str, tuple[type, float | None, bool, float | None, bool, str]] = {
+    "beta": (float, 0.0, False, 1.0, False, "a finite number in [0, 1]"),
+    "threshold": (float, 0.0, True, None, False, "a finite number > 0"),
+    "slope": (float, 0.0, True, None, False, "a finite number > 0"),
+    "synaptic_delay": (int, 0, False, 255, False, "an integer in 0..255, below --steps"),
+    "weight_bits": (int, MIN_WEIGHT_BITS, False, MAX_WEIGHT_BITS, False, f"{MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS}"),
+    "dropout": (float, 0.0, False, 1.0, True, "a finite number in [0, 1)"),
+    "num_steps": (int, 1, False, None, False, "an integer >= 1"),
+    "batch_size": (int, 1, False, None, False, "an integer >= 1"),
+    "subset": (int, 1, False, None, False, "an integer >= 1"),
+    "val_subset": (int, 1, False, None, False, "an integer >= 1"),
+    "test_subset": (int, 1, False, None, False, "an integer >= 1"),
+    "lr": (float, 0.0, True, 1.0, False, "a finite number in (0, 1]: Adam's step size"),
+    "cosine_period_epochs": (float, 0.0, True, None, False, "a finite number of epochs > 0"),
+    "eta_min": (float, 0.0, False, None, False, "a finite number >= 0, below --lr"),
+    "step_epochs": (int, 1, False, None, False, "an integer >= 1"),
+    "gamma": (float, 0.0, True, 1.0, False, "a finite number in (0, 1]"),
+    "loss_patience": (int, 0, False, None, False, "an integer >= 0"),
+    "correct_rate": (float, 0.0, False, 1.0, False, "a finite fraction of T in [0, 1]"),
+    "incorrect_rate": (float, 0.0, False, 1.0, False, "a finite fraction of T in [0, 1]"),
+    "epochs": (int, 1, False, None, False, "an integer >= 1"),
+    "patience": (int, 0, False, None, False, "an integer >= 0"),
+    "seed": (int, 0, False, 2**32 - 1, False, f"an integer in 0..{2**32 - 1}"),
+}
+OPTIONAL_FIELDS = ("subset", "val_subset", "test_subset")
+#: The command-line option of a field, where it is not ``--`` + the field name with dashes.
+OPTION_NAMES = {
+    "num_steps": "--steps",
+    "cosine_period_epochs": "--cosine-period",
+    "synaptic_delay": "synaptic_delay",
+    "correct_rate": "correct_rate",
+    "incorrect_rate": "incorrect_rate",
+    "eta_min": "eta_min",
+}
+
+
+def _option(name: str) -> str:
+    return OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, (str, bool)) or value is None else str(value)
+
+
+def _in_range(value: Any, kind: type, lo, lo_open: bool, hi, hi_open: bool) -> bool:
+    """Whether ``value`` is a number of ``kind`` (a float field takes ints; never a bool) in the range."""
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        if not isinstance(value, (int, np.integer)):
+            return False
+    elif not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        return False
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        return False
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -126,12 +191,8 @@ class TrainConfig:
             problems.append(f"schedule {self.schedule!r} (one of {SCHEDULES})")
         if self.reset not in ("subtract", "zero"):
             problems.append(f"reset {self.reset!r} (subtract or zero)")
-        if not 0 <= self.synaptic_delay < self.num_steps:
-            problems.append(f"synaptic_delay {self.synaptic_delay} (0..num_steps-1)")
         if self.weight_scale not in WEIGHT_SCALES:
             problems.append(f"weight_scale {self.weight_scale!r} (--weight-scale: one of {WEIGHT_SCALES})")
-        if not MIN_WEIGHT_BITS <= self.weight_bits <= MAX_WEIGHT_BITS:
-            problems.append(f"weight_bits {self.weight_bits} (--weight-bits: {MIN_WEIGHT_BITS}..{MAX_WEIGHT_BITS})")
         if self.dataset in PRESET_ROW:
             try:  # "" = the paper's network; any spec is stored in canonical form, checked against the data
                 arch = parse_arch(self.arch or PAPER_ARCH[PRESET_ROW[self.dataset]])
@@ -144,25 +205,49 @@ class TrainConfig:
                 problems.append(f"{exc} (--arch)")
         if self.quant_scale not in QUANT_SCALES:
             problems.append(f"quant_scale {self.quant_scale!r} (one of {QUANT_SCALES})")
-        if not 0.0 <= self.beta <= 1.0:
-            problems.append(f"beta {self.beta} (must be in [0, 1])")
-        if self.threshold <= 0:
-            problems.append(f"threshold {self.threshold} (must be > 0)")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout {self.dropout} (must be in [0, 1))")
-        for name in ("num_steps", "batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} {getattr(self, name)} (must be >= 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            problems.append(f"seed {self.seed} (--seed must be an integer in 0..{2**32 - 1})")
-        if self.lr <= 0:
-            problems.append(f"lr {self.lr} (must be > 0)")
+        problems += self._numeric_problems()
         try:
             self.event_frames()
         except DataError as exc:
             problems.append(str(exc))
         if problems:
             raise QsnnError("invalid training configuration: " + "; ".join(problems))
+
+    def _numeric_problems(self) -> list[str]:
+        """Every numeric field against its range (:data:`NUMERIC_RULES`) and the others (delay < T,
+        eta_min < lr): one entry per problem, naming the command-line option and the range."""
+        problems = []
+        for name, (kind, lo, lo_open, hi, hi_open, what) in NUMERIC_RULES.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_FIELDS:
+                continue
+            if not _in_range(value, kind, lo, lo_open, hi, hi_open):
+                problems.append(f"{_option(name)} {_show(value)} ({what})")
+        betas = self.betas
+        if (
+            not isinstance(betas, (tuple, list))
+            or len(betas) != 2
+            or not all(_in_range(b, float, 0.0, False, 1.0, True) for b in betas)
+        ):
+            problems.append(f"betas {betas!r} (Adam's two betas, each a finite number in [0, 1))")
+        if _in_range(self.num_steps, int, 1, False, None, False) and _in_range(
+            self.synaptic_delay, int, 0, False, None, False
+        ):
+            if self.synaptic_delay >= self.num_steps:
+                problems.append(
+                    f"synaptic_delay {self.synaptic_delay}"
+                    + (f" (of --profile {self.profile})" if self.profile else "")
+                    + f" with --steps {self.num_steps} (the delay per layer "
+                    f"must be below T, 0..{self.num_steps - 1}, or the output layer never receives an input; "
+                    "raise --steps)"
+                )
+        if (
+            _in_range(self.eta_min, float, 0.0, False, None, False)
+            and _in_range(self.lr, float, 0.0, True, None, False)
+            and self.eta_min >= self.lr
+        ):
+            problems.append(f"eta_min {_show(self.eta_min)} with --lr {_show(self.lr)} (eta_min must be below --lr)")
+        return problems
 
     @property
     def quantized(self) -> bool:

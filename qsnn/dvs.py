@@ -133,7 +133,17 @@ def load_frames(
     """
     form, base, searched = find_dvs(data_dir, split)
     if not form:
-        raise MissingDVS(searched)
+        other = "test" if split == "train" else "train"
+        other_form, other_base, _ = find_dvs(data_dir, other)
+        detail = ""
+        if other_form == "tonic":  # one split there, the other not: name the missing folder
+            missing = other_base.parent / DVS_FOLDERS[split]
+            state = "has no user<NN>_<lighting>/<label>.npy recordings" if missing.is_dir() else "does not exist"
+            detail = (
+                f"dvs128: the {split} split is missing: {missing} {state}, while the {other} split is in "
+                f"{other_base}; copy tonic's {DVS_FOLDERS[split]} folder there"
+            )
+        raise MissingDVS(searched, detail)
     cut = frames.test_cut if split == "test" else "first"
     if form == "tonic":
         folder = base
@@ -151,9 +161,10 @@ def load_frames(
 class MissingDVS(DataError):
     """Neither of the DVS128 Gesture forms was found; ``searched`` lists where."""
 
-    def __init__(self, searched: list[str]):
-        super().__init__("dvs128 not found")
+    def __init__(self, searched: list[str], detail: str = ""):
+        super().__init__(detail or "dvs128 not found")
         self.searched = searched
+        self.detail = detail  # when only one split is missing: which folder
 
 
 def _stack(samples: list[np.ndarray], labels: list[int], frames: EventFrames, num_steps: int, cut: str):
@@ -199,10 +210,47 @@ def read_tonic_recording(path: Path) -> np.ndarray:
     t = events[:, 3]
     if len(t) and not np.all(np.isfinite(t)):
         raise DataError(f"{path}: timestamps are not all finite")
+    check_column_order(path, events)
     check_ms_span(path, t)
     out = events.astype(np.float64)
     out[:, 3] = (t * 1000).astype(np.int64)  # ms -> µs, as tonic does (in the file's dtype, truncated)
     return out
+
+
+_COLUMNS = ("x", "y", "p", "t")
+
+
+def check_column_order(path: Path, events: np.ndarray) -> None:
+    """Stop when column 3 of a tonic recording is evidently not the timestamp (sorted, not 0/1), with
+    advice that matches the columns the file has: which column looks like t and like the polarity,
+    and the reordering that gives x, y, p, t."""
+    if len(events) < MIN_EVENTS_FOR_SHORT_SPAN:
+        return  # too few events to tell the columns apart
+    cols = [events[:, k] for k in range(4)]
+    if not all(np.all(np.isfinite(c)) for c in cols):
+        return  # reported by the checks of each field
+    binary = [bool(np.all((c == 0) | (c == 1))) for c in cols]
+    sorted_ = [bool(np.all(np.diff(c) >= 0)) and not b for c, b in zip(cols, binary)]
+    if sorted_[3] or not (binary[3] or any(sorted_[:3])):
+        return  # t in its place, or merely out of order (events_to_frames names the event)
+    roles = []
+    for k in range(4):
+        c = cols[k]
+        lo, hi = float(c.min()), float(c.max())
+        kind = "0/1 values (a polarity?)" if binary[k] else ("sorted (timestamps?)" if sorted_[k] else "")
+        roles.append(f"column {k}: {lo:g}..{hi:g}" + (f", {kind}" if kind else ""))
+    advice = "tonic's DVSGesture layout is x, y, p, t (t in ms, sorted)"
+    t_cols = [k for k in range(4) if sorted_[k]]
+    p_cols = [k for k in range(4) if binary[k] and k not in t_cols]
+    if len(t_cols) == 1 and p_cols:
+        t_col, p_col = t_cols[0], p_cols[-1]
+        xy = [k for k in range(4) if k not in (t_col, p_col)]
+        order = [*xy, p_col, t_col]
+        have = ", ".join(_COLUMNS[order.index(k)] for k in range(4))
+        advice = f"the columns look like {have}; {advice}: reorder them with a = a[:, {order}] and save the array again"
+    else:
+        advice = f"column 3 should hold the timestamps; {advice}"
+    raise DataError(f"{path}: column 3 is not sorted like timestamps ({'; '.join(roles)}): {advice}")
 
 
 def check_ms_span(path: Path, t: np.ndarray) -> None:

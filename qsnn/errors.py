@@ -74,3 +74,31 @@ def damaged_file(where: str, what: str, remedy: str) -> Iterator[None]:
     except PARSE_ERRORS as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise ExportError(f"{where}: damaged or edited {what} ({type(exc).__name__}: {reason}); {remedy}") from None
+
+
+def not_a_regular_file(path) -> str:
+    """Why ``path`` cannot be read as a file (``"does not exist"``, ``"is a folder"``, ``"is a FIFO (named
+    pipe), not a regular file"``, ...), or ``""`` for a regular file. Checked before opening: reading a FIFO
+    blocks, ``/dev/zero`` never ends."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file" if not os.path.lexists(path) else "a symbolic link to nothing (no such file)"
+    except NotADirectoryError:
+        return "no such file (a part of the path is a file, not a folder)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return ""
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is {kind}, not a regular file"

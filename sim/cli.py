@@ -44,7 +44,7 @@ from qsnn.cli import (
     say,
     version_option,
 )
-from qsnn.data import DATASETS, SPLITS, load_split
+from qsnn.data import DATASETS, SPLITS, data_warnings, describe_files, files_line, load_split
 from qsnn.errors import DataError, ProfileError
 from qsnn.events import event_frames_from_metadata
 from qsnn.jsonio import dumps, write_json
@@ -271,6 +271,7 @@ def main(
         },
         "agreement": {},
         "data_source": data.source,
+        "data_files": describe_files(data.files or [data.source]),
         "hardware": rep.hardware_figures(net, result),
         "compile_report": compile_report,
         "timing": {"engine_seconds": seconds, "engine_samples_per_s": len(y) / seconds if seconds else None},
@@ -305,8 +306,9 @@ def main(
     report["timing"]["peak_rss_mb"] = _peak_rss_mb()
     out_layer = report["hardware"]["layers"][-1]
     silent = silent_output_warning(out_layer["spikes_per_inference"], len(y), f"the output layer ({out_layer['name']})")
-    if silent:
-        report["warnings"] = [silent]
+    warnings = data_warnings(data, dataset, split) + ([silent] if silent else [])
+    if warnings:
+        report["warnings"] = warnings
 
     _print_summary(report, result, check_summary)
     if plot_path is not None:
@@ -359,7 +361,7 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
             f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"
             + _encoding_text(report),
         ),
-        ("data read from", report["data_source"]),
+        ("data read from", files_line(report["data_files"]) if report.get("data_files") else report["data_source"]),
         ("accuracy, trained model", fmt(acc["float_model"])),
         ("accuracy, integer sim", fmt(acc["integer_sim"])),
         ("difference (int - float)", "n/a" if acc["difference"] is None else f"{100 * acc['difference']:+.2f} pp"),

@@ -13,8 +13,10 @@ reads them without executing code)::
 
 Writes are atomic (temporary file + rename); reads check the format and the digest and say what is
 wrong. torch's zip container has no checksum of its own, so without the digest a flipped bit in a
-weight would load silently; with it a damaged file is refused. (Checkpoints without a ``digest``,
-written before it existed, are read unchecked.)
+weight would load silently; with it a damaged file is refused. A version-2 checkpoint without a
+``digest`` (written before it existed, or with the digest removed) is refused unless it is read
+unchecked on purpose: ``load_checkpoint(..., unchecked=True)`` or ``QSNN_UNCHECKED_CHECKPOINTS=1``
+in the environment (every command). Version 1 never had a digest and is read unchecked.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import io
 import os
 import platform
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 import qsnn
 from qsnn.atomic import atomic_write_bytes
 from qsnn.config import TrainConfig
-from qsnn.errors import CheckpointError
+from qsnn.errors import CheckpointError, not_a_regular_file
 
 FORMAT = "qsnn-checkpoint"
 FORMAT_VERSION = 2
@@ -49,6 +51,10 @@ _V1_PREFIXES = {
     "lif3.": "neurons.2.",
 }
 REQUIRED = ("config", "model", "input_shape", "classes", "encoding")
+#: Set to 1 to read a version-2 checkpoint that carries no digest (unchecked).
+UNCHECKED_ENV = "QSNN_UNCHECKED_CHECKPOINTS"
+#: The first format version whose checkpoints always carry a digest.
+DIGEST_SINCE = 2
 
 
 def package_versions() -> dict[str, str]:
@@ -120,11 +126,17 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint; raise :class:`CheckpointError` naming the file and the problem."""
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, unchecked: bool | None = None
+) -> dict[str, Any]:
+    """Read and check a checkpoint; raise :class:`CheckpointError` naming the file and the problem.
+
+    ``unchecked`` (default: ``QSNN_UNCHECKED_CHECKPOINTS=1`` in the environment) reads a checkpoint
+    without a digest; a digest that is there is always checked."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file (expected the .pt written by qsnn-train)")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem} (expected the .pt written by qsnn-train)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, not a torch file at all
@@ -140,6 +152,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path}: checkpoint format version {data.get('format_version')} (qsnn {data.get('qsnn_version')}); "
             f"this qsnn ({qsnn.__version__}) reads versions {list(READS_VERSIONS)}: retrain or use the matching qsnn release"
+        )
+    if unchecked is None:
+        unchecked = os.environ.get(UNCHECKED_ENV, "") not in ("", "0")
+    if "digest" not in data and data["format_version"] >= DIGEST_SINCE and not unchecked:
+        raise CheckpointError(
+            f"{path}: this version-{data['format_version']} checkpoint carries no SHA-256 digest (written by an "
+            "older qsnn, or the digest was removed), so a damaged weight would go unnoticed; to read it anyway, "
+            f"unchecked, set {UNCHECKED_ENV}=1"
         )
     if "digest" in data and data["digest"] != content_digest(data):
         raise CheckpointError(
@@ -161,6 +181,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
+def nonfinite_tensors(tensors: Iterable[tuple[str, Any]], layer_names: Sequence[str] = ()) -> list[str]:
+    """The tensors among ``(key, tensor)`` (a state dict's items, a model's named parameters) holding NaN
+    or infinity, each as ``"weights of conv2 (NaN)"``: a key ``synapses.i.*``/``norms.i.*`` is named
+    after layer i (``layer_names``, :func:`qsnn.arch.layer_names`), any other key as it is."""
+    found: dict[str, set[str]] = {}
+    for key, value in tensors:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        if bool(torch.isfinite(value).all()):
+            continue
+        parts = key.split(".")
+        what = key
+        if len(parts) >= 2 and parts[0] in ("synapses", "norms") and parts[1].isdigit():
+            i = int(parts[1])
+            layer = layer_names[i] if i < len(layer_names) else f"layer {i + 1}"
+            kind = "BatchNorm" if parts[0] == "norms" else ("bias" if parts[-1] == "bias" else "weights")
+            what = f"{kind} of {layer}"
+        kinds = found.setdefault(what, set())
+        if bool(torch.isnan(value).any()):
+            kinds.add("NaN")
+        if bool(torch.isinf(value).any()):
+            kinds.add("inf")
+    return [f"{what} ({'/'.join(sorted(kinds))})" for what, kinds in found.items()]
+
+
 def _v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """A version-1 state dict (named layers) with version 2's keys (layer lists)."""
     out = {}
@@ -170,17 +215,37 @@ def _v1_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_from_checkpoint(path_or_data, map_location="cpu"):
-    """Rebuild the trained :class:`~train.model.QSNN` (eval mode) from a checkpoint path or dict."""
+def model_from_checkpoint(path_or_data, map_location="cpu", *, where: str | None = None):
+    """Rebuild the trained :class:`~train.model.QSNN` (eval mode) from a checkpoint path or dict.
+
+    ``where`` names the file in messages when a dict is given (default: the path, or "the checkpoint").
+    Raises :class:`CheckpointError` when the weights do not fit the network of its configuration, or
+    hold NaN or infinity, naming the file and the layers."""
     from .model import QSNN
 
-    data = load_checkpoint(path_or_data, map_location) if not isinstance(path_or_data, dict) else path_or_data
+    is_data = isinstance(path_or_data, dict)
+    where = where or ("the checkpoint" if is_data else str(path_or_data))
+    data = path_or_data if is_data else load_checkpoint(path_or_data, map_location)
     cfg = data["config_obj"]
-    model = QSNN(cfg, tuple(data["input_shape"]), len(data["classes"]))
     try:
-        model.load_state_dict(data["model"])
-    except RuntimeError as exc:
+        model = QSNN(cfg, tuple(data["input_shape"]), len(data["classes"]))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{where}: its input_shape/classes do not fit its network {cfg.arch}: {exc}") from None
+    state = data["model"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{where}: 'model' is a {type(state).__name__}, not a state dict of weights")
+    bad = nonfinite_tensors(state.items(), model.names)
+    if bad:
         raise CheckpointError(
-            f"checkpoint weights do not match the model its config describes: {str(exc)[:200]}"
+            f"{where}: the weights hold NaN or infinity: {', '.join(bad)}; the run diverged before this file "
+            "was written: use an earlier checkpoint, or train again with a lower --lr"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())
+        raise CheckpointError(
+            f"{where}: the weights do not match the network its configuration describes ({cfg.arch}, "
+            f"input {list(data['input_shape'])}, {len(data['classes'])} classes): {reason[:240]}"
         ) from None
     return model.eval()

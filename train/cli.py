@@ -18,7 +18,9 @@ from qsnn.cli import (
     version_option,
 )
 from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, WEIGHT_SCALES, TrainConfig
+from qsnn.data import files_line
 from qsnn.errors import QsnnError
+from qsnn.options import SEED
 from qsnn.output_guard import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
 from qsnn.profiles import PROFILES
 from qsnn.summary import silent_output_warning
@@ -262,10 +264,10 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
     if not is_main_process():  # under torchrun only rank 0 reports
         return
     sources = metrics.get("data_sources") or {}
-    read = sorted(set(sources.values()))
+    read = files_line(metrics["data_files"]) if metrics.get("data_files") else "; ".join(sorted(set(sources.values())))
     print_table(
         [
-            ("data read", "; ".join(read) if read else "-"),
+            ("data read", read or "-"),
             ("run directory", str(out)),
             (
                 "dataset / precision / schedule",
@@ -314,6 +316,8 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
     )
     if silent:
         say(f"warning: {silent}")
+    for warning in metrics.get("data_warnings") or []:
+        say(f"warning: {warning}")
 
 
 def _sqlite_file(storage: str | None) -> str | None:
@@ -386,7 +390,11 @@ def study() -> None:
     help="Comma-separated LR schedules to compare (none, lrstep, lossstep, cosine).",
 )
 @click.option(
-    "--trials", type=int, default=3, show_default=True, help="Runs per precision × schedule, with seeds 0..trials-1."
+    "--trials",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Runs per precision × schedule, with seeds 0..trials-1.",
 )
 @_options_except("dataset", "precision", "schedule", "seed")
 @click.option(
@@ -413,20 +421,20 @@ def study() -> None:
 )
 @click.option(
     "--heartbeat",
-    type=int,
+    type=click.IntRange(min=1),
     default=60,
     show_default=True,
     help="With --storage: seconds between heartbeats of a running cell.",
 )
 @click.option(
     "--grace",
-    type=int,
+    type=click.IntRange(min=1),
     help="With --storage: seconds without a heartbeat after which a cell's worker counts as "
     "dead and the cell is re-queued [default: 2 x heartbeat, at least 120].",
 )
 @click.option(
     "--max-retry",
-    type=int,
+    type=click.IntRange(min=0),
     default=3,
     show_default=True,
     help="With --storage: how often one cell is re-queued after its worker died.",
@@ -437,7 +445,9 @@ def study() -> None:
     help="With --storage: first re-queue the cells whose training raised an error (after fixing its cause).",
 )
 @click.option(
-    "--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25]."
+    "--window",
+    type=click.IntRange(min=1),
+    help="Moving-average window (iterations) of the loss figure [default: iterations/25].",
 )
 @click.option(
     "--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out."
@@ -582,7 +592,9 @@ def _queue_worker(
 @study.command("report")
 @click.argument("out", type=click.Path(file_okay=False, exists=True))
 @click.option(
-    "--window", type=int, help="Moving-average window (iterations) of the loss figure [default: iterations/25]."
+    "--window",
+    type=click.IntRange(min=1),
+    help="Moving-average window (iterations) of the loss figure [default: iterations/25].",
 )
 @debug_option
 @friendly_errors
@@ -611,19 +623,21 @@ def study_report(out, window) -> None:
 )
 @click.option(
     "--trials",
-    type=int,
+    type=click.IntRange(min=1),
     default=50,
     show_default=True,
     help="Total trials of the study, shared by every worker on the same storage.",
 )
-@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs per trial (short trials).")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Epochs per trial (short trials)."
+)
 @click.option(
     "--storage",
     help="Optuna storage URL shared by the workers: sqlite:///FILE, postgresql://user:pw@host/db, "
     "or journal:PATH [default: sqlite:///OUT/tune.db].",
 )
 @click.option("--study-name", help="Study name in the storage [default: DATASET-PRECISION].")
-@click.option("--sampler-seed", type=int, help="Seed of the TPE sampler (give each worker its own, or none).")
+@click.option("--sampler-seed", type=SEED, help="Seed of the TPE sampler (give each worker its own, or none).")
 @click.option(
     "--prune/--no-prune",
     default=True,
@@ -632,7 +646,7 @@ def study_report(out, window) -> None:
 )
 @click.option(
     "--prune-startup",
-    type=int,
+    type=click.IntRange(min=0),
     default=5,
     show_default=True,
     help="Finished trials the median pruner waits for before it prunes.",

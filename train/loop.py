@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 
 from qsnn.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from qsnn.config import TrainConfig
-from qsnn.data import ArraySplit, load_split
+from qsnn.data import ArraySplit, data_warnings, describe_files, load_split
 from qsnn.errors import QsnnError
 from qsnn.output_guard import RUN_FILES
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
 from .data import Batches
 from .distributed import SINGLE, DistContext, rank_seed, shard_batch, shard_bounds, wrap_model
 from .distributed import setup as setup_distributed
@@ -223,6 +223,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     iters: list[dict[str, Any]] = field(default_factory=list)  # one row per minibatch
     start_epoch: int = 0
+    data_warnings: list[str] = field(default_factory=list)  # qsnn.data.data_warnings of every split
 
     @property
     def last(self) -> Path:
@@ -374,6 +375,9 @@ def setup_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         if extending and (run_dir / "metrics.json").exists():
             (run_dir / "metrics.json").unlink()  # the run is not finished any more (study: resume, not skip)
+    warnings = [w for name, split in splits.items() for w in data_warnings(split, cfg.dataset, name)]
+    for warning in warnings:
+        log(f"warning: {warning}")
     train_split = splits["train"]
     batches = Batches(train_split, cfg.batch_size, shuffle=True, generator=generator, device=dev)
     model = QSNN(cfg, train_split.input_shape, len(train_split.classes)).to(dev)
@@ -413,6 +417,7 @@ def setup_run(
         log(
             f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)"
         )
+    run.data_warnings = warnings
     run.net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
     return run
 
@@ -426,7 +431,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     net.train()
     t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
     bar = tqdm(run.batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not run.progress, leave=False, unit="batch")
-    for x, y in bar:
+    for batch, (x, y) in enumerate(bar, start=1):
         lr = schedule.apply(optimizer)
         n_batch = len(y)  # the global batch
         if ctx.enabled:
@@ -450,6 +455,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         else:
             loss_value = float(loss.detach())
             batch_correct = int((predict(out.spikes) == y).sum())
+        _check_finite(run, epoch, batch, loss_value)
         run.iters.append({"iteration": schedule.t, "epoch": epoch, "loss": loss_value, "lr": lr})
         schedule.step()
         loss_sum += loss_value * n_batch
@@ -458,11 +464,29 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
     train_time = time.perf_counter() - t0
     train_loss = loss_sum / seen
-    if not math.isfinite(train_loss):
+    if not math.isfinite(train_loss):  # finite per batch, yet the sum overflowed
         raise TrainingDiverged(
-            f"training diverged at epoch {epoch} (loss {train_loss}); lower --lr or enable --grad-clip"
+            f"epoch {epoch}: the training loss summed over the epoch is {train_loss}; lower --lr or enable --grad-clip"
         )
     return {"train_loss": train_loss, "correct": correct, "seen": seen, "lr": lr, "time_s": train_time}
+
+
+def _check_finite(run: Run, epoch: int, batch: int, loss_value: float) -> None:
+    """Stop at the first minibatch whose loss or updated weights are NaN or infinite, naming which; the
+    run directory keeps the last good epoch (``last.pt``, ``best.pt`` are written only after an epoch)."""
+    tensors = [*run.model.named_parameters(), *run.model.named_buffers()]
+    weights_ok = bool(torch.stack([torch.isfinite(t).all() for _, t in tensors if t.is_floating_point()]).all())
+    if math.isfinite(loss_value) and weights_ok:
+        return
+    problems = [] if math.isfinite(loss_value) else [f"the loss is {'NaN' if math.isnan(loss_value) else loss_value}"]
+    bad = [] if weights_ok else nonfinite_tensors(tensors, run.model.names)
+    if bad:
+        problems.append("non-finite " + ", ".join(bad))
+    kept = f"{run.last} (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint was written"
+    raise TrainingDiverged(
+        f"training diverged at epoch {epoch}, batch {batch}: {'; '.join(problems)}; {kept}. "
+        "Lower --lr, enable --grad-clip, or check the data"
+    )
 
 
 def validate_epoch(run: Run, epoch: int, row: dict[str, Any]) -> bool:
@@ -571,6 +595,8 @@ def finish(run: Run, evaluate_test: bool) -> dict[str, Any]:
         "device": str(dev),
         "world_size": ctx.world_size,
         "data_sources": {name: split.source for name, split in splits.items()},
+        "data_files": describe_files([f for split in splits.values() for f in split.files or [split.source]]),
+        "data_warnings": run.data_warnings,
         "test_output_spikes": test_stats.get("output_spikes"),
         "samples_per_s_median": float(np.median([r["samples_per_s"] for r in history])) if history else None,
         "config": cfg.to_dict(),

@@ -315,6 +315,9 @@ def tune(
     for name in ("dataset", "precision", "epochs"):
         if fixed.get(name) is not None:
             raise QsnnError(f"tune sets {name} itself (use --dataset/--precision/--epochs)")
+    if prune_startup < 0:
+        raise QsnnError(f"--prune-startup must be >= 0, got {prune_startup}")
+    TrainConfig.from_preset(dataset, precision, **fixed, epochs=epochs)  # the fixed options, before any folder
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
@@ -322,8 +325,6 @@ def tune(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command prints its own progress lines
-    if prune_startup < 0:
-        raise QsnnError(f"--prune-startup must be >= 0, got {prune_startup}")
     study = open_study(storage, study_name, sampler_seed=sampler_seed, prune=prune, startup_trials=prune_startup)
     log(
         f"study {study_name!r} in {redact(storage)}: {budget_used(study)} of {n_trials} trials already counted; "

@@ -41,9 +41,10 @@ from qsnn.cli import (
     say,
     version_option,
 )
-from qsnn.data import DATASETS, SPLITS, load_split
+from qsnn.data import DATASETS, SPLITS, describe_files, load_split
 from qsnn.errors import DataError
 from qsnn.jsonio import dumps
+from qsnn.options import FiniteFloat
 from qsnn.output_guard import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
 from qsnn.sim.report import percent
 
@@ -277,7 +278,7 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
 @click.option("--no-sim", is_flag=True, help="Only check the folder (and synthesize with --synth); simulate nothing.")
 @click.option(
     "--clock-mhz",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=100.0,
     show_default=True,
     help="The clock the inferences per second are stated at.",
@@ -386,6 +387,7 @@ def main(
             {
                 "dataset": dataset,
                 "split": split,
+                "data_files": describe_files(data.files or [data.source]),
                 "samples": len(x),
                 "num_steps": net.num_steps,
                 "simulator": rtl.simulator,
