@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from qsnn.errors import ExportError
 
@@ -57,10 +57,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # say which output failed (e.g. a full disk while publishing it)
+        if isinstance(exc, OSError) and (exc.filename is None or os.fspath(exc.filename) == tmp):
+            exc.filename, exc.filename2 = str(path), None  # name the output, not its temporary (e.g. a full disk)
         raise
     fsync_path(path.parent)
 
@@ -124,12 +124,18 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    outdir: str | os.PathLike, *, force: bool = False, foreign: Callable[[Path], list[str]] | None = None
+) -> Iterator[Path]:
     """Yield an empty temporary sibling folder; on success it becomes ``outdir``.
 
     Raises :class:`ExportError` if ``outdir`` exists and ``force`` is false (checked before any work
     and again at the end). With ``force`` the old ``outdir`` is replaced only after the new one is
-    complete. On any exception the temporary folder is deleted and ``outdir`` is left as it was.
+    complete, and only when ``foreign(old folder)`` (the entries qsnn did not write there) is empty:
+    checked before the swap and again on the old folder after it (a file that appeared in between
+    swaps the folders back), so a user's file in the folder is never deleted. On any exception the
+    temporary folder is deleted and ``outdir`` is left as it was; an ``OSError`` names ``outdir``
+    (and the file inside), not the temporary folder.
     """
     outdir = Path(outdir)
     if outdir.exists() and not force:
@@ -143,15 +149,25 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; OUTDIR gets the usual mode
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            _rename_error(exc, tmp, outdir)
+            raise
         _fsync_tree(tmp)
         if outdir.exists() or outdir.is_symlink():
             if not force:
                 raise ExportError(
                     f"{outdir} appeared while it was being written; nothing was replaced (pass --force to replace it)"
                 )
+            _refuse_foreign(outdir, outdir, foreign)
             if outdir.is_dir() and not outdir.is_symlink() and _exchange(tmp, outdir):
-                _remove(tmp)  # tmp now holds the old folder
+                try:  # tmp now holds the old folder: anything of the user's that arrived meanwhile?
+                    _refuse_foreign(tmp, outdir, foreign)
+                except ExportError:
+                    _exchange(tmp, outdir)  # back as it was
+                    raise
+                _remove(tmp)
                 fsync_path(parent)
                 return
             old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=parent))
@@ -169,6 +185,30 @@ def atomic_directory(outdir: str | os.PathLike, *, force: bool = False) -> Itera
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _refuse_foreign(folder: Path, outdir: Path, foreign: Callable[[Path], list[str]] | None) -> None:
+    entries = foreign(folder) if foreign is not None and folder.is_dir() and not folder.is_symlink() else []
+    if entries:
+        raise ExportError(
+            f"{outdir}: replaced only when it holds nothing but qsnn's own files, and it holds "
+            f"{len(entries)} other entr{'y' if len(entries) == 1 else 'ies'}: {', '.join(entries[:8])}"
+            f"{', ...' if len(entries) > 8 else ''}; nothing was changed: move them out or choose another folder"
+        )
+
+
+def _rename_error(exc: OSError, tmp: Path, outdir: Path) -> None:
+    """Make an ``OSError`` met writing into the temporary folder name ``outdir`` and the file inside it."""
+    names = [n for n in (exc.filename, exc.filename2) if isinstance(n, (str, bytes, os.PathLike))]
+    inside = ""
+    for name in names:
+        with contextlib.suppress(ValueError):
+            inside = Path(os.fsdecode(name)).resolve().relative_to(tmp.resolve()).as_posix()
+            break
+    if names and not inside and not any(Path(os.fsdecode(n)).resolve() == tmp.resolve() for n in names):
+        return  # a file elsewhere (an input): its own name is the right one
+    exc.filename = str(outdir / inside) if inside not in ("", ".") else str(outdir)
+    exc.filename2 = None
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -28,7 +28,8 @@ import click
 
 import qsnn
 from qsnn.errors import ProfileError, QsnnError
-from qsnn.output_guard import os_error_message
+from qsnn.locks import lock_scope
+from qsnn.output_guard import OutputError, os_error_message
 from qsnn.profiles import PROFILES, ChipProfile, get_profile, parse_overrides
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
@@ -202,12 +203,24 @@ def on_user_path(exc: OSError, paths: Iterable[str | os.PathLike]) -> bool:
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """One-line message and exit code 1 for a QsnnError or an OSError on a user path (unless ``debug=True``)."""
+    """One-line message and exit code 1 for a QsnnError or an OSError on a user path (unless ``debug=True``).
+
+    The command runs inside a :func:`qsnn.locks.lock_scope`: the outputs it declares to
+    :func:`qsnn.output_guard.check_outputs` stay locked until it ends. A closed standard output
+    (``qsnn-sim --report - | head -c0``) is one line too, on stderr.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with lock_scope():
+                return fn(*args, **kwargs)
+        except BrokenPipeError as exc:
+            if debug or exc.filename is not None:
+                raise
+            _stdout_gone()
+            _last_words(f"error: {STDOUT_NAME}: {os_error_message(exc)}")
+            sys.exit(1)
         except (QsnnError, OSError) as exc:
             if debug or (
                 isinstance(exc, OSError)
@@ -216,7 +229,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             ):
                 raise
             message = (str(exc).strip() or type(exc).__name__) if isinstance(exc, QsnnError) else os_error_message(exc)
-            click.echo(f"error: {message}", err=True)
+            _last_words(f"error: {message}")
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -254,9 +267,49 @@ def _stdout_claimed() -> bool:
     return bool(ctx is not None and ctx.find_root().meta.get(_STDOUT_CLAIMED))
 
 
+STDOUT_NAME = "standard output"
+
+
+def _stdout_gone() -> None:
+    """Point fd 1 at /dev/null so that Python's flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _last_words(line: str) -> None:
+    try:
+        click.echo(line, err=True)
+    except OSError:  # stderr is gone too
+        pass
+
+
+def write_stdout(text: str, what: str = "--report -") -> None:
+    """The command's data on standard output (``--report -``): a reader that closed the pipe or a full
+    disk behind a redirection is an :class:`~qsnn.output_guard.OutputError` naming ``what`` and standard
+    output (one ``error:`` line, exit 1)."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        _stdout_gone()
+        raise OutputError(f"{what}: cannot write to {STDOUT_NAME}: {os_error_message(exc)}") from None
+
+
 def say(message: str = "") -> None:
-    """A line for the person running the command: stdout, or stderr when stdout carries data."""
-    click.echo(message, err=_stdout_claimed())
+    """A line for the person running the command: stdout, or stderr when stdout carries data.
+
+    A closed or full standard output is an :class:`~qsnn.output_guard.OutputError` (one ``error:`` line)."""
+    err = _stdout_claimed()
+    try:
+        click.echo(message, err=err)
+    except OSError as exc:
+        if not err:
+            _stdout_gone()
+        raise OutputError(f"{'standard error' if err else STDOUT_NAME}: {os_error_message(exc)}") from None
 
 
 def print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:

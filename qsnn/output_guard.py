@@ -36,12 +36,14 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Union
 
 from qsnn.errors import QsnnError
+from qsnn.locks import hold_in_scope, is_lock_file_name, lock_holder
 
 #: Format markers of the files qsnn writes (the one place each is spelled).
 CHECKPOINT_FORMAT = "qsnn-checkpoint"  # train/checkpoint.py: the "format" entry of a .pt
@@ -53,6 +55,7 @@ PLOT_KEY = "qsnn-format"  # PNG text chunk keyword of a qsnn plot ...
 SIM_PLOT_FORMAT = "qsnn-sim-plot"  # ... and its value for qsnn-sim --plot
 RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"  # targets/fpga/cli.py: the "format" key of a --report JSON
 RTL_RESOURCES_FORMAT = "qsnn-rtl-resources"  # targets/fpga/cli.py: FOLDER/resources.json
+RESOURCES_FILE = "resources.json"  # ... its name inside a table folder
 
 #: Bytes read from a file to look for its marker (markers sit in the first kilobytes of each format,
 #: except ONNX metadata, which comes after the graph: QONNX files are read whole up to this size).
@@ -69,13 +72,18 @@ class Kind:
 
     ``recognise(path)`` is true when the existing ``path`` is an earlier output of this kind written
     by qsnn (never raises). ``update``: a folder the command writes into (a run directory), not a
-    file or folder replaced as a whole.
+    file or folder replaced as a whole. ``shared``: several processes write into it at once by design
+    (a study or tune folder, an Optuna database), so it is not locked (what they write inside is).
+    ``foreign(path)``: the entries of an existing folder of this kind that qsnn did not write there
+    (``--force`` refuses to replace a folder that has any).
     """
 
     name: str
     recognise: Callable[[Path], bool] = field(repr=False)
     folder: bool = False
     update: bool = False
+    shared: bool = False
+    foreign: Callable[[Path], list[str]] | None = field(default=None, repr=False)
 
     @property
     def what(self) -> str:
@@ -201,6 +209,51 @@ def _is_target(name: str) -> Callable[[Path], bool]:
     return recognise
 
 
+_QSNN_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp|\.qsnn-probe-[a-z0-9_]{8}")
+
+
+def target_foreign_entries(folder: Path) -> list[str]:
+    """What a table folder holds besides qsnn's own files (relative names, sorted).
+
+    qsnn's own: ``manifest.json``, ``README.md``, every file the manifest lists (and the folders
+    holding them), ``resources.json`` of ``qsnn-rtl-sim``, the temporaries of qsnn's atomic writes of
+    those files and stale lock files. Anything else is the user's (notes, a vendor project folder, a
+    symbolic link), and so is a lock file a live process holds (named with its holder).
+    """
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    listed = {"manifest.json", "README.md"} | {str(n) for n in (files if isinstance(files, dict) else {})}
+    listed_dirs = {p.as_posix() for n in listed for p in Path(n).parents if p.as_posix() != "."}
+    foreign: list[str] = []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root).relative_to(folder)
+        for name in sorted(dirs):
+            rel = (here / name).as_posix()
+            if rel not in listed_dirs or (Path(root) / name).is_symlink():
+                foreign.append(rel + "/")
+                dirs.remove(name)
+        for name in sorted(names):
+            rel = (here / name).as_posix()
+            path = Path(root) / name
+            if path.is_symlink():
+                foreign.append(rel)
+            elif rel in listed or (rel == RESOURCES_FILE and RTL_RESOURCES.recognise(path)):
+                continue
+            elif is_lock_file_name(name):
+                holder = lock_holder(path)
+                if holder:
+                    foreign.append(f"{rel} (held by {holder})")
+            elif not (
+                (m := _QSNN_TEMPORARY.fullmatch(name))
+                and (m.group("name") is None or (here / m.group("name")).as_posix() in listed | {RESOURCES_FILE})
+            ):
+                foreign.append(rel)
+    return foreign
+
+
 # --------------------------------------------------------------------------------------------------
 # The kinds of output of every command
 
@@ -215,9 +268,9 @@ RTL_REPORT = Kind(
 )
 RTL_RESOURCES = Kind("qsnn-rtl-sim resources file", _json_format(RTL_RESOURCES_FORMAT), update=True)
 RUN_DIR = Kind("qsnn-train run directory", is_run_directory, folder=True, update=True)
-STUDY_DIR = Kind("qsnn-train study folder", is_study_folder, folder=True, update=True)
-TUNE_DIR = Kind("qsnn-train tune folder", is_tune_folder, folder=True, update=True)
-SQLITE = Kind("SQLite database (Optuna storage)", is_sqlite, update=True)
+STUDY_DIR = Kind("qsnn-train study folder", is_study_folder, folder=True, update=True, shared=True)
+TUNE_DIR = Kind("qsnn-train tune folder", is_tune_folder, folder=True, update=True, shared=True)
+SQLITE = Kind("SQLite database (Optuna storage)", is_sqlite, update=True, shared=True)
 CHECKPOINT = Kind("qsnn checkpoint", is_checkpoint)
 #: Table folders by target name (qsnn-export --to NAME); :func:`target_folder` adds new targets.
 TARGET_FOLDERS: dict[str, Kind] = {}
@@ -226,7 +279,9 @@ TARGET_FOLDERS: dict[str, Kind] = {}
 def target_folder(name: str) -> Kind:
     """The kind of ``qsnn-export --to NAME``'s folder (recognised by its manifest's format and target)."""
     if name not in TARGET_FOLDERS:
-        TARGET_FOLDERS[name] = Kind(f"qsnn {name} tables folder", _is_target(name), folder=True)
+        TARGET_FOLDERS[name] = Kind(
+            f"qsnn {name} tables folder", _is_target(name), folder=True, foreign=target_foreign_entries
+        )
     return TARGET_FOLDERS[name]
 
 
@@ -337,6 +392,15 @@ def check_outputs(outputs: Outputs, *, inputs: Inputs | None = None, force: bool
                         f"as a whole: give {a.label} a path outside it"
                     )
     for out, kind in outs:
+        if kind.shared:
+            continue
+        try:  # held from here to the command's end (inside a command's lock scope: qsnn.cli.friendly_errors)
+            hold_in_scope(out.given, out.label)
+        except OSError as exc:  # no lock file there: the checks below say why in the usual words
+            _check_existing(out, kind, force)
+            _probe(out, kind)
+            raise OutputError(f"{out.given}: {out.label} cannot be written: {os_error_message(exc)}") from None
+    for out, kind in outs:
         _check_existing(out, kind, force)
         _probe(out, kind)
     return [out.given for out, _ in outs]
@@ -376,6 +440,19 @@ def _check_existing(out: _Path, kind: Kind, force: bool) -> None:
             f"{path}: {label} with --force replaces only {kind.what} written by qsnn, and this is "
             f"{what}{extra}; nothing was changed: choose another path for {label}"
         )
+    foreign = kind.foreign(path) if kind.foreign is not None else []
+    if foreign:
+        raise OutputError(foreign_message(path, label, kind, foreign))
+
+
+def foreign_message(path: PathLike, label: str, kind: Kind, foreign: list[str]) -> str:
+    """One line: ``--force`` keeps the user's entries of a qsnn folder, so it does not replace it."""
+    shown = ", ".join(foreign[:8]) + (f", ... ({len(foreign) - 8} more)" if len(foreign) > 8 else "")
+    return (
+        f"{path}: {label} with --force replaces only qsnn's own files of {kind.what}, and it also holds "
+        f"{len(foreign)} other entr{'y' if len(foreign) == 1 else 'ies'}: {shown}; nothing was changed: "
+        f"move them out of the folder or choose another path for {label}"
+    )
 
 
 def _empty(path: Path) -> bool:
@@ -430,6 +507,8 @@ _HINTS = {
     errno.ENOENT: "no such file or folder: check the path",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
     errno.EIO: "an input/output error on the device: check the disk",
+    errno.EPIPE: "the reader closed the pipe before the end",
+    errno.EFBIG: "the file is larger than the system allows here (ulimit -f): free the limit or write elsewhere",
 }
 
 
@@ -464,6 +543,8 @@ __all__ = [
     "SQLITE",
     "CHECKPOINT",
     "TARGET_FOLDERS",
+    "target_foreign_entries",
+    "foreign_message",
     "is_run_directory",
     "is_checkpoint",
 ]

@@ -43,6 +43,7 @@ from qsnn.cli import (
     progress_option,
     say,
     version_option,
+    write_stdout,
 )
 from qsnn.data import DATASETS, SPLITS, data_warnings, describe_files, files_line, load_split
 from qsnn.errors import DataError, ProfileError
@@ -323,7 +324,7 @@ def main(
         )
         say(f"plot: {plot_path}")
     if to_stdout:
-        click.echo(dumps(report))
+        write_stdout(dumps(report))
     elif report_path is not None:
         write_json(report_path, report)
         say(f"report: {report_path}")

@@ -22,6 +22,7 @@ from qsnn.atomic import atomic_directory
 from qsnn.errors import ExportError, ProfileError, QsnnError, damaged_file
 from qsnn.jsonio import dumps, to_jsonable
 from qsnn.network import IntegerNetwork
+from qsnn.output_guard import target_foreign_entries
 
 from . import fpga, loihi2, nir
 from .fit import check_profile_fit
@@ -96,7 +97,8 @@ def write_target(
         net: the compiled network (compile it under the target's profile: fpga for fpga and nir,
             loihi2 for loihi2).
         outdir: the folder to create; it must not exist unless ``force``.
-        force: replace an existing ``outdir`` (only once the new folder is complete).
+        force: replace an existing ``outdir`` (only once the new folder is complete, and only when it holds
+            nothing but qsnn's own files: a folder with a user's files in it is refused, naming them).
         source_info: provenance recorded in the manifest (e.g. checkpoint path and SHA-256).
         options: target options, e.g. ``word_bits=32`` / ``weight_bits`` for fpga.
 
@@ -112,7 +114,7 @@ def write_target(
         )
     check_target(name, net, **options)
     outdir = Path(outdir)
-    with atomic_directory(outdir, force=force) as tmp:
+    with atomic_directory(outdir, force=force, foreign=target_foreign_entries) as tmp:  # keeps users' files
         part = target.write(net, tmp, **options)
         shapes = net.shapes()
         in_shapes = [tuple(net.input_shape), *shapes[:-1]]

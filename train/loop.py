@@ -39,6 +39,7 @@ from qsnn.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temp
 from qsnn.config import TrainConfig
 from qsnn.data import ArraySplit, data_warnings, describe_files, load_split
 from qsnn.errors import QsnnError
+from qsnn.locks import holding
 from qsnn.output_guard import RUN_FILES
 
 from .checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
@@ -234,6 +235,7 @@ class Run:
         return self.run_dir / "best.pt"
 
 
+@holding("run_dir", "the run directory")  # one process per run directory, for the whole run
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,

@@ -40,6 +40,7 @@ from qsnn.cli import (
     progress_option,
     say,
     version_option,
+    write_stdout,
 )
 from qsnn.data import DATASETS, SPLITS, describe_files, load_split
 from qsnn.errors import DataError
@@ -421,7 +422,7 @@ def main(
     elif report.get("synthesis"):
         say(json.dumps(report["synthesis"], indent=1))
     if to_stdout:
-        click.echo(dumps(report))
+        write_stdout(dumps(report))
     elif report_path is not None:
         atomic_write_text(report_path, dumps(report))
         say(f"report: {report_path}")
