@@ -133,7 +133,7 @@ def row(
         r["predictions_equal_pct"] = (sim["agreement"].get("vs_float_model") or {}).get("predictions_equal_pct")
     for target in ("fpga", "loihi2", "nir"):
         folder = run / target
-        t_sets = profile_sets if target == "fpga" else []
+        t_sets = profile_sets if target in ("fpga", "nir") else []  # nir compiles under the fpga profile
         code, tail = _run(
             [str(BIN / "qsnn-export"), str(run / "best.pt"), "--to", target, "-o", str(folder), "--force", *t_sets], log
         )
@@ -188,6 +188,7 @@ def row(
                     str(BIN / "python"),
                     str(Path(__file__).parent / "nir_consumers" / "check.py"),
                     str(run / "best.pt"),
+                    *t_sets,
                     "--images",
                     str(min(images, 50)),
                     "--out",

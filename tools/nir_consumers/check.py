@@ -206,26 +206,34 @@ def predictions(z_last: np.ndarray) -> np.ndarray:
     return np.asarray(z_last).sum(axis=0).argmax(axis=1)
 
 
-def compile_fpga(source: Path, workdir: Path):
+def compile_fpga(source: Path, workdir: Path, profile_sets: tuple[str, ...] = ()):
+    """The network under the ``fpga`` profile (with ``--profile-set`` changes, e.g. ``weight_bits=8``)."""
+    from qsnn.cli import chosen_profile
     from qsnn.export.compile import compile_qonnx
-    from qsnn.profiles import FPGA
 
     if source.suffix != ".onnx":
         from qsnn.export.qonnx_float import export_float
 
         source = export_float(source, workdir / "model.onnx")
-    net, _ = compile_qonnx(source, FPGA)
+    net, _ = compile_qonnx(source, chosen_profile("fpga", profile_sets, None))
     return net
 
 
-def check(source: Path, out: Path, images: int = 100, consumers: list[str] | None = None, log=print) -> dict[str, Any]:
+def check(
+    source: Path,
+    out: Path,
+    images: int = 100,
+    consumers: list[str] | None = None,
+    log=print,
+    profile_sets: tuple[str, ...] = (),
+) -> dict[str, Any]:
     from qsnn.data import load_split
     from qsnn.sim.engine import simulate
     from qsnn.targets import write_target
 
     consumers = consumers or list(CONSUMERS)
     out.mkdir(parents=True, exist_ok=True)
-    net = compile_fpga(source, out)
+    net = compile_fpga(source, out, profile_sets)
     split = load_split(net.metadata.get("dataset", "mnist5k"), "test")
     x, y = split.x[:images], split.y[:images]
     T = int(net.num_steps)
@@ -319,8 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("runs/nir-check"))
     ap.add_argument("--consumers", default=",".join(CONSUMERS))
+    ap.add_argument(
+        "--profile-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the fpga profile the network is compiled under (e.g. weight_bits=8)",
+    )
     args = ap.parse_args(argv)
-    results = check(args.source, args.out, args.images, args.consumers.split(","))
+    results = check(args.source, args.out, args.images, args.consumers.split(","), profile_sets=tuple(args.profile_set))
     print(table(results))
     return 0
 
