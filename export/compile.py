@@ -354,9 +354,15 @@ def _weight_limit(plan: Plan, lp: LayerPlan, stored: np.ndarray) -> str:
         if name != p.name and np.max(np.abs(_stored(other, src, lp.q)), initial=0) <= other.weight_max
     ]
     alt = "".join(f" or --profile {name}" for name in others)
+    fit = ""
+    if folds:  # the folded kernel sums p² trained weights: narrower training weights fit the chip's own width
+        fitting = [b for b in range(2, 9) if (2 ** (b - 1) - 1) * src.pool**2 <= p.weight_max]
+        train_bits = max(fitting, default=None)
+        if train_bits:
+            fit = f", or train with --weight-bits {train_bits} (the {src.pool}×{src.pool} pooling sums {src.pool**2} weights)"
     return (
         f"layer {lp.name}: {what} reach ±{lp.stored_max_abs} but profile {p.name!r} holds {p.weight_bits}-bit "
-        f"weights (±{p.weight_max}); use --profile-set weight_bits={bits}{alt}"
+        f"weights (±{p.weight_max}); use --profile-set weight_bits={bits}{alt}{fit}"
     )
 
 
