@@ -207,7 +207,12 @@ def _rename_error(exc: OSError, tmp: Path, outdir: Path) -> None:
             break
     if names and not inside and not any(Path(os.fsdecode(n)).resolve() == tmp.resolve() for n in names):
         return  # a file elsewhere (an input): its own name is the right one
-    exc.filename = str(outdir / inside) if inside not in ("", ".") else str(outdir)
+    where = str(outdir / inside) if inside not in ("", ".") else str(outdir)
+    if exc.errno is None:  # an OSError without an errno (raised by code, not the OS): keep its words, add the path
+        if not names:
+            exc.args = (f"{where}: {exc}",)
+        return
+    exc.filename = where
     exc.filename2 = None
 
 

@@ -751,8 +751,12 @@ def test_existing_outdir_needs_force(tmp_path):
     with pytest.raises(ExportError, match="already exists.*--force"):
         write_target("fpga", tiny_net(), out)
     assert _tree(out) == {"keep.txt": b"mine"}
+    # --force replaces only what qsnn wrote: a folder holding the user's file is refused, the file kept
+    with pytest.raises(ExportError, match="1 other entry: keep.txt"):
+        write_target("fpga", tiny_net(seed=1), out, force=True)
+    assert _tree(out) == {"keep.txt": b"mine"}
+    (out / "keep.txt").unlink()
     write_target("fpga", tiny_net(seed=1), out, force=True)
-    assert not (out / "keep.txt").exists()
     assert_same_network(tiny_net(seed=1), read_target(out))
     # force over a complete target folder
     write_target("nir", tiny_net(seed=2), out, force=True)
