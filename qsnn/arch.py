@@ -241,11 +241,6 @@ def _check_positive(where: str, **values: int) -> None:
             raise ArchError(f"{where}: {name} must be >= 1, got {value}")
 
 
-def paper_arch(row: str) -> str:
-    """The paper's network for a preset row (``mnist``, ``fmnist``, ``dvs128``)."""
-    return PAPER_ARCH[row]
-
-
 def layer_names(arch: Arch) -> list[str]:
     """The name of each synaptic layer, the one place they are made: convs ``conv1``, ``conv2``, ...,
     dense layers ``fc`` when there is one (the paper's network: conv1, conv2, fc), else ``fc1``, ``fc2``, ..."""

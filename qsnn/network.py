@@ -158,11 +158,6 @@ class IntegerLayer:
         return int(self.weight.shape[2]) if self.kind == "conv" else 1
 
     @property
-    def plain(self) -> bool:
-        """Stride 1 and no padding: the layer the engine's and targets' first kernels were written for."""
-        return self.stride == 1 and self.padding == 0
-
-    @property
     def fan_in(self) -> int:
         """Synapses into one neuron before pooling."""
         return int(np.prod(self.weight.shape[1:]))
