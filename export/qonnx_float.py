@@ -293,22 +293,62 @@ def _readable_names(
 # --------------------------------------------------------------------------------------------------
 
 
+def as_pair(value: Any) -> tuple[int, ...]:
+    """A torch size argument (``3`` or ``(3, 3)``) as a tuple."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def synapse_problems(module: nn.Module) -> list[str]:
+    """Everything about one conv / linear synapse that a qsnn export cannot hold (empty: it can):
+    non-square kernels, strides or paddings, grouped or dilated convs, non-zero padding modes, weights
+    outside 2..8 bits, unsigned or zero-pointed weights, activation or bias quantizers."""
+    problems = []
+    if type(module).__name__ in ("QuantConv2d", "Conv2d"):
+        k, s, p = as_pair(module.kernel_size), as_pair(module.stride), module.padding
+        if isinstance(p, str):
+            problems.append(f"padding={p!r}: give the padding as a number")
+            p = (0, 0)
+        p = as_pair(p)
+        if len(set(k)) != 1 or len(set(s)) != 1 or len(set(p)) != 1:
+            problems.append(
+                f"kernel {k}, stride {s}, padding {p}: square kernels, one stride and the same padding on both sides"
+            )
+        if module.groups != 1 or any(d != 1 for d in as_pair(module.dilation)):
+            problems.append("grouped or dilated convolution")
+        if getattr(module, "padding_mode", "zeros") != "zeros":
+            problems.append(f"padding_mode={module.padding_mode!r}: zero padding only")
+    if hasattr(module, "quant_weight"):
+        try:
+            qw = module.quant_weight()
+            bits = int(round(float(qw.bit_width)))
+            if not 2 <= bits <= 8:
+                problems.append(f"{bits}-bit weights: 2..8 bits")
+            if not bool(qw.signed):
+                problems.append("unsigned weights: a signed weight quantizer (e.g. Int8WeightPerTensorFloat)")
+            zero_point = getattr(qw, "zero_point", None)
+            if zero_point is not None and bool(torch.any(torch.as_tensor(zero_point) != 0)):
+                problems.append("a weight zero point: symmetric weight quantization only")
+        except Exception as exc:  # a quantizer Brevitas cannot evaluate here
+            problems.append(f"its weight quantizer fails ({type(exc).__name__}: {exc})")
+        for attr, what in (("is_input_quant_enabled", "input"), ("is_output_quant_enabled", "output")):
+            if getattr(module, attr, False):
+                problems.append(f"an {what} activation quantizer: qsnn's inputs are spikes or the model's input")
+        if getattr(module, "is_bias_quant_enabled", False):
+            problems.append("a bias quantizer: a float bias only (the compiler puts it on the membrane grid)")
+    return problems
+
+
 def _synapse_record(block: Any, where: str) -> dict[str, Any]:
     """What the graph of one synapse holds, read from the module itself (not the config): kernel,
     stride, symmetric padding, bias, weight bits and scale granularity."""
     syn, spec = block.synapse, block.spec
     rec: dict[str, Any] = {"name": block.name, "kind": spec.kind}
+    problems = synapse_problems(syn)
+    if problems:
+        raise ExportError(f"{where}: layer {block.name}: " + "; ".join(problems))
     if spec.kind == "conv":
-        k, st, pad = (getattr(syn, a) for a in ("kernel_size", "stride", "padding"))
-        k, st = tuple(k), tuple(st)
-        if isinstance(pad, str) or len(set(tuple(pad))) != 1 or len(set(st)) != 1 or len(set(k)) != 1:
-            raise ExportError(
-                f"{where}: layer {block.name}: kernel {k}, stride {st}, padding {pad!r}; a qsnn export "
-                "takes square kernels with one stride and the same zero padding on every side"
-            )
-        if getattr(syn, "groups", 1) != 1 or any(d != 1 for d in tuple(getattr(syn, "dilation", (1, 1)))):
-            raise ExportError(f"{where}: layer {block.name}: grouped or dilated convolutions cannot be exported")
-        rec.update(kernel=int(k[0]), stride=int(st[0]), padding=int(tuple(pad)[0]), pool=int(spec.pool))
+        k, st, pad = (as_pair(getattr(syn, a))[0] for a in ("kernel_size", "stride", "padding"))
+        rec.update(kernel=int(k), stride=int(st), padding=int(pad), pool=int(spec.pool))
     else:
         rec.update(kernel=1, stride=1, padding=0, pool=1)
     rec["bias"] = getattr(syn, "bias", None) is not None

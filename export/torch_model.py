@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import onnx
 import torch
@@ -46,6 +46,8 @@ from qsnn.arch import Arch, ConvSpec, DenseSpec
 from qsnn.data import ENCODINGS
 from qsnn.errors import ExportError
 from qsnn.events import EventFrames
+
+from .qonnx_float import as_pair, synapse_problems
 
 #: What a Sequential may hold, for messages.
 SUPPORTED = (
@@ -90,10 +92,6 @@ def _is(module: nn.Module, *names: str) -> bool:
     return type(module).__name__ in names
 
 
-def _pair(value: Any) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
 def _flat(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules in order, nested Sequentials opened, each with its position (``3`` or ``2.1``)."""
     out = []
@@ -103,43 +101,6 @@ def _flat(model: nn.Module) -> list[tuple[str, nn.Module]]:
         else:
             out.append((name, child))
     return out
-
-
-def _synapse_problems(module: nn.Module) -> list[str]:
-    problems = []
-    if _is(module, "QuantConv2d", "Conv2d"):
-        k, s, p = _pair(module.kernel_size), _pair(module.stride), module.padding
-        if isinstance(p, str):
-            problems.append(f"padding={p!r}: give the padding as a number")
-            p = (0, 0)
-        p = _pair(p)
-        if len(set(k)) != 1 or len(set(s)) != 1 or len(set(p)) != 1:
-            problems.append(
-                f"kernel {k}, stride {s}, padding {p}: square kernels, one stride and the same padding on both sides"
-            )
-        if module.groups != 1 or any(d != 1 for d in _pair(module.dilation)):
-            problems.append("grouped or dilated convolution")
-        if getattr(module, "padding_mode", "zeros") != "zeros":
-            problems.append(f"padding_mode={module.padding_mode!r}: zero padding only")
-    if hasattr(module, "quant_weight"):
-        try:
-            qw = module.quant_weight()
-            bits = int(round(float(qw.bit_width)))
-            if not 2 <= bits <= 8:
-                problems.append(f"{bits}-bit weights: 2..8 bits")
-            if not bool(qw.signed):
-                problems.append("unsigned weights: a signed weight quantizer (e.g. Int8WeightPerTensorFloat)")
-            zero_point = getattr(qw, "zero_point", None)
-            if zero_point is not None and bool(torch.any(torch.as_tensor(zero_point) != 0)):
-                problems.append("a weight zero point: symmetric weight quantization only")
-        except Exception as exc:  # a quantizer Brevitas cannot evaluate here
-            problems.append(f"its weight quantizer fails ({type(exc).__name__}: {exc})")
-        for attr, what in (("is_input_quant_enabled", "input"), ("is_output_quant_enabled", "output")):
-            if getattr(module, attr, False):
-                problems.append(f"an {what} activation quantizer: qsnn's inputs are spikes or the model's input")
-        if getattr(module, "is_bias_quant_enabled", False):
-            problems.append("a bias quantizer: a float bias only (the compiler puts it on the membrane grid)")
-    return problems
 
 
 def _leaky_problems(module: nn.Module) -> list[str]:
@@ -184,17 +145,17 @@ def read_sequential(model: nn.Module) -> tuple[list[_Layer], list[str]]:
             dense = _is(m, "QuantLinear", "Linear")
             if not dense and (flattened or any(_is(x.synapse, "QuantLinear", "Linear") for x in layers)):
                 bad(at, m, "a convolution after flattening: put every conv before the first dense layer")
-            for why in _synapse_problems(m):
+            for why in synapse_problems(m):
                 bad(at, m, why)
             current = _Layer(m, len(layers))
             layers.append(current)
         elif _is(m, "AvgPool2d"):
-            k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
+            k, s = as_pair(m.kernel_size), as_pair(m.stride if m.stride is not None else m.kernel_size)
             if current is None or current.lif is not None or not _is(current.synapse, "QuantConv2d", "Conv2d"):
                 bad(at, m, "average pooling acts on a conv's current: put it between the conv and its Leaky")
             elif current.bn is not None:
                 bad(at, m, "pooling after BatchNorm: write conv, AvgPool2d, BatchNorm2d (qsnn computes BN(AP(conv)))")
-            elif len(set(k)) != 1 or k != s or _pair(m.padding) != (0, 0) or m.ceil_mode:
+            elif len(set(k)) != 1 or k != s or as_pair(m.padding) != (0, 0) or m.ceil_mode:
                 bad(at, m, f"kernel {k}, stride {s}, padding {m.padding}: p×p pooling of stride p, no padding, floor")
             elif m.divisor_override is not None:
                 bad(at, m, "divisor_override: the pooling divides by p²")
@@ -255,9 +216,9 @@ def _arch_of(layers: list[_Layer]) -> Arch:
             specs.append(
                 ConvSpec(
                     m.out_channels,
-                    _pair(m.kernel_size)[0],
-                    stride=_pair(m.stride)[0],
-                    padding=_pair(m.padding)[0],
+                    as_pair(m.kernel_size)[0],
+                    stride=as_pair(m.stride)[0],
+                    padding=as_pair(m.padding)[0],
                     pool=x.pool,
                     weight_bits=bits,
                 )
