@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import zipfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -76,3 +79,19 @@ def assert_clean_cli_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in result.output, (fragment, result.output)
     return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: a file's SHA-256, a link's target, ``dir`` for a folder."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                out[rel] = "link -> " + os.readlink(path)
+            elif path.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

@@ -125,7 +125,7 @@ def assert_no_traceback(result) -> str:
 
 @pytest.mark.parametrize("command, args, fragment", BAD, ids=[f"{c}-{' '.join(a)[:40]}" for c, a, _ in BAD])
 def test_bad_input_is_one_line_and_no_traceback(scratch, monkeypatch, command, args, fragment):
-    from test_faults_outputs import snapshot
+    from faults_helpers import snapshot
 
     monkeypatch.chdir(scratch["root"])
     monkeypatch.delenv("QSNN_DATA_DIR", raising=False)

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from faults_helpers import assert_clean_cli_error
+from faults_helpers import assert_clean_cli_error, snapshot
 from fixtures import synthetic_checkpoint
 
 import qsnn.atomic
@@ -83,22 +83,6 @@ def _main(module: str):
 
 def invoke(module: str, argv: list[str]):
     return CliRunner().invoke(_main(module), [str(a) for a in argv])
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: a file's SHA-256, a link's target, ``dir`` for a folder."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                out[rel] = "link -> " + os.readlink(path)
-            elif path.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def leftovers(root: Path) -> list[str]:

@@ -12,7 +12,6 @@ SHA-256 of every file (and every link target and folder) in the scratch folder b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from faults_helpers import assert_clean_cli_error
+from faults_helpers import assert_clean_cli_error, snapshot
 from fixtures import synthetic_checkpoint, write_mnist_idx_dir
 
 from qsnn.output_guard import (
@@ -146,22 +145,6 @@ def _no_work(monkeypatch) -> None:
     monkeypatch.setattr(study, "run_study", boom)
     monkeypatch.setattr(study, "write_report", boom)
     monkeypatch.setattr(tune, "tune", boom)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: a file's SHA-256, a link's target, ``dir`` for a folder."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                out[rel] = "link -> " + os.readlink(path)
-            elif path.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
