@@ -605,13 +605,22 @@ PASSES: tuple[Callable[[Plan], None], ...] = (
 )
 
 
+def compile_plan(graph: FloatGraph, profile: ChipProfile, *, allow_saturation: bool = False) -> Plan:
+    """Run :data:`PASSES` over a read float graph and return the whole :class:`Plan`: besides the network
+    and report, what each integer came from (per layer the weight scale s_w, flipped and dead channels,
+    the grid's shift e = s + m and unit δ_c), which integer-exact fine-tuning (:mod:`qsnn.train.finetune`)
+    needs to route gradients through the compiler's own rounding."""
+    plan = Plan.start(graph, profile, allow_saturation=allow_saturation)
+    for compile_pass in PASSES:
+        compile_pass(plan)
+    return plan
+
+
 def compile_graph(
     graph: FloatGraph, profile: ChipProfile, *, allow_saturation: bool = False
 ) -> tuple[IntegerNetwork, dict[str, Any]]:
     """Run :data:`PASSES` over a read float graph: (network, compile report)."""
-    plan = Plan.start(graph, profile, allow_saturation=allow_saturation)
-    for compile_pass in PASSES:
-        compile_pass(plan)
+    plan = compile_plan(graph, profile, allow_saturation=allow_saturation)
     return plan.network, plan.report
 
 
