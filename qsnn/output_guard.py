@@ -53,6 +53,7 @@ SIM_REPORT_FORMAT = "qsnn-sim-report"  # sim/cli.py: the "format" key of a --rep
 RUN_METRICS_FORMAT = "qsnn-run-metrics"  # train/loop.py: the "format" key of metrics.json
 PLOT_KEY = "qsnn-format"  # PNG text chunk keyword of a qsnn plot ...
 SIM_PLOT_FORMAT = "qsnn-sim-plot"  # ... and its value for qsnn-sim --plot
+SIM_RECORD_FORMAT = "qsnn-sim-record"  # sim/user_input.py: the "format" array of a --record .npz
 RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"  # targets/fpga/cli.py: the "format" key of a --report JSON
 RTL_RESOURCES_FORMAT = "qsnn-rtl-resources"  # targets/fpga/cli.py: FOLDER/resources.json
 RESOURCES_FILE = "resources.json"  # ... its name inside a table folder
@@ -132,6 +133,23 @@ def _png_text(key: str, value: str) -> Callable[[Path], bool]:
     def recognise(path: Path) -> bool:
         head = _read_head(path, 1 << 16) if path.is_file() else b""
         return head.startswith(b"\x89PNG\r\n\x1a\n") and chunk in head
+
+    return recognise
+
+
+def _npz_format(marker: str) -> Callable[[Path], bool]:
+    """A NumPy .npz archive whose array ``format`` is the string ``marker``."""
+
+    def recognise(path: Path) -> bool:
+        import zipfile
+
+        import numpy as np
+
+        try:
+            with zipfile.ZipFile(path) as zf, zf.open("format.npy") as fh:
+                return str(np.lib.format.read_array(fh, allow_pickle=False)) == marker
+        except Exception:  # noqa: BLE001 - anything unreadable is simply not one
+            return False
 
     return recognise
 
@@ -263,6 +281,7 @@ SIM_REPORT = Kind(
     _json_format(SIM_REPORT_FORMAT, frozenset({"model", "model_kind", "profile", "accuracy", "hardware"})),
 )
 SIM_PLOT = Kind("qsnn-sim plot (PNG)", _png_text(PLOT_KEY, SIM_PLOT_FORMAT))
+SIM_RECORD = Kind("qsnn-sim record (.npz)", _npz_format(SIM_RECORD_FORMAT))
 RTL_REPORT = Kind(
     "qsnn-rtl-sim JSON report", _json_format(RTL_REPORT_FORMAT, frozenset({"folder", "core", "core_memory_bits"}))
 )
@@ -300,6 +319,7 @@ def kinds() -> list[Kind]:
         QONNX,
         SIM_REPORT,
         SIM_PLOT,
+        SIM_RECORD,
         RTL_REPORT,
         RTL_RESOURCES,
         SQLITE,
@@ -535,6 +555,7 @@ __all__ = [
     "QONNX",
     "SIM_REPORT",
     "SIM_PLOT",
+    "SIM_RECORD",
     "RTL_REPORT",
     "RTL_RESOURCES",
     "RUN_DIR",

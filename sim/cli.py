@@ -3,7 +3,8 @@
     qsnn-sim MODEL.onnx --profile fpga|loihi2 [--profile-set KEY=VALUE ...] [--allow-saturation]
              [--dataset mnist5k] [--split test] [--data-dir DIR] [--subset N] [--batch-size 256]
              [--report out.json] [--plot out.png] [--check] [--frac-bits-sweep 0,2,4,6]
-             [--float-engine layers|graph] [--no-float] [--debug]
+             [--float-engine layers|graph] [--float/--no-float] [--debug]
+    qsnn-sim MODEL.onnx --input X.npy|X.npz [--record OUT.npz] [--float] [...]
 
 MODEL.onnx is the float QONNX export of ``qsnn-export CHECKPOINT --to qonnx`` (compiled here under
 the profile) or its integer variant (``--to qonnx --profile ...``, which carries its own profile).
@@ -18,6 +19,11 @@ The report has three parts:
    (``100.00 %`` only when every train is ``array_equal``);
 3. hardware figures per layer: spikes per step, synaptic operations per inference, weight memory,
    membrane range seen against the profile's width, saturation events.
+
+``--input X.npy|X.npz`` runs one's own arrays instead of a dataset (uint8 images or event counts of
+the export's input shape; an .npz with labels ``y`` gives the accuracy too) and prints the predictions
+with the spike counts per class; ``--record OUT.npz`` keeps every layer's spikes and membranes per
+step (:mod:`qsnn.sim.user_input` has the shapes and keys).
 """
 
 from __future__ import annotations
@@ -46,17 +52,18 @@ from qsnn.cli import (
     write_stdout,
 )
 from qsnn.data import DATASETS, SPLITS, data_warnings, describe_files, files_line, load_split
-from qsnn.errors import DataError, ProfileError
+from qsnn.errors import DataError, ExportError, ProfileError
 from qsnn.events import event_frames_from_metadata
 from qsnn.jsonio import dumps, write_json
 from qsnn.network import IntegerNetwork
-from qsnn.output_guard import SIM_PLOT, SIM_REPORT, SIM_REPORT_FORMAT, check_outputs
+from qsnn.output_guard import SIM_PLOT, SIM_RECORD, SIM_REPORT, SIM_REPORT_FORMAT, check_outputs
 from qsnn.profiles import ChipProfile, get_profile
 from qsnn.summary import silent_output_warning
 
 from . import report as rep
 from .engine import simulate
 from .results import SimResult
+from .user_input import check_record_size, prediction_rows, read_input, record_arrays, write_record
 from .validate import check_dataset, float_model_counts, frac_bits_sweep, simulate_checked
 
 #: The profile a float export is compiled under when neither --profile nor --profile-set is given.
@@ -169,7 +176,28 @@ def _int_list(text: str | None) -> list[int]:
     metavar="F1,F2,...",
     help="Also report the accuracy for each of these frac_bits (e.g. 0,2,4,6).",
 )
-@click.option("--no-float", is_flag=True, help="Skip running the float model (no accuracy difference).")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Simulate your own arrays instead of a dataset: X.npy (inputs) or X.npz (x, optional labels y): "
+    "uint8 images (N, C, H, W), (N, H, W), one image, or event counts (N, T, C, H, W).",
+)
+@click.option(
+    "--record",
+    "record_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write every layer's spikes z_<layer> and membranes u_<layer>, (T, N, ...) per step, to this .npz.",
+)
+@click.option(
+    "--float/--no-float",
+    "float_model",
+    default=None,
+    help="Run the trained (float) model beside the integer one and report their agreement [default: on "
+    "for a float export]; --float on an integer export is an error (it has no float twin).",
+)
 @click.option(
     "--float-engine",
     type=click.Choice(FLOAT_ENGINES),
@@ -195,9 +223,11 @@ def main(
     batch_size: int,
     report_path: Path | None,
     plot_path: Path | None,
+    input_path: Path | None,
+    record_path: Path | None,
     check: bool,
     sweep: str | None,
-    no_float: bool,
+    float_model: bool | None,
     float_engine: str,
     force: bool,
     progress: bool,
@@ -209,25 +239,47 @@ def main(
     if to_stdout:
         claim_stdout()
     check_outputs(
-        {"--report": (None if to_stdout else report_path, SIM_REPORT), "--plot": (plot_path, SIM_PLOT)},
-        inputs={"MODEL": model, "--data-dir": data_dir},
+        {
+            "--report": (None if to_stdout else report_path, SIM_REPORT),
+            "--plot": (plot_path, SIM_PLOT),
+            "--record": (record_path, SIM_RECORD),
+        },
+        inputs={"MODEL": model, "--data-dir": data_dir, "--input": input_path},
         force=force,
     )
     # --profile-set changes the profile used anyway: --profile, else the default a float export compiles under
     profile = chosen_profile(profile_name, profile_sets, DEFAULT_PROFILE) if (profile_name or profile_sets) else None
     net, compile_report, kind = load_network(model, profile, allow_saturation=allow_saturation)
     profile = net.profile
-    dataset = dataset or net.metadata.get("dataset")
-    if dataset not in DATASETS:
-        raise DataError(f"{model}: the model does not say which dataset it was trained on; pass --dataset")
-    events = event_frames_from_metadata(dict(net.metadata)) if net.encoding == "events" else None
-    data = load_split(dataset, split, data_dir, num_steps=net.num_steps, subset=subset, events=events)
-    check_dataset(net, data, model.name, dataset)
+    if float_model and kind != "float":
+        raise ExportError(
+            f"{model}: --float needs the float export (qsnn-export --to qonnx without --profile); this is "
+            f"the integer export for {profile.name!r}, which has no float model: drop --float"
+        )
+    events = None
+    if input_path is not None:
+        both = [opt for opt, v in (("--dataset", dataset), ("--data-dir", data_dir), ("--subset", subset)) if v]
+        if both:
+            raise DataError(f"--input {input_path} and {both[0]} are two sources of samples: give one of them")
+        data, dataset, split = read_input(input_path, net), None, None
+        if sweep_values and data.y is None:
+            raise DataError(
+                f"--frac-bits-sweep compares accuracies: {input_path} needs labels (np.savez(path, x=x, y=y))"
+            )
+    else:
+        dataset = dataset or net.metadata.get("dataset")
+        if dataset not in DATASETS:
+            raise DataError(f"{model}: the model does not say which dataset it was trained on; pass --dataset")
+        events = event_frames_from_metadata(dict(net.metadata)) if net.encoding == "events" else None
+        data = load_split(dataset, split, data_dir, num_steps=net.num_steps, subset=subset, events=events)
+        check_dataset(net, data, model.name, dataset)
     x, y = data.x, data.y
+    if record_path is not None:
+        check_record_size(net, len(x))
 
     # the other evaluations come from export/ (sim/validate.py takes them as functions)
     float_counts = None
-    if kind == "float" and not no_float:
+    if kind == "float" and float_model is not False:
         t0 = time.perf_counter()
         if float_engine == "layers":
             from qsnn.export.float_eval import FloatEvaluator
@@ -248,7 +300,7 @@ def main(
 
         reference = lambda n, xc, bs: run_integer_torch(n, xc, batch_size=bs)  # noqa: E731
     result, check_summary, seconds = simulate_checked(
-        net, x, reference=reference, batch_size=batch_size, progress=progress
+        net, x, reference=reference, batch_size=batch_size, progress=progress, record=record_path is not None
     )
 
     acc_int = data.accuracy(result.counts)
@@ -268,15 +320,21 @@ def main(
         "accuracy": {
             "float_model": acc_float,
             "integer_sim": acc_int,
-            "difference": None if acc_float is None else acc_int - acc_float,
+            "difference": None if acc_float is None or acc_int is None else acc_int - acc_float,
         },
         "agreement": {},
         "data_source": data.source,
         "data_files": describe_files(data.files or [data.source]),
         "hardware": rep.hardware_figures(net, result),
         "compile_report": compile_report,
-        "timing": {"engine_seconds": seconds, "engine_samples_per_s": len(y) / seconds if seconds else None},
+        "timing": {"engine_seconds": seconds, "engine_samples_per_s": len(x) / seconds if seconds else None},
     }
+    if input_path is not None:
+        report["input"] = {"path": str(input_path), "shape": list(data.given_shape), "labelled": y is not None}
+        report["predictions"] = result.predictions.tolist()
+        report["output_counts"] = result.counts.tolist()
+        if y is not None:
+            report["labels"] = y.tolist()
     if float_counts is not None:
         report["agreement"]["vs_float_model"] = rep.output_agreement(result.counts, float_counts)
         report["float_engine"] = FLOAT_ENGINES[float_engine]
@@ -306,12 +364,20 @@ def main(
     report["timing"]["total_seconds"] = time.perf_counter() - started
     report["timing"]["peak_rss_mb"] = _peak_rss_mb()
     out_layer = report["hardware"]["layers"][-1]
-    silent = silent_output_warning(out_layer["spikes_per_inference"], len(y), f"the output layer ({out_layer['name']})")
-    warnings = data_warnings(data, dataset, split) + ([silent] if silent else [])
+    silent = silent_output_warning(out_layer["spikes_per_inference"], len(x), f"the output layer ({out_layer['name']})")
+    warnings = (data_warnings(data, dataset, split) if input_path is None else []) + ([silent] if silent else [])
     if warnings:
         report["warnings"] = warnings
 
     _print_summary(report, result, check_summary)
+    if input_path is not None:
+        say("")
+        print_table(prediction_rows(net, result.counts, y), title="predictions (integer sim)")
+    if record_path is not None:
+        record = record_arrays(net, x, result, y, meta={"model": str(model), "source": data.source})
+        write_record(record_path, record)
+        layers = ", ".join(f"{layer.name} {record['z_' + layer.name].shape}" for layer in net.layers)
+        say(f"record: {record_path} (z_<layer> spikes and u_<layer> membranes, (T, N, ...): {layers})")
     if plot_path is not None:
         one = simulate(net, x[:1], record=True)
         rep.plot_activity(
@@ -320,7 +386,7 @@ def main(
             result,
             [layer.name for layer in net.layers],
             sample=0,
-            title=f"{model.name} · {profile.name} · {dataset} {split}",
+            title=f"{model.name} · {profile.name} · {input_path.name if input_path else f'{dataset} {split}'}",
         )
         say(f"plot: {plot_path}")
     if to_stdout:
@@ -359,7 +425,12 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
         ("profile", report["profile"]["name"]),
         (
             "data",
-            f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"
+            (
+                f"{report['dataset']} {report['split']}"
+                if "input" not in report
+                else f"--input {tuple(report['input']['shape'])}, {'labelled' if report['input']['labelled'] else 'no labels'}"
+            )
+            + f", {report['samples']} samples, T={report['num_steps']}"
             + _encoding_text(report),
         ),
         ("data read from", files_line(report["data_files"]) if report.get("data_files") else report["data_source"]),

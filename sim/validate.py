@@ -114,10 +114,13 @@ def simulate_checked(
     reference: Reference | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    record: bool = False,
 ) -> tuple[SimResult, dict[str, Any] | None, float]:
     """Simulate ``x`` in chunks; with ``reference``, compare every spike train of every layer with it.
 
-    Returns (combined result without spike trains, the comparison's summary or None, engine seconds).
+    Returns (combined result, the comparison's summary or None, engine seconds); the result keeps
+    every layer's spike trains and membranes with ``record`` (``simulate(record=True,
+    record_membranes=True)``), else neither.
     """
     comparison = rep.SpikeTrainComparison()
     results, seconds = [], 0.0
@@ -130,11 +133,14 @@ def simulate_checked(
         for s in range(0, len(x), CHUNK):
             xc = x[s : s + CHUNK]
             t0 = time.perf_counter()
-            res = simulate(net, xc, batch_size=batch_size, record=reference is not None)
+            res = simulate(
+                net, xc, batch_size=batch_size, record=record or reference is not None, record_membranes=record
+            )
             seconds += time.perf_counter() - t0
             if reference is not None:
                 ref = reference(net, xc, batch_size)
                 comparison.add(res.spikes, {k: np.asarray(v) for k, v in ref.items() if k in res.spikes}, offset=s)
+            if not record:
                 res.spikes = None
             results.append(res)
             if bar is not None:
