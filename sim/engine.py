@@ -78,6 +78,9 @@ from .static_table import StaticTable
 #: small NumPy calls contend for the GIL, and two threads lose to one (measured: docs/engine.md).
 PIECE_BYTES = 512 * 2**10
 MIN_PIECE = 64
+#: With the compiled kernels (:mod:`qsnn.sim.kernels_numba`) a piece is a few long GIL-free calls per
+#: layer, so smaller pieces overlap: batch 64 runs as two pieces of 32 on two threads.
+MIN_PIECE_ACCEL = 32
 
 
 def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
@@ -142,6 +145,7 @@ def simulate(
     kernel: str = "auto",
     threads: int | None = None,
     stats: bool = True,
+    accel: bool | None = None,
 ) -> SimResult:
     """Run ``net`` on inputs ``x`` over exactly T = ``net.num_steps`` steps, in integers.
 
@@ -162,6 +166,10 @@ def simulate(
         stats: gather the per-layer statistics (spikes per step, current ranges, synaptic
             operations). With ``False`` they are skipped and ``result.layers`` holds only what the
             membrane update sees anyway (saturation events, membrane range) and zeros elsewhere.
+        accel: run the hot loops in the compiled kernels of :mod:`qsnn.sim.kernels_numba` (numba);
+            default ``QSNN_SIM_ACCEL`` (``numba``, or ``numpy`` to keep NumPy's loops), and on
+            wherever numba is importable. The same integers either way; ``kernel="numpy"`` never
+            uses them.
     """
     check_input(net, x)
     if batch_size < 1:
@@ -173,7 +181,7 @@ def simulate(
     T, delay = net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"
     in_max = int(x.max()) if x.size else 0
-    layers = compile_layers(net, in_max, kernel)
+    layers = compile_layers(net, in_max, kernel, accel)
     N = len(x)
     # the statistics are accumulated in place over all batches
     all_stats = _new_stats(layers, N, T)
@@ -203,11 +211,12 @@ def simulate(
     try:
         # the membrane arrays that are scanned set the piece (a static first layer is looked up: StaticTable)
         scanned = [el for i, el in enumerate(layers) if not (i == 0 and static and el.lookup)] or layers
-        per_piece = max(MIN_PIECE, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in scanned))
+        floor = MIN_PIECE_ACCEL if layers[0].accel is not None else MIN_PIECE
+        per_piece = max(floor, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in scanned))
         for b0 in range(0, N, batch_size):
             b1 = min(N, b0 + batch_size)
             ways = max(1, -(-(b1 - b0) // per_piece))
-            if threads > 1 and ways < threads and b1 - b0 >= threads * MIN_PIECE:
+            if threads > 1 and ways < threads and b1 - b0 >= threads * floor:
                 ways = threads  # every thread gets a piece
             cuts = np.linspace(b0, b1, ways + 1).astype(int)
             if threads == 1 or ways == 1:
@@ -311,13 +320,17 @@ def _run_batch(
                     src, tails[li] = joined[:n], joined[n:]
                 src = np.ascontiguousarray(src)
                 flat = src.reshape(n * B, *src.shape[2:])
-                cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats, steps=n)
-                if stats:
-                    _update_current_range(acc, rng)
-                    acc.current_wraps += wraps
+                if el.accel is None:
+                    cur, rng, wraps = el.currents(flat, acc if stats else None, track=stats, steps=n)
+                    if stats:
+                        _update_current_range(acc, rng)
+                        acc.current_wraps += wraps
             z_chunk = np.empty((n, B, *el.out_nhwc), dtype=bool)
             u_chunk = np.empty((n, B, *el.out_nhwc), dtype=el.state_dtype) if membranes is not None else None
-            if li == 0 and table is not None:
+            counted = None
+            if el.accel is not None and not (li == 0 and static):  # the sums, current tail and LIF compiled
+                counted = el.fused_scan(flat, n, u[li], fired[li], z_chunk, acc, u_chunk, stats)
+            elif li == 0 and table is not None:
                 table.spikes(idx, t0, z_chunk, gathered)
                 if u_chunk is not None:
                     for t in range(t0, t1):
@@ -326,7 +339,9 @@ def _run_batch(
                 u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
             if stats:  # one call for a small layer, else per step
                 acc.spikes_per_step[t0:t1] += (
-                    z_chunk.reshape(n, -1).sum(axis=1)
+                    counted
+                    if counted is not None
+                    else z_chunk.reshape(n, -1).sum(axis=1)
                     if z_chunk[0].size < 2**14
                     else [np.count_nonzero(z) for z in z_chunk]
                 )

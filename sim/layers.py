@@ -10,10 +10,12 @@ caches them per network content; a static first layer's lookup table is
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import zlib
 from collections import OrderedDict
 from threading import Lock
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -58,6 +60,21 @@ GEMM_BYTES = 2**20
 #: Largest static-layer table (entries × T neuron-steps) the engine builds; beyond, the layer is scanned.
 TABLE_CELLS = 2**22
 
+#: ``QSNN_SIM_ACCEL``: ``numba`` (the default where numba is importable) runs the engine's hot loops in
+#: the compiled kernels of :mod:`qsnn.sim.kernels_numba`; ``numpy`` keeps every loop in NumPy.
+ACCELS = ("numba", "numpy")
+
+
+def accel_wanted(accel: bool | None = None) -> bool:
+    """Whether the compiled kernels run: ``accel`` if given, else ``QSNN_SIM_ACCEL`` (default on); off
+    without numba (the NumPy loops compute the same integers). Checks importability without importing."""
+    if accel is None:
+        env = os.environ.get("QSNN_SIM_ACCEL", "numba").strip().lower() or "numba"
+        if env not in ACCELS:
+            raise InputError(f"QSNN_SIM_ACCEL must be one of {ACCELS}, got {env!r}")
+        accel = env == "numba"
+    return bool(accel) and importlib.util.find_spec("numba") is not None
+
 
 def column_sums(x: np.ndarray, in_max: int) -> np.ndarray:
     """Σ over the rows of a (rows, units) uint8 array with entries ≤ ``in_max``, per unit (int64).
@@ -90,7 +107,13 @@ class _Layer:
     """A layer's constants in the engine's layout (channels last) and its exactness proofs."""
 
     def __init__(
-        self, layer: IntegerLayer, profile: ChipProfile, in_shape: tuple[int, ...], in_max: int, kernel: str = "auto"
+        self,
+        layer: IntegerLayer,
+        profile: ChipProfile,
+        in_shape: tuple[int, ...],
+        in_max: int,
+        kernel: str = "auto",
+        accel: bool = False,
     ) -> None:
         self.layer = layer
         self.profile = profile
@@ -183,6 +206,12 @@ class _Layer:
         self._tables: dict[tuple[int, int], StaticTable] = {}
         self._tables_lock = Lock()
         self.cur_limit = cur_bound + int(np.abs(bias).max(initial=0))  # |c_t| ≤ this (proven)
+        # the compiled kernels (qsnn.sim.kernels_numba), never on the NumPy reference path
+        self.accel = None
+        if accel and kernel != "numpy":
+            from . import kernels_numba
+
+            self.accel = kernels_numba
 
     def _check_constants(self) -> None:
         check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
@@ -205,18 +234,14 @@ class _Layer:
         return fan.astype(np.int64)  # (H, W): the same for every input channel
 
     # -- synaptic sums -------------------------------------------------------------------------
-    def currents(
-        self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False, steps: int = 1
-    ) -> tuple[list[np.ndarray], tuple[int, int], int]:
-        """c = cur(shl(shl(acc, e), s)) + b for inputs ``x`` (n, *in_nhwc), whose rows are ``steps``
-        equal groups (time steps): one (n / steps, *out_nhwc) array per step, in the state dtype.
+    def sums(self, x: np.ndarray, acc: "LayerStats | None" = None, steps: int = 1) -> Iterator[np.ndarray]:
+        """The raw synaptic sums ``acc_t`` of inputs ``x`` (n, *in_nhwc), whose rows are ``steps``
+        equal groups (time steps), in blocks of whole steps: (steps in the block, n / steps, *out)
+        arrays (int32 from the integer kernel, else the sum dtype), fresh for the caller to shift in place.
 
         ``x`` is bool (spikes) or an unsigned integer array. With ``acc``, also adds the chunk's
-        synaptic operations (Σ input × fan-out) to it. Returns the currents, their range before the
-        current register and the bias (with ``track``, or when there is a register, which needs it;
-        else (0, 0)) and how many of them the register wrapped. The sums run in blocks of whole
-        steps (:data:`GEMM_BYTES` for the integer kernel), each block's currents are views of its
-        product: no concatenation. Nothing is stored on the layer: threads share it.
+        synaptic operations (Σ input × fan-out) to it. A block is :data:`GEMM_BYTES` of the integer
+        kernel's input. Nothing is stored on the layer: threads share it.
         """
         n = x.shape[0]
         per_step = n // steps if steps else 0
@@ -238,16 +263,17 @@ class _Layer:
         )
         budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
         rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step  # whole steps
-        out: list[np.ndarray] = []
-        lo_seen, hi_seen = None, None
-        wraps = 0
-        half = self.current_half
         for s0 in range(0, n, max(1, rows)):
             xs = x[s0 : s0 + rows]
             if not integer and xs.dtype != self.sum_dtype:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
+            elif integer and self.accel is not None:  # padding, box sums and im2col in one copy
+                side, stride = (self.layer.kernel, self.stride) if box else (self.window, self.stride)
+                cols = np.empty((len(xs) * self.out_nhwc[0] * self.out_nhwc[1], side * side * xs.shape[3]), np.uint8)
+                p = self.layer.pool if box else 1
+                self.accel.windows(np.ascontiguousarray(xs), self.padding, p, side, stride, *self.out_nhwc[:2], cols)
             else:
                 if self.padding:  # zero padding: the same zeros in every kernel
                     pad = self.padding
@@ -261,9 +287,27 @@ class _Layer:
                 part = self.box_matmul(cols)
             else:
                 part = self.int_matmul(cols) if integer else cols @ self.kernel
+            yield part.reshape(-1, per_step, *out_shape)
+
+    def currents(
+        self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False, steps: int = 1
+    ) -> tuple[list[np.ndarray], tuple[int, int], int]:
+        """c = cur(shl(shl(acc, e), s)) + b for inputs ``x`` (n, *in_nhwc), whose rows are ``steps``
+        equal groups (time steps): one (n / steps, *out_nhwc) array per step, in the state dtype.
+
+        The sums come from :meth:`sums` (with ``acc``, the synaptic operations are added to it).
+        Returns the currents, their range before the current register and the bias (with
+        ``track``, or when there is a register, which needs it; else (0, 0)) and how many of them
+        the register wrapped. Each block's currents are views of its product, shifted and biased in
+        place: no concatenation.
+        """
+        out: list[np.ndarray] = []
+        lo_seen, hi_seen = None, None
+        wraps = 0
+        half = self.current_half
+        for part in self.sums(x, acc, steps):
             if part.dtype != self.state_dtype:
                 part = part.astype(self.state_dtype)
-            part = part.reshape(-1, per_step, *out_shape)
             if self.exp_shift < 0:
                 part >>= -self.exp_shift
             if self.shift > 0:
@@ -283,6 +327,71 @@ class _Layer:
             out.extend(part)
         rng = (lo_seen, hi_seen) if lo_seen is not None else (0, 0)
         return out, rng, wraps
+
+    def fused_scan(
+        self,
+        x: np.ndarray,
+        steps: int,
+        u: np.ndarray,
+        fired: np.ndarray,
+        z_out: np.ndarray,
+        acc: LayerStats,
+        u_out: np.ndarray | None = None,
+        stats: bool = True,
+    ) -> np.ndarray:
+        """:meth:`currents` then :meth:`scan` in the compiled kernels: each block of :meth:`sums`
+        goes through :func:`qsnn.sim.kernels_numba.lif_scan` (shifts, register, bias and the LIF
+        step in one pass) while it is in cache. ``u`` and ``fired`` are updated in place; the
+        statistics (``acc``; the current range only with ``stats``) are the NumPy path's. Returns the
+        spikes of each step (the kernel counts them in the same pass)."""
+        k = self.accel
+        p = self.profile
+        st = k.new_stats()
+        counts = np.zeros(len(z_out), dtype=np.int64)
+        chans = self.out_nhwc[-1]
+        u2, f2 = u.reshape(-1, chans), fired.reshape(-1, chans)
+        z = z_out.view(np.uint8).reshape(len(z_out), -1, chans)
+        um = u_out.reshape(len(u_out), -1, chans) if u_out is not None else np.zeros((1, 1, 1), self.state_dtype)
+        t = 0
+        for part in self.sums(x, acc if stats else None, steps):
+            if part.dtype.kind == "f":
+                part = part.astype(self.state_dtype)  # exact integers (proven bound)
+            n = len(part)
+            k.lif_scan(
+                part.reshape(n, -1, chans),
+                self.exp_shift,
+                self.shift,
+                self.current_half,
+                self.bias,
+                self.theta,
+                u2,
+                f2,
+                z[t : t + n],
+                um[t : t + n] if u_out is not None else um,
+                u_out is not None,
+                k.LEAKS[p.leak],
+                self.leak_const,
+                p.leak_bits,
+                p.reset == "zero",
+                p.overflow == "saturate",
+                self.lo,
+                self.hi,
+                p.membrane_bits,
+                stats,
+                st,
+                counts[t : t + n],
+            )
+            t += n
+        acc.saturation_high += int(st[k.SAT_HIGH])
+        acc.saturation_low += int(st[k.SAT_LOW])
+        acc.membrane_min = min(acc.membrane_min, int(st[k.MEM_MIN]))
+        acc.membrane_max = max(acc.membrane_max, int(st[k.MEM_MAX]))
+        if stats:
+            acc.current_wraps += int(st[k.WRAPS])
+            if st[k.CUR_MIN] <= st[k.CUR_MAX]:
+                acc.current_min = min(acc.current_min, int(st[k.CUR_MIN]))
+                acc.current_max = max(acc.current_max, int(st[k.CUR_MAX]))
+        return counts
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(
@@ -428,12 +537,16 @@ def _input_bound(in_max: int, input_max: int) -> int:
     return max(1, min(int(input_max), (1 << max(1, int(in_max)).bit_length()) - 1)) if in_max > 0 else 1
 
 
-def compile_layers(net: IntegerNetwork, in_max: int = 255, kernel: str = "auto") -> list[_Layer]:
-    """The engine's layers of ``net`` for first-layer inputs up to ``in_max`` (cached per network)."""
+def compile_layers(
+    net: IntegerNetwork, in_max: int = 255, kernel: str = "auto", accel: bool | None = None
+) -> list[_Layer]:
+    """The engine's layers of ``net`` for first-layer inputs up to ``in_max`` (cached per network),
+    with the compiled kernels where :func:`accel_wanted` (``accel``) says so and ``kernel`` is not ``numpy``."""
     if kernel not in KERNELS:
         raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     bound = _input_bound(in_max, net.input_max)
-    key = (_fingerprint(net), bound, kernel)
+    accel = kernel != "numpy" and accel_wanted(accel)
+    key = (_fingerprint(net), bound, kernel, accel)
     with _COMPILED_LOCK:
         layers = _COMPILED.get(key)
         if layers is not None:
@@ -442,7 +555,7 @@ def compile_layers(net: IntegerNetwork, in_max: int = 255, kernel: str = "auto")
     layers = []
     shape: tuple[int, ...] = tuple(net.input_shape)
     for i, layer in enumerate(net.layers):
-        el = _Layer(layer, net.profile, shape, bound if i == 0 else 1, kernel)
+        el = _Layer(layer, net.profile, shape, bound if i == 0 else 1, kernel, accel)
         layers.append(el)
         shape = el.out_shape
     with _COMPILED_LOCK:
