@@ -34,7 +34,7 @@ from qsnn.sim.engine import check_input
 from ..manifest import MANIFEST, read_manifest
 from ..memfiles import parse_mem
 from ..registry import read_target
-from . import core
+from . import core, uart
 from .tools import ToolError, need_tool, tool_version
 
 VERILATOR_FLAGS = (
@@ -268,13 +268,42 @@ def _scatter_records(
 
 def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
     """The harness binary for the core in ``rtl/`` (built once per header; cached)."""
+    sources = {name: (rtl / name).read_bytes() for name in (core.CORE_FILE, core.HEADER_FILE, core.HARNESS_FILE)}
+    return _verilator_build(sources, "qsnn_core", core.HARNESS_FILE, [core.CORE_FILE], progress=progress)
+
+
+def build_uart_verilator(rtl: Path, clks_per_bit: int, *, progress=None) -> tuple[Path, dict[str, Any]]:
+    """The harness binary of the board top ``qsnn_uart_top`` (:mod:`.uart`) around the core in ``rtl/``."""
+    sources = {name: (rtl / name).read_bytes() for name in (core.CORE_FILE, core.HEADER_FILE)}
+    for name in (uart.TOP_FILE, uart.UART_FILE, uart.HARNESS_FILE):
+        sources[name] = core.package_file(name).encode()
+    return _verilator_build(
+        sources,
+        "qsnn_uart_top",
+        uart.HARNESS_FILE,
+        [core.CORE_FILE, uart.UART_FILE, uart.TOP_FILE],
+        params={"CLKS_PER_BIT": clks_per_bit},
+        progress=progress,
+    )
+
+
+def _verilator_build(
+    sources: Mapping[str, bytes],
+    top: str,
+    harness: str,
+    verilog: list[str],
+    *,
+    params: Mapping[str, int] | None = None,
+    progress=None,
+) -> tuple[Path, dict[str, Any]]:
+    """Build ``top`` with its C++ ``harness`` (cached by the hash of the sources, tool and flags)."""
     verilator = need_tool("verilator")
     version = tool_version(verilator)
-    sources = {name: (rtl / name).read_bytes() for name in (core.CORE_FILE, core.HEADER_FILE, core.HARNESS_FILE)}
+    gflags = [f"-G{k}={v}" for k, v in sorted((params or {}).items())]
     h = hashlib.sha256()
     for name in sorted(sources):
         h.update(name.encode() + b"\0" + sources[name] + b"\0")
-    h.update(version.encode() + " ".join(VERILATOR_FLAGS).encode() + CXX_FLAGS.encode())
+    h.update(version.encode() + " ".join([*VERILATOR_FLAGS, *gflags, top]).encode() + CXX_FLAGS.encode())
     key = h.hexdigest()[:20]
     root = cache_root()
     final = root / f"verilator-{key}"
@@ -295,8 +324,9 @@ def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
             "-j",
             str(max(1, min(4, os.cpu_count() or 1))),
             "--top-module",
-            "qsnn_core",
+            top,
             *VERILATOR_FLAGS,
+            *gflags,
             "-CFLAGS",
             CXX_FLAGS,
             "-I.",
@@ -304,15 +334,15 @@ def build_verilator(rtl: Path, *, progress=None) -> tuple[Path, dict[str, Any]]:
             "obj",
             "-o",
             "qsnn_tb",
-            core.CORE_FILE,
-            core.HARNESS_FILE,
+            *verilog,
+            harness,
         ]
         if progress:
-            progress(f"building the core with Verilator ({version}) ...")
+            progress(f"building {top} with Verilator ({version}) ...")
         res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         if res.returncode != 0:
             tail = (res.stderr or res.stdout).strip().splitlines()[-12:]
-            raise ToolError("Verilator could not build the core:\n" + "\n".join(tail))
+            raise ToolError(f"Verilator could not build {top}:\n" + "\n".join(tail))
         dest = work / "qsnn_tb"
         shutil.move(str(work / "obj" / "qsnn_tb"), dest)
         shutil.rmtree(work / "obj", ignore_errors=True)
