@@ -269,11 +269,6 @@ class _Layer:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
-            elif integer and self.accel is not None:  # padding, box sums and im2col in one copy
-                side, stride = (self.layer.kernel, self.stride) if box else (self.window, self.stride)
-                cols = np.empty((len(xs) * self.out_nhwc[0] * self.out_nhwc[1], side * side * xs.shape[3]), np.uint8)
-                p = self.layer.pool if box else 1
-                self.accel.windows(np.ascontiguousarray(xs), self.padding, p, side, stride, *self.out_nhwc[:2], cols)
             else:
                 if self.padding:  # zero padding: the same zeros in every kernel
                     pad = self.padding
@@ -340,7 +335,7 @@ class _Layer:
         stats: bool = True,
     ) -> np.ndarray:
         """:meth:`currents` then :meth:`scan` in the compiled kernels: each block of :meth:`sums`
-        goes through :func:`qsnn.sim.kernels_numba.lif_scan` (shifts, register, bias and the LIF
+        goes through :func:`qsnn.sim.kernels_numba.lif_kernel` (shifts, register, bias and the LIF
         step in one pass) while it is in cache. ``u`` and ``fired`` are updated in place; the
         statistics (``acc``; the current range only with ``stats``) are the NumPy path's. Returns the
         spikes of each step (the kernel counts them in the same pass)."""
@@ -352,12 +347,13 @@ class _Layer:
         u2, f2 = u.reshape(-1, chans), fired.reshape(-1, chans)
         z = z_out.view(np.uint8).reshape(len(z_out), -1, chans)
         um = u_out.reshape(len(u_out), -1, chans) if u_out is not None else np.zeros((1, 1, 1), self.state_dtype)
+        scan = k.lif_kernel(p.leak, p.reset, p.overflow, u_out is not None, stats, self.current_half > 0)
         t = 0
         for part in self.sums(x, acc if stats else None, steps):
             if part.dtype.kind == "f":
                 part = part.astype(self.state_dtype)  # exact integers (proven bound)
             n = len(part)
-            k.lif_scan(
+            scan(
                 part.reshape(n, -1, chans),
                 self.exp_shift,
                 self.shift,
@@ -368,16 +364,11 @@ class _Layer:
                 f2,
                 z[t : t + n],
                 um[t : t + n] if u_out is not None else um,
-                u_out is not None,
-                k.LEAKS[p.leak],
                 self.leak_const,
                 p.leak_bits,
-                p.reset == "zero",
-                p.overflow == "saturate",
                 self.lo,
                 self.hi,
                 p.membrane_bits,
-                stats,
                 st,
                 counts[t : t + n],
             )
