@@ -320,3 +320,28 @@ def print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
         say("-" * max(len(title), width + 20))
     for key, value in rows:
         say(f"{key:<{width}}  {value}")
+
+
+class DatasetChoice(click.ParamType):
+    """``--dataset``: a named dataset (``choices``), or a user source ``arrays:DIR`` / ``folder:DIR``
+    (:mod:`qsnn.sources`), refused at parse time when it is neither."""
+
+    name = "dataset"
+
+    def __init__(self, choices: Iterable[str]):
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(self.choices) + "|arrays:DIR|folder:DIR]"
+
+    def convert(self, value, param, ctx):
+        from qsnn import sources
+
+        if value in self.choices:
+            return value
+        try:
+            if sources.is_user(value):
+                return sources.canonical(value)
+        except QsnnError as exc:
+            self.fail(str(exc), param, ctx)
+        self.fail(f"{value!r} is not one of {', '.join(self.choices)}, nor arrays:DIR or folder:DIR", param, ctx)

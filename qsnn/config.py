@@ -26,8 +26,13 @@ SCHEDULES = ("cosine", "none", "lrstep", "lossstep")
 QUANT_SCALES = ("float", "po2")
 #: Weight scale granularity: one scale per tensor (the paper) or one per output channel.
 WEIGHT_SCALES = ("tensor", "channel")
-#: Datasets whose hyperparameter rows are shared: mnist5k is MNIST.
-PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128": "dvs128"}
+#: Datasets whose hyperparameter rows are shared: mnist5k is MNIST; N-MNIST (digits, no row in the
+#: paper) takes MNIST's. A user's ``arrays:``/``folder:`` data takes MNIST's row for images and
+#: DVS128's for event frames (:func:`preset_row`).
+PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128": "dvs128", "nmnist": "mnist"}
+#: The datasets of the paper, whose default network is the paper's (Table II); any other dataset's
+#: default is its preset row's network with the output layer sized to its classes (:func:`default_arch`).
+PAPER_DATASETS = ("mnist", "mnist5k", "fmnist", "dvs128")
 
 #: The one place the ``make demo`` model is defined (``qsnn-train run --demo``, and the test suite's
 #: ``demo_run`` fixture): the embedded mnist5k, int4 (Table I's row), cosine, CPU-sized: T = 25 and
@@ -119,10 +124,12 @@ class TrainConfig:
     ``quant_scale`` "float" (float scale, as the paper) | "po2" (power-of-two scale),
     ``weight_scale`` "tensor" (one scale per layer, as the paper) | "channel" (one per output
     channel), ``bias`` (synaptic biases), ``batch_norm`` (after every conv), ``dropout`` p (on the
-    spikes entering the output layer). Data: ``dataset``, ``num_steps`` T, ``subset`` (train samples,
+    spikes entering the output layer). Data: ``dataset`` (a name of :data:`qsnn.data.DATASETS`, or a
+    user source ``arrays:DIR`` / ``folder:DIR``, recorded with an absolute path), ``num_steps`` T, ``subset`` (train samples,
     None = all), ``val_subset``/``test_subset``; for event datasets the input encoding
     (:class:`qsnn.events.EventFrames`): ``event_bits`` (per-cell, per-step counts clipped to
-    2^event_bits − 1: 1 = binary spikes), ``event_bin_us`` (Δ of one step, µs) and ``test_cut``
+    2^event_bits − 1: 1 = binary spikes), ``event_bin_us`` (Δ of one step, µs) and ``event_downsample``
+    (d; ``None`` for both: the dataset's own, :func:`qsnn.data.event_frames`) and ``test_cut``
     (``"first"`` T steps of a test gesture, or every T-step ``"windows"`` with summed spike counts).
     Recipe: Adam with ``lr`` η and ``betas``;
     ``schedule`` and its parameters (``cosine_period_epochs``: T of eq. 4 in epochs, ``eta_min``,
@@ -158,7 +165,8 @@ class TrainConfig:
     val_subset: int | None = None
     test_subset: int | None = None
     event_bits: int = EventFrames.count_bits
-    event_bin_us: int = EventFrames.bin_us
+    event_bin_us: int | None = None
+    event_downsample: int | None = None
     test_cut: str = EventFrames.test_cut
     # optimiser and schedule
     lr: float = 1.9e-3
@@ -183,8 +191,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.dataset not in PRESET_ROW:
-            problems.append(f"dataset {self.dataset!r} (one of {sorted(PRESET_ROW)})")
+        from qsnn import sources
+
+        user = sources.is_user(self.dataset)
+        if user:
+            object.__setattr__(self, "dataset", sources.canonical(self.dataset))
+        elif self.dataset not in PRESET_ROW:
+            problems.append(f"dataset {self.dataset!r} (one of {sorted(PRESET_ROW)}, arrays:DIR or folder:DIR)")
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} (one of {PRECISIONS})")
         if self.schedule not in SCHEDULES:
@@ -193,23 +206,30 @@ class TrainConfig:
             problems.append(f"reset {self.reset!r} (subtract or zero)")
         if self.weight_scale not in WEIGHT_SCALES:
             problems.append(f"weight_scale {self.weight_scale!r} (--weight-scale: one of {WEIGHT_SCALES})")
-        if self.dataset in PRESET_ROW:
-            try:  # "" = the paper's network; any spec is stored in canonical form, checked against the data
-                arch = parse_arch(self.arch or PAPER_ARCH[PRESET_ROW[self.dataset]])
-                object.__setattr__(self, "arch", str(arch))
+        if self.dataset in PRESET_ROW or user:
+            try:  # "" = the default network; any spec is stored in canonical form, checked against the data
                 from qsnn.data import dataset_input
 
-                shape, classes = dataset_input(self.dataset, self._frames_or_none())
-                arch.shapes(shape, classes)
+                try:
+                    shape, classes = dataset_input(self.dataset, self._frames_or_none())
+                except DataError:
+                    if not (user and self.arch):
+                        raise  # a new run on data that cannot be read: the reader's one line
+                    shape = classes = None  # a saved run whose data has gone: its checkpoint knows the shapes
+                arch = parse_arch(self.arch or default_arch(self.dataset, classes))
+                object.__setattr__(self, "arch", str(arch))
+                if shape is not None:
+                    arch.shapes(shape, classes)
             except ArchError as exc:
                 problems.append(f"{exc} (--arch)")
         if self.quant_scale not in QUANT_SCALES:
             problems.append(f"quant_scale {self.quant_scale!r} (one of {QUANT_SCALES})")
         problems += self._numeric_problems()
-        try:
-            self.event_frames()
-        except DataError as exc:
-            problems.append(str(exc))
+        if not user:  # a user source's frames come from its data (checked when it is read)
+            try:
+                self.event_frames()
+            except DataError as exc:
+                problems.append(str(exc))
         if problems:
             raise QsnnError("invalid training configuration: " + "; ".join(problems))
 
@@ -265,8 +285,18 @@ class TrainConfig:
             return None  # reported on its own
 
     def event_frames(self) -> EventFrames:
-        """The event encoding of this run (used by event datasets only)."""
-        return EventFrames(bin_us=self.event_bin_us, count_bits=self.event_bits, test_cut=self.test_cut)
+        """The event encoding of this run (used by event datasets only): the dataset's sensor, and Δ and d
+        as given or the dataset's own (:func:`qsnn.data.event_frames`)."""
+        from qsnn.data import event_frames
+
+        return event_frames(
+            self.dataset,
+            self.num_steps if isinstance(self.num_steps, int) and self.num_steps >= 1 else 1,
+            count_bits=self.event_bits,
+            bin_us=self.event_bin_us,
+            downsample=self.event_downsample,
+            test_cut=self.test_cut,
+        )
 
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - set(field_names())
@@ -293,7 +323,7 @@ class TrainConfig:
     def from_preset(cls, dataset: str, precision: str = "int4", **overrides: Any) -> "TrainConfig":
         """The Table I row for (dataset, precision), then ``overrides`` (None values ignored)."""
         row = preset(dataset, precision)
-        values = {k: v for k, v in row.items() if k != "source"}
+        values = {k: v for k, v in row.items() if k != "source" and (k != "arch" or dataset in PAPER_DATASETS)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict({"dataset": dataset, "precision": precision, "preset_source": row["source"], **values})
 
@@ -320,9 +350,36 @@ def presets() -> dict[str, dict[str, dict[str, Any]]]:
     return tomllib.loads(resources.files("qsnn").joinpath("presets.toml").read_text())
 
 
-def preset(dataset: str, precision: str) -> dict[str, Any]:
+def preset_row(dataset: str) -> str:
+    """The preset row (Table I) of a dataset: :data:`PRESET_ROW`, or for a user source MNIST's row for
+    images and DVS128's for event frames (read from its headers)."""
+    from qsnn import sources
+
+    if sources.is_user(dataset):
+        from qsnn.data import encoding_of
+
+        return "dvs128" if encoding_of(dataset) == "events" else "mnist"
     if dataset not in PRESET_ROW:
-        raise QsnnError(f"no preset for dataset {dataset!r}; datasets: {sorted(PRESET_ROW)}")
+        raise QsnnError(f"no preset for dataset {dataset!r}; datasets: {sorted(PRESET_ROW)}, arrays:DIR, folder:DIR")
+    return PRESET_ROW[dataset]
+
+
+def default_arch(dataset: str, num_classes: int | None) -> str:
+    """The network a run gets without ``--arch``: the paper's for its datasets; for any other, its
+    preset row's paper network with the last layer sized to the data's classes (D<K>)."""
+    spec = PAPER_ARCH[preset_row(dataset)]
+    if dataset in PAPER_DATASETS or num_classes is None:
+        return spec
+    arch = parse_arch(spec)
+    return str(
+        dataclasses.replace(
+            arch, layers=(*arch.layers[:-1], dataclasses.replace(arch.layers[-1], out_features=num_classes))
+        )
+    )
+
+
+def preset(dataset: str, precision: str) -> dict[str, Any]:
+    row = preset_row(dataset)
     if precision not in PRECISIONS:
         raise QsnnError(f"no preset for precision {precision!r}; precisions: {list(PRECISIONS)}")
-    return dict(presets()[PRESET_ROW[dataset]][precision])
+    return dict(presets()[row][precision])

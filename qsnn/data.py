@@ -1,11 +1,15 @@
-"""Dataset readers returning NumPy arrays: MNIST/FashionMNIST IDX files, the mnist5k CSV, DVS128 Gesture.
+"""Dataset readers returning NumPy arrays: MNIST/FashionMNIST IDX files, the mnist5k CSV, DVS128 Gesture,
+N-MNIST, and a user's own data (``arrays:DIR``, ``folder:DIR``: :mod:`qsnn.sources`).
 
 Every loader returns an :class:`ArraySplit` of integers exactly as the first layer receives them:
 uint8 pixels ``(N, 1, 28, 28)`` for static images (repeated for T steps by the model), per-bin
-event counts ``(N, T, 2, 32, 32)`` for event recordings, clipped to the encoding's count range
-(:class:`qsnn.events.EventFrames`; uint8 up to 8-bit counts). One integer input unit is worth
-``INPUT_SCALE[encoding]`` in the real-valued model. DVS128 Gesture (both tonic's layout and IBM's
-.aedat release) is read by :mod:`qsnn.dvs`.
+event counts ``(N, T, C, H, W)`` for event recordings (C = 2 polarities; DVS128 Gesture 2×32×32,
+N-MNIST 2×34×34), clipped to the encoding's count range (:class:`qsnn.events.EventFrames`; uint8 up
+to 8-bit counts). One integer input unit is worth ``INPUT_SCALE[encoding]`` in the real-valued model.
+DVS128 Gesture (both tonic's layout and IBM's .aedat release) is read by :mod:`qsnn.dvs`, N-MNIST
+through tonic's ``NMNIST`` by :mod:`qsnn.nmnist`; a user's ``arrays:``/``folder:`` data by
+:mod:`qsnn.sources`. :func:`dataset_input` says what a dataset holds before it is read, and
+:func:`load_for_model` reads the data a model was trained on (or says what differs).
 
 Splits: ``"val"`` is always carved (stratified, seeded) from the official training set and never
 overlaps ``"train"``; ``"test"`` is the official test set. mnist5k has no official test set, so its
@@ -39,7 +43,7 @@ from qsnn.errors import DataError
 from qsnn.events import EventFrames
 from qsnn.jsonio import file_key, readonly
 
-DATASETS = ("mnist", "fmnist", "mnist5k", "dvs128")
+DATASETS = ("mnist", "fmnist", "mnist5k", "dvs128", "nmnist")
 SPLITS = ("train", "val", "test")
 ENCODINGS = ("static", "events")
 
@@ -48,15 +52,68 @@ INPUT_SCALE = {"static": 1.0 / 255.0, "events": 1.0}
 
 
 def dataset_input(name: str, frames: "EventFrames | None" = None) -> tuple[tuple[int, int, int], int]:
-    """(C, H, W) of one input frame of a named dataset and its number of classes, known before any
-    file is read (what an architecture spec is checked against): 1×28×28 images of 10 classes, or
-    DVS128 Gesture's 2 polarities × (128/d)² cells (d the encoding's downsampling) of 11 gestures."""
-    if name == "dvs128":
-        from qsnn.events import DVS_SENSOR_SIZE, EventFrames
+    """(C, H, W) of one input frame of a dataset and its number of classes, known before the data is
+    read (what an architecture spec is checked against): 1×28×28 images of 10 classes; an event
+    dataset's frame (:meth:`EventFrames.frame_shape`: 2 polarities × ⌈H/d⌉ × ⌈W/d⌉ of its sensor, d
+    the downsampling) and its classes; a user source's shape and classes from its headers."""
+    from qsnn import sources
 
-        d = (frames or EventFrames()).downsample
-        return (2, DVS_SENSOR_SIZE[1] // d, DVS_SENSOR_SIZE[0] // d), len(DVS_GESTURE_CLASSES)
+    if sources.is_user(name):
+        meta = sources.info(name)
+        return meta.input_shape, len(meta.classes)
+    if ENCODING.get(name) == "events":
+        return (frames or event_frames(name, 100)).frame_shape(), len(dataset_classes(name))
     return (1, 28, 28), 10
+
+
+def dataset_classes(name: str) -> tuple[str, ...]:
+    """The class names of a named dataset (N-MNIST's from tonic's class)."""
+    if name == "nmnist":
+        from qsnn import nmnist
+
+        return nmnist.classes()
+    return {"dvs128": DVS_GESTURE_CLASSES, "fmnist": FMNIST_CLASSES}.get(name, MNIST_CLASSES)
+
+
+def encoding_of(name: str) -> str:
+    """``"static"`` or ``"events"``: what the dataset's samples are (a user source: from its headers)."""
+    from qsnn import sources
+
+    return sources.info(name).encoding if sources.is_user(name) else ENCODING[name]
+
+
+def event_frames(
+    name: str,
+    num_steps: int,
+    *,
+    count_bits: int = EventFrames.count_bits,
+    bin_us: int | None = None,
+    downsample: int | None = None,
+    test_cut: str = EventFrames.test_cut,
+) -> EventFrames:
+    """The event encoding of dataset ``name``: its sensor, and Δ and d as given or, with ``None``, the
+    dataset's own (DVS128 Gesture: 5 ms, d = 4, the paper's; N-MNIST: T steps over one recording,
+    d = 1: :mod:`qsnn.nmnist`); an ``arrays:`` source's frames are binned already (Δ = 0, d = 1)."""
+    from qsnn import sources
+
+    if sources.is_user(name):
+        return sources.info(name).event_frames(count_bits, test_cut)
+    if name == "nmnist":
+        from qsnn import nmnist
+
+        sensor = nmnist.sensor()
+        bin_us = nmnist.default_bin_us(num_steps) if bin_us is None else bin_us
+        downsample = 1 if downsample is None else downsample
+    else:
+        sensor = dvs.DVS_SENSOR_SIZE
+    defaults = EventFrames()
+    return EventFrames(
+        bin_us=defaults.bin_us if bin_us is None else bin_us,
+        downsample=defaults.downsample if downsample is None else downsample,
+        count_bits=count_bits,
+        test_cut=test_cut,
+        sensor=sensor,
+    )
 
 
 def model_input(x, scale: float):
@@ -71,9 +128,9 @@ INPUT_MAX = {"static": 255, "events": 65535}
 own range is its export's ``input_max``: 255 for pixels, the event encoding's clip
 (:attr:`qsnn.events.EventFrames.count_max`) for counts."""
 
-ENCODING = {"mnist": "static", "fmnist": "static", "mnist5k": "static", "dvs128": "events"}
+ENCODING = {"mnist": "static", "fmnist": "static", "mnist5k": "static", "dvs128": "events", "nmnist": "events"}
 
-VAL_FRACTION = {"mnist": 1 / 12, "fmnist": 1 / 12, "mnist5k": 0.1, "dvs128": 0.1}
+VAL_FRACTION = {"mnist": 1 / 12, "fmnist": 1 / 12, "mnist5k": 0.1, "dvs128": 0.1, "nmnist": 1 / 12}
 """Share of the training set carved out as validation (1/12 of 60,000 = 5,000 for (F)MNIST)."""
 
 MNIST5K_TEST_FRACTION = 0.1
@@ -122,6 +179,7 @@ _HOW_TO = {
     "dvs128": "put tonic's DVSGesture folder (DVSGesture/ibmGestureTrain|ibmGestureTest/"
     "user<NN>_<lighting>/<label>.npy, t in ms) or IBM's release (DvsGesture/user<NN>_<lighting>.aedat "
     f"with the _labels.csv files and trials_to_train|test.txt, from DvsGesture.tar.gz) in DIR and {_USE_DIR}",
+    "nmnist": f"put tonic's NMNIST folder (NMNIST/Train|Test/<digit>/*.bin) in DIR and {_USE_DIR}",
 }
 
 #: What a data directory holds for each dataset (messages).
@@ -131,6 +189,7 @@ _HOLDS = {
     "mnist5k": f"{MNIST5K_FILE}, in it or in its mnist5k/ folder",
     "dvs128": "tonic's DVSGesture/ibmGestureTrain and ibmGestureTest folders (user<NN>_<lighting>/<label>.npy), "
     "or IBM's DvsGesture/ folder of .aedat recordings",
+    "nmnist": "tonic's NMNIST/Train and NMNIST/Test folders (<digit>/*.bin)",
 }
 
 
@@ -142,7 +201,8 @@ _HOLDS = {
 class ArraySplit:
     """One split of a dataset as integer arrays.
 
-    x: static images uint8 ``(N, 1, H, W)``; events uint8/uint16 counts ``(N, T, 2, H, W)``.
+    x: static images uint8 ``(N, C, H, W)``; events uint8/uint16 counts ``(N, T, C, H, W)`` (C = 2
+        polarities for a sensor's events).
     y: int64 ``(N,)`` class indices into ``classes``.
     encoding: ``"static"`` or ``"events"``; the real input is ``x * INPUT_SCALE[encoding]``.
     source: the file or folder the samples were read from.
@@ -172,8 +232,8 @@ class ArraySplit:
             if x.dtype != np.uint8 or x.ndim != 4:
                 raise ValueError(f"static x must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
         else:
-            if x.dtype not in (np.uint8, np.uint16) or x.ndim != 5 or x.shape[2] != 2:
-                raise ValueError(f"events x must be uint8 or uint16 (N, T, 2, H, W), got {x.dtype} {x.shape}")
+            if x.dtype not in (np.uint8, np.uint16) or x.ndim != 5:
+                raise ValueError(f"events x must be uint8 or uint16 (N, T, C, H, W), got {x.dtype} {x.shape}")
         if y.dtype != np.int64 or y.ndim != 1:
             raise ValueError(f"y must be int64 (N,), got {y.dtype} {y.shape}")
         if len(x) != len(y):
@@ -525,6 +585,14 @@ def _load_dvs128(split: str, data_dir: Path | None, seed: int, num_steps: int, e
     return data if split == "test" else _carve(data, "dvs128", split, seed)
 
 
+def _load_nmnist(split: str, data_dir: Path | None, seed: int, num_steps: int, events: EventFrames) -> ArraySplit:
+    from qsnn import nmnist
+
+    x, y, source = nmnist.load_frames(data_dir, "test" if split == "test" else "train", events, num_steps)
+    data = ArraySplit(x, y, nmnist.classes(), "events", source, files=(source,))
+    return data if split == "test" else _carve(data, "nmnist", split, seed)
+
+
 # --------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -539,25 +607,33 @@ def load_split(
     subset: int | None = None,
     events: EventFrames | None = None,
 ) -> ArraySplit:
-    """Load ``split`` ("train", "val" or "test") of dataset ``name`` (one of :data:`DATASETS`).
+    """Load ``split`` ("train", "val" or "test") of dataset ``name`` (one of :data:`DATASETS`, or a
+    user source ``arrays:DIR`` / ``folder:DIR``: :mod:`qsnn.sources`, which ignores ``data_dir``).
 
     ``seed`` fixes the validation carve (and mnist5k's test carve) and the subset; ``num_steps`` is
     T for event datasets; ``subset=n`` keeps a stratified seeded subset of n samples (recordings,
     for a test split cut into windows) of the split; ``events`` is the event encoding (bins,
-    count clip, test cut; default :class:`~qsnn.events.EventFrames()`), ignored by static datasets.
+    count clip, test cut; default: the dataset's own, :func:`event_frames`), ignored by static datasets.
     Raises :class:`DataError` when the files are missing (naming every path searched) or malformed.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    from qsnn import sources
+
+    user = sources.is_user(name)
+    if name not in DATASETS and not user:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, arrays:DIR or folder:DIR")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if num_steps < 1:
         raise DataError(f"num_steps must be at least 1, got {num_steps}")
-    root = check_data_dir(name, data_dir)
-    if name == "mnist5k":
+    root = None if user else check_data_dir(name, data_dir)
+    if user:
+        data = sources.load(name, split, seed, num_steps, events)
+    elif name == "mnist5k":
         data = _load_mnist5k(split, root, seed)
-    elif name == "dvs128":
-        data = _load_dvs128(split, root, seed, num_steps, events or EventFrames())
+    elif name in ("dvs128", "nmnist"):
+        frames = events or event_frames(name, num_steps)
+        loader = _load_dvs128 if name == "dvs128" else _load_nmnist
+        data = loader(split, root, seed, num_steps, frames)
     else:
         data = _load_idx_dataset(name, split, root, seed)
     if subset is not None:
@@ -650,3 +726,81 @@ def data_warnings(split: ArraySplit, dataset: str, split_name: str) -> list[str]
         elif constant * 100 >= len(flat):
             warnings.append(f"{where}: {constant} of {len(flat)} images are constant (one value each)")
     return warnings
+
+
+# --------------------------------------------------------------------------------------------------
+# The data a model was trained on
+
+
+def model_data_differences(model, data: ArraySplit) -> list[str]:
+    """What of ``data`` does not fit ``model`` (anything with ``encoding``, ``input_shape``, ``classes``,
+    ``num_steps``: an :class:`~qsnn.network.IntegerNetwork`), one entry per difference: encoding, input
+    shape, classes (count or names), T of event frames."""
+    out = []
+    if data.encoding != model.encoding:
+        out.append(f"encoding {data.encoding} (the model's: {model.encoding})")
+    if tuple(data.input_shape) != tuple(model.input_shape):
+        show = "×".join
+        out.append(f"input shape {show(map(str, data.input_shape))} (the model's: {show(map(str, model.input_shape))})")
+    if tuple(data.classes) != tuple(model.classes):
+        ours, theirs = [str(c) for c in model.classes], [str(c) for c in data.classes]
+        if len(ours) != len(theirs):
+            out.append(f"{len(theirs)} classes {_names(theirs)} (the model's: {len(ours)} {_names(ours)})")
+        else:
+            k = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+            out.append(f"class names {_names(theirs)} (the model's: {_names(ours)}; class {k} is {ours[k]!r} there)")
+    if data.encoding == "events" == model.encoding and data.x.shape[1] != model.num_steps:
+        out.append(f"{data.x.shape[1]} steps per sample (the model runs T={model.num_steps})")
+    return out
+
+
+def _names(names: list[str]) -> str:
+    return "(" + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") + ")"
+
+
+def load_for_model(
+    model,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    dataset: str | None = None,
+    subset: int | None = None,
+    where: str = "the model",
+) -> tuple[str, ArraySplit]:
+    """(dataset, split) of the data ``model`` (an :class:`~qsnn.network.IntegerNetwork`) runs on:
+    ``dataset`` if given, else the one its metadata records (a user source by its absolute path), read
+    with the event encoding it was trained with and T = its ``num_steps``. Raises :class:`DataError`
+    when no dataset is known, the data cannot be read, or it does not fit the model, saying what differs
+    (encoding, input shape, classes, T) and, when another dataset was given, which one it was trained on."""
+    from qsnn.events import event_frames_from_metadata
+
+    meta = model.metadata if isinstance(getattr(model, "metadata", None), dict) else {}
+    trained_on = meta.get("dataset")
+    from qsnn import sources
+
+    known = isinstance(trained_on, str) and (trained_on in DATASETS or sources.is_user(trained_on))
+    name = dataset or (trained_on if known else None)
+    if name is None:
+        raise DataError(
+            f"{where} does not record a dataset qsnn can read ({trained_on!r}: a model of your own "
+            "nn.Sequential, or an old export): pass --dataset NAME, arrays:DIR or folder:DIR"
+        )
+    events = None
+    if model.encoding == "events" and (dataset is None or dataset == trained_on or not sources.is_user(name)):
+        events = event_frames_from_metadata(meta)
+    try:
+        data = load_split(name, split, data_dir, num_steps=model.num_steps, subset=subset, events=events)
+    except DataError as exc:
+        if dataset is None:
+            raise DataError(f"{where} was trained on {trained_on}, which cannot be read here: {exc}") from None
+        raise
+    problems = model_data_differences(model, data)
+    if problems:
+        if name == trained_on:
+            advice = f"the data in {data.source} is not what the model was trained on (it changed since)"
+        elif known:
+            advice = f"the model was trained on {trained_on}: leave --dataset out, or give data like it"
+        else:
+            advice = "give data of the model's input shape, classes and encoding"
+        raise DataError(f"dataset {name} does not fit {where}: {'; '.join(problems)}; {advice}")
+    return name, data

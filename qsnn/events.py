@@ -4,8 +4,9 @@ The input encoding of event data; the same in training, export, simulation and t
 The dataset readers that produce the events (DVS128 Gesture's two on-disk forms, and the cache of
 IBM's recordings) are :mod:`qsnn.dvs`.
 
-**Frames** (:class:`EventFrames`). With Δ = ``bin_us``, d = ``downsample``, c = ``count_max`` and
-t₀ the time of the gesture's first event, step k of a sample is
+**Frames** (:class:`EventFrames`). With Δ = ``bin_us``, d = ``downsample``, c = ``count_max``, the
+sensor's W×H (``sensor``: 128×128 for DVS128 Gesture, 34×34 for N-MNIST, as the dataset says) and
+t₀ the time of the recording's first event, step k of a sample is
 
     frame[k, p, y // d, x // d] = min(#{events i : ⌊(t_i − t₀) / Δ⌋ = k}, c)
 
@@ -46,24 +47,43 @@ class EventFrames:
     """How event recordings become the integer frames the first layer, and the chip's input port, receive.
 
     Attributes:
-        bin_us: Δ, the length of one time step in µs (paper: 5 ms).
+        bin_us: Δ, the length of one time step in µs (paper: 5 ms); 0 for frames a user gives already
+            binned (``arrays:`` event frames: qsnn bins nothing).
         downsample: d, sensor pixels per frame cell along x and y (paper: 4, 128×128 → 32×32).
         count_bits: width of one input cell per step; counts are clipped to ``2^count_bits − 1``
             (1: binary spikes, 4: counts 0..15, 8: counts 0..255).
         test_cut: ``"first"`` or ``"windows"``: how a test gesture becomes samples (module docstring).
+        sensor: (W, H) of the sensor the events come from (the dataset's; frames are ⌈H/d⌉×⌈W/d⌉).
+        channels: C of a frame: 2 polarities for a sensor's events, any C for pre-binned frames.
     """
 
     bin_us: int = 5000
     downsample: int = 4
     count_bits: int = 1
     test_cut: str = "first"
+    sensor: tuple[int, int] = DVS_SENSOR_SIZE
+    channels: int = 2
 
     def __post_init__(self) -> None:
         problems = []
-        for name, lo, hi in (("bin_us", 1, 10**9), ("downsample", 1, 128), ("count_bits", 1, 16)):
+        if isinstance(self.sensor, list):
+            object.__setattr__(self, "sensor", tuple(self.sensor))
+        for name, lo, hi in (
+            ("bin_us", 0, 10**9),
+            ("downsample", 1, 128),
+            ("count_bits", 1, 16),
+            ("channels", 1, 2**16),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
                 problems.append(f"{name}={value!r} (an integer in {lo}..{hi})")
+        sensor = self.sensor
+        if (
+            not isinstance(sensor, tuple)
+            or len(sensor) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in sensor)
+        ):
+            problems.append(f"sensor={sensor!r} (width and height, integers >= 1)")
         if self.test_cut not in TEST_CUTS:
             problems.append(f"test_cut={self.test_cut!r} (one of {', '.join(TEST_CUTS)})")
         if problems:
@@ -79,12 +99,12 @@ class EventFrames:
         return np.dtype(np.uint8 if self.count_max <= 255 else np.uint16)
 
     def frame_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one frame."""
-        width, height = DVS_SENSOR_SIZE
-        return 2, -(-height // self.downsample), -(-width // self.downsample)
+        """(C, H, W) of one frame: ⌈H/d⌉ × ⌈W/d⌉ cells of the sensor."""
+        width, height = self.sensor
+        return self.channels, -(-height // self.downsample), -(-width // self.downsample)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "count_max": self.count_max}
+        return {**dataclasses.asdict(self), "sensor": list(self.sensor), "count_max": self.count_max}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EventFrames":
@@ -97,7 +117,8 @@ class EventFrames:
 def event_frames_from_metadata(meta: dict[str, Any]) -> EventFrames:
     """The encoding a model was trained with, from its export or network metadata.
 
-    Exports written before the encoding was recorded carry only ``input_max`` (65535: raw counts).
+    Exports written before the encoding was recorded carry only ``input_max`` (65535: raw counts);
+    before the sensor was recorded, every event model was DVS128 Gesture's (the default sensor).
     """
     if isinstance(meta.get("event_frames"), dict):
         return EventFrames.from_dict(meta["event_frames"])
@@ -128,6 +149,8 @@ def events_to_frames(
     ``sensor_size`` (width, height), polarity other than 0/1, or timestamps that are not sorted.
     """
     width, height = sensor_size
+    if bin_us < 1:
+        raise DataError(f"bin_us={bin_us}: events are binned in steps of at least 1 µs")
     if events.dtype.names:
         cols = [np.asarray(events[f], dtype=np.float64) for f in ("x", "y", "p", "t")]
     else:
@@ -166,14 +189,11 @@ def events_to_frames(
 def gesture_windows(events: np.ndarray, frames: EventFrames, num_steps: int, cut: str) -> np.ndarray:
     """The samples of one gesture, ``(K, T, 2, H, W)``: its first T steps (``cut="first"``, K = 1) or
     every whole T-step window (``"windows"``, K = max(1, ⌊span / (T·Δ)⌋), span = t_last − t₀)."""
+    binning = {"sensor_size": frames.sensor, "downsample": frames.downsample, "bin_us": frames.bin_us}
     if cut == "first":
-        return events_to_frames(
-            events, downsample=frames.downsample, bin_us=frames.bin_us, num_steps=num_steps, count_max=frames.count_max
-        )[None]
+        return events_to_frames(events, **binning, num_steps=num_steps, count_max=frames.count_max)[None]
     t = np.asarray(events["t"] if events.dtype.names else events[:, 3], dtype=np.float64)
     span = float(t[-1] - t[0]) if len(t) else 0.0
     k = max(1, int(span // (num_steps * frames.bin_us)))
-    full = events_to_frames(
-        events, downsample=frames.downsample, bin_us=frames.bin_us, num_steps=k * num_steps, count_max=frames.count_max
-    )
+    full = events_to_frames(events, **binning, num_steps=k * num_steps, count_max=frames.count_max)
     return full.reshape(k, num_steps, *full.shape[1:])

@@ -36,6 +36,7 @@ from typing import Any
 import click
 
 from qsnn.cli import (
+    DatasetChoice,
     allow_saturation_option,
     chosen_profile,
     claim_stdout,
@@ -51,7 +52,7 @@ from qsnn.cli import (
     version_option,
     write_stdout,
 )
-from qsnn.data import DATASETS, SPLITS, data_warnings, describe_files, files_line, load_split
+from qsnn.data import DATASETS, SPLITS, data_warnings, describe_files, files_line, load_for_model
 from qsnn.errors import DataError, ExportError, ProfileError
 from qsnn.events import event_frames_from_metadata
 from qsnn.jsonio import dumps, write_json
@@ -64,7 +65,7 @@ from . import report as rep
 from .engine import simulate
 from .results import SimResult
 from .user_input import check_record_size, prediction_rows, read_input, record_arrays, write_record
-from .validate import check_dataset, float_model_counts, frac_bits_sweep, simulate_checked
+from .validate import float_model_counts, frac_bits_sweep, simulate_checked
 
 #: The profile a float export is compiled under when neither --profile nor --profile-set is given.
 DEFAULT_PROFILE = "fpga"
@@ -141,7 +142,10 @@ def _int_list(text: str | None) -> list[int]:
 @profile_set_option
 @allow_saturation_option
 @click.option(
-    "--dataset", type=click.Choice(DATASETS), default=None, help="Dataset [default: the one the model was trained on]."
+    "--dataset",
+    type=DatasetChoice(DATASETS),
+    default=None,
+    help="Dataset: a name, arrays:DIR or folder:DIR [default: the one the model was trained on, as its metadata records it].",
 )
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option(
@@ -267,12 +271,8 @@ def main(
                 f"--frac-bits-sweep compares accuracies: {input_path} needs labels (np.savez(path, x=x, y=y))"
             )
     else:
-        dataset = dataset or net.metadata.get("dataset")
-        if dataset not in DATASETS:
-            raise DataError(f"{model}: the model does not say which dataset it was trained on; pass --dataset")
         events = event_frames_from_metadata(dict(net.metadata)) if net.encoding == "events" else None
-        data = load_split(dataset, split, data_dir, num_steps=net.num_steps, subset=subset, events=events)
-        check_dataset(net, data, model.name, dataset)
+        dataset, data = load_for_model(net, split, data_dir, dataset=dataset, subset=subset, where=str(model))
     x, y = data.x, data.y
     if record_path is not None:
         check_record_size(net, len(x))

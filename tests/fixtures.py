@@ -308,3 +308,97 @@ def write_ibm_gesture_fixture(
     for split, names in trials.items():
         (base / f"trials_to_{split}.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+# --------------------------------------------------------------------------------------------------
+# A user's own data (arrays:DIR, folder:DIR) and N-MNIST in tonic's layout
+
+
+def pattern_images(labels: np.ndarray, shape: tuple[int, int, int], num_classes: int, rng) -> np.ndarray:
+    """uint8 images (N, C, H, W) over faint noise whose bright block's place in a ⌈√K⌉-wide grid encodes
+    the label (and, with C > 1, which channel is brightest), so a tiny model can tell K classes apart."""
+    c, h, w = shape
+    grid = int(np.ceil(np.sqrt(num_classes)))
+    bh, bw = max(1, h // grid), max(1, w // grid)
+    x = rng.integers(0, 40, size=(len(labels), c, h, w), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), grid)
+        x[i, :, row * bh : (row + 1) * bh, col * bw : (col + 1) * bw] = rng.integers(150, 200, dtype=np.uint8)
+        x[i, int(label) % c, row * bh : (row + 1) * bh, col * bw : (col + 1) * bw] = 255
+    return x
+
+
+def balanced_labels(n: int, num_classes: int, rng) -> np.ndarray:
+    return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+
+
+def write_arrays_dataset(
+    root, shape=(3, 32, 32), num_classes: int = 12, n_train: int = 240, n_test: int = 60, seed: int = 0, names=True
+) -> Path:
+    """``root/train.npz`` and ``root/test.npz`` of :func:`pattern_images` (x uint8 (N, C, H, W), y int64,
+    classes ``class00``..); returns ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    classes = np.array([f"class{k:02d}" for k in range(num_classes)])
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = balanced_labels(n, num_classes, rng)
+        extra = {"classes": classes} if names else {}
+        np.savez(root / f"{split}.npz", x=pattern_images(y, shape, num_classes, rng), y=y, **extra)
+    return root
+
+
+def write_image_folder(
+    root, size=(24, 20), mode: str = "L", num_classes: int = 3, n_train: int = 60, n_test: int = 15, seed: int = 0
+) -> Path:
+    """torchvision's ImageFolder layout of PNGs: ``root/train|test/<class>/<i>.png`` (W×H ``size``,
+    Pillow ``mode`` "L" or "RGB"); returns ``root``."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    c = 1 if mode == "L" else 3
+    names = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "ibis"][:num_classes]
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = balanced_labels(n, num_classes, rng)
+        x = pattern_images(y, (c, size[1], size[0]), num_classes, rng)
+        for i, (img, label) in enumerate(zip(x, y)):
+            folder = root / split / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0] if c == 1 else np.moveaxis(img, 0, -1), mode).save(folder / f"{i:04d}.png")
+    return root
+
+
+def nmnist_events(label: int, rng, n_events: int = 600, duration_us: int = 300_000, sensor: int = 34) -> np.ndarray:
+    """(N, 4) int64 x, y, p, t (µs, sorted) of a digit: events in the label's 8×8 block of the 34×34
+    sensor (a 4-wide grid), ON share label/10, over three saccades' time."""
+    row, col = divmod(int(label), 4)
+    x = rng.integers(8 * col + 1, 8 * col + 9, size=n_events)
+    y = rng.integers(8 * row + 1, 8 * row + 9, size=n_events)
+    p = (rng.random(n_events) < label / 10).astype(np.int64)
+    t = np.sort(rng.integers(0, duration_us, size=n_events))
+    return np.stack([x, y, p, t], axis=1).astype(np.int64)
+
+
+def nmnist_bytes(events: np.ndarray) -> bytes:
+    """N-MNIST's 5-byte events (what ``tonic.io.read_mnist_file`` reads): x, y, p<<7 | t[22:16], t[15:8], t[7:0]."""
+    x, y, p, t = (events[:, k].astype(np.int64) for k in range(4))
+    if t.max(initial=0) >= 2**23:
+        raise ValueError("N-MNIST timestamps have 23 bits")
+    raw = np.stack([x, y, (p << 7) | (t >> 16), (t >> 8) & 255, t & 255], axis=1)
+    return raw.astype(np.uint8).tobytes()
+
+
+def write_nmnist_fixture(root, n_train_per_class: int = 6, n_test_per_class: int = 3, seed: int = 0, **kw) -> Path:
+    """tonic's NMNIST layout under ``root``: ``root/NMNIST/Train|Test/<digit>/<n>.bin`` (+ the empty
+    ``train.zip``/``test.zip`` tonic's class looks for); returns ``root`` (the data directory)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for folder, n in (("Train", n_train_per_class), ("Test", n_test_per_class)):
+        for digit in range(10):
+            d = root / "NMNIST" / folder / str(digit)
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                (d / f"{k:05d}.bin").write_bytes(nmnist_bytes(nmnist_events(digit, rng, **kw)))
+        (root / "NMNIST" / f"{folder.lower()}.zip").touch()
+    return root

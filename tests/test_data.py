@@ -318,8 +318,9 @@ def test_array_split_validates():
         ArraySplit(x, y, tuple("abc"), "static", "mem")
     with pytest.raises(ValueError, match="samples"):
         ArraySplit(x[:3], y, tuple("abcd"), "static", "mem")
+    ArraySplit(np.zeros((4, 5, 3, 8, 8), np.uint16), y, tuple("abcd"), "events", "mem")  # any C of frames
     with pytest.raises(ValueError, match="events"):
-        ArraySplit(np.zeros((4, 5, 3, 8, 8), np.uint16), y, tuple("abcd"), "events", "mem")
+        ArraySplit(np.zeros((4, 3, 8, 8), np.uint16), y, tuple("abcd"), "events", "mem")
     with pytest.raises(ValueError, match="encoding"):
         ArraySplit(x, y, tuple("abcd"), "video", "mem")
 

