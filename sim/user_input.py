@@ -183,7 +183,8 @@ def read_input(path: str | Path, net: IntegerNetwork) -> UserInput:
             f"{path}: inputs are {x.dtype}, the model takes integer {what}, values 0..{net.input_max}{hint}"
         )
     batched = _with_batch_axes(net, x)
-    if batched is None:
+    wrong_frames = batched is not None and net.encoding == "events" and batched.shape[1] != net.num_steps
+    if batched is None or wrong_frames:
         frames = ""
         if net.encoding == "events" and x.ndim in (4, 5) and x.shape[-3:] == (c, h, w):
             frames = f" ({x.shape[-4]} frames: the model runs T={net.num_steps} steps, one frame per step)"

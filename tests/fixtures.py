@@ -110,11 +110,15 @@ def write_dvsgesture_fixture(
     return root
 
 
-def synthetic_checkpoint(path, precision: str = "int4", **overrides):
+def synthetic_checkpoint(
+    path, precision: str = "int4", *, dataset: str = "mnist5k", input_shape=(1, 28, 28), classes=None, **overrides
+):
     """An untrained but spiking checkpoint of a Table I configuration (no training: fast).
 
     Weights are the seeded initialisation scaled ×4 (so the network spikes); BatchNorm gets random
     statistics and γ of both signs (the compiler must flip the weights of channels with γ < 0).
+    ``dataset`` picks the preset row (``"dvs128"``: an event model), ``input_shape`` (C, H, W) and
+    ``classes`` (default the ten digits) the data the model takes.
     """
     import torch
 
@@ -127,9 +131,10 @@ def synthetic_checkpoint(path, precision: str = "int4", **overrides):
     # weights spike in every layer over T = 8 steps; Table I's int4 row (β 0.99, θ 2.9) leaves the output
     # layer silent, and a silent layer compares nothing.
     neuron = {"beta": 0.921, "threshold": 2.04, "slope": 6.03}
-    cfg = TrainConfig.from_preset("mnist5k", precision, num_steps=8, **{**neuron, **overrides})
+    cfg = TrainConfig.from_preset(dataset, precision, num_steps=8, **{**neuron, **overrides})
+    classes = list(classes or MNIST_CLASSES)
     torch.manual_seed(0)
-    model = QSNN(cfg, (1, 28, 28), 10)
+    model = QSNN(cfg, tuple(input_shape), len(classes))
     with torch.no_grad():
         for layer in model.synapses:
             layer.weight.mul_(4.0).clamp_(-1, 1)
@@ -144,9 +149,9 @@ def synthetic_checkpoint(path, precision: str = "int4", **overrides):
         {
             "config": cfg.to_dict(),
             "model": model.state_dict(),
-            "input_shape": [1, 28, 28],
-            "classes": list(MNIST_CLASSES),
-            "encoding": "static",
+            "input_shape": list(input_shape),
+            "classes": classes,
+            "encoding": "events" if dataset == "dvs128" else "static",
         },
     )
     return path
