@@ -228,14 +228,14 @@ def write_tables(job: ExportJob, target: str) -> list[tuple[str, Any]]:
 
 
 def example_input(net) -> Any:
-    """The first test sample of the network's dataset (for the loihi2 README's snippet), or None if the
-    dataset cannot be read here (the folder then gets a zero input and says so)."""
-    from qsnn.data import load_split
+    """The first test sample of the data the network was trained on (for the loihi2 README's snippet):
+    the dataset its metadata records, read with its encoding and T (:func:`qsnn.data.load_for_model`),
+    or None if it cannot be read here (the folder then gets a zero input and says so)."""
+    from qsnn.data import load_for_model
     from qsnn.errors import DataError
 
-    dataset = (net.metadata or {}).get("dataset")
     try:
-        return load_split(str(dataset), "test", num_steps=net.num_steps, subset=None).x[0]
+        return load_for_model(net, "test")[1].x[0]
     except (DataError, OSError, ValueError):
         return None
 

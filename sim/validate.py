@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from qsnn.data import INPUT_SCALE, ArraySplit, model_input
-from qsnn.errors import DataError, ProfileError
+from qsnn.errors import ProfileError
 from qsnn.network import IntegerNetwork
 from qsnn.profiles import ChipProfile
 
@@ -36,35 +36,6 @@ CHUNK = 512
 Reference = Callable[[IntegerNetwork, np.ndarray, int], Mapping[str, np.ndarray]]
 FloatRunner = Callable[[np.ndarray, int], Mapping[str, np.ndarray]]
 Compiler = Callable[[ChipProfile], tuple[IntegerNetwork, dict[str, Any]]]
-
-
-def check_dataset(net: IntegerNetwork, data: ArraySplit, model_name: str, dataset: str) -> None:
-    """Raise :class:`~qsnn.errors.DataError` naming both sides when the split does not fit the network."""
-    ours = f"{net.encoding} input {tuple(net.input_shape)}, {len(net.classes)} classes, T={net.num_steps}"
-    theirs = f"{data.encoding} input {tuple(data.input_shape)}, {len(data.classes)} classes"
-    trained_on = net.metadata.get("dataset") if isinstance(net.metadata, dict) else None
-    hint = f"; the model was trained on {trained_on!r}: pass --dataset {trained_on}" if trained_on else ""
-    if (
-        data.encoding != net.encoding
-        or tuple(data.input_shape) != tuple(net.input_shape)
-        or len(data.classes) != len(net.classes)
-    ):
-        raise DataError(f"dataset {dataset!r} ({theirs}) does not match the model {model_name} ({ours}){hint}")
-    if tuple(data.classes) != tuple(net.classes):
-        raise DataError(
-            f"dataset {dataset!r} has classes {_short(data.classes)} but the model {model_name} was trained "
-            f"on classes {_short(net.classes)}{hint}"
-        )
-    if data.encoding == "events" and data.x.shape[1] != net.num_steps:
-        raise DataError(
-            f"dataset {dataset!r} has {data.x.shape[1]} frames per sample but the model {model_name} "
-            f"runs T={net.num_steps} steps"
-        )
-
-
-def _short(classes: tuple[str, ...] | list[str]) -> str:
-    names = [str(c) for c in classes]
-    return "(" + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") + ")"
 
 
 def float_input(x: np.ndarray, encoding: str) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 
 from qsnn.atomic import atomic_write_text
 from qsnn.cli import (
+    DatasetChoice,
     claim_stdout,
     debug_option,
     force_option,
@@ -42,8 +43,7 @@ from qsnn.cli import (
     version_option,
     write_stdout,
 )
-from qsnn.data import DATASETS, SPLITS, describe_files, load_split
-from qsnn.errors import DataError
+from qsnn.data import DATASETS, SPLITS, describe_files, load_for_model
 from qsnn.jsonio import dumps
 from qsnn.options import FiniteFloat
 from qsnn.output_guard import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
@@ -242,9 +242,9 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
 @version_option("qsnn-rtl-sim")
 @click.option(
     "--dataset",
-    type=click.Choice(DATASETS),
+    type=DatasetChoice(DATASETS),
     default=None,
-    help="Dataset [default: the one the network was trained on, from the manifest].",
+    help="Dataset: a name, arrays:DIR or folder:DIR [default: the one the network was trained on, from the manifest].",
 )
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option(
@@ -341,22 +341,7 @@ def main(
         from qsnn.sim.engine import simulate
         from qsnn.sim.report import hardware_figures
 
-        dataset = dataset or (net.metadata.get("dataset") if isinstance(net.metadata, dict) else None)
-        if dataset not in DATASETS:
-            raise DataError(
-                f"{folder}: the manifest does not say which dataset the network was trained on; pass --dataset"
-            )
-        data = load_split(dataset, split, data_dir, num_steps=net.num_steps)
-        if (
-            data.encoding != net.encoding
-            or tuple(data.input_shape) != tuple(net.input_shape)
-            or len(data.classes) != len(net.classes)
-        ):
-            raise DataError(
-                f"dataset {dataset!r} ({data.encoding} {tuple(data.input_shape)}, {len(data.classes)} classes) "
-                f"does not fit the network of {folder} ({net.encoding} {tuple(net.input_shape)}, "
-                f"{len(net.classes)} classes)"
-            )
+        dataset, data = load_for_model(net, split, data_dir, dataset=dataset, where=f"the network of {folder}")
         if samples < len(data):
             data = data.subset(samples, 0)
         x, y = data.x, data.y

@@ -54,7 +54,7 @@ def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_
 def check(
     source: Path, images: int, *, data_dir: str | None = None, python: str | None = None, log=print
 ) -> dict[str, Any]:
-    from qsnn.data import load_split
+    from qsnn.data import load_for_model
     from qsnn.export.compile import compile_qonnx
     from qsnn.profiles import get_profile
     from qsnn.sim import simulate
@@ -70,7 +70,7 @@ def check(
 
             onnx_path = export_float(source, Path(tmp) / "model.onnx")
         net, _ = compile_qonnx(onnx_path, get_profile("loihi2"))
-        data = load_split(str(net.metadata.get("dataset")), "test", data_dir, num_steps=net.num_steps)
+        _, data = load_for_model(net, "test", data_dir, where=str(source))
         if images > len(data):
             raise SystemExit(f"error: the test split has {len(data)} samples, asked for {images}")
         x, y = data.x[:images], data.y[:images]
