@@ -1,0 +1,142 @@
+"""The engine's compiled kernels (qsnn.sim.kernels_numba, numba) against its NumPy loops.
+
+The accelerator is optional: with numba importable ``simulate`` runs the current tail and the LIF
+step in one compiled, GIL-free kernel per layer; the NumPy loops stay the reference. Every spike,
+membrane, output count and statistic must be the same integers (``np.array_equal``) on every layer
+stack of the architecture issue (dense-only, strided, padded, pooled, 2..8-bit, events), under both
+profiles and the overflow/reset/delay variants, on real mnist5k digits; and the NumPy loops must
+still run, and agree, when the accelerator is switched off (``accel=False``, ``QSNN_SIM_ACCEL=numpy``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_arch_integer import HAND, event_input, hand_net
+from test_sim_engine import _same_result
+
+from qsnn.data import load_split
+from qsnn.errors import InputError
+from qsnn.sim import engine, layers, simulate
+
+numba = pytest.importorskip("numba", reason="the accelerator needs numba (pip install -e '.[fast]')")
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_split("mnist5k", "test").x[:48]
+
+
+def _three_ways(net, x, **kw):
+    """(compiled kernels, NumPy loops with the integer matmul, NumPy reference path) of one input."""
+    common = dict(record=True, record_membranes=True, **kw)
+    fast = simulate(net, x, accel=True, **common)
+    loops = simulate(net, x, accel=False, **common)
+    ref = simulate(net, x, kernel="numpy", **{**common, "threads": 1})
+    return fast, loops, ref
+
+
+@pytest.mark.parametrize("name", list(HAND))
+def test_compiled_kernels_equal_numpy_loops_on_every_stack(name, digits, monkeypatch):
+    """Every hand-built stack (dense-only, stride, padding, pooling, 2/8-bit weights, fpga and loihi2,
+    saturating, wrapping, delayed, events): spikes, membranes, counts and statistics equal, with
+    small buffers (several time chunks and matmul blocks per batch: the kernel's state crosses them)
+    and pieces over two threads."""
+    spec, profile, bits, encoding = HAND[name]
+    x = digits[:16] if encoding == "static" else event_input((2, 16, 16), 8, n=16)
+    net = hand_net(spec, profile, bits, encoding, x, T=8)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 8192)
+    monkeypatch.setattr(layers, "GEMM_BYTES", 4096)
+    monkeypatch.setattr(engine, "MIN_PIECE_ACCEL", 4)
+    fast, loops, ref = _three_ways(net, x, threads=2, batch_size=12)
+    assert all(el.accel is not None for el in layers.compile_layers(net, int(x.max()), accel=True))
+    assert sum(int(s.spikes_per_step.sum()) for s in ref.layers) > 0, "a silent network proves nothing"
+    _same_result(fast, loops)
+    _same_result(fast, ref)
+
+
+@pytest.mark.parametrize("profile", ["fpga", "loihi2"])
+def test_compiled_kernels_equal_numpy_loops_on_a_compiled_export(profile, synthetic_export, digits):
+    """The paper's network compiled from its QONNX export, real digits, batch 48 over two threads."""
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.profiles import get_profile
+
+    _, onnx_path = synthetic_export(threshold=1.0) if profile == "loihi2" else synthetic_export()
+    net, _ = compile_qonnx(onnx_path, get_profile(profile), allow_saturation=True)
+    fast, loops, ref = _three_ways(net, digits, threads=2, batch_size=48)
+    assert sum(int(s.spikes_per_step.sum()) for s in ref.layers[1:]) > 0
+    _same_result(fast, loops)
+    _same_result(fast, ref)
+    # statistics off: the same integers, and what the membrane update sees anyway
+    bare = simulate(net, digits, accel=True, stats=False, record=True)
+    for key in bare.spikes:
+        assert np.array_equal(bare.spikes[key], fast.spikes[key]), key
+    assert [s.saturation_events for s in bare.layers] == [s.saturation_events for s in fast.layers]
+
+
+def test_switched_off_the_numpy_loops_run(digits, monkeypatch):
+    """accel=False and QSNN_SIM_ACCEL=numpy compile layers without the kernels (the NumPy loops run)
+    and give the accelerated integers; a wrong QSNN_SIM_ACCEL is refused in one line naming it."""
+    spec, profile, bits, encoding = HAND["conv3-stride2-pad1"]
+    net = hand_net(spec, profile, bits, encoding, digits[:8], T=6)
+    x = digits[:8]
+    assert all(el.accel is None for el in layers.compile_layers(net, 255, accel=False))
+    assert all(el.accel is None for el in layers.compile_layers(net, 255, kernel="numpy", accel=True))
+    fast = simulate(net, x, accel=True, record=True, record_membranes=True)
+    monkeypatch.setenv("QSNN_SIM_ACCEL", "numpy")
+    assert all(el.accel is None for el in layers.compile_layers(net, 255))
+    off = simulate(net, x, record=True, record_membranes=True)
+    _same_result(fast, off)
+    monkeypatch.setenv("QSNN_SIM_ACCEL", "numba")
+    assert all(el.accel is not None for el in layers.compile_layers(net, 255))
+    monkeypatch.setenv("QSNN_SIM_ACCEL", "gpu")
+    with pytest.raises(InputError, match=r"QSNN_SIM_ACCEL must be one of \('numba', 'numpy'\), got 'gpu'"):
+        simulate(net, x)
+
+
+def test_batch_64_runs_as_two_pieces_on_two_threads(digits, monkeypatch):
+    """With the compiled kernels a batch of 64 is two pieces of 32 (both cores busy); the NumPy
+    loops keep whole pieces of 64 (their many small calls contend for the GIL)."""
+    spec, profile, bits, encoding = HAND["dense-2"]
+    net = hand_net(spec, profile, bits, encoding, digits[:8], T=4)
+    x = np.concatenate([digits, digits])[:64]
+    pieces: list[int] = []
+    real = engine._run_batch
+
+    def spy(layers_, accs, xb, *args, **kwargs):
+        pieces.append(len(xb))
+        return real(layers_, accs, xb, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_run_batch", spy)
+    simulate(net, x, batch_size=64, threads=2, accel=True)
+    assert sorted(pieces) == [32, 32]
+    pieces.clear()
+    simulate(net, x, batch_size=64, threads=2, accel=False)
+    assert pieces == [64]
+
+
+def test_no_work_at_import():
+    """Importing the engine imports no numba (nor compiles anything); a run with the accelerator
+    switched off never imports it; a run with it on does."""
+    code = (
+        "import os, sys, numpy as np\n"
+        "from qsnn.network import IntegerLayer, IntegerNetwork\n"
+        "from qsnn.profiles import FPGA\n"
+        "import qsnn.sim, qsnn.sim.engine, qsnn.sim.layers\n"
+        "assert 'numba' not in sys.modules\n"
+        "fc = IntegerLayer('f', 'dense', np.ones((3, 4), np.int8), 1, 0, np.array([1]*3), np.zeros(3, np.int64),"
+        " 3000, np.ones(3))\n"
+        "out = IntegerLayer('o', 'dense', np.ones((2, 3), np.int8), 1, 0, np.array([1]*2), np.zeros(2, np.int64),"
+        " 3000, np.ones(2))\n"
+        "net = IntegerNetwork((fc, out), FPGA, (1, 2, 2), 4, 'static', ('a', 'b'))\n"
+        "qsnn.sim.simulate(net, np.full((2, 1, 2, 2), 9, np.uint8), accel=False)\n"
+        "assert 'numba' not in sys.modules\n"
+        "qsnn.sim.simulate(net, np.full((2, 1, 2, 2), 9, np.uint8), accel=True)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"  # the second layer is scanned in the compiled kernel
