@@ -310,7 +310,7 @@ def _load_arrays(root: Path, split: str, seed: int, num_steps: int, frames: Even
         y = _read_npz(file_key(path))[1]
         if len(y) and y.max() >= k:  # only with named classes: else K is one more than the largest label
             raise DataError(
-                f"{path}: label {int(y.max())} is out of range: classes names {k} classes (labels 0..{k - 1}); "
+                f"{path}: label {int(y.max())} is out of range: classes lists {k} names (labels 0..{k - 1}); "
                 "fix y, or add the class's name to classes"
             )
         if name == "train":
