@@ -26,7 +26,8 @@ TRAIN_ARGS ?=
 
 DEMO_DIR  ?= runs/demo
 
-.PHONY: install system-deps demo test test-fast lint train bench clean rtl-check lava lava-check test-lava
+.PHONY: install system-deps demo test test-fast lint train bench clean rtl-check lava lava-check test-lava \
+        gpu-check gpu-check-dry gpu-bundle
 
 install: system-deps $(VENV)/.installed
 
@@ -227,3 +228,33 @@ nir-check: install nir-venvs
 	$(BIN)/python tools/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
 
 .PHONY: nir-venvs nir-check
+
+# qsnn on a GPU (tools/gpu_check.py, docs/training.md "On a GPU"): the CUDA tests, training throughput
+# of the eager loop vs the fast path (T = 100, batch 128), a FashionMNIST int4 run at T = 100 then qsnn-sim
+# on its 10k test images, torchrun on N > 1 GPUs; one table in runs/gpu-check/gpu_check.md. On a machine
+# without a package registry, `make gpu-bundle` here first puts the wheels it lacks and FashionMNIST
+# in .gpu/ (carry it along): gpu-check installs them into that machine's python3 (which holds torch).
+GPU_PYTHON     ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_ARGS ?=
+GPU_WHEELS     := .gpu/wheels
+gpu-check:
+	@if ! $(GPU_PYTHON) -c "import qsnn.train, snntorch, brevitas, qonnx" 2>/dev/null; then \
+	  if [ -d $(GPU_WHEELS) ]; then \
+	    $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile $(GPU_WHEELS)/*.whl && \
+	    $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-build-isolation -e . ; \
+	  else echo "gpu-check: $(GPU_PYTHON) lacks qsnn's dependencies: run make install, or make gpu-bundle and carry .gpu/"; exit 2; fi; \
+	fi
+	$(GPU_PYTHON) tools/gpu_check.py $(if $(wildcard .gpu/data),--data-dir .gpu/data) $(GPU_CHECK_ARGS)
+
+# The same script on the CPU with tiny sizes (tests/test_gpu_check.py runs it in CI too).
+gpu-check-dry: install
+	$(BIN)/python tools/gpu_check.py --dry-run --device cpu --out runs/gpu-check-dry $(GPU_CHECK_ARGS)
+
+gpu-bundle: install
+	rm -rf $(GPU_WHEELS).tmp && mkdir -p $(GPU_WHEELS).tmp .gpu/data
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d $(GPU_WHEELS).tmp -r tools/gpu_requirements.txt
+	rm -rf $(GPU_WHEELS) && mv $(GPU_WHEELS).tmp $(GPU_WHEELS)
+	test -d .gpu/data/fashion-mnist || cp -r /usr/share/datasets/fashion-mnist .gpu/data/fashion-mnist
+	@du -sh .gpu; echo "carry .gpu to the GPU machine, then: make gpu-check"

@@ -29,10 +29,18 @@ from qsnn.config import TrainConfig  # noqa: E402
 from qsnn.data import load_split  # noqa: E402
 from qsnn.jsonio import write_json  # noqa: E402
 from qsnn.train import lif  # noqa: E402
+from qsnn.train import model as model_module  # noqa: E402
 from qsnn.train.alloc import keep_freed_memory  # noqa: E402
 from qsnn.train.data import Batches  # noqa: E402
+from qsnn.train.distributed import cuda_numerics, resolve_device  # noqa: E402
 from qsnn.train.loss import mse_count_loss  # noqa: E402
 from qsnn.train.model import QSNN  # noqa: E402
+
+
+def _sync(dev: torch.device) -> None:
+    """Wait for the device's queued kernels, so that a timer measures them (CUDA runs asynchronously)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def _train_step(model: QSNN, forward, optimizer, x, y, cfg: TrainConfig) -> float:
@@ -51,20 +59,40 @@ def _train_step(model: QSNN, forward, optimizer, x, y, cfg: TrainConfig) -> floa
 @click.option("--batch-size", default=128, show_default=True, help="Minibatch size.")
 @click.option("--repeats", default=7, show_default=True, help="Timed minibatches per path (after one warm-up each).")
 @click.option("--quant-scale", type=click.Choice(["float", "po2"]), default="float", show_default=True)
+@click.option("--arch", default=None, help="Network spec (qsnn/arch.py); default: the preset's (Table II).")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1.")
+@click.option(
+    "--channels-last/--contiguous",
+    default=None,
+    help="Lay the fast path's conv spikes out channels-last (default: on the CPU only, train/model.py).",
+)
 @click.option("--out", default="runs/bench/train.json", show_default=True, help="JSON file for the figures.")
-def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: str) -> None:
+def main(num_steps, batch_size, repeats, quant_scale, arch, device, channels_last, out) -> None:
     """Training samples/s: fast path vs the paper's snnTorch + Brevitas eager loop."""
     keep_freed_memory()  # as qsnn-train does (train/alloc.py); the same for every path
+    dev = resolve_device(device)
+    if channels_last is not None:
+        others = tuple(d for d in model_module.CHANNELS_LAST_DEVICES if d != dev.type)
+        model_module.CHANNELS_LAST_DEVICES = others + ((dev.type,) if channels_last else ())
+    layout = "channels-last" if dev.type in model_module.CHANNELS_LAST_DEVICES else "contiguous"
+    cuda_mode = cuda_numerics(dev)  # as qsnn-train sets it (QSNN_CUDA_MODE)
     torch.manual_seed(0)
     cfg = TrainConfig.from_preset(
-        "mnist5k", "int4", num_steps=num_steps, batch_size=batch_size, quant_scale=quant_scale
+        "mnist5k",
+        "int4",
+        num_steps=num_steps,
+        batch_size=batch_size,
+        quant_scale=quant_scale,
+        **({"arch": arch} if arch else {}),
     )
     split = load_split("mnist5k", "train", seed=0)
-    batches = list(Batches(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True))
+    batches = list(
+        Batches(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True, device=dev)
+    )
     models = {}
     for name in ("fast", "fast, step-by-step LIF", "plain"):  # identical initial weights, separate optimisers
         torch.manual_seed(0)
-        model = QSNN(cfg, split.input_shape, len(split.classes)).train()
+        model = QSNN(cfg, split.input_shape, len(split.classes)).to(dev).train()
         models[name] = (
             model,
             model.forward_plain if name == "plain" else model.forward_fast,
@@ -77,8 +105,10 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
         for name, (model, forward, opt) in models.items():
             torch.manual_seed(1000 + i)  # same dropout masks for every path
             lif.FUSED = name != "fast, step-by-step LIF"
+            _sync(dev)
             t0 = time.perf_counter()
             loss = _train_step(model, forward, opt, x, y, cfg)
+            _sync(dev)
             elapsed = time.perf_counter() - t0
             lif.FUSED = True
             if i:  # the first minibatch warms up allocators and caches
@@ -89,6 +119,10 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
     fused = [s / f for f, s in zip(times["fast"], times["fast, step-by-step LIF"])]
     first_equal = losses["fast"][0] == losses["plain"][0] == losses["fast, step-by-step LIF"][0]
     result = {
+        "arch": cfg.arch,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+        "cuda_mode": cuda_mode,
+        "fast_path_layout": layout,
         "T": num_steps,
         "batch_size": batch_size,
         "quant_scale": quant_scale,
@@ -111,8 +145,10 @@ def main(num_steps: int, batch_size: int, repeats: int, quant_scale: str, out: s
         [
             (
                 "network / T / batch",
-                f"mnist 16C5-AP2-64C5-AP2-FC10 int4 ({quant_scale} scale) / {num_steps} / {batch_size}",
+                f"mnist {cfg.arch} int4 ({quant_scale} scale) / {num_steps} / {batch_size}",
             ),
+            ("device", result["device"] + (f" (QSNN_CUDA_MODE {cuda_mode})" if cuda_mode else "")),
+            ("fast path's conv spikes", layout),
             ("baseline (snnTorch + Brevitas eager loop)", f"{sps['plain']:8.1f} samples/s (median of {repeats})"),
             ("qsnn fast path", f"{sps['fast']:8.1f} samples/s (median of {repeats})"),
             (

@@ -141,9 +141,12 @@ def setup(device: str | None = None) -> tuple[DistContext, torch.device]:
     """
     world = env_world_size()
     if world <= 1:
-        return SINGLE, resolve_device(device)
+        dev = resolve_device(device)
+        cuda_numerics(dev)
+        return SINGLE, dev
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
+    cuda_numerics(dev)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
@@ -155,6 +158,38 @@ def setup(device: str | None = None) -> tuple[DistContext, torch.device]:
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, backend=dist.get_backend()
     )
     return ctx, dev
+
+
+CUDA_MODES = ("exact", "fast")
+"""``QSNN_CUDA_MODE``: how training computes on a CUDA device (the CPU is unaffected).
+
+* ``exact`` (default): float32 convolutions and matmuls (no TF32: its 10-bit mantissa rounds the
+  pixel inputs of layer 1 and float weight scales, so a GPU-trained model's reported accuracy would
+  not be what the float32 export computes), deterministic cuDNN algorithms (no atomics in the
+  backward pass) and cuBLAS workspaces (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set), so a run
+  resumed after an interruption is meant to end with the same tensors as one that was not, as on the
+  CPU (tests/test_cuda.py asserts it where a GPU is available: ``make gpu-check``).
+* ``fast``: TF32 and cuDNN's autotuned, possibly non-deterministic algorithms. Resume is then equal
+  to float rounding only. ``make gpu-check`` measures what each mode costs (docs/training.md).
+"""
+
+
+def cuda_numerics(dev: torch.device, mode: str | None = None) -> str | None:
+    """Set PyTorch's CUDA numerics for training on ``dev`` per :data:`CUDA_MODES` (``mode``, else
+    ``QSNN_CUDA_MODE``, else ``exact``); return the mode set, or None for a non-CUDA device."""
+    if dev.type != "cuda":
+        return None
+    mode = mode or os.environ.get("QSNN_CUDA_MODE") or "exact"
+    if mode not in CUDA_MODES:
+        raise QsnnError(f"QSNN_CUDA_MODE={mode}: not a CUDA mode; use one of {', '.join(CUDA_MODES)} (or unset it)")
+    fast = mode == "fast"
+    if not fast:  # cuBLAS's deterministic workspaces; read when its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
+    torch.backends.cudnn.deterministic = not fast
+    torch.backends.cudnn.benchmark = fast
+    return mode
 
 
 def is_main_process() -> bool:

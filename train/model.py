@@ -89,6 +89,12 @@ def _steps(seq: torch.Tensor, n: int) -> torch.Tensor:
     return seq if n == seq.shape[0] else seq[:n]
 
 
+#: Device types on which the fast path lays spikes feeding a convolution out channels-last: the CPU,
+#: where oneDNN convolves that layout fastest (bench/training.py). On CUDA the choice is measured by
+#: ``make gpu-check`` (its "channels-last on CUDA" row); a layout changes no value.
+CHANNELS_LAST_DEVICES: tuple[str, ...] = ("cpu",)
+
+
 class SNNOutput(NamedTuple):
     """Output spikes and membranes of the last layer, (T, B, C); per-layer records if asked."""
 
@@ -401,7 +407,8 @@ class QSNN(nn.Module):
             # convolves fastest (forward and backward); BatchNorm stays on contiguous tensors as in the
             # plain loop (its CPU reduction order depends on the layout). Layout changes no value.
             feeds_conv = i + 1 < len(blocks) and blocks[i + 1].spec.kind == "conv"
-            fmt = torch.channels_last if x.device.type == "cpu" and blk.spec.kind == "conv" and feeds_conv else None
+            cl = x.device.type in CHANNELS_LAST_DEVICES
+            fmt = torch.channels_last if cl and blk.spec.kind == "conv" and feeds_conv else None
             if static and i == 0:
                 cur = self._bn_repeated(blk.bn, self._static_current(blk, z, w), Tl)  # once for all steps
                 if fmt is not None:
