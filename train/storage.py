@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qsnn.errors import QsnnError
+from qsnn.optional import install_hint, require
 
 DEFAULT_HEARTBEAT = 60
 
@@ -54,14 +55,14 @@ def sqlalchemy_url(url: str) -> str:
     if has["psycopg"]:
         return f"postgresql+psycopg://{rest}"
     raise QsnnError(
-        f"storage {redact(url)}: PostgreSQL needs a driver; install it with "
-        f"`pip install 'qsnn[postgres]'` (psycopg) or `make install`"
+        f"storage {redact(url)}: PostgreSQL needs a driver, psycopg, which is not installed: "
+        f"{install_hint('psycopg')} (or make install)"
     )
 
 
 def retry_callback(max_retry: int | None):
     """Optuna's callback that re-queues a trial failed for a stale heartbeat (``max_retry`` times)."""
-    import optuna.storages as st
+    st = require("optuna.storages", "an Optuna storage (--storage)")
 
     cls = getattr(st, "RetryHeartbeatStaleTrialCallback", None) or st.RetryFailedTrialCallback  # name before 4.9
     with warnings.catch_warnings():
@@ -75,11 +76,12 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, grace: int | None
     ``grace`` (seconds, default 2 × ``heartbeat`` but at least 120 s) is how old a running trial's
     heartbeat may get before another worker fails it; ``retry`` is a stale-trial callback.
     """
-    import optuna
+    optuna = require("optuna", "an Optuna storage (--storage)")
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        journal = require("optuna.storages.journal", "an Optuna storage (--storage)")
+        JournalFileBackend, JournalStorage = journal.JournalFileBackend, journal.JournalStorage
 
         path = Path(url[len("journal:") :].removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 from qsnn.errors import QsnnError
+from qsnn.optional import require
 
 from .storage import DEFAULT_HEARTBEAT, open_storage, redact, retry_callback
 from .study import StudyRun, run_status
@@ -80,7 +81,7 @@ def worker_id() -> str:
 
 
 def _quiet_optuna():
-    import optuna
+    optuna = require("optuna", "qsnn-train study --storage")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this command prints its own lines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -98,7 +99,7 @@ def open_queue(
     log: Callable[[str], None] = print,
 ):
     """Create the study and enqueue the plan, or join it once its plan is complete. Returns (study, storage)."""
-    import optuna
+    optuna = require("optuna", "qsnn-train study --storage")
 
     _quiet_optuna()
     if url.startswith("journal:"):
@@ -161,7 +162,7 @@ def cell_states(study) -> dict[str, dict[str, Any]]:
 
 
 def counts(study) -> dict[str, int]:
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "qsnn-train study --storage").TrialState
 
     return {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
 
@@ -205,8 +206,8 @@ def run_worker(
     handle_signals: bool = True,
 ) -> dict[str, Any]:
     """Take waiting cells of ``study`` until none is waiting or running; return what this worker did."""
-    import optuna
-    from optuna.trial import TrialState
+    optuna = require("optuna", "qsnn-train study --storage")
+    TrialState = require("optuna.trial", "qsnn-train study --storage").TrialState
 
     from .loop import train
 
@@ -321,7 +322,7 @@ def retry_failed(study, storage, runs: Sequence[StudyRun], log: Callable[[str], 
     storage's unique study name lets one worker win), so workers started together never enqueue a
     cell twice.
     """
-    import optuna
+    optuna = require("optuna", "qsnn-train study --storage")
 
     states = cell_states(study)
     queued = []

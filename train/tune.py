@@ -34,6 +34,7 @@ from typing import Any, Callable
 from qsnn.atomic import atomic_write_text
 from qsnn.config import PRESET_ROW, TrainConfig
 from qsnn.errors import QsnnError
+from qsnn.optional import require
 
 from .storage import DEFAULT_HEARTBEAT, default_storage, open_storage, redact
 
@@ -79,7 +80,7 @@ def open_study(
     heartbeat: int = DEFAULT_HEARTBEAT,
 ):
     """Create or join the study (``load_if_exists``) with a TPE sampler and a median pruner."""
-    import optuna
+    optuna = require("optuna", "qsnn-train tune")
 
     storage = open_storage(storage_url, heartbeat)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
@@ -125,7 +126,7 @@ _COUNTED = None
 def _counted_states():
     global _COUNTED
     if _COUNTED is None:
-        from optuna.trial import TrialState
+        TrialState = require("optuna.trial", "qsnn-train tune").TrialState
 
         _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     return _COUNTED
@@ -146,7 +147,7 @@ def run_worker(study, n_trials: int, objective: Callable, log: Callable[[str], N
     (on the trials numbered below this one) settles the race of two workers asking at the same time,
     so at most ``n_trials`` trials ever train, whatever the number of workers.
     """
-    import optuna
+    optuna = require("optuna", "qsnn-train tune")
 
     ran = 0
 
@@ -183,7 +184,7 @@ def make_objective(
     progress: bool = False,
 ) -> Callable:
     """The objective: train a short run with the trial's hyperparameters, return its best validation accuracy."""
-    import optuna
+    optuna = require("optuna", "qsnn-train tune")
 
     from .loop import TrainingDiverged, train
 
@@ -247,7 +248,7 @@ def _toml_value(v: Any) -> str:
 
 def best_params_toml(study, dataset: str, precision: str, storage_url: str) -> str:
     """The best trial as a preset row: ``[row.precision]`` with ``source = "qsnn-train tune <study>"``."""
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "qsnn-train tune").TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -318,11 +319,11 @@ def tune(
     if prune_startup < 0:
         raise QsnnError(f"--prune-startup must be >= 0, got {prune_startup}")
     TrainConfig.from_preset(dataset, precision, **fixed, epochs=epochs)  # the fixed options, before any folder
+    optuna = require("optuna", "qsnn-train tune")  # before any folder too
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
     study_name = study_name or f"{dataset}-{precision}"
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command prints its own progress lines
     study = open_study(storage, study_name, sampler_seed=sampler_seed, prune=prune, startup_trials=prune_startup)
@@ -344,7 +345,7 @@ def tune(
         progress=progress,
     )
     ran = run_worker(study, n_trials, objective, log)
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "qsnn-train tune").TrialState
 
     counts = {
         s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))

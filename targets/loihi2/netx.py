@@ -66,6 +66,7 @@ import numpy as np
 from qsnn.errors import ExportError, ProfileError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
+from qsnn.optional import require
 from qsnn.profiles import LOIHI2
 
 from ..fit import check_fit, folded_fan_in, profile_limits, unfold_pool
@@ -180,7 +181,7 @@ def _neuron(group, layer: IntegerLayer) -> dict[str, Any]:
 def write(net: IntegerNetwork, folder: Path, example: np.ndarray | None = None) -> dict[str, Any]:
     """Write ``network.net`` (and ``example_input.npy``: ``example``, one input sample for the README's
     snippet, or zeros when none is given) into ``folder``; returns the manifest's target part."""
-    import h5py
+    h5py = require("h5py", "qsnn-export --to loihi2 (a netx HDF5 file)")
 
     shapes = net.shapes()
     layers_out: list[dict[str, Any]] = []
@@ -331,9 +332,8 @@ def _str(value: Any) -> str:
 
 def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetwork:
     """The :class:`IntegerNetwork` of a ``network.net`` written by :func:`write`."""
-    import h5py
-
     path = folder / FILE if folder.is_dir() else folder
+    h5py = require("h5py", f"reading {path} (a netx HDF5 file)")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -67,6 +67,7 @@ from qsnn.arith import effective_beta
 from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
+from qsnn.optional import require
 
 from ..fit import unfold_pool
 from ..manifest import layer_from_parts, network_from_parts, network_record
@@ -230,7 +231,7 @@ def _input_gain(beta: float, flavor: Flavor) -> float:
 
 def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
     """The :class:`nir.NIRGraph` of ``net`` (see the module docstring) and the per-layer records."""
-    import nir
+    nir = require("nir", "a NIR graph (qsnn-export --to nir)")
 
     fl = get_flavor(flavor)
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(net.input_shape)})}
@@ -391,7 +392,7 @@ def check(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR) -> None:
 
 def _strip_v_reset(path: Path) -> None:
     """Remove NIR 1.0.5+'s ``v_reset`` datasets, which nir ≤ 1.0.4 rejects (every one is 0 here)."""
-    import h5py
+    h5py = require("h5py", "a NIR graph (qsnn-export --to nir)")
 
     with h5py.File(path, "r+") as f:
 
@@ -407,7 +408,7 @@ def _strip_v_reset(path: Path) -> None:
 
 
 def write(net: IntegerNetwork, folder: Path, flavor: str = DEFAULT_FLAVOR) -> dict[str, Any]:
-    import nir
+    nir = require("nir", "qsnn-export --to nir")
 
     fl = get_flavor(flavor)
     graph, records = build_graph(net, fl.name)
@@ -451,9 +452,8 @@ def write(net: IntegerNetwork, folder: Path, flavor: str = DEFAULT_FLAVOR) -> di
 
 def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetwork:
     """The :class:`IntegerNetwork` of a ``network.nir`` written by :func:`write` (manifest optional)."""
-    import nir
-
     path = folder / FILE if folder.is_dir() else folder
+    nir = require("nir", f"reading {path} (a NIR graph)")
     try:
         graph = nir.read(path, type_check=False)  # the sinabs flavour does not type-check; read() checks the rest
     except (OSError, *PARSE_ERRORS) as exc:  # h5py and nir raise many kinds
