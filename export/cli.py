@@ -240,6 +240,44 @@ def example_input(net) -> Any:
         return None
 
 
+def limit_problems(job: ExportJob, target: str) -> tuple[ChipProfile, list[str]]:
+    """(profile, every limit the job's model breaks for ``target`` under it): the compiler's (all
+    layers at once, :func:`.compile.refuse_limits`), then, when it compiles, the target's own
+    (:func:`qsnn.targets.target_problems`). Writes nothing."""
+    from qsnn.errors import LimitsError
+
+    profile = job.profile(TABLE_PROFILES.get(target))
+    if profile is None:
+        raise ExportError(
+            "--check --to qonnx without --profile has nothing to check (the float graph holds any network); "
+            f"add --profile NAME ({', '.join(sorted(PROFILES))})"
+        )
+    try:
+        net, _ = integer_network(job, profile)
+    except LimitsError as exc:
+        return profile, exc.problems
+    if target == "qonnx":
+        return profile, []
+    from qsnn.targets import target_problems
+
+    return profile, target_problems(target, net, **job.target_options)
+
+
+def check_limits(job: ExportJob, target: str) -> None:
+    """``--check``: print every limit (one per line, with its layer and fix) and exit non-zero if any."""
+    from qsnn.cli import say
+
+    profile, problems = limit_problems(job, target)
+    where = f"--to {target} under profile {profile.name!r}"
+    if not problems:
+        say(f"{job.source}: fits {where}: no limit broken (nothing written)")
+        return
+    say(f"{job.source}: {len(problems)} limit(s) broken {where}:")
+    for i, problem in enumerate(problems, start=1):
+        say(f"  {i}. {problem}")
+    raise ProfileError(f"{job.source} breaks {len(problems)} limit(s) {where} (listed above); nothing written")
+
+
 #: ``--to`` targets: name → writer(job) → summary rows. Add a target here (one function, one entry).
 TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
     "qonnx": write_qonnx,
@@ -300,6 +338,14 @@ TARGETS: dict[str, Callable[[ExportJob], list[tuple[str, Any]]]] = {
     help="fpga: output channels the reference FPGA core (rtl/ in the folder) updates per cycle, a power "
     "of two from 1 to 64 [default: 16]. More lanes: fewer cycles, more logic and wider memories.",
 )
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Only check: list every limit the model breaks for the profile and target (weight width, threshold "
+    "and bias registers, membrane bound, fan-in, neurons per layer, input width, unsupported features), each "
+    "with its layer and fix; exit 1 if any. Nothing is written.",
+)
 @debug_option
 @friendly_errors
 def main(
@@ -313,6 +359,7 @@ def main(
     batch_size: int | None,
     nir_flavor: str | None,
     lanes: int | None,
+    check_only: bool,
 ) -> None:
     """Export a trained QSNN checkpoint (the best.pt of a qsnn-train run) or a qsnn QONNX file.
 
@@ -337,6 +384,9 @@ def main(
         batch_size=batch_size,
         target_options={k: v for k, v in (("flavor", nir_flavor), ("lanes", lanes)) if v is not None},
     )
+    if check_only:
+        check_limits(job, target)
+        return
     output = output or job.default_output(target)
     kind: Kind = QONNX if target == "qonnx" else target_folder(target)
     check_outputs({"-o": (output, kind)}, inputs={"CHECKPOINT_OR_ONNX": source}, force=force)

@@ -11,11 +11,14 @@ small passes, each a function with one job, run in order over a :class:`Plan` (o
 2. :func:`check_input_port`: the declared input range (``input_max``) fits the profile's input port;
    :func:`quantize_fp32_weights`: the integer weights (the ``Quant`` node's, or fp32 weights
    quantized here); :func:`check_profile_limits`: weight width, fan-in, neurons and the current
-   register fit the profile (every limit that fails, of every layer, in one error that names the
-   layer and the ``--profile-set`` field or the profile that would hold it);
+   register fit the profile (recorded, the passes go on);
 3. :func:`fold_batchnorm_and_pooling`: the real value s_c of one accumulator unit per channel;
 4. :func:`flip_negative_gains`: channels with BatchNorm γ < 0 get negated weights (γ = 0: none);
-5. :func:`choose_membrane_grid`: the shift, thresholds and biases (the shift rule below);
+5. :func:`choose_membrane_grid`: the shift, thresholds and biases (the shift rule below; a layer
+   whose threshold, bias or worst-case membrane no shift holds is recorded as a limit);
+   :func:`refuse_limits`: every limit recorded so far, of every layer, in ONE
+   :class:`~qsnn.errors.LimitsError` (``.problems``: one line each, naming the layer and the
+   ``--profile-set`` field or the profile that would hold it);
 6. :func:`emit_integer_layers`: the :class:`~qsnn.network.IntegerLayer` objects;
 7. :func:`write_report`: the compile report, and the network that carries it in its metadata.
 
@@ -91,7 +94,7 @@ from typing import Any, Callable
 import numpy as np
 
 from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
-from qsnn.errors import ProfileError
+from qsnn.errors import LimitsError, ProfileError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import PROFILES, ChipProfile
@@ -367,11 +370,11 @@ def _weight_limit(plan: Plan, lp: LayerPlan, stored: np.ndarray) -> str:
 
 
 def check_profile_limits(plan: Plan) -> None:
-    """Refuse (:class:`~qsnn.errors.ProfileError`) weights wider than the profile's (per layer: each
-    layer has its own width), layers beyond its fan-in or neuron limits (on the folded kernel for a
-    ``fold_pool`` profile), synaptic sums beyond its current register, and (recorded by
-    :func:`check_input_port`) inputs beyond its port: every one that fails, in ONE error, each naming
-    the layer and the ``--profile-set`` field (or the profile) that would hold it."""
+    """Record in ``plan.limits`` weights wider than the profile's (per layer: each layer has its own
+    width), layers beyond its fan-in or neuron limits (on the folded kernel for a ``fold_pool``
+    profile) and synaptic sums beyond its current register, each naming the layer and the
+    ``--profile-set`` field (or the profile) that would hold it. The passes go on (the membrane grid
+    adds its own limits); :func:`refuse_limits` raises them all in one error."""
     p = plan.profile
     for lp, shape in zip(plan.layers, plan.graph.layer_shapes):
         folds = _folds(p, lp.source)
@@ -402,12 +405,6 @@ def check_profile_limits(plan: Plan) -> None:
                     f"{p.name} profile's {p.current_bits}-bit dendritic accumulator (±{half - 1}); use smaller "
                     f"weights or fewer inputs per neuron (or --profile-set current_bits={big.bit_length() + 1})"
                 )
-    if len(plan.limits) == 1:
-        raise ProfileError(plan.limits[0])
-    if plan.limits:
-        raise ProfileError(
-            f"profile {p.name!r} cannot hold this network ({len(plan.limits)} limits): " + "; ".join(plan.limits)
-        )
 
 
 def fold_batchnorm_and_pooling(plan: Plan) -> None:
@@ -420,10 +417,29 @@ def fold_batchnorm_and_pooling(plan: Plan) -> None:
         unit = np.abs(src.bn_gain) * per_unit
         lp.dead = ~(unit > 0)
         lp.acc_unit = np.where(lp.dead, per_unit, unit)  # γ = 0: any unit; the current is the constant o_c
-        # the synaptic bias β_c, added before pooling (a constant pools to itself), goes through BatchNorm
-        lp.offset = (
-            src.bn_offset if src.bias is None else src.bn_gain * np.asarray(src.bias, np.float64) + src.bn_offset
-        )
+        lp.offset = constant_current(src)
+
+
+def constant_current(src: FloatLayer) -> np.ndarray:
+    """o_c = g_c·β_c + h_c per channel, in real units: the synaptic bias β_c, added before pooling (a
+    constant pools to itself), through BatchNorm (gain g_c, shift h_c); h_c alone without a bias."""
+    return src.bn_offset if src.bias is None else src.bn_gain * np.asarray(src.bias, np.float64) + src.bn_offset
+
+
+def trained_neurons(graph: FloatGraph) -> list[dict[str, Any]]:
+    """Per layer, the trained LIF constants the integer form approximates: β, θ, reset, the constant
+    current o_c per channel (:func:`constant_current`) and the synaptic delay (what
+    :class:`qsnn.sim.explain.TrainedNeurons` takes)."""
+    return [
+        {
+            "beta": float(layer.beta),
+            "theta": float(layer.theta),
+            "reset": layer.reset,
+            "offset": np.asarray(constant_current(layer), np.float64),
+            "delay": int(graph.synaptic_delay),
+        }
+        for layer in graph.layers
+    ]
 
 
 def flip_negative_gains(plan: Plan) -> None:
@@ -450,21 +466,32 @@ def choose_membrane_grid(plan: Plan) -> None:
             big, half = max(int(acc_max.max()), int(-acc_min.min())), 2 ** (p.current_bits - 1)
             while m_max and big << m_max >= half:  # the weight multiplier scales the sums too
                 m_max -= 1
-        lp.grid = _choose_grid(
-            lp.name,
-            lp.acc_unit,
-            lp.offset,
-            lp.source.theta,
-            acc_max,
-            acc_min,
-            lp.leak_const,
-            p,
-            plan.graph.num_steps,
-            m_max,
-            plan.allow_saturation,
-        )
+        try:
+            lp.grid = _choose_grid(
+                lp.name,
+                lp.acc_unit,
+                lp.offset,
+                lp.source.theta,
+                acc_max,
+                acc_min,
+                lp.leak_const,
+                p,
+                plan.graph.num_steps,
+                m_max,
+                plan.allow_saturation,
+            )
+        except ProfileError as exc:  # threshold or bias register, membrane bound: one limit of this layer
+            plan.limits.append(str(exc))
+            continue
         if lp.grid.note:
             lp.notes.append(lp.grid.note)
+
+
+def refuse_limits(plan: Plan) -> None:
+    """Raise every limit the passes recorded (input port, weight width, fan-in, neurons, current
+    register, threshold and bias registers, membrane bound) in ONE :class:`~qsnn.errors.LimitsError`."""
+    if plan.limits:
+        raise LimitsError(plan.limits, f"profile {plan.profile.name!r} cannot hold this network")
 
 
 def emit_integer_layers(plan: Plan) -> None:
@@ -600,6 +627,7 @@ PASSES: tuple[Callable[[Plan], None], ...] = (
     fold_batchnorm_and_pooling,
     flip_negative_gains,
     choose_membrane_grid,
+    refuse_limits,
     emit_integer_layers,
     write_report,
 )
@@ -768,7 +796,8 @@ def _choose_grid(
     raise ProfileError(
         f"layer {name}: no current shift puts threshold θ={theta:g} on the {p.name} profile's "
         f"{p.membrane_bits}-bit membrane with {SATURATION_HEADROOM}x headroom and a nonzero threshold "
-        f"(thresholds ≤ {p.threshold_max}, biases ≤ {p.bias_max})"
+        f"(thresholds ≤ {p.threshold_max}, biases ≤ {p.bias_max}); widen the membrane (--profile-set "
+        "membrane_bits=N) or the threshold register (--profile-set threshold_bits=N)"
     )
 
 
@@ -793,13 +822,15 @@ def _fixed_shift_fallback(
         raise ProfileError(
             f"layer {name}: threshold θ={theta:g} needs {int(th.max())} grid units at the {p.name} profile's fixed "
             f"current shift {p.frac_bits}, beyond its largest threshold {largest} ({p.threshold_bits}-bit vth << {ts}); "
-            "the weights are too small for this threshold"
+            f"the weights are too small for this threshold: train for the chip (qsnn-train run --profile {p.name}) "
+            "or with a smaller --threshold"
         )
     if np.min(th) < MIN_THRESHOLD_STEPS * 2**ts:
         raise ProfileError(
             f"layer {name}: threshold θ={theta:g} is only {int(th.min())} grid units at the {p.name} profile's fixed "
             f"current shift {p.frac_bits} (fewer than {MIN_THRESHOLD_STEPS} steps of 2^{ts}); the weights are too "
-            "large for this threshold"
+            f"large for this threshold: train for the chip (qsnn-train run --profile {p.name}) or with a larger "
+            "--threshold"
         )
     clipped = np.abs(b) > p.bias_max
     th_i, b_i = th.astype(np.int64), np.clip(b, -p.bias_max, p.bias_max).astype(np.int64)

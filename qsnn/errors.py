@@ -43,6 +43,19 @@ class ProfileError(QsnnError):
     """A network cannot be represented under a chip profile, or the profile itself is impossible."""
 
 
+class LimitsError(ProfileError):
+    """A network breaks one or more limits of a profile or target; ``problems`` lists every one (each
+    naming the layer and the fix), the message joins them on one line."""
+
+    def __init__(self, problems: list[str], what: str = "the profile cannot hold this network") -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{what} ({len(self.problems)} limits): " + "; ".join(self.problems)
+        super().__init__(message)
+
+
 class NetworkError(ProfileError, ValueError):
     """An :class:`~qsnn.network.IntegerNetwork` is inconsistent (shapes, kinds, constants), or holds
     values its profile's arithmetic (or int64) cannot run.

@@ -16,7 +16,16 @@ with the SHA-256 of every file); :func:`read_target` loads any of them back into
 """
 
 from .manifest import FORMAT_VERSION, read_manifest
-from .registry import TARGETS, Target, check_target, get_target, read_target, summarize, write_target
+from .registry import (
+    TARGETS,
+    Target,
+    check_target,
+    get_target,
+    read_target,
+    summarize,
+    target_problems,
+    write_target,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -27,5 +36,6 @@ __all__ = [
     "read_manifest",
     "read_target",
     "summarize",
+    "target_problems",
     "write_target",
 ]

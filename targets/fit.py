@@ -1,8 +1,8 @@
 """Fit checks: does a compiled network fit a target's registers and limits?
 
 Every target checks the network's own profile first (:func:`check_profile_fit`), then its own
-:class:`Limits` (:func:`check_fit`); a layer that does not fit gives a
-:class:`~qsnn.errors.ProfileError` naming the layer and the limit. Targets that store conv kernels
+:class:`Limits` (:func:`check_fit`); what does not fit gives one :class:`~qsnn.errors.LimitsError`
+(a ProfileError) listing every layer and limit at once, each with its fix (:func:`fit_problems`). Targets that store conv kernels
 with the pooling folded in (loihi2, nir) read them back with :func:`unfold_pool`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qsnn.errors import ProfileError
+from qsnn.errors import LimitsError
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
 
@@ -108,7 +108,17 @@ def profile_limits(profile: ChipProfile, target: str, **overrides: Any) -> Limit
 
 
 def check_fit(net: IntegerNetwork, limits: Limits) -> None:
-    """Raise :class:`ProfileError` naming the first layer (and the limit) that does not fit."""
+    """Raise :class:`~qsnn.errors.LimitsError` listing every layer and limit that does not fit (:func:`fit_problems`)."""
+    problems = fit_problems(net, limits)
+    if problems:
+        raise LimitsError(problems, f"the {limits.target} target cannot hold this network")
+
+
+def fit_problems(net: IntegerNetwork, limits: Limits) -> list[str]:
+    """Every limit the network breaks, one sentence each naming the layer, the limit and the fix:
+    weight width (on the folded kernel where the target folds pooling), threshold and bias registers
+    (range and multiple), neurons per layer, fan-in."""
+    problems: list[str] = []
     shapes = net.shapes()
     for i, (layer, shape) in enumerate(zip(net.layers, shapes), start=1):
         where = f"layer {i} ({layer.name})"
@@ -121,48 +131,58 @@ def check_fit(net: IntegerNetwork, limits: Limits) -> None:
         if big > wmax:
             need = big.bit_length() + 1
             what = f"weights (the kernel with its {layer.pool}×{layer.pool} pooling folded in)" if folded else "weights"
-            raise ProfileError(
+            problems.append(
                 f"{where}: {what} reach |{big}|, which needs {need}-bit two's complement; the "
                 f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
                 f"Compile it with wider weights (--profile-set weight_bits={max(need, limits.weight_bits + 1)}) where the "
                 f"target allows, or for a {limits.weight_bits}-bit profile."
             )
-        _check_register(
+        problems += _register_problems(
             where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple, limits.target
         )
-        _check_register(where, "bias", layer.bias, limits.bias_max, limits.bias_multiple, limits.target, signed=True)
+        problems += _register_problems(
+            where, "bias", layer.bias, limits.bias_max, limits.bias_multiple, limits.target, signed=True
+        )
         neurons = int(np.prod(shape))
         if limits.max_neurons and neurons > limits.max_neurons:
-            raise ProfileError(
+            problems.append(
                 f"{where}: {neurons} neurons {tuple(shape)} exceed the {limits.target} target's limit of "
                 f"{limits.max_neurons} neurons per layer (max_neurons)."
             )
         fan_in = folded_fan_in(layer) if limits.fold_pool else layer.fan_in
         if limits.max_fan_in and fan_in > limits.max_fan_in:
             how = " with the pooling folded into the kernel" if limits.fold_pool and layer.pool > 1 else ""
-            raise ProfileError(
+            problems.append(
                 f"{where}: fan-in {fan_in}{how} exceeds the {limits.target} target's limit of "
                 f"{limits.max_fan_in} synapses per neuron (max_fan_in)."
             )
+    return problems
 
 
-def _check_register(
+def _register_problems(
     where: str, what: str, values: np.ndarray, largest: int, multiple: int, target: str, signed: bool = False
-) -> None:
+) -> list[str]:
     """Per-channel constants within the register (|v| ≤ largest when ``signed``) and multiples of ``multiple``."""
     v = np.asarray(values, dtype=np.int64)
     big = int((np.abs(v) if signed else v).max(initial=0))
+    problems = []
     if largest and big > largest:
         shown = f"|{big}|" if signed else str(big)
-        raise ProfileError(f"{where}: {what} {shown} exceeds the {target} target's largest {what} {largest}.")
+        problems.append(f"{where}: {what} {shown} exceeds the {target} target's largest {what} {largest}.")
     if multiple > 1 and np.any(v % multiple):
         bad = int(v[v % multiple != 0][0])
-        raise ProfileError(
+        problems.append(
             f"{where}: {what} {bad} is not a multiple of {multiple}, which the {target} target needs "
             f"(it stores {what} / {multiple})."
         )
+    return problems
 
 
 def check_profile_fit(net: IntegerNetwork, target: str) -> None:
     """The network must obey its own profile's registers before any target writes it."""
     check_fit(net, profile_limits(net.profile, target))
+
+
+def profile_fit_problems(net: IntegerNetwork, target: str) -> list[str]:
+    """:func:`fit_problems` of the network's own profile's registers (what :func:`check_profile_fit` raises)."""
+    return fit_problems(net, profile_limits(net.profile, target))

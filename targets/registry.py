@@ -19,13 +19,13 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from qsnn.atomic import atomic_directory
-from qsnn.errors import ExportError, ProfileError, QsnnError, damaged_file
+from qsnn.errors import ExportError, LimitsError, ProfileError, QsnnError, damaged_file
 from qsnn.jsonio import dumps, to_jsonable
 from qsnn.network import IntegerNetwork
 from qsnn.output_guard import target_foreign_entries
 
 from . import fpga, loihi2, nir
-from .fit import check_profile_fit
+from .fit import profile_fit_problems
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, README, file_table, layer_record, network_record, read_manifest
 
 
@@ -62,14 +62,23 @@ def get_target(name: str) -> Target:
 
 
 def check_target(name: str, net: IntegerNetwork, **options: Any) -> None:
-    """Raise :class:`ProfileError` (naming the layer and the limit) unless ``net`` fits target ``name``."""
+    """Raise :class:`~qsnn.errors.LimitsError` (naming every layer and limit) unless ``net`` fits target ``name``."""
+    found = target_problems(name, net, **options)
+    if found:
+        raise LimitsError(found, f"the {name} target cannot hold this network")
+
+
+def target_problems(name: str, net: IntegerNetwork, **options: Any) -> list[str]:
+    """Every limit ``net`` breaks for target ``name``: its own profile's registers, then the target's
+    (unsupported features, its registers), each once; an unknown target or option raises."""
     target = get_target(name)
     known = [p for p in inspect.signature(target.module.write).parameters if p not in ("net", "folder")]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ProfileError(f"target {name!r} has no option(s) {unknown}; its options are {known or 'none'}")
-    check_profile_fit(net, name)
-    target.check(net, **options)
+    found = profile_fit_problems(net, name)
+    found += [p for p in target.module.problems(net, **options) if p not in found]
+    return found
 
 
 def _version() -> str:

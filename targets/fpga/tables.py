@@ -34,10 +34,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsnn.arith import from_twos_complement, to_twos_complement
-from qsnn.errors import ExportError, ProfileError
+from qsnn.errors import ExportError, LimitsError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 
-from ..fit import check_fit, profile_limits
+from ..fit import fit_problems, profile_limits
 from ..manifest import layer_from_parts, network_from_parts
 from ..memfiles import format_coe, format_mem, format_mif, hex_digits, pack_lanes, parse_mem
 from . import core
@@ -83,12 +83,24 @@ def _lanes(lanes: int | None) -> int:
 def check(
     net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None, lanes: int | None = None
 ) -> None:
-    """Raise :class:`ProfileError` unless the fpga tables can hold ``net`` with these memory widths."""
+    """Raise :class:`ProfileError` unless the fpga tables can hold ``net`` with these memory widths
+    (every problem at once: :func:`problems`)."""
+    found = problems(net, word_bits=word_bits, weight_bits=weight_bits, lanes=lanes)
+    if found:
+        raise LimitsError(found, f"the {NAME} target cannot hold this network")
+
+
+def problems(
+    net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None, lanes: int | None = None
+) -> list[str]:
+    """Every reason the fpga tables cannot hold ``net`` (the leak kind, a weight exponent, the registers:
+    :func:`~qsnn.targets.fit.fit_problems`); a wrong option raises :class:`ProfileError` at once."""
     opts = _options(net, word_bits, weight_bits)
     _lanes(lanes)
     p = net.profile
+    found = []
     if p.leak not in ("mul", "shift"):
-        raise ProfileError(
+        found.append(
             f"fpga: the network was compiled for profile {p.name!r} with the {p.leak!r} leak; the FPGA core "
             f"implements the 'mul' and 'shift' leaks. Compile it under the fpga profile (--profile fpga)."
         )
@@ -96,12 +108,14 @@ def check(
         bad = next(
             (f"layer {i} ({layer.name})" for i, layer in enumerate(net.layers, 1) if layer.weight_exp), "the profile"
         )
-        raise ProfileError(
+        found.append(
             f"fpga: {bad} uses a weight exponent, which the FPGA core has no register for; "
             f"compile under the fpga profile."
         )
     # the fpga tables store the bias as it is (no mantissa shift) and the kernels without the pooling folded in
-    check_fit(net, profile_limits(p, NAME, weight_bits=opts["weight_bits"], bias_multiple=1, fold_pool=False))
+    return found + fit_problems(
+        net, profile_limits(p, NAME, weight_bits=opts["weight_bits"], bias_multiple=1, fold_pool=False)
+    )
 
 
 # --------------------------------------------------------------------------------------------------

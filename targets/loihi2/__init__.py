@@ -6,9 +6,9 @@
 * :mod:`.lava_check`  ``make lava-check``: a trained model through qsnn-sim and Lava, spike for spike.
 
 This package exposes the target's interface for :mod:`qsnn.targets.registry`: ``NAME``,
-``DESCRIPTION``, ``check``, ``write``, ``read``, ``readme``.
+``DESCRIPTION``, ``check``, ``problems``, ``write``, ``read``, ``readme``.
 """
 
-from .netx import DESCRIPTION, NAME, check, read, readme, write
+from .netx import DESCRIPTION, NAME, check, problems, read, readme, write
 
-__all__ = ["DESCRIPTION", "NAME", "check", "read", "readme", "write"]
+__all__ = ["DESCRIPTION", "NAME", "check", "problems", "read", "readme", "write"]

@@ -63,13 +63,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from qsnn.errors import ExportError, ProfileError
+from qsnn.errors import ExportError, LimitsError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.optional import require
 from qsnn.profiles import LOIHI2
 
-from ..fit import check_fit, folded_fan_in, profile_limits, unfold_pool
+from ..fit import fit_problems, folded_fan_in, profile_limits, unfold_pool
 from ..manifest import layer_from_parts, network_from_parts, network_record
 
 NAME = "loihi2"
@@ -125,34 +125,43 @@ def netx_bias(layer: IntegerLayer) -> np.ndarray:
 
 
 def check(net: IntegerNetwork, example: Any = None) -> None:
-    """Raise :class:`ProfileError` unless stock netx + Lava compute exactly this network.
+    """Raise :class:`ProfileError` unless stock netx + Lava compute exactly this network (every
+    problem at once: :func:`problems`)."""
+    found = problems(net, example)
+    if found:
+        raise LimitsError(found, f"the {NAME} target cannot hold this network")
+
+
+def problems(net: IntegerNetwork, example: Any = None) -> list[str]:
+    """Every reason stock netx + Lava cannot compute exactly this network.
 
     The network must have the loihi2 profile's arithmetic, the fixed current shift and no weight
     exponent on every layer, and fit Loihi's limits (:data:`qsnn.profiles.LOIHI2`).
     """
     p = net.profile
+    found = []
     wrong = [f"{k}={getattr(p, k)!r} (needs {v!r})" for k, v in REQUIRED.items() if getattr(p, k) != v]
     if wrong:
-        raise ProfileError(
+        found.append(
             f"loihi2: the network was compiled for profile {p.name!r} whose arithmetic Lava's netx network does "
             f"not compute: {', '.join(wrong)}. Compile it under the loihi2 profile (--profile loihi2)."
         )
     for i, layer in enumerate(net.layers, start=1):
         if layer.current_shift != LAVA_SHIFT or layer.weight_exp != 0:
-            raise ProfileError(
+            found.append(
                 f"loihi2: layer {i} ({layer.name}) has current shift {layer.current_shift} and weight exponent "
                 f"{layer.weight_exp}; Lava's LIF shifts every synaptic sum by exactly {LAVA_SHIFT} (a_in << 6) and "
                 "netx has no weight exponent. Compile it under the loihi2 profile (--profile loihi2)."
             )
         if int(layer.leak_const) > 4095:
-            raise ProfileError(
+            found.append(
                 f"loihi2: layer {i} ({layer.name}): vDecay {layer.leak_const} exceeds Loihi's 12-bit dv (4095)"
             )
         if not np.any(np.asarray(layer.weight)):
-            raise ProfileError(
+            found.append(
                 f"loihi2: layer {i} ({layer.name}) has no nonzero weight; netx cannot load an all-zero weight matrix"
             )
-    check_fit(net, profile_limits(LOIHI2, NAME))  # netx stores Loihi's registers: the loihi2 profile's
+    return found + fit_problems(net, profile_limits(LOIHI2, NAME))  # netx stores Loihi's registers
 
 
 # --------------------------------------------------------------------------------------------------

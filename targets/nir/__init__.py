@@ -7,6 +7,6 @@ exposes the target's interface for :mod:`qsnn.targets.registry`: ``NAME``, ``DES
 ``check``, ``write``, ``read``, ``readme``.
 """
 
-from .graph import DESCRIPTION, NAME, check, read, readme, write
+from .graph import DESCRIPTION, NAME, check, problems, read, readme, write
 
-__all__ = ["DESCRIPTION", "NAME", "check", "read", "readme", "write"]
+__all__ = ["DESCRIPTION", "NAME", "check", "problems", "read", "readme", "write"]

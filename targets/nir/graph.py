@@ -64,7 +64,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsnn.arith import effective_beta
-from qsnn.errors import PARSE_ERRORS, ExportError, ProfileError
+from qsnn.errors import PARSE_ERRORS, ExportError, LimitsError, ProfileError
 from qsnn.jsonio import to_jsonable
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.optional import require
@@ -370,24 +370,33 @@ def build_graph(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR):
 
 def check(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR) -> None:
     """NIR holds any network whose constants are finite; the profile's own limits are checked upstream."""
+    found = problems(net, flavor)
+    if found:
+        raise LimitsError(found, "the nir target cannot hold this network")
+
+
+def problems(net: IntegerNetwork, flavor: str = DEFAULT_FLAVOR) -> list[str]:
+    """Every layer whose leak or thresholds the flavour's NIR graph cannot express (an unknown flavour raises)."""
     fl = get_flavor(flavor)
+    found = []
     for i, layer in enumerate(net.layers, start=1):
         beta = beta_of(net, layer)
         if not 0.0 <= beta <= 1.0:
-            raise ProfileError(
+            found.append(
                 f"nir: layer {i} ({layer.name}): leak factor beta={beta} outside [0, 1] "
                 f"(leak constant {layer.leak_const}); NIR's LIF needs 0 <= beta <= 1"
             )
-        if fl.tau == "exp" and beta <= 0.0:
-            raise ProfileError(
+        elif fl.tau == "exp" and beta <= 0.0:
+            found.append(
                 f"nir: layer {i} ({layer.name}): beta = 0 has no time constant for an exponential "
                 f"leak (flavour {fl.name}); use the standard flavour"
             )
         if fl.scalar_neurons and np.any(np.asarray(layer.threshold) <= 0):
-            raise ProfileError(
+            found.append(
                 f"nir: layer {i} ({layer.name}): a channel with threshold 0 needs per-neuron "
                 f"thresholds, which flavour {fl.name} does not write; use the standard flavour"
             )
+    return found
 
 
 def _strip_v_reset(path: Path) -> None:

@@ -1,0 +1,117 @@
+"""Every limit at once: the compiler, the targets and ``qsnn-export --check`` list all the limits a
+model breaks for a profile (each with its layer and fix) in one run, and write nothing."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qsnn.errors import LimitsError, ProfileError
+from qsnn.network import fold_pool
+from qsnn.profiles import get_profile
+
+#: Specs with pooling, stride/padding and a dense-only net; 8-bit weights so loihi2's folded kernels overflow.
+SPECS = ["8C3-AP2-D10", "16C3s2p1-AP2-D10", "D32-D10"]
+
+
+def _expected(onnx, profile) -> list[tuple[str, str]]:
+    """(layer, what) of every limit the profile's fields say the float export breaks, from its own weights."""
+    from qsnn.export.float_graph import read_float_graph
+
+    graph = read_float_graph(onnx)
+    expected = []
+    if graph.input_max > profile.input_max:
+        expected.append(("input", "input port"))
+    for layer, shape in zip(graph.layers, graph.layer_shapes):
+        q = layer.q
+        stored = fold_pool(q, layer.pool, stride=layer.stride) if layer.kind == "conv" and layer.pool > 1 else q
+        if np.abs(stored).max() > profile.weight_max:
+            expected.append((layer.name, "weights"))
+        if stored[0].size > profile.max_fan_in:
+            expected.append((layer.name, "fan-in"))
+        if int(np.prod(shape)) > profile.max_neurons:
+            expected.append((layer.name, "neurons"))
+    return expected
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_compile_lists_every_limit_of_every_layer(synthetic_export, spec):
+    """loihi2 with a narrower input port, fan-in and neuron count: the compile error lists every broken
+    limit of every layer (as computed here from the weights and shapes), in one error."""
+    from qsnn.export.compile import compile_qonnx
+
+    _, onnx = synthetic_export(precision="int4", arch=spec, weight_bits=8)
+    profile = get_profile("loihi2", input_bits=6, max_fan_in=20, max_neurons=300)
+    expected = _expected(onnx, profile)
+    assert len(expected) >= 3, expected
+    with pytest.raises(LimitsError) as info:
+        compile_qonnx(onnx, profile)
+    problems = info.value.problems
+    assert len(problems) >= len(expected)
+    for layer, what in expected:
+        hits = [p for p in problems if (layer == "input" or f"layer {layer}" in p) and what in p]
+        assert hits, (layer, what, problems)
+    # each problem names its fix, and the one-line message holds them all
+    assert all("--profile-set" in p or "--profile " in p or "train with" in p for p in problems)
+    assert f"({len(problems)} limits)" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_grid_limits_join_the_register_limits(synthetic_export):
+    """A membrane too narrow for any shift (a grid limit, per layer) is listed with a weight-width limit."""
+    from qsnn.export.compile import compile_qonnx
+
+    _, onnx = synthetic_export(precision="int4", arch="8C3-AP2-D10", weight_bits=8)
+    with pytest.raises(LimitsError) as info:
+        compile_qonnx(onnx, get_profile("fpga", membrane_bits=6, frac_bits=0))
+    text = " | ".join(info.value.problems)
+    assert "weight_bits=" in text  # 8-bit weights on a 4-bit profile
+    grid = [p for p in info.value.problems if "membrane" in p or "threshold" in p]
+    assert len(grid) >= 2, info.value.problems  # both layers' membranes
+
+
+def test_target_lists_every_problem(synthetic_export):
+    """A network compiled for fpga, checked for loihi2: Lava's arithmetic and every layer's shift at once."""
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.targets import check_target, target_problems
+
+    _, onnx = synthetic_export(precision="int4", arch="8C3-AP2-D10")
+    net, _ = compile_qonnx(onnx, get_profile("fpga"))
+    assert target_problems("fpga", net) == []
+    problems = target_problems("loihi2", net)
+    assert any("arithmetic" in p for p in problems)
+    shifts = [p for p in problems if "current shift" in p]
+    assert len(shifts) == sum(layer.current_shift != 6 for layer in net.layers) >= 1
+    with pytest.raises(ProfileError) as info:
+        check_target("loihi2", net)
+    assert all(p in str(info.value) for p in problems)
+
+
+def test_export_check_lists_all_and_writes_nothing(synthetic_export, tmp_path):
+    from qsnn.export.cli import main
+
+    _, onnx = synthetic_export(precision="int4", arch="8C3-AP2-D10", weight_bits=8)
+    out = tmp_path / "out.loihi2"
+    args = [str(onnx), "--to", "loihi2", "-o", str(out), "--check"]
+    bad = CliRunner().invoke(
+        main, args + ["--profile-set", "input_bits=6", "--profile-set", "max_fan_in=20"], catch_exceptions=False
+    )
+    assert bad.exit_code == 1, bad.output
+    listed = [line for line in bad.output.splitlines() if re.match(r"\s+\d+\. ", line)]
+    assert len(listed) >= 3, bad.output
+    assert "input_bits" in bad.output and "fan-in" in bad.output and "weight" in bad.output
+    assert bad.output.strip().splitlines()[-1].startswith("error:") and "nothing written" in bad.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # under fpga the same model fits (8-bit weights named by a profile-set): exit 0, still nothing written
+    good = CliRunner().invoke(
+        main,
+        [str(onnx), "--to", "fpga", "-o", str(tmp_path / "f"), "--check", "--profile-set", "weight_bits=8"],
+        catch_exceptions=False,
+    )
+    assert good.exit_code == 0, good.output
+    assert "no limit broken" in good.output and list(tmp_path.iterdir()) == []
+    # --check of the float graph has nothing to check: one line that says what to add
+    none = CliRunner().invoke(main, [str(onnx), "--to", "qonnx", "--check"], catch_exceptions=False)
+    assert none.exit_code == 1 and "--profile" in none.output and len(none.output.strip().splitlines()) == 1
