@@ -63,6 +63,11 @@ from qsnn.summary import silent_output_warning
 
 from . import report as rep
 from .engine import simulate
+from .explain import TrainedNeurons, plot_agreement
+from .explain import explain as explain_model
+from .explain import summary_lines as explain_lines
+from .fit import fit as fit_membrane
+from .fit import summary_lines as fit_lines
 from .results import SimResult
 from .user_input import check_record_size, prediction_rows, read_input, record_arrays, write_record
 from .validate import float_model_counts, frac_bits_sweep, simulate_checked
@@ -211,6 +216,35 @@ def _int_list(text: str | None) -> list[int]:
     "integers: fast, the same on every CPU) or 'graph' (the one-step QONNX graph T times in "
     "onnxruntime, as written).",
 )
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Where the spikes part from the trained model: agreement per layer and step, the first divergence "
+    "of every differing prediction with its cause (threshold/leak rounding, shift floor, rails, reset, delay), "
+    "totals, and the re-simulated effect of the suggested fixes (sim/explain.py).",
+)
+@click.option(
+    "--explain-plot",
+    "explain_plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --explain: write a PNG of the agreement per layer over time steps.",
+)
+@click.option(
+    "--fit",
+    "fit_search",
+    is_flag=True,
+    help="Search membrane_bits, frac_bits and leak_bits for the narrowest membrane free of saturation "
+    "(proven, or observed on these samples) within --fit-tolerance of the trained model; prints the "
+    "--profile-set line to use (sim/fit.py).",
+)
+@click.option(
+    "--fit-tolerance",
+    type=click.FloatRange(min=0, max=100),
+    default=0.5,
+    show_default=True,
+    help="--fit: accuracy loss accepted against the trained model, in percentage points.",
+)
 @force_option
 @progress_option
 @debug_option
@@ -233,6 +267,10 @@ def main(
     sweep: str | None,
     float_model: bool | None,
     float_engine: str,
+    explain: bool,
+    explain_plot: Path | None,
+    fit_search: bool,
+    fit_tolerance: float,
     force: bool,
     progress: bool,
 ) -> None:
@@ -247,6 +285,7 @@ def main(
             "--report": (None if to_stdout else report_path, SIM_REPORT),
             "--plot": (plot_path, SIM_PLOT),
             "--record": (record_path, SIM_RECORD),
+            "--explain-plot": (explain_plot, SIM_PLOT),
         },
         inputs={"MODEL": model, "--data-dir": data_dir, "--input": input_path},
         force=force,
@@ -260,6 +299,7 @@ def main(
             f"{model}: --float needs the float export (qsnn-export --to qonnx without --profile); this is "
             f"the integer export for {profile.name!r}, which has no float model: drop --float"
         )
+    needs_trained_model(model, kind, float_model, explain=explain or explain_plot is not None, fit=fit_search)
     events = None
     if input_path is not None:
         both = [opt for opt, v in (("--dataset", dataset), ("--data-dir", data_dir), ("--subset", subset)) if v]
@@ -361,6 +401,10 @@ def main(
             data=data,
         )
 
+    if explain or explain_plot is not None:
+        report["explain"] = run_explain(model, net, x, y, data, allow_saturation, batch_size, progress)
+    if fit_search:
+        report["fit"] = run_fit(model, net, x, data, float_counts, fit_tolerance, batch_size, progress)
     report["timing"]["total_seconds"] = time.perf_counter() - started
     report["timing"]["peak_rss_mb"] = _peak_rss_mb()
     out_layer = report["hardware"]["layers"][-1]
@@ -373,6 +417,13 @@ def main(
     if input_path is not None:
         say("")
         print_table(prediction_rows(net, result.counts, y), title="predictions (integer sim)")
+    for part, lines in (("explain", explain_lines), ("fit", fit_lines)):
+        if part in report:
+            say("")
+            say("\n".join(lines(report[part])))
+    if explain_plot is not None:
+        plot_agreement(explain_plot, report["explain"], title=f"{model.name} · {profile.name}")
+        say(f"explain plot: {explain_plot}")
     if record_path is not None:
         record = record_arrays(net, x, result, y, meta={"model": str(model), "source": data.source})
         write_record(record_path, record)
@@ -394,6 +445,57 @@ def main(
     elif report_path is not None:
         write_json(report_path, report)
         say(f"report: {report_path}")
+
+
+def needs_trained_model(model: Path, kind: str, float_model: bool | None, *, explain: bool, fit: bool) -> None:
+    """--explain and --fit compare with the trained model: refuse (one line) where there is none."""
+    what = "--explain" if explain else "--fit" if fit else ""
+    if not what:
+        return
+    if kind != "float":
+        raise ExportError(
+            f"{model}: {what} compares the integer network with the trained model, and this integer export has "
+            "no float twin; pass the float export (qsnn-export CHECKPOINT --to qonnx) with --profile NAME"
+        )
+    if float_model is False:
+        raise ExportError(f"{what} compares with the trained model: drop --no-float")
+
+
+def run_explain(model, net, x, y, data, allow_saturation, batch_size, progress) -> dict[str, Any]:
+    """:func:`qsnn.sim.explain.explain` of the float export ``model`` against ``net`` on ``x``."""
+    from qsnn.export.compile import compile_qonnx, trained_neurons
+    from qsnn.export.float_eval import FloatEvaluator
+
+    evaluator = FloatEvaluator(model)
+    return explain_model(
+        net,
+        x,
+        y,
+        lambda xc: evaluator.run(xc, record=True),
+        [TrainedNeurons(**layer) for layer in trained_neurons(evaluator.graph)],
+        batch_size=batch_size,
+        progress=progress,
+        compile=lambda p: compile_qonnx(model, p, allow_saturation=allow_saturation),
+        accuracy=data.accuracy if y is not None else None,
+    )
+
+
+def run_fit(model, net, x, data, float_counts, tolerance, batch_size, progress) -> dict[str, Any]:
+    """:func:`qsnn.sim.fit.fit` of the float export ``model`` from ``net``'s profile."""
+    from qsnn.export.compile import compile_qonnx
+
+    if data.y is None:
+        raise DataError("--fit compares accuracies: the samples need labels (np.savez(path, x=x, y=y))")
+    return fit_membrane(
+        lambda p, allow_saturation=False: compile_qonnx(model, p, allow_saturation=allow_saturation),
+        net.profile,
+        x,
+        data.accuracy,
+        float_counts,
+        tolerance=tolerance / 100,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def _peak_rss_mb() -> float | None:

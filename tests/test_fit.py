@@ -1,0 +1,102 @@
+"""``qsnn-sim --fit``: the narrowest membrane free of saturation (proven or observed) within a stated
+accuracy of the trained model, checked by compiling and simulating the choice again, on real digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qsnn.profiles import get_profile, parse_overrides
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from qsnn.data import load_split
+
+    return load_split("mnist5k", "test", num_steps=8, subset=N)
+
+
+@pytest.mark.parametrize("spec", ["8C3-AP2-D10", "D32-D10"])
+def test_fit_choice_holds_and_is_the_narrowest(synthetic_export, digits, spec):
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.float_eval import FloatEvaluator
+    from qsnn.sim import simulate
+    from qsnn.sim.fit import fit, membrane_memory_bits
+    from qsnn.sim.validate import float_model_counts
+
+    _, onnx = synthetic_export(precision="int4", arch=spec)
+    profile = get_profile("fpga")
+    counts = float_model_counts(FloatEvaluator(onnx), digits.x, "static", codes=True)
+    tolerance = 0.05
+
+    def compile(p, allow_saturation=False):
+        return compile_qonnx(onnx, p, allow_saturation=allow_saturation)
+
+    out = fit(compile, profile, digits.x, digits.accuracy, counts, tolerance=tolerance)
+    chosen = out["chosen"]
+    assert chosen is not None, out["rows"]
+    acc_trained = digits.accuracy(counts)
+    # the --profile-set line gives the chosen fields back
+    fields = parse_overrides(part.split(" ", 1)[1] for part in out["profile_set"].split(" --")[1:] if "=" in part)
+    assert {k: chosen[k] for k in fields} == fields and fields.get("membrane_bits") == chosen["membrane_bits"]
+    chosen_profile = profile.replace(
+        **{k: chosen[k] for k in ("membrane_bits", "frac_bits", "leak_bits") if k in chosen}
+    )
+    # compiled and simulated again: the reported accuracy, within the tolerance, saturation as stated
+    proven = chosen["saturation_free"] == "proven"
+    net, _ = compile(chosen_profile, allow_saturation=not proven)
+    res = simulate(net, digits.x)
+    assert digits.accuracy(res.counts) == pytest.approx(chosen["accuracy"])
+    assert chosen["accuracy"] >= acc_trained - tolerance - 1e-9
+    assert sum(layer.saturation_events for layer in res.layers) == 0
+    if not proven:
+        with pytest.raises(Exception):
+            compile(chosen_profile)
+    # nothing narrower passed; the memory figure is neurons × width against the profile's
+    assert all(not r.get("ok") for r in out["rows"] if r["membrane_bits"] < chosen["membrane_bits"])
+    assert (
+        chosen["membrane_memory_bits"]
+        == membrane_memory_bits(net)
+        == sum(int(np.prod(s)) for s in net.shapes()) * chosen["membrane_bits"]
+    )
+    base = out["baseline"]["membrane_memory_bits"]
+    assert out["membrane_memory_saved_pct"] == pytest.approx(100 * (1 - chosen["membrane_memory_bits"] / base))
+
+
+def test_fixed_shift_profile_keeps_its_shift(synthetic_export, digits):
+    """loihi2 fixes the current shift (Lava's a_in << 6): frac_bits is never searched there."""
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.float_eval import FloatEvaluator
+    from qsnn.sim.fit import fit
+    from qsnn.sim.validate import float_model_counts
+
+    _, onnx = synthetic_export(precision="int4", arch="8C3-AP2-D10", threshold=4.0)
+    counts = float_model_counts(FloatEvaluator(onnx), digits.x, "static", codes=True)
+    out = fit(
+        lambda p, allow_saturation=False: compile_qonnx(onnx, p, allow_saturation=allow_saturation),
+        get_profile("loihi2"),
+        digits.x,
+        digits.accuracy,
+        counts,
+        tolerance=1.0,
+    )
+    assert {r.get("frac_bits", 6) for r in out["rows"]} == {6}
+
+
+def test_cli_fit_and_refusal(synthetic_export, tmp_path):
+    from qsnn.sim.cli import main
+
+    _, onnx = synthetic_export(precision="int4", arch="D32-D10")
+    report = tmp_path / "r.json"
+    args = [str(onnx), "--subset", "30", "--fit", "--fit-tolerance", "5", "--report", str(report)]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())["fit"]
+    assert data["tolerance_pp"] == 5 and f"use: {data['profile_set']}" in res.output
+    bad = CliRunner().invoke(main, [str(onnx), "--fit", "--no-float"])
+    assert bad.exit_code == 1 and "--no-float" in bad.output and len(bad.output.strip().splitlines()) == 1
