@@ -144,7 +144,7 @@ def _option_list() -> list:
         click.option(
             "--event-bits",
             type=click.IntRange(1, 16),
-            help=f"dvs128: per-cell, per-step event counts are clipped to 2^bits - 1, the chip's input width (1 = binary spikes, 4 or 8 = graded counts); export, simulation and tables use the same clip {_default('event_bits')}.",
+            help=f"Event data (dvs128, nmnist, arrays: event frames): per-cell, per-step event counts are clipped to 2^bits - 1, the chip's input width (1 = binary spikes, 4 or 8 = graded counts); export, simulation and tables use the same clip {_default('event_bits')}.",
         ),
         click.option(
             "--event-bin-us",
