@@ -57,6 +57,8 @@ SIM_RECORD_FORMAT = "qsnn-sim-record"  # sim/user_input.py: the "format" array o
 RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"  # targets/fpga/cli.py: the "format" key of a --report JSON
 RTL_RESOURCES_FORMAT = "qsnn-rtl-resources"  # targets/fpga/cli.py: FOLDER/resources.json
 RESOURCES_FILE = "resources.json"  # ... its name inside a table folder
+PNR_FORMAT = "qsnn-fpga-pnr"  # targets/fpga/pnr.py: the "format" key of OUT/pnr.json and --report
+PNR_REPORT_FILE = "pnr.json"  # ... its name inside qsnn-fpga-pnr's output folder
 
 #: Bytes read from a file to look for its marker (markers sit in the first kilobytes of each format,
 #: except ONNX metadata, which comes after the graph: QONNX files are read whole up to this size).
@@ -286,6 +288,10 @@ RTL_REPORT = Kind(
     "qsnn-rtl-sim JSON report", _json_format(RTL_REPORT_FORMAT, frozenset({"folder", "core", "core_memory_bits"}))
 )
 RTL_RESOURCES = Kind("qsnn-rtl-sim resources file", _json_format(RTL_RESOURCES_FORMAT), update=True)
+PNR_REPORT = Kind("qsnn-fpga-pnr JSON report", _json_format(PNR_FORMAT))
+PNR_DIR = Kind(
+    "qsnn-fpga-pnr output folder", lambda p: p.is_dir() and _json_format(PNR_FORMAT)(p / PNR_REPORT_FILE), folder=True
+)
 RUN_DIR = Kind("qsnn-train run directory", is_run_directory, folder=True, update=True)
 STUDY_DIR = Kind("qsnn-train study folder", is_study_folder, folder=True, update=True, shared=True)
 TUNE_DIR = Kind("qsnn-train tune folder", is_tune_folder, folder=True, update=True, shared=True)
@@ -322,6 +328,8 @@ def kinds() -> list[Kind]:
         SIM_RECORD,
         RTL_REPORT,
         RTL_RESOURCES,
+        PNR_DIR,
+        PNR_REPORT,
         SQLITE,
     ]
 
