@@ -14,10 +14,10 @@ Classes (cases per class; outcome counts at the end):
   folder holding only qsnn's files (plus ``resources.json``, a stale lock
   and a killed writer's temporary): 3 ok.
 - Two writers at once, per command (``qsnn-export --to qonnx|fpga|loihi2|nir``, ``qsnn-sim --report``,
-  ``--plot``, ``qsnn-rtl-sim --report`` and ``FOLDER/resources.json``, ``qsnn-train run`` and
-  ``--resume``), with a real second process holding the path: a helper that takes the lock (10
-  refused-clean) and the real command stopped after its output check (10 refused-clean); that
-  holder then SIGKILLed, its stale lock taken over by the next run (7 ok; the rtl resources and
+  ``--plot``, ``--record``, ``qsnn-rtl-sim --report`` and ``FOLDER/resources.json``, ``qsnn-train run`` and
+  ``--resume``), with a real second process holding the path: a helper that takes the lock (11
+  refused-clean) and the real command stopped after its output check (11 refused-clean); that
+  holder then SIGKILLed, its stale lock taken over by the next run (8 ok; the rtl resources and
   train cases of this row are not run to the end here (yosys, training): the next run takes the stale
   lock over and is stopped by the test after its output check, 3 refused-clean). ``train()`` holds its
   run directory for the whole run (1 ok, 1 refused-clean). Two real processes started together on one
@@ -34,8 +34,8 @@ Classes (cases per class; outcome counts at the end):
 - No lock file left after a normal exit, nor the folders made for it after a refusal (1 ok,
   1 refused-clean).
 
-Counts (each command run is one case): ok 24, refused-clean 83, traceback 0, destroyed 0, silent 0
-(107 cases in 91 tests, about 50 s on 2 shared cores, 17 s of it the slow training case).
+Counts (each command run is one case): ok 25, refused-clean 85, traceback 0, destroyed 0, silent 0
+(110 cases in 93 tests, about 50 s on 2 shared cores, 17 s of it the slow training case).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from fixtures import synthetic_checkpoint
 
 import qsnn.atomic
 from qsnn.locks import LockedError, lock_file, lock_holder
-from qsnn.output_guard import QONNX, RTL_REPORT, SIM_PLOT, SIM_REPORT, target_folder
+from qsnn.output_guard import QONNX, RTL_REPORT, SIM_PLOT, SIM_RECORD, SIM_REPORT, target_folder
 
 HOLD = Path(__file__).with_name("hold_lock.py")
 TABLES = ("fpga", "loihi2", "nir")
@@ -310,6 +310,12 @@ WRITERS = {
         SIM_REPORT.recognise,
     ),
     "sim-plot": ("sim", ["{root}/model.onnx", *SIM, "--plot", "{root}/new.png"], "{root}/new.png", SIM_PLOT.recognise),
+    "sim-record": (
+        "sim",
+        ["{root}/model.onnx", *SIM, "--record", "{root}/new-rec.npz"],
+        "{root}/new-rec.npz",
+        SIM_RECORD.recognise,
+    ),
     "rtl-report": (
         "rtl",
         ["{root}/fpga", "--no-sim", "--report", "{root}/new-rtl.json"],
