@@ -5,7 +5,10 @@ epoch (or takes ``--checkpoint``, e.g. ``runs/demo/best.pt``), exports it to QON
 a profile and, on the same mnist5k test images, T and batch, times:
 
 * ``engine``: :func:`qsnn.sim.simulate` (integer arithmetic; onnxruntime's uint8 × int8 kernel where
-  proven exact, batch split over the cores);
+  proven exact, the current tail and LIF step in the compiled kernels of :mod:`qsnn.sim.kernels_numba`
+  when numba is importable, batch split over the cores);
+* ``engine, NumPy loops``: the same engine with the compiled kernels off (``accel=False``: the
+  engine as it was before them), same threads: before/after in one run;
 * ``engine numpy``: the same engine on its NumPy reference path (``kernel="numpy"``), one thread;
 * ``float fast path``: qsnn's own float model, :meth:`QSNN.forward_fast` in eval mode under
   ``torch.no_grad()`` (one convolution per layer over all T);
@@ -34,6 +37,12 @@ How it stays honest on a shared machine:
 * exactness is asserted in the same run: every spike train of the engine equals the PyTorch
   evaluation of the integer semantics (:func:`qsnn.export.integer_torch.run_integer_torch`) and the
   engine's NumPy path, with ``array_equal``; the bench fails otherwise.
+
+Then, for each further spec (``--specs``: by default a dense-only MLP and a strided conv net, each
+trained one short epoch here), the engine with and without its compiled kernels, their samples/s per
+multiply-accumulate against the main network's, bit-exact against each other and the PyTorch integer
+evaluation. Last, the first call's cost of a fresh process (import, layers, the kernels' JIT: with an
+empty numba cache and with the cache warm), against the NumPy loops.
 
 This module imports torch (for the peers); the engine it measures does not.
 """
@@ -70,6 +79,7 @@ def build(
     checkpoint: str | None = None,
     train_samples: int = 512,
     seed: int = 0,
+    arch: str = "",
 ):
     """(QSNN model in eval mode, its IntegerNetwork under the profile, float QONNX path, description).
 
@@ -96,16 +106,18 @@ def build(
             val_subset=100,
             batch_size=64,
             seed=seed,
+            **({"arch": arch} if arch else {}),
         )
         metrics = train(cfg, workdir / "run", progress=False, log=lambda _msg: None, evaluate_test=False)
         checkpoint = str(workdir / "run" / "best.pt")
-        what = f"mnist5k int4 QSNN trained 1 epoch on {train_samples} images (val {metrics.get('best_val_acc', float('nan')):.1f} %)"
+        what = f"trained 1 epoch on {train_samples} images (val {metrics.get('best_val_acc', float('nan')):.1f} %)"
     else:
         what = f"checkpoint {checkpoint}"
     model = model_from_checkpoint(checkpoint)
+    what = f"{model.cfg.dataset} {model.cfg.precision} QSNN {model.cfg.arch}, {what}"
     if model.cfg.num_steps != num_steps:
         model.cfg = model.cfg.replace(num_steps=num_steps)
-    onnx_path = export_float(checkpoint, workdir / "bench.onnx")
+    onnx_path = export_float(checkpoint, workdir / f"bench{'-' + arch if arch else ''}.onnx")
     net, _ = compile_qonnx(onnx_path, get_profile(profile_name), allow_saturation=True)
     if net.num_steps != num_steps:
         net = dataclasses.replace(net, num_steps=num_steps)
@@ -226,7 +238,40 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = Non
         rates["int8 torch._int_mm"] = macs / _median_time(lambda: torch._int_mm(at, wt))
     except (AttributeError, RuntimeError):
         pass
+    kernel = int16_matmul()
+    if kernel is not None:  # the candidate for the engine's own kernel: int16 sums, zero inputs skipped
+        w16, out = w.astype(np.int16), np.empty((m, n), np.int32)
+        kernel(a, w16, out)
+        assert np.array_equal(out, mm(a)), "the int16 kernel is not exact"
+        rates["int16-accumulating numba kernel, 1 thread"] = macs / _median_time(lambda: kernel(a, w16, out))
     return rates
+
+
+def int16_matmul():
+    """A uint8 × int16 → int32 matmul accumulating in int16 (exact where the layer's proven bound is
+    below 2^15, e.g. 3,040 for the paper's conv2 on box sums), skipping zero inputs (spikes are
+    sparse): the kernel the engine could own, with the LIF step in its epilogue, measured against
+    onnxruntime's. None without numba."""
+    try:
+        from numba import njit
+    except ImportError:
+        return None
+
+    @njit(nogil=True, cache=True)
+    def matmul(x, w, out):  # pragma: no cover - compiled
+        rows, k = x.shape
+        acc = np.zeros(w.shape[1], np.int16)
+        for r in range(rows):
+            acc[:] = 0
+            for i in range(k):
+                v = np.int16(x[r, i])
+                if v != 0:
+                    for o in range(w.shape[1]):
+                        acc[o] += v * w[i, o]
+            for o in range(w.shape[1]):
+                out[r, o] = acc[o]
+
+    return matmul
 
 
 def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
@@ -278,6 +323,85 @@ def interleaved(runs: dict, n_samples: int, repeats: int, reference: str = "engi
     return out
 
 
+def spec_rates(
+    spec: str,
+    num_steps: int,
+    profile_name: str,
+    workdir: Path,
+    train_samples: int,
+    sizes: list[int],
+    repeats: int,
+    threads: int,
+    images: np.ndarray,
+) -> dict:
+    """The engine with and without its compiled kernels on one more network (``spec``, trained one
+    short epoch), interleaved per batch size; bit-exact against each other and PyTorch integer mode."""
+    from qsnn.export.integer_torch import run_integer_torch
+
+    folder = workdir / spec
+    folder.mkdir(parents=True, exist_ok=True)
+    _, net, _, what = build(num_steps, profile_name, folder, None, train_samples, arch=spec)
+    macs, _ = engine_macs(net)
+    per_batch, exact = {}, {}
+    for b in sizes:
+        x = np.concatenate([images] * -(-b // len(images)))[:b]
+        per_batch[b] = interleaved(
+            {
+                "engine": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads),
+                "engine, NumPy loops": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads, accel=False),
+            },
+            b,
+            repeats,
+        )
+        fast = simulate(net, x, batch_size=b, threads=threads, record=True)
+        loops = simulate(net, x, batch_size=b, threads=threads, record=True, accel=False)
+        ref = run_integer_torch(net, x, batch_size=b)
+        exact[b] = all(
+            np.array_equal(fast.spikes[k], loops.spikes[k]) and np.array_equal(fast.spikes[k], np.asarray(ref[k]))
+            for k in fast.spikes
+        )
+    return {"network": what, "macs": macs, "per_batch": per_batch, "bit_exact": exact}
+
+
+_FIRST_CALL = """
+import pickle, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from qsnn.sim import simulate
+t1 = time.perf_counter()
+net, x, accel = pickle.load(open(sys.argv[1], "rb"))
+t2 = time.perf_counter()
+simulate(net, x, batch_size=1, accel=accel)
+t3 = time.perf_counter()
+simulate(net, x, batch_size=1, accel=accel)
+t4 = time.perf_counter()
+print(t1 - t0, t3 - t2, t4 - t3)
+"""
+
+
+def first_call_cost(net, x: np.ndarray, workdir: Path) -> dict[str, dict[str, float]]:
+    """Seconds of a fresh process: ``import qsnn.sim``, its first batch-1 ``simulate`` (layers,
+    tables, the kernels' JIT or their load from numba's cache) and its second: with the compiled
+    kernels and an empty numba cache (cold), then the same cache again (warm), and with the NumPy
+    loops."""
+    import pickle
+    import subprocess
+    import sys
+
+    cache = workdir / "numba-cache"
+    out = {}
+    for case, accel in (("compiled, cold cache", True), ("compiled, warm cache", True), ("NumPy loops", False)):
+        arg = workdir / "first-call.pkl"
+        arg.write_bytes(pickle.dumps((net, x, accel)))
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+        res = subprocess.run(
+            [sys.executable, "-c", _FIRST_CALL, str(arg)], env=env, capture_output=True, text=True, check=True
+        )
+        imp, first, second = (float(v) for v in res.stdout.split())
+        out[case] = {"import": imp, "first call": first, "second call": second}
+    return out
+
+
 def _fmt_ratio(row: dict) -> str:
     return f"{row['ratio_median']:.2f}x [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]"
 
@@ -309,6 +433,13 @@ def _fmt_ratio(row: dict) -> str:
     show_default=True,
     help="Time the eager loop only up to this batch size (it is the slowest peer).",
 )
+@click.option(
+    "--specs",
+    default="D128-D10,8C3s2p1-16C3s2p1-32C3s2p1-D10",
+    show_default=True,
+    help="Further networks (spec strings, each trained 1 short epoch here): the engine with and without "
+    "its compiled kernels at every batch size; empty for none.",
+)
 @click.option("--out", default="runs/bench/sim.json", show_default=True, help="JSON file for the figures.")
 def main(
     num_steps: int,
@@ -320,6 +451,7 @@ def main(
     train_samples: int,
     threads: int | None,
     eager_max_batch: int,
+    specs: str,
     out: str,
 ) -> None:
     """Inference samples/s: integer engine vs eager snnTorch + Brevitas, qsnn's float fast path and onnxruntime."""
@@ -365,6 +497,7 @@ def main(
 
         runs = {
             "engine": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads).counts,
+            "engine, NumPy loops": lambda x=x, b=b: simulate(net, x, batch_size=b, threads=threads, accel=False).counts,
             "engine numpy": lambda x=x, b=b: numpy_path(x, b).counts,
             "float fast path": fast,
             "float reference": lambda x=x: evaluator.run(x)["z3"],
@@ -378,10 +511,12 @@ def main(
         res = simulate(net, x, batch_size=b, threads=threads, record=True)
         ref = run_integer_torch(net, x, batch_size=b)
         ref_np = numpy_path(x, b, record=True)
+        loops = simulate(net, x, batch_size=b, threads=threads, record=True, accel=False)
         exactness[b] = {
             key: bool(
                 np.array_equal(res.spikes[key], np.asarray(ref[key]))
                 and np.array_equal(res.spikes[key], ref_np.spikes[key])
+                and np.array_equal(res.spikes[key], loops.spikes[key])
             )
             for key in res.spikes
         }
@@ -406,11 +541,23 @@ def main(
         return numpy_path(x1, 1)
 
     latency = interleaved(
-        {"engine": lambda: simulate(net, x1, batch_size=1), "numpy, rebuilt per call": rebuilt}, 1, latency_repeats
+        {
+            "engine": lambda: simulate(net, x1, batch_size=1),
+            "NumPy loops": lambda: simulate(net, x1, batch_size=1, accel=False),
+            "numpy, rebuilt per call": rebuilt,
+        },
+        1,
+        latency_repeats,
     )
 
     macs, (m, k, n) = engine_macs(net)
     rates = gemm_rates(m * num_steps * 64, k, n, threads, block=sim_layers.GEMM_BYTES // k)
+    others = {
+        spec: spec_rates(spec, num_steps, profile_name, Path(tmp.name), train_samples, sizes, repeats, threads, split.x)
+        for spec in (t.strip() for t in specs.split(","))
+        if spec
+    }
+    first_call = first_call_cost(net, split.x[:1], Path(tmp.name))
     load_after = os.getloadavg()
 
     rows = [
@@ -437,7 +584,14 @@ def main(
                 f"(median of {repeats}; {', '.join(pb['sum_kernels'].values())})",
             )
         )
-        for name in ("engine numpy", "float fast path", "float reference", "onnxruntime", "eager"):
+        for name in (
+            "engine, NumPy loops",
+            "engine numpy",
+            "float fast path",
+            "float reference",
+            "onnxruntime",
+            "eager",
+        ):
             if name in pb:
                 rows.append(
                     (
@@ -457,6 +611,7 @@ def main(
         (
             "batch 1 latency",
             f"engine {1e3 * statistics.median(latency['engine']['seconds']):.2f} ms, "
+            f"NumPy loops {1e3 * statistics.median(latency['NumPy loops']['seconds']):.2f} ms, "
             f"NumPy path rebuilt per call {1e3 * statistics.median(latency['numpy, rebuilt per call']['seconds']):.2f} ms "
             f"({_fmt_ratio(latency['numpy, rebuilt per call'])})",
         )
@@ -474,6 +629,22 @@ def main(
                 f"{100 * per_batch[best]['engine']['samples_per_s'] / bound:.0f} %",
             )
         )
+    paper_rate = {b: per_batch[b]["engine"]["samples_per_s"] * macs for b in sizes}
+    for spec, fig in others.items():
+        for b in sizes:
+            eng, loops_ = fig["per_batch"][b]["engine"], fig["per_batch"][b]["engine, NumPy loops"]
+            rows.append(
+                (
+                    f"{spec} batch {b}",
+                    f"engine {eng['samples_per_s']:8.0f} samples/s, NumPy loops {loops_['samples_per_s']:8.0f} "
+                    f"(engine {_fmt_ratio(loops_)} faster); {fig['macs'] / 1e6:.2f} M MACs/inference: "
+                    f"{eng['samples_per_s'] * fig['macs'] / 1e9:.2f} GMAC/s, "
+                    f"{eng['samples_per_s'] * fig['macs'] / paper_rate[b]:.2f}x the main network's per MAC; "
+                    f"bit-exact {'yes' if fig['bit_exact'][b] else 'NO'}",
+                )
+            )
+    for case, secs in first_call.items():
+        rows.append((f"first call, {case}", ", ".join(f"{k} {v:.2f} s" for k, v in secs.items())))
     print_table(
         rows, title="qsnn-sim bench: inference throughput (engine ratios: median [min, max] of per-repetition ratios)"
     )
@@ -490,11 +661,17 @@ def main(
         "batch1_latency": latency,
         "engine_macs_per_inference": macs,
         "gemm_macs_per_s": rates,
+        "specs": {
+            spec: {**fig, "per_batch": {str(b): v for b, v in fig["per_batch"].items()}} for spec, fig in others.items()
+        },
+        "first_call_s": first_call,
     }
     write_json(out, figures)
     click.echo(f"figures: {out}")
     tmp.cleanup()
-    if not all(all(v.values()) for v in exactness.values()):
+    exact = all(all(v.values()) for v in exactness.values())
+    exact = exact and all(all(fig["bit_exact"].values()) for fig in others.values())
+    if not exact:
         raise SystemExit("the engine is NOT bit-exact against the PyTorch integer evaluation and its NumPy path")
 
 

@@ -343,25 +343,28 @@ class _Layer:
         p = self.profile
         st = k.new_stats()
         counts = np.zeros(len(z_out), dtype=np.int64)
-        chans = self.out_nhwc[-1]
-        u2, f2 = u.reshape(-1, chans), fired.reshape(-1, chans)
-        z = z_out.view(np.uint8).reshape(len(z_out), -1, chans)
-        um = u_out.reshape(len(u_out), -1, chans) if u_out is not None else np.zeros((1, 1, 1), self.state_dtype)
-        scan = k.lif_kernel(p.leak, p.reset, p.overflow, u_out is not None, stats, self.current_half > 0)
+        # flat over the piece's neurons, θ and b broadcast to the state's shape (a loop with no index arithmetic)
+        u1, f1 = u.reshape(-1), fired.reshape(-1)
+        bias, theta = self.full(self.bias, u.shape).reshape(-1), self.theta_full(u.shape).reshape(-1)
+        z = z_out.view(np.uint8).reshape(len(z_out), -1)
+        um = u_out.reshape(len(u_out), -1) if u_out is not None else np.zeros((1, 1), self.state_dtype)
+        scan = k.lif_kernel(
+            p.leak, p.reset, p.overflow, u_out is not None, stats, self.current_half > 0, self.state_dtype.name
+        )
         t = 0
         for part in self.sums(x, acc if stats else None, steps):
             if part.dtype.kind == "f":
                 part = part.astype(self.state_dtype)  # exact integers (proven bound)
             n = len(part)
             scan(
-                part.reshape(n, -1, chans),
+                part.reshape(n, -1),
                 self.exp_shift,
                 self.shift,
                 self.current_half,
-                self.bias,
-                self.theta,
-                u2,
-                f2,
+                bias,
+                theta,
+                u1,
+                f1,
                 z[t : t + n],
                 um[t : t + n] if u_out is not None else um,
                 self.leak_const,
