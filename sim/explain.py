@@ -13,8 +13,11 @@ differs, counts for the rest), and reports:
 * for every sample whose prediction differs, the first divergence, its neurons and cause, and the
   layers it reached;
 * totals: how many divergences each cause started, what to change for each, and the measured
-  effect of that change where it is a post-training field (``frac_bits``, ``membrane_bits``,
-  ``leak_bits``: the compile is re-run and the data re-simulated).
+  effect of that change (the compile is re-run and the data re-simulated): of a post-training field
+  (``frac_bits``, ``membrane_bits``, ``leak_bits``) as the chip would run it; of the reset mode or
+  the synaptic delay, which only retraining for the chip changes, as a what-if (``not_the_chip``).
+  A semantic difference or a clamped membrane is measured whenever present, as it also acts after
+  the first divergence that the table counts.
 
 Time alignment. A chip whose synaptic delay d exceeds the trained model's by Δ sees layer l's
 input Δ steps later per layer: its layer l at step t + l·Δ computes what the trained layer l
@@ -497,8 +500,13 @@ def _example(
 # Totals and fixes
 
 
-#: What to change for each cause: (advice, post-training changes to re-simulate: profile → field changes).
-def _fixes_for(cause: str, p: ChipProfile, trained_reset: str) -> tuple[str, list[dict[str, int]]]:
+#: Fields the chip's semantics fix (not post-training): a change of them is re-simulated as a what-if only.
+SEMANTIC_FIELDS = ("reset", "synaptic_delay")
+
+
+def _fixes_for(cause: str, p: ChipProfile, tr: TrainedNeurons) -> tuple[str, list[dict[str, Any]]]:
+    """What to change for a cause: (advice, profile changes to re-simulate; a change of
+    :data:`SEMANTIC_FIELDS` is the what-if of training for the chip, not something the chip runs)."""
     wider = {"membrane_bits": min(p.membrane_bits + 8, 62 - p.leak_bits if p.leak != "shift" else 62)}
     finer = {"frac_bits": p.frac_bits + 2} if p.frac_bits + 2 < p.membrane_bits else {}
     if cause in (THETA, BIAS, SHIFT):
@@ -517,13 +525,13 @@ def _fixes_for(cause: str, p: ChipProfile, trained_reset: str) -> tuple[str, lis
     if cause == RESET:
         return (
             f"train with the chip's {p.reset} reset (qsnn-train run --profile {p.name}); not a post-training field",
-            [],
+            [{"reset": tr.reset}],
         )
     if cause in (DELAY, TRUNCATED):
         return (
             f"train with the chip's synaptic delay (qsnn-train run --profile {p.name}), or more steps T; "
             "not a post-training field",
-            [],
+            [{"synaptic_delay": tr.delay}],
         )
     if cause == FLOAT:
         return "none on the chip: the trained model's own float32 rounding decided this spike", []
@@ -597,7 +605,8 @@ def _measure_fixes(
     batch_size: int,
     pred_float: np.ndarray,
 ) -> list[dict[str, Any]]:
-    """One row per cause seen: the advice and, for post-training changes, their measured effect (re-simulated)."""
+    """One row per cause seen (and per semantic difference or clamped membrane present, which act after a first
+    divergence too): the advice and the measured effect of its change (re-simulated; what-if where not post-training)."""
     p = net.profile
     score = accuracy or (lambda counts: float(np.mean(predict(counts) == labels)) if labels is not None else None)
     base = simulate(net, x, batch_size=batch_size, stats=False)
@@ -605,12 +614,22 @@ def _measure_fixes(
         "accuracy": score(base.counts),
         "predictions_equal_pct": rep.percent(int(np.sum(base.predictions == pred_float)), len(pred_float)),
     }
+    base_row["saturation_events"] = int(sum(layer.saturation_events for layer in base.layers))
     measured: dict[tuple, dict[str, Any]] = {}
     rows = []
-    for cause in sorted(set(totals) | set(origin_causes), key=lambda c: (-origin_causes.get(c, 0), -totals.get(c, 0))):
+    causes = sorted(set(totals) | set(origin_causes), key=lambda c: (-origin_causes.get(c, 0), -totals.get(c, 0)))
+    # semantic differences and a clamped membrane act after the first divergence too: measured whenever present
+    for cause, present in (
+        (RESET, p.reset != trained[0].reset),
+        (DELAY, p.synaptic_delay != trained[0].delay),
+        (RAIL, base_row["saturation_events"] > 0),
+    ):
+        if present and cause not in causes:
+            causes.append(cause)
+    for cause in causes:
         if cause == UPSTREAM:
             continue
-        advice, changes = _fixes_for(cause, p, trained[0].reset)
+        advice, changes = _fixes_for(cause, p, trained[0])
         row: dict[str, Any] = {
             "cause": cause,
             "divergences_started": totals.get(cause, 0),
@@ -641,7 +660,10 @@ def _resimulate(
     p = net.profile
     text = " ".join(f"--profile-set {k}={v}" for k, v in change.items())
     row: dict[str, Any] = {"change": change, "option": text}
-    if p.fixed_shift:
+    semantic = [k for k in change if k in SEMANTIC_FIELDS]
+    if semantic:
+        row["not_the_chip"] = f"what-if: the chip's {', '.join(semantic)} as trained; retrain for the chip instead"
+    elif p.fixed_shift:
         row["not_the_chip"] = f"what-if: the {p.name} chip's registers are fixed"
     try:
         other, _ = compile(p.replace(**change))
@@ -738,17 +760,20 @@ def summary_lines(explanation: Mapping[str, Any], examples: int = 3) -> list[str
         f"  what to change (measured on these samples; now: accuracy {_pct(base['accuracy'])}, "
         f"predictions equal {base['predictions_equal_pct']:.2f} %)"
     )
+    measured: dict[str, dict[str, Any]] = {}
     for row in e["fixes"][1:]:
-        lines.append(f"  - {row['cause']}: {row['advice']}")
-        for r in row["resimulated"]:
-            if "error" in r:
-                lines.append(f"      {r['option']}: does not compile ({r['error']})")
-                continue
-            lines.append(
-                f"      {r['option']}: accuracy {_pct(r['accuracy'])}, predictions equal "
-                f"{r['predictions_equal_pct']:.2f} %, saturation events {r['saturation_events']}"
-                + (f" ({r['not_the_chip']})" if "not_the_chip" in r else "")
-            )
+        options = [r["option"] for r in row["resimulated"]]
+        lines.append(f"  - {row['cause']}: {row['advice']}" + (f" (measured: {', '.join(options)})" if options else ""))
+        measured.update({r["option"]: r for r in row["resimulated"]})
+    for option, r in measured.items():
+        if "error" in r:
+            lines.append(f"      {option}: does not compile ({r['error']})")
+            continue
+        lines.append(
+            f"      {option}: accuracy {_pct(r['accuracy'])}, predictions equal "
+            f"{r['predictions_equal_pct']:.2f} %, saturation events {r['saturation_events']}"
+            + (f" ({r['not_the_chip']})" if "not_the_chip" in r else "")
+        )
     return lines
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from qsnn.arith import effective_beta
 from qsnn.errors import ProfileError
 from qsnn.network import IntegerNetwork
 from qsnn.profiles import ChipProfile
@@ -126,6 +127,7 @@ def fit(
                     "saturation_events": int(sat),
                     "saturation_free": "proven" if safety == "proven" else ("observed" if sat == 0 else "no"),
                     "current_shifts": [layer.current_shift for layer in net.layers],
+                    "beta_chip": effective_beta(net.layers[0].leak_const, candidate),
                     "membrane_memory_bits": membrane_memory_bits(net),
                 }
             )
@@ -200,7 +202,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"fit ({result['profile']}): narrowest membrane free of saturation within {result['tolerance_pp']:.2f} pp "
         f"of the trained model ({pct(result['accuracy_trained'])})",
         f"  {'membrane':>8} {'frac':>4} {'leak':>4}  {'accuracy':>9} {'diff pp':>8} {'pred. equal':>11} "
-        f"{'saturation':>14} {'shifts':>14} {'memory':>9}",
+        f"{'saturation':>14} {'shifts':>14} {'β (chip)':>9} {'memory':>9}",
     ]
     repeats = 0
     for row in result["rows"]:
@@ -216,7 +218,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {row['membrane_bits']:>8} {frac:>4} {leak:>4}  {pct(row['accuracy']):>9} "
             f"{100 * row['difference']:>+8.2f} {row['predictions_equal_pct']:>10.2f}% {sat:>14} "
-            f"{str(row['current_shifts']):>14} {row['membrane_memory_bits'] / 1000:>7.1f}kb"
+            f"{str(row['current_shifts']):>14} {row['beta_chip']:>9.5f} {row['membrane_memory_bits'] / 1000:>7.1f}kb"
             + ("  ok" if row["ok"] else "")
         )
     if repeats:
