@@ -3,6 +3,7 @@
     qsnn-export CHECKPOINT --to qonnx [-o model.onnx]                      float QONNX, one time step
     qsnn-export CHECKPOINT --to qonnx --profile fpga [-o model.fpga.onnx]  integer QONNX under a profile
     qsnn-export CHECKPOINT_OR_ONNX --to fpga|loihi2|nir [-o OUTDIR]         weight tables + manifest.json
+    qsnn-export CHECKPOINT_OR_ONNX --to TARGET [--profile P] --check        every limit it breaks; writes nothing
 
 Adding a target is adding one writer function and one entry in :data:`TARGETS` (the ``--to``
 choices come from it). A writer receives an :class:`ExportJob` and returns summary rows; it can get

@@ -5,6 +5,8 @@
              [--report out.json] [--plot out.png] [--check] [--frac-bits-sweep 0,2,4,6]
              [--float-engine layers|graph] [--float/--no-float] [--debug]
     qsnn-sim MODEL.onnx --input X.npy|X.npz [--record OUT.npz] [--float] [...]
+    qsnn-sim MODEL.onnx [...] --explain [--explain-plot P.png]   where and why spikes part from the trained model
+    qsnn-sim MODEL.onnx [...] --fit [--fit-tolerance 0.5]        the narrowest safe membrane (sim/fit.py)
 
 MODEL.onnx is the float QONNX export of ``qsnn-export CHECKPOINT --to qonnx`` (compiled here under
 the profile) or its integer variant (``--to qonnx --profile ...``, which carries its own profile).
