@@ -367,3 +367,57 @@ def test_loihi2_example_input_is_the_first_test_sample(arrays_model, tmp_path):
     assert result.exit_code == 0, result.output
     example = np.load(tmp_path / "l2" / "example_input.npy")
     assert np.array_equal(example, np.load(data / "test.npz")["x"][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind, arch, steps",
+    [("folder", "8C5-AP2-D3", 4), ("nmnist", "8C5-AP2-16C5-AP2-D10", 6), ("events", "8C3-AP2-D4", 5)],
+    ids=["png-folder-20x24-gray-3", "nmnist-2x34x34", "arrays-event-frames-3ch"],
+)
+def test_train_export_sim_targets_on_user_data(tmp_path, nmnist_dir, kind, arch, steps):
+    """Train (tiny) → export → qsnn-sim --check bit-exact with no --dataset → fpga, loihi2 and NIR folders
+    whose networks simulate like the export (the loihi2 example input is the first test sample)."""
+    from qsnn.export.cli import main as export_main
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.profiles import get_profile
+    from qsnn.sim import simulate
+    from qsnn.sim.cli import main as sim_main
+    from qsnn.targets.registry import read_target
+    from qsnn.train.cli import main as train_main
+
+    data_dir = []
+    if kind == "folder":
+        dataset = f"folder:{write_image_folder(tmp_path / 'pngs', n_train=45, n_test=12)}"
+    elif kind == "nmnist":
+        dataset, data_dir = "nmnist", ["--data-dir", str(nmnist_dir)]
+    else:
+        rng = np.random.default_rng(2)
+        for split, n in (("train", 40), ("test", 12)):
+            y = np.arange(n) % 4
+            x = rng.integers(0, 2, size=(n, 7, 3, 10, 10)).astype(np.uint8)
+            for i, label in enumerate(y):
+                x[i, :, label % 3, 2 * label : 2 * label + 3] += 2  # a class's rows fire in its channel
+            np.savez(tmp_path / f"{split}.npz", x=x, y=y)
+        dataset = f"arrays:{tmp_path}"
+    run = tmp_path / "run"
+    args = ["run", "--dataset", dataset, "--arch", arch, "--steps", str(steps), "--epochs", "1", "--batch-size", "16"]
+    result = CliRunner().invoke(train_main, [*args, *data_dir, "--event-bits", "2", "--no-progress", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    onnx_path = tmp_path / "model.onnx"
+    result = CliRunner().invoke(export_main, [str(run / "best.pt"), "--to", "qonnx", "-o", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(sim_main, [str(onnx_path), "--check", "--no-progress", *data_dir])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"bit-exact vs integer torch\s+yes", result.output), result.output
+    for target in ("fpga", "loihi2", "nir"):
+        env = {"QSNN_DATA_DIR": str(nmnist_dir)} if kind == "nmnist" else {}
+        out = tmp_path / target
+        result = CliRunner(env=env).invoke(export_main, [str(onnx_path), "--to", target, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        net = read_target(out)
+        ref, _ = compile_qonnx(onnx_path, get_profile(net.profile.name))
+        _, test = load_for_model(ref, "test", nmnist_dir if kind == "nmnist" else None)
+        assert np.array_equal(simulate(net, test.x).counts, simulate(ref, test.x).counts), target
+        if target == "loihi2":
+            assert np.array_equal(np.load(out / "example_input.npy"), test.x[0])
