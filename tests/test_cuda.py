@@ -26,11 +26,19 @@ import numpy as np
 import pytest
 import torch
 from float_compare import FEW_SAMPLES, assert_float_agreement
-from test_train import _assert_grads_close, _assert_same_scan, _input, _loss_and_grads, _pair, _tiny_cfg
+from test_train import (
+    _assert_grads_close,
+    _assert_same_scan,
+    _input,
+    _loss_and_grads,
+    _pair,
+    _tiny_cfg,
+    step_by_step_scan,
+)
 
 from qsnn.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qsnn.train.distributed import cuda_numerics
-from qsnn.train.lif import LIFState, lif_scan, lif_step
+from qsnn.train.lif import lif_scan
 
 pytestmark = pytest.mark.cuda
 
@@ -81,12 +89,7 @@ def test_lif_scan_on_the_device_equals_the_step_by_step_graph_and_the_cpu(device
         if fused:
             z, u = lif_scan(I, b, th, k, reset, u0=start)
         else:
-            state, zs, us = LIFState(start), [], []
-            for t in range(len(I)):
-                zt, state = lif_step(I[t], state, b, th, k, reset)
-                zs.append(zt)
-                us.append(state.u)
-            z, u = torch.stack(zs), torch.stack(us)
+            z, u = step_by_step_scan(I, start, b, th, k, reset)
         ((z * wz.to(dev)).sum() + 0.1 * (u * wu.to(dev)).sum()).backward()
         runs.append(tuple(t.detach().cpu() for t in (z, u, I.grad, start.grad)))
     _assert_same_scan(runs[0], runs[1])  # fused vs step-by-step, on the device

@@ -73,6 +73,16 @@ def _assert_same_scan(got, ref) -> None:
     torch.testing.assert_close(g0g, g0r, rtol=1e-5, atol=1e-5 * float(g0r.abs().max()))
 
 
+def step_by_step_scan(I, u0, beta, theta, k, reset):
+    """(z, u) over T of T calls of ``lif_step`` (the autograd graph LIFScan replaces)."""
+    state, zs, us = LIFState(u0), [], []
+    for t in range(len(I)):
+        zt, state = lif_step(I[t], state, beta, theta, k, reset)
+        zs.append(zt)
+        us.append(state.u)
+    return torch.stack(zs), torch.stack(us)
+
+
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_fused_lif_scan_equals_the_step_by_step_graph(reset):
     """LIFScan (one autograd node over T): spikes and membranes torch.equal to T lif_step calls, and
@@ -90,12 +100,7 @@ def test_fused_lif_scan_equals_the_step_by_step_graph(reset):
             z, u = lif_scan(I, beta, theta, k, reset, u0=start)
             assert z.grad_fn is not None and "LIFScan" in type(z.grad_fn).__name__
         else:
-            state, zs, us = LIFState(start), [], []
-            for t in range(len(I)):
-                zt, state = lif_step(I[t], state, beta, theta, k, reset)
-                zs.append(zt)
-                us.append(state.u)
-            z, u = torch.stack(zs), torch.stack(us)
+            z, u = step_by_step_scan(I, start, beta, theta, k, reset)
         ((z * wz).sum() + 0.1 * (u * wu).sum()).backward()
         grads.append((z.detach(), u.detach(), I.grad, start.grad))
     _assert_same_scan(*grads)
