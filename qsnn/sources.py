@@ -59,7 +59,7 @@ def parse(name: str) -> tuple[str, Path] | None:
         return None
     if not rest:
         raise DataError(
-            f"--dataset {name}: give the folder after '{kind}:', e.g. {kind}:data/mine (it holds {KINDS[kind]})"
+            f"{name!r}: give the folder after '{kind}:', e.g. {kind}:data/mine (it holds {KINDS[kind]})"
         )
     return kind, Path(rest).expanduser()
 
