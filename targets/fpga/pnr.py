@@ -51,6 +51,7 @@ from qsnn.cli import (
     friendly_errors,
     progress_option,
     say,
+    version_option,
     write_stdout,
 )
 from qsnn.data import DATASETS
@@ -226,7 +227,14 @@ def _nextpnr_overflow(log: str, part: str) -> str | None:
 
 
 def place_and_route(
-    rtl: Path, part: str, out: Path, *, baud: int = uart.DEFAULT_BAUD, seed: int = 1, say_: Callable = say
+    rtl: Path,
+    part: str,
+    out: Path,
+    *,
+    baud: int = uart.DEFAULT_BAUD,
+    seed: int = 1,
+    say_: Callable = say,
+    netlists: dict | None = None,
 ) -> dict[str, Any]:
     """Synthesize, fit-check, place, route and pack the top around the core in ``rtl/`` for ``part``.
 
@@ -259,13 +267,22 @@ def place_and_route(
             )
             + "\n"
         )
-        say_(f"  {part}: synthesis ({Path(tools['yosys']).name}) ...")
-        res = _run([tools["yosys"], "-q", "-l", "yosys.log", "synth.ys"], work, "synthesis", "yosys.out", runs)
-        shutil.copy(work / "yosys.log", out / "yosys.log") if (work / "yosys.log").is_file() else None
-        if res.returncode != 0:
-            raise ToolError(
-                f"Yosys failed for {part}: {_tail((work / 'yosys.log').read_text() if (work / 'yosys.log').is_file() else res.stderr)}"
-            )
+        key = (str(rtl.resolve()), family, cpb)
+        if netlists is not None and key in netlists:  # another part of the family: the same netlist
+            say_(f"  {part}: the {family} netlist synthesized for {netlists[key]['part']}")
+            for name, data in netlists[key]["files"].items():
+                (work / name).write_bytes(data)
+            runs.append(ToolRun("synthesis", f"reused ({netlists[key]['part']})", 0.0))
+        else:
+            say_(f"  {part}: synthesis ({Path(tools['yosys']).name}) ...")
+            res = _run([tools["yosys"], "-q", "-l", "yosys.log", "synth.ys"], work, "synthesis", "yosys.out", runs)
+            if res.returncode != 0:
+                log = (work / "yosys.log").read_text() if (work / "yosys.log").is_file() else res.stderr
+                raise ToolError(f"Yosys failed for {part}: {_tail(log)}")
+            if netlists is not None:
+                files = {n: (work / n).read_bytes() for n in ("top.json", "stat.json", "yosys.log")}
+                netlists[key] = {"part": part, "files": files}
+        shutil.copy(work / "yosys.log", out / "yosys.log")
         cells = _cells(json.loads((work / "stat.json").read_text()))
         problem = fit_problem(cells, part)
         if problem:
@@ -490,6 +507,7 @@ def _lanes_list(_ctx: Any, _param: Any, text: str | None) -> list[int] | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@version_option("qsnn-fpga-pnr")
 @click.option(
     "--part",
     "parts",
@@ -570,6 +588,7 @@ def main(
     if samples < len(data):
         data = data.subset(samples, 0)
     rows: list[dict[str, Any]] = []
+    netlists: dict = {}  # one synthesis per lane count and family
     jobs = [(lanes, part) for lanes in lanes_list for part in parts]
     bar = None
     if progress:
@@ -598,7 +617,9 @@ def main(
                     row: dict[str, Any] = {"part": part, "lanes": lanes, "cycles": cycles}
                     try:
                         row.update(
-                            place_and_route(rf.rtl, part, staging / f"{part}_{lanes}lanes", baud=baud, seed=seed)
+                            place_and_route(
+                                rf.rtl, part, staging / f"{part}_{lanes}lanes", baud=baud, seed=seed, netlists=netlists
+                            )
                         )
                         row.update(throughput(row["fmax_mhz"], cycles["mean"]))
                         bits = staging / "bitstreams"
