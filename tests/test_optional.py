@@ -34,6 +34,9 @@ def _missing(monkeypatch, *names: str) -> None:
 
 
 def _one_line(result, *fragments: str) -> str:
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{result.output}{result.exception!r}"
+    )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "ModuleNotFoundError" not in result.output, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -100,11 +103,16 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "target, module", [("nir", "nir"), ("nir", "h5py"), ("loihi2", "h5py")], ids=["nir-nir", "nir-h5py", "loihi2-h5py"]
+    "target, module, preload",
+    [("nir", "nir", None), ("nir", "h5py", None), ("nir", "h5py", "nir"), ("loihi2", "h5py", None)],
+    ids=["nir-nir", "nir-h5py", "nir-h5py-nir-loaded", "loihi2-h5py"],
 )
-def test_export_to_a_target(target, module, checkpoint, tmp_path, monkeypatch):
+def test_export_to_a_target(target, module, preload, checkpoint, tmp_path, monkeypatch):
+    """``preload``: a package already imported when the other one is missing (nir imports h5py lazily)."""
     from qsnn.export.cli import main
 
+    if preload:
+        __import__(preload)
     _missing(monkeypatch, module)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [str(checkpoint), "--to", target, "--allow-saturation", "-o", str(out)])

@@ -418,6 +418,7 @@ def _strip_v_reset(path: Path) -> None:
 
 def write(net: IntegerNetwork, folder: Path, flavor: str = DEFAULT_FLAVOR) -> dict[str, Any]:
     nir = require("nir", "qsnn-export --to nir")
+    require("h5py", "qsnn-export --to nir")  # nir writes its HDF5 file with it (imported there, lazily)
 
     fl = get_flavor(flavor)
     graph, records = build_graph(net, fl.name)
@@ -463,6 +464,7 @@ def read(folder: Path, manifest: Mapping[str, Any] | None = None) -> IntegerNetw
     """The :class:`IntegerNetwork` of a ``network.nir`` written by :func:`write` (manifest optional)."""
     path = folder / FILE if folder.is_dir() else folder
     nir = require("nir", f"reading {path} (a NIR graph)")
+    require("h5py", f"reading {path} (a NIR graph)")  # nir reads its HDF5 file with it
     try:
         graph = nir.read(path, type_check=False)  # the sinabs flavour does not type-check; read() checks the rest
     except (OSError, *PARSE_ERRORS) as exc:  # h5py and nir raise many kinds
