@@ -58,9 +58,7 @@ def parse(name: str) -> tuple[str, Path] | None:
     if not sep or kind not in KINDS:
         return None
     if not rest:
-        raise DataError(
-            f"{name!r}: give the folder after '{kind}:', e.g. {kind}:data/mine (it holds {KINDS[kind]})"
-        )
+        raise DataError(f"{name!r}: give the folder after '{kind}:', e.g. {kind}:data/mine (it holds {KINDS[kind]})")
     return kind, Path(rest).expanduser()
 
 
@@ -165,7 +163,9 @@ def _header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
                 shape, _, dtype = read(f)
                 return tuple(shape), np.dtype(dtype)
     except (OSError, zipfile.BadZipFile, ValueError) as e:
-        raise DataError(f"{path}: not an .npz file written by np.savez ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{path}: not an .npz file ({type(e).__name__}: {e}); write it with np.savez(path, x=x, y=y)"
+        ) from None
 
 
 def _x_layout(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[str, tuple[int, int, int], int | None]:
@@ -229,7 +229,9 @@ def _read_npz(key: tuple[str, int, int]):
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not an .npz file written by np.savez ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{path}: not an .npz file ({type(e).__name__}: {e}); write it with np.savez(path, x=x, y=y)"
+        ) from None
     with z:
         missing = [k for k in ("x", "y") if k not in z.files]
         if missing:
