@@ -266,3 +266,20 @@ def test_sources_and_outputs_are_checked_first(synthetic_export, digits, tmp_pat
     np.save(mine, x[:2])
     assert invoke(onnx_path, "--input", mine, "--record", rec, "--force").exit_code == 0
     assert read_record(rec)["input"].shape[0] == 2
+
+
+def test_a_record_too_large_is_refused_before_the_run(synthetic_export, digits, tmp_path, monkeypatch):
+    import qsnn.sim.user_input as user_input
+
+    onnx_path, net = network(synthetic_export, "strided")
+    x, _ = inputs("digits", digits)
+    np.save(tmp_path / "mine.npy", x)
+    # the bound: a uint8 spike and an int64 membrane per neuron, layer and step
+    neurons = sum(int(np.prod(s)) for s in net.shapes())
+    assert user_input.record_bytes(net, N) == N * net.num_steps * neurons * 9
+    monkeypatch.setattr(user_input, "RECORD_LIMIT_BYTES", user_input.record_bytes(net, N) - 1)
+    rec = tmp_path / "rec.npz"
+    assert_clean_error(
+        invoke(onnx_path, "--input", tmp_path / "mine.npy", "--record", rec), "--record", f"{N} samples", "x[:23]"
+    )
+    assert not rec.exists()
