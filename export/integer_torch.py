@@ -17,23 +17,50 @@ t − d, zeros before)::
 
 with shl(acc_t, s) passed through the profile's current register first when ``current_bits`` = w > 0
 (Lava's u: c − 2^w where c > 2^(w−1), c + 2^w where c ≤ −2^(w−1), once).
+
+The same step, run over T for one layer, carries gradients (:func:`integer_lif_scan`, used by the
+integer-exact fine-tuning :mod:`qsnn.train.finetune`): its forward pass is :func:`membrane_step`, the
+step :func:`run_integer_torch` runs, and its backward pass replaces each integer operation by the
+real-valued one it rounds (straight-through estimates), per channel c with grid unit δ_c::
+
+    shl(acc, s), cur(·)        →  acc · 2^s          floor of a negative shift, current-register wrap: straight through
+    leak(u)                    →  β_L · u            β_L = effective_beta(L): the floor (or Loihi's rz) straight through
+    overflow(v)                →  v                  the clamp at the rails (or the wrap) straight through
+    z = [u > θ_c]              →  ∂z/∂u = δ_c / (1 + k·|δ_c·(u − θ_c)|)²     the fast-sigmoid surrogate (eq. 5)
+                                                   on the real membrane δ_c·(u − θ_c), slope k as trained
+    r_t = [u_{t−1} > θ_c]      →  no gradient        (as in the float step, :func:`qsnn.train.lif.lif_step`)
+
+θ_c and b_c receive the gradients of their real-valued sources (the rounding of θ/δ_c and o_c/δ_c is
+straight through too): ∂u_t/∂b_c = 1, ∂u_t/∂θ_c = −r_t (subtract reset), ∂z_t/∂θ_c = −∂z_t/∂u_t.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qsnn.arith import effective_beta
 from qsnn.errors import InputError
-from qsnn.network import IntegerNetwork
+from qsnn.network import IntegerLayer, IntegerNetwork
+from qsnn.profiles import ChipProfile
 
 
 def _shl(a: torch.Tensor, s: int) -> torch.Tensor:
+    if a.is_floating_point():  # integers held exactly in float64 (the fine-tuning's scan)
+        return a * 2.0**s if s >= 0 else torch.floor(a * 2.0**s)
     return a << s if s >= 0 else a >> (-s)  # >> on int64 is arithmetic: floor
 
 
 def _leak(u: torch.Tensor, leak_const: int, kind: str, bits: int) -> torch.Tensor:
+    if u.is_floating_point():  # the same floors, on integers held exactly in float64
+        if kind == "mul":
+            return torch.floor(u * (leak_const * 2.0**-bits))
+        if kind == "shift":
+            return u - torch.floor(u * 2.0**-leak_const)
+        return torch.trunc(u * (((1 << bits) - leak_const) * 2.0**-bits))  # loihi: round toward zero
     if kind == "mul":
         return (u * leak_const) >> bits
     if kind == "shift":
@@ -54,7 +81,7 @@ def _current_register(c: torch.Tensor, bits: int) -> torch.Tensor:
     if not bits:
         return c
     half = 1 << (bits - 1)
-    return c - (c > half).to(torch.int64) * (2 * half) + (c <= -half).to(torch.int64) * (2 * half)
+    return c - (c > half).to(c.dtype) * (2 * half) + (c <= -half).to(c.dtype) * (2 * half)
 
 
 def _synapse(layer, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -66,6 +93,119 @@ def _synapse(layer, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         acc = inp.flatten(1) @ weight.T
     acc = torch.round(acc).to(torch.int64)
     return _shl(acc, layer.weight_exp)  # e ≥ 0: exact; e < 0: floor, before the current shift
+
+
+def synaptic_current(acc: torch.Tensor, bias: torch.Tensor, layer: IntegerLayer, p: ChipProfile) -> torch.Tensor:
+    """c_t = cur(shl(acc_t, s)) + b_c from the integer synaptic sum acc_t (after the weight exponent)."""
+    return _current_register(_shl(acc, layer.current_shift), p.current_bits) + bias
+
+
+def membrane_step(
+    u: torch.Tensor, current: torch.Tensor, theta: torch.Tensor, layer: IntegerLayer, p: ChipProfile
+) -> torch.Tensor:
+    """u_t from u_{t−1} and the current c_t (:func:`synaptic_current`), θ per channel broadcasting: the
+    step of the module docstring (the spike is z_t = [u_t > θ]). Integers, in int64 or held exactly in
+    float64 (:func:`exact_dtype`)."""
+    if p.reset == "subtract":
+        pre = _leak(u, layer.leak_const, p.leak, p.leak_bits) + current - (u > theta).to(u.dtype) * theta
+    else:
+        pre = _leak(torch.where(u > theta, 0, u), layer.leak_const, p.leak, p.leak_bits) + current
+    return _overflow(pre, p)
+
+
+def channel_view(values, ndim: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Per-channel constants (C,) as a tensor broadcasting along axis 1 of ``ndim`` dims."""
+    return torch.as_tensor(np.asarray(values, np.int64)).to(dtype).view((1, -1) + (1,) * (ndim - 2))
+
+
+def exact_dtype(p: ChipProfile, bound: float) -> torch.dtype:
+    """float64 where it holds every integer of the step exactly (membranes, leak products and
+    currents below 2^53), else int64. Elementwise float64 runs several times faster than int64 on CPUs."""
+    widest = max(p.membrane_bits + p.leak_bits, math.log2(max(bound, 1.0)) + 1)
+    return torch.float64 if widest < 53 else torch.int64
+
+
+class IntegerLIFScan(torch.autograd.Function):
+    """:func:`membrane_step` over T steps of one layer, with the straight-through backward pass of the
+    module docstring (see :func:`integer_lif_scan`)."""
+
+    @staticmethod
+    def forward(ctx, acc, theta_src, bias_src, layer, profile, slope):  # type: ignore[override]
+        ndim = acc.dim() - 1  # (T, N, C, ...) → one step's (N, C, ...)
+        acc = torch.round(acc.detach()).double()
+        bound = float(acc.abs().max()) * 2.0 ** max(layer.weight_exp + layer.current_shift, 0) if acc.numel() else 0
+        dtype = exact_dtype(profile, bound)
+        theta = channel_view(layer.threshold, ndim, dtype).to(acc.device)
+        bias = channel_view(layer.bias, ndim, dtype).to(acc.device)
+        current = synaptic_current(_shl(acc.to(dtype), layer.weight_exp), bias, layer, profile)  # all T at once
+        u = torch.zeros(acc.shape[1:], dtype=dtype, device=acc.device)
+        us = torch.empty(acc.shape, dtype=dtype, device=acc.device)
+        for t in range(acc.shape[0]):
+            u = membrane_step(u, current[t], theta, layer, profile)
+            us[t] = u
+        z = (us > theta).to(torch.float32)
+        ctx.save_for_backward(us)
+        ctx.layer, ctx.profile, ctx.slope = layer, profile, slope
+        ctx.shapes = (theta_src is not None and theta_src.shape, bias_src is not None and bias_src.shape)
+        ctx.mark_non_differentiable(us)
+        return z, us.to(torch.int64)
+
+    @staticmethod
+    def backward(ctx, grad_z, _grad_u):  # type: ignore[override]
+        (us,) = ctx.saved_tensors
+        layer, p, k = ctx.layer, ctx.profile, ctx.slope
+        ndim = us.dim() - 1
+        theta = channel_view(layer.threshold, ndim, us.dtype).to(us.device)
+        unit = torch.as_tensor(np.asarray(layer.scale, np.float64)).view((1, -1) + (1,) * (ndim - 2)).to(us.device)
+        if grad_z is None:
+            grad_z = torch.zeros(us.shape, dtype=torch.float32, device=us.device)
+        distance = (us - theta).to(torch.float32) * unit.float()  # the real membrane above θ_c, all steps
+        g_spike = grad_z * (unit.float() / (k * distance.abs() + 1.0) ** 2)  # ∂L/∂z_t · ∂z_t/∂u_t
+        fired = us > theta  # r_{t+1} = z_t
+        beta = effective_beta(layer.leak_const, p)
+        g = torch.empty_like(g_spike)  # ∂L/∂u_t: the spike's part plus what u_{t+1} passes back
+        carry = torch.zeros_like(g_spike[0])
+        for t in range(us.shape[0] - 1, -1, -1):
+            g[t] = g_spike[t] + carry
+            keep = beta if p.reset == "subtract" else beta * (~fired[t - 1]).to(g.dtype) if t > 0 else beta
+            carry = keep * g[t]
+        sum_dims = [0, 1] + list(range(3, ndim + 1))  # all but the channel
+        d_theta = d_bias = None
+        if ctx.needs_input_grad[1]:
+            d_theta = -g_spike.sum(sum_dims, dtype=torch.float64)
+            if p.reset == "subtract" and us.shape[0] > 1:  # u_t − r_t·θ_c, r_t = z_{t−1}
+                d_theta = d_theta - (g[1:] * fired[:-1]).sum(sum_dims, dtype=torch.float64)
+            d_theta = d_theta.view(ctx.shapes[0])
+        if ctx.needs_input_grad[2]:
+            d_bias = g.sum(sum_dims, dtype=torch.float64).view(ctx.shapes[1])
+        d_acc = g * 2.0 ** (layer.current_shift + layer.weight_exp)  # shl as a multiplication
+        return d_acc, d_theta, d_bias, None, None, None
+
+
+def integer_lif_scan(
+    acc: torch.Tensor,
+    layer: IntegerLayer,
+    profile: ChipProfile,
+    slope: float,
+    theta: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's spikes and membranes over T steps, exactly as :func:`run_integer_torch` computes
+    them, differentiable (straight-through, module docstring).
+
+    Args:
+        acc: (T, N, C, ...) float tensor of the exact integer synaptic sums acc_t (after sum-pooling,
+            the synaptic delay already applied: zeros where the input has not arrived), which may
+            require a gradient.
+        layer: the compiled layer (its θ_c, b_c, shift, leak constant and grid unit δ_c are used).
+        profile: the profile whose arithmetic the layer follows.
+        slope: k of the fast-sigmoid surrogate (the trained model's).
+        theta, bias: optional (C,) tensors that receive the gradient of θ_c and b_c (their values are
+            not used: the forward pass runs on the compiled integers).
+
+    Returns (z, u): spikes (T, N, C, ...) float32 (0/1), membranes int64 (no gradient).
+    """
+    return IntegerLIFScan.apply(acc, theta, bias, layer, profile, slope)
 
 
 def run_integer_torch(
@@ -123,13 +263,7 @@ def run_integer_torch(
                     src = t - delay
                     inp = history[i][src] if src >= 0 else torch.zeros((n, *in_shapes[i]), dtype=torch.float64)
                     acc = _synapse(layer, inp, weights[i])
-                    cur = _current_register(_shl(acc, layer.current_shift), p.current_bits) + biases[i]
-                    reset = (u[i] > thetas[i]).to(torch.int64)
-                    if p.reset == "subtract":
-                        pre = _leak(u[i], layer.leak_const, p.leak, p.leak_bits) + cur - reset * thetas[i]
-                    else:
-                        pre = _leak((1 - reset) * u[i], layer.leak_const, p.leak, p.leak_bits) + cur
-                    u[i] = _overflow(pre, p)
+                    u[i] = membrane_step(u[i], synaptic_current(acc, biases[i], layer, p), thetas[i], layer, p)
                     z = u[i] > thetas[i]
                     if i + 1 < L:
                         history[i + 1].append(z.to(torch.float64))

@@ -248,6 +248,8 @@ def train(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     evaluate_test: bool = True,
     extend: dict[str, Any] | None = None,
+    build_model: Callable[..., QSNN] = QSNN,
+    init_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run in ``run_dir``; return the final metrics.
 
@@ -265,13 +267,17 @@ def train(
     Started by ``torchrun`` with ``WORLD_SIZE > 1``, the same call trains data-parallel with the
     semantics of one process (see :mod:`qsnn.train.distributed`); ``on_epoch`` then runs on every
     rank with the same row, and only rank 0 writes to ``run_dir``.
+
+    ``build_model(cfg, input_shape, num_classes)`` builds the network (a :class:`QSNN` or a subclass
+    with the same parameters, e.g. the integer-exact model of :mod:`qsnn.train.finetune`); a new run
+    starts from the weights ``init_state`` when given (a fine-tuning), else from the initialisation.
     """
     run_dir = Path(run_dir)
     ctx, dev = setup_distributed(device)
     if not ctx.is_main:
         progress, log = False, (lambda _msg: None)
     ckpt, cfg, extending = read_resume_point(cfg, run_dir, ctx, resume, extend, log)
-    run = setup_run(cfg, run_dir, ctx, dev, progress, log, data_dir, ckpt, extending)
+    run = setup_run(cfg, run_dir, ctx, dev, progress, log, data_dir, ckpt, extending, build_model, init_state)
     del ckpt  # restored into the run; not kept through training
 
     done = run.state["stopped_early"] or run.start_epoch >= cfg.epochs
@@ -368,6 +374,8 @@ def setup_run(
     data_dir,
     ckpt: dict[str, Any] | None,
     extending: bool,
+    build_model: Callable[..., QSNN] = QSNN,
+    init_state: dict[str, Any] | None = None,
 ) -> Run:
     """Data, model, optimiser and schedule, seeded; restored from ``ckpt`` (weights, optimizer,
     schedule, random generators, history) when the run continues."""
@@ -382,7 +390,9 @@ def setup_run(
         log(f"warning: {warning}")
     train_split = splits["train"]
     batches = Batches(train_split, cfg.batch_size, shuffle=True, generator=generator, device=dev)
-    model = QSNN(cfg, train_split.input_shape, len(train_split.classes)).to(dev)
+    model = build_model(cfg, train_split.input_shape, len(train_split.classes)).to(dev)
+    if ckpt is None and init_state is not None:
+        model.load_state_dict(init_state)
     if ctx.enabled:  # same initial weights on every rank; then each rank its own dropout stream
         torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)

@@ -1,0 +1,214 @@
+"""Integer-exact fine-tuning (qsnn.train.finetune, ``qsnn-train finetune``).
+
+* the forward pass is the compiled integer network: after an optimizer step (new weights, compiled
+  again), its spikes equal, layer by layer (``np.array_equal``), what ``qsnn-sim``'s engine computes on
+  the exported and compiled checkpoint, on real mnist5k digits, for three specs and both profiles;
+* the backward pass is the documented straight-through estimate: the scan's hand-written backward
+  equals autograd through an explicit soft graph whose values are the integers;
+* the command: a run folder like ``run``'s, predictions 100 % equal to qsnn-sim on the exported
+  best.pt, --resume, and one-line refusals of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from fixtures import synthetic_checkpoint
+
+from qsnn.data import INPUT_SCALE, load_split, model_input
+from qsnn.export.compile import compile_qonnx
+from qsnn.export.integer_torch import _leak, _overflow, integer_lif_scan
+from qsnn.export.qonnx_float import export_float
+from qsnn.profiles import get_profile
+from qsnn.sim.engine import simulate
+from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
+from qsnn.train.finetune import IntegerExactQSNN, finetune_config
+from qsnn.train.loss import mse_count_loss
+
+#: Specs from the architecture grammar with what each exercises: BatchNorm with γ of both signs (flipped
+#: channels, trainable per-channel θ_c through γ), stride/padding with a synaptic bias, a dense-only net.
+SPECS = {
+    "8C3-AP2-D10": {"batch_norm": True},
+    "16C3s2p1-D10": {"batch_norm": False, "bias": True},
+    "784Dense32-D10": {"batch_norm": False, "bias": True},
+}
+#: loihi2's current shift is fixed (a_in << 6): θ = 2.04 on these small conv weights needs more than its
+#: 17-bit vth (refused by the compiler), θ = 0.3 fits.
+LOIHI2_SPECS = {"8C3-AP2-D10": {"threshold": 0.3}}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """32 real mnist5k test digits (stratified)."""
+    return load_split("mnist5k", "test", None, subset=32, num_steps=8)
+
+
+def _model(ckpt, profile: str) -> IntegerExactQSNN:
+    data = load_checkpoint(ckpt)
+    cfg = finetune_config(data["config_obj"], profile)
+    model = IntegerExactQSNN(
+        cfg,
+        tuple(data["input_shape"]),
+        len(data["classes"]),
+        profile=get_profile(profile),
+        classes=data["classes"],
+        encoding=data["encoding"],
+    )
+    model.load_state_dict(data["model"])
+    return model
+
+
+@pytest.mark.parametrize("profile", ["fpga", "loihi2"])
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if "C" in a else a for a in sorted(SPECS)]
+)  # the conv specs take 10-30 s each on 2 shared cores (T = 8, 32 digits)
+def test_forward_is_the_compiled_network_after_a_step(tmp_path, digits, arch, profile):
+    overrides = {**SPECS[arch], **(LOIHI2_SPECS.get(arch, {}) if profile == "loihi2" else {})}
+    model = _model(synthetic_checkpoint(tmp_path / "src.pt", arch=arch, **overrides), profile)
+    x = torch.from_numpy(model_input(digits.x, INPUT_SCALE["static"]))
+    y = torch.from_numpy(digits.y)
+    first = [lp.layer.weight.copy() for lp in model.compile().layers]
+
+    # one Adam step: the weights (and BatchNorm's γ, β or the bias) move, the compiler runs again
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    out = model(x)
+    mse_count_loss(out.spikes, y, model.cfg.correct_rate, model.cfg.incorrect_rate).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(float(p.grad.abs().sum()) > 0 for p in model.parameters())
+    opt.step()
+
+    # the stepped model as an ordinary checkpoint, exported and compiled as qsnn-export / qsnn-sim do
+    data = load_checkpoint(tmp_path / "src.pt")
+    ckpt = tmp_path / "ft.pt"
+    save_checkpoint(
+        ckpt,
+        {
+            "config": model.cfg.to_dict(),
+            "model": model.state_dict(),
+            "input_shape": data["input_shape"],
+            "classes": data["classes"],
+            "encoding": "static",
+        },
+    )
+    net, _ = compile_qonnx(export_float(ckpt, tmp_path / "ft.onnx"), get_profile(profile))
+    assert any(not np.array_equal(a, lay.weight) for a, lay in zip(first, net.layers)), "the step changed nothing"
+    sim = simulate(net, digits.x, record=True).spikes
+    model.eval()
+    with torch.no_grad():
+        ours = model(x, record=True).layers
+    for key, spikes in sim.items():
+        assert spikes.any(), f"{arch} {profile}: {key} is silent (compares nothing)"
+        assert np.array_equal(ours[key].numpy().astype(np.uint8), spikes), f"{arch} {profile}: {key} differs"
+
+
+def _soft_scan(acc, layer, p, slope, theta_src, bias_src):
+    """The backward of the module docstring through autograd: each integer value as
+    ``exact + (soft − soft.detach())``, soft = the real-valued operation it rounds."""
+    from qsnn.arith import effective_beta
+
+    view = (1, -1)
+    theta_i = torch.as_tensor(layer.threshold).view(view)
+    unit = torch.as_tensor(layer.scale).view(view)
+    beta = effective_beta(layer.leak_const, p)
+    u = torch.zeros(acc.shape[1:], dtype=torch.float64)
+    u_int = torch.zeros(acc.shape[1:], dtype=torch.int64)
+    zs = []
+    for t in range(acc.shape[0]):
+        r = (u_int > theta_i).double()
+        current = acc[t] * 2.0**layer.current_shift + bias_src.view(view)
+        if p.reset == "subtract":
+            soft = beta * u + current - r * theta_src.view(view)
+        else:
+            soft = beta * (1 - r) * u + current
+        cur_int = (torch.round(acc[t].detach()).long() << layer.current_shift) + torch.as_tensor(layer.bias).view(view)
+        if p.reset == "subtract":
+            pre = _leak(u_int, layer.leak_const, p.leak, p.leak_bits) + cur_int - r.long() * theta_i
+        else:
+            pre = _leak(torch.where(r > 0, 0, u_int), layer.leak_const, p.leak, p.leak_bits) + cur_int
+        u_int = _overflow(pre, p)
+        u = u_int.double() + (soft - soft.detach())
+        dist = unit * (u - theta_src.view(view))
+        antiderivative = dist / (1 + slope * dist.abs())  # d/du = δ / (1 + k|δ(u − θ)|)²
+        zs.append((u_int > theta_i).double() + (antiderivative - antiderivative.detach()))
+    return torch.stack(zs)
+
+
+@pytest.mark.parametrize("profile", ["fpga", "loihi2"])
+def test_backward_is_the_documented_straight_through_estimate(profile):
+    from qsnn.network import IntegerLayer
+
+    p = get_profile(profile)
+    gen = torch.Generator().manual_seed(1)
+    T, N, C = 12, 5, 3
+    layer = IntegerLayer(
+        name="fc",
+        kind="dense",
+        weight=np.ones((C, 4), np.int8),
+        pool=1,
+        current_shift=6,
+        threshold=np.array([64 * 40, 64 * 55, 64 * 70]),
+        bias=np.array([-64, 0, 128]),
+        leak_const=3900 if p.leak == "mul" else 200,
+        scale=np.array([0.01, 0.02, 0.015]),
+    )
+    acc = torch.randint(-20, 90, (T, N, C), generator=gen).double().requires_grad_()
+    theta = torch.as_tensor(layer.threshold, dtype=torch.float64).requires_grad_()
+    bias = torch.as_tensor(layer.bias, dtype=torch.float64).requires_grad_()
+    upstream = torch.randn(T, N, C, generator=gen, dtype=torch.float64)
+
+    z, _ = integer_lif_scan(acc, layer, p, 3.0, theta, bias)
+    ref = _soft_scan(acc, layer, p, 3.0, theta, bias)
+    assert np.array_equal(z.detach().numpy(), ref.detach().numpy())  # the same spikes
+    assert 0 < float(ref.detach().sum()) < T * N * C  # some spike, some do not
+    grads = torch.autograd.grad((z.double() * upstream).sum(), (acc, theta, bias))
+    expected = torch.autograd.grad((ref * upstream).sum(), (acc, theta, bias))
+    for name, got, want in zip(("acc", "theta", "bias"), grads, expected):
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-6), name
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+@pytest.mark.slow
+def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
+    from qsnn.train.cli import main
+
+    src = synthetic_checkpoint(tmp_path / "src.pt", arch="8C3-AP2-D10")
+    out = tmp_path / "ft"
+    args = ["finetune", str(src), "--profile", "loihi2", "--epochs", "1", "--subset", "40"]
+    args += ["--val-subset", "20", "--test-subset", "20", "--batch-size", "20", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "fine-tuning summary" in result.output
+    for name in ("best.pt", "last.pt", "log.csv", "metrics.json", "training.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    ft = metrics["finetune"]
+    assert ft["profile"] == "loihi2" and ft["vs_qsnn_sim"]["samples"] == 20
+    assert ft["vs_qsnn_sim"]["predictions_equal_pct"] == 100.0
+    assert ft["vs_qsnn_sim"]["output_counts_equal_pct"] == 100.0
+    assert ft["vs_qsnn_sim"]["accuracy_torch"] == ft["vs_qsnn_sim"]["accuracy_sim"] == ft["integer_test_acc_after"]
+    cfg = load_checkpoint(out / "best.pt")["config_obj"]
+    assert (cfg.profile, cfg.reset, cfg.synaptic_delay) == ("loihi2", "zero", 1)
+
+    again = CliRunner().invoke(main, args)  # the folder holds a run: refused, nothing touched
+    assert again.exit_code != 0 and "--resume" in again.output
+    resumed = CliRunner().invoke(main, [*args[:5], "2", *args[6:], "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def test_finetune_refuses_a_missing_run_in_one_line(tmp_path):
+    from qsnn.train.cli import main
+
+    result = CliRunner().invoke(main, ["finetune", str(tmp_path / "nowhere"), "--profile", "fpga"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "nowhere" in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
