@@ -179,9 +179,7 @@ def read_input(path: str | Path, net: IntegerNetwork) -> UserInput:
             if x.dtype.kind == "f" and x.size and net.encoding == "static" and np.nanmax(x) <= 1.0
             else f"; convert with x.astype(np.uint8) after checking the values are whole numbers 0..{net.input_max}"
         )
-        raise InputError(
-            f"{path}: inputs are {x.dtype}, the model takes integer {what}, values 0..{net.input_max}{hint}"
-        )
+        raise InputError(f"{path}: inputs are {x.dtype}, the model takes {what}, integers 0..{net.input_max}{hint}")
     batched = _with_batch_axes(net, x)
     wrong_frames = batched is not None and net.encoding == "events" and batched.shape[1] != net.num_steps
     if batched is None or wrong_frames:
@@ -192,6 +190,16 @@ def read_input(path: str | Path, net: IntegerNetwork) -> UserInput:
             f"{path}: inputs have shape {given}{frames}, the model {_model_name(net)} takes {what}; "
             "reshape or resize them to that"
         )
+    if batched.size and (batched.min() < 0 or batched.max() > net.input_max):
+        bad = int(batched.min()) if batched.min() < 0 else int(batched.max())
+        if net.encoding == "events":
+            todo = (
+                f"the model's event encoding clips counts at {net.input_max} per cell and bin: "
+                f"pass np.clip(x, 0, {net.input_max})"
+            )
+        else:
+            todo = "pixels are 0..255: rescale them into that range"
+        raise InputError(f"{path}: a value {bad} is outside 0..{net.input_max}, which the model takes; {todo}")
     try:
         check_input(net, batched)
     except InputError as exc:

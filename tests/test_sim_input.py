@@ -206,7 +206,8 @@ def _bad_cases(digits):
     images = x[:4, 0]
     yield "float", images.astype(np.float32) / 255, None, ("bad.npy", "float32", "(N, 28, 28)", "* 255")
     yield "shape", images[:, :27], None, ("bad.npy", "shape (4, 27, 28)", "(N, 1, 28, 28)", "one image (28, 28)")
-    yield "negative", images.astype(np.int16) - 1, None, ("bad.npy", "non-negative")
+    yield "negative", images.astype(np.int16) - 1, None, ("bad.npy", "value -1 is outside 0..255")
+    yield "too bright", images.astype(np.int32) * 2, None, ("bad.npy", "value 510 is outside 0..255", "rescale")
     yield "labels", images, {"y": np.full(4, 10)}, ("bad.npz", "label 10", "10 classes")
     yield "label count", images, {"y": y[:3]}, ("bad.npz", "labels y have shape (3,)", "one label per input")
     yield "float labels", images, {"y": y[:4].astype(float)}, ("bad.npz", "labels y are float64")
@@ -215,7 +216,7 @@ def _bad_cases(digits):
     yield "object", None, {"x": np.array([images, None], dtype=object)}, ("bad.npz", "not a readable NumPy file")
 
 
-BAD = ["float", "shape", "negative", "labels", "label count", "float labels", "classes", "no x", "object"]
+BAD = ["float", "shape", "negative", "too bright", "labels", "label count", "float labels", "classes", "no x", "object"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -238,7 +239,9 @@ def test_event_counts_over_the_clip_and_wrong_frames(synthetic_export, digits, t
     onnx_path, net = network(synthetic_export, "events")
     x, _ = inputs("events", digits)
     np.save(tmp_path / "counts.npy", x * 2)  # counts 0..2, the model's 1-bit encoding takes 0..1
-    assert_clean_error(invoke(onnx_path, "--input", tmp_path / "counts.npy"), "counts.npy", "up to 1", "got 2")
+    assert_clean_error(
+        invoke(onnx_path, "--input", tmp_path / "counts.npy"), "counts.npy", "value 2", "0..1", "np.clip(x, 0, 1)"
+    )
     np.save(tmp_path / "frames.npy", x[:, :5])
     assert_clean_error(
         invoke(onnx_path, "--input", tmp_path / "frames.npy"), "frames.npy", "5 frames", "T=8", "(N, 8, 2, 16, 16)"
