@@ -330,6 +330,8 @@ def _run_batch(
             counted = None
             if el.accel is not None and not (li == 0 and static):  # the sums, current tail and LIF compiled
                 counted = el.fused_scan(flat, n, u[li], fired[li], z_chunk, acc, u_chunk, stats)
+            elif li == 0 and static and table is None and el.accel is not None:
+                counted = el.static_scan(cur_static, max(0, delay - t0), u[li], fired[li], z_chunk, acc, u_chunk)
             elif li == 0 and table is not None:
                 table.spikes(idx, t0, z_chunk, gathered)
                 if u_chunk is not None:

@@ -50,11 +50,21 @@ def new_stats() -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def lif_kernel(leak: str, reset: str, overflow: str, record: bool, track: bool, register: bool, state: str = "int64"):
+def lif_kernel(
+    leak: str,
+    reset: str,
+    overflow: str,
+    record: bool,
+    track: bool,
+    register: bool,
+    state: str = "int64",
+    static: bool = False,
+):
     """The compiled :func:`lif_scan` for a profile's leak, reset and overflow, whether membranes are
     recorded, the current's range tracked (``track``, or a current ``register``) and wrapped in a
     current register: these are constants of its loop, which then has no branch and vectorises.
-    The arithmetic runs in the layer's ``state`` dtype (int32 where the layer's proof allows: eight
+    With ``static`` the sums are one row for every step (a static image's first layer, scanned where
+    no table holds it). The arithmetic runs in the layer's ``state`` dtype (int32 where the layer's proof allows: eight
     lanes per AVX2 vector), as the NumPy path's. One kernel per combination, compiled on its first
     call and cached on disk (numba keys the cache on these values)."""
     kind = LEAKS[leak]
@@ -81,6 +91,7 @@ def lif_kernel(leak: str, reset: str, overflow: str, record: bool, track: bool, 
         mem_bits,
         stats,
         counts,
+        silent,
     ):  # pragma: no cover - compiled
         """The current tail and the LIF step over ``n`` steps (module docstring), in place.
 
@@ -89,9 +100,11 @@ def lif_kernel(leak: str, reset: str, overflow: str, record: bool, track: bool, 
         u_{t−1} and the reset mask (−1 where u_{t−1} > θ, else 0: the NumPy path's representation,
         so either path continues the other's state); ``z`` (n, N) uint8 receives z_t; ``u_out``
         (n, N) receives u_t when recording; ``counts`` (n,) gains the spikes of each step;
-        ``stats`` the ranges and event counts (slots above).
+        ``stats`` the ranges and event counts (slots above). The first ``silent`` steps get no
+        synaptic input (acc = 0: before the synaptic delay), the bias still.
         """
-        n, N = acc.shape
+        n = len(z)
+        N = acc.shape[1]
         wrap_mask = cast((1 << mem_bits) - 1)
         round_mask = cast((1 << leak_bits) - 1)
         keep = cast((1 << leak_bits) - leak_const)  # loihi: u·(2^F − dv)
@@ -105,8 +118,10 @@ def lif_kernel(leak: str, reset: str, overflow: str, record: bool, track: bool, 
         for t in range(n):
             # per-step event counts in 32-bit lanes (a step has far fewer than 2^31 neurons)
             spikes, n_high, n_low, n_wrap = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+            row = 0 if static else t
+            live = t >= silent
             for i in range(N):
-                a = cast(acc[t, i])
+                a = cast(acc[row, i]) if live else cast(0)
                 if exp_shift < 0:
                     a = cast(a >> e)
                 if shift > 0:

@@ -15,7 +15,7 @@ import os
 import zlib
 from collections import OrderedDict
 from threading import Lock
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -339,6 +339,38 @@ class _Layer:
         step in one pass) while it is in cache. ``u`` and ``fired`` are updated in place; the
         statistics (``acc``; the current range only with ``stats``) are the NumPy path's. Returns the
         spikes of each step (the kernel counts them in the same pass)."""
+        return self._kernel_scan(self.sums(x, acc if stats else None, steps), u, fired, z_out, acc, u_out, stats)
+
+    def static_scan(
+        self,
+        cur: np.ndarray,
+        silent: int,
+        u: np.ndarray,
+        fired: np.ndarray,
+        z_out: np.ndarray,
+        acc: LayerStats,
+        u_out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`scan` of a static first layer in the compiled kernel: ``cur`` (from :meth:`currents`)
+        is c_t at every step of ``z_out``, the bias alone in its first ``silent`` steps (before the
+        synaptic delay). The engine counts this layer's current range and synaptic operations once
+        per batch. Returns the spikes of each step."""
+        syn = cur.reshape(1, -1) - self.full(self.bias, u.shape).reshape(1, -1)  # c_t − b: the kernel adds b
+        return self._kernel_scan([syn], u, fired, z_out, acc, u_out, False, silent)
+
+    def _kernel_scan(
+        self,
+        blocks: Iterable[np.ndarray],
+        u: np.ndarray,
+        fired: np.ndarray,
+        z_out: np.ndarray,
+        acc: LayerStats,
+        u_out: np.ndarray | None,
+        stats: bool,
+        silent: int | None = None,
+    ) -> np.ndarray:
+        """Run :func:`qsnn.sim.kernels_numba.lif_kernel` over the sum ``blocks`` (steps × neurons;
+        with ``silent`` given, one static row for all of ``z_out``'s steps) and merge its statistics."""
         k = self.accel
         p = self.profile
         st = k.new_stats()
@@ -348,18 +380,26 @@ class _Layer:
         bias, theta = self.full(self.bias, u.shape).reshape(-1), self.theta_full(u.shape).reshape(-1)
         z = z_out.view(np.uint8).reshape(len(z_out), -1)
         um = u_out.reshape(len(u_out), -1) if u_out is not None else np.zeros((1, 1), self.state_dtype)
+        static = silent is not None
         scan = k.lif_kernel(
-            p.leak, p.reset, p.overflow, u_out is not None, stats, self.current_half > 0, self.state_dtype.name
+            p.leak,
+            p.reset,
+            p.overflow,
+            u_out is not None,
+            stats,
+            self.current_half > 0 and not static,  # a static layer's currents are through the register already
+            self.state_dtype.name,
+            static,
         )
         t = 0
-        for part in self.sums(x, acc if stats else None, steps):
+        for part in blocks:
             if part.dtype.kind == "f":
                 part = part.astype(self.state_dtype)  # exact integers (proven bound)
-            n = len(part)
+            n = len(z_out) if static else len(part)
             scan(
-                part.reshape(n, -1),
-                self.exp_shift,
-                self.shift,
+                part.reshape(len(part), -1),
+                0 if static else self.exp_shift,
+                0 if static else self.shift,
                 self.current_half,
                 bias,
                 theta,
@@ -374,6 +414,7 @@ class _Layer:
                 p.membrane_bits,
                 st,
                 counts[t : t + n],
+                silent or 0,
             )
             t += n
         acc.saturation_high += int(st[k.SAT_HIGH])

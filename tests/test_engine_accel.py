@@ -16,10 +16,11 @@ import sys
 import numpy as np
 import pytest
 from test_arch_integer import HAND, event_input, hand_net
-from test_sim_engine import _same_result
+from test_sim_engine import _random_net, _same_result
 
 from qsnn.data import load_split
 from qsnn.errors import InputError
+from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim import engine, layers, simulate
 
 numba = pytest.importorskip("numba", reason="the accelerator needs numba (pip install -e '.[fast]')")
@@ -75,6 +76,30 @@ def test_compiled_kernels_equal_numpy_loops_on_a_compiled_export(profile, synthe
     for key in bare.spikes:
         assert np.array_equal(bare.spikes[key], fast.spikes[key]), key
     assert [s.saturation_events for s in bare.layers] == [s.saturation_events for s in fast.layers]
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        LOIHI2,
+        FPGA.replace(leak="shift", reset="zero", synaptic_delay=2),
+        FPGA.replace(overflow="wrap", membrane_bits=9),
+    ],
+    ids=["loihi2", "shift-zero-delay", "wrap"],
+)
+def test_static_first_layer_without_a_table_runs_in_the_kernel(profile, monkeypatch):
+    """A static first layer too large for its lookup table is scanned: in the kernel, its one current
+    row at every step (the bias alone before the synaptic delay), equal to NumPy's scan."""
+    monkeypatch.setattr(layers, "TABLE_CELLS", 1)
+    monkeypatch.setattr(layers, "_COMPILED", type(layers._COMPILED)())
+    rng = np.random.default_rng(18)
+    net = _random_net(rng, profile, "static", 7, (1, 12, 12))
+    x = rng.integers(0, 256, size=(40, 1, 12, 12)).astype(np.uint8)
+    fast, loops, ref = _three_ways(net, x, threads=2, batch_size=16)
+    assert not layers.compile_layers(net, 255, accel=True)[0]._tables  # scanned, not looked up
+    assert ref.layers[0].spikes_per_step.sum() > 0
+    _same_result(fast, loops)
+    _same_result(fast, ref)
 
 
 def test_switched_off_the_numpy_loops_run(digits, monkeypatch):
