@@ -40,12 +40,13 @@ LEAKS = {"mul": 0, "shift": 1, "loihi": 2}
 
 #: Slots of the ``stats`` vector :func:`lif_scan` updates in place.
 CUR_MIN, CUR_MAX, WRAPS, SAT_HIGH, SAT_LOW, MEM_MIN, MEM_MAX = range(7)
+INT64_MAX = 2**63 - 1  # (np.iinfo is slow to build at every call)
 
 
 def new_stats() -> np.ndarray:
     """A ``stats`` vector for :func:`lif_scan`: empty ranges (the membrane's starts at 0, as LayerStats')."""
     s = np.zeros(7, dtype=np.int64)
-    s[CUR_MIN], s[CUR_MAX] = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    s[CUR_MIN], s[CUR_MAX] = INT64_MAX, -INT64_MAX - 1
     return s
 
 
