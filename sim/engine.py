@@ -79,8 +79,11 @@ from .static_table import StaticTable
 PIECE_BYTES = 512 * 2**10
 MIN_PIECE = 64
 #: With the compiled kernels (:mod:`qsnn.sim.kernels_numba`) a piece is a few long GIL-free calls per
-#: layer, so smaller pieces overlap: batch 64 runs as two pieces of 32 on two threads.
+#: layer, so smaller pieces overlap: batch 64 runs as two pieces of 32 on two threads, where a piece
+#: holds at least MIN_PIECE_MACS multiply-accumulates (else the NumPy loops' MIN_PIECE: handing a
+#: millisecond of work to a second thread costs more than it saves, measured: docs/benchmarks.md).
 MIN_PIECE_ACCEL = 32
+MIN_PIECE_MACS = 2**25
 
 
 def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
@@ -211,7 +214,10 @@ def simulate(
     try:
         # the membrane arrays that are scanned set the piece (a static first layer is looked up: StaticTable)
         scanned = [el for i, el in enumerate(layers) if not (i == 0 and static and el.lookup)] or layers
-        floor = MIN_PIECE_ACCEL if layers[0].accel is not None else MIN_PIECE
+        floor = MIN_PIECE
+        if layers[0].accel is not None:
+            macs = sum(el.macs * (1 if i == 0 and static else T) for i, el in enumerate(layers))
+            floor = min(MIN_PIECE, max(MIN_PIECE_ACCEL, -(-MIN_PIECE_MACS // max(1, macs))))
         per_piece = max(floor, PIECE_BYTES // max(el.neurons * el.state_dtype.itemsize for el in scanned))
         for b0 in range(0, N, batch_size):
             b1 = min(N, b0 + batch_size)

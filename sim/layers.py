@@ -164,6 +164,9 @@ class _Layer:
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
         self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
+        # multiply-accumulates of one sample and step as this layer computes them (box sums or the folded kernel)
+        positions = 1 if layer.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]
+        self.macs = positions * (self.box_cols if self.box_matmul is not None else self.cols) * layer.out_channels
         self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))  # (cols, O); the NumPy path's
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is

@@ -51,7 +51,8 @@ def test_compiled_kernels_equal_numpy_loops_on_every_stack(name, digits, monkeyp
     net = hand_net(spec, profile, bits, encoding, x, T=8)
     monkeypatch.setattr(layers, "CHUNK_BYTES", 8192)
     monkeypatch.setattr(layers, "GEMM_BYTES", 4096)
-    monkeypatch.setattr(engine, "MIN_PIECE_ACCEL", 4)
+    monkeypatch.setattr(engine, "MIN_PIECE_ACCEL", 4)  # pieces over both threads, however little work
+    monkeypatch.setattr(engine, "MIN_PIECE_MACS", 1)
     fast, loops, ref = _three_ways(net, x, threads=2, batch_size=12)
     assert all(el.accel is not None for el in layers.compile_layers(net, int(x.max()), accel=True))
     assert sum(int(s.spikes_per_step.sum()) for s in ref.layers) > 0, "a silent network proves nothing"
@@ -92,6 +93,8 @@ def test_static_first_layer_without_a_table_runs_in_the_kernel(profile, monkeypa
     row at every step (the bias alone before the synaptic delay), equal to NumPy's scan."""
     monkeypatch.setattr(layers, "TABLE_CELLS", 1)
     monkeypatch.setattr(layers, "_COMPILED", type(layers._COMPILED)())
+    monkeypatch.setattr(engine, "MIN_PIECE_ACCEL", 4)
+    monkeypatch.setattr(engine, "MIN_PIECE_MACS", 1)
     rng = np.random.default_rng(18)
     net = _random_net(rng, profile, "static", 7, (1, 12, 12))
     x = rng.integers(0, 256, size=(40, 1, 12, 12)).astype(np.uint8)
@@ -122,11 +125,18 @@ def test_switched_off_the_numpy_loops_run(digits, monkeypatch):
         simulate(net, x)
 
 
-def test_batch_64_runs_as_two_pieces_on_two_threads(digits, monkeypatch):
-    """With the compiled kernels a batch of 64 is two pieces of 32 (both cores busy); the NumPy
-    loops keep whole pieces of 64 (their many small calls contend for the GIL)."""
-    spec, profile, bits, encoding = HAND["dense-2"]
-    net = hand_net(spec, profile, bits, encoding, digits[:8], T=4)
+def test_batch_64_runs_as_two_pieces_on_two_threads(digits, synthetic_export, monkeypatch):
+    """With the compiled kernels a batch of 64 of the paper's network (10.6 M MACs per sample at
+    T = 25) is two pieces of 32 (both cores busy); the NumPy loops keep whole pieces of 64 (their many
+    small calls contend for the GIL); a small network's batch stays one piece (too little work for
+    a second thread)."""
+    import dataclasses
+
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.profiles import get_profile
+
+    net, _ = compile_qonnx(synthetic_export()[1], get_profile("fpga"), allow_saturation=True)
+    net = dataclasses.replace(net, num_steps=25)
     x = np.concatenate([digits, digits])[:64]
     pieces: list[int] = []
     real = engine._run_batch
@@ -140,6 +150,11 @@ def test_batch_64_runs_as_two_pieces_on_two_threads(digits, monkeypatch):
     assert sorted(pieces) == [32, 32]
     pieces.clear()
     simulate(net, x, batch_size=64, threads=2, accel=False)
+    assert pieces == [64]
+    spec, profile, bits, encoding = HAND["dense-2"]  # D64-D10: 0.05 M MACs per sample
+    small = hand_net(spec, profile, bits, encoding, digits[:8], T=4)
+    pieces.clear()
+    simulate(small, x, batch_size=64, threads=2, accel=True)
     assert pieces == [64]
 
 
