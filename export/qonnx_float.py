@@ -54,6 +54,7 @@ from .format import (
     output_name,
     precision_name,
     save_model,
+    set_metadata,
     state_inputs,
 )
 
@@ -571,7 +572,7 @@ def build_float_model(
     checkpoint_path = Path(checkpoint_path)
     data = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(data, where=str(checkpoint_path))
-    return build_float_from_module(
+    onnx_model, meta = build_float_from_module(
         model,
         classes=list(data["classes"]),
         encoding=data["encoding"],
@@ -581,6 +582,10 @@ def build_float_model(
         source_name=checkpoint_path.name,
         batch_size=batch_size,
     )
+    if data.get("data_dir"):  # the data directory training read (qsnn.data.load_for_model looks there)
+        meta["data_dir"] = str(data["data_dir"])
+        set_metadata(onnx_model, meta)
+    return onnx_model, meta
 
 
 def export_float(

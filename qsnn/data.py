@@ -771,7 +771,9 @@ def load_for_model(
     ``dataset`` if given, else the one its metadata records (a user source by its absolute path), read
     with the event encoding it was trained with and T = its ``num_steps``. Raises :class:`DataError`
     when no dataset is known, the data cannot be read, or it does not fit the model, saying what differs
-    (encoding, input shape, classes, T) and, when another dataset was given, which one it was trained on."""
+    (encoding, input shape, classes, T) and, when another dataset was given, which one it was trained on.
+    With no ``data_dir`` (nor ``QSNN_DATA_DIR``) the data directory training read, when the metadata
+    records it (``data_dir``) and it still exists, is used."""
     from qsnn.events import event_frames_from_metadata
 
     meta = model.metadata if isinstance(getattr(model, "metadata", None), dict) else {}
@@ -785,9 +787,10 @@ def load_for_model(
             f"{where} does not record a dataset qsnn can read ({trained_on!r}: a model of your own "
             "nn.Sequential, or an old export): pass --dataset NAME, arrays:DIR or folder:DIR"
         )
-    events = None
-    if model.encoding == "events" and (dataset is None or dataset == trained_on or not sources.is_user(name)):
-        events = event_frames_from_metadata(meta)
+    events = event_frames_from_metadata(meta) if model.encoding == "events" and name == trained_on else None
+    recorded = meta.get("data_dir")
+    if data_dir is None and resolve_data_dir(None) is None and name == trained_on and recorded:
+        data_dir = recorded if Path(recorded).is_dir() else None  # where training read it (export metadata)
     try:
         data = load_split(name, split, data_dir, num_steps=model.num_steps, subset=subset, events=events)
     except DataError as exc:

@@ -421,3 +421,24 @@ def test_train_export_sim_targets_on_user_data(tmp_path, nmnist_dir, kind, arch,
         assert np.array_equal(simulate(net, test.x).counts, simulate(ref, test.x).counts), target
         if target == "loihi2":
             assert np.array_equal(np.load(out / "example_input.npy"), test.x[0])
+
+
+def test_event_model_remembers_its_data_directory(trained_run, dvs_data_dir, tmp_path, monkeypatch):
+    """A checkpoint records the data directory training read; the export carries it, and qsnn-sim and
+    the loihi2 example input find the data there with no --data-dir (while it exists)."""
+    from qsnn.export.cli import main as export_main
+    from qsnn.export.format import load_model, read_metadata
+    from qsnn.export.qonnx_float import export_float
+    from qsnn.sim.cli import main as sim_main
+
+    monkeypatch.delenv("QSNN_DATA_DIR", raising=False)
+    onnx_path = export_float(trained_run(dataset="dvs128") / "best.pt", tmp_path / "dvs.onnx")
+    assert read_metadata(load_model(onnx_path))["data_dir"] == str(dvs_data_dir)
+    result = CliRunner().invoke(sim_main, [str(onnx_path), "--no-float", "--no-progress", "--allow-saturation"])
+    assert result.exit_code == 0, result.output
+    assert str(dvs_data_dir / "DVSGesture" / "ibmGestureTest") in result.output  # "data read from"
+    out = tmp_path / "l2"
+    result = CliRunner().invoke(export_main, [str(onnx_path), "--to", "loihi2", "-o", str(out), "--allow-saturation"])
+    assert result.exit_code == 0, result.output
+    first = load_split("dvs128", "test", dvs_data_dir, num_steps=8).x[0]
+    assert np.array_equal(np.load(out / "example_input.npy"), first)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from qsnn.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from qsnn.config import TrainConfig
-from qsnn.data import ArraySplit, data_warnings, describe_files, load_split
+from qsnn.data import ArraySplit, data_warnings, describe_files, load_split, resolve_data_dir
 from qsnn.errors import QsnnError
 from qsnn.locks import holding
 from qsnn.output_guard import RUN_FILES
@@ -225,6 +225,7 @@ class Run:
     iters: list[dict[str, Any]] = field(default_factory=list)  # one row per minibatch
     start_epoch: int = 0
     data_warnings: list[str] = field(default_factory=list)  # qsnn.data.data_warnings of every split
+    data_dir: str = ""  # the data directory the splits were read from ("": none given)
 
     @property
     def last(self) -> Path:
@@ -430,6 +431,7 @@ def setup_run(
             f"resumed {run_dir} after epoch {start_epoch} (LR {schedule.current:.3g}, best val {state['best_val']:.2f} %)"
         )
     run.data_warnings = warnings
+    run.data_dir = str(resolve_data_dir(data_dir) or "")
     run.net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
     return run
 
@@ -553,6 +555,7 @@ def checkpoint_payload(run: Run, epoch: int, rng_ranks: list[Any] | None) -> dic
         "input_shape": list(train_split.input_shape),
         "classes": list(train_split.classes),
         "encoding": train_split.encoding,
+        "data_dir": run.data_dir,  # where the data was read: qsnn.data.load_for_model looks there later
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "schedule": run.schedule.state_dict(),
