@@ -14,7 +14,8 @@ only in fields chosen after training — the membrane width ``membrane_bits``, t
 Widths run upwards from :data:`MIN_MEMBRANE_BITS` to the profile's own; at each width every
 ``frac_bits`` from 0 to the profile's is tried (the compiler takes fewer guard bits on a layer
 whose bound needs it, so several values often give the same network: simulated once). At the
-chosen width the leak constant is narrowed (``leak_bits`` downwards) while the result still holds.
+chosen width the leak constant is narrowed (``leak_bits`` downwards) while the result still holds
+and the realised β keeps the neuron's time constant within :data:`MAX_TAU_CHANGE`.
 The membrane memory is Σ_layers neurons × membrane_bits (one register per neuron), against the
 profile's.
 """
@@ -39,8 +40,24 @@ from .results import predict
 MIN_MEMBRANE_BITS = 6
 #: The narrowest leak constant tried (in steps of 2 below the profile's).
 MIN_LEAK_BITS = 4
+#: How far a narrower leak constant may move the neuron's time constant τ = 1/(1 − β) from the
+#: profile's (relative): past that the chip runs another neuron (β = 0.99 on a 4-bit leak is β = 1,
+#: no leak at all), which a fit of post-training fields must not do, whatever the accuracy on the data.
+MAX_TAU_CHANGE = 0.10
 
 Compiler = Callable[..., tuple[IntegerNetwork, dict[str, Any]]]
+
+
+def _same_leak(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """The row's realised β keeps the baseline's time constant τ = 1/(1 − β) within MAX_TAU_CHANGE."""
+    b_new, b_base = row.get("beta_chip"), baseline.get("beta_chip")
+    if b_new is None or b_base is None:
+        return False
+    if b_base >= 1.0:
+        return b_new >= 1.0
+    if b_new >= 1.0:
+        return False
+    return abs((1 - b_base) / (1 - b_new) - 1) <= MAX_TAU_CHANGE
 
 
 def membrane_memory_bits(net: IntegerNetwork, membrane_bits: int | None = None) -> int:
@@ -167,7 +184,7 @@ def fit(
                 row = try_profile(
                     {"membrane_bits": chosen["membrane_bits"], "frac_bits": chosen["frac_bits"], "leak_bits": leak}
                 )
-                if not row.get("ok"):
+                if not row.get("ok") or not _same_leak(row, baseline):
                     break
                 chosen = row
                 leak -= 2

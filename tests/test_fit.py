@@ -26,7 +26,7 @@ def test_fit_choice_holds_and_is_the_narrowest(synthetic_export, digits, spec):
     from qsnn.export.compile import compile_qonnx
     from qsnn.export.float_eval import FloatEvaluator
     from qsnn.sim import simulate
-    from qsnn.sim.fit import fit, membrane_memory_bits
+    from qsnn.sim.fit import MAX_TAU_CHANGE, fit, membrane_memory_bits
     from qsnn.sim.validate import float_model_counts
 
     _, onnx = synthetic_export(precision="int4", arch=spec)
@@ -64,6 +64,9 @@ def test_fit_choice_holds_and_is_the_narrowest(synthetic_export, digits, spec):
         == membrane_memory_bits(net)
         == sum(int(np.prod(s)) for s in net.shapes()) * chosen["membrane_bits"]
     )
+    # a narrower leak constant keeps the neuron: its time constant τ = 1/(1 − β) within MAX_TAU_CHANGE
+    tau = [1 / (1 - r["beta_chip"]) for r in (out["baseline"], chosen)]
+    assert abs(tau[0] / tau[1] - 1) <= MAX_TAU_CHANGE
     base = out["baseline"]["membrane_memory_bits"]
     assert out["membrane_memory_saved_pct"] == pytest.approx(100 * (1 - chosen["membrane_memory_bits"] / base))
 
