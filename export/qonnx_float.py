@@ -446,6 +446,8 @@ def float_metadata(
         "precision": precision_name(bits),
         # the chip profile the model was trained for ("" = none) and the delay it was trained with
         "trained_profile": getattr(cfg, "profile", ""),
+        # trained on that profile's integer network itself (qsnn-train finetune): its forward pass IS the compile
+        "integer_exact": bool(getattr(cfg, "integer_exact", False)),
         "synaptic_delay": int(getattr(cfg, "synaptic_delay", 0)),
         "weight_bits": max(bits) if bits else 32,
         "quant_scale": cfg.quant_scale if quantized else "none",

@@ -118,7 +118,9 @@ class TrainConfig:
     Neuron (eqs. 1-2, 5): ``beta`` β, ``threshold`` θ, ``slope`` k of the fast-sigmoid surrogate,
     ``reset`` "subtract" | "zero", ``synaptic_delay`` (steps each layer's input arrives late, zeros
     before: 1 on Loihi), ``profile`` (the chip profile the run trains for, "" = none: see
-    :meth:`TrainConfig.for_profile`). Network: ``arch``, the architecture spec (:mod:`qsnn.arch`;
+    :meth:`TrainConfig.for_profile`), ``integer_exact`` (the run's forward pass was that profile's
+    compiled integer network: ``qsnn-train finetune``, :mod:`qsnn.train.finetune`).
+    Network: ``arch``, the architecture spec (:mod:`qsnn.arch`;
     "" = the paper's network of the dataset's preset row), ``precision`` "int4" | "fp32" (quantized
     or float weights), ``weight_bits`` b (2..8; a layer's ``w<bits>`` suffix in the spec wins),
     ``quant_scale`` "float" (float scale, as the paper) | "po2" (power-of-two scale),
@@ -150,6 +152,7 @@ class TrainConfig:
     reset: str = "subtract"
     synaptic_delay: int = 0
     profile: str = ""
+    integer_exact: bool = False
     # network
     arch: str = ""
     weight_bits: int = 4

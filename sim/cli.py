@@ -15,7 +15,9 @@ The report has three parts:
 1. accuracy of the trained model (the float export evaluated over T steps: by default layer by layer
    with exact integer synaptic sums, :mod:`qsnn.export.float_eval`; ``--float-engine graph`` runs the
    one-step graph in onnxruntime; either agrees with PyTorch as two float evaluations of one network
-   do), of the integer simulation, and their difference;
+   do; a model fine-tuned integer-exactly for this profile, ``qsnn-train finetune``, was trained with
+   the compiled network as its forward pass, which is then what runs: :func:`trained_on_integers`),
+   of the integer simulation, and their difference;
 2. agreement with the trained model (predictions, output spike counts) and, with ``--check``,
    spike trains per layer against the independent PyTorch evaluation of the integer semantics
    (``100.00 %`` only when every train is ``array_equal``);
@@ -82,6 +84,23 @@ FLOAT_ENGINES = {
     "layers": "qsnn.export.float_eval.FloatEvaluator: layer by layer over T, synaptic sums exact in integers",
     "graph": "qsnn.export.runtime.run_onnx_steps: the one-step QONNX graph T times in onnxruntime, as written",
 }
+#: How the trained model of an integer-exact fine-tuning (qsnn-train finetune) under this profile is evaluated.
+INTEGER_EXACT_ENGINE = (
+    "qsnn.export.integer_torch.run_integer_torch: the model was fine-tuned on this profile's integer network "
+    "(qsnn-train finetune), so its trained forward pass is the compiled network"
+)
+
+
+def trained_on_integers(meta: Any, profile: ChipProfile) -> bool:
+    """The export says its model was fine-tuned integer-exactly for ``profile`` (the named profile, no
+    --profile-set changes): its trained forward pass is the integer network compiled here, not the
+    float LIF the graph spells out (:mod:`qsnn.train.finetune`)."""
+    return (
+        isinstance(meta, dict)
+        and bool(meta.get("integer_exact"))
+        and meta.get("trained_profile") == profile.name
+        and profile == get_profile(profile.name)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,7 +342,14 @@ def main(
     float_counts = None
     if kind == "float" and float_model is not False:
         t0 = time.perf_counter()
-        if float_engine == "layers":
+        if trained_on_integers(net.metadata, profile):
+            from qsnn.export.integer_torch import run_integer_torch
+
+            float_engine = "integer-exact"
+            float_counts = float_model_counts(
+                lambda xs, bs: run_integer_torch(net, xs, batch_size=bs), x, net.encoding, batch_size, codes=True
+            )
+        elif float_engine == "layers":
             from qsnn.export.float_eval import FloatEvaluator
 
             float_counts = float_model_counts(
@@ -379,7 +405,7 @@ def main(
             report["labels"] = y.tolist()
     if float_counts is not None:
         report["agreement"]["vs_float_model"] = rep.output_agreement(result.counts, float_counts)
-        report["float_engine"] = FLOAT_ENGINES[float_engine]
+        report["float_engine"] = {**FLOAT_ENGINES, "integer-exact": INTEGER_EXACT_ENGINE}[float_engine]
         report["timing"]["float_model_seconds"] = float_seconds
     if check_summary is not None:
         check_summary["reference"] = "qsnn.export.integer_torch.run_integer_torch"
@@ -560,8 +586,9 @@ def _print_summary(report: dict[str, Any], result: SimResult, check: dict[str, A
     if "total_seconds" in timing:
         parts = [f"engine {timing['engine_seconds']:.1f} s"]
         if "float_model_seconds" in timing:
-            engine = next(name for name, what in FLOAT_ENGINES.items() if what == report["float_engine"])
-            parts.append(f"trained model {timing['float_model_seconds']:.1f} s (--float-engine {engine})")
+            engine = next((name for name, what in FLOAT_ENGINES.items() if what == report["float_engine"]), None)
+            how = f"--float-engine {engine}" if engine else "its integer network: fine-tuned integer-exactly"
+            parts.append(f"trained model {timing['float_model_seconds']:.1f} s ({how})")
         parts.append(f"total {timing['total_seconds']:.1f} s")
         if timing.get("peak_rss_mb"):
             parts.append(f"peak RSS {timing['peak_rss_mb']:.0f} MB")

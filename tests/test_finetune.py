@@ -6,7 +6,8 @@
 * the backward pass is the documented straight-through estimate: the scan's hand-written backward
   equals autograd through an explicit soft graph whose values are the integers;
 * the command: a run folder like ``run``'s, predictions 100 % equal to qsnn-sim on the exported
-  best.pt, --resume, and one-line refusals of bad input.
+  best.pt (its own check, and ``qsnn-sim --check`` on the export: 100.00 %, 0.00 pp), --resume, and
+  one-line refusals of bad input.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def test_backward_is_the_documented_straight_through_estimate(profile):
 def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
     from qsnn.train.cli import main
 
-    src = synthetic_checkpoint(tmp_path / "src.pt", arch="8C3-AP2-D10")
+    src = synthetic_checkpoint(tmp_path / "src.pt", arch="8C3-AP2-D10", **LOIHI2_SPECS["8C3-AP2-D10"])
     out = tmp_path / "ft"
     args = ["finetune", str(src), "--profile", "loihi2", "--epochs", "1", "--subset", "40"]
     args += ["--val-subset", "20", "--test-subset", "20", "--batch-size", "20", "--out", str(out), "--no-progress"]
@@ -202,6 +203,32 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
     resumed = CliRunner().invoke(main, [*args[:5], "2", *args[6:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+
+    # qsnn-sim on the export: the trained model is the integer network it was fine-tuned as
+    from qsnn.sim.cli import main as sim_main
+
+    onnx = export_float(out / "best.pt", tmp_path / "ft.onnx")
+    report = tmp_path / "sim.json"
+    sim_args = [str(onnx), "--profile", "loihi2", "--check", "--subset", "20", "--report", str(report)]
+    result = CliRunner().invoke(sim_main, [*sim_args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rep = json.loads(report.read_text())
+    assert rep["agreement"]["vs_float_model"]["predictions_equal_pct"] == 100.0
+    assert rep["accuracy"]["difference"] == 0.0
+    assert rep["agreement"]["spike_trains_vs_integer_torch"]["bit_exact"]
+    assert "fine-tuned" in rep["float_engine"]
+
+
+def test_qsnn_sim_takes_the_integer_network_only_for_the_profile_fine_tuned_for():
+    from qsnn.sim.cli import trained_on_integers
+
+    loihi2 = get_profile("loihi2")
+    meta = {"integer_exact": True, "trained_profile": "loihi2"}
+    assert trained_on_integers(meta, loihi2)
+    assert not trained_on_integers(meta, get_profile("fpga"))
+    assert not trained_on_integers(meta, loihi2.replace(membrane_bits=20))  # --profile-set: another network
+    assert not trained_on_integers({**meta, "integer_exact": False}, loihi2)  # run --profile loihi2
+    assert not trained_on_integers({"trained_profile": "loihi2"}, loihi2)  # exports from before the flag
 
 
 def test_finetune_refuses_a_missing_run_in_one_line(tmp_path):

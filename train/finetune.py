@@ -227,8 +227,10 @@ def source_checkpoint(run: str | Path) -> Path:
 
 def finetune_config(source: TrainConfig, profile: str, **changes: Any) -> TrainConfig:
     """The fine-tuning's configuration: the source run's, trained for ``profile`` (its reset, synaptic
-    delay, β on its leak grid), no dropout, and ``changes`` (None values ignored)."""
-    cfg = source.for_profile(profile).replace(dropout=0.0)
+    delay, β on its leak grid) and on its integer network (``integer_exact``: the export says so, and
+    ``qsnn-sim`` evaluates the trained model as that network), no dropout, and ``changes`` (None
+    values ignored)."""
+    cfg = source.for_profile(profile).replace(dropout=0.0, integer_exact=True)
     return cfg.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
