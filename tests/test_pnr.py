@@ -35,8 +35,8 @@ def digits() -> np.ndarray:
     return load_split("mnist5k", "test").x[:16]
 
 
-def _uart_equals_sim(checked: hdl_sim.RTLFolder, x: np.ndarray) -> uart.UartResult:
-    top = uart.run_verilator(checked, x)
+def _uart_equals_sim(checked: hdl_sim.RTLFolder, x: np.ndarray) -> hdl_sim.UartResult:
+    top = hdl_sim.run_uart_verilator(checked, x)
     sim = simulate(checked.net, x)
     assert np.array_equal(top.predictions, sim.predictions), "the UART top's classes differ from qsnn-sim"
     assert np.array_equal(top.counts, sim.counts), "the UART top's output spike counts differ from qsnn-sim"

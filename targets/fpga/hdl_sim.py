@@ -507,3 +507,90 @@ def run_icarus(checked: RTLFolder, x: np.ndarray, *, timeout: float | None = Non
         simulator=tool_version(iverilog),
         wall_s=wall,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The board top (rtl/qsnn_uart_top.v) over its UART
+
+
+@dataclass
+class UartResult:
+    """What the top answered over its UART for N images."""
+
+    predictions: np.ndarray
+    counts: np.ndarray
+    cycles: np.ndarray  # core cycles from 'R' to done (the scan of the stored image included)
+    identify: dict[str, int]
+    transaction_cycles: np.ndarray  # per image: clock cycles of 'L' ... 'K' and 'R' ... answer
+    clks_per_bit: int
+    wall_s: float
+    build: dict[str, Any]
+
+
+def run_uart_verilator(
+    checked: RTLFolder, x: np.ndarray, *, clks_per_bit: int = uart.SIM_CLKS_PER_BIT, progress=None
+) -> UartResult:
+    """Run ``qsnn_uart_top`` around the checked folder's core (:class:`RTLFolder`) in Verilator:
+
+    'I', then for every image 'L' + pixels and 'R', the host's bytes driven onto rx bit by bit and
+    the answers decoded from tx bit by bit.
+    """
+    net, cfg = checked.net, checked.config
+    problem = uart.supported(cfg)
+    if problem:
+        raise ExportError(f"{checked.folder}: {problem}")
+    input_events(net, x)  # the engine's input rules (shape, values)
+    binary, build = build_uart_verilator(checked.rtl, clks_per_bit, progress=progress)
+    C = cfg.num_classes
+    transactions: list[tuple[bytes, int]] = [(uart.IDENTIFY, uart.IDENT_LEN)]
+    for img in np.asarray(x):
+        transactions += [(uart.load_command(img), 1), (uart.RUN, uart.run_reply_len(C))]
+    with tempfile.TemporaryDirectory(prefix="qsnn-uart-") as tmp:
+        inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        with open(inp, "wb") as fh:
+            fh.write(b"QSNNUAI1" + np.array([len(transactions)], "<u4").tobytes())
+            for data, expect in transactions:
+                fh.write(np.array([len(data)], "<u4").tobytes() + data + np.array([expect], "<u4").tobytes())
+        t0 = time.perf_counter()
+        res = subprocess.run(
+            [
+                str(binary),
+                str(checked.rtl.resolve()),
+                str(inp),
+                str(outp),
+                str(clks_per_bit),
+                str(2 * cfg.cycle_bound()),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise ToolError(f"the Verilator model of the board top failed: {(res.stderr or res.stdout).strip()[-400:]}")
+        data = outp.read_bytes()
+    if data[:8] != b"QSNNUAO1" or int(np.frombuffer(data, "<u4", 1, 8)[0]) != len(transactions):
+        raise ToolError("the UART harness wrote no result")
+    off, replies, tcycles = 12, [], []
+    for _ in transactions:
+        k = int(np.frombuffer(data, "<u4", 1, off)[0])
+        replies.append(data[off + 4 : off + 4 + k])
+        tcycles.append(int(np.frombuffer(data, "<u8", 1, off + 4 + k)[0]))
+        off += 12 + k
+    ident = uart.parse_identify(replies[0])
+    n = len(x)
+    preds, counts, cycles = np.zeros(n, np.int64), np.zeros((n, C), np.int64), np.zeros(n, np.int64)
+    for i in range(n):
+        if replies[1 + 2 * i] != uart.LOADED:
+            raise ExportError(f"the board top answered {replies[1 + 2 * i]!r} to 'L' of image {i}; expected b'K'")
+        r = uart.parse_run(replies[2 + 2 * i], C)
+        preds[i], counts[i], cycles[i] = r.prediction, r.counts, r.cycles
+    return UartResult(
+        predictions=preds,
+        counts=counts,
+        cycles=cycles,
+        identify=ident,
+        transaction_cycles=np.array(tcycles[1:], np.int64).reshape(n, 2),
+        clks_per_bit=clks_per_bit,
+        wall_s=wall,
+        build=build,
+    )

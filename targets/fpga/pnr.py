@@ -413,7 +413,7 @@ def measure_cycles(checked: hdl_sim.RTLFolder, x: np.ndarray, *, progress=None) 
     sim = simulate(checked.net, x, record=True)
     rtl = hdl_sim.run_verilator(checked, x, progress=progress)
     agreement = compare(rtl, sim)
-    top = uart.run_verilator(checked, x, progress=progress)
+    top = hdl_sim.run_uart_verilator(checked, x, progress=progress)
     c = rtl.cycles.astype(np.float64)
     return {
         "lanes": checked.config.lanes,
