@@ -501,8 +501,19 @@ def _load_idx_dataset(name: str, split: str, data_dir: Path | None, seed: int) -
 
 
 def _carve(train: ArraySplit, name: str, split: str, seed: int) -> ArraySplit:
-    """The ``split`` ("train" or "val") part of the official training set."""
-    n_val = round(len(train) * VAL_FRACTION[name])
+    """The ``split`` ("train" or "val") part of the official training set (a user source's: at least one
+    sample, :data:`qsnn.sources.VAL_FRACTION`)."""
+    if name not in VAL_FRACTION:
+        from qsnn.sources import VAL_FRACTION as USER_VAL_FRACTION
+
+        n_val = max(1, round(len(train) * USER_VAL_FRACTION))
+        if n_val >= len(train):
+            raise DataError(
+                f"{train.source}: {len(train)} training samples are too few to carve a validation split from; "
+                "add samples or give a val split"
+            )
+    else:
+        n_val = round(len(train) * VAL_FRACTION[name])
     train_idx, val_idx = stratified_split(train.y, [len(train) - n_val, n_val], seed)
     return train._take(train_idx if split == "train" else val_idx)
 
@@ -627,7 +638,9 @@ def load_split(
         raise DataError(f"num_steps must be at least 1, got {num_steps}")
     root = None if user else check_data_dir(name, data_dir)
     if user:
-        data = sources.load(name, split, seed, num_steps, events)
+        x, y, classes, encoding, source, carve = sources.load(name, split, num_steps, events)
+        data = ArraySplit(x, y, classes, encoding, source, files=(source,))
+        data = _carve(data, name, split, seed) if carve else data
     elif name == "mnist5k":
         data = _load_mnist5k(split, root, seed)
     elif name in ("dvs128", "nmnist"):

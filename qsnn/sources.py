@@ -103,13 +103,14 @@ def info(name: str) -> SourceInfo:
     return _arrays_info(root) if kind == "arrays" else _folder_info(root)
 
 
-def load(name: str, split: str, seed: int, num_steps: int, frames: EventFrames | None):
-    """The ``split`` of a user source as an :class:`~qsnn.data.ArraySplit` (validation carved from train
-    when the source has none)."""
+def load(name: str, split: str, num_steps: int, frames: EventFrames | None) -> tuple:
+    """The ``split`` of a user source: ``(x, y, classes, encoding, source, carve)``, x uint8/uint16 ready
+    for the first layer, y int64; ``carve`` when the split is train or val and the source has no val
+    split, so :mod:`qsnn.data` carves it from these (the whole training set)."""
     kind, root = _root(name)
     if kind == "arrays":
-        return _load_arrays(root, split, seed, num_steps, frames)
-    return _load_folder(root, split, seed)
+        return _load_arrays(root, split, num_steps, frames)
+    return _load_folder(root, split)
 
 
 def _root(name: str) -> tuple[str, Path]:
@@ -121,19 +122,6 @@ def _root(name: str) -> tuple[str, Path]:
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"--dataset {kind}:{root}: {root} {what}; it should hold {KINDS[kind]}")
     return kind, root
-
-
-def _carve(train, split: str, seed: int):
-    from qsnn.data import stratified_split
-
-    n_val = max(1, round(len(train) * VAL_FRACTION))
-    if n_val >= len(train):
-        raise DataError(
-            f"{train.source}: {len(train)} training samples are too few to carve a validation split from; "
-            "add samples or give a val split"
-        )
-    train_idx, val_idx = stratified_split(train.y, [len(train) - n_val, n_val], seed)
-    return train._take(train_idx if split == "train" else val_idx)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,9 +290,7 @@ def _show(names: tuple[str, ...]) -> str:
     return "(" + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") + f"; {len(names)})"
 
 
-def _load_arrays(root: Path, split: str, seed: int, num_steps: int, frames: EventFrames | None):
-    from qsnn.data import ArraySplit
-
+def _load_arrays(root: Path, split: str, num_steps: int, frames: EventFrames | None) -> tuple:
     files = _npz_files(root)
     meta = _arrays_info(root)
     k = len(meta.classes)
@@ -331,8 +317,7 @@ def _load_arrays(root: Path, split: str, seed: int, num_steps: int, frames: Even
     if encoding == "events":
         frames = frames or meta.event_frames(EventFrames.count_bits, EventFrames.test_cut)
         x = _fit_steps(np.minimum(x, frames.count_max).astype(frames.dtype), num_steps)
-    data = ArraySplit(np.ascontiguousarray(x), y, meta.classes, encoding, str(path), files=(str(path),))
-    return data if split == "test" or "val" in files else _carve(data, split, seed)
+    return np.ascontiguousarray(x), y, meta.classes, encoding, str(path), split != "test" and "val" not in files
 
 
 def _fit_steps(x: np.ndarray, num_steps: int) -> np.ndarray:
@@ -448,14 +433,11 @@ def _read_images(keys: tuple[tuple[str, int, int], ...], channels: int, desc: st
     return readonly(x)
 
 
-def _load_folder(root: Path, split: str, seed: int):
-    from qsnn.data import ArraySplit
-
+def _load_folder(root: Path, split: str) -> tuple:
     scan, _, channels = _folder_scan(root)
     classes = tuple(sorted({c for _, c in scan["train"]}))
     source = split if split in scan else "train"
     items = scan[source]
     x = _read_images(tuple(file_key(f) for f, _ in items), channels, f"{root.name}/{source}: reading images")
     y = np.array([classes.index(c) for _, c in items], dtype=np.int64)
-    data = ArraySplit(x, y, classes, "static", str(root / source), files=(str(root / source),))
-    return data if split == "test" or "val" in scan else _carve(data, split, seed)
+    return x, y, classes, "static", str(root / source), split != "test" and "val" not in scan
