@@ -341,7 +341,7 @@ def place_and_route(
         "clks_per_bit": cpb,
         "tools": {k: tool_version(v) for k, v in tools.items() if k != "time"},
         "yosys_cells": dict(sorted(cells.items())),
-        "resources": resources(cells, util, family),
+        "resources": resources(cells, util, part),
         "utilization": util,
         "fmax_mhz": fmax,
         "icetime_mhz": icetime,
@@ -361,13 +361,17 @@ def _fmax(report: dict[str, Any]) -> float | None:
 #: nextpnr's bel types behind each resource of the table (after packing; utilisation = used / available).
 _BELS = {
     "ecp5": {"luts": ("TRELLIS_COMB",), "ffs": ("TRELLIS_FF",), "bram": ("DP16KD",), "dsp": ("MULT18X18D",)},
-    "ice40": {"luts": ("ICESTORM_LC",), "ffs": (), "bram": ("ICESTORM_RAM",), "dsp": ("ICESTORM_DSP",)},
+    "ice40": {"luts": ("ICESTORM_LC",), "ffs": (), "bram": ("ICESTORM_RAM",), "dsp": ("ICESTORM_DSP",)},  # FFs: in LCs
 }
 
 
-def resources(cells: dict[str, int], util: dict[str, dict[str, int]], family: str) -> dict[str, Any]:
-    """LUTs, FFs, block RAMs, DSPs (Yosys' cells) and the placed utilisation of each (nextpnr's bels)."""
+def resources(cells: dict[str, int], util: dict[str, dict[str, int]], part: str) -> dict[str, Any]:
+    """LUTs, FFs, block RAMs, DSPs (Yosys' cells) and the placed utilisation of each: nextpnr's used bels
+    over the part's rated capacity (:data:`.synth.DEVICES`; the LFE5U-12F is a 25F die rated for 12k LUTs,
+    which nextpnr counts as 24k)."""
+    family = PARTS[part]["family"]
     fam = FAMILIES[family]
+    dev = device_of(part)
     out = {
         "luts": sum(cells.get(k, 0) for k in fam["lut"]),
         "carry": sum(cells.get(k, 0) for k in fam["carry"]),
@@ -376,11 +380,9 @@ def resources(cells: dict[str, int], util: dict[str, dict[str, int]], family: st
         "dsp": sum(cells.get(k, 0) for k in fam["dsp"]),
     }
     for key, bels in _BELS[family].items():
-        used = sum(util.get(b, {}).get("used", 0) for b in bels)
-        avail = sum(util.get(b, {}).get("available", 0) for b in bels)
-        out[f"{key}_util_pct"] = round(100 * used / avail, 1) if avail else None
-    if family == "ice40":  # a logic cell holds a LUT and a flip-flop: FFs share ICESTORM_LC
-        out["ffs_util_pct"] = round(100 * out["ffs"] / device_of("iCE40UP5K")["ffs"], 1)
+        used = sum(util.get(b, {}).get("used", 0) for b in bels) if bels else out["ffs"]
+        out[f"{key}_placed"] = used
+        out[f"{key}_util_pct"] = round(100 * used / dev[key], 1)
     return out
 
 
