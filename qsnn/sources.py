@@ -385,7 +385,7 @@ def _image_header(path: Path) -> tuple[tuple[int, int], str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _folder_headers(root: str, keys: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int], int]:
+def _folder_headers(keys: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int], int]:
     """(W, H) shared by every image and the channel count; :class:`DataError` at the first odd size."""
     size0, first, gray = None, None, True
     for path, _, _ in keys:
@@ -404,7 +404,7 @@ def _folder_headers(root: str, keys: tuple[tuple[str, int, int], ...]) -> tuple[
 def _folder_scan(root: Path):
     scan = _scan(root)
     keys = tuple(file_key(f) for items in scan.values() for f, _ in items)
-    size, channels = _folder_headers(str(root), keys)
+    size, channels = _folder_headers(keys)
     return scan, size, channels
 
 
