@@ -191,6 +191,7 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     ft = metrics["finetune"]
+    assert metrics["best_val_acc"] >= metrics["start_val_acc"]  # epoch 0: never worse than the start on val
     assert ft["profile"] == "loihi2" and ft["vs_qsnn_sim"]["samples"] == 20
     assert ft["vs_qsnn_sim"]["predictions_equal_pct"] == 100.0
     assert ft["vs_qsnn_sim"]["output_counts_equal_pct"] == 100.0

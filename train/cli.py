@@ -404,6 +404,7 @@ def finetune_cmd(run_path, profile_name, data_dir, out, resume, device, progress
             ("test accuracy, integer before", f"{ft['integer_test_acc_before']:.2f} %"),
             ("test accuracy, integer after (best.pt)", f"{ft['integer_test_acc_after']:.2f} %"),
             ("epochs run (early stop)", f"{metrics['epochs_run']} ({'yes' if metrics['stopped_early'] else 'no'})"),
+            ("validation accuracy, integer at the start", f"{metrics['start_val_acc']:.2f} %"),
             ("best epoch / validation accuracy", f"{metrics['best_epoch']} / {metrics['best_val_acc']:.2f} %"),
             (
                 "vs qsnn-sim on the exported best.pt",

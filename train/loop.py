@@ -271,7 +271,8 @@ def train(
 
     ``build_model(cfg, input_shape, num_classes)`` builds the network (a :class:`QSNN` or a subclass
     with the same parameters, e.g. the integer-exact model of :mod:`qsnn.train.finetune`); a new run
-    starts from the weights ``init_state`` when given (a fine-tuning), else from the initialisation.
+    starts from the weights ``init_state`` when given (a fine-tuning), else from the initialisation;
+    such a run validates its starting weights first (epoch 0, :func:`validate_start`).
     """
     run_dir = Path(run_dir)
     ctx, dev = setup_distributed(device)
@@ -279,6 +280,9 @@ def train(
         progress, log = False, (lambda _msg: None)
     ckpt, cfg, extending = read_resume_point(cfg, run_dir, ctx, resume, extend, log)
     run = setup_run(cfg, run_dir, ctx, dev, progress, log, data_dir, ckpt, extending, build_model, init_state)
+    if init_state is not None and ckpt is None:
+        val = validate_start(run)
+        log(f"epoch   0  val {val:6.2f} % (the weights the run starts from: best.pt until an epoch beats them)")
     del ckpt  # restored into the run; not kept through training
 
     done = run.state["stopped_early"] or run.start_epoch >= cfg.epochs
@@ -434,6 +438,17 @@ def setup_run(
     run.data_dir = str(resolve_data_dir(data_dir) or "")
     run.net = wrap_model(model, ctx, dev, log)  # DistributedDataParallel under torchrun, else the model
     return run
+
+
+def validate_start(run: Run) -> float:
+    """Epoch 0 of a run that starts from trained weights (a fine-tuning): their validation accuracy is
+    the one to beat, and ``best.pt`` holds them until an epoch does (early stopping counts from here),
+    so the run never ends worse on validation than it started. Returns that accuracy."""
+    val = evaluate(run.model, run.splits["val"], run.dev, run.ctx, progress=run.progress, desc="epoch 0 validation")
+    run.state.update(best_val=val, best_epoch=0, start_val=val)
+    if run.ctx.is_main:
+        save_checkpoint(run.best, checkpoint_payload(run, 0, None))
+    return val
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
@@ -598,6 +613,7 @@ def finish(run: Run, evaluate_test: bool) -> dict[str, Any]:
         "seed": cfg.seed,
         "best_epoch": state["best_epoch"],
         "best_val_acc": state["best_val"],
+        "start_val_acc": state.get("start_val"),  # a run from given weights (validate_start), else None
         "test_acc": test_acc,
         "epochs_run": len(history),
         "stopped_early": state["stopped_early"],
