@@ -110,7 +110,14 @@ def lif_kernel(
         round_mask = cast((1 << leak_bits) - 1)
         keep = cast((1 << leak_bits) - leak_const)  # loihi: u·(2^F − dv)
         m, d, F = cast(leak_const), cast(leak_const), cast(leak_bits)
-        e, s_up, s_down = cast(max(0, -exp_shift)), cast(max(0, shift)), cast(max(0, -shift))
+        # a right shift by the width or more leaves the sign bits, as NumPy's (a left shift that far
+        # cannot occur: the layer's proof fits its currents in the state dtype); the clamp also tells
+        # the compiler the counts are in range, so the loop stays in the state dtype's lanes
+        e, s_up, s_down = (
+            cast(min(max(0, -exp_shift), sign)),
+            cast(min(max(0, shift), sign)),
+            cast(min(max(0, -shift), sign)),
+        )
         h, h2, low, high = cast(half), cast(2 * half), cast(lo), cast(hi)
         # this call's current range, in the state dtype (merged into stats at the end)
         cmin, cmax = cast((1 << sign) - 1), cast(-(1 << sign))
@@ -118,7 +125,7 @@ def lif_kernel(
         wraps, shigh, slow = stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW]
         for t in range(n):
             # per-step event counts in 32-bit lanes (a step has far fewer than 2^31 neurons)
-            spikes, n_high, n_low, n_wrap = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+            spikes, n_high, n_low, n_wrap = cast(0), cast(0), cast(0), cast(0)
             row = 0 if static else t
             live = t >= silent
             for i in range(N):
@@ -135,7 +142,7 @@ def lif_kernel(
                 if wrapped:  # the current register: wraps once
                     over = a > h
                     under = a <= -h
-                    n_wrap += np.int32(over) + np.int32(under)
+                    n_wrap = cast(n_wrap + cast(over) + cast(under))
                     a = cast(a + (cast(under) - cast(over)) * h2)
                 f = cast(fired[i])
                 prev = cast(u[i])
@@ -152,8 +159,8 @@ def lif_kernel(
                 v = cast(v + a + bias[i])
                 if not zero_reset:
                     v = cast(v - (f & theta[i]))  # r_t·θ
-                n_high += np.int32(v > high)
-                n_low += np.int32(v < low)
+                n_high = cast(n_high + cast(v > high))
+                n_low = cast(n_low + cast(v < low))
                 if saturate:
                     v = min(max(v, low), high)
                 else:  # two's complement wrap
@@ -164,7 +171,7 @@ def lif_kernel(
                 spike = v > theta[i]
                 fired[i] = -cast(spike)
                 z[t, i] = spike
-                spikes += np.int32(spike)
+                spikes = cast(spikes + cast(spike))
                 if record:
                     u_out[t, i] = v
             counts[t] += spikes

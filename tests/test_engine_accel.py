@@ -20,6 +20,7 @@ from test_sim_engine import _random_net, _same_result
 
 from qsnn.data import load_split
 from qsnn.errors import InputError
+from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim import engine, layers, simulate
 
@@ -101,6 +102,23 @@ def test_static_first_layer_without_a_table_runs_in_the_kernel(profile, monkeypa
     fast, loops, ref = _three_ways(net, x, threads=2, batch_size=16)
     assert not layers.compile_layers(net, 255, accel=True)[0]._tables  # scanned, not looked up
     assert ref.layers[0].spikes_per_step.sum() > 0
+    _same_result(fast, loops)
+    _same_result(fast, ref)
+
+
+@pytest.mark.parametrize("shift, weight_exp", [(-40, 0), (-31, 0), (-3, -2), (5, 1), (0, -33)])
+def test_shifts_beyond_the_state_width_floor_as_numpy(shift, weight_exp):
+    """Floor shifts of the sum by the state's width or more leave its sign (0 or −1), as NumPy's."""
+    rng = np.random.default_rng(abs(shift) + abs(weight_exp))
+    w = rng.integers(-7, 8, size=(6, 16)).astype(np.int8)
+    hidden = IntegerLayer("h", "dense", w, 1, shift, np.full(6, 3), np.arange(-3, 3), 3000, np.ones(6), weight_exp)
+    out = IntegerLayer(
+        "o", "dense", np.ones((2, 6), np.int8), 1, 2, np.full(2, 5), np.zeros(2, np.int64), 3000, np.ones(2)
+    )
+    profile = LOIHI2.replace(leak="mul", membrane_bits=16) if weight_exp else FPGA
+    net = IntegerNetwork((hidden, out), profile, (1, 4, 4), 5, "events", ("a", "b"), input_max=3)
+    x = rng.integers(0, 4, size=(9, 5, 1, 4, 4)).astype(np.uint8)
+    fast, loops, ref = _three_ways(net, x)
     _same_result(fast, loops)
     _same_result(fast, ref)
 
