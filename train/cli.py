@@ -456,10 +456,10 @@ def study() -> None:
 @study.command("run")
 @click.option(
     "--dataset",
-    type=click.Choice(sorted(PRESET_ROW)),
+    type=DatasetChoice(sorted(PRESET_ROW)),
     default="mnist5k",
     show_default=True,
-    help="Dataset: mnist, fmnist, mnist5k or dvs128.",
+    help="Dataset: mnist, fmnist, mnist5k, dvs128, nmnist, or your own: arrays:DIR or folder:DIR (docs/data.md).",
 )
 @click.option(
     "--precision",
@@ -566,7 +566,7 @@ def study_run(
     from .distributed import env_world_size, is_main_process
     from .study import parse_list, parse_shard, plan, run_study, write_report
 
-    out = Path(out or f"runs/study-{dataset}")
+    out = Path(out or f"runs/study-{dataset_label(dataset)}")
     note_user_path(out)
     _check_device(device)
     check_outputs(
@@ -694,10 +694,10 @@ def study_report(out, window) -> None:
 @main.command("tune")
 @click.option(
     "--dataset",
-    type=click.Choice(sorted(PRESET_ROW)),
+    type=DatasetChoice(sorted(PRESET_ROW)),
     default="mnist5k",
     show_default=True,
-    help="Dataset: mnist, fmnist, mnist5k or dvs128.",
+    help="Dataset: mnist, fmnist, mnist5k, dvs128, nmnist, or your own: arrays:DIR or folder:DIR (docs/data.md).",
 )
 @click.option(
     "--precision",
@@ -782,7 +782,7 @@ def tune_cmd(
     """
     from .tune import tune
 
-    out = Path(out or f"runs/tune-{dataset}-{precision}")
+    out = Path(out or f"runs/tune-{dataset_label(dataset)}-{precision}")
     note_user_path(out)
     _check_device(device)
     check_outputs(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qsnn.atomic import atomic_write_text
-from qsnn.config import PRESET_ROW, TrainConfig
+from qsnn.config import TrainConfig, preset_row
 from qsnn.errors import QsnnError
 from qsnn.optional import require
 
@@ -267,7 +267,7 @@ def best_params_toml(study, dataset: str, precision: str, storage_url: str) -> s
         f"T = {cfg.get('num_steps')}, {cfg.get('subset') or 'all'} training samples, schedule {cfg.get('schedule')}).",
         f"# Searched: {', '.join(sorted(best.params))}. Paste the table into qsnn/presets.toml to use it.",
         "",
-        f"[{PRESET_ROW[dataset]}.{precision}]",
+        f"[{preset_row(dataset)}.{precision}]",
         f"source = {_toml_value('qsnn-train tune ' + study.study_name)}",
     ]
     lines += [f"{k} = {_toml_value(values[k])}" for k in PRESET_FIELDS]
