@@ -7,7 +7,7 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
 
-# make train DATASET=mnist|fmnist|mnist5k|dvs128 PRECISION=int4|fp32 SCHEDULE=cosine|none|lrstep|lossstep
+# make train DATASET=mnist|fmnist|mnist5k|dvs128|nmnist|arrays:DIR|folder:DIR PRECISION=int4|fp32 SCHEDULE=cosine|none|lrstep|lossstep
 #            [ARCH=16C5-AP2-64C5-AP2-D10] [WEIGHT_BITS=2..8]   (the network as a spec string: qsnn/arch.py)
 DATASET   ?= mnist5k
 PRECISION ?= int4
