@@ -14,9 +14,11 @@ written with ``np.savez(path, x=..., y=..., classes=...)``:
 
 ``--dataset folder:DIR`` — torchvision's ``ImageFolder`` layout: ``DIR/train/<class>/*.png|jpg|...``
 and ``DIR/test/<class>/...`` (``DIR/val/`` optional), the classes being the train folder's subfolders
-in sorted order (as ``ImageFolder`` numbers them). Images are read with Pillow and must share one
-size. They are grayscale (C = 1) when every image of the dataset is (Pillow modes 1, L, LA), else RGB
-(C = 3; each image ``convert("RGB")``, alpha dropped).
+in sorted order (as ``ImageFolder`` numbers them). Images are read with Pillow. They are grayscale
+(C = 1) when every image of the dataset is (Pillow modes 1, L, LA), else RGB (C = 3; each image
+``convert("RGB")``, alpha dropped). They must share one size, unless the value states a resize rule:
+``folder:DIR@WxH`` resizes every image of another size to W×H (Pillow's bilinear filter, after the
+conversion); the rule is part of the dataset's name, so a model trained on it remembers it.
 
 Any H×W, any C, any number of classes: the architecture spec is checked against what the data holds
 (:func:`info` reads only the headers). Every class must have training samples. A file that breaks
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -52,14 +55,31 @@ GRAY_MODES = ("1", "L", "LA")
 VAL_FRACTION = 0.1
 
 
+#: ``folder:DIR@WxH``: the resize rule of an ImageFolder (every image to W×H, Pillow's bilinear filter).
+_SIZE = re.compile(r"@(\d+)x(\d+)$")
+
+
 def parse(name: str) -> tuple[str, Path] | None:
     """``("arrays" | "folder", DIR)`` for a user-data ``--dataset`` value, else ``None`` (a named dataset)."""
     kind, sep, rest = str(name).partition(":")
     if not sep or kind not in KINDS:
         return None
+    if kind == "folder":
+        rest = _SIZE.sub("", rest)
     if not rest:
         raise DataError(f"{name!r}: give the folder after '{kind}:', e.g. {kind}:data/mine (it holds {KINDS[kind]})")
     return kind, Path(rest).expanduser()
+
+
+def resize_rule(name: str) -> tuple[int, int] | None:
+    """(W, H) of ``folder:DIR@WxH`` (every image resized to W×H), else ``None`` (images keep their one size)."""
+    m = _SIZE.search(str(name)) if str(name).startswith("folder:") else None
+    if m is None:
+        return None
+    size = (int(m.group(1)), int(m.group(2)))
+    if min(size) < 1:
+        raise DataError(f"{name!r}: the size after '@' is W x H in pixels, each at least 1 (e.g. @32x32)")
+    return size
 
 
 def is_user(name: str) -> bool:
@@ -72,7 +92,8 @@ def canonical(name: str) -> str:
     if parsed is None:
         return name
     kind, root = parsed
-    return f"{kind}:{Path(os.path.abspath(root))}"
+    size = resize_rule(name)
+    return f"{kind}:{Path(os.path.abspath(root))}" + (f"@{size[0]}x{size[1]}" if size else "")
 
 
 def label(name: str) -> str:
@@ -100,7 +121,7 @@ class SourceInfo:
 def info(name: str) -> SourceInfo:
     """:class:`SourceInfo` of ``arrays:DIR`` or ``folder:DIR``; raises :class:`DataError` naming the file."""
     kind, root = _root(name)
-    return _arrays_info(root) if kind == "arrays" else _folder_info(root)
+    return _arrays_info(root) if kind == "arrays" else _folder_info(root, resize_rule(name))
 
 
 def load(name: str, split: str, num_steps: int, frames: EventFrames | None) -> tuple:
@@ -110,7 +131,7 @@ def load(name: str, split: str, num_steps: int, frames: EventFrames | None) -> t
     kind, root = _root(name)
     if kind == "arrays":
         return _load_arrays(root, split, num_steps, frames)
-    return _load_folder(root, split)
+    return _load_folder(root, split, resize_rule(name))
 
 
 def _root(name: str) -> tuple[str, Path]:
@@ -385,36 +406,40 @@ def _image_header(path: Path) -> tuple[tuple[int, int], str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _folder_headers(keys: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int], int]:
-    """(W, H) shared by every image and the channel count; :class:`DataError` at the first odd size."""
+def _folder_headers(keys: tuple[tuple[str, int, int], ...], one_size: bool) -> tuple[tuple[int, int], int]:
+    """(W, H) of the first image and the channel count; with ``one_size`` a :class:`DataError` at the
+    first image of another size."""
     size0, first, gray = None, None, True
     for path, _, _ in keys:
         size, mode = _image_header(Path(path))
         if size0 is None:
             size0, first = size, path
-        elif size != size0:
+        elif size != size0 and one_size:
             raise DataError(
                 f"{path}: image is {size[0]}x{size[1]} (W x H) but {first} is {size0[0]}x{size0[1]}; every image of "
-                f"a folder: dataset has one size: resize them to one size first (e.g. PIL's Image.resize)"
+                f"a folder: dataset has one size: resize them to one size first (e.g. PIL's Image.resize), or "
+                f"state the rule: --dataset folder:DIR@{size0[0]}x{size0[1]} resizes every image to that W x H"
             )
         gray = gray and mode in GRAY_MODES
     return size0, 1 if gray else 3
 
 
-def _folder_scan(root: Path):
+def _folder_scan(root: Path, resize: tuple[int, int] | None):
     scan = _scan(root)
     keys = tuple(file_key(f) for items in scan.values() for f, _ in items)
-    size, channels = _folder_headers(keys)
-    return scan, size, channels
+    size, channels = _folder_headers(keys, resize is None)
+    return scan, resize or size, channels
 
 
-def _folder_info(root: Path) -> SourceInfo:
-    scan, (w, h), channels = _folder_scan(root)
+def _folder_info(root: Path, resize: tuple[int, int] | None) -> SourceInfo:
+    scan, (w, h), channels = _folder_scan(root, resize)
     return SourceInfo((channels, h, w), tuple(sorted({c for _, c in scan["train"]})), "static")
 
 
 @functools.lru_cache(maxsize=4)
-def _read_images(keys: tuple[tuple[str, int, int], ...], channels: int, desc: str) -> np.ndarray:
+def _read_images(
+    keys: tuple[tuple[str, int, int], ...], channels: int, desc: str, resize: tuple[int, int] | None
+) -> np.ndarray:
     from tqdm.auto import tqdm
 
     Image = _pillow()
@@ -423,7 +448,10 @@ def _read_images(keys: tuple[tuple[str, int, int], ...], channels: int, desc: st
     for i, (path, _, _) in enumerate(tqdm(keys, desc=desc, unit="image", leave=False, file=sys.stderr, disable=None)):
         try:
             with Image.open(path) as im:
-                a = np.asarray(im.convert(mode), dtype=np.uint8)
+                im = im.convert(mode)
+                if resize is not None and im.size != resize:
+                    im = im.resize(resize, Image.Resampling.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError) as e:
             raise DataError(f"{path}: not an image Pillow can read ({e}); replace or remove the file") from None
         a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
@@ -433,11 +461,11 @@ def _read_images(keys: tuple[tuple[str, int, int], ...], channels: int, desc: st
     return readonly(x)
 
 
-def _load_folder(root: Path, split: str) -> tuple:
-    scan, _, channels = _folder_scan(root)
+def _load_folder(root: Path, split: str, resize: tuple[int, int] | None) -> tuple:
+    scan, _, channels = _folder_scan(root, resize)
     classes = tuple(sorted({c for _, c in scan["train"]}))
     source = split if split in scan else "train"
     items = scan[source]
-    x = _read_images(tuple(file_key(f) for f, _ in items), channels, f"{root.name}/{source}: reading images")
+    x = _read_images(tuple(file_key(f) for f, _ in items), channels, f"{root.name}/{source}: reading images", resize)
     y = np.array([classes.index(c) for _, c in items], dtype=np.int64)
     return x, y, classes, "static", str(root / source), split != "test" and "val" not in scan

@@ -114,6 +114,30 @@ def test_image_folder_gray_and_color_mix_is_rgb(tmp_path):
     assert data.x.shape == (4, 3, 6, 5) and np.array_equal(data.x[0], np.full((3, 6, 5), 40, np.uint8))
 
 
+def test_image_folder_resize_rule(tmp_path):
+    """folder:DIR@WxH: images of several sizes, each resized to W×H with Pillow's bilinear filter."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    for split in ("train", "test"):
+        for k, cls in enumerate(("a", "b", "c")):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i, (w, h) in enumerate(((16, 12), (20, 15), (9, 7))):
+                Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L").save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
+    with pytest.raises(DataError, match=r"is 20x15 \(W x H\) but .* is 16x12; .*--dataset folder:DIR@16x12 resizes"):
+        load_split(f"folder:{tmp_path}", "test")
+    name = f"folder:{tmp_path}@16x12"
+    assert dataset_input(name) == ((1, 12, 16), 3)
+    assert TrainConfig.from_preset(name, arch="D3").dataset == f"folder:{tmp_path}@16x12"  # the rule is recorded
+    test = load_split(name, "test")
+    for i, f in enumerate(sorted((tmp_path / "test").glob("*/*.png"))):
+        with Image.open(f) as im:
+            want = im if im.size == (16, 12) else im.resize((16, 12), Image.Resampling.BILINEAR)
+            assert np.array_equal(test.x[i, 0], np.asarray(want)), f
+
+
 # --------------------------------------------------------------------------------------------------
 # N-MNIST through tonic's class
 
@@ -198,7 +222,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, tuple[str, ...]]:
         from PIL import Image
 
         Image.fromarray(np.zeros((9, 8), np.uint8), "L").save(root / "train" / "bee" / "odd.png")
-        return f"folder:{root}", (str(root / "train" / "bee" / "odd.png"), "is 8x9", "one size", "resize")
+        return f"folder:{root}", (str(root / "train" / "bee" / "odd.png"), "is 8x9", "one size", "folder:DIR@8x8")
     if case == "empty-class-folder":
         write_image_folder(root, size=(8, 8), n_train=6, n_test=3)
         (root / "train" / "zebra").mkdir()
