@@ -132,15 +132,18 @@ class IntegerLIFScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, acc, theta_src, bias_src, layer, profile, slope):  # type: ignore[override]
         ndim = acc.dim() - 1  # (T, N, C, ...) → one step's (N, C, ...)
-        acc = torch.round(acc.detach()).double()
+        shape = acc.shape
+        same = shape[0] > 1 and acc.stride(0) == 0  # one sum repeated (a static image's first layer)
+        acc = torch.round((acc[:1] if same else acc).detach()).double()
         bound = float(acc.abs().max()) * 2.0 ** max(layer.weight_exp + layer.current_shift, 0) if acc.numel() else 0
         dtype = exact_dtype(profile, bound)
         theta = channel_view(layer.threshold, ndim, dtype).to(acc.device)
         bias = channel_view(layer.bias, ndim, dtype).to(acc.device)
         current = synaptic_current(_shl(acc.to(dtype), layer.weight_exp), bias, layer, profile)  # all T at once
-        u = torch.zeros(acc.shape[1:], dtype=dtype, device=acc.device)
-        us = torch.empty(acc.shape, dtype=dtype, device=acc.device)
-        for t in range(acc.shape[0]):
+        current = current.expand(shape) if same else current
+        u = torch.zeros(shape[1:], dtype=dtype, device=acc.device)
+        us = torch.empty(shape, dtype=dtype, device=acc.device)
+        for t in range(shape[0]):
             u = membrane_step(u, current[t], theta, layer, profile)
             us[t] = u
         z = (us > theta).to(torch.float32)
