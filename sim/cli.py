@@ -323,7 +323,17 @@ def main(
     needs_trained_model(model, kind, float_model, explain=explain or explain_plot is not None, fit=fit_search)
     events = None
     if input_path is not None:
-        both = [opt for opt, v in (("--dataset", dataset), ("--data-dir", data_dir), ("--subset", subset)) if v]
+        given_split = click.get_current_context().get_parameter_source("split") != click.core.ParameterSource.DEFAULT
+        both = [
+            opt
+            for opt, v in (
+                ("--dataset", dataset),
+                ("--data-dir", data_dir),
+                ("--subset", subset),
+                ("--split", given_split),
+            )
+            if v
+        ]
         if both:
             raise DataError(f"--input {input_path} and {both[0]} are two sources of samples: give one of them")
         data, dataset, split = read_input(input_path, net), None, None

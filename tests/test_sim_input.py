@@ -254,6 +254,7 @@ def test_sources_and_outputs_are_checked_first(synthetic_export, digits, tmp_pat
     mine = tmp_path / "mine.npy"
     np.save(mine, x)
     assert_clean_error(invoke(onnx_path, "--input", mine, "--dataset", "mnist5k"), "two sources", "--dataset")
+    assert_clean_error(invoke(onnx_path, "--input", mine, "--split", "val"), "two sources", "--split")
     assert_clean_error(invoke(onnx_path, "--input", mine, "--frac-bits-sweep", "0,6"), "needs labels")
     assert_clean_error(invoke(onnx_path, "--input", mine, "--record", mine), "--record is also the input --input")
     assert_clean_error(invoke(onnx_path, "--input", tmp_path / "none.npy"), "none.npy", "no such file")
