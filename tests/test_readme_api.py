@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_sim_input import SPECS
 
 from qsnn.data import load_split
 
@@ -70,26 +71,6 @@ def _inputs(kind: str) -> np.ndarray:
     if kind == "events":
         return (np.random.default_rng(5).random((16, 8, 2, 16, 16)) < 0.5).astype(np.uint8)
     return digits
-
-
-SPECS = {
-    "paper": (dict(), "digits"),
-    "strided": (dict(arch="8C3s2p1-16C3s2p1-D10"), "digits"),
-    "dense": (dict(arch="D32-D10"), "digits"),
-    "rgb32": (
-        dict(arch="8C3s2p1-16C3s2p1-AP2-D10", input_shape=(3, 32, 32), classes=tuple(f"c{i}" for i in range(10))),
-        "rgb",
-    ),
-    "events": (
-        dict(
-            arch="8C3s2p1-16C3-D11",
-            dataset="dvs128",
-            input_shape=(2, 16, 16),
-            classes=tuple(f"g{i}" for i in range(11)),
-        ),
-        "events",
-    ),
-}
 
 
 @pytest.mark.parametrize("name", list(SPECS))

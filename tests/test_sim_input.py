@@ -23,10 +23,9 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from test_sim_cli import assert_clean_error, invoke
 
 from qsnn.data import load_split
-from qsnn.sim.cli import main
 
 pytest.importorskip("qsnn.export.compile")
 
@@ -55,19 +54,6 @@ SPECS = {
     ),
 }
 N = 24
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args] + ["--no-progress"])
-
-
-def assert_clean_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
