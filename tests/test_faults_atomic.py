@@ -273,14 +273,17 @@ WRITERS = re.compile(
 )
 #: Writes that are atomic for a reason the line shows: into a buffer or an atomic_open handle, or
 #: into the temporary folder of qsnn.atomic.atomic_directory (``folder`` / ``tmp`` in targets/), or
-#: scratch files of the HDL tools in a tempfile folder (``work`` and the harness input in fpga/hdl_sim.py, synth.py).
+#: scratch files of the HDL tools in a tempfile folder (``work`` and the harness inputs in fpga/hdl_sim.py, synth.py),
+#: and fpga/pnr.py's tool logs, sources and plot: in its tempfile folder (``work``, the run's ``cwd``) or in
+#: the staging folder of atomic_directory that the command renames whole (``out`` of one part, the plot's ``path``).
 SAFE = [
     (r"qsnn/atomic\.py$", r".*"),
     (r".*", r"atomic_open\("),
     (r".*", r"savefig\((buf|fh)\b"),
     (r".*", r"torch\.save\(data, buf\)"),
     (r"targets/.*\.py$", r"\((folder|tmp) / |\(folder / |File\(folder / |write\(folder / "),
-    (r"targets/fpga/(hdl_sim|synth)\.py$", r"\(work / |open\(path, \"wb\"\) as fh"),
+    (r"targets/fpga/(hdl_sim|synth)\.py$", r"\(work / |open\((path|inp), \"wb\"\) as fh"),
+    (r"targets/fpga/pnr\.py$", r"\((work|cwd|out) / |savefig\(path, "),
 ]
 
 
