@@ -41,6 +41,18 @@ def main() -> None:
     keep_freed_memory()  # glibc keeps the minibatches' large blocks for reuse (train/alloc.py)
 
 
+#: The options every training command shares.
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="QSNN_DATA_DIR",
+    help="Folder with the dataset files (env QSNN_DATA_DIR); see docs/data.md.",
+)
+device_option = click.option(
+    "--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu)."
+)
+
+
 def _default(field: str) -> str:
     """``[default: V]`` with V the TrainConfig default, so that no help text restates a value that can drift."""
     value = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
@@ -204,12 +216,7 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
 
 @main.command("run")
 @_options
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="QSNN_DATA_DIR",
-    help="Folder with the dataset files (env QSNN_DATA_DIR); see the README's Data section.",
-)
+@data_dir_option
 @click.option("--out", "out", type=click.Path(), help="Run directory [default: runs/DATASET-PRECISION-SCHEDULE-sSEED].")
 @click.option(
     "--resume",
@@ -217,7 +224,7 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
     help="Continue the run in --out from its last.pt (same result as uninterrupted); "
     "with --epochs N (or --patience) a finished or stopped run goes on to N epochs.",
 )
-@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@device_option
 @progress_option
 @click.option(
     "--demo",
@@ -361,15 +368,10 @@ def _check_device(device: str | None) -> None:
 @click.option("--subset", type=click.IntRange(min=1), help="Stratified subset of the training split.")
 @click.option("--val-subset", type=click.IntRange(min=1), help="Stratified subset of the validation split.")
 @click.option("--test-subset", type=click.IntRange(min=1), help="Stratified subset of the test split.")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="QSNN_DATA_DIR",
-    help="Folder with the dataset files (env QSNN_DATA_DIR).",
-)
+@data_dir_option
 @click.option("--out", type=click.Path(), help="Run directory [default: runs/ft-RUNNAME-PROFILE].")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
-@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@device_option
 @progress_option
 @version_option("qsnn-train finetune")
 @debug_option
@@ -482,12 +484,7 @@ def study() -> None:
     help="Runs per precision × schedule, with seeds 0..trials-1.",
 )
 @_options_except("dataset", "precision", "schedule", "seed")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="QSNN_DATA_DIR",
-    help="Folder with the dataset files (env QSNN_DATA_DIR).",
-)
+@data_dir_option
 @click.option("--out", type=click.Path(), help="Study folder [default: runs/study-DATASET].")
 @click.option(
     "--shard",
@@ -537,7 +534,7 @@ def study() -> None:
 @click.option(
     "--report-only", is_flag=True, help="Train nothing; rebuild the report from the run directories in --out."
 )
-@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@device_option
 @progress_option
 @version_option("qsnn-train study run")
 @debug_option
@@ -737,18 +734,13 @@ def study_report(out, window) -> None:
     help="Finished trials the median pruner waits for before it prunes.",
 )
 @_options_except("dataset", "precision", "epochs")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="QSNN_DATA_DIR",
-    help="Folder with the dataset files (env QSNN_DATA_DIR).",
-)
+@data_dir_option
 @click.option(
     "--out",
     type=click.Path(),
     help="Folder for trial runs and best_params.toml [default: runs/tune-DATASET-PRECISION].",
 )
-@click.option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")
+@device_option
 @click.option(
     "--progress/--no-progress",
     default=False,
