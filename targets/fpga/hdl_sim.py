@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -361,25 +361,45 @@ def _verilator_build(
     }
 
 
-def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: float | None = None) -> RTLResult:
-    """Run the core in Verilator on inputs ``x`` (the layout of :func:`qsnn.sim.simulate`)."""
-    net, cfg = checked.net, checked.config
-    events = input_events(net, x)
-    binary, build = build_verilator(checked.rtl, progress=progress)
+def _run_harness(
+    binary: Path,
+    rtl: Path,
+    write_input: Callable[[Path], None],
+    args: list[str],
+    what: str,
+    timeout: float | None = None,
+) -> tuple[bytes, float]:
+    """Run a Verilator harness ``binary RTL IN OUT *args`` in a temporary folder: ``write_input`` writes
+    IN; returns OUT's bytes and the run's wall time; a failed run is a ToolError naming ``what``."""
     with tempfile.TemporaryDirectory(prefix="qsnn-rtl-") as tmp:
         inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-        write_harness_input(inp, events, len(cfg.layers), cfg.num_classes)
+        write_input(inp)
         t0 = time.perf_counter()
         res = subprocess.run(
-            [str(binary), str(checked.rtl.resolve()), str(inp), str(outp), str(2 * cfg.cycle_bound())],
+            [str(binary), str(rtl.resolve()), str(inp), str(outp), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
         )
         wall = time.perf_counter() - t0
         if res.returncode != 0:
-            raise ToolError(f"the Verilator model of {checked.rtl} failed: {(res.stderr or res.stdout).strip()[-400:]}")
-        data = outp.read_bytes()
+            raise ToolError(f"{what} failed: {(res.stderr or res.stdout).strip()[-400:]}")
+        return outp.read_bytes(), wall
+
+
+def run_verilator(checked: RTLFolder, x: np.ndarray, *, progress=None, timeout: float | None = None) -> RTLResult:
+    """Run the core in Verilator on inputs ``x`` (the layout of :func:`qsnn.sim.simulate`)."""
+    net, cfg = checked.net, checked.config
+    events = input_events(net, x)
+    binary, build = build_verilator(checked.rtl, progress=progress)
+    data, wall = _run_harness(
+        binary,
+        checked.rtl,
+        lambda inp: write_harness_input(inp, events, len(cfg.layers), cfg.num_classes),
+        [str(2 * cfg.cycle_bound())],
+        f"the Verilator model of {checked.rtl}",
+        timeout,
+    )
     result = _parse_harness_output(data, net, cfg, len(events))
     result.simulator = build["verilator"]
     result.wall_s = wall
@@ -545,29 +565,20 @@ def run_uart_verilator(
     transactions: list[tuple[bytes, int]] = [(uart.IDENTIFY, uart.IDENT_LEN)]
     for img in np.asarray(x):
         transactions += [(uart.load_command(img), 1), (uart.RUN, uart.run_reply_len(C))]
-    with tempfile.TemporaryDirectory(prefix="qsnn-uart-") as tmp:
-        inp, outp = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+
+    def write_input(inp: Path) -> None:
         with open(inp, "wb") as fh:
             fh.write(b"QSNNUAI1" + np.array([len(transactions)], "<u4").tobytes())
             for data, expect in transactions:
                 fh.write(np.array([len(data)], "<u4").tobytes() + data + np.array([expect], "<u4").tobytes())
-        t0 = time.perf_counter()
-        res = subprocess.run(
-            [
-                str(binary),
-                str(checked.rtl.resolve()),
-                str(inp),
-                str(outp),
-                str(clks_per_bit),
-                str(2 * cfg.cycle_bound()),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        wall = time.perf_counter() - t0
-        if res.returncode != 0:
-            raise ToolError(f"the Verilator model of the board top failed: {(res.stderr or res.stdout).strip()[-400:]}")
-        data = outp.read_bytes()
+
+    data, wall = _run_harness(
+        binary,
+        checked.rtl,
+        write_input,
+        [str(clks_per_bit), str(2 * cfg.cycle_bound())],
+        "the Verilator model of the board top",
+    )
     if data[:8] != b"QSNNUAO1" or int(np.frombuffer(data, "<u4", 1, 8)[0]) != len(transactions):
         raise ToolError("the UART harness wrote no result")
     off, replies, tcycles = 12, [], []
