@@ -20,6 +20,7 @@ it cannot rot (tests/test_gpu_check.py). Results: ``OUT/gpu_check.json`` and ``O
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -69,11 +70,19 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpro
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
 
 
+MODULES = {"qsnn-train": "qsnn.train.cli", "qsnn-export": "qsnn.export.cli", "qsnn-sim": "qsnn.sim.cli"}
+
+
 def _bin(name: str) -> list[str]:
     """A console script of this interpreter's environment (qsnn-train, ...) as a command."""
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    module = {"qsnn-train": "qsnn.train.cli", "qsnn-export": "qsnn.export.cli", "qsnn-sim": "qsnn.sim.cli"}[name]
-    return [found] if found else [sys.executable, "-m", module]
+    return [found] if found else [sys.executable, "-m", MODULES[name]]
+
+
+def _run_args(dry_run: bool, data_dir) -> list[str]:
+    """qsnn-train's size and data options of the paper-scale and torchrun steps (tiny on a dry run)."""
+    size = ["--subset", "256", "--val-subset", "128", "--test-subset", "128", "--steps", "4"] if dry_run else []
+    return (size or ["--steps", "100"]) + (["--data-dir", str(data_dir)] if data_dir else [])
 
 
 def _junit_counts(path: Path) -> dict[str, int]:
@@ -102,8 +111,6 @@ def step_tests(device: str, out: Path, log: Path, dry_run: bool) -> dict:
 
 
 def step_throughput(device: str, out: Path, log: Path, dry_run: bool, on_cuda: bool) -> list[dict]:
-    import json
-
     T, batch, repeats = (4, 16, 2) if dry_run else (100, 128, 7)
     runs = [("paper network", None, [], {})]
     # the choices made on the CPU, measured on the device: the spike layout and the CUDA numerics
@@ -125,16 +132,11 @@ def step_throughput(device: str, out: Path, log: Path, dry_run: bool, on_cuda: b
 
 
 def step_paper_scale(device: str, out: Path, log: Path, dry_run: bool, dataset: str, epochs: int, data_dir) -> dict:
-    import json
-
     run_dir = out / f"{dataset}-int4-cosine"
     shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output folder, rebuilt each time
-    size = ["--subset", "256", "--val-subset", "128", "--test-subset", "128", "--steps", "4"] if dry_run else []
-    data = ["--data-dir", str(data_dir)] if data_dir else []
     train = [*_bin("qsnn-train"), "run", "--dataset", dataset, "--precision", "int4", "--schedule", "cosine"]
-    train += ["--epochs", str(epochs), "--device", device, "--out", str(run_dir), "--no-progress", *size, *data]
-    if not dry_run:
-        train += ["--steps", "100"]
+    train += ["--epochs", str(epochs), "--device", device, "--out", str(run_dir), "--no-progress"]
+    train += _run_args(dry_run, data_dir)
     t0 = time.perf_counter()
     _run(train, log)
     train_s = time.perf_counter() - t0
@@ -144,7 +146,8 @@ def step_paper_scale(device: str, out: Path, log: Path, dry_run: bool, dataset: 
     _run([*_bin("qsnn-export"), str(run_dir / "best.pt"), "--to", "qonnx", "-o", str(onnx_path)], log)
     report = run_dir / "sim_fpga.json"
     sim = [*_bin("qsnn-sim"), str(onnx_path), "--profile", "fpga", "--split", "test", "--check"]
-    sim += ["--report", str(report), *(["--subset", "128"] if dry_run else []), *data]
+    sim += ["--report", str(report), *(["--subset", "128"] if dry_run else [])]
+    sim += ["--data-dir", str(data_dir)] if data_dir else []
     t0 = time.perf_counter()
     _run(sim, log, {"CUDA_VISIBLE_DEVICES": ""})  # the integer side runs on the CPU
     sim_s = time.perf_counter() - t0
@@ -171,17 +174,12 @@ def step_paper_scale(device: str, out: Path, log: Path, dry_run: bool, dataset: 
 def step_ddp(n_gpus: int, out: Path, log: Path, dry_run: bool, dataset: str, data_dir) -> dict:
     run_dir = out / f"{dataset}-ddp{n_gpus}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    size = ["--subset", "256", "--val-subset", "128", "--test-subset", "128", "--steps", "4"] if dry_run else []
-    data = ["--data-dir", str(data_dir)] if data_dir else []
-    train_bin = _bin("qsnn-train")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n_gpus}", *train_bin[-1:]]
-    if train_bin[0] == sys.executable:  # no console script: the module
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n_gpus}", "-m", train_bin[-1]]
+    script = _bin("qsnn-train")
+    train = ["-m", MODULES["qsnn-train"]] if script[0] == sys.executable else script  # torchrun's -m or a script
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n_gpus}", *train]
     cmd += ["run", "--dataset", dataset, "--precision", "int4", "--schedule", "cosine", "--epochs", "1"]
-    cmd += ["--out", str(run_dir), "--no-progress", *size, *data, *([] if dry_run else ["--steps", "100"])]
+    cmd += ["--out", str(run_dir), "--no-progress", *_run_args(dry_run, data_dir)]
     _run(cmd, log)
-    import json
-
     history = json.loads((run_dir / "log.json").read_text())
     return {"gpus": n_gpus, "epoch_s": history[0]["time_s"], "samples_per_s": history[0]["samples_per_s"]}
 
