@@ -61,6 +61,7 @@ what a simulation returns.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from threading import Lock
 
 import numpy as np
 
@@ -84,10 +85,12 @@ MIN_PIECE = 64
 #: millisecond of work to a second thread costs more than it saves, measured: docs/benchmarks.md).
 MIN_PIECE_ACCEL = 32
 MIN_PIECE_MACS = 2**25
+INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)  # (np.iinfo is slow to build at every call)
 
 
-def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
-    """Raise :class:`~qsnn.errors.InputError` unless ``x`` is a batch of the network's input (shape, encoding, dtype)."""
+def check_input(net: IntegerNetwork, x: np.ndarray) -> int:
+    """Raise :class:`~qsnn.errors.InputError` unless ``x`` is a batch of the network's input (shape,
+    encoding, dtype); returns its largest value (0 for an empty batch)."""
     x = np.asarray(x)
     c, h, w = net.input_shape
     if not np.issubdtype(x.dtype, np.integer):
@@ -100,15 +103,19 @@ def check_input(net: IntegerNetwork, x: np.ndarray) -> None:
             raise InputError(f"the network takes event frames (N, T, {c}, {h}, {w}), got input of shape {x.shape}")
         if x.shape[1] != net.num_steps:
             raise InputError(f"the network runs T={net.num_steps} steps but the input has {x.shape[1]} frames")
-    if x.size and x.min() < 0:
+    if not x.size:
+        return 0
+    if x.dtype.kind == "i" and x.min() < 0:
         raise InputError("input must be non-negative (pixels or event counts)")
-    if x.size and x.max() > net.input_max:
+    top = int(x.max())
+    if top > net.input_max:
         what = "event counts" if net.encoding == "events" else "pixels"
         raise InputError(
             f"the network takes {what} up to {net.input_max} per input cell and step (its input "
-            f"encoding, which the compiler's bound assumes), got {int(x.max())}; clip the input as "
+            f"encoding, which the compiler's bound assumes), got {top}; clip the input as "
             "training did (qsnn.data.load_split with the model's event encoding)"
         )
+    return top
 
 
 def _new_stats(layers: list[_Layer], N: int, T: int) -> list[LayerStats]:
@@ -116,19 +123,33 @@ def _new_stats(layers: list[_Layer], N: int, T: int) -> list[LayerStats]:
         LayerStats(
             name=el.name,
             kind=el.layer.kind,
-            shape=tuple(el.out_shape),
+            shape=el.out_shape,
             neurons=el.neurons,
             spikes_per_step=np.zeros(T, dtype=np.int64),
-            current_min=np.iinfo(np.int64).max,
-            current_max=np.iinfo(np.int64).min,
-            dense_macs=N * T * el.neurons * (el.layer.pool**2) * el.layer.fan_in,
-            sum_dtype=el.sum_dtype.name,
+            current_min=INT64_MAX,
+            current_max=INT64_MIN,
+            dense_macs=N * T * el.dense_macs,
+            sum_dtype=el.sum_dtype_name,
             sum_kernel=el.sum_kernel,
             sum_bound=el.sum_bound,
-            state_dtype=el.state_dtype.name,
+            state_dtype=el.state_dtype_name,
         )
         for el in layers
     ]
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The engine's worker threads, ``threads`` of them, kept between calls (starting threads at every
+    batch-64 call costs more than the call's bookkeeping); idle workers wait on a queue, using no CPU."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qsnn-sim")
+        return pool
 
 
 def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
@@ -174,7 +195,7 @@ def simulate(
             wherever numba is importable. The same integers either way; ``kernel="numpy"`` never
             uses them.
     """
-    check_input(net, x)
+    in_max = check_input(net, x)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     threads = default_threads() if threads is None else int(threads)
@@ -183,7 +204,6 @@ def simulate(
     x = np.asarray(x)
     T, delay = net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"
-    in_max = int(x.max()) if x.size else 0
     layers = compile_layers(net, in_max, kernel, accel)
     N = len(x)
     # the statistics are accumulated in place over all batches
@@ -210,7 +230,6 @@ def simulate(
         from tqdm import tqdm
 
         bar = tqdm(total=N, unit="sample", desc="simulate", leave=False)
-    pool = None
     try:
         # the membrane arrays that are scanned set the piece (a static first layer is looked up: StaticTable)
         scanned = [el for i, el in enumerate(layers) if not (i == 0 and static and el.lookup)] or layers
@@ -224,19 +243,15 @@ def simulate(
             ways = max(1, -(-(b1 - b0) // per_piece))
             if threads > 1 and ways < threads and b1 - b0 >= threads * floor:
                 ways = threads  # every thread gets a piece
-            cuts = np.linspace(b0, b1, ways + 1).astype(int)
+            cuts = [b0 + (b1 - b0) * i // ways for i in range(ways + 1)]  # as even as can be
             if threads == 1 or ways == 1:
                 parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
             else:
-                if pool is None:
-                    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qsnn-sim")
-                parts = list(pool.map(run, cuts[:-1], cuts[1:]))
+                parts = list(_pool(threads).map(run, cuts[:-1], cuts[1:]))
             _merge_stats(all_stats, parts)
             if bar is not None:
                 bar.update(b1 - b0)
     finally:
-        if pool is not None:
-            pool.shutdown()
         if bar is not None:
             bar.close()
 
@@ -339,7 +354,7 @@ def _run_batch(
             elif li == 0 and static and table is None and el.accel is not None:
                 counted = el.static_scan(cur_static, max(0, delay - t0), u[li], fired[li], z_chunk, acc, u_chunk)
             elif li == 0 and table is not None:
-                table.spikes(idx, t0, z_chunk, gathered)
+                counted = table.spikes(idx, t0, z_chunk, gathered)
                 if u_chunk is not None:
                     for t in range(t0, t1):
                         np.take(table.u[t], idx, out=u_chunk[t - t0])

@@ -184,3 +184,45 @@ def lif_kernel(
         stats[MEM_MIN], stats[MEM_MAX] = mmin, mmax
 
     return lif_scan
+
+
+@njit(nogil=True, cache=True)
+def table_spikes(idx, words, t0, z, counts):  # pragma: no cover - compiled
+    """z_t of the neurons ``idx`` (N,) of a static first layer, looked up in its table's spike words
+    (:class:`qsnn.sim.static_table.StaticTable`: bit t mod 64 of ``words[t // 64, entry]`` is z_t),
+    for the steps t0 … t0 + n − 1 into ``z`` (n, N) uint8; ``counts`` (n,) gains the spikes of each
+    step. Each neuron's word is gathered once per 64 steps; a step is then a shift and a mask per
+    neuron, vectorised."""
+    n, N = z.shape
+    w = np.empty(N, np.uint64)
+    one = np.uint64(1)
+    loaded = -1
+    for t in range(n):
+        step = t0 + t
+        g = step >> 6
+        if g != loaded:
+            for i in range(N):
+                w[i] = words[g, idx[i]]
+            loaded = g
+        b = np.uint64(step & 63)
+        spikes = np.uint64(0)
+        for i in range(N):
+            bit = (w[i] >> b) & one
+            z[t, i] = np.uint8(bit)
+            spikes += bit
+        counts[t] += np.int64(spikes)
+
+
+@njit(nogil=True, cache=True)
+def table_stats(idx, sat_high, sat_low, u_min, u_max, out):  # pragma: no cover - compiled
+    """The saturation events and membrane range over all T of the neurons ``idx`` of a static first
+    layer, from its table's per-entry figures: ``out`` = [Σ sat_high, Σ sat_low, min u_min, max u_max]
+    (the sums added, the range widened from out's values)."""
+    high, low, lo, hi = out[0], out[1], out[2], out[3]
+    for i in range(len(idx)):
+        e = idx[i]
+        high += sat_high[e]
+        low += sat_low[e]
+        lo = min(lo, u_min[e])
+        hi = max(hi, u_max[e])
+    out[0], out[1], out[2], out[3] = high, low, lo, hi

@@ -124,6 +124,7 @@ class _Layer:
             (self.out_shape[1], self.out_shape[2], self.out_shape[0]) if layer.kind == "conv" else self.out_shape
         )
         self.neurons = int(np.prod(self.out_shape))
+        self.dense_macs = self.neurons * layer.pool**2 * layer.fan_in  # per sample and step, event-blind
         self._check_constants()
 
         w = np.asarray(layer.weight, dtype=np.int64)
@@ -163,6 +164,7 @@ class _Layer:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
+        self.sum_dtype_name = self.sum_dtype.name
         self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
         # multiply-accumulates of one sample and step as this layer computes them (box sums or the folded kernel)
         positions = 1 if layer.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]
@@ -194,6 +196,7 @@ class _Layer:
                 f"layer {self.name}: intermediate values up to 2^{_bits_needed(worst)} do not fit "
                 f"int64 (membrane {profile.membrane_bits} bits, leak {profile.leak_bits} bits)"
             )
+        self.state_dtype_name = self.state_dtype.name
         self.theta = theta.astype(self.state_dtype)
         self.bias = bias.astype(self.state_dtype)
         self.leak_const = int(layer.leak_const)
@@ -548,13 +551,14 @@ _COMPILED_MAX = 8
 
 
 def _fingerprint(net: IntegerNetwork) -> tuple:
-    """Everything the compiled layers depend on, hashed (weights, constants, profile, shapes)."""
+    """Everything the compiled layers depend on, the arrays hashed (weights, constants, profile, shapes)."""
     crc = 0
     scalars = []
     for layer in net.layers:
         for arr in (layer.weight, layer.threshold, layer.bias):
             a = np.ascontiguousarray(arr)
-            crc = zlib.crc32(repr((a.dtype.str, a.shape)).encode() + a.tobytes(), crc)
+            crc = zlib.crc32(a, crc)  # the buffer itself, no copy
+            scalars.append((a.dtype.str, a.shape))
         scalars.append(
             (
                 layer.name,
@@ -567,7 +571,7 @@ def _fingerprint(net: IntegerNetwork) -> tuple:
                 int(layer.padding),
             )
         )
-    return (crc, tuple(scalars), repr(net.profile), tuple(net.input_shape))
+    return (crc, tuple(scalars), net.profile, tuple(net.input_shape))
 
 
 def _input_bound(in_max: int, input_max: int) -> int:

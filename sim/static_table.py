@@ -58,6 +58,10 @@ class StaticTable:
         # entries channel-major (entry = channel·R + c − lo): a neuron's index is one add to its current
         z, u_rec, sat = (a.transpose(0, 2, 1).reshape(T, size) for a in (z, u_rec, sat))
         self.planes = np.packbits(z, axis=0, bitorder="little")  # (⌈T/8⌉, entries)
+        # the same bits as 64-step words (⌈T/64⌉, entries), byte k of a little-endian word = plane k
+        planes = np.zeros((-(-len(self.planes) // 8) * 8, size), dtype=np.uint8)
+        planes[: len(self.planes)] = self.planes
+        self.words = np.ascontiguousarray(planes.reshape(-1, 8, size).transpose(0, 2, 1)).view("<u8")[..., 0]
         self.u = np.ascontiguousarray(u_rec) if membranes else None
         self.u_min = u_rec.min(axis=0, initial=0)  # the engine's range starts at 0
         self.u_max = u_rec.max(axis=0, initial=0)
@@ -65,6 +69,7 @@ class StaticTable:
         self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64)
         self.saturates = bool(self.sat_high.any() or self.sat_low.any())
         self.offset = np.arange(channels, dtype=np.intp) * shape[0] - self.lo
+        self.accel = layer.accel  # the compiled lookup (qsnn.sim.kernels_numba), or None: NumPy's
 
     def index(self, cur: np.ndarray) -> np.ndarray:
         """The table entry of every neuron of a (..., channels) current array (the caller checks the range)."""
@@ -74,7 +79,24 @@ class StaticTable:
 
     def absorb_stats(self, idx: np.ndarray, stats: LayerStats) -> None:
         """Add the saturation events and membrane range of the neurons ``idx`` over all T steps."""
-        uses = np.bincount(idx.reshape(-1), minlength=len(self.sat_low))
+        if self.accel is not None:  # one compiled pass over the neurons
+            k = self.accel
+            out = np.array([0, 0, stats.membrane_min, stats.membrane_max], dtype=np.int64)
+            k.table_stats(idx.reshape(-1), self.sat_high, self.sat_low, self.u_min, self.u_max, out)
+            stats.saturation_high += int(out[0])
+            stats.saturation_low += int(out[1])
+            stats.membrane_min, stats.membrane_max = int(out[2]), int(out[3])
+            return
+        flat = idx.reshape(-1)
+        if flat.size < len(self.sat_low):  # fewer neurons than entries: gather their figures
+            if self.saturates:
+                stats.saturation_high += int(self.sat_high.take(flat).sum())
+                stats.saturation_low += int(self.sat_low.take(flat).sum())
+            if flat.size:
+                stats.membrane_min = min(stats.membrane_min, int(self.u_min.take(flat).min()))
+                stats.membrane_max = max(stats.membrane_max, int(self.u_max.take(flat).max()))
+            return
+        uses = np.bincount(flat, minlength=len(self.sat_low))  # else weight each entry by its uses
         if self.saturates:
             stats.saturation_high += int(uses @ self.sat_high)
             stats.saturation_low += int(uses @ self.sat_low)
@@ -83,11 +105,19 @@ class StaticTable:
             stats.membrane_min = min(stats.membrane_min, int(self.u_min[used].min()))
             stats.membrane_max = max(stats.membrane_max, int(self.u_max[used].max()))
 
-    def spikes(self, idx: np.ndarray, t0: int, z_out: np.ndarray, planes: dict) -> None:
-        """z_t of the neurons ``idx`` for steps t0 … t0 + len(z_out) − 1 into ``z_out`` (bool);
-        ``planes`` caches the gathered bit planes between calls. Bit t mod 8 of each byte is
-        extracted eight bytes at a time: (word >> b) & 0x0101…01 keeps bit b of every byte (the
-        bits shifted in from the next byte land above bit 0, which the mask drops)."""
+    def spikes(self, idx: np.ndarray, t0: int, z_out: np.ndarray, planes: dict) -> np.ndarray | None:
+        """z_t of the neurons ``idx`` for steps t0 … t0 + len(z_out) − 1 into ``z_out`` (bool).
+
+        With the compiled kernels, one pass (:func:`qsnn.sim.kernels_numba.table_spikes`) that also
+        counts the spikes of each step, which it returns. Else NumPy: ``planes`` caches the gathered
+        bit planes between calls; bit t mod 8 of each byte is extracted eight bytes at a time:
+        (word >> b) & 0x0101…01 keeps bit b of every byte (the bits shifted in from the next byte
+        land above bit 0, which the mask drops); returns None (the engine counts)."""
+        if self.accel is not None:
+            counts = np.zeros(len(z_out), dtype=np.int64)
+            z = z_out.view(np.uint8).reshape(len(z_out), -1)
+            self.accel.table_spikes(idx.reshape(-1), self.words, t0, z, counts)
+            return counts
         wide = idx.size % 8 == 0
         for i in range(len(z_out)):
             t = t0 + i
@@ -101,3 +131,4 @@ class StaticTable:
                 src, out = src.view(np.uint64), out.view(np.uint64)
             np.right_shift(src, bit, out=out)
             np.bitwise_and(out, LOW_BITS if wide else 1, out=out)
+        return None
