@@ -3,12 +3,20 @@
 Takes a trained model (a ``best.pt`` or its float QONNX export; default ``runs/demo/best.pt``, the
 ``make demo`` model), compiles it under the loihi2 profile, writes the loihi2 folder exactly as
 ``qsnn-export --to loihi2`` does, runs that folder in the Lava venv (:mod:`qsnn.targets.loihi2.lava_env`,
-as the folder's README says) on the first N images of the dataset's test split, simulates the
-same images with qsnn's engine, and compares every layer's spikes at every step. Prints the
+as the folder's README says) on the first N samples of the dataset's test split, simulates the
+same samples with qsnn's engine, and compares every layer's spikes at every step. Prints the
 per-layer agreement, the predictions and the time; exits 1 unless everything is equal. ``--report``
 saves the figures as JSON.
 
-    python -m qsnn.targets.loihi2.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--report lava.json]
+The data are the model's own (:func:`qsnn.data.load_for_model`): its dataset, read with the event
+encoding it was trained with (bins, count clip ``input_max``, test cut) and T; an event model's
+samples are (T, C, H, W) count frames, fed to Lava as T graded 8-bit frames, and the folder's
+``example_input.npy`` is the first of them. A test split cut into windows (``--test-cut windows``)
+is taken by recording: N is the first N gestures with all their windows, each window run from a
+clean state, and the accuracies are per gesture (output counts summed over its windows).
+
+    python -m qsnn.targets.loihi2.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--data-dir DIR]
+        [--allow-saturation] [--report lava.json]
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from qsnn.errors import DataError
 
 
 def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_pred: np.ndarray) -> dict[str, Any]:
@@ -51,9 +61,28 @@ def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_
     }
 
 
+def first_recordings(data, n: int):
+    """The first ``n`` recordings of a split (with all their windows when it is cut into windows)."""
+    import dataclasses
+
+    if n > data.num_recordings:
+        what = "recordings" if data.group is not None else "samples"
+        raise DataError(f"the test split has {data.num_recordings} {what}, asked for {n} (--images)")
+    keep = np.arange(n) if data.group is None else np.flatnonzero(data.group < n)
+    group = None if data.group is None else data.group[keep]
+    return dataclasses.replace(data, x=data.x[keep], y=data.y[keep], group=group)
+
+
 def check(
-    source: Path, images: int, *, data_dir: str | None = None, python: str | None = None, log=print
+    source: Path,
+    images: int,
+    *,
+    data_dir: str | None = None,
+    python: str | None = None,
+    allow_saturation: bool = False,
+    log=print,
 ) -> dict[str, Any]:
+    """Lava against ``qsnn-sim --profile loihi2`` on the first ``images`` test samples (recordings)."""
     from qsnn.data import load_for_model
     from qsnn.export.compile import compile_qonnx
     from qsnn.profiles import get_profile
@@ -69,11 +98,10 @@ def check(
             from qsnn.export.qonnx_float import export_float
 
             onnx_path = export_float(source, Path(tmp) / "model.onnx")
-        net, _ = compile_qonnx(onnx_path, get_profile("loihi2"))
+        net, _ = compile_qonnx(onnx_path, get_profile("loihi2"), allow_saturation=allow_saturation)
         _, data = load_for_model(net, "test", data_dir, where=str(source))
-        if images > len(data):
-            raise SystemExit(f"error: the test split has {len(data)} samples, asked for {images}")
-        x, y = data.x[:images], data.y[:images]
+        data = first_recordings(data, images)
+        x = data.x
         folder = write_target("loihi2", net, Path(tmp) / "loihi2", example=x[0])
         net = read_target(folder)  # what the folder holds, as a user would load it
         start = time.perf_counter()
@@ -85,13 +113,17 @@ def check(
         {
             "source": str(source),
             "images": images,
+            "samples": len(data),
+            "windows": None if data.group is None else len(data),
+            "encoding": net.encoding,
+            "input_max": int(net.input_max),
             "dataset": net.metadata.get("dataset"),
             "split": "test",
             "num_steps": net.num_steps,
             "lava_run_seconds": float(lava["seconds"]),
             "lava_wall_seconds": lava_wall,
-            "accuracy_lava_pct": 100.0 * float(np.mean(lava["predictions"] == y)),
-            "accuracy_qsnn_pct": 100.0 * float(np.mean(sim.predictions == y)),
+            "accuracy_lava_pct": 100.0 * data.accuracy(lava["counts"]),
+            "accuracy_qsnn_pct": 100.0 * data.accuracy(sim.counts),
             "saturation_events": {s.name: s.saturation_events for s in sim.layers},
             "current_wraps": {s.name: s.current_wraps for s in sim.layers},
         }
@@ -103,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     from qsnn.atomic import atomic_write_text
-    from qsnn.cli import friendly_errors, print_table
+    from qsnn.cli import allow_saturation_option, friendly_errors, print_table
 
     @click.command()
     @click.option(
@@ -121,13 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         show_default=True,
         help="Test images (the first N of the test split).",
     )
-    @click.option("--data-dir", type=click.Path(file_okay=False), envvar="QSNN_DATA_DIR", default=None)
+    @click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        envvar="QSNN_DATA_DIR",
+        default=None,
+        help="Folder with the dataset files (env QSNN_DATA_DIR) [default: where the model was trained from].",
+    )
+    @allow_saturation_option
     @click.option(
         "--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON."
     )
     @friendly_errors
-    def cli(source: Path, images: int, data_dir: str | None, report: Path | None) -> None:
-        result = check(source, images, data_dir=data_dir)
+    def cli(source: Path, images: int, data_dir: str | None, allow_saturation: bool, report: Path | None) -> None:
+        result = check(source, images, data_dir=data_dir, allow_saturation=allow_saturation)
         rows = [
             (
                 k,
@@ -138,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in result["layers"].items()
         ]
         rows += [
-            ("predictions equal", f"{result['predictions_equal_pct']:.2f} %"),
+            ("predictions equal", f"{result['predictions_equal_pct']:.2f} % of {result['samples']} samples"),
             (
                 "accuracy lava / qsnn",
-                f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % "
-                f"on {images} {result['dataset']} test images",
+                f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % on {images} "
+                f"{result['dataset']} test {'recordings' if result['encoding'] == 'events' else 'images'}"
+                + (f" ({result['windows']} windows of T = {result['num_steps']})" if result["windows"] else ""),
             ),
             ("saturation events (qsnn)", result["saturation_events"]),
             ("current wraps (qsnn)", result["current_wraps"]),
