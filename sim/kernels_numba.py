@@ -33,7 +33,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 #: Leak kinds as the kernels number them (``ChipProfile.leak``).
 LEAKS = {"mul": 0, "shift": 1, "loihi": 2}
@@ -41,6 +42,27 @@ LEAKS = {"mul": 0, "shift": 1, "loihi": 2}
 #: Slots of the ``stats`` vector :func:`lif_scan` updates in place.
 CUR_MIN, CUR_MAX, WRAPS, SAT_HIGH, SAT_LOW, MEM_MIN, MEM_MAX = range(7)
 INT64_MAX = 2**63 - 1  # (np.iinfo is slow to build at every call)
+
+
+def _shift(op: str):
+    def shift(typingctx, x, count):  # pragma: no cover - compile time
+        if not (isinstance(x, types.Integer) and isinstance(count, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            value, by = args
+            return getattr(builder, op)(value, context.cast(builder, by, signature.args[1], signature.args[0]))
+
+        return x(x, count), codegen
+
+    return shift
+
+
+#: ``x >> k`` (arithmetic, floor) and ``x << k`` in x's own integer width, for 0 ≤ k < the width.
+#: numba widens a narrower integer's shift to 64 bits, which AVX2 has no arithmetic shift for; these
+#: keep an int32 state in eight lanes per vector.
+sar = intrinsic(_shift("ashr"))
+shl = intrinsic(_shift("shl"))
 
 
 def new_stats() -> np.ndarray:
@@ -99,43 +121,42 @@ def lif_kernel(
         ``acc`` (n, N): raw synaptic sums (integers) of n steps and N neurons (samples × positions ×
         channels, flat); ``bias``, ``theta`` (N,): b_c and θ_c of each neuron; ``u``, ``fired`` (N,):
         u_{t−1} and the reset mask (−1 where u_{t−1} > θ, else 0: the NumPy path's representation,
-        so either path continues the other's state); ``z`` (n, N) uint8 receives z_t; ``u_out``
-        (n, N) receives u_t when recording; ``counts`` (n,) gains the spikes of each step;
-        ``stats`` the ranges and event counts (slots above). The first ``silent`` steps get no
+        so either path continues the other's state; it is [u > θ] of the u it comes with, so the
+        loop derives r_t from u and writes the mask once at the end); ``z`` (n, N) uint8 receives
+        z_t; ``u_out`` (n, N) receives u_t when recording; ``counts`` (n,) gains the spikes of each
+        step; ``stats`` the ranges and event counts (slots above). The first ``silent`` steps get no
         synaptic input (acc = 0: before the synaptic delay), the bias still.
+
+        Every operation stays in the state dtype (the shifts by :func:`sar`/:func:`shl`), each row
+        is a contiguous view, and the shift counts are clamped, so LLVM vectorises the loop.
         """
         n = len(z)
         N = acc.shape[1]
         wrap_mask = cast((1 << mem_bits) - 1)
         round_mask = cast((1 << leak_bits) - 1)
         keep = cast((1 << leak_bits) - leak_const)  # loihi: u·(2^F − dv)
-        m, d, F = cast(leak_const), cast(leak_const), cast(leak_bits)
-        # a right shift by the width or more leaves the sign bits, as NumPy's (a left shift that far
-        # cannot occur: the layer's proof fits its currents in the state dtype); the clamp also tells
-        # the compiler the counts are in range, so the loop stays in the state dtype's lanes
-        e, s_up, s_down = (
-            cast(min(max(0, -exp_shift), sign)),
-            cast(min(max(0, shift), sign)),
-            cast(min(max(0, -shift), sign)),
-        )
-        h, h2, low, high = cast(half), cast(2 * half), cast(lo), cast(hi)
+        m, d, F = cast(leak_const), cast(min(leak_const, sign)), cast(min(leak_bits, sign))
+        # floor shifts of the sum, each by 0 where it does not apply (a no-op): e = −weight_exp
+        # where that is negative, then shl(·, s) up or down. A right shift by the width or more
+        # leaves the sign bits, as NumPy's (a left shift that far cannot occur: the layer's proof
+        # fits its currents in the state dtype), hence the clamps
+        e = cast(min(max(0, -exp_shift), sign))
+        s_up = cast(min(max(0, shift), sign))
+        s_down = cast(min(max(0, -shift), sign))
+        h, h2, low, high, top = cast(half), cast(2 * half), cast(lo), cast(hi), cast(sign)
         # this call's current range, in the state dtype (merged into stats at the end)
         cmin, cmax = cast((1 << sign) - 1), cast(-(1 << sign))
         mmin, mmax = cast(stats[MEM_MIN]), cast(stats[MEM_MAX])
         wraps, shigh, slow = stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW]
+        quiet = np.zeros(N if silent > 0 else 0, acc.dtype)  # the sums before the synaptic delay
         for t in range(n):
             # per-step event counts in 32-bit lanes (a step has far fewer than 2^31 neurons)
             spikes, n_high, n_low, n_wrap = cast(0), cast(0), cast(0), cast(0)
-            row = 0 if static else t
-            live = t >= silent
+            row = quiet if t < silent else acc[0 if static else t]
+            zr = z[t]
+            ur = u_out[t if record else 0]
             for i in range(N):
-                a = cast(acc[row, i]) if live else cast(0)
-                if exp_shift < 0:
-                    a = cast(a >> e)
-                if shift > 0:
-                    a = cast(a << s_up)
-                elif shift < 0:
-                    a = cast(a >> s_down)
+                a = sar(shl(sar(cast(row[i]), e), s_up), s_down)
                 if tracked:
                     cmin = min(cmin, a)
                     cmax = max(cmax, a)
@@ -144,21 +165,22 @@ def lif_kernel(
                     under = a <= -h
                     n_wrap = cast(n_wrap + cast(over) + cast(under))
                     a = cast(a + (cast(under) - cast(over)) * h2)
-                f = cast(fired[i])
-                prev = cast(u[i])
+                prev = u[i]
+                th = theta[i]
+                f = -cast(prev > th)  # r_t·(−1)
                 if zero_reset:
                     prev = cast(prev & ~f)  # (1 − r_t)·u_{t−1}
                 if kind == 0:  # mul: (m·u) >> F, floor
-                    v = cast(cast(prev * m) >> F)
+                    v = sar(cast(prev * m), F)
                 elif kind == 1:  # shift: u − (u >> d), floor
-                    v = cast(prev - cast(prev >> d))
+                    v = cast(prev - sar(prev, d))
                 else:  # loihi: sign(x)·(|x| >> F), toward zero
                     v = cast(prev * keep)
-                    v = cast(v + (cast(v >> sign) & round_mask))
-                    v = cast(v >> F)
+                    v = cast(v + (sar(v, top) & round_mask))
+                    v = sar(v, F)
                 v = cast(v + a + bias[i])
                 if not zero_reset:
-                    v = cast(v - (f & theta[i]))  # r_t·θ
+                    v = cast(v - (f & th))  # r_t·θ
                 n_high = cast(n_high + cast(v > high))
                 n_low = cast(n_low + cast(v < low))
                 if saturate:
@@ -168,16 +190,17 @@ def lif_kernel(
                 mmin = min(mmin, v)
                 mmax = max(mmax, v)
                 u[i] = v
-                spike = v > theta[i]
-                fired[i] = -cast(spike)
-                z[t, i] = spike
+                spike = v > th
+                zr[i] = spike
                 spikes = cast(spikes + cast(spike))
                 if record:
-                    u_out[t, i] = v
+                    ur[i] = v
             counts[t] += spikes
             shigh += n_high
             slow += n_low
             wraps += n_wrap
+        for i in range(N):  # the reset mask of the last step, for whichever path runs next
+            fired[i] = -cast(u[i] > theta[i])
         if tracked and n * N:
             stats[CUR_MIN], stats[CUR_MAX] = min(stats[CUR_MIN], cmin), max(stats[CUR_MAX], cmax)
         stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW] = wraps, shigh, slow
