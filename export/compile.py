@@ -737,8 +737,10 @@ def _choose_grid(
     T: int,
     m_max: int,
     allow_saturation: bool,
+    suggest: bool = True,
 ) -> Grid:
-    """Pick the effective shift e by the rule of the module docstring (and its fixed-shift variant)."""
+    """Pick the effective shift e by the rule of the module docstring (and its fixed-shift variant); a
+    fixed-shift refusal computes the ``--threshold`` that would fit unless ``suggest`` is False."""
     p = profile
     ts = p.threshold_shift
     e_top = p.frac_bits + m_max
@@ -765,7 +767,9 @@ def _choose_grid(
         if lo.min() >= p.membrane_min and hi.max() <= p.membrane_max:
             return Grid(e, s, m, th_i, b_i, unit, lo, hi, fits=True)
     if p.fixed_shift:
-        return _fixed_shift_fallback(name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T)
+        return _fixed_shift_fallback(
+            name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T, m_max, allow_saturation, suggest
+        )
     if not allow_saturation:
         detail = (
             f"at the lowest usable shift {last[0]} the bound is [{last[1]}, {last[2]}] with thresholds from {last[3]}"
@@ -801,6 +805,64 @@ def _choose_grid(
     )
 
 
+def _threshold_steps(e: int, m: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray, p: ChipProfile):
+    """(θ_c, b_c) on the grid of effective shift e = frac_bits + m (:func:`_on_grid`), θ_c also in steps of 2^ts."""
+    _, _, _, th, b = _on_grid(e, p.frac_bits, m, acc_unit, theta, offset, p)
+    return th, b, th / 2**p.threshold_shift
+
+
+def _round_sig(x: float, up: bool, digits: int = 3) -> float:
+    """``x`` rounded up (or down) to ``digits`` significant digits: a number a user types."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+    return (math.ceil(x * scale) if up else math.floor(x * scale)) / scale
+
+
+def _threshold_fix(
+    name: str,
+    acc_unit: np.ndarray,
+    offset: np.ndarray,
+    theta: float,
+    acc_max: np.ndarray,
+    acc_min: np.ndarray,
+    leak_const: int,
+    p: ChipProfile,
+    T: int,
+    m_max: int,
+) -> str:
+    """The ``--threshold`` nearest to θ with which this layer compiles at these weights on a fixed-shift profile,
+    as a phrase for its refusal. θ_c = rint(θ·2^(frac_bits+m) / s_c / 2^ts) steps of 2^ts: at least
+    :data:`MIN_THRESHOLD_STEPS` from θ_m = (MIN_THRESHOLD_STEPS − ½)·s_c·2^ts / 2^(frac_bits+m) with weights x2^m,
+    and within the threshold register (largest at m = 0) up to θ_hi. A θ too small for every m tries θ_m for m
+    from m_max down (the bound grows with θ, so at a given m the smallest θ is the best chance; m = 0 always
+    compiles, saturating), a θ too large takes θ_hi; each candidate, rounded to 3 significant digits (outward)
+    and stored as float32 (as training stores ``--threshold``), is checked by :func:`_choose_grid` itself."""
+    ts = p.threshold_shift
+    k = 2.0**p.frac_bits / (np.asarray(acc_unit, np.float64) * 2.0**ts)  # steps of 2^ts per unit of θ at m = 0
+    largest_steps = min(p.threshold_max, p.membrane_max - 1) // 2**ts
+    up = theta < (MIN_THRESHOLD_STEPS - 0.5) / float(k.min())
+    if up:
+        candidates = [(MIN_THRESHOLD_STEPS - 0.5) / float(k.min()) / 2**m for m in range(m_max, -1, -1)]
+    else:
+        candidates = [(largest_steps + 0.5) / float(k.max())]
+
+    def compiles(value: float) -> bool:
+        try:
+            _choose_grid(name, acc_unit, offset, float(np.float32(value)), acc_max, acc_min, leak_const, p, T, m_max,
+                         False, suggest=False)  # fmt: skip
+        except ProfileError:
+            return False
+        return True
+
+    for raw in candidates:
+        value = _round_sig(raw, up=up)
+        for _ in range(3):  # a boundary that float32 rounding moves by a digit in the last place
+            if compiles(value):
+                sign = "≥" if up else "≤"
+                return f"at these weights this layer compiles with --threshold {sign} {value:g} (retrain with it)"
+            value = _round_sig(value * (1.001 if up else 0.999), up=up)
+    return "no --threshold makes this layer fit at these weights"
+
+
 def _fixed_shift_fallback(
     name: str,
     acc_unit: np.ndarray,
@@ -811,32 +873,74 @@ def _fixed_shift_fallback(
     leak_const: int,
     p: ChipProfile,
     T: int,
+    m_max: int = 0,
+    allow_saturation: bool = False,
+    suggest: bool = True,
 ) -> Grid:
     """No weight multiplier keeps the worst case inside the membrane on a fixed-shift profile: the
     file cannot carry a smaller current, so m = 0 at s = frac_bits (the least overflow), biases
-    clipped to their register, and the report says the membrane may saturate (counted in simulation)."""
-    s, m, unit, th, b = _on_grid(p.frac_bits, p.frac_bits, 0, acc_unit, theta, offset, p)
+    clipped to their register, and the report says the membrane may saturate (counted in simulation).
+
+    Where m = 0 leaves θ fewer than :data:`MIN_THRESHOLD_STEPS` steps, ``allow_saturation`` takes the
+    smallest m ≤ m_max that gives it that many (more current per input, so more saturation: counted);
+    without it, or where no m does, the layer is refused with the computed changes that would hold it:
+    the ``--threshold`` range at these weights (:func:`fixed_shift_theta_range`) and the multiplier
+    ``--allow-saturation`` would use."""
     ts = p.threshold_shift
     largest = min(p.threshold_max, p.membrane_max - 1)
+    m = 0
+    th, b, steps = _threshold_steps(p.frac_bits, m, acc_unit, theta, offset, p)
+
+    def fix() -> str:
+        if not suggest:
+            return "train for the chip (qsnn-train run --profile " + p.name + ")"
+        found = _threshold_fix(name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T, m_max)
+        return f"{found}, or train for the chip (qsnn-train run --profile {p.name})"
+
     if np.any(th > largest):
         raise ProfileError(
             f"layer {name}: threshold θ={theta:g} needs {int(th.max())} grid units at the {p.name} profile's fixed "
             f"current shift {p.frac_bits}, beyond its largest threshold {largest} ({p.threshold_bits}-bit vth << {ts}); "
-            f"the weights are too small for this threshold: train for the chip (qsnn-train run --profile {p.name}) "
-            "or with a smaller --threshold"
+            f"the weights are too small for this threshold: {fix()}"
         )
     if np.min(th) < MIN_THRESHOLD_STEPS * 2**ts:
-        raise ProfileError(
-            f"layer {name}: threshold θ={theta:g} is only {int(th.min())} grid units at the {p.name} profile's fixed "
-            f"current shift {p.frac_bits} (fewer than {MIN_THRESHOLD_STEPS} steps of 2^{ts}); the weights are too "
-            f"large for this threshold: train for the chip (qsnn-train run --profile {p.name}) or with a larger "
-            "--threshold"
+
+        def steps_at(k: int) -> np.ndarray | None:  # θ in steps at weights x2^k, None where the register overflows
+            th_k, _, steps_k = _threshold_steps(p.frac_bits + k, k, acc_unit, theta, offset, p)
+            return steps_k if th_k.max() <= largest else None
+
+        finer = next(
+            (k for k in range(1, m_max + 1) if steps_at(k) is not None and steps_at(k).min() >= MIN_THRESHOLD_STEPS),
+            None,
         )
+        if finer is None or not allow_saturation:
+            saturating = (
+                f"; or compile with --allow-saturation (weights x{2**finer}: θ then {int(steps_at(finer).min())} "
+                "steps; the membrane may saturate, as qsnn-sim counts and Lava clamps)"
+                if finer is not None
+                else f" (no weight multiplier up to x{2**m_max} gives it {MIN_THRESHOLD_STEPS} steps)"
+            )
+            raise ProfileError(
+                f"layer {name}: threshold θ={theta:g} is only {int(th.min())} grid units at the {p.name} profile's "
+                f"fixed current shift {p.frac_bits} ({int(steps.min())} steps of 2^{ts}, fewer than "
+                f"{MIN_THRESHOLD_STEPS}), and no weight multiplier gives it {MIN_THRESHOLD_STEPS} steps with the "
+                f"worst-case membrane inside {p.membrane_bits} bits; the weights are too large for this threshold: "
+                f"{fix()}{saturating}"
+            )
+        m = finer
+        th, b, steps = _threshold_steps(p.frac_bits + m, m, acc_unit, theta, offset, p)
+    s = p.frac_bits
+    unit = acc_unit / 2.0 ** (p.frac_bits + m)
     clipped = np.abs(b) > p.bias_max
     th_i, b_i = th.astype(np.int64), np.clip(b, -p.bias_max, p.bias_max).astype(np.int64)
-    lo, hi = membrane_bound(acc_max, acc_min, s, b_i, th_i, leak_const, p, T)
+    lo, hi = membrane_bound(acc_max << m, acc_min << m, s, b_i, th_i, leak_const, p, T)
     fits = bool(lo.min() >= p.membrane_min and hi.max() <= p.membrane_max)
     notes = []
+    if m:
+        notes.append(
+            f"allowed to saturate (--allow-saturation), weights x{2**m} give threshold θ {int(steps.min())} steps of "
+            f"2^{ts} (x1 would leave fewer than {MIN_THRESHOLD_STEPS})"
+        )
     if not fits:
         notes.append(
             f"worst-case membrane [{int(lo.min())}, {int(hi.max())}] exceeds the {p.membrane_bits}-bit range "
@@ -850,5 +954,5 @@ def _fixed_shift_fallback(
             f"{int(clipped.sum())} bias(es) clipped to the {p.bias_bits}-bit mantissa (±{p.bias_max} grid units)"
         )
     return Grid(
-        p.frac_bits, s, m, th_i, b_i, unit, lo, hi, fits=fits, note=f"{name}: " + "; ".join(notes) if notes else ""
+        p.frac_bits + m, s, m, th_i, b_i, unit, lo, hi, fits=fits, note=f"{name}: " + "; ".join(notes) if notes else ""
     )
