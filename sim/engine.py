@@ -69,7 +69,7 @@ from qsnn.errors import InputError
 from qsnn.kernels import default_threads
 from qsnn.network import IntegerNetwork
 
-from .layers import _Layer, compile_layers, time_chunk
+from .layers import _Layer, compile_layers, dense_macs, time_chunk
 from .results import LayerStats, SimResult, predict
 from .static_table import StaticTable
 
@@ -190,10 +190,11 @@ def simulate(
         stats: gather the per-layer statistics (spikes per step, current ranges, synaptic
             operations). With ``False`` they are skipped and ``result.layers`` holds only what the
             membrane update sees anyway (saturation events, membrane range) and zeros elsewhere.
-        accel: run the hot loops in the compiled kernels of :mod:`qsnn.sim.kernels_numba` (numba);
-            default ``QSNN_SIM_ACCEL`` (``numba``, or ``numpy`` to keep NumPy's loops), and on
-            wherever numba is importable. The same integers either way; ``kernel="numpy"`` never
-            uses them.
+        accel: run the hot loops in the compiled kernels of :mod:`qsnn.sim.kernels_numba` (numba;
+            ``True``/``False``); default ``QSNN_SIM_ACCEL``: ``auto`` (on for a call large enough to
+            repay loading them, or once loaded: :data:`qsnn.sim.layers.ACCEL_MIN_MACS`), ``numba``
+            (on) or ``numpy`` (NumPy's loops); never without numba. The same integers either way;
+            ``kernel="numpy"`` never uses them.
     """
     in_max = check_input(net, x)
     if batch_size < 1:
@@ -204,8 +205,8 @@ def simulate(
     x = np.asarray(x)
     T, delay = net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"
-    layers = compile_layers(net, in_max, kernel, accel)
     N = len(x)
+    layers = compile_layers(net, in_max, kernel, accel, N * dense_macs(net) if accel is None else None)
     # the statistics are accumulated in place over all batches
     all_stats = _new_stats(layers, N, T)
     counts = np.zeros((N, layers[-1].neurons), dtype=np.int64)

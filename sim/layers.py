@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import zlib
 from collections import OrderedDict
+from functools import lru_cache
 from threading import Lock
 from typing import Iterable, Iterator, Sequence
 
@@ -60,20 +62,50 @@ GEMM_BYTES = 2**20
 #: Largest static-layer table (entries × T neuron-steps) the engine builds; beyond, the layer is scanned.
 TABLE_CELLS = 2**22
 
-#: ``QSNN_SIM_ACCEL``: ``numba`` (the default where numba is importable) runs the engine's hot loops in
-#: the compiled kernels of :mod:`qsnn.sim.kernels_numba`; ``numpy`` keeps every loop in NumPy.
-ACCELS = ("numba", "numpy")
+#: ``QSNN_SIM_ACCEL``: ``auto`` (the default) runs the engine's hot loops in the compiled kernels of
+#: :mod:`qsnn.sim.kernels_numba` where numba is importable and the call is worth their one-off cost
+#: (:data:`ACCEL_MIN_MACS`); ``numba`` wherever numba is importable; ``numpy`` keeps every loop in NumPy.
+ACCELS = ("auto", "numba", "numpy")
+
+#: With ``QSNN_SIM_ACCEL=auto``, a process that has not loaded the compiled kernels yet loads them for
+#: a call of at least this many multiply-accumulates (N · T · Σ the layers' neurons × fan-in × pool²,
+#: event-blind): importing numba and loading the kernels from its cache costs about a second
+#: (docs/engine.md), which a batch-1 one-off would pay for a millisecond's gain, while a ``qsnn-sim``
+#: run over a test set (chunks of 512 samples of the paper network: 2.4 · 10^10) gets the kernels
+#: from its first chunk on. Smaller calls run NumPy's loops (the same integers) until a call loads them.
+ACCEL_MIN_MACS = 2**32
 
 
-def accel_wanted(accel: bool | None = None) -> bool:
-    """Whether the compiled kernels run: ``accel`` if given, else ``QSNN_SIM_ACCEL`` (default on); off
-    without numba (the NumPy loops compute the same integers). Checks importability without importing."""
+@lru_cache(maxsize=None)
+def _numba_importable() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def accel_wanted(accel: bool | None = None, work: int | None = None) -> bool:
+    """Whether the compiled kernels run: ``accel`` if given, else ``QSNN_SIM_ACCEL`` (default ``auto``:
+    when ``work``, a call's multiply-accumulates, reaches :data:`ACCEL_MIN_MACS`, the kernels are
+    already loaded, or no ``work`` is given); off without numba (the NumPy loops compute the same
+    integers). Checks importability without importing."""
     if accel is None:
-        env = os.environ.get("QSNN_SIM_ACCEL", "numba").strip().lower() or "numba"
+        env = os.environ.get("QSNN_SIM_ACCEL", "auto").strip().lower() or "auto"
         if env not in ACCELS:
             raise InputError(f"QSNN_SIM_ACCEL must be one of {ACCELS}, got {env!r}")
-        accel = env == "numba"
-    return bool(accel) and importlib.util.find_spec("numba") is not None
+        if env == "auto":
+            loaded = f"{__package__}.kernels_numba" in sys.modules
+            accel = work is None or work >= ACCEL_MIN_MACS or loaded
+        else:
+            accel = env == "numba"
+    return bool(accel) and _numba_importable()
+
+
+def dense_macs(net: IntegerNetwork) -> int:
+    """Multiply-accumulates of one sample over T as a dense evaluation counts them (every neuron ×
+    fan-in × pool², every step): the size of a call, before any layer is compiled."""
+    total, shape = 0, tuple(net.input_shape)
+    for layer in net.layers:
+        shape = layer.output_shape(shape)
+        total += int(np.prod(shape)) * layer.pool**2 * layer.fan_in
+    return total * net.num_steps
 
 
 def column_sums(x: np.ndarray, in_max: int) -> np.ndarray:
@@ -580,14 +612,15 @@ def _input_bound(in_max: int, input_max: int) -> int:
 
 
 def compile_layers(
-    net: IntegerNetwork, in_max: int = 255, kernel: str = "auto", accel: bool | None = None
+    net: IntegerNetwork, in_max: int = 255, kernel: str = "auto", accel: bool | None = None, work: int | None = None
 ) -> list[_Layer]:
     """The engine's layers of ``net`` for first-layer inputs up to ``in_max`` (cached per network),
-    with the compiled kernels where :func:`accel_wanted` (``accel``) says so and ``kernel`` is not ``numpy``."""
+    with the compiled kernels where :func:`accel_wanted` (``accel``, the call's ``work``) says so and
+    ``kernel`` is not ``numpy``."""
     if kernel not in KERNELS:
         raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     bound = _input_bound(in_max, net.input_max)
-    accel = kernel != "numpy" and accel_wanted(accel)
+    accel = kernel != "numpy" and accel_wanted(accel, work)
     key = (_fingerprint(net), bound, kernel, accel)
     with _COMPILED_LOCK:
         layers = _COMPILED.get(key)

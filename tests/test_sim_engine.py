@@ -14,6 +14,15 @@ from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim import engine, layers, results, simulate
 from qsnn.sim.reference import simulate_reference
 
+
+@pytest.fixture(autouse=True)
+def _compiled_kernels_where_installed(monkeypatch):
+    """Every test here runs the engine's default path with the compiled kernels where numba is
+    installed, however small its call (QSNN_SIM_ACCEL=auto would keep small calls in NumPy's loops
+    until a large one loads them): tests/test_engine_accel.py holds the loops to the same integers."""
+    monkeypatch.setenv("QSNN_SIM_ACCEL", "numba")
+
+
 NO_LEAK_MUL = 4096  # m = 2^12: β = 1 in Q0.12
 NO_LEAK_LOIHI = 0  # dv = 0: 4096 − dv = 4096
 
