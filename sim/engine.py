@@ -69,7 +69,7 @@ from qsnn.errors import InputError
 from qsnn.kernels import default_threads
 from qsnn.network import IntegerNetwork
 
-from .layers import _Layer, compile_layers, dense_macs, time_chunk
+from .layers import _Layer, compile_layers, dense_macs, note_work, time_chunk
 from .results import LayerStats, SimResult, predict
 from .static_table import StaticTable
 
@@ -191,8 +191,8 @@ def simulate(
             operations). With ``False`` they are skipped and ``result.layers`` holds only what the
             membrane update sees anyway (saturation events, membrane range) and zeros elsewhere.
         accel: run the hot loops in the compiled kernels of :mod:`qsnn.sim.kernels_numba` (numba;
-            ``True``/``False``); default ``QSNN_SIM_ACCEL``: ``auto`` (on for a call large enough to
-            repay loading them, or once loaded: :data:`qsnn.sim.layers.ACCEL_MIN_MACS`), ``numba``
+            ``True``/``False``); default ``QSNN_SIM_ACCEL``: ``auto`` (on once the process's calls
+            add up to enough work to repay loading them: :data:`qsnn.sim.layers.ACCEL_MIN_MACS`), ``numba``
             (on) or ``numpy`` (NumPy's loops); never without numba. The same integers either way;
             ``kernel="numpy"`` never uses them.
     """
@@ -206,7 +206,10 @@ def simulate(
     T, delay = net.num_steps, net.profile.synaptic_delay
     static = net.encoding == "static"
     N = len(x)
-    layers = compile_layers(net, in_max, kernel, accel, N * dense_macs(net) if accel is None else None)
+    work = N * dense_macs(net) if accel is None else None
+    layers = compile_layers(net, in_max, kernel, accel, work)
+    if work is not None:
+        note_work(work)
     # the statistics are accumulated in place over all batches
     all_stats = _new_stats(layers, N, T)
     counts = np.zeros((N, layers[-1].neurons), dtype=np.int64)

@@ -249,3 +249,56 @@ def table_stats(idx, sat_high, sat_low, u_min, u_max, out):  # pragma: no cover 
         lo = min(lo, u_min[e])
         hi = max(hi, u_max[e])
     out[0], out[1], out[2], out[3] = high, low, lo, hi
+
+
+@njit(nogil=True, cache=True)
+def _im2col(x, k, stride, pad, ho, wo, out):  # pragma: no cover - compiled
+    """Rows ``out`` (m·ho·wo, k·k·C) of the k×k windows at ``stride`` of ``x`` (m, H, W·C) with ``pad``
+    zeros on every side, C words per pixel: each window row is one run of k·C words where it lies
+    inside the input (a copy), zeros where it lies in the padding."""
+    m, H, WC = x.shape
+    C = out.shape[1] // (k * k)
+    W = WC // C
+    kc = k * C
+    r = 0
+    for b in range(m):
+        for oh in range(ho):
+            for ow in range(wo):
+                row = out[r]
+                w0 = ow * stride - pad
+                for i in range(k):
+                    h = oh * stride + i - pad
+                    base = i * kc
+                    if h < 0 or h >= H:
+                        for c in range(kc):
+                            row[base + c] = 0
+                    elif w0 >= 0 and w0 + k <= W:
+                        src = x[b, h]
+                        off = w0 * C
+                        for c in range(kc):
+                            row[base + c] = src[off + c]
+                    else:
+                        src = x[b, h]
+                        for j in range(k):
+                            w = w0 + j
+                            inside = 0 <= w < W
+                            for c in range(C):
+                                if inside:
+                                    row[base + j * C + c] = src[w * C + c]
+                                else:
+                                    row[base + j * C + c] = 0
+                r += 1
+
+
+def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int, int]) -> np.ndarray:
+    """:func:`qsnn.kernels.im2col` of ``x`` (m, H, W, C) uint8 with ``pad`` zeros on every side, in
+    one compiled pass (no padded copy; a pixel's C bytes moved as 8-, 4- or 2-byte words where they
+    allow): the same rows, (m·Ho·Wo, K·K·C)."""
+    xs = np.ascontiguousarray(x)
+    m, h, w, c = xs.shape
+    wide = next((n for n in (8, 4, 2) if c % n == 0), 1)
+    words = xs.view(np.dtype(f"u{wide}")) if wide > 1 else xs
+    ho, wo = out_hw
+    out = np.empty((m * ho * wo, window * window * (c // wide)), dtype=words.dtype)
+    _im2col(words.reshape(m, h, -1), window, stride, pad, ho, wo, out)
+    return out.view(np.uint8)

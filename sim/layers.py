@@ -67,13 +67,15 @@ TABLE_CELLS = 2**22
 #: (:data:`ACCEL_MIN_MACS`); ``numba`` wherever numba is importable; ``numpy`` keeps every loop in NumPy.
 ACCELS = ("auto", "numba", "numpy")
 
-#: With ``QSNN_SIM_ACCEL=auto``, a process that has not loaded the compiled kernels yet loads them for
-#: a call of at least this many multiply-accumulates (N · T · Σ the layers' neurons × fan-in × pool²,
-#: event-blind): importing numba and loading the kernels from its cache costs about a second
-#: (docs/engine.md), which a batch-1 one-off would pay for a millisecond's gain, while a ``qsnn-sim``
-#: run over a test set (chunks of 512 samples of the paper network: 2.4 · 10^10) gets the kernels
-#: from its first chunk on. Smaller calls run NumPy's loops (the same integers) until a call loads them.
+#: With ``QSNN_SIM_ACCEL=auto``, a process loads the compiled kernels once its calls add up to this
+#: many multiply-accumulates (N · T · Σ the layers' neurons × fan-in × pool², event-blind; about 90
+#: samples of the paper network): importing numba and loading the kernels from its cache costs about
+#: a second (docs/engine.md), which a batch-1 one-off would pay for a millisecond's gain, while a
+#: ``qsnn-sim`` run over a test set (chunks of 512 samples of the paper network: 2.4 · 10^10), or a
+#: loop over batches, gets them from its first chunk or first batches on. Until then NumPy's loops
+#: run (the same integers).
 ACCEL_MIN_MACS = 2**32
+_work_seen = 0  # multiply-accumulates of the calls so far (simulate adds each call's: note_work)
 
 
 @lru_cache(maxsize=None)
@@ -83,19 +85,25 @@ def _numba_importable() -> bool:
 
 def accel_wanted(accel: bool | None = None, work: int | None = None) -> bool:
     """Whether the compiled kernels run: ``accel`` if given, else ``QSNN_SIM_ACCEL`` (default ``auto``:
-    when ``work``, a call's multiply-accumulates, reaches :data:`ACCEL_MIN_MACS`, the kernels are
-    already loaded, or no ``work`` is given); off without numba (the NumPy loops compute the same
-    integers). Checks importability without importing."""
+    once ``work``, a call's multiply-accumulates, and the process's earlier calls' (:func:`note_work`)
+    reach :data:`ACCEL_MIN_MACS`, when the kernels are already loaded, or when no ``work`` is given);
+    off without numba (the NumPy loops compute the same integers). Checks importability without importing."""
     if accel is None:
         env = os.environ.get("QSNN_SIM_ACCEL", "auto").strip().lower() or "auto"
         if env not in ACCELS:
             raise InputError(f"QSNN_SIM_ACCEL must be one of {ACCELS}, got {env!r}")
         if env == "auto":
             loaded = f"{__package__}.kernels_numba" in sys.modules
-            accel = work is None or work >= ACCEL_MIN_MACS or loaded
+            accel = work is None or loaded or _work_seen + work >= ACCEL_MIN_MACS
         else:
             accel = env == "numba"
     return bool(accel) and _numba_importable()
+
+
+def note_work(work: int) -> None:
+    """Count a call's multiply-accumulates towards :data:`ACCEL_MIN_MACS` (``QSNN_SIM_ACCEL=auto``)."""
+    global _work_seen
+    _work_seen += int(work)
 
 
 def dense_macs(net: IntegerNetwork) -> int:
@@ -307,6 +315,8 @@ class _Layer:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
+            elif self.accel is not None and integer and not box:  # padding and windows in one compiled copy
+                cols = self.accel.im2col(xs, self.window, self.stride, self.padding, self.out_nhwc[:2])
             else:
                 if self.padding:  # zero padding: the same zeros in every kernel
                     pad = self.padding

@@ -200,10 +200,11 @@ def test_no_work_at_import():
     assert out.stdout.strip() == "True"  # the second layer is scanned in the compiled kernel
 
 
-def test_auto_loads_the_kernels_for_a_large_call_only(digits):
+def test_auto_loads_the_kernels_once_the_work_adds_up(digits):
     """QSNN_SIM_ACCEL=auto (the default): a batch-1 one-off runs NumPy's loops without importing numba;
-    a call of at least ACCEL_MIN_MACS multiply-accumulates (a qsnn-sim chunk of a test set) loads the
-    kernels, and from then on every call of the process uses them; the same integers throughout."""
+    once the process's calls add up to ACCEL_MIN_MACS multiply-accumulates (a qsnn-sim chunk of a
+    test set, or a loop over batches) the kernels load, and from then on every call uses them; the
+    same integers throughout."""
     code = (
         "import pickle, sys, numpy as np\n"
         "from qsnn.sim import layers, simulate\n"
@@ -211,22 +212,23 @@ def test_auto_loads_the_kernels_for_a_large_call_only(digits):
         "one = simulate(net, x[:1], record=True)\n"
         "assert 'numba' not in sys.modules\n"
         "assert layers.dense_macs(net) < layers.ACCEL_MIN_MACS <= 8 * 2**32\n"
-        "layers.ACCEL_MIN_MACS = 2 * layers.dense_macs(net)  # a large call, in this test's units\n"
-        "assert not layers.compile_layers(net, 255, work=layers.dense_macs(net))[0].accel\n"
-        "big = simulate(net, x[:2], record=True)\n"
+        "layers.ACCEL_MIN_MACS = 3 * layers.dense_macs(net)  # in this test's units: one call seen\n"
+        "assert not layers.compile_layers(net, 255, work=layers.dense_macs(net))[0].accel  # 2 of 3\n"
+        "big = simulate(net, x[:2], record=True)  # 3 of 3\n"
         "assert 'numba' in sys.modules\n"
-        "assert layers.compile_layers(net, 255, work=layers.dense_macs(net))[0].accel  # loaded: always on\n"
+        "assert layers.compile_layers(net, 255, work=1)[0].accel  # loaded: always on\n"
         "again = simulate(net, x[:1], record=True)\n"
         "for key in one.spikes:\n"
         "    assert np.array_equal(one.spikes[key][:, :1], big.spikes[key][:, :1]), key\n"
         "    assert np.array_equal(one.spikes[key], again.spikes[key]), key\n"
         "print('ok')\n"
     )
+    import os
     import pickle
 
     spec, profile, bits, encoding = HAND["conv3-stride2-pad1"]
     net = hand_net(spec, profile, bits, encoding, digits[:8], T=6)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "QSNN_SIM_ACCEL"}
+    env = {k: v for k, v in os.environ.items() if k != "QSNN_SIM_ACCEL"}
     out = subprocess.run(
         [sys.executable, "-c", code], input=pickle.dumps((net, digits[:2])), capture_output=True, timeout=300, env=env
     )
