@@ -129,8 +129,7 @@ def trained_run(tmp_path_factory, dvs_data_dir):
             data_dir = None
             if dataset == "dvs128":
                 # DVS_FIXTURE_NEURON: Table I's DVS128 int4 row (no BatchNorm, θ 0.4) stays at chance on the
-                # fixture's sparse recordings in 2 epochs at T = 8, and θ 0.4 is below what loihi2's fixed
-                # current shift can resolve on 4-bit weights (fewer than 16 vth steps: refused).
+                # fixture's sparse recordings in 2 epochs at T = 8 (it learns in 8: tests/test_lava.py).
                 settings = {
                     **DVS_FIXTURE_NEURON,
                     **settings,

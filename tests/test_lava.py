@@ -125,3 +125,86 @@ def test_readme_snippet_runs_unedited_and_prints_the_class(lava_python, loihi2_f
     assert np.array_equal(example, load_split("mnist5k", "test").x[0])  # a real test image
     expected = simulate(read_target(loihi2_folder), example[None]).predictions[0]
     assert int(printed.group(1)) == int(expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# Event models (DVS128 Gesture frames): the encoding travels with the model into Lava
+
+DVS_SAMPLES = 12
+
+
+def table1_dvs_neuron() -> dict:
+    """Table I's DVS128 int4 row's neuron (β 0.61, θ 0.4, k 4.4, no BatchNorm), read from the preset table."""
+    from fixtures import DVS_FIXTURE_NEURON
+
+    from qsnn.config import TrainConfig
+
+    row = TrainConfig.from_preset("dvs128", "int4")
+    return {key: getattr(row, key) for key in DVS_FIXTURE_NEURON}
+
+
+#: case → (trained_run options, samples or recordings). "table1": Table I's row, trained longer (at 2
+#: epochs its output layer stays silent on the fixture, and a silent layer compares nothing).
+DVS_CASES = {
+    "fixture": ({}, DVS_SAMPLES),
+    "windows": ({"test_cut": "windows"}, 2),
+    "table1": ({**table1_dvs_neuron(), "epochs": 8, "cosine_period_epochs": 8.0}, DVS_SAMPLES),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DVS_CASES))
+def test_event_model_through_lava_check_bit_exactly(lava_python, trained_run, dvs_data_dir, case):
+    """A DVS128 model (event frames: binary counts, T = 8) through lava_check's check(): the loihi2 folder
+    compiled with no overrides, its data read with the model's encoding, every layer's spikes at every step
+    equal in stock Lava and qsnn-sim, predictions and per-gesture accuracies equal. "windows": the first
+    gestures cut into all their T-step windows, scored per gesture; "table1": Table I's DVS int4 row
+    (θ 0.4) compiles under loihi2 with every threshold at least 16 steps of 2^6 and no saturation possible."""
+    from qsnn.data import load_for_model
+    from qsnn.export.compile import MIN_THRESHOLD_STEPS, compile_qonnx
+    from qsnn.export.qonnx_float import export_float
+    from qsnn.profiles import LOIHI2
+    from qsnn.targets.loihi2.lava_check import check
+
+    options, n = DVS_CASES[case]
+    run = trained_run("dvs128", "int4", **options)
+    result = check(run / "best.pt", n, data_dir=str(dvs_data_dir), python=str(lava_python), log=lambda _m: None)
+    assert result["bit_exact"], result
+    assert result["encoding"] == "events" and result["num_steps"] == 8 and result["input_max"] == 1
+    for key, layer in result["layers"].items():
+        assert layer["equal_pct"] == 100.0 and layer["spikes_qsnn"] == layer["spikes_lava"] > 0, (key, layer)
+    assert result["predictions_equal_pct"] == 100.0
+    assert result["accuracy_lava_pct"] == result["accuracy_qsnn_pct"]
+    net, report = compile_qonnx(export_float(run / "best.pt", run / "lava-check.onnx"), LOIHI2)
+    _, data = load_for_model(net, "test", str(dvs_data_dir))
+    if case == "windows":
+        assert result["images"] == n and result["windows"] == result["samples"] == int(np.sum(data.group < n)) > n
+    else:
+        assert result["windows"] is None and result["samples"] == n
+    if case == "table1":
+        assert all(rec["theta"] == pytest.approx(options["threshold"]) for rec in report["layers"])
+        assert not report["saturation_possible"]
+        assert min(rec["threshold"]["min"] for rec in report["layers"]) >= MIN_THRESHOLD_STEPS << LOIHI2.threshold_shift
+
+
+def test_readme_snippet_of_an_event_model(lava_python, trained_run, dvs_data_dir, tmp_path, monkeypatch):
+    """qsnn-export --to loihi2 of a DVS128 model: example_input.npy is the first test gesture's (T, C, H, W)
+    count frames, read with the model's encoding; the README's snippet feeds them to Lava as T frames and
+    prints qsnn's class."""
+    from click.testing import CliRunner
+
+    from qsnn.data import load_for_model
+    from qsnn.export.cli import main
+
+    monkeypatch.setenv("QSNN_DATA_DIR", str(dvs_data_dir))
+    run = trained_run("dvs128", "int4")
+    folder = tmp_path / "loihi2"
+    result = CliRunner().invoke(main, [str(run / "best.pt"), "--to", "loihi2", "-o", str(folder)])
+    assert result.exit_code == 0, result.output
+    net = read_target(folder)
+    example = np.load(folder / "example_input.npy")
+    assert np.array_equal(example, load_for_model(net, "test")[1].x[0])
+    assert example.shape == (net.num_steps, *net.input_shape) and 0 < example.max() <= net.input_max
+    snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    proc = subprocess.run([str(lava_python), "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"predicted class: {int(simulate(net, example[None]).predictions[0])}" in proc.stdout
