@@ -71,6 +71,7 @@ NUMERIC_RULES: dict[str, tuple[type, float | None, bool, float | None, bool, str
     "loss_patience": (int, 0, False, None, False, "an integer >= 0"),
     "correct_rate": (float, 0.0, False, 1.0, False, "a finite fraction of T in [0, 1]"),
     "incorrect_rate": (float, 0.0, False, 1.0, False, "a finite fraction of T in [0, 1]"),
+    "distill": (float, 0.0, False, None, False, "a finite weight >= 0"),
     "epochs": (int, 1, False, None, False, "an integer >= 1"),
     "patience": (int, 0, False, None, False, "an integer >= 0"),
     "seed": (int, 0, False, 2**32 - 1, False, f"an integer in 0..{2**32 - 1}"),
@@ -137,9 +138,10 @@ class TrainConfig:
     ``schedule`` and its parameters (``cosine_period_epochs``: T of eq. 4 in epochs, ``eta_min``,
     ``warm_restarts``; ``step_epochs``/``gamma`` for lrstep; ``loss_patience``/``gamma`` for
     lossstep); ``grad_clip`` (norm 1) and ``weight_clip`` ([−1, 1]); ``correct_rate`` and
-    ``incorrect_rate`` (eq. 6 targets, as fractions of T); ``epochs``, ``patience`` (early stopping
-    on validation accuracy), ``seed``, ``fast`` (the fast forward path; numerics equal the plain
-    path).
+    ``incorrect_rate`` (eq. 6 targets, as fractions of T); ``distill`` λ (a fine-tuning's weight of
+    the distance to its float model's output counts, :mod:`qsnn.train.loss`; 0 = eq. 6 alone);
+    ``epochs``, ``patience`` (early stopping on validation accuracy), ``seed``, ``fast`` (the fast
+    forward path; numerics equal the plain path).
     """
 
     dataset: str = "mnist5k"
@@ -185,6 +187,7 @@ class TrainConfig:
     # loss (eq. 6)
     correct_rate: float = 0.8
     incorrect_rate: float = 0.2
+    distill: float = 0.0
     # run
     epochs: int = 100
     patience: int = 10

@@ -102,6 +102,13 @@ NUMERIC += [
     Case("run --epochs nan (not an integer)", REFUSED, ("--epochs",), TRAIN, ["run", "--epochs", "nan"]),
     Case("run --lr 2 (above Adam's range)", REFUSED, ("--lr 2", "(0, 1]"), TRAIN, ["run", "--lr", "2"]),
     Case("run --gamma 1.5", REFUSED, ("--gamma 1.5", "(0, 1]"), TRAIN, ["run", "--gamma", "1.5"]),
+    Case(
+        "finetune --distill -1",
+        REFUSED,
+        ("--distill", "-1"),
+        TRAIN,
+        ["finetune", "x", "--profile", "fpga", "--distill", "-1"],
+    ),
     Case("run --beta -inf", REFUSED, ("--beta -inf", "[0, 1]"), TRAIN, ["run", "--beta", "-inf"]),
     Case(
         "run: synaptic delay of --profile loihi2 >= --steps 1",
@@ -171,6 +178,7 @@ CONFIG: list[Case] = [
     Case("TrainConfig betas (0.9, 1.0)", REFUSED, ("betas",), api=_config(betas=(0.9, 1.0))),
     Case("TrainConfig correct_rate 1.5", REFUSED, ("correct_rate 1.5",), api=_config(correct_rate=1.5)),
     Case("TrainConfig incorrect_rate nan", REFUSED, ("incorrect_rate nan",), api=_config(incorrect_rate=float("nan"))),
+    Case("TrainConfig distill nan", REFUSED, ("--distill nan",), api=_config(distill=float("nan"))),
     Case("TrainConfig threshold True (a bool)", REFUSED, ("--threshold True",), api=_config(threshold=True)),
     Case("TrainConfig num_steps 2.5 (a float)", REFUSED, ("--steps 2.5",), api=_config(num_steps=2.5)),
     Case("TrainConfig synaptic_delay 300", REFUSED, ("synaptic_delay 300",), api=_config(synaptic_delay=300)),

@@ -28,7 +28,7 @@ from qsnn.profiles import get_profile
 from qsnn.sim.engine import simulate
 from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
 from qsnn.train.finetune import IntegerExactQSNN, finetune_config
-from qsnn.train.loss import mse_count_loss
+from qsnn.train.loss import distill_count_loss, mse_count_loss, spike_count_targets
 
 #: Specs from the architecture grammar with what each exercises: BatchNorm with γ of both signs (flipped
 #: channels, trainable per-channel θ_c through γ), stride/padding with a synaptic bias, a dense-only net.
@@ -173,6 +173,68 @@ def test_backward_is_the_documented_straight_through_estimate(profile):
 
 
 # --------------------------------------------------------------------------------------------------
+# Distillation toward the float model (train/loss.py's L_λ)
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 10), (25, 3, 4), (1, 7, 2)])
+@pytest.mark.parametrize("lam", [0.0, 0.3, 2.0])
+def test_distill_loss_is_eq6_plus_lambda_times_the_distance_to_the_float_counts(shape, lam):
+    T, B, C = shape
+    gen = torch.Generator().manual_seed(T * B + C)
+    spikes = (torch.rand(shape, generator=gen) < 0.4).double().requires_grad_()
+    y = torch.randint(0, C, (B,), generator=gen)
+    teacher = torch.randint(0, T + 1, (B, C), generator=gen).double()
+    got = distill_count_loss(spikes, y, teacher, lam, 0.8, 0.2)
+    target = spike_count_targets(y, C, T, 0.8, 0.2).double()
+    counts = spikes.sum(0)
+    want = ((counts - target) ** 2).sum() / (T * B * C) + lam * ((counts - teacher) ** 2).sum() / (T * B * C)
+    assert torch.allclose(got, want)
+    if lam == 0:
+        assert torch.equal(got, mse_count_loss(spikes, y, 0.8, 0.2))
+        assert torch.equal(distill_count_loss(spikes, y, None, 0.0), got)  # λ = 0 never reads a teacher
+    # the blended target: L_λ = (1 + λ)·MSE to (target + λ n^F)/(1 + λ), up to a constant in the counts
+    (grad,) = torch.autograd.grad(got, spikes)
+    blended = (target + lam * teacher) / (1 + lam)
+    expected = 2 * (1 + lam) * (counts.detach() - blended) / (T * B * C)
+    assert torch.allclose(grad, expected.expand(T, B, C))
+
+
+@pytest.mark.parametrize("profile", ["fpga", "loihi2"])
+def test_distillation_pulls_the_integer_network_toward_the_float_model(tmp_path, digits, profile):
+    """Steps on L_λ with a large λ bring the integer network's output counts toward the float model's
+    (the teacher the fine-tuning distils from), on real digits: the loss is wired to do what it says.
+    The student starts from the teacher's weights with noise (under fpga the two nearly agree)."""
+    from qsnn.train.checkpoint import model_from_checkpoint
+
+    ckpt = synthetic_checkpoint(tmp_path / "src.pt", arch="784Dense32-D10", **SPECS["784Dense32-D10"])
+    model = _model(ckpt, profile)
+    teacher = model_from_checkpoint(ckpt)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for syn in model.synapses:
+            syn.weight.add_(0.5 * syn.weight.std() * torch.randn(syn.weight.shape, generator=gen))
+    x = torch.from_numpy(model_input(digits.x, INPUT_SCALE["static"]))
+    y = torch.from_numpy(digits.y)
+    with torch.no_grad():
+        n_float = teacher(x).spikes.sum(0)
+
+    def distance() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(((model(x).spikes.sum(0) - n_float) ** 2).mean())
+
+    before = distance()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(15):
+        model.train()
+        opt.zero_grad()
+        distill_count_loss(model(x).spikes, y, n_float, 50.0).backward()
+        opt.step()
+    assert before > 0.3  # the integer network starts away from the float model (something to pull)
+    assert distance() < 0.75 * before  # with λ = 0 the distance grows (×3.7 fpga, ×5.8 loihi2): eq. 6 alone
+
+
+# --------------------------------------------------------------------------------------------------
 # The command
 
 
@@ -218,6 +280,35 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
     assert rep["accuracy"]["difference"] == 0.0
     assert rep["agreement"]["spike_trains_vs_integer_torch"]["bit_exact"]
     assert "fine-tuned" in rep["float_engine"]
+
+
+@pytest.mark.slow  # four fine-tunings of a dense net: 12-25 s on 2 shared cores
+def test_finetune_distill_option_trains_with_its_lambda_and_records_it(tmp_path):
+    """--distill λ changes the training (the same seeded run, other weights) and is the run's: best.pt's
+    configuration records it, and --resume goes on with the saved λ, whatever --distill says."""
+    from qsnn.train.cli import main
+    from qsnn.train.finetune import DISTILL
+
+    src = synthetic_checkpoint(tmp_path / "src.pt", arch="784Dense32-D10", **SPECS["784Dense32-D10"])
+    common = ["--profile", "fpga", "--subset", "40", "--val-subset", "20", "--test-subset", "20"]
+    common += ["--batch-size", "10", "--no-progress", "--lr", "0.01"]
+    weights = {}
+    for lam in (None, "0", "4"):
+        out = tmp_path / f"ft-{lam}"
+        args = ["finetune", str(src), *common, "--epochs", "1", "--out", str(out)]
+        result = CliRunner().invoke(main, args + ([] if lam is None else ["--distill", lam]))
+        assert result.exit_code == 0, result.output
+        last = load_checkpoint(out / "last.pt")
+        assert last["config_obj"].distill == (DISTILL if lam is None else float(lam))
+        weights[lam] = [v for k, v in last["model"].items() if k.endswith("weight")]
+    for a, b in (("0", "4"), ("0", None)):
+        assert any(not torch.equal(u, v) for u, v in zip(weights[a], weights[b])), f"λ {a} and {b}: same weights"
+
+    out = tmp_path / "ft-4"
+    again = ["finetune", str(src), *common, "--epochs", "2", "--out", str(out), "--resume", "--distill", "0"]
+    result = CliRunner().invoke(main, again)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out / "last.pt")["config_obj"].distill == 4.0
 
 
 def test_qsnn_sim_takes_the_integer_network_only_for_the_profile_fine_tuned_for():

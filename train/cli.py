@@ -364,6 +364,12 @@ def _check_device(device: str | None) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Maximum epochs.")
 @click.option("--lr", type=click.FloatRange(0.0, 1.0, min_open=True), help="Adam's step size [default: RUN's / 10].")
 @click.option("--patience", type=click.IntRange(min=1), help="Early stopping on validation accuracy [default: RUN's].")
+@click.option(
+    "--distill",
+    type=click.FloatRange(min=0.0),
+    help="λ: weight of the squared distance of the output spike counts to the float model's (0 = eq. 6 alone) "
+    "[default: 1].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch size [default: RUN's].")
 @click.option("--subset", type=click.IntRange(min=1), help="Stratified subset of the training split.")
 @click.option("--val-subset", type=click.IntRange(min=1), help="Stratified subset of the validation split.")

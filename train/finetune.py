@@ -59,6 +59,8 @@ from qsnn.profiles import ChipProfile, get_profile
 
 from .model import QSNN, SNNOutput
 
+#: λ of the distillation toward the float model (:func:`qsnn.train.loss.distill_count_loss`) by default.
+DISTILL = 1.0
 #: Accumulators below this bound are exact in float32 (their convolutions run in float32, else float64).
 FLOAT32_EXACT = 2**24
 
@@ -286,6 +288,7 @@ def finetune(
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .distributed import setup as setup_distributed
     from .loop import evaluate, load_splits, train
+    from .loss import distill_count_loss
 
     started = time.perf_counter()
     source = source_checkpoint(run)
@@ -293,6 +296,8 @@ def finetune(
     p = get_profile(profile)
     if changes.get("lr") is None:
         changes["lr"] = data["config_obj"].lr / 10
+    if changes.get("distill") is None:
+        changes["distill"] = DISTILL
     cfg = finetune_config(data["config_obj"], p.name, **changes)
     build = partial(IntegerExactQSNN, profile=p, classes=list(data["classes"]), encoding=data["encoding"])
     shape, n_classes = tuple(data["input_shape"]), len(data["classes"])
@@ -304,16 +309,27 @@ def finetune(
     splits = load_splits(cfg, data_dir)
     start = build(cfg, shape, n_classes).to(dev)
     start.load_state_dict(data["model"])
+    teacher = model_from_checkpoint(data, where=str(source)).to(dev)  # the float model (eval mode)
     before = {
-        "float_test_acc": evaluate(
-            model_from_checkpoint(data, where=str(source)).to(dev), splits["test"], dev, progress=progress, desc="float"
-        ),
+        "float_test_acc": evaluate(teacher, splits["test"], dev, progress=progress, desc="float"),
         "integer_test_acc_before": evaluate(start, splits["test"], dev, progress=progress, desc=f"{p.name} before"),
     }
     log(
         f"{source}: test accuracy float {before['float_test_acc']:.2f} %, integer under {p.name} "
         f"{before['integer_test_acc_before']:.2f} % before fine-tuning"
     )
+
+    def objective(run_cfg: TrainConfig, out: SNNOutput, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """L_λ (train/loss.py) with the run's λ (a resumed run keeps its own): eq. (6) plus λ times the
+        distance of the output counts to the float model's on the same inputs."""
+        teacher_counts = None
+        if run_cfg.distill:
+            with torch.no_grad():
+                teacher_counts = teacher(x).spikes.sum(0)
+        return distill_count_loss(
+            out.spikes, y, teacher_counts, run_cfg.distill, run_cfg.correct_rate, run_cfg.incorrect_rate
+        )
+
     metrics = train(
         cfg,
         out,
@@ -325,6 +341,7 @@ def finetune(
         extend={k: changes.get(k) for k in ("epochs", "patience")} if resume else None,
         build_model=build,
         init_state=data["model"],
+        objective=objective,
     )
     best = build(cfg, shape, n_classes).to(dev)
     best.load_state_dict(load_checkpoint(out / "best.pt")["model"])

@@ -226,6 +226,8 @@ class Run:
     start_epoch: int = 0
     data_warnings: list[str] = field(default_factory=list)  # qsnn.data.data_warnings of every split
     data_dir: str = ""  # the data directory the splits were read from ("": none given)
+    #: the training loss of (cfg, output, x, y), None = eq. (6) (a fine-tuning's distillation: train/finetune.py)
+    objective: Callable[[TrainConfig, Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def last(self) -> Path:
@@ -251,6 +253,7 @@ def train(
     extend: dict[str, Any] | None = None,
     build_model: Callable[..., QSNN] = QSNN,
     init_state: dict[str, Any] | None = None,
+    objective: Callable[[TrainConfig, Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run in ``run_dir``; return the final metrics.
 
@@ -273,6 +276,8 @@ def train(
     with the same parameters, e.g. the integer-exact model of :mod:`qsnn.train.finetune`); a new run
     starts from the weights ``init_state`` when given (a fine-tuning), else from the initialisation;
     such a run validates its starting weights first (epoch 0, :func:`validate_start`).
+    ``objective(cfg, output, x, y)``, when given, is the training loss in place of eq. (6), with the
+    run's configuration (the fine-tuning's distillation toward its float model).
     """
     run_dir = Path(run_dir)
     ctx, dev = setup_distributed(device)
@@ -280,6 +285,7 @@ def train(
         progress, log = False, (lambda _msg: None)
     ckpt, cfg, extending = read_resume_point(cfg, run_dir, ctx, resume, extend, log)
     run = setup_run(cfg, run_dir, ctx, dev, progress, log, data_dir, ckpt, extending, build_model, init_state)
+    run.objective = objective
     if init_state is not None and ckpt is None:
         val = validate_start(run)
         log(f"epoch   0  val {val:6.2f} % (the weights the run starts from: best.pt until an epoch beats them)")
@@ -466,7 +472,10 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         if ctx.enabled:
             x, y, real = shard_batch(x, y, ctx)
         out = net(x)
-        loss = mse_count_loss(out.spikes, y, cfg.correct_rate, cfg.incorrect_rate)
+        if run.objective is None:
+            loss = mse_count_loss(out.spikes, y, cfg.correct_rate, cfg.incorrect_rate)
+        else:
+            loss = run.objective(cfg, out, x, y)
         # DDP averages gradients over ranks: weight each rank's mean by its share of the
         # global batch so the update is the gradient of the global-batch mean.
         objective = loss * (real * ctx.world_size / n_batch) if ctx.enabled else loss

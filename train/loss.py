@@ -8,6 +8,16 @@ of the steps, the rest on 20 %)::
 
 (the normalisation snnTorch's ``mse_count_loss`` uses). The prediction is the argmax of the
 spike counts, the first index winning ties.
+
+Distillation (integer-exact fine-tuning, :mod:`qsnn.train.finetune`): with n^F_{b,c} the output spike
+counts of the float model the fine-tuning starts from (the teacher), on the same inputs, and a weight
+λ ≥ 0, the loss adds the same squared distance to the teacher's counts::
+
+    L_λ = L + λ/(T·B·C) · Σ_b Σ_c ( Σ_t z_{t,b,c} − n^F_{b,c} )²
+
+(equivalently, up to a constant, (1 + λ)·MSE toward the blended target (target + λ·n^F)/(1 + λ)):
+the integer network is pulled toward what the float model does on each sample, not only toward the
+label's idealised counts.
 """
 
 from __future__ import annotations
@@ -32,6 +42,23 @@ def mse_count_loss(
     counts = spikes.sum(0)
     target = spike_count_targets(y, C, T, correct_rate, incorrect_rate)
     return torch.mean((counts - target) ** 2) / T
+
+
+def distill_count_loss(
+    spikes: torch.Tensor,
+    y: torch.Tensor,
+    teacher_counts: torch.Tensor | None,
+    weight: float,
+    correct_rate: float = 0.8,
+    incorrect_rate: float = 0.2,
+) -> torch.Tensor:
+    """L_λ of the module docstring: eq. (6) plus λ times the MSE of the counts to the teacher's n^F (B, C)
+    (None, and not read, when λ = 0)."""
+    T = spikes.shape[0]
+    loss = mse_count_loss(spikes, y, correct_rate, incorrect_rate)
+    if weight:
+        loss = loss + weight * torch.mean((spikes.sum(0) - teacher_counts.to(spikes.dtype)) ** 2) / T
+    return loss
 
 
 def predict(spikes: torch.Tensor) -> torch.Tensor:
