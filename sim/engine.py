@@ -321,10 +321,7 @@ def _run_batch(
         if cur_static.size:
             c_min, c_max = int(cur_static.min()), int(cur_static.max())
             table = first.static_table(T, delay, c_min, c_max, membranes is not None)
-        if table is not None:  # layer 1 by lookup (StaticTable)
-            idx = table.index(cur_static)
-            table.absorb_stats(idx, accs[0])
-            gathered: dict = {}
+        scratch: dict = {}  # the table's entries and bit planes of this batch (StaticTable.lookup)
     for t0 in range(0, T, tc):
         t1 = min(T, t0 + tc)
         n = t1 - t0
@@ -357,11 +354,10 @@ def _run_batch(
                 counted = el.fused_scan(flat, n, u[li], fired[li], z_chunk, acc, u_chunk, stats)
             elif li == 0 and static and table is None and el.accel is not None:
                 counted = el.static_scan(cur_static, max(0, delay - t0), u[li], fired[li], z_chunk, acc, u_chunk)
-            elif li == 0 and table is not None:
-                counted = table.spikes(idx, t0, z_chunk, gathered)
+            elif li == 0 and table is not None:  # layer 1 by lookup; its T steps' statistics with the first chunk
+                counted = table.lookup(cur_static, t0, z_chunk, scratch, acc if t0 == 0 else None)
                 if u_chunk is not None:
-                    for t in range(t0, t1):
-                        np.take(table.u[t], idx, out=u_chunk[t - t0])
+                    table.membranes(cur_static, t0, u_chunk, scratch)
             else:
                 u[li], fired[li] = el.scan(cur, u[li], fired[li], z_chunk, acc, u_chunk)
             if stats:  # one call for a small layer, else per step

@@ -210,44 +210,57 @@ def lif_kernel(
 
 
 @njit(nogil=True, cache=True)
-def table_spikes(idx, words, t0, z, counts):  # pragma: no cover - compiled
-    """z_t of the neurons ``idx`` (N,) of a static first layer, looked up in its table's spike words
-    (:class:`qsnn.sim.static_table.StaticTable`: bit t mod 64 of ``words[t // 64, entry]`` is z_t),
-    for the steps t0 … t0 + n − 1 into ``z`` (n, N) uint8; ``counts`` (n,) gains the spikes of each
-    step. Each neuron's word is gathered once per 64 steps; a step is then a shift and a mask per
-    neuron, vectorised."""
-    n, N = z.shape
-    w = np.empty(N, np.uint64)
+def table_lookup(cur, offset, words, t0, z, counts, figures, out, with_stats):  # pragma: no cover - compiled
+    """A static first layer by lookup (:class:`qsnn.sim.static_table.StaticTable`), in one pass:
+    neuron (p, c) with current ``cur[p, c]`` is table entry ``cur[p, c] + offset[c]``; its z_t is bit
+    t mod 64 of ``words[t // 64, entry]``, for the steps t0 … t0 + n − 1 into ``z`` (n, P·C) uint8,
+    and ``counts`` (n,) gains the spikes of each step. With ``with_stats``, ``out`` = [saturations
+    above, below, membrane min, max] gains the entries' ``figures`` (entries, 4) over all T.
+
+    Blocks of about 2,048 neurons: their entries and words are gathered once into buffers that stay
+    in L1, then each step is a shift and a mask per neuron, vectorised."""
+    P, C = cur.shape
+    n = z.shape[0]
+    rows = max(1, 2048 // C)
+    idx = np.empty(rows * C, np.intp)
+    w = np.empty(rows * C, np.uint64)
     one = np.uint64(1)
-    loaded = -1
-    for t in range(n):
-        step = t0 + t
-        g = step >> 6
-        if g != loaded:
-            for i in range(N):
-                w[i] = words[g, idx[i]]
-            loaded = g
-        b = np.uint64(step & 63)
-        spikes = np.uint64(0)
-        for i in range(N):
-            bit = (w[i] >> b) & one
-            z[t, i] = np.uint8(bit)
-            spikes += bit
-        counts[t] += np.int64(spikes)
-
-
-@njit(nogil=True, cache=True)
-def table_stats(idx, sat_high, sat_low, u_min, u_max, out):  # pragma: no cover - compiled
-    """The saturation events and membrane range over all T of the neurons ``idx`` of a static first
-    layer, from its table's per-entry figures: ``out`` = [Σ sat_high, Σ sat_low, min u_min, max u_max]
-    (the sums added, the range widened from out's values)."""
+    per_step = np.zeros(n, np.uint64)
     high, low, lo, hi = out[0], out[1], out[2], out[3]
-    for i in range(len(idx)):
-        e = idx[i]
-        high += sat_high[e]
-        low += sat_low[e]
-        lo = min(lo, u_min[e])
-        hi = max(hi, u_max[e])
+    for p0 in range(0, P, rows):
+        p1 = min(P, p0 + rows)
+        m = (p1 - p0) * C
+        j = 0
+        for p in range(p0, p1):
+            for c in range(C):
+                idx[j] = cur[p, c] + offset[c]
+                j += 1
+        if with_stats:
+            for j in range(m):
+                e = idx[j]
+                high += figures[e, 0]
+                low += figures[e, 1]
+                lo = min(lo, figures[e, 2])
+                hi = max(hi, figures[e, 3])
+        base = p0 * C
+        loaded = -1
+        for t in range(n):
+            step = t0 + t
+            g = step >> 6
+            if g != loaded:
+                for j in range(m):
+                    w[j] = words[g, idx[j]]
+                loaded = g
+            b = np.uint64(step & 63)
+            zr = z[t]
+            spikes = np.uint64(0)
+            for j in range(m):
+                bit = (w[j] >> b) & one
+                zr[base + j] = np.uint8(bit)
+                spikes += bit
+            per_step[t] += spikes
+    for t in range(n):
+        counts[t] += np.int64(per_step[t])
     out[0], out[1], out[2], out[3] = high, low, lo, hi
 
 

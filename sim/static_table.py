@@ -68,6 +68,8 @@ class StaticTable:
         self.sat_high = (sat == 1).sum(axis=0, dtype=np.int64)
         self.sat_low = (sat == -1).sum(axis=0, dtype=np.int64)
         self.saturates = bool(self.sat_high.any() or self.sat_low.any())
+        # the same four figures side by side, one cache line per entry (the compiled lookup's)
+        self.figures = np.stack([self.sat_high, self.sat_low, self.u_min, self.u_max], axis=1).astype(np.int64)
         self.offset = np.arange(channels, dtype=np.intp) * shape[0] - self.lo
         self.accel = layer.accel  # the compiled lookup (qsnn.sim.kernels_numba), or None: NumPy's
 
@@ -79,14 +81,6 @@ class StaticTable:
 
     def absorb_stats(self, idx: np.ndarray, stats: LayerStats) -> None:
         """Add the saturation events and membrane range of the neurons ``idx`` over all T steps."""
-        if self.accel is not None:  # one compiled pass over the neurons
-            k = self.accel
-            out = np.array([0, 0, stats.membrane_min, stats.membrane_max], dtype=np.int64)
-            k.table_stats(idx.reshape(-1), self.sat_high, self.sat_low, self.u_min, self.u_max, out)
-            stats.saturation_high += int(out[0])
-            stats.saturation_low += int(out[1])
-            stats.membrane_min, stats.membrane_max = int(out[2]), int(out[3])
-            return
         flat = idx.reshape(-1)
         if flat.size < len(self.sat_low):  # fewer neurons than entries: gather their figures
             if self.saturates:
@@ -105,19 +99,37 @@ class StaticTable:
             stats.membrane_min = min(stats.membrane_min, int(self.u_min[used].min()))
             stats.membrane_max = max(stats.membrane_max, int(self.u_max[used].max()))
 
-    def spikes(self, idx: np.ndarray, t0: int, z_out: np.ndarray, planes: dict) -> np.ndarray | None:
-        """z_t of the neurons ``idx`` for steps t0 … t0 + len(z_out) − 1 into ``z_out`` (bool).
+    def lookup(
+        self, cur: np.ndarray, t0: int, z_out: np.ndarray, scratch: dict, stats: LayerStats | None = None
+    ) -> np.ndarray | None:
+        """z_t of the neurons with currents ``cur`` (..., channels) for steps t0 … t0 + len(z_out) − 1
+        into ``z_out`` (bool); with ``stats``, also their saturation events and membrane range over
+        all T (:meth:`absorb_stats`). ``scratch`` is a dict the caller keeps for one batch (its entries
+        and gathered bit planes, between chunks).
 
-        With the compiled kernels, one pass (:func:`qsnn.sim.kernels_numba.table_spikes`) that also
-        counts the spikes of each step, which it returns. Else NumPy: ``planes`` caches the gathered
-        bit planes between calls; bit t mod 8 of each byte is extracted eight bytes at a time:
-        (word >> b) & 0x0101…01 keeps bit b of every byte (the bits shifted in from the next byte
-        land above bit 0, which the mask drops); returns None (the engine counts)."""
+        With the compiled kernels, one pass (:func:`qsnn.sim.kernels_numba.table_lookup`) that also
+        counts the spikes of each step, which it returns. Else NumPy: bit t mod 8 of each byte is
+        extracted eight bytes at a time: (word >> b) & 0x0101…01 keeps bit b of every byte (the bits
+        shifted in from the next byte land above bit 0, which the mask drops); returns None (the
+        engine counts)."""
         if self.accel is not None:
             counts = np.zeros(len(z_out), dtype=np.int64)
+            out = np.array([0, 0, 0, 0] if stats is None else [0, 0, stats.membrane_min, stats.membrane_max])
             z = z_out.view(np.uint8).reshape(len(z_out), -1)
-            self.accel.table_spikes(idx.reshape(-1), self.words, t0, z, counts)
+            c = self.channels
+            k = self.accel
+            k.table_lookup(
+                cur.reshape(-1, c), self.offset, self.words, t0, z, counts, self.figures, out, stats is not None
+            )
+            if stats is not None:
+                stats.saturation_high += int(out[0])
+                stats.saturation_low += int(out[1])
+                stats.membrane_min, stats.membrane_max = int(out[2]), int(out[3])
             return counts
+        idx = self.entries(cur, scratch)
+        if stats is not None:
+            self.absorb_stats(idx, stats)
+        planes = scratch.setdefault("planes", {})
         wide = idx.size % 8 == 0
         for i in range(len(z_out)):
             t = t0 + i
@@ -132,3 +144,16 @@ class StaticTable:
             np.right_shift(src, bit, out=out)
             np.bitwise_and(out, LOW_BITS if wide else 1, out=out)
         return None
+
+    def membranes(self, cur: np.ndarray, t0: int, u_out: np.ndarray, scratch: dict) -> None:
+        """u_t of the neurons with currents ``cur`` for steps t0 … t0 + len(u_out) − 1 into ``u_out``."""
+        idx = self.entries(cur, scratch)
+        for i in range(len(u_out)):
+            np.take(self.u[t0 + i], idx, out=u_out[i])
+
+    def entries(self, cur: np.ndarray, scratch: dict) -> np.ndarray:
+        """:meth:`index` of ``cur``, kept in ``scratch`` for the batch's later chunks."""
+        idx = scratch.get("entries")
+        if idx is None:
+            idx = scratch["entries"] = self.index(cur)
+        return idx
