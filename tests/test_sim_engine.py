@@ -688,3 +688,26 @@ def test_column_sums_add_up_exactly(in_max, rows, units):
         np.full((rows, units), in_max, np.uint8),
     ):
         assert np.array_equal(layers.column_sums(x, in_max), x.sum(axis=0, dtype=np.int64))
+
+
+def test_compiled_layers_follow_the_networks_arrays():
+    """The compiled layers are cached per network (a batch-1 call does not rebuild them), keyed on its
+    content: weights, thresholds or biases changed in place after a run give the changed network's
+    integers at the next call, as a fresh copy of it does."""
+    import dataclasses
+
+    rng = np.random.default_rng(21)
+    net = _random_net(rng, FPGA, "static", 6, (1, 12, 12))
+    x = rng.integers(0, 256, size=(5, 1, 12, 12)).astype(np.uint8)
+    before = simulate(net, x, record=True, record_membranes=True)
+    assert layers.compile_layers(net, 255) is layers.compile_layers(net, 255)  # cached
+    changes = (("weight", lambda a: np.negative(a, out=a)), ("threshold", lambda a: a.__ifloordiv__(2)))
+    for attr, change in changes:
+        for layer in net.layers:
+            change(getattr(layer, attr))
+        after = simulate(net, x, record=True, record_membranes=True)
+        fresh = dataclasses.replace(
+            net, layers=tuple(dataclasses.replace(la, **{attr: getattr(la, attr).copy()}) for la in net.layers)
+        )
+        _same_result(after, simulate(fresh, x, record=True, record_membranes=True, kernel="numpy", threads=1))
+    assert any(not np.array_equal(before.spikes[k], after.spikes[k]) for k in before.spikes)
