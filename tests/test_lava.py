@@ -5,7 +5,9 @@ the Lava venv (Python 3.10, lava-nc 0.10, lava-dl 0.6, about 5.6 GB, cached outs
 under ``~/.cache/qsnn/lava-<requirements hash>``) exactly as its README says: ``netx.hdf5.Network(net_config=…, input_message_bits=8)``, a
 RingBuffer of uint8 frames, ``Loihi2SimCfg(select_tag="fixed_pt")``. Every layer's spikes at every
 step must equal qsnn's engine on real test images; the README's snippet must run unedited and print
-the class qsnn predicts. ``make lava-check N=50`` runs the same comparison on more images.
+the class qsnn predicts. ``make lava-check N=50`` runs the same comparison on more images. Event models
+(DVS128 fixture recordings: event frames read with the model's encoding, a test split cut into windows,
+Table I's DVS int4 row) go through lava_check's own ``check()``.
 
 The venv is built by ``make lava`` (about 7 minutes), not by ``make test``: without it these tests
 are skipped, saying so, before any model is trained. ``make test-lava`` builds it and runs them.
