@@ -252,11 +252,11 @@ def table_lookup(cur, offset, words, t0, z, counts, figures, out, with_stats):  
                     w[j] = words[g, idx[j]]
                 loaded = g
             b = np.uint64(step & 63)
-            zr = z[t]
+            zr = z[t, base : base + m]  # a view indexed from 0: the loop vectorises
             spikes = np.uint64(0)
             for j in range(m):
                 bit = (w[j] >> b) & one
-                zr[base + j] = np.uint8(bit)
+                zr[j] = np.uint8(bit)
                 spikes += bit
             per_step[t] += spikes
     for t in range(n):
