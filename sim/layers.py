@@ -247,6 +247,9 @@ class _Layer:
         self.fanout = self._fanout()
         fan = self.fanout if self.fanout.ndim == 1 else np.repeat(self.fanout[..., None], self.in_shape[0], axis=2)
         self.fan_vec = fan.reshape(-1).astype(np.int64)  # per input unit, NHWC flattened
+        # the one fan-out of every input unit (a dense layer's out_channels), or 0 where they differ
+        same = self.fan_vec.size and bool((self.fan_vec == self.fan_vec[0]).all())
+        self.fan_const = int(self.fan_vec[0]) if same else 0
         self._full: dict[tuple, np.ndarray] = {}
         # a static first layer's neuron tables (StaticTable), per (T, delay); see static_table
         self.lookup = kernel != "numpy"
@@ -299,7 +302,10 @@ class _Layer:
         if x.dtype == np.bool_:
             x = x.view(np.uint8)  # spikes: the same bytes, no cast
         if acc is not None:  # Σ_units (Σ_samples x) · fan-out, exact
-            acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
+            if self.fan_const and self.in_max == 1:  # 0/1 inputs, one fan-out: a count
+                acc.synops += int(np.count_nonzero(x)) * self.fan_const
+            else:
+                acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
         box = self.box_matmul is not None
         integer = self.int_matmul is not None or box
         if integer and x.dtype != np.uint8:

@@ -428,6 +428,34 @@ def test_synops_count_spikes_times_fanout():
     assert res.layers[0].dense_macs == 3 * 2 * 2 * 2 * 4
 
 
+@pytest.mark.parametrize("delay", [0, 2])
+def test_synops_of_spike_layers_count_the_spikes_they_receive(delay):
+    """A layer's synaptic operations are the spikes it receives (each step its input's spikes of d
+    steps before: the last d steps' spikes are never delivered) times their fan-out: for a dense layer
+    out_channels each, for a conv layer the outputs each input position reaches (here: no padding,
+    stride 1, pool 1, so a 3×3 kernel on a 6×6 input reaches 1..9 positions per channel)."""
+    rng = np.random.default_rng(40 + delay)
+    profile = FPGA.replace(synaptic_delay=delay)
+    conv1 = IntegerLayer(
+        "c1", "conv", rng.integers(-3, 8, (4, 1, 3, 3)), 1, 0, np.full(4, 6), np.zeros(4, np.int64), 3000, np.ones(4)
+    )
+    conv2 = IntegerLayer(
+        "c2", "conv", rng.integers(-3, 8, (3, 4, 3, 3)), 1, 0, np.full(3, 6), np.zeros(3, np.int64), 3000, np.ones(3)
+    )
+    fc = dense("fc", rng.integers(-3, 8, (5, 3 * 4 * 4)), threshold=4)
+    net = net_of(profile, [conv1, conv2, fc], T=9, input_shape=(1, 8, 8))
+    x = rng.integers(0, 256, (7, 1, 8, 8)).astype(np.uint8)
+    res = simulate(net, x, record=True, batch_size=4, threads=2)
+    z1, z2 = res.spikes["z1"][: 9 - delay], res.spikes["z2"][: 9 - delay]
+    assert z1.sum() > 0 and z2.sum() > 0
+    reach = np.array([1, 2, 3, 3, 2, 1])  # conv2's outputs (4 per axis) a 6-wide input row reaches
+    fan = 3 * reach[:, None] * reach[None, :]
+    assert res.layers[1].synops == int((z1.sum(axis=(0, 1, 2)) * fan).sum())
+    assert res.layers[2].synops == int(z2.sum()) * 5
+    ref = simulate(net, x, record=True, kernel="numpy", threads=1)
+    assert [la.synops for la in ref.layers] == [la.synops for la in res.layers]
+
+
 def test_bad_inputs_are_refused():
     net = net_of(FPGA, [dense("fc", [[1]], threshold=10)], T=2)
     with pytest.raises(ValueError, match=r"static images \(N, 1, 1, 1\)"):
