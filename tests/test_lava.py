@@ -210,3 +210,57 @@ def test_readme_snippet_of_an_event_model(lava_python, trained_run, dvs_data_dir
     proc = subprocess.run([str(lava_python), "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"predicted class: {int(simulate(net, example[None]).predictions[0])}" in proc.stdout
+
+
+NETX_DENSE_EXPONENT = """
+import sys
+import numpy as np
+from lava.lib.dl.netx.utils import optimize_weight_bits
+from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
+data = np.load(sys.argv[1])
+exact, exps = [], []
+for W, s in zip(data["w"], data["s"]):
+    w, bits, exp, _ = optimize_weight_bits(W.copy())          # what netx.hdf5.Network stores
+    mode = determine_sign_mode(np.asarray(w))                 # what PyDenseModelBitAcc does with it
+    stored = truncate_weights(clip_weights(np.asarray(w), mode, num_bits=8), mode, bits)
+    acc = stored.dot(s)
+    out = np.left_shift(acc, exp) if exp > 0 else np.right_shift(acc, -exp)
+    exact.append(bool(np.array_equal(stored, W << -exp) and np.array_equal(out, W.dot(s))))
+    exps.append(exp)
+np.savez(sys.argv[2], exact=np.array(exact), exp=np.array(exps))
+"""
+
+
+def test_netx_undoes_its_own_dense_weight_exponent(lava_python, tmp_path):
+    """Why a netx file cannot choose a dense layer's weight exponent (docs/targets/loihi2.md): lava-dl's
+    ``optimize_weight_bits`` stores W·2^k with ``weight_exp = −k`` (k from the largest weight), and Lava's
+    bit-accurate Dense truncates and shifts back exactly: the sum is Σ W·s for 8-bit matrices of either sign,
+    so the only lever for threshold resolution is the weights' own scale 2^m. The one exception, a matrix with
+    no positive weight whose most negative is −2^j (Lava clips the scaled −256 to −255), is exactly what the
+    loihi2 target refuses (``netx.inhibitory_clip``)."""
+    from qsnn.targets.loihi2.netx import inhibitory_clip
+
+    rng = np.random.default_rng(0)
+    mats, inputs = [], []
+    for hi in (1, 2, 3, 7, 8, 28, 112, 127):
+        for lo in (-hi, -1, 0, 1):
+            for sign in (1, -1):  # mixed, excitatory and inhibitory matrices
+                w = sign * rng.integers(lo, hi + 1, size=(11, 40))
+                w[0, 0] = sign * hi
+                mats.append(w)
+                inputs.append(rng.integers(0, 256, size=40))
+    np.savez(tmp_path / "in.npz", w=np.stack(mats), s=np.stack(inputs))
+    proc = subprocess.run(
+        [str(lava_python), "-c", NETX_DENSE_EXPONENT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    refused = np.array([inhibitory_clip(w) for w in mats])
+    assert refused.any() and (~refused).sum() > 40
+    assert np.array_equal(out["exact"], ~refused)
+    assert np.all(out["exp"] <= 0)

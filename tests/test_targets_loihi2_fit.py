@@ -130,3 +130,27 @@ def test_allow_saturation_changes_no_network_that_compiles_without_it(graphs, sp
         for field in ("weight", "threshold", "bias"):
             assert np.array_equal(getattr(a, field), getattr(b, field)), (spec, a.name, field)
         assert (a.current_shift, a.leak_const) == (b.current_shift, b.leak_const)
+
+
+@pytest.mark.parametrize("low, refused", [(-4, True), (-1, True), (-3, False), (-6, False)])
+def test_loihi2_refuses_a_dense_layer_that_lava_would_clip(tmp_path, low, refused):
+    """A dense layer with no positive weight whose most negative is −2^j: netx scales it to −256, which Lava's
+    inhibitory synapse clips to −255 (tests/test_lava.py shows it in Lava); refused, naming the layer, nothing
+    written. Other one-signed matrices go through."""
+    from test_targets import tiny_net
+
+    from qsnn.targets import write_target
+
+    net = tiny_net(LOIHI2)
+    fc = net.layers[-1]
+    weight = -np.abs(np.asarray(fc.weight, np.int64)) % (-low + 1) * -1
+    weight.flat[0] = low
+    net = dataclasses.replace(net, layers=(*net.layers[:-1], dataclasses.replace(fc, weight=weight.astype(np.int8))))
+    if refused:
+        with pytest.raises(
+            ProfileError, match=f"layer 3 \\(fc\\) is dense with no positive weight.*{low}, a power of two"
+        ):
+            write_target("loihi2", net, tmp_path / "l")
+        assert not any(tmp_path.iterdir())
+    else:
+        write_target("loihi2", net, tmp_path / "l")

@@ -47,7 +47,8 @@ What the target refuses (:class:`~qsnn.errors.ProfileError`, naming the layer an
 network without exactly this arithmetic (compile it under ``--profile loihi2``), a current shift
 other than 6 or a weight exponent (netx cannot carry them), and anything beyond Loihi's limits
 (8-bit weights after folding, 17-bit vth, 13-bit bias mantissa, 12-bit dv, 8192 neurons per layer,
-4096 synapses per neuron with the pooling folded in).
+4096 synapses per neuron with the pooling folded in), and the one dense matrix netx + Lava would not sum
+exactly: no positive weight and a most negative weight −2^j (:func:`inhibitory_clip`).
 
 What qsnn needs besides (netx has no place for it): the group ``qsnn/`` (format, profile, network:
 JSON) and per layer ``layer/{i}/qsnn/`` (name, kind, kernel, stride, padding, pool, current_shift,
@@ -124,6 +125,16 @@ def netx_bias(layer: IntegerLayer) -> np.ndarray:
     return np.asarray(layer.bias, dtype=np.int64) >> LAVA_SHIFT
 
 
+def inhibitory_clip(weight: np.ndarray) -> bool:
+    """Stock netx + Lava would not compute this dense matrix exactly: lava-dl's ``optimize_weight_bits`` scales
+    it by 2^k (``weight_exp = −k``, undone exactly elsewhere) so that a most negative weight −2^j becomes −256,
+    and where no weight is positive Lava's ``determine_sign_mode`` calls the matrix inhibitory and clips it to
+    −255 (``clip_weights``). Checked in Lava by tests/test_lava.py."""
+    w = np.asarray(weight, dtype=np.int64)
+    low = int(w.min(initial=0))
+    return int(w.max(initial=0)) <= 0 and low < 0 and (-low & (-low - 1)) == 0
+
+
 def check(net: IntegerNetwork, example: Any = None) -> None:
     """Raise :class:`ProfileError` unless stock netx + Lava compute exactly this network (every
     problem at once: :func:`problems`)."""
@@ -160,6 +171,12 @@ def problems(net: IntegerNetwork, example: Any = None) -> list[str]:
         if not np.any(np.asarray(layer.weight)):
             found.append(
                 f"loihi2: layer {i} ({layer.name}) has no nonzero weight; netx cannot load an all-zero weight matrix"
+            )
+        elif layer.kind == "dense" and inhibitory_clip(layer.weight):
+            found.append(
+                f"loihi2: layer {i} ({layer.name}) is dense with no positive weight and its most negative weight, "
+                f"{int(np.min(layer.weight))}, a power of two: netx stores it as -256, which Lava's inhibitory-only "
+                "synapse clips to -255, so Lava's sum would differ; a layer that only inhibits carries no signal: retrain"
             )
     return found + fit_problems(net, profile_limits(LOIHI2, NAME))  # netx stores Loihi's registers
 
