@@ -5,6 +5,8 @@
   the exported and compiled checkpoint, on real mnist5k digits, for three specs and both profiles;
 * the backward pass is the documented straight-through estimate: the scan's hand-written backward
   equals autograd through an explicit soft graph whose values are the integers;
+* the distillation (L_λ of train/loss.py): eq. 6 plus λ times the distance to the float model's
+  counts, its gradient, and steps on it pulling the integer network toward the float model;
 * the command: a run folder like ``run``'s, predictions 100 % equal to qsnn-sim on the exported
   best.pt (its own check, and ``qsnn-sim --check`` on the export: 100.00 %, 0.00 pp), --resume, and
   one-line refusals of bad input.

@@ -22,6 +22,15 @@ Per layer and step, forward (integers, exactly) and backward (what each integer 
              straight through, the spike through the fast-sigmoid surrogate of slope k on the real
              membrane δ_c·(u − θ_c) (:mod:`qsnn.export.integer_torch`)
 
+The loss is eq. (6) plus ``distill`` λ (default :data:`DISTILL`) times the squared distance of the
+output counts to those of the float model the fine-tuning starts from, on the same minibatch
+(:func:`qsnn.train.loss.distill_count_loss`)::
+
+    L_λ = 1/(T·B·C) · Σ_b Σ_c [ (n_{b,c} − n̂_{b,c})² + λ·(n_{b,c} − n^F_{b,c})² ]
+
+(n = Σ_t z_t the integer network's counts, n̂ eq. 6's targets, n^F the float model's counts under its
+own reset and delay): "match the float model" is the target, so it is trained for directly.
+
 The discrete choices of the compiler (the shift e, the multiplier 2^m, which channels flip) are
 made afresh at every step from the current weights and carry no gradient. BatchNorm runs on its
 running statistics throughout (the integer network has no batch statistics); dropout is off (the
