@@ -165,7 +165,8 @@ allow_saturation_option = click.option(
     "--allow-saturation",
     is_flag=True,
     help="Compile even if the worst-case membrane may exceed the profile's width (values then saturate or wrap as "
-    "the profile says); without it such a network is refused.",
+    "the profile says); without it such a network is refused. On a fixed-shift profile (loihi2) it also lets the "
+    "compiler scale the weights up until θ has 16 threshold steps, at the cost of a possibly saturating membrane.",
 )
 
 _USER_PATHS = "qsnn.user_paths"
