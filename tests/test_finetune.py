@@ -333,3 +333,18 @@ def test_finetune_refuses_a_missing_run_in_one_line(tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "nowhere" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"dataset": "fmnist"}])
+def test_finetune_keeps_the_source_runs_data_and_splits(change):
+    """Another seed would draw mnist5k's validation and test splits from other images (some of them the
+    source's training images): refused in one message naming the field; the source's own value is accepted."""
+    from qsnn.config import TrainConfig
+    from qsnn.errors import QsnnError
+
+    source = TrainConfig(dataset="mnist5k", seed=0)
+    (key,) = change
+    with pytest.raises(QsnnError, match=rf"^{key}: fine-tuning keeps the source run's {key}"):
+        finetune_config(source, "fpga", **change)
+    same = finetune_config(source, "fpga", **{key: getattr(source, key)}, epochs=2)
+    assert (same.seed, same.dataset, same.epochs) == (0, "mnist5k", 2)

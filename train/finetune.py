@@ -236,13 +236,27 @@ def source_checkpoint(run: str | Path) -> Path:
     return path
 
 
+#: Configuration fields that define the data and its splits: a fine-tuning keeps the source run's.
+SOURCE_DATA_FIELDS = ("dataset", "seed")
+
+
 def finetune_config(source: TrainConfig, profile: str, **changes: Any) -> TrainConfig:
     """The fine-tuning's configuration: the source run's, trained for ``profile`` (its reset, synaptic
     delay, β on its leak grid) and on its integer network (``integer_exact``: the export says so, and
     ``qsnn-sim`` evaluates the trained model as that network), no dropout, and ``changes`` (None
-    values ignored)."""
+    values ignored). The data stay the source run's: its dataset and its seed, from which the
+    validation and test splits are drawn (another seed would carve them from other images, some of
+    them the source run's training images), so changing either is refused."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    for key in SOURCE_DATA_FIELDS:
+        if key in changes and changes[key] != getattr(source, key):
+            raise QsnnError(
+                f"{key}: fine-tuning keeps the source run's {key} ({getattr(source, key)!r}; asked for "
+                f"{changes[key]!r}): its validation and test splits are drawn from it, and another would mix "
+                "the source's training images into them; train a new run (qsnn-train run) for other data"
+            )
     cfg = source.for_profile(profile).replace(dropout=0.0, integer_exact=True)
-    return cfg.replace(**{k: v for k, v in changes.items() if v is not None})
+    return cfg.replace(**changes)
 
 
 def agreement_with_sim(model: IntegerExactQSNN, checkpoint: Path, split, batch_size: int = 256) -> dict[str, Any]:
