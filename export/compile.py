@@ -884,7 +884,7 @@ def _fixed_shift_fallback(
     Where m = 0 leaves θ fewer than :data:`MIN_THRESHOLD_STEPS` steps, ``allow_saturation`` takes the
     smallest m ≤ m_max that gives it that many (more current per input, so more saturation: counted);
     without it, or where no m does, the layer is refused with the computed changes that would hold it:
-    the ``--threshold`` range at these weights (:func:`fixed_shift_theta_range`) and the multiplier
+    the ``--threshold`` range at these weights (:func:`_threshold_fix`) and the multiplier
     ``--allow-saturation`` would use."""
     ts = p.threshold_shift
     largest = min(p.threshold_max, p.membrane_max - 1)
