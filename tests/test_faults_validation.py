@@ -19,12 +19,12 @@ Python API where that is the user's entry (``TrainConfig``, ``load_split``, ``lo
 Counts over the parametrized cases (kept equal to them by ``test_counts_in_docstring``), plus
 5 cases of their own below (2 ok-with-warning through the reports, 3 refused-clean divergences):
 
-    refused-clean    116
+    refused-clean    118
     ok-with-warning    4
     ok                 4
     traceback          0
     silent             0
-    total            124
+    total            126
 
 Classes of bad input: non-finite and out-of-range values of every numeric option of every command
 (NaN, ±inf, negative, zero, above the range), inconsistent combinations (a synaptic delay ≥ T,
