@@ -805,10 +805,11 @@ def _choose_grid(
     )
 
 
-def _threshold_steps(e: int, m: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray, p: ChipProfile):
-    """(θ_c, b_c) on the grid of effective shift e = frac_bits + m (:func:`_on_grid`), θ_c also in steps of 2^ts."""
-    _, _, _, th, b = _on_grid(e, p.frac_bits, m, acc_unit, theta, offset, p)
-    return th, b, th / 2**p.threshold_shift
+def _threshold_steps(m: int, acc_unit: np.ndarray, theta: float, offset: np.ndarray, p: ChipProfile):
+    """(s, δ, θ_c, b_c, θ_c in steps of 2^ts) at a fixed-shift profile's current shift s = frac_bits with
+    weights x2^m, i.e. :func:`_on_grid` at effective shift e = frac_bits + m."""
+    s, _, unit, th, b = _on_grid(p.frac_bits + m, p.frac_bits, m, acc_unit, theta, offset, p)
+    return s, unit, th, b, th / 2**p.threshold_shift
 
 
 def _round_sig(x: float, up: bool, digits: int = 3) -> float:
@@ -889,7 +890,7 @@ def _fixed_shift_fallback(
     ts = p.threshold_shift
     largest = min(p.threshold_max, p.membrane_max - 1)
     m = 0
-    th, b, steps = _threshold_steps(p.frac_bits, m, acc_unit, theta, offset, p)
+    s, unit, th, b, steps = _threshold_steps(m, acc_unit, theta, offset, p)
 
     def fix() -> str:
         if not suggest:
@@ -905,17 +906,17 @@ def _fixed_shift_fallback(
         )
     if np.min(th) < MIN_THRESHOLD_STEPS * 2**ts:
 
-        def steps_at(k: int) -> np.ndarray | None:  # θ in steps at weights x2^k, None where the register overflows
-            th_k, _, steps_k = _threshold_steps(p.frac_bits + k, k, acc_unit, theta, offset, p)
-            return steps_k if th_k.max() <= largest else None
+        def fewest_steps(k: int) -> int | None:  # θ's fewest steps at weights x2^k, None where the register overflows
+            _, _, th_k, _, steps_k = _threshold_steps(k, acc_unit, theta, offset, p)
+            return int(steps_k.min()) if th_k.max() <= largest else None
 
-        finer = next(
-            (k for k in range(1, m_max + 1) if steps_at(k) is not None and steps_at(k).min() >= MIN_THRESHOLD_STEPS),
-            None,
+        finer, finer_steps = next(
+            ((k, n) for k in range(1, m_max + 1) if (n := fewest_steps(k)) is not None and n >= MIN_THRESHOLD_STEPS),
+            (None, None),
         )
         if finer is None or not allow_saturation:
             saturating = (
-                f"; or compile with --allow-saturation (weights x{2**finer}: θ then {int(steps_at(finer).min())} "
+                f"; or compile with --allow-saturation (weights x{2**finer}: θ then {finer_steps} "
                 "steps; the membrane may saturate, as qsnn-sim counts and Lava clamps)"
                 if finer is not None
                 else f" (no weight multiplier up to x{2**m_max} gives it {MIN_THRESHOLD_STEPS} steps)"
@@ -928,9 +929,7 @@ def _fixed_shift_fallback(
                 f"{fix()}{saturating}"
             )
         m = finer
-        th, b, steps = _threshold_steps(p.frac_bits + m, m, acc_unit, theta, offset, p)
-    s = p.frac_bits
-    unit = acc_unit / 2.0 ** (p.frac_bits + m)
+        s, unit, th, b, steps = _threshold_steps(m, acc_unit, theta, offset, p)
     clipped = np.abs(b) > p.bias_max
     th_i, b_i = th.astype(np.int64), np.clip(b, -p.bias_max, p.bias_max).astype(np.int64)
     lo, hi = membrane_bound(acc_max << m, acc_min << m, s, b_i, th_i, leak_const, p, T)
