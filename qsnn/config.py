@@ -34,6 +34,10 @@ PRESET_ROW = {"mnist": "mnist", "mnist5k": "mnist", "fmnist": "fmnist", "dvs128"
 #: default is its preset row's network with the output layer sized to its classes (:func:`default_arch`).
 PAPER_DATASETS = ("mnist", "mnist5k", "fmnist", "dvs128")
 
+#: λ of ``qsnn-train finetune``'s distillation toward the float model it starts from, when not given
+#: (``TrainConfig.distill``; :func:`qsnn.train.loss.distill_count_loss`). A plain run does not distill (0).
+FINETUNE_DISTILL = 1.0
+
 #: The one place the ``make demo`` model is defined (``qsnn-train run --demo``, and the test suite's
 #: ``demo_run`` fixture): the embedded mnist5k, int4 (Table I's row), cosine, CPU-sized: T = 25 and
 #: 6 epochs, with a 2-epoch cosine period so that the run ends where eq. 4 reaches η_min (epoch 6),

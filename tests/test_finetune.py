@@ -288,8 +288,8 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
 def test_finetune_distill_option_trains_with_its_lambda_and_records_it(tmp_path):
     """--distill λ changes the training (the same seeded run, other weights) and is the run's: best.pt's
     configuration records it, and --resume goes on with the saved λ, whatever --distill says."""
+    from qsnn.config import FINETUNE_DISTILL as DISTILL
     from qsnn.train.cli import main
-    from qsnn.train.finetune import DISTILL
 
     src = synthetic_checkpoint(tmp_path / "src.pt", arch="784Dense32-D10", **SPECS["784Dense32-D10"])
     common = ["--profile", "fpga", "--subset", "40", "--val-subset", "20", "--test-subset", "20"]

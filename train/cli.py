@@ -18,7 +18,16 @@ from qsnn.cli import (
     say,
     version_option,
 )
-from qsnn.config import DEMO, PRECISIONS, PRESET_ROW, QUANT_SCALES, SCHEDULES, WEIGHT_SCALES, TrainConfig
+from qsnn.config import (
+    DEMO,
+    FINETUNE_DISTILL,
+    PRECISIONS,
+    PRESET_ROW,
+    QUANT_SCALES,
+    SCHEDULES,
+    WEIGHT_SCALES,
+    TrainConfig,
+)
 from qsnn.data import files_line
 from qsnn.errors import QsnnError
 from qsnn.options import SEED
@@ -368,7 +377,7 @@ def _check_device(device: str | None) -> None:
     "--distill",
     type=click.FloatRange(min=0.0),
     help="λ: weight of the squared distance of the output spike counts to the float model's (0 = eq. 6 alone) "
-    "[default: 1].",
+    f"[default: {FINETUNE_DISTILL:g}].",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch size [default: RUN's].")
 @click.option("--subset", type=click.IntRange(min=1), help="Stratified subset of the training split.")

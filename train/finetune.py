@@ -22,7 +22,7 @@ Per layer and step, forward (integers, exactly) and backward (what each integer 
              straight through, the spike through the fast-sigmoid surrogate of slope k on the real
              membrane δ_c·(u − θ_c) (:mod:`qsnn.export.integer_torch`)
 
-The loss is eq. (6) plus ``distill`` λ (default :data:`DISTILL`) times the squared distance of the
+The loss is eq. (6) plus ``distill`` λ (default :data:`qsnn.config.FINETUNE_DISTILL`) times the squared distance of the
 output counts to those of the float model the fine-tuning starts from, on the same minibatch
 (:func:`qsnn.train.loss.distill_count_loss`)::
 
@@ -61,15 +61,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qsnn.atomic import atomic_write_text
-from qsnn.config import TrainConfig
+from qsnn.config import FINETUNE_DISTILL, TrainConfig
 from qsnn.data import INPUT_SCALE
 from qsnn.errors import QsnnError
 from qsnn.profiles import ChipProfile, get_profile
 
 from .model import QSNN, SNNOutput
 
-#: λ of the distillation toward the float model (:func:`qsnn.train.loss.distill_count_loss`) by default.
-DISTILL = 1.0
 #: Accumulators below this bound are exact in float32 (their convolutions run in float32, else float64).
 FLOAT32_EXACT = 2**24
 
@@ -320,7 +318,7 @@ def finetune(
     if changes.get("lr") is None:
         changes["lr"] = data["config_obj"].lr / 10
     if changes.get("distill") is None:
-        changes["distill"] = DISTILL
+        changes["distill"] = FINETUNE_DISTILL
     cfg = finetune_config(data["config_obj"], p.name, **changes)
     build = partial(IntegerExactQSNN, profile=p, classes=list(data["classes"]), encoding=data["encoding"])
     shape, n_classes = tuple(data["input_shape"]), len(data["classes"])
