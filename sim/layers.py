@@ -107,13 +107,19 @@ def note_work(work: int) -> None:
     _work_seen += int(work)
 
 
+def layer_dense_macs(layer, out_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one layer for one sample and step as a dense evaluation counts them
+    (every neuron of its output ``out_shape`` × fan-in × pool²), event-blind."""
+    return int(np.prod(out_shape)) * layer.pool**2 * layer.fan_in
+
+
 def dense_macs(net: IntegerNetwork) -> int:
-    """Multiply-accumulates of one sample over T as a dense evaluation counts them (every neuron ×
-    fan-in × pool², every step): the size of a call, before any layer is compiled."""
+    """Multiply-accumulates of one sample over T (:func:`layer_dense_macs`, every step): the size of a
+    call, before any layer is compiled."""
     total, shape = 0, tuple(net.input_shape)
     for layer in net.layers:
         shape = layer.output_shape(shape)
-        total += int(np.prod(shape)) * layer.pool**2 * layer.fan_in
+        total += layer_dense_macs(layer, shape)
     return total * net.num_steps
 
 
@@ -165,7 +171,7 @@ class _Layer:
             (self.out_shape[1], self.out_shape[2], self.out_shape[0]) if layer.kind == "conv" else self.out_shape
         )
         self.neurons = int(np.prod(self.out_shape))
-        self.dense_macs = self.neurons * layer.pool**2 * layer.fan_in  # per sample and step, event-blind
+        self.dense_macs = layer_dense_macs(layer, self.out_shape)  # per sample and step
         self._check_constants()
 
         w = np.asarray(layer.weight, dtype=np.int64)
@@ -599,11 +605,12 @@ _COMPILED_LOCK = Lock()
 _COMPILED_MAX = 8
 
 
-def _fingerprint(net: IntegerNetwork) -> tuple:
-    """Everything the compiled layers depend on, the arrays hashed (weights, constants, profile, shapes)."""
+def _fingerprint(net: IntegerNetwork, arrays: list[np.ndarray] | None = None) -> tuple:
+    """Everything the compiled layers depend on, the arrays hashed (weights, constants, profile, shapes);
+    ``arrays``: :func:`_arrays` of ``net`` when the caller has them."""
     crc = 0
     scalars = []
-    for a in _arrays(net):
+    for a in _arrays(net) if arrays is None else arrays:
         crc = zlib.crc32(a, crc)  # the buffer itself, no copy
         scalars.append((a.dtype.str, a.shape))
     for layer in net.layers:
@@ -638,7 +645,7 @@ def _network_key(net: IntegerNetwork) -> tuple:
     known = _KNOWN.get(id(net))
     if known is not None and known[0]() is net and all(a.tobytes() == b for a, b in zip(arrays, known[1])):
         return known[2]
-    key = _fingerprint(net)
+    key = _fingerprint(net, arrays)
     ident = id(net)
     _KNOWN[ident] = (weakref.ref(net, lambda _ref: _KNOWN.pop(ident, None)), tuple(a.tobytes() for a in arrays), key)
     return key
