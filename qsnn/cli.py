@@ -161,6 +161,14 @@ list_profiles_option = click.option(
     help="List the chip profiles and every field (type, default, each profile's value, meaning), then exit.",
 )
 
+#: ``--data-dir`` of every command that reads a dataset by name, with ``$QSNN_DATA_DIR`` as its default.
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="QSNN_DATA_DIR",
+    help="Folder with the dataset files (env QSNN_DATA_DIR); see docs/data.md.",
+)
+
 allow_saturation_option = click.option(
     "--allow-saturation",
     is_flag=True,

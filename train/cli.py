@@ -10,6 +10,7 @@ import click
 from qsnn.cli import (
     DatasetChoice,
     DefaultGroup,
+    data_dir_option,
     debug_option,
     friendly_errors,
     note_user_path,
@@ -50,13 +51,7 @@ def main() -> None:
     keep_freed_memory()  # glibc keeps the minibatches' large blocks for reuse (train/alloc.py)
 
 
-#: The options every training command shares.
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    envvar="QSNN_DATA_DIR",
-    help="Folder with the dataset files (env QSNN_DATA_DIR); see docs/data.md.",
-)
+#: The option every training command shares besides qsnn.cli's (``--data-dir`` is :data:`qsnn.cli.data_dir_option`).
 device_option = click.option(
     "--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu)."
 )

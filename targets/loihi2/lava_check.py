@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     from qsnn.atomic import atomic_write_text
-    from qsnn.cli import allow_saturation_option, friendly_errors, print_table
+    from qsnn.cli import allow_saturation_option, data_dir_option, friendly_errors, print_table
 
     @click.command()
     @click.option(
@@ -153,13 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         show_default=True,
         help="Test images (the first N of the test split).",
     )
-    @click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        envvar="QSNN_DATA_DIR",
-        default=None,
-        help="Folder with the dataset files (env QSNN_DATA_DIR) [default: where the model was trained from].",
-    )
+    @data_dir_option
     @allow_saturation_option
     @click.option(
         "--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON."
