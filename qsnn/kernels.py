@@ -94,6 +94,15 @@ class OrtIntMatmul:
         return self.session.run(["y"], {"x": np.ascontiguousarray(x)})[0]
 
 
+def pixel_words(x: np.ndarray) -> np.ndarray:
+    """``x`` (..., C) C-contiguous, viewed with each pixel's C values as the widest of 8-, 4- or 2-byte
+    words that its bytes divide into (unchanged where none is wider than its own values): the same
+    bytes, fewer and wider elements to copy."""
+    row = x.shape[-1] * x.dtype.itemsize
+    wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
+    return x.view(np.dtype(f"u{wide}")) if wide > x.dtype.itemsize else x
+
+
 def im2col(x: np.ndarray, window: int, stride: int, out_hw: tuple[int, int]) -> np.ndarray:
     """Rows ``(m·Ho·Wo, K·K·C)`` of the ``window``² patches at ``stride`` of ``x`` (m, H, W, C).
 
@@ -103,10 +112,7 @@ def im2col(x: np.ndarray, window: int, stride: int, out_hw: tuple[int, int]) -> 
     """
     xs = np.ascontiguousarray(x)
     dtype = xs.dtype
-    row = xs.shape[3] * dtype.itemsize
-    wide = next((w for w in (8, 4, 2) if row % w == 0), 1)
-    if wide > dtype.itemsize:  # copy a pixel's C values as wider words
-        xs = xs.view(np.dtype(f"u{wide}"))
+    xs = pixel_words(xs)  # copy a pixel's C values as wider words
     m, _, _, c = xs.shape
     ho, wo = out_hw
     s0, s1, s2, s3 = xs.strides

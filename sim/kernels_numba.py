@@ -36,6 +36,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from qsnn.kernels import pixel_words
+
 #: Leak kinds as the kernels number them (``ChipProfile.leak``).
 LEAKS = {"mul": 0, "shift": 1, "loihi": 2}
 
@@ -307,11 +309,9 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
     """:func:`qsnn.kernels.im2col` of ``x`` (m, H, W, C) uint8 with ``pad`` zeros on every side, in
     one compiled pass (no padded copy; a pixel's C bytes moved as 8-, 4- or 2-byte words where they
     allow): the same rows, (m·Ho·Wo, K·K·C)."""
-    xs = np.ascontiguousarray(x)
-    m, h, w, c = xs.shape
-    wide = next((n for n in (8, 4, 2) if c % n == 0), 1)
-    words = xs.view(np.dtype(f"u{wide}")) if wide > 1 else xs
+    words = pixel_words(np.ascontiguousarray(x))
+    m, h, w, c = words.shape
     ho, wo = out_hw
-    out = np.empty((m * ho * wo, window * window * (c // wide)), dtype=words.dtype)
+    out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
     _im2col(words.reshape(m, h, -1), window, stride, pad, ho, wo, out)
     return out.view(np.uint8)
