@@ -22,9 +22,11 @@ a profile and, on the same mnist5k test images, T and batch, times:
 
 How it stays honest on a shared machine:
 
-* every timed call is warm (one untimed call of each peer first); the peers alternate within each
-  repetition, in a rotating order, and the ratios are taken per repetition (engine vs peer of the
-  same repetition), then summarised as median and [min, max];
+* every timed call is warm: right before it, the same peer runs untimed for 50 ms (:func:`warm`; an
+  idle core of these machines runs slower for the next tens of milliseconds, so a cold call would
+  time what the previous peer left idle); the peers alternate within each repetition, in a rotating
+  order, and the ratios are taken per repetition (engine vs peer of the same repetition), then
+  summarised as median and [min, max];
 * thread pools do not spin into the next peer's measurement: ``OMP_WAIT_POLICY=PASSIVE``,
   ``GOMP_SPINCOUNT=0``, ``KMP_BLOCKTIME=0`` are set before torch/NumPy load, onnxruntime's sessions
   run with ``allow_spinning=0``, and the engine's NumPy path runs NumPy's BLAS on one thread (its
@@ -199,10 +201,31 @@ def numpy_blas_one_thread():
     return lambda: mine.limit(limits=1)
 
 
-def _median_time(fn, repeats: int = 5) -> float:
+#: untimed calls of a peer right before each timed one, at least this long (seconds) and at least one
+WARM_S = 0.05
+
+
+def warm(fn, seconds: float = WARM_S) -> None:
+    """Call ``fn`` untimed until ``seconds`` have passed (at least once).
+
+    Why before every timed call: on these 2-vCPU machines a core that sat idle runs slower for the
+    next tens of milliseconds. Two threads of onnxruntime's int8 matmul (6 calls each, 12 ms) take
+    10.6 ms right after both cores were busy, 16.0 ms right after the eager loop (418 ms wall, 509 ms
+    CPU: the second core mostly idle) and 20.8 ms after a 0.2 s sleep; one thread 22.9 against 30.0 ms.
+    Timed cold, a fast two-threaded peer measured what the peer before it left idle; warmed, each peer
+    is timed in its own steady state, as a run of many batches sees it.
+    """
+    t_end = time.perf_counter() + seconds
     fn()
+    while time.perf_counter() < t_end:
+        fn()
+
+
+def _median_time(fn, repeats: int = 5) -> float:
+    """Median seconds of ``repeats`` calls of ``fn``, each right after :func:`warm` calls of it."""
     ts = []
     for _ in range(repeats):
+        warm(fn)
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
@@ -305,7 +328,8 @@ def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
 
 
 def interleaved(runs: dict, n_samples: int, repeats: int, reference: str = "engine") -> dict[str, dict]:
-    """Time every peer once per repetition in rotating order; per-repetition ratios against ``reference``."""
+    """Time every peer once per repetition in rotating order, each right after :func:`warm` calls of
+    itself; per-repetition ratios against ``reference``."""
     names = list(runs)
     for fn in runs.values():  # warm: sessions, caches, allocators, thread pools
         fn()
@@ -313,6 +337,7 @@ def interleaved(runs: dict, n_samples: int, repeats: int, reference: str = "engi
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            warm(runs[name])
             t0 = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - t0)
@@ -581,8 +606,7 @@ def main(
         if b <= eager_max_batch:
             runs["eager"] = eager
         per_batch[b] = interleaved(runs, len(x), repeats)
-        # and as a qsnn-sim run calls it, back to back: interleaved, the engine inherits what the previous
-        # peer leaves (after the eager loop its two threads kept about 1.1 cores busy, against 1.8 alone)
+        # and as a qsnn-sim run calls it, back to back (no peer in between at all)
         per_batch[b]["engine, back to back"] = back_to_back(runs["engine"], len(x), 2 * repeats)
 
         # exactness in the same run: every spike train of the engine vs PyTorch integer mode and the NumPy path
