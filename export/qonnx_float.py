@@ -299,6 +299,11 @@ def as_pair(value: Any) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
+def _quant_enabled(module: nn.Module, proxy: str) -> bool:
+    """Whether a Brevitas layer's quantizer proxy (``input_quant``, ``output_quant``, ``bias_quant``) is on."""
+    return bool(getattr(getattr(module, proxy, None), "is_quant_enabled", False))
+
+
 def synapse_problems(module: nn.Module) -> list[str]:
     """Everything about one conv / linear synapse that a qsnn export cannot hold (empty: it can):
     non-square kernels, strides or paddings, grouped or dilated convs, non-zero padding modes, weights
@@ -331,11 +336,17 @@ def synapse_problems(module: nn.Module) -> list[str]:
                 problems.append("a weight zero point: symmetric weight quantization only")
         except Exception as exc:  # a quantizer Brevitas cannot evaluate here
             problems.append(f"its weight quantizer fails ({type(exc).__name__}: {exc})")
-        for attr, what in (("is_input_quant_enabled", "input"), ("is_output_quant_enabled", "output")):
-            if getattr(module, attr, False):
-                problems.append(f"an {what} activation quantizer: qsnn's inputs are spikes or the model's input")
-        if getattr(module, "is_bias_quant_enabled", False):
-            problems.append("a bias quantizer: a float bias only (the compiler puts it on the membrane grid)")
+        for proxy, what in (("input_quant", "input"), ("output_quant", "output")):
+            if _quant_enabled(module, proxy):
+                problems.append(
+                    f"an {what} activation quantizer ({proxy}=...): qsnn's inputs are spikes or the model's input; "
+                    f"build the layer without {proxy}"
+                )
+        if _quant_enabled(module, "bias_quant"):
+            problems.append(
+                "a bias quantizer (bias_quant=...): a float bias only (the compiler puts it on the membrane grid); "
+                "build the layer without bias_quant"
+            )
     return problems
 
 

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from qsnn.arch import Arch, ConvSpec, DenseSpec
+from qsnn.config import range_problem
 from qsnn.data import ENCODINGS
 from qsnn.errors import ExportError
 from qsnn.events import EventFrames
@@ -111,10 +112,12 @@ def _leaky_problems(module: nn.Module) -> list[str]:
         problems.append("reset_delay=False: qsnn's neuron resets on the previous step's spike (reset_delay=True)")
     if getattr(module, "reset_mechanism", "subtract") not in ("subtract", "zero"):
         problems.append(f"reset_mechanism={module.reset_mechanism!r}: subtract or zero")
-    if torch.as_tensor(module.beta).numel() != 1:
-        problems.append("a β per neuron (learn_beta with a tensor β): one β per layer")
-    if torch.as_tensor(module.threshold).numel() != 1:
-        problems.append("a θ per neuron: one threshold per layer")
+    for symbol, name in (("β", "beta"), ("θ", "threshold")):
+        value = torch.as_tensor(getattr(module, name)).detach()
+        if value.numel() != 1:
+            problems.append(f"a {symbol} per neuron: one {name} per layer")
+        elif (what := range_problem(name, float(value))) is not None:
+            problems.append(f"{name}={float(value):g}: {symbol} must be {what}")
     if getattr(module, "inhibition", False):
         problems.append("inhibition=True")
     if getattr(module, "state_quant", False):
@@ -166,6 +169,13 @@ def read_sequential(model: nn.Module) -> tuple[list[_Layer], list[str]]:
                 bad(at, m, "BatchNorm2d acts on a conv's (pooled) current: put it between the conv and its Leaky")
             elif current.bn is not None:
                 bad(at, m, "a second BatchNorm on one layer")
+            elif m.running_mean is None or m.running_var is None:
+                bad(
+                    at,
+                    m,
+                    "track_running_stats=False normalises with each batch's own statistics, which no chip can "
+                    "fold: build it with track_running_stats=True (the default) and train it",
+                )
             else:
                 current.bn = m
         elif _is(m, "Leaky"):

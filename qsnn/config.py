@@ -116,6 +116,12 @@ def _in_range(value: Any, kind: type, lo, lo_open: bool, hi, hi_open: bool) -> b
     return True
 
 
+def range_problem(name: str, value: Any) -> str | None:
+    """The range in words (:data:`NUMERIC_RULES`) when ``value`` is outside field ``name``'s range, else None."""
+    kind, lo, lo_open, hi, hi_open, what = NUMERIC_RULES[name]
+    return None if _in_range(value, kind, lo, lo_open, hi, hi_open) else what
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,76 @@ def test_a_model_that_does_not_fit_its_input_is_refused_before_writing(tmp_path)
     with pytest.raises(ExportError, match="gets 2304 inputs"):
         export_torch(net, (1, 28, 28), 4, out=out)
     assert not out.exists()
+
+
+def test_settings_no_chip_can_hold_are_refused_in_one_error_before_writing(tmp_path):
+    """Quantizers besides the weights', β outside [0, 1], θ ≤ 0 and batch-statistics BatchNorm: each
+    named with its position, nothing written (Brevitas 0.13 keeps quantizers in ``*_quant`` proxies)."""
+    from brevitas.quant import Int8ActPerTensorFloat, Int8Bias, Uint8ActPerTensorFloat
+
+    bad = nn.Sequential(
+        qnn.QuantConv2d(1, 4, 3, weight_bit_width=3, input_quant=Uint8ActPerTensorFloat),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        snn.Leaky(beta=1.5, threshold=0.5),
+        nn.Flatten(),
+        qnn.QuantLinear(4 * 26 * 26, 16, weight_bit_width=5, bias=True, bias_quant=Int8Bias),
+        snn.Leaky(beta=-0.2, threshold=0.0),
+        qnn.QuantLinear(16, 10, weight_bit_width=4, output_quant=Int8ActPerTensorFloat),
+        snn.Leaky(beta=0.9, threshold=-1.0),
+    )
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError) as err:
+        export_torch(bad, (1, 28, 28), 4, out=out)
+    msg = str(err.value)
+    assert "\n" not in msg and "8 problems" in msg, msg
+    items = re.split(r"; (?=\[)", msg.split(": ", 1)[1])
+    for position, words in (
+        ("[0] QuantConv2d", "input activation quantizer (input_quant=...)"),
+        ("[1] BatchNorm2d", "track_running_stats=False"),
+        ("[2] Leaky", "beta=1.5: β must be a finite number in [0, 1]"),
+        ("[4] QuantLinear", "bias quantizer (bias_quant=...)"),
+        ("[5] Leaky", "beta=-0.2: β must be"),
+        ("[5] Leaky", "threshold=0: θ must be a finite number > 0"),
+        ("[6] QuantLinear", "output activation quantizer (output_quant=...)"),
+        ("[7] Leaky", "threshold=-1: θ must be"),
+    ):
+        assert any(item.startswith(position) and words in item for item in items), (position, words, msg)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["conv", "dense"])
+def test_learnable_beta_and_threshold_export_with_their_trained_values(tmp_path, mnist_test, spec):
+    """snnTorch's learn_beta / learn_threshold make β and θ Parameters; the export takes their values."""
+    torch.manual_seed(1)
+    first = (
+        [qnn.QuantConv2d(1, 6, 5, stride=2, padding=2, weight_bit_width=3), nn.Flatten()]
+        if spec == "conv"
+        else [nn.Flatten(), qnn.QuantLinear(784, 6 * 14 * 14, weight_bit_width=3)]
+    )
+    lifs = [
+        snn.Leaky(beta=torch.tensor(0.85), threshold=torch.tensor(0.4), learn_beta=True, learn_threshold=True)
+        for _ in range(2)
+    ]
+    net = nn.Sequential(
+        first[0],
+        *([lifs[0], first[1]] if spec == "conv" else [first[1], lifs[0]]),
+        qnn.QuantLinear(6 * 14 * 14, 10, weight_bit_width=6),
+        lifs[1],
+    )
+    with torch.no_grad():
+        lifs[1].beta.fill_(0.7)  # as if trained: each layer its own value
+        lifs[1].threshold.fill_(0.25)
+        for m in net:
+            if hasattr(m, "weight") and m.weight.dim() > 1:
+                m.weight.mul_(4.0)
+    path = export_torch(net.eval(), (1, 28, 28), num_steps=6, out=tmp_path / "learned.onnx")
+    graph = read_float_graph(path)
+    assert [(round(la.beta, 6), round(la.theta, 6)) for la in graph.layers] == [(0.85, 0.4), (0.7, 0.25)]
+    x = torch.as_tensor(mnist_test.x[:32], dtype=torch.float32) / 255
+    ref = run_users_loop(net, x, 6).numpy()
+    got = run_onnx_steps(path, x.numpy())["z2"]
+    assert ref.sum() > 0
+    assert np.mean(got.sum(0).argmax(1) == ref.sum(0).argmax(1)) >= 0.95
 
 
 # -- the user's model through qsnn-sim and every target -------------------------------------------

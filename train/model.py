@@ -210,8 +210,10 @@ class QSNN(nn.Module):
         self.names = layer_names(arch)
         self.synapses, self.norms, self.neurons = nn.ModuleList(synapses), nn.ModuleList(norms), nn.ModuleList(neurons)
         self.dropout = nn.Dropout(0.0)
-        self.register_buffer("beta", torch.as_tensor(neurons[0].beta, dtype=torch.float32).clone())
-        self.register_buffer("theta", torch.as_tensor(neurons[0].threshold, dtype=torch.float32).clone())
+        # detached: a learnable β/θ (learn_beta=True) is a Parameter, and a buffer cloned from it would be a
+        # non-leaf tensor that copy.deepcopy (the exporter's copy) refuses
+        self.register_buffer("beta", torch.as_tensor(neurons[0].beta, dtype=torch.float32).detach().clone())
+        self.register_buffer("theta", torch.as_tensor(neurons[0].threshold, dtype=torch.float32).detach().clone())
         self._dropout_at = None
         return self
 
