@@ -51,6 +51,9 @@ NPZ = {"train": "train.npz", "val": "val.npz", "test": "test.npz"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 #: Pillow modes read as one grayscale channel; any other mode makes the dataset RGB.
 GRAY_MODES = ("1", "L", "LA")
+#: Pillow modes of more than 8 bits per value (16/32-bit integer, float): Pillow's conversion to L or
+#: RGB would clip them at 255, so they are refused rather than read.
+DEEP_MODES = ("I", "F")
 #: Share of the training set carved out as validation when DIR has no val.npz / val/ folder.
 VAL_FRACTION = 0.1
 
@@ -284,7 +287,18 @@ def _arrays_info(root: Path) -> SourceInfo:
                 "every file of an arrays: dataset has one input shape"
             )
     classes = _all_classes(files)
-    return SourceInfo(shape, classes, encoding, steps)
+    return _classifier(SourceInfo(shape, classes, encoding, steps), files["train"])
+
+
+def _classifier(meta: SourceInfo, train: Path) -> SourceInfo:
+    """``meta`` when its data has two classes or more (the output layer's argmax picks one of K), else a
+    :class:`DataError` naming the training data."""
+    if len(meta.classes) < 2:
+        raise DataError(
+            f"{train}: the data holds one class ({meta.classes[0]!r}); a classifier needs at least 2 classes: add "
+            "samples of another class (labels 0..K-1, or one subfolder per class)"
+        )
+    return meta
 
 
 def _all_classes(files: dict[str, Path]) -> tuple[str, ...]:
@@ -412,6 +426,12 @@ def _folder_headers(keys: tuple[tuple[str, int, int], ...], one_size: bool) -> t
     size0, first, gray = None, None, True
     for path, _, _ in keys:
         size, mode = _image_header(Path(path))
+        if mode.split(";")[0] in DEEP_MODES:
+            raise DataError(
+                f"{path}: Pillow mode {mode} holds more than 8 bits per value; qsnn's input is 8-bit "
+                "pixels 0..255 and reading it would clip every value above 255: save it as 8-bit PNG/JPEG "
+                "(e.g. Image.fromarray((a >> 8).astype(np.uint8)) for 16-bit data)"
+            )
         if size0 is None:
             size0, first = size, path
         elif size != size0 and one_size:
@@ -433,7 +453,9 @@ def _folder_scan(root: Path, resize: tuple[int, int] | None):
 
 def _folder_info(root: Path, resize: tuple[int, int] | None) -> SourceInfo:
     scan, (w, h), channels = _folder_scan(root, resize)
-    return SourceInfo((channels, h, w), tuple(sorted({c for _, c in scan["train"]})), "static")
+    return _classifier(
+        SourceInfo((channels, h, w), tuple(sorted({c for _, c in scan["train"]})), "static"), root / "train"
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -235,6 +235,20 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, tuple[str, ...]]:
         write_image_folder(root, size=(8, 8), n_train=6, n_test=3)
         shutil.rmtree(root / "test")
         return f"folder:{root}", (str(root / "test"), "missing", "subfolder per class")
+    if case == "one-class-folder":
+        write_image_folder(root, size=(8, 8), num_classes=1, n_train=6, n_test=3)
+        return f"folder:{root}", (str(root / "train"), "one class ('ant')", "at least 2 classes")
+    if case == "16-bit-images":  # Pillow's convert("L") would clip every value above 255
+        write_image_folder(root, size=(8, 8), n_train=6, n_test=3)
+        from PIL import Image
+
+        deep = root / "train" / "cat" / "deep.png"
+        Image.fromarray(rng.integers(0, 65535, (8, 8), dtype=np.uint16)).save(deep)
+        return f"folder:{root}", (str(deep), "mode I;16 holds more than 8 bits", "save it as 8-bit")
+    if case == "one-class-arrays":
+        np.savez(root / "train.npz", x=x, y=np.zeros_like(y))
+        np.savez(root / "test.npz", x=x, y=np.zeros_like(y))
+        return f"arrays:{root}", (str(root / "train.npz"), "one class ('0')", "at least 2 classes")
     save(classes=np.array(["a", "b", "c"]))
     if case == "label-out-of-range":
         np.savez(root / "test.npz", x=x, y=y + 1, classes=np.array(["a", "b", "c"]))
@@ -281,6 +295,9 @@ BAD_CASES = [
     "shapes-differ",
     "missing-test",
     "not-npz",
+    "one-class-folder",
+    "16-bit-images",
+    "one-class-arrays",
 ]
 
 
