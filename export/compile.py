@@ -479,6 +479,7 @@ def choose_membrane_grid(plan: Plan) -> None:
                 plan.graph.num_steps,
                 m_max,
                 plan.allow_saturation,
+                trained_for_chip=plan.graph.trained_profile == p.name,
             )
         except ProfileError as exc:  # threshold or bias register, membrane bound: one limit of this layer
             plan.limits.append(str(exc))
@@ -738,9 +739,11 @@ def _choose_grid(
     m_max: int,
     allow_saturation: bool,
     suggest: bool = True,
+    trained_for_chip: bool = False,
 ) -> Grid:
     """Pick the effective shift e by the rule of the module docstring (and its fixed-shift variant); a
-    fixed-shift refusal computes the ``--threshold`` that would fit unless ``suggest`` is False."""
+    fixed-shift refusal computes the ``--threshold`` that would fit unless ``suggest`` is False, and
+    advises training for the chip unless the model already was (``trained_for_chip``)."""
     p = profile
     ts = p.threshold_shift
     e_top = p.frac_bits + m_max
@@ -768,8 +771,9 @@ def _choose_grid(
             return Grid(e, s, m, th_i, b_i, unit, lo, hi, fits=True)
     if p.fixed_shift:
         return _fixed_shift_fallback(
-            name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T, m_max, allow_saturation, suggest
-        )
+            name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T, m_max, allow_saturation, suggest,
+            trained_for_chip,
+        )  # fmt: skip
     if not allow_saturation:
         detail = (
             f"at the lowest usable shift {last[0]} the bound is [{last[1]}, {last[2]}] with thresholds from {last[3]}"
@@ -877,6 +881,7 @@ def _fixed_shift_fallback(
     m_max: int = 0,
     allow_saturation: bool = False,
     suggest: bool = True,
+    trained_for_chip: bool = False,
 ) -> Grid:
     """No weight multiplier keeps the worst case inside the membrane on a fixed-shift profile: the
     file cannot carry a smaller current, so m = 0 at s = frac_bits (the least overflow), biases
@@ -893,10 +898,11 @@ def _fixed_shift_fallback(
     s, unit, th, b, steps = _threshold_steps(m, acc_unit, theta, offset, p)
 
     def fix() -> str:
+        chip = "" if trained_for_chip else f"train for the chip (qsnn-train run --profile {p.name})"
         if not suggest:
-            return "train for the chip (qsnn-train run --profile " + p.name + ")"
+            return chip or "retrain with another --threshold"
         found = _threshold_fix(name, acc_unit, offset, theta, acc_max, acc_min, leak_const, p, T, m_max)
-        return f"{found}, or train for the chip (qsnn-train run --profile {p.name})"
+        return f"{found}, or {chip}" if chip else found
 
     if np.any(th > largest):
         raise ProfileError(

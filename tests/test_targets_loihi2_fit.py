@@ -112,6 +112,17 @@ def test_refusal_of_too_small_weights_computes_the_largest_threshold(graphs):
     assert not compiles(with_theta(graph, last_digit_before(largest, up=False)))
 
 
+@pytest.mark.parametrize("spec, theta, layer", [("16C3s2p1-D10", 0.5, "conv1"), ("8C3-AP2-D10", 0.02, "fc")])
+def test_refusal_advises_training_for_the_chip_only_when_the_model_was_not(graphs, spec, theta, layer):
+    """A model trained with --profile loihi2 that still does not fit is told what changes it (--threshold),
+    not to do what it did; one trained for the paper's semantics is also told to train for the chip."""
+    graph = with_theta(graphs(spec, {}), theta)
+    hint = "train for the chip (qsnn-train run --profile loihi2)"
+    assert hint in refusal_of(graph, layer)
+    line = refusal_of(dataclasses.replace(graph, trained_profile="loihi2"), layer)
+    assert hint not in line and "--threshold" in line, line
+
+
 @pytest.mark.parametrize(
     "spec, options, theta",
     [
