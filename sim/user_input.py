@@ -174,11 +174,13 @@ def read_input(path: str | Path, net: IntegerNetwork) -> UserInput:
     if x.dtype == np.bool_:
         x = x.astype(np.uint8)
     if not np.issubdtype(x.dtype, np.integer):
-        hint = (
-            "; scaled to [0, 1]? pass (x * 255).round().astype(np.uint8)"
-            if x.dtype.kind == "f" and x.size and net.encoding == "static" and np.nanmax(x) <= 1.0
-            else f"; convert with x.astype(np.uint8) after checking the values are whole numbers 0..{net.input_max}"
-        )
+        finite = x.dtype.kind not in "fc" or bool(np.isfinite(x).all())
+        if not finite:
+            hint = "; they hold NaN or infinite values: replace them (e.g. np.nan_to_num) and convert to integers"
+        elif x.dtype.kind == "f" and x.size and net.encoding == "static" and np.max(x) <= 1.0:
+            hint = "; scaled to [0, 1]? pass (x * 255).round().astype(np.uint8)"
+        else:
+            hint = f"; convert with x.astype(np.uint8) after checking the values are whole numbers 0..{net.input_max}"
         raise InputError(f"{path}: inputs are {x.dtype}, the model takes {what}, integers 0..{net.input_max}{hint}")
     batched = _with_batch_axes(net, x)
     wrong_frames = batched is not None and net.encoding == "events" and batched.shape[1] != net.num_steps
@@ -190,6 +192,8 @@ def read_input(path: str | Path, net: IntegerNetwork) -> UserInput:
             f"{path}: inputs have shape {given}{frames}, the model {_model_name(net)} takes {what}; "
             "reshape or resize them to that"
         )
+    if not len(batched):
+        raise InputError(f"{path}: --input holds no samples (shape {given}); give at least one input, {what}")
     if batched.size and (batched.min() < 0 or batched.max() > net.input_max):
         bad = int(batched.min()) if batched.min() < 0 else int(batched.max())
         if net.encoding == "events":

@@ -200,9 +200,28 @@ def _bad_cases(digits):
     yield "classes", images, {"y": y[:4], "classes": np.array(list("abcdefghij"))}, ("bad.npz", "are not the model's")
     yield "no x", None, {"images": images}, ("bad.npz", "holds images but no array 'x'")
     yield "object", None, {"x": np.array([images, None], dtype=object)}, ("bad.npz", "not a readable NumPy file")
+    nan = images.astype(np.float32)
+    nan[1, 3, 3] = np.nan
+    yield "nan", nan, None, ("bad.npy", "float32", "NaN or infinite", "np.nan_to_num")
+    yield "empty", images[:0], None, ("bad.npy", "no samples (shape (0, 28, 28))", "at least one input")
+    yield "empty npz", None, {"x": x[:0], "y": y[:0]}, ("bad.npz", "no samples (shape (0, 1, 28, 28))")
 
 
-BAD = ["float", "shape", "negative", "too bright", "labels", "label count", "float labels", "classes", "no x", "object"]
+BAD = [
+    "float",
+    "shape",
+    "negative",
+    "too bright",
+    "labels",
+    "label count",
+    "float labels",
+    "classes",
+    "no x",
+    "object",
+    "nan",
+    "empty",
+    "empty npz",
+]
 
 
 @pytest.mark.parametrize("case", BAD)
