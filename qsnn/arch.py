@@ -147,6 +147,28 @@ class Arch:
             )
         return out
 
+    def num_weights(self, input_shape: tuple[int, ...]) -> int:
+        """The synaptic weights of the network for ``input_shape`` (biases not counted): a conv has
+        out·C_in·k² of them, a dense layer out·(inputs)."""
+        shape, total = tuple(int(v) for v in input_shape), 0
+        for layer, out in zip(self.layers, self.shapes(input_shape)):
+            if layer.kind == "conv":
+                total += layer.out_channels * shape[0] * layer.kernel**2
+            else:
+                total += layer.out_features * math.prod(shape)
+            shape = out
+        return total
+
+    def check_memory(self, input_shape: tuple[int, ...], memory_bytes: int) -> None:
+        """:class:`ArchError` when the network's float32 weights alone exceed ``memory_bytes`` (a spec
+        typo such as 99999999C3 would otherwise fail deep inside torch's allocator)."""
+        n = self.num_weights(input_shape)
+        if 4 * n > memory_bytes:
+            raise ArchError(
+                f"architecture {self.source or self}: {n:,} weights take {4 * n / 2**30:,.1f} GiB as float32, more "
+                f"than this machine's {memory_bytes / 2**30:.1f} GiB of memory; use fewer channels or features"
+            )
+
     def layer_bits(self, default: int) -> list[int]:
         """Each layer's weight width: its ``w<bits>`` suffix, else ``default`` (the run's)."""
         return [layer.weight_bits if layer.weight_bits is not None else default for layer in self.layers]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -236,6 +237,8 @@ class TrainConfig:
                 object.__setattr__(self, "arch", str(arch))
                 if shape is not None:
                     arch.shapes(shape, classes)
+                    if hasattr(os, "sysconf"):  # POSIX: this machine's physical memory
+                        arch.check_memory(shape, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
             except ArchError as exc:
                 problems.append(f"{exc} (--arch)")
         if self.quant_scale not in QUANT_SCALES:

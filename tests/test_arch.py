@@ -181,3 +181,27 @@ def test_train_cli_refuses_a_bad_spec_before_any_file(tmp_path):
     assert res.returncode != 0
     assert "1000Dense10" in res.stderr and "1024 inputs" in res.stderr and "write 1024Dense10" in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, shape, extra", SPECS)
+def test_weight_count_is_the_models(spec, shape, extra):
+    model = QSNN(TrainConfig(precision="fp32", arch=spec, **extra), shape, 10)
+    weights = sum(s.weight.numel() for s in model.synapses)
+    assert parse_arch(spec).num_weights(shape) == weights
+
+
+def test_a_network_larger_than_memory_is_refused_before_any_file(tmp_path):
+    """A spec typo (99999999C3, 2.5 TB of weights) is one line naming the spec, not torch's allocator failing
+    after the run directory was made."""
+    with pytest.raises(ArchError, match=r"16C5-AP2-D10: 23,440 weights take 0\.0 GiB.*more than this machine's"):
+        parse_arch("16C5-AP2-D10").check_memory((1, 28, 28), 4 * 23_439)
+    parse_arch("16C5-AP2-D10").check_memory((1, 28, 28), 4 * 23_440)
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "qsnn.train.cli", "run", "--arch", "99999999C3-D10", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "99999999C3-D10: 676,899,993,231 weights take 2,521.6 GiB" in res.stderr and "fewer channels" in res.stderr
+    assert not out.exists()
