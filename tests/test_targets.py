@@ -278,6 +278,31 @@ def test_fpga_word_widths_and_independent_parsers(tmp_path, word_bits):
     assert_same_network(net, read_target(out))
 
 
+@pytest.mark.parametrize("weight_bits", range(2, 17))
+def test_fpga_every_profile_weight_width_packs_by_default(tmp_path, weight_bits):
+    """Every weight width the profile allows (``--profile-set weight_bits=b``, 2..16) gets tables with
+    the default options: words of ⌊32/b⌋ whole weights (no unused bits), weights reaching ±(2^(b−1)−1)
+    decoded independently from .mem/.coe/.mif and read back equal (3, 5, 6, 7 and 9..15 bits were
+    refused with 'word_bits=32 must be a multiple of the weight width', an option the CLI cannot set)."""
+    profile = FPGA.replace(weight_bits=weight_bits)
+    net = tiny_net(profile, seed=weight_bits)
+    rng = np.random.default_rng(weight_bits)
+    layers = tuple(
+        dataclasses.replace(
+            layer, weight=rng.integers(-profile.weight_max, profile.weight_max + 1, layer.weight.shape).astype(np.int16)
+        )
+        for layer in net.layers
+    )
+    layers[0].weight.reshape(-1)[:2] = [profile.weight_max, -profile.weight_max]
+    net = dataclasses.replace(net, layers=layers)
+    out = write_target("fpga", net, tmp_path / "fpga")
+    check_fpga_files(out, net)
+    for rec in read_manifest(out)["layers"]:
+        mem = rec["weight_memory"]
+        assert mem["word_bits"] == weight_bits * (32 // weight_bits) and mem["weights_per_word"] == 32 // weight_bits
+    assert_same_network(net, read_target(out))
+
+
 def test_fpga_packing_order_documented_example(tmp_path):
     """First weight in the least significant nibble, (out, in, ky, kx) order, zero padding."""
     w = np.zeros((3, 1, 3, 3), dtype=np.int8)

@@ -6,8 +6,9 @@ Per layer ``L{i}_{name}`` (i from 1):
   (Verilog ``$readmemh``, Xilinx COE, Intel MIF). Weights are b-bit two's complement
   (b = the profile's ``weight_bits``, 4 for the paper's QSNNs), flattened in the order
   ``(out, in, ky, kx)`` for conv (``(out, in)`` for dense, ``in`` being the previous layer's spikes
-  flattened in ``(C, H, W)`` order) and packed ``word_bits // b`` to a word (default 32 bits = 8
-  weights): weight n lies in word ``n // per_word`` at bits ``[b·(n mod per_word), b·(n mod per_word) + b)``,
+  flattened in ``(C, H, W)`` order) and packed ``word_bits // b`` to a word (default: the widest
+  word of whole weights within 32 bits, :func:`default_word_bits`: 32 bits = 8 weights of 4 bits,
+  30 bits = 5 weights of 6 bits): weight n lies in word ``n // per_word`` at bits ``[b·(n mod per_word), b·(n mod per_word) + b)``,
   i.e. the **first weight in the least significant bits**. The memory is one continuous
   little-endian bit stream; the last word is padded with zero weights (stated in the manifest).
 * ``..._threshold.mem``: one word per output channel, ``threshold_bits`` wide, unsigned,
@@ -52,11 +53,18 @@ C_WORD_TYPES = {8: "uint8_t", 16: "uint16_t", 32: "uint32_t", 64: "uint64_t"}
 # Options and fit
 
 
+def default_word_bits(weight_bits: int) -> int:
+    """The default memory word for b-bit weights: the widest word of whole weights within
+    :data:`DEFAULT_WORD_BITS` (b·⌊32/b⌋: 32 for 2, 4, 8 and 16 bits, 30 for 3, 5, 6, 28 for 7), so that
+    every width the profile allows packs as one continuous bit stream with no unused bits."""
+    return weight_bits * max(1, DEFAULT_WORD_BITS // weight_bits)
+
+
 def _options(net: IntegerNetwork, word_bits: int | None = None, weight_bits: int | None = None) -> dict[str, int]:
     wb = int(weight_bits if weight_bits is not None else net.profile.weight_bits)
-    word = int(word_bits if word_bits is not None else DEFAULT_WORD_BITS)
     if not 2 <= wb <= 16:
         raise ProfileError(f"fpga: weight_bits={wb} must be 2..16")
+    word = int(word_bits if word_bits is not None else default_word_bits(wb))
     if word < wb or word > 1024 or word % wb:
         raise ProfileError(
             f"fpga: word_bits={word} must be a multiple of the weight width ({wb} bits), "
