@@ -608,6 +608,16 @@ def _load_nmnist(split: str, data_dir: Path | None, seed: int, num_steps: int, e
 # Entry point
 
 
+def take_subset(data: ArraySplit, subset: int, seed: int, what: str) -> ArraySplit:
+    """The stratified seeded subset of ``subset`` samples (recordings) of ``data``; :class:`DataError`
+    naming ``what`` (the dataset and split) when it has fewer."""
+    total = data.num_recordings
+    if not 0 < subset <= total:
+        unit = "recordings" if data.group is not None else "samples"
+        raise DataError(f"subset={subset} for {what}, which has {total} {unit}; choose 1..{total}")
+    return data.subset(subset, seed)
+
+
 def load_split(
     name: str,
     split: str,
@@ -650,11 +660,7 @@ def load_split(
     else:
         data = _load_idx_dataset(name, split, root, seed)
     if subset is not None:
-        total = data.num_recordings
-        if not 0 < subset <= total:
-            what = "recordings" if data.group is not None else "samples"
-            raise DataError(f"subset={subset} for {name} {split}, which has {total} {what}; choose 1..{total}")
-        data = data.subset(subset, seed)
+        data = take_subset(data, subset, seed, f"{name} {split}")
     if not data.x.flags.writeable:  # a whole cached array: hand out a copy, keep the cache intact
         data = data._take(np.arange(len(data)))
     return data
@@ -805,11 +811,13 @@ def load_for_model(
     if data_dir is None and resolve_data_dir(None) is None and name == trained_on and recorded:
         data_dir = recorded if Path(recorded).is_dir() else None  # where training read it (export metadata)
     try:
-        data = load_split(name, split, data_dir, num_steps=model.num_steps, subset=subset, events=events)
+        data = load_split(name, split, data_dir, num_steps=model.num_steps, events=events)
     except DataError as exc:
         if dataset is None:
             raise DataError(f"{where} was trained on {trained_on}, which cannot be read here: {exc}") from None
         raise
+    if subset is not None:  # read, so a subset too large is that, not unreadable data
+        data = take_subset(data, subset, 0, f"{name} {split}")
     problems = model_data_differences(model, data)
     if problems:
         if name == trained_on:

@@ -400,6 +400,18 @@ def test_recorded_source_gone_is_one_line(arrays_model, tmp_path):
         load_for_model(net, "test")
 
 
+def test_a_subset_larger_than_the_recorded_data_is_not_unreadable_data(arrays_model):
+    """The recorded data is read; only --subset is wrong, and the message says just that."""
+    from qsnn.sim.cli import main
+
+    data, onnx_path = arrays_model
+    result = CliRunner().invoke(main, [str(onnx_path), "--subset", "25", "--no-progress"])
+    line = assert_clean_cli_error(result, f"subset=25 for arrays:{data} test, which has 24 samples; choose 1..24")
+    assert "cannot be read" not in line
+    ok = CliRunner().invoke(main, [str(onnx_path), "--subset", "24", "--no-float", "--no-progress"])
+    assert ok.exit_code == 0 and f"arrays:{data} test, 24 samples" in ok.output, ok.output
+
+
 def test_loihi2_example_input_is_the_first_test_sample(arrays_model, tmp_path):
     from qsnn.export.cli import main
 
