@@ -19,9 +19,9 @@
 
 The model is read as a stack of layers, each ``synapse [AvgPool2d] [BatchNorm2d] Leaky`` (pooling
 and BatchNorm after a conv only, in that order: the paper's ``BN(AP(W ⊛ z))``), with ``Flatten``
-before the first dense layer and ``Dropout`` anywhere (it is the identity at inference). Synapses are
-Brevitas ``QuantConv2d`` / ``QuantLinear`` (2..8-bit weights, per-tensor or per-channel scale, with or
-without a float bias) or float ``nn.Conv2d`` / ``nn.Linear``; every ``snn.Leaky`` keeps its own β and θ
+before the first dense layer and ``Dropout`` (any kind) or ``Identity`` anywhere (the identity at
+inference). Synapses are Brevitas ``QuantConv2d`` / ``QuantLinear`` (2..8-bit weights, per-tensor or
+per-channel scale, with or without a float bias) or float ``nn.Conv2d`` / ``nn.Linear``; every ``snn.Leaky`` keeps its own β and θ
 (``reset_delay=True``, subtract or zero reset, the same reset in every layer). The input is what the
 model takes: pixels/255 for ``encoding="static"`` (uint8 images, the chip's input), event counts for
 ``"events"``.
@@ -50,10 +50,12 @@ from qsnn.events import EventFrames
 
 from .qonnx_float import as_pair, synapse_problems
 
+#: Modules that are the identity at inference (a Sequential may hold them anywhere).
+IDENTITIES = ("Dropout", "Dropout1d", "Dropout2d", "AlphaDropout", "FeatureAlphaDropout", "Identity")
 #: What a Sequential may hold, for messages.
 SUPPORTED = (
     "Brevitas QuantConv2d / QuantLinear or torch Conv2d / Linear, nn.AvgPool2d, nn.BatchNorm2d, "
-    "nn.Flatten, nn.Dropout, snntorch.Leaky"
+    "nn.Flatten, nn.Dropout (any kind) or nn.Identity, snntorch.Leaky"
 )
 
 
@@ -191,7 +193,7 @@ def read_sequential(model: nn.Module) -> tuple[list[_Layer], list[str]]:
             if current is not None and current.lif is None:
                 bad(at, m, "flattening inside a layer: flatten the spikes, after the Leaky")
             flattened = True
-        elif _is(m, "Dropout"):
+        elif _is(m, *IDENTITIES):
             pass  # the identity at inference
         elif _is(m, "MaxPool2d", "AdaptiveMaxPool2d", "MaxPool1d"):
             bad(at, m, "max pooling has no integer form on qsnn's targets: use nn.AvgPool2d (sum pooling on the chip)")

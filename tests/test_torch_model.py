@@ -165,6 +165,20 @@ def test_settings_no_chip_can_hold_are_refused_in_one_error_before_writing(tmp_p
     assert not out.exists()
 
 
+def test_identity_modules_anywhere_change_nothing(tmp_path, mnist_test):
+    """nn.Identity and every Dropout kind are the identity at inference: the export equals the plain model's."""
+    plain = users_model()
+    padded = []
+    for i, m in enumerate(plain):
+        padded += [m] + ([nn.Identity(), nn.Dropout2d(0.3)] if i == 0 else [nn.AlphaDropout(0.1)] if i == 6 else [])
+    a = export_torch(plain, (1, 28, 28), num_steps=6, out=tmp_path / "plain.onnx")
+    b = export_torch(nn.Sequential(*padded).eval(), (1, 28, 28), num_steps=6, out=tmp_path / "padded.onnx")
+    x = mnist_test.x[:16].astype(np.float32) / 255
+    got, want = run_onnx_steps(b, x), run_onnx_steps(a, x)
+    assert want["z3"].sum() > 0
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
 @pytest.mark.parametrize("spec", ["conv", "dense"])
 def test_learnable_beta_and_threshold_export_with_their_trained_values(tmp_path, mnist_test, spec):
     """snnTorch's learn_beta / learn_threshold make β and θ Parameters; the export takes their values."""
