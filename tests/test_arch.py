@@ -185,7 +185,7 @@ def test_train_cli_refuses_a_bad_spec_before_any_file(tmp_path):
 
 @pytest.mark.parametrize("spec, shape, extra", SPECS)
 def test_weight_count_is_the_models(spec, shape, extra):
-    model = QSNN(TrainConfig(precision="fp32", arch=spec, **extra), shape, 10)
+    model = QSNN(TrainConfig(arch=spec, **extra), shape, 10)
     weights = sum(s.weight.numel() for s in model.synapses)
     assert parse_arch(spec).num_weights(shape) == weights
 
@@ -205,3 +205,26 @@ def test_a_network_larger_than_memory_is_refused_before_any_file(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert "99999999C3-D10: 676,899,993,231 weights take 2,521.6 GiB" in res.stderr and "fewer channels" in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--arch", "D32-D10", "--weight-bits", "3"], "--weight-bits with --precision fp32"),
+        (["--arch", "8C3-D10", "--weight-scale", "channel", "--quant-scale", "po2"], "--weight-scale, --quant-scale"),
+        (["--arch", "8C3w2-AP2-D10w8"], "--arch 8C3w2-AP2-D10w8's w<bits> with --precision fp32"),
+    ],
+)
+def test_fp32_refuses_the_weight_quantizers_options_before_any_file(tmp_path, args, words):
+    """fp32 weights are not quantized: a bit width or scale kind given with them would be silently ignored."""
+    from click.testing import CliRunner
+    from faults_helpers import assert_clean_cli_error
+
+    from qsnn.train.cli import main
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--precision", "fp32", "--steps", "2", "--out", str(out), *args])
+    assert_clean_cli_error(result, words, "--precision int4")
+    assert not out.exists()
+    cfg = TrainConfig(precision="int4", arch=args[1])  # the same options are int4's
+    assert cfg.arch == str(parse_arch(args[1]))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qsnn.arch import ArchError, parse_arch
 from qsnn.cli import (
     DatasetChoice,
     DefaultGroup,
@@ -212,7 +213,22 @@ def _options_except(*names: str):
 
 
 def config_from_options(dataset: str, precision: str, plain: bool = False, **overrides) -> TrainConfig:
-    """The preset row for (dataset, precision) with the given (non-None) overrides."""
+    """The preset row for (dataset, precision) with the given (non-None) overrides; the weight
+    quantizer's options with ``--precision fp32`` (float weights, nothing quantized) are refused."""
+    quantizer = [f"--{k.replace('_', '-')}" for k in ("weight_bits", "weight_scale", "quant_scale") if overrides.get(k)]
+    try:
+        if overrides.get("arch") and any(
+            layer.weight_bits is not None for layer in parse_arch(overrides["arch"]).layers
+        ):
+            quantizer.append(f"--arch {overrides['arch']}'s w<bits>")
+    except ArchError:
+        pass  # the configuration's check names the bad token
+    if precision == "fp32" and quantizer:
+        raise QsnnError(
+            f"{', '.join(quantizer)} with --precision fp32: fp32 weights are not quantized, so "
+            f"{'they do' if len(quantizer) > 1 else 'it does'} nothing; drop {'them' if len(quantizer) > 1 else 'it'} "
+            "or train integer weights (--precision int4)"
+        )
     if plain:
         overrides["fast"] = False
     return TrainConfig.from_preset(dataset, precision, **overrides)
