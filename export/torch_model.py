@@ -249,13 +249,15 @@ def qsnn_from_sequential(
     encoding: str = "static",
     frames: EventFrames | None = None,
     where: str = "the model",
+    problems: Sequence[str] = (),
 ):
     """A :class:`~qsnn.train.model.QSNN` that runs the user's own modules (shared, not copied), or
-    one :class:`ExportError` listing every problem."""
+    one :class:`ExportError` listing every problem (``problems``: the caller's own, listed with them)."""
     from qsnn.arch import ArchError
     from qsnn.train.model import QSNN
 
-    layers, problems = read_sequential(model)
+    layers, found = read_sequential(model)
+    problems = [*found, *problems]
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         problems.append(f"input_shape {tuple(input_shape)}: give (C, H, W) of one input frame")
@@ -340,13 +342,18 @@ def export_torch(
 
     n_out = getattr(_last_synapse(model), "out_features", None)
     names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(n_out or 0)]
+    problems = []
+    if classes is not None and n_out is not None and len(names) != n_out:
+        problems.append(
+            f"classes: {len(names)} names for the last layer's {n_out} output neurons; give one name per output neuron"
+        )
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        problems.append(f"classes: the name {dup!r} appears twice; each output neuron needs its own name")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        problems.append(f"batch_size {batch_size!r}: a positive integer N (or None: a dynamic batch)")
     qsnn_model = qsnn_from_sequential(
-        model,
-        input_shape,
-        num_steps,
-        num_classes=len(names) if classes is not None else None,
-        encoding=encoding,
-        frames=frames,
+        model, input_shape, num_steps, encoding=encoding, frames=frames, problems=problems
     )
     onnx_model, _ = build_float_from_module(
         qsnn_model,

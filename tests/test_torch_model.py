@@ -165,6 +165,26 @@ def test_settings_no_chip_can_hold_are_refused_in_one_error_before_writing(tmp_p
     assert not out.exists()
 
 
+def test_export_arguments_are_checked_with_the_model_before_writing(tmp_path):
+    """classes (count, duplicates) and batch_size are listed in the one error with the model's own problems."""
+    net = users_model()
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError) as err:
+        export_torch(net, (1, 28, 28), 4, out=out, classes=["a", "b", "a"], batch_size=0)
+    msg = str(err.value)
+    assert "3 problems" in msg and "classes: 3 names for the last layer's 10 output neurons" in msg
+    assert "the name 'a' appears twice" in msg and "batch_size 0: a positive integer" in msg
+    with pytest.raises(ExportError, match=r"2 problems.*\[2\] Leaky: beta=1\.5.*the name 'x' appears twice"):
+        net[2].beta = torch.tensor(1.5)
+        export_torch(net, (1, 28, 28), 4, out=out, classes=["x"] * 10)
+    assert not out.exists()
+    net[2].beta = torch.tensor(0.9)
+    names = [f"c{i}" for i in range(10)]
+    assert read_float_graph(export_torch(net, (1, 28, 28), 4, out=out, classes=names, batch_size=2)).classes == tuple(
+        names
+    )
+
+
 def test_identity_modules_anywhere_change_nothing(tmp_path, mnist_test):
     """nn.Identity and every Dropout kind are the identity at inference: the export equals the plain model's."""
     plain = users_model()
