@@ -316,6 +316,38 @@ def test_bad_user_data_one_line_no_run_folder(tmp_path, case):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    "kind, options, named",
+    [
+        ("static", ["--event-bits", "4"], "--event-bits"),
+        ("static", ["--test-cut", "windows", "--event-downsample", "2"], "--event-downsample, --test-cut"),
+        ("events", ["--event-bin-us", "100", "--event-bits", "2"], "--event-bin-us"),
+        ("mnist5k", ["--event-bin-us", "100"], "--event-bin-us"),
+    ],
+)
+def test_event_options_that_do_nothing_to_the_data_are_refused(tmp_path, kind, options, named):
+    """Options for raw event recordings given for images or pre-binned frames were silently ignored."""
+    from qsnn.train.cli import main
+
+    if kind == "mnist5k":
+        dataset, arch = "mnist5k", "D10"
+    else:
+        rng, root = np.random.default_rng(0), tmp_path / kind
+        root.mkdir()
+        for split, n in (("train", 12), ("test", 6)):
+            x = rng.integers(0, 9, size=(n, 1, 8, 8) if kind == "static" else (n, 3, 2, 8, 8))
+            np.savez(root / f"{split}.npz", x=x.astype(np.uint8), y=np.arange(n) % 3)
+        dataset, arch = f"arrays:{root}", "D3"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["run", "--dataset", dataset, "--arch", arch, "--steps", "2", "--out", str(out), *options]
+    )
+    line = assert_clean_cli_error(result, f"{named} with --dataset {dataset}", "drop")
+    assert ("static images" if kind != "events" else "pre-binned event frames") in line
+    assert "--event-bits" not in line or kind == "static"  # the count clip acts on every event source
+    assert not out.exists()
+
+
 def test_events_outside_the_sensor_name_the_recording(tmp_path):
     root = write_nmnist_fixture(tmp_path, n_train_per_class=1, n_test_per_class=1)
     bad = root / "NMNIST" / "Test" / "3" / "00000.bin"

@@ -212,6 +212,38 @@ def _options_except(*names: str):
     return lambda fn: _options(fn, exclude=names)
 
 
+#: The event-encoding options and the data each acts on (``events``: any event data; else the named
+#: datasets that bin and downsample raw recordings, or cut test windows).
+EVENT_OPTIONS = {
+    "event_bits": "events",
+    "event_bin_us": ("dvs128", "nmnist"),
+    "event_downsample": ("dvs128", "nmnist"),
+    "test_cut": ("dvs128",),
+}
+
+
+def _idle_event_options(dataset: str, overrides: dict) -> str:
+    """A message naming every event option given for data it does nothing on, else ""."""
+    from qsnn.data import encoding_of
+
+    try:
+        encoding = encoding_of(dataset)
+    except QsnnError:
+        return ""  # the configuration's check names what is wrong with the data
+    idle = [
+        f"--{name.replace('_', '-')}"
+        for name, acts_on in EVENT_OPTIONS.items()
+        if overrides.get(name) is not None and not (encoding == "events" if acts_on == "events" else dataset in acts_on)
+    ]
+    if not idle:
+        return ""
+    what = "static images" if encoding == "static" else "pre-binned event frames (binned and cut as stored)"
+    return (
+        f"{', '.join(idle)} with --dataset {dataset}: it holds {what}, which {'these options do' if len(idle) > 1 else 'this option does'} "
+        f"nothing to; drop {'them' if len(idle) > 1 else 'it'} (see --help for the data each acts on)"
+    )
+
+
 def config_from_options(dataset: str, precision: str, plain: bool = False, **overrides) -> TrainConfig:
     """The preset row for (dataset, precision) with the given (non-None) overrides; the weight
     quantizer's options with ``--precision fp32`` (float weights, nothing quantized) are refused."""
@@ -223,6 +255,9 @@ def config_from_options(dataset: str, precision: str, plain: bool = False, **ove
             quantizer.append(f"--arch {overrides['arch']}'s w<bits>")
     except ArchError:
         pass  # the configuration's check names the bad token
+    idle = _idle_event_options(dataset, overrides)
+    if idle:
+        raise QsnnError(idle)
     if precision == "fp32" and quantizer:
         raise QsnnError(
             f"{', '.join(quantizer)} with --precision fp32: fp32 weights are not quantized, so "
