@@ -826,5 +826,7 @@ def load_for_model(
             advice = f"the model was trained on {trained_on}: leave --dataset out, or give data like it"
         else:
             advice = "give data of the model's input shape, classes and encoding"
+            if any(p.startswith("class names") for p in problems):
+                advice += " (a model of your own has the class names export_torch(..., classes=[...]) gave it)"
         raise DataError(f"dataset {name} does not fit {where}: {'; '.join(problems)}; {advice}")
     return name, data

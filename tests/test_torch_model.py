@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from qsnn.data import load_split
-from qsnn.errors import ExportError
+from qsnn.errors import ExportError, QsnnError
 from qsnn.export import export_torch
 from qsnn.export.float_graph import read_float_graph
 from qsnn.export.runtime import run_onnx_steps
@@ -286,6 +286,19 @@ def test_users_model_in_qsnn_sim_is_bit_exact(users_onnx, tmp_path):
     check = rep["agreement"]["spike_trains_vs_integer_torch"]
     assert check["bit_exact"] and set(check["equal_pct"]) == {"z1", "z2", "z3"}
     assert rep["agreement"]["vs_float_model"]["predictions_equal_pct"] >= 90.0
+
+
+def test_users_model_on_data_with_other_class_names_says_how_to_name_them(users_onnx):
+    """The export's classes default to 0..K-1; FashionMNIST's names differ, and the message says where
+    a model of one's own gets its names."""
+    from qsnn.data import load_for_model
+
+    net = _users_net(users_onnx, weight_bits=8)
+    with pytest.raises(QsnnError) as err:
+        load_for_model(net, "test", dataset="fmnist", subset=10)
+    msg = str(err.value)
+    assert "class names (T-shirt/top, Trouser, Pullover, Dress, ...) (the model's: (0, 1, 2, 3, ...)" in msg
+    assert "export_torch(..., classes=[...])" in msg and "\n" not in msg
 
 
 def _users_net(users_onnx, **sets):
