@@ -131,11 +131,19 @@ def fit_problems(net: IntegerNetwork, limits: Limits) -> list[str]:
         if big > wmax:
             need = big.bit_length() + 1
             what = f"weights (the kernel with its {layer.pool}×{layer.pool} pooling folded in)" if folded else "weights"
+            if net.profile.weight_bits > limits.weight_bits:  # the profile was widened beyond what the target stores
+                fix = (
+                    f"The network was compiled with weight_bits={net.profile.weight_bits}: compile it with "
+                    f"--profile-set weight_bits={limits.weight_bits} (or fewer) for this target."
+                )
+            else:
+                fix = (
+                    f"Compile it with wider weights (--profile-set weight_bits={max(need, limits.weight_bits + 1)}) "
+                    f"where the target allows, or for a {limits.weight_bits}-bit profile."
+                )
             problems.append(
                 f"{where}: {what} reach |{big}|, which needs {need}-bit two's complement; the "
-                f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). "
-                f"Compile it with wider weights (--profile-set weight_bits={max(need, limits.weight_bits + 1)}) where the "
-                f"target allows, or for a {limits.weight_bits}-bit profile."
+                f"{limits.target} target stores {limits.weight_bits}-bit weights (narrow range ±{wmax}). {fix}"
             )
         problems += _register_problems(
             where, "threshold", layer.threshold, limits.threshold_max, limits.threshold_multiple, limits.target

@@ -23,7 +23,7 @@ from qsnn.errors import ExportError, ProfileError
 from qsnn.network import IntegerLayer, IntegerNetwork
 from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim.engine import simulate
-from qsnn.targets import TARGETS, read_manifest, read_target, write_target
+from qsnn.targets import TARGETS, read_manifest, read_target, target_problems, write_target
 from qsnn.targets.fpga import tables as fpga_target
 from qsnn.targets.loihi2 import netx as loihi2_target
 
@@ -675,6 +675,12 @@ def test_fit_weight_bits(tmp_path):
     w[1, 3] = 200
     with pytest.raises(ProfileError, match=r"layer 3 \(fc\).*\|200\|.*8-bit"):
         write_target("loihi2", _swap_layer(lo, 2, weight=w), tmp_path / "d")
+    # a profile widened beyond what the target stores (qsnn-export --to loihi2 --profile-set weight_bits=9):
+    # the fix is to undo the change, not to widen once more
+    lo9 = _swap_layer(tiny_net(LOIHI2.replace(weight_bits=9)), 2, weight=w)
+    found = target_problems("loihi2", lo9)
+    assert len(found) == 1 and "|200|" in found[0] and "--profile-set weight_bits=8 (or fewer)" in found[0], found
+    assert "weight_bits=9)" not in found[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
 
 
