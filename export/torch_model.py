@@ -124,7 +124,7 @@ def _leaky_problems(module: nn.Module) -> list[str]:
         problems.append("inhibition=True")
     if getattr(module, "state_quant", False):
         problems.append("state_quant: the membrane's integer form comes from the chip profile")
-    if float(torch.as_tensor(getattr(module, "graded_spikes_factor", 1.0)).reshape(-1)[0]) != 1.0:
+    if float(torch.as_tensor(getattr(module, "graded_spikes_factor", 1.0)).detach().reshape(-1)[0]) != 1.0:
         problems.append("graded spikes: binary spikes only")
     return problems
 
