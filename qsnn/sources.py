@@ -259,6 +259,8 @@ def _read_npz(key: tuple[str, int, int]):
     encoding, _, _ = _x_layout(path, x.shape, x.dtype)
     if y.dtype.kind not in "ui" or y.ndim != 1:
         hint = ": save y.astype(np.int64)" if y.dtype.kind in "fb" and y.ndim == 1 else ""
+        if y.ndim == 2 and len(y) == len(x) and y.shape[1] > 1:
+            hint = " (one-hot or scores per class? save y.argmax(axis=1))"
         raise DataError(f"{path}: y is {y.dtype} {y.shape}; labels are integer class indices, one per sample{hint}")
     if len(y) != len(x):
         raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)} labels; give one label per sample")

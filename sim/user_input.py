@@ -228,7 +228,10 @@ def _labels(path: Path, y: np.ndarray, n: int, net: IntegerNetwork) -> np.ndarra
     if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{path}: labels y are {y.dtype}, expected integer class indices 0..{k - 1}")
     if y.shape != (n,):
-        raise InputError(f"{path}: labels y have shape {y.shape} for {n} inputs; give one label per input, ({n},)")
+        hint = " (one-hot or scores per class? save y.argmax(axis=1))" if y.ndim == 2 and len(y) == n else ""
+        raise InputError(
+            f"{path}: labels y have shape {y.shape} for {n} inputs; give one label per input, ({n},){hint}"
+        )
     if n and (y.min() < 0 or y.max() >= k):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
         raise InputError(

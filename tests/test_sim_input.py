@@ -204,6 +204,7 @@ def _bad_cases(digits):
     nan[1, 3, 3] = np.nan
     yield "nan", nan, None, ("bad.npy", "float32", "NaN or infinite", "np.nan_to_num")
     yield "empty", images[:0], None, ("bad.npy", "no samples (shape (0, 28, 28))", "at least one input")
+    yield "one-hot", images, {"y": np.eye(10, dtype=np.int64)[y[:4]]}, ("bad.npz", "(4, 10)", "y.argmax(axis=1)")
     yield "empty npz", None, {"x": x[:0], "y": y[:0]}, ("bad.npz", "no samples (shape (0, 1, 28, 28))")
 
 
@@ -221,6 +222,7 @@ BAD = [
     "nan",
     "empty",
     "empty npz",
+    "one-hot",
 ]
 
 

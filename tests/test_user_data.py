@@ -260,6 +260,9 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, tuple[str, ...]]:
     if case == "float-images":
         save(x=x.astype(np.float32) / 255)
         return f"arrays:{root}", (str(root / "train.npz"), "x is float32", "np.round(x * 255)")
+    if case == "one-hot-labels":
+        save(y=np.eye(3, dtype=np.int64)[y])
+        return f"arrays:{root}", (str(root / "train.npz"), "y is int64 (12, 3)", "save y.argmax(axis=1)")
     if case == "float-labels":
         save(y=y.astype(np.float64))
         return f"arrays:{root}", (str(root / "train.npz"), "y is float64", "y.astype(np.int64)")
@@ -298,6 +301,7 @@ BAD_CASES = [
     "one-class-folder",
     "16-bit-images",
     "one-class-arrays",
+    "one-hot-labels",
 ]
 
 
