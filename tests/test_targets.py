@@ -850,3 +850,44 @@ def test_summarize_rows(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+FAN_IN_CASES = {  # (stack on 1×14×14, limit, the layer over it): what each one-line fix must make fit
+    "conv_then_dense": ([("conv", 20, 3, 1, 0, 1), ("dense", 3)], 200, 2),
+    "conv_then_conv": ([("conv", 12, 3, 1, 1, 1), ("conv", 2, 5, 2, 0, 1), ("dense", 3)], 200, 2),
+    "dense_then_dense": ([("dense", 300), ("dense", 3)], 200, 2),
+    "pooled_conv_folded": ([("conv", 12, 3, 1, 1, 1), ("conv", 2, 3, 1, 0, 2), ("dense", 3)], 150, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAN_IN_CASES))
+def test_fan_in_refusal_names_the_smallest_change_that_fits(monkeypatch, case):
+    """A fan-in beyond the target's limit (Loihi 2: 4096 synapses; raising max_fan_in only moves the refusal
+    to the target) names the network change that fits: at most N channels (neurons) in the layer before,
+    the smallest such change (N + 1 does not fit), or pooling that layer's map by f; each applied here
+    and checked by the same rule."""
+    from qsnn.targets.fit import Limits, fit_problems
+
+    stack, limit, over = FAN_IN_CASES[case]
+    limits = Limits("loihi2", 8, max_fan_in=limit, fold_pool=case.endswith("folded"))
+
+    def fan_in_problems(layers):
+        monkeypatch.setitem(STACKS, "probe", layers)
+        return [p for p in fit_problems(stack_net(FPGA, "probe"), limits) if "fan-in" in p]
+
+    (found,) = fan_in_problems(stack)
+    assert found.startswith(f"layer {over} (") and f"limit of {limit} synapses" in found, found
+    fixes = 0
+    for most, name in re.findall(r"at most (\d+) (?:channels|neurons) in layer (\w+)", found):
+        before = int(name[-1]) - 1  # stack_net names layers kind + index
+        assert int(most) < stack[before][1]
+        for n, fits in ((int(most), True), (int(most) + 1, False)):
+            changed = [*stack[:before], (stack[before][0], n, *stack[before][2:]), *stack[before + 1 :]]
+            assert (not fan_in_problems(changed)) is fits, (found, n)
+        fixes += 1
+    for f in re.findall(r"pooled by (\d+)", found):
+        before = over - 2
+        assert stack[before][0] == "conv"
+        assert not fan_in_problems([*stack[:before], (*stack[before][:5], int(f)), *stack[before + 1 :]]), found
+        fixes += 1
+    assert fixes, found
