@@ -28,6 +28,7 @@ a class count before any work is done, naming the token and what to write instea
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 
@@ -172,6 +173,14 @@ class Arch:
     def layer_bits(self, default: int) -> list[int]:
         """Each layer's weight width: its ``w<bits>`` suffix, else ``default`` (the run's)."""
         return [layer.weight_bits if layer.weight_bits is not None else default for layer in self.layers]
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (POSIX), None where it cannot be asked."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _source_token(layer: LayerSpec) -> str:

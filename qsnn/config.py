@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from qsnn.arch import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, PAPER_ARCH, Arch, ArchError, parse_arch
+from qsnn.arch import MAX_WEIGHT_BITS, MIN_WEIGHT_BITS, PAPER_ARCH, Arch, ArchError, machine_memory, parse_arch
 from qsnn.errors import DataError, QsnnError
 from qsnn.events import EventFrames
 
@@ -237,8 +236,8 @@ class TrainConfig:
                 object.__setattr__(self, "arch", str(arch))
                 if shape is not None:
                     arch.shapes(shape, classes)
-                    if hasattr(os, "sysconf"):  # POSIX: this machine's physical memory
-                        arch.check_memory(shape, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+                    if (memory := machine_memory()) is not None:
+                        arch.check_memory(shape, memory)
             except ArchError as exc:
                 problems.append(f"{exc} (--arch)")
         if self.quant_scale not in QUANT_SCALES:

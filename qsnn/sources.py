@@ -454,7 +454,16 @@ def _folder_scan(root: Path, resize: tuple[int, int] | None):
 
 
 def _folder_info(root: Path, resize: tuple[int, int] | None) -> SourceInfo:
+    from qsnn.arch import machine_memory
+
     scan, (w, h), channels = _folder_scan(root, resize)
+    n, memory = max(len(items) for items in scan.values()), machine_memory()
+    if memory is not None and n * channels * h * w > memory:  # the largest split is read as one uint8 array
+        size = f"@{resize[0]}x{resize[1]}" if resize else f"{w}x{h}"
+        raise DataError(
+            f"{root}: {n} images of {channels}×{h}×{w} ({size}) take {n * channels * h * w / 2**30:,.1f} GiB as uint8, "
+            f"more than this machine's {memory / 2**30:.1f} GiB of memory; state a smaller size, folder:DIR@WxH"
+        )
     return _classifier(
         SourceInfo((channels, h, w), tuple(sorted({c for _, c in scan["train"]})), "static"), root / "train"
     )

@@ -320,6 +320,22 @@ def test_bad_user_data_one_line_no_run_folder(tmp_path, case):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
 
 
+def test_a_resize_rule_beyond_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    """folder:DIR@WxH with a typo (@10000x10000) would allocate the split before any message."""
+    import qsnn.arch
+    from qsnn.train.cli import main
+
+    root = write_image_folder(tmp_path / "f", size=(8, 8), n_train=6, n_test=3)
+    monkeypatch.setattr(qsnn.arch, "machine_memory", lambda: 6 * 64 * 64 - 1)  # 6 training images at 64x64
+    out = tmp_path / "run"
+    args = ["run", "--arch", "D3", "--steps", "2", "--epochs", "1", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--dataset", f"folder:{root}@64x64"])
+    assert_clean_cli_error(result, f"{root}: 6 images of 1×64×64 (@64x64)", "state a smaller size")
+    assert not out.exists()
+    result = CliRunner().invoke(main, [*args, "--dataset", f"folder:{root}@32x32"])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize(
     "kind, options, named",
     [
