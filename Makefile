@@ -120,13 +120,15 @@ demo: install
 
 # The FPGA core against qsnn-sim on the demo model: RTL_N real test images in Verilator (every layer's
 # spike train at every step, output counts, saturation), cycles per inference, and a Yosys synthesis
-# for each family in RTL_SYNTH (resources into runs/demo/fpga/resources.json).
+# for each family in RTL_SYNTH (resources into runs/demo/fpga/resources.json). Another model:
+# DEMO_DIR=RUN; RTL_EXPORT_ARGS for its export, e.g. "--profile-set weight_bits=8" for an 8-bit model.
 RTL_N     ?= 200
 RTL_SYNTH ?= ecp5
 RTL_LANES ?= 16
+RTL_EXPORT_ARGS ?=
 rtl-check: install
 	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
-	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) -o $(DEMO_DIR)/fpga --force
+	$(BIN)/qsnn-export $(DEMO_DIR)/best.pt --to fpga --lanes $(RTL_LANES) $(RTL_EXPORT_ARGS) -o $(DEMO_DIR)/fpga --force
 	$(BIN)/qsnn-rtl-sim $(DEMO_DIR)/fpga --split test -n $(RTL_N) $(foreach f,$(RTL_SYNTH),--synth $(f)) \
 	  --report $(DEMO_DIR)/rtl_check.json --force
 
@@ -226,10 +228,13 @@ $(SPYX_VENV)/.installed: $(NIR_REQS)/requirements-spyx.txt
 
 nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
 
-# consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images
+# consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images;
+# NIR_CHECK_ARGS adds options, e.g. "--profile-set weight_bits=8 --consumers snntorch,norse --out DIR"
+NIR_CHECK_ARGS ?=
 nir-check: install nir-venvs
 	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)
-	$(BIN)/python tools/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check
+	$(BIN)/python tools/nir_consumers/check.py $(NIR_CHECK_SOURCE) --images $(NIR_IMAGES) --out runs/nir-check \
+	  $(NIR_CHECK_ARGS)
 
 .PHONY: nir-venvs nir-check
 
