@@ -75,13 +75,22 @@ def fan_in_fix(layer: IntegerLayer, taps: int, in_shape: tuple[int, ...], limit:
         if most < 1:
             return f"its kernel alone has {taps} taps: use a smaller kernel (or pooling)"
         return f"make it fit with at most {most} channels in {where} (now {layer.in_channels}), or a smaller kernel"
-    if len(in_shape) != 3:
-        return f"make it fit with at most {limit} neurons in {where} (now {int(np.prod(in_shape))})"
-    c, h, w = (int(v) for v in in_shape)
+    return smaller_map_fix(in_shape, limit, where, "inputs")
+
+
+def smaller_map_fix(shape: tuple[int, ...], limit: int, where: str, what: str) -> str:
+    """How the C×H×W (or N) output of ``where`` gets to at most ``limit`` values, as a sentence: at most
+    ⌊limit / (H·W)⌋ channels (N: ``limit`` neurons), or its map pooled by the smallest f with
+    C·⌊H/f⌋·⌊W/f⌋ ≤ limit (the pooling a spec writes APf)."""
+    if len(shape) != 3:
+        return f"make it fit with at most {limit} neurons in {where} (now {int(np.prod(shape))})"
+    c, h, w = (int(v) for v in shape)
     fits = [f"at most {limit // (h * w)} channels in {where} (now {c})"] if limit >= h * w else []
     f = next((f for f in range(2, min(h, w) + 1) if c * (h // f) * (w // f) <= limit), None)
     if f:
-        fits.append(f"its {h}×{w} map pooled by {f} (AP{f}: {c}×{h // f}×{w // f} = {c * (h // f) * (w // f)} inputs)")
+        fits.append(
+            f"the {h}×{w} map of {where} pooled by {f} (AP{f}: {c}×{h // f}×{w // f} = {c * (h // f) * (w // f)} {what})"
+        )
     return "make it fit with " + (
         ", or ".join(fits) if fits else f"fewer than {c} channels and a smaller map in {where}"
     )
@@ -179,9 +188,10 @@ def fit_problems(net: IntegerNetwork, limits: Limits) -> list[str]:
         )
         neurons = int(np.prod(shape))
         if limits.max_neurons and neurons > limits.max_neurons:
+            fix = smaller_map_fix(tuple(shape), limits.max_neurons, f"layer {layer.name}", "neurons")
             problems.append(
                 f"{where}: {neurons} neurons {tuple(shape)} exceed the {limits.target} target's limit of "
-                f"{limits.max_neurons} neurons per layer (max_neurons)."
+                f"{limits.max_neurons} neurons per layer (max_neurons); {fix}."
             )
         fan_in = folded_fan_in(layer) if limits.fold_pool else layer.fan_in
         if limits.max_fan_in and fan_in > limits.max_fan_in:

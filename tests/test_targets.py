@@ -858,25 +858,32 @@ FAN_IN_CASES = {  # (stack on 1×14×14, limit, the layer over it): what each on
     "dense_then_dense": ([("dense", 300), ("dense", 3)], 200, 2),
     "pooled_conv_folded": ([("conv", 12, 3, 1, 1, 1), ("conv", 2, 3, 1, 0, 2), ("dense", 3)], 150, 2),
 }
+NEURON_CASES = {  # (stack on 1×14×14, max_neurons, the layer over it)
+    "conv": ([("conv", 16, 3, 1, 0, 1), ("dense", 3)], 1000, 1),
+    "strided_conv": ([("conv", 4, 3, 1, 1, 1), ("conv", 40, 3, 2, 1, 1), ("dense", 3)], 1500, 2),
+    "dense": ([("dense", 300), ("dense", 3)], 200, 1),
+}
 
 
-@pytest.mark.parametrize("case", sorted(FAN_IN_CASES))
+@pytest.mark.parametrize("case", [f"fan-in:{c}" for c in sorted(FAN_IN_CASES)] + [f"neurons:{c}" for c in NEURON_CASES])
 def test_fan_in_refusal_names_the_smallest_change_that_fits(monkeypatch, case):
-    """A fan-in beyond the target's limit (Loihi 2: 4096 synapses; raising max_fan_in only moves the refusal
-    to the target) names the network change that fits: at most N channels (neurons) in the layer before,
-    the smallest such change (N + 1 does not fit), or pooling that layer's map by f; each applied here
-    and checked by the same rule."""
+    """A fan-in or a layer size beyond the target's limit (Loihi 2: 4096 synapses, 8192 neurons; raising
+    max_fan_in or max_neurons only moves the refusal to the target) names the network change that fits:
+    at most N channels (neurons) in the layer named, the smallest such change (N + 1 does not fit), or
+    that layer's map pooled by f; each applied here and checked by the same rule."""
     from qsnn.targets.fit import Limits, fit_problems
 
-    stack, limit, over = FAN_IN_CASES[case]
-    limits = Limits("loihi2", 8, max_fan_in=limit, fold_pool=case.endswith("folded"))
+    kind, name = case.split(":")
+    stack, limit, over = (FAN_IN_CASES if kind == "fan-in" else NEURON_CASES)[name]
+    field = {"fan-in": "max_fan_in", "neurons": "max_neurons"}[kind]
+    limits = Limits("loihi2", 8, fold_pool=name.endswith("folded"), **{field: limit})
 
     def fan_in_problems(layers):
         monkeypatch.setitem(STACKS, "probe", layers)
-        return [p for p in fit_problems(stack_net(FPGA, "probe"), limits) if "fan-in" in p]
+        return [p for p in fit_problems(stack_net(FPGA, "probe"), limits) if f"({field})" in p]
 
     (found,) = fan_in_problems(stack)
-    assert found.startswith(f"layer {over} (") and f"limit of {limit} synapses" in found, found
+    assert found.startswith(f"layer {over} (") and f"limit of {limit} " in found, found
     fixes = 0
     for most, name in re.findall(r"at most (\d+) (?:channels|neurons) in layer (\w+)", found):
         before = int(name[-1]) - 1  # stack_net names layers kind + index
@@ -885,8 +892,8 @@ def test_fan_in_refusal_names_the_smallest_change_that_fits(monkeypatch, case):
             changed = [*stack[:before], (stack[before][0], n, *stack[before][2:]), *stack[before + 1 :]]
             assert (not fan_in_problems(changed)) is fits, (found, n)
         fixes += 1
-    for f in re.findall(r"pooled by (\d+)", found):
-        before = over - 2
+    for name, f in re.findall(r"map of layer (\w+) pooled by (\d+)", found):
+        before = int(name[-1]) - 1
         assert stack[before][0] == "conv"
         assert not fan_in_problems([*stack[:before], (*stack[before][:5], int(f)), *stack[before + 1 :]]), found
         fixes += 1
