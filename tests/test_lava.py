@@ -158,13 +158,13 @@ DVS_CASES = {
 def test_event_model_through_lava_check_bit_exactly(lava_python, trained_run, dvs_data_dir, case):
     """A DVS128 model (event frames: binary counts, T = 8) through lava_check's check(): the loihi2 folder
     compiled with no overrides, its data read with the model's encoding, every layer's spikes at every step
-    equal in stock Lava and qsnn-sim, predictions and per-gesture accuracies equal. "windows": the first
-    gestures cut into all their T-step windows, scored per gesture; "table1": Table I's DVS int4 row
+    equal in stock Lava and qsnn-sim, predictions and per-gesture accuracies equal. "windows": gestures
+    of different classes cut into all their T-step windows, scored per gesture; "table1": Table I's DVS int4 row
     (θ 0.4) compiles under loihi2 with every threshold at least 16 steps of 2^6 and no saturation possible."""
-    from qsnn.data import load_for_model
     from qsnn.export.compile import MIN_THRESHOLD_STEPS, compile_qonnx
     from qsnn.export.qonnx_float import export_float
     from qsnn.profiles import LOIHI2
+    from qsnn.targets.inputs import check_inputs
     from qsnn.targets.loihi2.lava_check import check
 
     options, n = DVS_CASES[case]
@@ -177,9 +177,10 @@ def test_event_model_through_lava_check_bit_exactly(lava_python, trained_run, dv
     assert result["predictions_equal_pct"] == 100.0
     assert result["accuracy_lava_pct"] == result["accuracy_qsnn_pct"]
     net, report = compile_qonnx(export_float(run / "best.pt", run / "lava-check.onnx"), LOIHI2)
-    _, data = load_for_model(net, "test", str(dvs_data_dir))
+    _, data = check_inputs(net, n, "test", str(dvs_data_dir))  # n gestures of different classes
+    assert len(set(data.recording_labels())) == min(n, len(data.classes))
     if case == "windows":
-        assert result["images"] == n and result["windows"] == result["samples"] == int(np.sum(data.group < n)) > n
+        assert result["images"] == n and result["windows"] == result["samples"] == len(data) > n
     else:
         assert result["windows"] is None and result["samples"] == n
     if case == "table1":

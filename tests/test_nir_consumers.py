@@ -2,7 +2,7 @@
 
 The trained fixture model (T = 8) is compiled under ``fpga`` and written as a NIR folder of the
 consumer's flavour; ``tools/nir_consumers/run_consumer.py`` loads it with the consumer's importer,
-unmodified, and records every layer's spikes over T steps on the first 100 test images.
+unmodified, and records every layer's spikes over T steps on 100 test images (10 of each digit).
 
 What NIR's semantics allow us to assert:
 
@@ -21,6 +21,7 @@ What NIR's semantics allow us to assert:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -39,14 +40,23 @@ MAIN_ENV = ["snntorch", "spikingjelly", "norse"]
 
 @pytest.fixture(scope="module")
 def model(trained_run, tmp_path_factory):
-    from qsnn.data import load_split
     from qsnn.sim.engine import simulate
+    from qsnn.targets.inputs import check_inputs
 
     folder = tmp_path_factory.mktemp("nir-consumers")
     net = nir_check.compile_fpga(trained_run() / "best.pt", folder)
-    split = load_split("mnist5k", "test")
-    x, y = split.x[:IMAGES], split.y[:IMAGES]
-    return {"net": net, "x": x, "y": y, "folder": folder, "qsnn": simulate(net, x, record=True), "files": {}}
+    _, split = check_inputs(net, IMAGES)  # what make nir-check runs: 10 of each digit
+    x, y = split.x, split.y
+    zero = dataclasses.replace(net, profile=net.profile.replace(reset="zero"))
+    return {
+        "net": net,
+        "x": x,
+        "y": y,
+        "folder": folder,
+        "qsnn": simulate(net, x, record=True),
+        "qsnn_zero_reset": simulate(zero, x),
+        "files": {},
+    }
 
 
 def _nir_file(model, flavor: str) -> Path:
@@ -73,8 +83,14 @@ def _check_consumer(model, consumer: str, subtract: bool) -> None:
     for row in rows:
         assert row["entries"] >= 99.0, f"{consumer}: {row}"
     assert abs(_accuracy(got, y) - _accuracy(ref, y)) <= 1.0
-    # the real-valued network is a close relative of the chip's: same class for most images
-    assert np.mean(nir_check.predictions(got["z3"]) == model["qsnn"].predictions) >= 0.8
+    # the real-valued network is a close relative of the chip's under the same reset: the same class for
+    # most images (measured on 10 of each digit: 97 % under NIR's zero reset, 96-100 % with the subtract
+    # option; against the chip's own delayed subtract a zero-reset consumer agrees on 77 %). Spyx's layers
+    # pass on the previous step's spikes, one step later per layer: 78-81 %.
+    reset, _compare, emit_previous = nir_check.SEMANTICS[consumer][int(subtract)]
+    chip = model["qsnn_zero_reset"] if reset == "zero" else model["qsnn"]
+    agree = np.mean(nir_check.predictions(got[max(got)]) == chip.predictions)
+    assert agree >= (0.75 if emit_previous else 0.9), f"{consumer}: {agree:.2f} of predictions equal"
 
 
 @pytest.mark.parametrize("subtract", [False, True], ids=["nir-zero-reset", "subtract-option"])

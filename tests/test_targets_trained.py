@@ -87,3 +87,44 @@ def test_weight_memory_bits_of_the_mnist_int4_network(trained):
         assert manifest["weight_memory_bits"][layer.name] == mem["bits"]
     # these shapes pack exactly: 400, 25600 and 10240 weights are multiples of 8
     assert manifest["weight_memory_bits"] == {"conv1": 1600, "conv2": 102400, "fc": 40960}
+
+
+def test_target_checks_run_a_stratified_subset(trained, monkeypatch, tmp_path):
+    """make lava-check and make nir-check run N inputs of every class (check_inputs, as qsnn-rtl-sim -n N),
+    not the first N of the split: mnist5k's test split is stored digit by digit, so the first 10 were ten
+    zeros and a network whose output never fires scored 100 %. The consumers are replaced by qsnn-sim
+    (Lava and the NIR importers have tests of their own); what is checked is the inputs each check feeds."""
+    import sys
+    from pathlib import Path
+
+    from qsnn.targets.inputs import check_inputs
+    from qsnn.targets.loihi2 import lava_check, lava_env
+
+    assert set(trained["split"].y[:10]) == {0}  # why the first N would not do
+    fed: dict[str, np.ndarray] = {}
+
+    def fake_lava(folder, x, python=None):
+        fed["lava"] = x
+        sim = simulate(read_target(folder), x, record=True)
+        return {**sim.spikes, "predictions": sim.predictions, "counts": sim.counts, "seconds": 0.0}
+
+    monkeypatch.setattr(lava_env, "ensure", lambda log=print: sys.executable)
+    monkeypatch.setattr(lava_env, "run_folder", fake_lava)
+    result = lava_check.check(trained["checkpoint"], 10, log=lambda _m: None)
+    _, want = check_inputs(trained["nets"]["loihi2"], 10)
+    assert np.array_equal(fed["lava"], want.x) and sorted(want.y) == list(range(10))
+    assert result["images"] == result["samples"] == 10 and result["bit_exact"]
+    assert result["accuracy_qsnn_pct"] == 100.0 * want.accuracy(simulate(trained["nets"]["loihi2"], want.x).counts)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "nir_consumers"))
+    import check as nir_check
+
+    def fake_consumer(consumer, nir_file, x, T, subtract, python=None):
+        fed["nir"] = x
+        return simulate(read_target(Path(nir_file).parent), x, record=True).spikes
+
+    monkeypatch.setattr(nir_check, "run_consumer", fake_consumer)
+    results = nir_check.check(trained["checkpoint"], tmp_path / "nir-check", 10, ["snntorch"], log=lambda _m: None)
+    _, want = check_inputs(trained["nets"]["fpga"], 10)
+    assert np.array_equal(fed["nir"], want.x) and results["images"] == 10 and results["dataset"] == "mnist5k"
+    assert "10 mnist5k test images" in (tmp_path / "nir-check" / "nir_check.md").read_text()

@@ -43,12 +43,13 @@ from qsnn.cli import (
     version_option,
     write_stdout,
 )
-from qsnn.data import DATASETS, SPLITS, describe_files, load_for_model
+from qsnn.data import DATASETS, SPLITS, describe_files
 from qsnn.jsonio import dumps
 from qsnn.options import FiniteFloat
 from qsnn.output_guard import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
 from qsnn.sim.report import percent
 
+from ..inputs import check_inputs
 from . import core, hdl_sim
 from .synth import FAMILIES, synthesize
 from .tools import need_tool
@@ -341,9 +342,7 @@ def main(
         from qsnn.sim.engine import simulate
         from qsnn.sim.report import hardware_figures
 
-        dataset, data = load_for_model(net, split, data_dir, dataset=dataset, where=f"the network of {folder}")
-        if samples < len(data):
-            data = data.subset(samples, 0)
+        dataset, data = check_inputs(net, samples, split, data_dir, dataset=dataset, where=f"the network of {folder}")
         x, y = data.x, data.y
         if simulator == "verilator":
             hdl_sim.build_verilator(checked.rtl, progress=say)

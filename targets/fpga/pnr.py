@@ -576,11 +576,11 @@ def main(
     for part in parts:
         uart.clks_per_bit(BOARDS[PARTS[part]["board"]]["clock_mhz"] * 1e6, baud)
     lanes_list = lanes_list or [checked.config.lanes]
-    from qsnn.data import load_for_model
+    from ..inputs import check_inputs
 
-    dataset, data = load_for_model(checked.net, "test", data_dir, dataset=dataset, where=f"the network of {folder}")
-    if samples < len(data):
-        data = data.subset(samples, 0)
+    dataset, data = check_inputs(
+        checked.net, samples, "test", data_dir, dataset=dataset, where=f"the network of {folder}"
+    )
     rows: list[dict[str, Any]] = []
     netlists: dict = {}  # one synthesis per lane count and family
     jobs = [(lanes, part) for lanes in lanes_list for part in parts]

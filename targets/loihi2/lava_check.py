@@ -12,7 +12,7 @@ The data are the model's own (:func:`qsnn.data.load_for_model`): its dataset, re
 encoding it was trained with (bins, count clip ``input_max``, test cut) and T; an event model's
 samples are (T, C, H, W) count frames, fed to Lava as T graded 8-bit frames, and the folder's
 ``example_input.npy`` is the first of them. A test split cut into windows (``--test-cut windows``)
-is taken by recording: N is the first N gestures with all their windows, each window run from a
+is taken by recording: N gestures with all their windows, each window run from a
 clean state, and the accuracies are per gesture (output counts summed over its windows).
 
     python -m qsnn.targets.loihi2.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--data-dir DIR]
@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from qsnn.errors import DataError
 
 
 def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_pred: np.ndarray) -> dict[str, Any]:
@@ -61,18 +59,6 @@ def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_
     }
 
 
-def first_recordings(data, n: int):
-    """The first ``n`` recordings of a split (with all their windows when it is cut into windows)."""
-    import dataclasses
-
-    if n > data.num_recordings:
-        what = "recordings" if data.group is not None else "samples"
-        raise DataError(f"the test split has {data.num_recordings} {what}, asked for {n} (--images)")
-    keep = np.arange(n) if data.group is None else np.flatnonzero(data.group < n)
-    group = None if data.group is None else data.group[keep]
-    return dataclasses.replace(data, x=data.x[keep], y=data.y[keep], group=group)
-
-
 def check(
     source: Path,
     images: int,
@@ -82,12 +68,13 @@ def check(
     allow_saturation: bool = False,
     log=print,
 ) -> dict[str, Any]:
-    """Lava against ``qsnn-sim --profile loihi2`` on the first ``images`` test samples (recordings)."""
-    from qsnn.data import load_for_model
+    """Lava against ``qsnn-sim --profile loihi2`` on ``images`` test samples (recordings): a stratified
+    subset, the whole split when it has no more (:func:`~qsnn.targets.inputs.check_inputs`)."""
     from qsnn.export.compile import compile_qonnx
     from qsnn.profiles import get_profile
     from qsnn.sim import simulate
 
+    from ..inputs import check_inputs
     from ..registry import read_target, write_target
     from .lava_env import ensure, run_folder
 
@@ -99,8 +86,7 @@ def check(
 
             onnx_path = export_float(source, Path(tmp) / "model.onnx")
         net, _ = compile_qonnx(onnx_path, get_profile("loihi2"), allow_saturation=allow_saturation)
-        _, data = load_for_model(net, "test", data_dir, where=str(source))
-        data = first_recordings(data, images)
+        _, data = check_inputs(net, images, "test", data_dir, where=str(source))
         x = data.x
         folder = write_target("loihi2", net, Path(tmp) / "loihi2", example=x[0])
         net = read_target(folder)  # what the folder holds, as a user would load it
@@ -112,7 +98,7 @@ def check(
     result.update(
         {
             "source": str(source),
-            "images": images,
+            "images": data.num_recordings,
             "samples": len(data),
             "windows": None if data.group is None else len(data),
             "encoding": net.encoding,
@@ -151,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         type=click.IntRange(1),
         default=50,
         show_default=True,
-        help="Test images (the first N of the test split).",
+        help="Test images: a stratified subset of N of the test split (the whole split if it is smaller).",
     )
     @data_dir_option
     @allow_saturation_option
@@ -174,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             ("predictions equal", f"{result['predictions_equal_pct']:.2f} % of {result['samples']} samples"),
             (
                 "accuracy lava / qsnn",
-                f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % on {images} "
+                f"{result['accuracy_lava_pct']:.2f} % / {result['accuracy_qsnn_pct']:.2f} % on {result['images']} "
                 f"{result['dataset']} test {'recordings' if result['encoding'] == 'events' else 'images'}"
                 + (f" ({result['windows']} windows of T = {result['num_steps']})" if result["windows"] else ""),
             ),

@@ -5,8 +5,9 @@
 
 For each consumer: compile the model under the ``fpga`` profile, write the NIR folder of the
 consumer's flavour (``qsnn-export --to nir --nir-flavor F``), load it with the consumer's own
-importer (:mod:`run_consumer`, in the consumer's venv for Sinabs and Spyx), run the first N test
-images for T steps and compare with qsnn-sim:
+importer (:mod:`run_consumer`, in the consumer's venv for Sinabs and Spyx), run N test images of the
+model's own dataset (a stratified subset, :func:`qsnn.targets.inputs.check_inputs`, the inputs
+``qsnn-rtl-sim -n N`` and ``make lava-check`` take) for T steps and compare with qsnn-sim:
 
 * accuracy of the consumer vs qsnn-sim's (the chip: delayed subtract reset);
 * spike agreement per layer, as NIR's semantics allow: against qsnn-sim under *zero* reset (NIR's
@@ -227,15 +228,22 @@ def check(
     log=print,
     profile_sets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    from qsnn.data import load_split
+    from qsnn.errors import DataError
     from qsnn.sim.engine import simulate
     from qsnn.targets import write_target
+    from qsnn.targets.inputs import check_inputs
 
     consumers = consumers or list(CONSUMERS)
+    with tempfile.TemporaryDirectory(prefix="qsnn-nir-check-") as tmp:
+        net = compile_fpga(source, Path(tmp), profile_sets)
+    if net.encoding != "static":
+        raise DataError(
+            f"{source}: the NIR check feeds a static image at every step; this model takes {net.encoding} "
+            "frames, which the consumers' runners do not feed (check it with qsnn-sim and make lava-check)"
+        )
+    dataset, split = check_inputs(net, images, "test", where=str(source))
+    x, y = split.x, split.y
     out.mkdir(parents=True, exist_ok=True)
-    net = compile_fpga(source, out, profile_sets)
-    split = load_split(net.metadata.get("dataset", "mnist5k"), "test")
-    x, y = split.x[:images], split.y[:images]
     T = int(net.num_steps)
     ours = simulate(net, x, record=True)
     ours_zero = simulate(dataclasses.replace(net, profile=net.profile.replace(reset="zero")), x, record=True)
@@ -243,6 +251,7 @@ def check(
     acc_ours_zero = 100.0 * float(np.mean(ours_zero.predictions == y))
     folders = {}
     results: dict[str, Any] = {
+        "dataset": dataset,
         "images": len(x),
         "num_steps": T,
         "qsnn_sim_accuracy": acc_ours,
@@ -294,7 +303,8 @@ def _layers(rows: list[dict[str, float]] | None, key: str) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"NIR consumers on {results['images']} mnist test images, T = {results['num_steps']}: qsnn-sim "
+        f"NIR consumers on {results['images']} {results.get('dataset', 'mnist5k')} test images (a stratified subset), "
+        f"T = {results['num_steps']}: qsnn-sim "
         f"{results['qsnn_sim_accuracy']:.1f} % (fpga, delayed subtract reset), "
         f"{results['qsnn_sim_zero_reset_accuracy']:.1f} % with zero reset.",
         "",
@@ -335,7 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         help="change a field of the fpga profile the network is compiled under (e.g. weight_bits=8)",
     )
     args = ap.parse_args(argv)
-    results = check(args.source, args.out, args.images, args.consumers.split(","), profile_sets=tuple(args.profile_set))
+    if args.images < 1:
+        ap.error(f"--images {args.images}: give a number of test images, 1 or more")
+    unknown = sorted(set(args.consumers.split(",")) - set(CONSUMERS))
+    if unknown:
+        ap.error(f"--consumers: unknown {', '.join(unknown)}; choose from {','.join(CONSUMERS)}")
+    from qsnn.cli import friendly_errors
+
+    results = friendly_errors(check)(
+        args.source, args.out, args.images, args.consumers.split(","), profile_sets=tuple(args.profile_set)
+    )
     print(table(results))
     return 0
 
