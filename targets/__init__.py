@@ -8,7 +8,9 @@
 * :mod:`.nir`      a NIR graph (``nir.read``-able; snnTorch, Norse, spikingjelly ...).
 
 Shared by them: :mod:`.registry` (the targets by name), :mod:`.manifest` (``manifest.json``),
-:mod:`.fit` (does a network fit a target's registers) and :mod:`.memfiles` (memory-file formats).
+:mod:`.fit` (does a network fit a target's registers, and the change that makes it fit),
+:mod:`.memfiles` (memory-file formats) and :mod:`.inputs` (the inputs every check runs: a stratified
+subset of the model's own data).
 
 :func:`write_target` writes one into a folder atomically (tables, ``README.md``, ``manifest.json``
 with the SHA-256 of every file); :func:`read_target` loads any of them back into an
