@@ -499,14 +499,19 @@ def test_network_outside_the_core_family(tmp_path, no_simulation):
     net = saturating_net()
     delayed = dataclasses.replace(net, profile=net.profile.replace(synaptic_delay=1))
     out = write_target("fpga", delayed, tmp_path / "delay")  # the tables are still written
-    assert json.loads((out / "manifest.json").read_text())["rtl"] == {
-        "supported": False,
-        "reason": "a synaptic delay of 1 step(s) (the core has none)",
-    }
+    rtl = json.loads((out / "manifest.json").read_text())["rtl"]
+    assert rtl["supported"] is False
+    assert rtl["reason"].startswith("a synaptic delay of 1 step(s) (the core has none): compile with --profile-set ")
     assert not (out / "rtl").exists()
     assert read_target(out).profile.synaptic_delay == 1
     msg = _cli_error(out)
     assert "outside the FPGA core's family" in msg and "synaptic delay" in msg
+    # the fix it names gives the core
+    fixed = write_target(
+        "fpga", dataclasses.replace(net, profile=net.profile.replace(synaptic_delay=0)), tmp_path / "f"
+    )
+    assert json.loads((fixed / "manifest.json").read_text())["rtl"]["supported"] is True
+    assert "--profile-set synaptic_delay=0" in rtl["reason"]
     with pytest.raises(ProfileError, match="lanes=3"):
         write_target("fpga", net, tmp_path / "l3", lanes=3)
 

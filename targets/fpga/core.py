@@ -88,17 +88,24 @@ def family_problem(net: IntegerNetwork, lanes: int = DEFAULT_LANES, weight_bits:
     if not (isinstance(lanes, int) and 1 <= lanes <= MAX_LANES and lanes & (lanes - 1) == 0):
         return f"lanes={lanes!r}: the core has a power of two of lanes, 1 to {MAX_LANES}"
     if p.leak not in ("mul", "shift"):
-        return f"the {p.leak!r} leak (the core has the 'mul' and 'shift' leaks)"
+        return f"the {p.leak!r} leak (the core has the 'mul' and 'shift' leaks): compile under --profile fpga"
     if p.synaptic_delay:
-        return f"a synaptic delay of {p.synaptic_delay} step(s) (the core has none)"
+        return (
+            f"a synaptic delay of {p.synaptic_delay} step(s) (the core has none): compile with --profile-set "
+            "synaptic_delay=0 (a model trained with the delay, --profile loihi2, is then simulated without it: "
+            "retrain with --profile fpga)"
+        )
     if p.weight_exp_bits or any(layer.weight_exp for layer in net.layers):
-        return "weight exponents (the core has none)"
+        return "weight exponents (the core has none): compile under --profile fpga"
     if net.encoding not in ENCODINGS:
         return f"encoding {net.encoding!r}"
     kinds = [layer.kind for layer in net.layers]
     first_dense = kinds.index("dense") if "dense" in kinds else len(kinds)
     if "conv" in kinds[first_dense:]:
-        return "a convolution after a dense layer (the core runs conv layers, then dense layers)"
+        return (
+            "a convolution after a dense layer (the core runs conv layers, then dense layers): put every conv "
+            "layer of the spec before its first dense layer"
+        )
     for i, layer in enumerate(net.layers, start=1):
         if not -MAX_SHIFT <= layer.current_shift <= MAX_SHIFT:
             return f"layer {i} ({layer.name}): current shift {layer.current_shift} (the core takes -{MAX_SHIFT}..{MAX_SHIFT})"
