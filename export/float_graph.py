@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qsnn.data import ENCODINGS
+from qsnn.data import ENCODINGS, input_max_problem
 from qsnn.errors import ExportError
 from qsnn.network import MAX_NUM_STEPS
 from qsnn.profiles import RESETS
@@ -119,12 +119,13 @@ def _check_input_range(graph: FloatGraph, check: "_Checker") -> None:
     2^b − 1 (its ``event_frames`` when recorded); anything else is a damaged or edited file, which the
     compiler's worst-case bound and the simulator's input check must not trust."""
     m = graph.input_max
-    if graph.encoding == "static" and m != 255:
-        raise check.fail("input_max", "255 (uint8 pixels: the encoding is static)")
+    problem = input_max_problem(graph.encoding, m)
+    if graph.encoding == "static" and problem:
+        raise check.fail("input_max", problem)
     if graph.encoding == "events":
         frames = graph.metadata.get("event_frames")
         bits = frames.get("count_bits") if isinstance(frames, dict) else None
-        if m & (m + 1) or (isinstance(bits, int) and not isinstance(bits, bool) and m != (1 << bits) - 1):
+        if problem or (isinstance(bits, int) and not isinstance(bits, bool) and m != (1 << bits) - 1):
             clip = f"{(1 << bits) - 1} (event_frames count_bits {bits})" if isinstance(bits, int) else "2^b − 1"
             raise check.fail("input_max", f"{clip}: an event encoding's count clip")
 

@@ -457,7 +457,7 @@ def _read_integer(model: onnx.ModelProto, meta: dict[str, Any], where: str) -> I
             encoding=spec["encoding"],
             classes=tuple(spec["classes"]),
             metadata=net_meta,
-            input_max=int(meta.get("input_max", 255)),
+            input_max=meta.get("input_max", 255),  # IntegerNetwork checks its type and its encoding's rule
         )
     except ExportError:
         raise

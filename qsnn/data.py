@@ -128,6 +128,17 @@ INPUT_MAX = {"static": 255, "events": 65535}
 own range is its export's ``input_max``: 255 for pixels, the event encoding's clip
 (:attr:`qsnn.events.EventFrames.count_max`) for counts."""
 
+
+def input_max_problem(encoding: str, input_max: int) -> str | None:
+    """What is wrong with ``input_max`` for ``encoding`` (None: nothing): 255 for uint8 pixels (the
+    encoding is static), an event encoding's count clip 2^b − 1 (b = 1 … 16) for event counts."""
+    if encoding == "static" and input_max != INPUT_MAX["static"]:
+        return f"{INPUT_MAX['static']} (uint8 pixels: the encoding is static)"
+    if encoding == "events" and (input_max & (input_max + 1) or not 1 <= input_max <= INPUT_MAX["events"]):
+        return "2^b − 1: an event encoding's count clip"
+    return None
+
+
 ENCODING = {"mnist": "static", "fmnist": "static", "mnist5k": "static", "dvs128": "events", "nmnist": "events"}
 
 VAL_FRACTION = {"mnist": 1 / 12, "fmnist": 1 / 12, "mnist5k": 0.1, "dvs128": 0.1, "nmnist": 1 / 12}

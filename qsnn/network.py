@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from qsnn.data import ENCODINGS
+from qsnn.data import ENCODINGS, input_max_problem
 from qsnn.errors import NetworkError
 from qsnn.profiles import ChipProfile
 
@@ -218,6 +218,11 @@ class IntegerNetwork:
         if not _is_int(self.input_max) or not 1 <= self.input_max <= np.iinfo(np.uint16).max:
             raise NetworkError(f"input_max must be an integer in 1..65535, got {self.input_max!r}")
         object.__setattr__(self, "input_max", int(self.input_max))
+        problem = input_max_problem(self.encoding, self.input_max)
+        if problem:
+            raise NetworkError(
+                f"input_max of a network of {self.encoding} encoding must be {problem}, got {self.input_max}"
+            )
         shape = tuple(self.input_shape)
         if len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape):
             raise NetworkError(f"input_shape must be (C, H, W) of positive integers, got {self.input_shape!r}")

@@ -118,7 +118,7 @@ def network_from_parts(manifest: Mapping[str, Any], layers: list[IntegerLayer]) 
         encoding=str(net["encoding"]),
         classes=tuple(str(c) for c in net["classes"]),
         metadata=dict(net.get("metadata", {})),
-        input_max=int(net.get("input_max", 255)),
+        input_max=net.get("input_max", 255),  # IntegerNetwork checks its type and its encoding's rule
     )
 
 

@@ -312,6 +312,31 @@ def test_edited_manifests(target_folders, work, target):
 
 
 @pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
+@pytest.mark.parametrize("input_max", [True, 1, 254, 255.0, "255", 256])
+def test_edited_input_range_is_refused(target_folders, work, target, input_max):
+    """A static network's input range is 255, an integer: a manifest edited to anything else (even a
+    value JSON or int() would coerce to an integer) is refused naming the folder, not read as a
+    network that then refuses the images it was trained on (the fuzz above found ``True``). A target
+    whose reader takes the network from its own file (loihi2's netx, nir's graph) ignores the edit."""
+    from qsnn.targets import read_target
+    from qsnn.targets.manifest import MANIFEST
+
+    base = target_folders[target]
+    manifest = json.loads((base / MANIFEST).read_text())
+    manifest["network"]["input_max"] = input_max
+    folder = _fresh(work, target)
+    shutil.copytree(base, folder)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        net = read_target(folder)
+    except QsnnError as exc:
+        assert_clean_error(exc, str(folder))
+        assert "input_max" in str(exc)
+        return
+    assert target != "fpga" and net.input_max == 255  # fpga's reader takes the network from the manifest
+
+
+@pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
 def test_damaged_tables_are_refused_by_their_hash(target_folders, work, target):
     from qsnn.targets import read_target
     from qsnn.targets.manifest import MANIFEST
