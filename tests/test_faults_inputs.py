@@ -285,25 +285,39 @@ def _edited_manifest(draw, manifest: dict) -> tuple[str, dict]:
     return "; ".join(edits), m
 
 
-@pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
-def test_edited_manifests(target_folders, work, target):
+def _read_edited(work: Path, target: str, base: Path, manifest: dict):
+    """Read a copy of the target folder ``base`` with ``manifest`` as its manifest: the network, or the
+    QsnnError it raised (checked clean: one line naming the folder)."""
     from qsnn.targets import read_target
     from qsnn.targets.manifest import MANIFEST
 
+    folder = _fresh(work, target)
+    shutil.copytree(base, folder)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        return read_target(folder)
+    except QsnnError as exc:
+        assert_clean_error(exc, str(folder))
+        return exc
+
+
+def _manifest(base: Path) -> dict:
+    from qsnn.targets.manifest import MANIFEST
+
+    return json.loads((base / MANIFEST).read_text())
+
+
+@pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
+def test_edited_manifests(target_folders, work, target):
     base = target_folders[target]
-    manifest = json.loads((base / MANIFEST).read_text())
+    manifest = _manifest(base)
 
     @fuzz(N_TARGET)
     @given(data=st.data())
     def run(data):
         how, edited = data.draw(_edited_manifest(manifest))
-        folder = _fresh(work, target)
-        shutil.copytree(base, folder)
-        (folder / MANIFEST).write_text(json.dumps(edited))
-        try:
-            net = read_target(folder)
-        except QsnnError as exc:
-            assert_clean_error(exc, str(folder))
+        net = _read_edited(work, target, base, edited)
+        if isinstance(net, QsnnError):
             return
         sim = simulate(net, np.random.default_rng(1).integers(0, 256, (2, 1, 14, 14)).astype(np.uint8))
         assert sim.counts.shape == (2, len(net.classes))
@@ -318,22 +332,13 @@ def test_edited_input_range_is_refused(target_folders, work, target, input_max):
     value JSON or int() would coerce to an integer) is refused naming the folder, not read as a
     network that then refuses the images it was trained on (the fuzz above found ``True``). A target
     whose reader takes the network from its own file (loihi2's netx, nir's graph) ignores the edit."""
-    from qsnn.targets import read_target
-    from qsnn.targets.manifest import MANIFEST
-
-    base = target_folders[target]
-    manifest = json.loads((base / MANIFEST).read_text())
+    manifest = _manifest(target_folders[target])
     manifest["network"]["input_max"] = input_max
-    folder = _fresh(work, target)
-    shutil.copytree(base, folder)
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-    try:
-        net = read_target(folder)
-    except QsnnError as exc:
-        assert_clean_error(exc, str(folder))
-        assert "input_max" in str(exc)
-        return
-    assert target != "fpga" and net.input_max == 255  # fpga's reader takes the network from the manifest
+    net = _read_edited(work, target, target_folders[target], manifest)
+    if isinstance(net, QsnnError):
+        assert "input_max" in str(net)
+    else:  # fpga's reader takes the network from the manifest
+        assert target != "fpga" and net.input_max == 255
 
 
 @pytest.mark.parametrize("target", ["fpga", "loihi2", "nir"])
