@@ -175,6 +175,9 @@ def test_design_too_big_names_the_resource_and_the_excess(folder, earlier, monke
     assert "DSP" not in msg and pnr.fit_problem({"SB_LUT4": 5000}, "iCE40UP5K") is None
     ecp5 = pnr.fit_problem({"LUT4": 12000, "CCU2C": 400, "DP16KD": 10}, "LFE5U-12F")
     assert ecp5.startswith("the design does not fit the LFE5U-12F: it needs 12,800 LUT4 sites of its 12,288")
+    assert ecp5.endswith("by these counts it fits the LFE5U-25F (--part LFE5U-25F)")  # the smallest that does
+    assert pnr.fit_problem({"LUT4": 12000, "CCU2C": 400, "DP16KD": 10}, "LFE5U-25F") is None
+    assert "--part" not in msg  # no larger iCE40 part here
 
     # through the command: the run stops with that line and the earlier folder is left as it was
     def too_big(rtl, part, out_dir, **_):
@@ -188,6 +191,10 @@ def test_design_too_big_names_the_resource_and_the_excess(folder, earlier, monke
     out, before = earlier
     line = _error(folder, "--part", "iCE40UP5K", "--dataset", "mnist5k", "-n", "2", "-o", out, "--force")
     assert "does not fit the iCE40UP5K" in line and "720 too many" in line
+    lanes = json.loads((folder / "manifest.json").read_text())["rtl"]["lanes"]
+    assert lanes > 1 and line.endswith(
+        f"or fewer lanes (--lanes {lanes // 2}: fewer multipliers, adders and memory ports)"
+    )
     assert _snapshot(out) == before
 
 

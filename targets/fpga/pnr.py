@@ -212,7 +212,15 @@ def fit_problem(cells: dict[str, int], part: str) -> str | None:
         for (what, key), n in need.items()
         if n > dev[key]
     ]
-    return f"the design does not fit the {part}: it needs " + "; ".join(over) if over else None
+    if not over:
+        return None
+    bigger = [
+        d["device"]
+        for d in DEVICES[PARTS[part]["family"]]
+        if d["device"] in PARTS and all(n <= d[key] for (_what, key), n in need.items()) and d["device"] != part
+    ]
+    where = f"; by these counts it fits the {bigger[0]} (--part {bigger[0]})" if bigger else ""
+    return f"the design does not fit the {part}: it needs " + "; ".join(over) + where
 
 
 def _nextpnr_overflow(log: str, part: str) -> str | None:
@@ -625,7 +633,10 @@ def main(
                         row["bitstream"] = f"bitstreams/{name}"
                     except DoesNotFit as exc:
                         if len(jobs) == 1:
-                            raise
+                            fewer = (
+                                f"; or fewer lanes (--lanes {lanes // 2}: fewer multipliers, adders and memory ports)"
+                            )
+                            raise DoesNotFit(f"{exc}{fewer if lanes > 1 else ''}") from None
                         row["problem"] = str(exc)
                     rows.append(row)
                     if bar is not None:
