@@ -521,8 +521,10 @@ def test_a_folder_of_another_target(tmp_path, no_simulation):
 
     from qsnn.profiles import LOIHI2
 
-    out = write_target("loihi2", tiny_net(LOIHI2), tmp_path / "loihi")
-    assert "'loihi2' folder" in _cli_error(out)
+    out = write_target("loihi2", tiny_net(LOIHI2), tmp_path / "loihi", source_info={"file": "run/best.pt"})
+    msg = _cli_error(out)
+    # the export it names writes a new folder (not over the loihi2 one, which --force would not replace)
+    assert "'loihi2' folder" in msg and f"(qsnn-export run/best.pt --to fpga -o {tmp_path / 'loihi-fpga'})" in msg
 
 
 # --------------------------------------------------------------------------------------------------

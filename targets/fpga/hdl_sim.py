@@ -90,9 +90,11 @@ def check_folder(folder: str | os.PathLike) -> RTLFolder:
     folder = Path(folder)
     manifest = read_manifest(folder, verify=False)
     if manifest.get("target") != "fpga":
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        model = source.get("file") or source.get("checkpoint") or "MODEL"
         raise ExportError(
             f"{folder}: a {manifest.get('target')!r} folder; the FPGA core runs fpga folders "
-            f"(qsnn-export MODEL --to fpga -o {folder})"
+            f"(qsnn-export {model} --to fpga -o {folder.parent / (folder.name + '-fpga')})"
         )
     rtl = manifest.get("rtl")
     if not isinstance(rtl, Mapping):
