@@ -57,6 +57,7 @@ SIM_RECORD_FORMAT = "qsnn-sim-record"  # sim/user_input.py: the "format" array o
 RTL_REPORT_FORMAT = "qsnn-rtl-sim-report"  # targets/fpga/cli.py: the "format" key of a --report JSON
 RTL_RESOURCES_FORMAT = "qsnn-rtl-resources"  # targets/fpga/cli.py: FOLDER/resources.json
 RESOURCES_FILE = "resources.json"  # ... its name inside a table folder
+LAVA_REPORT_FORMAT = "qsnn-lava-check-report"  # targets/loihi2/lava_check.py: the "format" key of --report
 PNR_FORMAT = "qsnn-fpga-pnr"  # targets/fpga/pnr.py: the "format" key of OUT/pnr.json and --report
 PNR_REPORT_FILE = "pnr.json"  # ... its name inside qsnn-fpga-pnr's output folder
 
@@ -287,6 +288,7 @@ SIM_RECORD = Kind("qsnn-sim record (.npz)", _npz_format(SIM_RECORD_FORMAT))
 RTL_REPORT = Kind(
     "qsnn-rtl-sim JSON report", _json_format(RTL_REPORT_FORMAT, frozenset({"folder", "core", "core_memory_bits"}))
 )
+LAVA_REPORT = Kind("make lava-check JSON report", _json_format(LAVA_REPORT_FORMAT))
 RTL_RESOURCES = Kind("qsnn-rtl-sim resources file", _json_format(RTL_RESOURCES_FORMAT), update=True)
 PNR_REPORT = Kind("qsnn-fpga-pnr JSON report", _json_format(PNR_FORMAT))
 PNR_DIR = Kind(
@@ -328,6 +330,7 @@ def kinds() -> list[Kind]:
         SIM_RECORD,
         RTL_REPORT,
         RTL_RESOURCES,
+        LAVA_REPORT,
         PNR_DIR,
         PNR_REPORT,
         SQLITE,
@@ -566,6 +569,7 @@ __all__ = [
     "SIM_RECORD",
     "RTL_REPORT",
     "RTL_RESOURCES",
+    "LAVA_REPORT",
     "RUN_DIR",
     "STUDY_DIR",
     "TUNE_DIR",

@@ -128,3 +128,43 @@ def test_target_checks_run_a_stratified_subset(trained, monkeypatch, tmp_path):
     _, want = check_inputs(trained["nets"]["fpga"], 10)
     assert np.array_equal(fed["nir"], want.x) and results["images"] == 10 and results["dataset"] == "mnist5k"
     assert "10 mnist5k test images" in (tmp_path / "nir-check" / "nir_check.md").read_text()
+
+
+def test_lava_check_report_follows_the_output_rule(trained, monkeypatch, tmp_path, capsys):
+    """make lava-check --report never overwrites without --force, never replaces a file qsnn did not write
+    (refused in one line before Lava starts), and replaces its own earlier report with --force."""
+    import sys
+
+    from qsnn.targets.loihi2 import lava_check, lava_env
+
+    runs = []
+
+    def fake_lava(folder, x, python=None):  # qsnn-sim in Lava's place: this test is about the report file
+        runs.append(len(x))
+        sim = simulate(read_target(folder), x, record=True)
+        return {**sim.spikes, "predictions": sim.predictions, "counts": sim.counts, "seconds": 0.0}
+
+    monkeypatch.setattr(lava_env, "ensure", lambda log=print: sys.executable)
+    monkeypatch.setattr(lava_env, "run_folder", fake_lava)
+    base = ["--checkpoint", str(trained["checkpoint"]), "--images", "10", "--report"]
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    with pytest.raises(SystemExit) as info:
+        lava_check.main([*base, str(notes), "--force"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and len(err.splitlines()) == 1 and str(notes) in err
+    assert notes.read_text() == '{"mine": 1}' and runs == []  # refused before Lava ran
+
+    report = tmp_path / "lava.json"
+    with pytest.raises(SystemExit) as info:
+        lava_check.main([*base, str(report)])
+    assert info.value.code == 0 and json.loads(report.read_text())["bit_exact"] and runs == [10]
+    first = report.read_text()
+    with pytest.raises(SystemExit) as info:
+        lava_check.main([*base, str(report)])  # exists: --force is needed
+    assert info.value.code == 1 and "--force" in capsys.readouterr().err and runs == [10]
+    assert report.read_text() == first
+    with pytest.raises(SystemExit) as info:
+        lava_check.main([*base, str(report), "--force"])
+    assert info.value.code == 0 and runs == [10, 10]

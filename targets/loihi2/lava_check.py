@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     from qsnn.atomic import atomic_write_text
-    from qsnn.cli import allow_saturation_option, data_dir_option, friendly_errors, print_table
+    from qsnn.cli import allow_saturation_option, data_dir_option, force_option, friendly_errors, print_table
+    from qsnn.output_guard import LAVA_REPORT, LAVA_REPORT_FORMAT, check_outputs
 
     @click.command()
     @click.option(
@@ -144,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     @click.option(
         "--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON."
     )
+    @force_option
     @friendly_errors
-    def cli(source: Path, images: int, data_dir: str | None, allow_saturation: bool, report: Path | None) -> None:
+    def cli(
+        source: Path, images: int, data_dir: str | None, allow_saturation: bool, report: Path | None, force: bool
+    ) -> None:
+        check_outputs({"--report": (report, LAVA_REPORT)}, inputs={"--checkpoint": source}, force=force)
         result = check(source, images, data_dir=data_dir, allow_saturation=allow_saturation)
         rows = [
             (
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print_table(rows, title=f"stock Lava vs qsnn-sim --profile loihi2 ({result['source']})")
         if report:
-            atomic_write_text(report, json.dumps(result, indent=2))
+            atomic_write_text(report, json.dumps({"format": LAVA_REPORT_FORMAT, **result}, indent=2))
         if not result["bit_exact"]:
             raise SystemExit(1)
 
