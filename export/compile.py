@@ -93,6 +93,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from qsnn.arch import fan_in_fix, smaller_map_fix
 from qsnn.arith import effective_beta, leak_const_of, pre_overflow, shl
 from qsnn.errors import LimitsError, ProfileError
 from qsnn.jsonio import to_jsonable
@@ -376,24 +377,31 @@ def check_profile_limits(plan: Plan) -> None:
     ``--profile-set`` field (or the profile) that would hold it. The passes go on (the membrane grid
     adds its own limits); :func:`refuse_limits` raises them all in one error."""
     p = plan.profile
-    for lp, shape in zip(plan.layers, plan.graph.layer_shapes):
+    shapes = plan.graph.layer_shapes
+    for i, (lp, shape) in enumerate(zip(plan.layers, shapes)):
         folds = _folds(p, lp.source)
         stored = _stored(p, lp.source, lp.q)  # what the target's weight memory holds
         lp.stored_max_abs = int(np.max(np.abs(stored))) if stored.size else 0
         if lp.stored_max_abs > p.weight_max:
             plan.limits.append(_weight_limit(plan, lp, stored))
         fan_in = stored[0].size
+        # the network change that fits comes first: raising the limit only simulates beyond the chip's
         if p.max_fan_in and fan_in > p.max_fan_in:
+            in_channels = stored.shape[1]
+            source = plan.layers[i - 1].name if i else None
+            in_shape = shapes[i - 1] if i else plan.graph.input_shape
+            fix = fan_in_fix(lp.source.kind, in_channels, fan_in // in_channels, in_shape, p.max_fan_in, source)
             plan.limits.append(
                 f"layer {lp.name}: fan-in {fan_in}{' (pooling folded in)' if folds else ''} exceeds "
-                f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron "
-                f"(--profile-set max_fan_in={fan_in})"
+                f"profile {p.name!r}'s limit of {p.max_fan_in} synapses per neuron; {fix} (or simulate "
+                f"beyond the limit: --profile-set max_fan_in={fan_in})"
             )
         neurons = int(np.prod(shape))
         if p.max_neurons and neurons > p.max_neurons:
+            fix = smaller_map_fix(tuple(shape), p.max_neurons, f"layer {lp.name}", "neurons")
             plan.limits.append(
-                f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons} "
-                f"(--profile-set max_neurons={neurons})"
+                f"layer {lp.name}: {neurons} neurons exceed profile {p.name!r}'s limit {p.max_neurons}; {fix} "
+                f"(or simulate beyond the limit: --profile-set max_neurons={neurons})"
             )
         if p.current_bits:
             live = np.where((lp.source.bn_gain != 0).reshape((-1,) + (1,) * (lp.q.ndim - 1)), lp.q, 0)

@@ -284,3 +284,41 @@ def layer_names(arch: Arch) -> list[str]:
         else:
             names.append("fc" if dense == 1 else f"fc{counts['dense']}")
     return names
+
+
+def fan_in_fix(
+    kind: str, in_channels: int, taps: int, in_shape: tuple[int, ...], limit: int, source: str | None
+) -> str:
+    """The smallest change to the network that brings a layer's fan-in within ``limit``, as a sentence.
+
+    A conv neuron sums C_in · taps synapses (taps = k², or the folded (k+s(p−1))²): at most
+    ⌊limit / taps⌋ input channels. A dense neuron sums every value of its C×H×W (or N) input: at most
+    ⌊limit / (H·W)⌋ channels, or a map pooled by the smallest f with C·⌊H/f⌋·⌊W/f⌋ ≤ limit (or at most
+    ``limit`` neurons before it). ``kind``: ``"conv"`` or ``"dense"``; ``in_channels``: C_in; ``source``
+    names the layer whose output that is (None: the input); ``taps``: synapses per input channel (conv;
+    unused for dense). One sentence for the compiler's profile limits and the targets' own."""
+    where = f"layer {source}" if source else "the input"
+    if kind == "conv":
+        most = limit // taps
+        if most < 1:
+            return f"its kernel alone has {taps} taps: use a smaller kernel (or pooling)"
+        return f"make it fit with at most {most} channels in {where} (now {in_channels}), or a smaller kernel"
+    return smaller_map_fix(in_shape, limit, where, "inputs")
+
+
+def smaller_map_fix(shape: tuple[int, ...], limit: int, where: str, what: str) -> str:
+    """How the C×H×W (or N) output of ``where`` gets to at most ``limit`` values, as a sentence: at most
+    ⌊limit / (H·W)⌋ channels (N: ``limit`` neurons), or its map pooled by the smallest f with
+    C·⌊H/f⌋·⌊W/f⌋ ≤ limit (the pooling a spec writes APf)."""
+    if len(shape) != 3:
+        return f"make it fit with at most {limit} neurons in {where} (now {math.prod(shape)})"
+    c, h, w = (int(v) for v in shape)
+    fits = [f"at most {limit // (h * w)} channels in {where} (now {c})"] if limit >= h * w else []
+    f = next((f for f in range(2, min(h, w) + 1) if c * (h // f) * (w // f) <= limit), None)
+    if f:
+        fits.append(
+            f"the {h}×{w} map of {where} pooled by {f} (AP{f}: {c}×{h // f}×{w // f} = {c * (h // f) * (w // f)} {what})"
+        )
+    return "make it fit with " + (
+        ", or ".join(fits) if fits else f"fewer than {c} channels and a smaller map in {where}"
+    )

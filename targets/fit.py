@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from qsnn.arch import fan_in_fix, smaller_map_fix
 from qsnn.errors import LimitsError
 from qsnn.network import IntegerLayer, IntegerNetwork, fold_pool
 from qsnn.profiles import ChipProfile
@@ -59,41 +60,6 @@ def folded_fan_in(layer: IntegerLayer) -> int:
         return layer.fan_in
     side = layer.kernel + layer.stride * (layer.pool - 1)
     return layer.in_channels * side * side
-
-
-def fan_in_fix(layer: IntegerLayer, taps: int, in_shape: tuple[int, ...], limit: int, source: str | None) -> str:
-    """The smallest change to the network that brings a layer's fan-in within ``limit``, as a sentence.
-
-    A conv neuron sums C_in · taps synapses (taps = k², or the folded (k+s(p−1))²): at most
-    ⌊limit / taps⌋ input channels. A dense neuron sums every value of its C×H×W (or N) input: at most
-    ⌊limit / (H·W)⌋ channels, or a map pooled by the smallest f with C·⌊H/f⌋·⌊W/f⌋ ≤ limit (or at most
-    ``limit`` neurons before it). ``source`` names the layer whose output that is (None: the input).
-    ``taps``: synapses per input channel (conv; unused for dense)."""
-    where = f"layer {source}" if source else "the input"
-    if layer.kind == "conv":
-        most = limit // taps
-        if most < 1:
-            return f"its kernel alone has {taps} taps: use a smaller kernel (or pooling)"
-        return f"make it fit with at most {most} channels in {where} (now {layer.in_channels}), or a smaller kernel"
-    return smaller_map_fix(in_shape, limit, where, "inputs")
-
-
-def smaller_map_fix(shape: tuple[int, ...], limit: int, where: str, what: str) -> str:
-    """How the C×H×W (or N) output of ``where`` gets to at most ``limit`` values, as a sentence: at most
-    ⌊limit / (H·W)⌋ channels (N: ``limit`` neurons), or its map pooled by the smallest f with
-    C·⌊H/f⌋·⌊W/f⌋ ≤ limit (the pooling a spec writes APf)."""
-    if len(shape) != 3:
-        return f"make it fit with at most {limit} neurons in {where} (now {int(np.prod(shape))})"
-    c, h, w = (int(v) for v in shape)
-    fits = [f"at most {limit // (h * w)} channels in {where} (now {c})"] if limit >= h * w else []
-    f = next((f for f in range(2, min(h, w) + 1) if c * (h // f) * (w // f) <= limit), None)
-    if f:
-        fits.append(
-            f"the {h}×{w} map of {where} pooled by {f} (AP{f}: {c}×{h // f}×{w // f} = {c * (h // f) * (w // f)} {what})"
-        )
-    return "make it fit with " + (
-        ", or ".join(fits) if fits else f"fewer than {c} channels and a smaller map in {where}"
-    )
 
 
 def unfold_pool(folded: np.ndarray, pool: int, stride: int = 1) -> np.ndarray:
@@ -198,7 +164,9 @@ def fit_problems(net: IntegerNetwork, limits: Limits) -> list[str]:
             how = " with the pooling folded into the kernel" if limits.fold_pool and layer.pool > 1 else ""
             source = net.layers[i - 2].name if i > 1 else None
             in_shape = (net.input_shape, *shapes)[i - 1]
-            fix = fan_in_fix(layer, fan_in // layer.in_channels, in_shape, limits.max_fan_in, source)
+            fix = fan_in_fix(
+                layer.kind, layer.in_channels, fan_in // layer.in_channels, in_shape, limits.max_fan_in, source
+            )
             problems.append(
                 f"{where}: fan-in {fan_in}{how} exceeds the {limits.target} target's limit of "
                 f"{limits.max_fan_in} synapses per neuron (max_fan_in); {fix}."

@@ -115,3 +115,34 @@ def test_export_check_lists_all_and_writes_nothing(synthetic_export, tmp_path):
     # --check of the float graph has nothing to check: one line that says what to add
     none = CliRunner().invoke(main, [str(onnx), "--to", "qonnx", "--check"], catch_exceptions=False)
     assert none.exit_code == 1 and "--profile" in none.output and len(none.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, fits, too_big",
+    [
+        ("8C1-D10", ["5C1-D10", "8C1-AP2-D10"], ["6C1-D10"]),  # fc's fan-in 8·28·28 = 6272 > 4096
+        ("16C5-AP2-D32-D10", [], []),  # fits as it is: the control
+    ],
+)
+def test_a_fan_in_refusal_names_the_network_that_fits(synthetic_export, spec, fits, too_big):
+    """Beyond loihi2's 4096 synapses per neuron the compiler names the smallest network change first
+    (the chip cannot raise it: --profile-set max_fan_in only simulates beyond it), and the networks it
+    names compile while one channel more does not."""
+    from qsnn.export.compile import compile_qonnx
+
+    def problems(arch: str) -> list[str]:
+        try:
+            compile_qonnx(synthetic_export(precision="int4", arch=arch)[1], get_profile("loihi2"))
+        except LimitsError as exc:
+            return [p for p in exc.problems if "fan-in" in p]
+        return []
+
+    found = problems(spec)
+    if not fits:
+        assert found == []
+        return
+    assert len(found) == 1 and "make it fit with at most 5 channels in layer conv1 (now 8)" in found[0]
+    assert "pooled by 2 (AP2: 8×14×14 = 1568 inputs)" in found[0]
+    assert found[0].index("make it fit") < found[0].index("--profile-set max_fan_in=6272")
+    assert all(problems(arch) == [] for arch in fits)
+    assert all(problems(arch) for arch in too_big)
