@@ -241,10 +241,11 @@ def example_input(net) -> Any:
         return None
 
 
-def limit_problems(job: ExportJob, target: str) -> tuple[ChipProfile, list[str]]:
-    """(profile, every limit the job's model breaks for ``target`` under it): the compiler's (all
-    layers at once, :func:`.compile.refuse_limits`), then, when it compiles, the target's own
-    (:func:`qsnn.targets.target_problems`). Writes nothing."""
+def limit_problems(job: ExportJob, target: str) -> tuple[ChipProfile, list[str], list[str]]:
+    """(profile, every limit the job's model breaks for ``target`` under it, notes): the compiler's
+    limits (all layers at once, :func:`.compile.refuse_limits`), then, when it compiles, the target's
+    own (:func:`qsnn.targets.target_problems`) and what its folder would lack
+    (:func:`qsnn.targets.target_notes`, e.g. the fpga core). Writes nothing."""
     from qsnn.errors import LimitsError
 
     profile = job.profile(TABLE_PROFILES.get(target))
@@ -256,20 +257,23 @@ def limit_problems(job: ExportJob, target: str) -> tuple[ChipProfile, list[str]]
     try:
         net, _ = integer_network(job, profile)
     except LimitsError as exc:
-        return profile, exc.problems
+        return profile, exc.problems, []
     if target == "qonnx":
-        return profile, []
-    from qsnn.targets import target_problems
+        return profile, [], []
+    from qsnn.targets import target_notes, target_problems
 
-    return profile, target_problems(target, net, **job.target_options)
+    found = target_problems(target, net, **job.target_options)
+    return profile, found, target_notes(target, net, **job.target_options)
 
 
 def check_limits(job: ExportJob, target: str) -> None:
     """``--check``: print every limit (one per line, with its layer and fix) and exit non-zero if any."""
     from qsnn.cli import say
 
-    profile, problems = limit_problems(job, target)
+    profile, problems, notes = limit_problems(job, target)
     where = f"--to {target} under profile {profile.name!r}"
+    for note in notes:
+        say(f"{job.source}: note: {note}")
     if not problems:
         say(f"{job.source}: fits {where}: no limit broken (nothing written)")
         return

@@ -25,6 +25,7 @@ from .registry import (
     get_target,
     read_target,
     summarize,
+    target_notes,
     target_problems,
     write_target,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "read_manifest",
     "read_target",
     "summarize",
+    "target_notes",
     "target_problems",
     "write_target",
 ]

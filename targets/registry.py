@@ -81,6 +81,13 @@ def target_problems(name: str, net: IntegerNetwork, **options: Any) -> list[str]
     return found
 
 
+def target_notes(name: str, net: IntegerNetwork, **options: Any) -> list[str]:
+    """What a folder of target ``name`` written for ``net`` would lack that a user may expect, though
+    the network fits (the fpga folder's Verilog core); a target without such parts has none."""
+    notes = getattr(get_target(name).module, "notes", None)
+    return notes(net, **options) if notes else []
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

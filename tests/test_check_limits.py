@@ -112,6 +112,19 @@ def test_export_check_lists_all_and_writes_nothing(synthetic_export, tmp_path):
     )
     assert good.exit_code == 0, good.output
     assert "no limit broken" in good.output and list(tmp_path.iterdir()) == []
+    assert "note:" not in good.output  # the core runs it: nothing to note
+    # tables that fit a network the core cannot run (a synaptic delay): it fits, and --check says the
+    # folder will have no core and why, with the fix the export would write into its manifest
+    delayed = CliRunner().invoke(
+        main,
+        [str(onnx), "--to", "fpga", "-o", str(tmp_path / "f"), "--check"]
+        + ["--profile-set", "weight_bits=8", "--profile-set", "synaptic_delay=1"],
+        catch_exceptions=False,
+    )
+    assert delayed.exit_code == 0, delayed.output
+    note = [line for line in delayed.output.splitlines() if "note:" in line]
+    assert len(note) == 1 and "no Verilog core" in note[0] and "synaptic_delay=0" in note[0]
+    assert "no limit broken" in delayed.output and list(tmp_path.iterdir()) == []
     # --check of the float graph has nothing to check: one line that says what to add
     none = CliRunner().invoke(main, [str(onnx), "--to", "qonnx", "--check"], catch_exceptions=False)
     assert none.exit_code == 1 and "--profile" in none.output and len(none.output.strip().splitlines()) == 1

@@ -13,10 +13,10 @@ Read in this order, from a compiled network to a core running on real inputs:
 * :mod:`.cli`      ``qsnn-rtl-sim``: the core against ``qsnn-sim``, spike for spike.
 
 The memory-file formats are shared (:mod:`qsnn.targets.memfiles`). This package exposes the target's
-interface for :mod:`qsnn.targets.registry`: ``NAME``, ``DESCRIPTION``, ``check``, ``problems``, ``write``, ``read``,
-``readme``.
+interface for :mod:`qsnn.targets.registry`: ``NAME``, ``DESCRIPTION``, ``check``, ``problems``, ``notes``, ``write``,
+``read``, ``readme``.
 """
 
-from .tables import DESCRIPTION, NAME, check, problems, read, readme, write
+from .tables import DESCRIPTION, NAME, check, notes, problems, read, readme, write
 
-__all__ = ["DESCRIPTION", "NAME", "check", "problems", "read", "readme", "write"]
+__all__ = ["DESCRIPTION", "NAME", "check", "notes", "problems", "read", "readme", "write"]

@@ -126,6 +126,16 @@ def problems(
     )
 
 
+def notes(
+    net: IntegerNetwork, *, word_bits: int | None = None, weight_bits: int | None = None, lanes: int | None = None
+) -> list[str]:
+    """What the folder written for ``net`` will lack: its ``rtl/`` part (the Verilog core) when the core
+    cannot run the network (:func:`~.core.family_problem`, with the fix); the tables are written anyway."""
+    wb = _options(net, word_bits, weight_bits)["weight_bits"]
+    problem = core.family_problem(net, _lanes(lanes), wb)
+    return [f"the tables fit, but the folder will have no Verilog core (rtl/): {problem}"] if problem else []
+
+
 # --------------------------------------------------------------------------------------------------
 # Packing
 
