@@ -258,9 +258,7 @@ def _read_npz(key: tuple[str, int, int]):
         classes = _classes(path, z)
     encoding, _, _ = _x_layout(path, x.shape, x.dtype)
     if y.dtype.kind not in "ui" or y.ndim != 1:
-        hint = ": save y.astype(np.int64)" if y.dtype.kind in "fb" and y.ndim == 1 else ""
-        if y.ndim == 2 and len(y) == len(x) and y.shape[1] > 1:
-            hint = " (one-hot or scores per class? save y.argmax(axis=1))"
+        hint = ": save y.astype(np.int64)" if y.dtype.kind in "fb" and y.ndim == 1 else one_hot_hint(y, len(x))
         raise DataError(f"{path}: y is {y.dtype} {y.shape}; labels are integer class indices, one per sample{hint}")
     if len(y) != len(x):
         raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)} labels; give one label per sample")
@@ -290,6 +288,16 @@ def _arrays_info(root: Path) -> SourceInfo:
             )
     classes = _all_classes(files)
     return _classifier(SourceInfo(shape, classes, encoding, steps), files["train"])
+
+
+def one_hot_hint(y: np.ndarray, n: int) -> str:
+    """The advice for labels ``y`` given as one row of K > 1 values per sample (one-hot or scores) for
+    ``n`` samples, else "": labels are class indices (``arrays:`` data and ``qsnn-sim --input``)."""
+    return (
+        " (one-hot or scores per class? save y.argmax(axis=1))"
+        if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1
+        else ""
+    )
 
 
 def _classifier(meta: SourceInfo, train: Path) -> SourceInfo:

@@ -57,6 +57,7 @@ from qsnn.atomic import atomic_open
 from qsnn.errors import InputError, not_a_regular_file
 from qsnn.network import IntegerNetwork
 from qsnn.output_guard import SIM_RECORD_FORMAT
+from qsnn.sources import one_hot_hint
 
 from .engine import check_input
 from .results import SimResult, predict
@@ -228,7 +229,7 @@ def _labels(path: Path, y: np.ndarray, n: int, net: IntegerNetwork) -> np.ndarra
     if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{path}: labels y are {y.dtype}, expected integer class indices 0..{k - 1}")
     if y.shape != (n,):
-        hint = " (one-hot or scores per class? save y.argmax(axis=1))" if y.ndim == 2 and len(y) == n else ""
+        hint = one_hot_hint(y, n)
         raise InputError(
             f"{path}: labels y have shape {y.shape} for {n} inputs; give one label per input, ({n},){hint}"
         )
