@@ -315,3 +315,64 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
     _im2col(words.reshape(m, h, -1), window, stride, pad, ho, wo, out)
     return out.view(np.uint8)
+
+
+@njit(nogil=True, cache=True)
+def _box_im2col(x, p, k, stride, ho, wo, rows, sums, out):  # pragma: no cover - compiled
+    """Rows ``out`` (m·ho·wo, k·k·C) of the k×k windows at ``stride`` of the p×p box sums
+    S[h, w] = Σ_{i, j < p} x[h + i, w + j] of ``x`` (m, H, W·C) words, C words per pixel: per sample,
+    p − 1 adds along W into ``rows`` (H, (W − p + 1)·C), p − 1 along H into ``sums``, then each window
+    row one copied run of k·C words. A word holds several channels' bytes, which add lane by lane
+    without a carry (the caller proves p²·max x ≤ 255, as for :func:`qsnn.kernels.box_sums`)."""
+    m, H, WC = x.shape
+    C = out.shape[1] // (k * k)
+    ws = WC // C - p + 1
+    n = ws * C
+    kc = k * C
+    r = 0
+    for b in range(m):
+        for y in range(H):
+            src = x[b, y]
+            dst = rows[y]
+            for j in range(n):
+                dst[j] = src[j]
+            for q in range(1, p):
+                part = src[q * C : q * C + n]
+                for j in range(n):
+                    dst[j] += part[j]
+        for y in range(H - p + 1):
+            dst = sums[y]
+            first = rows[y]
+            for j in range(n):
+                dst[j] = first[j]
+            for a in range(1, p):
+                part = rows[y + a]
+                for j in range(n):
+                    dst[j] += part[j]
+        for oh in range(ho):
+            for ow in range(wo):
+                row = out[r]
+                off = ow * stride * C
+                for i in range(k):
+                    src = sums[oh * stride + i]
+                    base = i * kc
+                    for c in range(kc):
+                        row[base + c] = src[off + c]
+                r += 1
+
+
+def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw: tuple[int, int]) -> np.ndarray:
+    """``qsnn.kernels.im2col(qsnn.kernels.box_sums(x padded, p), window, stride, out_hw)`` of ``x``
+    (m, H, W, C) uint8 in one compiled pass per sample (the box sums stay in cache, no strided copy):
+    the same rows, (m·Ho·Wo, K·K·C)."""
+    xs = np.ascontiguousarray(x)
+    if pad:
+        xs = np.pad(xs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    words = pixel_words(xs)
+    m, h, w, c = words.shape
+    ho, wo = out_hw
+    rows = np.empty((h, (w - p + 1) * c), dtype=words.dtype)
+    sums = np.empty((h - p + 1, (w - p + 1) * c), dtype=words.dtype)
+    out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
+    _box_im2col(words.reshape(m, h, -1), p, window, stride, ho, wo, rows, sums, out)
+    return out.view(np.uint8)

@@ -328,8 +328,14 @@ class _Layer:
                 xs = xs.astype(self.sum_dtype)
             if kind == "dense":
                 cols = xs.reshape(len(xs), -1)
-            elif self.accel is not None and integer and not box:  # padding and windows in one compiled copy
-                cols = self.accel.im2col(xs, self.window, self.stride, self.padding, self.out_nhwc[:2])
+            elif self.accel is not None and integer:  # padding, box sums and windows in one compiled pass
+                cols = (
+                    self.accel.box_im2col(
+                        xs, self.layer.pool, self.layer.kernel, self.stride, self.padding, self.out_nhwc[:2]
+                    )
+                    if box
+                    else self.accel.im2col(xs, self.window, self.stride, self.padding, self.out_nhwc[:2])
+                )
             else:
                 if self.padding:  # zero padding: the same zeros in every kernel
                     pad = self.padding

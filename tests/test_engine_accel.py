@@ -234,3 +234,26 @@ def test_auto_loads_the_kernels_once_the_work_adds_up(digits):
     )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "m, hw, c, pool, k, pad",
+    [
+        (3, (12, 12), 16, 2, 5, 0),
+        (2, (9, 11), 3, 3, 3, 1),
+        (4, (8, 8), 8, 2, 3, 2),
+        (2, (7, 7), 5, 1, 3, 0),
+        (2, (10, 6), 12, 4, 2, 0),
+    ],
+)
+def test_box_im2col_is_box_sums_then_windows(m, hw, c, pool, k, pad):
+    """The compiled pass of a pooled stride-1 conv layer on spikes gives the rows of qsnn.kernels'
+    two steps (pad, box sums, windows at stride p), for odd channel counts (narrower words), padding
+    and pools of 1..4."""
+    from qsnn.kernels import box_sums, im2col
+    from qsnn.sim.kernels_numba import box_im2col
+
+    x = (np.random.default_rng(m + c).random((m, *hw, c)) < 0.3).astype(np.uint8)
+    s = box_sums(np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), pool)
+    out_hw = ((s.shape[1] - k) // pool + 1, (s.shape[2] - k) // pool + 1)
+    assert np.array_equal(box_im2col(x, pool, k, pool, pad, out_hw), im2col(s, k, pool, out_hw))
