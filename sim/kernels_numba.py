@@ -266,43 +266,43 @@ def table_lookup(cur, offset, words, t0, z, counts, figures, out, with_stats):  
     out[0], out[1], out[2], out[3] = high, low, lo, hi
 
 
-@njit(nogil=True, cache=True)
-def _im2col(x, k, stride, pad, ho, wo, out):  # pragma: no cover - compiled
-    """Rows ``out`` (m·ho·wo, k·k·C) of the k×k windows at ``stride`` of ``x`` (m, H, W·C) with ``pad``
-    zeros on every side, C words per pixel: each window row is one run of k·C words where it lies
-    inside the input (a copy), zeros where it lies in the padding."""
-    m, H, WC = x.shape
-    C = out.shape[1] // (k * k)
-    W = WC // C
-    kc = k * C
-    r = 0
-    for b in range(m):
-        for oh in range(ho):
-            for ow in range(wo):
-                row = out[r]
-                w0 = ow * stride - pad
-                for i in range(k):
-                    h = oh * stride + i - pad
-                    base = i * kc
-                    if h < 0 or h >= H:
-                        for c in range(kc):
-                            row[base + c] = 0
-                    elif w0 >= 0 and w0 + k <= W:
-                        src = x[b, h]
-                        off = w0 * C
-                        for c in range(kc):
-                            row[base + c] = src[off + c]
-                    else:
-                        src = x[b, h]
-                        for j in range(k):
-                            w = w0 + j
-                            inside = 0 <= w < W
-                            for c in range(C):
-                                if inside:
-                                    row[base + j * C + c] = src[w * C + c]
-                                else:
-                                    row[base + j * C + c] = 0
-                r += 1
+@lru_cache(maxsize=None)
+def im2col_kernel(k: int, c: int):
+    """The compiled im2col for k×k windows of ``c`` words per pixel: ``k`` and ``c`` are constants of
+    its loops, so a window row (k·c words, often a few) is copied without a loop's overhead; one
+    kernel per shape, compiled on first use and cached on disk."""
+    kc = k * c
+
+    @njit(nogil=True, cache=True)
+    def _im2col(x, stride, pad, ho, wo, padded, out):  # pragma: no cover - compiled
+        """Rows ``out`` (m·ho·wo, k·k·c) of the k×k windows at ``stride`` of ``x`` (m, H, W·c) words
+        with ``pad`` zeros on every side: each sample is first copied into the middle of ``padded``
+        (H + 2·pad, (W + 2·pad)·c), whose border stays zero, so that every window row is one run of
+        k·c words, with no test of the border."""
+        m, H, WC = x.shape
+        r = 0
+        for b in range(m):
+            if pad:
+                for h in range(H):
+                    src = x[b, h]
+                    dst = padded[h + pad, pad * c : pad * c + WC]
+                    for j in range(WC):
+                        dst[j] = src[j]
+                img = padded
+            else:
+                img = x[b]
+            for oh in range(ho):
+                for ow in range(wo):
+                    row = out[r]
+                    off = ow * stride * c
+                    for i in range(k):
+                        src = img[oh * stride + i, off : off + kc]
+                        dst = row[i * kc : i * kc + kc]
+                        for j in range(kc):
+                            dst[j] = src[j]
+                    r += 1
+
+    return _im2col
 
 
 def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int, int]) -> np.ndarray:
@@ -313,52 +313,58 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
     m, h, w, c = words.shape
     ho, wo = out_hw
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
-    _im2col(words.reshape(m, h, -1), window, stride, pad, ho, wo, out)
+    padded = np.zeros((h + 2 * pad, (w + 2 * pad) * c) if pad else (1, 1), dtype=words.dtype)
+    im2col_kernel(window, c)(words.reshape(m, h, -1), stride, pad, ho, wo, padded, out)
     return out.view(np.uint8)
 
 
-@njit(nogil=True, cache=True)
-def _box_im2col(x, p, k, stride, ho, wo, rows, sums, out):  # pragma: no cover - compiled
-    """Rows ``out`` (m·ho·wo, k·k·C) of the k×k windows at ``stride`` of the p×p box sums
-    S[h, w] = Σ_{i, j < p} x[h + i, w + j] of ``x`` (m, H, W·C) words, C words per pixel: per sample,
-    p − 1 adds along W into ``rows`` (H, (W − p + 1)·C), p − 1 along H into ``sums``, then each window
-    row one copied run of k·C words. A word holds several channels' bytes, which add lane by lane
-    without a carry (the caller proves p²·max x ≤ 255, as for :func:`qsnn.kernels.box_sums`)."""
-    m, H, WC = x.shape
-    C = out.shape[1] // (k * k)
-    ws = WC // C - p + 1
-    n = ws * C
-    kc = k * C
-    r = 0
-    for b in range(m):
-        for y in range(H):
-            src = x[b, y]
-            dst = rows[y]
-            for j in range(n):
-                dst[j] = src[j]
-            for q in range(1, p):
-                part = src[q * C : q * C + n]
+@lru_cache(maxsize=None)
+def box_im2col_kernel(k: int, c: int):
+    """The compiled box sums and im2col for k×k windows of ``c`` words per pixel (constants of its
+    loops, as :func:`im2col_kernel`)."""
+    kc = k * c
+
+    @njit(nogil=True, cache=True)
+    def _box_im2col(x, p, stride, ho, wo, rows, sums, out):  # pragma: no cover - compiled
+        """Rows ``out`` (m·ho·wo, k·k·c) of the k×k windows at ``stride`` of the p×p box sums
+        S[h, w] = Σ_{i, j < p} x[h + i, w + j] of ``x`` (m, H, W·c) words, c words per pixel: per sample,
+        p − 1 adds along W into ``rows`` (H, (W − p + 1)·c), p − 1 along H into ``sums``, then each window
+        row one copied run of k·c words. A word holds several channels' bytes, which add lane by lane
+        without a carry (the caller proves p²·max x ≤ 255, as for :func:`qsnn.kernels.box_sums`)."""
+        m, H, WC = x.shape
+        n = (WC // c - p + 1) * c
+        r = 0
+        for b in range(m):
+            for y in range(H):
+                src = x[b, y]
+                dst = rows[y]
                 for j in range(n):
-                    dst[j] += part[j]
-        for y in range(H - p + 1):
-            dst = sums[y]
-            first = rows[y]
-            for j in range(n):
-                dst[j] = first[j]
-            for a in range(1, p):
-                part = rows[y + a]
+                    dst[j] = src[j]
+                for q in range(1, p):
+                    part = src[q * c : q * c + n]
+                    for j in range(n):
+                        dst[j] += part[j]
+            for y in range(H - p + 1):
+                dst = sums[y]
+                first = rows[y]
                 for j in range(n):
-                    dst[j] += part[j]
-        for oh in range(ho):
-            for ow in range(wo):
-                row = out[r]
-                off = ow * stride * C
-                for i in range(k):
-                    src = sums[oh * stride + i]
-                    base = i * kc
-                    for c in range(kc):
-                        row[base + c] = src[off + c]
-                r += 1
+                    dst[j] = first[j]
+                for a in range(1, p):
+                    part = rows[y + a]
+                    for j in range(n):
+                        dst[j] += part[j]
+            for oh in range(ho):
+                for ow in range(wo):
+                    row = out[r]
+                    off = ow * stride * c
+                    for i in range(k):
+                        src = sums[oh * stride + i, off : off + kc]
+                        dst = row[i * kc : i * kc + kc]
+                        for j in range(kc):
+                            dst[j] = src[j]
+                    r += 1
+
+    return _box_im2col
 
 
 def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw: tuple[int, int]) -> np.ndarray:
@@ -374,5 +380,5 @@ def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw
     rows = np.empty((h, (w - p + 1) * c), dtype=words.dtype)
     sums = np.empty((h - p + 1, (w - p + 1) * c), dtype=words.dtype)
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
-    _box_im2col(words.reshape(m, h, -1), p, window, stride, ho, wo, rows, sums, out)
+    box_im2col_kernel(window, c)(words.reshape(m, h, -1), p, stride, ho, wo, rows, sums, out)
     return out.view(np.uint8)
