@@ -5,9 +5,13 @@
 
 For each consumer: compile the model under the ``fpga`` profile, write the NIR folder of the
 consumer's flavour (``qsnn-export --to nir --nir-flavor F``), load it with the consumer's own
-importer (:mod:`run_consumer`, in the consumer's venv for Sinabs and Spyx), run N test images of the
+importer (:mod:`run_consumer`, in the consumer's venv for Sinabs and Spyx), run N test inputs of the
 model's own dataset (a stratified subset, :func:`qsnn.targets.inputs.check_inputs`, the inputs
-``qsnn-rtl-sim -n N`` and ``make lava-check`` take) for T steps and compare with qsnn-sim:
+``qsnn-rtl-sim -n N`` and ``make lava-check`` take) for T steps and compare with qsnn-sim. The inputs
+are what qsnn-sim takes: a static image, fed at every step, or an event model's count frames
+(N, T, C, H, W, read with the encoding, count clip and T it was trained with), frame t fed at step t
+(:func:`run_consumer.step_inputs`); N event recordings with all their windows for a windows test cut,
+scored per recording. Compared:
 
 * accuracy of the consumer vs qsnn-sim's (the chip: delayed subtract reset);
 * spike agreement per layer, as NIR's semantics allow: against qsnn-sim under *zero* reset (NIR's
@@ -37,6 +41,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "run_consumer.py"
+sys.path.insert(0, str(HERE))
+from run_consumer import step_inputs  # noqa: E402 - the runner beside this file, self-contained for the venvs
+
 #: consumer → (NIR flavour, venv name or None for the main environment, how to call it, subtract option)
 CONSUMERS: dict[str, tuple[str, str | None, str, str]] = {
     "snntorch": (
@@ -85,12 +92,12 @@ def python_for(consumer: str) -> Path | None:
 def run_consumer(
     consumer: str, nir_file: Path, x: np.ndarray, T: int, subtract: bool, python: Path | None = None
 ) -> dict[str, np.ndarray]:
-    """Spikes ``z1..`` (T, N, ...) of ``consumer`` running ``nir_file`` in its own interpreter."""
+    """Spikes ``z1..`` (T, N, ...) of ``consumer`` running ``nir_file`` in its own interpreter on ``x``: static
+    images (N, C, H, W), fed at every step, or event count frames (N, T, C, H, W), frame t at step t."""
     python = python or python_for(consumer)
     if python is None:
         raise FileNotFoundError(f"{consumer}: no venv at {venv_path(CONSUMERS[consumer][1])}; run `make nir-venvs`")
     if Path(python) == Path(sys.executable):  # a consumer of the main environment: run it in-process
-        sys.path.insert(0, str(HERE))
         import run_consumer as runner
 
         spikes, _log = getattr(runner, f"run_{consumer}")(str(nir_file), x, T, subtract)
@@ -169,11 +176,11 @@ def real_valued(net, x: np.ndarray, reset: str, compare: str, emit_previous: boo
 
     T = int(net.num_steps)
     spikes: dict[str, np.ndarray] = {}
-    inp = [x.astype(np.float64)] * T
+    inp = step_inputs(x, T)  # x_t: the static image at every step, or event frame t
     for i, layer in enumerate(net.layers, start=1):
         beta = beta_of(net, layer)
         theta = np.asarray(layer.threshold, dtype=np.float64)
-        static = i == 1
+        static = i == 1 and x.ndim == 4  # the same current at every step
         cur0 = _currents(layer, inp[0]) if static else None
         v = th = None
         out = []
@@ -228,7 +235,6 @@ def check(
     log=print,
     profile_sets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    from qsnn.errors import DataError
     from qsnn.sim.engine import simulate
     from qsnn.targets import write_target
     from qsnn.targets.inputs import check_inputs
@@ -236,26 +242,26 @@ def check(
     consumers = consumers or list(CONSUMERS)
     with tempfile.TemporaryDirectory(prefix="qsnn-nir-check-") as tmp:
         net = compile_fpga(source, Path(tmp), profile_sets)
-    if net.encoding != "static":
-        raise DataError(
-            f"{source}: the NIR check feeds a static image at every step; this model takes {net.encoding} "
-            "frames, which the consumers' runners do not feed (check it with qsnn-sim and make lava-check)"
-        )
     dataset, split = check_inputs(net, images, "test", where=str(source))
-    x, y = split.x, split.y
+    x = split.x  # (N, C, H, W) images or (N, T, C, H, W) event counts, as qsnn-sim takes them
     out.mkdir(parents=True, exist_ok=True)
     T = int(net.num_steps)
     ours = simulate(net, x, record=True)
     ours_zero = simulate(dataclasses.replace(net, profile=net.profile.replace(reset="zero")), x, record=True)
-    acc_ours = 100.0 * float(np.mean(ours.predictions == y))
-    acc_ours_zero = 100.0 * float(np.mean(ours_zero.predictions == y))
+
+    def accuracy(spikes: dict[str, np.ndarray]) -> float:  # per recording where windows are summed
+        return 100.0 * split.accuracy(spikes[max(spikes)].sum(axis=0))
+
     folders = {}
     results: dict[str, Any] = {
         "dataset": dataset,
-        "images": len(x),
+        "encoding": net.encoding,
+        "input_max": int(net.input_max),
+        "images": split.num_recordings,
+        "samples": len(split),
         "num_steps": T,
-        "qsnn_sim_accuracy": acc_ours,
-        "qsnn_sim_zero_reset_accuracy": acc_ours_zero,
+        "qsnn_sim_accuracy": accuracy(ours.spikes),
+        "qsnn_sim_zero_reset_accuracy": accuracy(ours_zero.spikes),
         "consumers": {},
     }
     for c in consumers:
@@ -275,13 +281,13 @@ def check(
         try:
             got = run_consumer(c, nir_file, x, T, subtract=False)
             row["loads_unmodified"] = row["runs"] = True
-            row["accuracy"] = 100.0 * float(np.mean(predictions(got[max(got)]) == y))
+            row["accuracy"] = accuracy(got)
             row["agree_predictions_vs_qsnn"] = 100.0 * float(np.mean(predictions(got[max(got)]) == ours.predictions))
             row["spikes_vs_real_valued"] = agreement(got, real_valued(net, x, *SEMANTICS[c][0]))
             row["spikes_vs_qsnn_zero_reset"] = agreement(got, ours_zero.spikes)
             row["spikes_vs_qsnn"] = agreement(got, ours.spikes)
             sub = run_consumer(c, nir_file, x, T, subtract=True)
-            row["accuracy_subtract"] = 100.0 * float(np.mean(predictions(sub[max(sub)]) == y))
+            row["accuracy_subtract"] = accuracy(sub)
             row["spikes_subtract_vs_real_valued"] = agreement(sub, real_valued(net, x, *SEMANTICS[c][1]))
             row["spikes_subtract_vs_qsnn"] = agreement(sub, ours.spikes)
         except Exception as exc:  # noqa: BLE001 - the table reports what failed
@@ -302,8 +308,16 @@ def _layers(rows: list[dict[str, float]] | None, key: str) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    what = "test images (a stratified subset)"
+    if results.get("encoding") == "events":
+        windows = results.get("samples", results["images"])
+        what = (
+            "test recordings (a stratified subset"
+            + (f", {windows} windows" if windows != results["images"] else "")
+            + f"; event count frames clipped at {results['input_max']}, frame t at step t)"
+        )
     lines = [
-        f"NIR consumers on {results['images']} {results.get('dataset', 'mnist5k')} test images (a stratified subset), "
+        f"NIR consumers on {results['images']} {results.get('dataset', 'mnist5k')} {what}, "
         f"T = {results['num_steps']}: qsnn-sim "
         f"{results['qsnn_sim_accuracy']:.1f} % (fpga, delayed subtract reset), "
         f"{results['qsnn_sim_zero_reset_accuracy']:.1f} % with zero reset.",
@@ -334,7 +348,7 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="a qsnn checkpoint (best.pt) or its float QONNX export")
-    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--images", type=int, default=100, help="test inputs (event recordings for an event model)")
     ap.add_argument("--out", type=Path, default=Path("runs/nir-check"))
     ap.add_argument("--consumers", default=",".join(CONSUMERS))
     ap.add_argument(

@@ -3,9 +3,11 @@
     python run_consumer.py CONSUMER network.nir inputs.npz out.npz [--subtract]
 
 Self-contained (numpy, nir and the consumer only), so it runs in the consumer's own venv too
-(Sinabs and Spyx live in venvs of their own: ``make nir-venvs``). ``inputs.npz`` holds ``x``
-(N, C, H, W), the raw integer input the graph takes at every step, and ``num_steps``; ``out.npz``
-gets ``z1, z2, ...`` (T, N, ...) uint8, the spikes of each LIF node in graph order, and ``log``.
+(Sinabs and Spyx live in venvs of their own: ``make nir-venvs``). ``inputs.npz`` holds ``x``, the
+raw integers the graph takes, and ``num_steps`` T: a static image (N, C, H, W), fed at every step, or
+event count frames (N, T, C, H, W), frame t fed at step t (:func:`step_inputs`, the rule of
+``qsnn-sim``); ``out.npz`` gets ``z1, z2, ...`` (T, N, ...) uint8, the spikes of each LIF node in
+graph order, and ``log``. Every consumer here takes a new input at every step.
 
 How each consumer is called is exactly what the NIR folder's README says, nothing patched:
 
@@ -14,9 +16,9 @@ How each consumer is called is exactly what the NIR folder's README says, nothin
   passed back every step as its docstring says;
 * ``norse``: ``norse.torch.from_nir(nir.read(path), dt=<graph metadata dt>)``;
 * ``spyx``: ``spyx.nir.from_nir(nir.read(path), x, dt=<graph metadata dt>)`` on (T, N, H, W, C)
-  channels-last inputs (Spyx's layout);
+  channels-last inputs (Spyx's layout: step t's input at x[t]);
 * ``sinabs``: ``sinabs.from_nir(nir.read(path), batch_size=N)`` on (N·T, C, H, W) inputs (Sinabs'
-  squeezed layout).
+  squeezed layout: sample n's step t at row n·T + t).
 
 ``--subtract`` switches the imported neurons to the consumer's own subtract-reset option, where it
 has one (snnTorch: ``reset_mechanism="subtract"`` with its delayed reset, spikingjelly:
@@ -33,6 +35,17 @@ from typing import Callable
 import numpy as np
 
 CONSUMERS = ("snntorch", "spikingjelly", "norse", "spyx", "sinabs")
+
+
+def step_inputs(x: np.ndarray, T: int) -> np.ndarray:
+    """The input of each step, (T, N, C, H, W): a static image batch (N, C, H, W) at every step t, or
+    frame t of event counts (N, T, C, H, W) at step t (qsnn's two encodings, as ``qsnn-sim`` feeds them)."""
+    x = np.asarray(x)
+    if x.ndim == 4:
+        return np.broadcast_to(x[None], (T, *x.shape))
+    if x.ndim == 5 and x.shape[1] == T:
+        return np.moveaxis(x, 1, 0)
+    raise ValueError(f"inputs of shape {x.shape}: give static images (N, C, H, W) or event frames (N, T={T}, C, H, W)")
 
 
 def _dt(graph) -> float:
@@ -56,14 +69,13 @@ def _record_spikes(modules: list) -> Callable[[], list[np.ndarray]]:
 
 
 def _run_stateful(module, x: np.ndarray, T: int) -> None:
-    """T steps of a module called as ``module(x, state) -> (out, state)`` (spikingjelly's and Norse's graphs)."""
+    """T steps of a module called as ``module(x_t, state) -> (out, state)`` (spikingjelly's and Norse's graphs)."""
     import torch
 
-    xt = torch.from_numpy(x.astype(np.float32))
     state = None
     with torch.no_grad():
-        for _ in range(T):
-            _, state = module(xt, state)
+        for xt in step_inputs(x, T):
+            _, state = module(torch.from_numpy(xt.astype(np.float32)), state)
 
 
 def run_snntorch(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
@@ -83,11 +95,10 @@ def run_snntorch(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list
             m.state_function = m._base_sub
             m.reset_delay = True
     spikes = _record_spikes(leaky)
-    xt = torch.from_numpy(x.astype(np.float32))
     with torch.no_grad():
         snntorch.utils.reset(module)
-        for _ in range(T):
-            module(xt)
+        for xt in step_inputs(x, T):
+            module(torch.from_numpy(xt.astype(np.float32)))
     return spikes(), log.getvalue()
 
 
@@ -129,7 +140,7 @@ def run_spyx(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.
     import spyx.nir
 
     graph = nir.read(path)
-    xs = np.broadcast_to(x.transpose(0, 2, 3, 1)[None].astype(np.float32), (T, *x.transpose(0, 2, 3, 1).shape))
+    xs = step_inputs(x, T).transpose(0, 1, 3, 4, 2).astype(np.float32)  # (T, N, H, W, C)
     model, (out, states) = spyx.nir.from_nir(graph, jnp.asarray(xs), dt=_dt(graph), return_all_states=True)
     # per-layer spikes: run the layers one by one over time to read each neuron's output
     from spyx.nn import IF, LIF
@@ -168,9 +179,8 @@ def run_sinabs(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[n
     spikes: dict[int, np.ndarray] = {}
     for i, m in enumerate(cells):
         m.register_forward_hook(lambda mod, args, out, i=i: spikes.__setitem__(i, out.detach().numpy().copy()))
-    xt = torch.from_numpy(
-        np.broadcast_to(x[:, None].astype(np.float32), (n, T, *x.shape[1:])).reshape(n * T, *x.shape[1:]).copy()
-    )
+    frames = step_inputs(x, T).swapaxes(0, 1)  # (N, T, C, H, W): sample-major, as Sinabs squeezes time
+    xt = torch.from_numpy(frames.reshape(n * T, *frames.shape[2:]).astype(np.float32))
     with torch.no_grad():
         module(xt)
     out = []
