@@ -83,10 +83,11 @@ lava: install
 test-lava: lava
 	$(BIN)/python -m pytest -q tests/test_lava.py
 
-# Stock Lava vs qsnn-sim --profile loihi2 on the first N test samples of a trained model (every layer, every
+# Stock Lava vs qsnn-sim --profile loihi2 on a stratified N test samples of a trained model (every layer, every
 # step): make lava-check N=50 [LAVA_CHECK_ARGS="--checkpoint runs/demo/best.pt --report lava.json"]; an event
 # model reads its data with its encoding (N gestures for a windows test cut): LAVA_CHECK_ARGS="--checkpoint
-# RUN/best.pt --data-dir DIR [--allow-saturation]" (docs/targets/loihi2.md)
+# RUN/best.pt --data-dir DIR [--allow-saturation]"; LAVA_CHECK_ARGS="--profile-set weight_bits=4" changes the
+# loihi2 profile it compiles under, as qsnn-export's --profile-set (docs/targets/loihi2.md)
 lava-check: lava
 	$(if $(findstring --checkpoint,$(LAVA_CHECK_ARGS)),,test -f $(DEMO_DIR)/best.pt || $(MAKE) demo)
 	$(BIN)/python -m qsnn.targets.loihi2.lava_check --images $(N) \

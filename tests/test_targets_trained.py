@@ -168,3 +168,67 @@ def test_lava_check_report_follows_the_output_rule(trained, monkeypatch, tmp_pat
     with pytest.raises(SystemExit) as info:
         lava_check.main([*base, str(report), "--force"])
     assert info.value.code == 0 and runs == [10, 10]
+
+
+@pytest.mark.parametrize("dataset,bits", [("mnist5k", 6), ("dvs128", 8)])
+def test_lava_check_profile_set_reaches_the_compile(trained_run, dataset, bits, monkeypatch, tmp_path, capsys):
+    """make lava-check LAVA_CHECK_ARGS="--profile-set FIELD=VALUE": the loihi2 folder Lava runs is compiled
+    with the change, as qsnn-export --to loihi2 --profile-set compiles it (mnist5k: a 6-bit weight memory, where
+    the compiler's resolution multiplier stops at ±31 instead of the folded ±112 of 8 bits; the DVS model needs
+    its 8 bits: at 6 or 7 its conv1 threshold would be under 16 steps); a setting Lava cannot compute, a misspelt field, or weights the network does not fit are refused
+    in one line, with nothing written and Lava never started. qsnn-sim runs in Lava's place (tests/test_lava.py
+    holds Lava itself to the folder)."""
+    import sys
+
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.qonnx_float import export_float
+    from qsnn.targets.inputs import check_inputs
+    from qsnn.targets.loihi2 import lava_check, lava_env
+    from qsnn.targets.loihi2.netx import netx_weight
+
+    source = trained_run(dataset) / "best.pt"  # its data where training read them (the export's metadata)
+    ran: list = []
+
+    def fake_lava(folder, x, python=None):
+        net = read_target(folder)
+        ran.append((net, x))
+        sim = simulate(net, x, record=True)
+        return {**sim.spikes, "predictions": sim.predictions, "counts": sim.counts, "seconds": 0.0}
+
+    monkeypatch.setattr(lava_env, "ensure", lambda log=print: ran.append("ensure") or sys.executable)
+    monkeypatch.setattr(lava_env, "run_folder", fake_lava)
+    report = tmp_path / "lava.json"
+    base = ["--checkpoint", str(source), "--images", "11", "--report", str(report)]
+    with pytest.raises(SystemExit) as info:
+        lava_check.main([*base, "--profile-set", f"weight_bits={bits}"])
+    assert info.value.code == 0
+    net, x = ran[-1]
+    want, _ = compile_qonnx(export_float(source, tmp_path / "model.onnx"), LOIHI2.replace(weight_bits=bits))
+    assert net.profile.weight_bits == bits and net.profile == want.profile
+    assert_same_network(net, want)
+    wmax = (1 << (bits - 1)) - 1
+    assert max(int(abs(netx_weight(layer)).max()) for layer in net.layers) <= wmax
+    plain, _ = compile_qonnx(tmp_path / "model.onnx", LOIHI2)
+    if bits < LOIHI2.weight_bits:  # the setting changed the network
+        assert max(int(abs(netx_weight(layer)).max()) for layer in plain.layers) > wmax
+    assert np.array_equal(x, check_inputs(want, 11)[1].x)
+    saved = json.loads(report.read_text())
+    assert saved["profile_sets"] == [f"weight_bits={bits}"] and saved["profile"]["weight_bits"] == bits
+    assert saved["bit_exact"] and f"--profile-set weight_bits={bits}" in capsys.readouterr().out
+
+    report.unlink()
+    calls = len(ran)
+    for setting, says in [
+        ("reset=subtract", "reset='subtract' (needs 'zero')"),
+        ("membrane_bits=32", "membrane_bits=32 (needs 24)"),
+        ("weight_bit=6", "unknown profile field 'weight_bit'"),
+        ("weight_bits=six", "'six' is not a valid int"),
+        ("weight_bits=3", "use --profile-set weight_bits="),
+        ("max_neurons=1000", "neurons"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            lava_check.main([*base, "--profile-set", setting])
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 1 and len(err.splitlines()) == 1, err
+        assert says in err and err.startswith("error: "), err
+        assert len(ran) == calls and not report.exists()  # refused before Lava was built or run

@@ -1,12 +1,20 @@
 """``make lava-check N=…``: stock Lava versus ``qsnn-sim --profile loihi2`` on real test images.
 
 Takes a trained model (a ``best.pt`` or its float QONNX export; default ``runs/demo/best.pt``, the
-``make demo`` model), compiles it under the loihi2 profile, writes the loihi2 folder exactly as
+``make demo`` model), compiles it under the loihi2 profile (with each ``--profile-set FIELD=VALUE``
+applied, as ``qsnn-export --to loihi2 --profile-set`` does), writes the loihi2 folder exactly as
 ``qsnn-export --to loihi2`` does, runs that folder in the Lava venv (:mod:`qsnn.targets.loihi2.lava_env`,
-as the folder's README says) on the first N samples of the dataset's test split, simulates the
-same samples with qsnn's engine, and compares every layer's spikes at every step. Prints the
+as the folder's README says) on a stratified subset of N samples of the dataset's test split, simulates
+the same samples with qsnn's engine, and compares every layer's spikes at every step. Prints the
 per-layer agreement, the predictions and the time; exits 1 unless everything is equal. ``--report``
 saves the figures as JSON.
+
+A ``--profile-set`` may change what Lava's netx network holds: a register width or limit (``weight_bits``
+up to 8, ``threshold_bits``, ``bias_bits``, ``max_fan_in``, ``max_neurons``, ``input_bits``; a network
+beyond Loihi's own limits is refused by the target, naming the fix). One that changes the arithmetic Lava
+computes (:data:`~qsnn.targets.loihi2.netx.REQUIRED`: reset, leak, membrane width, delay, shifts) is
+refused in one line before anything is compiled. The Lava venv is built (``make lava``) or started only
+once the folder is written: a model the compile or the target refuses never waits for it.
 
 The data are the model's own (:func:`qsnn.data.load_for_model`): its dataset, read with the event
 encoding it was trained with (bins, count clip ``input_max``, test cut) and T; an event model's
@@ -16,7 +24,7 @@ is taken by recording: N gestures with all their windows, each window run from a
 clean state, and the accuracies are per gesture (output counts summed over its windows).
 
     python -m qsnn.targets.loihi2.lava_check --images 50 [--checkpoint runs/demo/best.pt] [--data-dir DIR]
-        [--allow-saturation] [--report lava.json]
+        [--profile-set FIELD=VALUE ...] [--allow-saturation] [--report lava.json]
 """
 
 from __future__ import annotations
@@ -59,6 +67,26 @@ def compare(sim_spikes: dict[str, np.ndarray], lava: dict[str, np.ndarray], sim_
     }
 
 
+def lava_profile(profile_sets: tuple[str, ...] = ()):
+    """The loihi2 profile with each ``--profile-set FIELD=VALUE`` applied (:func:`qsnn.cli.chosen_profile`).
+
+    Raises :class:`~qsnn.errors.ProfileError` in one line for a setting that cannot be parsed or built, and
+    for one that changes the arithmetic stock Lava computes (:func:`.netx.arithmetic_differences`)."""
+    from qsnn.cli import chosen_profile
+    from qsnn.errors import ProfileError
+
+    from .netx import arithmetic_differences
+
+    profile = chosen_profile("loihi2", profile_sets, None)
+    wrong = arithmetic_differences(profile)
+    if wrong:
+        raise ProfileError(
+            f"--profile-set {' '.join(profile_sets)}: stock Lava computes the loihi2 profile's arithmetic only, "
+            f"not {', '.join(wrong)}; leave those fields out (qsnn-sim --profile loihi2 --profile-set simulates them)"
+        )
+    return profile
+
+
 def check(
     source: Path,
     images: int,
@@ -66,30 +94,32 @@ def check(
     data_dir: str | None = None,
     python: str | None = None,
     allow_saturation: bool = False,
+    profile_sets: tuple[str, ...] = (),
     log=print,
 ) -> dict[str, Any]:
-    """Lava against ``qsnn-sim --profile loihi2`` on ``images`` test samples (recordings): a stratified
-    subset, the whole split when it has no more (:func:`~qsnn.targets.inputs.check_inputs`)."""
+    """Lava against ``qsnn-sim --profile loihi2`` (with ``profile_sets`` applied: :func:`lava_profile`) on
+    ``images`` test samples (recordings): a stratified subset, the whole split when it has no more
+    (:func:`~qsnn.targets.inputs.check_inputs`)."""
     from qsnn.export.compile import compile_qonnx
-    from qsnn.profiles import get_profile
     from qsnn.sim import simulate
 
     from ..inputs import check_inputs
     from ..registry import read_target, write_target
     from .lava_env import ensure, run_folder
 
-    python = python or str(ensure(log))
+    profile = lava_profile(tuple(profile_sets))
     with tempfile.TemporaryDirectory(prefix="qsnn-lava-check-") as tmp:
         onnx_path = source
         if source.suffix != ".onnx":
             from qsnn.export.qonnx_float import export_float
 
             onnx_path = export_float(source, Path(tmp) / "model.onnx")
-        net, _ = compile_qonnx(onnx_path, get_profile("loihi2"), allow_saturation=allow_saturation)
+        net, _ = compile_qonnx(onnx_path, profile, allow_saturation=allow_saturation)
         _, data = check_inputs(net, images, "test", data_dir, where=str(source))
         x = data.x
         folder = write_target("loihi2", net, Path(tmp) / "loihi2", example=x[0])
         net = read_target(folder)  # what the folder holds, as a user would load it
+        python = python or str(ensure(log))  # after the compile: what the target refuses never waits for Lava
         start = time.perf_counter()
         lava = run_folder(folder, x, python=python)
         lava_wall = time.perf_counter() - start
@@ -98,6 +128,8 @@ def check(
     result.update(
         {
             "source": str(source),
+            "profile_sets": list(profile_sets),
+            "profile": net.profile.to_dict(),
             "images": data.num_recordings,
             "samples": len(data),
             "windows": None if data.group is None else len(data),
@@ -121,7 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     from qsnn.atomic import atomic_write_text
-    from qsnn.cli import allow_saturation_option, data_dir_option, force_option, friendly_errors, print_table
+    from qsnn.cli import (
+        allow_saturation_option,
+        data_dir_option,
+        force_option,
+        friendly_errors,
+        print_table,
+        profile_set_option,
+    )
     from qsnn.output_guard import LAVA_REPORT, LAVA_REPORT_FORMAT, check_outputs
 
     @click.command()
@@ -141,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Test images: a stratified subset of N of the test split (the whole split if it is smaller).",
     )
     @data_dir_option
+    @profile_set_option
     @allow_saturation_option
     @click.option(
         "--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the figures as JSON."
@@ -148,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     @force_option
     @friendly_errors
     def cli(
-        source: Path, images: int, data_dir: str | None, allow_saturation: bool, report: Path | None, force: bool
+        source: Path,
+        images: int,
+        data_dir: str | None,
+        profile_sets: tuple[str, ...],
+        allow_saturation: bool,
+        report: Path | None,
+        force: bool,
     ) -> None:
         check_outputs({"--report": (report, LAVA_REPORT)}, inputs={"--checkpoint": source}, force=force)
-        result = check(source, images, data_dir=data_dir, allow_saturation=allow_saturation)
+        result = check(source, images, data_dir=data_dir, allow_saturation=allow_saturation, profile_sets=profile_sets)
         rows = [
             (
                 k,
@@ -174,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             ("lava time", f"{result['lava_run_seconds']:.1f} s run, {result['lava_wall_seconds']:.1f} s with start-up"),
             ("verdict", "BIT-EXACT" if result["bit_exact"] else "DIFFERENT"),
         ]
-        print_table(rows, title=f"stock Lava vs qsnn-sim --profile loihi2 ({result['source']})")
+        sets = "".join(f" --profile-set {item}" for item in result["profile_sets"])
+        print_table(rows, title=f"stock Lava vs qsnn-sim --profile loihi2{sets} ({result['source']})")
         if report:
             atomic_write_text(report, json.dumps({"format": LAVA_REPORT_FORMAT, **result}, indent=2))
         if not result["bit_exact"]:

@@ -135,6 +135,13 @@ def inhibitory_clip(weight: np.ndarray) -> bool:
     return int(w.max(initial=0)) <= 0 and low < 0 and (-low & (-low - 1)) == 0
 
 
+def arithmetic_differences(profile) -> list[str]:
+    """The fields of ``profile`` (a :class:`~qsnn.profiles.ChipProfile`) whose arithmetic Lava's netx
+    network does not compute, each as ``field=value (needs value)``; empty for the loihi2 profile and for
+    any change of a field outside :data:`REQUIRED` (a register width or limit the fit checks hold)."""
+    return [f"{k}={getattr(profile, k)!r} (needs {v!r})" for k, v in REQUIRED.items() if getattr(profile, k) != v]
+
+
 def check(net: IntegerNetwork, example: Any = None) -> None:
     """Raise :class:`ProfileError` unless stock netx + Lava compute exactly this network (every
     problem at once: :func:`problems`)."""
@@ -151,7 +158,7 @@ def problems(net: IntegerNetwork, example: Any = None) -> list[str]:
     """
     p = net.profile
     found = []
-    wrong = [f"{k}={getattr(p, k)!r} (needs {v!r})" for k, v in REQUIRED.items() if getattr(p, k) != v]
+    wrong = arithmetic_differences(p)
     if wrong:
         found.append(
             f"loihi2: the network was compiled for profile {p.name!r} whose arithmetic Lava's netx network does "
