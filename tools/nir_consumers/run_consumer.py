@@ -160,10 +160,13 @@ def run_spyx(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.
             result.append(arr.transpose(0, 1, 4, 2, 3) if arr.ndim == 5 else arr)  # back to (T, N, C, H, W)
         else:
             h = jnp.stack([layer(h[t]) for t in range(T)])
-    final = np.asarray(out)
-    if not np.array_equal(final, np.asarray(result[-1])):
-        raise RuntimeError("spyx: layer-by-layer run differs from spyx.nir.from_nir's output")
-    return result, ""
+    # The layer-by-layer run must be spyx.nir.from_nir's own: the same output spikes but for float32 rounding
+    # (its jitted scan fuses operations differently; a membrane on its threshold can fall either way: 2 of
+    # 19,360 output entries of 110 event recordings at T = 16). A wiring error differs in far more.
+    differ = int(np.sum(np.asarray(out) != np.asarray(result[-1])))
+    if differ > 1e-3 * np.asarray(out).size:
+        raise RuntimeError(f"spyx: layer-by-layer run differs from spyx.nir.from_nir's output in {differ} entries")
+    return result, f"spyx: {differ} output entries differ from spyx.nir.from_nir's jitted run (float32 rounding)"
 
 
 def run_sinabs(path: str, x: np.ndarray, T: int, subtract: bool) -> tuple[list[np.ndarray], str]:
