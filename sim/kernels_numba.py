@@ -267,11 +267,36 @@ def table_lookup(cur, offset, words, t0, z, counts, figures, out, with_stats):  
 
 
 @lru_cache(maxsize=None)
+def windows_kernel(k: int, c: int):
+    """The compiled copy of the k×k windows of one image of ``c`` words per pixel into im2col rows
+    (k and c constants of its loops), shared by :func:`im2col_kernel` and :func:`box_im2col_kernel`."""
+    kc = k * c
+
+    @njit(nogil=True, cache=True)
+    def copy_windows(img, stride, ho, wo, out, r):  # pragma: no cover - compiled
+        """Rows ``out[r:]`` of the windows at ``stride`` of ``img`` (H, W·c) words, ``ho`` × ``wo`` of
+        them, each window row one run of k·c words; returns the next row."""
+        for oh in range(ho):
+            for ow in range(wo):
+                row = out[r]
+                off = ow * stride * c
+                for i in range(k):
+                    src = img[oh * stride + i, off : off + kc]
+                    dst = row[i * kc : i * kc + kc]
+                    for j in range(kc):
+                        dst[j] = src[j]
+                r += 1
+        return r
+
+    return copy_windows
+
+
+@lru_cache(maxsize=None)
 def im2col_kernel(k: int, c: int):
     """The compiled im2col for k×k windows of ``c`` words per pixel: ``k`` and ``c`` are constants of
     its loops, so a window row (k·c words, often a few) is copied without a loop's overhead; one
     kernel per shape, compiled on first use and cached on disk."""
-    kc = k * c
+    copy_windows = windows_kernel(k, c)
 
     @njit(nogil=True, cache=True)
     def _im2col(x, stride, pad, ho, wo, padded, out):  # pragma: no cover - compiled
@@ -291,23 +316,15 @@ def im2col_kernel(k: int, c: int):
                 img = padded
             else:
                 img = x[b]
-            for oh in range(ho):
-                for ow in range(wo):
-                    row = out[r]
-                    off = ow * stride * c
-                    for i in range(k):
-                        src = img[oh * stride + i, off : off + kc]
-                        dst = row[i * kc : i * kc + kc]
-                        for j in range(kc):
-                            dst[j] = src[j]
-                    r += 1
+            r = copy_windows(img, stride, ho, wo, out, r)
 
     return _im2col
 
 
 def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int, int]) -> np.ndarray:
     """:func:`qsnn.kernels.im2col` of ``x`` (m, H, W, C) uint8 with ``pad`` zeros on every side, in
-    one compiled pass (no padded copy; a pixel's C bytes moved as 8-, 4- or 2-byte words where they
+    one compiled pass (each sample copied once into a zero-bordered buffer, not the whole batch padded
+    first; a pixel's C bytes moved as 8-, 4- or 2-byte words where they
     allow): the same rows, (m·Ho·Wo, K·K·C)."""
     words = pixel_words(np.ascontiguousarray(x))
     m, h, w, c = words.shape
@@ -322,7 +339,7 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
 def box_im2col_kernel(k: int, c: int):
     """The compiled box sums and im2col for k×k windows of ``c`` words per pixel (constants of its
     loops, as :func:`im2col_kernel`)."""
-    kc = k * c
+    copy_windows = windows_kernel(k, c)
 
     @njit(nogil=True, cache=True)
     def _box_im2col(x, p, stride, ho, wo, rows, sums, out):  # pragma: no cover - compiled
@@ -353,16 +370,7 @@ def box_im2col_kernel(k: int, c: int):
                     part = rows[y + a]
                     for j in range(n):
                         dst[j] += part[j]
-            for oh in range(ho):
-                for ow in range(wo):
-                    row = out[r]
-                    off = ow * stride * c
-                    for i in range(k):
-                        src = sums[oh * stride + i, off : off + kc]
-                        dst = row[i * kc : i * kc + kc]
-                        for j in range(kc):
-                            dst[j] = src[j]
-                    r += 1
+            r = copy_windows(sums, stride, ho, wo, out, r)
 
     return _box_im2col
 
