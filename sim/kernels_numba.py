@@ -266,29 +266,23 @@ def table_lookup(cur, offset, words, t0, z, counts, figures, out, with_stats):  
     out[0], out[1], out[2], out[3] = high, low, lo, hi
 
 
-@lru_cache(maxsize=None)
-def windows_kernel(k: int, c: int):
-    """The compiled copy of the k×k windows of one image of ``c`` words per pixel into im2col rows
-    (k and c constants of its loops), shared by :func:`im2col_kernel` and :func:`box_im2col_kernel`."""
+@njit(inline="always")
+def _copy_windows(img, stride, ho, wo, out, r, k, c):  # pragma: no cover - compiled
+    """Rows ``out[r:]`` of the k×k windows at ``stride`` of ``img`` (H, W·c) words, ``ho`` × ``wo`` of
+    them, each window row one run of k·c words; returns the next row. Inlined into the kernels that
+    call it (:func:`im2col_kernel`, :func:`box_im2col_kernel`), where k and c are constants."""
     kc = k * c
-
-    @njit(nogil=True, cache=True)
-    def copy_windows(img, stride, ho, wo, out, r):  # pragma: no cover - compiled
-        """Rows ``out[r:]`` of the windows at ``stride`` of ``img`` (H, W·c) words, ``ho`` × ``wo`` of
-        them, each window row one run of k·c words; returns the next row."""
-        for oh in range(ho):
-            for ow in range(wo):
-                row = out[r]
-                off = ow * stride * c
-                for i in range(k):
-                    src = img[oh * stride + i, off : off + kc]
-                    dst = row[i * kc : i * kc + kc]
-                    for j in range(kc):
-                        dst[j] = src[j]
-                r += 1
-        return r
-
-    return copy_windows
+    for oh in range(ho):
+        for ow in range(wo):
+            row = out[r]
+            off = ow * stride * c
+            for i in range(k):
+                src = img[oh * stride + i, off : off + kc]
+                dst = row[i * kc : i * kc + kc]
+                for j in range(kc):
+                    dst[j] = src[j]
+            r += 1
+    return r
 
 
 @lru_cache(maxsize=None)
@@ -296,7 +290,6 @@ def im2col_kernel(k: int, c: int):
     """The compiled im2col for k×k windows of ``c`` words per pixel: ``k`` and ``c`` are constants of
     its loops, so a window row (k·c words, often a few) is copied without a loop's overhead; one
     kernel per shape, compiled on first use and cached on disk."""
-    copy_windows = windows_kernel(k, c)
 
     @njit(nogil=True, cache=True)
     def _im2col(x, stride, pad, ho, wo, padded, out):  # pragma: no cover - compiled
@@ -316,7 +309,7 @@ def im2col_kernel(k: int, c: int):
                 img = padded
             else:
                 img = x[b]
-            r = copy_windows(img, stride, ho, wo, out, r)
+            r = _copy_windows(img, stride, ho, wo, out, r, k, c)
 
     return _im2col
 
@@ -339,7 +332,6 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
 def box_im2col_kernel(k: int, c: int):
     """The compiled box sums and im2col for k×k windows of ``c`` words per pixel (constants of its
     loops, as :func:`im2col_kernel`)."""
-    copy_windows = windows_kernel(k, c)
 
     @njit(nogil=True, cache=True)
     def _box_im2col(x, p, stride, ho, wo, rows, sums, out):  # pragma: no cover - compiled
@@ -370,7 +362,7 @@ def box_im2col_kernel(k: int, c: int):
                     part = rows[y + a]
                     for j in range(n):
                         dst[j] += part[j]
-            r = copy_windows(sums, stride, ho, wo, out, r)
+            r = _copy_windows(sums, stride, ho, wo, out, r, k, c)
 
     return _box_im2col
 
