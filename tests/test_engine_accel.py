@@ -10,8 +10,10 @@ still run, and agree, when the accelerator is switched off (``accel=False``, ``Q
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +200,34 @@ def test_no_work_at_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"  # the second layer is scanned in the compiled kernel
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_every_kernel_from_the_disk_cache(tmp_path):
+    """The compiled kernels a network needs (LIF, table lookup, im2col and box-sum im2col per window
+    shape) are compiled by the first process and loaded by the next one: nothing is compiled or
+    saved again (a kernel numba cannot key in its cache would cost every ``qsnn-sim`` run its
+    compile time, and grow the cache)."""
+    code = (
+        "import sys, numpy as np\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_arch_integer import hand_net\n"
+        "from qsnn.data import load_split\n"
+        "from qsnn.profiles import FPGA\n"
+        "from qsnn.sim import simulate\n"
+        "x = load_split('mnist5k', 'test').x[:8]\n"
+        "net = hand_net('4C5-AP2-6C3s2p1-AP2-8C3p1-D10', FPGA, (4, 4, 4, 4), 'static', x, T=8)\n"
+        "simulate(net, x, accel=True)\n"
+    ) % str(Path(__file__).parent)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    assert "data saved" in runs[0].stdout, "the first process compiled nothing: the test proves nothing"
+    saved = [line for line in runs[1].stdout.splitlines() if "data saved" in line]
+    assert not saved, f"compiled again in a second process: {saved}"
 
 
 def test_auto_loads_the_kernels_once_the_work_adds_up(digits):
