@@ -154,6 +154,25 @@ DVS_CASES = {
 }
 
 
+def test_lava_check_with_a_profile_change_bit_exactly(lava_python, trained_run):
+    """lava_check's check() with --profile-set weight_bits=6 (a 6-bit weight memory: the compiler's resolution
+    multiplier stops at ±31): Lava runs the folder compiled with the change, every layer's spikes at every step
+    equal to qsnn-sim's under the same profile."""
+    from qsnn.targets.loihi2.lava_check import check
+
+    result = check(
+        trained_run("mnist5k", "int4") / "best.pt",
+        IMAGES,
+        python=str(lava_python),
+        profile_sets=("weight_bits=6",),
+        log=lambda _m: None,
+    )
+    assert result["profile"]["weight_bits"] == 6 and result["bit_exact"], result
+    for key, layer in result["layers"].items():
+        assert layer["equal_pct"] == 100.0 and layer["spikes_qsnn"] == layer["spikes_lava"] > 0, (key, layer)
+    assert result["accuracy_lava_pct"] == result["accuracy_qsnn_pct"]
+
+
 @pytest.mark.parametrize("case", sorted(DVS_CASES))
 def test_event_model_through_lava_check_bit_exactly(lava_python, trained_run, dvs_data_dir, case):
     """A DVS128 model (event frames: binary counts, T = 8) through lava_check's check(): the loihi2 folder
