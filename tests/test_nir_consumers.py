@@ -273,3 +273,9 @@ def test_check_runs_an_event_model(trained_run, dvs_data_dir, tmp_path, monkeypa
             assert row[key][0]["entries"] >= 99.9 and all(r["entries"] >= 98.5 for r in row[key]), (consumer, row)
     table = (tmp_path / "out" / "nir_check.md").read_text()
     assert "22 dvs128 test recordings" in table and "clipped at 1," in table
+
+
+def test_output_spikes_are_the_last_layers_of_a_deep_net():
+    """Ten layers or more: z10 is the output, not z9 (which the keys' string order puts last)."""
+    spikes = {f"z{i}": np.full((2, 1, 3), i, dtype=np.uint8) for i in range(1, 12)}
+    assert int(nir_check.output_spikes(spikes).max()) == 11

@@ -210,6 +210,11 @@ def real_valued(net, x: np.ndarray, reset: str, compare: str, emit_previous: boo
     return spikes
 
 
+def output_spikes(spikes: dict[str, np.ndarray]) -> np.ndarray:
+    """The last layer's spikes (T, N, classes) of ``z1, z2, …`` (by number: z10 follows z9)."""
+    return spikes[max(spikes, key=lambda key: int(key[1:]))]
+
+
 def predictions(z_last: np.ndarray) -> np.ndarray:
     return np.asarray(z_last).sum(axis=0).argmax(axis=1)
 
@@ -250,7 +255,7 @@ def check(
     ours_zero = simulate(dataclasses.replace(net, profile=net.profile.replace(reset="zero")), x, record=True)
 
     def accuracy(spikes: dict[str, np.ndarray]) -> float:  # per recording where windows are summed
-        return 100.0 * split.accuracy(spikes[max(spikes)].sum(axis=0))
+        return 100.0 * split.accuracy(output_spikes(spikes).sum(axis=0))
 
     folders = {}
     results: dict[str, Any] = {
@@ -282,7 +287,9 @@ def check(
             got = run_consumer(c, nir_file, x, T, subtract=False)
             row["loads_unmodified"] = row["runs"] = True
             row["accuracy"] = accuracy(got)
-            row["agree_predictions_vs_qsnn"] = 100.0 * float(np.mean(predictions(got[max(got)]) == ours.predictions))
+            row["agree_predictions_vs_qsnn"] = 100.0 * float(
+                np.mean(predictions(output_spikes(got)) == ours.predictions)
+            )
             row["spikes_vs_real_valued"] = agreement(got, real_valued(net, x, *SEMANTICS[c][0]))
             row["spikes_vs_qsnn_zero_reset"] = agreement(got, ours_zero.spikes)
             row["spikes_vs_qsnn"] = agreement(got, ours.spikes)
