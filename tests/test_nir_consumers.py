@@ -248,18 +248,23 @@ def test_consumer_takes_event_frames_step_by_step(event_stacks, stack, consumer)
     assert np.mean(nir_check.predictions(got[last]) == nir_check.predictions(ref[last])) >= 0.98
 
 
-def test_check_runs_an_event_model(trained_run, dvs_data_dir, tmp_path, monkeypatch):
+def test_check_runs_an_event_model(trained_run, dvs_data_dir, tmp_path):
     """make nir-check on a DVS128 model (the fixture's, T = 8): its test recordings read with the model's
     encoding, each consumer fed frame t at step t, every layer's spikes as the real-valued network's under
     the consumer's rule (and with its subtract option), accuracies per recording. Binary events put many
     first-layer membranes exactly on a threshold (a sum of integer weights), which float32 decides either
     way (measured: every z1 entry that differs sits on its threshold, 16 of 67 such entries); a flipped spike
     carries on to the next layers: 99.99-100 / 99.8-99.96 / 98.9-99.85 % of entries (z1 / z2 / z3)."""
+    from qsnn.errors import DataError
     from qsnn.targets.inputs import check_inputs
 
-    monkeypatch.setenv("QSNN_DATA_DIR", str(dvs_data_dir))
     source = trained_run(dataset="dvs128") / "best.pt"
-    results = nir_check.check(source, tmp_path / "out", 22, MAIN_ENV, log=lambda _m: None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=str(empty)):  # --data-dir is where the recordings are read
+        nir_check.check(source, tmp_path / "out", 22, MAIN_ENV, log=lambda _m: None, data_dir=str(empty))
+    assert not (tmp_path / "out").exists()
+    results = nir_check.check(source, tmp_path / "out", 22, MAIN_ENV, log=lambda _m: None, data_dir=str(dvs_data_dir))
     net = nir_check.compile_fpga(source, tmp_path)
     _, split = check_inputs(net, 22)
     assert split.x.ndim == 5 and split.x.shape[1] == net.num_steps == results["num_steps"] == 8

@@ -2,6 +2,7 @@
 
     python tools/nir_consumers/check.py CHECKPOINT_OR_ONNX [--images 100] [--out runs/nir-check]
                                         [--consumers snntorch,spikingjelly,norse,spyx,sinabs]
+                                        [--profile-set FIELD=VALUE ...] [--data-dir DIR]
 
 For each consumer: compile the model under the ``fpga`` profile, write the NIR folder of the
 consumer's flavour (``qsnn-export --to nir --nir-flavor F``), load it with the consumer's own
@@ -239,6 +240,7 @@ def check(
     consumers: list[str] | None = None,
     log=print,
     profile_sets: tuple[str, ...] = (),
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     from qsnn.sim.engine import simulate
     from qsnn.targets import write_target
@@ -247,7 +249,7 @@ def check(
     consumers = consumers or list(CONSUMERS)
     with tempfile.TemporaryDirectory(prefix="qsnn-nir-check-") as tmp:
         net = compile_fpga(source, Path(tmp), profile_sets)
-    dataset, split = check_inputs(net, images, "test", where=str(source))
+    dataset, split = check_inputs(net, images, "test", data_dir, where=str(source))
     x = split.x  # (N, C, H, W) images or (N, T, C, H, W) event counts, as qsnn-sim takes them
     out.mkdir(parents=True, exist_ok=True)
     T = int(net.num_steps)
@@ -365,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="change a field of the fpga profile the network is compiled under (e.g. weight_bits=8)",
     )
+    ap.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the model's dataset (env QSNN_DATA_DIR; default: where training read it); see docs/data.md",
+    )
     args = ap.parse_args(argv)
     if args.images < 1:
         ap.error(f"--images {args.images}: give a number of test images, 1 or more")
@@ -374,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     from qsnn.cli import friendly_errors
 
     results = friendly_errors(check)(
-        args.source, args.out, args.images, args.consumers.split(","), profile_sets=tuple(args.profile_set)
+        args.source,
+        args.out,
+        args.images,
+        args.consumers.split(","),
+        profile_sets=tuple(args.profile_set),
+        data_dir=args.data_dir,
     )
     print(table(results))
     return 0
