@@ -304,16 +304,12 @@ def _run_batch(
     table: StaticTable | None = None
     if static:
         xs = xb.reshape(B, *first.in_shape)
-        x_in = _to_nhwc(xs) if len(first.in_shape) == 3 else xs
-        (cur_static,), rng, wraps = first.currents(np.ascontiguousarray(x_in), track=stats)
+        x_in = np.ascontiguousarray(_to_nhwc(xs) if len(first.in_shape) == 3 else xs)
+        (cur_static,), rng, wraps = first.currents(x_in, track=stats)
         if stats and delay < T:
             _update_current_range(accs[0], rng)
             accs[0].current_wraps += wraps * (T - delay)
-            if first.layer.kind == "conv":
-                synops = int(((x_in != 0) * first.fanout[..., None]).sum())
-            else:
-                synops = int(np.count_nonzero(x_in)) * first.layer.out_channels
-            accs[0].synops += synops * (T - delay)
+            accs[0].synops += first.synops(x_in.reshape(B, -1), nonzero=True) * (T - delay)
         if stats and delay > 0:
             _update_current_range(accs[0], (0, 0))
         bias_only = np.broadcast_to(first.bias, cur_static.shape)

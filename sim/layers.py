@@ -307,11 +307,8 @@ class _Layer:
         out_shape = (self.kernel.shape[1],) if kind == "dense" else self.out_nhwc
         if x.dtype == np.bool_:
             x = x.view(np.uint8)  # spikes: the same bytes, no cast
-        if acc is not None:  # Σ_units (Σ_samples x) · fan-out, exact
-            if self.fan_const and self.in_max == 1:  # 0/1 inputs, one fan-out: a count
-                acc.synops += int(np.count_nonzero(x)) * self.fan_const
-            else:
-                acc.synops += int(column_sums(x.reshape(n, -1), self.in_max) @ self.fan_vec)
+        if acc is not None:
+            acc.synops += self.synops(x.reshape(n, -1))
         box = self.box_matmul is not None
         integer = self.int_matmul is not None or box
         if integer and x.dtype != np.uint8:
@@ -350,6 +347,19 @@ class _Layer:
             else:
                 part = self.int_matmul(cols) if integer else cols @ self.kernel
             yield part.reshape(-1, per_step, *out_shape)
+
+    def synops(self, x: np.ndarray, nonzero: bool = False) -> int:
+        """Synaptic operations of inputs ``x`` (rows, units), units in the engine's input layout:
+        Σ_units (Σ_rows x) · fan-out, or with ``nonzero`` each nonzero input once (a static layer's
+        pixels); exact. In the compiled kernel where the accelerator is on (one GIL-free pass),
+        else NumPy."""
+        if self.accel is not None and x.dtype.kind in "ub":
+            return self.accel.synops(x, self.fan_vec, nonzero)
+        if nonzero or (self.fan_const and self.in_max == 1):
+            if self.fan_const:  # one fan-out (a dense layer): a count
+                return int(np.count_nonzero(x)) * self.fan_const
+            return int((x != 0).sum(axis=0, dtype=np.int64) @ self.fan_vec)
+        return int(column_sums(x, self.in_max) @ self.fan_vec)
 
     def currents(
         self, x: np.ndarray, acc: "LayerStats | None" = None, track: bool = False, steps: int = 1
