@@ -351,13 +351,13 @@ class _Layer:
     def synops(self, x: np.ndarray, nonzero: bool = False) -> int:
         """Synaptic operations of inputs ``x`` (rows, units), units in the engine's input layout:
         Σ_units (Σ_rows x) · fan-out, or with ``nonzero`` each nonzero input once (a static layer's
-        pixels); exact. In the compiled kernel where the accelerator is on (one GIL-free pass),
-        else NumPy."""
+        pixels); exact. One count where every unit has the same fan-out and counts once (a dense
+        layer); else in the compiled kernel where the accelerator is on (one GIL-free pass), or NumPy."""
+        if self.fan_const and (nonzero or self.in_max == 1):  # one fan-out (a dense layer), 0/1: a count
+            return int(np.count_nonzero(x)) * self.fan_const
         if self.accel is not None and x.dtype.kind in "ub":
             return self.accel.synops(x, self.fan_vec, nonzero)
-        if nonzero or (self.fan_const and self.in_max == 1):
-            if self.fan_const:  # one fan-out (a dense layer): a count
-                return int(np.count_nonzero(x)) * self.fan_const
+        if nonzero:
             return int((x != 0).sum(axis=0, dtype=np.int64) @ self.fan_vec)
         return int(column_sums(x, self.in_max) @ self.fan_vec)
 
