@@ -89,6 +89,27 @@ def test_target_lists_every_problem(synthetic_export):
     assert all(p in str(info.value) for p in problems)
 
 
+def test_loihi2_with_changed_arithmetic_names_the_setting_not_the_profile():
+    """A network compiled under loihi2 with --profile-set reset=zero: the target names that setting and
+    says to leave it out; it does not advise compiling "under --profile loihi2", which it already was."""
+    from test_arch_integer import hand_net
+
+    from qsnn.data import load_split
+    from qsnn.profiles import LOIHI2
+    from qsnn.targets import target_problems
+
+    x = load_split("mnist5k", "test").x[:8]
+    for reset in ("zero", "subtract"):  # loihi2's own, then a change
+        net = hand_net("6C3s2p1-D10", LOIHI2.replace(reset=reset), (8, 8), "static", x)
+        arith = [p for p in target_problems("loihi2", net) if "arithmetic" in p]
+        if reset == LOIHI2.reset:
+            assert arith == []
+        else:
+            assert len(arith) == 1 and f"reset={reset!r}" in arith[0], arith
+            assert "leave those --profile-set fields out" in arith[0]
+            assert "Compile it under the loihi2 profile" not in arith[0]
+
+
 def test_export_check_lists_all_and_writes_nothing(synthetic_export, tmp_path):
     from qsnn.export.cli import main
 

@@ -159,7 +159,13 @@ def problems(net: IntegerNetwork, example: Any = None) -> list[str]:
     p = net.profile
     found = []
     wrong = arithmetic_differences(p)
-    if wrong:
+    if wrong and p.name == "loihi2":  # the loihi2 profile with its arithmetic changed (--profile-set)
+        found.append(
+            f"loihi2: the network was compiled for the loihi2 profile with {', '.join(wrong)}, arithmetic "
+            "Lava's netx network does not compute; leave those --profile-set fields out (qsnn-sim --profile "
+            "loihi2 --profile-set simulates them)"
+        )
+    elif wrong:
         found.append(
             f"loihi2: the network was compiled for profile {p.name!r} whose arithmetic Lava's netx network does "
             f"not compute: {', '.join(wrong)}. Compile it under the loihi2 profile (--profile loihi2)."
