@@ -385,32 +385,33 @@ def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw
 
 
 @njit(nogil=True, cache=True)
-def _column_counts(x, nonzero, out):  # pragma: no cover - compiled
-    """``out`` (units,) uint32 += Σ_rows x (or the count of nonzero entries) of ``x`` (rows, units)."""
-    for r in range(x.shape[0]):
-        xr = x[r]
-        if nonzero:
-            for i in range(x.shape[1]):
-                out[i] += np.uint32(xr[i] != 0)
-        else:
-            for i in range(x.shape[1]):
-                out[i] += np.uint32(xr[i])
+def _synops(x, fan, nonzero, per):  # pragma: no cover - compiled
+    """Σ_units (Σ_rows x) · fan of ``x`` (rows, units) (or the count of its nonzero entries per unit):
+    per-unit uint32 sums over blocks of ``per`` rows (whose sums cannot reach 2^32), each block's
+    dot with ``fan`` in int64."""
+    rows, units = x.shape
+    counts = np.zeros(units, np.uint32)
+    total = 0
+    for r0 in range(0, rows, per):
+        counts[:] = 0
+        for r in range(r0, min(rows, r0 + per)):
+            xr = x[r]
+            if nonzero:
+                for i in range(units):
+                    counts[i] += np.uint32(xr[i] != 0)
+            else:
+                for i in range(units):
+                    counts[i] += np.uint32(xr[i])
+        for i in range(units):
+            total += np.int64(counts[i]) * fan[i]
+    return total
 
 
 def synops(x: np.ndarray, fan: np.ndarray, nonzero: bool = False) -> int:
     """Σ_units (Σ_rows x) · ``fan`` of ``x`` (rows, units) unsigned integers (or bool), or with
     ``nonzero`` the count of nonzero entries per unit: the synaptic operations of a layer's input
-    (:meth:`qsnn.sim.layers._Layer.synops`), exact, in GIL-free passes of per-unit uint32 sums
-    (rows in blocks whose sums cannot reach 2^32)."""
-    x = np.ascontiguousarray(x)
+    (:meth:`qsnn.sim.layers._Layer.synops`), exact, in one GIL-free pass (:func:`_synops`)."""
     if x.dtype == np.bool_:
         x = x.view(np.uint8)
-    top = 1 if nonzero else max(1, int(np.iinfo(x.dtype).max))
-    per = max(1, (2**32 - 1) // top)
-    total = 0
-    counts = np.zeros(x.shape[1], np.uint32)
-    for r0 in range(0, len(x), per):
-        counts[:] = 0
-        _column_counts(x[r0 : r0 + per], nonzero, counts)
-        total += int(counts.astype(np.int64) @ fan)
-    return total
+    top = 1 if nonzero else (1 << (8 * x.dtype.itemsize)) - 1
+    return int(_synops(np.ascontiguousarray(x), fan, nonzero, max(1, (2**32 - 1) // top)))
