@@ -285,6 +285,22 @@ def _copy_windows(img, stride, ho, wo, out, r, k, c):  # pragma: no cover - comp
     return r
 
 
+@njit(inline="always")
+def _padded_sample(x, b, pad, padded, c):  # pragma: no cover - compiled
+    """Sample ``b`` of ``x`` (m, H, W·c) words with ``pad`` zeros on every side: ``x[b]`` itself where
+    there is no padding, else its copy in the middle of ``padded`` (H + 2·pad, (W + 2·pad)·c), whose
+    border stays zero. Inlined into the im2col kernels."""
+    if pad == 0:
+        return x[b]
+    WC = x.shape[2]
+    for h in range(x.shape[1]):
+        src = x[b, h]
+        dst = padded[h + pad, pad * c : pad * c + WC]
+        for j in range(WC):
+            dst[j] = src[j]
+    return padded
+
+
 @lru_cache(maxsize=None)
 def im2col_kernel(k: int, c: int):
     """The compiled im2col for k×k windows of ``c`` words per pixel: ``k`` and ``c`` are constants of
@@ -297,18 +313,9 @@ def im2col_kernel(k: int, c: int):
         with ``pad`` zeros on every side: each sample is first copied into the middle of ``padded``
         (H + 2·pad, (W + 2·pad)·c), whose border stays zero, so that every window row is one run of
         k·c words, with no test of the border."""
-        m, H, WC = x.shape
         r = 0
-        for b in range(m):
-            if pad:
-                for h in range(H):
-                    src = x[b, h]
-                    dst = padded[h + pad, pad * c : pad * c + WC]
-                    for j in range(WC):
-                        dst[j] = src[j]
-                img = padded
-            else:
-                img = x[b]
+        for b in range(x.shape[0]):
+            img = _padded_sample(x, b, pad, padded, c)
             r = _copy_windows(img, stride, ho, wo, out, r, k, c)
 
     return _im2col
@@ -334,18 +341,20 @@ def box_im2col_kernel(k: int, c: int):
     loops, as :func:`im2col_kernel`)."""
 
     @njit(nogil=True, cache=True)
-    def _box_im2col(x, p, stride, ho, wo, rows, sums, out):  # pragma: no cover - compiled
+    def _box_im2col(x, p, stride, pad, ho, wo, padded, rows, sums, out):  # pragma: no cover - compiled
         """Rows ``out`` (m·ho·wo, k·k·c) of the k×k windows at ``stride`` of the p×p box sums
-        S[h, w] = Σ_{i, j < p} x[h + i, w + j] of ``x`` (m, H, W·c) words, c words per pixel: per sample,
-        p − 1 adds along W into ``rows`` (H, (W − p + 1)·c), p − 1 along H into ``sums``, then each window
-        row one copied run of k·c words. A word holds several channels' bytes, which add lane by lane
+        S[h, w] = Σ_{i, j < p} x[h + i, w + j] of ``x`` (m, H, W·c) words with ``pad`` zeros on every
+        side, c words per pixel: per sample (padded as in :func:`im2col_kernel`), p − 1 adds along W into
+        ``rows`` (H', (W' − p + 1)·c), p − 1 along H into ``sums``, then each window row one copied run of
+        k·c words (H', W' the padded sizes). A word holds several channels' bytes, which add lane by lane
         without a carry (the caller proves p²·max x ≤ 255, as for :func:`qsnn.kernels.box_sums`)."""
-        m, H, WC = x.shape
-        n = (WC // c - p + 1) * c
         r = 0
-        for b in range(m):
+        for b in range(x.shape[0]):
+            img = _padded_sample(x, b, pad, padded, c)
+            H = img.shape[0]
+            n = (img.shape[1] // c - p + 1) * c
             for y in range(H):
-                src = x[b, y]
+                src = img[y]
                 dst = rows[y]
                 for j in range(n):
                     dst[j] = src[j]
@@ -369,18 +378,17 @@ def box_im2col_kernel(k: int, c: int):
 
 def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw: tuple[int, int]) -> np.ndarray:
     """``qsnn.kernels.im2col(qsnn.kernels.box_sums(x padded, p), window, stride, out_hw)`` of ``x``
-    (m, H, W, C) uint8 in one compiled pass per sample (the box sums stay in cache, no strided copy):
-    the same rows, (m·Ho·Wo, K·K·C)."""
-    xs = np.ascontiguousarray(x)
-    if pad:
-        xs = np.pad(xs, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    words = pixel_words(xs)
+    (m, H, W, C) uint8 in one compiled pass per sample (each sample padded in a zero-bordered buffer,
+    as :func:`im2col`; the box sums stay in cache, no strided copy): the same rows, (m·Ho·Wo, K·K·C)."""
+    words = pixel_words(np.ascontiguousarray(x))
     m, h, w, c = words.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
     ho, wo = out_hw
-    rows = np.empty((h, (w - p + 1) * c), dtype=words.dtype)
-    sums = np.empty((h - p + 1, (w - p + 1) * c), dtype=words.dtype)
+    padded = np.zeros((hp, wp * c) if pad else (1, 1), dtype=words.dtype)
+    rows = np.empty((hp, (wp - p + 1) * c), dtype=words.dtype)
+    sums = np.empty((hp - p + 1, (wp - p + 1) * c), dtype=words.dtype)
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
-    box_im2col_kernel(window, c)(words.reshape(m, h, -1), p, stride, ho, wo, rows, sums, out)
+    box_im2col_kernel(window, c)(words.reshape(m, h, -1), p, stride, pad, ho, wo, padded, rows, sums, out)
     return out.view(np.uint8)
 
 
