@@ -584,6 +584,38 @@ def test_kernels_and_threads_agree_on_random_networks(profile, monkeypatch):
             _same_result(res, ref)
 
 
+def test_an_error_in_any_piece_reaches_the_caller_and_every_piece_runs_once(monkeypatch):
+    """The calling thread runs pieces too (engine._run_pieces): a piece that fails on a pool thread or on
+    the caller raises from simulate, and with no error each piece of the batch runs exactly once."""
+    monkeypatch.setattr(engine, "MIN_PIECE", 4)
+    monkeypatch.setattr(engine, "MIN_PIECE_ACCEL", 4)
+    monkeypatch.setattr(engine, "PIECE_BYTES", 1)  # pieces of 4 samples: more pieces than threads
+    rng = np.random.default_rng(3)
+    net = _random_net(rng, FPGA, "static", 4, (1, 12, 12))
+    x = rng.integers(0, 256, size=(40, 1, 12, 12)).astype(np.uint8)
+    original = engine._run_batch
+    for threads in (2, 3):
+        seen: list[int] = []
+
+        def record(*args, seen=seen):
+            seen.append(args[-2])  # the piece's first sample (b0)
+            original(*args)
+
+        monkeypatch.setattr(engine, "_run_batch", record)
+        simulate(net, x, threads=threads, batch_size=40)
+        assert sorted(seen) == list(range(0, 40, 4))
+        for bad in (0, max(seen)):  # the caller's first piece, and one the pool runs
+
+            def fail(*args, bad=bad):
+                if args[-2] == bad:
+                    raise RuntimeError(f"piece at {bad} failed")
+                original(*args)
+
+            monkeypatch.setattr(engine, "_run_batch", fail)
+            with pytest.raises(RuntimeError, match=f"piece at {bad} failed"):
+                simulate(net, x, threads=threads, batch_size=40)
+
+
 def test_integer_kernel_only_where_its_bound_holds():
     # 8-bit weights ±127 on pixels: 2·255·127 > 2^15 − 1 (an AVX2 int16 pair could saturate): NumPy;
     # the same layer on inputs ≤ 127 (bound 2^7 − 1: 2·127·127 = 32,258): onnxruntime, and the sums are exact
