@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,7 +370,6 @@ def main(
     The output is written atomically: on any error an existing file is left as it was. A source
     ending in .onnx is taken as a qsnn QONNX export (compile it with --profile).
     """
-    warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")  # brevitas, on import
     # options of another target: refused before any work
     if lanes is not None and target != "fpga":
         raise ExportError(f"--lanes is an option of --to fpga (the FPGA core), not of --to {target}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -217,10 +218,13 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     The command runs inside a :func:`qsnn.locks.lock_scope`: the outputs it declares to
     :func:`qsnn.output_guard.check_outputs` stay locked until it ends. A closed standard output
     (``qsnn-sim --report - | head -c0``) is one line too, on stderr.
+    Brevitas' import-time notice (no ``fast_hadamard_transform``: it uses torch's kernels, which qsnn
+    needs anyway) is silenced here, for every command, so that an error stays one line.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        warnings.filterwarnings("ignore", message=".*fast_hadamard_transform.*")
         try:
             with lock_scope():
                 return fn(*args, **kwargs)

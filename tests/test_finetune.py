@@ -348,3 +348,30 @@ def test_finetune_keeps_the_source_runs_data_and_splits(change):
         finetune_config(source, "fpga", **change)
     same = finetune_config(source, "fpga", **{key: getattr(source, key)}, epochs=2)
     assert (same.seed, same.dataset, same.epochs) == (0, "mnist5k", 2)
+
+
+@pytest.mark.parametrize(
+    "arch, bits",
+    [("8C3-AP2-D10", {"weight_bits": 6}), ("784Dense32w8-D10", {}), ("16C3s2p1w5-D10", {"bias": True})],
+)
+def test_finetune_refuses_a_run_its_profile_cannot_hold_in_one_line_naming_what_works(tmp_path, arch, bits):
+    """A 5..8-bit run under fpga (4-bit weights): the compiler's limits advise --profile-set, which
+    qsnn-train finetune does not take; the refusal is one line on stderr (no library warning), before
+    any data is read or any folder written, and says what fine-tuning can do (the other profile)."""
+    import subprocess
+    import sys
+
+    ckpt = synthetic_checkpoint(tmp_path / "best.pt", arch=arch, batch_norm=False, threshold=0.3, **bits)
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "qsnn.train.cli", "finetune", str(ckpt), "--profile", "fpga", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {ckpt} cannot be fine-tuned under profile 'fpga': ")
+    assert "bit weights reach" in lines[0] and "takes no --profile-set" in lines[0] and "(loihi2)" in lines[0]
+    assert not out.exists()
+    # the advice holds: loihi2 (8-bit weights) compiles the same run for fine-tuning
+    from qsnn.train.finetune import check_fits
+
+    check_fits(_model(ckpt, "loihi2"), ckpt)

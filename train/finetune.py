@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from qsnn.atomic import atomic_write_text
 from qsnn.config import FINETUNE_DISTILL, TrainConfig
 from qsnn.data import INPUT_SCALE
-from qsnn.errors import QsnnError
-from qsnn.profiles import ChipProfile, get_profile
+from qsnn.errors import ProfileError, QsnnError
+from qsnn.profiles import PROFILES, ChipProfile, get_profile
 
 from .model import QSNN, SNNOutput
 
@@ -257,6 +257,24 @@ def finetune_config(source: TrainConfig, profile: str, **changes: Any) -> TrainC
     return cfg.replace(**changes)
 
 
+def check_fits(model: IntegerExactQSNN, source: Path) -> None:
+    """Refuse, in one line and before any data is read or written, a run its profile cannot hold (weights
+    wider than the profile's, a threshold beyond its register, a membrane bound beyond its width): the
+    compiler's limits, and what fine-tuning can do about them. The compiler's own advice names
+    ``--profile-set`` and ``--allow-saturation``, options of ``qsnn-export`` and ``qsnn-sim``; a
+    fine-tuning trains the named profile's network as defined, so it takes neither."""
+    try:
+        model.compile()
+    except ProfileError as exc:
+        name = model.profile.name
+        others = ", ".join(n for n in sorted(PROFILES) if n != name)
+        raise ProfileError(
+            f"{source} cannot be fine-tuned under profile {name!r}: {exc}. qsnn-train finetune trains {name!r}'s "
+            f"network as defined (it takes no --profile-set or --allow-saturation): fine-tune it under another "
+            f"--profile that holds it ({others}), or fine-tune a run trained to fit {name!r}"
+        ) from None
+
+
 def agreement_with_sim(model: IntegerExactQSNN, checkpoint: Path, split, batch_size: int = 256) -> dict[str, Any]:
     """Export ``checkpoint`` (in memory), compile it under the model's profile, run ``qsnn-sim``'s engine
     on ``split`` and compare with ``model``'s forward pass (the fine-tuned PyTorch model with those
@@ -325,11 +343,13 @@ def finetune(
     out = Path(out)
     if (out / "last.pt").exists() and not resume:
         raise QsnnError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    start = build(cfg, shape, n_classes)
+    start.load_state_dict(data["model"])
+    check_fits(start, source)
     # the float model and its integer network before fine-tuning (the splits the loop will read)
     _, dev = setup_distributed(device)
     splits = load_splits(cfg, data_dir)
-    start = build(cfg, shape, n_classes).to(dev)
-    start.load_state_dict(data["model"])
+    start = start.to(dev)
     teacher = model_from_checkpoint(data, where=str(source)).to(dev)  # the float model (eval mode)
     before = {
         "float_test_acc": evaluate(teacher, splits["test"], dev, progress=progress, desc="float"),
