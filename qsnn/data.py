@@ -619,13 +619,14 @@ def _load_nmnist(split: str, data_dir: Path | None, seed: int, num_steps: int, e
 # Entry point
 
 
-def take_subset(data: ArraySplit, subset: int, seed: int, what: str) -> ArraySplit:
+def take_subset(data: ArraySplit, subset: int, seed: int, what: str, option: str = "subset") -> ArraySplit:
     """The stratified seeded subset of ``subset`` samples (recordings) of ``data``; :class:`DataError`
-    naming ``what`` (the dataset and split) when it has fewer."""
+    naming ``option`` (the setting that asked for it, e.g. ``--val-subset``) and ``what`` (the dataset
+    and split) when it has fewer."""
     total = data.num_recordings
     if not 0 < subset <= total:
         unit = "recordings" if data.group is not None else "samples"
-        raise DataError(f"subset={subset} for {what}, which has {total} {unit}; choose 1..{total}")
+        raise DataError(f"{option}={subset} for {what}, which has {total} {unit}; choose 1..{total}")
     return data.subset(subset, seed)
 
 
@@ -638,13 +639,15 @@ def load_split(
     num_steps: int = 100,
     subset: int | None = None,
     events: EventFrames | None = None,
+    subset_option: str = "subset",
 ) -> ArraySplit:
     """Load ``split`` ("train", "val" or "test") of dataset ``name`` (one of :data:`DATASETS`, or a
     user source ``arrays:DIR`` / ``folder:DIR``: :mod:`qsnn.sources`, which ignores ``data_dir``).
 
     ``seed`` fixes the validation carve (and mnist5k's test carve) and the subset; ``num_steps`` is
     T for event datasets; ``subset=n`` keeps a stratified seeded subset of n samples (recordings,
-    for a test split cut into windows) of the split; ``events`` is the event encoding (bins,
+    for a test split cut into windows) of the split (``subset_option``: its name in a refusal, e.g.
+    ``--val-subset``); ``events`` is the event encoding (bins,
     count clip, test cut; default: the dataset's own, :func:`event_frames`), ignored by static datasets.
     Raises :class:`DataError` when the files are missing (naming every path searched) or malformed.
     """
@@ -671,7 +674,7 @@ def load_split(
     else:
         data = _load_idx_dataset(name, split, root, seed)
     if subset is not None:
-        data = take_subset(data, subset, seed, f"{name} {split}")
+        data = take_subset(data, subset, seed, f"{name} {split}", subset_option)
     if not data.x.flags.writeable:  # a whole cached array: hand out a copy, keep the cache intact
         data = data._take(np.arange(len(data)))
     return data

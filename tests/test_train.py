@@ -716,3 +716,37 @@ def test_cli_demo_settings_yield_to_given_options(tmp_path):
     assert (cfg["epochs"], cfg["num_steps"]) == (1, 3)
     for key in ("dataset", "precision", "schedule", "batch_size", "cosine_period_epochs"):
         assert cfg[key] == DEMO[key], key
+
+
+@pytest.mark.parametrize(
+    "option, split, arch",
+    [
+        ("--subset", "train", "8C3-AP2-D{k}"),
+        ("--val-subset", "val", "D32-D{k}"),
+        ("--test-subset", "test", "4C3s2p1-D{k}"),
+    ],
+)
+@pytest.mark.parametrize("source", ["mnist5k", "arrays"])
+def test_a_subset_larger_than_its_split_is_refused_naming_the_option(tmp_path, option, split, arch, source):
+    """qsnn-train run --val-subset 10000: one line naming --val-subset (not the internal 'subset'), the
+    dataset, its split and the size that works; no run folder is made."""
+    from faults_helpers import assert_clean_cli_error
+    from fixtures import write_arrays_dataset
+
+    from qsnn.data import load_split
+    from qsnn.train.cli import main
+
+    dataset, k = "mnist5k", 10
+    if source == "arrays":
+        dataset, k = (
+            f"arrays:{write_arrays_dataset(tmp_path / 'data', shape=(1, 12, 10), num_classes=6, n_train=60, n_test=20)}",
+            6,
+        )
+    total = len(load_split(dataset, split))
+    out = tmp_path / "run"
+    args = ["run", "--dataset", dataset, "--arch", arch.format(k=k), "--epochs", "1", "--steps", "2", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, option, str(total + 1), "--no-progress"])
+    assert_clean_cli_error(
+        result, f"{option}={total + 1} for {dataset} {split}, which has {total} samples; choose 1..{total}"
+    )
+    assert not out.exists()

@@ -70,13 +70,22 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def load_splits(cfg: TrainConfig, data_dir=None) -> dict[str, ArraySplit]:
-    """Train, validation and test splits for ``cfg`` (subsets drawn with the run's seed)."""
-    sizes = {"train": cfg.subset, "val": cfg.val_subset, "test": cfg.test_subset}
+    """Train, validation and test splits for ``cfg`` (subsets drawn with the run's seed; a subset larger
+    than its split is refused naming the option that asked for it)."""
+    sizes = {"train": (cfg.subset, "--subset"), "val": (cfg.val_subset, "--val-subset")}
+    sizes["test"] = (cfg.test_subset, "--test-subset")
     return {
         split: load_split(
-            cfg.dataset, split, data_dir, seed=cfg.seed, num_steps=cfg.num_steps, subset=n, events=cfg.event_frames()
+            cfg.dataset,
+            split,
+            data_dir,
+            seed=cfg.seed,
+            num_steps=cfg.num_steps,
+            subset=n,
+            events=cfg.event_frames(),
+            subset_option=option,
         )
-        for split, n in sizes.items()
+        for split, (n, option) in sizes.items()
     }
 
 
