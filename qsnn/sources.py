@@ -144,6 +144,12 @@ def _root(name: str) -> tuple[str, Path]:
     kind, root = parsed
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
+        base, at, rule = str(root).rpartition("@")
+        if kind == "folder" and at and not root.exists() and Path(base).is_dir():  # a resize rule mistyped
+            raise DataError(
+                f"--dataset {name}: '@{rule}' is not a resize rule ({base} is the folder); write W x H in pixels, "
+                f"e.g. folder:{base}@32x32, or leave the rule out when every image has one size"
+            )
         raise DataError(f"--dataset {kind}:{root}: {root} {what}; it should hold {KINDS[kind]}")
     return kind, root
 

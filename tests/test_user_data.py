@@ -548,3 +548,21 @@ def test_event_model_remembers_its_data_directory(trained_run, dvs_data_dir, tmp
     assert result.exit_code == 0, result.output
     first = load_split("dvs128", "test", dvs_data_dir, num_steps=8).x[0]
     assert np.array_equal(np.load(out / "example_input.npy"), first)
+
+
+@pytest.mark.parametrize("rule", ["@32", "@32x", "@x24", "@32X24", "@32*24"])
+@pytest.mark.parametrize("mode, arch", [("L", "4C3-AP2-D3"), ("RGB", "D16-D3")])
+def test_a_mistyped_resize_rule_is_named_not_reported_as_a_missing_folder(tmp_path, rule, mode, arch):
+    """folder:DIR@32 (W x H meant): the folder exists, so the message names the rule and its form, not
+    'DIR@32 does not exist'; one line, no run folder. The rule written right trains."""
+    from qsnn.train.cli import main
+
+    root = write_image_folder(tmp_path / "photos", size=(16, 12), mode=mode, n_train=30, n_test=9)
+    out = tmp_path / "run"
+    args = ["run", "--arch", arch, "--epochs", "1", "--steps", "2", "--no-progress", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--dataset", f"folder:{root}{rule}"])
+    line = assert_clean_cli_error(result, f"'{rule}' is not a resize rule ({root} is the folder)", f"{root}@32x32")
+    assert "does not exist" not in line and not out.exists()
+    with pytest.raises(DataError, match="is not a resize rule"):
+        load_split(f"folder:{root}{rule}", "test")
+    assert load_split(f"folder:{root}@20x10", "test").x.shape == (9, 1 if mode == "L" else 3, 10, 20)
