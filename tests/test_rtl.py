@@ -165,6 +165,33 @@ def test_dvs_model_with_event_counts_equals_qsnn_sim(trained_run, dvs_data_dir, 
     assert int(sim.spikes["z1"].sum()) > 0 and int(sim.spikes["z2"].sum()) > 0
 
 
+@pytest.mark.slow  # trains the DVS fixture model, builds the core with Verilator
+@pytest.mark.hdl("verilator", "g++")
+@pytest.mark.parametrize("arch", ["8C5s2-AP2-D11", "4C3s2p1-D11"])
+def test_a_test_split_cut_into_windows_is_scored_per_recording(trained_run, dvs_data_dir, tmp_path, arch):
+    """qsnn-rtl-sim -n 3 on a DVS128 model trained with --test-cut windows: three gestures with all their
+    T-step windows, every window bit-exact, and the accuracies per gesture from the output spike counts
+    summed over its windows (as training, qsnn-sim and make lava-check score them), not per window."""
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.qonnx_float import export_float
+    from qsnn.targets.inputs import check_inputs
+
+    run = trained_run("dvs128", "int4", test_cut="windows", arch=arch)
+    out = tmp_path / "fpga"
+    _export(run / "best.pt", out, "--profile-set", "membrane_bits=24")
+    report = tmp_path / "rtl.json"
+    res = _rtl_sim(out, "-n", 3, "--data-dir", dvs_data_dir, "--report", report)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = json.loads(report.read_text())
+    net, _ = compile_qonnx(export_float(run / "best.pt", tmp_path / "m.onnx"), FPGA.replace(membrane_bits=24))
+    _, data = check_inputs(net, 3, "test", dvs_data_dir)
+    assert data.group is not None and data.num_recordings == 3 < len(data)
+    assert rep["agreement"]["bit_exact"] and rep["samples"] == len(data) and rep["recordings"] == 3
+    counts = simulate(net, data.x).counts
+    assert rep["accuracy"]["qsnn_sim"] == rep["accuracy"]["rtl"] == data.accuracy(counts)
+    assert f"3 recordings ({len(data)} windows, scored per recording" in res.stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # Random networks: both saturation rails, the profile's variants, other lane counts, Icarus
 

@@ -141,6 +141,14 @@ def _load_resources(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _inputs_line(report: dict[str, Any]) -> str:
+    """``N samples``, or for a test cut into windows ``R recordings (N windows, scored per recording)``."""
+    n, recordings = report["samples"], report.get("recordings", report["samples"])
+    if recordings == n:
+        return f"{n} samples"
+    return f"{recordings} recordings ({n} windows, scored per recording by their summed output spike counts)"
+
+
 def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) -> None:
     cmp_ = report["agreement"]
     cyc = report["cycles"]
@@ -158,7 +166,7 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
             )
             + ")",
         ),
-        ("data", f"{report['dataset']} {report['split']}, {report['samples']} samples, T={report['num_steps']}"),
+        ("data", f"{report['dataset']} {report['split']}, {_inputs_line(report)}, T={report['num_steps']}"),
         (
             "accuracy",
             f"core {100 * report['accuracy']['rtl']:.2f} %, qsnn-sim {100 * report['accuracy']['qsnn_sim']:.2f} %",
@@ -343,7 +351,7 @@ def main(
         from qsnn.sim.report import hardware_figures
 
         dataset, data = check_inputs(net, samples, split, data_dir, dataset=dataset, where=f"the network of {folder}")
-        x, y = data.x, data.y
+        x = data.x
         if simulator == "verilator":
             hdl_sim.build_verilator(checked.rtl, progress=say)
         parts = []
@@ -378,7 +386,10 @@ def main(
                 "simulator": rtl.simulator,
                 "simulation_seconds": wall,
                 "build": parts[0].build,
-                "accuracy": {"rtl": float(np.mean(rtl.predictions == y)), "qsnn_sim": sim.accuracy(y)},
+                "recordings": data.num_recordings,
+                # scored as training and qsnn-sim score: per recording, a test cut into windows by the
+                # output spike counts summed over its windows
+                "accuracy": {"rtl": data.accuracy(rtl.counts), "qsnn_sim": data.accuracy(sim.counts)},
                 "agreement": compare(rtl, sim),
                 "cycles": cycle_figures(rtl, cfg, names, clock_mhz),
                 "qsnn_sim_hardware": hw,
