@@ -86,7 +86,8 @@ test-lava: lava
 # Stock Lava vs qsnn-sim --profile loihi2 on a stratified N test samples of a trained model (every layer, every
 # step): make lava-check N=50 [LAVA_CHECK_ARGS="--checkpoint runs/demo/best.pt --report lava.json"]; an event
 # model reads its data with its encoding (N gestures for a windows test cut): LAVA_CHECK_ARGS="--checkpoint
-# RUN/best.pt --data-dir DIR [--allow-saturation]"; LAVA_CHECK_ARGS="--profile-set weight_bits=6" changes the
+# RUN/best.pt --data-dir DIR [--allow-saturation]"; a model of your own nn.Sequential: LAVA_CHECK_ARGS="--checkpoint
+# mine.onnx --dataset NAME|arrays:DIR|folder:DIR"; LAVA_CHECK_ARGS="--profile-set weight_bits=6" changes the
 # loihi2 profile it compiles under, as qsnn-export's --profile-set (docs/targets/loihi2.md)
 lava-check: lava
 	$(if $(findstring --checkpoint,$(LAVA_CHECK_ARGS)),,test -f $(DEMO_DIR)/best.pt || $(MAKE) demo)
@@ -231,7 +232,8 @@ nir-venvs: $(SINABS_VENV)/.installed $(SPYX_VENV)/.installed
 
 # consumer x (loads unmodified, runs, accuracy, spike agreement per layer) on NIR_IMAGES test images (an event
 # model, NIR_CHECK_SOURCE=RUN/best.pt: test recordings, count frame t fed at step t); NIR_CHECK_ARGS adds
-# options, e.g. "--profile-set weight_bits=8 --consumers snntorch,norse --out DIR"
+# options, e.g. "--profile-set weight_bits=8 --consumers snntorch,norse --out DIR" ("--dataset D" for a model of your
+# own nn.Sequential, NIR_CHECK_SOURCE=mine.onnx)
 NIR_CHECK_ARGS ?=
 nir-check: install nir-venvs
 	test -f $(NIR_CHECK_SOURCE) || $(BIN)/qsnn-train run --demo --out $(DEMO_DIR)

@@ -170,6 +170,22 @@ data_dir_option = click.option(
     help="Folder with the dataset files (env QSNN_DATA_DIR); see docs/data.md.",
 )
 
+
+def dataset_option(what: str = "the model"):
+    """``--dataset`` of a command that runs a model on data: a named dataset or a user source
+    (:class:`DatasetChoice`), by default the one ``what`` records (a model of one's own
+    ``nn.Sequential`` records none: then this option is how its data is given)."""
+    from qsnn.data import DATASETS
+
+    return click.option(
+        "--dataset",
+        type=DatasetChoice(DATASETS),
+        default=None,
+        help=f"Dataset: a name, arrays:DIR or folder:DIR [default: the one {what} was trained on, as its "
+        "metadata records it; a model of your own nn.Sequential records none].",
+    )
+
+
 allow_saturation_option = click.option(
     "--allow-saturation",
     is_flag=True,

@@ -407,3 +407,55 @@ def write_nmnist_fixture(root, n_train_per_class: int = 6, n_test_per_class: int
                 (d / f"{k:05d}.bin").write_bytes(nmnist_bytes(nmnist_events(digit, rng, **kw)))
         (root / "NMNIST" / f"{folder.lower()}.zip").touch()
     return root
+
+
+def own_sequential_export(path, kind: str, data_root=None) -> tuple[Path, str]:
+    """A user's own snnTorch + Brevitas ``nn.Sequential`` (not qsnn's model) exported with
+    ``export_torch``, which records no dataset; returns (the .onnx, the ``--dataset`` it takes).
+
+    ``"conv"``: mnist5k's 1×28×28 digits, stride and padding, BatchNorm, 2×2 average pooling, 4-bit
+    weights, 10 classes. ``"dense"``: a 3×12×10 RGB ``arrays:`` dataset of 6 classes written under
+    ``data_root``, 2-bit weights with a bias, then a float ``Linear``. Weights are the seeded
+    initialisation scaled so that every layer spikes (untrained: the checks compare, they do not score).
+    """
+    import brevitas.nn as qnn
+    import snntorch as snn
+    import torch
+    import torch.nn as nn
+
+    from qsnn.export import export_torch
+
+    torch.manual_seed(1)
+    if kind == "conv":
+        net = nn.Sequential(
+            qnn.QuantConv2d(1, 6, 3, stride=2, padding=1, weight_bit_width=4, bias=False),
+            nn.BatchNorm2d(6),
+            snn.Leaky(beta=0.9, threshold=0.5),
+            qnn.QuantConv2d(6, 8, 3, weight_bit_width=4, bias=False),
+            nn.AvgPool2d(2),
+            snn.Leaky(beta=0.8, threshold=0.7),
+            nn.Flatten(),
+            qnn.QuantLinear(8 * 6 * 6, 10, weight_bit_width=4, bias=False),
+            snn.Leaky(beta=0.95, threshold=0.3),
+        )
+        shape, dataset, steps = (1, 28, 28), "mnist5k", 6
+    else:
+        shape, steps = (3, 12, 10), 5
+        dataset = (
+            f"arrays:{write_arrays_dataset(data_root, shape=shape, num_classes=6, n_train=36, n_test=18, names=False)}"
+        )
+        net = nn.Sequential(
+            nn.Flatten(),
+            qnn.QuantLinear(3 * 12 * 10, 16, weight_bit_width=2, bias=True),
+            snn.Leaky(beta=0.7, threshold=0.4),
+            nn.Linear(16, 6),
+            snn.Leaky(beta=0.9, threshold=0.2),
+        )
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+            elif hasattr(m, "weight") and m.weight.dim() > 1:
+                m.weight.mul_(3.0)
+    return export_torch(net.eval(), input_shape=shape, num_steps=steps, out=Path(path)), dataset

@@ -284,3 +284,26 @@ def test_netx_undoes_its_own_dense_weight_exponent(lava_python, tmp_path):
     assert refused.any() and (~refused).sum() > 40
     assert np.array_equal(out["exact"], ~refused)
     assert np.all(out["exp"] <= 0)
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_lava_check_of_a_model_of_your_own_on_the_dataset_given(lava_python, tmp_path, capsys, kind):
+    """make lava-check LAVA_CHECK_ARGS="--checkpoint mine.onnx --dataset D": an export_torch model records
+    no dataset; without --dataset the check says to give one (the option it takes), with it Lava runs the
+    folder bit-exactly against qsnn-sim on D's test samples (a conv net on mnist5k, a dense net on RGB
+    arrays:)."""
+    from fixtures import own_sequential_export
+
+    from qsnn.errors import DataError
+    from qsnn.targets.loihi2.lava_check import check, main
+
+    onnx_path, dataset = own_sequential_export(tmp_path / "mine.onnx", kind, tmp_path / "data")
+    with pytest.raises(DataError, match="records no dataset|does not record a dataset.*pass --dataset"):
+        check(onnx_path, 4, python=str(lava_python), log=lambda _m: None)
+    result = check(onnx_path, 4, dataset=dataset, python=str(lava_python), log=lambda _m: None)
+    assert result["bit_exact"] and result["samples"] == 4 and result["predictions_equal_pct"] == 100.0, result
+    assert sum(layer["spikes_qsnn"] for layer in result["layers"].values()) > 0
+    assert result["accuracy_lava_pct"] == result["accuracy_qsnn_pct"] and result["dataset"] == dataset
+    with pytest.raises(SystemExit) as exit_info:  # a dataset that is none: refused before Lava starts
+        main(["--checkpoint", str(onnx_path), "--images", "2", "--dataset", "nope"])
+    assert exit_info.value.code == 2 and "'nope' is not one of" in capsys.readouterr().err

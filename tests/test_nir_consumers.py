@@ -284,3 +284,32 @@ def test_output_spikes_are_the_last_layers_of_a_deep_net():
     """Ten layers or more: z10 is the output, not z9 (which the keys' string order puts last)."""
     spikes = {f"z{i}": np.full((2, 1, 3), i, dtype=np.uint8) for i in range(1, 12)}
     assert int(nir_check.output_spikes(spikes).max()) == 11
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_check_runs_a_model_of_your_own_on_the_dataset_given(tmp_path, kind):
+    """make nir-check NIR_CHECK_SOURCE=mine.onnx NIR_CHECK_ARGS="--dataset D": an export_torch model records
+    no dataset; without --dataset the check says to give one (the option it takes) and writes nothing, with
+    it snnTorch runs the NIR file on D's test samples with every layer's spikes those of the real-valued
+    network (a conv net on mnist5k, a dense net on RGB arrays:), the table naming D."""
+    from fixtures import own_sequential_export
+
+    from qsnn.errors import DataError
+
+    onnx_path, dataset = own_sequential_export(tmp_path / "mine.onnx", kind, tmp_path / "data")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="does not record a dataset.*pass --dataset"):
+        nir_check.check(onnx_path, out, 6, ["snntorch"], log=lambda _m: None)
+    assert not out.exists()
+    assert (
+        nir_check.main(
+            [str(onnx_path), "--images", "6", "--consumers", "snntorch", "--out", str(out), "--dataset", dataset]
+        )
+        == 0
+    )
+    results = nir_check.check(onnx_path, out, 6, ["snntorch"], log=lambda _m: None, dataset=dataset)
+    assert results["dataset"] == dataset and results["samples"] == 6
+    row = results["consumers"]["snntorch"]
+    assert row["runs"], row.get("error")
+    assert all(r["entries"] >= 99.0 for r in row["spikes_vs_real_valued"]), row
+    assert f"6 {dataset} test" in (out / "nir_check.md").read_text()

@@ -32,8 +32,8 @@ import numpy as np
 
 from qsnn.atomic import atomic_write_text
 from qsnn.cli import (
-    DatasetChoice,
     claim_stdout,
+    dataset_option,
     debug_option,
     force_option,
     friendly_errors,
@@ -43,7 +43,7 @@ from qsnn.cli import (
     version_option,
     write_stdout,
 )
-from qsnn.data import DATASETS, SPLITS, describe_files
+from qsnn.data import SPLITS, describe_files
 from qsnn.jsonio import dumps
 from qsnn.options import FiniteFloat
 from qsnn.output_guard import RTL_REPORT, RTL_REPORT_FORMAT, RTL_RESOURCES, RTL_RESOURCES_FORMAT, check_outputs
@@ -249,12 +249,7 @@ def _print(report: dict[str, Any], names: list[str], hw: dict[str, Any] | None) 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @version_option("qsnn-rtl-sim")
-@click.option(
-    "--dataset",
-    type=DatasetChoice(DATASETS),
-    default=None,
-    help="Dataset: a name, arrays:DIR or folder:DIR [default: the one the network was trained on, from the manifest].",
-)
+@dataset_option("the network")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option(
     "-n",

@@ -92,14 +92,16 @@ def check(
     images: int,
     *,
     data_dir: str | None = None,
+    dataset: str | None = None,
     python: str | None = None,
     allow_saturation: bool = False,
     profile_sets: tuple[str, ...] = (),
     log=print,
 ) -> dict[str, Any]:
     """Lava against ``qsnn-sim --profile loihi2`` (with ``profile_sets`` applied: :func:`lava_profile`) on
-    ``images`` test samples (recordings): a stratified subset, the whole split when it has no more
-    (:func:`~qsnn.targets.inputs.check_inputs`)."""
+    ``images`` test samples (recordings) of the model's dataset, or of ``dataset`` (a name or a user source:
+    what a model of one's own ``nn.Sequential`` needs): a stratified subset, the whole split when it has
+    no more (:func:`~qsnn.targets.inputs.check_inputs`)."""
     from qsnn.export.compile import compile_qonnx
     from qsnn.sim import simulate
 
@@ -115,7 +117,7 @@ def check(
 
             onnx_path = export_float(source, Path(tmp) / "model.onnx")
         net, _ = compile_qonnx(onnx_path, profile, allow_saturation=allow_saturation)
-        _, data = check_inputs(net, images, "test", data_dir, where=str(source))
+        dataset, data = check_inputs(net, images, "test", data_dir, dataset=dataset, where=str(source))
         x = data.x
         folder = write_target("loihi2", net, Path(tmp) / "loihi2", example=x[0])
         net = read_target(folder)  # what the folder holds, as a user would load it
@@ -135,7 +137,7 @@ def check(
             "windows": None if data.group is None else len(data),
             "encoding": net.encoding,
             "input_max": int(net.input_max),
-            "dataset": net.metadata.get("dataset"),
+            "dataset": dataset,
             "split": "test",
             "num_steps": net.num_steps,
             "lava_run_seconds": float(lava["seconds"]),
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from qsnn.cli import (
         allow_saturation_option,
         data_dir_option,
+        dataset_option,
         force_option,
         friendly_errors,
         print_table,
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         show_default=True,
         help="Test images: a stratified subset of N of the test split (the whole split if it is smaller).",
     )
+    @dataset_option("the checkpoint")
     @data_dir_option
     @profile_set_option
     @allow_saturation_option
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     def cli(
         source: Path,
         images: int,
+        dataset: str | None,
         data_dir: str | None,
         profile_sets: tuple[str, ...],
         allow_saturation: bool,
@@ -197,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         force: bool,
     ) -> None:
         check_outputs({"--report": (report, LAVA_REPORT)}, inputs={"--checkpoint": source}, force=force)
-        result = check(source, images, data_dir=data_dir, allow_saturation=allow_saturation, profile_sets=profile_sets)
+        result = check(
+            source,
+            images,
+            data_dir=data_dir,
+            dataset=dataset,
+            allow_saturation=allow_saturation,
+            profile_sets=profile_sets,
+        )
         rows = [
             (
                 k,

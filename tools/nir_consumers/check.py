@@ -241,6 +241,7 @@ def check(
     log=print,
     profile_sets: tuple[str, ...] = (),
     data_dir: str | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     from qsnn.sim.engine import simulate
     from qsnn.targets import write_target
@@ -249,7 +250,7 @@ def check(
     consumers = consumers or list(CONSUMERS)
     with tempfile.TemporaryDirectory(prefix="qsnn-nir-check-") as tmp:
         net = compile_fpga(source, Path(tmp), profile_sets)
-    dataset, split = check_inputs(net, images, "test", data_dir, where=str(source))
+    dataset, split = check_inputs(net, images, "test", data_dir, dataset=dataset, where=str(source))
     x = split.x  # (N, C, H, W) images or (N, T, C, H, W) event counts, as qsnn-sim takes them
     out.mkdir(parents=True, exist_ok=True)
     T = int(net.num_steps)
@@ -372,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder with the model's dataset (env QSNN_DATA_DIR; default: where training read it); see docs/data.md",
     )
+    ap.add_argument(
+        "--dataset",
+        default=None,
+        help="the dataset to check on: a name, arrays:DIR or folder:DIR (default: the model's own; a model of your "
+        "own nn.Sequential records none)",
+    )
     args = ap.parse_args(argv)
     if args.images < 1:
         ap.error(f"--images {args.images}: give a number of test images, 1 or more")
@@ -387,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args.consumers.split(","),
         profile_sets=tuple(args.profile_set),
         data_dir=args.data_dir,
+        dataset=args.dataset,
     )
     print(table(results))
     return 0
