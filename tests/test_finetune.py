@@ -375,3 +375,41 @@ def test_finetune_refuses_a_run_its_profile_cannot_hold_in_one_line_naming_what_
     from qsnn.train.finetune import check_fits
 
     check_fits(_model(ckpt, "loihi2"), ckpt)
+
+
+@pytest.mark.parametrize(
+    "other, profile",
+    [
+        (("784Dense32-D10", {"bias": True}), "fpga"),  # another spec and data shape
+        (("8C3-AP2-D10", {"batch_norm": True}), "loihi2"),  # the same network under another profile
+    ],
+)
+def test_finetune_resume_refuses_another_network_and_keeps_the_folder(tmp_path, other, profile):
+    """--resume --out FT with a RUN (or --profile) other than the one FT was fine-tuned from would train
+    the saved weights against another teacher, data and integer network, and removed FT's metrics.json
+    before failing: refused in one line naming what differs, every file of FT byte for byte as it was;
+    the RUN and profile it was fine-tuned from pass the check."""
+    from faults_helpers import assert_clean_cli_error, snapshot
+
+    from qsnn.train.cli import main
+    from qsnn.train.finetune import check_same_network
+
+    first = synthetic_checkpoint(tmp_path / "a.pt", arch="8C3-AP2-D10", batch_norm=True, threshold=0.3)
+    ft = tmp_path / "ft"
+    tiny = ["--epochs", "1", "--subset", "20", "--val-subset", "10", "--test-subset", "10", "--no-progress"]
+    done = CliRunner().invoke(main, ["finetune", str(first), "--profile", "fpga", "--out", str(ft), *tiny])
+    assert done.exit_code == 0, done.output
+    assert (ft / "metrics.json").exists()
+    before = snapshot(ft)
+    arch, opts = other
+    source = (
+        synthetic_checkpoint(tmp_path / "b.pt", arch=arch, threshold=0.3, **opts) if arch != "8C3-AP2-D10" else first
+    )
+    args = ["finetune", str(source), "--profile", profile, "--out", str(ft), "--resume", "--epochs", "2", *tiny[2:]]
+    line = assert_clean_cli_error(CliRunner().invoke(main, args), f"{ft}: --resume continues a fine-tuning")
+    assert (
+        "arch '8C3-AP2-D10' (now: 'D32-D10')" if source != first else "profile 'fpga' (now: 'loihi2')"
+    ) in line
+    assert snapshot(ft) == before
+    data = load_checkpoint(first)
+    check_same_network(ft / "last.pt", finetune_config(data["config_obj"], "fpga"), data, first)  # its own: passes

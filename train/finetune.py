@@ -275,6 +275,48 @@ def check_fits(model: IntegerExactQSNN, source: Path) -> None:
         ) from None
 
 
+#: What makes a fine-tuning the fine-tuning of one network under one profile (its data included).
+NETWORK_FIELDS = (
+    "arch",
+    "dataset",
+    "precision",
+    "weight_bits",
+    "weight_scale",
+    "quant_scale",
+    "bias",
+    "batch_norm",
+    "num_steps",
+    "profile",
+)
+
+
+def check_same_network(last: Path, cfg: TrainConfig, source: dict[str, Any], source_path: Path) -> None:
+    """``--resume`` continues the fine-tuning in ``last`` only from the run it started from, under the same
+    profile: the float model (the teacher), the data and the integer network all come from RUN, the
+    weights and optimizer from ``last``. Another network is refused in one line, before anything in the
+    folder is touched (its ``metrics.json`` is kept)."""
+    from .checkpoint import load_checkpoint
+
+    saved = load_checkpoint(last)
+    was, now = saved["config_obj"], cfg
+    differ = [
+        f"{k} {getattr(was, k)!r} (now: {getattr(now, k)!r})"
+        for k in NETWORK_FIELDS
+        if getattr(was, k) != getattr(now, k)
+    ]
+    for key in ("input_shape", "classes", "encoding"):
+        a, b = saved[key], source[key]
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            differ.append(f"{key} {a!r} (now: {b!r})")
+    if differ:
+        raise QsnnError(
+            f"{last.parent}: --resume continues a fine-tuning from the run it started from under the same profile, "
+            f"and this one is of another network than {source_path} under --profile {now.profile}: "
+            + ", ".join(differ)
+            + "; give the RUN and --profile it was fine-tuned from, or another --out for a new fine-tuning"
+        )
+
+
 def agreement_with_sim(model: IntegerExactQSNN, checkpoint: Path, split, batch_size: int = 256) -> dict[str, Any]:
     """Export ``checkpoint`` (in memory), compile it under the model's profile, run ``qsnn-sim``'s engine
     on ``split`` and compare with ``model``'s forward pass (the fine-tuned PyTorch model with those
@@ -343,6 +385,8 @@ def finetune(
     out = Path(out)
     if (out / "last.pt").exists() and not resume:
         raise QsnnError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    if resume and (out / "last.pt").exists():
+        check_same_network(out / "last.pt", cfg, data, source)
     start = build(cfg, shape, n_classes)
     start.load_state_dict(data["model"])
     check_fits(start, source)
