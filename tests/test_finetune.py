@@ -407,9 +407,7 @@ def test_finetune_resume_refuses_another_network_and_keeps_the_folder(tmp_path, 
     )
     args = ["finetune", str(source), "--profile", profile, "--out", str(ft), "--resume", "--epochs", "2", *tiny[2:]]
     line = assert_clean_cli_error(CliRunner().invoke(main, args), f"{ft}: --resume continues a fine-tuning")
-    assert (
-        "arch '8C3-AP2-D10' (now: 'D32-D10')" if source != first else "profile 'fpga' (now: 'loihi2')"
-    ) in line
+    assert ("arch '8C3-AP2-D10' (now: 'D32-D10')" if source != first else "profile 'fpga' (now: 'loihi2')") in line
     assert snapshot(ft) == before
     data = load_checkpoint(first)
     check_same_network(ft / "last.pt", finetune_config(data["config_obj"], "fpga"), data, first)  # its own: passes
