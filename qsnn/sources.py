@@ -210,6 +210,11 @@ def _x_layout(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[str,
             if dtype.kind == "f"
             else ": save x.astype(np.uint8) if every value is in 0..255"
         )
+        if len(shape) == 4 and dtype.kind in "ui":  # integer counts (N, T, H, W): event frames without C
+            hint += (
+                f"; or, if x holds event frames (N, T, H, W) of T = {shape[1]} bins, give them their channel "
+                "axis: save x[:, :, None] (N, T, 1, H, W)"
+            )
         raise DataError(f"{path}: x is {dtype}; images are uint8 pixels 0..255{hint}")
     if encoding == "events" and dtype.kind not in "uib":
         raise DataError(

@@ -566,3 +566,24 @@ def test_a_mistyped_resize_rule_is_named_not_reported_as_a_missing_folder(tmp_pa
     with pytest.raises(DataError, match="is not a resize rule"):
         load_split(f"folder:{root}{rule}", "test")
     assert load_split(f"folder:{root}@20x10", "test").x.shape == (9, 1 if mode == "L" else 3, 10, 20)
+
+
+@pytest.mark.parametrize("shape, dtype", [((24, 6, 10, 12), np.uint16), ((24, 4, 9, 9), np.int32)])
+def test_event_frames_without_their_channel_axis_are_told_how_to_add_it(tmp_path, shape, dtype):
+    """Integer counts (N, T, H, W), one polarity, read as images of T channels: the refusal says that event
+    frames take (N, T, 1, H, W) and how to save them; saved that way they load as events of T steps."""
+    rng = np.random.default_rng(0)
+    y = np.arange(shape[0]) % 3
+    x = rng.integers(0, 3, size=shape).astype(dtype)
+    for split in ("train", "test"):
+        np.savez(tmp_path / f"{split}.npz", x=x, y=y)
+    with pytest.raises(
+        DataError,
+        match=rf"train.npz: x is {np.dtype(dtype)}; .*event frames \(N, T, H, W\) of T = "
+        rf"{shape[1]} bins.*x\[:, :, None\] \(N, T, 1, H, W\)",
+    ):
+        load_split(f"arrays:{tmp_path}", "test")
+    for split in ("train", "test"):
+        np.savez(tmp_path / f"{split}.npz", x=x[:, :, None], y=y)
+    data = load_split(f"arrays:{tmp_path}", "test", num_steps=shape[1])
+    assert data.encoding == "events" and data.x.shape == (shape[0], shape[1], 1, *shape[2:])
