@@ -203,6 +203,14 @@ class ChipProfile:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def changes(self) -> dict[str, Any]:
+        """The fields in which this profile differs from the named one (``get_profile(self.name)``): what
+        ``--profile NAME --profile-set KEY=VALUE ...`` must say to rebuild it ({} for a profile of another name)."""
+        named = PROFILES.get(self.name)
+        if named is None:
+            return {}
+        return {k: v for k, v in self.to_dict().items() if getattr(named, k) != v}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChipProfile":
         if not isinstance(data, dict):

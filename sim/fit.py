@@ -131,7 +131,8 @@ def fit(
         key = (safety, _signature(net))
         if key in seen:
             row.update({k: v for k, v in seen[key].items() if k not in changes})
-            row["same_as"] = {k: seen[key][k] for k in changes}
+            # the row it equals may not name the field (the baseline names only membrane_bits): the profile's own
+            row["same_as"] = {k: seen[key].get(k, getattr(profile, k)) for k in changes}
         else:
             res = simulate(net, x, batch_size=batch_size, stats=False)
             sat = sum(layer.saturation_events for layer in res.layers)
@@ -201,8 +202,10 @@ def fit(
         "seconds": time.perf_counter() - started,
     }
     if chosen is not None:
-        fields = {k: chosen[k] for k in ("membrane_bits", "frac_bits", "leak_bits") if k in chosen}
-        fields = {k: v for k, v in fields.items() if getattr(profile, k) != v}
+        # every field the chosen profile changes from the named one, the caller's own --profile-set included
+        fields = profile.replace(
+            **{k: chosen[k] for k in ("membrane_bits", "frac_bits", "leak_bits") if k in chosen}
+        ).changes()
         out["profile_set"] = f"--profile {profile.name} " + " ".join(
             f"--profile-set {k}={v}" for k, v in fields.items()
         )

@@ -103,3 +103,62 @@ def test_cli_fit_and_refusal(synthetic_export, tmp_path):
     assert data["tolerance_pp"] == 5 and f"use: {data['profile_set']}" in res.output
     bad = CliRunner().invoke(main, [str(onnx), "--fit", "--no-float"])
     assert bad.exit_code == 1 and "--no-float" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("spec", ["8C3-AP2-D10", "D32-D10"])
+def test_fit_where_no_narrower_membrane_holds_says_so(synthetic_export, digits, spec):
+    """A model that only the profile's own membrane holds (here: only the trained model's exact counts
+    score): the search reaches the profile's width, whose network is the baseline's, and ends with no
+    choice and no --profile-set line; the repeated candidate names the baseline's fields."""
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.float_eval import FloatEvaluator
+    from qsnn.sim.fit import fit
+    from qsnn.sim.validate import float_model_counts
+
+    _, onnx = synthetic_export(precision="int4", arch=spec)
+    profile = get_profile("fpga")
+    counts = float_model_counts(FloatEvaluator(onnx), digits.x, "static", codes=True)
+
+    def only_the_trained_counts(c):
+        return 1.0 if np.array_equal(c, counts) else 0.0
+
+    def compile(p, allow_saturation=False):
+        return compile_qonnx(onnx, p, allow_saturation=allow_saturation)
+
+    out = fit(compile, profile, digits.x, only_the_trained_counts, counts)
+    assert out["chosen"] is None and "profile_set" not in out
+    repeats = [r for r in out["rows"] if "same_as" in r]
+    own = [r for r in repeats if r["membrane_bits"] == profile.membrane_bits and r["frac_bits"] == profile.frac_bits]
+    assert own and own[0]["same_as"] == {"membrane_bits": profile.membrane_bits, "frac_bits": profile.frac_bits}
+
+
+@pytest.mark.parametrize("spec", ["8C3w8-AP2-D10", "D32w8-D10"])
+def test_fit_use_line_keeps_the_callers_own_profile_set(synthetic_export, digits, spec):
+    """Searched from a profile the caller changed (8-bit weights under fpga), the "use:" line names
+    that change too: the profile it rebuilds compiles the chosen network, as written."""
+    from qsnn.export.compile import compile_qonnx
+    from qsnn.export.float_eval import FloatEvaluator
+    from qsnn.sim.fit import _signature, fit
+    from qsnn.sim.validate import float_model_counts
+
+    _, onnx = synthetic_export(precision="int4", arch=spec)
+    profile = get_profile("fpga", weight_bits=8)
+    counts = float_model_counts(FloatEvaluator(onnx), digits.x, "static", codes=True)
+
+    def compile(p, allow_saturation=False):
+        return compile_qonnx(onnx, p, allow_saturation=allow_saturation)
+
+    out = fit(compile, profile, digits.x, digits.accuracy, counts, tolerance=0.05)
+    chosen = out["chosen"]
+    assert chosen is not None, out["rows"]
+    words = out["profile_set"].split()
+    assert words[:2] == ["--profile", "fpga"]
+    fields = parse_overrides(words[3::2])
+    assert fields["weight_bits"] == 8 and fields["membrane_bits"] == chosen["membrane_bits"]
+    rebuilt = get_profile(words[1], **fields)
+    picked = profile.replace(**{k: chosen[k] for k in ("membrane_bits", "frac_bits", "leak_bits") if k in chosen})
+    assert rebuilt == picked
+    proven = chosen["saturation_free"] == "proven"
+    assert _signature(compile(rebuilt, allow_saturation=not proven)[0]) == _signature(
+        compile(picked, allow_saturation=not proven)[0]
+    )
