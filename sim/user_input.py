@@ -189,9 +189,11 @@ def read_input(path: str | Path, net: IntegerNetwork) -> UserInput:
         frames = ""
         if net.encoding == "events" and x.ndim in (4, 5) and x.shape[-3:] == (c, h, w):
             frames = f" ({x.shape[-4]} frames: the model runs T={net.num_steps} steps, one frame per step)"
+        todo = "reshape or resize them to that"
+        if x.ndim >= 3 and given[-3:] == (h, w, c) != (c, h, w):  # the same pixels, channels last
+            todo = "they look channels-last (..., H, W, C): pass np.moveaxis(x, -1, -3)"
         raise InputError(
-            f"{path}: inputs have shape {given}{frames}, the model {_model_name(net)} takes {what}; "
-            "reshape or resize them to that"
+            f"{path}: inputs have shape {given}{frames}, the model {_model_name(net)} takes {what}; {todo}"
         )
     if not len(batched):
         raise InputError(f"{path}: --input holds no samples (shape {given}); give at least one input, {what}")

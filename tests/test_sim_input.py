@@ -255,6 +255,26 @@ def test_event_counts_over_the_clip_and_wrong_frames(synthetic_export, digits, t
     )
 
 
+@pytest.mark.parametrize("name", ["paper", "rgb32", "events"])
+def test_channels_last_inputs_are_told_to_move_the_axis(name, synthetic_export, digits, tmp_path):
+    """Images or frames saved channels-last (as PIL, OpenCV and TensorFlow hold them): the one line says
+    np.moveaxis(x, -1, -3), which gives the model's layout back (a reshape would scramble the pixels)."""
+    onnx_path, net = network(synthetic_export, name)
+    x, _ = inputs(SPECS[name][1], digits)
+    x = x[:, None] if x.ndim == 3 else x  # (N, C, H, W) or (N, T, C, H, W)
+    last = np.ascontiguousarray(np.moveaxis(x, -3, -1))
+    np.save(tmp_path / "last.npy", last)
+    assert_clean_error(
+        invoke(onnx_path, "--input", tmp_path / "last.npy"), "last.npy", str(last.shape), "np.moveaxis(x, -1, -3)"
+    )
+    np.save(tmp_path / "moved.npy", np.moveaxis(last, -1, -3))  # as told: runs, and as the right layout does
+    np.save(tmp_path / "right.npy", x)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert invoke(onnx_path, "--input", tmp_path / "moved.npy", "--report", a).exit_code == 0
+    assert invoke(onnx_path, "--input", tmp_path / "right.npy", "--report", b).exit_code == 0
+    assert json.loads(a.read_text())["hardware"] == json.loads(b.read_text())["hardware"]
+
+
 def test_sources_and_outputs_are_checked_first(synthetic_export, digits, tmp_path):
     onnx_path, _ = network(synthetic_export, "paper")
     x, _ = inputs("digits", digits)
