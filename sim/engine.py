@@ -152,31 +152,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_pieces(run, pieces: list[tuple[int, int]], threads: int) -> list:
-    """``run(lo, hi)`` of every piece on ``threads`` threads, the calling thread one of them (a wake-up
-    and a wait fewer than handing every piece to the pool); each thread takes the next piece left, so
-    unequal pieces balance. Results in piece order."""
-    out: list = [None] * len(pieces)
-    left = iter(range(len(pieces)))
-    lock = Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(left, None)
-            if i is None:
-                return
-            out[i] = run(*pieces[i])
-
-    helpers = [_pool(threads - 1).submit(worker) for _ in range(min(threads, len(pieces)) - 1)]
-    try:
-        worker()
-    finally:
-        for f in helpers:
-            f.result()  # re-raises a helper's error
-    return out
-
-
 def _merge_stats(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
     for i, st in enumerate(into):
         for part in parts:
@@ -276,7 +251,7 @@ def simulate(
             if threads == 1 or ways == 1:
                 parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
             else:
-                parts = _run_pieces(run, list(zip(cuts[:-1], cuts[1:])), threads)
+                parts = list(_pool(threads).map(run, cuts[:-1], cuts[1:]))
             _merge_stats(all_stats, parts)
             if bar is not None:
                 bar.update(b1 - b0)

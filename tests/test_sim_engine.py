@@ -585,8 +585,8 @@ def test_kernels_and_threads_agree_on_random_networks(profile, monkeypatch):
 
 
 def test_an_error_in_any_piece_reaches_the_caller_and_every_piece_runs_once(monkeypatch):
-    """The calling thread runs pieces too (engine._run_pieces): a piece that fails on a pool thread or on
-    the caller raises from simulate, and with no error each piece of the batch runs exactly once."""
+    """Pieces over the worker threads: a piece that fails (the first or the last) raises from simulate,
+    and with no error each piece of the batch runs exactly once."""
     monkeypatch.setattr(engine, "MIN_PIECE", 4)
     monkeypatch.setattr(engine, "MIN_PIECE_ACCEL", 4)
     monkeypatch.setattr(engine, "PIECE_BYTES", 1)  # pieces of 4 samples: more pieces than threads
@@ -604,7 +604,7 @@ def test_an_error_in_any_piece_reaches_the_caller_and_every_piece_runs_once(monk
         monkeypatch.setattr(engine, "_run_batch", record)
         simulate(net, x, threads=threads, batch_size=40)
         assert sorted(seen) == list(range(0, 40, 4))
-        for bad in (0, max(seen)):  # the caller's first piece, and one the pool runs
+        for bad in (0, max(seen)):
 
             def fail(*args, bad=bad):
                 if args[-2] == bad:
