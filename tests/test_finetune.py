@@ -248,9 +248,11 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
     out = tmp_path / "ft"
     args = ["finetune", str(src), "--profile", "loihi2", "--epochs", "1", "--subset", "40"]
     args += ["--val-subset", "20", "--test-subset", "20", "--batch-size", "20", "--out", str(out), "--no-progress"]
+    # --steps: RUN's T = 8 plus one step per delaying layer (3 layers under loihi2), the compiled network's T
+    args += ["--steps", "11"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "fine-tuning summary" in result.output
+    assert "fine-tuning summary" in result.output and "11 (RUN's 8)" in result.output
     for name in ("best.pt", "last.pt", "log.csv", "metrics.json", "training.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -261,13 +263,17 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
     assert ft["vs_qsnn_sim"]["output_counts_equal_pct"] == 100.0
     assert ft["vs_qsnn_sim"]["accuracy_torch"] == ft["vs_qsnn_sim"]["accuracy_sim"] == ft["integer_test_acc_after"]
     cfg = load_checkpoint(out / "best.pt")["config_obj"]
-    assert (cfg.profile, cfg.reset, cfg.synaptic_delay) == ("loihi2", "zero", 1)
+    assert (cfg.profile, cfg.reset, cfg.synaptic_delay, cfg.num_steps) == ("loihi2", "zero", 1, 11)
 
     again = CliRunner().invoke(main, args)  # the folder holds a run: refused, nothing touched
     assert again.exit_code != 0 and "--resume" in again.output
     resumed = CliRunner().invoke(main, [*args[:5], "2", *args[6:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+    no_steps = [a for i, a in enumerate(args) if a != "--steps" and args[i - 1] != "--steps"]
+    resumed = CliRunner().invoke(main, [*no_steps[:5], "3", *no_steps[6:], "--resume"])  # --steps is the run's
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out / "last.pt")["config_obj"].num_steps == 11
 
     # qsnn-sim on the export: the trained model is the integer network it was fine-tuned as
     from qsnn.sim.cli import main as sim_main
@@ -278,6 +284,7 @@ def test_finetune_command_run_folder_resume_and_agreement(tmp_path):
     result = CliRunner().invoke(sim_main, [*sim_args, "--no-progress"])
     assert result.exit_code == 0, result.output
     rep = json.loads(report.read_text())
+    assert rep["num_steps"] == 11
     assert rep["agreement"]["vs_float_model"]["predictions_equal_pct"] == 100.0
     assert rep["accuracy"]["difference"] == 0.0
     assert rep["agreement"]["spike_trains_vs_integer_torch"]["bit_exact"]

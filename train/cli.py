@@ -426,6 +426,14 @@ def _check_device(device: str | None) -> None:
     f"[default: {FINETUNE_DISTILL:g}].",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch size [default: RUN's].")
+@click.option(
+    "--steps",
+    "num_steps",
+    type=click.IntRange(min=1),
+    help="Time steps T of the fine-tuned network [default: RUN's]. Under a profile with a synaptic delay "
+    "(loihi2: one step per layer) the output of L layers integrates T - L input steps; RUN's T + L "
+    "lets it integrate all of them (docs/training.md).",
+)
 @click.option("--subset", type=click.IntRange(min=1), help="Stratified subset of the training split.")
 @click.option("--val-subset", type=click.IntRange(min=1), help="Stratified subset of the validation split.")
 @click.option("--test-subset", type=click.IntRange(min=1), help="Stratified subset of the test split.")
@@ -463,6 +471,11 @@ def finetune_cmd(run_path, profile_name, data_dir, out, resume, device, progress
             ("fine-tuned from", ft["source"]),
             ("run directory", str(out)),
             ("profile", ft["profile"]),
+            (
+                "time steps T",
+                f"{metrics['num_steps']}"
+                + (f" (RUN's {ft['source_num_steps']})" if metrics["num_steps"] != ft["source_num_steps"] else ""),
+            ),
             ("test accuracy, float model", f"{ft['float_test_acc']:.2f} %"),
             ("test accuracy, integer before", f"{ft['integer_test_acc_before']:.2f} %"),
             ("test accuracy, integer after (best.pt)", f"{ft['integer_test_acc_after']:.2f} %"),

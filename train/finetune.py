@@ -379,6 +379,8 @@ def finetune(
         changes["lr"] = data["config_obj"].lr / 10
     if changes.get("distill") is None:
         changes["distill"] = FINETUNE_DISTILL
+    if resume and changes.get("num_steps") is None and (Path(out) / "last.pt").is_file():
+        changes["num_steps"] = load_checkpoint(Path(out) / "last.pt")["config_obj"].num_steps  # the run's --steps
     cfg = finetune_config(data["config_obj"], p.name, **changes)
     build = partial(IntegerExactQSNN, profile=p, classes=list(data["classes"]), encoding=data["encoding"])
     shape, n_classes = tuple(data["input_shape"]), len(data["classes"])
@@ -433,6 +435,7 @@ def finetune(
     metrics["finetune"] = {
         "source": str(source),
         "profile": p.name,
+        "source_num_steps": data["config_obj"].num_steps,
         **before,
         "integer_test_acc_after": metrics["test_acc"],
         "vs_qsnn_sim": agreement_with_sim(best, out / "best.pt", splits["test"]),
