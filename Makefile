@@ -168,6 +168,7 @@ pnr-deps:
 bench: install
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/inference.py $(if $(wildcard $(DEMO_DIR)/best.pt),--checkpoint $(DEMO_DIR)/best.pt)
+	$(BIN)/python bench/kernel_share.py $(if $(wildcard $(DEMO_DIR)/best.pt),--checkpoint $(DEMO_DIR)/best.pt)
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -80,6 +80,10 @@ from qsnn.sim import simulate  # noqa: E402
 ACCEL = sim_layers.accel_wanted(True)
 
 
+#: The further networks the bench times beside the main one (``--specs``): a dense-only MLP and a strided conv net.
+DEFAULT_SPECS = ("D128-D10", "8C3s2p1-16C3s2p1-32C3s2p1-D10")
+
+
 def build(
     num_steps: int,
     profile_name: str,
@@ -535,7 +539,7 @@ def _fmt_ratio(row: dict) -> str:
 )
 @click.option(
     "--specs",
-    default="D128-D10,8C3s2p1-16C3s2p1-32C3s2p1-D10",
+    default=",".join(DEFAULT_SPECS),
     show_default=True,
     help="Further networks (spec strings, each trained 1 short epoch here): the engine with and without "
     "its compiled kernels at every batch size; empty for none.",
