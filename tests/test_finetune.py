@@ -417,4 +417,5 @@ def test_finetune_resume_refuses_another_network_and_keeps_the_folder(tmp_path, 
     assert ("arch '8C3-AP2-D10' (now: 'D32-D10')" if source != first else "profile 'fpga' (now: 'loihi2')") in line
     assert snapshot(ft) == before
     data = load_checkpoint(first)
-    check_same_network(ft / "last.pt", finetune_config(data["config_obj"], "fpga"), data, first)  # its own: passes
+    saved = load_checkpoint(ft / "last.pt")
+    check_same_network(saved, ft, finetune_config(data["config_obj"], "fpga"), data, first)  # its own: passes

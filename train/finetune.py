@@ -290,14 +290,13 @@ NETWORK_FIELDS = (
 )
 
 
-def check_same_network(last: Path, cfg: TrainConfig, source: dict[str, Any], source_path: Path) -> None:
-    """``--resume`` continues the fine-tuning in ``last`` only from the run it started from, under the same
-    profile: the float model (the teacher), the data and the integer network all come from RUN, the
-    weights and optimizer from ``last``. Another network is refused in one line, before anything in the
-    folder is touched (its ``metrics.json`` is kept)."""
-    from .checkpoint import load_checkpoint
-
-    saved = load_checkpoint(last)
+def check_same_network(
+    saved: dict[str, Any], folder: Path, cfg: TrainConfig, source: dict[str, Any], source_path: Path
+) -> None:
+    """``--resume`` continues the fine-tuning in ``folder`` (``saved``: its loaded ``last.pt``) only from
+    the run it started from, under the same profile: the float model (the teacher), the data and the
+    integer network all come from RUN, the weights and optimizer from ``last.pt``. Another network is
+    refused in one line, before anything in the folder is touched (its ``metrics.json`` is kept)."""
     was, now = saved["config_obj"], cfg
     differ = [
         f"{k} {getattr(was, k)!r} (now: {getattr(now, k)!r})"
@@ -310,7 +309,7 @@ def check_same_network(last: Path, cfg: TrainConfig, source: dict[str, Any], sou
             differ.append(f"{key} {a!r} (now: {b!r})")
     if differ:
         raise QsnnError(
-            f"{last.parent}: --resume continues a fine-tuning from the run it started from under the same profile, "
+            f"{folder}: --resume continues a fine-tuning from the run it started from under the same profile, "
             f"and this one is of another network than {source_path} under --profile {now.profile}: "
             + ", ".join(differ)
             + "; give the RUN and --profile it was fine-tuned from, or another --out for a new fine-tuning"
@@ -379,16 +378,17 @@ def finetune(
         changes["lr"] = data["config_obj"].lr / 10
     if changes.get("distill") is None:
         changes["distill"] = FINETUNE_DISTILL
-    if resume and changes.get("num_steps") is None and (Path(out) / "last.pt").is_file():
-        changes["num_steps"] = load_checkpoint(Path(out) / "last.pt")["config_obj"].num_steps  # the run's --steps
-    cfg = finetune_config(data["config_obj"], p.name, **changes)
-    build = partial(IntegerExactQSNN, profile=p, classes=list(data["classes"]), encoding=data["encoding"])
-    shape, n_classes = tuple(data["input_shape"]), len(data["classes"])
     out = Path(out)
     if (out / "last.pt").exists() and not resume:
         raise QsnnError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
-    if resume and (out / "last.pt").exists():
-        check_same_network(out / "last.pt", cfg, data, source)
+    saved = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
+    if saved is not None and changes.get("num_steps") is None:
+        changes["num_steps"] = saved["config_obj"].num_steps  # the run's --steps
+    cfg = finetune_config(data["config_obj"], p.name, **changes)
+    build = partial(IntegerExactQSNN, profile=p, classes=list(data["classes"]), encoding=data["encoding"])
+    shape, n_classes = tuple(data["input_shape"]), len(data["classes"])
+    if saved is not None:
+        check_same_network(saved, out, cfg, data, source)
     start = build(cfg, shape, n_classes)
     start.load_state_dict(data["model"])
     check_fits(start, source)
