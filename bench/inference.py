@@ -34,8 +34,10 @@ How it stays honest on a shared machine:
 * it prints the load average before and after, the BLAS and thread configuration and the CPU's
   integer dot-product extensions;
 * a roofline line: the machine's GEMM rates measured here (float32 BLAS, onnxruntime's
-  MatMulInteger and, if present, ``torch._int_mm``) times the engine's own multiply-accumulates per
-  inference (pooling folded or summed first, the static first layer once) bound its samples/s;
+  MatMulInteger, qsnn's own int16-accumulating vpmaddubsw kernel where the CPU has AVX2 and, if
+  present, ``torch._int_mm``) times the engine's own multiply-accumulates per inference (pooling
+  folded or summed first, the static first layer once) bound its samples/s; the goal's roofline is
+  the fastest integer kernel on the engine's threads;
 * exactness is asserted in the same run: every spike train of the engine equals the PyTorch
   evaluation of the integer semantics (:func:`qsnn.export.integer_torch.run_integer_torch`) and the
   engine's NumPy path, with ``array_equal``; the bench fails otherwise.
@@ -237,11 +239,12 @@ def _median_time(fn, repeats: int = 5) -> float:
 
 
 def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = None) -> dict[str, float]:
-    """Measured multiply-accumulates per second of an (m, k) × (k, n) product: float32 BLAS (NumPy),
-    onnxruntime's uint8 × int8 MatMulInteger (one thread, and
-    ``threads`` threads on row blocks, as the engine splits a batch; calls of ``block`` rows, as the
-    engine makes them: :data:`qsnn.sim.layers.GEMM_BYTES` of input), and ``torch._int_mm`` where the
-    torch build has it."""
+    """Measured multiply-accumulates per second of an (m, k) × (k, n) product of spikes and weights:
+    float32 BLAS (NumPy), each integer kernel the engine has (onnxruntime's uint8 × int8 MatMulInteger;
+    with the compiled kernels on an AVX2 CPU, qsnn's vpmaddubsw kernel accumulating in int16,
+    :func:`qsnn.sim.kernels_numba.int16_matmul`), on one thread and on ``threads`` threads splitting
+    the rows, as the engine splits a batch, in calls of ``block`` rows, as the engine makes them
+    (:data:`qsnn.sim.layers.GEMM_BYTES` of input); and ``torch._int_mm`` where the torch build has it."""
     import torch
 
     from qsnn.kernels import OrtIntMatmul
@@ -253,58 +256,36 @@ def gemm_rates(m: int, k: int, n: int, threads: int = 1, block: int | None = Non
     macs = float(m) * k * n
     rates = {"float32 BLAS (NumPy)": macs / _median_time(lambda: af @ wf)}
     mm = OrtIntMatmul(w)
+    kernels = {"int8 onnxruntime": mm}
+    if ACCEL:
+        from qsnn.sim import kernels_numba
+
+        # the bound of these weights on spikes (Σ|w| over k rows) fits int16 for the engine's shapes
+        bound = int(np.abs(w.astype(np.int64)).sum(axis=0).max())
+        if kernels_numba.int16_exact(1, int(np.abs(w.astype(np.int64)).max()), bound):
+            packed = kernels_numba.Int16Weights(w)
+            assert np.array_equal(kernels_numba.int16_matmul(a, packed), mm(a)), "the int16 kernel is not exact"
+            kernels["int16 vpmaddubsw (qsnn)"] = lambda rows: kernels_numba.int16_matmul(rows, packed)
     block = max(1, block or m)
+    for name, kernel in kernels.items():
 
-    def blocks(rows: np.ndarray) -> None:
-        for r0 in range(0, len(rows), block):
-            mm(rows[r0 : r0 + block])
+        def blocks(rows: np.ndarray, kernel=kernel) -> None:
+            for r0 in range(0, len(rows), block):
+                kernel(rows[r0 : r0 + block])
 
-    rates["int8 onnxruntime, 1 thread"] = macs / _median_time(lambda: blocks(a))
-    if threads > 1:  # as the engine runs it: rows split over its threads
-        from concurrent.futures import ThreadPoolExecutor
+        rates[f"{name}, 1 thread"] = macs / _median_time(lambda: blocks(a))
+        if threads > 1:  # as the engine runs it: rows split over its threads
+            from concurrent.futures import ThreadPoolExecutor
 
-        parts = np.array_split(a, threads)
-        with ThreadPoolExecutor(threads) as pool:
-            rates[f"int8 onnxruntime, {threads} threads"] = macs / _median_time(lambda: list(pool.map(blocks, parts)))
+            parts = np.array_split(a, threads)
+            with ThreadPoolExecutor(threads) as pool:
+                rates[f"{name}, {threads} threads"] = macs / _median_time(lambda: list(pool.map(blocks, parts)))
     try:
         at, wt = torch.from_numpy(a.astype(np.int8)), torch.from_numpy(w)
         rates["int8 torch._int_mm"] = macs / _median_time(lambda: torch._int_mm(at, wt))
     except (AttributeError, RuntimeError):
         pass
-    kernel = int16_matmul()
-    if kernel is not None:  # the candidate for the engine's own kernel: int16 sums, zero inputs skipped
-        w16, out = w.astype(np.int16), np.empty((m, n), np.int32)
-        kernel(a, w16, out)
-        assert np.array_equal(out, mm(a)), "the int16 kernel is not exact"
-        rates["int16-accumulating numba kernel, 1 thread"] = macs / _median_time(lambda: kernel(a, w16, out))
     return rates
-
-
-def int16_matmul():
-    """A uint8 × int16 → int32 matmul accumulating in int16 (exact where the layer's proven bound is
-    below 2^15, e.g. 3,040 for the paper's conv2 on box sums), skipping zero inputs (spikes are
-    sparse): the kernel the engine could own, with the LIF step in its epilogue, measured against
-    onnxruntime's. None without numba."""
-    try:
-        from numba import njit
-    except ImportError:
-        return None
-
-    @njit(nogil=True, cache=True)
-    def matmul(x, w, out):  # pragma: no cover - compiled
-        rows, k = x.shape
-        acc = np.zeros(w.shape[1], np.int16)
-        for r in range(rows):
-            acc[:] = 0
-            for i in range(k):
-                v = np.int16(x[r, i])
-                if v != 0:
-                    for o in range(w.shape[1]):
-                        acc[o] += v * w[i, o]
-            for o in range(w.shape[1]):
-                out[r, o] = acc[o]
-
-    return matmul
 
 
 def engine_macs(net) -> tuple[int, tuple[int, int, int]]:
@@ -478,8 +459,9 @@ def goal_rows(per_batch: dict, latency: dict, rates: dict, macs: int, others: di
                 target,
                 f"{_fmt_ratio(pb[peer])} (goal >= {target:g}x)",
             )
-    key = next((k for k in rates if k.startswith("int8 onnxruntime") and k.endswith(f"{threads} threads")), None)
-    key = key or "int8 onnxruntime, 1 thread"
+    # the roofline: the fastest integer kernel the engine has for the largest product, on its threads
+    ends = f"{threads} threads" if threads > 1 else "1 thread"
+    key = max((k for k in rates if k.startswith(("int8 onnxruntime", "int16")) and k.endswith(ends)), key=rates.get)
     frac = pb["engine"]["samples_per_s"] * macs / rates[key]
     goal(f"batch {b} roofline", frac, 0.6, f"{100 * frac:.0f} % of {key} ({rates[key] / 1e9:.1f} GMAC/s; goal >= 60 %)")
     back = pb["engine, back to back"]["samples_per_s"] * macs / rates[key]

@@ -33,7 +33,7 @@ from qsnn.data import load_split  # noqa: E402
 from qsnn.sim import kernels_numba as kn  # noqa: E402
 from qsnn.sim.engine import simulate  # noqa: E402
 
-KERNELS = ("table_lookup", "im2col", "box_im2col", "synops")
+KERNELS = ("table_lookup", "im2col", "box_im2col", "synops", "int16_matmul")
 
 
 def instrument(spent: dict[str, float], on: list[bool]) -> None:

@@ -68,6 +68,7 @@ class OrtIntMatmul:
         if w.ndim != 2 or w.size == 0 or np.abs(w.astype(np.int64)).max() > 127:
             raise ValueError("OrtIntMatmul takes a non-empty 2-D int8 weight matrix")
         self.k, self.o = w.shape
+        self.weight = w.astype(np.int8)  # (K, O), for a caller that runs the product elsewhere
         graph = helper.make_graph(
             [helper.make_node("MatMulInteger", ["x", "w"], ["y"])],
             "int_matmul",

@@ -33,6 +33,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -390,6 +391,176 @@ def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
     box_im2col_kernel(window, c)(words.reshape(m, h, -1), p, stride, pad, ho, wo, padded, rows, sums, out)
     return out.view(np.uint8)
+
+
+def _pmadd_rows(rows: int):
+    """An LLVM intrinsic: ``rows`` × 16 int16 sums of uint8 rows × an int8 column block, by AVX2's
+    ``vpmaddubsw`` (:func:`int16_matmul`).
+
+    ``pmadd(x, x0, xstride, w, w0, pairs, out, o0, ostride)``: for r < ``rows`` and lane l < 16,
+    ``out[o0 + r·ostride + l] = Σ_j x[x0 + r·xstride + 2j]·w[w0 + 32j + 2l] + x[… + 2j + 1]·w[w0 + 32j + 2l + 1]``
+    over the ``pairs`` byte pairs j. Per pair, the two input bytes of a row are broadcast to the 16
+    lanes and one ``vpmaddubsw`` multiplies them with the 32 weight bytes (unsigned × signed) and adds
+    each lane's two products into an int16; the rows share the weight load; the sums stay in int16
+    registers (``vpaddw``) and are stored once. Exact where no pair reaches 2^15 and no partial sum
+    leaves int16 (the caller's proof, :func:`int16_exact`)."""
+
+    def pmadd(typingctx, x, x0, xstride, w, w0, pairs, out, o0, ostride):  # pragma: no cover - compile time
+        if not all(isinstance(a, types.Array) for a in (x, w, out)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            i8, i16, i32, i64 = (ir.IntType(b) for b in (8, 16, 32, 64))
+            v16, v32 = ir.VectorType(i16, 16), ir.VectorType(i8, 32)
+            xa, x0, xs, wa, w0, n, oa, o0, os_ = (
+                context.cast(builder, v, t, types.intp) if isinstance(t, types.Integer) else v
+                for v, t in zip(args, signature.args)
+            )
+            ptr = [
+                context.make_array(signature.args[i])(context, builder, v).data for i, v in ((0, xa), (3, wa), (6, oa))
+            ]
+            xbase = builder.gep(builder.bitcast(ptr[0], i8.as_pointer()), [x0])
+            wbase = builder.gep(builder.bitcast(ptr[1], i8.as_pointer()), [w0])
+            obase = builder.gep(builder.bitcast(ptr[2], i16.as_pointer()), [o0])
+            name = "llvm.x86.avx2.pmadd.ub.sw"
+            fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(v16, [v32, v32]), name)
+            zero, one, two, lane32 = (
+                ir.Constant(v16, None),
+                ir.Constant(i64, 1),
+                ir.Constant(i64, 2),
+                ir.Constant(i64, 32),
+            )
+            start = builder.block
+            loop, done = builder.append_basic_block("pairs"), builder.append_basic_block("store")
+            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            j = builder.phi(i64)
+            accs = [builder.phi(v16) for _ in range(rows)]
+            wv = builder.load(builder.bitcast(builder.gep(wbase, [builder.mul(j, lane32)]), v32.as_pointer()), align=1)
+            sums = []
+            for r, a in enumerate(accs):
+                at = builder.add(builder.mul(ir.Constant(i64, r), xs), builder.mul(j, two))
+                pair = builder.load(builder.bitcast(builder.gep(xbase, [at]), i16.as_pointer()), align=1)
+                vec = builder.insert_element(ir.Constant(v16, ir.Undefined), pair, ir.Constant(i32, 0))
+                vec = builder.shuffle_vector(
+                    vec, ir.Constant(v16, ir.Undefined), ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+                )
+                sums.append(builder.add(a, builder.call(fn, [builder.bitcast(vec, v32), wv])))
+            nxt = builder.add(j, one)
+            end = builder.block
+            j.add_incoming(ir.Constant(i64, 0), start)
+            j.add_incoming(nxt, end)
+            for a, s in zip(accs, sums):
+                a.add_incoming(zero, start)
+                a.add_incoming(s, end)
+            builder.cbranch(builder.icmp_signed("<", nxt, n), loop, done)
+            builder.position_at_end(done)
+            finals = [builder.phi(v16) for _ in sums]  # (a block's phi nodes come first)
+            for r, (final, s) in enumerate(zip(finals, sums)):
+                final.add_incoming(zero, start)
+                final.add_incoming(s, end)
+                at = builder.gep(obase, [builder.mul(ir.Constant(i64, r), os_)])
+                builder.store(final, builder.bitcast(at, v16.as_pointer()), align=2)
+            return context.get_dummy_value()
+
+        return types.void(x, x0, xstride, w, w0, pairs, out, o0, ostride), codegen
+
+    return intrinsic(pmadd)
+
+
+#: Rows per :func:`_pmadd_rows` call in :func:`_int16_matmul` (they share each weight load).
+PMADD_ROWS = 8
+_pmadd_block = _pmadd_rows(PMADD_ROWS)
+_pmadd_row = _pmadd_rows(1)
+
+
+@njit(nogil=True, cache=True)
+def _int16_matmul(x, m, k, w, pairs, out, o):  # pragma: no cover - compiled
+    """``out`` (m·o + 16,) int16: its first m·o entries = ``x`` (m·k,) uint8 rows · the packed columns ``w``
+    (:class:`Int16Weights`), 16 output columns per :func:`_pmadd_rows` call, :data:`PMADD_ROWS` rows at
+    a time. A last block of fewer than 16 columns is stored whole too: its extra lanes land on the next
+    rows' first columns (or the 16 spare entries), which are written after it (the rows go in order,
+    and in each the last block first). With k odd the weights' last pair reads one byte past a row
+    (its weight is 0): the next row's first byte, or for the last row a zero-padded copy."""
+    R = PMADD_ROWS
+    blocks = -(-o // 16)
+    padded = np.zeros(2 * pairs, np.uint8)
+    safe = m - (k & 1)  # rows whose last pair stays inside x
+    r = 0
+    while r + R <= safe:
+        for b in range(blocks - 1, -1, -1):
+            _pmadd_block(x, r * k, k, w, b * pairs * 32, pairs, out, r * o + b * 16, o)
+        r += R
+    while r < m:
+        src, s0 = x, r * k
+        if r >= safe:
+            padded[:k] = x[r * k : r * k + k]
+            src, s0 = padded, 0
+        for b in range(blocks - 1, -1, -1):
+            _pmadd_row(src, s0, k, w, b * pairs * 32, pairs, out, r * o + b * 16, o)
+        r += 1
+
+
+#: The largest |partial sum| the int16 kernel accumulates (int16's range).
+INT16_MAX = 2**15 - 1
+
+
+def int16_exact(in_max: int, weight_max: int, sum_bound: int) -> bool:
+    """Whether :func:`int16_matmul` gives the exact sums of a layer: uint8 inputs ≤ ``in_max``, int8
+    weights, no ``vpmaddubsw`` pair past int16 (2·in_max·weight_max ≤ 2^15 − 1) and every partial sum
+    within int16 (``sum_bound`` = max_o Σ|W_o| · in_max ≤ 2^15 − 1: whatever order the sums are added
+    in, none leaves the range, so int16's wrapping adds are exact), on a CPU with AVX2 (:func:`avx2`)."""
+    return (
+        0 <= in_max <= 255
+        and weight_max <= 127
+        and 2 * in_max * weight_max <= INT16_MAX
+        and sum_bound <= INT16_MAX
+        and avx2()
+    )
+
+
+@lru_cache(maxsize=None)
+def avx2() -> bool:
+    """Whether the code numba generates here may use AVX2 (the host's CPU, or ``NUMBA_CPU_NAME`` /
+    ``NUMBA_CPU_FEATURES`` where they are set)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    features = config.CPU_FEATURES
+    if features is None:
+        if config.CPU_NAME not in (None, "host"):
+            return False  # a named target without its features: assume none
+        features = binding.get_host_cpu_features().flatten()
+    return "+avx2" in features.split(",")
+
+
+class Int16Weights:
+    """A layer's int8 weight matrix ``w`` (K, O) packed for :func:`int16_matmul`: per block of 16
+    output columns and per pair j of input rows, 32 bytes ``w[2j, o], w[2j + 1, o]`` for the block's
+    16 columns o (zeros past K and O)."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        w = np.asarray(w)
+        self.k, self.o = w.shape
+        self.pairs = -(-self.k // 2)
+        blocks = -(-self.o // 16)
+        full = np.zeros((2 * self.pairs, 16 * blocks), np.int8)
+        full[: self.k, : self.o] = w
+        packed = full.reshape(self.pairs, 2, blocks, 16).transpose(2, 0, 3, 1)  # block, pair, lane, byte
+        self.packed = np.ascontiguousarray(packed).reshape(-1)
+
+
+def int16_matmul(x: np.ndarray, weights: Int16Weights) -> np.ndarray:
+    """``x`` (M, K) uint8 · ``weights`` → (M, O) int16, exact under :func:`int16_exact`: the synaptic sums
+    of a layer whose bound fits int16, in one compiled GIL-free call (:func:`_int16_matmul`)."""
+    m, k = x.shape
+    if k != weights.k:
+        raise ValueError(f"int16_matmul takes (M, {weights.k}) rows, got {x.shape}")
+    out = np.empty(m * weights.o + 16, np.int16)  # 16 spare entries: a last block's whole store
+    if m:
+        flat = np.ascontiguousarray(x).reshape(-1)
+        _int16_matmul(flat, m, k, weights.packed, weights.pairs, out, weights.o)
+    return out[: m * weights.o].reshape(m, weights.o)
 
 
 @njit(nogil=True, cache=True)

@@ -190,6 +190,12 @@ class _Layer:
         # strided layer takes the folded kernel
         self.int_matmul: OrtIntMatmul | None = None
         self.box_matmul: OrtIntMatmul | None = None
+        # the compiled kernels (qsnn.sim.kernels_numba), never on the NumPy reference path
+        self.accel = None
+        if accel and kernel != "numpy":
+            from . import kernels_numba
+
+            self.accel = kernels_numba
         boxable = kernel == "auto" and layer.kind == "conv" and layer.stride == 1
         box = box_kernel(w, layer.pool, self.in_max) if boxable else None
         if box is not None:
@@ -211,12 +217,25 @@ class _Layer:
             self.sum_dtype = np.dtype(np.int64)
         if self.sum_bound * 2 ** max(0, layer.weight_exp) >= 2**62:
             raise NetworkError(f"layer {self.name}: synaptic sums up to {self.sum_bound} do not fit int64")
-        self.sum_dtype_name = self.sum_dtype.name
         self.sum_kernel = "onnxruntime" if self.int_matmul is not None or self.box_matmul is not None else "numpy"
+        self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))  # (cols, O); the NumPy path's
+        # with the compiled kernels, where every sum of the integer kernel's operands fits int16, the
+        # sums run in AVX2's vpmaddubsw with int16 accumulation (kernels_numba.int16_matmul) instead
+        self.int16 = None
+        if self.accel is not None and self.sum_kernel == "onnxruntime":
+            ort_kernel, top, bound = (
+                (self.box_matmul, layer.pool**2 * self.in_max, box[1])
+                if box is not None
+                else (self.int_matmul, self.in_max, self.sum_bound)
+            )
+            wmat = ort_kernel.weight
+            if self.accel.int16_exact(top, int(np.abs(wmat.astype(np.int64)).max(initial=0)), bound):
+                self.int16 = self.accel.Int16Weights(wmat)
+                self.sum_dtype, self.sum_kernel = np.dtype(np.int16), "avx2"
+        self.sum_dtype_name = self.sum_dtype.name
         # multiply-accumulates of one sample and step as this layer computes them (box sums or the folded kernel)
         positions = 1 if layer.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]
         self.macs = positions * (self.box_cols if self.box_matmul is not None else self.cols) * layer.out_channels
-        self.kernel = np.ascontiguousarray(mat.T.astype(self.sum_dtype))  # (cols, O); the NumPy path's
 
         # the current on the grid: c = shl(shl(acc, e), s) + b (see qsnn.arith); for e ≥ 0 that is
         # the single shift shl(acc, s + e); a negative exponent floors first, then s applies
@@ -262,12 +281,6 @@ class _Layer:
         self._tables: dict[tuple[int, int], StaticTable] = {}
         self._tables_lock = Lock()
         self.cur_limit = cur_bound + int(np.abs(bias).max(initial=0))  # |c_t| ≤ this (proven)
-        # the compiled kernels (qsnn.sim.kernels_numba), never on the NumPy reference path
-        self.accel = None
-        if accel and kernel != "numpy":
-            from . import kernels_numba
-
-            self.accel = kernels_numba
 
     def _check_constants(self) -> None:
         check_leak_const(self.layer.leak_const, self.profile, self.layer.name)
@@ -342,7 +355,9 @@ class _Layer:
                     if box
                     else im2col(xs, self.window, self.stride, self.out_nhwc[:2])
                 )
-            if box:
+            if self.int16 is not None:
+                part = self.accel.int16_matmul(cols, self.int16)
+            elif box:
                 part = self.box_matmul(cols)
             else:
                 part = self.int_matmul(cols) if integer else cols @ self.kernel

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_arch_integer import HAND, event_input, hand_net
-from test_sim_engine import _random_net, _same_result
+from test_sim_engine import _random_net, _same_result, net_of
 
 from qsnn.data import load_split
 from qsnn.errors import InputError
@@ -27,6 +27,9 @@ from qsnn.profiles import FPGA, LOIHI2
 from qsnn.sim import engine, layers, simulate
 
 numba = pytest.importorskip("numba", reason="the accelerator needs numba (pip install -e '.[fast]')")
+from qsnn.sim import kernels_numba  # noqa: E402  (after the skip: it imports numba)
+
+needs_avx2 = pytest.mark.skipif(not kernels_numba.avx2(), reason="the int16 kernel needs AVX2 (this CPU has none)")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,9 @@ def test_compiled_kernels_equal_numpy_loops_on_every_stack(name, digits, monkeyp
     fast, loops, ref = _three_ways(net, x, threads=2, batch_size=12)
     assert all(el.accel is not None for el in layers.compile_layers(net, int(x.max()), accel=True))
     assert sum(int(s.spikes_per_step.sum()) for s in ref.layers) > 0, "a silent network proves nothing"
+    if kernels_numba.avx2():  # the int16 kernel ran on some layer (every stack here has sums within int16)
+        assert "avx2" in {s.sum_kernel for s in fast.layers}
+        assert "avx2" not in {s.sum_kernel for s in loops.layers}
     _same_result(fast, loops)
     _same_result(fast, ref)
 
@@ -287,3 +293,56 @@ def test_box_im2col_is_box_sums_then_windows(m, hw, c, pool, k, pad):
     s = box_sums(np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), pool)
     out_hw = ((s.shape[1] - k) // pool + 1, (s.shape[2] - k) // pool + 1)
     assert np.array_equal(box_im2col(x, pool, k, pool, pad, out_hw), im2col(s, k, pool, out_hw))
+
+
+@needs_avx2
+@pytest.mark.parametrize("m", [0, 1, 7, 8, 9, 23])
+@pytest.mark.parametrize("k, o", [(1, 1), (9, 10), (72, 16), (25, 17), (144, 33), (401, 64)])
+def test_int16_matmul_is_the_exact_product(m, k, o):
+    """kernels_numba.int16_matmul (vpmaddubsw, int16 accumulation) against int64 arithmetic and
+    onnxruntime's MatMulInteger: odd K (the last pair reads a zero weight), O not a multiple of 16
+    (the last block's whole store), M not a multiple of the rows per call, inputs up to 255, and
+    columns whose sums reach the int16 bound exactly (+32767 and −32767)."""
+    from qsnn.kernels import OrtIntMatmul
+
+    rng = np.random.default_rng(m * 1000 + k * 10 + o)
+    for top in (1, 4, 255):
+        x = rng.integers(0, top + 1, size=(m, k)).astype(np.uint8)
+        if m:
+            x[0] = top  # a row of maximal inputs
+        wmax = min(127, (2**15 - 1) // (2 * top))
+        w = rng.integers(-wmax, wmax + 1, size=(k, o)).astype(np.int64)
+        # each column keeps the weights (in a random order) whose running Σ|w|·top stays ≤ 32767; column 0
+        # reaches the bound exactly
+        for col in range(o):
+            order = rng.permutation(k)
+            w[order[np.cumsum(np.abs(w[order, col])) * top > 2**15 - 1], col] = 0
+        if top * k * wmax >= 2**15 - 1 >= top:
+            w[:, 0] = 0
+            w[: (2**15 - 1) // (top * wmax), 0] = wmax
+            w[(2**15 - 1) // (top * wmax), 0] = ((2**15 - 1) % (top * wmax)) // top
+            if o > 1:
+                w[:, 1] = -w[:, 0]
+        bound = int(np.abs(w).sum(axis=0).max()) * top
+        assert kernels_numba.int16_exact(top, int(np.abs(w).max()), bound)
+        got = kernels_numba.int16_matmul(x, kernels_numba.Int16Weights(w.astype(np.int8)))
+        exact = x.astype(np.int64) @ w
+        assert got.dtype == np.int16 and got.shape == (m, o)
+        assert np.array_equal(got, exact)
+        assert np.array_equal(got, OrtIntMatmul(w.astype(np.int8))(x))
+
+
+def test_int16_kernel_only_within_its_bound():
+    """The engine runs a layer's sums in int16 only where its proven bound is ≤ 32767 (an 8-bit dense
+    layer on spikes: 258 weights of 127 and one of 1 reach 32767 exactly; one of 2 makes the bound
+    32768, which goes to onnxruntime's int32), and the membranes are the exact sums either way."""
+    for last, want in ((1, "avx2"), (2, "onnxruntime")):
+        w = np.array([[127] * 258 + [last], [-127] * 258 + [-last]], np.int16)
+        layer = IntegerLayer("fc", "dense", w, 1, 0, np.array([10**6] * 2), np.array([0] * 2), 0, np.ones(2))
+        net = net_of(FPGA.replace(weight_bits=8, membrane_bits=24), [layer], T=1, input_shape=(1, 1, 259))
+        res = simulate(net, np.ones((2, 1, 1, 259), np.uint8), record_membranes=True, accel=True)
+        if kernels_numba.avx2() or want == "onnxruntime":
+            assert res.layers[0].sum_kernel == want
+        total = 127 * 258 + last
+        assert res.layers[0].sum_bound == total
+        assert np.array_equal(res.membranes["u1"][0], [[total, -total]] * 2)
