@@ -459,15 +459,22 @@ def goal_rows(per_batch: dict, latency: dict, rates: dict, macs: int, others: di
                 target,
                 f"{_fmt_ratio(pb[peer])} (goal >= {target:g}x)",
             )
-    # the roofline: the fastest integer kernel the engine has for the largest product, on its threads
+    # the goal's roofline is onnxruntime's int8 MatMulInteger on the engine's threads (the issue's); the
+    # engine's own int16 kernel, faster where it applies, is a higher bar, reported beside it
     ends = f"{threads} threads" if threads > 1 else "1 thread"
-    key = max((k for k in rates if k.startswith(("int8 onnxruntime", "int16")) and k.endswith(ends)), key=rates.get)
+    key = f"int8 onnxruntime, {ends}"
     frac = pb["engine"]["samples_per_s"] * macs / rates[key]
     goal(f"batch {b} roofline", frac, 0.6, f"{100 * frac:.0f} % of {key} ({rates[key] / 1e9:.1f} GMAC/s; goal >= 60 %)")
-    back = pb["engine, back to back"]["samples_per_s"] * macs / rates[key]
-    rows.append(
-        (f"batch {b} roofline, back to back", f"{100 * back:.0f} % of {key} (not the goal's interleaved figure)")
-    )
+    own = f"int16 vpmaddubsw (qsnn), {ends}"
+    for name in (key, own) if own in rates else (key,):
+        back = pb["engine, back to back"]["samples_per_s"] * macs / rates[name]
+        here = pb["engine"]["samples_per_s"] * macs / rates[name]
+        rows.append(
+            (
+                f"batch {b} roofline, {name}",
+                f"{100 * here:.0f} % interleaved, {100 * back:.0f} % back to back ({rates[name] / 1e9:.1f} GMAC/s)",
+            )
+        )
     ms = 1e3 * statistics.median(latency["engine"]["seconds"])
     goal("batch 1 latency", ms, 1.0, f"{ms:.2f} ms (goal <= 1 ms)", higher=False)
     for spec, fig in others.items():
