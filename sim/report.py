@@ -79,7 +79,7 @@ def hardware_figures(net: IntegerNetwork, result: SimResult) -> dict[str, Any]:
                 "current_wraps": stats.current_wraps,
                 "current_bits": profile.current_bits,
                 "overflow": profile.overflow,
-                "synaptic_sum": f"{stats.sum_dtype} (|sum| <= {stats.sum_bound})",
+                "synaptic_sum": f"{stats.sum_dtype} in {stats.sum_kernel or 'numpy'} (|sum| <= {stats.sum_bound})",
                 "state_dtype": stats.state_dtype,
             }
         )

@@ -32,9 +32,10 @@ class LayerStats:
         synops: synaptic operations, all samples: every nonzero input (spike, pixel, event count
             times its count) times the synapses it drives (its fan-out into this layer).
         dense_macs: multiply-accumulates a dense (non event-driven) evaluation needs, all samples.
-        sum_dtype: how the synaptic sums were computed exactly (int32 accumulation of uint8 × int8,
-            float32, float64 or int64).
-        sum_kernel: which kernel computed them: ``"onnxruntime"`` (integer MatMulInteger) or ``"numpy"``.
+        sum_dtype: how the synaptic sums were computed exactly (int16 or int32 accumulation of uint8 ×
+            int8, float32, float64 or int64).
+        sum_kernel: which kernel computed them: ``"avx2"`` (qsnn's int16 kernel,
+            :func:`qsnn.sim.kernels_numba.int16_matmul`), ``"onnxruntime"`` (integer MatMulInteger) or ``"numpy"``.
         sum_bound: the proven bound of every partial synaptic sum.
         state_dtype: the integer type of the membrane update.
     """
