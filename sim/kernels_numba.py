@@ -37,7 +37,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from qsnn.kernels import pixel_words
+from qsnn.kernels import INT16_MAX, int8_exact, pixel_words
 
 #: Leak kinds as the kernels number them (``ChipProfile.leak``).
 LEAKS = {"mul": 0, "shift": 1, "loihi": 2}
@@ -533,22 +533,13 @@ def _int16_matmul(x, m, k, w, pairs, out, o):  # pragma: no cover - compiled
         r += 1
 
 
-#: The largest |partial sum| the int16 kernel accumulates (int16's range).
-INT16_MAX = 2**15 - 1
-
-
 def int16_exact(in_max: int, weight_max: int, sum_bound: int) -> bool:
-    """Whether :func:`int16_matmul` gives the exact sums of a layer: uint8 inputs ≤ ``in_max``, int8
-    weights, no ``vpmaddubsw`` pair past int16 (2·in_max·weight_max ≤ 2^15 − 1) and every partial sum
-    within int16 (``sum_bound`` = max_o Σ|W_o| · in_max ≤ 2^15 − 1: whatever order the sums are added
-    in, none leaves the range, so int16's wrapping adds are exact), on a CPU with AVX2 (:func:`avx2`)."""
-    return (
-        0 <= in_max <= 255
-        and weight_max <= 127
-        and 2 * in_max * weight_max <= INT16_MAX
-        and sum_bound <= INT16_MAX
-        and avx2()
-    )
+    """Whether :func:`int16_matmul` gives the exact sums of a layer: the operands of onnxruntime's kernel
+    (:func:`qsnn.kernels.int8_exact`: uint8 inputs ≤ ``in_max``, int8 weights, no ``vpmaddubsw`` pair past
+    int16), every partial sum within int16 too (``sum_bound`` = max_o Σ|W_o| · in_max ≤ 2^15 − 1: whatever
+    order the sums are added in, none leaves the range, so int16's wrapping adds are exact), on a CPU
+    with AVX2 (:func:`avx2`)."""
+    return int8_exact(in_max, weight_max, sum_bound) and sum_bound <= INT16_MAX and avx2()
 
 
 @lru_cache(maxsize=None)

@@ -222,12 +222,9 @@ class _Layer:
         # with the compiled kernels, where every sum of the integer kernel's operands fits int16, the
         # sums run in AVX2's vpmaddubsw with int16 accumulation (kernels_numba.int16_matmul) instead
         self.int16 = None
-        if self.accel is not None and self.sum_kernel == "onnxruntime":
-            ort_kernel, top, bound = (
-                (self.box_matmul, layer.pool**2 * self.in_max, box[1])
-                if box is not None
-                else (self.int_matmul, self.in_max, self.sum_bound)
-            )
+        ort_kernel = self.box_matmul or self.int_matmul
+        if self.accel is not None and ort_kernel is not None:
+            top, bound = (layer.pool**2 * self.in_max, box[1]) if box is not None else (self.in_max, self.sum_bound)
             wmat = ort_kernel.weight
             if self.accel.int16_exact(top, int(np.abs(wmat.astype(np.int64)).max(initial=0)), bound):
                 self.int16 = self.accel.Int16Weights(wmat)
