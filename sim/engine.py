@@ -60,7 +60,7 @@ what a simulation returns.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from threading import Lock
 
 import numpy as np
@@ -251,7 +251,18 @@ def simulate(
             if threads == 1 or ways == 1:
                 parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
             else:
-                parts = list(_pool(threads).map(run, cuts[:-1], cuts[1:]))
+                # the calling thread takes the last piece itself (one worker fewer to wake, and it
+                # would only wait); whatever fails, no piece is left running when simulate returns
+                rest = [_pool(threads - 1).submit(run, lo, hi) for lo, hi in zip(cuts[:-2], cuts[1:-1])]
+                try:
+                    last = run(cuts[-2], cuts[-1])
+                except BaseException:
+                    for f in rest:
+                        f.cancel()  # those not started yet
+                    wait(rest)
+                    raise
+                wait(rest)  # all of them, before any error of theirs is raised
+                parts = [f.result() for f in rest] + [last]
             _merge_stats(all_stats, parts)
             if bar is not None:
                 bar.update(b1 - b0)

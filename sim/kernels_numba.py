@@ -75,6 +75,129 @@ def new_stats() -> np.ndarray:
     return s
 
 
+@njit(inline="always")
+def _lif_rows(
+    acc,
+    exp_shift,
+    shift,
+    half,
+    bias,
+    theta,
+    u,
+    fired,
+    z,
+    u_out,
+    leak_const,
+    leak_bits,
+    lo,
+    hi,
+    mem_bits,
+    stats,
+    counts,
+    silent,
+    cast,
+    sign,
+    kind,
+    zero_reset,
+    saturate,
+    tracked,
+    wrapped,
+    record,
+    static,
+):  # pragma: no cover - compiled
+    """The current tail and the LIF step over ``n`` steps (module docstring), in place; inlined into
+    :func:`lif_kernel`'s and :func:`layer_kernel`'s kernels, whose constants ``cast`` (the state's
+    integer type), ``sign`` (its width − 1) and the profile's choices (``kind`` … ``static``) it takes.
+
+    ``acc`` (n, N): raw synaptic sums (integers) of n steps and N neurons (samples × positions ×
+    channels, flat); ``bias``, ``theta`` (N,): b_c and θ_c of each neuron; ``u``, ``fired`` (N,):
+    u_{t−1} and the reset mask (−1 where u_{t−1} > θ, else 0: the NumPy path's representation,
+    so either path continues the other's state; it is [u > θ] of the u it comes with, so the
+    loop derives r_t from u and writes the mask once at the end); ``z`` (n, N) uint8 receives
+    z_t; ``u_out`` (n, N) receives u_t when recording; ``counts`` (n,) gains the spikes of each
+    step; ``stats`` the ranges and event counts (slots above). The first ``silent`` steps get no
+    synaptic input (acc = 0: before the synaptic delay), the bias still.
+
+    Every operation stays in the state dtype (the shifts by :func:`sar`/:func:`shl`), each row
+    is a contiguous view, and the shift counts are clamped, so LLVM vectorises the loop.
+    """
+    n = len(z)
+    N = acc.shape[1]
+    wrap_mask = cast((1 << mem_bits) - 1)
+    round_mask = cast((1 << leak_bits) - 1)
+    keep = cast((1 << leak_bits) - leak_const)  # loihi: u·(2^F − dv)
+    m, d, F = cast(leak_const), cast(min(leak_const, sign)), cast(min(leak_bits, sign))
+    # floor shifts of the sum, each by 0 where it does not apply (a no-op): e = −weight_exp
+    # where that is negative, then shl(·, s) up or down. A right shift by the width or more
+    # leaves the sign bits, as NumPy's (a left shift that far cannot occur: the layer's proof
+    # fits its currents in the state dtype), hence the clamps
+    e = cast(min(max(0, -exp_shift), sign))
+    s_up = cast(min(max(0, shift), sign))
+    s_down = cast(min(max(0, -shift), sign))
+    h, h2, low, high, top = cast(half), cast(2 * half), cast(lo), cast(hi), cast(sign)
+    # this call's current range, in the state dtype (merged into stats at the end)
+    cmin, cmax = cast((1 << sign) - 1), cast(-(1 << sign))
+    mmin, mmax = cast(stats[MEM_MIN]), cast(stats[MEM_MAX])
+    wraps, shigh, slow = stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW]
+    quiet = np.zeros(N if silent > 0 else 0, acc.dtype)  # the sums before the synaptic delay
+    for t in range(n):
+        # per-step event counts in 32-bit lanes (a step has far fewer than 2^31 neurons)
+        spikes, n_high, n_low, n_wrap = cast(0), cast(0), cast(0), cast(0)
+        row = quiet if t < silent else acc[0 if static else t]
+        zr = z[t]
+        ur = u_out[t if record else 0]
+        for i in range(N):
+            a = sar(shl(sar(cast(row[i]), e), s_up), s_down)
+            if tracked:
+                cmin = min(cmin, a)
+                cmax = max(cmax, a)
+            if wrapped:  # the current register: wraps once
+                over = a > h
+                under = a <= -h
+                n_wrap = cast(n_wrap + cast(over) + cast(under))
+                a = cast(a + (cast(under) - cast(over)) * h2)
+            prev = u[i]
+            th = theta[i]
+            f = -cast(prev > th)  # r_t·(−1)
+            if zero_reset:
+                prev = cast(prev & ~f)  # (1 − r_t)·u_{t−1}
+            if kind == 0:  # mul: (m·u) >> F, floor
+                v = sar(cast(prev * m), F)
+            elif kind == 1:  # shift: u − (u >> d), floor
+                v = cast(prev - sar(prev, d))
+            else:  # loihi: sign(x)·(|x| >> F), toward zero
+                v = cast(prev * keep)
+                v = cast(v + (sar(v, top) & round_mask))
+                v = sar(v, F)
+            v = cast(v + a + bias[i])
+            if not zero_reset:
+                v = cast(v - (f & th))  # r_t·θ
+            n_high = cast(n_high + cast(v > high))
+            n_low = cast(n_low + cast(v < low))
+            if saturate:
+                v = min(max(v, low), high)
+            else:  # two's complement wrap
+                v = cast(cast(cast(v - low) & wrap_mask) + low)
+            mmin = min(mmin, v)
+            mmax = max(mmax, v)
+            u[i] = v
+            spike = v > th
+            zr[i] = spike
+            spikes = cast(spikes + cast(spike))
+            if record:
+                ur[i] = v
+        counts[t] += spikes
+        shigh += n_high
+        slow += n_low
+        wraps += n_wrap
+    for i in range(N):  # the reset mask of the last step, for whichever path runs next
+        fired[i] = -cast(u[i] > theta[i])
+    if tracked and n * N:
+        stats[CUR_MIN], stats[CUR_MAX] = min(stats[CUR_MIN], cmin), max(stats[CUR_MAX], cmax)
+    stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW] = wraps, shigh, slow
+    stats[MEM_MIN], stats[MEM_MAX] = mmin, mmax
+
+
 @lru_cache(maxsize=None)
 def lif_kernel(
     leak: str,
@@ -119,95 +242,36 @@ def lif_kernel(
         counts,
         silent,
     ):  # pragma: no cover - compiled
-        """The current tail and the LIF step over ``n`` steps (module docstring), in place.
-
-        ``acc`` (n, N): raw synaptic sums (integers) of n steps and N neurons (samples × positions ×
-        channels, flat); ``bias``, ``theta`` (N,): b_c and θ_c of each neuron; ``u``, ``fired`` (N,):
-        u_{t−1} and the reset mask (−1 where u_{t−1} > θ, else 0: the NumPy path's representation,
-        so either path continues the other's state; it is [u > θ] of the u it comes with, so the
-        loop derives r_t from u and writes the mask once at the end); ``z`` (n, N) uint8 receives
-        z_t; ``u_out`` (n, N) receives u_t when recording; ``counts`` (n,) gains the spikes of each
-        step; ``stats`` the ranges and event counts (slots above). The first ``silent`` steps get no
-        synaptic input (acc = 0: before the synaptic delay), the bias still.
-
-        Every operation stays in the state dtype (the shifts by :func:`sar`/:func:`shl`), each row
-        is a contiguous view, and the shift counts are clamped, so LLVM vectorises the loop.
-        """
-        n = len(z)
-        N = acc.shape[1]
-        wrap_mask = cast((1 << mem_bits) - 1)
-        round_mask = cast((1 << leak_bits) - 1)
-        keep = cast((1 << leak_bits) - leak_const)  # loihi: u·(2^F − dv)
-        m, d, F = cast(leak_const), cast(min(leak_const, sign)), cast(min(leak_bits, sign))
-        # floor shifts of the sum, each by 0 where it does not apply (a no-op): e = −weight_exp
-        # where that is negative, then shl(·, s) up or down. A right shift by the width or more
-        # leaves the sign bits, as NumPy's (a left shift that far cannot occur: the layer's proof
-        # fits its currents in the state dtype), hence the clamps
-        e = cast(min(max(0, -exp_shift), sign))
-        s_up = cast(min(max(0, shift), sign))
-        s_down = cast(min(max(0, -shift), sign))
-        h, h2, low, high, top = cast(half), cast(2 * half), cast(lo), cast(hi), cast(sign)
-        # this call's current range, in the state dtype (merged into stats at the end)
-        cmin, cmax = cast((1 << sign) - 1), cast(-(1 << sign))
-        mmin, mmax = cast(stats[MEM_MIN]), cast(stats[MEM_MAX])
-        wraps, shigh, slow = stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW]
-        quiet = np.zeros(N if silent > 0 else 0, acc.dtype)  # the sums before the synaptic delay
-        for t in range(n):
-            # per-step event counts in 32-bit lanes (a step has far fewer than 2^31 neurons)
-            spikes, n_high, n_low, n_wrap = cast(0), cast(0), cast(0), cast(0)
-            row = quiet if t < silent else acc[0 if static else t]
-            zr = z[t]
-            ur = u_out[t if record else 0]
-            for i in range(N):
-                a = sar(shl(sar(cast(row[i]), e), s_up), s_down)
-                if tracked:
-                    cmin = min(cmin, a)
-                    cmax = max(cmax, a)
-                if wrapped:  # the current register: wraps once
-                    over = a > h
-                    under = a <= -h
-                    n_wrap = cast(n_wrap + cast(over) + cast(under))
-                    a = cast(a + (cast(under) - cast(over)) * h2)
-                prev = u[i]
-                th = theta[i]
-                f = -cast(prev > th)  # r_t·(−1)
-                if zero_reset:
-                    prev = cast(prev & ~f)  # (1 − r_t)·u_{t−1}
-                if kind == 0:  # mul: (m·u) >> F, floor
-                    v = sar(cast(prev * m), F)
-                elif kind == 1:  # shift: u − (u >> d), floor
-                    v = cast(prev - sar(prev, d))
-                else:  # loihi: sign(x)·(|x| >> F), toward zero
-                    v = cast(prev * keep)
-                    v = cast(v + (sar(v, top) & round_mask))
-                    v = sar(v, F)
-                v = cast(v + a + bias[i])
-                if not zero_reset:
-                    v = cast(v - (f & th))  # r_t·θ
-                n_high = cast(n_high + cast(v > high))
-                n_low = cast(n_low + cast(v < low))
-                if saturate:
-                    v = min(max(v, low), high)
-                else:  # two's complement wrap
-                    v = cast(cast(cast(v - low) & wrap_mask) + low)
-                mmin = min(mmin, v)
-                mmax = max(mmax, v)
-                u[i] = v
-                spike = v > th
-                zr[i] = spike
-                spikes = cast(spikes + cast(spike))
-                if record:
-                    ur[i] = v
-            counts[t] += spikes
-            shigh += n_high
-            slow += n_low
-            wraps += n_wrap
-        for i in range(N):  # the reset mask of the last step, for whichever path runs next
-            fired[i] = -cast(u[i] > theta[i])
-        if tracked and n * N:
-            stats[CUR_MIN], stats[CUR_MAX] = min(stats[CUR_MIN], cmin), max(stats[CUR_MAX], cmax)
-        stats[WRAPS], stats[SAT_HIGH], stats[SAT_LOW] = wraps, shigh, slow
-        stats[MEM_MIN], stats[MEM_MAX] = mmin, mmax
+        """:func:`_lif_rows` with this kernel's constants."""
+        _lif_rows(
+            acc,
+            exp_shift,
+            shift,
+            half,
+            bias,
+            theta,
+            u,
+            fired,
+            z,
+            u_out,
+            leak_const,
+            leak_bits,
+            lo,
+            hi,
+            mem_bits,
+            stats,
+            counts,
+            silent,
+            cast,
+            sign,
+            kind,
+            zero_reset,
+            saturate,
+            tracked,
+            wrapped,
+            record,
+            static,
+        )
 
     return lif_scan
 
@@ -336,6 +400,34 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
     return out.view(np.uint8)
 
 
+@njit(inline="always")
+def _box_sample(img, p, c, rows, sums):  # pragma: no cover - compiled
+    """The p×p box sums S[h, w] = Σ_{i, j < p} img[h + i, w + j] of one (padded) sample ``img``
+    (H', W'·c) words into ``sums`` (H' − p + 1, (W' − p + 1)·c), which it returns: p − 1 adds along W
+    into ``rows`` (H', (W' − p + 1)·c), then p − 1 along H. Inlined into the kernels that call it."""
+    H = img.shape[0]
+    n = (img.shape[1] // c - p + 1) * c
+    for y in range(H):
+        src = img[y]
+        dst = rows[y]
+        for j in range(n):
+            dst[j] = src[j]
+        for q in range(1, p):
+            part = src[q * c : q * c + n]
+            for j in range(n):
+                dst[j] += part[j]
+    for y in range(H - p + 1):
+        dst = sums[y]
+        first = rows[y]
+        for j in range(n):
+            dst[j] = first[j]
+        for a in range(1, p):
+            part = rows[y + a]
+            for j in range(n):
+                dst[j] += part[j]
+    return sums
+
+
 @lru_cache(maxsize=None)
 def box_im2col_kernel(k: int, c: int):
     """The compiled box sums and im2col for k×k windows of ``c`` words per pixel (constants of its
@@ -352,27 +444,7 @@ def box_im2col_kernel(k: int, c: int):
         r = 0
         for b in range(x.shape[0]):
             img = _padded_sample(x, b, pad, padded, c)
-            H = img.shape[0]
-            n = (img.shape[1] // c - p + 1) * c
-            for y in range(H):
-                src = img[y]
-                dst = rows[y]
-                for j in range(n):
-                    dst[j] = src[j]
-                for q in range(1, p):
-                    part = src[q * c : q * c + n]
-                    for j in range(n):
-                        dst[j] += part[j]
-            for y in range(H - p + 1):
-                dst = sums[y]
-                first = rows[y]
-                for j in range(n):
-                    dst[j] = first[j]
-                for a in range(1, p):
-                    part = rows[y + a]
-                    for j in range(n):
-                        dst[j] += part[j]
-            r = _copy_windows(sums, stride, ho, wo, out, r, k, c)
+            r = _copy_windows(_box_sample(img, p, c, rows, sums), stride, ho, wo, out, r, k, c)
 
     return _box_im2col
 
@@ -584,6 +656,133 @@ def int16_matmul(x: np.ndarray, weights: Int16Weights) -> np.ndarray:
         flat = np.ascontiguousarray(x).reshape(-1)
         _int16_matmul(flat, m, k, weights.packed, weights.pairs, out, weights.o)
     return out[: m * weights.o].reshape(m, weights.o)
+
+
+#: How a layer's input becomes the rows of its product in :func:`layer_kernel`: a dense layer's input
+#: rows as they are, a conv layer's windows (:func:`im2col`), or the windows of its box sums (:func:`box_im2col`).
+GEOMETRIES = {"dense": 0, "conv": 1, "box": 2}
+
+
+@lru_cache(maxsize=None)
+def layer_kernel(
+    leak: str,
+    reset: str,
+    overflow: str,
+    record: bool,
+    track: bool,
+    register: bool,
+    state: str,
+    geometry: str,
+    k: int = 0,
+    c: int = 0,
+):
+    """The compiled ``layer_scan``: a layer whose sums run in :func:`int16_matmul`, over a chunk of time
+    steps in one GIL-free call. Per block of whole steps (``block`` input rows): the block's rows of the
+    product (its input rows for a ``dense`` layer; for ``conv``, the k×k windows of ``c`` words per
+    pixel of each zero-padded sample, as :func:`im2col`; for ``box``, the windows of its p×p box sums,
+    as :func:`box_im2col`), the int16 product (:func:`_int16_matmul`) and the current tail and LIF step
+    on its sums (:func:`_lif_rows`), while they are in cache. The same integers as those kernels called
+    one after the other (:meth:`qsnn.sim.layers._Layer.fused_scan`), without a return to Python (and the
+    GIL) between them: two threads' pieces then overlap (docs/engine.md). The profile's choices,
+    the geometry, k and c are constants, as in :func:`lif_kernel` and :func:`im2col_kernel`."""
+    kind = LEAKS[leak]
+    zero_reset, saturate, tracked, wrapped = reset == "zero", overflow == "saturate", track or register, register
+    cast = np.int32 if state == "int32" else np.int64
+    sign = 31 if state == "int32" else 63
+    mode = GEOMETRIES[geometry]
+
+    @njit(nogil=True, cache=True)
+    def layer_scan(
+        x,
+        block,
+        per_step,
+        p,
+        stride,
+        pad,
+        ho,
+        wo,
+        padded,
+        box_rows,
+        box_sums,
+        cols,
+        cols_flat,
+        w,
+        pairs,
+        o,
+        sums,
+        exp_shift,
+        shift,
+        half,
+        bias,
+        theta,
+        u,
+        fired,
+        z,
+        u_out,
+        leak_const,
+        leak_bits,
+        lo,
+        hi,
+        mem_bits,
+        stats,
+        counts,
+    ):  # pragma: no cover - compiled
+        """``x``: the chunk's input rows, steps × ``per_step`` samples (dense: (n, K) uint8; conv,
+        box: (n, H, W·c) words); ``block``: input rows per block (whole steps); ``padded``,
+        ``box_rows``, ``box_sums``, ``cols`` (its bytes: ``cols_flat``) and ``sums`` (int16, 16
+        spare entries) the blocks' buffers; ``w``, ``pairs``, ``o``: :class:`Int16Weights`; the rest
+        as :func:`_lif_rows` (``z``, ``u_out``, ``counts`` over the chunk's steps)."""
+        n = x.shape[0]
+        t = 0
+        for s0 in range(0, n, block):
+            s1 = min(n, s0 + block)
+            steps = (s1 - s0) // per_step
+            if mode == 0:
+                K = x.shape[1]
+                m = s1 - s0
+                _int16_matmul(x.reshape(-1)[s0 * K : s1 * K], m, K, w, pairs, sums, o)
+            else:
+                m = 0
+                for b in range(s0, s1):
+                    img = _padded_sample(x, b, pad, padded, c)
+                    if mode == 2:
+                        img = _box_sample(img, p, c, box_rows, box_sums)
+                    m = _copy_windows(img, stride, ho, wo, cols, m, k, c)
+                K = cols_flat.size // cols.shape[0]
+                _int16_matmul(cols_flat, m, K, w, pairs, sums, o)
+            N = m * o // max(1, steps)
+            _lif_rows(
+                sums[: steps * N].reshape((steps, N)),
+                exp_shift,
+                shift,
+                half,
+                bias,
+                theta,
+                u,
+                fired,
+                z[t : t + steps],
+                u_out[t : t + steps] if record else u_out[0:1],
+                leak_const,
+                leak_bits,
+                lo,
+                hi,
+                mem_bits,
+                stats,
+                counts[t : t + steps],
+                0,
+                cast,
+                sign,
+                kind,
+                zero_reset,
+                saturate,
+                tracked,
+                wrapped,
+                record,
+                False,
+            )
+            t += steps
+
+    return layer_scan
 
 
 @njit(nogil=True, cache=True)

@@ -323,12 +323,7 @@ class _Layer:
         integer = self.int_matmul is not None or box
         if integer and x.dtype != np.uint8:
             x = x.astype(np.uint8)  # values ≤ in_max ≤ 255 (proven)
-        item = 1 if integer else self.sum_dtype.itemsize
-        per_sample = (1 if kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]) * (
-            self.box_cols if box else self.cols
-        )
-        budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
-        rows = max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step  # whole steps
+        rows = self._block_rows(per_step)
         for s0 in range(0, n, max(1, rows)):
             xs = x[s0 : s0 + rows]
             if not integer and xs.dtype != self.sum_dtype:
@@ -359,6 +354,16 @@ class _Layer:
             else:
                 part = self.int_matmul(cols) if integer else cols @ self.kernel
             yield part.reshape(-1, per_step, *out_shape)
+
+    def _block_rows(self, per_step: int) -> int:
+        """Input rows per block of :meth:`sums` (whole steps of ``per_step`` rows): the block's input to
+        the product is :data:`GEMM_BYTES` for an integer kernel (uint8), else within :data:`CHUNK_BYTES`."""
+        integer = self.int_matmul is not None or self.box_matmul is not None
+        item = 1 if integer else self.sum_dtype.itemsize
+        positions = 1 if self.layer.kind == "dense" else self.out_nhwc[0] * self.out_nhwc[1]
+        per_sample = positions * (self.box_cols if self.box_matmul is not None else self.cols)
+        budget = min(CHUNK_BYTES, GEMM_BYTES) if integer else CHUNK_BYTES
+        return max(1, budget // max(1, per_sample * item * max(1, per_step))) * per_step
 
     def synops(self, x: np.ndarray, nonzero: bool = False) -> int:
         """Synaptic operations of inputs ``x`` (rows, units), units in the engine's input layout:
@@ -428,7 +433,110 @@ class _Layer:
         step in one pass) while it is in cache. ``u`` and ``fired`` are updated in place; the
         statistics (``acc``; the current range only with ``stats``) are the NumPy path's. Returns the
         spikes of each step (the kernel counts them in the same pass)."""
+        if self.int16 is not None:
+            return self._layer_scan(x, steps, u, fired, z_out, acc, u_out, stats)
         return self._kernel_scan(self.sums(x, acc if stats else None, steps), u, fired, z_out, acc, u_out, stats)
+
+    def _layer_scan(
+        self,
+        x: np.ndarray,
+        steps: int,
+        u: np.ndarray,
+        fired: np.ndarray,
+        z_out: np.ndarray,
+        acc: LayerStats,
+        u_out: np.ndarray | None,
+        stats: bool,
+    ) -> np.ndarray:
+        """:meth:`fused_scan` of a layer whose sums run in the int16 kernel: the whole chunk in one
+        compiled call (:func:`qsnn.sim.kernels_numba.layer_kernel`: per block of :meth:`_block_rows`,
+        the rows of the product, the product and the LIF step), into buffers made here for it."""
+        k, p = self.accel, self.profile
+        n = x.shape[0]
+        per_step = n // steps if steps else 0
+        if steps < 1 or per_step * steps != n:
+            raise ValueError(f"{n} input rows are not {steps} equal steps")
+        if x.dtype == np.bool_:
+            x = x.view(np.uint8)  # spikes: the same bytes, no cast
+        if stats:
+            acc.synops += self.synops(x.reshape(n, -1))
+        if x.dtype != np.uint8:
+            x = x.astype(np.uint8)  # values ≤ in_max ≤ 255 (proven)
+        block = self._block_rows(per_step)
+        wts = self.int16
+        none = np.zeros((1, 1), np.uint8)
+        pool = stride = pad = ho = wo = size = c = 0
+        if self.layer.kind == "dense":
+            geometry, xin, positions = "dense", np.ascontiguousarray(x.reshape(n, -1)), 1
+            padded = box_rows = box_sums = cols = none
+        else:
+            words = k.pixel_words(np.ascontiguousarray(x))
+            _, h, w, c = words.shape
+            xin = words.reshape(n, h, -1)
+            box = self.box_matmul is not None
+            geometry = "box" if box else "conv"
+            pool, stride, pad = self.layer.pool, self.stride, self.padding
+            ho, wo = self.out_nhwc[:2]
+            positions, size = ho * wo, self.layer.kernel if box else self.window
+            hp, wp = h + 2 * pad, w + 2 * pad
+            padded = np.zeros((hp, wp * c) if pad else (1, 1), dtype=words.dtype)
+            box_rows = np.empty((hp, (wp - pool + 1) * c) if box else (1, 1), dtype=words.dtype)
+            box_sums = np.empty((hp - pool + 1, (wp - pool + 1) * c) if box else (1, 1), dtype=words.dtype)
+            cols = np.empty((min(block, n) * positions, size * size * c), dtype=words.dtype)
+        sums = np.empty(min(block, n) * positions * wts.o + 16, np.int16)  # 16 spare: int16_matmul's
+        st = k.new_stats()
+        counts = np.zeros(len(z_out), dtype=np.int64)
+        bias, theta = self.full(self.bias, u.shape).reshape(-1), self.theta_full(u.shape).reshape(-1)
+        um = u_out.reshape(len(u_out), -1) if u_out is not None else np.zeros((1, 1), self.state_dtype)
+        scan = k.layer_kernel(
+            p.leak,
+            p.reset,
+            p.overflow,
+            u_out is not None,
+            stats,
+            self.current_half > 0,
+            self.state_dtype_name,
+            geometry,
+            size,
+            c,
+        )
+        scan(
+            xin,
+            block,
+            per_step,
+            pool,
+            stride,
+            pad,
+            ho,
+            wo,
+            padded,
+            box_rows,
+            box_sums,
+            cols,
+            cols.view(np.uint8).reshape(-1),
+            wts.packed,
+            wts.pairs,
+            wts.o,
+            sums,
+            self.exp_shift,
+            self.shift,
+            self.current_half,
+            bias,
+            theta,
+            u.reshape(-1),
+            fired.reshape(-1),
+            z_out.view(np.uint8).reshape(len(z_out), -1),
+            um,
+            self.leak_const,
+            p.leak_bits,
+            self.lo,
+            self.hi,
+            p.membrane_bits,
+            st,
+            counts,
+        )
+        self._merge_scan_stats(acc, st, stats)
+        return counts
 
     def static_scan(
         self,
@@ -477,7 +585,7 @@ class _Layer:
             u_out is not None,
             stats,
             self.current_half > 0 and not static,  # a static layer's currents are through the register already
-            self.state_dtype.name,
+            self.state_dtype_name,
             static,
         )
         t = 0
@@ -506,6 +614,13 @@ class _Layer:
                 silent or 0,
             )
             t += n
+        self._merge_scan_stats(acc, st, stats)
+        return counts
+
+    def _merge_scan_stats(self, acc: LayerStats, st: np.ndarray, stats: bool) -> None:
+        """Add a compiled scan's ``st`` (:func:`qsnn.sim.kernels_numba.new_stats`) to ``acc``: the
+        saturation events and membrane range always, the current range and wraps with ``stats``."""
+        k = self.accel
         acc.saturation_high += int(st[k.SAT_HIGH])
         acc.saturation_low += int(st[k.SAT_LOW])
         acc.membrane_min = min(acc.membrane_min, int(st[k.MEM_MIN]))
@@ -515,7 +630,6 @@ class _Layer:
             if st[k.CUR_MIN] <= st[k.CUR_MAX]:
                 acc.current_min = min(acc.current_min, int(st[k.CUR_MIN]))
                 acc.current_max = max(acc.current_max, int(st[k.CUR_MAX]))
-        return counts
 
     # -- the integer LIF step over a chunk of time steps --------------------------------------
     def scan(

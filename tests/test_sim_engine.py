@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -615,16 +616,26 @@ def test_an_error_in_any_piece_reaches_the_caller_and_every_piece_runs_once(monk
         monkeypatch.setattr(engine, "_run_batch", record)
         simulate(net, x, threads=threads, batch_size=40)
         assert sorted(seen) == list(range(0, 40, 4))
-        for bad in (0, max(seen)):
+        for bad in (0, max(seen)):  # a worker's piece, the calling thread's piece
+            started: list[int] = []
+            ended: list[int] = []
 
-            def fail(*args, bad=bad):
-                if args[-2] == bad:
-                    raise RuntimeError(f"piece at {bad} failed")
-                original(*args)
+            def fail(*args, bad=bad, started=started, ended=ended):
+                started.append(args[-2])
+                try:
+                    if args[-2] == bad:
+                        raise RuntimeError(f"piece at {bad} failed")
+                    original(*args)
+                finally:
+                    ended.append(args[-2])
 
             monkeypatch.setattr(engine, "_run_batch", fail)
             with pytest.raises(RuntimeError, match=f"piece at {bad} failed"):
                 simulate(net, x, threads=threads, batch_size=40)
+            # when simulate raises, no piece is still running, and none starts later
+            assert sorted(ended) == sorted(started)
+            time.sleep(0.05)
+            assert len(started) == len(ended) and sorted(ended) == sorted(started)
 
 
 def test_integer_kernel_only_where_its_bound_holds():
