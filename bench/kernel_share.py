@@ -37,7 +37,7 @@ KERNELS = ("table_lookup", "im2col", "box_im2col", "synops", "int16_matmul")
 
 
 def instrument(spent: dict[str, float], on: list[bool]) -> None:
-    """Wrap the compiled kernels, the LIF kernels they build and onnxruntime's product in timers adding
+    """Wrap the compiled kernels, the LIF and layer kernels they build and onnxruntime's product in timers adding
     to ``spent`` while ``on[0]``."""
 
     def timed(name, fn):
@@ -54,8 +54,9 @@ def instrument(spent: dict[str, float], on: list[bool]) -> None:
     qk.OrtIntMatmul.__call__ = timed("onnxruntime", qk.OrtIntMatmul.__call__)
     for name in KERNELS:
         setattr(kn, name, timed(name, getattr(kn, name)))
-    lif_kernel = kn.lif_kernel
+    lif_kernel, layer_kernel = kn.lif_kernel, kn.layer_kernel
     kn.lif_kernel = lambda *args: timed("lif", lif_kernel(*args))
+    kn.layer_kernel = lambda *args: timed("layer", layer_kernel(*args))
 
 
 def measure(net, x, repeats: int, spent: dict[str, float], on: list[bool]) -> dict:

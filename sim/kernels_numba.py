@@ -20,12 +20,19 @@ NumPy code it replaces:
 
   with the statistics the NumPy path gathers (current range and wraps, saturation events, membrane
   range, spikes per step) as reductions in the same pass; the profile's choices are constants of
-  each compiled kernel, so its loop has no branch.
+  each compiled kernel, so its loop has no branch (the loop itself is :func:`_lif_rows`, inlined);
+* :func:`int16_matmul`: the synaptic sums of a layer whose proven bound fits int16, by AVX2's
+  ``vpmaddubsw`` (uint8 × int8 pairs added into int16 lanes);
+* :func:`layer_kernel` (``layer_scan``): a layer on the int16 product over a chunk of steps in one
+  call: per block, its input's rows (as :func:`im2col` or :func:`box_im2col`), the product and the
+  LIF step, no return to Python between them;
+* :func:`table_lookup` (a static first layer from its table), :func:`im2col`, :func:`box_im2col`,
+  :func:`synops`.
 
 Nothing is compiled when this module is imported: numba compiles a kernel on its first call, and
 ``cache=True`` keeps the machine code beside this file (``__pycache__``, or ``NUMBA_CACHE_DIR``), so
 later processes load it (docs/engine.md states the cost, warm and cold). This module imports numba;
-:mod:`qsnn.sim.layers` imports it only when the accelerator is on (:func:`enabled`).
+:mod:`qsnn.sim.layers` imports it only when the accelerator is on (:func:`qsnn.sim.layers.accel_wanted`).
 """
 
 from __future__ import annotations

@@ -430,7 +430,8 @@ class _Layer:
     ) -> np.ndarray:
         """:meth:`currents` then :meth:`scan` in the compiled kernels: each block of :meth:`sums`
         goes through :func:`qsnn.sim.kernels_numba.lif_kernel` (shifts, register, bias and the LIF
-        step in one pass) while it is in cache. ``u`` and ``fired`` are updated in place; the
+        step in one pass) while it is in cache; a layer on the int16 kernel runs the whole chunk in
+        one call (:meth:`_layer_scan`). ``u`` and ``fired`` are updated in place; the
         statistics (``acc``; the current range only with ``stats``) are the NumPy path's. Returns the
         spikes of each step (the kernel counts them in the same pass)."""
         if self.int16 is not None:
