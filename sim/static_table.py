@@ -61,7 +61,9 @@ class StaticTable:
         # the same bits as 64-step words (⌈T/64⌉, entries), byte k of a little-endian word = plane k
         planes = np.zeros((-(-len(self.planes) // 8) * 8, size), dtype=np.uint8)
         planes[: len(self.planes)] = self.planes
-        self.words = np.ascontiguousarray(planes.reshape(-1, 8, size).transpose(0, 2, 1)).view("<u8")[..., 0]
+        words = np.ascontiguousarray(planes.reshape(-1, 8, size).transpose(0, 2, 1)).view("<u8")[..., 0]
+        # where T ≤ 32 every step's bit is in the low half: 32-bit words, twice the lanes per vector
+        self.words = words.astype(np.uint32) if T <= 32 else words
         self.u = np.ascontiguousarray(u_rec) if membranes else None
         self.u_min = u_rec.min(axis=0, initial=0)  # the engine's range starts at 0
         self.u_max = u_rec.max(axis=0, initial=0)

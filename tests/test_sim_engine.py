@@ -697,23 +697,24 @@ def test_statistics_off_keeps_the_integers():
 # the engine's shortcuts against its NumPy reference path (which scans every neuron, folds every pool)
 
 
+_SATURATE, _SHIFT_ZERO = FPGA.replace(membrane_bits=9), FPGA.replace(leak="shift", reset="zero", synaptic_delay=2)
+_WRAP = FPGA.replace(leak="loihi", overflow="wrap", membrane_bits=8, synaptic_delay=1)
+
+
 @pytest.mark.parametrize(
-    "profile",
-    [
-        FPGA.replace(membrane_bits=9),
-        LOIHI2,
-        FPGA.replace(leak="shift", reset="zero", synaptic_delay=2),
-        FPGA.replace(leak="loihi", overflow="wrap", membrane_bits=8, synaptic_delay=1),
-    ],
-    ids=["saturate", "loihi2", "shift-zero-delay", "wrap-delay"],
+    "profile, T",
+    [(_SATURATE, 7), (LOIHI2, 7), (_SHIFT_ZERO, 7), (_WRAP, 7), (_SATURATE, 40), (_SHIFT_ZERO, 70), (_WRAP, 70)],
+    ids=["saturate", "loihi2", "shift-zero-delay", "wrap-delay", "saturate-T40", "shift-zero-T70", "wrap-T70"],
 )
-def test_static_layer_table_equals_scanning_every_neuron(profile, monkeypatch):
+def test_static_layer_table_equals_scanning_every_neuron(profile, T, monkeypatch):
     """A static first layer is looked up from the table of every (current, channel) trajectory
     (StaticTable): every spike, membrane and statistic equals the scan of every neuron, with the
     table over the proven current range, with a table over the currents seen that a later batch
-    widens, and with no table at all (too big: the layer is scanned)."""
+    widens, and with no table at all (too big: the layer is scanned); its steps in 32-bit words
+    (T ≤ 32), one 64-bit word, and two (T > 64; loihi2's 24-bit membranes make a table of
+    millions of cells, which only T = 7 keeps short)."""
     rng = np.random.default_rng(18)  # a seed whose layers spike under every profile here
-    net = _random_net(rng, profile, "static", 7, (1, 12, 12))
+    net = _random_net(rng, profile, "static", T, (1, 12, 12))
     x = rng.integers(0, 256, size=(40, 1, 12, 12)).astype(np.uint8)
     ref = simulate(net, x, kernel="numpy", threads=1, record=True, record_membranes=True)
     assert ref.layers[0].spikes_per_step.sum() > 0 and ref.layers[1].spikes_per_step.sum() > 0
