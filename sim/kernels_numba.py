@@ -418,12 +418,25 @@ def im2col(x: np.ndarray, window: int, stride: int, pad: int, out_hw: tuple[int,
     first; a pixel's C bytes moved as 8-, 4- or 2-byte words where they
     allow): the same rows, (m·Ho·Wo, K·K·C)."""
     words = pixel_words(np.ascontiguousarray(x))
-    m, h, w, c = words.shape
+    m, h, _, c = words.shape
     ho, wo = out_hw
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
-    padded = np.zeros((h + 2 * pad, (w + 2 * pad) * c) if pad else (1, 1), dtype=words.dtype)
+    padded, _, _ = sample_buffers(words, pad)
     im2col_kernel(window, c)(words.reshape(m, h, -1), stride, pad, ho, wo, padded, out)
     return out.view(np.uint8)
+
+
+def sample_buffers(words: np.ndarray, pad: int, p: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-sample buffers of the im2col kernels for ``words`` (m, H, W, c): the zero-bordered
+    ``padded`` (H + 2·pad, (W + 2·pad)·c), and for p×p box sums (``p`` > 0) ``rows`` (H', (W' − p + 1)·c)
+    and ``sums`` (H' − p + 1, (W' − p + 1)·c), H', W' the padded sizes; (1, 1) placeholders where a
+    buffer is not used (no padding, no box sums)."""
+    _, h, w, c = words.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    padded = np.zeros((hp, wp * c) if pad else (1, 1), dtype=words.dtype)
+    rows = np.empty((hp, (wp - p + 1) * c) if p else (1, 1), dtype=words.dtype)
+    sums = np.empty((hp - p + 1, (wp - p + 1) * c) if p else (1, 1), dtype=words.dtype)
+    return padded, rows, sums
 
 
 @njit(inline="always")
@@ -480,12 +493,9 @@ def box_im2col(x: np.ndarray, p: int, window: int, stride: int, pad: int, out_hw
     (m, H, W, C) uint8 in one compiled pass per sample (each sample padded in a zero-bordered buffer,
     as :func:`im2col`; the box sums stay in cache, no strided copy): the same rows, (m·Ho·Wo, K·K·C)."""
     words = pixel_words(np.ascontiguousarray(x))
-    m, h, w, c = words.shape
-    hp, wp = h + 2 * pad, w + 2 * pad
+    m, h, _, c = words.shape
     ho, wo = out_hw
-    padded = np.zeros((hp, wp * c) if pad else (1, 1), dtype=words.dtype)
-    rows = np.empty((hp, (wp - p + 1) * c), dtype=words.dtype)
-    sums = np.empty((hp - p + 1, (wp - p + 1) * c), dtype=words.dtype)
+    padded, rows, sums = sample_buffers(words, pad, p)
     out = np.empty((m * ho * wo, window * window * c), dtype=words.dtype)
     box_im2col_kernel(window, c)(words.reshape(m, h, -1), p, stride, pad, ho, wo, padded, rows, sums, out)
     return out.view(np.uint8)

@@ -309,20 +309,12 @@ class _Layer:
         synaptic operations (Σ input × fan-out) to it. A block is :data:`GEMM_BYTES` of the integer
         kernel's input. Nothing is stored on the layer: threads share it.
         """
-        n = x.shape[0]
-        per_step = n // steps if steps else 0
-        if steps < 1 or per_step * steps != n:
-            raise ValueError(f"{n} input rows are not {steps} equal steps")
         kind = self.layer.kind
         out_shape = (self.kernel.shape[1],) if kind == "dense" else self.out_nhwc
-        if x.dtype == np.bool_:
-            x = x.view(np.uint8)  # spikes: the same bytes, no cast
-        if acc is not None:
-            acc.synops += self.synops(x.reshape(n, -1))
         box = self.box_matmul is not None
         integer = self.int_matmul is not None or box
-        if integer and x.dtype != np.uint8:
-            x = x.astype(np.uint8)  # values ≤ in_max ≤ 255 (proven)
+        x, per_step = self._chunk_input(x, steps, acc, integer)
+        n = x.shape[0]
         rows = self._block_rows(per_step)
         for s0 in range(0, n, max(1, rows)):
             xs = x[s0 : s0 + rows]
@@ -354,6 +346,24 @@ class _Layer:
             else:
                 part = self.int_matmul(cols) if integer else cols @ self.kernel
             yield part.reshape(-1, per_step, *out_shape)
+
+    def _chunk_input(
+        self, x: np.ndarray, steps: int, acc: "LayerStats | None", integer: bool
+    ) -> tuple[np.ndarray, int]:
+        """A chunk's input ``x`` (n rows, ``steps`` equal groups) as the sums take it, and its rows per
+        step: spikes viewed as uint8 (the same bytes), uint8 for an integer kernel (values ≤ in_max ≤ 255,
+        proven); with ``acc``, the chunk's synaptic operations added to it."""
+        n = x.shape[0]
+        per_step = n // steps if steps else 0
+        if steps < 1 or per_step * steps != n:
+            raise ValueError(f"{n} input rows are not {steps} equal steps")
+        if x.dtype == np.bool_:
+            x = x.view(np.uint8)
+        if acc is not None:
+            acc.synops += self.synops(x.reshape(n, -1))
+        if integer and x.dtype != np.uint8:
+            x = x.astype(np.uint8)
+        return x, per_step
 
     def _block_rows(self, per_step: int) -> int:
         """Input rows per block of :meth:`sums` (whole steps of ``per_step`` rows): the block's input to
@@ -453,42 +463,27 @@ class _Layer:
         compiled call (:func:`qsnn.sim.kernels_numba.layer_kernel`: per block of :meth:`_block_rows`,
         the rows of the product, the product and the LIF step), into buffers made here for it."""
         k, p = self.accel, self.profile
+        x, per_step = self._chunk_input(x, steps, acc if stats else None, True)
         n = x.shape[0]
-        per_step = n // steps if steps else 0
-        if steps < 1 or per_step * steps != n:
-            raise ValueError(f"{n} input rows are not {steps} equal steps")
-        if x.dtype == np.bool_:
-            x = x.view(np.uint8)  # spikes: the same bytes, no cast
-        if stats:
-            acc.synops += self.synops(x.reshape(n, -1))
-        if x.dtype != np.uint8:
-            x = x.astype(np.uint8)  # values ≤ in_max ≤ 255 (proven)
         block = self._block_rows(per_step)
         wts = self.int16
-        none = np.zeros((1, 1), np.uint8)
         pool = stride = pad = ho = wo = size = c = 0
         if self.layer.kind == "dense":
             geometry, xin, positions = "dense", np.ascontiguousarray(x.reshape(n, -1)), 1
-            padded = box_rows = box_sums = cols = none
+            padded = box_rows = box_sums = cols = np.zeros((1, 1), np.uint8)
         else:
             words = k.pixel_words(np.ascontiguousarray(x))
-            _, h, w, c = words.shape
+            _, h, _, c = words.shape
             xin = words.reshape(n, h, -1)
             box = self.box_matmul is not None
             geometry = "box" if box else "conv"
             pool, stride, pad = self.layer.pool, self.stride, self.padding
             ho, wo = self.out_nhwc[:2]
             positions, size = ho * wo, self.layer.kernel if box else self.window
-            hp, wp = h + 2 * pad, w + 2 * pad
-            padded = np.zeros((hp, wp * c) if pad else (1, 1), dtype=words.dtype)
-            box_rows = np.empty((hp, (wp - pool + 1) * c) if box else (1, 1), dtype=words.dtype)
-            box_sums = np.empty((hp - pool + 1, (wp - pool + 1) * c) if box else (1, 1), dtype=words.dtype)
+            padded, box_rows, box_sums = k.sample_buffers(words, pad, pool if box else 0)
             cols = np.empty((min(block, n) * positions, size * size * c), dtype=words.dtype)
         sums = np.empty(min(block, n) * positions * wts.o + 16, np.int16)  # 16 spare: int16_matmul's
-        st = k.new_stats()
-        counts = np.zeros(len(z_out), dtype=np.int64)
-        bias, theta = self.full(self.bias, u.shape).reshape(-1), self.theta_full(u.shape).reshape(-1)
-        um = u_out.reshape(len(u_out), -1) if u_out is not None else np.zeros((1, 1), self.state_dtype)
+        st, counts, u1, f1, bias, theta, z, um = self._scan_arrays(u, fired, z_out, u_out)
         scan = k.layer_kernel(
             p.leak,
             p.reset,
@@ -524,9 +519,9 @@ class _Layer:
             self.current_half,
             bias,
             theta,
-            u.reshape(-1),
-            fired.reshape(-1),
-            z_out.view(np.uint8).reshape(len(z_out), -1),
+            u1,
+            f1,
+            z,
             um,
             self.leak_const,
             p.leak_bits,
@@ -571,13 +566,7 @@ class _Layer:
         with ``silent`` given, one static row for all of ``z_out``'s steps) and merge its statistics."""
         k = self.accel
         p = self.profile
-        st = k.new_stats()
-        counts = np.zeros(len(z_out), dtype=np.int64)
-        # flat over the piece's neurons, θ and b broadcast to the state's shape (a loop with no index arithmetic)
-        u1, f1 = u.reshape(-1), fired.reshape(-1)
-        bias, theta = self.full(self.bias, u.shape).reshape(-1), self.theta_full(u.shape).reshape(-1)
-        z = z_out.view(np.uint8).reshape(len(z_out), -1)
-        um = u_out.reshape(len(u_out), -1) if u_out is not None else np.zeros((1, 1), self.state_dtype)
+        st, counts, u1, f1, bias, theta, z, um = self._scan_arrays(u, fired, z_out, u_out)
         static = silent is not None
         scan = k.lif_kernel(
             p.leak,
@@ -617,6 +606,18 @@ class _Layer:
             t += n
         self._merge_scan_stats(acc, st, stats)
         return counts
+
+    def _scan_arrays(self, u: np.ndarray, fired: np.ndarray, z_out: np.ndarray, u_out: np.ndarray | None) -> tuple:
+        """The arrays a compiled scan takes, flat over the piece's neurons (a loop with no index
+        arithmetic): a fresh ``stats`` vector and per-step spike counts, u and the reset mask, b and θ
+        broadcast to the state's shape, the spikes (steps, neurons) as uint8 and the recorded membranes
+        (or a placeholder)."""
+        st = self.accel.new_stats()
+        counts = np.zeros(len(z_out), dtype=np.int64)
+        bias, theta = self.full(self.bias, u.shape).reshape(-1), self.theta_full(u.shape).reshape(-1)
+        z = z_out.view(np.uint8).reshape(len(z_out), -1)
+        um = u_out.reshape(len(u_out), -1) if u_out is not None else np.zeros((1, 1), self.state_dtype)
+        return st, counts, u.reshape(-1), fired.reshape(-1), bias, theta, z, um
 
     def _merge_scan_stats(self, acc: LayerStats, st: np.ndarray, stats: bool) -> None:
         """Add a compiled scan's ``st`` (:func:`qsnn.sim.kernels_numba.new_stats`) to ``acc``: the
