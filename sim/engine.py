@@ -93,7 +93,7 @@ def check_input(net: IntegerNetwork, x: np.ndarray) -> int:
     encoding, dtype); returns its largest value (0 for an empty batch)."""
     x = np.asarray(x)
     c, h, w = net.input_shape
-    if not np.issubdtype(x.dtype, np.integer):
+    if x.dtype.kind not in "iu":
         raise InputError(f"input must be integers (uint8 pixels or event counts), got {x.dtype}")
     if net.encoding == "static":
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
@@ -224,8 +224,9 @@ def simulate(
         else None
     )
 
-    def run(b0: int, b1: int) -> list[LayerStats]:
-        part = _new_stats(layers, 0, T)
+    def run(b0: int, b1: int, into: list[LayerStats] | None = None) -> list[LayerStats]:
+        """Samples b0 … b1 − 1, their statistics added to ``into`` (a piece run on its own thread: fresh ones)."""
+        part = _new_stats(layers, 0, T) if into is None else into
         _run_batch(layers, part, x[b0:b1], T, delay, static, counts[b0:b1], spikes, membranes, b0, stats)
         return part
 
@@ -248,8 +249,10 @@ def simulate(
             if threads > 1 and ways < threads and b1 - b0 >= threads * floor:
                 ways = threads  # every thread gets a piece
             cuts = [b0 + (b1 - b0) * i // ways for i in range(ways + 1)]  # as even as can be
-            if threads == 1 or ways == 1:
-                parts = [run(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
+            parts = []
+            if threads == 1 or ways == 1:  # one after the other, into the totals directly
+                for lo, hi in zip(cuts[:-1], cuts[1:]):
+                    run(lo, hi, all_stats)
             else:
                 # the calling thread takes the last piece itself (one worker fewer to wake, and it
                 # would only wait); whatever fails, no piece is left running when simulate returns
@@ -323,7 +326,6 @@ def _run_batch(
             accs[0].synops += first.synops(x_in.reshape(B, -1), nonzero=True) * (T - delay)
         if stats and delay > 0:
             _update_current_range(accs[0], (0, 0))
-        bias_only = np.broadcast_to(first.bias, cur_static.shape)
         table = None
         if cur_static.size:
             c_min, c_max = int(cur_static.min()), int(cur_static.max())
@@ -335,7 +337,10 @@ def _run_batch(
         prev_out: np.ndarray | None = None
         for li, (el, acc) in enumerate(zip(layers, accs)):
             if li == 0 and static:
-                cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)] if table is None else []
+                cur = []  # the NumPy scan's currents: c_t, the bias alone before the synaptic delay
+                if table is None:
+                    bias_only = np.broadcast_to(first.bias, cur_static.shape)
+                    cur = [cur_static if t >= delay else bias_only for t in range(t0, t1)]
             else:
                 if li == 0:
                     frames = np.moveaxis(xb[:, t0:t1], 1, 0)  # (n, B, C, H, W) events
@@ -383,7 +388,8 @@ def _run_batch(
                 out = _to_nchw(u_chunk) if el.layer.kind == "conv" else u_chunk
                 membranes["u" + name][t0:t1, b0 : b0 + B] = out
             prev_out = z_chunk
-        counts += prev_out.view(np.uint8).sum(axis=0, dtype=np.int64).reshape(B, -1)
+        per_chunk = np.uint16 if n < 2**16 else np.int64  # n steps' spikes: the narrow sum is 2.5x faster
+        counts += prev_out.view(np.uint8).sum(axis=0, dtype=per_chunk).reshape(B, -1)
 
 
 def _update_current_range(acc: LayerStats, rng: tuple[int, int]) -> None:

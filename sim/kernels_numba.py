@@ -822,33 +822,43 @@ def layer_kernel(
 
 
 @njit(nogil=True, cache=True)
-def _synops(x, fan, nonzero, per):  # pragma: no cover - compiled
+def _synops(x, fan, nonzero, inner, per):  # pragma: no cover - compiled
     """Σ_units (Σ_rows x) · fan of ``x`` (rows, units) (or the count of its nonzero entries per unit):
-    per-unit uint32 sums over blocks of ``per`` rows (whose sums cannot reach 2^32), each block's
-    dot with ``fan`` in int64."""
+    per-unit sums in ``inner``'s narrow integers over blocks of ``per`` rows (whose sums cannot
+    overflow them: 32 uint8 lanes per AVX2 vector for spikes), added into int64 after each block,
+    then their dot with ``fan``."""
     rows, units = x.shape
-    counts = np.zeros(units, np.uint32)
-    total = 0
+    total = np.zeros(units, np.int64)
     for r0 in range(0, rows, per):
-        counts[:] = 0
+        inner[:] = 0
         for r in range(r0, min(rows, r0 + per)):
             xr = x[r]
             if nonzero:
                 for i in range(units):
-                    counts[i] += np.uint32(xr[i] != 0)
+                    inner[i] += xr[i] != 0
             else:
                 for i in range(units):
-                    counts[i] += np.uint32(xr[i])
+                    inner[i] += xr[i]
         for i in range(units):
-            total += np.int64(counts[i]) * fan[i]
-    return total
+            total[i] += inner[i]
+    out = 0
+    for i in range(units):
+        out += total[i] * fan[i]
+    return out
 
 
-def synops(x: np.ndarray, fan: np.ndarray, nonzero: bool = False) -> int:
+def synops(x: np.ndarray, fan: np.ndarray, nonzero: bool = False, top: int | None = None) -> int:
     """Σ_units (Σ_rows x) · ``fan`` of ``x`` (rows, units) unsigned integers (or bool), or with
     ``nonzero`` the count of nonzero entries per unit: the synaptic operations of a layer's input
-    (:meth:`qsnn.sim.layers._Layer.synops`), exact, in one GIL-free pass (:func:`_synops`)."""
+    (:meth:`qsnn.sim.layers._Layer.synops`), exact, in one GIL-free pass (:func:`_synops`): per-unit
+    sums in the narrowest of uint8, uint16, uint32 that 128 rows of ``x``'s largest value fit, over
+    as many rows as fit; ``top`` bounds x where it is known (else its dtype's maximum)."""
     if x.dtype == np.bool_:
-        x = x.view(np.uint8)
-    top = 1 if nonzero else (1 << (8 * x.dtype.itemsize)) - 1
-    return int(_synops(np.ascontiguousarray(x), fan, nonzero, max(1, (2**32 - 1) // top)))
+        x, top = x.view(np.uint8), 1
+    top = 1 if nonzero else (1 << (8 * x.dtype.itemsize)) - 1 if top is None else int(top)
+    inner, most = next((t, m) for t, m in _COUNTERS if m // top >= 128 or t is np.uint32)  # blocks of 128+ rows
+    return int(_synops(np.ascontiguousarray(x), fan, nonzero, np.empty(x.shape[1], inner), max(1, most // top)))
+
+
+#: :func:`synops`' per-unit counters and their largest values (np.iinfo is slow to build at every call).
+_COUNTERS = ((np.uint8, 2**8 - 1), (np.uint16, 2**16 - 1), (np.uint32, 2**32 - 1))

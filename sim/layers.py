@@ -383,7 +383,7 @@ class _Layer:
         if self.fan_const and (nonzero or self.in_max == 1):  # one fan-out (a dense layer), 0/1: a count
             return int(np.count_nonzero(x)) * self.fan_const
         if self.accel is not None and x.dtype.kind in "ub":
-            return self.accel.synops(x, self.fan_vec, nonzero)
+            return self.accel.synops(x, self.fan_vec, nonzero, self.in_max)
         if nonzero:
             return int((x != 0).sum(axis=0, dtype=np.int64) @ self.fan_vec)
         return int(column_sums(x, self.in_max) @ self.fan_vec)

@@ -108,7 +108,7 @@ class SimResult:
 
 def predict(counts: np.ndarray) -> np.ndarray:
     """Argmax of spike counts over the last axis, first index winning ties (as torch.argmax)."""
-    return np.argmax(np.asarray(counts), axis=-1).astype(np.int64)
+    return np.argmax(np.asarray(counts), axis=-1).astype(np.int64, copy=False)
 
 
 def combine(results: Sequence[SimResult]) -> SimResult:
