@@ -295,6 +295,34 @@ def test_box_im2col_is_box_sums_then_windows(m, hw, c, pool, k, pad):
     assert np.array_equal(box_im2col(x, pool, k, pool, pad, out_hw), im2col(s, k, pool, out_hw))
 
 
+@pytest.mark.parametrize(
+    "dtype, top, rows",
+    [
+        (np.bool_, 1, 700),  # spikes: uint8 counters, blocks of 255 rows
+        (np.uint8, 1, 256),
+        (np.uint8, 3, 900),  # small event counts: uint16 counters
+        (np.uint8, 255, 600),  # pixels: uint16, blocks of 257 rows
+        (np.uint16, 3000, 1500),  # wide event counts: uint32
+        (np.uint16, 65535, 40),
+    ],
+)
+@pytest.mark.parametrize("nonzero", [False, True])
+def test_synops_counts_every_input_once_per_fan_out(dtype, top, rows, nonzero):
+    """The synaptic operations Σ_units (Σ_rows x) · fan-out (or each nonzero input once) in the compiled
+    pass equal int64 NumPy, on inputs at their bound in every row (a narrow per-unit counter that
+    overflowed inside a block, or a block longer than its counter allows, would lose counts) and on
+    random ones; with the bound given and taken from the dtype."""
+    rng = np.random.default_rng(top + rows)
+    units = 37
+    fan = rng.integers(0, 50, units).astype(np.int64)
+    for x in (np.full((rows, units), top), rng.integers(0, top + 1, (rows, units))):
+        x = x.astype(dtype)
+        wide = (x != 0) if nonzero else x.astype(np.int64)
+        want = int(wide.sum(axis=0, dtype=np.int64) @ fan)
+        assert kernels_numba.synops(x, fan, nonzero, top) == want
+        assert kernels_numba.synops(x, fan, nonzero) == want
+
+
 @needs_avx2
 @pytest.mark.parametrize("m", [0, 1, 7, 8, 9, 23])
 @pytest.mark.parametrize("k, o", [(1, 1), (9, 10), (72, 16), (25, 17), (144, 33), (401, 64)])
