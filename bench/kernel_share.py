@@ -9,7 +9,8 @@ figure) and what it would be if nothing outside the kernels cost anything: the b
 whatever the orchestration in Python does (docs/benchmarks.md, issue 31's fifth round).
 
 Each timed call follows 30 ms of untimed calls of the same network (an idle core of these machines runs
-slower for a while); medians of ``--repeats`` calls; the load average is printed before and after.
+slower for a while); the networks alternate call by call; medians of ``--repeats`` calls; the load average
+is printed before and after.
 """
 
 from __future__ import annotations
@@ -59,24 +60,26 @@ def instrument(spent: dict[str, float], on: list[bool]) -> None:
     kn.layer_kernel = lambda *args: timed("layer", layer_kernel(*args))
 
 
-def measure(net, x, repeats: int, spent: dict[str, float], on: list[bool]) -> dict:
-    """Median seconds of a call on one and on two threads (alternating call by call), and of the kernels
-    inside the one-thread call."""
-    calls: dict = {1: [], 2: [], "kernels": []}
+def measure(nets: list, x, repeats: int, spent: dict[str, float], on: list[bool]) -> list[dict]:
+    """Per network, the median seconds of a call on one and on two threads, and of the kernels inside the
+    one-thread call; the networks and thread counts alternate call by call (a repetition times each once),
+    so a machine whose speed drifts over minutes moves every figure alike."""
+    calls: list[dict] = [{1: [], 2: [], "kernels": []} for _ in nets]
     for _ in range(repeats):
-        for threads in (1, 2):
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < 0.03:
+        for net, got in zip(nets, calls):
+            for threads in (1, 2):
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < 0.03:
+                    simulate(net, x, batch_size=len(x), threads=threads, accel=True)
+                spent.clear()
+                on[0] = threads == 1
+                t0 = time.perf_counter()
                 simulate(net, x, batch_size=len(x), threads=threads, accel=True)
-            spent.clear()
-            on[0] = threads == 1
-            t0 = time.perf_counter()
-            simulate(net, x, batch_size=len(x), threads=threads, accel=True)
-            calls[threads].append(time.perf_counter() - t0)
-            on[0] = False
-            if threads == 1:
-                calls["kernels"].append(sum(spent.values()))
-    return {key: statistics.median(values) for key, values in calls.items()}
+                got[threads].append(time.perf_counter() - t0)
+                on[0] = False
+                if threads == 1:
+                    got["kernels"].append(sum(spent.values()))
+    return [{key: statistics.median(values) for key, values in got.items()} for got in calls]
 
 
 @click.command(help=__doc__.splitlines()[0])
@@ -93,15 +96,16 @@ def main(checkpoint: str | None, specs: str, batch: int, repeats: int, steps: in
     on = [False]
     instrument(spent, on)
     x = load_split("mnist5k", "test", seed=0).x[:batch]
-    rows = []
+    built = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, spec in enumerate([None, *[s for s in specs.split(",") if s]]):
             folder = Path(tmp) / str(i)
             folder.mkdir()
             ckpt = checkpoint if spec is None else None
             _, net, _, what = bench.build(steps, "fpga", folder, ckpt, arch=spec or "")
-            macs, _ = bench.engine_macs(net)
-            rows.append((spec or what, macs, measure(net, x, repeats, spent, on)))
+            built.append((spec or what, bench.engine_macs(net)[0], net))
+    times = measure([net for _, _, net in built], x, repeats, spent, on)
+    rows = [(name, macs, t) for (name, macs, _), t in zip(built, times)]
     main_rate = rows[0][1] / rows[0][2][2]  # MACs per second of the main network on two threads
     print(f"batch {batch}, T = {steps}; per MAC = samples/s x MACs against the main network on two threads")
     for name, macs, t in rows:
