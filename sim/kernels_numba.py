@@ -821,6 +821,10 @@ def layer_kernel(
     return layer_scan
 
 
+#: :func:`synops`' per-unit counters and their largest values (np.iinfo is slow to build at every call).
+_COUNTERS = ((np.uint8, 2**8 - 1), (np.uint16, 2**16 - 1), (np.uint32, 2**32 - 1))
+
+
 @njit(nogil=True, cache=True)
 def _synops(x, fan, nonzero, inner, per):  # pragma: no cover - compiled
     """Σ_units (Σ_rows x) · fan of ``x`` (rows, units) (or the count of its nonzero entries per unit):
@@ -855,10 +859,10 @@ def synops(x: np.ndarray, fan: np.ndarray, nonzero: bool = False, top: int | Non
     as many rows as fit; ``top`` bounds x where it is known (else its dtype's maximum)."""
     if x.dtype == np.bool_:
         x, top = x.view(np.uint8), 1
-    top = 1 if nonzero else (1 << (8 * x.dtype.itemsize)) - 1 if top is None else int(top)
+    if nonzero:
+        top = 1  # a count of the nonzero entries
+    elif top is None:
+        top = (1 << (8 * x.dtype.itemsize)) - 1
+    top = int(top)
     inner, most = next((t, m) for t, m in _COUNTERS if m // top >= 128 or t is np.uint32)  # blocks of 128+ rows
     return int(_synops(np.ascontiguousarray(x), fan, nonzero, np.empty(x.shape[1], inner), max(1, most // top)))
-
-
-#: :func:`synops`' per-unit counters and their largest values (np.iinfo is slow to build at every call).
-_COUNTERS = ((np.uint8, 2**8 - 1), (np.uint16, 2**16 - 1), (np.uint32, 2**32 - 1))
