@@ -60,11 +60,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The suite in TEST_WORKERS processes (pytest-xdist; each test file stays in one, so its fixtures are built
 # once there; a session's trained models once per process): on 2 cores 2 workers took 15:53 where one process
-# took 24:54 (same suite, same day). TEST_WORKERS=0 runs it in this process.
+# took 24:54 (same suite, same day). TEST_WORKERS=0 runs it in this process. The tests marked `alone` (processes
+# killed at wall-clock moments) run afterwards with nothing beside them, as they were written to.
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	$(BIN)/python -m pytest -q -m alone
 
 # ruff (pyproject.toml [tool.ruff]): the lint rules, then the formatter in check mode (nothing is rewritten;
 # `.venv/bin/ruff check --fix . && .venv/bin/ruff format .` applies both)

@@ -65,7 +65,8 @@ HOOKED_KILLS = (
 RANDOM_KILLS = 2
 WAIT_S = 120
 
-pytestmark = pytest.mark.slow  # real training processes, killed and resumed
+# real training processes, killed and resumed at wall-clock moments: run alone (make test runs them after the rest)
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def _start(out: Path, log: Path, *, resume: bool, pause: tuple[str, Path] | None = None) -> subprocess.Popen:
