@@ -438,6 +438,8 @@ def setup_run(
         _set_rng_state(rng, generator)
         run.state, run.history, run.iters = dict(ckpt["state"]), list(ckpt["history"]), list(ckpt["iters"])
         run.start_epoch = start_epoch = int(ckpt["epoch"])
+        if ctx.is_main:  # a process killed between last.pt and the logs left them an epoch short
+            write_logs(run)
         state = run.state
         if extending:  # as a run started with the new epochs/patience would have decided at start_epoch
             state["stopped_early"] = state["bad_epochs"] >= cfg.patience and start_epoch < cfg.epochs
@@ -576,8 +578,13 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
         if improved:
             save_checkpoint(run.best, checkpoint_payload(run, epoch, rng_ranks))
         save_checkpoint(run.last, checkpoint_payload(run, epoch, rng_ranks))
-        _write_csv(run.run_dir / "log.csv", run.history)
-        atomic_write_text(run.run_dir / "log.json", json.dumps(run.history, indent=1))
+        write_logs(run)
+
+
+def write_logs(run: Run) -> None:
+    """``log.csv`` and ``log.json``: one row per epoch of ``run.history``."""
+    _write_csv(run.run_dir / "log.csv", run.history)
+    atomic_write_text(run.run_dir / "log.json", json.dumps(run.history, indent=1))
 
 
 def checkpoint_payload(run: Run, epoch: int, rng_ranks: list[Any] | None) -> dict[str, Any]:
